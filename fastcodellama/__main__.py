@@ -1,0 +1,4 @@
+from fastcodellama.cli import main
+import sys
+
+sys.exit(main())
