@@ -1,0 +1,28 @@
+"""The attention backend interface: prepare once per step, then run per layer."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from engine.step_batch import StepBatch
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def prepare(self, batch: StepBatch) -> Any:
+        """Backend metadata for this step (index tensors, masks), built once."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                k_cache: torch.Tensor, v_cache: torch.Tensor, batch: StepBatch, meta: Any) -> torch.Tensor:
+        """Writes k, v ([T, kv_heads, d]) into their slots, then attends q ([T, heads, d])
+        over each sequence's cached keys, causal within its new tokens. Returns [T, heads, d].
+        The caches are [num_blocks, block_size, kv_heads, d]."""
+
+
+def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    kv_heads, head_dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)

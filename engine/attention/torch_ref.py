@@ -1,0 +1,114 @@
+"""Reference paged attention in plain PyTorch (CPU and GPU).
+
+Sequences with few new tokens (decode, verify, short chunks) are padded into one
+batched SDPA call over keys gathered through their block tables; long prefill
+chunks run one sequence at a time. Every faster backend is tested against this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention.base import write_kv
+from engine.step_batch import StepBatch
+
+SHORT_QUERY = 64  # sequences with at most this many new tokens share one padded call
+
+
+@dataclass(frozen=True)
+class PaddedGroup:
+    seq_index: torch.Tensor  # [G] which sequences
+    row_index: torch.Tensor  # [G, Q] packed row of each query slot (0 where padding)
+    row_valid: torch.Tensor  # [G, Q] bool
+    block_tables: torch.Tensor  # [G, nb]
+    mask: torch.Tensor  # [G, 1, Q, nb * block_size] bool: key visible to query
+
+
+@dataclass(frozen=True)
+class LongChunk:
+    rows: slice
+    slots: torch.Tensor  # [ctx] cache slots of all keys of the sequence
+    mask: torch.Tensor | None  # [q, ctx] bool, None when plain causal (ctx == q)
+
+
+@dataclass(frozen=True)
+class TorchMeta:
+    group: PaddedGroup | None
+    long: tuple[LongChunk, ...]
+
+
+class TorchRefBackend:
+    name = "torch"
+
+    def prepare(self, batch: StepBatch) -> TorchMeta:
+        short = [i for i, q in enumerate(batch.query_lens) if q <= SHORT_QUERY]
+        long = [i for i, q in enumerate(batch.query_lens) if q > SHORT_QUERY]
+        return TorchMeta(_padded_group(batch, short) if short else None,
+                         tuple(_long_chunk(batch, i) for i in long))
+
+    def forward(self, q, k, v, k_cache, v_cache, batch: StepBatch, meta: TorchMeta) -> torch.Tensor:
+        write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        out = torch.empty_like(q)
+        if meta.group is not None:
+            _attend_group(q, k_cache, v_cache, meta.group, out)
+        for chunk in meta.long:
+            _attend_long(q, k_cache, v_cache, chunk, out)
+        return out
+
+
+def _padded_group(batch: StepBatch, seqs: list[int]) -> PaddedGroup:
+    device = batch.input_ids.device
+    cu = batch.cu_seqlens_q.tolist()
+    max_q = max(batch.query_lens[i] for i in seqs)
+    q_offsets = torch.arange(max_q, device=device)
+    starts = torch.tensor([cu[i] for i in seqs], device=device)
+    qlens = torch.tensor([batch.query_lens[i] for i in seqs], device=device)
+    ctx = torch.tensor([batch.context_lens[i] for i in seqs], device=device)
+    row_valid = q_offsets[None, :] < qlens[:, None]
+    row_index = torch.where(row_valid, starts[:, None] + q_offsets[None, :], torch.zeros_like(row_valid, dtype=torch.long))
+    seq_index = torch.tensor(seqs, device=device)
+    max_ctx = max(batch.context_lens[i] for i in seqs)
+    nb = (max_ctx + batch.block_size - 1) // batch.block_size
+    tables = batch.block_tables[seq_index, :nb]
+    # Query j of a sequence sits at position ctx - qlen + j and sees keys up to it.
+    q_pos = (ctx - qlens)[:, None] + q_offsets[None, :]
+    key_pos = torch.arange(nb * batch.block_size, device=device)
+    mask = (key_pos[None, None, :] <= q_pos[:, :, None]) & row_valid[:, :, None]
+    return PaddedGroup(seq_index, row_index, row_valid, tables, mask[:, None])
+
+
+def _long_chunk(batch: StepBatch, i: int) -> LongChunk:
+    device = batch.input_ids.device
+    cu = batch.cu_seqlens_q.tolist()
+    ctx, qlen = batch.context_lens[i], batch.query_lens[i]
+    key_pos = torch.arange(ctx, device=device)
+    slots = batch.block_tables[i, key_pos // batch.block_size] * batch.block_size + key_pos % batch.block_size
+    mask = None
+    if ctx != qlen:
+        q_pos = torch.arange(ctx - qlen, ctx, device=device)
+        mask = key_pos[None, :] <= q_pos[:, None]
+    return LongChunk(slice(cu[i], cu[i + 1]), slots, mask)
+
+
+def _attend_group(q, k_cache, v_cache, g: PaddedGroup, out: torch.Tensor) -> None:
+    num_g, nb = g.block_tables.shape
+    _, block_size, kv_heads, head_dim = k_cache.shape
+    keys = k_cache[g.block_tables].reshape(num_g, nb * block_size, kv_heads, head_dim).transpose(1, 2)
+    values = v_cache[g.block_tables].reshape(num_g, nb * block_size, kv_heads, head_dim).transpose(1, 2)
+    queries = q[g.row_index].transpose(1, 2)  # [G, heads, Q, d]
+    o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=g.mask,
+                                       enable_gqa=queries.shape[1] != kv_heads)
+    o = o.transpose(1, 2)  # [G, Q, heads, d]
+    out[g.row_index[g.row_valid]] = o[g.row_valid]
+
+
+def _attend_long(q, k_cache, v_cache, c: LongChunk, out: torch.Tensor) -> None:
+    kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    keys = k_cache.view(-1, kv_heads, head_dim)[c.slots].transpose(0, 1)[None]
+    values = v_cache.view(-1, kv_heads, head_dim)[c.slots].transpose(0, 1)[None]
+    queries = q[c.rows].transpose(0, 1)[None]
+    o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=c.mask, is_causal=c.mask is None,
+                                       enable_gqa=queries.shape[1] != kv_heads)
+    out[c.rows] = o[0].transpose(0, 1)

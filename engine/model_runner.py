@@ -1,0 +1,63 @@
+"""Owns the model weights and the paged KV cache; runs one packed forward per step."""
+from __future__ import annotations
+
+import torch
+
+from engine.attention import get_backend
+from engine.config import EngineConfig, ModelConfig
+from engine.loader import iter_checkpoint_tensors
+from engine.models.llama import LlamaForCausalLM
+from engine.scheduler import SchedulerOutput
+from engine.step_batch import SeqChunk, StepBatch
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, model: LlamaForCausalLM | None = None) -> None:
+        self.config = config
+        self.model_config = model_config
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype()
+        if model is None:
+            model = load_model(config.model, model_config, self.dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.backend = get_backend(config.attention_backend, self.device.type)
+        self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
+        mc = model_config
+        self.kv_caches = torch.zeros(
+            (mc.num_layers, 2, self.num_blocks, config.block_size, mc.num_kv_heads, mc.head_dim),
+            dtype=self.dtype, device=self.device)
+
+    def _blocks_for_memory(self, gigabytes: float) -> int:
+        mc = self.model_config
+        per_block = 2 * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim
+        per_block *= torch.tensor([], dtype=self.dtype).element_size()
+        return max(1, int(gigabytes * 2**30) // per_block)
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        """Runs the step's forward; returns float32 logits of the rows that need them, in order."""
+        for src, dst in out.block_copies:
+            self.kv_caches[:, :, dst].copy_(self.kv_caches[:, :, src])
+        batch = self.build_batch(out)
+        hidden = self.model(batch, self.kv_caches, self.backend)
+        return self.model.compute_logits(hidden)
+
+    def build_batch(self, out: SchedulerOutput) -> StepBatch:
+        chunks = []
+        for s in out.scheduled:
+            logits_from = s.num_real - 1 if s.samples else len(s.token_ids)
+            chunks.append(SeqChunk(tuple(s.token_ids), s.start, tuple(s.seq.block_table), logits_from))
+        return StepBatch.build(chunks, self.config.block_size, self.device)
+
+
+def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+    with torch.device("meta"):
+        model = LlamaForCausalLM(model_config)
+    model = model.to_empty(device="cpu").to(dtype)
+    rotary = model.rotary
+    model.rotary = type(rotary)(model_config.head_dim, model_config.max_position_embeddings,
+                                model_config.rope_theta, model_config.rope_scaling_factor)
+    if model_config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.load_hf_weights(iter_checkpoint_tensors(path))
+    return model.to(device)

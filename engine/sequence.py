@@ -1,0 +1,82 @@
+"""One sample being generated: its tokens, KV blocks, draft, and finish state."""
+from __future__ import annotations
+
+import enum
+import time
+
+from engine.outputs import SpecStats
+from engine.proposer import EMPTY_DRAFT, Draft
+from engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    PENDING = "pending"  # a sibling sample waiting for its parent's prompt to be prefilled
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(self, seq_id: int, request_id: str, sample_index: int, prompt_token_ids: list[int],
+                 params: SamplingParams, noise_key: int) -> None:
+        self.seq_id = seq_id
+        self.request_id = request_id
+        self.sample_index = sample_index
+        self.prompt_token_ids = prompt_token_ids
+        self.output_token_ids: list[int] = []
+        self.params = params
+        self.noise_key = noise_key
+        self.status = SequenceStatus.WAITING
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        self.draft: Draft = EMPTY_DRAFT
+        self.text = ""
+        self.logprobs: list[float] = []
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.spec = SpecStats()
+        self.first_token_time: float | None = None
+        self.detokenizer = None  # set by the engine
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_tokens - self.num_computed_tokens > 1
+
+    def token_slice(self, start: int, end: int) -> list[int]:
+        """Tokens at positions [start, end) of prompt + output, without concatenating all."""
+        p = len(self.prompt_token_ids)
+        if end <= p:
+            return self.prompt_token_ids[start:end]
+        if start >= p:
+            return self.output_token_ids[start - p:end - p]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
+
+    @property
+    def last_token(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    def finish(self, reason: str, stop_reason: str | int | None = None) -> None:
+        self.status = SequenceStatus.FINISHED
+        self.finish_reason = reason
+        self.stop_reason = stop_reason
+        self.draft = EMPTY_DRAFT
+
+    def mark_first_token(self) -> None:
+        if self.first_token_time is None:
+            self.first_token_time = time.monotonic()
