@@ -37,8 +37,9 @@ class ModelConfig:
         if cfg.get("model_type", "llama") != "llama" and "Llama" not in arch:
             raise ValueError(f"unsupported model: model_type={cfg.get('model_type')!r}, architectures={arch!r}")
         heads = cfg["num_attention_heads"]
-        scaling = cfg.get("rope_scaling") or {}
-        rope_type = scaling.get("rope_type", scaling.get("type", "linear" if scaling else "default"))
+        # transformers < 5 writes rope_theta + rope_scaling; 5 writes rope_parameters.
+        scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+        rope_type = scaling.get("rope_type", scaling.get("type", "linear" if "factor" in scaling else "default"))
         if rope_type not in ("default", "linear"):
             raise ValueError(f"unsupported rope_scaling type {rope_type!r}")
         rope_theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)

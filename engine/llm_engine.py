@@ -243,6 +243,7 @@ class LLMEngine:
             seq.logprobs.append(logprob)
         is_eos = token == self.eos_id and not p.ignore_eos
         if is_eos or token in p.stop_token_ids:
+            seq.text += seq.detokenizer.flush()
             seq.finish("stop", token)
             return
         piece = seq.detokenizer.add(token)
@@ -251,6 +252,7 @@ class LLMEngine:
             if p.stop and self._check_stop_strings(seq, len(piece)):
                 return
         if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            seq.text += seq.detokenizer.flush()
             seq.finish("length")
 
     @staticmethod

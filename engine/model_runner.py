@@ -19,7 +19,7 @@ class ModelRunner:
         self.dtype = config.torch_dtype()
         if model is None:
             model = load_model(config.model, model_config, self.dtype, self.device)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.backend = get_backend(config.attention_backend, self.device.type)
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config

@@ -105,3 +105,10 @@ class IncrementalDetokenizer:
             self.prefix_offset -= drop
             self.read_offset -= drop
         return new_text[len(prefix_text):]
+
+    def flush(self) -> str:
+        """The text still held back (an incomplete character at the very end)."""
+        prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
+        new_text = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return new_text[len(prefix_text):]

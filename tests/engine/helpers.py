@@ -1,0 +1,80 @@
+"""Helpers shared by engine tests."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from engine.proposer import Draft, DraftQuery
+
+
+def hf_greedy(model_dir: str, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    hf = _hf_model(model_dir)
+    out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                      do_sample=False, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+_HF_CACHE: dict = {}
+
+
+def _hf_model(model_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    if model_dir not in _HF_CACHE:
+        _HF_CACHE[model_dir] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return _HF_CACHE[model_dir]
+
+
+def assert_no_leaks(engine) -> None:
+    bm = engine.block_manager
+    assert not engine.requests, f"unfinished requests: {list(engine.requests)}"
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+    assert bm.num_free == bm.num_blocks, f"{bm.num_blocks - bm.num_free} blocks leaked"
+    assert all(r == 0 for r in bm.refcounts)
+
+
+class ScriptedProposer:
+    """Test proposer: drafts from a given continuation per sequence, optionally corrupted."""
+
+    def __init__(self, continuations: dict[int, list[int]] | None = None, corrupt_every: int = 0,
+                 max_draft: int = 8, random_drafts: bool = False, vocab: int = 0) -> None:
+        self.continuations = continuations or {}
+        self.corrupt_every = corrupt_every
+        self.max_draft = max_draft
+        self.random_drafts = random_drafts
+        self.vocab = vocab
+        self.generated: dict[int, list[int]] = {}
+        self.finished: set[int] = set()
+        self.max_budget_seen = 0
+        self.rng = torch.Generator().manual_seed(0)
+
+    def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int]) -> None:
+        self.generated[seq_id] = []
+
+    def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
+        self.generated[seq_id].extend(token_ids)
+
+    def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
+        drafts = []
+        for q in queries:
+            n = min(self.max_draft, q.max_len, budget)
+            if self.random_drafts:
+                tokens = torch.randint(0, self.vocab, (n,), generator=self.rng).tolist()
+            else:
+                done = len(self.generated[q.seq_id])
+                tokens = list(self.continuations.get(q.seq_id % 1000, [])[done:done + n])
+                if self.corrupt_every and tokens:
+                    for i in range(self.corrupt_every - 1, len(tokens), self.corrupt_every):
+                        tokens[i] = (tokens[i] + 1) % 50
+            budget -= len(tokens)
+            drafts.append(Draft(tuple(tokens), "self"))
+        return drafts
+
+    def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
+        assert 0 <= num_accepted <= len(draft)
+
+    def finish(self, seq_id: int, aborted: bool = False) -> None:
+        self.finished.add(seq_id)
