@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine import AsyncEngine, EngineConfig, SamplingParams
+from tests.engine.helpers import assert_no_leaks
+
+
+@pytest.fixture
+async def engine(tiny_model_dir):
+    eng = AsyncEngine(EngineConfig(model=tiny_model_dir, num_kv_blocks=128, block_size=4))
+    await eng.start()
+    yield eng
+    await eng.shutdown()
+
+
+async def _collect(eng, prompt, params, rid):
+    outs = [o async for o in eng.generate(prompt, params, rid)]
+    return outs
+
+
+async def test_streams_cumulative_outputs_and_matches_offline(engine, tiny_model_dir):
+    from engine import LLM
+
+    p = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    outs = await _collect(engine, "def f():", p, "a")
+    assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+    lengths = [len(o.outputs[0].token_ids) for o in outs]
+    assert lengths == sorted(lengths) and lengths[-1] == 12
+    offline = LLM(tiny_model_dir, num_kv_blocks=128, block_size=4).generate(["def f():"], p)
+    assert outs[-1].outputs[0].token_ids == offline[0].outputs[0].token_ids
+
+
+async def test_concurrent_requests_and_bad_request_fail_alone(engine):
+    p = SamplingParams(temperature=0.7, max_tokens=10, seed=3, n=2)
+    good = [asyncio.create_task(_collect(engine, f"x{i} =", p, f"r{i}")) for i in range(4)]
+    with pytest.raises(ValueError, match="empty"):
+        await _collect(engine, "", p, "bad")
+    results = await asyncio.gather(*good)
+    assert all(r[-1].finished for r in results)
+    await asyncio.sleep(0.05)
+    assert_no_leaks(engine.engine)
+
+
+async def test_consumer_leaving_aborts_and_frees_blocks(engine):
+    p = SamplingParams(max_tokens=200, ignore_eos=True)
+    async for out in engine.generate("import os", p, "leaver"):
+        if len(out.outputs[0].token_ids) >= 3:
+            break
+    for _ in range(100):
+        if not engine.engine.requests:
+            break
+        await asyncio.sleep(0.02)
+    assert_no_leaks(engine.engine)
+
+
+async def test_event_loop_is_not_blocked_by_steps(engine):
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    t = asyncio.create_task(ticker())
+    await _collect(engine, "def g():", SamplingParams(max_tokens=40, ignore_eos=True), "t")
+    t.cancel()
+    assert ticks > 10

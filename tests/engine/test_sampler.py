@@ -1,0 +1,140 @@
+"""Sampling: filters, position-keyed noise, and the speculative rule's distribution."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from engine import rejection_sampler
+from engine.rejection_sampler import accepted_length, reference_speculative_sample
+from engine.sampler import Sampler, SamplingRow, sample_key
+from engine.sampling_params import SamplingParams
+
+V = 5  # vocabulary of the toy target
+LENGTH = 3  # tokens generated per trial: 125 possible outputs
+
+
+def _table_model(seed: int = 0) -> dict[tuple[int, ...], torch.Tensor]:
+    """A random autoregressive 'model' over V tokens: logits for every prefix up to LENGTH."""
+    g = torch.Generator().manual_seed(seed)
+    return {prefix: torch.randn(V, generator=g) * 1.5
+            for n in range(LENGTH) for prefix in itertools.product(range(V), repeat=n)}
+
+
+def _exact_distribution(model, sampler: Sampler, params: SamplingParams) -> dict[tuple[int, ...], float]:
+    probs = {prefix: sampler.probs(logits[None], [SamplingRow(0, params, 0, len(prefix))])[0]
+             for prefix, logits in model.items()}
+    dist = {}
+    for out in itertools.product(range(V), repeat=LENGTH):
+        p = 1.0
+        for i in range(LENGTH):
+            p *= probs[out[:i]][out[i]].item()
+        dist[out] = p
+    return dist
+
+
+def _generate(model, sampler, params, key, verify, draft_fn) -> tuple[int, ...]:
+    """The engine's loop in miniature: draft, one 'forward' over all draft prefixes, verify."""
+    out: list[int] = []
+    while len(out) < LENGTH:
+        draft = draft_fn(tuple(out))[: LENGTH - len(out) - 1]
+        prefixes = [tuple(out) + tuple(draft[:j]) for j in range(len(draft) + 1)]
+        logits = torch.stack([model[p] for p in prefixes])
+        out.extend(verify(logits, prefixes, draft, key))
+    return tuple(out[:LENGTH])
+
+
+def _chi_square(counts: dict, dist: dict, trials: int) -> float:
+    return sum((counts.get(o, 0) - trials * p) ** 2 / (trials * p) for o, p in dist.items() if trials * p > 0)
+
+
+def _run(verify_name: str, trials: int = 3000) -> float:
+    model = _table_model()
+    params = SamplingParams(temperature=0.9, top_k=4)
+    sampler = Sampler(eos_id=None)
+    gen = torch.Generator().manual_seed(1)
+
+    def draft_fn(prefix):  # deterministic drafts of varying quality
+        return [(sum(prefix) + i) % V for i in range(2)]
+
+    def coupled(logits, prefixes, draft, key):
+        rows = [SamplingRow(j, params, key, len(p)) for j, p in enumerate(prefixes)]
+        tokens = sampler(logits, rows).tokens
+        return tokens[: rejection_sampler.accepted_length(tokens, draft) + 1]
+
+    def reference(logits, prefixes, draft, key):
+        probs = sampler.probs(logits, [SamplingRow(j, params, key, len(p)) for j, p in enumerate(prefixes)])
+        return reference_speculative_sample(probs, draft, gen)
+
+    def plain(logits, prefixes, draft, key):
+        probs = sampler.probs(logits[:1], [SamplingRow(0, params, key, len(prefixes[0]))])
+        return [int(torch.multinomial(probs[0], 1, generator=gen))]
+
+    verify = {"coupled": coupled, "reference": reference, "plain": plain}[verify_name]
+    counts: dict = {}
+    for t in range(trials):
+        out = _generate(model, sampler, params, sample_key(t, 0), verify, draft_fn)
+        counts[out] = counts.get(out, 0) + 1
+    return _chi_square(counts, _exact_distribution(model, sampler, params), trials)
+
+
+# 64 outcomes have non-zero probability (top_k=4 of 5 at each of 3 positions): 63 degrees of
+# freedom, whose chi-square 99.9th percentile is about 103.4.
+CRITICAL = 103.4
+
+
+@pytest.mark.parametrize("verify", ["plain", "reference", "coupled"])
+def test_speculative_sampling_draws_from_the_plain_distribution(verify):
+    assert _run(verify) < CRITICAL
+
+
+def test_a_broken_acceptance_rule_fails_the_same_test(monkeypatch):
+    def too_generous(sampled, draft):  # accepts the first draft token whatever was sampled
+        m = 1 if draft else 0
+        while m < len(draft) and sampled[m] == draft[m]:
+            m += 1
+        return m
+
+    monkeypatch.setattr(rejection_sampler, "accepted_length", too_generous)
+    assert _run("coupled") > CRITICAL
+
+
+def test_accepted_length():
+    assert accepted_length([1, 2, 3], [1, 2]) == 2
+    assert accepted_length([1, 5, 3], [1, 2]) == 1
+    assert accepted_length([4], []) == 0
+
+
+def test_noise_depends_on_key_and_position_only():
+    sampler = Sampler(eos_id=None)
+    logits = torch.randn(3, 50)
+    p = SamplingParams(temperature=1.0)
+    key = sample_key(42, 0)
+    a = sampler(logits, [SamplingRow(i, p, key, 7) for i in range(3)]).tokens
+    b = sampler(logits[[2, 1, 0]], [SamplingRow(2 - i, p, key, 7) for i in range(3)]).tokens
+    assert a == b
+    many = {tuple(sampler(logits[:1], [SamplingRow(0, p, sample_key(42, i), 7)]).tokens) for i in range(30)}
+    assert len(many) > 1
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    sampler = Sampler(eos_id=None)
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    probs_k = sampler.probs(logits, [SamplingRow(0, SamplingParams(temperature=1.0, top_k=2), 0, 0)])[0]
+    assert (probs_k[2:] == 0).all() and probs_k[:2].sum().item() == pytest.approx(1.0)
+    probs_p = sampler.probs(logits, [SamplingRow(0, SamplingParams(temperature=1.0, top_p=0.7), 0, 0)])[0]
+    full = torch.softmax(logits[0], -1)
+    assert full[0] < 0.7 < full[0] + full[1]
+    assert (probs_p[2:] == 0).all() and (probs_p[:2] > 0).all()
+
+
+def test_penalties_push_seen_tokens_down():
+    sampler = Sampler(eos_id=None)
+    logits = torch.tensor([[2.0, 2.0, 2.0]])
+    p = SamplingParams(temperature=0.0, repetition_penalty=2.0, frequency_penalty=0.5)
+    row = SamplingRow(0, p, 0, 2, history=(2, 0, 0), output_start=1)  # prompt [2], output [0, 0]
+    out = sampler.process(logits.clone(), [row])[0]
+    assert out[0].item() == pytest.approx(2.0 / 2.0 - 0.5 * 2)  # repeated twice in the output
+    assert out[2].item() == pytest.approx(1.0)  # seen in the prompt only: repetition penalty alone
+    assert out[1].item() == 2.0
