@@ -9,6 +9,8 @@ import sys
 COMMAND_MODULES = (
     "fastcodellama.generate",
     "fastcodellama.train",
+    "fastcodellama.humaneval",
+    "fastcodellama.evaluate",
 )
 
 
