@@ -1,8 +1,8 @@
 """Turns logits rows into tokens: penalties, min_tokens, temperature, top-k, top-p.
 
 Sampling uses the exponential race (argmax of p / E with E ~ Exp(1), i.e. the
-Gumbel-max trick) with noise drawn from a generator seeded by (sample key,
-output position). The token at a position therefore depends only on the logits
+Gumbel-max trick) with noise that is a hash of (sample key, output position,
+token id), computed only for the tokens that survive top-k / top-p. The token at a position therefore depends only on the logits
 and that pair: the same seed gives the same output whatever the batch, and a
 draft token is accepted exactly when it equals the token sampled at its position.
 That acceptance rule is the lossless speculative-sampling rule for a
@@ -19,6 +19,8 @@ import torch
 from engine.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
+_MASK32 = (1 << 32) - 1
+NUCLEUS_CANDIDATES = 256  # top-p looks here first; rows whose nucleus is wider sort the full row
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,6 @@ def sample_key(seed: int, sample_index: int) -> int:
 class Sampler:
     def __init__(self, eos_id: int | None) -> None:
         self.eos_id = eos_id
-        self._generator = torch.Generator()
 
     def __call__(self, logits: torch.Tensor, rows: Seq[SamplingRow]) -> SampleResult:
         index = torch.tensor([r.logits_row for r in rows], dtype=torch.long, device=logits.device)
@@ -95,13 +96,35 @@ class Sampler:
         return torch.softmax(self.process(x.float().clone(), rows), dim=-1)
 
     def _race(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
-        probs = torch.softmax(x, dim=-1)
-        noise = torch.empty_like(probs)
-        for i, r in enumerate(rows):
-            self._generator.manual_seed(noise_seed(r.noise_key, r.position))
-            noise[i] = torch.rand(probs.shape[1], generator=self._generator)
-        exp = -torch.log1p(-noise)  # Exp(1); log1p(-u) keeps u = 0 finite
-        return torch.argmax(probs / exp, dim=-1)
+        """argmax over surviving tokens of log p - log E, E ~ Exp(1) hashed from (key, position, id)."""
+        alive = torch.isfinite(x)
+        row_idx, token_idx = alive.nonzero(as_tuple=True)
+        seeds = torch.tensor([noise_seed(r.noise_key, r.position) & _MASK32 for r in rows], dtype=torch.long,
+                             device=x.device)
+        u = uniform_hash(seeds[row_idx], token_idx)
+        score = torch.full_like(x, float("-inf"))
+        gumbel = -torch.log(-torch.log(u))
+        score[row_idx, token_idx] = torch.log_softmax(x, dim=-1)[row_idx, token_idx] + gumbel.to(x.dtype)
+        return torch.argmax(score, dim=-1)
+
+
+def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(x * m) mod 2**32 for x < 2**32 without overflowing int64."""
+    return (((((x >> 16) * m) & 0xFFFF) << 16) + (x & 0xFFFF) * m) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniform_hash(seeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Uniform (0, 1) noise, a deterministic function of (row seed, token id)."""
+    h = _mix32(_mix32(seeds ^ _mul32(token_ids, 0x9E3779B1)) ^ (seeds >> 7))
+    return ((h >> 8).double() + 0.5) / float(1 << 24)
 
 
 def _filter(x: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
@@ -115,14 +138,30 @@ def _filter(x: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
         x = x.masked_fill(x < kth, float("-inf"))
     top_p = [p.top_p for p in params]
     if any(p < 1.0 for p in top_p):
-        p_t = torch.tensor(top_p, dtype=x.dtype, device=x.device)
-        sorted_x, order = torch.sort(x, dim=-1, descending=True)
-        sorted_probs = torch.softmax(sorted_x, dim=-1)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of strictly better tokens
-        remove_sorted = before >= p_t[:, None]
-        remove = torch.zeros_like(remove_sorted).scatter(1, order, remove_sorted)
-        x = x.masked_fill(remove, float("-inf"))
+        x = _top_p(x, torch.tensor(top_p, dtype=x.dtype, device=x.device))
     return x
+
+
+def _top_p(x: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
+    """Keeps the smallest set of best tokens whose mass reaches top_p (a token is cut when the
+    tokens strictly better than it already reach it). Looks at the best NUCLEUS_CANDIDATES first;
+    only rows whose nucleus is wider than that sort the whole row."""
+    k = min(NUCLEUS_CANDIDATES, x.shape[1])
+    probs = torch.softmax(x, dim=-1)
+    top_probs, top_ids = torch.topk(probs, k, dim=-1)
+    before = torch.cumsum(top_probs, dim=-1) - top_probs
+    keep_top = before < p_t[:, None]
+    wide = keep_top[:, -1] & (p_t < 1.0)
+    out = torch.full_like(x, float("-inf"))
+    out.scatter_(1, top_ids, torch.where(keep_top, x.gather(1, top_ids), float("-inf")))
+    out[p_t >= 1.0] = x[p_t >= 1.0]
+    if wide.any():
+        rows = wide.nonzero()[:, 0]
+        sorted_probs, order = torch.sort(probs[rows], dim=-1, descending=True)
+        cut = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= p_t[rows, None]
+        remove = torch.zeros_like(cut).scatter(1, order, cut)
+        out[rows] = x[rows].masked_fill(remove, float("-inf"))
+    return out
 
 
 def _apply_penalties(row: torch.Tensor, r: SamplingRow) -> None:

@@ -50,7 +50,8 @@ class Tokenizer:
         return ([self.bos_id] if add_bos and self.bos_id is not None else []) + list(ids)
 
     def decode(self, ids: Sequence[int]) -> str:
-        ids = [int(i) for i in ids]
+        # Models may pad their vocabulary past the tokenizer's; such ids have no text.
+        ids = [int(i) for i in ids if 0 <= i < self.vocab_size]
         if self._spm is not None:
             return self._spm.decode(ids)
         return self._hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
