@@ -1,0 +1,256 @@
+"""CopyProposer: drafts copied from text already produced or seen (engine.proposer.Proposer).
+
+Each running sequence's draft is the continuation of the most recent earlier occurrence of
+its last m tokens (m from max_match down to n) in one of:
+  self     its own prompt + output so far (the copy stops at the current end of the text),
+  sibling  the other samples of the same request (group_id), as far as they have got,
+  other    a bounded pool of finished outputs of other requests.
+With policy "fixed" the longest match wins, self > sibling > other at equal length (the rule
+the ceiling study replays). With "adaptive" each source offers its longest match, measured
+back past max_match (up to MATCH_CAP tokens), so a longer match from a less trusted source can
+beat a shorter one from a more trusted source; "other" needs one more matched token (the
+replay's evidence is at _TRUST below). The draft's length then comes from
+fastcodellama.policy: expected accepted tokens from online statistics against forward cost.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
+from fastcodellama.ngram_index import GroupIndex, OtherPool, check_token_ids, tail_keys
+from fastcodellama.policy import MATCH_CAP, AcceptanceModel, Candidate, CostCurve, DraftPolicy
+from fastcodellama.spec_config import SOURCES, CostCurveSpec, SpecConfig
+
+
+# Selection among sources (adaptive policy), from the replay of every source's candidate at every
+# step (benchmarks/proposer_replay.py, file2 self+siblings+others and file3 held out, k=20):
+# against the ceiling's rule (longest of 4..1, self > sibling > other), ranking by the online
+# model's expected accepted tokens lost 1-4% of accepted tokens (it overrates siblings' and
+# others' runs), measuring the match past max_match was neutral, and making "other" beat the
+# others by one more matched token gained 2.0% (file2) and 1.7% (file3).
+_TRUST = {"self": 0, "sibling": 1, "other": 2}
+_HANDICAP = {"self": 0, "sibling": 0, "other": 1}
+OTHER_HANDICAP = _HANDICAP["other"]
+
+
+@dataclass(slots=True)
+class _Seq:
+    group_id: str
+    group: GroupIndex
+    member: int
+    prompt_len: int
+
+
+@dataclass(slots=True)
+class _Hit:
+    source: str
+    text: Sequence[int]
+    end: int           # the copy starts at text[end]
+    avail: int         # tokens the text holds after `end`
+    match_len: int     # matched tokens before `end` (measured up to MATCH_CAP)
+
+
+class CopyProposer:
+    """Implements engine.proposer.Proposer; see the module docstring."""
+
+    def __init__(self, config: SpecConfig | None = None) -> None:
+        self.config = cfg = config or SpecConfig()
+        self._seqs: dict[int, _Seq] = {}
+        self._groups: dict[str, GroupIndex] = {}
+        self._next_member: dict[str, int] = {}
+        self._use_self = "self" in cfg.sources
+        self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens)
+                      if "other" in cfg.sources and cfg.other_pool_tokens > 0 else None)
+        self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
+        self.policy = DraftPolicy(self.model, CostCurve.from_spec(cfg.cost_curve),
+                                  adaptive=cfg.policy == "adaptive")
+        self._pending: dict[int, tuple[Draft, int, float]] = {}   # seq_id -> (draft, match_len, predicted)
+        self._drafted = dict.fromkeys(SOURCES, 0)
+        self._accepted = dict.fromkeys(SOURCES, 0)
+        self._drafts = dict.fromkeys(SOURCES, 0)
+        self._propose_s = 0.0
+        self._propose_calls = 0
+        self._queries = 0
+
+    # ------------------------------------------------------------------ Proposer protocol
+
+    def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int]) -> None:
+        if seq_id in self._seqs:
+            raise ValueError(f"sequence {seq_id} was already added")
+        check_token_ids(prompt_token_ids)
+        cfg = self.config
+        group = self._groups.get(group_id)
+        if group is None:
+            group = GroupIndex(prompt_token_ids, cfg.n, cfg.max_match, siblings="sibling" in cfg.sources)
+            self._groups[group_id] = group
+            self._next_member[group_id] = 0
+        member = self._next_member[group_id]
+        self._next_member[group_id] = member + 1
+        group.add_member(member, prompt_token_ids)
+        self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids))
+
+    def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
+        if not token_ids:
+            return
+        check_token_ids(token_ids)
+        st = self._seqs[seq_id]
+        st.group.extend(st.member, token_ids)
+
+    def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
+        t0 = time.perf_counter()
+        cfg = self.config
+        if cfg.budget is not None:
+            budget = min(budget, cfg.budget)
+        if not cfg.enabled or cfg.k <= 0 or budget <= 0 or not queries:
+            return [EMPTY_DRAFT] * len(queries)
+        self.model.refresh()
+        adaptive = cfg.policy == "adaptive"
+        hits: list[_Hit | None] = []
+        cands: list[Candidate | None] = []
+        for q in queries:
+            st = self._seqs.get(q.seq_id)
+            hit = None
+            if st is not None and q.max_len > 0:
+                hit = self._best_hit(st, q, adaptive)
+            hits.append(hit)
+            if hit is None:
+                cands.append(None)
+            else:
+                a = self.model.first_prob(hit.source, hit.match_len, self.model.seq_factor(q.seq_id))
+                cands.append(Candidate(a, min(hit.avail, cfg.k, q.max_len),
+                                       self.model.survival_of(hit.source, hit.match_len)))
+        lens = self.policy.allocate(cands, budget)
+        drafts = []
+        for q, hit, cand, d in zip(queries, hits, cands, lens):
+            if d <= 0:
+                drafts.append(EMPTY_DRAFT)
+                continue
+            draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
+            self._pending[q.seq_id] = (draft, hit.match_len,
+                                      self.model.expected(hit.source, hit.match_len, cand.a, d))
+            drafts.append(draft)
+        self._propose_s += time.perf_counter() - t0
+        self._propose_calls += 1
+        self._queries += len(queries)
+        return drafts
+
+    def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
+        if len(draft) == 0:
+            return
+        accepted = max(0, min(int(num_accepted), len(draft)))
+        pending = self._pending.pop(seq_id, None)
+        match_len, predicted = 1, None
+        if pending is not None and pending[0].tokens == draft.tokens:
+            match_len, predicted = pending[1], pending[2]
+        source = draft.source if draft.source in SOURCES else "self"
+        self._drafts[source] += 1
+        self._drafted[source] += len(draft)
+        self._accepted[source] += accepted
+        running = seq_id in self._seqs           # per-sequence statistics only for live sequences
+        self.model.record(source, match_len, len(draft), accepted,
+                          seq_id if running else None, predicted)
+
+    def finish(self, seq_id: int, aborted: bool = False) -> None:
+        st = self._seqs.pop(seq_id, None)
+        if st is None:
+            return
+        self._pending.pop(seq_id, None)
+        self.model.forget(seq_id)
+        text = st.group.finish(st.member)
+        if not aborted and self._pool is not None:
+            self._pool.add(text[st.prompt_len:], st.group_id)
+        if not st.group.live and self._groups.get(st.group_id) is st.group:
+            del self._groups[st.group_id]
+            del self._next_member[st.group_id]
+
+    # ------------------------------------------------------------------ extras
+
+    def set_cost_curve(self, curve: CostCurveSpec) -> None:
+        """The engine's own measurement of forward cost by tokens in the step."""
+        self.policy.cost = CostCurve.from_spec(curve)
+
+    def stats(self) -> dict:
+        by_source = {s: {"drafts": self._drafts[s], "drafted": self._drafted[s], "accepted": self._accepted[s]}
+                     for s in SOURCES}
+        return {
+            "by_source": by_source,
+            "drafted": sum(self._drafted.values()),
+            "accepted": sum(self._accepted.values()),
+            "propose_calls": self._propose_calls,
+            "queries": self._queries,
+            "propose_s": self._propose_s,
+            "propose_us_per_query": 1e6 * self._propose_s / max(self._queries, 1),
+            "running": len(self._seqs),
+            "groups": len(self._groups),
+            "pool_texts": len(self._pool) if self._pool is not None else 0,
+            "pool_tokens": self._pool.num_tokens if self._pool is not None else 0,
+            "model": self.model.snapshot(),
+        }
+
+    # ------------------------------------------------------------------ matching
+
+    def candidates(self, seq_id: int) -> list[_Hit]:
+        """Each source's longest match for the sequence now (for diagnostics and fitting priors)."""
+        return self._find(self._seqs[seq_id], first_only=False)
+
+    def _best_hit(self, st: _Seq, q: DraftQuery, adaptive: bool) -> _Hit | None:
+        """Fixed: the first hit of _find. Adaptive: each source's longest match, measured past
+        max_match; the longest wins, self > sibling > other at equal length, and "other" needs
+        OTHER_HANDICAP more matched tokens (see the module docstring)."""
+        found = self._find(st, first_only=not adaptive)
+        if len(found) <= 1:
+            return found[0] if found else None
+        return max(found, key=lambda h: (h.match_len - _HANDICAP[h.source], -_TRUST[h.source]))
+
+    def _find(self, st: _Seq, first_only: bool) -> list[_Hit]:
+        """Longest match first (max_match down to n); at each length self, sibling, other.
+        first_only: stop at the first hit; else go on until every source has its longest."""
+        cfg = self.config
+        group, member = st.group, st.member
+        toks = group.texts[member]
+        L = len(toks)
+        keys = tail_keys(toks, L, cfg.n, cfg.max_match)
+        pool = self._pool
+        found: list[_Hit] = []
+        need_self, need_sib, need_other = self._use_self, group.siblings, pool is not None
+        for m in range(cfg.max_match, cfg.n - 1, -1):
+            key = keys[m]
+            if key is None:
+                continue
+            if need_self:
+                e = group.lookup_self(member, m, key)
+                if e is not None:
+                    found.append(_Hit("self", toks, e, L - e, self._match_len(toks, L, toks, e, m)))
+                    if first_only:
+                        return found
+                    need_self = False
+            if need_sib:
+                r = group.lookup_sibling(member, m, key)
+                if r is not None:
+                    text, e = r
+                    found.append(_Hit("sibling", text, e, len(text) - e, self._match_len(toks, L, text, e, m)))
+                    if first_only:
+                        return found
+                    need_sib = False
+            if need_other:
+                r = pool.lookup(m, key)
+                if r is not None:
+                    text, e, _ = r
+                    found.append(_Hit("other", text, e, len(text) - e, self._match_len(toks, L, text, e, m)))
+                    if first_only:
+                        return found
+                    need_other = False
+            if not (need_self or need_sib or need_other):
+                break
+        return found
+
+    def _match_len(self, toks: Sequence[int], L: int, text: Sequence[int], e: int, m: int) -> int:
+        """How far back the match goes: m, or more (up to MATCH_CAP) when m is max_match."""
+        if m < self.config.max_match:
+            return m
+        limit = min(MATCH_CAP, L, e)
+        while m < limit and toks[L - 1 - m] == text[e - 1 - m]:
+            m += 1
+        return m
