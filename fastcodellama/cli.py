@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "fastcodellama.train",
     "fastcodellama.humaneval",
     "fastcodellama.evaluate",
+    "api.serve_cmd",
 )
 
 
