@@ -132,9 +132,9 @@ def _filter(x: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
     x = x / temps[:, None]
     top_k = [p.top_k for p in params]
     if any(k > 0 for k in top_k):
-        k_t = torch.tensor([k if k > 0 else x.shape[1] for k in top_k], device=x.device)
-        sorted_x = torch.sort(x, dim=-1, descending=True).values
-        kth = sorted_x.gather(1, (k_t.clamp(max=x.shape[1]) - 1)[:, None])
+        k_t = torch.tensor([min(k, x.shape[1]) if k > 0 else x.shape[1] for k in top_k], device=x.device)
+        best = torch.topk(x, int(k_t.max()), dim=-1).values
+        kth = best.gather(1, (k_t - 1)[:, None])
         x = x.masked_fill(x < kth, float("-inf"))
     top_p = [p.top_p for p in params]
     if any(p < 1.0 for p in top_p):
