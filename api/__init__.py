@@ -1,0 +1,1 @@
+"""aiohttp OpenAI-compatible completion server over engine.AsyncEngine (no engine logic here)."""

@@ -1,0 +1,66 @@
+"""The OpenAPI 3.1 document of the server, generated from the pydantic schemas (GET /openapi.json)."""
+from __future__ import annotations
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, Health, ModelList)
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*statuses: int) -> dict:
+    return {str(s): _json(ErrorResponse, "Error") for s in statuses}
+
+
+def build_openapi(title: str, version: str, auth: bool) -> dict:
+    models = [(CompletionRequest, "validation"), (CompletionResponse, "serialization"),
+              (ModelList, "serialization"), (Health, "serialization"), (CopilotToken, "serialization"),
+              (ErrorResponse, "serialization")]
+    _, defs = models_json_schema(models, ref_template=_REF)
+    completion = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(CompletionRequest)}}},
+        "responses": {
+            "200": {"description": "A completion, or with stream=true server-sent events: `data: {chunk}` "
+                                   "per chunk (a CompletionResponse), `data: [DONE]` last",
+                    "content": {"application/json": {"schema": _ref(CompletionResponse)},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+            **_errors(400, 401, 404, 408, 413, 429, 500, 503),
+        },
+    }
+    paths = {
+        "/v1/completions": {"post": {"summary": "OpenAI text completion (fill-in-the-middle with suffix)",
+                                     "operationId": "createCompletion", **completion}},
+        "/v1/engines/{engine}/completions": {"post": {
+            "summary": "Copilot / FauxPilot completion; engine is the served model name",
+            "operationId": "createEngineCompletion",
+            "parameters": [{"name": "engine", "in": "path", "required": True, "schema": {"type": "string"}}],
+            **completion}},
+        "/v1/models": {"get": {"summary": "The served model", "operationId": "listModels",
+                               "responses": {"200": _json(ModelList, "Models"), **_errors(401)}}},
+        "/health": {"get": {"summary": "Liveness and KV cache state (no API key needed)", "operationId": "health",
+                            "security": [],
+                            "responses": {"200": _json(Health, "Serving"), "503": _json(Health, "Shutting down")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
+                             "responses": {"200": {"description": "Prometheus text format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                           **_errors(401)}}},
+        "/copilot_internal/v2/token": {"get": {"summary": "Copilot session token", "operationId": "copilotToken",
+                                               "responses": {"200": _json(CopilotToken, "Token"), **_errors(401)}}},
+        "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                                  "responses": {"200": {"description": "OpenAPI document"}}}},
+    }
+    doc = {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
+           "components": {"schemas": defs.get("$defs", {})}}
+    if auth:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+    return doc

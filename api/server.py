@@ -1,0 +1,238 @@
+"""The app factory (create_app), the engine it serves (build_engine) and the process (serve).
+
+Shutdown on SIGTERM or SIGINT: the listening socket closes, new requests on open connections
+get 503, in-flight requests get `shutdown_grace` seconds to finish; then the engine shuts down
+and what is left ends with a clean error (503, or an SSE error event); the process exits 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from engine import EngineConfig
+from engine.async_engine import AsyncEngine
+
+from api import errors
+from api.admission import Admission
+from api.config import ServerConfig
+from api.metrics import ServerMetrics
+from api.openapi import build_openapi
+from api.routes import add_routes
+
+log = logging.getLogger("api")
+
+PUBLIC_PATHS = frozenset({"/health"})  # no API key needed (liveness probes)
+HANDLER_DRAIN_S = 5.0  # after the grace period: time for handlers to write their error and return
+
+
+@dataclass
+class AppState:
+    engine: AsyncEngine
+    config: ServerConfig
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    admission: Admission = None  # type: ignore[assignment]
+    openapi: dict = field(default_factory=dict)
+    created: int = field(default_factory=lambda: int(time.time()))
+    engine_stopped: bool = False
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.config.capacity, self.config.retry_after)
+        self.openapi = build_openapi("fastcodellama", "0.1.0", auth=self.config.api_key is not None)
+
+    async def stop_engine(self) -> None:
+        if not self.engine_stopped:
+            self.engine_stopped = True
+            await self.engine.shutdown()
+
+
+STATE = web.AppKey("state", AppState)
+
+
+# ---------------------------------------------------------------------- the engine
+
+
+def build_proposer():
+    """fastcodellama's copy-draft proposer, or None (no drafting) where it is not available."""
+    try:
+        from fastcodellama import spec_config
+
+        proposer_module = importlib.import_module("fastcodellama.proposer")
+        build = getattr(proposer_module, "build_proposer", None) or spec_config.build_proposer
+        return build(spec_config.SpecConfig())
+    except ModuleNotFoundError as e:
+        log.info("no draft proposer (%s): serving without speculation", e)
+    except Exception:  # noqa: BLE001 - a broken proposer must not stop the server
+        log.exception("building the draft proposer failed: serving without speculation")
+    return None
+
+
+def build_engine(config: EngineConfig, speculate: bool = True) -> AsyncEngine:
+    return AsyncEngine(config, proposer=build_proposer() if speculate else None)
+
+
+# ---------------------------------------------------------------------- the app
+
+
+def create_app(engine: AsyncEngine, config: ServerConfig) -> web.Application:
+    """An app over a (not yet started) engine; the app starts it and, on cleanup, shuts it down."""
+    state = AppState(engine, config)
+    middlewares = [_error_middleware]
+    if config.cors_origins:
+        middlewares.append(_cors_preflight_middleware)
+    if config.api_key is not None:
+        middlewares.append(_auth_middleware)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app[STATE] = state
+    add_routes(app)
+    if config.cors_origins:
+        app.on_response_prepare.append(_add_cors_headers)
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    await app[STATE].engine.start()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Stop admitting, let in-flight requests finish within the grace period, then end the rest."""
+    state = app[STATE]
+    state.admission.begin_shutdown()
+    grace = state.config.shutdown_grace
+    if not await state.admission.wait_idle(grace):
+        log.warning("%d requests still running after %.0f s: aborting them", state.admission.requests, grace)
+    await state.stop_engine()  # what is left ends with EngineDeadError -> 503 / SSE error event
+    await state.admission.wait_idle(HANDLER_DRAIN_S)
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    await app[STATE].stop_engine()
+
+
+# ---------------------------------------------------------------------- middlewares
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as an OpenAI error object; counts every response by endpoint and status."""
+    state = request.app[STATE]
+    try:
+        response = await handler(request)
+    except errors.APIError as e:
+        response = e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        response = errors.from_http_exception(e).response()
+    except Exception:  # noqa: BLE001 - the request fails alone; the server goes on
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        response = errors.internal("internal server error").response()
+    route = request.match_info.route.resource
+    endpoint = route.canonical if route is not None else "unmatched"
+    state.metrics.requests.labels(endpoint, str(response.status)).inc()
+    return response
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
+        return await handler(request)
+    key = request.app[STATE].config.api_key
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Copilot sends "token <t>" to its token endpoint, "Bearer <t>" elsewhere.
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")  # header bytes aiohttp could not decode
+    if scheme.lower() not in ("bearer", "token") or not hmac.compare_digest(given_bytes, key.encode()):
+        raise errors.unauthorized()
+    return await handler(request)
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    origins = request.app[STATE].config.cors_origins
+    if origin is None:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin in origins else None
+
+
+@web.middleware
+async def _cors_preflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if _allowed_origin(request) is None:
+            raise errors.APIError(403, "CORS origin not allowed", code="cors_origin_not_allowed")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Max-Age": "600"})
+    return await handler(request)
+
+
+async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = _allowed_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if origin != "*":
+            response.headers["Vary"] = "Origin"
+
+
+# ---------------------------------------------------------------------- the process
+
+
+async def start_site(app: web.Application, host: str, port: int,
+                     access_log: bool = True) -> tuple[web.AppRunner, str, int]:
+    """Starts `app` on host:port (0: any free port); returns the runner and the bound address."""
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=HANDLER_DRAIN_S,
+                           access_log=logging.getLogger("aiohttp.access") if access_log else None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    return runner, bound_host, bound_port
+
+
+async def serve(engine: AsyncEngine, config: ServerConfig, access_log: bool = True,
+                ready: Callable[[str, int], None] | None = None) -> int:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully; returns the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        runner, host, port = await start_site(create_app(engine, config), config.host, config.port, access_log)
+        try:
+            log.info("listening on http://%s:%d (model %s)", host, port, config.model_name)
+            if ready is not None:
+                ready(host, port)
+            await stop.wait()
+            log.info("shutting down: finishing in-flight requests (grace %.0f s)", config.shutdown_grace)
+        finally:
+            await runner.cleanup()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+def run_server(engine_config: EngineConfig, config: ServerConfig, speculate: bool = True,
+               access_log: bool = True) -> int:
+    engine = build_engine(engine_config, speculate)
+    return asyncio.run(serve(engine, config, access_log=access_log))

@@ -1,0 +1,111 @@
+"""Server-sent events: `data: {json}\\n\\n` per chunk, `data: [DONE]\\n\\n` at the end.
+
+Headers go out only once every prompt of the request has its first token, so that a request
+the engine rejects (a prompt too long, say) still gets a plain 4xx JSON error. An error after
+that goes out as `data: {"error": {...}}` followed by `data: [DONE]`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from engine.outputs import CompletionOutput, RequestOutput
+
+from api.completions import CompletionPlan, LogprobsBuilder, new_logprobs, usage
+from api.errors import APIError
+from api.schemas import CompletionChoice, CompletionResponse
+
+if TYPE_CHECKING:
+    from engine.async_engine import AsyncEngine
+
+DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return b"data: " + data.encode() + b"\n\n"
+
+
+@dataclass
+class _ChoiceState:
+    sent_chars: int = 0
+    sent_tokens: int = 0
+    finished: bool = False
+    logprobs: LogprobsBuilder | None = None
+
+
+@dataclass
+class CompletionStream:
+    """Turns cumulative engine outputs into SSE chunks and writes them to one client."""
+
+    request: web.Request
+    plan: CompletionPlan
+    engine: "AsyncEngine"  # its tokenizer names the tokens of logprobs
+    response: web.StreamResponse | None = None
+    _pending: list[bytes] = field(default_factory=list)
+    _started: set[int] = field(default_factory=set)
+    _choices: dict[int, _ChoiceState] = field(default_factory=dict)
+    _last: dict[int, RequestOutput] = field(default_factory=dict)
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def add(self, prompt_index: int, out: RequestOutput) -> None:
+        self._last[prompt_index] = out
+        self._started.add(prompt_index)
+        for c in out.outputs:
+            chunk = self._chunk(prompt_index, out, c)
+            if chunk is not None:
+                self._pending.append(chunk)
+        if self.response is None and len(self._started) < len(self.plan.prompts):
+            return
+        await self._flush()
+
+    async def finish(self) -> None:
+        if self.plan.include_usage:
+            final = CompletionResponse(id=self.plan.request_id, created=self.plan.created, model=self.plan.model,
+                                       choices=[], usage=usage(self.plan, self._last))
+            self._pending.append(sse(final.model_dump_json()))
+        self._pending.append(DONE)
+        await self._flush()
+
+    async def fail(self, error: APIError) -> None:
+        """An error once the stream has started: an SSE error event, then [DONE]."""
+        self._pending = [sse(error.body()), DONE]
+        await self._flush()
+
+    def _chunk(self, i: int, out: RequestOutput, c: CompletionOutput) -> bytes | None:
+        index = i * self.plan.n + c.index
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _ChoiceState()
+            if c.logprobs is not None:
+                state.logprobs = LogprobsBuilder(self.engine, out.prompt_token_ids)
+        if state.finished:
+            return None
+        text = c.text[state.sent_chars:] if len(c.text) > state.sent_chars else ""
+        if state.sent_chars == 0 and state.sent_tokens == 0 and self.plan.echo:
+            text = self.plan.echo_texts[i] + text
+        logprobs = new_logprobs(state.logprobs, c, state.sent_tokens) if state.logprobs else None
+        if not text and logprobs is None and not c.finished:
+            return None
+        state.sent_chars = max(state.sent_chars, len(c.text))
+        state.sent_tokens = len(c.token_ids)
+        state.finished = c.finished
+        chunk = CompletionResponse(id=self.plan.request_id, created=self.plan.created, model=self.plan.model,
+                                   choices=[CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                                             finish_reason=c.finish_reason)])
+        return sse(chunk.model_dump_json())
+
+    async def _flush(self) -> None:
+        if self.response is None:
+            self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+            await self.response.prepare(self.request)
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            await self.response.write(data)
