@@ -65,6 +65,11 @@ class AsyncEngine:
             self._task = None
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._abort_all)
+        with self._lock:
+            adds, self._adds = self._adds, []
+        for add in adds:
+            if not add.accepted.done():
+                add.accepted.set_exception(EngineDeadError("engine shut down"))
         for queue in self._queues.values():
             queue.put_nowait(EngineDeadError("engine shut down"))
         self._executor.shutdown(wait=True)
@@ -81,10 +86,12 @@ class AsyncEngine:
         Raises ValueError for an invalid request before yielding anything. If the
         consumer stops early (client gone, task cancelled) the request is aborted.
         """
-        if not self.is_running:
-            await self.start()
         if self._stopped:
             raise EngineDeadError("engine is shutting down")
+        if self._task is not None and self._task.done():
+            raise EngineDeadError("the engine loop has stopped")
+        if not self.is_running:
+            await self.start()
         loop = asyncio.get_running_loop()
         add = _Add(request_id, prompt, params, loop.create_future())
         queue: asyncio.Queue = asyncio.Queue()
@@ -148,7 +155,10 @@ class AsyncEngine:
             aborts, self._aborts = self._aborts, []
         accepted = []
         for request_id in aborts:
-            self.engine.abort(request_id)
+            try:
+                self.engine.abort(request_id)
+            except Exception:  # noqa: BLE001 - an abort must never stop the loop
+                log.exception("abort of %s failed", request_id)
         for add in adds:
             if add.request_id in aborts:
                 accepted.append((add, None))
@@ -170,7 +180,10 @@ class AsyncEngine:
     def _fail_running(self, error: Exception) -> list:
         failed = []
         for request_id in list(self.engine.requests):
-            self.engine.abort(request_id)
+            try:
+                self.engine.abort(request_id)
+            except Exception:  # noqa: BLE001
+                log.exception("abort of %s failed", request_id)
             failed.append((request_id, RuntimeError(f"request failed inside the engine: {error}")))
         return failed
 

@@ -24,7 +24,7 @@ class ModelRunner:
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config
         self.kv_caches = torch.zeros(
-            (mc.num_layers, 2, self.num_blocks, config.block_size, mc.num_kv_heads, mc.head_dim),
+            (mc.num_layers, 2, self.num_blocks, mc.num_kv_heads, config.block_size, mc.head_dim),
             dtype=self.dtype, device=self.device)
 
     def _blocks_for_memory(self, gigabytes: float) -> int:

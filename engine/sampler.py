@@ -144,23 +144,22 @@ def _filter(x: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
 
 def _top_p(x: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
     """Keeps the smallest set of best tokens whose mass reaches top_p (a token is cut when the
-    tokens strictly better than it already reach it). Looks at the best NUCLEUS_CANDIDATES first;
-    only rows whose nucleus is wider than that sort the whole row."""
-    k = min(NUCLEUS_CANDIDATES, x.shape[1])
+    tokens strictly better than it already reach it). Looks at the best NUCLEUS_CANDIDATES tokens
+    first, then 8x more, and sorts whole rows only for the rows whose nucleus is wider still."""
     probs = torch.softmax(x, dim=-1)
-    top_probs, top_ids = torch.topk(probs, k, dim=-1)
-    before = torch.cumsum(top_probs, dim=-1) - top_probs
-    keep_top = before < p_t[:, None]
-    wide = keep_top[:, -1] & (p_t < 1.0)
-    out = torch.full_like(x, float("-inf"))
-    out.scatter_(1, top_ids, torch.where(keep_top, x.gather(1, top_ids), float("-inf")))
-    out[p_t >= 1.0] = x[p_t >= 1.0]
-    if wide.any():
-        rows = wide.nonzero()[:, 0]
-        sorted_probs, order = torch.sort(probs[rows], dim=-1, descending=True)
-        cut = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= p_t[rows, None]
-        remove = torch.zeros_like(cut).scatter(1, order, cut)
-        out[rows] = x[rows].masked_fill(remove, float("-inf"))
+    out = x.clone()
+    rows = (p_t < 1.0).nonzero()[:, 0]
+    k = NUCLEUS_CANDIDATES
+    while len(rows):
+        k = min(k, x.shape[1])
+        top_probs, top_ids = torch.topk(probs[rows], k, dim=-1)
+        keep = (torch.cumsum(top_probs, dim=-1) - top_probs) < p_t[rows, None]
+        done = ~keep[:, -1] | (k == x.shape[1])
+        sub = torch.full((len(rows), x.shape[1]), float("-inf"), dtype=x.dtype, device=x.device)
+        sub.scatter_(1, top_ids, torch.where(keep, x[rows].gather(1, top_ids), float("-inf")))
+        out[rows[done]] = sub[done]
+        rows = rows[~done]
+        k *= 8
     return out
 
 

@@ -39,7 +39,7 @@ class SamplingParams:
         _check(isinstance(self.n, int) and self.n >= 1, "n must be an integer >= 1, got %r" % (self.n,))
         _check(self.temperature >= 0.0, f"temperature must be >= 0, got {self.temperature}")
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
-        _check(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k}")
+        _check(isinstance(self.top_k, int) and 0 <= self.top_k < 2**31, f"top_k must be an integer in [0, 2**31), got {self.top_k}")
         _check(self.repetition_penalty > 0.0, f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         _check(-2.0 <= self.presence_penalty <= 2.0, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
         _check(-2.0 <= self.frequency_penalty <= 2.0, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")

@@ -18,11 +18,12 @@ class AttentionBackend(Protocol):
                 k_cache: torch.Tensor, v_cache: torch.Tensor, batch: StepBatch, meta: Any) -> torch.Tensor:
         """Writes k, v ([T, kv_heads, d]) into their slots, then attends q ([T, heads, d])
         over each sequence's cached keys, causal within its new tokens. Returns [T, heads, d].
-        The caches are [num_blocks, block_size, kv_heads, d]."""
+        The caches are [num_blocks, kv_heads, block_size, d]: one block of one head is contiguous."""
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+    block_size = k_cache.shape[2]
+    blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
+    k_cache[blocks, :, offsets] = k
+    v_cache[blocks, :, offsets] = v

@@ -93,21 +93,31 @@ def _long_chunk(batch: StepBatch, i: int) -> LongChunk:
 
 
 def _attend_group(q, k_cache, v_cache, g: PaddedGroup, out: torch.Tensor) -> None:
+    """Attention block by block: gathered blocks stay [G, nb, kv_heads, block, d], so both
+    products are batches of small matrix products over contiguous blocks (no K/V re-layout)."""
     num_g, nb = g.block_tables.shape
-    _, block_size, kv_heads, head_dim = k_cache.shape
-    keys = k_cache[g.block_tables].reshape(num_g, nb * block_size, kv_heads, head_dim).transpose(1, 2)
-    values = v_cache[g.block_tables].reshape(num_g, nb * block_size, kv_heads, head_dim).transpose(1, 2)
-    queries = q[g.row_index].transpose(1, 2)  # [G, heads, Q, d]
-    o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=g.mask,
-                                       enable_gqa=queries.shape[1] != kv_heads)
-    o = o.transpose(1, 2)  # [G, Q, heads, d]
+    _, kv_heads, block_size, head_dim = k_cache.shape
+    heads, num_q = q.shape[1], g.row_index.shape[1]
+    rep = heads // kv_heads
+    keys, values = k_cache[g.block_tables], v_cache[g.block_tables]  # [G, nb, kvh, bs, d]
+    # The `rep` query heads that share a KV head become extra query rows: K/V are never repeated.
+    queries = q[g.row_index].view(num_g, num_q, kv_heads, rep, head_dim).permute(0, 2, 1, 3, 4)
+    queries = queries.reshape(num_g, 1, kv_heads, num_q * rep, head_dim) * head_dim ** -0.5
+    scores = torch.matmul(queries, keys.transpose(-1, -2))  # [G, nb, kvh, Q*rep, bs]
+    scores = scores.permute(0, 2, 3, 1, 4).reshape(num_g, kv_heads, num_q * rep, nb * block_size)
+    scores = scores.masked_fill(~g.mask.repeat_interleave(rep, dim=2), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # padded query rows see no key
+    probs = probs.view(num_g, kv_heads, num_q * rep, nb, block_size).permute(0, 3, 1, 2, 4)
+    o = torch.matmul(probs, values).sum(dim=1)  # [G, kvh, Q*rep, d]
+    o = o.view(num_g, kv_heads, num_q, rep, head_dim).permute(0, 2, 1, 3, 4).reshape(num_g, num_q, heads, head_dim)
     out[g.row_index[g.row_valid]] = o[g.row_valid]
 
 
 def _attend_long(q, k_cache, v_cache, c: LongChunk, out: torch.Tensor) -> None:
-    kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    keys = k_cache.view(-1, kv_heads, head_dim)[c.slots].transpose(0, 1)[None]
-    values = v_cache.view(-1, kv_heads, head_dim)[c.slots].transpose(0, 1)[None]
+    kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    blocks, offsets = c.slots // block_size, c.slots % block_size
+    keys = k_cache[blocks, :, offsets].transpose(0, 1)[None]  # [1, kvh, ctx, d]
+    values = v_cache[blocks, :, offsets].transpose(0, 1)[None]
     queries = q[c.rows].transpose(0, 1)[None]
     o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=c.mask, is_causal=c.mask is None,
                                        enable_gqa=queries.shape[1] != kv_heads)

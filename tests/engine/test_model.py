@@ -76,7 +76,7 @@ def test_paged_attention_equals_dense_attention():
     torch.manual_seed(0)
     heads, kv_heads, d, bs = 4, 2, 16, 4
     num_blocks = 40
-    k_cache = torch.zeros(num_blocks, bs, kv_heads, d)
+    k_cache = torch.zeros(num_blocks, kv_heads, bs, d)
     v_cache = torch.zeros_like(k_cache)
     ctx = [7, 1, 12, 30]
     new = [3, 1, 12, 1]  # verify-like, decode, prefill, decode
@@ -86,10 +86,9 @@ def test_paged_attention_equals_dense_attention():
         nb = (c + bs - 1) // bs
         table = tuple(perm[:nb]); perm = perm[nb:]
         keys, values = torch.randn(c, kv_heads, d), torch.randn(c, kv_heads, d)
-        flat_k, flat_v = k_cache.view(-1, kv_heads, d), v_cache.view(-1, kv_heads, d)
         for p in range(c - n):  # earlier tokens already in the cache
-            flat_k[table[p // bs] * bs + p % bs] = keys[p]
-            flat_v[table[p // bs] * bs + p % bs] = values[p]
+            k_cache[table[p // bs], :, p % bs] = keys[p]
+            v_cache[table[p // bs], :, p % bs] = values[p]
         full_k.append(keys); full_v.append(values)
         chunks.append(SeqChunk(tuple([0] * n), c - n, table, 0))
     batch = StepBatch.build(chunks, bs, torch.device("cpu"))
