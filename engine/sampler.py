@@ -8,6 +8,8 @@ draft token is accepted exactly when it equals the token sampled at its position
 That acceptance rule is the lossless speculative-sampling rule for a
 deterministic draft: P(accept x) = p(x), and on rejection the token is a sample
 of p with x removed and renormalized (see rejection_sampler.py and its tests).
+On the CPU, temperature, top-k, top-p and the race run in one C kernel per row
+(engine/kernels/cpu_kernels.c); the PyTorch code here is its reference.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from engine.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
 _MASK32 = (1 << 32) - 1
-NUCLEUS_CANDIDATES = 256  # top-p looks here first; rows whose nucleus is wider sort the full row
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,30 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 
 class Sampler:
-    def __init__(self, eos_id: int | None) -> None:
+    def __init__(self, eos_id: int | None, use_kernels: bool = True) -> None:
         self.eos_id = eos_id
+        self.use_kernels = use_kernels
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: Seq[SamplingRow]) -> SampleResult:
-        index = torch.tensor([r.logits_row for r in rows], dtype=torch.long, device=logits.device)
-        x = logits.index_select(0, index).float()
+        order = [r.logits_row for r in rows]
+        if order == list(range(logits.shape[0])):  # one row per logits row: no gather
+            x = logits.float()
+        else:
+            x = logits.index_select(0, torch.tensor(order, dtype=torch.long, device=logits.device)).float()
         raw_logprobs = torch.log_softmax(x, dim=-1) if any(r.params.logprobs for r in rows) else None
-        x = self.process(x, rows)
-        tokens = torch.argmax(x, dim=-1)
+        x = self.constrain(x, rows)
+        greedy = [i for i, r in enumerate(rows) if r.params.greedy]
         sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
+        token_list = [0] * len(rows)
+        if greedy:
+            picked = x if len(greedy) == len(rows) else x[greedy]
+            for i, t in zip(greedy, torch.argmax(picked, dim=-1).tolist()):
+                token_list[i] = t
         if sampled:
-            tokens[sampled] = self._race(x[sampled], [rows[i] for i in sampled])
-        token_list = tokens.tolist()
+            picked = x if len(sampled) == len(rows) else x[sampled]
+            for i, t in zip(sampled, self._sample(picked, [rows[i] for i in sampled]).tolist()):
+                token_list[i] = t
         for i, r in enumerate(rows):
             if r.forced is not None:
                 token_list[i] = r.forced
@@ -75,8 +87,8 @@ class Sampler:
             logprobs = raw_logprobs.gather(1, chosen[:, None])[:, 0].tolist()
         return SampleResult(token_list, logprobs)
 
-    def process(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
-        """Penalties and min_tokens on every row; temperature, top-k, top-p on sampled rows."""
+    def constrain(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
+        """Penalties and min_tokens, on every row (in place)."""
         for i, r in enumerate(rows):
             if r.params.needs_penalties:
                 _apply_penalties(x[i], r)
@@ -86,6 +98,11 @@ class Sampler:
                     banned.append(self.eos_id)
                 if banned:
                     x[i, banned] = float("-inf")
+        return x
+
+    def process(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
+        """constrain(), then temperature, top-k, top-p on sampled rows (reference path)."""
+        x = self.constrain(x, rows)
         sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
         if sampled:
             x[sampled] = _filter(x[sampled], [rows[i].params for i in sampled])
@@ -95,17 +112,29 @@ class Sampler:
         """The distribution each sampled row draws from (for tests and the reference rule)."""
         return torch.softmax(self.process(x.float().clone(), rows), dim=-1)
 
-    def _race(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
-        """argmax over surviving tokens of log p - log E, E ~ Exp(1) hashed from (key, position, id)."""
-        alive = torch.isfinite(x)
-        row_idx, token_idx = alive.nonzero(as_tuple=True)
-        seeds = torch.tensor([noise_seed(r.noise_key, r.position) & _MASK32 for r in rows], dtype=torch.long,
-                             device=x.device)
-        u = uniform_hash(seeds[row_idx], token_idx)
-        score = torch.full_like(x, float("-inf"))
-        gumbel = -torch.log(-torch.log(u))
-        score[row_idx, token_idx] = torch.log_softmax(x, dim=-1)[row_idx, token_idx] + gumbel.to(x.dtype)
-        return torch.argmax(score, dim=-1)
+    def _sample(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
+        """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
+        seeds = torch.tensor([noise_seed(r.noise_key, r.position) & _MASK32 for r in rows], dtype=torch.long)
+        if self.use_kernels and x.device.type == "cpu":
+            from engine.kernels import cpu as kernels
+
+            if kernels.available():
+                params = [r.params for r in rows]
+                return kernels.sample_rows(
+                    x, torch.tensor([p.temperature for p in params], dtype=torch.float32),
+                    torch.tensor([p.top_k for p in params], dtype=torch.int64),
+                    torch.tensor([p.top_p for p in params], dtype=torch.float64), seeds)
+        return race(_filter(x, [r.params for r in rows]), seeds.to(x.device))
+
+
+def race(x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """The exponential race: argmax over surviving tokens of w / E, w = exp(x - max) and
+    E = -log(u) ~ Exp(1) with u hashed from (row seed, token id); a sample of softmax(x)."""
+    w = torch.exp(x - x.max(dim=-1, keepdim=True).values)
+    token_ids = torch.arange(x.shape[1], device=x.device)
+    u = uniform_hash(seeds[:, None], token_ids[None, :])
+    score = torch.where(torch.isfinite(x), w / -torch.log(u), 0.0)
+    return torch.argmax(score, dim=-1)
 
 
 def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -122,9 +151,10 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_hash(seeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Uniform (0, 1) noise, a deterministic function of (row seed, token id)."""
+    """Uniform (0, 1) float32 noise, a deterministic function of (row seed, token id); 23 bits,
+    so that k + 0.5 is exact in float32 (the C kernel computes the same values)."""
     h = _mix32(_mix32(seeds ^ _mul32(token_ids, 0x9E3779B1)) ^ (seeds >> 7))
-    return ((h >> 8).double() + 0.5) / float(1 << 24)
+    return ((h >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
 def _filter(x: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
@@ -143,23 +173,18 @@ def _filter(x: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
 
 
 def _top_p(x: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
-    """Keeps the smallest set of best tokens whose mass reaches top_p (a token is cut when the
-    tokens strictly better than it already reach it). Looks at the best NUCLEUS_CANDIDATES tokens
-    first, then 8x more, and sorts whole rows only for the rows whose nucleus is wider still."""
-    probs = torch.softmax(x, dim=-1)
-    out = x.clone()
-    rows = (p_t < 1.0).nonzero()[:, 0]
-    k = NUCLEUS_CANDIDATES
-    while len(rows):
-        k = min(k, x.shape[1])
-        top_probs, top_ids = torch.topk(probs[rows], k, dim=-1)
-        keep = (torch.cumsum(top_probs, dim=-1) - top_probs) < p_t[rows, None]
-        done = ~keep[:, -1] | (k == x.shape[1])
-        sub = torch.full((len(rows), x.shape[1]), float("-inf"), dtype=x.dtype, device=x.device)
-        sub.scatter_(1, top_ids, torch.where(keep, x[rows].gather(1, top_ids), float("-inf")))
-        out[rows[done]] = sub[done]
-        rows = rows[~done]
-        k *= 8
+    """Keeps token i when the weight of the tokens strictly better than it is below top_p of
+    the total (equal logits stay or go together); weights exp(x - max) in float32, summed in
+    float64, like the C kernel."""
+    sorted_x, order = torch.sort(x, dim=-1, descending=True)
+    weights = torch.exp(sorted_x - sorted_x[:, :1]).double()
+    before = torch.cumsum(weights, dim=-1) - weights  # weight of the tokens sorted before each one
+    first_of_tie = torch.searchsorted(-sorted_x.contiguous(), -sorted_x.contiguous())
+    strictly_better = before.gather(1, first_of_tie)
+    keep = strictly_better < p_t[:, None].double() * weights.sum(dim=-1, keepdim=True)
+    keep |= p_t[:, None] >= 1.0
+    out = torch.full_like(x, float("-inf"))
+    out.scatter_(1, order, torch.where(keep, sorted_x, float("-inf")))
     return out
 
 

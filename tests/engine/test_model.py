@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention.torch_ref import TorchRefBackend
+from engine.attention import get_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.model_runner import ModelRunner
 from engine.step_batch import SeqChunk, StepBatch
@@ -72,7 +72,8 @@ def test_packed_varlen_batch_equals_separate_runs(tiny_model_dir):
     assert (mixed - torch.cat(rows)).abs().max().item() < 1e-4
 
 
-def test_paged_attention_equals_dense_attention():
+@pytest.mark.parametrize("backend_name", ["torch", "cpu"])
+def test_paged_attention_equals_dense_attention(backend_name):
     torch.manual_seed(0)
     heads, kv_heads, d, bs = 4, 2, 16, 4
     num_blocks = 40
@@ -95,7 +96,8 @@ def test_paged_attention_equals_dense_attention():
     q = torch.randn(batch.num_tokens, heads, d)
     k_new = torch.cat([k[c - n:] for k, c, n in zip(full_k, ctx, new)])
     v_new = torch.cat([v[c - n:] for v, c, n in zip(full_v, ctx, new)])
-    backend = TorchRefBackend()
+    backend = get_backend(backend_name, "cpu")
+    assert backend.name == backend_name
     out = backend.forward(q, k_new, v_new, k_cache, v_cache, batch, backend.prepare(batch))
     start = 0
     for keys, values, c, n in zip(full_k, full_v, ctx, new):

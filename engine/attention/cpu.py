@@ -1,0 +1,48 @@
+"""CPU backend: short queries (decode, verify, small chunks) go to the C kernel, which reads
+each sequence's K/V blocks once through its block table; long prefill chunks use the
+reference path's per-sequence SDPA. Tested against torch_ref on random caches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.attention import torch_ref
+from engine.attention.base import write_kv
+from engine.kernels import cpu as kernels
+from engine.step_batch import StepBatch
+
+
+@dataclass(frozen=True)
+class CpuMeta:
+    groups: kernels.SharedGroups | None  # the short-query sequences, grouped by shared prefix
+    reference: torch_ref.TorchMeta  # long chunks (and the fallback for non-float32 caches)
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._reference = torch_ref.TorchRefBackend()
+
+    def prepare(self, batch: StepBatch) -> CpuMeta:
+        short = [i for i, q in enumerate(batch.query_lens) if q <= torch_ref.SHORT_QUERY]
+        long = [i for i, q in enumerate(batch.query_lens) if q > torch_ref.SHORT_QUERY]
+        reference = torch_ref.TorchMeta(None, tuple(torch_ref._long_chunk(batch, i) for i in long))
+        groups = None
+        if short:
+            groups = kernels.SharedGroups.build(torch.tensor(short, dtype=torch.int64), batch.block_tables,
+                                                batch.context_lens_t, batch.block_size)
+        return CpuMeta(groups, reference)
+
+    def forward(self, q, k, v, k_cache, v_cache, batch: StepBatch, meta: CpuMeta) -> torch.Tensor:
+        if q.dtype != torch.float32:  # the kernel is float32 only
+            return self._reference.forward(q, k, v, k_cache, v_cache, batch, self._reference.prepare(batch))
+        write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        out = torch.empty_like(q)
+        if meta.groups is not None:
+            kernels.paged_attention(q.contiguous(), k_cache, v_cache, batch.block_tables, meta.groups,
+                                    batch.cu_seqlens_q, batch.context_lens_t, out)
+        for chunk in meta.reference.long:
+            torch_ref._attend_long(q, k_cache, v_cache, chunk, out)
+        return out

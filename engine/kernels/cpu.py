@@ -1,0 +1,139 @@
+"""Builds cpu_kernels.c once per machine (cached by source and compiler flags) and calls it
+through ctypes on tensor pointers. Without a C compiler `load()` returns None and the
+engine uses the PyTorch references instead."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FASTCODELLAMA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastcodellama")
+    return Path(root) / "kernels"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_name().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_kernels_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
+        os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    if os.environ.get("FASTCODELLAMA_NO_CPU_KERNELS"):
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler found: CPU kernels disabled, using the PyTorch reference paths")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.warning("building the CPU kernels failed (%s): using the PyTorch reference paths", detail)
+        return None
+    lib.paged_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, ctypes.c_float, _P]
+    lib.paged_attention.restype = None
+    lib.sample_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P]
+    lib.sample_rows.restype = None
+    return lib
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def _ptr(t: torch.Tensor, dtype: torch.dtype) -> int:
+    if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
+        raise ValueError(f"CPU kernel wants a contiguous {dtype} CPU tensor, got {t.dtype} {tuple(t.shape)}")
+    return t.data_ptr()
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                    groups: "SharedGroups", cu_seqlens: torch.Tensor, context_lens: torch.Tensor,
+                    out: torch.Tensor) -> None:
+    """out[rows of the grouped sequences] = attention of q over each sequence's paged keys, causal
+    in its new tokens; the shared prefix of a group is read once for all its members."""
+    _, heads, head_dim = q.shape
+    _, kv_heads, block_size, _ = k_cache.shape
+    f32, i64 = torch.float32, torch.int64
+    load().paged_attention(
+        _ptr(q, f32), _ptr(k_cache, f32), _ptr(v_cache, f32), _ptr(block_tables, i64), block_tables.shape[1],
+        _ptr(groups.members, i64), _ptr(groups.offsets, i64), _ptr(groups.shared_len, i64),
+        groups.shared_len.shape[0], _ptr(cu_seqlens, torch.int32), _ptr(context_lens, torch.int32),
+        heads, kv_heads, head_dim, block_size, head_dim ** -0.5, _ptr(out, f32))
+
+
+@dataclass(frozen=True)
+class SharedGroups:
+    """Sequences grouped by a common start of their block tables (siblings sharing a prompt)."""
+
+    members: torch.Tensor  # [S] batch indices, grouped
+    offsets: torch.Tensor  # [G + 1] group g is members[offsets[g]:offsets[g + 1]]
+    shared_len: torch.Tensor  # [G] positions whose cache blocks all members share
+
+    @classmethod
+    def build(cls, seqs: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
+              block_size: int) -> "SharedGroups":
+        tables = block_tables[seqs]
+        first = tables[:, 0]
+        order = torch.argsort(first, stable=True)
+        seqs, tables, first = seqs[order], tables[order], first[order]
+        _, counts = torch.unique_consecutive(first, return_counts=True)
+        offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(counts, 0)
+        group_of = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        leader = tables[offsets[:-1]][group_of]  # each member's group leader's table
+        common = torch.cumprod((tables == leader).to(torch.int64), dim=1).sum(dim=1) * block_size
+        common = torch.minimum(common, context_lens[seqs].to(torch.int64))
+        shared = torch.full((len(counts),), 1 << 62, dtype=torch.int64).scatter_reduce(0, group_of, common, "amin")
+        return cls(seqs.contiguous(), offsets, shared)
+
+
+def sample_rows(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                seeds: torch.Tensor) -> torch.Tensor:
+    """Temperature, top-k, top-p and the hashed exponential race, per row of x [R, V]."""
+    x = x.float().contiguous()
+    tokens = torch.empty(x.shape[0], dtype=torch.int64)
+    load().sample_rows(_ptr(x, torch.float32), x.shape[0], x.shape[1], _ptr(temperature, torch.float32),
+                       _ptr(top_k, torch.int64), _ptr(top_p, torch.float64), _ptr(seeds, torch.int64),
+                       tokens.data_ptr())
+    return tokens

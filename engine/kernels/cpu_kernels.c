@@ -1,0 +1,248 @@
+/* CPU kernels for the engine: paged attention for short queries and the sampler's
+ * filter-and-race. Built at first use by engine/kernels/cpu.py and called through
+ * ctypes on raw tensor pointers; each has a PyTorch reference it is tested against
+ * (engine/attention/torch_ref.py, engine/sampler.py). OpenMP shares torch's runtime. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ attention */
+
+typedef struct {
+    const float *k_cache, *v_cache;
+    int64_t num_heads, num_kv_heads, head_dim, block_size;
+} Cache;
+
+static inline const float *cache_row(const Cache *c, const float *base, const int64_t *table, int64_t h,
+                                     int64_t pos) {
+    return base + ((table[pos / c->block_size] * c->num_kv_heads + h) * c->block_size + pos % c->block_size)
+                  * c->head_dim;
+}
+
+/* Query rows [r0, r1) against the keys at positions [p0, p1) of one block table. */
+static void scores_range(const Cache *c, const int64_t *table, int64_t h, int64_t p0, int64_t p1, int64_t r0,
+                         int64_t r1, const float *qs, const int64_t *last, const int64_t *row_off, float *scores) {
+    const int64_t D = c->head_dim;
+    for (int64_t pos = p0; pos < p1; pos++) {
+        const float *key = cache_row(c, c->k_cache, table, h, pos);
+        for (int64_t r = r0; r < r1; r++) {
+            if (pos > last[r]) continue;
+            const float *qr = qs + r * D;
+            float dot = 0.f;
+            for (int64_t d = 0; d < D; d++) dot += qr[d] * key[d];
+            scores[row_off[r] + pos] = dot;
+        }
+    }
+}
+
+static void values_range(const Cache *c, const int64_t *table, int64_t h, int64_t p0, int64_t p1, int64_t r0,
+                         int64_t r1, const int64_t *last, const int64_t *row_off, const float *scores, float *acc) {
+    const int64_t D = c->head_dim;
+    for (int64_t pos = p0; pos < p1; pos++) {
+        const float *val = cache_row(c, c->v_cache, table, h, pos);
+        for (int64_t r = r0; r < r1; r++) {
+            if (pos > last[r]) continue;
+            const float p = scores[row_off[r] + pos];
+            float *a = acc + r * D;
+            for (int64_t d = 0; d < D; d++) a[d] += p * val[d];
+        }
+    }
+}
+
+/* One kv head of a group of sequences whose block tables start with the same `shared`
+ * positions (siblings of one prompt): those keys and values are read once for the
+ * whole group, the rest once per sequence. A group of one is plain paged attention. */
+static void attend_group(const Cache *c, const float *q, const int64_t *block_tables, int64_t table_stride,
+                         const int64_t *members, int64_t count, int64_t shared, const int32_t *cu_seqlens,
+                         const int32_t *context_lens, int64_t h, float scale, float *out) {
+    const int64_t rep = c->num_heads / c->num_kv_heads, D = c->head_dim;
+    int64_t rows = 0, cells = 0;
+    for (int64_t m = 0; m < count; m++) {
+        const int64_t s = members[m];
+        rows += (cu_seqlens[s + 1] - cu_seqlens[s]) * rep;
+        cells += (cu_seqlens[s + 1] - cu_seqlens[s]) * rep * context_lens[s];
+    }
+    float *qs = malloc(sizeof(float) * rows * D), *acc = calloc(rows * D, sizeof(float));
+    float *scores = malloc(sizeof(float) * cells), *sums = malloc(sizeof(float) * rows);
+    int64_t *last = malloc(sizeof(int64_t) * rows), *row_off = malloc(sizeof(int64_t) * rows);
+    int64_t *first_row = malloc(sizeof(int64_t) * (count + 1));
+    int64_t r = 0, off = 0;
+    for (int64_t m = 0; m < count; m++) {
+        const int64_t s = members[m], start = cu_seqlens[s], q_len = cu_seqlens[s + 1] - start;
+        const int64_t ctx = context_lens[s];
+        first_row[m] = r;
+        for (int64_t j = 0; j < q_len; j++) {
+            for (int64_t k = 0; k < rep; k++, r++) {
+                const float *src = q + ((start + j) * c->num_heads + h * rep + k) * D;
+                for (int64_t d = 0; d < D; d++) qs[r * D + d] = src[d] * scale;
+                last[r] = ctx - q_len + j;
+                row_off[r] = off;
+                off += ctx;
+            }
+        }
+    }
+    first_row[count] = r;
+    const int64_t *table0 = block_tables + members[0] * table_stride;
+    scores_range(c, table0, h, 0, shared, 0, rows, qs, last, row_off, scores);
+    for (int64_t m = 0; m < count; m++)
+        scores_range(c, block_tables + members[m] * table_stride, h, shared, context_lens[members[m]],
+                     first_row[m], first_row[m + 1], qs, last, row_off, scores);
+    for (int64_t i = 0; i < rows; i++) {
+        float *row = scores + row_off[i], mx = -INFINITY, sum = 0.f;
+        for (int64_t pos = 0; pos <= last[i]; pos++) mx = row[pos] > mx ? row[pos] : mx;
+        for (int64_t pos = 0; pos <= last[i]; pos++) { row[pos] = expf(row[pos] - mx); sum += row[pos]; }
+        sums[i] = sum;
+    }
+    values_range(c, table0, h, 0, shared, 0, rows, last, row_off, scores, acc);
+    for (int64_t m = 0; m < count; m++)
+        values_range(c, block_tables + members[m] * table_stride, h, shared, context_lens[members[m]],
+                     first_row[m], first_row[m + 1], last, row_off, scores, acc);
+    for (int64_t m = 0; m < count; m++) {
+        const int64_t start = cu_seqlens[members[m]];
+        for (int64_t i = first_row[m]; i < first_row[m + 1]; i++) {
+            const int64_t j = (i - first_row[m]) / rep, k = (i - first_row[m]) % rep;
+            float *dst = out + ((start + j) * c->num_heads + h * rep + k) * D;
+            const float inv = 1.f / sums[i];
+            for (int64_t d = 0; d < D; d++) dst[d] = acc[i * D + d] * inv;
+        }
+    }
+    free(qs); free(acc); free(scores); free(sums); free(last); free(row_off); free(first_row);
+}
+
+/* q, out: [T, num_heads, D]; caches: [num_blocks, num_kv_heads, block_size, D];
+ * block_tables: [B, table_stride]. Groups: members[group_offsets[g] .. group_offsets[g+1])
+ * are batch indices sharing their first shared_len[g] cached positions. */
+void paged_attention(const float *q, const float *k_cache, const float *v_cache, const int64_t *block_tables,
+                     int64_t table_stride, const int64_t *members, const int64_t *group_offsets,
+                     const int64_t *shared_len, int64_t num_groups, const int32_t *cu_seqlens,
+                     const int32_t *context_lens, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                     int64_t block_size, float scale, float *out) {
+    const Cache c = {k_cache, v_cache, num_heads, num_kv_heads, head_dim, block_size};
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t w = 0; w < num_groups * num_kv_heads; w++) {
+        const int64_t g = w / num_kv_heads, h = w % num_kv_heads;
+        attend_group(&c, q, block_tables, table_stride, members + group_offsets[g],
+                     group_offsets[g + 1] - group_offsets[g], shared_len[g], cu_seqlens, context_lens, h,
+                     scale, out);
+    }
+}
+
+/* ------------------------------------------------------------------ sampling */
+
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; return x ^ (x >> 16);
+}
+
+/* The same noise as engine/sampler.py uniform_hash: uniform in (0, 1) from (seed, token),
+ * 23 bits so that k + 0.5 is exact in float32. */
+static inline float uniform_hash(uint32_t seed, uint32_t token) {
+    const uint32_t h = mix32(mix32(seed ^ (token * 0x9E3779B1u)) ^ (seed >> 7));
+    return ((float)(h >> 9) + 0.5f) * (1.0f / 8388608.0f);
+}
+
+/* Float -> unsigned key with the same order (for radix bins). */
+static inline uint32_t order_key(float f) {
+    uint32_t u; memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+typedef struct { float x, w; } Pair;
+
+static int cmp_desc(const void *a, const void *b) {
+    const float x = ((const Pair *)a)->x, y = ((const Pair *)b)->x;
+    return (x < y) - (x > y);
+}
+
+/* The k-th largest value of x (duplicates counted), by quickselect on a copy. */
+static float kth_largest(const float *x, int64_t n, int64_t k, float *buf) {
+    memcpy(buf, x, sizeof(float) * n);
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        const float pivot = buf[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (buf[i] > pivot) i++;
+            while (buf[j] < pivot) j--;
+            if (i <= j) { float t = buf[i]; buf[i] = buf[j]; buf[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j; else if (want >= i) lo = i; else return buf[want];
+    }
+    return buf[want];
+}
+
+#define BINS 4096
+
+/* Smallest kept value under top-p: token i stays when the weight of the tokens strictly
+ * better than it is below top_p of the total (ties stay or go together). Weights w are
+ * summed in double by 12-bit radix bins of x; only the bin where the mass crosses top_p
+ * is sorted. */
+static float nucleus_cut(const float *x, const float *w, int64_t n, double top_p) {
+    double *mass = calloc(BINS, sizeof(double));
+    float *low = malloc(sizeof(float) * BINS);  /* smallest value seen in each bin */
+    double total = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (w[i] == 0.f) continue;
+        const uint32_t b = order_key(x[i]) >> 20;
+        low[b] = mass[b] == 0.0 || x[i] < low[b] ? x[i] : low[b];
+        mass[b] += w[i];
+        total += w[i];
+    }
+    const double target = top_p * total;
+    double above = 0.0;
+    float cut = INFINITY;
+    for (int64_t b = BINS - 1; b >= 0 && above < target; b--) {
+        if (mass[b] == 0.0) continue;
+        if (above + mass[b] < target) {  /* the whole bin stays */
+            above += mass[b];
+            cut = low[b];
+            continue;
+        }
+        Pair *bin = malloc(sizeof(Pair) * n);  /* the crossing bin: sort it, walk groups of equal x */
+        int64_t cnt = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (w[i] != 0.f && (int64_t)(order_key(x[i]) >> 20) == b) bin[cnt++] = (Pair){x[i], w[i]};
+        qsort(bin, cnt, sizeof(Pair), cmp_desc);
+        for (int64_t i = 0; i < cnt && above < target;) {
+            double group = 0.0;
+            int64_t j = i;
+            for (; j < cnt && bin[j].x == bin[i].x; j++) group += bin[j].w;
+            cut = bin[i].x;
+            above += group;
+            i = j;
+        }
+        free(bin);
+    }
+    free(mass);
+    free(low);
+    return cut;
+}
+
+/* Per row: x / temperature, top-k, top-p, then the exponential race: the token with the
+ * largest w / E, w = exp(x - max) and E = -log(u) with u hashed from (seed, token id),
+ * among surviving tokens. logits: [R, V] float32 (penalties already applied). */
+void sample_rows(const float *logits, int64_t num_rows, int64_t vocab, const float *temperature,
+                 const int64_t *top_k, const double *top_p, const int64_t *seeds, int64_t *tokens) {
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t r = 0; r < num_rows; r++) {
+        float *x = malloc(sizeof(float) * vocab), *w = malloc(sizeof(float) * vocab);
+        float *buf = malloc(sizeof(float) * vocab);
+        const float t = temperature[r];
+        for (int64_t i = 0; i < vocab; i++) x[i] = logits[r * vocab + i] / t;
+        if (top_k[r] > 0 && top_k[r] < vocab) {
+            const float kth = kth_largest(x, vocab, top_k[r], buf);
+            for (int64_t i = 0; i < vocab; i++) if (x[i] < kth) x[i] = -INFINITY;
+        }
+        float m = -INFINITY;
+        for (int64_t i = 0; i < vocab; i++) m = x[i] > m ? x[i] : m;
+        for (int64_t i = 0; i < vocab; i++) w[i] = expf(x[i] - m);
+        const float cut = top_p[r] < 1.0 ? nucleus_cut(x, w, vocab, top_p[r]) : -INFINITY;
+        const uint32_t seed = (uint32_t)seeds[r];
+        for (int64_t i = 0; i < vocab; i++)
+            buf[i] = x[i] >= cut ? w[i] / -logf(uniform_hash(seed, (uint32_t)i)) : 0.f;
+        int64_t arg = 0;
+        for (int64_t i = 1; i < vocab; i++) arg = buf[i] > buf[arg] ? i : arg;
+        tokens[r] = arg;
+        free(x); free(w); free(buf);
+    }
+}

@@ -1,0 +1,99 @@
+"""The C kernels against their PyTorch references, on random inputs of many shapes."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine.attention.cpu import CpuBackend
+from engine.attention.torch_ref import TorchRefBackend
+from engine.kernels import cpu as kernels
+from engine.sampler import Sampler, SamplingRow
+from engine.sampling_params import SamplingParams
+from engine.step_batch import SeqChunk, StepBatch
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler: CPU kernels not built")
+
+
+def _random_batch(rng: random.Random, num_blocks: int, block_size: int, families: int) -> StepBatch:
+    """Families of sequences whose block tables start with the same blocks (siblings of one
+    prompt, sharing its cache), with their own tails, contexts and query lengths."""
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    chunks = []
+    for _ in range(families):
+        prompt_blocks = [free.pop() for _ in range(rng.randint(0, 6))]
+        for _ in range(rng.choice([1, 1, 3, 10])):
+            shared = len(prompt_blocks) * block_size  # new tokens go to own blocks (copy-on-write)
+            ctx = rng.randint(shared + 1, shared + 90)
+            q_len = min(ctx - shared, rng.choice([1, 1, 2, 5, 17, 64, 65, ctx]))
+            own = (ctx + block_size - 1) // block_size - len(prompt_blocks)
+            table = tuple(prompt_blocks) + tuple(free.pop() for _ in range(own))
+            chunks.append(SeqChunk(tuple([0] * q_len), ctx - q_len, table, 0))
+    rng.shuffle(chunks)
+    return StepBatch.build(chunks, block_size, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim,block_size", [(4, 2, 64, 16), (8, 8, 32, 8), (8, 1, 16, 32),
+                                                                 (6, 2, 128, 16)])
+def test_paged_attention_kernel_equals_reference(heads, kv_heads, head_dim, block_size):
+    rng = random.Random(heads * 100 + head_dim)
+    torch.manual_seed(heads + block_size)
+    batch = _random_batch(rng, 2000, block_size, 12)
+    k_cache = torch.randn(2000, kv_heads, block_size, head_dim)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(batch.num_tokens, heads, head_dim)
+    k, v = torch.randn(batch.num_tokens, kv_heads, head_dim), torch.randn(batch.num_tokens, kv_heads, head_dim)
+    groups = CpuBackend().prepare(batch).groups
+    assert (groups.offsets.diff() > 1).any() and (groups.shared_len > block_size).any()  # sharing is exercised
+    outs, caches = [], []
+    for backend in (TorchRefBackend(), CpuBackend()):
+        kc, vc = k_cache.clone(), v_cache.clone()
+        outs.append(backend.forward(q, k, v, kc, vc, batch, backend.prepare(batch)))
+        caches.append((kc, vc))
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+    assert torch.isfinite(outs[1]).all()
+    assert (outs[0] - outs[1]).abs().max().item() < 1e-5
+
+
+def _rows(count: int) -> list[SamplingRow]:
+    temps, top_ps, top_ks = [0.2, 0.8, 1.0, 1.7], [1.0, 0.95, 0.5, 0.1, 0.999], [0, 0, 3, 100, 0, 1]
+    return [SamplingRow(i, SamplingParams(temperature=temps[i % 4], top_p=top_ps[i % 5], top_k=top_ks[i % 6]),
+                        noise_key=977 * i + 5, position=i % 13) for i in range(count)]
+
+
+def test_sampling_kernel_equals_reference():
+    torch.manual_seed(0)
+    x = torch.randn(240, 3000) * torch.rand(240, 1) * 8
+    x[3, :200] = 2.5  # ties at the top
+    x[4, 40:] = float("-inf")  # few live tokens
+    x[5] = torch.randint(0, 4, (3000,)).float()  # large tie groups across the nucleus cut
+    rows = _rows(240)
+    fast = Sampler(None, use_kernels=True)._sample(x.clone(), rows)
+    reference = Sampler(None, use_kernels=False)._sample(x.clone(), rows)
+    assert torch.equal(fast, reference)
+
+
+def test_sampled_tokens_stay_inside_top_k_and_top_p():
+    torch.manual_seed(1)
+    x = torch.randn(64, 500) * 3
+    rows = _rows(64)
+    tokens = Sampler(None)._sample(x.clone(), rows)
+    allowed = torch.isfinite(Sampler(None).process(x.clone(), rows))
+    assert allowed[torch.arange(64), tokens].all()
+
+
+def test_the_engine_falls_back_to_the_references_without_kernels(monkeypatch):
+    monkeypatch.setenv("FASTCODELLAMA_NO_CPU_KERNELS", "1")
+    kernels.load.cache_clear()
+    try:
+        from engine.attention import get_backend
+
+        assert get_backend("auto", "cpu").name == "torch"
+        with pytest.raises(ValueError, match="C compiler"):
+            get_backend("cpu", "cpu")
+    finally:
+        monkeypatch.delenv("FASTCODELLAMA_NO_CPU_KERNELS")
+        kernels.load.cache_clear()
+    assert get_backend("auto", "cpu").name == "cpu"
