@@ -27,13 +27,26 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+class Embedding(nn.Module):
+    """nn.Embedding without the random init: the weights always come from a checkpoint (and
+    nn.Embedding's normal_ on the meta device pulls in torch._dynamo, seconds of start-up)."""
+
+    def __init__(self, num: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
 class Rotary(nn.Module):
     """Rotary embedding in Hugging Face's half-split layout, with linear position scaling."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        t = torch.arange(max_positions, dtype=torch.int64).float() / scaling
+        # Computed on the CPU even inside a meta-device context (meta ops pull in torch._dynamo).
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
+        t = torch.arange(max_positions, dtype=torch.int64, device="cpu").float() / scaling
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos(), persistent=False)
@@ -103,7 +116,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
