@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,19 +18,27 @@ from tqdm import tqdm
 
 from fastcodellama.passk import estimate_pass_at_k, pass_at_k
 from fastcodellama.problems import Problem, load_problems, read_jsonl
+from fastcodellama.ray_options import add_ray_args, ray_config
 from fastcodellama.sandbox import ExecResult, Limits, check_program
+
+# Runs check programs (with a timeout and limits each) and returns their results in order.
+CheckAll = Callable[[list[str], float, Limits], list[ExecResult]]
 
 
 def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] | str | Path | None = None,
                      ks: Sequence[int] = (1, 10, 100), workers: int = 4, timeout: float = 3.0, *,
-                     limits: Limits = Limits(), progress: bool = True) -> dict:
+                     limits: Limits = Limits(), progress: bool = True, check_all: CheckAll | None = None) -> dict:
     """Runs every sample of `samples_path` ({"task_id", "completion"} per line) against its task's
     tests, writes `<samples_path>_results.jsonl` and returns pass@k (for each k <= n of every task),
-    per-task counts, status counts and the isolation levels used."""
+    per-task counts, status counts and the isolation levels used. `check_all` runs the programs
+    elsewhere (e.g. `ray_sandbox.RaySandboxes`) in place of `workers` local threads."""
     if problems is None or isinstance(problems, (str, Path)):
         problems = load_problems(problems)
     samples = _read_samples(samples_path, problems)
-    results = _run_all(samples, problems, workers, timeout, limits, progress)
+    if check_all is not None:
+        results = check_all([problems[s["task_id"]].check_program(s["completion"]) for s in samples], timeout, limits)
+    else:
+        results = _run_all(samples, problems, workers, timeout, limits, progress)
 
     results_path = f"{samples_path}_results.jsonl"
     with open(results_path, "w", encoding="utf-8") as f:
@@ -112,12 +120,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=_parse_ks, default=[1, 10, 100], help="e.g. 1,10,100 (default)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel sandboxes")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (default 3)")
+    add_ray_args(parser, replicas=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_all = None
+    if args.ray is not None:
+        from fastcodellama.ray_sandbox import RaySandboxes
+
+        try:
+            check_all = RaySandboxes(ray_config(args).address, workers_per_node=args.workers)
+        except RuntimeError as e:
+            print(f"fastcodellama evaluate: {e}", file=sys.stderr)
+            return 2
     try:
-        report = evaluate_samples(args.samples, args.problems, args.k, args.workers, args.timeout)
+        report = evaluate_samples(args.samples, args.problems, args.k, args.workers, args.timeout,
+                                  check_all=check_all)
     except (OSError, ValueError) as e:
         print(f"fastcodellama evaluate: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,9 @@ The achieved level is reported per check in `ExecResult.isolation`.
 
 Verdict: a pass needs a one-time random token that the parent writes to the harness only after the
 harness said that check() returned (see `_HARNESS`). Early exits, exceptions, crashes, timeouts and
-forged output all fail.
+forged output all fail. `run_program` is the same check for a program that computes a result (a
+string in its global `__output__`): the harness sends it back behind the token, so the parent only
+takes an output that the harness sent after the whole program ran.
 
 This module is also the setup program: it runs as a script with only the standard library.
 """
@@ -90,6 +92,30 @@ def _run(write=os.write, read=os.read, exit_=os._exit):
 _run()
 """
 
+def _derived_harness(replacements: tuple[tuple[str, str], ...]) -> str:
+    source = _HARNESS
+    for old, new in replacements:
+        if old not in source:
+            raise AssertionError(f"_HARNESS changed: {old!r} not found")
+        source = source.replace(old, new)
+    return source
+
+
+# As _HARNESS, but the program leaves a string in its global `__output__`, which goes back to the
+# parent on the token's line ("<token> <output>"): only the harness, after the program ran, can send it.
+_OUTPUT_HARNESS = _derived_harness((
+    ('exec(compile(source, "<string>", "exec"), {})', """namespace = {}
+        exec(compile(source, "<string>", "exec"), namespace)
+        output = namespace.get("__output__")
+        if not isinstance(output, str) or "\\n" in output:
+            raise TypeError("the program left no one-line string in __output__")"""),
+    ("write(3, read(4, 256))", """data = read(4, 256).rstrip(b"\\n") + b" " + output.encode("utf-8", "backslashreplace") + b"\\n"
+    while data:
+        data = data[write(3, data):]"""),
+))
+_HARNESSES = {"check": _HARNESS, "output": _OUTPUT_HARNESS}
+_MAX_LINE = {"check": 4096, "output": 8 << 20}  # bytes of one report line the parent keeps
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -101,6 +127,16 @@ class Limits:
     processes: int = 16  # RLIMIT_NPROC of the check's uid (threads count)
     tmpfs_mb: int = 32  # size of the writable working directory (with namespaces)
     startup_s: float = 20.0  # time allowed to reach the program, on top of the timeout
+
+
+@dataclass(frozen=True)
+class ProgramOutput:
+    """What `run_program` returns: the status as in ExecResult and, when passed, the output."""
+
+    status: str  # "passed" | "failed" | "timeout"
+    output: str | None  # the program's `__output__` when status is "passed", else None
+    detail: str
+    isolation: str
 
 
 @dataclass(frozen=True)
@@ -134,12 +170,31 @@ def check_program(program: str, timeout: float, limits: Limits = Limits()) -> Ex
         _uids.put(uid)
 
 
+def run_program(program: str, timeout: float, limits: Limits = Limits()) -> ProgramOutput:
+    """Runs `program` in a fresh sandbox like check_program; the program leaves a one-line string in
+    its global `__output__`, which comes back only when the whole program ran."""
+    uid = _uids.get()
+    workdir = tempfile.mkdtemp(prefix="fcl-sandbox-")
+    try:
+        status, detail, isolation, output = _run_sandboxed(program, timeout, limits, uid, workdir, "output")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        _uids.put(uid)
+    return ProgramOutput(status, output if status == PASSED else None, detail, isolation)
+
+
 def _run_check(program: str, timeout: float, limits: Limits, uid: int, workdir: str) -> ExecResult:
+    status, detail, isolation, _ = _run_sandboxed(program, timeout, limits, uid, workdir, "check")
+    return ExecResult(status == PASSED, status, detail, isolation)
+
+
+def _run_sandboxed(program: str, timeout: float, limits: Limits, uid: int, workdir: str,
+                   harness: str) -> tuple[str, str, str, str | None]:
     token = secrets.token_hex(16).encode()
     report_r, report_w = os.pipe()
     token_r, token_w = os.pipe()
     config = dict(workdir=workdir, uid=uid, report_fd=report_w, token_fd=token_r, timeout=timeout,
-                  limits=limits.__dict__)
+                  limits=limits.__dict__, harness=harness)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
@@ -158,7 +213,8 @@ def _run_check(program: str, timeout: float, limits: Limits, uid: int, workdir: 
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        status, detail, isolation = _watch(report_r, token_w, token, timeout, limits.startup_s)
+        status, detail, isolation, output = _watch(report_r, token_w, token, timeout, limits.startup_s,
+                                                   _MAX_LINE[harness])
         if status == FAILED and not detail:  # the pipe closed: let the exit status arrive
             try:
                 proc.wait(timeout=1.0)
@@ -172,20 +228,21 @@ def _run_check(program: str, timeout: float, limits: Limits, uid: int, workdir: 
     if status == FAILED and not detail:
         detail = f"failed: exited before check() returned (status {proc.returncode})"
         detail += f": {stderr[-500:]}" if stderr else ""
-    return ExecResult(status == PASSED, status, detail, isolation or "unknown")
+    return status, detail, isolation or "unknown", output
 
 
-def _watch(report_r: int, token_w: int, token: bytes, timeout: float,
-           startup_s: float) -> tuple[str, str, str]:
-    """Reads the report pipe until a verdict: (status, detail, isolation). Closes `token_w`."""
+def _watch(report_r: int, token_w: int, token: bytes, timeout: float, startup_s: float,
+           max_line: int = 4096) -> tuple[str, str, str, str | None]:
+    """Reads the report pipe until a verdict: (status, detail, isolation, output sent behind the
+    token or None). Closes `token_w`."""
     try:
-        return _read_verdict(report_r, token_w, token, timeout, startup_s)
+        return _read_verdict(report_r, token_w, token, timeout, startup_s, max_line)
     finally:
         _close_quietly(token_w)
 
 
-def _read_verdict(report_r: int, token_w: int, token: bytes, timeout: float,
-                  startup_s: float) -> tuple[str, str, str]:
+def _read_verdict(report_r: int, token_w: int, token: bytes, timeout: float, startup_s: float,
+                  max_line: int) -> tuple[str, str, str, str | None]:
     deadline = time.monotonic() + startup_s + timeout
     buffer, isolation, started, answered = b"", "", False, False
     poller = select.poll()
@@ -193,18 +250,20 @@ def _read_verdict(report_r: int, token_w: int, token: bytes, timeout: float,
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not poller.poll(remaining * 1000):
-            return TIMEOUT, "timed out", isolation
-        chunk = os.read(report_r, 65536)
+            return TIMEOUT, "timed out", isolation, None
+        chunk = os.read(report_r, 1 << 20)
         if not chunk:
-            return FAILED, "", isolation
+            return FAILED, "", isolation, None
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
-        buffer = buffer[-4096:]  # a program flooding the pipe gets no memory of ours
+        buffer = buffer[-max_line:]  # a program flooding the pipe gets no memory of ours
         for line in lines:
             if line == token:
-                return PASSED, "", isolation
+                return PASSED, "", isolation, None
+            if line.startswith(token + b" "):
+                return PASSED, "", isolation, line[len(token) + 1:].decode("utf-8", "replace")
             if line.startswith(b"failed: "):
-                return FAILED, line.decode(errors="replace"), isolation
+                return FAILED, line.decode(errors="replace"), isolation, None
             if line.startswith(b"isolation ") and not isolation:
                 isolation = line[len(b"isolation "):].decode(errors="replace")
             elif line == b"start" and not started:
@@ -395,7 +454,8 @@ def _exec_harness(config: dict, program_path: str, home: str, drop_uid: bool) ->
         os.setuid(config["uid"])
     os.chdir(home)
     exe = os.path.realpath(sys.executable)
-    os.execve(exe, [exe, "-I", "-S", "-c", _HARNESS, program_path], _clean_env(home))
+    harness = _HARNESSES[config.get("harness", "check")]
+    os.execve(exe, [exe, "-I", "-S", "-c", harness, program_path], _clean_env(home))
 
 
 def _init(config: dict, program: bytes, namespaces: list[str]) -> int:
