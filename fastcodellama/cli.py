@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "fastcodellama.train",
     "fastcodellama.humaneval",
     "fastcodellama.evaluate",
+    "fastcodellama.select",
     "api.serve_cmd",
 )
 

@@ -11,14 +11,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
 from engine import SamplingParams
-from engine.outputs import SpecStats
+from engine.outputs import CompletionOutput, SpecStats
 from fastcodellama.options import add_engine_args, add_spec_args, build_llm
 from fastcodellama.problems import default_problems_path, read_jsonl
+from fastcodellama.ray_options import add_ray_args, ray_config, replica_spec
 
 CODEX_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
@@ -47,8 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--workers", type=int, default=2, help="parallel sandboxed test runs")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per test run")
+    p.add_argument("--select", type=int, default=None, metavar="N",
+                   help="then submit N samples per task chosen by behaviour (`fastcodellama select`)")
     add_engine_args(p, model_flags=("--model_path", "--model"))
     add_spec_args(p)
+    add_ray_args(p)
     p.set_defaults(func=run)
 
 
@@ -82,32 +87,64 @@ def task_seed(seed: int, task_index: int, done: int) -> int:
     return (seed * 1_000_003 + task_index) * 1_009 + done
 
 
+@dataclass(frozen=True)
+class PendingTask:
+    """One task's missing samples as one engine request (its samples draft from each other)."""
+
+    request_id: str
+    task_id: str
+    prompt: str
+    params: SamplingParams
+
+
+def pending_tasks(tasks: list[dict], params_for, done: dict[str, int]) -> list[PendingTask]:
+    """The requests still to run, in task order; seeds depend only on the task's index and what is done."""
+    pending = []
+    for i, task in enumerate(tasks):
+        have = done.get(task["task_id"], 0)
+        if params_for.passk - have > 0:
+            params = params_for(params_for.passk - have, task_seed(params_for.seed, i, have))
+            pending.append(PendingTask(f"{task['task_id']}#{have}", task["task_id"], task["prompt"], params))
+    return pending
+
+
+class SamplesFile:
+    """Appends each finished task's samples, flushed to disk, so that a crash loses no finished task."""
+
+    def __init__(self, path: str, stats: JobStats) -> None:
+        self.path, self.stats = path, stats
+
+    def __enter__(self) -> "SamplesFile":
+        self._file = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def write(self, task_id: str, completions: list[CompletionOutput]) -> None:
+        for c in completions:
+            self._file.write(json.dumps({"task_id": task_id, "completion": c.text,
+                                         "finish_reason": c.finish_reason, "num_tokens": len(c.token_ids),
+                                         "spec": c.spec.as_dict()}) + "\n")
+            self.stats.samples += 1
+            self.stats.tokens += len(c.token_ids)
+            self.stats.spec.add(c.spec)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+
 def generate_samples(llm, tasks: list[dict], params_for, output: str, progress: bool = True) -> JobStats:
     """Runs every task's missing samples through one engine; appends each task's samples when it finishes."""
     engine, stats = llm.engine, JobStats()
-    done = done_counts(output)
-    pending = {}
-    for i, task in enumerate(tasks):
-        missing = params_for.passk - done.get(task["task_id"], 0)
-        if missing > 0:
-            rid = f"{task['task_id']}#{done.get(task['task_id'], 0)}"
-            engine.add_request(rid, task["prompt"], params_for(missing, task_seed(params_for.seed, i, done.get(task["task_id"], 0))))
-            pending[rid] = task
+    pending = {p.request_id: p for p in pending_tasks(tasks, params_for, done_counts(output))}
+    for p in pending.values():
+        engine.add_request(p.request_id, p.prompt, p.params)
     start = time.perf_counter()
-    with open(output, "a", encoding="utf-8") as f, \
-            tqdm(total=sum(1 for _ in pending), desc="tasks", unit="task", disable=not progress) as bar:
+    with SamplesFile(output, stats) as f, \
+            tqdm(total=len(pending), desc="tasks", unit="task", disable=not progress) as bar:
         while engine.has_unfinished():
             for out in engine.step(collect="finished"):
-                task = pending.pop(out.request_id)
-                for c in out.outputs:
-                    f.write(json.dumps({"task_id": task["task_id"], "completion": c.text,
-                                        "finish_reason": c.finish_reason, "num_tokens": len(c.token_ids),
-                                        "spec": c.spec.as_dict()}) + "\n")
-                    stats.samples += 1
-                    stats.tokens += len(c.token_ids)
-                    stats.spec.add(c.spec)
-                f.flush()
-                os.fsync(f.fileno())
+                f.write(pending.pop(out.request_id).task_id, out.outputs)
                 bar.update(1)
     stats.wall = time.perf_counter() - start
     return stats
@@ -126,14 +163,15 @@ class ParamsFor:
                               stop=self.stop, seed=seed)
 
 
-def report(stats: JobStats, evaluation: dict | None, kind: str) -> str:
+def report(stats: JobStats, evaluation: dict | None, kind: str, extra: Sequence[tuple[str, object]] = ()) -> str:
     spec = stats.spec
     steps = max(1, spec.decode_steps)
     rows = [("type", kind), ("samples", stats.samples), ("generated tokens", stats.tokens),
             ("wall time (s)", f"{stats.wall:.1f}"), ("tokens/s", f"{stats.tokens / max(stats.wall, 1e-9):.1f}"),
             ("tokens per forward per sequence", f"{stats.tokens / steps:.3f}"),
             ("drafted / accepted tokens", f"{spec.total_drafted} / {spec.total_accepted}"),
-            ("mean accepted length (per verify)", f"{spec.total_accepted / max(1, spec.verify_steps):.3f}")]
+            ("mean accepted length (per verify)", f"{spec.total_accepted / max(1, spec.verify_steps):.3f}"),
+            *extra]
     if evaluation:
         rows += [(k, f"{v:.4f}") for k, v in evaluation["pass_at_k"].items()]
     width = max(len(k) for k, _ in rows)
@@ -147,11 +185,25 @@ def run(args: argparse.Namespace) -> int:
         tasks = load_tasks(args.input_data_fn, args.limit)
         params_for = ParamsFor(args)
         params_for(1, 0)  # validate before loading the model
-    except (ValueError, OSError) as e:
+        on_ray = ray_config(args) if args.ray is not None else None
+        if on_ray is not None:
+            from fastcodellama.distributed import import_ray
+
+            import_ray()
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    llm = build_llm(args)
-    stats = generate_samples(llm, tasks, params_for, args.output_data_fn)
+    if on_ray is None:
+        stats, extra = generate_samples(build_llm(args), tasks, params_for, args.output_data_fn), []
+    else:
+        from fastcodellama.distributed import generate_samples_on_ray
+
+        try:
+            stats, cluster = generate_samples_on_ray(tasks, params_for, args.output_data_fn, replica_spec(args), on_ray)
+        except (ValueError, RuntimeError) as e:  # the cluster cannot hold the replicas; they all died
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        extra = cluster.rows()
     evaluation = None
     if args.evaluate and all("test" in t and "entry_point" in t for t in tasks):
         from fastcodellama.evaluate import evaluate_samples
@@ -160,7 +212,18 @@ def run(args: argparse.Namespace) -> int:
         problems = load_problems(args.input_data_fn)
         problems = {t["task_id"]: problems[t["task_id"]] for t in tasks}
         ks = [k for k in (1, 5, 10, 100) if k <= args.passk]
+        check_all = None
+        if on_ray is not None:
+            from fastcodellama.ray_sandbox import RaySandboxes
+
+            check_all = RaySandboxes(on_ray.address, workers_per_node=args.workers)
         evaluation = evaluate_samples(args.output_data_fn, problems, ks=ks, workers=args.workers,
-                                      timeout=args.timeout)
-    print(report(stats, evaluation, args.type))
+                                      timeout=args.timeout, check_all=check_all)
+    print(report(stats, evaluation, args.type, extra))
+    if args.select:
+        from fastcodellama.select import SelectConfig, format_table, select_samples
+
+        chosen = select_samples(args.output_data_fn, args.input_data_fn, SelectConfig(submit=args.select),
+                                workers=args.workers, score_with_tests=evaluation is not None, timeout=args.timeout)
+        print(format_table(chosen) + f"\nsubmitted: {chosen['output']}")
     return 0
