@@ -69,6 +69,8 @@ class LLMEngine:
         self.eos_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else mc.eos_token_id
         self.sampler = Sampler(self.eos_id)
         self.proposer = proposer
+        if proposer is not None and getattr(proposer, "wants_measured_cost", False):
+            proposer.set_cost_curve(self.measure_step_cost())
         self.requests: dict[str, RequestState] = {}
         self._next_seq_id = 0
         self._steps = 0
@@ -76,6 +78,13 @@ class LLMEngine:
         self._forward_time = 0.0
         self._propose_time = 0.0
         self._spec = SpecStats()
+
+    def measure_step_cost(self) -> tuple[tuple[int, float], ...]:
+        """((tokens in the step, ms), ...) on this machine; see engine/cost_model.py."""
+        from engine.cost_model import measure_step_cost
+
+        limit = min(self.config.max_num_batched_tokens, self.block_manager.num_blocks * self.config.block_size)
+        return measure_step_cost(self.runner, self.sampler, limit)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
@@ -178,7 +187,7 @@ class LLMEngine:
             history = seq.prompt_token_ids + seq.output_token_ids + list(draft_prefix)
         forced = None
         if p.replay_token_ids is not None:
-            replay = p.replay_token_ids
+            replay = p.replay_token_ids[seq.sample_index]
             forced = replay[position] if position < len(replay) else self.eos_id
         return SamplingRow(logits_row, p, seq.noise_key, position, history, seq.num_prompt_tokens, forced)
 

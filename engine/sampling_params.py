@@ -28,8 +28,9 @@ class SamplingParams:
     logprobs: bool = False
     # Speculation per request: None follows the engine; False turns drafting off.
     speculate: bool | None = None
-    # Benchmarks only (issue 10): a recorded continuation taken in place of samples.
-    replay_token_ids: tuple[int, ...] | None = field(default=None, repr=False)
+    # Benchmarks only (trace replay): one recorded continuation per sample, taken wherever the
+    # engine would pick a token; EOS after its end. Not reachable from the HTTP API.
+    replay_token_ids: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -48,6 +49,9 @@ class SamplingParams:
                f"min_tokens must be an integer in [0, max_tokens], got {self.min_tokens}")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         _check(self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        if self.replay_token_ids is not None:
+            object.__setattr__(self, "replay_token_ids", tuple(tuple(int(t) for t in r) for r in self.replay_token_ids))
+            _check(len(self.replay_token_ids) == self.n, "replay_token_ids needs one continuation per sample")
 
     @property
     def greedy(self) -> bool:

@@ -31,7 +31,8 @@ def add_spec_args(parser: argparse.ArgumentParser, default_on: bool = True) -> N
     g.add_argument("--k", dest="spec_k", type=int, default=20, help="longest draft (tokens)")
     g.add_argument("--draft-sources", default="self,sibling,other")
     g.add_argument("--draft-policy", default="adaptive", choices=["adaptive", "fixed"])
-    g.add_argument("--cost-curve", default="cpu", help="cpu, h100 or flat")
+    g.add_argument("--cost-curve", default="measured",
+                   help="measured (at start-up, default), cpu, h100 or flat")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:

@@ -64,7 +64,9 @@ class CopyProposer:
         self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens)
                       if "other" in cfg.sources and cfg.other_pool_tokens > 0 else None)
         self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
-        self.policy = DraftPolicy(self.model, CostCurve.from_spec(cfg.cost_curve),
+        # "measured": the CPU table until the engine hands over its own measurement.
+        self.wants_measured_cost = cfg.cost_curve == "measured"
+        self.policy = DraftPolicy(self.model, CostCurve.from_spec("cpu" if self.wants_measured_cost else cfg.cost_curve),
                                   adaptive=cfg.policy == "adaptive")
         self._pending: dict[int, tuple[Draft, int, float]] = {}   # seq_id -> (draft, match_len, predicted)
         self._drafted = dict.fromkeys(SOURCES, 0)

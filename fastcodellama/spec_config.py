@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 SOURCES = ("self", "sibling", "other")
 POLICIES = ("adaptive", "fixed")
-NAMED_COST_CURVES = ("cpu", "h100", "flat")
+NAMED_COST_CURVES = ("measured", "cpu", "h100", "flat")
 
 # A cost curve is a name from NAMED_COST_CURVES or measured points ((tokens in step, cost), ...);
 # only the ratios matter: the policy normalizes to the cost of a 1-token step.
@@ -30,8 +30,9 @@ class SpecConfig:
     policy: "adaptive" gives draft tokens where their expected accepted tokens pay for their cost
         on `cost_curve`; "fixed" drafts min(k, what the copy offers) for every sequence, like the
         ceiling study, trimmed to the budget by expected gain.
-    cost_curve: forward cost by tokens in the step: "cpu" and "h100" are the project's
-        measurements, "flat" makes drafting free; or ((tokens, cost), ...) measured by the engine.
+    cost_curve: step cost by tokens in the step: "measured" (default) is the engine's own
+        measurement at start-up (engine/cost_model.py); "cpu" and "h100" are the project's
+        tables of linear-layer cost, "flat" makes drafting free; or ((tokens, cost), ...).
     """
 
     enabled: bool = True
@@ -42,7 +43,7 @@ class SpecConfig:
     other_pool_tokens: int = 100_000
     budget: int | None = None
     policy: str = "adaptive"
-    cost_curve: CostCurveSpec = "cpu"
+    cost_curve: CostCurveSpec = "measured"
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -180,3 +180,17 @@ async def test_no_cors_by_default_and_cors_when_asked(server, http, tiny_model_d
             await r.read()
         async with http.get(f"{srv.url}/v1/models", headers={"Origin": "http://evil.test"}) as r:
             assert "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_replay_cannot_be_switched_on_over_http(server, http, offline):
+    """Trace replay (a benchmark-only SamplingParams field) is not part of the API: a request
+    carrying it gets the model's own greedy tokens."""
+    prompt = "def add(a, b):\n"
+    forced = [[7] * 6]
+    async with http.post(f"{server.url}/v1/completions", json={
+            "prompt": prompt, "max_tokens": 6, "temperature": 0, "replay_token_ids": forced}) as r:
+        body = await r.json()
+    own = offline.generate(prompt, SamplingParams(temperature=0, max_tokens=6))[0].outputs[0]
+    replayed = offline.generate(prompt, SamplingParams(temperature=0, max_tokens=6, replay_token_ids=forced))[0]
+    assert r.status == 200 and body["choices"][0]["text"] == own.text
+    assert replayed.outputs[0].token_ids == forced[0] and own.token_ids != forced[0]

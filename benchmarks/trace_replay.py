@@ -1,0 +1,217 @@
+"""Copy drafting on real model behaviour: the engine replays recorded HumanEval outputs.
+
+Each request carries the recorded continuations of real code models (shared/data/real_traces,
+tokenized with the served model's tokenizer) as `SamplingParams.replay_token_ids`: wherever
+the engine would take the argmax or sample, it takes the recorded token instead. Everything
+else runs for real (scheduler, proposer and its indexes, draft budget and policy, the verify
+forward over the paged cache, rollback, block accounting), so a draft token is accepted
+exactly when the real model would have produced it. Every output is checked against its
+trace token for token.
+
+Workloads:
+  greedy  CodeLlama-7B greedy, 164 problems (file 1)
+  passk   CodeLlama-7B-Instruct, 10 samples per problem as n=10 requests (file 2)
+  pass100 CodeGen-16B-mono, 100 samples per problem as n=100 requests (file 3, --pass100-tasks)
+For each: plain vs drafting at each maximum of running sequences in --batches (same requests,
+fresh proposer per run), tokens/s, tokens per forward, drafted/accepted by source, the share of
+step time spent proposing. JSON + markdown + PNG under benchmarks/results/.
+
+    python benchmarks/trace_replay.py                        # all workloads, default sweep
+    python benchmarks/trace_replay.py --workloads greedy --batches 1,164
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import torch
+
+from engine import DEFAULT_MODEL, LLM, SamplingParams
+from fastcodellama.humaneval import load_tasks
+from fastcodellama.spec_config import SpecConfig, build_proposer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+TRACES = os.path.join(HERE, "..", "..", "shared", "data", "real_traces")
+# shared/measurements/copy_ceiling_real_traces.md (tokens per verify forward, k=20, proxy tokenizer).
+CEILING = {"greedy": ("self, n=1", 1.92), "passk": ("self + 10 siblings side by side", 2.17),
+           "pass100": ("(not in the ceiling file)", None)}
+
+
+@dataclass(frozen=True)
+class Request:
+    task_id: str
+    prompt: str
+    continuations: tuple[tuple[int, ...], ...]
+
+
+def load_workload(name: str, tokenizer, traces: str, pass100_tasks: int) -> list[Request]:
+    tasks = load_tasks(None, None)
+    encode = lambda text: tuple(tokenizer.encode(text, add_bos=False))  # noqa: E731
+    if name == "greedy":
+        with open(os.path.join(traces, "codellama7b_humaneval_greedy.json")) as f:
+            texts = json.load(f)
+        out = []
+        for task, (text,) in zip(tasks, texts):
+            prompt = task["prompt"].strip()  # what the harness fed the model
+            if not text.startswith(prompt):
+                raise ValueError(f"{task['task_id']}: trace does not start with its prompt")
+            out.append(Request(task["task_id"], prompt, (encode(text[len(prompt):]),)))
+        return out
+    if name == "passk":
+        by_task: dict[str, list[str]] = {}
+        with open(os.path.join(traces, "codellama7b-instruct_humaneval_n10_sampled.jsonl")) as f:
+            for line in f:
+                rec = json.loads(line)
+                by_task.setdefault(rec["task_id"], []).append(rec["completion"])
+        return [Request(t["task_id"], t["prompt"], tuple(encode(c) for c in by_task[t["task_id"]])) for t in tasks]
+    if name == "pass100":
+        ids = sorted(f"HumanEval/{i}" for i in range(164))  # the file's line order
+        out = []
+        with open(os.path.join(traces, "codegen16b-mono_humaneval_n100_t0.8.jsonl")) as f:
+            for task_id, line in zip(ids, f):
+                rec = json.loads(line)
+                out.append(Request(task_id, rec["prompt"], tuple(encode(s) for s in rec["samples"])))
+        order = {t["task_id"]: i for i, t in enumerate(tasks)}
+        return sorted(out, key=lambda r: order[r.task_id])[:pass100_tasks]
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def params_for(name: str, request: Request) -> SamplingParams:
+    longest = max(len(c) for c in request.continuations)
+    sampling = {"temperature": 0.0} if name == "greedy" else {"temperature": 0.8, "top_p": 0.95}
+    return SamplingParams(n=len(request.continuations), max_tokens=longest + 1, seed=0,
+                          replay_token_ids=request.continuations, **sampling)
+
+
+def run(model: str, requests: list[Request], name: str, batch: int, drafting: bool) -> dict:
+    proposer = build_proposer(SpecConfig()) if drafting else None
+    llm = LLM(model, proposer=proposer, max_num_seqs=batch, max_num_batched_tokens=max(2048, batch * 8))
+    engine = llm.engine
+    start = time.perf_counter()
+    outs = llm.generate([r.prompt for r in requests], [params_for(name, r) for r in requests], use_tqdm=False)
+    wall = time.perf_counter() - start
+    stats = engine.stats()
+    exact, tokens, steps, drafted, accepted = True, 0, 0, {}, {}
+    for request, out in zip(requests, outs):
+        for c in out.outputs:
+            trace = request.continuations[c.index]
+            exact &= tuple(c.token_ids[:len(trace)]) == trace and c.token_ids[len(trace):] == [engine.eos_id]
+            tokens += len(c.token_ids)
+            steps += c.spec.decode_steps
+            for src, n in c.spec.drafted.items():
+                drafted[src] = drafted.get(src, 0) + n
+            for src, n in c.spec.accepted.items():
+                accepted[src] = accepted.get(src, 0) + n
+    leaked = stats.num_blocks_total - stats.num_blocks_free
+    return {"batch": batch, "drafting": drafting, "requests": len(requests),
+            "sequences": sum(len(r.continuations) for r in requests), "tokens": tokens, "wall_s": wall,
+            "tokens_per_s": tokens / wall, "tokens_per_forward": tokens / max(1, steps),
+            "engine_steps": stats.steps, "drafted": drafted, "accepted": accepted,
+            "propose_share": stats.propose_time / max(1e-9, stats.forward_time + stats.propose_time),
+            "replay_exact": bool(exact), "leaked_blocks": leaked}
+
+
+def subset(requests: list[Request], batch: int, min_sequences: int) -> list[Request]:
+    """Enough requests to keep `batch` sequences busy for a while (all of them at large batch)."""
+    per = len(requests[0].continuations)
+    want = max(min_sequences, 4 * batch)
+    return requests[: max(1, min(len(requests), math.ceil(want / per)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--traces", default=TRACES)
+    ap.add_argument("--workloads", default="greedy,passk,pass100")
+    ap.add_argument("--batches", default="1,4,16,64,256")
+    ap.add_argument("--min-sequences", type=int, default=16, help="smallest number of sequences per run")
+    ap.add_argument("--pass100-tasks", type=int, default=20)
+    ap.add_argument("--out", default=RESULTS)
+    args = ap.parse_args()
+    tokenizer = LLM(args.model).tokenizer
+    results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+                          f"threads {torch.get_num_threads()}",
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
+               "args": vars(args), "workloads": {}}
+    for name in args.workloads.split(","):
+        requests = load_workload(name, tokenizer, args.traces, args.pass100_tasks)
+        rows = []
+        for batch in (int(b) for b in args.batches.split(",")):
+            chosen = subset(requests, batch, args.min_sequences)
+            plain, draft = run(args.model, chosen, name, batch, False), run(args.model, chosen, name, batch, True)
+            draft["speedup"] = draft["tokens_per_s"] / plain["tokens_per_s"]
+            rows += [plain, draft]
+            print(f"{name} batch {batch}: {len(chosen)} requests, plain {plain['tokens_per_s']:.1f} tok/s, "
+                  f"drafting {draft['tokens_per_s']:.1f} tok/s ({draft['speedup']:.2f}x), "
+                  f"{draft['tokens_per_forward']:.3f} tokens/forward, exact {plain['replay_exact'] and draft['replay_exact']}",
+                  flush=True)
+        results["workloads"][name] = rows
+    write(results, args.out)
+
+
+def write(results: dict, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    base = os.path.join(out_dir, f"trace_replay_{stamp}")
+    with open(base + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    lines = [f"# Trace replay ({results['date']})", "", f"machine: {results['machine']}", f"model: {results['model']}",
+             "", "| workload | max running | requests | seqs | system | tokens | tokens/s | speedup | tokens/forward "
+             "| ceiling | drafted (self/sibling/other) | accepted (self/sibling/other) | propose share | exact | leaked |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, rows in results["workloads"].items():
+        label, ceiling = CEILING[name]
+        for r in rows:
+            by = lambda d: "/".join(str(d.get(s, 0)) for s in ("self", "sibling", "other"))  # noqa: E731
+            lines.append(
+                f"| {name} | {r['batch']} | {r['requests']} | {r['sequences']} | {'drafting' if r['drafting'] else 'plain'} "
+                f"| {r['tokens']} | {r['tokens_per_s']:.1f} | {r.get('speedup', 1.0):.2f}x | {r['tokens_per_forward']:.3f} "
+                f"| {f'{ceiling} ({label})' if ceiling and r['drafting'] else ''} | {by(r['drafted'])} | {by(r['accepted'])} "
+                f"| {r['propose_share']:.1%} | {r['replay_exact']} | {r['leaked_blocks']} |")
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(results, base + ".png")
+    print("\n".join(lines))
+    print(f"wrote {base}.json / .md / .png")
+
+
+def plot(results: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+        return
+    names = list(results["workloads"])
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 8), squeeze=False)
+    for i, name in enumerate(names):
+        rows = results["workloads"][name]
+        for drafting, style in ((False, "o-"), (True, "s-")):
+            pts = [(r["batch"], r["tokens_per_s"]) for r in rows if r["drafting"] == drafting]
+            axes[0][i].plot(*zip(*pts), style, label="drafting" if drafting else "plain")
+        axes[0][i].set(xscale="log", title=f"{name}: tokens/s by max running sequences", xlabel="max running sequences")
+        axes[0][i].legend()
+        drafted = [r for r in rows if r["drafting"]]
+        sources = ("self", "sibling", "other")
+        bottom = [0.0] * len(drafted)
+        for src in sources:
+            vals = [r["accepted"].get(src, 0) / max(1, r["sequences"]) for r in drafted]
+            axes[1][i].bar([str(r["batch"]) for r in drafted], vals, bottom=bottom, label=src)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        axes[1][i].set(title=f"{name}: accepted draft tokens per sequence, by source", xlabel="max running sequences")
+        axes[1][i].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Measures what a step costs by the number of tokens in it, on this machine and model.
+
+The speculative policy spends draft tokens only where their expected accepted tokens pay for
+their cost; that cost is this curve, measured once at start-up: decode-like steps of T
+single-token sequences (each with its own `context` cached tokens in distinct blocks), forward
++ logits + sampling, the fastest of a few runs (other load on the machine only adds time).
+Measured once per process for a given model, device and thread count. Verify tokens of one sequence share its KV read, so
+the curve slightly overstates a draft token's cost: drafting errs on the cheap side.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from engine.sampler import Sampler, SamplingRow
+from engine.sampling_params import SamplingParams
+from engine.step_batch import SeqChunk, StepBatch
+
+TOKEN_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SLOW_STEP_S = 0.25  # stop measuring larger steps past this (the policy extrapolates linearly)
+_MEASURED: dict[tuple, tuple[tuple[int, float], ...]] = {}
+
+
+def measure_step_cost(runner, sampler: Sampler, max_tokens: int, context: int = 64,
+                      repeats: int = 3) -> tuple[tuple[int, float], ...]:
+    """((tokens, milliseconds), ...) for T in TOKEN_COUNTS up to max_tokens."""
+    key = (runner.config.model, str(runner.device), runner.dtype, torch.get_num_threads(), runner.backend.name,
+           max_tokens, context)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure(runner, sampler, max_tokens, context, repeats)
+    return _MEASURED[key]
+
+
+def _measure(runner, sampler: Sampler, max_tokens: int, context: int, repeats: int) -> tuple[tuple[int, float], ...]:
+    params = SamplingParams(temperature=0.8, top_p=0.95)
+    points = []
+    for tokens in (t for t in TOKEN_COUNTS if t <= max_tokens):
+        batch = _decode_batch(tokens, context, runner.config.block_size, runner.num_blocks, runner.device)
+        rows = [SamplingRow(i, params, noise_key=i, position=0) for i in range(tokens)]
+        best = min([_timed_step(runner, sampler, batch, rows) for _ in range(repeats + 1)][1:])  # first: warm-up
+        points.append((tokens, 1000 * best))
+        if best > SLOW_STEP_S:
+            break
+    return tuple(points)
+
+
+def _decode_batch(tokens: int, context: int, block_size: int, num_blocks: int, device) -> StepBatch:
+    per_seq = (context + block_size - 1) // block_size
+    chunks = []
+    for i in range(tokens):  # distinct blocks per sequence while the cache has them
+        table = tuple((i * per_seq + b) % num_blocks for b in range(per_seq))
+        chunks.append(SeqChunk((0,), context - 1, table, 0))
+    return StepBatch.build(chunks, block_size, device)
+
+
+@torch.inference_mode()
+def _timed_step(runner, sampler: Sampler, batch: StepBatch, rows: list[SamplingRow]) -> float:
+    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    hidden = runner.model(batch, runner.kv_caches, runner.backend)
+    sampler(runner.model.compute_logits(hidden), rows)
+    sync()
+    return time.perf_counter() - start
