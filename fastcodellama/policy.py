@@ -112,8 +112,8 @@ class CostCurve:
         if not pts:
             raise ValueError("a cost curve needs at least one point")
         run, mono = 0.0, []
-        for t, c in pts:                      # measurement noise must not make more tokens cheaper
-            run = max(run, c)
+        for t, c in _lower_convex_hull(pts):  # noise must not make more tokens cheaper, nor the
+            run = max(run, c)                 # next token cheaper than the last (fake flat steps)
             mono.append((t, run))
         base = _interp(mono, 1)
         self.points = [(t, c / base) for t, c in mono]
@@ -133,6 +133,22 @@ class CostCurve:
         for t in range(len(tab), upto + 1):
             tab.append(self(t))
         return tab
+
+
+def _lower_convex_hull(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The points on the lower convex hull (slopes never decrease): a step's cost grows at
+    least as fast per token as it did at fewer tokens (flat where memory-bound, then linear
+    where compute-bound); a noisy measurement that breaks this is dropped."""
+    hull: list[tuple[int, float]] = []
+    for p in points:
+        while len(hull) >= 2:
+            (x0, y0), (x1, y1) = hull[-2], hull[-1]
+            if (y1 - y0) * (p[0] - x0) >= (p[1] - y0) * (x1 - x0):  # hull[-1] is not below the chord
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
 
 
 def _interp(points: list[tuple[int, float]], x: float, xs: list[int] | None = None) -> float:
