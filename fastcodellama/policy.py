@@ -111,10 +111,7 @@ class CostCurve:
         pts = sorted((int(t), float(c)) for t, c in points)
         if not pts:
             raise ValueError("a cost curve needs at least one point")
-        run, mono = 0.0, []
-        for t, c in _lower_convex_hull(pts):  # noise must not make more tokens cheaper, nor the
-            run = max(run, c)                 # next token cheaper than the last (fake flat steps)
-            mono.append((t, run))
+        mono = _isotonic(pts)  # measurement noise must not make more tokens cheaper
         base = _interp(mono, 1)
         self.points = [(t, c / base) for t, c in mono]
         self._xs = [t for t, _ in self.points]
@@ -135,20 +132,19 @@ class CostCurve:
         return tab
 
 
-def _lower_convex_hull(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """The points on the lower convex hull (slopes never decrease): a step's cost grows at
-    least as fast per token as it did at fewer tokens (flat where memory-bound, then linear
-    where compute-bound); a noisy measurement that breaks this is dropped."""
-    hull: list[tuple[int, float]] = []
-    for p in points:
-        while len(hull) >= 2:
-            (x0, y0), (x1, y1) = hull[-2], hull[-1]
-            if (y1 - y0) * (p[0] - x0) >= (p[1] - y0) * (x1 - x0):  # hull[-1] is not below the chord
-                hull.pop()
-            else:
-                break
-        hull.append(p)
-    return hull
+def _isotonic(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The non-decreasing fit closest to the points (pool adjacent violators): a noisy point
+    out of order is averaged with its neighbours instead of lifting every later point (a
+    running maximum would make the tokens after a spike look free)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for _, c in points:
+        blocks.append([c, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    fitted = [b[0] / b[1] for b in blocks for _ in range(int(b[1]))]
+    return [(t, c) for (t, _), c in zip(points, fitted)]
 
 
 def _interp(points: list[tuple[int, float]], x: float, xs: list[int] | None = None) -> float:
