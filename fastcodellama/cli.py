@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "fastcodellama.humaneval",
     "fastcodellama.evaluate",
     "fastcodellama.select",
+    "fastcodellama.bench",
     "api.serve_cmd",
 )
 
