@@ -1,9 +1,8 @@
 """Sandboxed checks fanned out over the nodes of a Ray cluster: one checking actor per node.
 
-One process per node, not one per check: the sandbox hands each concurrent check a uid of its own
-from a pool that lives in its process (`sandbox.SANDBOX_UID_BASE`), so two processes checking on
-the same node could give two checks the same uid, and one check's clean-up (kill -9 -1 as that
-uid) would kill the other. Results come back in the order of the programs, as from local threads.
+One process per node, not one per check, so that a node runs at most `workers` checks at once (the
+sandbox leases each check a uid of its own across processes, so several actors on one node would
+also be safe, only less bounded). Results come back in the order of the programs, as from local threads.
 """
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ Isolation, strongest first, each part dropped only where the kernel refuses it:
 - mount, PID, network, IPC and UTS namespaces (a user namespace too when not root): everything is
   read-only except a small tmpfs working directory; no network but a down loopback; the check's
   processes cannot see or signal anything outside, and all of them die with its init;
-- an unprivileged uid of its own per concurrent check (so RLIMIT_NPROC binds and checks cannot signal
-  each other), no supplementary groups;
+- an unprivileged uid of its own per concurrent check on the machine, leased across processes (so
+  RLIMIT_NPROC binds, checks cannot signal each other, and one check's clean-up, which kills
+  everything of its uid, cannot reach another's), no supplementary groups;
 - rlimits: address space, CPU time, file size, open files, processes, no core dumps;
 - a wall-clock deadline enforced by the parent, which SIGKILLs the whole process group.
 The achieved level is reported per check in `ExecResult.isolation`.
@@ -27,12 +28,13 @@ This module is also the setup program: it runs as a script with only the standar
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import functools
 import json
 import math
 import os
-import queue
 import resource
 import secrets
 import select
@@ -45,12 +47,14 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
-# Each concurrent check gets its own uid from this range (no passwd entries needed): processes of one
-# check can then neither signal those of another nor eat into their RLIMIT_NPROC.
+# Each concurrent check on the machine gets its own uid from this range (no passwd entries needed):
+# processes of one check can then neither signal those of another nor eat into their RLIMIT_NPROC.
+# A uid is leased through a lock file (see `_leased_uid`), so that holds across processes too.
 SANDBOX_UID_BASE = 1_900_000_000
 SANDBOX_UID_COUNT = 64
+_UID_RETRY_S = 0.05  # wait before trying the range again when every uid is leased
 
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
 
@@ -154,32 +158,62 @@ class ExecResult:
         return "timed out" if self.status == TIMEOUT else self.detail
 
 
-_uids: queue.SimpleQueue[int] = queue.SimpleQueue()
-for _i in range(SANDBOX_UID_COUNT):
-    _uids.put(SANDBOX_UID_BASE + _i)
+def _uid_lock_dir() -> str:
+    """The directory of the uid lock files, the same for every process of this user. Root's lies
+    under /run, where only root can create it, so that no other user can hold or plant its locks."""
+    euid = os.geteuid()
+    base = "/run" if euid == 0 and os.access("/run", os.W_OK) else tempfile.gettempdir()
+    path = os.path.join(base, f"fastcodellama-sandbox-uids-{euid}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != euid or info.st_mode & 0o022:
+        raise PermissionError(f"{path}: not a directory that only uid {euid} can write")
+    return path
+
+
+@contextlib.contextmanager
+def _leased_uid() -> Iterator[int]:
+    """Holds a sandbox uid that no other check on the machine holds, in any process, until the block
+    ends. The lease is an exclusive flock on the uid's lock file: flock locks of separate open()s
+    exclude each other across threads and processes alike, and the kernel drops them when their
+    holder dies, so a crashed job leaks nothing. Waits while every uid is leased."""
+    directory = _uid_lock_dir()
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        for uid in range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_COUNT):
+            fd = os.open(os.path.join(directory, str(uid)), flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield uid
+            finally:
+                os.close(fd)  # after the check's clean-up, which kills everything of this uid
+            return
+        time.sleep(_UID_RETRY_S)
 
 
 def check_program(program: str, timeout: float, limits: Limits = Limits()) -> ExecResult:
     """Runs `program` (prompt + completion + test + check call) in a fresh sandbox and judges it."""
-    uid = _uids.get()  # blocks while SANDBOX_UID_COUNT checks are running
-    workdir = tempfile.mkdtemp(prefix="fcl-sandbox-")
-    try:
-        return _run_check(program, timeout, limits, uid, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        _uids.put(uid)
+    with _leased_uid() as uid:  # waits while SANDBOX_UID_COUNT checks are running
+        workdir = tempfile.mkdtemp(prefix="fcl-sandbox-")
+        try:
+            return _run_check(program, timeout, limits, uid, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_program(program: str, timeout: float, limits: Limits = Limits()) -> ProgramOutput:
     """Runs `program` in a fresh sandbox like check_program; the program leaves a one-line string in
     its global `__output__`, which comes back only when the whole program ran."""
-    uid = _uids.get()
-    workdir = tempfile.mkdtemp(prefix="fcl-sandbox-")
-    try:
-        status, detail, isolation, output = _run_sandboxed(program, timeout, limits, uid, workdir, "output")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        _uids.put(uid)
+    with _leased_uid() as uid:
+        workdir = tempfile.mkdtemp(prefix="fcl-sandbox-")
+        try:
+            status, detail, isolation, output = _run_sandboxed(program, timeout, limits, uid, workdir, "output")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     return ProgramOutput(status, output if status == PASSED else None, detail, isolation)
 
 

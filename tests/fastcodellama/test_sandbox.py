@@ -6,10 +6,13 @@ weaker level skips (never silently passes) what it cannot guarantee.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -23,6 +26,7 @@ ADD = Problem("t/add", "def add(a, b):\n", "def check(candidate):\n    assert ca
               "    assert candidate(-1, 1) == 0\n", "add")
 GOOD = "    return a + b\n"
 TIMEOUT = 2.0
+SANDBOX_UIDS = (sandbox.SANDBOX_UID_BASE, sandbox.SANDBOX_UID_BASE + sandbox.SANDBOX_UID_COUNT)
 
 
 def run(completion: str, timeout: float = TIMEOUT) -> sandbox.ExecResult:
@@ -289,3 +293,38 @@ s.sendall(b'leak')
         with pytest.raises(socket.timeout):
             listener.accept()
     assert_contained(workdirs)
+
+
+# --- concurrent users: two processes checking at once ---------------------------------------------
+
+# Each check reports, from inside its sandbox, its uid and when it ran; the job runs several in a row.
+_SLOW_CHECK = "import os, time\nstart = time.time()\ntime.sleep({sleep})\n" \
+              "__output__ = f'{{os.getuid()}} {{start}} {{time.time()}}'\n"
+_JOB = """
+import json, sys
+from fastcodellama.sandbox import run_program
+program, checks = sys.argv[1], int(sys.argv[2])
+results = [run_program(program, 30.0) for _ in range(checks)]
+print(json.dumps([[r.status, r.output, r.detail] for r in results]))
+"""
+
+
+def test_two_processes_never_share_a_uid(isolation):
+    # Each job's first check used to get the first uid of a per-process pool, and a check's clean-up
+    # (kill -9 -1 as its uid) then killed whatever the other job ran under that uid.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root)
+    jobs = [subprocess.Popen([sys.executable, "-c", _JOB, _SLOW_CHECK.format(sleep=sleep), "4"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for sleep in (0.5, 0.8)]
+    runs = []
+    for job in jobs:
+        stdout, stderr = job.communicate(timeout=120)
+        assert job.returncode == 0, stderr
+        results = json.loads(stdout)
+        assert [status for status, _, _ in results] == ["passed"] * 4, results  # none was killed
+        runs.append([tuple(float(x) for x in output.split()) for _, output, _ in results])
+    if "uid" in isolation:
+        assert all(SANDBOX_UIDS[0] <= uid < SANDBOX_UIDS[1] for job in runs for uid, _, _ in job)
+        shared = [(a, b) for a in runs[0] for b in runs[1] if a[0] == b[0] and a[1] < b[2] and b[1] < a[2]]
+        assert shared == []
