@@ -2,7 +2,8 @@
 
 The speculative policy spends draft tokens only where their expected accepted tokens pay for
 their cost; that cost is this curve, measured once at start-up: decode-like steps of T
-single-token sequences (each with its own `context` cached tokens in distinct blocks), forward
+single-token sequences (each with `context` cached tokens, a pass@k prompt and some output,
+in distinct blocks), forward
 + logits + sampling, the fastest of a few runs (other load on the machine only adds time).
 Measured once per process for a given model, device and thread count. Verify tokens of one sequence share its KV read, so
 the curve slightly overstates a draft token's cost: drafting errs on the cheap side.
@@ -23,7 +24,7 @@ MIN_POINT_S = 0.1  # time spent per point at least (up to 30 tries)
 _MEASURED: dict[tuple, tuple[tuple[int, float], ...]] = {}
 
 
-def measure_step_cost(runner, sampler: Sampler, max_tokens: int, context: int = 64,
+def measure_step_cost(runner, sampler: Sampler, max_tokens: int, context: int = 256,
                       repeats: int = 3) -> tuple[tuple[int, float], ...]:
     """((tokens, milliseconds), ...) for T in TOKEN_COUNTS up to max_tokens."""
     key = (runner.config.model, str(runner.device), runner.dtype, torch.get_num_threads(), runner.backend.name,

@@ -101,6 +101,8 @@ SEQ_DECAY = 0.8             # per draft of one sequence
 SEQ_PRIOR_TOKENS = 2.0      # shrinks a sequence's accepted/predicted ratio toward 1
 SEQ_FACTOR_RANGE = (0.25, 4.0)
 MIN_GAIN = 1e-3             # draft tokens less likely than this are never worth a slot
+DRAFT_MARGIN = 0.05         # drafts must promise this much more throughput than plain decoding:
+                            # acceptance and cost are estimates, and drafting must never lose
 
 
 class CostCurve:
@@ -325,7 +327,7 @@ class DraftPolicy:
 
     def _best_prefix(self, n_q: int, gains: list[float], order: list[int]) -> int:
         cost = self.cost.table(n_q + len(order))
-        best, best_t, acc = n_q / cost[n_q], 0, float(n_q)
+        best, best_t, acc = n_q / cost[n_q] * (1.0 + DRAFT_MARGIN), 0, float(n_q)
         for t, idx in enumerate(order, 1):
             acc += gains[idx]
             v = acc / cost[n_q + t]
