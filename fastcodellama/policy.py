@@ -286,7 +286,16 @@ class DraftPolicy:
     """Splits a step's draft budget across sequences (see the module docstring)."""
 
     def __init__(self, model: AcceptanceModel, cost: CostCurve, adaptive: bool = True) -> None:
-        self.model, self.cost, self.adaptive = model, cost, adaptive
+        self.model, self._cost, self.adaptive = model, cost, adaptive
+        self._can_pay: dict[tuple[int, int], bool] = {}
+
+    @property
+    def cost(self) -> CostCurve:
+        return self._cost
+
+    @cost.setter
+    def cost(self, curve: CostCurve) -> None:
+        self._cost, self._can_pay = curve, {}
 
     def allocate(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
         """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget."""
@@ -324,6 +333,17 @@ class DraftPolicy:
         for idx in order[:take]:
             lens[owner[idx]] += 1
         return lens
+
+    def can_pay(self, n_q: int, budget: int) -> bool:
+        """Whether drafts that are surely accepted could beat plain decoding by DRAFT_MARGIN at
+        this batch; when not (a large batch on a compute-bound device), proposing is skipped:
+        looking up copies for hundreds of sequences costs a step several percent."""
+        key = (n_q, budget)
+        if key not in self._can_pay:
+            cost = self.cost.table(n_q + budget)
+            plain = n_q / cost[n_q] * (1.0 + DRAFT_MARGIN)
+            self._can_pay[key] = any((n_q + k) / cost[n_q + k] > plain for k in range(1, budget + 1))
+        return self._can_pay[key]
 
     def _best_prefix(self, n_q: int, gains: list[float], order: list[int]) -> int:
         cost = self.cost.table(n_q + len(order))

@@ -52,6 +52,32 @@ class _Hit:
     match_len: int     # matched tokens before `end` (measured up to MATCH_CAP)
 
 
+class Backoff:
+    """Stops looking for copies while that costs more than it brings: when the accepted tokens a
+    step's drafts are expected to add (per sequence) are worth less than the time the search took
+    (as a share of the step), drafting pauses for a while, twice as long each time in a row (up to
+    MAX_PAUSE_S), then tries again."""
+
+    MIN_PAUSE_S, MAX_PAUSE_S = 0.5, 8.0
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.until = 0.0
+        self.pause = self.MIN_PAUSE_S
+
+    def skip(self, now: float) -> bool:
+        return self.enabled and now < self.until
+
+    def judge(self, gain_per_seq: float, overhead: float, now: float) -> None:
+        if not self.enabled:
+            return
+        if gain_per_seq > overhead:
+            self.pause = self.MIN_PAUSE_S
+        else:
+            self.until = now + self.pause
+            self.pause = min(self.pause * 2, self.MAX_PAUSE_S)
+
+
 class CopyProposer:
     """Implements engine.proposer.Proposer; see the module docstring."""
 
@@ -73,6 +99,8 @@ class CopyProposer:
         self._accepted = dict.fromkeys(SOURCES, 0)
         self._drafts = dict.fromkeys(SOURCES, 0)
         self._propose_s = 0.0
+        self._last_call = time.perf_counter()
+        self._backoff = Backoff(enabled=cfg.policy == "adaptive")
         self._propose_calls = 0
         self._queries = 0
 
@@ -102,11 +130,26 @@ class CopyProposer:
 
     def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
         t0 = time.perf_counter()
+        step_s, self._last_call = t0 - self._last_call, t0  # about one engine step
+        if self._backoff.skip(t0):
+            return [EMPTY_DRAFT] * len(queries)
+        drafts, expected = self._propose(queries, budget)
+        spent = time.perf_counter() - t0
+        self._backoff.judge(expected / max(1, len(queries)), spent / max(step_s, 1e-9), t0 + spent)
+        self._propose_s += spent
+        self._propose_calls += 1
+        self._queries += len(queries)
+        return drafts
+
+    def _propose(self, queries: Sequence[DraftQuery], budget: int) -> tuple[list[Draft], float]:
+        """The drafts, and the accepted tokens they are expected to yield."""
         cfg = self.config
         if cfg.budget is not None:
             budget = min(budget, cfg.budget)
         if not cfg.enabled or cfg.k <= 0 or budget <= 0 or not queries:
-            return [EMPTY_DRAFT] * len(queries)
+            return [EMPTY_DRAFT] * len(queries), 0.0
+        if cfg.policy == "adaptive" and not self.policy.can_pay(len(queries), budget):
+            return [EMPTY_DRAFT] * len(queries), 0.0  # even sure drafts would not pay at this batch
         self.model.refresh()
         adaptive = cfg.policy == "adaptive"
         hits: list[_Hit | None] = []
@@ -124,19 +167,17 @@ class CopyProposer:
                 cands.append(Candidate(a, min(hit.avail, cfg.k, q.max_len),
                                        self.model.survival_of(hit.source, hit.match_len)))
         lens = self.policy.allocate(cands, budget)
-        drafts = []
+        drafts, expected = [], 0.0
         for q, hit, cand, d in zip(queries, hits, cands, lens):
             if d <= 0:
                 drafts.append(EMPTY_DRAFT)
                 continue
             draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
-            self._pending[q.seq_id] = (draft, hit.match_len,
-                                      self.model.expected(hit.source, hit.match_len, cand.a, d))
+            predicted = self.model.expected(hit.source, hit.match_len, cand.a, d)
+            self._pending[q.seq_id] = (draft, hit.match_len, predicted)
+            expected += predicted
             drafts.append(draft)
-        self._propose_s += time.perf_counter() - t0
-        self._propose_calls += 1
-        self._queries += len(queries)
-        return drafts
+        return drafts, expected
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:
