@@ -74,15 +74,17 @@ def test_a_replica_killed_mid_job_has_its_tasks_retried(ray_cluster, reference, 
 
     killed = []
 
-    def kill_replica_0(pool) -> None:
-        if not killed:  # after the first task is written; replica 0 still holds unfinished tasks
-            killed.append(pool.handles[0])
-            ray_cluster.kill(pool.handles[0])
+    def kill_a_busy_replica(pool) -> None:
+        # After the first task is written: a replica that still holds unfinished tasks.
+        busy = [i for i, (h, held) in enumerate(zip(pool.handles, pool.held)) if h is not None and held]
+        if not killed and busy:
+            killed.append(busy[0])
+            ray_cluster.kill(pool.handles[busy[0]])
 
     out = tmp_path / "samples.jsonl"
     stats, report = generate_samples_on_ray(*job_parts(GREEDY, out, tasks_in_flight=3), progress=False,
-                                            on_result=kill_replica_0)
-    assert killed and len(report.failures) == 1 and report.failures[0].replica == 0
+                                            on_result=kill_a_busy_replica)
+    assert killed and len(report.failures) == 1 and report.failures[0].replica == killed[0]
     assert report.failures[0].tasks_retried >= 1
     assert ("tasks retried", report.failures[0].tasks_retried) in report.rows()
     assert samples(out) == samples(reference["greedy"])  # every sample exactly once
