@@ -75,14 +75,14 @@ def test_a_replica_killed_mid_job_has_its_tasks_retried(ray_cluster, reference, 
     killed = []
 
     def kill_a_busy_replica(pool) -> None:
-        # After the first task is written: a replica that still holds unfinished tasks.
-        busy = [i for i, (h, held) in enumerate(zip(pool.handles, pool.held)) if h is not None and held]
-        if not killed and busy:
-            killed.append(busy[0])
-            ray_cluster.kill(pool.handles[busy[0]])
+        # After a task is written: a replica whose call is still running (its tasks unfinished).
+        running = [i for ref, i in pool.calls.items() if not ray_cluster.wait([ref], timeout=0)[0]]
+        if not killed and running:
+            killed.append(running[0])
+            ray_cluster.kill(pool.handles[running[0]])
 
     out = tmp_path / "samples.jsonl"
-    stats, report = generate_samples_on_ray(*job_parts(GREEDY, out, tasks_in_flight=3), progress=False,
+    stats, report = generate_samples_on_ray(*job_parts(GREEDY, out, tasks_in_flight=1), progress=False,
                                             on_result=kill_a_busy_replica)
     assert killed and len(report.failures) == 1 and report.failures[0].replica == killed[0]
     assert report.failures[0].tasks_retried >= 1
