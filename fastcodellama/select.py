@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fastcodellama.behaviour import BehaviourCache, BehaviourLimits, SampleRun, run_all
+from fastcodellama.evaluate import read_samples
 from fastcodellama.examples import Example, parse_examples
 from fastcodellama.mutation import mutate_inputs
 from fastcodellama.passk import pass_at_k
@@ -95,16 +96,6 @@ def run_selection(samples: Sequence[Mapping], tasks: Mapping[str, TaskPrompt], c
     return [select_task(task_id, inputs[task_id].examples, [outputs[i] for i in members], config.submit,
                         [sample_logprob(samples[i]) for i in members], config.mode)
             for task_id, members in groups.items()]
-
-
-def read_samples(path: str | Path, tasks: Mapping[str, TaskPrompt]) -> list[dict]:
-    samples = list(read_jsonl(path))
-    for number, sample in enumerate(samples, 1):
-        if not isinstance(sample.get("task_id"), str) or not isinstance(sample.get("completion"), str):
-            raise ValueError(f"{path}: sample {number} needs string fields task_id and completion")
-        if sample["task_id"] not in tasks:
-            raise ValueError(f"{path}: sample {number} is for unknown task {sample['task_id']!r}")
-    return samples
 
 
 def write_submissions(path: str | Path, samples: Sequence[Mapping], selections: Sequence[TaskSelection]) -> None:
