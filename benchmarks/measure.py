@@ -9,10 +9,11 @@ import json
 import math
 import os
 import platform
+import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Callable, Sequence
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -139,15 +140,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     return lines
 
 
-def write_results(out_dir: str, name: str, results: dict, markdown: str) -> dict[str, str]:
-    """Writes NAME_STAMP.json and NAME_STAMP.md; returns their paths (and where a plot should go)."""
+def write_results(out_dir: str, name: str, results: dict, markdown: str,
+                  plot: Callable[[str], None] | None = None) -> dict[str, str]:
+    """Prints the markdown, writes NAME_STAMP.json and NAME_STAMP.md, and NAME_STAMP.png through
+    `plot(path)` when given and matplotlib is installed; returns the paths written."""
+    print(markdown)
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"{name}_{stamp(results['date'])}")
     with open(base + ".json", "w") as f:
         json.dump(results, f, indent=1, default=_jsonable)
     with open(base + ".md", "w") as f:
         f.write(markdown + "\n")
-    return {"json": base + ".json", "md": base + ".md", "png": base + ".png"}
+    paths = {"json": base + ".json", "md": base + ".md"}
+    if plot is not None:
+        try:
+            plot(base + ".png")
+            paths["png"] = base + ".png"
+        except ImportError:
+            print("no plot: matplotlib is not installed (pip install '.[bench]')", file=sys.stderr)
+    return paths
 
 
 def _jsonable(x):

@@ -411,15 +411,8 @@ def report(results: dict, out_dir: str, plot: bool = True) -> dict[str, str]:
         for r in rows.values():
             r.pop("outputs", None)
     text = "\n".join(lines)
-    print(text)
-    paths = measure.write_results(out_dir, "passk_throughput", results, text)
-    if plot:
-        try:
-            plot_results(results, paths["png"])
-        except ImportError:
-            print("no plot: matplotlib is not installed (pip install '.[bench]')", file=sys.stderr)
-            paths.pop("png")
-    return paths
+    return measure.write_results(out_dir, "passk_throughput", results, text,
+                                 (lambda path: plot_results(results, path)) if plot else None)
 
 
 def _ratio(x: float, base: float | None) -> str:

@@ -322,16 +322,9 @@ def report(results: dict, out_dir: str, plot: bool = True) -> dict[str, str]:
               "Tokens are the server's usage where it reports one, else the streamed text re-tokenized with the "
               "model's tokenizer."]
     text = "\n".join(lines)
-    print(text)
     slim = dict(results, load={k: v for k, v in load.items() if k != "prompts"} | {"prompts": len(load["prompts"])})
-    paths = measure.write_results(out_dir, "serve_load", slim, text)
-    if plot:
-        try:
-            plot_results(results, paths["png"])
-        except ImportError:
-            print("no plot: matplotlib is not installed (pip install '.[bench]')", file=sys.stderr)
-            paths.pop("png")
-    return paths
+    return measure.write_results(out_dir, "serve_load", slim, text,
+                                 (lambda path: plot_results(results, path)) if plot else None)
 
 
 def _ms(s: dict) -> str:

@@ -26,19 +26,19 @@ import argparse
 import json
 import math
 import os
-import platform
+import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import measure  # noqa: E402
 from engine import DEFAULT_MODEL, LLM, SamplingParams
 from fastcodellama.humaneval import load_tasks
 from fastcodellama.spec_config import SpecConfig, build_proposer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = measure.RESULTS
 TRACES = os.path.join(HERE, "..", "..", "shared", "data", "real_traces")
 # shared/measurements/copy_ceiling_real_traces.md (tokens per verify forward, k=20, proxy tokenizer).
 CEILING = {"greedy": ("self, n=1", 1.92), "passk": ("self + 10 siblings side by side", 2.17),
@@ -153,9 +153,7 @@ def main() -> None:
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args()
     tokenizer = LLM(args.model).tokenizer
-    results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-                          f"threads {torch.get_num_threads()}",
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
+    results = {"machine": measure.machine(), "date": measure.utc_now(), "model": args.model,
                "args": vars(args), "workloads": {}}
     for name in args.workloads.split(","):
         requests = load_workload(name, tokenizer, args.traces, args.pass100_tasks)
@@ -174,11 +172,6 @@ def main() -> None:
 
 
 def write(results: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    base = os.path.join(out_dir, f"trace_replay_{stamp}")
-    with open(base + ".json", "w") as f:
-        json.dump(results, f, indent=1)
     lines = [f"# Trace replay ({results['date']})", "", f"machine: {results['machine']}", f"model: {results['model']}",
              f"each figure: the fastest of {results['args'].get('repeats', 1)} alternating run(s) of plain and drafting",
              "", "| workload | max running | requests | seqs | system | tokens | tokens/s | speedup | tokens/forward "
@@ -193,22 +186,16 @@ def write(results: dict, out_dir: str) -> None:
                 f"| {r['tokens']} | {r['tokens_per_s']:.1f} | {r.get('speedup', 1.0):.2f}x | {r['tokens_per_forward']:.3f} "
                 f"| {f'{ceiling} ({label})' if ceiling and r['drafting'] else ''} | {by(r['drafted'])} | {by(r['accepted'])} "
                 f"| {r['propose_share']:.1%} | {r['replay_exact']} | {r['leaked_blocks']} |")
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    plot(results, base + ".png")
-    print("\n".join(lines))
-    print(f"wrote {base}.json / .md / .png")
+    paths = measure.write_results(out_dir, "trace_replay", results, "\n".join(lines), lambda path: plot(results, path))
+    print("wrote " + ", ".join(paths.values()))
 
 
 def plot(results: dict, path: str) -> None:
-    try:
-        import matplotlib
+    import matplotlib  # ImportError: measure.write_results skips the plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     names = list(results["workloads"])
     fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 8), squeeze=False)
     for i, name in enumerate(names):
