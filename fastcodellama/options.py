@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from engine.attention import BACKENDS
 from engine.config import DEFAULT_MODEL, EngineConfig
 from fastcodellama.spec_config import SpecConfig
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
 
 
 def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...] = ("--model",)) -> None:
@@ -13,13 +18,13 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
                    help="Hugging Face Llama checkpoint folder (default: the embedded demo model)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--num-kv-blocks", type=int, default=None)
-    g.add_argument("--kv-cache-memory-gb", type=float, default=2.0)
-    g.add_argument("--max-num-seqs", type=int, default=256)
-    g.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    g.add_argument("--max-model-len", type=int, default=None)
-    g.add_argument("--attention-backend", default="auto")
+    g.add_argument("--block-size", type=int, default=_DEFAULTS["block_size"])
+    g.add_argument("--num-kv-blocks", type=int, default=_DEFAULTS["num_kv_blocks"])
+    g.add_argument("--kv-cache-memory-gb", type=float, default=_DEFAULTS["kv_cache_memory_gb"])
+    g.add_argument("--max-num-seqs", type=int, default=_DEFAULTS["max_num_seqs"])
+    g.add_argument("--max-num-batched-tokens", type=int, default=_DEFAULTS["max_num_batched_tokens"])
+    g.add_argument("--max-model-len", type=int, default=_DEFAULTS["max_model_len"])
+    g.add_argument("--attention-backend", default=_DEFAULTS["attention_backend"], choices=BACKENDS)
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
