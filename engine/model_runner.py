@@ -5,6 +5,7 @@ import torch
 
 from engine.attention import get_backend
 from engine.config import EngineConfig, ModelConfig
+from engine.kernels import cpu as cpu_kernels
 from engine.loader import iter_checkpoint_tensors
 from engine.models.llama import LlamaForCausalLM
 from engine.scheduler import SchedulerOutput
@@ -20,6 +21,8 @@ class ModelRunner:
         if model is None:
             model = load_model(config.model, model_config, self.dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        if self.device.type == "cpu" and cpu_kernels.available():
+            self.model.pack_for_cpu()
         self.backend = get_backend(config.attention_backend, self.device.type)
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config

@@ -36,6 +36,7 @@ def make_tiny_llama(path: str, vocab_size: int, seed: int = 0, **overrides) -> s
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(8.0)
+            p.copy_(p.bfloat16().float())  # bf16 values, like real checkpoints: the CPU linear kernel runs
     model.save_pretrained(path, safe_serialization=True)
     return path
 

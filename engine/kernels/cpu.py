@@ -74,6 +74,10 @@ def load() -> ctypes.CDLL | None:
     lib.paged_attention.restype = None
     lib.sample_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P]
     lib.sample_rows.restype = None
+    lib.linear_bf16.argtypes = [_P, _I, _I, _P, _I, _P]
+    lib.linear_bf16.restype = None
+    lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
+    lib.rms_norm.restype = None
     return lib
 
 
@@ -137,3 +141,23 @@ def sample_rows(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                        _ptr(top_k, torch.int64), _ptr(top_p, torch.float64), _ptr(seeds, torch.int64),
                        tokens.data_ptr())
     return tokens
+
+
+def linear_bf16(x: torch.Tensor, weight_bf16: torch.Tensor) -> torch.Tensor:
+    """x [M, K] float32 @ weight_bf16 [N, K].T in float32 (K a multiple of 8); meant for few rows."""
+    m, k = x.shape
+    n = weight_bf16.shape[0]
+    if k % 8 or weight_bf16.shape[1] != k:
+        raise ValueError(f"linear_bf16 wants K a multiple of 8 and matching shapes, got {tuple(x.shape)} "
+                         f"and {tuple(weight_bf16.shape)}")
+    out = torch.empty((m, n), dtype=torch.float32)
+    load().linear_bf16(_ptr(x, torch.float32), m, k, _ptr(weight_bf16, torch.bfloat16), n, out.data_ptr())
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """torch.nn.functional.rms_norm over the last dimension of a float32 [rows, dim] tensor."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    load().rms_norm(_ptr(x, torch.float32), x.shape[0], x.shape[1], _ptr(weight, torch.float32), eps, out.data_ptr())
+    return out

@@ -1,8 +1,11 @@
-/* CPU kernels for the engine: paged attention for short queries and the sampler's
- * filter-and-race. Built at first use by engine/kernels/cpu.py and called through
+/* CPU kernels for the engine: paged attention for short queries, the sampler's
+ * filter-and-race, and few-row linear layers over bf16 weights. Built at first use by engine/kernels/cpu.py and called through
  * ctypes on raw tensor pointers; each has a PyTorch reference it is tested against
  * (engine/attention/torch_ref.py, engine/sampler.py). OpenMP shares torch's runtime. */
 #include <math.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,5 +247,126 @@ void sample_rows(const float *logits, int64_t num_rows, int64_t vocab, const flo
         for (int64_t i = 1; i < vocab; i++) arg = buf[i] > buf[arg] ? i : arg;
         tokens[r] = arg;
         free(x); free(w); free(buf);
+    }
+}
+
+/* ------------------------------------------------------------------ linear, few rows */
+
+/* out[M][N] = x[M][K] . w[N][K]^T for small M (decode and verify steps), w in bf16 (the
+ * checkpoint's own values, so nothing is rounded): at a few rows a step is bound by reading
+ * the weights, and bf16 halves that read. Weight rows go through in tiles of LIN_TN,
+ * widened to fp32 once into an L1 buffer and used for every row of x. K % 8 == 0. */
+#define LIN_TN 4
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+}
+
+/* Three rows of x against the LIN_TN widened weight rows: 12 accumulators in registers. */
+static void lin_rows3(const float *x, int64_t K, const float *wf, float r[3][LIN_TN]) {
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K;
+    __m256 a[3][LIN_TN];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < LIN_TN; j++) a[i][j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        const __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k), v2 = _mm256_loadu_ps(x2 + k);
+        for (int j = 0; j < LIN_TN; j++) {
+            const __m256 w = _mm256_load_ps(wf + j * K + k);
+            a[0][j] = _mm256_fmadd_ps(v0, w, a[0][j]);
+            a[1][j] = _mm256_fmadd_ps(v1, w, a[1][j]);
+            a[2][j] = _mm256_fmadd_ps(v2, w, a[2][j]);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < LIN_TN; j++) r[i][j] = hsum8(a[i][j]);
+}
+
+static void lin_row1(const float *x, int64_t K, const float *wf, float r[LIN_TN]) {
+    __m256 a[LIN_TN];
+    for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        const __m256 v = _mm256_loadu_ps(x + k);
+        for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_fmadd_ps(v, _mm256_load_ps(wf + j * K + k), a[j]);
+    }
+    for (int j = 0; j < LIN_TN; j++) r[j] = hsum8(a[j]);
+}
+#else
+static void lin_row1(const float *x, int64_t K, const float *wf, float r[LIN_TN]) {
+    float a[LIN_TN][8] = {{0}};
+    for (int64_t k = 0; k < K; k += 8)
+        for (int j = 0; j < LIN_TN; j++)
+            for (int l = 0; l < 8; l++) a[j][l] += x[k + l] * wf[j * K + k + l];
+    for (int j = 0; j < LIN_TN; j++) {
+        float s = 0.f;
+        for (int l = 0; l < 8; l++) s += a[j][l];
+        r[j] = s;
+    }
+}
+
+static void lin_rows3(const float *x, int64_t K, const float *wf, float r[3][LIN_TN]) {
+    for (int i = 0; i < 3; i++) lin_row1(x + i * K, K, wf, r[i]);
+}
+#endif
+
+static void lin_tile(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, int64_t n0, float *wf,
+                     float *out) {
+    const int64_t tn = N - n0 < LIN_TN ? N - n0 : LIN_TN;
+    for (int64_t j = 0; j < LIN_TN; j++) {
+        float *dst = wf + j * K;
+        if (j >= tn) {
+            memset(dst, 0, K * sizeof(float));
+            continue;
+        }
+        const uint16_t *src = w + (n0 + j) * K;
+        for (int64_t k = 0; k < K; k++) dst[k] = bf16_to_f32(src[k]);
+    }
+    int64_t m = 0;
+    for (; m + 3 <= M; m += 3) {
+        float r[3][LIN_TN];
+        lin_rows3(x + m * K, K, wf, r);
+        for (int i = 0; i < 3; i++)
+            for (int64_t j = 0; j < tn; j++) out[(m + i) * N + n0 + j] = r[i][j];
+    }
+    for (; m < M; m++) {
+        float r[LIN_TN];
+        lin_row1(x + m * K, K, wf, r);
+        for (int64_t j = 0; j < tn; j++) out[m * N + n0 + j] = r[j];
+    }
+}
+
+void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, float *out) {
+    const int64_t tiles = (N + LIN_TN - 1) / LIN_TN;
+    /* Waking the other threads costs about as much as a small layer's whole product. */
+#pragma omp parallel if (N * K * (M + 2) > (1L << 19))
+    {
+        float *wf = aligned_alloc(32, LIN_TN * K * sizeof(float));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; t++) lin_tile(x, M, K, w, N, t * LIN_TN, wf, out);
+        free(wf);
+    }
+}
+
+/* ------------------------------------------------------------------ RMSNorm */
+
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, row by row (torch.nn.functional.rms_norm). */
+void rms_norm(const float *x, int64_t rows, int64_t dim, const float *weight, float eps, float *out) {
+#pragma omp parallel for schedule(static) if (rows * dim > (1L << 16))
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float *o = out + r * dim;
+        float ss = 0.f;
+        for (int64_t d = 0; d < dim; d++) ss += xr[d] * xr[d];
+        const float inv = 1.f / sqrtf(ss / (float)dim + eps);
+        for (int64_t d = 0; d < dim; d++) o[d] = xr[d] * inv * weight[d];
     }
 }

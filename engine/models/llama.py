@@ -9,6 +9,7 @@ from torch import nn
 
 from engine.attention.base import AttentionBackend
 from engine.config import ModelConfig
+from engine.models.linear import Linear
 from engine.step_batch import StepBatch
 
 
@@ -17,8 +18,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.use_kernel = False  # the C kernel (engine/kernels), set by LlamaForCausalLM.pack_for_cpu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32:  # same math as F.rms_norm
+            from engine.kernels.cpu import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32:  # fused kernel; same math as below
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         dtype = x.dtype
@@ -74,8 +80,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: torch.Tensor,
                 batch: StepBatch, backend: AttentionBackend, meta: Any) -> torch.Tensor:
@@ -91,8 +97,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -119,7 +125,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling_factor)
@@ -136,6 +142,13 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
+
+    def pack_for_cpu(self) -> int:
+        """Turns on the CPU kernels: RMSNorm, and the few-row linear kernel with its bf16 weight
+        copies where they are exact (engine/models/linear.py); returns how many linear layers got one."""
+        for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
+            norm.use_kernel = self.norm.weight.device.type == "cpu" and self.norm.weight.dtype == torch.float32
+        return sum(m.pack_for_cpu() for m in self.modules() if isinstance(m, Linear))
 
     # ---------------------------------------------------------------- loading
     _FUSED = {  # checkpoint name part -> (our name part, shard index)

@@ -6,6 +6,7 @@ import torch
 
 from engine.attention import get_backend
 from engine.config import EngineConfig, ModelConfig
+from engine.kernels import cpu as kernels
 from engine.model_runner import ModelRunner
 from engine.step_batch import SeqChunk, StepBatch
 from tests.conftest import make_tiny_llama
@@ -24,6 +25,8 @@ def _forward(runner: ModelRunner, chunks: list[SeqChunk]) -> torch.Tensor:
 
 def test_prefill_and_decode_logits_match_transformers(tiny_model_dir):
     runner = _runner(tiny_model_dir)
+    if kernels.available():  # decode rows go through the bf16 linear kernel, prefill through F.linear
+        assert runner.model.lm_head.packed is not None
     hf = _hf_model(tiny_model_dir)
     ids = torch.randint(3, 512, (23,), generator=torch.Generator().manual_seed(1)).tolist()
     with torch.no_grad():

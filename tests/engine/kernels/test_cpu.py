@@ -97,3 +97,40 @@ def test_the_engine_falls_back_to_the_references_without_kernels(monkeypatch):
         monkeypatch.delenv("FASTCODELLAMA_NO_CPU_KERNELS")
         kernels.load.cache_clear()
     assert get_backend("auto", "cpu").name == "cpu"
+
+
+@pytest.mark.parametrize("rows,n,k", [(1, 512, 256), (2, 8192, 256), (3, 7, 64), (4, 13, 768), (5, 256, 8),
+                                      (17, 1536, 256), (64, 130, 128)])
+def test_linear_bf16_kernel_equals_reference(rows, n, k):
+    g = torch.Generator().manual_seed(rows * 1000 + n)
+    weight = torch.randn(n, k, generator=g).to(torch.bfloat16)
+    x = torch.randn(rows, k, generator=g)
+    got = kernels.linear_bf16(x, weight)
+    ref = torch.nn.functional.linear(x.double(), weight.double()).float()
+    assert got.shape == (rows, n)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-4), (got - ref).abs().max()
+
+
+def test_linear_packs_only_exact_bf16_weights_and_uses_the_kernel_for_few_rows():
+    from engine.models.linear import SMALL_ROWS, Linear
+
+    layer = Linear(64, 40)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 64).bfloat16().float())
+    assert layer.pack_for_cpu()
+    x = torch.randn(SMALL_ROWS + 1, 64)
+    reference = torch.nn.functional.linear(x, layer.weight)
+    assert torch.allclose(layer(x[:3]), reference[:3], rtol=1e-5, atol=1e-5)  # kernel
+    assert torch.equal(layer(x), reference)                                     # F.linear
+    layer.weight.data[0, 0] += 1e-3  # no longer a bf16 value: no copy, F.linear only
+    assert not layer.pack_for_cpu() and layer.packed is None
+    assert torch.equal(layer(x[:3]), torch.nn.functional.linear(x[:3], layer.weight))
+    assert not Linear(12, 4).pack_for_cpu()  # K not a multiple of 8
+
+
+@pytest.mark.parametrize("rows,dim", [(1, 256), (3, 64), (700, 4096), (2, 5)])
+def test_rms_norm_kernel_equals_reference(rows, dim):
+    g = torch.Generator().manual_seed(rows + dim)
+    x, weight = torch.randn(rows, dim, generator=g) * 3, torch.randn(dim, generator=g)
+    ref = torch.nn.functional.rms_norm(x.double(), (dim,), weight.double(), 1e-5).float()
+    assert torch.allclose(kernels.rms_norm(x, weight, 1e-5), ref, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,49 @@
+"""A bias-free linear layer whose few-row products run in a C kernel on the CPU.
+
+Decode and verify steps multiply a handful of rows by every weight of the model, so on a CPU
+they are bound by reading the weights, and PyTorch's GEMM adds a packing pass per call. For
+up to SMALL_ROWS rows, `Linear` uses engine/kernels (`linear_bf16`) over a bf16 copy of its
+weight, made by `pack_for_cpu` only when that copy is exact (a bf16 checkpoint, like
+CodeLlama's and the embedded model's): the products are the same numbers, summed in another
+order. More rows (prefill) and everything else take F.linear, the reference it is tested
+against (tests/engine/kernels/test_cpu.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SMALL_ROWS = 128  # measured on the 2-core AVX2 CPU: the kernel beats F.linear up to ~160 rows
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.packed: torch.Tensor | None = None  # bf16 copy for the CPU kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.packed
+        if packed is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS and x.dtype == torch.float32:
+            from engine.kernels.cpu import linear_bf16
+
+            return linear_bf16(x.contiguous(), packed)
+        return F.linear(x, self.weight)
+
+    @torch.no_grad()
+    def pack_for_cpu(self) -> bool:
+        """Makes the bf16 copy when it is exact and the kernel can take the shape."""
+        w = self.weight
+        self.packed = None
+        if w.device.type != "cpu" or w.dtype != torch.float32 or self.in_features % 8:
+            return False
+        packed = w.to(torch.bfloat16)
+        if not torch.equal(packed.float(), w):
+            return False
+        self.packed = packed.contiguous()
+        return True
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.packed is not None}"
