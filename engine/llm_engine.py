@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
@@ -22,6 +23,9 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerLimits, SchedulerOutput
 from engine.sequence import Sequence, SequenceStatus
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from engine.cost_model import StepCostPoints
 
 
 @dataclass
@@ -79,8 +83,8 @@ class LLMEngine:
         self._propose_time = 0.0
         self._spec = SpecStats()
 
-    def measure_step_cost(self) -> tuple[tuple[int, float], ...]:
-        """((tokens in the step, ms), ...) on this machine; see engine/cost_model.py."""
+    def measure_step_cost(self) -> "StepCostPoints":
+        """Decode and verify step costs on this machine; see engine/cost_model.py."""
         from engine.cost_model import measure_step_cost
 
         limit = min(self.config.max_num_batched_tokens, self.block_manager.num_blocks * self.config.block_size)

@@ -10,8 +10,8 @@ match-length bucket):
 So the j-th draft token of a candidate is accepted with probability
 g_j = a * prod_{i=1..j} cont[b][i], non-increasing in j.
 
-Allocation: the step's throughput is (N + accepted) / cost(N + drafted) for N sequences (each
-yields accepted + 1 tokens, each feeds 1 + draft tokens). All candidate tokens are ranked by
+Allocation: the step's throughput is (N + accepted) / cost(N, drafted) for N sequences (each
+yields accepted + 1 tokens, each feeds 1 + draft tokens; StepCost below). All candidate tokens are ranked by
 g_j; the policy takes the prefix of that ranking, at most `budget` long, that maximizes the
 expected throughput on the cost curve. The whole prefix is searched, not stopped at the first
 token that does not pay, because measured curves are flat in steps. On a flat curve that gives
@@ -131,6 +131,42 @@ class CostCurve:
         tab = self._table
         for t in range(len(tab), upto + 1):
             tab.append(self(t))
+        return tab
+
+
+class StepCost:
+    """What a step of n sequences costs with t draft tokens among them: decode(n), n single-token
+    sequences each reading its own KV, plus the extra rows' work, verify(n + t) - verify(n), read
+    off a curve of one sequence with that many new tokens (draft tokens share their sequence's
+    KV read). Both curves are normalized to 1.0 for one token, the same step. With one curve for
+    both, cost(n, t) = curve(n + t)."""
+
+    def __init__(self, decode: CostCurve, verify: CostCurve | None = None) -> None:
+        self.decode, self.verify = decode, verify or decode
+        self._tables: dict[int, list[float]] = {}
+
+    @classmethod
+    def from_spec(cls, spec) -> "StepCost":
+        """A curve name, ((tokens, cost), ...) for both, or an object with .decode and .verify points
+        (engine.cost_model.StepCostPoints)."""
+        if hasattr(spec, "decode") and hasattr(spec, "verify"):
+            return cls(CostCurve(spec.decode), CostCurve(spec.verify))
+        return cls(CostCurve.from_spec(spec))
+
+    def __call__(self, n: int, t: int) -> float:
+        return self.table(n, t)[t]
+
+    def table(self, n: int, upto: int) -> list[float]:
+        """[cost(n, 0), cost(n, 1), ..., cost(n, upto)], cached per n."""
+        tab = self._tables.get(n)
+        if tab is None:
+            if len(self._tables) > 4096:
+                self._tables.clear()
+            tab = self._tables[n] = []
+        if len(tab) <= upto:
+            base, v = self.decode(n), self.verify
+            vn = v(n)
+            tab.extend(base + v(n + t) - vn for t in range(len(tab), upto + 1))
         return tab
 
 
@@ -285,17 +321,18 @@ class Candidate:
 class DraftPolicy:
     """Splits a step's draft budget across sequences (see the module docstring)."""
 
-    def __init__(self, model: AcceptanceModel, cost: CostCurve, adaptive: bool = True) -> None:
-        self.model, self._cost, self.adaptive = model, cost, adaptive
-        self._can_pay: dict[tuple[int, int], bool] = {}
+    def __init__(self, model: AcceptanceModel, cost: StepCost | CostCurve, adaptive: bool = True) -> None:
+        self.model, self.adaptive = model, adaptive
+        self.cost = cost
 
     @property
-    def cost(self) -> CostCurve:
+    def cost(self) -> StepCost:
         return self._cost
 
     @cost.setter
-    def cost(self, curve: CostCurve) -> None:
-        self._cost, self._can_pay = curve, {}
+    def cost(self, cost: StepCost | CostCurve) -> None:
+        self._cost = cost if isinstance(cost, StepCost) else StepCost(cost)
+        self._can_pay: dict[tuple[int, int], bool] = {}
 
     def allocate(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
         """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget."""
@@ -340,17 +377,17 @@ class DraftPolicy:
         looking up copies for hundreds of sequences costs a step several percent."""
         key = (n_q, budget)
         if key not in self._can_pay:
-            cost = self.cost.table(n_q + budget)
-            plain = n_q / cost[n_q] * (1.0 + DRAFT_MARGIN)
-            self._can_pay[key] = any((n_q + k) / cost[n_q + k] > plain for k in range(1, budget + 1))
+            cost = self.cost.table(n_q, budget)
+            plain = n_q / cost[0] * (1.0 + DRAFT_MARGIN)
+            self._can_pay[key] = any((n_q + k) / cost[k] > plain for k in range(1, budget + 1))
         return self._can_pay[key]
 
     def _best_prefix(self, n_q: int, gains: list[float], order: list[int]) -> int:
-        cost = self.cost.table(n_q + len(order))
-        best, best_t, acc = n_q / cost[n_q] * (1.0 + DRAFT_MARGIN), 0, float(n_q)
+        cost = self.cost.table(n_q, len(order))
+        best, best_t, acc = n_q / cost[0] * (1.0 + DRAFT_MARGIN), 0, float(n_q)
         for t, idx in enumerate(order, 1):
             acc += gains[idx]
-            v = acc / cost[n_q + t]
+            v = acc / cost[t]
             if v > best:
                 best, best_t = v, t
         return best_t

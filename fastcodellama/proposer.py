@@ -20,8 +20,8 @@ from typing import Sequence
 
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
 from fastcodellama.ngram_index import GroupIndex, OtherPool, check_token_ids, tail_keys
-from fastcodellama.policy import MATCH_CAP, AcceptanceModel, Candidate, CostCurve, DraftPolicy
-from fastcodellama.spec_config import SOURCES, CostCurveSpec, SpecConfig
+from fastcodellama.policy import MATCH_CAP, AcceptanceModel, Candidate, DraftPolicy, StepCost
+from fastcodellama.spec_config import SOURCES, SpecConfig
 
 
 # Selection among sources (adaptive policy), from the replay of every source's candidate at every
@@ -53,17 +53,22 @@ class _Hit:
 
 
 class Backoff:
-    """Stops looking for copies while that costs more than it brings: when the accepted tokens a
-    step's drafts are expected to add (per sequence) are worth less than the time the search took
-    (as a share of the step), drafting pauses for a while, twice as long each time in a row (up to
-    MAX_PAUSE_S), then tries again."""
+    """Stops looking for copies while that costs more than it brings: over a window of WINDOW
+    proposals, when the accepted tokens the drafts are expected to add (per sequence) are worth
+    less than the time the search took (as a share of the step), drafting pauses for a while,
+    twice as long each time in a row (up to MAX_PAUSE_S), then tries again. Judged over a window,
+    not per step: at small batch many single steps find no copy at all, which says nothing about
+    the steps after them."""
 
     MIN_PAUSE_S, MAX_PAUSE_S = 0.5, 8.0
+    WINDOW = 16
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.until = 0.0
         self.pause = self.MIN_PAUSE_S
+        self._gain = self._overhead = 0.0
+        self._calls = 0
 
     def skip(self, now: float) -> bool:
         return self.enabled and now < self.until
@@ -71,11 +76,18 @@ class Backoff:
     def judge(self, gain_per_seq: float, overhead: float, now: float) -> None:
         if not self.enabled:
             return
-        if gain_per_seq > overhead:
+        self._gain += gain_per_seq
+        self._overhead += overhead
+        self._calls += 1
+        if self._calls < self.WINDOW:
+            return
+        if self._gain > self._overhead:
             self.pause = self.MIN_PAUSE_S
         else:
             self.until = now + self.pause
             self.pause = min(self.pause * 2, self.MAX_PAUSE_S)
+        self._gain = self._overhead = 0.0
+        self._calls = 0
 
 
 class CopyProposer:
@@ -92,7 +104,7 @@ class CopyProposer:
         self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
         # "measured": the CPU table until the engine hands over its own measurement.
         self.wants_measured_cost = cfg.cost_curve == "measured"
-        self.policy = DraftPolicy(self.model, CostCurve.from_spec("cpu" if self.wants_measured_cost else cfg.cost_curve),
+        self.policy = DraftPolicy(self.model, StepCost.from_spec("cpu" if self.wants_measured_cost else cfg.cost_curve),
                                   adaptive=cfg.policy == "adaptive")
         self._pending: dict[int, tuple[Draft, int, float]] = {}   # seq_id -> (draft, match_len, predicted)
         self._drafted = dict.fromkeys(SOURCES, 0)
@@ -210,9 +222,10 @@ class CopyProposer:
 
     # ------------------------------------------------------------------ extras
 
-    def set_cost_curve(self, curve: CostCurveSpec) -> None:
-        """The engine's own measurement of forward cost by tokens in the step."""
-        self.policy.cost = CostCurve.from_spec(curve)
+    def set_cost_curve(self, curve) -> None:
+        """The engine's own measurement of step cost (engine.cost_model.StepCostPoints), or a
+        CostCurveSpec."""
+        self.policy.cost = StepCost.from_spec(curve)
 
     def stats(self) -> dict:
         by_source = {s: {"drafts": self._drafts[s], "drafted": self._drafted[s], "accepted": self._accepted[s]}

@@ -123,3 +123,20 @@ def test_expected_accepted_is_increasing_and_concave_in_length() -> None:
     assert all(s >= 0 for s in steps)
     assert all(b <= a + 1e-12 for a, b in zip(steps, steps[1:]))
     assert [ml_bucket(x) for x in (1, 4, 5, 8, 16, 40)] == [0, 3, 4, 5, 6, 6]
+
+
+def test_step_cost_charges_draft_tokens_on_the_verify_curve() -> None:
+    from fastcodellama.policy import StepCost
+
+    decode = CostCurve(LINEAR)                        # each more sequence costs a whole step
+    verify = CostCurve(((1, 1.0), (32, 1.1), (4096, 100.0)))  # rows sharing one KV read are nearly free
+    cost = StepCost(decode, verify)
+    assert cost(1, 0) == pytest.approx(1.0) and cost(8, 0) == pytest.approx(8.0)
+    assert cost(1, 15) == pytest.approx(verify(16))
+    assert cost(8, 8) == pytest.approx(8.0 + verify(16) - verify(8))
+    assert StepCost(decode)(4, 4) == pytest.approx(decode(8))   # one curve for both
+    model = AcceptanceModel()
+    model.refresh()
+    pol = DraftPolicy(model, cost)
+    assert pol.allocate([cand(model, 20, match_len=16)], 100)[0] >= 15  # cheap verify rows: draft long
+    assert DraftPolicy(model, decode).allocate([cand(model, 20, match_len=16)], 100) == [0]

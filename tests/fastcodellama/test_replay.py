@@ -60,7 +60,12 @@ def test_replay_needs_one_continuation_per_sample():
 def test_the_engine_measures_its_step_cost_for_the_policy():
     llm = LLM(DEFAULT_MODEL, proposer=build_proposer(SpecConfig()), max_num_batched_tokens=64,
               max_num_seqs=16)
-    points = llm.engine.measure_step_cost()
-    assert [t for t, _ in points][:4] == [1, 2, 4, 8] and all(ms > 0 for _, ms in points)
-    curve = llm.engine.proposer.policy.cost
-    assert curve(1) == 1.0 and curve.points[-1][0] == points[-1][0] <= 64  # the measurement, normalized
+    measured = llm.engine.measure_step_cost()
+    for points in (measured.decode, measured.verify):
+        assert [t for t, _ in points][:4] == [1, 2, 4, 8] and all(ms > 0 for _, ms in points)
+        assert points[-1][0] <= 64
+    cost = llm.engine.proposer.policy.cost
+    assert cost(1, 0) == 1.0  # the measurement, normalized
+    assert cost.decode.points[-1][0] == measured.decode[-1][0] and cost.verify.points[-1][0] == measured.verify[-1][0]
+    # Draft tokens share their sequence's KV read: at 16 sequences, 16 draft tokens cost less than 16 more sequences.
+    assert cost(16, 16) < cost(32, 0) * 1.05
