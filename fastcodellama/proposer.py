@@ -53,41 +53,54 @@ class _Hit:
 
 
 class Backoff:
-    """Stops looking for copies while that costs more than it brings: over a window of WINDOW
-    proposals, when the accepted tokens the drafts are expected to add (per sequence) are worth
-    less than the time the search took (as a share of the step), drafting pauses for a while,
-    twice as long each time in a row (up to MAX_PAUSE_S), then tries again. Judged over a window,
-    not per step: at small batch many single steps find no copy at all, which says nothing about
-    the steps after them."""
+    """Stops looking for copies while that costs more than it brings. Over a window (at least
+    WINDOW proposals and MIN_SEQS sequences asked for) it compares what drafting actually gained,
+    the step throughput with the accepted tokens against the modelled cost of the drafted ones,
+    (sum of tokens / sum of cost) / (sum of sequences / sum of plain cost) - 1, with the time
+    the search took as a share of the steps. When the gain does not cover it, drafting pauses
+    for a while, twice as long each time in a row (up to MAX_PAUSE_S), then tries again. A
+    window, not single steps: at small batch many steps find no copy at all, and a few drafts
+    rejected in a row say nothing about the steps after them."""
 
     MIN_PAUSE_S, MAX_PAUSE_S = 0.5, 8.0
-    WINDOW = 16
+    WINDOW, MIN_SEQS = 16, 256
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.until = 0.0
         self.pause = self.MIN_PAUSE_S
-        self._gain = self._overhead = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._seqs = self._plain_cost = self._tokens = self._cost = self._overhead = 0.0
         self._calls = 0
 
     def skip(self, now: float) -> bool:
         return self.enabled and now < self.until
 
-    def judge(self, gain_per_seq: float, overhead: float, now: float) -> None:
+    def accepted(self, tokens: int) -> None:
+        self._tokens += tokens
+
+    def judge(self, seqs: int, plain_cost: float, cost: float, overhead: float, now: float) -> None:
+        """One proposal: `seqs` sequences, a step cost of `plain_cost` without drafts and `cost`
+        with them, and the search's time as a share of the step."""
         if not self.enabled:
             return
-        self._gain += gain_per_seq
+        self._seqs += seqs
+        self._tokens += seqs
+        self._plain_cost += plain_cost
+        self._cost += cost
         self._overhead += overhead
         self._calls += 1
-        if self._calls < self.WINDOW:
+        if self._calls < self.WINDOW or self._seqs < self.MIN_SEQS:
             return
-        if self._gain > self._overhead:
+        gain = (self._tokens / self._cost) / (self._seqs / self._plain_cost) - 1.0
+        if gain > self._overhead / self._calls:
             self.pause = self.MIN_PAUSE_S
         else:
             self.until = now + self.pause
             self.pause = min(self.pause * 2, self.MAX_PAUSE_S)
-        self._gain = self._overhead = 0.0
-        self._calls = 0
+        self._reset()
 
 
 class CopyProposer:
@@ -145,23 +158,25 @@ class CopyProposer:
         step_s, self._last_call = t0 - self._last_call, t0  # about one engine step
         if self._backoff.skip(t0):
             return [EMPTY_DRAFT] * len(queries)
-        drafts, expected = self._propose(queries, budget)
+        drafts = self._propose(queries, budget)
         spent = time.perf_counter() - t0
-        self._backoff.judge(expected / max(1, len(queries)), spent / max(step_s, 1e-9), t0 + spent)
+        n, drafted = len(queries), sum(len(d) for d in drafts)
+        cost = self.policy.cost.table(n, drafted)
+        self._backoff.judge(n, cost[0], cost[drafted], spent / max(step_s, 1e-9), t0 + spent)
         self._propose_s += spent
         self._propose_calls += 1
         self._queries += len(queries)
         return drafts
 
-    def _propose(self, queries: Sequence[DraftQuery], budget: int) -> tuple[list[Draft], float]:
-        """The drafts, and the accepted tokens they are expected to yield."""
+    def _propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
         cfg = self.config
         if cfg.budget is not None:
             budget = min(budget, cfg.budget)
+        budget = min(budget, cfg.k * len(queries))
         if not cfg.enabled or cfg.k <= 0 or budget <= 0 or not queries:
-            return [EMPTY_DRAFT] * len(queries), 0.0
+            return [EMPTY_DRAFT] * len(queries)
         if cfg.policy == "adaptive" and not self.policy.can_pay(len(queries), budget):
-            return [EMPTY_DRAFT] * len(queries), 0.0  # even sure drafts would not pay at this batch
+            return [EMPTY_DRAFT] * len(queries)  # even sure drafts would not pay at this batch
         self.model.refresh()
         adaptive = cfg.policy == "adaptive"
         hits: list[_Hit | None] = []
@@ -179,7 +194,7 @@ class CopyProposer:
                 cands.append(Candidate(a, min(hit.avail, cfg.k, q.max_len),
                                        self.model.survival_of(hit.source, hit.match_len)))
         lens = self.policy.allocate(cands, budget)
-        drafts, expected = [], 0.0
+        drafts = []
         for q, hit, cand, d in zip(queries, hits, cands, lens):
             if d <= 0:
                 drafts.append(EMPTY_DRAFT)
@@ -187,9 +202,8 @@ class CopyProposer:
             draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
             predicted = self.model.expected(hit.source, hit.match_len, cand.a, d)
             self._pending[q.seq_id] = (draft, hit.match_len, predicted)
-            expected += predicted
             drafts.append(draft)
-        return drafts, expected
+        return drafts
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:
@@ -203,6 +217,7 @@ class CopyProposer:
         self._drafts[source] += 1
         self._drafted[source] += len(draft)
         self._accepted[source] += accepted
+        self._backoff.accepted(accepted)
         running = seq_id in self._seqs           # per-sequence statistics only for live sequences
         self.model.record(source, match_len, len(draft), accepted,
                           seq_id if running else None, predicted)

@@ -248,3 +248,25 @@ def test_config_is_validated() -> None:
         with pytest.raises(ValueError):
             SpecConfig(**bad)
     assert SpecConfig(sources=["self"]).sources == ("self",)
+
+
+def test_backoff_pauses_only_when_the_realized_gain_does_not_cover_the_search():
+    from fastcodellama.proposer import Backoff
+
+    def window(b: Backoff, accepted_per_step: int, overhead: float, now: float) -> None:
+        for _ in range(max(Backoff.WINDOW, Backoff.MIN_SEQS // 64)):  # 64 sequences, drafts costing 8% more
+            b.judge(64, 10.0, 10.8, overhead, now)
+            b.accepted(accepted_per_step)
+
+    b = Backoff(enabled=True)
+    for _ in range(Backoff.MIN_SEQS - 1):  # at batch 1 a window holds MIN_SEQS steps
+        b.judge(1, 1.0, 1.0, 0.001, 0.0)
+    assert not b.skip(0.0)
+    b = Backoff(enabled=True)
+    window(b, 12, 0.02, 1.0)            # +19% tokens for +8% cost: a 10% gain beats a 2% search
+    assert not b.skip(1.1)
+    window(b, 6, 0.02, 2.0)             # +9% tokens for +8% cost: 1% does not pay for 2%
+    assert b.skip(2.1) and not b.skip(2.0 + Backoff.MIN_PAUSE_S + 0.01)
+    window(b, 6, 0.02, 3.0)             # again: a longer pause
+    assert b.skip(3.0 + Backoff.MIN_PAUSE_S + 0.01)
+    assert not Backoff(enabled=False).skip(0.0)
