@@ -300,8 +300,6 @@ class LLMEngine:
             if room > 0:
                 queries.append(DraftQuery(seq.seq_id, room))
                 seqs.append(seq)
-        if not queries:
-            return
         budget = self.config.max_num_batched_tokens - len(self.scheduler.running)
         drafts = self.proposer.propose(queries, max(0, budget))
         for seq, draft in zip(seqs, drafts):

@@ -39,7 +39,8 @@ class Proposer(Protocol):
         """Tokens the sequence has accepted since the last call (never rolled back)."""
 
     def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
-        """One draft per query, each at most `query.max_len`, all together at most `budget`."""
+        """One draft per query, each at most `query.max_len`, all together at most `budget`.
+        Called once after every engine step, with no queries when no sequence can take a draft."""
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         """Feedback: how many tokens of the draft the model accepted."""

@@ -115,6 +115,7 @@ class CostCurve:
             raise ValueError("a cost curve needs at least one point")
         mono = _isotonic(pts)  # measurement noise must not make more tokens cheaper
         base = _interp(mono, 1)
+        self.unit = base  # what one token costs in the points' own unit (ms when measured)
         self.points = [(t, c / base) for t, c in mono]
         self._xs = [t for t, _ in self.points]
         self._table: list[float] = [0.0]
@@ -139,11 +140,22 @@ class StepCost:
     sequences each reading its own KV, plus the extra rows' work, verify(n + t) - verify(n), read
     off a curve of one sequence with that many new tokens (draft tokens share their sequence's
     KV read). Both curves are normalized to 1.0 for one token, the same step. With one curve for
-    both, cost(n, t) = curve(n + t)."""
+    both, cost(n, t) = curve(n + t).
+
+    decode_scale corrects the decode part to the steps the engine really runs (set from measured
+    step times, see fastcodellama.proposer.Backoff): the start-up curve gives every sequence its
+    own 256-token context, while real siblings share their prompt's blocks and contexts vary, so
+    a real plain step at large batch can cost half of decode(n); draft rows cost what verify says."""
 
     def __init__(self, decode: CostCurve, verify: CostCurve | None = None) -> None:
         self.decode, self.verify = decode, verify or decode
+        self.decode_scale = 1.0
         self._tables: dict[int, list[float]] = {}
+
+    def rescale(self, decode_scale: float) -> None:
+        self.decode_scale = decode_scale
+        self._tables.clear()
+
 
     @classmethod
     def from_spec(cls, spec) -> "StepCost":
@@ -164,9 +176,9 @@ class StepCost:
                 self._tables.clear()
             tab = self._tables[n] = []
         if len(tab) <= upto:
-            base, v = self.decode(n), self.verify
-            vn = v(n)
-            tab.extend(base + v(n + t) - vn for t in range(len(tab), upto + 1))
+            vt = self.verify.table(n + upto)
+            base = self.decode(n) * self.decode_scale - vt[n]
+            tab.extend([base + c for c in vt[n + len(tab):n + upto + 1]])
         return tab
 
 
@@ -318,6 +330,19 @@ class Candidate:
     survival: list[float]
 
 
+def _probe_points(budget: int) -> list[int]:
+    """1..16, then powers of two up to the budget, and the budget: enough to tell whether any
+    draft length pays on a measured (piecewise linear) curve."""
+    points = list(range(1, min(budget, 16) + 1))
+    k = 32
+    while k < budget:
+        points.append(k)
+        k *= 2
+    if budget > 16:
+        points.append(budget)
+    return points
+
+
 class DraftPolicy:
     """Splits a step's draft budget across sequences (see the module docstring)."""
 
@@ -333,6 +358,11 @@ class DraftPolicy:
     def cost(self, cost: StepCost | CostCurve) -> None:
         self._cost = cost if isinstance(cost, StepCost) else StepCost(cost)
         self._can_pay: dict[tuple[int, int], bool] = {}
+
+    def rescale(self, decode_scale: float) -> None:
+        """StepCost.rescale, and forget what was derived from the old scale."""
+        self._cost.rescale(decode_scale)
+        self._can_pay = {}
 
     def allocate(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
         """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget."""
@@ -379,7 +409,7 @@ class DraftPolicy:
         if key not in self._can_pay:
             cost = self.cost.table(n_q, budget)
             plain = n_q / cost[0] * (1.0 + DRAFT_MARGIN)
-            self._can_pay[key] = any((n_q + k) / cost[k] > plain for k in range(1, budget + 1))
+            self._can_pay[key] = any((n_q + k) / cost[k] > plain for k in _probe_points(budget))
         return self._can_pay[key]
 
     def _best_prefix(self, n_q: int, gains: list[float], order: list[int]) -> int:

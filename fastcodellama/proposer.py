@@ -53,53 +53,92 @@ class _Hit:
 
 
 class Backoff:
-    """Stops looking for copies while that costs more than it brings. Over a window (at least
-    WINDOW proposals and MIN_SEQS sequences asked for) it compares what drafting actually gained,
-    the step throughput with the accepted tokens against the modelled cost of the drafted ones,
-    (sum of tokens / sum of cost) / (sum of sequences / sum of plain cost) - 1, with the time
-    the search took as a share of the steps. When the gain does not cover it, drafting pauses
-    for a while, twice as long each time in a row (up to MAX_PAUSE_S), then tries again. A
-    window, not single steps: at small batch many steps find no copy at all, and a few drafts
-    rejected in a row say nothing about the steps after them."""
+    """Stops drafting while it does not pay, judged on measured step times. Each engine step
+    reports its wall time (`observe`). Steps that ran without a copy search (a pause, or a
+    probe of PROBE steps after the first window and after every PROBE_EVERY windows) calibrate what
+    the step cost model's units are worth in seconds now (decayed). Over a window of steps with
+    a search (at least WINDOW of them, MIN_SEQS sequences asked for and MIN_WINDOW_S) drafting's rate,
+    (sequences + accepted tokens) / their measured time, search included, is set against what
+    plain decoding would have done in those steps: sequences / (their modelled plain cost x
+    the calibration). When drafting is not ahead by MARGIN, it pauses for a while, twice as long each
+    time in a row (up to MAX_PAUSE_S), then tries again. A window, not single steps: at small
+    batch many steps find no copy at all, and a few drafts rejected in a row say nothing about
+    the steps after them."""
 
     MIN_PAUSE_S, MAX_PAUSE_S = 0.5, 8.0
-    WINDOW, MIN_SEQS = 16, 256
+    WINDOW, MIN_SEQS, MIN_WINDOW_S = 16, 256, 1.0
+    MARGIN = 0.02             # drafting must be this much ahead: a window's rate is noisy
+    PROBE, PROBE_EVERY = 8, 16
+    CAL_DECAY = 0.98          # per plain step: the calibration follows the batch as it changes
+    OUTLIER = 4.0             # a step this many times its expected time (a long prefill) is skipped
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.until = 0.0
         self.pause = self.MIN_PAUSE_S
+        self._probe_left, self._windows = 0, 0
+        self._cal_s = self._cal_cost = 0.0
+        self._pending: tuple[int, float, float, bool] | None = None  # (seqs, plain cost, cost, searched)
+        self._accepted = 0
         self._reset()
 
     def _reset(self) -> None:
-        self._seqs = self._plain_cost = self._tokens = self._cost = self._overhead = 0.0
+        self._seqs = self._tokens = self._plain_cost = self._seconds = 0.0
         self._calls = 0
 
     def skip(self, now: float) -> bool:
-        return self.enabled and now < self.until
+        return self.enabled and (now < self.until or self._probe_left > 0)
+
+    def rate(self) -> float | None:
+        """Seconds per unit of modelled plain cost, on recent steps without a search."""
+        return self._cal_s / self._cal_cost if self._cal_cost > 0 else None
 
     def accepted(self, tokens: int) -> None:
-        self._tokens += tokens
+        self._accepted += tokens
 
-    def judge(self, seqs: int, plain_cost: float, cost: float, overhead: float, now: float) -> None:
-        """One proposal: `seqs` sequences, a step cost of `plain_cost` without drafts and `cost`
-        with them, and the search's time as a share of the step."""
-        if not self.enabled:
+    def planned(self, seqs: int, plain_cost: float, cost: float, searched: bool) -> None:
+        """The step about to run: `seqs` sequences, modelled cost without and with its drafts,
+        whether copies were searched for it."""
+        self._pending = (seqs, plain_cost, cost, searched) if seqs > 0 else None
+        self._accepted = 0
+        if seqs > 0 and not searched and self._probe_left > 0:
+            self._probe_left -= 1
+
+    def observe(self, step_s: float, now: float) -> None:
+        """The wall time of the step that `planned` described (proposal included)."""
+        pending, self._pending = self._pending, None
+        if not self.enabled or pending is None:
+            return
+        seqs, plain_cost, cost, searched = pending
+        rate = self.rate()
+        if rate is not None and step_s > self.OUTLIER * rate * cost:
+            return
+        if not searched:
+            d = self.CAL_DECAY
+            self._cal_s, self._cal_cost = self._cal_s * d + step_s, self._cal_cost * d + plain_cost
             return
         self._seqs += seqs
-        self._tokens += seqs
+        self._tokens += seqs + self._accepted
         self._plain_cost += plain_cost
-        self._cost += cost
-        self._overhead += overhead
+        self._seconds += step_s
         self._calls += 1
-        if self._calls < self.WINDOW or self._seqs < self.MIN_SEQS:
-            return
-        gain = (self._tokens / self._cost) / (self._seqs / self._plain_cost) - 1.0
-        if gain > self._overhead / self._calls:
+        if self._calls >= self.WINDOW and self._seqs >= self.MIN_SEQS and self._seconds >= self.MIN_WINDOW_S:
+            if rate is None:  # nothing to compare with yet: calibrate first
+                self._probe_left = self.PROBE
+                self._reset()
+            else:
+                self._judge(rate, now)
+
+    def _judge(self, rate: float, now: float) -> None:
+        gain = (self._tokens / self._seconds) / (self._seqs / (self._plain_cost * rate)) - 1.0
+        if gain > self.MARGIN:
             self.pause = self.MIN_PAUSE_S
         else:
             self.until = now + self.pause
             self.pause = min(self.pause * 2, self.MAX_PAUSE_S)
+        self._windows += 1
+        if self._windows % self.PROBE_EVERY == 0:
+            self._probe_left = self.PROBE
         self._reset()
 
 
@@ -155,28 +194,43 @@ class CopyProposer:
 
     def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
         t0 = time.perf_counter()
-        step_s, self._last_call = t0 - self._last_call, t0  # about one engine step
-        if self._backoff.skip(t0):
-            return [EMPTY_DRAFT] * len(queries)
-        drafts = self._propose(queries, budget)
-        spent = time.perf_counter() - t0
-        n, drafted = len(queries), sum(len(d) for d in drafts)
+        self._backoff.observe(t0 - self._last_call, t0)  # the engine step since the last call
+        self._last_call = t0
+        self._calibrate()
+        n = len(queries)
+        plain = self.policy.cost.decode(n) if n else 0.0   # unscaled: what the back-off calibrates
+        if self._backoff.skip(t0) or n == 0:
+            self._backoff.planned(n, plain, plain, searched=False)
+            return [EMPTY_DRAFT] * n
+        drafts, searched = self._propose(queries, budget)
+        drafted = sum(len(d) for d in drafts)
         cost = self.policy.cost.table(n, drafted)
-        self._backoff.judge(n, cost[0], cost[drafted], spent / max(step_s, 1e-9), t0 + spent)
-        self._propose_s += spent
+        extra = (cost[drafted] - cost[0]) / self.policy.cost.decode_scale
+        self._backoff.planned(n, plain, plain + extra, searched)
+        self._propose_s += time.perf_counter() - t0
         self._propose_calls += 1
-        self._queries += len(queries)
+        self._queries += n
         return drafts
 
-    def _propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
+    def _calibrate(self) -> None:
+        """Scales the policy's decode curve to the measured plain steps (StepCost.decode_scale)."""
+        rate = self._backoff.rate()
+        if rate is None or not self.wants_measured_cost:
+            return
+        scale = rate / (self.policy.cost.verify.unit / 1000.0)
+        if abs(scale / self.policy.cost.decode_scale - 1.0) > 0.05:
+            self.policy.rescale(scale)
+
+    def _propose(self, queries: Sequence[DraftQuery], budget: int) -> tuple[list[Draft], bool]:
+        """The drafts, and whether copies were searched for."""
         cfg = self.config
         if cfg.budget is not None:
             budget = min(budget, cfg.budget)
         budget = min(budget, cfg.k * len(queries))
         if not cfg.enabled or cfg.k <= 0 or budget <= 0 or not queries:
-            return [EMPTY_DRAFT] * len(queries)
+            return [EMPTY_DRAFT] * len(queries), False
         if cfg.policy == "adaptive" and not self.policy.can_pay(len(queries), budget):
-            return [EMPTY_DRAFT] * len(queries)  # even sure drafts would not pay at this batch
+            return [EMPTY_DRAFT] * len(queries), False  # even sure drafts would not pay at this batch
         self.model.refresh()
         adaptive = cfg.policy == "adaptive"
         hits: list[_Hit | None] = []
@@ -203,7 +257,7 @@ class CopyProposer:
             predicted = self.model.expected(hit.source, hit.match_len, cand.a, d)
             self._pending[q.seq_id] = (draft, hit.match_len, predicted)
             drafts.append(draft)
-        return drafts
+        return drafts, True
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:

@@ -250,23 +250,36 @@ def test_config_is_validated() -> None:
     assert SpecConfig(sources=["self"]).sources == ("self",)
 
 
-def test_backoff_pauses_only_when_the_realized_gain_does_not_cover_the_search():
+def test_backoff_pauses_only_when_drafting_steps_are_slower_than_plain_ones_measured():
     from fastcodellama.proposer import Backoff
 
-    def window(b: Backoff, accepted_per_step: int, overhead: float, now: float) -> None:
-        for _ in range(max(Backoff.WINDOW, Backoff.MIN_SEQS // 64)):  # 64 sequences, drafts costing 8% more
-            b.judge(64, 10.0, 10.8, overhead, now)
-            b.accepted(accepted_per_step)
+    def steps(b: Backoff, count: int, searched: bool, accepted: int, seconds: float, now: float) -> None:
+        for _ in range(count):  # 64 sequences; modelled cost 10 plain, 10.8 with drafts
+            b.planned(64, 10.0, 10.8 if searched else 10.0, searched)
+            b.accepted(accepted)
+            b.observe(seconds, now)
 
+    window = max(Backoff.WINDOW, Backoff.MIN_SEQS // 64, int(Backoff.MIN_WINDOW_S / 0.1) + 1)
     b = Backoff(enabled=True)
-    for _ in range(Backoff.MIN_SEQS - 1):  # at batch 1 a window holds MIN_SEQS steps
-        b.judge(1, 1.0, 1.0, 0.001, 0.0)
     assert not b.skip(0.0)
-    b = Backoff(enabled=True)
-    window(b, 12, 0.02, 1.0)            # +19% tokens for +8% cost: a 10% gain beats a 2% search
+    steps(b, window, True, 12, 0.2, 0.0)        # a first window, nothing to compare it with:
+    assert b.skip(0.0)                          # a probe of plain steps calibrates
+    steps(b, Backoff.PROBE, False, 0, 0.100, 0.0)   # 10 cost units take 100 ms
+    assert not b.skip(0.0)
+    steps(b, window, True, 12, 0.110, 1.0)      # 76 tokens in 110 ms against 64 in 100 ms: ahead
     assert not b.skip(1.1)
-    window(b, 6, 0.02, 2.0)             # +9% tokens for +8% cost: 1% does not pay for 2%
+    steps(b, window, True, 12, 0.125, 2.0)      # 76 tokens in 125 ms: behind, whatever the model says
     assert b.skip(2.1) and not b.skip(2.0 + Backoff.MIN_PAUSE_S + 0.01)
-    window(b, 6, 0.02, 3.0)             # again: a longer pause
+    steps(b, window, True, 12, 0.125, 3.0)      # again: a longer pause
     assert b.skip(3.0 + Backoff.MIN_PAUSE_S + 0.01)
+    b.planned(64, 10.0, 10.0, False)
+    b.observe(5.0, 9.0)                          # a long prefill step does not move the calibration
+    assert b._cal_s < 2.0
+    b = Backoff(enabled=True)
+    b._probe_left = Backoff.PROBE
+    steps(b, Backoff.PROBE, False, 0, 0.0015, 0.0)
+    for _ in range(Backoff.MIN_SEQS + 10):      # at batch 1 a window holds MIN_SEQS steps and a second
+        b.planned(1, 1.0, 1.5, True)
+        b.observe(0.0030, 0.0)
+    assert not b.skip(0.0)
     assert not Backoff(enabled=False).skip(0.0)
