@@ -57,7 +57,8 @@ class Backoff:
     reports its wall time (`observe`). Steps that ran without a copy search (a pause, or a
     probe of PROBE steps after the first window and after every PROBE_EVERY windows) calibrate what
     the step cost model's units are worth in seconds now (decayed). Over a window of steps with
-    a search (at least WINDOW of them, MIN_SEQS sequences asked for and MIN_WINDOW_S) drafting's rate,
+    a search (at least WINDOW of them, and MIN_SEQS sequences asked for and MIN_WINDOW_S unless
+    not one token was accepted) drafting's rate,
     (sequences + accepted tokens) / their measured time, search included, is set against what
     plain decoding would have done in those steps: sequences / (their modelled plain cost x
     the calibration). When drafting is not ahead by MARGIN, it pauses for a while, twice as long each
@@ -122,7 +123,9 @@ class Backoff:
         self._plain_cost += plain_cost
         self._seconds += step_s
         self._calls += 1
-        if self._calls >= self.WINDOW and self._seqs >= self.MIN_SEQS and self._seconds >= self.MIN_WINDOW_S:
+        nothing = self._tokens == self._seqs  # no token accepted: nothing to wait for
+        if self._calls >= self.WINDOW and (nothing or (self._seqs >= self.MIN_SEQS
+                                                       and self._seconds >= self.MIN_WINDOW_S)):
             if rate is None:  # nothing to compare with yet: calibrate first
                 self._probe_left = self.PROBE
                 self._reset()
