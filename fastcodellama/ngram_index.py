@@ -4,7 +4,9 @@ For every suffix length m in [n, max_match] a table maps the last m tokens befor
 e (the "key ending at e") to the most recent such e. A key enters a table only once the text
 has a token at e, so a hit always has at least one token to copy and the copy never runs past
 what the text holds. Appending a token to a text adds the keys ending just before it: O(1)
-work per accepted token, never a rescan of the history.
+work per accepted token, never a rescan of the history. The work is done lazily, at the next
+lookup (`sync`): while drafting is paused, texts only grow, and those that finish in the
+meantime are never indexed for themselves.
 
 Keys pack m token ids into one int (KEY_BITS bits each): cheaper to hash and to store than
 tuples. Token ids must be below 2**KEY_BITS.
@@ -96,6 +98,7 @@ class GroupIndex:
         self.top = _new_tables(n, max_match)
         self.second = _new_tables(n, max_match)
         self.sib_next: dict[int, int] = {}          # member -> next end to index in the cross tables
+        self._dirty: dict[int, None] = {}           # members with tokens not yet indexed, in order
 
     def add_member(self, member: int, prompt: Sequence[int]) -> list[int]:
         tokens = list(prompt)
@@ -112,9 +115,24 @@ class GroupIndex:
         return tokens
 
     def extend(self, member: int, token_ids: Sequence[int]) -> None:
+        """Appends to the member's text; indexed at the next `sync`."""
+        self.texts[member].extend(token_ids)
+        self._dirty[member] = None
+
+    def sync(self) -> None:
+        """Indexes what members appended since the last sync (in the order they appended)."""
+        if self._dirty:
+            for member in self._dirty:
+                self._index(member)
+            self._dirty.clear()
+
+    def _index(self, member: int) -> None:
         toks = self.texts[member]
-        toks.extend(token_ids)
-        own = self.own[member]
+        own = self.own.get(member)
+        if own is None:  # finished: its text stays readable by its siblings only
+            if self.siblings and len(self.texts) > 1:
+                self._sync_cross(member)
+            return
         if not (self.siblings and len(self.texts) > 1):
             own.sync()
             return
@@ -160,6 +178,7 @@ class GroupIndex:
 
     def sync_all_cross(self) -> None:
         """Index what earlier members wrote before a sibling existed (once, when one joins)."""
+        self.sync()
         for member in self.texts:
             self._sync_cross(member)
 
@@ -170,6 +189,8 @@ class GroupIndex:
         return self.texts[member]
 
     def lookup_self(self, member: int, m: int, key: int) -> int | None:
+        if self._dirty:
+            self.sync()
         e = self.own[member].tables[m].get(key)
         if e is None and self.shares_prompt[member]:
             e = self.prompt_tables.tables[m].get(key)
@@ -178,6 +199,8 @@ class GroupIndex:
     def lookup_sibling(self, member: int, m: int, key: int) -> tuple[list[int], int] | None:
         if not self.siblings:
             return None
+        if self._dirty:
+            self.sync()
         v = self.top[m].get(key)
         if v is not None and (v >> _POS_BITS) == member:
             v = self.second[m].get(key)

@@ -240,6 +240,8 @@ class AcceptanceModel:
         self.first_rate: dict[tuple[str, int], float] = {}
         self.survival: dict[tuple[str, int], list[float]] = {}   # [j] = prod_{i=1..j} cont[i]
         self.cumulative: dict[tuple[str, int], list[float]] = {}  # [j] = sum_{i<j} survival[i]
+        self._best: list[float] = []
+        self._best_age = 0
 
     def record(self, source: str, match_len: int, drafted: int, accepted: int,
                seq_id: int | None = None, predicted: float | None = None) -> None:
@@ -255,6 +257,7 @@ class AcceptanceModel:
             st[0] = st[0] * SEQ_DECAY + accepted
             st[1] = st[1] * SEQ_DECAY + predicted
         self._dirty[b] = self._dirty.get(b, False) or accepted > 0
+        self._best_age += 1
 
     def forget(self, seq_id: int) -> None:
         self.seq.pop(seq_id, None)
@@ -282,7 +285,17 @@ class AcceptanceModel:
                 c += p
                 cum.append(c)
             self.survival[key], self.cumulative[key] = surv, cum
+        if not self._best or self._best_age >= 16:  # every 16 drafts: a gate, not an estimate
+            self._best = [max(min(self.first_rate[(s, b)], 0.99) * self.survival[(s, b)][j]
+                              for s in self.sources for b in range(len(ML_BUCKETS)))
+                          for j in range(self.table_len)]
+            self._best_age = 0
         self._dirty.clear()
+
+    def best_gains(self) -> list[float]:
+        """[j] = the highest probability, over the sources in use and match lengths, that the
+        j-th token of a draft is accepted (call refresh first): what the likeliest copy brings."""
+        return self._best
 
     def first_prob(self, source: str, match_len: int, factor: float = 1.0) -> float:
         a = self.first_rate[(source, ml_bucket(match_len))] * factor
@@ -357,12 +370,9 @@ class DraftPolicy:
     @cost.setter
     def cost(self, cost: StepCost | CostCurve) -> None:
         self._cost = cost if isinstance(cost, StepCost) else StepCost(cost)
-        self._can_pay: dict[tuple[int, int], bool] = {}
 
     def rescale(self, decode_scale: float) -> None:
-        """StepCost.rescale, and forget what was derived from the old scale."""
         self._cost.rescale(decode_scale)
-        self._can_pay = {}
 
     def allocate(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
         """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget."""
@@ -402,15 +412,24 @@ class DraftPolicy:
         return lens
 
     def can_pay(self, n_q: int, budget: int) -> bool:
-        """Whether drafts that are surely accepted could beat plain decoding by DRAFT_MARGIN at
-        this batch; when not (a large batch on a compute-bound device), proposing is skipped:
-        looking up copies for hundreds of sequences costs a step several percent."""
-        key = (n_q, budget)
-        if key not in self._can_pay:
-            cost = self.cost.table(n_q, budget)
-            plain = n_q / cost[0] * (1.0 + DRAFT_MARGIN)
-            self._can_pay[key] = any((n_q + k) / cost[k] > plain for k in _probe_points(budget))
-        return self._can_pay[key]
+        """Whether drafts as likely as the best the acceptance model now knows of (for every
+        sequence) could beat plain decoding by DRAFT_MARGIN at this batch. When not (a large
+        batch on a compute-bound device, or copies that are rarely accepted), the search for
+        copies is skipped: looking them up for hundreds of sequences costs a step several percent."""
+        self.model.refresh()
+        gains = self.model.best_gains()
+        cum = [0.0]
+        for g in gains:
+            cum.append(cum[-1] + g)
+        cost = self.cost.table(n_q, budget)
+        plain = n_q / cost[0] * (1.0 + DRAFT_MARGIN)
+        points = set(_probe_points(budget)) | {n_q * j for j in range(1, len(gains) + 1) if n_q * j <= budget}
+        for t in points:
+            full, part = divmod(t, n_q)
+            acc = n_q * cum[-1] if full >= len(gains) else n_q * cum[full] + part * gains[full]
+            if (n_q + acc) / cost[t] > plain:
+                return True
+        return False
 
     def _best_prefix(self, n_q: int, gains: list[float], order: list[int]) -> int:
         cost = self.cost.table(n_q, len(order))

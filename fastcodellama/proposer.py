@@ -62,11 +62,11 @@ class Backoff:
     (sequences + accepted tokens) / their measured time, search included, is set against what
     plain decoding would have done in those steps: sequences / (their modelled plain cost x
     the calibration). When drafting is not ahead by MARGIN, it pauses for a while, twice as long each
-    time in a row (up to MAX_PAUSE_S), then tries again. A window, not single steps: at small
+    time in a row (up to MAX_PAUSE_S) and at least PAUSE_PER_WINDOW times the window, then tries again. A window, not single steps: at small
     batch many steps find no copy at all, and a few drafts rejected in a row say nothing about
     the steps after them."""
 
-    MIN_PAUSE_S, MAX_PAUSE_S = 0.5, 8.0
+    MIN_PAUSE_S, MAX_PAUSE_S, PAUSE_PER_WINDOW = 0.5, 8.0, 8.0
     WINDOW, MIN_SEQS, MIN_WINDOW_S = 16, 256, 1.0
     MARGIN = 0.02             # drafting must be this much ahead: a window's rate is noisy
     PROBE, PROBE_EVERY = 8, 16
@@ -136,8 +136,8 @@ class Backoff:
         gain = (self._tokens / self._seconds) / (self._seqs / (self._plain_cost * rate)) - 1.0
         if gain > self.MARGIN:
             self.pause = self.MIN_PAUSE_S
-        else:
-            self.until = now + self.pause
+        else:  # searching costs at most about 1 / (1 + PAUSE_PER_WINDOW) of the steps
+            self.until = now + max(self.pause, self.PAUSE_PER_WINDOW * self._seconds)
             self.pause = min(self.pause * 2, self.MAX_PAUSE_S)
         self._windows += 1
         if self._windows % self.PROBE_EVERY == 0:
@@ -337,6 +337,7 @@ class CopyProposer:
         first_only: stop at the first hit; else go on until every source has its longest."""
         cfg = self.config
         group, member = st.group, st.member
+        group.sync()
         toks = group.texts[member]
         L = len(toks)
         keys = tail_keys(toks, L, cfg.n, cfg.max_match)

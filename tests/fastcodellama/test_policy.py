@@ -140,3 +140,19 @@ def test_step_cost_charges_draft_tokens_on_the_verify_curve() -> None:
     pol = DraftPolicy(model, cost)
     assert pol.allocate([cand(model, 20, match_len=16)], 100)[0] >= 15  # cheap verify rows: draft long
     assert DraftPolicy(model, decode).allocate([cand(model, 20, match_len=16)], 100) == [0]
+
+
+def test_search_is_skipped_when_even_the_best_known_copies_would_not_pay() -> None:
+    half = CostCurve(((1, 1.0), (2, 1.5), (4096, 2048.5)))  # a draft token costs half a plain step
+    model = AcceptanceModel()
+    model.refresh()
+    pol = DraftPolicy(model, half)
+    assert pol.can_pay(1, 20)                 # the priors: long matches are mostly accepted
+    for _ in range(3000):                     # copies are then seldom accepted, whatever their match
+        for s in ("self", "sibling", "other"):
+            for ml in (1, 2, 3, 4, 6, 10, 16):
+                model.record(s, ml, drafted=5, accepted=0)
+    assert not pol.can_pay(1, 20) and not pol.can_pay(64, 1000)
+    fresh = AcceptanceModel()
+    fresh.refresh()
+    assert DraftPolicy(fresh, CostCurve.from_spec("flat")).can_pay(64, 1000)  # free drafts that are accepted
