@@ -242,6 +242,7 @@ class AcceptanceModel:
         self.cumulative: dict[tuple[str, int], list[float]] = {}  # [j] = sum_{i<j} survival[i]
         self._best: list[float] = []
         self._best_age = 0
+        self.best_version = 0   # bumped whenever best_gains changes
 
     def record(self, source: str, match_len: int, drafted: int, accepted: int,
                seq_id: int | None = None, predicted: float | None = None) -> None:
@@ -290,6 +291,7 @@ class AcceptanceModel:
                               for s in self.sources for b in range(len(ML_BUCKETS)))
                           for j in range(self.table_len)]
             self._best_age = 0
+            self.best_version += 1
         self._dirty.clear()
 
     def best_gains(self) -> list[float]:
@@ -370,9 +372,11 @@ class DraftPolicy:
     @cost.setter
     def cost(self, cost: StepCost | CostCurve) -> None:
         self._cost = cost if isinstance(cost, StepCost) else StepCost(cost)
+        self._can_pay: dict[tuple[int, int, int], bool] = {}
 
     def rescale(self, decode_scale: float) -> None:
         self._cost.rescale(decode_scale)
+        self._can_pay = {}
 
     def allocate(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
         """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget."""
@@ -417,6 +421,14 @@ class DraftPolicy:
         batch on a compute-bound device, or copies that are rarely accepted), the search for
         copies is skipped: looking them up for hundreds of sequences costs a step several percent."""
         self.model.refresh()
+        key = (n_q, budget, self.model.best_version)
+        if key not in self._can_pay:
+            if len(self._can_pay) > 4096:
+                self._can_pay.clear()
+            self._can_pay[key] = self._can_pay_now(n_q, budget)
+        return self._can_pay[key]
+
+    def _can_pay_now(self, n_q: int, budget: int) -> bool:
         gains = self.model.best_gains()
         cum = [0.0]
         for g in gains:
