@@ -53,18 +53,19 @@ class _Hit:
 
 
 class Backoff:
-    """Stops drafting while it does not pay, judged on measured step times. Each engine step
-    reports its wall time (`observe`). Steps that ran without a copy search (a pause, or a
-    probe of PROBE steps after the first window and after every PROBE_EVERY windows) calibrate what
-    the step cost model's units are worth in seconds now (decayed). Over a window of steps with
-    a search (at least WINDOW of them, and MIN_SEQS sequences asked for and MIN_WINDOW_S unless
-    not one token was accepted) drafting's rate,
-    (sequences + accepted tokens) / their measured time, search included, is set against what
-    plain decoding would have done in those steps: sequences / (their modelled plain cost x
-    the calibration). When drafting is not ahead by MARGIN, it pauses for a while, twice as long each
-    time in a row (up to MAX_PAUSE_S) and at least PAUSE_PER_WINDOW times the window, then tries again. A window, not single steps: at small
-    batch many steps find no copy at all, and a few drafts rejected in a row say nothing about
-    the steps after them."""
+    """Stops drafting while it does not pay, judged on measured step times.
+
+    Each engine step reports its wall time (`observe`). Steps that ran without a copy search (a
+    pause, or a probe of PROBE steps after the first window and after every PROBE_EVERY windows)
+    calibrate what the step cost model's units are worth in seconds now (decayed). Over a window
+    of steps with a search (at least WINDOW of them; also MIN_SEQS sequences asked for and
+    MIN_WINDOW_S, unless not one token was accepted) drafting's rate, (sequences + accepted
+    tokens) / their measured time, search included, is set against what plain decoding would have
+    done in those steps: sequences / (their modelled plain cost x the calibration). When drafting
+    is not ahead by MARGIN, it pauses, twice as long each time in a row (up to MAX_PAUSE_S) and at
+    least PAUSE_PER_WINDOW times the window, then tries again. A window, not single steps: at small
+    batch many steps find no copy at all, and a few drafts rejected in a row say nothing about the
+    steps after them."""
 
     MIN_PAUSE_S, MAX_PAUSE_S, PAUSE_PER_WINDOW = 0.5, 8.0, 8.0
     WINDOW, MIN_SEQS, MIN_WINDOW_S = 16, 256, 1.0
