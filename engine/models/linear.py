@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.cpu import linear_bf16
+
 SMALL_ROWS = 160  # measured on the 2-core AVX2 CPU: the kernel beats F.linear up to about 190 rows
 
 
@@ -27,8 +29,6 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.packed
         if packed is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS and x.dtype == torch.float32:
-            from engine.kernels.cpu import linear_bf16
-
             return linear_bf16(x.contiguous(), packed)
         return F.linear(x, self.weight)
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from engine.attention.base import AttentionBackend
 from engine.config import ModelConfig
+from engine.kernels.cpu import rms_norm
 from engine.models.linear import Linear
 from engine.step_batch import StepBatch
 
@@ -22,8 +23,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32:  # same math as F.rms_norm
-            from engine.kernels.cpu import rms_norm
-
             return rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32:  # fused kernel; same math as below
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
