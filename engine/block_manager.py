@@ -73,6 +73,22 @@ class BlockManager:
         child.block_table.append(dst)
         return parent.block_table[full], dst
 
+    def share(self, blocks: list[int], seq: Sequence) -> None:
+        """Gives `seq`, which holds no blocks, these full blocks (another holder keeps them too)."""
+        if seq.block_table:
+            raise AssertionError("share() is for a sequence without blocks")
+        self.hold(blocks)
+        seq.block_table = list(blocks)
+
+    def hold(self, blocks: list[int]) -> None:
+        """One more reference to each of these blocks, let go with `release`."""
+        for block in blocks:
+            self.refcounts[block] += 1
+
+    def release(self, blocks: list[int]) -> None:
+        for block in reversed(blocks):
+            self._release(block)
+
     def _take(self) -> int:
         block = self._free.popleft()
         self.refcounts[block] = 1

@@ -6,7 +6,11 @@ sampling, the fastest of a few runs: other load on the machine only adds time):
   decode  steps of T single-token sequences, each with `context` cached tokens in its own
           blocks: what a step of T running sequences costs without drafts;
   verify  one sequence feeding T new tokens after `context` cached ones: how the cost grows
-          with rows that share one sequence's KV read, as draft tokens do.
+          with rows that share one sequence's KV read, as a long draft's tokens do;
+  pairs   steps of T sequences feeding 2 tokens each (a one-token draft apiece): what draft
+          rows cost beside a whole batch of sequences. Where attention is computed per query
+          (the CPU) a draft row there costs nearly a sequence's row, far more than the verify
+          curve's slope says; where a sequence's queries share its KV read (a GPU kernel), less.
 fastcodellama.policy.StepCost combines them. Measured once per process for a given model,
 device and thread count.
 """
@@ -32,6 +36,7 @@ Points = tuple[tuple[int, float], ...]  # ((tokens in the step, milliseconds), .
 class StepCostPoints:
     decode: Points
     verify: Points
+    pairs: Points = ()  # keyed by sequences (2 rows each)
 
 
 _MEASURED: dict[tuple, StepCostPoints] = {}
@@ -39,14 +44,16 @@ _MEASURED: dict[tuple, StepCostPoints] = {}
 
 def measure_step_cost(runner, sampler: Sampler, max_tokens: int, context: int = 256,
                       repeats: int = 3) -> StepCostPoints:
-    """Both curves at T in TOKEN_COUNTS up to max_tokens."""
+    """The three curves at T in TOKEN_COUNTS up to max_tokens (rows, so pairs up to half)."""
     key = (runner.config.model, str(runner.device), runner.dtype, torch.get_num_threads(), runner.backend.name,
            max_tokens, context)
     if key not in _MEASURED:
         bs, blocks, dev = runner.config.block_size, runner.num_blocks, runner.device
         _MEASURED[key] = StepCostPoints(
             decode=_measure(runner, sampler, max_tokens, repeats, lambda t: _decode_batch(t, context, bs, blocks, dev)),
-            verify=_measure(runner, sampler, max_tokens, repeats, lambda t: _verify_batch(t, context, bs, blocks, dev)))
+            verify=_measure(runner, sampler, max_tokens, repeats, lambda t: _verify_batch(t, context, bs, blocks, dev)),
+            pairs=_measure(runner, sampler, max_tokens // 2, repeats,
+                           lambda t: _decode_batch(t, context, bs, blocks, dev, feed=2)))
     return _MEASURED[key]
 
 
@@ -55,7 +62,7 @@ def _measure(runner, sampler: Sampler, max_tokens: int, repeats: int, make_batch
     points = []
     for tokens in (t for t in TOKEN_COUNTS if t <= max_tokens):
         batch = make_batch(tokens)
-        rows = [SamplingRow(i, params, noise_key=i, position=0) for i in range(tokens)]
+        rows = [SamplingRow(i, params, noise_key=i, position=0) for i in range(batch.num_tokens)]
         _timed_step(runner, sampler, batch, rows)  # warm-up
         times = [_timed_step(runner, sampler, batch, rows) for _ in range(repeats)]
         while sum(times) < MIN_POINT_S and len(times) < 30:  # cheap steps: more tries, a truer minimum
@@ -67,12 +74,12 @@ def _measure(runner, sampler: Sampler, max_tokens: int, repeats: int, make_batch
     return tuple(points)
 
 
-def _decode_batch(tokens: int, context: int, block_size: int, num_blocks: int, device) -> StepBatch:
-    per_seq = (context + block_size - 1) // block_size
+def _decode_batch(tokens: int, context: int, block_size: int, num_blocks: int, device, feed: int = 1) -> StepBatch:
+    per_seq = (context + feed - 1 + block_size - 1) // block_size
     chunks = []
     for i in range(tokens):  # distinct blocks per sequence while the cache has them
         table = tuple((i * per_seq + b) % num_blocks for b in range(per_seq))
-        chunks.append(SeqChunk((0,), context - 1, table, 0))
+        chunks.append(SeqChunk((0,) * feed, context - 1, table, 0))
     return StepBatch.build(chunks, block_size, device)
 
 

@@ -56,6 +56,7 @@ class EngineStats:
     propose_time: float
     preemptions: int
     spec: SpecStats
+    shared_prompt_tokens: int = 0  # prompt tokens a late sample took from a sibling instead of computing
 
 
 class LLMEngine:
@@ -137,6 +138,7 @@ class LLMEngine:
         for seq in state.seqs:
             if not seq.is_finished:
                 self._finish(seq, "abort", aborted=True)
+        self.scheduler.release_prompt(request_id)
         state.finish_time = time.monotonic()
         return True
 
@@ -284,6 +286,9 @@ class LLMEngine:
         if seq.status is not SequenceStatus.PENDING:
             self.scheduler.finish(seq)
         seq.finish(reason, stop_reason)
+        state = self.requests.get(seq.request_id)
+        if state is not None and all(s.is_finished for s in state.seqs):
+            self.scheduler.release_prompt(seq.request_id)
         self._spec.add(seq.spec)
         if self.proposer is not None:
             self.proposer.finish(seq.seq_id, aborted=aborted)
@@ -340,4 +345,5 @@ class LLMEngine:
             num_blocks_total=self.block_manager.num_blocks, num_blocks_free=self.block_manager.num_free,
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
             steps=self._steps, generated_tokens=self._generated, forward_time=self._forward_time,
-            propose_time=self._propose_time, preemptions=self.scheduler.num_preemptions, spec=self._spec)
+            propose_time=self._propose_time, preemptions=self.scheduler.num_preemptions, spec=self._spec,
+            shared_prompt_tokens=self.scheduler.num_shared_prompt_tokens)

@@ -4,7 +4,10 @@ Every sequence has `num_tokens` and `num_computed_tokens`; each step closes part
 of that gap: one token per decoding sequence plus its draft, then chunks of
 prefill. Requests join and leave at step boundaries. When blocks run out, the
 most recently admitted sequence is preempted and later recomputed from its
-tokens, which leaves its output unchanged.
+tokens, which leaves its output unchanged. A sample that joins after its request
+started (no room when the siblings were forked, or preempted since) takes the
+full prompt blocks its request keeps (or a running sibling's) instead of
+computing them again.
 """
 from __future__ import annotations
 
@@ -59,6 +62,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self._copies: list[tuple[int, int]] = []
         self.num_preemptions = 0
+        self.num_shared_prompt_tokens = 0  # prompt tokens not computed again: taken from a sibling
+        self._prompt_pins: dict[str, list[int]] = {}  # request id -> its prompt's full blocks
         # Keep a little headroom so that admitting a prompt does not force an immediate preemption.
         self._watermark = max(1, block_manager.num_blocks // 100)
 
@@ -127,19 +132,52 @@ class Scheduler:
     def _admit_waiting(self, plan: dict[Sequence, int], budget: int) -> None:
         while self.waiting and budget > 0:
             seq = self.waiting[0]
-            siblings = max(0, seq.params.n - 1) if seq.sample_index == 0 and not seq.output_token_ids else 0
-            if self.running and len(self.running) + 1 + siblings > self.limits.max_num_seqs:
+            if self.running and len(self.running) >= self.limits.max_num_seqs:
                 break
-            chunk = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            # Siblings forked once the prompt is in take a tail block each; those with no room then
+            # wait, and start from the prompt's blocks later (see fork).
+            siblings = max(0, seq.params.n - 1) if seq.sample_index == 0 and not seq.output_token_ids else 0
+            siblings = min(siblings, self.limits.max_num_seqs - len(self.running) - 1)
+            shared = self._shared_prompt(seq)
+            start = len(shared) * self.blocks.block_size if shared else seq.num_computed_tokens
+            chunk = min(seq.num_tokens - start, budget)
             reserve = siblings + (self._watermark if self.running else 0)
-            if self.blocks.extra_blocks(seq, seq.num_computed_tokens + chunk) + reserve > self.blocks.num_free:
+            held = len(shared) if shared else len(seq.block_table)
+            if self.blocks.blocks_for(start + chunk) - held + reserve > self.blocks.num_free:
                 break
             self.waiting.popleft()
+            if shared:
+                self.blocks.share(shared, seq)
+                seq.num_computed_tokens = start
+                self.num_shared_prompt_tokens += start
             self.blocks.allocate(seq, seq.num_computed_tokens + chunk)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             plan[seq] = chunk
             budget -= chunk
+
+    def _shared_prompt(self, seq: Sequence) -> list[int]:
+        """The full blocks of the sequence's prompt, when its request still holds them (pinned
+        at fork time, or a running sibling's): a sample that could not be forked when its request
+        started (no room then) or was preempted since starts from them instead of computing its
+        prompt again. Empty when none are held."""
+        full = seq.num_prompt_tokens // self.blocks.block_size
+        if seq.num_computed_tokens or seq.block_table or full == 0:
+            return []
+        pinned = self._prompt_pins.get(seq.request_id)
+        if pinned is not None:
+            return pinned
+        for other in self.running:
+            if (other.request_id == seq.request_id and other.status is SequenceStatus.RUNNING
+                    and other.num_computed_tokens >= full * self.blocks.block_size):
+                return other.block_table[:full]
+        return []
+
+    def release_prompt(self, request_id: str) -> None:
+        """The request is done: its pinned prompt blocks go back (see fork)."""
+        pinned = self._prompt_pins.pop(request_id, None)
+        if pinned is not None:
+            self.blocks.release(pinned)
 
     def preempt(self, seq: Sequence) -> None:
         """Frees the sequence's cache; it will be recomputed from its tokens."""
@@ -170,7 +208,21 @@ class Scheduler:
                 child.status = SequenceStatus.RUNNING
                 self.running.append(child)
                 return
-        self.add(child)  # no room now: it will be prefilled from its tokens later
+        # No room now: it waits, and the request keeps the prompt's full blocks until it is done
+        # so that the child starts from them, whenever it joins.
+        if parent.request_id not in self._prompt_pins:
+            pinned = parent.block_table[:parent.num_prompt_tokens // self.blocks.block_size]
+            self.blocks.hold(pinned)
+            self._prompt_pins[parent.request_id] = pinned
+        child.status = SequenceStatus.WAITING
+        i = 0  # ahead of requests that have not started, so that started ones finish first
+        while i < len(self.waiting) and not self._fresh(self.waiting[i]):
+            i += 1
+        self.waiting.insert(i, child)
+
+    @staticmethod
+    def _fresh(seq: Sequence) -> bool:
+        return seq.sample_index == 0 and not seq.output_token_ids and seq.num_computed_tokens == 0
 
     def finish(self, seq: Sequence) -> None:
         if seq in self.running:

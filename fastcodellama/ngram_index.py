@@ -20,7 +20,7 @@ Three kinds of index, one per copy source:
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Sequence
 
 KEY_BITS = 20
@@ -214,7 +214,9 @@ class OtherPool:
 
     Values pack (text id, end). Texts enter and leave in order, so when an entry's text is
     evicted every older occurrence of that key is gone too: eviction deletes exactly the
-    entries that point into the evicted text, and lookups never see a stale one.
+    entries that point into the evicted text, and lookups never see a stale one. Texts are
+    indexed at the first lookup after they came (while drafting is paused none is looked up,
+    and a text evicted before then is never indexed at all).
     """
 
     def __init__(self, n: int, max_match: int, capacity: int) -> None:
@@ -224,11 +226,13 @@ class OtherPool:
         self.groups: dict[int, str] = {}
         self.num_tokens = 0
         self._next_id = 0
+        self._unindexed: deque[int] = deque()  # the newest texts, in order
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def num_entries(self) -> int:
+        self._sync()
         return sum(len(t) for t in self.tables if t is not None)
 
     def add(self, token_ids: Sequence[int], group_id: str = "") -> None:
@@ -242,9 +246,14 @@ class OtherPool:
         self.texts[tid] = text
         self.groups[tid] = group_id
         self.num_tokens += len(text)
-        tag = tid << _POS_BITS
-        for e, key_m, key in self._keys(text):
-            self.tables[key_m][key] = tag | e
+        self._unindexed.append(tid)
+
+    def _sync(self) -> None:
+        while self._unindexed:
+            tid = self._unindexed.popleft()
+            tag = tid << _POS_BITS
+            for e, key_m, key in self._keys(self.texts[tid]):
+                self.tables[key_m][key] = tag | e
 
     def _keys(self, text: Sequence[int]):
         n, mm = self.n, self.max_match
@@ -259,6 +268,9 @@ class OtherPool:
         tid, text = self.texts.popitem(last=False)
         del self.groups[tid]
         self.num_tokens -= len(text)
+        if self._unindexed and self._unindexed[0] == tid:  # never indexed: no entry to delete
+            self._unindexed.popleft()
+            return
         tag = tid << _POS_BITS
         for e, m, key in self._keys(text):
             t = self.tables[m]
@@ -266,6 +278,8 @@ class OtherPool:
                 del t[key]
 
     def lookup(self, m: int, key: int) -> tuple[tuple[int, ...], int, str] | None:
+        if self._unindexed:
+            self._sync()
         v = self.tables[m].get(key)
         if v is None:
             return None

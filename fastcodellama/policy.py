@@ -106,16 +106,17 @@ DRAFT_MARGIN = 0.05         # drafts must promise this much more throughput than
 
 
 class CostCurve:
-    """Relative forward cost by tokens in the step: monotone, 1.0 for one token, linear between
-    measured points and past the last one."""
+    """Relative forward cost by tokens in the step: monotone, linear between measured points and
+    past the last one, in units of `unit` (by default the curve's own cost of one token, so 1.0
+    there)."""
 
-    def __init__(self, points: Sequence[tuple[int, float]]) -> None:
+    def __init__(self, points: Sequence[tuple[int, float]], unit: float | None = None) -> None:
         pts = sorted((int(t), float(c)) for t, c in points)
         if not pts:
             raise ValueError("a cost curve needs at least one point")
         mono = _isotonic(pts)  # measurement noise must not make more tokens cheaper
-        base = _interp(mono, 1)
-        self.unit = base  # what one token costs in the points' own unit (ms when measured)
+        base = unit if unit is not None else _interp(mono, 1)
+        self.unit = base  # what one unit is in the points' own terms (ms when measured)
         self.points = [(t, c / base) for t, c in mono]
         self._xs = [t for t, _ in self.points]
         self._table: list[float] = [0.0]
@@ -136,19 +137,26 @@ class CostCurve:
 
 
 class StepCost:
-    """What a step of n sequences costs with t draft tokens among them: decode(n), n single-token
-    sequences each reading its own KV, plus the extra rows' work, verify(n + t) - verify(n), read
-    off a curve of one sequence with that many new tokens (draft tokens share their sequence's
-    KV read). Both curves are normalized to 1.0 for one token, the same step. With one curve for
-    both, cost(n, t) = curve(n + t).
+    """What a step of n sequences costs with t draft tokens among them:
+
+        cost(n, t) = decode(n) * decode_scale + max(verify(n + t) - verify(n), t * row(n))
+
+    decode(n): n single-token sequences, each reading its own KV. The draft rows' work has two
+    lower bounds, and the larger one holds: the rows added to a step of that many tokens where
+    they share one sequence's KV read (the verify curve, one sequence with many new tokens: what
+    a long draft at small batch costs), and row(n) = (pairs(n) - decode(n)) / n, what one more row
+    per sequence cost in a step of n sequences (pairs: n sequences feeding 2 tokens each). On a
+    CPU, where attention runs per query, row(n) is most of a sequence's own cost at large batch
+    while the verify slope is about half of it; a policy that read only the verify curve there
+    took draft tokens for cheap and lost. Measured curves share one unit, the verify curve's one
+    token; with one curve for all, cost(n, t) = curve(n + t).
 
     decode_scale corrects the decode part to the steps the engine really runs (set from measured
     step times, see fastcodellama.proposer.Backoff): the start-up curve gives every sequence its
-    own 256-token context, while real siblings share their prompt's blocks and contexts vary, so
-    a real plain step at large batch can cost half of decode(n); draft rows cost what verify says."""
+    own 256-token context and leaves out the engine's per-sequence bookkeeping."""
 
-    def __init__(self, decode: CostCurve, verify: CostCurve | None = None) -> None:
-        self.decode, self.verify = decode, verify or decode
+    def __init__(self, decode: CostCurve, verify: CostCurve | None = None, pairs: CostCurve | None = None) -> None:
+        self.decode, self.verify, self.pairs = decode, verify or decode, pairs
         self.decode_scale = 1.0
         self._tables: dict[int, list[float]] = {}
 
@@ -156,14 +164,22 @@ class StepCost:
         self.decode_scale = decode_scale
         self._tables.clear()
 
-
     @classmethod
     def from_spec(cls, spec) -> "StepCost":
-        """A curve name, ((tokens, cost), ...) for both, or an object with .decode and .verify points
-        (engine.cost_model.StepCostPoints)."""
+        """A curve name, ((tokens, cost), ...) for all, or an object with .decode, .verify and
+        optionally .pairs points (engine.cost_model.StepCostPoints)."""
         if hasattr(spec, "decode") and hasattr(spec, "verify"):
-            return cls(CostCurve(spec.decode), CostCurve(spec.verify))
+            verify = CostCurve(spec.verify)
+            pairs = getattr(spec, "pairs", ())
+            return cls(CostCurve(spec.decode, unit=verify.unit), verify,
+                       CostCurve(pairs, unit=verify.unit) if pairs else None)
         return cls(CostCurve.from_spec(spec))
+
+    def row(self, n: int) -> float:
+        """What one draft row costs beside n sequences, from the pairs curve (0 without one)."""
+        if self.pairs is None or n <= 0:
+            return 0.0
+        return max(0.0, (self.pairs(n) - self.decode(n)) / n)
 
     def __call__(self, n: int, t: int) -> float:
         return self.table(n, t)[t]
@@ -177,8 +193,8 @@ class StepCost:
             tab = self._tables[n] = []
         if len(tab) <= upto:
             vt = self.verify.table(n + upto)
-            base = self.decode(n) * self.decode_scale - vt[n]
-            tab.extend([base + c for c in vt[n + len(tab):n + upto + 1]])
+            base, v0, row = self.decode(n) * self.decode_scale, vt[n], self.row(n)
+            tab.extend([base + max(vt[n + t] - v0, t * row) for t in range(len(tab), upto + 1)])
         return tab
 
 

@@ -33,6 +33,10 @@ from fastcodellama.spec_config import SOURCES, SpecConfig
 _TRUST = {"self": 0, "sibling": 1, "other": 2}
 _HANDICAP = {"self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
+# After this many searches in a row at one batch size (a power-of-two bucket) drafted nothing,
+# only one step in IDLE_STEPS searches there: at large batch on a CPU, where a draft must be
+# accepted more often than copies usually are, the search is most of what drafting costs.
+IDLE_STEPS = 8
 
 
 @dataclass(slots=True)
@@ -55,41 +59,68 @@ class _Hit:
 class Backoff:
     """Stops drafting while it does not pay, judged on measured step times.
 
-    Each engine step reports its wall time (`observe`). Steps that ran without a copy search (a
-    pause, or a probe of PROBE steps after the first window and after every PROBE_EVERY windows)
-    calibrate what the step cost model's units are worth in seconds now (decayed). Over a window
-    of steps with a search (at least WINDOW of them; also MIN_SEQS sequences asked for and
-    MIN_WINDOW_S, unless not one token was accepted) drafting's rate, (sequences + accepted
-    tokens) / their measured time, search included, is set against what plain decoding would have
-    done in those steps: sequences / (their modelled plain cost x the calibration). When drafting
-    is not ahead by MARGIN, it pauses, twice as long each time in a row (up to MAX_PAUSE_S) and at
-    least PAUSE_PER_WINDOW times the window, then tries again. A window, not single steps: at small
-    batch many steps find no copy at all, and a few drafts rejected in a row say nothing about the
-    steps after them."""
+    Each engine step reports its wall time (`observe`). While drafting is on, every
+    CONTROL_EVERY-th step is a control step: no search, no drafts. Control steps (and every step
+    of a pause) calibrate what the step cost model's units are worth in seconds now (decayed over
+    recent plain steps, so it follows the machine and the batch as they change). Over a window of
+    steps with a search (at least WINDOW of them and MIN_CONTROLS control steps; also MIN_SEQS
+    sequences asked for and MIN_WINDOW_S, unless not one token was accepted) drafting's rate,
+    (sequences + accepted tokens) / their measured time, search included, is set against what
+    plain decoding did in the control steps among them: sequences / (their modelled plain cost x
+    the seconds per unit those control steps took). When
+    drafting is not ahead by MARGIN, it pauses, twice as long each time in a row (up to
+    MAX_PAUSE_S) and at least PAUSE_PER_WINDOW times the window, then tries again; sooner if the
+    batch has since shrunk or grown by half (BATCH_CHANGE), as whether drafting pays depends
+    mostly on the batch (a pass@k run that starts at 256 sequences ends with a few, where drafting
+    pays most).
+
+    Control steps interleaved with drafting steps see the same batch, contexts and machine: a
+    calibration taken at another time is biased (sequences join with prefills and their contexts
+    grow as a run goes on; this machine's speed drifts by 20%), and on a CPU at large batch, where
+    drafting gains or loses a few percent, such a bias decided the outcome. A window, not single
+    steps: at small batch many steps find no copy at all, and a few drafts rejected in a row say
+    nothing about the steps after them. Where drafting is far ahead, control steps are rarer
+    (CONTROL_EVERY_AHEAD): each costs its step's gain."""
 
     MIN_PAUSE_S, MAX_PAUSE_S, PAUSE_PER_WINDOW = 0.5, 8.0, 8.0
-    WINDOW, MIN_SEQS, MIN_WINDOW_S = 16, 256, 1.0
+    WINDOW, MIN_SEQS, MIN_WINDOW_S, MIN_CONTROLS = 16, 256, 1.0, 4
     MARGIN = 0.02             # drafting must be this much ahead: a window's rate is noisy
-    PROBE, PROBE_EVERY = 8, 16
-    CAL_DECAY = 0.98          # per plain step: the calibration follows the batch as it changes
+    CONTROL_EVERY, CONTROL_EVERY_AHEAD, AHEAD = 8, 32, 0.25
+    BATCH_CHANGE = 2.0
+    CAL_DECAY = 0.9           # per plain step: the policy's calibration follows recent ones
     OUTLIER = 4.0             # a step this many times its expected time (a long prefill) is skipped
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.until = 0.0
         self.pause = self.MIN_PAUSE_S
-        self._probe_left, self._windows = 0, 0
+        self.paused_at = 0.0      # sequences per step in the window that caused the pause
+        self.control_every = self.CONTROL_EVERY
+        self._step = 0
+        self._control = False
         self._cal_s = self._cal_cost = 0.0
-        self._pending: tuple[int, float, float, bool] | None = None  # (seqs, plain cost, cost, searched)
+        self._pending: tuple[int, float, float, bool, bool] | None = None  # (seqs, plain cost, cost, searched, control)
         self._accepted = 0
         self._reset()
 
     def _reset(self) -> None:
         self._seqs = self._tokens = self._plain_cost = self._seconds = 0.0
-        self._calls = 0
+        self._ctrl_s = self._ctrl_cost = 0.0
+        self._calls = self._controls = 0
 
-    def skip(self, now: float) -> bool:
-        return self.enabled and (now < self.until or self._probe_left > 0)
+    def skip(self, now: float, seqs: int) -> bool:
+        """Whether the coming step of `seqs` sequences runs without a search: a pause, or a control step."""
+        if not self.enabled:
+            return False
+        self._control = False
+        if now < self.until:
+            if self.paused_at / self.BATCH_CHANGE <= seqs <= self.paused_at * self.BATCH_CHANGE:
+                return True
+            self.until, self.pause = 0.0, self.MIN_PAUSE_S  # another batch: judge drafting afresh
+            self._reset()
+        self._step += 1
+        self._control = self._step % self.control_every == 0
+        return self._control
 
     def rate(self) -> float | None:
         """Seconds per unit of modelled plain cost, on recent steps without a search."""
@@ -101,23 +132,26 @@ class Backoff:
     def planned(self, seqs: int, plain_cost: float, cost: float, searched: bool) -> None:
         """The step about to run: `seqs` sequences, modelled cost without and with its drafts,
         whether copies were searched for it."""
-        self._pending = (seqs, plain_cost, cost, searched) if seqs > 0 else None
+        self._pending = (seqs, plain_cost, cost, searched, self._control and not searched) if seqs > 0 else None
+        self._control = False
         self._accepted = 0
-        if seqs > 0 and not searched and self._probe_left > 0:
-            self._probe_left -= 1
 
     def observe(self, step_s: float, now: float) -> None:
         """The wall time of the step that `planned` described (proposal included)."""
         pending, self._pending = self._pending, None
         if not self.enabled or pending is None:
             return
-        seqs, plain_cost, cost, searched = pending
+        seqs, plain_cost, cost, searched, control = pending
         rate = self.rate()
         if rate is not None and step_s > self.OUTLIER * rate * cost:
             return
         if not searched:
             d = self.CAL_DECAY
             self._cal_s, self._cal_cost = self._cal_s * d + step_s, self._cal_cost * d + plain_cost
+            if control:
+                self._ctrl_s += step_s
+                self._ctrl_cost += plain_cost
+                self._controls += 1
             return
         self._seqs += seqs
         self._tokens += seqs + self._accepted
@@ -125,24 +159,20 @@ class Backoff:
         self._seconds += step_s
         self._calls += 1
         nothing = self._tokens == self._seqs  # no token accepted: nothing to wait for
-        if self._calls >= self.WINDOW and (nothing or (self._seqs >= self.MIN_SEQS
-                                                       and self._seconds >= self.MIN_WINDOW_S)):
-            if rate is None:  # nothing to compare with yet: calibrate first
-                self._probe_left = self.PROBE
-                self._reset()
-            else:
-                self._judge(rate, now)
+        if self._controls >= self.MIN_CONTROLS and self._calls >= self.WINDOW and (
+                nothing or (self._seqs >= self.MIN_SEQS and self._seconds >= self.MIN_WINDOW_S)):
+            self._judge(now)
 
-    def _judge(self, rate: float, now: float) -> None:
+    def _judge(self, now: float) -> None:
+        rate = self._ctrl_s / self._ctrl_cost
         gain = (self._tokens / self._seconds) / (self._seqs / (self._plain_cost * rate)) - 1.0
         if gain > self.MARGIN:
             self.pause = self.MIN_PAUSE_S
         else:  # searching costs at most about 1 / (1 + PAUSE_PER_WINDOW) of the steps
             self.until = now + max(self.pause, self.PAUSE_PER_WINDOW * self._seconds)
+            self.paused_at = self._seqs / self._calls
             self.pause = min(self.pause * 2, self.MAX_PAUSE_S)
-        self._windows += 1
-        if self._windows % self.PROBE_EVERY == 0:
-            self._probe_left = self.PROBE
+        self.control_every = self.CONTROL_EVERY_AHEAD if gain > self.AHEAD else self.CONTROL_EVERY
         self._reset()
 
 
@@ -171,6 +201,7 @@ class CopyProposer:
         self._backoff = Backoff(enabled=cfg.policy == "adaptive")
         self._propose_calls = 0
         self._queries = 0
+        self._idle: dict[int, int] = {}   # batch-size bucket -> steps in a row that drafted nothing
 
     # ------------------------------------------------------------------ Proposer protocol
 
@@ -203,7 +234,7 @@ class CopyProposer:
         self._calibrate()
         n = len(queries)
         plain = self.policy.cost.decode(n) if n else 0.0   # unscaled: what the back-off calibrates
-        if self._backoff.skip(t0) or n == 0:
+        if n == 0 or self._backoff.skip(t0, n):
             self._backoff.planned(n, plain, plain, searched=False)
             return [EMPTY_DRAFT] * n
         drafts, searched = self._propose(queries, budget)
@@ -235,6 +266,11 @@ class CopyProposer:
             return [EMPTY_DRAFT] * len(queries), False
         if cfg.policy == "adaptive" and not self.policy.can_pay(len(queries), budget):
             return [EMPTY_DRAFT] * len(queries), False  # even sure drafts would not pay at this batch
+        bucket = len(queries).bit_length()
+        idle = self._idle.get(bucket, 0)
+        if cfg.policy == "adaptive" and idle >= IDLE_STEPS and idle % IDLE_STEPS:
+            self._idle[bucket] = idle + 1  # recent searches at this batch found nothing worth drafting
+            return [EMPTY_DRAFT] * len(queries), False
         self.model.refresh()
         adaptive = cfg.policy == "adaptive"
         hits: list[_Hit | None] = []
@@ -252,6 +288,7 @@ class CopyProposer:
                 cands.append(Candidate(a, min(hit.avail, cfg.k, q.max_len),
                                        self.model.survival_of(hit.source, hit.match_len)))
         lens = self.policy.allocate(cands, budget)
+        self._idle[bucket] = 0 if any(lens) else idle + 1
         drafts = []
         for q, hit, cand, d in zip(queries, hits, cands, lens):
             if d <= 0:

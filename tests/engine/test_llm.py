@@ -98,6 +98,33 @@ def test_fork_shares_prompt_blocks(tiny_model_dir):
     assert_no_leaks(engine)
 
 
+def test_samples_joining_late_take_the_prompt_from_a_running_sibling(tiny_model_dir):
+    params = SamplingParams(n=12, temperature=1.0, max_tokens=10, seed=3, ignore_eos=True)
+    roomy = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_batched_tokens=64, max_num_seqs=16)
+    tight = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_batched_tokens=64, max_num_seqs=4)
+    expected = [c.token_ids for c in roomy.generate([PROMPTS[4]], params)[0].outputs]
+    assert roomy.engine.stats().shared_prompt_tokens == 0    # all forked at the start
+    engine = tight.engine
+    engine.add_request("r", PROMPTS[4], params)
+    full = len(tight.tokenizer.encode(PROMPTS[4])) // 4
+    seen_late = 0
+    while engine.has_unfinished():
+        engine.step()
+        for seq in engine.scheduler.running:
+            if seq.sample_index >= 4:  # joined after the first 4 finished: the request kept the prompt
+                seen_late += 1
+                assert engine.block_manager.refcounts[seq.block_table[0]] > 1
+    assert seen_late > 0
+    assert engine.stats().shared_prompt_tokens == 8 * full * 4   # 8 late samples, `full` blocks of 4
+    assert [c.token_ids for c in tight.generate([PROMPTS[4]], params)[0].outputs] == expected
+    assert_no_leaks(engine)
+    engine.add_request("aborted", PROMPTS[4], params)   # aborted with samples still waiting
+    for _ in range(3):
+        engine.step()
+    assert engine.scheduler.waiting and engine.abort("aborted")
+    assert_no_leaks(engine)
+
+
 def test_stop_strings_and_stop_tokens(llm):
     base = llm.generate([PROMPTS[0]], greedy(30))[0].outputs[0]
     text = base.text

@@ -203,6 +203,8 @@ def test_pool_lookup_matches_brute_force_and_evicts_oldest() -> None:
             live.pop(0)
         assert pool.num_tokens == sum(map(len, live)) <= cap
         assert [list(t) for t in pool.texts.values()] == live
+        if step % 4:  # texts are indexed at a lookup: some come and go between lookups, never indexed
+            continue
         assert pool.num_entries() <= 3 * cap
         query = random_text(rng, 3, 8)
         keys = tail_keys(query, 3, 1, 3)

@@ -142,6 +142,27 @@ def test_step_cost_charges_draft_tokens_on_the_verify_curve() -> None:
     assert DraftPolicy(model, decode).allocate([cand(model, 20, match_len=16)], 100) == [0]
 
 
+def test_step_cost_charges_draft_rows_what_one_more_row_per_sequence_cost() -> None:
+    from fastcodellama.policy import StepCost
+
+    decode = CostCurve(((1, 2.0), (256, 512.0)))            # 2 ms per sequence
+    verify = CostCurve(((1, 2.0), (512, 300.0)))            # rows of one sequence: ~0.6 ms each
+    pairs = CostCurve(((1, 2.3), (256, 768.0)), unit=2.0)   # a second row per sequence: 1 ms at 256
+    cost = StepCost(decode, verify, pairs)
+    assert pairs(256) == pytest.approx(384.0) and cost.row(256) == pytest.approx(0.5)
+    assert cost(256, 64) == pytest.approx(256.0 + 64 * 0.5)   # dearer than the verify slope
+    assert cost(1, 15) == pytest.approx(verify(16))             # a long draft at batch 1: verify
+    model = AcceptanceModel()
+    model.refresh()
+    # At 256 a draft token worth 0.5 of a sequence's 1.0 pays only if accepted more than half the
+    # time (and DRAFT_MARGIN): middling copies are refused, sure ones taken.
+    pol = DraftPolicy(model, cost)
+    weak = [Candidate(0.4, 4, [1.0, 0.5, 0.5, 0.5])] * 256
+    sure = [Candidate(0.99, 4, [1.0, 0.99, 0.99, 0.99])] * 256
+    assert sum(pol.allocate(weak, 1024)) == 0 and sum(pol.allocate(sure, 1024)) > 0
+    assert sum(DraftPolicy(model, StepCost(decode, verify)).allocate(weak, 1024)) > 0  # verify alone: cheap
+
+
 def test_search_is_skipped_when_even_the_best_known_copies_would_not_pay() -> None:
     half = CostCurve(((1, 1.0), (2, 1.5), (4096, 2048.5)))  # a draft token costs half a plain step
     model = AcceptanceModel()

@@ -61,11 +61,15 @@ def test_the_engine_measures_its_step_cost_for_the_policy():
     llm = LLM(DEFAULT_MODEL, proposer=build_proposer(SpecConfig()), max_num_batched_tokens=64,
               max_num_seqs=16)
     measured = llm.engine.measure_step_cost()
-    for points in (measured.decode, measured.verify):
+    for points in (measured.decode, measured.verify, measured.pairs):
         assert [t for t, _ in points][:4] == [1, 2, 4, 8] and all(ms > 0 for _, ms in points)
         assert points[-1][0] <= 64
+    assert measured.pairs[-1][0] <= 32  # 2 rows per sequence within the step's 64 tokens
     cost = llm.engine.proposer.policy.cost
-    assert cost(1, 0) == 1.0  # the measurement, normalized
+    assert cost.verify(1) == 1.0  # the measurement, normalized
     assert cost.decode.points[-1][0] == measured.decode[-1][0] and cost.verify.points[-1][0] == measured.verify[-1][0]
-    # 16 sequences with 16 draft tokens: the decode step of 16 plus 16 rows more on the verify curve.
-    assert cost(16, 16) == pytest.approx(cost.decode(16) + cost.verify(32) - cost.verify(16))
+    assert cost.pairs.unit == cost.decode.unit == cost.verify.unit  # all in one unit
+    # 16 sequences with 16 draft tokens: the decode step of 16 plus the dearer of 16 rows more on
+    # the verify curve and 16 rows at what one more row per sequence cost in the pairs step.
+    row = (cost.pairs(16) - cost.decode(16)) / 16
+    assert cost(16, 16) == pytest.approx(cost.decode(16) + max(cost.verify(32) - cost.verify(16), 16 * max(row, 0)))
