@@ -127,6 +127,9 @@ def best_of(repeats: int, model: str, requests: list[Request], name: str, batch:
         for drafting in (False, True):
             runs[drafting].append(run(model, requests, name, batch, drafting))
     plain, draft = (max(runs[d], key=lambda r: r["tokens_per_s"]) for d in (False, True))
+    # Each drafting run against the plain run just before it: slow drift of the machine's speed
+    # cancels in a pair, where a fastest-of-each could pair a fast moment with a slow one.
+    draft["pair_ratios"] = [d["tokens_per_s"] / p["tokens_per_s"] for p, d in zip(runs[False], runs[True])]
     for r in (plain, draft):
         r["repeats"] = repeats
         r["replay_exact"] = all(x["replay_exact"] for x in runs[False] + runs[True])
@@ -164,7 +167,8 @@ def main() -> None:
             draft["speedup"] = draft["tokens_per_s"] / plain["tokens_per_s"]
             rows += [plain, draft]
             print(f"{name} batch {batch}: {len(chosen)} requests, plain {plain['tokens_per_s']:.1f} tok/s, "
-                  f"drafting {draft['tokens_per_s']:.1f} tok/s ({draft['speedup']:.2f}x), "
+                  f"drafting {draft['tokens_per_s']:.1f} tok/s ({draft['speedup']:.2f}x; pairs "
+                  f"{' '.join(f'{x:.2f}' for x in draft['pair_ratios'])}), "
                   f"{draft['tokens_per_forward']:.3f} tokens/forward, exact {plain['replay_exact'] and draft['replay_exact']}",
                   flush=True)
         results["workloads"][name] = rows
@@ -173,10 +177,12 @@ def main() -> None:
 
 def write(results: dict, out_dir: str) -> None:
     lines = [f"# Trace replay ({results['date']})", "", f"machine: {results['machine']}", f"model: {results['model']}",
-             f"each figure: the fastest of {results['args'].get('repeats', 1)} alternating run(s) of plain and drafting",
+             f"each figure: the fastest of {results['args'].get('repeats', 1)} alternating run(s) of plain and drafting; "
+             "paired ratios: each drafting run over the plain run just before it",
              "", "| workload | max running | requests | seqs | system | tokens | tokens/s | speedup | tokens/forward "
-             "| ceiling | drafted (self/sibling/other) | accepted (self/sibling/other) | propose share | exact | leaked |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ceiling | drafted (self/sibling/other) | accepted (self/sibling/other) | propose share | exact | leaked "
+             "| paired ratios |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results["workloads"].items():
         label, ceiling = CEILING[name]
         for r in rows:
@@ -185,7 +191,8 @@ def write(results: dict, out_dir: str) -> None:
                 f"| {name} | {r['batch']} | {r['requests']} | {r['sequences']} | {'drafting' if r['drafting'] else 'plain'} "
                 f"| {r['tokens']} | {r['tokens_per_s']:.1f} | {r.get('speedup', 1.0):.2f}x | {r['tokens_per_forward']:.3f} "
                 f"| {f'{ceiling} ({label})' if ceiling and r['drafting'] else ''} | {by(r['drafted'])} | {by(r['accepted'])} "
-                f"| {r['propose_share']:.1%} | {r['replay_exact']} | {r['leaked_blocks']} |")
+                f"| {r['propose_share']:.1%} | {r['replay_exact']} | {r['leaked_blocks']} "
+                f"| {' '.join(f'{x:.2f}' for x in r.get('pair_ratios', []))} |")
     paths = measure.write_results(out_dir, "trace_replay", results, "\n".join(lines), lambda path: plot(results, path))
     print("wrote " + ", ".join(paths.values()))
 

@@ -33,10 +33,14 @@ from fastcodellama.spec_config import SOURCES, SpecConfig
 _TRUST = {"self": 0, "sibling": 1, "other": 2}
 _HANDICAP = {"self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
-# After this many searches in a row at one batch size (a power-of-two bucket) drafted nothing,
-# only one step in IDLE_STEPS searches there: at large batch on a CPU, where a draft must be
-# accepted more often than copies usually are, the search is most of what drafting costs.
-IDLE_STEPS = 8
+# After IDLE_STEPS searches in a row at one batch size (a power-of-two bucket) did not pay for
+# themselves (CopyProposer._worth_it),
+# searches there grow rarer: the 8th, 16th, 32nd... step, then every IDLE_MAX-th. At large batch on
+# a CPU, where a draft must be accepted more often than copies usually are, the search and the
+# indexing it brings up to date are all that drafting costs (texts of requests that finish between
+# two searches are never indexed).
+IDLE_STEPS, IDLE_MAX = 8, 64
+WORTH_DECAY = 0.8
 
 
 @dataclass(slots=True)
@@ -201,7 +205,8 @@ class CopyProposer:
         self._backoff = Backoff(enabled=cfg.policy == "adaptive")
         self._propose_calls = 0
         self._queries = 0
-        self._idle: dict[int, int] = {}   # batch-size bucket -> steps in a row that drafted nothing
+        self._idle: dict[int, int] = {}   # batch-size bucket -> searches in a row that did not pay
+        self._worth: dict[int, list[float]] = {}  # bucket -> decayed [expected seconds saved, search seconds]
 
     # ------------------------------------------------------------------ Proposer protocol
 
@@ -266,9 +271,10 @@ class CopyProposer:
             return [EMPTY_DRAFT] * len(queries), False
         if cfg.policy == "adaptive" and not self.policy.can_pay(len(queries), budget):
             return [EMPTY_DRAFT] * len(queries), False  # even sure drafts would not pay at this batch
+        t0 = time.perf_counter()
         bucket = len(queries).bit_length()
         idle = self._idle.get(bucket, 0)
-        if cfg.policy == "adaptive" and idle >= IDLE_STEPS and idle % IDLE_STEPS:
+        if cfg.policy == "adaptive" and idle >= IDLE_STEPS and idle % min(1 << (idle.bit_length() - 1), IDLE_MAX):
             self._idle[bucket] = idle + 1  # recent searches at this batch found nothing worth drafting
             return [EMPTY_DRAFT] * len(queries), False
         self.model.refresh()
@@ -288,17 +294,33 @@ class CopyProposer:
                 cands.append(Candidate(a, min(hit.avail, cfg.k, q.max_len),
                                        self.model.survival_of(hit.source, hit.match_len)))
         lens = self.policy.allocate(cands, budget)
-        self._idle[bucket] = 0 if any(lens) else idle + 1
         drafts = []
+        gained = 0.0
         for q, hit, cand, d in zip(queries, hits, cands, lens):
             if d <= 0:
                 drafts.append(EMPTY_DRAFT)
                 continue
             draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
             predicted = self.model.expected(hit.source, hit.match_len, cand.a, d)
+            gained += predicted
             self._pending[q.seq_id] = (draft, hit.match_len, predicted)
             drafts.append(draft)
+        self._idle[bucket] = 0 if self._worth_it(bucket, len(queries), gained, sum(lens), t0) else idle + 1
         return drafts, True
+
+    def _worth_it(self, bucket: int, n: int, gained: float, drafted: int, t0: float) -> bool:
+        """Whether, lately at this batch size, the drafts' expected saving paid for the search:
+        expected accepted tokens at a sequence's share of the step, less the draft rows' cost,
+        against the measured seconds of finding them (the lookups and the indexing they bring up
+        to date). The policy weighs draft rows; this weighs the search, which it does not see."""
+        if not drafted:
+            return False
+        cost = self.policy.cost.table(n, drafted)
+        saved = (gained * cost[0] / n - (cost[drafted] - cost[0])) * self.policy.cost.verify.unit / 1000.0
+        ema = self._worth.setdefault(bucket, [0.0, 0.0])
+        ema[0] = ema[0] * WORTH_DECAY + saved
+        ema[1] = ema[1] * WORTH_DECAY + (time.perf_counter() - t0)
+        return ema[0] > ema[1]
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:

@@ -295,3 +295,30 @@ def test_backoff_pauses_only_when_drafting_steps_are_slower_than_plain_ones_meas
     window(b, 1, 0.0030, 0.0015, 0.0, seqs=1)         # batch 1: drafting half as fast pauses
     assert b.until > 0.0
     assert not Backoff(enabled=False).skip(0.0, 1)
+
+
+def test_searches_that_find_nothing_worth_drafting_grow_rare_at_that_batch_size() -> None:
+    from fastcodellama import proposer as mod
+
+    prop = CopyProposer(SpecConfig(sources=("self",)))
+    searches = []
+    find = prop._find
+    prop._find = lambda st, first_only: searches.append(len(searches)) or find(st, first_only)
+    rng = random.Random(5)
+    for sid in range(40):
+        prop.add_sequence(sid, f"g{sid}", [rng.randrange(1000, 2000) for _ in range(8)])
+    queries = [DraftQuery(sid, 50) for sid in range(40)]
+    searched_steps = []
+    for step in range(200):
+        for sid in range(40):  # fresh tokens never seen before: no copy to find
+            prop.extend(sid, [10_000 + step * 40 + sid])
+        before = len(searches)
+        assert prop.propose(queries, 400) == [EMPTY_DRAFT] * 40
+        if len(searches) > before:
+            searched_steps.append(step)
+    # The back-off's control steps aside, the first IDLE_STEPS steps search, then ever fewer
+    # (without the gate: every step but the control steps, 175 of 200).
+    assert len(searched_steps) < mod.IDLE_STEPS + 200 // mod.IDLE_MAX + 8
+    assert searched_steps[:mod.IDLE_STEPS - 1] == list(range(mod.IDLE_STEPS - 1))
+    assert prop.propose([DraftQuery(0, 50)], 400) is not None   # another batch size: searched afresh
+    assert len(searches) > 0 and prop._idle.get(1, 0) <= 1
