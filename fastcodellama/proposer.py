@@ -39,7 +39,7 @@ OTHER_HANDICAP = _HANDICAP["other"]
 # a CPU, where a draft must be accepted more often than copies usually are, the search and the
 # indexing it brings up to date are all that drafting costs (texts of requests that finish between
 # two searches are never indexed).
-IDLE_STEPS, IDLE_MAX = 8, 64
+IDLE_STEPS, IDLE_MAX = 8, 512
 WORTH_DECAY = 0.8
 
 
