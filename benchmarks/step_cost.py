@@ -1,7 +1,8 @@
 """What one engine step costs on this machine, with the C linear kernel and without it.
 
-Times forward + logits + sampling of (a) decode steps of T single-token sequences and (b) verify
-steps of one sequence feeding T tokens (engine/cost_model.py, the curves the draft policy uses),
+Times forward + logits + sampling of (a) decode steps of T single-token sequences, (b) verify
+steps of one sequence feeding T tokens and (c) steps of T sequences feeding 2 tokens each
+(engine/cost_model.py, the curves the draft policy uses),
 side by side in one process, alternately: with the few-row linear kernel over bf16 weight copies
 (engine/models/linear.py), and with those copies dropped so F.linear runs (the reference); the
 fastest of --rounds runs for each point.
@@ -33,7 +34,8 @@ def fastest(runs: list[cost_model.StepCostPoints]) -> cost_model.StepCostPoints:
         n = min(len(c) for c in curves)
         return tuple((curves[0][i][0], min(c[i][1] for c in curves)) for i in range(n))
 
-    return cost_model.StepCostPoints(best([r.decode for r in runs]), best([r.verify for r in runs]))
+    return cost_model.StepCostPoints(best([r.decode for r in runs]), best([r.verify for r in runs]),
+                                     best([r.pairs for r in runs]))
 
 
 def main() -> None:
@@ -58,9 +60,13 @@ def main() -> None:
     lines = [f"# Step cost ({results['date']})", "", f"machine: {results['machine']}", f"model: {args.model}",
              f"linear layers with a bf16 copy: {results['packed_layers']}", "",
              "ms per step (forward + logits + sampling, fastest of several tries)", "",
-             "| tokens | decode, kernel | decode, F.linear | verify, kernel | verify, F.linear |", "|---|---|---|---|---|"]
+             "| T | decode, kernel | decode, F.linear | verify, kernel | verify, F.linear | pairs, kernel "
+             "| pairs, F.linear | kernel: ms per draft row in pairs | kernel: ms per sequence in decode |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pk, pr = dict(kernel.pairs), dict(reference.pairs)
     for (t, dk), (_, dr), (_, vk), (_, vr) in zip(kernel.decode, reference.decode, kernel.verify, reference.verify):
-        lines.append(f"| {t} | {dk:.2f} | {dr:.2f} | {vk:.2f} | {vr:.2f} |")
+        pairs = f"{pk[t]:.2f} | {pr[t]:.2f} | {(pk[t] - dk) / t:.3f}" if t in pk and t in pr else " | | "
+        lines.append(f"| {t} | {dk:.2f} | {dr:.2f} | {vk:.2f} | {vr:.2f} | {pairs} | {dk / t:.3f} |")
     paths = measure.write_results(args.out, "step_cost", results, "\n".join(lines))
     print("wrote " + ", ".join(paths.values()))
 
