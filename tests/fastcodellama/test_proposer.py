@@ -317,7 +317,7 @@ def test_searches_that_find_nothing_worth_drafting_grow_rare_at_that_batch_size(
         if len(searches) > before:
             searched_steps.append(step)
     # The back-off's control steps aside, the first IDLE_STEPS steps search, then ever fewer
-    # (without the gate: every step but the control steps, 175 of 200).
+    # (without the gate: every step but the back-off's control steps).
     assert len(searched_steps) < mod.IDLE_STEPS + 200 // mod.IDLE_MAX + 8
     assert searched_steps[:mod.IDLE_STEPS - 1] == list(range(mod.IDLE_STEPS - 1))
     assert prop.propose([DraftQuery(0, 50)], 400) is not None   # another batch size: searched afresh
