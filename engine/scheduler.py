@@ -161,12 +161,13 @@ class Scheduler:
         at fork time, or a running sibling's): a sample that could not be forked when its request
         started (no room then) or was preempted since starts from them instead of computing its
         prompt again. Empty when none are held."""
-        full = seq.num_prompt_tokens // self.blocks.block_size
-        if seq.num_computed_tokens or seq.block_table or full == 0:
+        # At least the last known token is computed: its logits give the next one.
+        full = min(seq.num_prompt_tokens, seq.num_tokens - 1) // self.blocks.block_size
+        if seq.num_computed_tokens or seq.block_table or full <= 0:
             return []
         pinned = self._prompt_pins.get(seq.request_id)
         if pinned is not None:
-            return pinned
+            return pinned[:full]
         for other in self.running:
             if (other.request_id == seq.request_id and other.status is SequenceStatus.RUNNING
                     and other.num_computed_tokens >= full * self.blocks.block_size):
