@@ -50,8 +50,7 @@ class BlockManager:
             self._release(seq.block_table.pop())
 
     def free(self, seq: Sequence) -> None:
-        for block in reversed(seq.block_table):
-            self._release(block)
+        self.release(seq.block_table)
         seq.block_table = []
 
     def fork(self, parent: Sequence, child: Sequence, num_tokens: int) -> tuple[int, int] | None:
@@ -65,8 +64,7 @@ class BlockManager:
         if partial and not self._free:
             raise NoFreeBlocks("no block for the tail copy")
         child.block_table = list(parent.block_table[:full])
-        for block in child.block_table:
-            self.refcounts[block] += 1
+        self.hold(child.block_table)
         if not partial:
             return None
         dst = self._take()
@@ -86,6 +84,7 @@ class BlockManager:
             self.refcounts[block] += 1
 
     def release(self, blocks: list[int]) -> None:
+        """Lets go of one reference to each block (newest first back on the free list)."""
         for block in reversed(blocks):
             self._release(block)
 

@@ -287,7 +287,7 @@ class LLMEngine:
             self.scheduler.finish(seq)
         seq.finish(reason, stop_reason)
         state = self.requests.get(seq.request_id)
-        if state is not None and all(s.is_finished for s in state.seqs):
+        if state is not None and state.finished:
             self.scheduler.release_prompt(seq.request_id)
         self._spec.add(seq.spec)
         if self.proposer is not None:

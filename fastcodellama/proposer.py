@@ -34,11 +34,10 @@ _TRUST = {"self": 0, "sibling": 1, "other": 2}
 _HANDICAP = {"self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
 # After IDLE_STEPS searches in a row at one batch size (a power-of-two bucket) did not pay for
-# themselves (CopyProposer._worth_it),
-# searches there grow rarer: the 8th, 16th, 32nd... step, then every IDLE_MAX-th. At large batch on
-# a CPU, where a draft must be accepted more often than copies usually are, the search and the
-# indexing it brings up to date are all that drafting costs (texts of requests that finish between
-# two searches are never indexed).
+# themselves (CopyProposer._worth_it), searches there grow rarer: the 8th, 16th, 32nd... step,
+# then every IDLE_MAX-th. At large batch on a CPU, where a draft must be accepted more often than
+# copies usually are, the search and the indexing it brings up to date are all that drafting
+# costs (texts of requests that finish between two searches are never indexed).
 IDLE_STEPS, IDLE_MAX = 8, 512
 WORTH_DECAY = 0.8
 
@@ -71,12 +70,11 @@ class Backoff:
     sequences asked for and MIN_WINDOW_S, unless not one token was accepted) drafting's rate,
     (sequences + accepted tokens) / their measured time, search included, is set against what
     plain decoding did in the control steps among them: sequences / (their modelled plain cost x
-    the seconds per unit those control steps took). When
-    drafting is not ahead by MARGIN, it pauses, twice as long each time in a row (up to
-    MAX_PAUSE_S) and at least PAUSE_PER_WINDOW times the window, then tries again; sooner if the
-    batch has since shrunk or grown by half (BATCH_CHANGE), as whether drafting pays depends
-    mostly on the batch (a pass@k run that starts at 256 sequences ends with a few, where drafting
-    pays most).
+    the seconds per unit those control steps took). When drafting is not ahead by MARGIN, it
+    pauses, twice as long each time in a row (up to MAX_PAUSE_S) and at least PAUSE_PER_WINDOW
+    times the window, then tries again; sooner if the batch has since shrunk or grown by half
+    (BATCH_CHANGE), as whether drafting pays depends mostly on the batch (a pass@k run that
+    starts at 256 sequences ends with a few, where drafting pays most).
 
     Control steps interleaved with drafting steps see the same batch, contexts and machine: a
     calibration taken at another time is biased (sequences join with prefills and their contexts
