@@ -6,10 +6,8 @@ has a token at e, so a hit always has at least one token to copy and the copy ne
 what the text holds. Appending a token to a text adds the keys ending just before it: O(1)
 work per accepted token, never a rescan of the history. The work is done lazily, at the next
 lookup (`sync`): while drafting is paused, texts only grow, and those that finish in the
-meantime are never indexed for themselves.
-
-Keys pack m token ids into one int (KEY_BITS bits each): cheaper to hash and to store than
-tuples. Token ids must be below 2**KEY_BITS.
+meantime are never indexed for themselves. The tables and their keys are
+fastcodellama/ngram_tables.py's (C hash tables where the extension builds, dicts otherwise).
 
 Three kinds of index, one per copy source:
   GroupIndex: the texts of one request's samples (a group). Each member's own output keys
@@ -21,23 +19,16 @@ Three kinds of index, one per copy source:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Sequence
+from typing import Callable, Sequence
 
-KEY_BITS = 20
-MAX_TOKEN_ID = (1 << KEY_BITS) - 1
-_POS_BITS = 32
-_POS_MASK = (1 << _POS_BITS) - 1
+from fastcodellama.ngram_tables import POS_BITS, DictTables, CTables, table_factory, tail_keys
 
+__all__ = ["MAX_TOKEN_ID", "GroupIndex", "NgramTables", "OtherPool", "check_token_ids", "tail_keys"]
 
-def tail_keys(tokens: Sequence[int], end: int, n: int, max_match: int) -> list[int | None]:
-    """keys[m] = packed key of tokens[end-m:end] for n <= m <= min(max_match, end), else None."""
-    keys: list[int | None] = [None] * (max_match + 1)
-    key = 0
-    for m in range(1, min(max_match, end) + 1):
-        key |= tokens[end - m] << (KEY_BITS * (m - 1))
-        if m >= n:
-            keys[m] = key
-    return keys
+MAX_TOKEN_ID = (1 << 31) - 1
+_POS_MASK = (1 << POS_BITS) - 1
+Tables = DictTables | CTables
+TableFactory = Callable[[int, int], Tables]
 
 
 def check_token_ids(token_ids: Sequence[int]) -> None:
@@ -46,36 +37,29 @@ def check_token_ids(token_ids: Sequence[int]) -> None:
             raise ValueError(f"token ids must lie in [0, {MAX_TOKEN_ID}] to be indexed, got {t}")
 
 
-def _new_tables(n: int, max_match: int) -> list[dict[int, int] | None]:
-    return [None] * n + [{} for _ in range(n, max_match + 1)]
-
-
 class NgramTables:
     """Most recent end of every m-gram of one text, for ends in [first_end, len(tokens) - 1].
 
     `tokens` is the caller's list (it grows in place); `sync()` indexes what was appended.
     """
 
-    __slots__ = ("n", "max_match", "tokens", "tables", "next_end")
+    __slots__ = ("tokens", "tables", "next_end")
 
-    def __init__(self, tokens: list[int], n: int, max_match: int, first_end: int = 1) -> None:
-        self.n, self.max_match, self.tokens = n, max_match, tokens
-        self.tables = _new_tables(n, max_match)
+    def __init__(self, tokens: list[int], n: int, max_match: int, first_end: int = 1,
+                 tables: TableFactory | None = None) -> None:
+        self.tokens = tokens
+        self.tables = (tables or table_factory())(n, max_match)
         self.next_end = max(first_end, n)
         self.sync()
 
     def sync(self) -> None:
-        toks, tables, n, mm = self.tokens, self.tables, self.n, self.max_match
-        for e in range(self.next_end, len(toks)):
-            key = 0
-            for m in range(1, min(mm, e) + 1):
-                key |= toks[e - m] << (KEY_BITS * (m - 1))
-                if m >= n:
-                    tables[m][key] = e
-        self.next_end = max(self.next_end, len(toks))
+        end = len(self.tokens)
+        if end > self.next_end:
+            self.tables.index(self.tokens, self.next_end, end)
+            self.next_end = end
 
     def get(self, m: int, key: int) -> int | None:
-        return self.tables[m].get(key)
+        return self.tables.get(m, key)
 
 
 class GroupIndex:
@@ -85,18 +69,20 @@ class GroupIndex:
     A member whose prompt differs indexes its prompt in its own tables instead.
     """
 
-    def __init__(self, prompt: Sequence[int], n: int, max_match: int, siblings: bool = True) -> None:
+    def __init__(self, prompt: Sequence[int], n: int, max_match: int, siblings: bool = True,
+                 tables: TableFactory | None = None) -> None:
         self.n, self.max_match, self.siblings = n, max_match, siblings
+        self._new = tables or table_factory()
         self.prompt = list(prompt)
-        self.prompt_tables = NgramTables(self.prompt, n, max_match)
+        self.prompt_tables = NgramTables(self.prompt, n, max_match, tables=self._new)
         self.texts: dict[int, list[int]] = {}       # member -> prompt + output so far
         self.own: dict[int, NgramTables] = {}       # running members only
         self.shares_prompt: dict[int, bool] = {}
         self.live: set[int] = set()
-        # Cross-member tables: top[m][key] = member << 32 | end of the latest occurrence;
+        # Cross-member tables: top[m][key] = member << POS_BITS | end of the latest occurrence;
         # second[m][key] = the latest occurrence in a member other than top's.
-        self.top = _new_tables(n, max_match)
-        self.second = _new_tables(n, max_match)
+        self.top = self._new(n, max_match)
+        self.second = self._new(n, max_match)
         self.sib_next: dict[int, int] = {}          # member -> next end to index in the cross tables
         self._dirty: dict[int, None] = {}           # members with tokens not yet indexed, in order
 
@@ -106,7 +92,7 @@ class GroupIndex:
         first_end = len(tokens) if shared else 1
         self.texts[member] = tokens
         self.shares_prompt[member] = shared
-        self.own[member] = NgramTables(tokens, self.n, self.max_match, first_end)
+        self.own[member] = NgramTables(tokens, self.n, self.max_match, first_end, tables=self._new)
         self.live.add(member)
         if self.siblings:
             self.sib_next[member] = max(len(tokens), self.n)
@@ -127,54 +113,17 @@ class GroupIndex:
             self._dirty.clear()
 
     def _index(self, member: int) -> None:
-        toks = self.texts[member]
         own = self.own.get(member)
-        if own is None:  # finished: its text stays readable by its siblings only
-            if self.siblings and len(self.texts) > 1:
-                self._sync_cross(member)
-            return
-        if not (self.siblings and len(self.texts) > 1):
+        if own is not None:  # a finished member's text stays readable by its siblings only
             own.sync()
-            return
-        start = own.next_end
-        if self.sib_next[member] != start:      # only after a sibling joined: catch up separately
-            own.sync()
+        if self.siblings and len(self.texts) > 1:
             self._sync_cross(member)
-            return
-        # One pass for both: the member's own tables and the cross-member tables.
-        n, mm, mine = self.n, self.max_match, own.tables
-        top, second = self.top, self.second
-        tag = member << _POS_BITS
-        for e in range(start, len(toks)):
-            v = tag | e
-            key = 0
-            for m in range(1, min(mm, e) + 1):
-                key |= toks[e - m] << (KEY_BITS * (m - 1))
-                if m >= n:
-                    mine[m][key] = e
-                    t = top[m]
-                    old = t.get(key)
-                    if old is not None and (old >> _POS_BITS) != member:
-                        second[m][key] = old
-                    t[key] = v
-        own.next_end = self.sib_next[member] = max(start, len(toks))
 
     def _sync_cross(self, member: int) -> None:
-        toks, n, mm = self.texts[member], self.n, self.max_match
-        top, second = self.top, self.second
-        tag = member << _POS_BITS
-        for e in range(self.sib_next[member], len(toks)):
-            v = tag | e
-            key = 0
-            for m in range(1, min(mm, e) + 1):
-                key |= toks[e - m] << (KEY_BITS * (m - 1))
-                if m >= n:
-                    t = top[m]
-                    old = t.get(key)
-                    if old is not None and (old >> _POS_BITS) != member:
-                        second[m][key] = old
-                    t[key] = v
-        self.sib_next[member] = max(self.sib_next[member], len(toks))
+        toks, start = self.texts[member], self.sib_next[member]
+        if len(toks) > start:
+            self.top.index(toks, start, len(toks), member << POS_BITS, self.second, member)
+            self.sib_next[member] = len(toks)
 
     def sync_all_cross(self) -> None:
         """Index what earlier members wrote before a sibling existed (once, when one joins)."""
@@ -191,9 +140,9 @@ class GroupIndex:
     def lookup_self(self, member: int, m: int, key: int) -> int | None:
         if self._dirty:
             self.sync()
-        e = self.own[member].tables[m].get(key)
+        e = self.own[member].tables.get(m, key)
         if e is None and self.shares_prompt[member]:
-            e = self.prompt_tables.tables[m].get(key)
+            e = self.prompt_tables.tables.get(m, key)
         return e
 
     def lookup_sibling(self, member: int, m: int, key: int) -> tuple[list[int], int] | None:
@@ -201,12 +150,12 @@ class GroupIndex:
             return None
         if self._dirty:
             self.sync()
-        v = self.top[m].get(key)
-        if v is not None and (v >> _POS_BITS) == member:
-            v = self.second[m].get(key)
+        v = self.top.get(m, key)
+        if v is not None and (v >> POS_BITS) == member:
+            v = self.second.get(m, key)
         if v is None:
             return None
-        return self.texts[v >> _POS_BITS], v & _POS_MASK
+        return self.texts[v >> POS_BITS], v & _POS_MASK
 
 
 class OtherPool:
@@ -219,9 +168,9 @@ class OtherPool:
     and a text evicted before then is never indexed at all).
     """
 
-    def __init__(self, n: int, max_match: int, capacity: int) -> None:
+    def __init__(self, n: int, max_match: int, capacity: int, tables: TableFactory | None = None) -> None:
         self.n, self.max_match, self.capacity = n, max_match, capacity
-        self.tables = _new_tables(n, max_match)
+        self.tables = (tables or table_factory())(n, max_match)
         self.texts: OrderedDict[int, tuple[int, ...]] = OrderedDict()
         self.groups: dict[int, str] = {}
         self.num_tokens = 0
@@ -233,7 +182,7 @@ class OtherPool:
 
     def num_entries(self) -> int:
         self._sync()
-        return sum(len(t) for t in self.tables if t is not None)
+        return self.tables.num_entries()
 
     def add(self, token_ids: Sequence[int], group_id: str = "") -> None:
         if self.capacity <= 0 or len(token_ids) < 2:
@@ -251,18 +200,8 @@ class OtherPool:
     def _sync(self) -> None:
         while self._unindexed:
             tid = self._unindexed.popleft()
-            tag = tid << _POS_BITS
-            for e, key_m, key in self._keys(self.texts[tid]):
-                self.tables[key_m][key] = tag | e
-
-    def _keys(self, text: Sequence[int]):
-        n, mm = self.n, self.max_match
-        for e in range(n, len(text)):
-            key = 0
-            for m in range(1, min(mm, e) + 1):
-                key |= text[e - m] << (KEY_BITS * (m - 1))
-                if m >= n:
-                    yield e, m, key
+            text = self.texts[tid]
+            self.tables.index(text, self.n, len(text), tid << POS_BITS)
 
     def _evict_oldest(self) -> None:
         tid, text = self.texts.popitem(last=False)
@@ -271,17 +210,13 @@ class OtherPool:
         if self._unindexed and self._unindexed[0] == tid:  # never indexed: no entry to delete
             self._unindexed.popleft()
             return
-        tag = tid << _POS_BITS
-        for e, m, key in self._keys(text):
-            t = self.tables[m]
-            if t.get(key) == tag | e:
-                del t[key]
+        self.tables.evict(text, self.n, len(text), tid << POS_BITS)
 
     def lookup(self, m: int, key: int) -> tuple[tuple[int, ...], int, str] | None:
         if self._unindexed:
             self._sync()
-        v = self.tables[m].get(key)
+        v = self.tables.get(m, key)
         if v is None:
             return None
-        tid = v >> _POS_BITS
+        tid = v >> POS_BITS
         return self.texts[tid], v & _POS_MASK, self.groups[tid]

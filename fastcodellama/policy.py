@@ -183,7 +183,9 @@ class StepCost:
         return max(0.0, (self.pairs(n) - self.decode(n)) / n)
 
     def __call__(self, n: int, t: int) -> float:
-        return self.table(n, t)[t]
+        """cost(n, t) alone, without building (and caching) the table up to t."""
+        base, v0 = self.decode(n) * self.decode_scale, self.verify(n)
+        return base + max(self.verify(n + t) - v0, t * self.row(n))
 
     def table(self, n: int, upto: int) -> list[float]:
         """[cost(n, 0), cost(n, 1), ..., cost(n, upto)], cached per n."""
@@ -450,13 +452,13 @@ class DraftPolicy:
         cum = [0.0]
         for g in gains:
             cum.append(cum[-1] + g)
-        cost = self.cost.table(n_q, budget)
-        plain = n_q / cost[0] * (1.0 + DRAFT_MARGIN)
+        cost = self.cost
+        plain = n_q / cost(n_q, 0) * (1.0 + DRAFT_MARGIN)
         points = set(_probe_points(budget)) | {n_q * j for j in range(1, len(gains) + 1) if n_q * j <= budget}
         for t in points:
             full, part = divmod(t, n_q)
             acc = n_q * cum[-1] if full >= len(gains) else n_q * cum[full] + part * gains[full]
-            if (n_q + acc) / cost[t] > plain:
+            if (n_q + acc) / cost(n_q, t) > plain:
                 return True
         return False
 

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
 from fastcodellama.ngram_index import GroupIndex, OtherPool, check_token_ids, tail_keys
+from fastcodellama.ngram_tables import table_factory
 from fastcodellama.policy import MATCH_CAP, AcceptanceModel, Candidate, DraftPolicy, StepCost
 from fastcodellama.spec_config import SOURCES, SpecConfig
 
@@ -187,7 +188,8 @@ class CopyProposer:
         self._groups: dict[str, GroupIndex] = {}
         self._next_member: dict[str, int] = {}
         self._use_self = "self" in cfg.sources
-        self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens)
+        self._tables = table_factory(cfg.index_tables)
+        self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens, self._tables)
                       if "other" in cfg.sources and cfg.other_pool_tokens > 0 else None)
         self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
         # "measured": the CPU table until the engine hands over its own measurement.
@@ -215,7 +217,7 @@ class CopyProposer:
         cfg = self.config
         group = self._groups.get(group_id)
         if group is None:
-            group = GroupIndex(prompt_token_ids, cfg.n, cfg.max_match, siblings="sibling" in cfg.sources)
+            group = GroupIndex(prompt_token_ids, cfg.n, cfg.max_match, "sibling" in cfg.sources, self._tables)
             self._groups[group_id] = group
             self._next_member[group_id] = 0
         member = self._next_member[group_id]

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 SOURCES = ("self", "sibling", "other")
 POLICIES = ("adaptive", "fixed")
 NAMED_COST_CURVES = ("measured", "cpu", "h100", "flat")
+INDEX_TABLES = ("auto", "c", "dict")
 
 # A cost curve is a name from NAMED_COST_CURVES or measured points ((tokens in step, cost), ...);
 # only the ratios matter: the policy normalizes to the cost of a 1-token step.
@@ -33,6 +34,8 @@ class SpecConfig:
     cost_curve: step cost by tokens in the step: "measured" (default) is the engine's own
         measurement at start-up (engine/cost_model.py); "cpu" and "h100" are the project's
         tables of linear-layer cost, "flat" makes drafting free; or ((tokens, cost), ...).
+    index_tables: the n-gram indexes' tables: "c" (a C extension built at first use), "dict"
+        (Python dicts, the reference) or "auto" (C when it builds). They give the same drafts.
     """
 
     enabled: bool = True
@@ -44,6 +47,7 @@ class SpecConfig:
     budget: int | None = None
     policy: str = "adaptive"
     cost_curve: CostCurveSpec = "measured"
+    index_tables: str = "auto"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -74,6 +78,8 @@ class SpecConfig:
             if not points or any(t < 1 or c <= 0 for t, c in points):
                 raise ValueError("cost_curve points must be (tokens >= 1, cost > 0) pairs")
             object.__setattr__(self, "cost_curve", points)
+        if self.index_tables not in INDEX_TABLES:
+            raise ValueError(f"index_tables must be one of {INDEX_TABLES}, got {self.index_tables!r}")
 
 
 def build_proposer(config: SpecConfig | None = None) -> "CopyProposer":

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from engine.kernels.build import compile_once, compiler
 
 log = logging.getLogger(__name__)
 
@@ -25,47 +23,15 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("FASTCODELLAMA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastcodellama")
-    return Path(root) / "kernels"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
-def _build(compiler: str) -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_name().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_kernels_{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
-        os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
 @functools.cache
 def load() -> ctypes.CDLL | None:
-    if os.environ.get("FASTCODELLAMA_NO_CPU_KERNELS"):
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        log.warning("no C compiler found: CPU kernels disabled, using the PyTorch reference paths")
+    cc = compiler()
+    if cc is None:
+        if not os.environ.get("FASTCODELLAMA_NO_CPU_KERNELS"):
+            log.warning("no C compiler found: CPU kernels disabled, using the PyTorch reference paths")
         return None
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
+        lib = ctypes.CDLL(str(compile_once(cc, SOURCE, FLAGS, "cpu_kernels", libs=("-lm",))))
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         log.warning("building the CPU kernels failed (%s): using the PyTorch reference paths", detail)

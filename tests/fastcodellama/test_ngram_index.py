@@ -13,6 +13,15 @@ from fastcodellama.ngram_index import (
     check_token_ids,
     tail_keys,
 )
+from fastcodellama.ngram_tables import DictTables, load_extension, table_factory
+
+
+@pytest.fixture(params=["dict", "c"])
+def tables(request):
+    """Every index test runs on the reference dicts and on the C tables."""
+    if request.param == "c" and load_extension() is None:
+        pytest.skip("the n-gram tables' C extension does not build here")
+    return table_factory(request.param)
 
 
 def brute_last_end(text: list[int], gram: list[int], limit: int, first_end: int = 1) -> int | None:
@@ -36,12 +45,12 @@ def grow_in_chunks(rng: random.Random, target: list[int], tokens: list[int], syn
 
 
 @pytest.mark.parametrize("n,max_match", [(1, 1), (1, 4), (2, 3), (3, 6)])
-def test_tables_match_brute_force_at_every_length(n: int, max_match: int) -> None:
+def test_tables_match_brute_force_at_every_length(n: int, max_match: int, tables) -> None:
     rng = random.Random(n * 10 + max_match)
     for _ in range(20):
         text = random_text(rng, rng.randrange(1, 80), rng.choice((2, 3, 5, 50)))
         tokens: list[int] = []
-        idx = NgramTables(tokens, n, max_match)
+        idx = NgramTables(tokens, n, max_match, tables=tables)
         for L in range(1, len(text) + 1):
             tokens.append(text[L - 1])
             idx.sync()
@@ -53,9 +62,9 @@ def test_tables_match_brute_force_at_every_length(n: int, max_match: int) -> Non
                 assert idx.get(m, keys[m]) == brute_last_end(tokens, tokens[L - m:L], L)
 
 
-def test_longest_match_first_and_copy_never_past_the_end() -> None:
+def test_longest_match_first_and_copy_never_past_the_end(tables) -> None:
     tokens = [1, 2, 3, 9, 2, 3, 5, 3]
-    idx = NgramTables(tokens, 1, 4)
+    idx = NgramTables(tokens, 1, 4, tables=tables)
     keys = tail_keys(tokens, len(tokens), 1, 4)
     assert idx.get(2, keys[2]) is None                   # "5 3" never occurred before
     assert idx.get(1, keys[1]) == 6                      # most recent earlier "3": ends at 6, copy "5 3"
@@ -67,16 +76,19 @@ def test_longest_match_first_and_copy_never_past_the_end() -> None:
     assert e == 4 and len(tokens) - e == 5               # the copy holds what the text has, no more
 
 
-def test_incremental_equals_rebuilt() -> None:
+def test_incremental_equals_rebuilt(tables) -> None:
     rng = random.Random(7)
     for _ in range(30):
         n, mm = rng.choice(((1, 4), (2, 2), (1, 8)))
         text = random_text(rng, rng.randrange(0, 200), rng.choice((3, 20, 1000)))
         tokens: list[int] = []
-        inc = NgramTables(tokens, n, mm)
+        inc = NgramTables(tokens, n, mm, tables=tables)
         grow_in_chunks(rng, text, tokens, inc.sync)
-        rebuilt = NgramTables(list(text), n, mm)
-        assert inc.tables == rebuilt.tables
+        rebuilt = NgramTables(list(text), n, mm, tables=DictTables)
+        assert inc.tables.num_entries() == rebuilt.tables.num_entries()
+        for m in range(n, mm + 1):
+            for key, e in rebuilt.tables.maps[m].items():
+                assert inc.get(m, key) == e
         assert inc.next_end == rebuilt.next_end
 
 
@@ -118,13 +130,13 @@ class BruteGroup:
         return None
 
 
-def test_group_self_and_sibling_lookups_match_brute_force() -> None:
+def test_group_self_and_sibling_lookups_match_brute_force(tables) -> None:
     rng = random.Random(3)
     for trial in range(15):
         n, mm = (1, 4) if trial % 2 else (2, 3)
         vocab = rng.choice((3, 6, 30))
         prompt = random_text(rng, rng.randrange(mm, 30), vocab)
-        group, ref = GroupIndex(prompt, n, mm), BruteGroup(prompt)
+        group, ref = GroupIndex(prompt, n, mm, tables=tables), BruteGroup(prompt)
         members = list(range(rng.randrange(1, 5)))
         for mb in members:
             group.add_member(mb, prompt)
@@ -148,9 +160,9 @@ def test_group_self_and_sibling_lookups_match_brute_force() -> None:
                     assert hit is not None and hit[0] is group.texts[want[0]] and hit[1] == want[1]
 
 
-def test_a_late_sibling_sees_what_the_first_member_wrote() -> None:
+def test_a_late_sibling_sees_what_the_first_member_wrote(tables) -> None:
     prompt = [1, 2]
-    group = GroupIndex(prompt, 1, 3)
+    group = GroupIndex(prompt, 1, 3, tables=tables)
     group.add_member(0, prompt)
     group.extend(0, [7, 8, 9, 4])
     group.add_member(1, prompt)
@@ -159,8 +171,8 @@ def test_a_late_sibling_sees_what_the_first_member_wrote() -> None:
     assert text[e:] == [8, 9, 4]
 
 
-def test_a_member_with_another_prompt_indexes_its_own() -> None:
-    group = GroupIndex([1, 2, 3], 1, 2)
+def test_a_member_with_another_prompt_indexes_its_own(tables) -> None:
+    group = GroupIndex([1, 2, 3], 1, 2, tables=tables)
     group.add_member(0, [1, 2, 3])
     group.add_member(1, [4, 5, 4])
     key = tail_keys([4, 5, 4], 3, 1, 1)[1]
@@ -168,8 +180,8 @@ def test_a_member_with_another_prompt_indexes_its_own() -> None:
     assert group.lookup_self(0, 1, tail_keys([1, 2, 3, 1], 4, 1, 1)[1]) == 1
 
 
-def test_finished_member_stays_visible_to_siblings() -> None:
-    group = GroupIndex([0], 1, 2)
+def test_finished_member_stays_visible_to_siblings(tables) -> None:
+    group = GroupIndex([0], 1, 2, tables=tables)
     for mb in (0, 1):
         group.add_member(mb, [0])
     group.extend(0, [5, 6, 7])
@@ -189,10 +201,10 @@ def brute_pool(texts: list[list[int]], gram: list[int]) -> tuple[int, int] | Non
     return None
 
 
-def test_pool_lookup_matches_brute_force_and_evicts_oldest() -> None:
+def test_pool_lookup_matches_brute_force_and_evicts_oldest(tables) -> None:
     rng = random.Random(11)
     cap = 120
-    pool = OtherPool(1, 3, cap)
+    pool = OtherPool(1, 3, cap, tables=tables)
     live: list[list[int]] = []
     for step in range(80):
         text = random_text(rng, rng.randrange(0, 50), 8)
@@ -217,7 +229,7 @@ def test_pool_lookup_matches_brute_force_and_evicts_oldest() -> None:
                 assert got is not None and list(got[0]) == live[want[0]] and got[1] == want[1]
 
 
-def test_pool_with_no_room_stays_empty() -> None:
-    pool = OtherPool(1, 4, 0)
+def test_pool_with_no_room_stays_empty(tables) -> None:
+    pool = OtherPool(1, 4, 0, tables=tables)
     pool.add([1, 2, 3, 1, 2])
     assert len(pool) == 0 and pool.num_entries() == 0

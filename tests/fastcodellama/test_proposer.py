@@ -4,7 +4,10 @@ from __future__ import annotations
 import inspect
 import random
 
+import pytest
+
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery, Proposer
+from fastcodellama.ngram_tables import load_extension
 from fastcodellama.proposer import CopyProposer
 from fastcodellama.spec_config import SpecConfig, build_proposer
 
@@ -123,7 +126,11 @@ def random_session(rng: random.Random, cfg: SpecConfig, steps: int, check) -> Co
     return prop
 
 
-def test_fixed_policy_drafts_equal_the_brute_force_drafter() -> None:
+@pytest.mark.parametrize("index_tables", ["dict", "c"])
+def test_fixed_policy_drafts_equal_the_brute_force_drafter(index_tables: str) -> None:
+    if index_tables == "c" and load_extension() is None:
+        pytest.skip("the n-gram tables' C extension does not build here")
+
     def check(prop, ref, sid, max_len, budget, d):
         if budget >= 10_000:                        # no trimming: every draft is the full copy
             tokens, source = ref.draft(sid, max_len)
@@ -138,7 +145,7 @@ def test_fixed_policy_drafts_equal_the_brute_force_drafter() -> None:
     for trial in range(12):
         sources = (("self",), ("self", "sibling"), ("self", "sibling", "other"), ("sibling", "other"))[trial % 4]
         cfg = SpecConfig(policy="fixed", n=1 + trial % 2, max_match=(1, 3, 4)[trial % 3] + trial % 2, k=7,
-                         sources=sources, other_pool_tokens=(40, 500)[trial % 2])
+                         sources=sources, other_pool_tokens=(40, 500)[trial % 2], index_tables=index_tables)
         random_session(rng, cfg, 300, check)
 
 
@@ -241,10 +248,9 @@ def test_disabled_or_empty_budget_gives_plain_decoding() -> None:
 
 
 def test_config_is_validated() -> None:
-    import pytest
-
     for bad in (dict(n=0), dict(n=3, max_match=2), dict(max_match=9), dict(k=-1), dict(sources=("web",)),
-                dict(policy="greedy"), dict(cost_curve="tpu"), dict(cost_curve=((0, 1.0),)), dict(budget=-1)):
+                dict(policy="greedy"), dict(cost_curve="tpu"), dict(cost_curve=((0, 1.0),)), dict(budget=-1),
+                dict(index_tables="numpy")):
         with pytest.raises(ValueError):
             SpecConfig(**bad)
     assert SpecConfig(sources=["self"]).sources == ("self",)
