@@ -137,6 +137,33 @@ class GroupIndex:
         self.live.discard(member)
         return self.texts[member]
 
+    def longest_self(self, member: int) -> tuple[int, int] | None:
+        """(m, e): the longest m in [n, max_match] whose last m tokens of the member's text occur
+        earlier in it (output first, then the shared prompt at equal m), at the latest end e."""
+        if self._dirty:
+            self.sync()
+        toks = self.texts[member]
+        hit = self.own[member].tables.longest(toks, len(toks))
+        if self.shares_prompt[member] and (hit is None or hit[0] < self.max_match):
+            in_prompt = self.prompt_tables.tables.longest(toks, len(toks))
+            if in_prompt is not None and (hit is None or in_prompt[0] > hit[0]):
+                hit = in_prompt
+        return hit
+
+    def longest_sibling(self, member: int) -> tuple[int, list[int], int] | None:
+        """(m, text, e): the longest m whose last m tokens of the member's text occur in another
+        member's, at the newest such occurrence."""
+        if not self.siblings:
+            return None
+        if self._dirty:
+            self.sync()
+        toks = self.texts[member]
+        hit = self.top.longest(toks, len(toks), self.second, member)
+        if hit is None:
+            return None
+        m, v = hit
+        return m, self.texts[v >> POS_BITS], v & _POS_MASK
+
     def lookup_self(self, member: int, m: int, key: int) -> int | None:
         if self._dirty:
             self.sync()
@@ -211,6 +238,18 @@ class OtherPool:
             self._unindexed.popleft()
             return
         self.tables.evict(text, self.n, len(text), tid << POS_BITS)
+
+    def longest(self, tokens: Sequence[int], end: int) -> tuple[int, tuple[int, ...], int, str] | None:
+        """(m, text, e, group id) for the longest m whose last m tokens before `end` occur in
+        the pool, at the newest occurrence."""
+        if self._unindexed:
+            self._sync()
+        hit = self.tables.longest(tokens, end)
+        if hit is None:
+            return None
+        m, v = hit
+        tid = v >> POS_BITS
+        return m, self.texts[tid], v & _POS_MASK, self.groups[tid]
 
     def lookup(self, m: int, key: int) -> tuple[tuple[int, ...], int, str] | None:
         if self._unindexed:

@@ -237,7 +237,53 @@ static PyObject *py_evict(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+/* Keys of the last m tokens before `end`, m in [1, min(mm, end)]; returns that count or -1. */
+static Py_ssize_t tail(PyObject *tokens, Py_ssize_t end, Py_ssize_t mm, uint64_t *keys) {
+    PyObject *seq = PySequence_Fast(tokens, "tokens must be a list or tuple");
+    if (!seq) return -1;
+    if (end > PySequence_Fast_GET_SIZE(seq)) end = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t last = end < mm ? end : mm;
+    uint64_t key = 0;
+    for (Py_ssize_t m = 1; m <= last; m++) {
+        long long tok = PyLong_AsLongLong(items[end - m]);
+        if (tok == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        key = (key ^ (uint64_t)(tok + 1)) * MIX;
+        keys[m] = key;
+    }
+    Py_DECREF(seq);
+    return last;
+}
+
+/* longest(tables, tokens, end, n, max_match, second, member): the longest m in [n, max_match]
+ * whose key (the last m tokens before `end`) is in tables, as (m, value), or None. With `second`
+ * (cross-member tables) a value of `member` itself is replaced by second's. */
+static PyObject *py_longest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "longest takes 7 arguments");
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]), n = PyLong_AsSsize_t(args[3]), mm = PyLong_AsSsize_t(args[4]);
+    long long member = PyLong_AsLongLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (n < 1 || mm < n || mm > MAX_MATCH) return PyErr_Format(PyExc_ValueError, "need 1 <= n <= max_match <= 8");
+    Table *tables[MAX_MATCH + 1] = {0}, *second[MAX_MATCH + 1] = {0};
+    int cross = args[5] != Py_None;
+    if (unpack_tables(args[0], n, mm, tables) < 0 || (cross && unpack_tables(args[5], n, mm, second) < 0))
+        return NULL;
+    uint64_t keys[MAX_MATCH + 1];
+    Py_ssize_t last = tail(args[1], end, mm, keys);
+    if (last < 0) return NULL;
+    for (Py_ssize_t m = last; m >= n; m--) {
+        int64_t v = table_get(tables[m], keys[m]);
+        if (cross && v >= 0 && (v >> 32) == member) v = table_get(second[m], keys[m]);
+        if (v >= 0) return Py_BuildValue("nL", m, (long long)v);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"longest", (PyCFunction)(void (*)(void))py_longest, METH_FASTCALL, "See ngram_tables.DictTables.longest."},
     {"new", py_new, METH_NOARGS, "An empty table."},
     {"get", (PyCFunction)(void (*)(void))py_get, METH_FASTCALL, "get(table, key): the value, or None."},
     {"size", py_size, METH_O, "size(table): the number of entries."},

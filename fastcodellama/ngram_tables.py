@@ -81,6 +81,19 @@ class DictTables:
                             seconds[m][key] = old
                     t[key] = tag | e
 
+    def longest(self, tokens: Sequence[int], end: int, second: "DictTables | None" = None,
+                member: int = -1) -> tuple[int, int] | None:
+        """(m, value) for the longest m whose key (tokens[end-m:end]) is here, or None. With
+        `second` (cross-member tables) a value of `member` itself gives way to second's."""
+        keys = tail_keys(tokens, min(end, len(tokens)), self.n, self.max_match)
+        for m in range(min(self.max_match, end, len(tokens)), self.n - 1, -1):
+            v = self.maps[m].get(keys[m])
+            if v is not None and second is not None and v >> POS_BITS == member:
+                v = second.maps[m].get(keys[m])
+            if v is not None:
+                return m, v
+        return None
+
     def evict(self, tokens: Sequence[int], start: int, end: int, tag: int) -> None:
         """Deletes every entry still equal to tag | e for the ends e in [start, end)."""
         maps, n, mm = self.maps, self.n, self.max_match
@@ -113,6 +126,11 @@ class CTables:
               second: "CTables | None" = None, member: int = -1) -> None:
         self._c.index(self.maps, tokens, start, end, self.n, self.max_match, tag,
                       second.maps if second is not None else None, member)
+
+    def longest(self, tokens: Sequence[int], end: int, second: "CTables | None" = None,
+                member: int = -1) -> tuple[int, int] | None:
+        return self._c.longest(self.maps, tokens, end, self.n, self.max_match,
+                               second.maps if second is not None else None, member)
 
     def evict(self, tokens: Sequence[int], start: int, end: int, tag: int) -> None:
         self._c.evict(self.maps, tokens, start, end, self.n, self.max_match, tag)

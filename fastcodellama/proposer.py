@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
-from fastcodellama.ngram_index import GroupIndex, OtherPool, check_token_ids, tail_keys
+from fastcodellama.ngram_index import GroupIndex, OtherPool, check_token_ids
 from fastcodellama.ngram_tables import table_factory
 from fastcodellama.policy import MATCH_CAP, AcceptanceModel, Candidate, DraftPolicy, StepCost
 from fastcodellama.spec_config import SOURCES, SpecConfig
@@ -393,47 +393,24 @@ class CopyProposer:
         return max(found, key=lambda h: (h.match_len - _HANDICAP[h.source], -_TRUST[h.source]))
 
     def _find(self, st: _Seq, first_only: bool) -> list[_Hit]:
-        """Longest match first (max_match down to n); at each length self, sibling, other.
-        first_only: stop at the first hit; else go on until every source has its longest."""
-        cfg = self.config
-        group, member = st.group, st.member
-        group.sync()
+        """Each source's longest match (m from max_match down to n), self, sibling, other.
+        first_only: only the longest of them, self > sibling > other at equal length."""
+        group, member, pool = st.group, st.member, self._pool
         toks = group.texts[member]
         L = len(toks)
-        keys = tail_keys(toks, L, cfg.n, cfg.max_match)
-        pool = self._pool
-        found: list[_Hit] = []
-        need_self, need_sib, need_other = self._use_self, group.siblings, pool is not None
-        for m in range(cfg.max_match, cfg.n - 1, -1):
-            key = keys[m]
-            if key is None:
-                continue
-            if need_self:
-                e = group.lookup_self(member, m, key)
-                if e is not None:
-                    found.append(_Hit("self", toks, e, L - e, self._match_len(toks, L, toks, e, m)))
-                    if first_only:
-                        return found
-                    need_self = False
-            if need_sib:
-                r = group.lookup_sibling(member, m, key)
-                if r is not None:
-                    text, e = r
-                    found.append(_Hit("sibling", text, e, len(text) - e, self._match_len(toks, L, text, e, m)))
-                    if first_only:
-                        return found
-                    need_sib = False
-            if need_other:
-                r = pool.lookup(m, key)
-                if r is not None:
-                    text, e, _ = r
-                    found.append(_Hit("other", text, e, len(text) - e, self._match_len(toks, L, text, e, m)))
-                    if first_only:
-                        return found
-                    need_other = False
-            if not (need_self or need_sib or need_other):
-                break
-        return found
+        found: list[tuple[int, _Hit]] = []
+        if self._use_self and (r := group.longest_self(member)) is not None:
+            m, e = r
+            found.append((m, _Hit("self", toks, e, L - e, self._match_len(toks, L, toks, e, m))))
+        if group.siblings and (r := group.longest_sibling(member)) is not None:
+            m, text, e = r
+            found.append((m, _Hit("sibling", text, e, len(text) - e, self._match_len(toks, L, text, e, m))))
+        if pool is not None and (r := pool.longest(toks, L)) is not None:
+            m, text, e, _ = r
+            found.append((m, _Hit("other", text, e, len(text) - e, self._match_len(toks, L, text, e, m))))
+        if first_only and len(found) > 1:
+            found = [max(found, key=lambda f: (f[0], -_TRUST[f[1].source]))]
+        return [hit for _, hit in found]
 
     def _match_len(self, toks: Sequence[int], L: int, text: Sequence[int], e: int, m: int) -> int:
         """How far back the match goes: m, or more (up to MATCH_CAP) when m is max_match."""

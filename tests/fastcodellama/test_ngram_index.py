@@ -158,6 +158,16 @@ def test_group_self_and_sibling_lookups_match_brute_force(tables) -> None:
                     assert hit is None
                 else:
                     assert hit is not None and hit[0] is group.texts[want[0]] and hit[1] == want[1]
+            lengths = range(min(mm, len(text)), n - 1, -1)   # the longest match first
+            want_self = next(((m, e) for m in lengths if (e := ref.self_end(q, m)) is not None), None)
+            assert group.longest_self(q) == want_self
+            want_sib = next(((m, w) for m in lengths if (w := ref.sibling_hit(q, m)) is not None), None)
+            got = group.longest_sibling(q)
+            if want_sib is None:
+                assert got is None
+            else:
+                assert got is not None and got[0] == want_sib[0] and got[1] is group.texts[want_sib[1][0]]
+                assert got[2] == want_sib[1][1]
 
 
 def test_a_late_sibling_sees_what_the_first_member_wrote(tables) -> None:
@@ -220,6 +230,7 @@ def test_pool_lookup_matches_brute_force_and_evicts_oldest(tables) -> None:
         assert pool.num_entries() <= 3 * cap
         query = random_text(rng, 3, 8)
         keys = tail_keys(query, 3, 1, 3)
+        longest = None
         for m in (1, 2, 3):
             got = pool.lookup(m, keys[m])
             want = brute_pool(live, query[3 - m:])
@@ -227,6 +238,11 @@ def test_pool_lookup_matches_brute_force_and_evicts_oldest(tables) -> None:
                 assert got is None
             else:
                 assert got is not None and list(got[0]) == live[want[0]] and got[1] == want[1]
+                longest = (m, got[0], got[1])
+        got = pool.longest(query, 3)
+        assert (got is None) == (longest is None)
+        if got is not None:
+            assert got[:3] == longest
 
 
 def test_pool_with_no_room_stays_empty(tables) -> None:

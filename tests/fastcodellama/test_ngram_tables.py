@@ -35,6 +35,15 @@ def test_index_evict_and_cross_tables_agree_with_the_dicts(n: int, max_match: in
         d_top.index(texts[member], start, end, tag, d_second, member)
     assert_same(c_top, d_top)
     assert_same(c_second, d_second)
+    hits = 0
+    for _ in range(200):  # the longest match of a tail, with a member's own occurrences giving way
+        probe = [rng.randrange(6) for _ in range(rng.randrange(0, max_match + 2))]
+        member = rng.randrange(len(texts))
+        want = d_top.longest(probe, len(probe), d_second, member)
+        assert c_top.longest(probe, len(probe), c_second, member) == want
+        assert c_top.longest(probe, len(probe)) == d_top.longest(probe, len(probe))
+        hits += want is not None
+    assert hits > 100
     live = []
     for tid, text in enumerate(texts):  # a pool: whole texts in, oldest out (the deletions shift runs back)
         c_pool.index(text, n, len(text), tid << POS_BITS)
