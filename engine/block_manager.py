@@ -71,6 +71,12 @@ class BlockManager:
         child.block_table.append(dst)
         return parent.block_table[full], dst
 
+    def new_block(self) -> int:
+        """One free block, held once (let go with `release`)."""
+        if not self._free:
+            raise NoFreeBlocks("no free block")
+        return self._take()
+
     def share(self, blocks: list[int], seq: Sequence) -> None:
         """Gives `seq`, which holds no blocks, these full blocks (another holder keeps them too)."""
         if seq.block_table:

@@ -85,6 +85,10 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     attention_backend: str = "auto"
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's default
+    # At most this many samples of one request run side by side while another request's sample
+    # could take the slot (0: no limit). Later samples then start after earlier ones finished and
+    # copy drafts from their whole text; when nothing else waits, samples fill the batch anyway.
+    stagger_samples: int = 0
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,7 @@ class EngineConfig:
         _check(self.max_num_batched_tokens >= self.max_num_seqs,
                "max_num_batched_tokens must be >= max_num_seqs (every running sequence needs a token per step)")
         _check(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks must be >= 1")
+        _check(self.stagger_samples >= 0, "stagger_samples must be >= 0 (0: no limit)")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -11,7 +11,7 @@ computing them again.
 """
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager, NoFreeBlocks
@@ -24,6 +24,7 @@ class SchedulerLimits:
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int
+    stagger: int = 0  # EngineConfig.stagger_samples
 
 
 @dataclass
@@ -54,6 +55,19 @@ class SchedulerOutput:
         return sum(len(s.token_ids) for s in self.scheduled)
 
 
+@dataclass
+class PromptPin:
+    """What a request keeps of its prompt's cache for samples that join later: the full blocks
+    (shared) and a copy of the partly filled last block (copied again for each sample)."""
+
+    blocks: list[int]
+    tail: int | None
+
+    @property
+    def held(self) -> list[int]:
+        return self.blocks + ([self.tail] if self.tail is not None else [])
+
+
 class Scheduler:
     def __init__(self, limits: SchedulerLimits, block_manager: BlockManager) -> None:
         self.limits = limits
@@ -63,7 +77,7 @@ class Scheduler:
         self._copies: list[tuple[int, int]] = []
         self.num_preemptions = 0
         self.num_shared_prompt_tokens = 0  # prompt tokens not computed again: taken from a sibling
-        self._prompt_pins: dict[str, list[int]] = {}  # request id -> its prompt's full blocks
+        self._prompt_pins: dict[str, PromptPin] = {}
         # Keep a little headroom so that admitting a prompt does not force an immediate preemption.
         self._watermark = max(1, block_manager.num_blocks // 100)
 
@@ -130,24 +144,34 @@ class Scheduler:
         return preempted
 
     def _admit_waiting(self, plan: dict[Sequence, int], budget: int) -> None:
+        running = Counter(s.request_id for s in self.running) if self.limits.stagger else None
         while self.waiting and budget > 0:
-            seq = self.waiting[0]
+            i = self._next_waiting(running)
+            seq = self.waiting[i]
             if self.running and len(self.running) >= self.limits.max_num_seqs:
                 break
             # Siblings forked once the prompt is in take a tail block each; those with no room then
             # wait, and start from the prompt's blocks later (see fork).
             siblings = max(0, seq.params.n - 1) if seq.sample_index == 0 and not seq.output_token_ids else 0
-            siblings = min(siblings, self.limits.max_num_seqs - len(self.running) - 1)
-            shared = self._shared_prompt(seq)
-            start = len(shared) * self.blocks.block_size if shared else seq.num_computed_tokens
+            siblings = min(siblings, self.limits.max_num_seqs - len(self.running) - 1, self._fork_room(0))
+            shared, tail = self._shared_prompt(seq)
+            start = seq.num_computed_tokens
+            if shared or tail is not None:
+                start = seq.num_prompt_tokens if tail is not None else len(shared) * self.blocks.block_size
             chunk = min(seq.num_tokens - start, budget)
             reserve = siblings + (self._watermark if self.running else 0)
             held = len(shared) if shared else len(seq.block_table)
             if self.blocks.blocks_for(start + chunk) - held + reserve > self.blocks.num_free:
                 break
-            self.waiting.popleft()
-            if shared:
+            del self.waiting[i]
+            if running is not None:
+                running[seq.request_id] += 1
+            if shared or tail is not None:
                 self.blocks.share(shared, seq)
+                if tail is not None:
+                    dst = self.blocks.new_block()
+                    seq.block_table.append(dst)
+                    self._copies.append((tail, dst))
                 seq.num_computed_tokens = start
                 self.num_shared_prompt_tokens += start
             self.blocks.allocate(seq, seq.num_computed_tokens + chunk)
@@ -156,29 +180,50 @@ class Scheduler:
             plan[seq] = chunk
             budget -= chunk
 
-    def _shared_prompt(self, seq: Sequence) -> list[int]:
-        """The full blocks of the sequence's prompt, when its request still holds them (pinned
-        at fork time, or a running sibling's): a sample that could not be forked when its request
-        started (no room then) or was preempted since starts from them instead of computing its
-        prompt again. Empty when none are held."""
+    def _next_waiting(self, running: Counter | None) -> int:
+        """The next sequence to admit: the first in line; with stagger, the first whose request
+        runs fewer than `stagger` samples, or the first in line when none does (a slot is never
+        left empty to keep samples apart)."""
+        if running is None:
+            return 0
+        cap = self.limits.stagger
+        for i, seq in enumerate(self.waiting):
+            if running[seq.request_id] < cap:
+                return i
+        return 0
+
+    def _fork_room(self, siblings_running: int) -> int:
+        """How many more samples of a request may start beside `siblings_running` of its own."""
+        cap = self.limits.stagger
+        return max(0, cap - 1 - siblings_running) if cap else self.limits.max_num_seqs
+
+    def _shared_prompt(self, seq: Sequence) -> tuple[list[int], int | None]:
+        """The full blocks of the sequence's prompt, and the request's copy of its last partly
+        filled block, when the request still holds them (pinned at fork time; or a running
+        sibling's full blocks): a sample that could not be forked when its request started (no
+        room then) or was preempted since starts from them instead of computing its prompt
+        again. ([], None) when none are held."""
         # At least the last known token is computed: its logits give the next one.
         full = min(seq.num_prompt_tokens, seq.num_tokens - 1) // self.blocks.block_size
-        if seq.num_computed_tokens or seq.block_table or full <= 0:
-            return []
-        pinned = self._prompt_pins.get(seq.request_id)
-        if pinned is not None:
-            return pinned[:full]
+        if seq.num_computed_tokens or seq.block_table:
+            return [], None
+        pin = self._prompt_pins.get(seq.request_id)
+        if pin is not None:
+            whole = seq.num_tokens > seq.num_prompt_tokens and pin.tail is not None
+            return pin.blocks[:full], pin.tail if whole else None
+        if full <= 0:
+            return [], None
         for other in self.running:
             if (other.request_id == seq.request_id and other.status is SequenceStatus.RUNNING
                     and other.num_computed_tokens >= full * self.blocks.block_size):
-                return other.block_table[:full]
-        return []
+                return other.block_table[:full], None
+        return [], None
 
     def release_prompt(self, request_id: str) -> None:
         """The request is done: its pinned prompt blocks go back (see fork)."""
-        pinned = self._prompt_pins.pop(request_id, None)
-        if pinned is not None:
-            self.blocks.release(pinned)
+        pin = self._prompt_pins.pop(request_id, None)
+        if pin is not None:
+            self.blocks.release(pin.held)
 
     def preempt(self, seq: Sequence) -> None:
         """Frees the sequence's cache; it will be recomputed from its tokens."""
@@ -197,7 +242,8 @@ class Scheduler:
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """Starts a sibling sample that shares the parent's prompt blocks."""
-        if len(self.running) < self.limits.max_num_seqs:
+        siblings = sum(s.request_id == parent.request_id for s in self.running) if self.limits.stagger else 0
+        if len(self.running) < self.limits.max_num_seqs and self._fork_room(siblings - 1) > 0:
             try:
                 copy = self.blocks.fork(parent, child, parent.num_prompt_tokens)
             except NoFreeBlocks:
@@ -212,14 +258,24 @@ class Scheduler:
         # No room now: it waits, and the request keeps the prompt's full blocks until it is done
         # so that the child starts from them, whenever it joins.
         if parent.request_id not in self._prompt_pins:
-            pinned = parent.block_table[:parent.num_prompt_tokens // self.blocks.block_size]
-            self.blocks.hold(pinned)
-            self._prompt_pins[parent.request_id] = pinned
+            self._pin_prompt(parent)
         child.status = SequenceStatus.WAITING
         i = 0  # ahead of requests that have not started, so that started ones finish first
         while i < len(self.waiting) and not self._fresh(self.waiting[i]):
             i += 1
         self.waiting.insert(i, child)
+
+    def _pin_prompt(self, parent: Sequence) -> None:
+        """Keeps the prompt's full blocks, and a copy of its partly filled last block when one is
+        free (the copy is made before the next forward, before the parent writes past its prompt)."""
+        full, partial = divmod(parent.num_prompt_tokens, self.blocks.block_size)
+        blocks = parent.block_table[:full]
+        self.blocks.hold(blocks)
+        tail = None
+        if partial and self.blocks.num_free > self._watermark:
+            tail = self.blocks.new_block()
+            self._copies.append((parent.block_table[full], tail))
+        self._prompt_pins[parent.request_id] = PromptPin(blocks, tail)
 
     @staticmethod
     def _fresh(seq: Sequence) -> bool:

@@ -26,6 +26,9 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
     g.add_argument("--max-model-len", type=int, default=_DEFAULTS["max_model_len"])
     g.add_argument("--attention-backend", default=_DEFAULTS["attention_backend"], choices=BACKENDS)
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--stagger-samples", type=int, default=_DEFAULTS["stagger_samples"],
+                   help="at most this many samples of one request side by side while other requests "
+                        "wait, so that later samples copy drafts from finished ones (0: no limit)")
 
 
 def add_spec_args(parser: argparse.ArgumentParser, default_on: bool = True) -> None:
@@ -49,7 +52,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         model=args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
         num_kv_blocks=args.num_kv_blocks, kv_cache_memory_gb=args.kv_cache_memory_gb,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len, attention_backend=args.attention_backend)
+        max_model_len=args.max_model_len, attention_backend=args.attention_backend,
+        stagger_samples=args.stagger_samples)
 
 
 def spec_config(args: argparse.Namespace) -> SpecConfig | None:
