@@ -8,12 +8,12 @@ for the running sequences within a token budget. `fastcodellama` implements it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 
-@dataclass(frozen=True)
-class DraftQuery:
-    """One running sequence that may carry a draft in the next step."""
+class DraftQuery(NamedTuple):
+    """One running sequence that may carry a draft in the next step (a tuple: the engine makes
+    one per running sequence per step)."""
 
     seq_id: int
     max_len: int  # the engine's own cap: tokens left before max_tokens / the context end

@@ -183,9 +183,12 @@ class StepCost:
         return max(0.0, (self.pairs(n) - self.decode(n)) / n)
 
     def __call__(self, n: int, t: int) -> float:
-        """cost(n, t) alone, without building (and caching) the table up to t."""
-        base, v0 = self.decode(n) * self.decode_scale, self.verify(n)
-        return base + max(self.verify(n + t) - v0, t * self.row(n))
+        return self.at(n, (t,))[0]
+
+    def at(self, n: int, ts: Sequence[int]) -> list[float]:
+        """cost(n, t) for each t, without building (and caching) the table up to max(ts)."""
+        base, v0, row, verify = self.decode(n) * self.decode_scale, self.verify(n), self.row(n), self.verify
+        return [base + max(verify(n + t) - v0, t * row) for t in ts]
 
     def table(self, n: int, upto: int) -> list[float]:
         """[cost(n, 0), cost(n, 1), ..., cost(n, upto)], cached per n."""
@@ -452,13 +455,14 @@ class DraftPolicy:
         cum = [0.0]
         for g in gains:
             cum.append(cum[-1] + g)
-        cost = self.cost
-        plain = n_q / cost(n_q, 0) * (1.0 + DRAFT_MARGIN)
-        points = set(_probe_points(budget)) | {n_q * j for j in range(1, len(gains) + 1) if n_q * j <= budget}
-        for t in points:
+        points = [0, *sorted(set(_probe_points(budget)) | {n_q * j for j in range(1, len(gains) + 1)
+                                                          if n_q * j <= budget})]
+        costs = self.cost.at(n_q, points)
+        plain = n_q / costs[0] * (1.0 + DRAFT_MARGIN)
+        for t, cost in zip(points[1:], costs[1:]):
             full, part = divmod(t, n_q)
             acc = n_q * cum[-1] if full >= len(gains) else n_q * cum[full] + part * gains[full]
-            if (n_q + acc) / cost(n_q, t) > plain:
+            if (n_q + acc) / cost > plain:
                 return True
         return False
 
