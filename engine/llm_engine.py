@@ -75,6 +75,7 @@ class LLMEngine:
         self.eos_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else mc.eos_token_id
         self.sampler = Sampler(self.eos_id)
         self.proposer = proposer
+        self._drafts_wanted = getattr(proposer, "active", None) or (lambda num_running, budget: True)
         if proposer is not None and getattr(proposer, "wants_measured_cost", False):
             proposer.set_cost_curve(self.measure_step_cost())
         self.requests: dict[str, RequestState] = {}
@@ -298,16 +299,19 @@ class LLMEngine:
     def _propose(self) -> None:
         if self.proposer is None:
             return
+        running = self.scheduler.running
+        budget = max(0, self.config.max_num_batched_tokens - len(running))
+        if not self._drafts_wanted(len(running), budget):
+            return
         queries, seqs = [], []
-        for seq in self.scheduler.running:
+        for seq in running:
             if seq.is_prefilling or seq.params.speculate is False:
                 continue
             room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
             if room > 0:
                 queries.append(DraftQuery(seq.seq_id, room))
                 seqs.append(seq)
-        budget = self.config.max_num_batched_tokens - len(self.scheduler.running)
-        drafts = self.proposer.propose(queries, max(0, budget))
+        drafts = self.proposer.propose(queries, budget)
         for seq, draft in zip(seqs, drafts):
             seq.draft = draft
 

@@ -2,8 +2,9 @@
 
 The engine owns sequences and the KV cache; a proposer only sees token ids. Each
 step the engine tells the proposer which tokens each sequence gained (accepted
-tokens only: drafts that were rolled back never reach it), then asks for drafts
-for the running sequences within a token budget. `fastcodellama` implements it.
+tokens only: drafts that were rolled back never reach it), asks whether it will
+draft at all this step, and if so asks for drafts for the running sequences
+within a token budget. `fastcodellama` implements it.
 """
 from __future__ import annotations
 
@@ -38,9 +39,15 @@ class Proposer(Protocol):
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
         """Tokens the sequence has accepted since the last call (never rolled back)."""
 
+    def active(self, num_running: int, budget: int) -> bool:
+        """Asked after every engine step, before the step's queries are built: False when the
+        next step takes no drafts whatever they hold; `propose` is then not called. Optional:
+        an engine treats a proposer without it as always active."""
+
     def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
         """One draft per query, each at most `query.max_len`, all together at most `budget`.
-        Called once after every engine step, with no queries when no sequence can take a draft."""
+        Called after every engine step for which `active` said yes, with no queries when no
+        sequence can take a draft."""
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         """Feedback: how many tokens of the draft the model accepted."""

@@ -203,6 +203,7 @@ class CopyProposer:
         self._propose_s = 0.0
         self._last_call = time.perf_counter()
         self._backoff = Backoff(enabled=cfg.policy == "adaptive")
+        self._armed = False  # `active` said yes; `propose` comes next
         self._propose_calls = 0
         self._queries = 0
         self._idle: dict[int, int] = {}   # batch-size bucket -> searches in a row that did not pay
@@ -232,25 +233,63 @@ class CopyProposer:
         st = self._seqs[seq_id]
         st.group.extend(st.member, token_ids)
 
-    def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
+    def active(self, num_running: int, budget: int) -> bool:
+        """Asked before the engine builds a step's queries: False when the step takes no drafts
+        whatever they hold (the back-off's pause or control step, drafting off, even sure drafts
+        not paying at this batch, searches grown rare here). The step is then booked as plain and
+        `propose` is not called: at large batch, where most steps are such, building the queries
+        alone cost a step ~1%."""
         t0 = time.perf_counter()
         self._backoff.observe(t0 - self._last_call, t0)  # the engine step since the last call
         self._last_call = t0
         self._calibrate()
+        if num_running > 0 and not self._backoff.skip(t0, num_running) and self._may_search(num_running, budget):
+            self._armed = True
+            return True
+        plain = self.policy.cost.decode(num_running) if num_running else 0.0  # unscaled: what the back-off calibrates
+        self._backoff.planned(num_running, plain, plain, searched=False)
+        return False
+
+    def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
         n = len(queries)
-        plain = self.policy.cost.decode(n) if n else 0.0   # unscaled: what the back-off calibrates
-        if n == 0 or self._backoff.skip(t0, n):
-            self._backoff.planned(n, plain, plain, searched=False)
+        armed, self._armed = self._armed, False
+        if not armed and not self.active(n, budget):  # called without `active` first
             return [EMPTY_DRAFT] * n
-        drafts, searched = self._propose(queries, budget)
+        self._armed = False
+        t0 = time.perf_counter()
+        plain = self.policy.cost.decode(n) if n else 0.0
+        drafts = self._search(queries, budget) if n else []
         drafted = sum(len(d) for d in drafts)
         cost = self.policy.cost.table(n, drafted)
         extra = (cost[drafted] - cost[0]) / self.policy.cost.decode_scale
-        self._backoff.planned(n, plain, plain + extra, searched)
+        self._backoff.planned(n, plain, plain + extra, searched=n > 0)
         self._propose_s += time.perf_counter() - t0
         self._propose_calls += 1
         self._queries += n
         return drafts
+
+    def _budget(self, n: int, budget: int) -> int:
+        cfg = self.config
+        if cfg.budget is not None:
+            budget = min(budget, cfg.budget)
+        return min(budget, cfg.k * n)
+
+    def _may_search(self, n: int, budget: int) -> bool:
+        """Whether a search for copies could give drafts at this batch now."""
+        cfg = self.config
+        budget = self._budget(n, budget)
+        if not cfg.enabled or cfg.k <= 0 or budget <= 0:
+            return False
+        if cfg.policy != "adaptive":
+            return True
+        if not self.policy.can_pay(n, budget):
+            return False  # even sure drafts would not pay at this batch
+        bucket = n.bit_length()
+        idle = self._idle.get(bucket, 0)
+        if idle >= IDLE_STEPS and idle % min(1 << (idle.bit_length() - 1), IDLE_MAX):
+            self._idle[bucket] = idle + 1  # recent searches at this batch found nothing worth drafting
+            return False
+        return True
 
     def _calibrate(self) -> None:
         """Scales the policy's decode curve to the measured plain steps (StepCost.decode_scale)."""
@@ -261,22 +300,13 @@ class CopyProposer:
         if abs(scale / self.policy.cost.decode_scale - 1.0) > 0.05:
             self.policy.rescale(scale)
 
-    def _propose(self, queries: Sequence[DraftQuery], budget: int) -> tuple[list[Draft], bool]:
-        """The drafts, and whether copies were searched for."""
+    def _search(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
+        """The drafts: each query's best copy, lengths from the policy."""
         cfg = self.config
-        if cfg.budget is not None:
-            budget = min(budget, cfg.budget)
-        budget = min(budget, cfg.k * len(queries))
-        if not cfg.enabled or cfg.k <= 0 or budget <= 0 or not queries:
-            return [EMPTY_DRAFT] * len(queries), False
-        if cfg.policy == "adaptive" and not self.policy.can_pay(len(queries), budget):
-            return [EMPTY_DRAFT] * len(queries), False  # even sure drafts would not pay at this batch
+        budget = self._budget(len(queries), budget)
         t0 = time.perf_counter()
         bucket = len(queries).bit_length()
         idle = self._idle.get(bucket, 0)
-        if cfg.policy == "adaptive" and idle >= IDLE_STEPS and idle % min(1 << (idle.bit_length() - 1), IDLE_MAX):
-            self._idle[bucket] = idle + 1  # recent searches at this batch found nothing worth drafting
-            return [EMPTY_DRAFT] * len(queries), False
         self.model.refresh()
         adaptive = cfg.policy == "adaptive"
         hits: list[_Hit | None] = []
@@ -306,7 +336,7 @@ class CopyProposer:
             self._pending[q.seq_id] = (draft, hit.match_len, predicted)
             drafts.append(draft)
         self._idle[bucket] = 0 if self._worth_it(bucket, len(queries), gained, sum(lens), t0) else idle + 1
-        return drafts, True
+        return drafts
 
     def _worth_it(self, bucket: int, n: int, gained: float, drafted: int, t0: float) -> bool:
         """Whether, lately at this batch size, the drafts' expected saving paid for the search:

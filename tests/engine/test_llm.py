@@ -159,6 +159,29 @@ def test_staggered_samples_run_apart_while_other_requests_wait_and_fill_the_batc
     assert_no_leaks(engine)
 
 
+def test_a_proposer_that_is_not_active_is_not_asked_for_drafts(tiny_model_dir):
+    class Idle(ScriptedProposer):
+        def __init__(self) -> None:
+            super().__init__(continuations={})
+            self.asked = self.proposed = 0
+
+        def active(self, num_running: int, budget: int) -> bool:
+            self.asked += 1
+            return False
+
+        def propose(self, queries, budget):
+            self.proposed += 1
+            return super().propose(queries, budget)
+
+    idle = Idle()
+    llm = LLM(tiny_model_dir, proposer=idle, num_kv_blocks=64, block_size=4)
+    plain = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4)
+    out = llm.generate([PROMPTS[0]], greedy(12))[0].outputs[0]
+    assert out.token_ids == plain.generate([PROMPTS[0]], greedy(12))[0].outputs[0].token_ids
+    assert idle.asked == llm.engine.stats().steps and idle.proposed == 0
+    assert_no_leaks(llm.engine)
+
+
 def test_stop_strings_and_stop_tokens(llm):
     base = llm.generate([PROMPTS[0]], greedy(30))[0].outputs[0]
     text = base.text

@@ -241,7 +241,11 @@ def test_disabled_or_empty_budget_gives_plain_decoding() -> None:
                         (SpecConfig(budget=0), 100)):
         prop = build_proposer(cfg)
         prop.add_sequence(0, "r", [1, 2, 1, 2, 1])
+        assert not prop.active(1, budget)        # the engine then builds no queries
         assert prop.propose([DraftQuery(0, 10)], budget) == [EMPTY_DRAFT]
+    prop = build_proposer(SpecConfig(policy="fixed"))
+    prop.add_sequence(0, "r", [1, 2, 1, 2, 1])
+    assert prop.active(1, 100) and prop.propose([DraftQuery(0, 10)], 100)[0].tokens == (2, 1)
     prop = build_proposer(SpecConfig(policy="fixed", budget=2))
     prop.add_sequence(0, "r", [1, 2, 3, 1, 2, 3, 1])
     assert len(prop.propose([DraftQuery(0, 10)], 100)[0]) == 2
