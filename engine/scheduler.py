@@ -192,10 +192,11 @@ class Scheduler:
                 return i
         return 0
 
-    def _fork_room(self, siblings_running: int) -> int:
-        """How many more samples of a request may start beside `siblings_running` of its own."""
+    def _fork_room(self, others: int) -> int:
+        """How many more samples of a request may start beside one of its samples and `others`
+        more that already run (no limit without stagger)."""
         cap = self.limits.stagger
-        return max(0, cap - 1 - siblings_running) if cap else self.limits.max_num_seqs
+        return max(0, cap - 1 - others) if cap else self.limits.max_num_seqs
 
     def _shared_prompt(self, seq: Sequence) -> tuple[list[int], int | None]:
         """The full blocks of the sequence's prompt, and the request's copy of its last partly

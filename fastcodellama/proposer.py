@@ -237,8 +237,9 @@ class CopyProposer:
         """Asked before the engine builds a step's queries: False when the step takes no drafts
         whatever they hold (the back-off's pause or control step, drafting off, even sure drafts
         not paying at this batch, searches grown rare here). The step is then booked as plain and
-        `propose` is not called: at large batch, where most steps are such, building the queries
-        alone cost a step ~1%."""
+        `propose` is not called: at large batch, where most steps are such, building a query per
+        running sequence was most of what an idle proposer cost."""
+        self._armed = False
         t0 = time.perf_counter()
         self._backoff.observe(t0 - self._last_call, t0)  # the engine step since the last call
         self._last_call = t0
@@ -252,8 +253,7 @@ class CopyProposer:
 
     def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
         n = len(queries)
-        armed, self._armed = self._armed, False
-        if not armed and not self.active(n, budget):  # called without `active` first
+        if not self._armed and not self.active(n, budget):  # called without `active` first
             return [EMPTY_DRAFT] * n
         self._armed = False
         t0 = time.perf_counter()
