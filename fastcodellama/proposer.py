@@ -87,11 +87,11 @@ class Backoff:
 
     MIN_PAUSE_S, MAX_PAUSE_S, PAUSE_PER_WINDOW = 0.5, 8.0, 8.0
     WINDOW, MIN_SEQS, MIN_WINDOW_S, MIN_CONTROLS = 16, 256, 1.0, 4
-    MARGIN = 0.02             # drafting must be this much ahead: a window's rate is noisy
+    MARGIN = 0.02             # drafting must be this much ahead (less one standard error of the controls)
     CONTROL_EVERY, CONTROL_EVERY_AHEAD, AHEAD = 8, 32, 0.25
     BATCH_CHANGE = 2.0
     CAL_DECAY = 0.9           # per plain step: the policy's calibration follows recent ones
-    OUTLIER = 4.0             # a step this many times its expected time (a long prefill) is skipped
+    OUTLIER = 2.0             # a step this many times its expected time (a long prefill) is skipped
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -109,7 +109,19 @@ class Backoff:
     def _reset(self) -> None:
         self._seqs = self._tokens = self._plain_cost = self._seconds = 0.0
         self._ctrl_s = self._ctrl_cost = 0.0
+        self._ctrl_r: list[float] = []  # each control step's seconds per unit of plain cost
         self._calls = self._controls = 0
+
+    def _control_error(self) -> float:
+        """The standard error of the control steps' mean rate, relative to it: a window judged on
+        4 short control steps at small batch can miss by 10%, and one false "behind" pauses
+        drafting where it pays most, so drafting gets the benefit of one standard error."""
+        r = self._ctrl_r
+        if len(r) < 2:
+            return 0.0
+        mean = sum(r) / len(r)
+        var = sum((x - mean) ** 2 for x in r) / (len(r) - 1)
+        return (var / len(r)) ** 0.5 / mean
 
     def skip(self, now: float, seqs: int) -> bool:
         """Whether the coming step of `seqs` sequences runs without a search: a pause, or a control step."""
@@ -155,6 +167,7 @@ class Backoff:
                 self._ctrl_s += step_s
                 self._ctrl_cost += plain_cost
                 self._controls += 1
+                self._ctrl_r.append(step_s / plain_cost)
             return
         self._seqs += seqs
         self._tokens += seqs + self._accepted
@@ -169,7 +182,7 @@ class Backoff:
     def _judge(self, now: float) -> None:
         rate = self._ctrl_s / self._ctrl_cost
         gain = (self._tokens / self._seconds) / (self._seqs / (self._plain_cost * rate)) - 1.0
-        if gain > self.MARGIN:
+        if gain > self.MARGIN - self._control_error():
             self.pause = self.MIN_PAUSE_S
         else:  # searching costs at most about 1 / (1 + PAUSE_PER_WINDOW) of the steps
             self.until = now + max(self.pause, self.PAUSE_PER_WINDOW * self._seconds)

@@ -307,6 +307,31 @@ def test_backoff_pauses_only_when_drafting_steps_are_slower_than_plain_ones_meas
     assert not Backoff(enabled=False).skip(0.0, 1)
 
 
+def test_backoff_gives_drafting_one_standard_error_of_its_control_steps():
+    from fastcodellama.proposer import Backoff
+
+    def judged(control_times: list[float]) -> Backoff:
+        """A window where searching steps take 101 ms for 64 tokens against control steps that
+        average 100 ms for 64: drafting 1% behind; the control steps' times cycle as given."""
+        b, now, i = Backoff(enabled=True), 0.0, 0
+        for _ in range(10_000):
+            searched = not b.skip(now, 64)
+            b.planned(64, 10.0, 10.0, searched)
+            calls = b._calls
+            if searched:
+                b.observe(0.101, now)
+            else:
+                b.observe(control_times[i % len(control_times)], now)
+                i += 1
+            now += 0.1
+            if searched and b._calls == 0 and calls > 0:
+                return b
+        raise AssertionError("no window was judged")
+
+    assert judged([0.100]).until > 0.0                   # steady controls: 1% behind is behind
+    assert judged([0.070, 0.130]).until == 0.0            # controls 30% apart: 1% is within their error
+
+
 def test_searches_that_find_nothing_worth_drafting_grow_rare_at_that_batch_size() -> None:
     from fastcodellama import proposer as mod
 
