@@ -71,8 +71,8 @@ class Backoff:
     sequences asked for and MIN_WINDOW_S, unless not one token was accepted) drafting's rate,
     (sequences + accepted tokens) / their measured time, search included, is set against what
     plain decoding did in the control steps among them: sequences / (their modelled plain cost x
-    the seconds per unit those control steps took). When drafting is not ahead by MARGIN, it
-    pauses, twice as long each time in a row (up to MAX_PAUSE_S) and at least PAUSE_PER_WINDOW
+    the seconds per unit those control steps took). When drafting is not ahead by MARGIN, less
+    one standard error of the control steps' rate (`_control_error`), it pauses, twice as long each time in a row (up to MAX_PAUSE_S) and at least PAUSE_PER_WINDOW
     times the window, then tries again; sooner if the batch has since shrunk or grown by half
     (BATCH_CHANGE), as whether drafting pays depends mostly on the batch (a pass@k run that
     starts at 256 sequences ends with a few, where drafting pays most).
