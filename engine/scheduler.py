@@ -6,8 +6,9 @@ prefill. Requests join and leave at step boundaries. When blocks run out, the
 most recently admitted sequence is preempted and later recomputed from its
 tokens, which leaves its output unchanged. A sample that joins after its request
 started (no room when the siblings were forked, or preempted since) takes the
-full prompt blocks its request keeps (or a running sibling's) instead of
-computing them again.
+full prompt blocks its request keeps, and a copy of the prompt's last partly
+filled block (or a running sibling's full blocks), instead of computing them
+again.
 """
 from __future__ import annotations
 
@@ -256,8 +257,8 @@ class Scheduler:
                 child.status = SequenceStatus.RUNNING
                 self.running.append(child)
                 return
-        # No room now: it waits, and the request keeps the prompt's full blocks until it is done
-        # so that the child starts from them, whenever it joins.
+        # No room now (or stagger holds it back): it waits, and the request keeps the prompt's
+        # cache until it is done so that the child starts from it, whenever it joins.
         if parent.request_id not in self._prompt_pins:
             self._pin_prompt(parent)
         child.status = SequenceStatus.WAITING

@@ -171,18 +171,18 @@ static int parse_run(PyObject *const *args, Run *r, Table **tables) {
     return 0;
 }
 
-/* keys[m] = key of tokens[e-m:e] for m in [1, min(mm, e)]; -1 on a bad token. */
-static inline int roll(const Run *r, Py_ssize_t e, uint64_t *keys, Py_ssize_t *top) {
+/* keys[m] = key of items[e-m:e] for m in [1, min(mm, e)]; returns that count, or -1 on a bad
+ * token (Python error set). */
+static Py_ssize_t roll_keys(PyObject **items, Py_ssize_t e, Py_ssize_t mm, uint64_t *keys) {
     uint64_t key = 0;
-    Py_ssize_t last = e < r->mm ? e : r->mm;
+    Py_ssize_t last = e < mm ? e : mm;
     for (Py_ssize_t m = 1; m <= last; m++) {
-        long long tok = PyLong_AsLongLong(r->items[e - m]);
+        long long tok = PyLong_AsLongLong(items[e - m]);
         if (tok == -1 && PyErr_Occurred()) return -1;
         key = (key ^ (uint64_t)(tok + 1)) * MIX;
         keys[m] = key;
     }
-    *top = last;
-    return 0;
+    return last;
 }
 
 /* index(tables, tokens, start, end, n, max_match, tag, second, member): for every end e in
@@ -201,8 +201,8 @@ static PyObject *py_index(PyObject *self, PyObject *const *args, Py_ssize_t narg
     }
     uint64_t keys[MAX_MATCH + 1];
     for (Py_ssize_t e = r.start; e < r.end; e++) {
-        Py_ssize_t last;
-        if (roll(&r, e, keys, &last) < 0) goto fail;
+        Py_ssize_t last = roll_keys(r.items, e, r.mm, keys);
+        if (last < 0) goto fail;
         for (Py_ssize_t m = r.n; m <= last; m++) {
             if (cross) {
                 int64_t old = table_get(tables[m], keys[m]);
@@ -226,8 +226,8 @@ static PyObject *py_evict(PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (parse_run(args, &r, tables) < 0) return NULL;
     uint64_t keys[MAX_MATCH + 1];
     for (Py_ssize_t e = r.start; e < r.end; e++) {
-        Py_ssize_t last;
-        if (roll(&r, e, keys, &last) < 0) {
+        Py_ssize_t last = roll_keys(r.items, e, r.mm, keys);
+        if (last < 0) {
             Py_DECREF(r.seq);
             return NULL;
         }
@@ -242,18 +242,7 @@ static Py_ssize_t tail(PyObject *tokens, Py_ssize_t end, Py_ssize_t mm, uint64_t
     PyObject *seq = PySequence_Fast(tokens, "tokens must be a list or tuple");
     if (!seq) return -1;
     if (end > PySequence_Fast_GET_SIZE(seq)) end = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    Py_ssize_t last = end < mm ? end : mm;
-    uint64_t key = 0;
-    for (Py_ssize_t m = 1; m <= last; m++) {
-        long long tok = PyLong_AsLongLong(items[end - m]);
-        if (tok == -1 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        key = (key ^ (uint64_t)(tok + 1)) * MIX;
-        keys[m] = key;
-    }
+    Py_ssize_t last = roll_keys(PySequence_Fast_ITEMS(seq), end, mm, keys);
     Py_DECREF(seq);
     return last;
 }

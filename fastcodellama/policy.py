@@ -186,9 +186,10 @@ class StepCost:
         return self.at(n, (t,))[0]
 
     def at(self, n: int, ts: Sequence[int]) -> list[float]:
-        """cost(n, t) for each t, without building (and caching) the table up to max(ts)."""
-        base, v0, row, verify = self.decode(n) * self.decode_scale, self.verify(n), self.row(n), self.verify
-        return [base + max(verify(n + t) - v0, t * row) for t in ts]
+        """cost(n, t) for each t (not cached per n: see `table`)."""
+        vt = self.verify.table(n + max(ts, default=0))
+        base, v0, row = self.decode(n) * self.decode_scale, vt[n], self.row(n)
+        return [base + max(vt[n + t] - v0, t * row) for t in ts]
 
     def table(self, n: int, upto: int) -> list[float]:
         """[cost(n, 0), cost(n, 1), ..., cost(n, upto)], cached per n."""
@@ -198,9 +199,7 @@ class StepCost:
                 self._tables.clear()
             tab = self._tables[n] = []
         if len(tab) <= upto:
-            vt = self.verify.table(n + upto)
-            base, v0, row = self.decode(n) * self.decode_scale, vt[n], self.row(n)
-            tab.extend([base + max(vt[n + t] - v0, t * row) for t in range(len(tab), upto + 1)])
+            tab.extend(self.at(n, range(len(tab), upto + 1)))
         return tab
 
 

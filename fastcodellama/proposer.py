@@ -72,9 +72,9 @@ class Backoff:
     (sequences + accepted tokens) / their measured time, search included, is set against what
     plain decoding did in the control steps among them: sequences / (their modelled plain cost x
     the seconds per unit those control steps took). When drafting is not ahead by MARGIN, less
-    one standard error of the control steps' rate (`_control_error`), it pauses, twice as long each time in a row (up to MAX_PAUSE_S) and at least PAUSE_PER_WINDOW
-    times the window, then tries again; sooner if the batch has since shrunk or grown by half
-    (BATCH_CHANGE), as whether drafting pays depends mostly on the batch (a pass@k run that
+    one standard error of the control steps' rate (`_control_error`), it pauses, twice as long
+    each time in a row (up to MAX_PAUSE_S) and at least PAUSE_PER_WINDOW times the window, then
+    tries again; sooner if the batch has since shrunk or grown by half (BATCH_CHANGE), as whether drafting pays depends mostly on the batch (a pass@k run that
     starts at 256 sequences ends with a few, where drafting pays most).
 
     Control steps interleaved with drafting steps see the same batch, contexts and machine: a
@@ -110,7 +110,7 @@ class Backoff:
         self._seqs = self._tokens = self._plain_cost = self._seconds = 0.0
         self._ctrl_s = self._ctrl_cost = 0.0
         self._ctrl_r: list[float] = []  # each control step's seconds per unit of plain cost
-        self._calls = self._controls = 0
+        self._calls = 0
 
     def _control_error(self) -> float:
         """The standard error of the control steps' mean rate, relative to it: a window judged on
@@ -166,7 +166,6 @@ class Backoff:
             if control:
                 self._ctrl_s += step_s
                 self._ctrl_cost += plain_cost
-                self._controls += 1
                 self._ctrl_r.append(step_s / plain_cost)
             return
         self._seqs += seqs
@@ -175,7 +174,7 @@ class Backoff:
         self._seconds += step_s
         self._calls += 1
         nothing = self._tokens == self._seqs  # no token accepted: nothing to wait for
-        if self._controls >= self.MIN_CONTROLS and self._calls >= self.WINDOW and (
+        if len(self._ctrl_r) >= self.MIN_CONTROLS and self._calls >= self.WINDOW and (
                 nothing or (self._seqs >= self.MIN_SEQS and self._seconds >= self.MIN_WINDOW_S)):
             self._judge(now)
 
