@@ -44,6 +44,9 @@ def load() -> ctypes.CDLL | None:
     lib.linear_bf16.restype = None
     lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
     lib.rms_norm.restype = None
+    lib.decoder_stack.argtypes = [_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _I,
+                                  _P, _P, _I, _I, _I, _I, ctypes.c_float]
+    lib.decoder_stack.restype = None
     return lib
 
 
@@ -127,3 +130,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     load().rms_norm(_ptr(x, torch.float32), x.shape[0], x.shape[1], _ptr(weight, torch.float32), eps, out.data_ptr())
     return out
+
+
+def decoder_stack(x: torch.Tensor, intermediate: int, weights: torch.Tensor, eps: float, cos: torch.Tensor,
+                  sin: torch.Tensor, kv_caches: torch.Tensor, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
+                  groups: SharedGroups, cu_seqlens: torch.Tensor, context_lens: torch.Tensor,
+                  num_heads: int) -> None:
+    """Runs every decoder layer on x [T, H] in place (see decoder_stack in cpu_kernels.c): `weights`
+    holds six data pointers per layer, kv_caches is [L, 2, blocks, kv_heads, block_size, head_dim]."""
+    tokens, hidden = x.shape
+    layers, _, num_blocks, kv_heads, block_size, head_dim = kv_caches.shape
+    f32, i64 = torch.float32, torch.int64
+    load().decoder_stack(
+        _ptr(x, f32), tokens, hidden, intermediate, layers, _ptr(weights, i64), eps, _ptr(cos, f32), _ptr(sin, f32),
+        _ptr(kv_caches, f32), num_blocks, _ptr(slot_mapping, i64), _ptr(block_tables, i64), block_tables.shape[1],
+        _ptr(groups.members, i64), _ptr(groups.offsets, i64), _ptr(groups.shared_len, i64),
+        groups.shared_len.shape[0], _ptr(cu_seqlens, torch.int32), _ptr(context_lens, torch.int32),
+        num_heads, kv_heads, head_dim, block_size, head_dim ** -0.5)

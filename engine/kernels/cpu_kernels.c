@@ -1,5 +1,6 @@
 /* CPU kernels for the engine: paged attention for short queries, the sampler's
- * filter-and-race, and few-row linear layers over bf16 weights. Built at first use by engine/kernels/cpu.py and called through
+ * filter-and-race, few-row linear layers over bf16 weights, and the whole decoder stack of a
+ * short-query step built from them. Built at first use by engine/kernels/cpu.py and called through
  * ctypes on raw tensor pointers; each has a PyTorch reference it is tested against
  * (engine/attention/torch_ref.py, engine/sampler.py). OpenMP shares torch's runtime. */
 #include <math.h>
@@ -300,7 +301,25 @@ static void lin_row1(const float *x, int64_t K, const float *wf, float r[LIN_TN]
     }
     for (int j = 0; j < LIN_TN; j++) r[j] = hsum8(a[j]);
 }
+
+/* One row of x against LIN_TN bf16 weight rows read as they are: with fewer than three rows
+ * of x, widening the tile into a buffer first costs as much as the product. */
+#define LIN_DIRECT 1
+static inline __m256 bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static void lin_row1_direct(const float *x, int64_t K, const uint16_t *w, float r[LIN_TN]) {
+    __m256 a[LIN_TN];
+    for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        const __m256 v = _mm256_loadu_ps(x + k);
+        for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_fmadd_ps(v, bf16x8(w + j * K + k), a[j]);
+    }
+    for (int j = 0; j < LIN_TN; j++) r[j] = hsum8(a[j]);
+}
 #else
+#define LIN_DIRECT 0
 static void lin_row1(const float *x, int64_t K, const float *wf, float r[LIN_TN]) {
     float a[LIN_TN][8] = {{0}};
     for (int64_t k = 0; k < K; k += 8)
@@ -321,6 +340,16 @@ static void lin_rows3(const float *x, int64_t K, const float *wf, float r[3][LIN
 static void lin_tile(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, int64_t n0, float *wf,
                      float *out) {
     const int64_t tn = N - n0 < LIN_TN ? N - n0 : LIN_TN;
+#if LIN_DIRECT
+    if (M < 3 && tn == LIN_TN) {
+        for (int64_t m = 0; m < M; m++) {
+            float r[LIN_TN];
+            lin_row1_direct(x + m * K, K, w + n0 * K, r);
+            for (int64_t j = 0; j < LIN_TN; j++) out[m * N + n0 + j] = r[j];
+        }
+        return;
+    }
+#endif
     for (int64_t j = 0; j < LIN_TN; j++) {
         float *dst = wf + j * K;
         if (j >= tn) {
@@ -344,10 +373,10 @@ static void lin_tile(const float *x, int64_t M, int64_t K, const uint16_t *w, in
     }
 }
 
-void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, float *out) {
+static void linear_threads(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, float *out,
+                           int64_t min_work) {
     const int64_t tiles = (N + LIN_TN - 1) / LIN_TN;
-    /* Waking the other threads costs about as much as a small layer's whole product. */
-#pragma omp parallel if (N * K * (M + 2) > (1L << 19))
+#pragma omp parallel if (N * K * (M + 2) > min_work)
     {
         float *wf = aligned_alloc(32, LIN_TN * K * sizeof(float));
 #pragma omp for schedule(static)
@@ -355,6 +384,14 @@ void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_
         free(wf);
     }
 }
+
+void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, float *out) {
+    /* Waking the other threads costs about as much as a small layer's whole product. */
+    linear_threads(x, M, K, w, N, out, 1L << 19);
+}
+
+/* Between the stack's back-to-back parallel regions the other threads are still spinning, not asleep. */
+#define STACK_MIN_WORK (1L << 16)
 
 /* ------------------------------------------------------------------ RMSNorm */
 
@@ -369,4 +406,71 @@ void rms_norm(const float *x, int64_t rows, int64_t dim, const float *weight, fl
         const float inv = 1.f / sqrtf(ss / (float)dim + eps);
         for (int64_t d = 0; d < dim; d++) o[d] = xr[d] * inv * weight[d];
     }
+}
+
+/* ------------------------------------------------------------------ the decoder stack */
+
+/* All Llama decoder layers of a step whose queries are all short, in one call: the same
+ * kernels as the module path (rms_norm, linear_bf16, paged_attention) with RoPE, the KV-cache
+ * write, SiLU-and-multiply and the residual adds between them, so a decode step does not
+ * pay Python and PyTorch dispatch for ~15 small ops per layer. Reference: the modules of
+ * engine/models/llama.py (tests/engine/models/test_cpu_stack.py).
+ *
+ * x [T, H] is updated in place. weights: per layer six pointers, in order qkv [Q+2KV, H] bf16,
+ * o [H, Q] bf16, gate_up [2I, H] bf16, down [H, I] bf16, input norm [H] and post-attention
+ * norm [H] float32. cos, sin [T, D] at each row's position (Hugging Face's half-split layout).
+ * kv_caches [L, 2, num_blocks, KVH, block_size, D]; the attention arguments are
+ * paged_attention's. */
+void decoder_stack(float *x, int64_t T, int64_t H, int64_t I, int64_t num_layers, const int64_t *weights,
+                   float eps, const float *cos, const float *sin, float *kv_caches, int64_t num_blocks,
+                   const int64_t *slot_mapping, const int64_t *block_tables, int64_t table_stride,
+                   const int64_t *members, const int64_t *group_offsets, const int64_t *shared_len,
+                   int64_t num_groups, const int32_t *cu_seqlens, const int32_t *context_lens,
+                   int64_t num_heads, int64_t num_kv_heads, int64_t D, int64_t block_size, float scale) {
+    const int64_t Q = num_heads * D, KV = num_kv_heads * D, QKV = Q + 2 * KV, half = D / 2;
+    const int64_t cache_half = num_blocks * num_kv_heads * block_size * D;  /* K to V */
+    float *h = malloc(sizeof(float) * T * H), *qkv = malloc(sizeof(float) * T * QKV);
+    float *q = malloc(sizeof(float) * T * Q), *attn = malloc(sizeof(float) * T * Q);
+    float *gu = malloc(sizeof(float) * T * 2 * I), *act = malloc(sizeof(float) * T * I);
+    float *o = malloc(sizeof(float) * T * H);
+    for (int64_t l = 0; l < num_layers; l++) {
+        const int64_t *w = weights + 6 * l;
+        float *k_cache = kv_caches + 2 * l * cache_half, *v_cache = k_cache + cache_half;
+        rms_norm(x, T, H, (const float *)w[4], eps, h);
+        linear_threads(h, T, H, (const uint16_t *)w[0], QKV, qkv, STACK_MIN_WORK);
+        for (int64_t t = 0; t < T; t++) {
+            const float *c = cos + t * D, *s = sin + t * D, *row = qkv + t * QKV;
+            const int64_t block = slot_mapping[t] / block_size, off = slot_mapping[t] % block_size;
+            for (int64_t hd = 0; hd < num_heads + num_kv_heads; hd++) {
+                const float *src = row + hd * D;
+                float *dst = hd < num_heads ? q + (t * num_heads + hd) * D
+                    : k_cache + ((block * num_kv_heads + hd - num_heads) * block_size + off) * D;
+                for (int64_t d = 0; d < half; d++) {
+                    const float a = src[d] * c[d], b = src[d + half] * s[d];
+                    dst[d] = a - b;
+                }
+                for (int64_t d = half; d < D; d++) {
+                    const float a = src[d] * c[d], b = src[d - half] * s[d];
+                    dst[d] = a + b;
+                }
+            }
+            for (int64_t hd = 0; hd < num_kv_heads; hd++)
+                memcpy(v_cache + ((block * num_kv_heads + hd) * block_size + off) * D, row + Q + KV + hd * D,
+                       sizeof(float) * D);
+        }
+        paged_attention(q, k_cache, v_cache, block_tables, table_stride, members, group_offsets, shared_len,
+                        num_groups, cu_seqlens, context_lens, num_heads, num_kv_heads, D, block_size, scale, attn);
+        linear_threads(attn, T, Q, (const uint16_t *)w[1], H, o, STACK_MIN_WORK);
+        for (int64_t i = 0; i < T * H; i++) x[i] += o[i];
+        rms_norm(x, T, H, (const float *)w[5], eps, h);
+        linear_threads(h, T, H, (const uint16_t *)w[2], 2 * I, gu, STACK_MIN_WORK);
+        for (int64_t t = 0; t < T; t++) {
+            const float *g = gu + t * 2 * I, *u = g + I;
+            float *a = act + t * I;
+            for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+        }
+        linear_threads(act, T, I, (const uint16_t *)w[3], H, o, STACK_MIN_WORK);
+        for (int64_t i = 0; i < T * H; i++) x[i] += o[i];
+    }
+    free(h); free(qkv); free(q); free(attn); free(gu); free(act); free(o);
 }

@@ -10,6 +10,7 @@ from torch import nn
 from engine.attention.base import AttentionBackend
 from engine.config import ModelConfig
 from engine.kernels.cpu import rms_norm
+from engine.models.cpu_stack import CpuDecoderStack
 from engine.models.linear import Linear
 from engine.step_batch import StepBatch
 
@@ -128,6 +129,7 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling_factor)
+        self.cpu_stack: CpuDecoderStack | None = None  # set by pack_for_cpu
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
@@ -135,8 +137,11 @@ class LlamaForCausalLM(nn.Module):
         meta = backend.prepare(batch)
         x = self.embed_tokens(batch.input_ids)
         cos_sin = self.rotary.tables(batch.positions, x.dtype)
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, cos_sin, kv_cache, batch, backend, meta)
+        if self.cpu_stack is not None and self.cpu_stack.takes(batch, meta, x):
+            x = self.cpu_stack.run(x, cos_sin, kv_caches, batch, meta)
+        else:
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                x = layer(x, cos_sin, kv_cache, batch, backend, meta)
         return self.norm(x[batch.logits_indices])
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -144,10 +149,14 @@ class LlamaForCausalLM(nn.Module):
 
     def pack_for_cpu(self) -> int:
         """Turns on the CPU kernels: RMSNorm, and the few-row linear kernel with its bf16 weight
-        copies where they are exact (engine/models/linear.py); returns how many linear layers got one."""
+        copies where they are exact (engine/models/linear.py), and the whole decoder stack in one C
+        call where every layer got them (engine/models/cpu_stack.py); returns how many linear layers
+        got one."""
         for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
             norm.use_kernel = self.norm.weight.device.type == "cpu" and self.norm.weight.dtype == torch.float32
-        return sum(m.pack_for_cpu() for m in self.modules() if isinstance(m, Linear))
+        packed = sum(m.pack_for_cpu() for m in self.modules() if isinstance(m, Linear))
+        self.cpu_stack = CpuDecoderStack.build(self)
+        return packed
 
     # ---------------------------------------------------------------- loading
     _FUSED = {  # checkpoint name part -> (our name part, shard index)

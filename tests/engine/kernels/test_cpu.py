@@ -100,7 +100,7 @@ def test_the_engine_falls_back_to_the_references_without_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("rows,n,k", [(1, 512, 256), (2, 8192, 256), (3, 7, 64), (4, 13, 768), (5, 256, 8),
-                                      (17, 1536, 256), (64, 130, 128)])
+                                      (17, 1536, 256), (64, 130, 128), (1, 13, 64), (2, 6, 24)])
 def test_linear_bf16_kernel_equals_reference(rows, n, k):
     g = torch.Generator().manual_seed(rows * 1000 + n)
     weight = torch.randn(n, k, generator=g).to(torch.bfloat16)
