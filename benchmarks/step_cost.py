@@ -47,12 +47,15 @@ def main() -> None:
     llm = LLM(args.model, max_num_batched_tokens=256)
     layers = [m for m in llm.engine.runner.model.modules() if isinstance(m, Linear)]
     copies = {m: m.packed for m in layers}
+    model = llm.engine.runner.model
+    stack = model.cpu_stack
     packed = sum(c is not None for c in copies.values())
     rounds: dict[str, list[cost_model.StepCostPoints]] = {"kernel": [], "reference": []}
     for _ in range(args.rounds):  # alternating; the fastest of each point (load only ever adds time)
         for name in rounds:
             for m in layers:
                 m.packed = copies[m] if name == "kernel" else None
+            model.cpu_stack = stack if name == "kernel" else None
             rounds[name].append(curves(llm))
     kernel, reference = (fastest(rounds[name]) for name in ("kernel", "reference"))
     results = {"machine": measure.machine(), "date": measure.utc_now(), "model": args.model,

@@ -112,15 +112,34 @@ def sample_rows(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     return tokens
 
 
-def linear_bf16(x: torch.Tensor, weight_bf16: torch.Tensor) -> torch.Tensor:
-    """x [M, K] float32 @ weight_bf16 [N, K].T in float32 (K a multiple of 8); meant for few rows."""
+LIN_NR = 16  # columns per packed tile (cpu_kernels.c)
+
+
+# Slot order within a tile's 16 values of one k: columns 0, 8, 1, 9, ... (cpu_kernels.c lin_slot).
+_TILE_ORDER = [j for pair in zip(range(8), range(8, 16)) for j in pair]
+
+
+def pack_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """W [N, K] as linear_bf16 reads it: bf16 column tiles of 16, k-major, [ceil(N / 16), K, 16],
+    zero padded, columns j and j + 8 interleaved within a tile."""
+    n, k = weight.shape
+    if k % 4:
+        raise ValueError(f"linear_bf16 wants K a multiple of 4, got {tuple(weight.shape)}")
+    tiles = -(-n // LIN_NR)
+    padded = torch.zeros((tiles * LIN_NR, k), dtype=torch.bfloat16)
+    padded[:n] = weight
+    tiled = padded.view(tiles, LIN_NR, k)[:, _TILE_ORDER]
+    return tiled.transpose(1, 2).contiguous()
+
+
+def linear_bf16(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    """x [M, K] float32 @ W.T in float32, W [n, K] given as pack_bf16(W); meant for few rows."""
     m, k = x.shape
-    n = weight_bf16.shape[0]
-    if k % 8 or weight_bf16.shape[1] != k:
-        raise ValueError(f"linear_bf16 wants K a multiple of 8 and matching shapes, got {tuple(x.shape)} "
-                         f"and {tuple(weight_bf16.shape)}")
+    if packed.shape != (-(-n // LIN_NR), k, LIN_NR):
+        raise ValueError(f"linear_bf16: x {tuple(x.shape)} does not fit packed weights {tuple(packed.shape)} "
+                         f"of {n} rows")
     out = torch.empty((m, n), dtype=torch.float32)
-    load().linear_bf16(_ptr(x, torch.float32), m, k, _ptr(weight_bf16, torch.bfloat16), n, out.data_ptr())
+    load().linear_bf16(_ptr(x, torch.float32), m, k, _ptr(packed, torch.bfloat16), n, out.data_ptr())
     return out
 
 

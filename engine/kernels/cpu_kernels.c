@@ -253,11 +253,19 @@ void sample_rows(const float *logits, int64_t num_rows, int64_t vocab, const flo
 
 /* ------------------------------------------------------------------ linear, few rows */
 
-/* out[M][N] = x[M][K] . w[N][K]^T for small M (decode and verify steps), w in bf16 (the
- * checkpoint's own values, so nothing is rounded): at a few rows a step is bound by reading
- * the weights, and bf16 halves that read. Weight rows go through in tiles of LIN_TN,
- * widened to fp32 once into an L1 buffer and used for every row of x. K % 8 == 0. */
-#define LIN_TN 4
+/* out[M][N] = x[M][K] . W[N][K]^T for few rows M (decode and verify steps), W in bf16 (the
+ * checkpoint's own values, so nothing is rounded): bf16 halves the weights' read. W comes
+ * packed in column tiles of LIN_NR, k-major, the tail tile padded with zeros
+ * (engine/kernels/cpu.py `pack_bf16`): w[tile][k][lin_slot(j)] = W[tile * LIN_NR + j][k], the
+ * slots interleaving columns j and j + 8 so that one 32-byte load widens into both halves of
+ * the tile with one shift and one mask. Each tile is read once per LIN_MR rows of x: per k, the
+ * tile's weights, then one broadcast x value and two FMAs per row, so every product is an FMA
+ * on a full vector and no horizontal sums are left. Few rows give few independent accumulators;
+ * unrolling k (ku) restores enough of them to cover the FMA latency. */
+#define LIN_NR 16
+#define LIN_MR 6
+
+static inline int lin_slot(int j) { return j < 8 ? 2 * j : 2 * (j - 8) + 1; }
 
 static inline float bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v;
@@ -266,121 +274,118 @@ static inline float bf16_to_f32(uint16_t h) {
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(s);
+/* The 16 interleaved bf16 weights of one k: columns 0-7 (low halves) and 8-15 (high halves). */
+static inline void bf16x16(const uint16_t *p, __m256 *lo, __m256 *hi) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    *lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    *hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)));
 }
 
-/* Three rows of x against the LIN_TN widened weight rows: 12 accumulators in registers. */
-static void lin_rows3(const float *x, int64_t K, const float *wf, float r[3][LIN_TN]) {
-    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K;
-    __m256 a[3][LIN_TN];
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < LIN_TN; j++) a[i][j] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-        const __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k), v2 = _mm256_loadu_ps(x2 + k);
-        for (int j = 0; j < LIN_TN; j++) {
-            const __m256 w = _mm256_load_ps(wf + j * K + k);
-            a[0][j] = _mm256_fmadd_ps(v0, w, a[0][j]);
-            a[1][j] = _mm256_fmadd_ps(v1, w, a[1][j]);
-            a[2][j] = _mm256_fmadd_ps(v2, w, a[2][j]);
+/* mr rows of x (mr <= LIN_MR) times one tile: out tile [mr][LIN_NR], row stride ldo. The tile
+ * is bf16 (w) or, where many row blocks share it, widened once to float32 (wf). */
+static inline __attribute__((always_inline)) void lin_block(const float *x, int64_t K, const uint16_t *w,
+                                                            const float *wf, const int mr, const int ku,
+                                                            float *out, int64_t ldo) {
+    __m256 acc[4][LIN_MR][2];
+#pragma GCC unroll 4
+    for (int u = 0; u < ku; u++)
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) acc[u][r][0] = acc[u][r][1] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += ku) {
+#pragma GCC unroll 4
+        for (int u = 0; u < ku; u++) {
+            const int64_t at = (k + u) * LIN_NR;
+            __m256 w0, w1;
+            if (wf) {
+                w0 = _mm256_load_ps(wf + at);
+                w1 = _mm256_load_ps(wf + at + 8);
+            } else {
+                bf16x16(w + at, &w0, &w1);
+            }
+#pragma GCC unroll 6
+            for (int r = 0; r < mr; r++) {
+                const __m256 xv = _mm256_broadcast_ss(x + r * K + k + u);
+                acc[u][r][0] = _mm256_fmadd_ps(xv, w0, acc[u][r][0]);
+                acc[u][r][1] = _mm256_fmadd_ps(xv, w1, acc[u][r][1]);
+            }
         }
     }
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < LIN_TN; j++) r[i][j] = hsum8(a[i][j]);
-}
-
-static void lin_row1(const float *x, int64_t K, const float *wf, float r[LIN_TN]) {
-    __m256 a[LIN_TN];
-    for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-        const __m256 v = _mm256_loadu_ps(x + k);
-        for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_fmadd_ps(v, _mm256_load_ps(wf + j * K + k), a[j]);
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        __m256 a0 = acc[0][r][0], a1 = acc[0][r][1];
+#pragma GCC unroll 4
+        for (int u = 1; u < ku; u++) {
+            a0 = _mm256_add_ps(a0, acc[u][r][0]);
+            a1 = _mm256_add_ps(a1, acc[u][r][1]);
+        }
+        _mm256_storeu_ps(out + r * ldo, a0);
+        _mm256_storeu_ps(out + r * ldo + 8, a1);
     }
-    for (int j = 0; j < LIN_TN; j++) r[j] = hsum8(a[j]);
 }
 
-/* One row of x against LIN_TN bf16 weight rows read as they are: with fewer than three rows
- * of x, widening the tile into a buffer first costs as much as the product. */
-#define LIN_DIRECT 1
-static inline __m256 bf16x8(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
-static void lin_row1_direct(const float *x, int64_t K, const uint16_t *w, float r[LIN_TN]) {
-    __m256 a[LIN_TN];
-    for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-        const __m256 v = _mm256_loadu_ps(x + k);
-        for (int j = 0; j < LIN_TN; j++) a[j] = _mm256_fmadd_ps(v, bf16x8(w + j * K + k), a[j]);
+static void lin_rows(const float *x, int64_t K, const uint16_t *w, int mr, float *out, int64_t ldo) {
+    switch (mr) {  /* constant mr and ku after inlining: the accumulators stay in registers */
+    case 1: lin_block(x, K, w, NULL, 1, 4, out, ldo); break;
+    case 2: lin_block(x, K, w, NULL, 2, 2, out, ldo); break;
+    case 3: lin_block(x, K, w, NULL, 3, 2, out, ldo); break;
+    case 4: lin_block(x, K, w, NULL, 4, 1, out, ldo); break;
+    case 5: lin_block(x, K, w, NULL, 5, 1, out, ldo); break;
+    default: lin_block(x, K, w, NULL, 6, 1, out, ldo); break;
     }
-    for (int j = 0; j < LIN_TN; j++) r[j] = hsum8(a[j]);
 }
+
+static void lin_rows_f32(const float *x, int64_t K, const float *wf, float *out, int64_t ldo) {
+    lin_block(x, K, NULL, wf, LIN_MR, 1, out, ldo);
+}
+#define LIN_WIDEN 1
 #else
-#define LIN_DIRECT 0
-static void lin_row1(const float *x, int64_t K, const float *wf, float r[LIN_TN]) {
-    float a[LIN_TN][8] = {{0}};
-    for (int64_t k = 0; k < K; k += 8)
-        for (int j = 0; j < LIN_TN; j++)
-            for (int l = 0; l < 8; l++) a[j][l] += x[k + l] * wf[j * K + k + l];
-    for (int j = 0; j < LIN_TN; j++) {
-        float s = 0.f;
-        for (int l = 0; l < 8; l++) s += a[j][l];
-        r[j] = s;
+static void lin_rows(const float *x, int64_t K, const uint16_t *w, int mr, float *out, int64_t ldo) {
+    for (int r = 0; r < mr; r++) {
+        float acc[LIN_NR] = {0};
+        for (int64_t k = 0; k < K; k++)
+            for (int j = 0; j < LIN_NR; j++) acc[j] += x[r * K + k] * bf16_to_f32(w[k * LIN_NR + lin_slot(j)]);
+        memcpy(out + r * ldo, acc, sizeof acc);
     }
 }
-
-static void lin_rows3(const float *x, int64_t K, const float *wf, float r[3][LIN_TN]) {
-    for (int i = 0; i < 3; i++) lin_row1(x + i * K, K, wf, r[i]);
-}
+#define LIN_WIDEN 0
 #endif
 
-static void lin_tile(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, int64_t n0, float *wf,
-                     float *out) {
-    const int64_t tn = N - n0 < LIN_TN ? N - n0 : LIN_TN;
-#if LIN_DIRECT
-    if (M < 3 && tn == LIN_TN) {
-        for (int64_t m = 0; m < M; m++) {
-            float r[LIN_TN];
-            lin_row1_direct(x + m * K, K, w + n0 * K, r);
-            for (int64_t j = 0; j < LIN_TN; j++) out[m * N + n0 + j] = r[j];
-        }
-        return;
-    }
+static void lin_tile(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, int64_t tile,
+                     float *wf, float *out) {
+    const int64_t n0 = tile * LIN_NR, tn = N - n0 < LIN_NR ? N - n0 : LIN_NR;
+    const uint16_t *wt = w + tile * K * LIN_NR;
+#if LIN_WIDEN
+    if (wf != NULL)  /* several full row blocks: widen the tile once for all of them */
+        for (int64_t k = 0; k < K; k++)
+            for (int j = 0; j < LIN_NR; j++) wf[k * LIN_NR + j] = bf16_to_f32(wt[k * LIN_NR + lin_slot(j)]);
 #endif
-    for (int64_t j = 0; j < LIN_TN; j++) {
-        float *dst = wf + j * K;
-        if (j >= tn) {
-            memset(dst, 0, K * sizeof(float));
+    for (int64_t m = 0; m < M; m += LIN_MR) {
+        const int mr = M - m < LIN_MR ? (int)(M - m) : LIN_MR;
+#if LIN_WIDEN
+        if (wf != NULL && mr == LIN_MR && tn == LIN_NR) {
+            lin_rows_f32(x + m * K, K, wf, out + m * N + n0, N);
             continue;
         }
-        const uint16_t *src = w + (n0 + j) * K;
-        for (int64_t k = 0; k < K; k++) dst[k] = bf16_to_f32(src[k]);
-    }
-    int64_t m = 0;
-    for (; m + 3 <= M; m += 3) {
-        float r[3][LIN_TN];
-        lin_rows3(x + m * K, K, wf, r);
-        for (int i = 0; i < 3; i++)
-            for (int64_t j = 0; j < tn; j++) out[(m + i) * N + n0 + j] = r[i][j];
-    }
-    for (; m < M; m++) {
-        float r[LIN_TN];
-        lin_row1(x + m * K, K, wf, r);
-        for (int64_t j = 0; j < tn; j++) out[m * N + n0 + j] = r[j];
+#endif
+        if (tn == LIN_NR) {
+            lin_rows(x + m * K, K, wt, mr, out + m * N + n0, N);
+        } else {  /* the padded tail tile: through a buffer, only its real columns kept */
+            float buf[LIN_MR * LIN_NR];
+            lin_rows(x + m * K, K, wt, mr, buf, LIN_NR);
+            for (int r = 0; r < mr; r++) memcpy(out + (m + r) * N + n0, buf + r * LIN_NR, sizeof(float) * tn);
+        }
     }
 }
 
 static void linear_threads(const float *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, float *out,
                            int64_t min_work) {
-    const int64_t tiles = (N + LIN_TN - 1) / LIN_TN;
+    const int64_t tiles = (N + LIN_NR - 1) / LIN_NR;
+    const int widen = LIN_WIDEN && M >= 2 * LIN_MR;
 #pragma omp parallel if (N * K * (M + 2) > min_work)
     {
-        float *wf = aligned_alloc(32, LIN_TN * K * sizeof(float));
+        float *wf = widen ? aligned_alloc(32, sizeof(float) * K * LIN_NR) : NULL;
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < tiles; t++) lin_tile(x, M, K, w, N, t * LIN_TN, wf, out);
+        for (int64_t t = 0; t < tiles; t++) lin_tile(x, M, K, w, N, t, wf, out);
         free(wf);
     }
 }

@@ -100,12 +100,13 @@ def test_the_engine_falls_back_to_the_references_without_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("rows,n,k", [(1, 512, 256), (2, 8192, 256), (3, 7, 64), (4, 13, 768), (5, 256, 8),
-                                      (17, 1536, 256), (64, 130, 128), (1, 13, 64), (2, 6, 24)])
+                                      (6, 48, 12), (7, 33, 20), (17, 1536, 256), (64, 130, 128), (1, 13, 64),
+                                      (2, 6, 24), (13, 16, 4)])
 def test_linear_bf16_kernel_equals_reference(rows, n, k):
     g = torch.Generator().manual_seed(rows * 1000 + n)
     weight = torch.randn(n, k, generator=g).to(torch.bfloat16)
     x = torch.randn(rows, k, generator=g)
-    got = kernels.linear_bf16(x, weight)
+    got = kernels.linear_bf16(x, kernels.pack_bf16(weight), n)
     ref = torch.nn.functional.linear(x.double(), weight.double()).float()
     assert got.shape == (rows, n)
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-4), (got - ref).abs().max()
@@ -125,7 +126,18 @@ def test_linear_packs_only_exact_bf16_weights_and_uses_the_kernel_for_few_rows()
     layer.weight.data[0, 0] += 1e-3  # no longer a bf16 value: no copy, F.linear only
     assert not layer.pack_for_cpu() and layer.packed is None
     assert torch.equal(layer(x[:3]), torch.nn.functional.linear(x[:3], layer.weight))
-    assert not Linear(12, 4).pack_for_cpu()  # K not a multiple of 8
+    assert not Linear(10, 4).pack_for_cpu()  # K not a multiple of 4
+
+
+def test_linear_bf16_rejects_weights_packed_for_another_shape():
+    packed = kernels.pack_bf16(torch.randn(20, 8).bfloat16())
+    assert packed.shape == (2, 8, 16) and int((packed[1] != 0).sum()) == 8 * 4  # 4 real columns, 12 padded
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.linear_bf16(torch.randn(2, 8), packed, 40)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.linear_bf16(torch.randn(2, 16), packed, 20)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        kernels.pack_bf16(torch.randn(4, 6))
 
 
 @pytest.mark.parametrize("rows,dim", [(1, 256), (3, 64), (700, 4096), (2, 5)])
