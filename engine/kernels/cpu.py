@@ -86,6 +86,9 @@ class SharedGroups:
     @classmethod
     def build(cls, seqs: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
               block_size: int) -> "SharedGroups":
+        firsts = block_tables[seqs, 0].tolist()
+        if len(set(firsts)) == len(firsts):  # no shared first block: groups of one (most steps; cheap)
+            return cls(seqs.contiguous(), torch.arange(len(firsts) + 1), context_lens[seqs].to(torch.int64))
         tables = block_tables[seqs]
         first = tables[:, 0]
         order = torch.argsort(first, stable=True)

@@ -24,33 +24,124 @@ static inline const float *cache_row(const Cache *c, const float *base, const in
                   * c->head_dim;
 }
 
-/* Query rows [r0, r1) against the keys at positions [p0, p1) of one block table. */
+/* Query rows [r0, r1) against the keys at positions [p0, p1) of one block table, block by
+ * block: a block's keys are read once for all the rows (which stay in L1 meanwhile). Row r
+ * sees positions up to last[r]. */
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+}
+
+/* q . k[j] for 8 keys at stride D: 8 vector accumulators, then one transposing reduction. */
+static inline __m256 dots8(const float *q, const float *k, int64_t D) {
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j * D + d), a[j]);
+    }
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+static inline float dot1(const float *q, const float *k, int64_t D) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a);
+    return hsum8(a);
+}
+
+static inline void scores_block(const float *q, const float *k, int64_t D, int64_t m, float *dst) {
+    int64_t j = 0;
+    for (; j + 8 <= m; j += 8) _mm256_storeu_ps(dst + j, dots8(q, k + j * D, D));
+    for (; j < m; j++) dst[j] = dot1(q, k + j * D, D);
+}
+
+/* acc[0, 8 nv) += sum_j p[j] v[j] over m values at stride D, with acc in registers. */
+static inline __attribute__((always_inline)) void axpy_fixed(const float *p, const float *v, int64_t D, int64_t m,
+                                                             const int nv, float *acc) {
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < nv; i++) a[i] = _mm256_loadu_ps(acc + 8 * i);
+    for (int64_t j = 0; j < m; j++) {
+        const __m256 pj = _mm256_broadcast_ss(p + j);
+#pragma GCC unroll 8
+        for (int i = 0; i < nv; i++) a[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + j * D + 8 * i), a[i]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < nv; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
+}
+
+static inline void values_block(const float *p, const float *v, int64_t D, int64_t m, float *acc) {
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+        switch ((D - d0) / 8 < 8 ? (D - d0) / 8 : 8) {  /* constant vector counts: registers, no spills */
+        case 1: axpy_fixed(p, v + d0, D, m, 1, acc + d0); break;
+        case 2: axpy_fixed(p, v + d0, D, m, 2, acc + d0); break;
+        case 3: axpy_fixed(p, v + d0, D, m, 3, acc + d0); break;
+        case 4: axpy_fixed(p, v + d0, D, m, 4, acc + d0); break;
+        case 5: axpy_fixed(p, v + d0, D, m, 5, acc + d0); break;
+        case 6: axpy_fixed(p, v + d0, D, m, 6, acc + d0); break;
+        case 7: axpy_fixed(p, v + d0, D, m, 7, acc + d0); break;
+        default: axpy_fixed(p, v + d0, D, m, 8, acc + d0); break;
+        }
+    }
+}
+#define ATTN_VECTOR(D) ((D) % 8 == 0)
+#else
+static inline void scores_block(const float *q, const float *k, int64_t D, int64_t m, float *dst) {}
+static inline void values_block(const float *p, const float *v, int64_t D, int64_t m, float *acc) {}
+#define ATTN_VECTOR(D) 0
+#endif
+
 static void scores_range(const Cache *c, const int64_t *table, int64_t h, int64_t p0, int64_t p1, int64_t r0,
                          int64_t r1, const float *qs, const int64_t *last, const int64_t *row_off, float *scores) {
-    const int64_t D = c->head_dim;
-    for (int64_t pos = p0; pos < p1; pos++) {
-        const float *key = cache_row(c, c->k_cache, table, h, pos);
+    const int64_t D = c->head_dim, bs = c->block_size;
+    for (int64_t pos = p0; pos < p1;) {
+        const int64_t off = pos % bs, n = bs - off < p1 - pos ? bs - off : p1 - pos;
+        const float *kb = cache_row(c, c->k_cache, table, h, pos);
         for (int64_t r = r0; r < r1; r++) {
-            if (pos > last[r]) continue;
+            const int64_t m = last[r] + 1 - pos < n ? last[r] + 1 - pos : n;  /* causal */
+            if (m <= 0) continue;
             const float *qr = qs + r * D;
-            float dot = 0.f;
-            for (int64_t d = 0; d < D; d++) dot += qr[d] * key[d];
-            scores[row_off[r] + pos] = dot;
+            float *dst = scores + row_off[r] + pos;
+            if (ATTN_VECTOR(D)) {
+                scores_block(qr, kb, D, m, dst);
+                continue;
+            }
+            for (int64_t j = 0; j < m; j++) {
+                float dot = 0.f;
+                for (int64_t d = 0; d < D; d++) dot += qr[d] * kb[j * D + d];
+                dst[j] = dot;
+            }
         }
+        pos += n;
     }
 }
 
 static void values_range(const Cache *c, const int64_t *table, int64_t h, int64_t p0, int64_t p1, int64_t r0,
                          int64_t r1, const int64_t *last, const int64_t *row_off, const float *scores, float *acc) {
-    const int64_t D = c->head_dim;
-    for (int64_t pos = p0; pos < p1; pos++) {
-        const float *val = cache_row(c, c->v_cache, table, h, pos);
+    const int64_t D = c->head_dim, bs = c->block_size;
+    for (int64_t pos = p0; pos < p1;) {
+        const int64_t off = pos % bs, n = bs - off < p1 - pos ? bs - off : p1 - pos;
+        const float *vb = cache_row(c, c->v_cache, table, h, pos);
         for (int64_t r = r0; r < r1; r++) {
-            if (pos > last[r]) continue;
-            const float p = scores[row_off[r] + pos];
+            const int64_t m = last[r] + 1 - pos < n ? last[r] + 1 - pos : n;
+            if (m <= 0) continue;
+            const float *p = scores + row_off[r] + pos;
             float *a = acc + r * D;
-            for (int64_t d = 0; d < D; d++) a[d] += p * val[d];
+            if (ATTN_VECTOR(D)) {
+                values_block(p, vb, D, m, a);
+                continue;
+            }
+            for (int64_t j = 0; j < m; j++)
+                for (int64_t d = 0; d < D; d++) a[d] += p[j] * vb[j * D + d];
         }
+        pos += n;
     }
 }
 
@@ -227,7 +318,7 @@ static float nucleus_cut(const float *x, const float *w, int64_t n, double top_p
  * among surviving tokens. logits: [R, V] float32 (penalties already applied). */
 void sample_rows(const float *logits, int64_t num_rows, int64_t vocab, const float *temperature,
                  const int64_t *top_k, const double *top_p, const int64_t *seeds, int64_t *tokens) {
-    #pragma omp parallel for schedule(dynamic, 1)
+    #pragma omp parallel for schedule(dynamic, 1) if (num_rows > 1)
     for (int64_t r = 0; r < num_rows; r++) {
         float *x = malloc(sizeof(float) * vocab), *w = malloc(sizeof(float) * vocab);
         float *buf = malloc(sizeof(float) * vocab);

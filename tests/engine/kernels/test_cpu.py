@@ -57,6 +57,25 @@ def test_paged_attention_kernel_equals_reference(heads, kv_heads, head_dim, bloc
     assert (outs[0] - outs[1]).abs().max().item() < 1e-5
 
 
+def test_cpu_backend_sends_chunks_past_the_kernel_limit_to_sdpa():
+    from engine.attention.cpu import KERNEL_QUERY
+
+    torch.manual_seed(7)
+    long_len, block_size = KERNEL_QUERY + 9, 16
+    chunks = [SeqChunk(tuple([0] * long_len), 20, tuple(range(40)), 0),   # prefill chunk after 20 cached
+              SeqChunk((0, 0, 0), 50, tuple(range(40, 44)), 0)]          # a verify chunk beside it
+    batch = StepBatch.build(chunks, block_size, torch.device("cpu"))
+    meta = CpuBackend().prepare(batch)
+    assert len(meta.reference.long) == 1 and meta.groups.members.tolist() == [1]
+    k_cache = torch.randn(50, 2, block_size, 32)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(batch.num_tokens, 4, 32)
+    k, v = torch.randn(batch.num_tokens, 2, 32), torch.randn(batch.num_tokens, 2, 32)
+    outs = [backend.forward(q, k, v, k_cache.clone(), v_cache.clone(), batch, backend.prepare(batch))
+            for backend in (TorchRefBackend(), CpuBackend())]
+    assert (outs[0] - outs[1]).abs().max().item() < 1e-5
+
+
 def _rows(count: int) -> list[SamplingRow]:
     temps, top_ps, top_ks = [0.2, 0.8, 1.0, 1.7], [1.0, 0.95, 0.5, 0.1, 0.999], [0, 0, 3, 100, 0, 1]
     return [SamplingRow(i, SamplingParams(temperature=temps[i % 4], top_p=top_ps[i % 5], top_k=top_ks[i % 6]),

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from engine.attention.cpu import CpuMeta
+from engine.attention.cpu import KERNEL_QUERY, CpuMeta
 from engine.config import EngineConfig, ModelConfig
 from engine.kernels import cpu as kernels
 from engine.model_runner import ModelRunner
@@ -27,15 +27,15 @@ def _runner(path: str, **overrides) -> ModelRunner:
 
 
 def _short_batch(rng: random.Random) -> StepBatch:
-    """Decode and verify chunks; some sequences share their prompt's blocks (siblings)."""
+    """Decode, verify and prefill chunks; some sequences share their prompt's blocks (siblings)."""
     free = list(range(400))
     rng.shuffle(free)
     chunks = []
     for _ in range(5):
         prompt = [free.pop() for _ in range(rng.randint(0, 4))]
         for _ in range(rng.choice([1, 3])):
-            ctx = rng.randint(len(prompt) * BLOCK + 1, len(prompt) * BLOCK + 40)
-            q_len = min(ctx - len(prompt) * BLOCK, rng.choice([1, 1, 4, 9]))
+            ctx = rng.randint(len(prompt) * BLOCK + 1, len(prompt) * BLOCK + 120)
+            q_len = min(ctx - len(prompt) * BLOCK, rng.choice([1, 1, 4, 9, 200]))
             own = -(-ctx // BLOCK) - len(prompt)
             table = tuple(prompt) + tuple(free.pop() for _ in range(own))
             tokens = tuple(rng.randrange(3, 256) for _ in range(q_len))
@@ -76,7 +76,10 @@ def test_stack_takes_only_short_steps(tmp_path):
     runner = _runner(str(tmp_path))
     stack = runner.model.cpu_stack
     x = torch.zeros(1, 64)
-    long_prefill = StepBatch.build([SeqChunk(tuple(range(3, 103)), 0, tuple(range(13)), 99)], BLOCK,
+    prefill = StepBatch.build([SeqChunk(tuple(range(3, 103)), 0, tuple(range(13)), 99)], BLOCK, torch.device("cpu"))
+    assert stack.takes(prefill, runner.backend.prepare(prefill), x)
+    n = KERNEL_QUERY + 1  # past what the attention kernel takes: SDPA, so the modules
+    long_prefill = StepBatch.build([SeqChunk((5,) * n, 0, tuple(range(-(-n // BLOCK))), n - 1)], BLOCK,
                                    torch.device("cpu"))
     assert not stack.takes(long_prefill, runner.backend.prepare(long_prefill), x)
     many = StepBatch.build([SeqChunk((5,), 3, (i,), 0) for i in range(SMALL_ROWS + 1)], BLOCK, torch.device("cpu"))
