@@ -267,24 +267,40 @@ static float kth_largest(const float *x, int64_t n, int64_t k, float *buf) {
 }
 
 #define BINS 4096
+#define SORT_MAX 512
+
+/* Walks pairs sorted by x descending, in groups of equal x, until `above` reaches target;
+ * returns the last group's x (or `cut` if none was needed). */
+static float walk_sorted(Pair *p, int64_t cnt, double *above, double target, float cut) {
+    qsort(p, cnt, sizeof(Pair), cmp_desc);
+    for (int64_t i = 0; i < cnt && *above < target;) {
+        double group = 0.0;
+        int64_t j = i;
+        for (; j < cnt && p[j].x == p[i].x; j++) group += p[j].w;
+        cut = p[i].x;
+        *above += group;
+        i = j;
+    }
+    return cut;
+}
 
 /* Smallest kept value under top-p: token i stays when the weight of the tokens strictly
- * better than it is below top_p of the total (ties stay or go together). Weights w are
- * summed in double by 12-bit radix bins of x; only the bin where the mass crosses top_p
- * is sorted. */
-static float nucleus_cut(const float *x, const float *w, int64_t n, double top_p) {
+ * better than it is below `target` (top_p of the total; ties stay or go together), over
+ * candidates (x, w) [cnt] that hold more than target. Few: sorted. Many: summed in double by
+ * 12-bit radix bins of x, and only the bin where the mass crosses target is sorted. */
+static float nucleus_cut(const float *cx, const float *cw, int64_t cnt, double target, Pair *tmp) {
+    double above = 0.0;
+    if (cnt <= SORT_MAX) {
+        for (int64_t i = 0; i < cnt; i++) tmp[i] = (Pair){cx[i], cw[i]};
+        return walk_sorted(tmp, cnt, &above, target, INFINITY);
+    }
     double *mass = calloc(BINS, sizeof(double));
     float *low = malloc(sizeof(float) * BINS);  /* smallest value seen in each bin */
-    double total = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        if (w[i] == 0.f) continue;
-        const uint32_t b = order_key(x[i]) >> 20;
-        low[b] = mass[b] == 0.0 || x[i] < low[b] ? x[i] : low[b];
-        mass[b] += w[i];
-        total += w[i];
+    for (int64_t i = 0; i < cnt; i++) {
+        const uint32_t b = order_key(cx[i]) >> 20;
+        low[b] = mass[b] == 0.0 || cx[i] < low[b] ? cx[i] : low[b];
+        mass[b] += cw[i];
     }
-    const double target = top_p * total;
-    double above = 0.0;
     float cut = INFINITY;
     for (int64_t b = BINS - 1; b >= 0 && above < target; b--) {
         if (mass[b] == 0.0) continue;
@@ -293,35 +309,41 @@ static float nucleus_cut(const float *x, const float *w, int64_t n, double top_p
             cut = low[b];
             continue;
         }
-        Pair *bin = malloc(sizeof(Pair) * n);  /* the crossing bin: sort it, walk groups of equal x */
-        int64_t cnt = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (w[i] != 0.f && (int64_t)(order_key(x[i]) >> 20) == b) bin[cnt++] = (Pair){x[i], w[i]};
-        qsort(bin, cnt, sizeof(Pair), cmp_desc);
-        for (int64_t i = 0; i < cnt && above < target;) {
-            double group = 0.0;
-            int64_t j = i;
-            for (; j < cnt && bin[j].x == bin[i].x; j++) group += bin[j].w;
-            cut = bin[i].x;
-            above += group;
-            i = j;
-        }
-        free(bin);
+        int64_t in_bin = 0;
+        for (int64_t i = 0; i < cnt; i++)
+            if ((int64_t)(order_key(cx[i]) >> 20) == b) tmp[in_bin++] = (Pair){cx[i], cw[i]};
+        cut = walk_sorted(tmp, in_bin, &above, target, cut);
     }
     free(mass);
     free(low);
     return cut;
 }
 
+/* The first index of the largest of v[0, n). */
+static int64_t first_argmax(const float *v, int64_t n) {
+    float best = v[0];
+    for (int64_t i = 1; i < n; i++) best = v[i] > best ? v[i] : best;  /* vectorizes */
+    int64_t i = 0;
+    while (v[i] != best) i++;
+    return i;
+}
+
 /* Per row: x / temperature, top-k, top-p, then the exponential race: the token with the
  * largest w / E, w = exp(x - max) and E = -log(u) with u hashed from (seed, token id),
- * among surviving tokens. logits: [R, V] float32 (penalties already applied). */
+ * among surviving tokens (the first such token on a tie). logits: [R, V] float32 (penalties
+ * already applied). Under top-p only the candidates are ranked and raced: tokens lighter than
+ * eps = (1 - top_p) * total / (2V) weigh less than (1 - top_p) * total all together, so each
+ * has more than top_p of the total strictly above it and never survives; where the
+ * distribution is peaked they are nearly all the vocabulary. */
 void sample_rows(const float *logits, int64_t num_rows, int64_t vocab, const float *temperature,
                  const int64_t *top_k, const double *top_p, const int64_t *seeds, int64_t *tokens) {
     #pragma omp parallel for schedule(dynamic, 1) if (num_rows > 1)
     for (int64_t r = 0; r < num_rows; r++) {
         float *x = malloc(sizeof(float) * vocab), *w = malloc(sizeof(float) * vocab);
-        float *buf = malloc(sizeof(float) * vocab);
+        float *buf = malloc(sizeof(float) * vocab), *cx = malloc(sizeof(float) * vocab);
+        float *cw = malloc(sizeof(float) * vocab);
+        int32_t *ci = malloc(sizeof(int32_t) * vocab);
+        Pair *tmp = malloc(sizeof(Pair) * vocab);
         const float t = temperature[r];
         for (int64_t i = 0; i < vocab; i++) x[i] = logits[r * vocab + i] / t;
         if (top_k[r] > 0 && top_k[r] < vocab) {
@@ -331,14 +353,26 @@ void sample_rows(const float *logits, int64_t num_rows, int64_t vocab, const flo
         float m = -INFINITY;
         for (int64_t i = 0; i < vocab; i++) m = x[i] > m ? x[i] : m;
         for (int64_t i = 0; i < vocab; i++) w[i] = expf(x[i] - m);
-        const float cut = top_p[r] < 1.0 ? nucleus_cut(x, w, vocab, top_p[r]) : -INFINITY;
         const uint32_t seed = (uint32_t)seeds[r];
-        for (int64_t i = 0; i < vocab; i++)
-            buf[i] = x[i] >= cut ? w[i] / -logf(uniform_hash(seed, (uint32_t)i)) : 0.f;
-        int64_t arg = 0;
-        for (int64_t i = 1; i < vocab; i++) arg = buf[i] > buf[arg] ? i : arg;
-        tokens[r] = arg;
-        free(x); free(w); free(buf);
+        if (top_p[r] < 1.0) {
+            double total = 0.0;
+            for (int64_t i = 0; i < vocab; i++) total += w[i];
+            const float eps = (float)((1.0 - top_p[r]) * total / (2.0 * (double)vocab));
+            int64_t n = 0;
+            for (int64_t i = 0; i < vocab; i++) {  /* branch-free compaction (n <= i) */
+                cx[n] = x[i]; cw[n] = w[i]; ci[n] = (int32_t)i;
+                n += w[i] > 0.f && w[i] >= eps;
+            }
+            const float cut = nucleus_cut(cx, cw, n, top_p[r] * total, tmp);
+            for (int64_t j = 0; j < n; j++)
+                buf[j] = cx[j] >= cut ? cw[j] / -logf(uniform_hash(seed, (uint32_t)ci[j])) : 0.f;
+            tokens[r] = ci[first_argmax(buf, n)];
+        } else {
+            for (int64_t i = 0; i < vocab; i++)
+                buf[i] = w[i] > 0.f ? w[i] / -logf(uniform_hash(seed, (uint32_t)i)) : 0.f;
+            tokens[r] = first_argmax(buf, vocab);
+        }
+        free(x); free(w); free(buf); free(cx); free(cw); free(ci); free(tmp);
     }
 }
 
