@@ -32,6 +32,12 @@ class Tokenizer:
             self.vocab_size = self._spm.get_piece_size()
             self.bos_id = _or_none(self._spm.bos_id())
             self.eos_id = _or_none(self._spm.eos_id())
+            sp = self._spm
+            # Each plain piece's text (None for control, unknown, byte and user-defined pieces):
+            # after text has been released, a plain piece adds exactly this (IncrementalDetokenizer).
+            self.plain_texts: list[str | None] | None = [
+                None if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)
+                else sp.id_to_piece(i).replace("\u2581", " ") for i in range(self.vocab_size)]
         else:
             from transformers import AutoTokenizer
 
@@ -40,6 +46,7 @@ class Tokenizer:
             self.vocab_size = len(self._hf)
             self.bos_id = self._hf.bos_token_id
             self.eos_id = self._hf.eos_token_id
+            self.plain_texts = None
         self.fim = self._find_fim()
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
@@ -80,32 +87,48 @@ class IncrementalDetokenizer:
 
     Decoding a window that starts a few tokens back keeps sentencepiece spaces and
     multi-token UTF-8 characters right: text is only released once the window's
-    decode no longer ends in a replacement character.
+    decode no longer ends in a replacement character. Fast path (sentencepiece): once the
+    window has released text and holds nothing back, a plain piece adds exactly its own text
+    (a leading space is only ever dropped at the start of a text), with no decode at all.
     """
 
     CONTEXT = 5
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], fast: bool = True) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = list(prompt_ids[-self.CONTEXT:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
+        self._plain = tokenizer.plain_texts if fast else None
+        self._clean = False  # text was released and nothing is held back
 
     def add(self, token_id: int) -> str:
-        self.ids.append(int(token_id))
+        token_id = int(token_id)
+        self.ids.append(token_id)
+        plain = self._plain
+        if plain is not None and self._clean and 0 <= token_id < len(plain) and plain[token_id]:
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            self._trim()
+            return plain[token_id]
         prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
         new_text = self.tokenizer.decode(self.ids[self.prefix_offset:])
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+            self._clean = False
             return ""
         self.prefix_offset = self.read_offset
         self.read_offset = len(self.ids)
-        # Keep the window short so each call costs O(1), not O(length).
+        self._clean = True
+        self._trim()
+        return new_text[len(prefix_text):]
+
+    def _trim(self) -> None:
+        """Keeps the window short so each call costs O(1), not O(length)."""
         if self.prefix_offset > 64:
             drop = self.prefix_offset
             self.ids = self.ids[drop:]
             self.prefix_offset -= drop
             self.read_offset -= drop
-        return new_text[len(prefix_text):]
 
     def flush(self) -> str:
         """The text still held back (an incomplete character at the very end)."""

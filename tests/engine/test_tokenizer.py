@@ -29,6 +29,25 @@ def test_incremental_detokenization_equals_full_decode(spm_tokenizer_dir):
         assert "".join(pieces) + detok.flush() == text
 
 
+def test_fast_detokenization_equals_the_window_decode(spm_tokenizer_dir):
+    """Random id streams (byte, control and unknown pieces included): the plain-piece fast path
+    releases exactly what the window decode releases, piece by piece."""
+    import random
+
+    from engine import DEFAULT_MODEL
+
+    for path in (spm_tokenizer_dir, DEFAULT_MODEL):
+        tok = Tokenizer(path)
+        assert tok.plain_texts is not None and sum(t is None for t in tok.plain_texts) > 3
+        rng = random.Random(0)
+        for _ in range(200):
+            prompt = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(1, 6))]
+            ids = [rng.randrange(tok.vocab_size) if rng.random() < 0.7 else rng.choice([0, 1, 2, 7, 40, 200])
+                   for _ in range(rng.randint(1, 40))]
+            fast, slow = IncrementalDetokenizer(tok, prompt), IncrementalDetokenizer(tok, prompt, fast=False)
+            assert [fast.add(t) for t in ids] + [fast.flush()] == [slow.add(t) for t in ids] + [slow.flush()]
+
+
 def test_fim_tokens_found(spm_tokenizer_dir):
     tok = Tokenizer(spm_tokenizer_dir)
     assert tok.fim is not None
