@@ -18,9 +18,11 @@ from engine.kernels.build import compile_once, compiler
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+# Without AVX2/FMA: the portable C paths, built by the tests on this machine too.
+PORTABLE_FLAGS = ("-O3", "-march=x86-64", "-mno-avx2", "-mno-fma", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 
 
 @functools.cache
@@ -31,22 +33,24 @@ def load() -> ctypes.CDLL | None:
             log.warning("no C compiler found: CPU kernels disabled, using the PyTorch reference paths")
         return None
     try:
-        lib = ctypes.CDLL(str(compile_once(cc, SOURCE, FLAGS, "cpu_kernels", libs=("-lm",))))
+        return build(cc, FLAGS)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         log.warning("building the CPU kernels failed (%s): using the PyTorch reference paths", detail)
         return None
+
+
+def build(cc: str, flags: tuple[str, ...]) -> ctypes.CDLL:
+    """cpu_kernels.c built with these flags (cached), its functions typed for ctypes."""
+    lib = ctypes.CDLL(str(compile_once(cc, SOURCE, flags, "cpu_kernels", libs=("-lm",))))
     lib.paged_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, ctypes.c_float, _P]
-    lib.paged_attention.restype = None
     lib.sample_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P]
-    lib.sample_rows.restype = None
     lib.linear_bf16.argtypes = [_P, _I, _I, _P, _I, _P]
-    lib.linear_bf16.restype = None
     lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
-    lib.rms_norm.restype = None
     lib.decoder_stack.argtypes = [_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _I,
                                   _P, _P, _I, _I, _I, _I, ctypes.c_float]
-    lib.decoder_stack.restype = None
+    for fn in (lib.paged_attention, lib.sample_rows, lib.linear_bf16, lib.rms_norm, lib.decoder_stack):
+        fn.restype = None
     return lib
 
 
