@@ -286,36 +286,44 @@ static float walk_sorted(Pair *p, int64_t cnt, double *above, double target, flo
 
 /* Smallest kept value under top-p: token i stays when the weight of the tokens strictly
  * better than it is below `target` (top_p of the total; ties stay or go together), over
- * candidates (x, w) [cnt] that hold more than target. Few: sorted. Many: summed in double by
- * 12-bit radix bins of x, and only the bin where the mass crosses target is sorted. */
+ * candidates (x, w) [cnt] that hold more than target. Few: sorted. Many: their weights summed
+ * in double into BINS bins spread evenly over the candidates' range of x (the bin index never
+ * decreases with x, and equal values share a bin), and only the bin where the mass crosses
+ * target is sorted. */
 static float nucleus_cut(const float *cx, const float *cw, int64_t cnt, double target, Pair *tmp) {
     double above = 0.0;
-    if (cnt <= SORT_MAX) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < cnt; i++) {
+        lo = cx[i] < lo ? cx[i] : lo;
+        hi = cx[i] > hi ? cx[i] : hi;
+    }
+    if (cnt <= SORT_MAX || !(hi > lo)) {
         for (int64_t i = 0; i < cnt; i++) tmp[i] = (Pair){cx[i], cw[i]};
         return walk_sorted(tmp, cnt, &above, target, INFINITY);
     }
+    const float scale = (float)(BINS - 1) / (hi - lo);
+    int32_t *bin = malloc(sizeof(int32_t) * cnt);
     double *mass = calloc(BINS, sizeof(double));
-    float *low = malloc(sizeof(float) * BINS);  /* smallest value seen in each bin */
     for (int64_t i = 0; i < cnt; i++) {
-        const uint32_t b = order_key(cx[i]) >> 20;
-        low[b] = mass[b] == 0.0 || cx[i] < low[b] ? cx[i] : low[b];
-        mass[b] += cw[i];
+        const int64_t b = (int64_t)((cx[i] - lo) * scale);
+        bin[i] = (int32_t)(b < BINS ? b : BINS - 1);
     }
+    for (int64_t i = 0; i < cnt; i++) mass[bin[i]] += cw[i];
+    /* The candidates hold more than target, so the walk ends inside a bin: sorted, it gives the cut. */
     float cut = INFINITY;
     for (int64_t b = BINS - 1; b >= 0 && above < target; b--) {
         if (mass[b] == 0.0) continue;
         if (above + mass[b] < target) {  /* the whole bin stays */
             above += mass[b];
-            cut = low[b];
             continue;
         }
         int64_t in_bin = 0;
         for (int64_t i = 0; i < cnt; i++)
-            if ((int64_t)(order_key(cx[i]) >> 20) == b) tmp[in_bin++] = (Pair){cx[i], cw[i]};
+            if (bin[i] == b) tmp[in_bin++] = (Pair){cx[i], cw[i]};
         cut = walk_sorted(tmp, in_bin, &above, target, cut);
     }
+    free(bin);
     free(mass);
-    free(low);
     return cut;
 }
 
