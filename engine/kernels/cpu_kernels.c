@@ -236,12 +236,6 @@ static inline float uniform_hash(uint32_t seed, uint32_t token) {
     return ((float)(h >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
-/* Float -> unsigned key with the same order (for radix bins). */
-static inline uint32_t order_key(float f) {
-    uint32_t u; memcpy(&u, &f, sizeof u);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 typedef struct { float x, w; } Pair;
 
 static int cmp_desc(const void *a, const void *b) {
