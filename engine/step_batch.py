@@ -58,23 +58,21 @@ class StepBatch:
             context_lens.append(chunk.start + n)
             cu.append(cu[-1] + n)
         max_blocks = max((len(c.block_table) for c in chunks), default=1) or 1
-        tables = torch.zeros((len(chunks), max_blocks), dtype=torch.long)
-        for i, chunk in enumerate(chunks):
-            if chunk.block_table:
-                tables[i, : len(chunk.block_table)] = torch.tensor(chunk.block_table, dtype=torch.long)
-
-        def t(values: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
-
+        tables = [v for c in chunks for v in (*c.block_table, *(0,) * (max_blocks - len(c.block_table)))]
+        # Two host tensors (and two copies to the device) instead of one per field: at batch 1 a
+        # step is ~1 ms and each small tensor costs microseconds.
+        longs = torch.tensor(input_ids + positions + slots + logits_rows + tables, dtype=torch.long).to(device)
+        ints = torch.tensor(cu + context_lens, dtype=torch.int32).to(device)
+        t, n = len(input_ids), len(logits_rows)
         return cls(
-            input_ids=t(input_ids),
-            positions=t(positions),
-            slot_mapping=t(slots),
-            block_tables=tables.to(device),
+            input_ids=longs[:t],
+            positions=longs[t:2 * t],
+            slot_mapping=longs[2 * t:3 * t],
+            block_tables=longs[3 * t + n:].view(len(chunks), max_blocks),
             query_lens=tuple(query_lens),
             context_lens=tuple(context_lens),
-            cu_seqlens_q=t(cu, torch.int32),
-            context_lens_t=t(context_lens, torch.int32),
-            logits_indices=t(logits_rows),
+            cu_seqlens_q=ints[:len(cu)],
+            context_lens_t=ints[len(cu):],
+            logits_indices=longs[3 * t:3 * t + n],
             block_size=block_size,
         )

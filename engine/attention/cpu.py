@@ -24,6 +24,9 @@ class CpuMeta:
     reference: torch_ref.TorchMeta  # long chunks (and the fallback for non-float32 caches)
 
 
+_NO_LONG = torch_ref.TorchMeta(None, ())
+
+
 class CpuBackend:
     name = "cpu"
 
@@ -31,8 +34,11 @@ class CpuBackend:
         self._reference = torch_ref.TorchRefBackend()
 
     def prepare(self, batch: StepBatch) -> CpuMeta:
-        short = [i for i, q in enumerate(batch.query_lens) if q <= KERNEL_QUERY]
         long = [i for i, q in enumerate(batch.query_lens) if q > KERNEL_QUERY]
+        if not long:  # the usual step: every sequence goes to the kernel
+            return CpuMeta(kernels.SharedGroups.build(None, batch.block_tables, batch.context_lens_t,
+                                                      batch.block_size), _NO_LONG)
+        short = [i for i, q in enumerate(batch.query_lens) if q <= KERNEL_QUERY]
         reference = torch_ref.TorchMeta(None, tuple(torch_ref._long_chunk(batch, i) for i in long))
         groups = None
         if short:

@@ -88,11 +88,18 @@ class SharedGroups:
     shared_len: torch.Tensor  # [G] positions whose cache blocks all members share
 
     @classmethod
-    def build(cls, seqs: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
+    def build(cls, seqs: torch.Tensor | None, block_tables: torch.Tensor, context_lens: torch.Tensor,
               block_size: int) -> "SharedGroups":
-        firsts = block_tables[seqs, 0].tolist()
+        """Groups of the batch indices `seqs` (None: every sequence of the batch)."""
+        if seqs is None:
+            seqs = torch.arange(block_tables.shape[0])
+            firsts = block_tables[:, 0].tolist()
+            lens = context_lens
+        else:
+            firsts = block_tables[seqs, 0].tolist()
+            lens = context_lens[seqs]
         if len(set(firsts)) == len(firsts):  # no shared first block: groups of one (most steps; cheap)
-            return cls(seqs.contiguous(), torch.arange(len(firsts) + 1), context_lens[seqs].to(torch.int64))
+            return cls(seqs.contiguous(), torch.arange(len(firsts) + 1), lens.to(torch.int64))
         tables = block_tables[seqs]
         first = tables[:, 0]
         order = torch.argsort(first, stable=True)
