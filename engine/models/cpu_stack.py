@@ -1,11 +1,12 @@
-"""The decoder layers of a short-query step in one C call (engine/kernels `decoder_stack`).
+"""The decoder layers of a step in one C call (engine/kernels `decoder_stack`).
 
 A decode or verify step on a CPU runs ~15 small ops per layer; at batch 1 the Python and
 PyTorch dispatch between them cost twice the arithmetic. `CpuDecoderStack` hands the whole
-stack to the C kernel, which runs the same kernels as the modules (RMSNorm, the bf16 few-row
-linear, paged attention) and the glue between them. It takes a step only where the modules
-would have used those kernels for every op: float32 on the CPU, every projection packed in
-bf16, every query short, few rows. Everything else runs the modules, the reference it is
+stack to the C kernel, which runs the same kernels as the modules (RMSNorm, the bf16 linear,
+paged attention) and the glue between them. It takes a step only where the modules would have
+used those kernels for every op: float32 on the CPU, every projection packed in bf16, every
+sequence's new tokens within the attention kernel's limit (engine/attention/cpu.py
+KERNEL_QUERY), at most SMALL_ROWS rows. Everything else runs the modules, the reference it is
 tested against (tests/engine/models/test_cpu_stack.py).
 """
 from __future__ import annotations
