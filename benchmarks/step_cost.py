@@ -3,8 +3,9 @@
 Times forward + logits + sampling of (a) decode steps of T single-token sequences, (b) verify
 steps of one sequence feeding T tokens and (c) steps of T sequences feeding 2 tokens each
 (engine/cost_model.py, the curves the draft policy uses),
-side by side in one process, alternately: with the few-row linear kernel over bf16 weight copies
-(engine/models/linear.py), and with those copies dropped so F.linear runs (the reference); the
+side by side in one process, alternately: with the C kernels (the linear kernel over bf16 weight
+copies, engine/models/linear.py, and the decoder stack in one call, engine/models/cpu_stack.py),
+and with those copies and the stack dropped so the modules and F.linear run (the reference); the
 fastest of --rounds runs for each point.
 
     python benchmarks/step_cost.py

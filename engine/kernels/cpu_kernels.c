@@ -91,11 +91,9 @@ static inline void values_block(const float *p, const float *v, int64_t D, int64
         }
     }
 }
-#define ATTN_VECTOR(D) ((D) % 8 == 0)
+#define ATTN_AVX 1
 #else
-static inline void scores_block(const float *q, const float *k, int64_t D, int64_t m, float *dst) {}
-static inline void values_block(const float *p, const float *v, int64_t D, int64_t m, float *acc) {}
-#define ATTN_VECTOR(D) 0
+#define ATTN_AVX 0
 #endif
 
 static void scores_range(const Cache *c, const int64_t *table, int64_t h, int64_t p0, int64_t p1, int64_t r0,
@@ -109,10 +107,12 @@ static void scores_range(const Cache *c, const int64_t *table, int64_t h, int64_
             if (m <= 0) continue;
             const float *qr = qs + r * D;
             float *dst = scores + row_off[r] + pos;
-            if (ATTN_VECTOR(D)) {
+#if ATTN_AVX
+            if (D % 8 == 0) {
                 scores_block(qr, kb, D, m, dst);
                 continue;
             }
+#endif
             for (int64_t j = 0; j < m; j++) {
                 float dot = 0.f;
                 for (int64_t d = 0; d < D; d++) dot += qr[d] * kb[j * D + d];
@@ -134,10 +134,12 @@ static void values_range(const Cache *c, const int64_t *table, int64_t h, int64_
             if (m <= 0) continue;
             const float *p = scores + row_off[r] + pos;
             float *a = acc + r * D;
-            if (ATTN_VECTOR(D)) {
+#if ATTN_AVX
+            if (D % 8 == 0) {
                 values_block(p, vb, D, m, a);
                 continue;
             }
+#endif
             for (int64_t j = 0; j < m; j++)
                 for (int64_t d = 0; d < D; d++) a[d] += p[j] * vb[j * D + d];
         }
@@ -485,6 +487,8 @@ static void lin_tile(const float *x, int64_t M, int64_t K, const uint16_t *w, in
     if (wf != NULL)  /* several full row blocks: widen the tile once for all of them */
         for (int64_t k = 0; k < K; k++)
             for (int j = 0; j < LIN_NR; j++) wf[k * LIN_NR + j] = bf16_to_f32(wt[k * LIN_NR + lin_slot(j)]);
+#else
+    (void)wf;  /* never allocated without AVX2 (LIN_WIDEN 0) */
 #endif
     for (int64_t m = 0; m < M; m += LIN_MR) {
         const int mr = M - m < LIN_MR ? (int)(M - m) : LIN_MR;
