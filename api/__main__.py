@@ -1,9 +1,6 @@
 """`python -m api`: the same server as `fastcodellama serve`."""
-import argparse
 import sys
 
-from api.serve_cmd import add_arguments, run
+from fastcodellama.cli.main import main
 
-parser = argparse.ArgumentParser(prog="python -m api", description="OpenAI-compatible completion server")
-add_arguments(parser)
-sys.exit(run(parser.parse_args()))
+sys.exit(main(["serve", *sys.argv[1:]]))

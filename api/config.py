@@ -21,7 +21,6 @@ class ServerConfig:
     port: int = 8000
     api_key: str | None = None
     max_queue: int = 512
-    max_running: int = 256
     request_timeout: float | None = 600.0
     shutdown_grace: float = 30.0
     max_body_bytes: int = 8 * 1024 * 1024
@@ -33,8 +32,8 @@ class ServerConfig:
             raise ValueError("served_model_names needs at least one non-empty name")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be empty (None: no key)")
-        if self.max_queue < 0 or self.max_running < 1:
-            raise ValueError("max_queue must be >= 0 and max_running >= 1")
+        if self.max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError("request_timeout must be > 0 (or None for no limit)")
         if self.shutdown_grace < 0:
@@ -43,8 +42,3 @@ class ServerConfig:
     @property
     def model_name(self) -> str:
         return self.served_model_names[0]
-
-    @property
-    def capacity(self) -> int:
-        """Sequences the server holds at once: running plus waiting."""
-        return self.max_running + self.max_queue

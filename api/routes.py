@@ -7,7 +7,6 @@ import json
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING
 
 import pydantic
 from aiohttp import web
@@ -20,10 +19,9 @@ from api.completions import (CompletionPlan, build_plan, deadline, engine_value_
 from api.errors import APIError, bad_request
 from api.metrics import CONTENT_TYPE_LATEST, GenerationTracker
 from api.schemas import CompletionRequest, CopilotToken, Health, ModelCard, ModelList
+from api.state import STATE, AppState
 from api.streaming import CompletionStream
 
-if TYPE_CHECKING:
-    from api.server import AppState
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +38,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
 
 
-def state_of(request: web.Request) -> "AppState":
-    from api.server import STATE
-
+def state_of(request: web.Request) -> AppState:
     return request.app[STATE]
 
 
@@ -82,7 +78,7 @@ async def _complete(request: web.Request, engine_name: str | None) -> web.Stream
         return await _full(state, plan, tracker)
 
 
-async def _full(state: "AppState", plan: CompletionPlan, tracker: GenerationTracker) -> web.Response:
+async def _full(state: AppState, plan: CompletionPlan, tracker: GenerationTracker) -> web.Response:
     finals = {}
     try:
         async with deadline(state.config.request_timeout):
@@ -97,7 +93,7 @@ async def _full(state: "AppState", plan: CompletionPlan, tracker: GenerationTrac
     return web.Response(text=body.model_dump_json(), content_type="application/json")
 
 
-async def _stream(request: web.Request, state: "AppState", plan: CompletionPlan,
+async def _stream(request: web.Request, state: AppState, plan: CompletionPlan,
                   tracker: GenerationTracker) -> web.StreamResponse:
     stream = CompletionStream(request, plan, state.engine)
     try:
@@ -118,7 +114,7 @@ async def _stream(request: web.Request, state: "AppState", plan: CompletionPlan,
     return stream.response or web.Response(status=204)
 
 
-def _generation_error(e: Exception, state: "AppState") -> APIError:
+def _generation_error(e: Exception, state: AppState) -> APIError:
     if isinstance(e, APIError):
         return e
     if isinstance(e, (TimeoutError, asyncio.TimeoutError)):

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import importlib
 import logging
 import signal
-import time
-from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -21,11 +18,10 @@ from engine import EngineConfig
 from engine.async_engine import AsyncEngine
 
 from api import errors
-from api.admission import Admission
 from api.config import ServerConfig
-from api.metrics import ServerMetrics
-from api.openapi import build_openapi
 from api.routes import add_routes
+from api.state import STATE, AppState
+from fastcodellama.drafting import SpecConfig, build_proposer
 
 log = logging.getLogger("api")
 
@@ -33,50 +29,12 @@ PUBLIC_PATHS = frozenset({"/health"})  # no API key needed (liveness probes)
 HANDLER_DRAIN_S = 5.0  # after the grace period: time for handlers to write their error and return
 
 
-@dataclass
-class AppState:
-    engine: AsyncEngine
-    config: ServerConfig
-    metrics: ServerMetrics = field(default_factory=ServerMetrics)
-    admission: Admission = None  # type: ignore[assignment]
-    openapi: dict = field(default_factory=dict)
-    created: int = field(default_factory=lambda: int(time.time()))
-    engine_stopped: bool = False
-
-    def __post_init__(self) -> None:
-        if self.admission is None:
-            self.admission = Admission(self.config.capacity, self.config.retry_after)
-        self.openapi = build_openapi("fastcodellama", "0.1.0", auth=self.config.api_key is not None)
-
-    async def stop_engine(self) -> None:
-        if not self.engine_stopped:
-            self.engine_stopped = True
-            await self.engine.shutdown()
-
-
-STATE = web.AppKey("state", AppState)
-
-
 # ---------------------------------------------------------------------- the engine
 
 
-def build_proposer():
-    """fastcodellama's copy-draft proposer, or None (no drafting) where it is not available."""
-    try:
-        from fastcodellama import spec_config
-
-        proposer_module = importlib.import_module("fastcodellama.proposer")
-        build = getattr(proposer_module, "build_proposer", None) or spec_config.build_proposer
-        return build(spec_config.SpecConfig())
-    except ModuleNotFoundError as e:
-        log.info("no draft proposer (%s): serving without speculation", e)
-    except Exception:  # noqa: BLE001 - a broken proposer must not stop the server
-        log.exception("building the draft proposer failed: serving without speculation")
-    return None
-
-
-def build_engine(config: EngineConfig, speculate: bool = True) -> AsyncEngine:
-    return AsyncEngine(config, proposer=build_proposer() if speculate else None)
+def build_engine(config: EngineConfig, spec: SpecConfig | None = SpecConfig()) -> AsyncEngine:
+    """The engine the server runs; `spec` None serves without copy drafting."""
+    return AsyncEngine(config, proposer=build_proposer(spec) if spec is not None else None)
 
 
 # ---------------------------------------------------------------------- the app
@@ -232,7 +190,7 @@ async def serve(engine: AsyncEngine, config: ServerConfig, access_log: bool = Tr
     return 0
 
 
-def run_server(engine_config: EngineConfig, config: ServerConfig, speculate: bool = True,
+def run_server(engine_config: EngineConfig, config: ServerConfig, spec: SpecConfig | None = SpecConfig(),
                access_log: bool = True) -> int:
-    engine = build_engine(engine_config, speculate)
+    engine = build_engine(engine_config, spec)
     return asyncio.run(serve(engine, config, access_log=access_log))

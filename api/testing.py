@@ -10,7 +10,8 @@ from aiohttp import web
 from engine.async_engine import AsyncEngine
 
 from api.config import ServerConfig
-from api.server import STATE, AppState, create_app, start_site
+from api.server import create_app, start_site
+from api.state import STATE, AppState
 
 
 @dataclass

@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     path = convert(model, args.outtype, force=args.force)
     print(json.dumps({"gguf": path, "llama_cpp_python": version(), "seconds": round(time.perf_counter() - start, 1)}))
-    from fastcodellama.humaneval import load_tasks
+    from fastcodellama.job.tasks import load_tasks
 
     texts = [t["prompt"] for t in load_tasks(None, 164)]
     print(json.dumps({"token_agreement_humaneval": token_agreement(path, model, texts)}))

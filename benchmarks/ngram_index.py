@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trace_replay  # noqa: E402
 
 from engine import DEFAULT_MODEL, LLM  # noqa: E402
-from fastcodellama.ngram_index import GroupIndex, OtherPool  # noqa: E402
-from fastcodellama.ngram_tables import table_factory  # noqa: E402
+from fastcodellama.drafting.ngram_index import GroupIndex, OtherPool  # noqa: E402
+from fastcodellama.drafting.ngram_tables import table_factory  # noqa: E402
 
 
 def run(problems: list[tuple[list[int], trace_replay.Request]], tables, sync_every: int) -> tuple[float, int, list]:

@@ -8,7 +8,7 @@ import argparse
 import ast
 import warnings
 
-from fastcodellama.problems import load_problems, read_jsonl
+from fastcodellama.evaluation.problems import load_problems, read_jsonl
 
 
 def parses(source: str) -> bool:

@@ -23,7 +23,6 @@ so that every system does the same work):
             semantics differ between peers); their outputs must be identical for a seed.
 
     python benchmarks/passk_throughput.py --problems 16 --samples 10 --max-tokens 128
-    fastcodellama bench --problems 4 --samples 5 --max-tokens 64        # the same, installed command
 Writes JSON, markdown and a PNG plot under benchmarks/results/.
 """
 from __future__ import annotations
@@ -89,7 +88,7 @@ def run_engine(model: str, wl: Workload, speculate: bool, stops: Sequence[str] =
 
     proposer = None
     if speculate:  # a fresh proposer per workload: nothing copied from an earlier run of the same prompts
-        from fastcodellama.spec_config import SpecConfig, build_proposer
+        from fastcodellama.drafting import SpecConfig, build_proposer
 
         proposer = RecordingProposer(build_proposer(SpecConfig()))
     kv = {} if kv_cache_gb is None else {"kv_cache_memory_gb": kv_cache_gb}
@@ -314,7 +313,8 @@ def build_workloads(args, prompt_ids: list[list[int]]) -> dict[str, tuple[Worklo
 
 def run(args) -> dict:
     from engine.tokenizer import Tokenizer
-    from fastcodellama.humaneval import CODEX_STOPS, load_tasks
+    from fastcodellama.job.tasks import load_tasks
+    from fastcodellama.job.types import CODEX_STOPS
 
     tok = Tokenizer(args.model)
     texts = [t["prompt"] for t in load_tasks(None, max(args.problems, args.greedy_problems or 0))]

@@ -18,7 +18,7 @@ Two drivers:
 speedup = (time plain decoding needs for the same tokens at the same batch) / (time spent):
 sum over steps of emitted * cost(N)/N, over sum of cost(N + drafted).
 
-Costs are the linear layers only (the curves in fastcodellama/policy.py), without attention
+Costs are the linear layers only (the curves in fastcodellama/drafting/), without attention
 and sampling; the H100 curve is CodeLlama-7B-shaped, the CPU one a 7M-parameter model.
 
 Needs shared/ beside the repo (data and the ceiling tool, whose data loading and proxy
@@ -42,8 +42,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from engine.proposer import DraftQuery  # noqa: E402
-from fastcodellama.policy import CONT_BINS, ML_BUCKETS, POSITIONS, AcceptanceModel, CostCurve  # noqa: E402
-from fastcodellama.spec_config import SpecConfig, build_proposer  # noqa: E402
+from fastcodellama.drafting.acceptance import CONT_BINS, ML_BUCKETS, POSITIONS, AcceptanceModel  # noqa: E402
+from fastcodellama.drafting.cost import CostCurve  # noqa: E402
+from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
 
 CURVES = {"cpu": CostCurve.from_spec("cpu"), "h100": CostCurve.from_spec("h100")}
 MAX_NEW = {"file1": 300, "file2": 512, "file3": 300}   # the runs' max_new_tokens: the engine's max_len cap
@@ -239,7 +240,7 @@ def split_samples(groups: list[Group]) -> list[Group]:
 
 def fit_priors(groups: list[Group], k: int = 20) -> dict:
     """Acceptance of every source's candidate at every step of a fixed-policy lockstep replay,
-    undecayed, as the prior tables of fastcodellama/policy.py. Continuation rates are pooled
+    undecayed, as the prior tables of fastcodellama/drafting/. Continuation rates are pooled
     over position bins and made non-decreasing in the position (pool-adjacent-violators)."""
     model = AcceptanceModel(prior_weight=0.0, decay=1.0)
 

@@ -22,11 +22,15 @@ from datetime import datetime, timezone
 
 import torch
 
-from fastcodellama.cli import build_parser
-from fastcodellama.distributed import connect, generate_samples_on_ray
-from fastcodellama.humaneval import ParamsFor, generate_samples, load_tasks
-from fastcodellama.options import build_llm
-from fastcodellama.ray_options import RayConfig, replica_spec
+from fastcodellama.cli.main import build_parser
+from fastcodellama.job.ray_runner import generate_samples_on_ray
+from fastcodellama.ray_cluster import connect
+from fastcodellama.cli.humaneval import job_params
+from fastcodellama.job.runner import generate_samples
+from fastcodellama.job.tasks import load_tasks
+from fastcodellama.cli.options import build_llm
+from fastcodellama.cli.options import replica_spec
+from fastcodellama.ray_cluster import RayConfig
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -48,7 +52,7 @@ def single_process(opts: argparse.Namespace, output: str, threads: int) -> dict:
     start = time.perf_counter()
     llm = build_llm(args)
     startup = time.perf_counter() - start
-    stats = generate_samples(llm, load_tasks(None, args.limit), ParamsFor(args), output, progress=False)
+    stats = generate_samples(llm, load_tasks(None, args.limit), job_params(args), output, progress=False)
     torch.set_num_threads(1)
     return {"system": f"single process, {threads} thread(s)", "replicas": 0, "threads": threads, "startup_s": startup,
             "tokens": stats.tokens, "wall_s": stats.wall, "tokens_per_s": stats.tokens / stats.wall}
@@ -56,7 +60,7 @@ def single_process(opts: argparse.Namespace, output: str, threads: int) -> dict:
 
 def on_ray(opts: argparse.Namespace, output: str, replicas: int) -> dict:
     args = job_args(opts, output, 1)
-    stats, report = generate_samples_on_ray(load_tasks(None, args.limit), ParamsFor(args), output, replica_spec(args),
+    stats, report = generate_samples_on_ray(load_tasks(None, args.limit), job_params(args), output, replica_spec(args),
                                             RayConfig(replicas=replicas), progress=False)
     return {"system": f"ray, {replicas} replica(s) x 1 thread", "replicas": replicas, "threads": replicas,
             "startup_s": report.startup_s, "tokens": stats.tokens, "wall_s": stats.wall,

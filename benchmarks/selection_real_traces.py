@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastcodellama.behaviour import BehaviourCache  # noqa: E402
-from fastcodellama.evaluate import evaluate_samples  # noqa: E402
-from fastcodellama.passk import estimate_pass_at_k  # noqa: E402
-from fastcodellama.problems import load_problems, read_jsonl  # noqa: E402
-from fastcodellama.select import SelectConfig, group_by_task, run_selection, task_prompts  # noqa: E402
-from fastcodellama.selection import TaskSelection  # noqa: E402
+from fastcodellama.evaluation.behaviour import BehaviourCache  # noqa: E402
+from fastcodellama.evaluation.evaluate import evaluate_samples  # noqa: E402
+from fastcodellama.evaluation.passk import estimate_pass_at_k  # noqa: E402
+from fastcodellama.evaluation.problems import load_problems, read_jsonl  # noqa: E402
+from fastcodellama.evaluation.selection import SelectConfig, group_by_task, run_selection, task_prompts  # noqa: E402
+from fastcodellama.evaluation.task_selection import TaskSelection  # noqa: E402
 
 TRACES = Path("/work/shared/data/real_traces")
 WORK = ROOT / "runs" / "selection"

@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if not targets:
         print("give --target NAME=URL or --launch fastcodellama|llama.cpp", file=sys.stderr)
         return 2
-    from fastcodellama.humaneval import load_tasks
+    from fastcodellama.job.tasks import load_tasks
 
     load = Load(prompts=tuple(t["prompt"] for t in load_tasks(None, args.prompts)), max_tokens=args.max_tokens,
                 temperature=args.temperature, top_p=args.top_p, requests=args.requests,

@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import measure  # noqa: E402
 from engine import DEFAULT_MODEL, LLM, SamplingParams
-from fastcodellama.humaneval import load_tasks
-from fastcodellama.spec_config import SpecConfig, build_proposer
+from fastcodellama.job.tasks import load_tasks
+from fastcodellama.drafting import SpecConfig, build_proposer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = measure.RESULTS
@@ -91,12 +91,9 @@ def params_for(name: str, request: Request) -> SamplingParams:
                           replay_token_ids=request.continuations, **sampling)
 
 
-def run(model: str, requests: list[Request], name: str, batch: int, drafting: bool, stagger: int = 0) -> dict:
-    """One run; `stagger` (EngineConfig.stagger_samples) applies to drafting runs only: plain
-    decoding is the baseline as it runs by default."""
+def run(model: str, requests: list[Request], name: str, batch: int, drafting: bool) -> dict:
     proposer = build_proposer(SpecConfig()) if drafting else None
-    llm = LLM(model, proposer=proposer, max_num_seqs=batch, max_num_batched_tokens=max(2048, batch * 8),
-              stagger_samples=stagger if drafting else 0)
+    llm = LLM(model, proposer=proposer, max_num_seqs=batch, max_num_batched_tokens=max(2048, batch * 8))
     engine = llm.engine
     start = time.perf_counter()
     outs = llm.generate([r.prompt for r in requests], [params_for(name, r) for r in requests], use_tqdm=False)
@@ -122,14 +119,13 @@ def run(model: str, requests: list[Request], name: str, batch: int, drafting: bo
             "replay_exact": bool(exact), "leaked_blocks": leaked}
 
 
-def best_of(repeats: int, model: str, requests: list[Request], name: str, batch: int,
-            stagger: int = 0) -> tuple[dict, dict]:
+def best_of(repeats: int, model: str, requests: list[Request], name: str, batch: int) -> tuple[dict, dict]:
     """Plain and drafting run alternately; the fastest of each (other load on a shared machine only
     ever adds time)."""
     runs: dict[bool, list[dict]] = {False: [], True: []}
     for _ in range(repeats):
         for drafting in (False, True):
-            runs[drafting].append(run(model, requests, name, batch, drafting, stagger))
+            runs[drafting].append(run(model, requests, name, batch, drafting))
     plain, draft = (max(runs[d], key=lambda r: r["tokens_per_s"]) for d in (False, True))
     # Each drafting run against the plain run just before it: slow drift of the machine's speed
     # cancels in a pair, where a fastest-of-each could pair a fast moment with a slow one.
@@ -157,9 +153,6 @@ def main() -> None:
     ap.add_argument("--pass100-tasks", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=1,
                     help="run plain and drafting alternately this many times; keep each one's fastest run")
-    ap.add_argument("--stagger", type=int, default=0,
-                    help="drafting runs: at most this many samples of one request side by side while "
-                         "other requests wait (EngineConfig.stagger_samples; 0: off)")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args()
     tokenizer = LLM(args.model).tokenizer
@@ -170,7 +163,7 @@ def main() -> None:
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             chosen = subset(requests, batch, args.min_sequences)
-            plain, draft = best_of(args.repeats, args.model, chosen, name, batch, args.stagger)
+            plain, draft = best_of(args.repeats, args.model, chosen, name, batch)
             draft["speedup"] = draft["tokens_per_s"] / plain["tokens_per_s"]
             rows += [plain, draft]
             print(f"{name} batch {batch}: {len(chosen)} requests, plain {plain['tokens_per_s']:.1f} tok/s, "
@@ -186,8 +179,6 @@ def write(results: dict, out_dir: str) -> None:
     lines = [f"# Trace replay ({results['date']})", "", f"machine: {results['machine']}", f"model: {results['model']}",
              f"each figure: the fastest of {results['args'].get('repeats', 1)} alternating run(s) of plain and drafting; "
              "paired ratios: each drafting run over the plain run just before it",
-             *([f"drafting runs: stagger_samples={results['args']['stagger']} (plain runs: no stagger)"]
-               if results["args"].get("stagger") else []),
              "", "| workload | max running | requests | seqs | system | tokens | tokens/s | speedup | tokens/forward "
              "| ceiling | drafted (self/sibling/other) | accepted (self/sibling/other) | propose share | exact | leaked "
              "| paired ratios |",

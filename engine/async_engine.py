@@ -38,6 +38,7 @@ class AsyncEngine:
     def __init__(self, config: EngineConfig | None = None, proposer: Proposer | None = None,
                  engine: LLMEngine | None = None) -> None:
         self.engine = engine or LLMEngine(config or EngineConfig(), proposer=proposer)
+        self.config = self.engine.config
         self.tokenizer = self.engine.tokenizer
         self.max_model_len = self.engine.max_model_len
         self.model_name = self.engine.config.model

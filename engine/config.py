@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "codemodel")
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -84,23 +84,21 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     attention_backend: str = "auto"
-    num_threads: int | None = None  # CPU threads for torch; None leaves torch's default
-    # At most this many samples of one request run side by side while another request's sample
-    # could take the slot (0: no limit). Later samples then start after earlier ones finished and
-    # copy drafts from their whole text; when nothing else waits, samples fill the batch anyway.
-    stagger_samples: int = 0
-    extra: dict = field(default_factory=dict, compare=False)
+    num_threads: int | None = None  # CPU threads for torch and the C kernels; None leaves torch's default
+    # Full KV blocks are kept by a hash of their tokens and everything before them, so a prompt
+    # that starts like a cached one computes only the rest (False: every prompt in full).
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.model is None:
             object.__setattr__(self, "model", DEFAULT_MODEL)
-        _check(self.dtype in ("auto", *_DTYPES), f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        _check(self.dtype in ("auto", *DTYPES), f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         _check(self.block_size >= 1, "block_size must be >= 1")
         _check(self.max_num_seqs >= 1, "max_num_seqs must be >= 1")
         _check(self.max_num_batched_tokens >= self.max_num_seqs,
                "max_num_batched_tokens must be >= max_num_seqs (every running sequence needs a token per step)")
         _check(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks must be >= 1")
-        _check(self.stagger_samples >= 0, "stagger_samples must be >= 0 (0: no limit)")
+        _check(self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -110,7 +108,7 @@ class EngineConfig:
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
             return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
-        return _DTYPES[self.dtype]
+        return DTYPES[self.dtype]
 
 
 def _check(ok: bool, message: str) -> None:

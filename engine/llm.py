@@ -15,12 +15,20 @@ from engine.sampling_params import SamplingParams
 
 
 class LLM:
-    def __init__(self, model: str | None = None, proposer: Proposer | None = None, **config) -> None:
-        fields = {f.name for f in dataclasses.fields(EngineConfig)}
-        unknown = set(config) - fields
-        if unknown:
-            raise TypeError(f"unknown engine options: {', '.join(sorted(unknown))}")
-        self.config = EngineConfig(model=model, **config)
+    def __init__(self, model: str | EngineConfig | None = None, proposer: Proposer | None = None,
+                 **config) -> None:
+        """`model`: a checkpoint folder (None: the embedded model) with engine options as keywords,
+        or a whole EngineConfig."""
+        if isinstance(model, EngineConfig):
+            if config:
+                raise TypeError("give an EngineConfig or engine options, not both")
+            self.config = model
+        else:
+            fields = {f.name for f in dataclasses.fields(EngineConfig)}
+            unknown = set(config) - fields
+            if unknown:
+                raise TypeError(f"unknown engine options: {', '.join(sorted(unknown))}")
+            self.config = EngineConfig(model=model, **config)
         self.engine = LLMEngine(self.config, proposer=proposer)
         self.tokenizer = self.engine.tokenizer
         self._ids = itertools.count()

@@ -70,7 +70,7 @@ class LLMEngine:
         self.runner = ModelRunner(config, mc, model)
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
         limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
-                                 config.stagger_samples)
+                                 0)
         self.scheduler = Scheduler(limits, self.block_manager)
         self.eos_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else mc.eos_token_id
         self.sampler = Sampler(self.eos_id)

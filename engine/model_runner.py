@@ -16,6 +16,8 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, model: LlamaForCausalLM | None = None) -> None:
         self.config = config
         self.model_config = model_config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
         self.device = config.torch_device()
         self.dtype = config.torch_dtype()
         if model is None:

@@ -1,4 +1,5 @@
-from fastcodellama.cli import main
 import sys
+
+from fastcodellama.cli.main import main
 
 sys.exit(main())

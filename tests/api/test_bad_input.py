@@ -89,7 +89,7 @@ CASES = [
 async def server(tiny_model_dir):
     engine = build_engine(EngineConfig(model=tiny_model_dir, num_kv_blocks=128, block_size=8, max_num_seqs=8,
                                        max_num_batched_tokens=128))
-    config = ServerConfig(served_model_names=("tiny",), port=0, max_queue=40, max_running=8, max_body_bytes=MAX_BODY)
+    config = ServerConfig(served_model_names=("tiny",), port=0, max_queue=40, max_body_bytes=MAX_BODY)
     async with running_server(engine, config) as srv:
         yield srv
 

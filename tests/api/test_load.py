@@ -73,7 +73,7 @@ async def test_concurrent_clients_with_disconnects(tiny_model_dir):
     rng = random.Random(1234)
     jobs = [plan(rng) for _ in range(NUM_REQUESTS)]
     engine = build_engine(EngineConfig(model=tiny_model_dir, **ENGINE))
-    config = ServerConfig(served_model_names=("tiny",), port=0, max_running=ENGINE["max_num_seqs"], max_queue=256)
+    config = ServerConfig(served_model_names=("tiny",), port=0, max_queue=256)
     results: list = []
     async with running_server(engine, config) as srv, aiohttp.ClientSession() as http:
         gate = asyncio.Semaphore(CONCURRENCY)

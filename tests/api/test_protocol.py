@@ -168,7 +168,7 @@ async def test_no_cors_by_default_and_cors_when_asked(server, http, tiny_model_d
     headers = {"Origin": "http://example.test"}
     async with http.get(f"{server.url}/v1/models", headers=headers) as r:
         assert "Access-Control-Allow-Origin" not in r.headers
-    engine = build_engine(EngineConfig(model=tiny_model_dir, **ENGINE), speculate=False)
+    engine = build_engine(EngineConfig(model=tiny_model_dir, **ENGINE), spec=None)
     config = ServerConfig(served_model_names=("tiny",), port=0, cors_origins=("http://example.test",))
     async with running_server(engine, config) as srv:
         preflight = {**headers, "Access-Control-Request-Method": "POST"}

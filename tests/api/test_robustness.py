@@ -30,8 +30,7 @@ def long_request(stream: bool, tokens: int = 400, **extra) -> dict:
 
 
 def make_server(model_dir: str, speculate: bool = True, engine: dict | None = None, **config):
-    eng = build_engine(EngineConfig(model=model_dir, **(engine or ENGINE)), speculate=speculate)
-    config.setdefault("max_running", (engine or ENGINE)["max_num_seqs"])
+    eng = build_engine(EngineConfig(model=model_dir, **(engine or ENGINE)), **({} if speculate else {"spec": None}))
     return running_server(eng, ServerConfig(served_model_names=("tiny",), port=0, **config))
 
 

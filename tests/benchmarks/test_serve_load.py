@@ -15,7 +15,7 @@ PROMPTS = ("def add(a, b):\n", "import os\n\ndef main():\n", "class Stack:\n    
 
 @pytest.fixture
 async def server():
-    engine = build_engine(EngineConfig(num_kv_blocks=128, max_num_seqs=8, max_num_batched_tokens=256), speculate=True)
+    engine = build_engine(EngineConfig(num_kv_blocks=128, max_num_seqs=8, max_num_batched_tokens=256))
     async with running_server(engine, ServerConfig(served_model_names=("codemodel",), port=0)) as srv:
         yield srv
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from engine import DEFAULT_MODEL, LLM, SamplingParams
-from fastcodellama.humaneval import load_tasks
+from fastcodellama.job.tasks import load_tasks
 from tests.engine.helpers import assert_no_leaks, hf_greedy
 
 PROMPTS = [t["prompt"] for t in load_tasks(None, 4)] + [

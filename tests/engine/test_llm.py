@@ -128,37 +128,6 @@ def test_samples_joining_late_take_the_prompt_from_a_running_sibling(tiny_model_
     assert_no_leaks(engine)
 
 
-def test_staggered_samples_run_apart_while_other_requests_wait_and_fill_the_batch_after(tiny_model_dir):
-    params = SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=5, ignore_eos=True)
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(4)]
-    roomy = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_seqs=16)
-    expected = [[c.token_ids for c in o.outputs] for o in roomy.generate(prompts, params)]
-    llm = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_seqs=3, stagger_samples=1)
-    engine = llm.engine
-    for i, p in enumerate(prompts):
-        engine.add_request(f"r{i}", p, params)
-    together = []
-    schedule = engine.scheduler.schedule
-
-    def checked_schedule():
-        out = schedule()
-        running = Counter(s.request_id for s in engine.scheduler.running)
-        others_wait = {s.request_id for s in engine.scheduler.waiting} - set(running)
-        if max(running.values(), default=0) > 1:
-            together.append(running)
-            assert not others_wait      # two samples of one request side by side only when nothing else waits
-        assert sum(running.values()) == 3 or not engine.scheduler.waiting   # no slot left empty
-        return out
-
-    engine.scheduler.schedule = checked_schedule
-    while engine.has_unfinished():
-        engine.step()
-    assert together                     # the tail: the last request's samples fill the batch
-    outs = llm.generate(prompts, params)
-    assert [[c.token_ids for c in o.outputs] for o in outs] == expected
-    assert_no_leaks(engine)
-
-
 def test_a_proposer_that_is_not_active_is_not_asked_for_drafts(tiny_model_dir):
     class Idle(ScriptedProposer):
         def __init__(self) -> None:

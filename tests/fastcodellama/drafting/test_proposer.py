@@ -1,0 +1,359 @@
+"""CopyProposer against a brute-force drafter, and the protocol's guarantees."""
+from __future__ import annotations
+
+import inspect
+import random
+
+import pytest
+
+from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery, Proposer
+from fastcodellama.drafting.ngram_tables import load_extension
+from fastcodellama.drafting.proposer import CopyProposer
+from fastcodellama.drafting import SpecConfig, build_proposer
+
+
+class RefGroup:
+    def __init__(self) -> None:
+        self.members: list[int] = []
+        self.live: set[int] = set()
+        self.log: list[tuple[int, int]] = []    # (seq, end) in the order ends became copyable
+
+
+class RefDrafter:
+    """The ceiling's rule by brute force: for m = max_match..n, the most recent earlier
+    occurrence in self, else the latest in a sibling, else the newest pool text that has it."""
+
+    def __init__(self, cfg: SpecConfig) -> None:
+        self.cfg = cfg
+        self.texts: dict[int, list[int]] = {}
+        self.prompt_len: dict[int, int] = {}
+        self.group_of: dict[int, RefGroup] = {}
+        self.groups: dict[str, RefGroup] = {}
+        self.gid: dict[int, str] = {}
+        self.pool: list[list[int]] = []
+
+    def add(self, sid: int, gid: str, prompt: list[int]) -> None:
+        g = self.groups.setdefault(gid, RefGroup())
+        g.members.append(sid)
+        g.live.add(sid)
+        self.texts[sid], self.prompt_len[sid], self.group_of[sid], self.gid[sid] = list(prompt), len(prompt), g, gid
+
+    def extend(self, sid: int, toks: list[int]) -> None:
+        text = self.texts[sid]
+        start = max(len(text), self.prompt_len[sid])
+        text.extend(toks)
+        self.group_of[sid].log += [(sid, e) for e in range(start, len(text))]
+
+    def finish(self, sid: int, aborted: bool) -> None:
+        g = self.group_of[sid]
+        g.live.discard(sid)
+        if not aborted and "other" in self.cfg.sources:
+            out = self.texts[sid][self.prompt_len[sid]:]
+            if len(out) >= 2:
+                self.pool.append(out[-self.cfg.other_pool_tokens:])
+                while sum(map(len, self.pool)) > self.cfg.other_pool_tokens:
+                    self.pool.pop(0)
+        if not g.live and self.groups.get(self.gid[sid]) is g:
+            del self.groups[self.gid[sid]]
+
+    def draft(self, sid: int, max_len: int) -> tuple[tuple[int, ...], str]:
+        cfg, me = self.cfg, self.texts[sid]
+        L, cap = len(me), min(cfg.k, max_len)
+        for m in range(cfg.max_match, cfg.n - 1, -1):
+            if m > L:
+                continue
+            gram = me[L - m:]
+            if "self" in cfg.sources:
+                for e in range(L - 1, m - 1, -1):
+                    if me[e - m:e] == gram:
+                        return tuple(me[e:e + cap]), "self"
+            if "sibling" in cfg.sources:
+                for other, e in reversed(self.group_of[sid].log):
+                    t = self.texts[other]
+                    if other != sid and e >= m and t[e - m:e] == gram:
+                        return tuple(t[e:e + cap]), "sibling"
+            if "other" in cfg.sources:
+                for t in reversed(self.pool):
+                    for e in range(len(t) - 1, m - 1, -1):
+                        if t[e - m:e] == gram:
+                            return tuple(t[e:e + cap]), "other"
+        return (), "self"
+
+
+def test_implements_the_engine_protocol() -> None:
+    for name, proto in inspect.getmembers(Proposer, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        ours = getattr(CopyProposer, name)
+        assert list(inspect.signature(ours).parameters) == list(inspect.signature(proto).parameters), name
+
+
+def random_session(rng: random.Random, cfg: SpecConfig, steps: int, check) -> CopyProposer:
+    """Random adds, extends, finishes and proposals; check(proposer, ref, sid, max_len, draft)."""
+    prop, ref = CopyProposer(cfg), RefDrafter(cfg)
+    vocab = rng.choice((3, 5, 12))
+    prompts = {f"g{i}": [rng.randrange(vocab) for _ in range(rng.randrange(1, 12))] for i in range(4)}
+    running: list[int] = []
+    next_id = 0
+    for _ in range(steps):
+        op = rng.random()
+        if op < 0.12 or not running:
+            gid = rng.choice(list(prompts))
+            prop.add_sequence(next_id, gid, prompts[gid])
+            ref.add(next_id, gid, prompts[gid])
+            running.append(next_id)
+            next_id += 1
+        elif op < 0.2:
+            sid = running.pop(rng.randrange(len(running)))
+            aborted = rng.random() < 0.3
+            prop.finish(sid, aborted)
+            ref.finish(sid, aborted)
+        elif op < 0.7:
+            sid = rng.choice(running)
+            toks = [rng.randrange(vocab) for _ in range(rng.choice((1, 1, 2, 5)))]
+            prop.extend(sid, toks)
+            ref.extend(sid, toks)
+        else:
+            qs = [DraftQuery(s, rng.randrange(0, 30)) for s in rng.sample(running, rng.randrange(1, len(running) + 1))]
+            budget = rng.choice((rng.randrange(0, 120), 10_000))
+            drafts = prop.propose(qs, budget)
+            assert len(drafts) == len(qs)
+            assert sum(len(d) for d in drafts) <= budget
+            for q, d in zip(qs, drafts):
+                assert len(d) <= q.max_len
+                check(prop, ref, q.seq_id, q.max_len, budget, d)
+                prop.record(q.seq_id, d, rng.randrange(0, len(d) + 1))
+    return prop
+
+
+@pytest.mark.parametrize("index_tables", ["dict", "c"])
+def test_fixed_policy_drafts_equal_the_brute_force_drafter(index_tables: str) -> None:
+    if index_tables == "c" and load_extension() is None:
+        pytest.skip("the n-gram tables' C extension does not build here")
+
+    def check(prop, ref, sid, max_len, budget, d):
+        if budget >= 10_000:                        # no trimming: every draft is the full copy
+            tokens, source = ref.draft(sid, max_len)
+            assert d.tokens == tokens
+            if tokens:
+                assert d.source == source
+        else:                                       # trimmed to the budget: a prefix of it
+            tokens, _ = ref.draft(sid, max_len)
+            assert d.tokens == tokens[:len(d)]
+
+    rng = random.Random(1)
+    for trial in range(12):
+        sources = (("self",), ("self", "sibling"), ("self", "sibling", "other"), ("sibling", "other"))[trial % 4]
+        cfg = SpecConfig(policy="fixed", n=1 + trial % 2, max_match=(1, 3, 4)[trial % 3] + trial % 2, k=7,
+                         sources=sources, other_pool_tokens=(40, 500)[trial % 2], index_tables=index_tables)
+        random_session(rng, cfg, 300, check)
+
+
+def test_adaptive_drafts_are_copies_within_budget_and_max_len() -> None:
+    """Adaptive drafts are a prefix of one source's continuation, never past that text's end."""
+    def check(prop, ref, sid, max_len, budget, d):
+        if not len(d):
+            return
+        hits = [h for h in prop.candidates(sid) if h.source == d.source]
+        assert hits and tuple(hits[0].text[hits[0].end:hits[0].end + len(d)]) == d.tokens
+        assert len(d) <= hits[0].avail
+
+    rng = random.Random(2)
+    for curve in ("flat", "h100", "cpu"):
+        cfg = SpecConfig(policy="adaptive", cost_curve=curve, k=9, other_pool_tokens=200)
+        random_session(rng, cfg, 400, check)
+
+
+def test_siblings_see_each_other_as_far_as_they_have_got() -> None:
+    prop = build_proposer(SpecConfig(policy="fixed", sources=("self", "sibling")))
+    prompt = [1, 2, 3]
+    for sid in (0, 1):
+        prop.add_sequence(sid, "req", prompt)
+    prop.extend(0, [10, 11, 12])
+    prop.extend(1, [10])
+    assert prop.propose([DraftQuery(1, 50)], 100) == [Draft((11, 12), "sibling")]
+    prop.extend(0, [13])
+    assert prop.propose([DraftQuery(1, 50)], 100) == [Draft((11, 12, 13), "sibling")]
+    prop.finish(0)                                   # a finished sibling stays readable
+    assert prop.propose([DraftQuery(1, 2)], 100) == [Draft((11, 12), "sibling")]
+    prop.add_sequence(2, "other-req", prompt)
+    prop.extend(2, [10])
+    assert prop.propose([DraftQuery(2, 50)], 100) == [EMPTY_DRAFT]   # not a sibling
+
+
+def test_others_see_finished_outputs_but_not_aborted_ones() -> None:
+    prop = build_proposer(SpecConfig(policy="fixed"))
+    prop.add_sequence(0, "a", [1])
+    prop.extend(0, [20, 21, 22, 23])
+    prop.add_sequence(1, "b", [2])
+    prop.extend(1, [30, 31, 32])
+    prop.finish(0)
+    prop.finish(1, aborted=True)
+    prop.add_sequence(2, "c", [9, 20])
+    prop.add_sequence(3, "d", [9, 30])
+    assert prop.propose([DraftQuery(2, 50), DraftQuery(3, 50)], 100) == [Draft((21, 22, 23), "other"), EMPTY_DRAFT]
+    assert prop.stats()["groups"] == 2               # groups a and b are gone
+
+
+def test_other_pool_memory_is_bounded() -> None:
+    cap = 1000
+    prop = build_proposer(SpecConfig(other_pool_tokens=cap))
+    rng = random.Random(4)
+    for sid in range(300):
+        prop.add_sequence(sid, f"r{sid}", [rng.randrange(500) for _ in range(5)])
+        prop.extend(sid, [rng.randrange(500) for _ in range(rng.randrange(1, 60))])
+        prop.finish(sid)
+        st = prop.stats()
+        assert st["pool_tokens"] <= cap and st["running"] == 0 and st["groups"] == 0
+    pool = prop._pool
+    assert pool.num_entries() <= cap * (prop.config.max_match - prop.config.n + 1)
+
+
+def test_adaptive_prefers_a_longer_match_from_a_less_trusted_source() -> None:
+    def draft(policy: str) -> Draft:
+        prop = build_proposer(SpecConfig(policy=policy, cost_curve="flat", sources=("self", "sibling")))
+        prop.add_sequence(0, "r", [0])
+        prop.add_sequence(1, "r", [0])
+        prop.extend(0, [1, 2, 3, 4, 5, 6, 7, 40, 41, 42])
+        prop.extend(1, [8, 4, 5, 6, 7, 60, 61, 1, 2, 3, 4, 5, 6, 7])   # self matches 4 tokens, the sibling 7
+        return prop.propose([DraftQuery(1, 50)], 100)[0]
+
+    assert draft("fixed") == Draft((60, 61, 1, 2, 3, 4, 5, 6, 7), "self")   # the ceiling's rule: self wins at m=4
+    adaptive = draft("adaptive")
+    assert adaptive.source == "sibling" and adaptive.tokens[:3] == (40, 41, 42)
+
+
+def test_stats_and_feedback() -> None:
+    prop = build_proposer(SpecConfig(policy="fixed", sources=("self",)))
+    prop.add_sequence(0, "r", [5, 6, 7, 5, 6])
+    (d,) = prop.propose([DraftQuery(0, 10)], 10)
+    assert d == Draft((7, 5, 6), "self")
+    prop.record(0, d, 2)
+    prop.record(0, Draft((1, 2), "sibling"), 5)        # not what was proposed: still counted, clamped
+    st = prop.stats()
+    assert st["by_source"]["self"] == {"drafts": 1, "drafted": 3, "accepted": 2}
+    assert st["by_source"]["sibling"] == {"drafts": 1, "drafted": 2, "accepted": 2}
+    assert st["propose_calls"] == 1 and st["queries"] == 1 and st["propose_s"] >= 0
+
+
+def test_disabled_or_empty_budget_gives_plain_decoding() -> None:
+    for cfg, budget in ((SpecConfig(enabled=False), 100), (SpecConfig(k=0), 100), (SpecConfig(), 0),
+                        (SpecConfig(budget=0), 100)):
+        prop = build_proposer(cfg)
+        prop.add_sequence(0, "r", [1, 2, 1, 2, 1])
+        assert not prop.active(1, budget)        # the engine then builds no queries
+        assert prop.propose([DraftQuery(0, 10)], budget) == [EMPTY_DRAFT]
+    prop = build_proposer(SpecConfig(policy="fixed"))
+    prop.add_sequence(0, "r", [1, 2, 1, 2, 1])
+    assert prop.active(1, 100) and prop.propose([DraftQuery(0, 10)], 100)[0].tokens == (2, 1)
+    prop = build_proposer(SpecConfig(policy="fixed", budget=2))
+    prop.add_sequence(0, "r", [1, 2, 3, 1, 2, 3, 1])
+    assert len(prop.propose([DraftQuery(0, 10)], 100)[0]) == 2
+
+
+def test_config_is_validated() -> None:
+    for bad in (dict(n=0), dict(n=3, max_match=2), dict(max_match=9), dict(k=-1), dict(sources=("web",)),
+                dict(policy="greedy"), dict(cost_curve="tpu"), dict(cost_curve=((0, 1.0),)), dict(budget=-1),
+                dict(index_tables="numpy")):
+        with pytest.raises(ValueError):
+            SpecConfig(**bad)
+    assert SpecConfig(sources=["self"]).sources == ("self",)
+
+
+def test_backoff_pauses_only_when_drafting_steps_are_slower_than_plain_ones_measured():
+    from fastcodellama.drafting.proposer import Backoff
+
+    def window(b: Backoff, accepted: int, seconds: float, plain_s: float, now: float, seqs: int = 64) -> int:
+        """Steps of `seqs` sequences (modelled cost 10 plain, 10.8 with drafts) as the back-off
+        chooses them, until it judges a window: searching steps take `seconds` and accept
+        `accepted`, control steps `plain_s`. Returns the number of control steps."""
+        controls = 0
+        for _ in range(10_000):
+            searched = not b.skip(now, seqs)
+            controls += not searched
+            b.planned(seqs, 10.0, 10.8 if searched else 10.0, searched)
+            b.accepted(accepted if searched else 0)
+            calls = b._calls
+            b.observe(seconds if searched else plain_s, now)
+            if searched and b._calls == 0 and calls > 0:
+                return controls
+        raise AssertionError("no window was judged")
+
+    b = Backoff(enabled=True)
+    assert not b.skip(0.0, 64)
+    controls = window(b, 12, 0.110, 0.100, 0.0)     # 76 tokens in 110 ms against 64 in 100 ms: ahead
+    assert controls == Backoff.MIN_CONTROLS          # every CONTROL_EVERY-th step is plain
+    assert b.until == 0.0 and b.control_every == Backoff.CONTROL_EVERY
+    window(b, 12, 0.125, 0.100, 2.0)                 # 76 tokens in 125 ms: behind, whatever the model says
+    assert b.until >= 2.0 + Backoff.PAUSE_PER_WINDOW * Backoff.MIN_WINDOW_S  # searching <= 1/9 of the time
+    assert b.skip(b.until - 0.01, 64) and b.skip(b.until - 0.01, 40)
+    assert not b.skip(b.until - 0.01, 16) and b.until == 0.0   # the batch shrank to a quarter: try again
+    b.planned(64, 10.0, 10.0, False)
+    b.observe(5.0, 9.0)                               # a long prefill step does not move the calibration
+    assert b.rate() < 0.02
+    # The machine gets 30% slower while drafting runs: the control steps among the drafting ones
+    # see it too, so drafting that keeps its lead is not mistaken for a loss (a calibration from
+    # before the slowdown would say -17%).
+    b = Backoff(enabled=True)
+    window(b, 12, 0.110, 0.100, 0.0)
+    window(b, 12, 0.143, 0.130, 1.0)
+    assert b.until == 0.0
+    b = Backoff(enabled=True)                         # far ahead: fewer control steps
+    window(b, 64, 0.110, 0.100, 0.0)
+    assert b.control_every == Backoff.CONTROL_EVERY_AHEAD
+    b = Backoff(enabled=True)
+    window(b, 1, 0.0030, 0.0015, 0.0, seqs=1)         # batch 1: drafting half as fast pauses
+    assert b.until > 0.0
+    assert not Backoff(enabled=False).skip(0.0, 1)
+
+
+def test_backoff_gives_drafting_one_standard_error_of_its_control_steps():
+    from fastcodellama.drafting.proposer import Backoff
+
+    def judged(control_times: list[float]) -> Backoff:
+        """A window where searching steps take 101 ms for 64 tokens against control steps that
+        average 100 ms for 64: drafting 1% behind; the control steps' times cycle as given."""
+        b, now, i = Backoff(enabled=True), 0.0, 0
+        for _ in range(10_000):
+            searched = not b.skip(now, 64)
+            b.planned(64, 10.0, 10.0, searched)
+            calls = b._calls
+            if searched:
+                b.observe(0.101, now)
+            else:
+                b.observe(control_times[i % len(control_times)], now)
+                i += 1
+            now += 0.1
+            if searched and b._calls == 0 and calls > 0:
+                return b
+        raise AssertionError("no window was judged")
+
+    assert judged([0.100]).until > 0.0                   # steady controls: 1% behind is behind
+    assert judged([0.070, 0.130]).until == 0.0            # controls 30% apart: 1% is within their error
+
+
+def test_searches_that_find_nothing_worth_drafting_grow_rare_at_that_batch_size() -> None:
+    from fastcodellama.drafting import proposer as mod
+
+    prop = CopyProposer(SpecConfig(sources=("self",)))
+    searches = []
+    find = prop._find
+    prop._find = lambda st, first_only: searches.append(len(searches)) or find(st, first_only)
+    rng = random.Random(5)
+    for sid in range(40):
+        prop.add_sequence(sid, f"g{sid}", [rng.randrange(1000, 2000) for _ in range(8)])
+    queries = [DraftQuery(sid, 50) for sid in range(40)]
+    searched_steps = []
+    for step in range(200):
+        for sid in range(40):  # fresh tokens never seen before: no copy to find
+            prop.extend(sid, [10_000 + step * 40 + sid])
+        before = len(searches)
+        assert prop.propose(queries, 400) == [EMPTY_DRAFT] * 40
+        if len(searches) > before:
+            searched_steps.append(step)
+    # The back-off's control steps aside, the first IDLE_STEPS steps search, then ever fewer
+    # (without the gate: every step but the back-off's control steps).
+    assert len(searched_steps) < mod.IDLE_STEPS + 200 // mod.IDLE_MAX + 8
+    assert searched_steps[:mod.IDLE_STEPS - 1] == list(range(mod.IDLE_STEPS - 1))
+    assert prop.propose([DraftQuery(0, 50)], 400) is not None   # another batch size: searched afresh
+    assert len(searches) > 0 and prop._idle.get(1, 0) <= 1

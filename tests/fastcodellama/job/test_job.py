@@ -1,0 +1,54 @@
+"""The pass@k job: samples file format, resume after a crash, report."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from fastcodellama.cli.main import main
+from fastcodellama.job.samples_file import done_counts
+
+
+def _job(model: str, out: str, *extra: str) -> int:
+    return main(["humaneval", "--model", model, "--limit", "3", "--passk", "3", "--max-tokens", "12",
+                 "--temperature", "0.8", "--output_data_fn", out, "--no-evaluate", "--num-kv-blocks", "128",
+                 "--block-size", "4", *extra])
+
+
+def _lines(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_samples_file_has_every_sample_once(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "samples.jsonl"
+    assert _job(tiny_model_dir, str(out)) == 0
+    rows = [json.loads(line) for line in _lines(out)]
+    assert Counter(r["task_id"] for r in rows) == {"HumanEval/0": 3, "HumanEval/1": 3, "HumanEval/2": 3}
+    assert all(set(r) >= {"task_id", "completion", "num_tokens", "spec"} for r in rows)
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_resume_after_a_crash_redoes_nothing_and_loses_nothing(tiny_model_dir, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    assert _job(tiny_model_dir, str(out)) == 0
+    lines = _lines(out)
+    # A crash after four samples, in the middle of writing the fifth.
+    out.write_text("\n".join(lines[:4]) + "\n" + lines[4][: len(lines[4]) // 2])
+    assert done_counts(str(out)) == Counter(json.loads(l)["task_id"] for l in lines[:4])
+    assert _job(tiny_model_dir, str(out)) == 0
+    resumed = _lines(out)
+    assert resumed[:4] == lines[:4]
+    assert Counter(json.loads(l)["task_id"] for l in resumed) == {"HumanEval/0": 3, "HumanEval/1": 3, "HumanEval/2": 3}
+    # A finished file is left alone.
+    before = out.read_text()
+    assert _job(tiny_model_dir, str(out)) == 0
+    assert out.read_text() == before
+
+
+def test_bad_arguments_are_clear_errors(tiny_model_dir, tmp_path, capsys):
+    assert main(["humaneval", "--model", tiny_model_dir, "--top_p", "2", "--passk", "2",
+                 "--output_data_fn", str(tmp_path / "x.jsonl")]) == 2
+    assert "top_p" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["humaneval", "--type", "nonsense"])
