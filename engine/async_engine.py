@@ -32,6 +32,7 @@ class _Add:
     prompt: str | list[int]
     params: SamplingParams
     accepted: asyncio.Future = field(repr=False)
+    client: str | None = None
 
 
 class AsyncEngine:
@@ -80,9 +81,10 @@ class AsyncEngine:
         return self._task is not None and not self._task.done()
 
     # ------------------------------------------------------------------ requests
-    async def generate(self, prompt: str | list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
-        """Cumulative outputs of one request; the last has finished=True.
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
+                       client: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Cumulative outputs of one request; the last has finished=True. `client` names who asks
+        (an API key, a peer address): the engine shares its sequence slots fairly between clients.
 
         Raises ValueError for an invalid request before yielding anything. If the
         consumer stops early (client gone, task cancelled) the request is aborted.
@@ -94,7 +96,7 @@ class AsyncEngine:
         if not self.is_running:
             await self.start()
         loop = asyncio.get_running_loop()
-        add = _Add(request_id, prompt, params, loop.create_future())
+        add = _Add(request_id, prompt, params, loop.create_future(), client)
         queue: asyncio.Queue = asyncio.Queue()
         if request_id in self._queues:
             raise ValueError(f"request id {request_id!r} is already running")
@@ -165,7 +167,7 @@ class AsyncEngine:
                 accepted.append((add, None))
                 continue
             try:
-                self.engine.add_request(add.request_id, add.prompt, add.params)
+                self.engine.add_request(add.request_id, add.prompt, add.params, client=add.client)
                 accepted.append((add, None))
             except Exception as e:  # noqa: BLE001 - a bad request fails alone
                 accepted.append((add, e if isinstance(e, ValueError) else ValueError(str(e))))

@@ -38,6 +38,7 @@ class RequestState:
     arrival_time: float
     pending_children: list[Sequence] = field(default_factory=list)
     finish_time: float | None = None
+    client: str | None = None  # who asked (an API key, a peer address): the scheduler shares slots fairly by it
 
     @property
     def finished(self) -> bool:
@@ -95,7 +96,7 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None) -> None:
+                    arrival_time: float | None = None, client: str | None = None) -> None:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
         text, ids = self._prompt_ids(prompt)
@@ -112,7 +113,7 @@ class LLMEngine:
             seqs.append(seq)
             if self.proposer is not None:
                 self.proposer.add_sequence(seq.seq_id, request_id, ids)
-        state = RequestState(request_id, text, ids, params, seqs, arrival_time or time.monotonic())
+        state = RequestState(request_id, text, ids, params, seqs, arrival_time or time.monotonic(), client=client)
         for child in seqs[1:]:
             child.status = SequenceStatus.PENDING
             state.pending_children.append(child)
