@@ -1,8 +1,8 @@
 """The engine loop: add requests, step, collect outputs.
 
-One step: schedule -> forward -> sample and verify drafts -> append accepted
-tokens (stops, limits) -> commit or roll back the KV cache -> ask the proposer
-for the next drafts.
+One step: the scheduler plans it -> the model runner runs the forward -> the sampler picks the
+tokens -> the scheduler applies them (verification, stops, KV commit or rollback) -> the proposer
+learns what was accepted and drafts for the next step -> outputs.
 """
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig
 from engine.model_runner import ModelRunner
-from engine.models.llama import LlamaForCausalLM
 from engine.outputs import CompletionOutput, RequestOutput, SpecStats
-from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery, Proposer
-from engine.rejection_sampler import accepted_length
+from engine.proposer import Draft, DraftQuery, Proposer
 from engine.sampler import Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledSeq, Scheduler, SchedulerLimits, SchedulerOutput
-from engine.sequence import Sequence, SequenceStatus
+from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
+from engine.sequence import Sequence
+from engine.stop_checker import StopChecker
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 if TYPE_CHECKING:
     from engine.cost_model import StepCostPoints
+    from engine.models.llama import LlamaForCausalLM
 
 
 @dataclass
@@ -36,7 +36,6 @@ class RequestState:
     params: SamplingParams
     seqs: list[Sequence]
     arrival_time: float
-    pending_children: list[Sequence] = field(default_factory=list)
     finish_time: float | None = None
     client: str | None = None  # who asked (an API key, a peer address): the scheduler shares slots fairly by it
 
@@ -56,36 +55,42 @@ class EngineStats:
     forward_time: float
     propose_time: float
     preemptions: int
-    spec: SpecStats
-    shared_prompt_tokens: int = 0  # prompt tokens a late sample took from a sibling instead of computing
+    spec: SpecStats = field(default_factory=SpecStats)
+    prompt_tokens_computed: int = 0  # prompt positions the model ran
+    tokens_cached: int = 0  # positions taken from the prefix cache instead of computed
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, proposer: Proposer | None = None,
-                 model: LlamaForCausalLM | None = None, tokenizer: Tokenizer | None = None) -> None:
+                 model: "LlamaForCausalLM | None" = None, tokenizer: Tokenizer | None = None) -> None:
         self.config = config
         self.model_config = model.config if model is not None else ModelConfig.from_folder(config.model)
         self.tokenizer = tokenizer or Tokenizer(config.model)
         mc = self.model_config
         self.max_model_len = min(config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
         self.runner = ModelRunner(config, mc, model)
-        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
-        limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
-                                 0)
-        self.scheduler = Scheduler(limits, self.block_manager)
         self.eos_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else mc.eos_token_id
+        blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
+        self.scheduler = Scheduler(limits, blocks, StopChecker((self.eos_id,), self.max_model_len))
         self.sampler = Sampler(self.eos_id)
         self.proposer = proposer
         self._drafts_wanted = getattr(proposer, "active", None) or (lambda num_running, budget: True)
         if proposer is not None and getattr(proposer, "wants_measured_cost", False):
             proposer.set_cost_curve(self.measure_step_cost())
         self.requests: dict[str, RequestState] = {}
+        self._drafts: dict[int, Draft] = {}  # for the next step, by sequence id
+        self._sources: dict[int, str] = {}  # the source of each sequence's draft in flight
         self._next_seq_id = 0
         self._steps = 0
         self._generated = 0
         self._forward_time = 0.0
         self._propose_time = 0.0
         self._spec = SpecStats()
+
+    @property
+    def block_manager(self) -> BlockManager:
+        return self.scheduler.blocks
 
     def measure_step_cost(self) -> "StepCostPoints":
         """Decode and verify step costs on this machine; see engine/cost_model.py."""
@@ -107,18 +112,16 @@ class LLMEngine:
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         seqs = []
         for i in range(params.n):
-            seq = Sequence(self._next_seq_id, request_id, i, ids, params, sample_key(seed, i))
+            seq = Sequence(self._next_seq_id, request_id, i, ids, params, sample_key(seed, i), client)
             self._next_seq_id += 1
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids)
             seqs.append(seq)
+        self.requests[request_id] = RequestState(request_id, text, ids, params, seqs,
+                                                 arrival_time or time.monotonic(), client=client)
+        for seq in seqs:
             if self.proposer is not None:
                 self.proposer.add_sequence(seq.seq_id, request_id, ids)
-        state = RequestState(request_id, text, ids, params, seqs, arrival_time or time.monotonic(), client=client)
-        for child in seqs[1:]:
-            child.status = SequenceStatus.PENDING
-            state.pending_children.append(child)
-        self.requests[request_id] = state
-        self.scheduler.add(seqs[0])
+            self.scheduler.add(seq)
 
     def _prompt_ids(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -138,10 +141,10 @@ class LLMEngine:
         state = self.requests.pop(request_id, None)
         if state is None:
             return False
-        for seq in state.seqs:
-            if not seq.is_finished:
-                self._finish(seq, "abort", aborted=True)
-        self.scheduler.release_prompt(request_id)
+        live = [s for s in state.seqs if not s.is_finished]
+        self.scheduler.abort(live)
+        for seq in live:
+            self._retired(seq, aborted=True)
         state.finish_time = time.monotonic()
         return True
 
@@ -151,42 +154,38 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
     def step(self, collect: str = "all") -> list[RequestOutput]:
         """One engine step. `collect`: 'all' returns every request that changed, 'finished' only those done."""
-        out = self.scheduler.schedule()
-        if not out.scheduled:
-            if self.scheduler.has_work:
-                raise RuntimeError("no sequence could be scheduled: the KV cache is too small for a single sequence")
-            return []
+        out = self.scheduler.schedule(self._drafts)
+        self._drafts = {}
         t0 = time.perf_counter()
-        logits = self.runner.execute(out)
-        rows, owners = self._sampling_rows(out)
-        result = self.sampler(logits, rows) if rows else None
+        result = None
+        if out.scheduled:
+            logits = self.runner.execute(out)
+            rows = self._sampling_rows(out)
+            result = self.sampler(logits, rows) if rows else None
+            self._steps += 1
         self._forward_time += time.perf_counter() - t0
-        self._steps += 1
-        touched = self._postprocess(out, owners, result)
+        updates = self.scheduler.postprocess(out, result)
+        if not out.scheduled and not updates and self.scheduler.has_work:
+            raise RuntimeError("no sequence could be scheduled although some wait: a bug in the scheduler")
+        for update in updates:
+            self._account(update)
         t1 = time.perf_counter()
-        self._propose()
+        self._drafts = self._propose()
         self._propose_time += time.perf_counter() - t1
-        return self._outputs(touched, collect)
+        return self._outputs({u.seq.request_id for u in updates}, collect)
 
-    def _sampling_rows(self, out: SchedulerOutput) -> tuple[list[SamplingRow], list[tuple[Sequence, int, int]]]:
-        """Rows to sample and, per sampled sequence, (seq, first row, row count)."""
+    def _sampling_rows(self, out: SchedulerOutput) -> list[SamplingRow]:
+        """The rows to sample, in order: for each sequence that reaches its end, one per draft
+        prefix (the verification rows) and one after the whole draft."""
         rows: list[SamplingRow] = []
-        owners: list[tuple[Sequence, int, int]] = []
         logits_row = 0
         for s in out.scheduled:
             if not s.samples:
                 continue
-            seq, first = s.seq, len(rows)
             for j in range(len(s.draft) + 1):
-                rows.append(self._row(seq, logits_row + j, s.draft[:j]))
-            owners.append((seq, first, len(s.draft) + 1))
-            state = self.requests[seq.request_id]
-            if seq.sample_index == 0 and state.pending_children:
-                for child in state.pending_children:  # siblings draw their first token from the same logits
-                    owners.append((child, len(rows), 1))
-                    rows.append(self._row(child, logits_row, ()))
+                rows.append(self._row(s.seq, logits_row + j, s.draft[:j]))
             logits_row += len(s.draft) + 1
-        return rows, owners
+        return rows
 
     def _row(self, seq: Sequence, logits_row: int, draft_prefix: tuple[int, ...]) -> SamplingRow:
         p = seq.params
@@ -200,121 +199,52 @@ class LLMEngine:
             forced = replay[position] if position < len(replay) else self.eos_id
         return SamplingRow(logits_row, p, seq.noise_key, position, history, seq.num_prompt_tokens, forced)
 
-    def _postprocess(self, out: SchedulerOutput, owners, result) -> set[str]:
-        touched: set[str] = set()
-        by_seq = {s.seq: s for s in out.scheduled}
-        for s in out.scheduled:
-            if not s.samples:
-                self.scheduler.commit(s.seq, s.start + len(s.token_ids))
-                continue
-            self._fork_children(s.seq)
-        for seq, first, count in owners:
-            tokens = result.tokens[first:first + count]
-            logprobs = result.logprobs[first:first + count] if result.logprobs else None
-            self._accept(seq, tokens, logprobs, by_seq.get(seq))
-            touched.add(seq.request_id)
-        return touched
-
-    def _fork_children(self, parent: Sequence) -> None:
-        state = self.requests[parent.request_id]
-        if parent.sample_index != 0 or not state.pending_children:
-            return
-        for child in state.pending_children:
-            self.scheduler.fork(parent, child)
-        state.pending_children = []
-
-    def _accept(self, seq: Sequence, tokens: list[int], logprobs, sched: ScheduledSeq | None) -> None:
-        draft = sched.draft if sched is not None else ()
-        m = accepted_length(tokens, draft)
-        if draft:
-            self._record_draft(seq, Draft(draft, seq.draft.source), m)
-        if sched is not None:
-            seq.num_computed_tokens = sched.start + sched.num_real + m
-        seq.spec.decode_steps += 1
-        before = seq.num_output_tokens
-        for j, token in enumerate(tokens[: m + 1]):
-            self._append_token(seq, token, logprobs[j] if logprobs else None)
-            if seq.is_finished:
-                break
-        self._generated += seq.num_output_tokens - before
-        if self.proposer is not None:
-            self.proposer.extend(seq.seq_id, seq.output_token_ids[before:])
+    def _account(self, update: SeqUpdate) -> None:
+        """Counters, and what the proposer learns from the step."""
+        seq = update.seq
+        self._generated += len(update.new_tokens)
+        seq.spec.decode_steps += 1 if update.new_tokens else 0
+        if update.draft:
+            source = self._sources.pop(seq.seq_id, "self")
+            seq.spec.verify_steps += 1
+            seq.spec.drafted[source] = seq.spec.drafted.get(source, 0) + len(update.draft)
+            seq.spec.accepted[source] = seq.spec.accepted.get(source, 0) + update.accepted
+            if self.proposer is not None:
+                self.proposer.record(seq.seq_id, Draft(update.draft, source), update.accepted)
+        if self.proposer is not None and update.new_tokens:
+            self.proposer.extend(seq.seq_id, update.new_tokens)
         if seq.is_finished:
-            self._finish(seq, seq.finish_reason, stop_reason=seq.stop_reason)
-            return
-        if seq.status is SequenceStatus.RUNNING:
-            self.block_manager.truncate(seq, seq.num_tokens)
+            self._retired(seq, aborted=False)
 
-    def _record_draft(self, seq: Sequence, draft: Draft, accepted: int) -> None:
-        seq.spec.verify_steps += 1
-        seq.spec.drafted[draft.source] = seq.spec.drafted.get(draft.source, 0) + len(draft)
-        seq.spec.accepted[draft.source] = seq.spec.accepted.get(draft.source, 0) + accepted
-        if self.proposer is not None:
-            self.proposer.record(seq.seq_id, draft, accepted)
-        seq.draft = EMPTY_DRAFT
-
-    def _append_token(self, seq: Sequence, token: int, logprob: float | None) -> None:
-        p = seq.params
-        seq.output_token_ids.append(token)
-        seq.mark_first_token()
-        if logprob is not None:
-            seq.logprobs.append(logprob)
-        is_eos = token == self.eos_id and not p.ignore_eos
-        if is_eos or token in p.stop_token_ids:
-            seq.text += seq.detokenizer.flush()
-            seq.finish("stop", token)
-            return
-        piece = seq.detokenizer.add(token)
-        if piece:
-            seq.text += piece
-            if p.stop and self._check_stop_strings(seq, len(piece)):
-                return
-        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            seq.text += seq.detokenizer.flush()
-            seq.finish("length")
-
-    @staticmethod
-    def _check_stop_strings(seq: Sequence, piece_len: int) -> bool:
-        longest = max(len(s) for s in seq.params.stop)
-        start = max(0, len(seq.text) - piece_len - longest + 1)
-        hits = [(idx, s) for s in seq.params.stop if (idx := seq.text.find(s, start)) >= 0]
-        if not hits:
-            return False
-        idx, stop = min(hits)
-        seq.text = seq.text[:idx]
-        seq.finish("stop", stop)
-        return True
-
-    def _finish(self, seq: Sequence, reason: str, stop_reason=None, aborted: bool = False) -> None:
-        if seq.status is not SequenceStatus.PENDING:
-            self.scheduler.finish(seq)
-        seq.finish(reason, stop_reason)
-        state = self.requests.get(seq.request_id)
-        if state is not None and state.finished:
-            self.scheduler.release_prompt(seq.request_id)
+    def _retired(self, seq: Sequence, aborted: bool) -> None:
         self._spec.add(seq.spec)
+        self._sources.pop(seq.seq_id, None)
         if self.proposer is not None:
             self.proposer.finish(seq.seq_id, aborted=aborted)
 
     # ------------------------------------------------------------------ drafting
-    def _propose(self) -> None:
+    def _propose(self) -> dict[int, Draft]:
         if self.proposer is None:
-            return
+            return {}
         running = self.scheduler.running
         budget = max(0, self.config.max_num_batched_tokens - len(running))
         if not self._drafts_wanted(len(running), budget):
-            return
+            return {}
         queries, seqs = [], []
-        for seq in running:
-            if seq.is_prefilling or seq.params.speculate is False:
+        for seq in self.scheduler.decoding():
+            if seq.params.speculate is False:
                 continue
             room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
             if room > 0:
                 queries.append(DraftQuery(seq.seq_id, room))
                 seqs.append(seq)
         drafts = self.proposer.propose(queries, budget)
+        chosen = {}
         for seq, draft in zip(seqs, drafts):
-            seq.draft = draft
+            if draft.tokens:
+                chosen[seq.seq_id] = draft
+                self._sources[seq.seq_id] = draft.source
+        return chosen
 
     # ------------------------------------------------------------------ outputs
     def _outputs(self, touched: set[str], collect: str) -> list[RequestOutput]:
@@ -347,9 +277,10 @@ class LLMEngine:
                              state.finished, state.arrival_time, min(firsts) if firsts else None, state.finish_time)
 
     def stats(self) -> EngineStats:
+        s = self.scheduler
         return EngineStats(
             num_blocks_total=self.block_manager.num_blocks, num_blocks_free=self.block_manager.num_free,
-            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
-            steps=self._steps, generated_tokens=self._generated, forward_time=self._forward_time,
-            propose_time=self._propose_time, preemptions=self.scheduler.num_preemptions, spec=self._spec,
-            shared_prompt_tokens=self.scheduler.num_shared_prompt_tokens)
+            num_running=len(s.running), num_waiting=len(s.waiting), steps=self._steps,
+            generated_tokens=self._generated, forward_time=self._forward_time, propose_time=self._propose_time,
+            preemptions=s.num_preemptions, spec=self._spec, prompt_tokens_computed=s.num_prompt_tokens_computed,
+            tokens_cached=self.block_manager.hit_tokens)

@@ -1,23 +1,33 @@
-"""Continuous batching under a per-step token budget.
+"""Continuous batching under a per-step token budget: the one owner of sequence and KV state.
 
-Every sequence has `num_tokens` and `num_computed_tokens`; each step closes part
-of that gap: one token per decoding sequence plus its draft, then chunks of
-prefill. Requests join and leave at step boundaries. When blocks run out, the
-most recently admitted sequence is preempted and later recomputed from its
-tokens, which leaves its output unchanged. A sample that joins after its request
-started (no room when the siblings were forked, or preempted since) takes the
-full prompt blocks its request keeps, and a copy of the prompt's last partly
-filled block (or a running sibling's full blocks), instead of computing them
-again.
+Every sequence has `num_tokens` and `num_computed_tokens`; each step closes part of that gap.
+`schedule()` gives each decoding sequence one token plus its draft, then prefill chunks, then
+admits waiting sequences, each taking what the prefix cache holds of its tokens (BlockManager):
+the n samples of a request, samples that start late, and other requests with the same start
+all compute only what is new. A sequence whose start another sequence is computing right now
+waits a step and then takes it from the cache. Waiting sequences are admitted fairly between
+clients (the one with fewest running first); when blocks run out, the newest sequence of the
+client that runs most is preempted and later recomputed, from the cache where its blocks
+survived. A sequence that could not fit even alone ends by itself ("length").
+
+`postprocess()` verifies drafts (the longest agreeing prefix), appends tokens (StopChecker),
+commits what was computed or rolls back rejected draft rows, caches blocks that became full,
+and retires finished sequences.
 """
 from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Mapping
 
-from engine.block_manager import BlockManager, NoFreeBlocks
-from engine.proposer import EMPTY_DRAFT
+from engine.block_manager import NO_HIT, BlockManager, PrefixHit
+from engine.proposer import Draft
+from engine.rejection_sampler import accepted_length
+from engine.sampler import SampleResult
 from engine.sequence import Sequence, SequenceStatus
+from engine.stop_checker import StopChecker
+
+KV_CACHE_FULL = "kv_cache_full"  # stop_reason of a sequence that outgrew the whole KV cache
 
 
 @dataclass(frozen=True)
@@ -25,10 +35,9 @@ class SchedulerLimits:
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int
-    stagger: int = 0  # EngineConfig.stagger_samples
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledSeq:
     seq: Sequence
     start: int  # position of the first token fed
@@ -56,236 +65,274 @@ class SchedulerOutput:
         return sum(len(s.token_ids) for s in self.scheduled)
 
 
-@dataclass
-class PromptPin:
-    """What a request keeps of its prompt's cache for samples that join later: the full blocks
-    (shared) and a copy of the partly filled last block (copied again for each sample)."""
+@dataclass(slots=True)
+class SeqUpdate:
+    """What one step did to one sequence."""
 
-    blocks: list[int]
-    tail: int | None
-
-    @property
-    def held(self) -> list[int]:
-        return self.blocks + ([self.tail] if self.tail is not None else [])
+    seq: Sequence
+    new_tokens: list[int]
+    draft: tuple[int, ...] = ()
+    accepted: int = 0
 
 
 class Scheduler:
-    def __init__(self, limits: SchedulerLimits, block_manager: BlockManager) -> None:
+    def __init__(self, limits: SchedulerLimits, blocks: BlockManager, stops: StopChecker) -> None:
         self.limits = limits
-        self.blocks = block_manager
-        self.waiting: deque[Sequence] = deque()
+        self.blocks = blocks
+        self.stops = stops
         self.running: list[Sequence] = []
+        self._waiting: dict[str | None, deque[Sequence]] = {}  # by client, each in arrival order
+        self._running_by_client: Counter = Counter()
         self._copies: list[tuple[int, int]] = []
+        self._ended: list[Sequence] = []  # ended by the scheduler itself, reported by postprocess
         self.num_preemptions = 0
-        self.num_shared_prompt_tokens = 0  # prompt tokens not computed again: taken from a sibling
-        self._prompt_pins: dict[str, PromptPin] = {}
+        self.num_prompt_tokens_computed = 0
         # Keep a little headroom so that admitting a prompt does not force an immediate preemption.
-        self._watermark = max(1, block_manager.num_blocks // 100)
+        self._watermark = max(1, blocks.num_blocks // 100)
 
+    # ------------------------------------------------------------------ sequences in and out
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        self._waiting.setdefault(seq.client, deque()).append(seq)
+
+    @property
+    def waiting(self) -> list[Sequence]:
+        return [s for queue in self._waiting.values() for s in queue]
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.running or self._waiting)
 
-    def schedule(self) -> SchedulerOutput:
-        plan, drafts = self._plan_running()
-        preempted = self._allocate_running(plan, drafts)
-        budget = self.limits.max_num_batched_tokens - sum(plan.values()) - sum(len(d) for d in drafts.values())
+    def abort(self, seqs: list[Sequence]) -> None:
+        """Ends these sequences now ("abort") and frees what they hold."""
+        for seq in seqs:
+            if seq.is_finished:
+                continue
+            if seq.status is SequenceStatus.RUNNING:
+                self._stop_running(seq)
+            else:
+                self._remove_waiting(seq)
+            seq.finish("abort")
+
+    def decoding(self) -> list[Sequence]:
+        """Running sequences that feed one known token next step (the ones a draft can ride on)."""
+        return [s for s in self.running if not s.is_prefilling]
+
+    # ------------------------------------------------------------------ schedule
+    def schedule(self, drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput:
+        """The next step's work; `drafts` by sequence id, for decoding sequences."""
+        plan, chosen = self._plan_running(drafts or {})
+        preempted = self._allocate_running(plan, chosen)
+        budget = self.limits.max_num_batched_tokens - sum(plan.values()) - sum(len(d) for d in chosen.values())
         if not preempted:
-            self._admit_waiting(plan, budget)
+            self._admit(plan, budget)
         scheduled = []
         for seq in self.running:
             if seq in plan:
-                draft = drafts.get(seq, ())
+                draft = chosen.get(seq, ())
                 start = seq.num_computed_tokens
                 tokens = seq.token_slice(start, start + plan[seq]) + list(draft)
                 scheduled.append(ScheduledSeq(seq, start, tokens, draft))
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, preempted)
 
-    def _plan_running(self) -> tuple[dict[Sequence, int], dict[Sequence, tuple[int, ...]]]:
+    def _plan_running(self, drafts: Mapping[int, Draft]) -> tuple[dict[Sequence, int], dict[Sequence, tuple[int, ...]]]:
         budget = self.limits.max_num_batched_tokens
         plan: dict[Sequence, int] = {}
-        drafts: dict[Sequence, tuple[int, ...]] = {}
+        chosen: dict[Sequence, tuple[int, ...]] = {}
         decoding = [s for s in self.running if not s.is_prefilling]
         for seq in decoding:
             plan[seq] = 1
         budget -= len(decoding)
-        for seq in decoding:
-            room = self.limits.max_model_len - seq.num_tokens
-            d = min(len(seq.draft), budget, max(0, room))
-            if d:
-                drafts[seq] = seq.draft.tokens[:d]
-                budget -= d
+        if drafts:
+            for seq in decoding:
+                draft = drafts.get(seq.seq_id)
+                if draft is None:
+                    continue
+                d = min(len(draft), budget, max(0, self.limits.max_model_len - seq.num_tokens))
+                if d:
+                    chosen[seq] = draft.tokens[:d]
+                    budget -= d
         for seq in self.running:
             if seq.is_prefilling and budget > 0:
                 plan[seq] = min(seq.num_tokens - seq.num_computed_tokens, budget)
                 budget -= plan[seq]
-        return plan, drafts
+        return plan, chosen
 
-    def _allocate_running(self, plan: dict[Sequence, int], drafts: dict[Sequence, tuple[int, ...]]) -> int:
+    def _allocate_running(self, plan: dict[Sequence, int], chosen: dict[Sequence, tuple[int, ...]]) -> int:
+        """Blocks for every planned sequence: a draft is dropped before anyone is preempted."""
         preempted = 0
         for seq in list(self.running):
             if seq not in plan or seq.status is not SequenceStatus.RUNNING:
                 continue
-            need = seq.num_computed_tokens + plan[seq] + len(drafts.get(seq, ()))
-            while not self.blocks.can_hold(seq, need):
-                victim = self.running[-1]
+            base = seq.num_computed_tokens + plan[seq]
+            if not self.blocks.can_hold(seq, base + len(chosen.get(seq, ()))):
+                chosen.pop(seq, None)
+            while not self.blocks.can_hold(seq, base):
+                if self.blocks.blocks_for(base) > self.blocks.num_blocks:  # could never fit, even alone
+                    plan.pop(seq)
+                    self._end_alone(seq)
+                    break
+                victim = self._victim()
                 self.preempt(victim)
                 plan.pop(victim, None)
-                drafts.pop(victim, None)
+                chosen.pop(victim, None)
                 preempted += 1
                 if victim is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:
-                self.blocks.allocate(seq, need)
+                self.blocks.allocate(seq, base + len(chosen.get(seq, ())))
         return preempted
 
-    def _admit_waiting(self, plan: dict[Sequence, int], budget: int) -> None:
-        running = Counter(s.request_id for s in self.running) if self.limits.stagger else None
-        while self.waiting and budget > 0:
-            i = self._next_waiting(running)
-            seq = self.waiting[i]
-            if self.running and len(self.running) >= self.limits.max_num_seqs:
+    def _victim(self) -> Sequence:
+        """The newest running sequence of the client that runs most."""
+        client = max(self._running_by_client, key=lambda c: (self._running_by_client[c], c is None))
+        return max((s for s in self.running if s.client == client), key=lambda s: s.seq_id)
+
+    def _end_alone(self, seq: Sequence) -> None:
+        self._stop_running(seq)
+        seq.text += seq.detokenizer.flush() if seq.detokenizer is not None else ""
+        seq.finish("length", KV_CACHE_FULL)
+        self._ended.append(seq)
+
+    # ------------------------------------------------------------------ admission
+    def _admit(self, plan: dict[Sequence, int], budget: int) -> None:
+        deferred: list[Sequence] = []
+        in_flight: set[int] = set()  # prompts (by list identity) whose start is being computed
+        while budget > 0 and self._waiting and len(self.running) < self.limits.max_num_seqs:
+            seq = self._pop_waiting()
+            if id(seq.prompt_token_ids) in in_flight:
+                deferred.append(seq)
+                continue
+            if not self._can_ever_fit(seq):
+                self._end_waiting(seq)
+                continue
+            limit = seq.num_tokens - 1  # the last known token is always computed: its logits give the next
+            hit = self.blocks.match(seq.token_slice(0, limit), limit)
+            if self._prefix_in_flight(seq, hit, limit):
+                in_flight.add(id(seq.prompt_token_ids))
+                deferred.append(seq)
+                continue
+            chunk = self._try_start(seq, hit, budget)
+            if chunk is None:
+                self._waiting.setdefault(seq.client, deque()).appendleft(seq)
                 break
-            # Siblings forked once the prompt is in take a tail block each; those with no room then
-            # wait, and start from the prompt's blocks later (see fork).
-            siblings = max(0, seq.params.n - 1) if seq.sample_index == 0 and not seq.output_token_ids else 0
-            siblings = min(siblings, self.limits.max_num_seqs - len(self.running) - 1, self._fork_room(0))
-            shared, tail = self._shared_prompt(seq)
-            start = seq.num_computed_tokens
-            if shared or tail is not None:
-                start = seq.num_prompt_tokens if tail is not None else len(shared) * self.blocks.block_size
-            chunk = min(seq.num_tokens - start, budget)
-            reserve = siblings + (self._watermark if self.running else 0)
-            held = len(shared) if shared else len(seq.block_table)
-            if self.blocks.blocks_for(start + chunk) - held + reserve > self.blocks.num_free:
-                break
-            del self.waiting[i]
-            if running is not None:
-                running[seq.request_id] += 1
-            if shared or tail is not None:
-                self.blocks.share(shared, seq)
-                if tail is not None:
-                    dst = self.blocks.new_block()
-                    seq.block_table.append(dst)
-                    self._copies.append((tail, dst))
-                seq.num_computed_tokens = start
-                self.num_shared_prompt_tokens += start
-            self.blocks.allocate(seq, seq.num_computed_tokens + chunk)
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
             plan[seq] = chunk
             budget -= chunk
+        for seq in reversed(deferred):
+            self._waiting.setdefault(seq.client, deque()).appendleft(seq)
 
-    def _next_waiting(self, running: Counter | None) -> int:
-        """The next sequence to admit: the first in line; with stagger, the first whose request
-        runs fewer than `stagger` samples, or the first in line when none does (a slot is never
-        left empty to keep samples apart)."""
-        if running is None:
-            return 0
-        cap = self.limits.stagger
-        for i, seq in enumerate(self.waiting):
-            if running[seq.request_id] < cap:
-                return i
-        return 0
+    def _try_start(self, seq: Sequence, hit: PrefixHit, budget: int) -> int | None:
+        """Starts the sequence from the hit with a chunk of at most `budget` tokens; None when the
+        blocks it needs are not free (it stays first in line)."""
+        start = hit.num_tokens(self.blocks.block_size)
+        chunk = min(seq.num_tokens - start, budget)
+        refs = self.blocks.refcounts
+        taken = sum(refs[b] == 0 for b in hit.blocks) + (hit.partial_src is not None and refs[hit.partial_src] == 0)
+        new = self.blocks.blocks_for(start + chunk) - len(hit.blocks)
+        reserve = self._watermark if self.running else 0
+        if taken + new + reserve > self.blocks.num_free:
+            return None
+        copy = self.blocks.take(seq, hit if hit.blocks or hit.partial_src is not None else NO_HIT)
+        if copy is not None:
+            self._copies.append(copy)
+        self.blocks.allocate(seq, start + chunk)
+        seq.num_computed_tokens = start
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        self._running_by_client[seq.client] += 1
+        return chunk
 
-    def _fork_room(self, others: int) -> int:
-        """How many more samples of a request may start beside one of its samples and `others`
-        more that already run (no limit without stagger)."""
-        cap = self.limits.stagger
-        return max(0, cap - 1 - others) if cap else self.limits.max_num_seqs
-
-    def _shared_prompt(self, seq: Sequence) -> tuple[list[int], int | None]:
-        """The full blocks of the sequence's prompt, and the request's copy of its last partly
-        filled block, when the request still holds them (pinned at fork time; or a running
-        sibling's full blocks): a sample that could not be forked when its request started (no
-        room then) or was preempted since starts from them instead of computing its prompt
-        again. ([], None) when none are held."""
-        # At least the last known token is computed: its logits give the next one.
-        full = min(seq.num_prompt_tokens, seq.num_tokens - 1) // self.blocks.block_size
-        if seq.num_computed_tokens or seq.block_table:
-            return [], None
-        pin = self._prompt_pins.get(seq.request_id)
-        if pin is not None:
-            whole = seq.num_tokens > seq.num_prompt_tokens and pin.tail is not None
-            return pin.blocks[:full], pin.tail if whole else None
-        if full <= 0:
-            return [], None
+    def _prefix_in_flight(self, seq: Sequence, hit: PrefixHit, limit: int) -> bool:
+        """Whether a running sequence is computing the tokens that follow this sequence's hit right
+        now (same blocks before them, same tokens): then waiting a step lets this one take them from
+        the cache instead of computing them twice."""
+        bs = self.blocks.block_size
+        k = len(hit.blocks)
+        lo, hi = k * bs + hit.partial_len, min((k + 1) * bs, limit)
+        if hi <= lo:
+            return False
+        want = seq.token_slice(k * bs, hi)
         for other in self.running:
-            if (other.request_id == seq.request_id and other.status is SequenceStatus.RUNNING
-                    and other.num_computed_tokens >= full * self.blocks.block_size):
-                return other.block_table[:full], None
-        return [], None
+            if (other.is_prefilling and other.num_computed_tokens < hi <= other.num_tokens
+                    and tuple(other.block_table[:k]) == hit.blocks and other.token_slice(k * bs, hi) == want):
+                return True
+        return False
 
-    def release_prompt(self, request_id: str) -> None:
-        """The request is done: its pinned prompt blocks go back (see fork)."""
-        pin = self._prompt_pins.pop(request_id, None)
-        if pin is not None:
-            self.blocks.release(pin.held)
+    def _can_ever_fit(self, seq: Sequence) -> bool:
+        return self.blocks.blocks_for(seq.num_tokens + 1) <= self.blocks.num_blocks
 
+    def _end_waiting(self, seq: Sequence) -> None:
+        seq.finish("length", KV_CACHE_FULL)
+        self._ended.append(seq)
+
+    def _pop_waiting(self) -> Sequence:
+        """The next in line: from the client with the fewest running sequences, oldest first."""
+        client = min(self._waiting, key=lambda c: (self._running_by_client[c], self._waiting[c][0].seq_id))
+        queue = self._waiting[client]
+        seq = queue.popleft()
+        if not queue:
+            del self._waiting[client]
+        return seq
+
+    def _remove_waiting(self, seq: Sequence) -> None:
+        queue = self._waiting.get(seq.client)
+        if queue is not None and seq in queue:
+            queue.remove(seq)
+            if not queue:
+                del self._waiting[seq.client]
+
+    # ------------------------------------------------------------------ preemption and retirement
     def preempt(self, seq: Sequence) -> None:
-        """Frees the sequence's cache; it will be recomputed from its tokens."""
-        self.running.remove(seq)
-        self.blocks.free(seq)
+        """Frees the sequence's cache (what it computed stays cached); it will be recomputed."""
+        self._stop_running(seq)
         seq.num_computed_tokens = 0
-        seq.draft = EMPTY_DRAFT
         seq.status = SequenceStatus.WAITING
-        self.waiting.appendleft(seq)
+        self._waiting.setdefault(seq.client, deque()).appendleft(seq)
         self.num_preemptions += 1
 
-    def commit(self, seq: Sequence, num_computed: int) -> None:
-        """After a step: `num_computed` tokens have valid K/V; blocks past the next token are freed."""
-        seq.num_computed_tokens = num_computed
-        self.blocks.truncate(seq, seq.num_tokens)
-
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """Starts a sibling sample that shares the parent's prompt blocks."""
-        siblings = sum(s.request_id == parent.request_id for s in self.running) if self.limits.stagger else 0
-        if len(self.running) < self.limits.max_num_seqs and self._fork_room(siblings - 1) > 0:
-            try:
-                copy = self.blocks.fork(parent, child, parent.num_prompt_tokens)
-            except NoFreeBlocks:
-                copy = False
-            if copy is not False:
-                if copy is not None:
-                    self._copies.append(copy)
-                child.num_computed_tokens = parent.num_prompt_tokens
-                child.status = SequenceStatus.RUNNING
-                self.running.append(child)
-                return
-        # No room now (or stagger holds it back): it waits, and the request keeps the prompt's
-        # cache until it is done so that the child starts from it, whenever it joins.
-        if parent.request_id not in self._prompt_pins:
-            self._pin_prompt(parent)
-        child.status = SequenceStatus.WAITING
-        i = 0  # ahead of requests that have not started, so that started ones finish first
-        while i < len(self.waiting) and not self._fresh(self.waiting[i]):
-            i += 1
-        self.waiting.insert(i, child)
-
-    def _pin_prompt(self, parent: Sequence) -> None:
-        """Keeps the prompt's full blocks, and a copy of its partly filled last block when one is
-        free (the copy is made before the next forward, before the parent writes past its prompt)."""
-        full, partial = divmod(parent.num_prompt_tokens, self.blocks.block_size)
-        blocks = parent.block_table[:full]
-        self.blocks.hold(blocks)
-        tail = None
-        if partial and self.blocks.num_free > self._watermark:
-            tail = self.blocks.new_block()
-            self._copies.append((parent.block_table[full], tail))
-        self._prompt_pins[parent.request_id] = PromptPin(blocks, tail)
-
-    @staticmethod
-    def _fresh(seq: Sequence) -> bool:
-        return seq.sample_index == 0 and not seq.output_token_ids and seq.num_computed_tokens == 0
-
-    def finish(self, seq: Sequence) -> None:
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
+    def _stop_running(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._running_by_client[seq.client] -= 1
+        if not self._running_by_client[seq.client]:
+            del self._running_by_client[seq.client]
         self.blocks.free(seq)
+
+    # ------------------------------------------------------------------ after the forward
+    def postprocess(self, out: SchedulerOutput, result: SampleResult | None) -> list[SeqUpdate]:
+        """Applies the step's sampled tokens (rows in the order of the scheduled sequences that
+        sample: 1 + draft rows each); returns what happened to each sequence."""
+        self.blocks.copies_done()
+        updates = [SeqUpdate(seq, []) for seq in self._ended]
+        self._ended = []
+        row = 0
+        for s in out.scheduled:
+            seq = s.seq
+            self.num_prompt_tokens_computed += max(0, min(s.start + s.num_real, seq.num_prompt_tokens) - s.start)
+            if not s.samples:  # a prefill chunk short of the last known token
+                seq.num_computed_tokens = s.start + len(s.token_ids)
+                self.blocks.cache_full_blocks(seq)
+                continue
+            n = len(s.draft) + 1
+            tokens = result.tokens[row:row + n]
+            logprobs = result.logprobs[row:row + n] if result.logprobs else None
+            row += n
+            updates.append(self._apply(s, tokens, logprobs))
+        return updates
+
+    def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None) -> SeqUpdate:
+        seq = s.seq
+        m = accepted_length(tokens, s.draft)
+        first = not seq.output_token_ids
+        before = seq.num_output_tokens
+        self.stops.append(seq, tokens[:m + 1], logprobs[:m + 1] if logprobs else None)
+        seq.num_computed_tokens = min(s.start + s.num_real + m, seq.num_tokens)
+        if first:
+            self.blocks.cache_prompt_tail(seq)
+        else:
+            self.blocks.cache_full_blocks(seq)
+        if seq.is_finished:
+            self._stop_running(seq)
+        else:
+            self.blocks.truncate(seq, seq.num_tokens)
+        return SeqUpdate(seq, seq.output_token_ids[before:], s.draft, m)

@@ -1,16 +1,14 @@
-"""One sample being generated: its tokens, KV blocks, draft, and finish state."""
+"""One sample being generated: its tokens, KV blocks, text and finish state."""
 from __future__ import annotations
 
 import enum
 import time
 
 from engine.outputs import SpecStats
-from engine.proposer import EMPTY_DRAFT, Draft
 from engine.sampling_params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):
-    PENDING = "pending"  # a sibling sample waiting for its parent's prompt to be prefilled
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
@@ -18,9 +16,10 @@ class SequenceStatus(enum.Enum):
 
 class Sequence:
     def __init__(self, seq_id: int, request_id: str, sample_index: int, prompt_token_ids: list[int],
-                 params: SamplingParams, noise_key: int) -> None:
-        self.seq_id = seq_id
+                 params: SamplingParams, noise_key: int, client: str | None = None) -> None:
+        self.seq_id = seq_id  # also its place in line: a smaller id arrived earlier
         self.request_id = request_id
+        self.client = client
         self.sample_index = sample_index
         self.prompt_token_ids = prompt_token_ids
         self.output_token_ids: list[int] = []
@@ -28,8 +27,8 @@ class Sequence:
         self.noise_key = noise_key
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
+        self.block_chain: list[tuple[int, int]] = []  # prefix-cache identity of each full block (BlockManager)
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
-        self.draft: Draft = EMPTY_DRAFT
         self.text = ""
         self.logprobs: list[float] = []
         self.finish_reason: str | None = None
@@ -75,7 +74,6 @@ class Sequence:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
         self.stop_reason = stop_reason
-        self.draft = EMPTY_DRAFT
 
     def mark_first_token(self) -> None:
         if self.first_token_time is None:

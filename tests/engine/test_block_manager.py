@@ -1,3 +1,4 @@
+"""KV blocks: exact accounting, and the prefix cache (full blocks shared, partial ones copied, LRU)."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,17 @@ from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
 
-def _seq(i: int = 0, n: int = 10) -> Sequence:
-    return Sequence(i, "r", 0, list(range(n)), SamplingParams(), 0)
+def _seq(i: int = 0, tokens: list[int] | None = None) -> Sequence:
+    return Sequence(i, f"r{i}", 0, list(range(10)) if tokens is None else tokens, SamplingParams(), 0)
+
+
+def _computed(bm: BlockManager, seq: Sequence, num_tokens: int | None = None) -> Sequence:
+    """Allocates for all the sequence's tokens and marks them computed, as a step would."""
+    n = seq.num_tokens if num_tokens is None else num_tokens
+    bm.allocate(seq, n)
+    seq.num_computed_tokens = n
+    bm.cache_full_blocks(seq)
+    return seq
 
 
 def test_allocate_truncate_free_account_exactly():
@@ -24,25 +34,74 @@ def test_allocate_truncate_free_account_exactly():
     assert bm.num_free == 10 and all(r == 0 for r in bm.refcounts)
 
 
-def test_fork_shares_full_blocks_and_copies_the_tail():
+def test_full_blocks_are_shared_and_the_partial_one_is_copied():
     bm = BlockManager(10, 4)
-    parent, child = _seq(0), _seq(1)
-    bm.allocate(parent, 10)
-    copy = bm.fork(parent, child, 10)
-    assert child.block_table[:2] == parent.block_table[:2]
-    assert copy == (parent.block_table[2], child.block_table[2])
-    assert [bm.refcounts[b] for b in parent.block_table] == [2, 2, 1]
-    bm.free(parent)
-    assert [bm.refcounts[b] for b in child.block_table] == [1, 1, 1]
-    bm.free(child)
-    assert bm.num_free == 10
+    a = _computed(bm, _seq(0, list(range(10))))
+    bm.cache_prompt_tail(a)  # tokens 8, 9 in the third block
+    b = _seq(1, list(range(11)))
+    hit = bm.match(b.token_slice(0, 10), 10)
+    assert hit.blocks == tuple(a.block_table[:2]) and hit.partial_src == a.block_table[2] and hit.partial_len == 2
+    copy = bm.take(b, hit)
+    assert copy == (a.block_table[2], b.block_table[2]) and b.block_table[:2] == a.block_table[:2]
+    assert [bm.refcounts[x] for x in a.block_table] == [2, 2, 2]  # the copy's source is held until it ran
+    bm.copies_done()
+    assert [bm.refcounts[x] for x in a.block_table] == [2, 2, 1]
+    for s in (a, b):
+        bm.free(s)
+    assert bm.num_free == 10 and all(r == 0 for r in bm.refcounts)
 
 
-def test_fork_at_a_block_boundary_needs_no_copy():
+def test_a_hit_never_covers_more_than_the_limit():
+    bm = BlockManager(10, 4)
+    a = _computed(bm, _seq(0, list(range(8))))
+    hit = bm.match(list(range(8)), 7)  # the last known token must be computed again for its logits
+    assert len(hit.blocks) == 1 and hit.partial_src == a.block_table[1] and hit.partial_len == 3
+    assert bm.match(list(range(8)), 8).blocks == tuple(a.block_table)
+
+
+def test_different_tokens_or_a_different_start_do_not_match():
+    bm = BlockManager(10, 4)
+    _computed(bm, _seq(0, [1, 2, 3, 4, 5, 6, 7, 8]))
+    assert bm.match([9, 2, 3, 4, 5, 6, 7, 8], 8).blocks == ()  # the same second block after another first
+    assert bm.match([1, 2, 3, 4, 5, 6, 7, 9], 8).partial_len == 3
+
+
+def test_freed_blocks_stay_cached_until_needed_tail_first():
     bm = BlockManager(4, 4)
-    parent, child = _seq(0, 8), _seq(1, 8)
-    bm.allocate(parent, 8)
-    assert bm.fork(parent, child, 8) is None and bm.num_free == 2
+    a = _computed(bm, _seq(0, list(range(16))))
+    bm.free(a)
+    assert bm.num_free == 4 and len(bm.match(list(range(16)), 16).blocks) == 4
+    other = _seq(1, [99] * 4)
+    bm.allocate(other, 4)  # takes the least recently freed block: a's last
+    assert len(bm.match(list(range(16)), 16).blocks) == 3
+    bm.allocate(other, 8)
+    assert len(bm.match(list(range(16)), 16).blocks) == 2
+
+
+def test_a_reused_block_is_never_matched_by_its_old_chain():
+    bm = BlockManager(3, 2)
+    a = _computed(bm, _seq(0, [1, 2]))
+    b = _computed(bm, _seq(1, [1, 2, 3, 4]))  # its own copy of [1, 2]; [3, 4] is cached after a's block
+    assert bm.match([1, 2, 3, 4], 4).blocks == (a.block_table[0], b.block_table[1])
+    first = a.block_table[0]
+    bm.free(a)
+    x = _computed(bm, _seq(2, [5, 6]))
+    assert x.block_table == [first]  # a's block, reused for other tokens
+    assert bm.match([5, 6, 3, 4], 4).blocks == (x.block_table[0],)  # [3, 4] followed [1, 2], not [5, 6]
+
+
+def test_two_sequences_that_computed_the_same_prefix_continue_one_chain():
+    bm = BlockManager(10, 2)
+    a = _computed(bm, _seq(0, [1, 2, 3, 4]))
+    b = _computed(bm, _seq(1, [1, 2, 3, 4, 5, 6]))  # computed its own copy of [1, 2] [3, 4]
+    assert bm.match([1, 2, 3, 4, 5, 6], 6).blocks == (a.block_table[0], a.block_table[1], b.block_table[2])
+
+
+def test_caching_off_matches_nothing():
+    bm = BlockManager(10, 4, enable_caching=False)
+    a = _computed(bm, _seq(0, list(range(8))))
+    bm.cache_prompt_tail(a)
+    assert bm.match(list(range(8)), 8).blocks == () and bm.match(list(range(8)), 8).partial_src is None
 
 
 def test_out_of_blocks():
@@ -52,5 +111,9 @@ def test_out_of_blocks():
         bm.allocate(s, 9)
     assert bm.num_free == 2 and not s.block_table
     bm.allocate(s, 8)
-    with pytest.raises(NoFreeBlocks):
-        bm.fork(s, _seq(1), 7)
+    s.num_computed_tokens = 7
+    bm.cache_prompt_tail(s)
+    b = _seq(1, list(range(10)))
+    hit = bm.match(b.token_slice(0, 9), 9)
+    with pytest.raises(NoFreeBlocks):  # the partial block needs a copy, and no block is free
+        bm.take(b, hit)

@@ -84,41 +84,39 @@ def test_n_samples_share_the_prompt_and_differ(llm):
     assert_no_leaks(llm.engine)
 
 
-def test_fork_shares_prompt_blocks(tiny_model_dir):
+def test_samples_share_the_prompts_blocks_and_compute_only_its_last_token(tiny_model_dir):
     llm = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_batched_tokens=64, max_num_seqs=8)
     engine = llm.engine
     engine.add_request("r", PROMPTS[4], SamplingParams(n=4, max_tokens=8, temperature=1.0, ignore_eos=True))
-    while not engine.scheduler.running or len(engine.scheduler.running) < 4:
+    while len(engine.scheduler.running) < 4:
         engine.step()
     tables = [s.block_table for s in engine.scheduler.running]
     prompt_len = len(engine.scheduler.running[0].prompt_token_ids)
-    full = prompt_len // 4
+    full = (prompt_len - 1) // 4  # the block of the last prompt token is each sample's own (copied)
     assert all(t[:full] == tables[0][:full] for t in tables)
     assert all(engine.block_manager.refcounts[b] == 4 for b in tables[0][:full])
+    assert len({t[full] for t in tables}) == 4
     while engine.has_unfinished():
         engine.step()
+    assert engine.stats().prompt_tokens_computed == prompt_len + 3  # the first sample's prompt, then 1 each
     assert_no_leaks(engine)
 
 
-def test_samples_joining_late_take_the_prompt_from_a_running_sibling(tiny_model_dir):
+def test_samples_joining_late_take_the_prompt_from_the_cache(tiny_model_dir):
     params = SamplingParams(n=12, temperature=1.0, max_tokens=10, seed=3, ignore_eos=True)
     roomy = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_batched_tokens=64, max_num_seqs=16)
     tight = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_batched_tokens=64, max_num_seqs=4)
     expected = [c.token_ids for c in roomy.generate([PROMPTS[4]], params)[0].outputs]
-    assert roomy.engine.stats().shared_prompt_tokens == 0    # all forked at the start
     engine = tight.engine
     engine.add_request("r", PROMPTS[4], params)
     prompt_len = len(tight.tokenizer.encode(PROMPTS[4]))
-    assert prompt_len % 4                                   # a partly filled last block: the request keeps a copy
+    assert prompt_len % 4                                   # a partly filled last block: copied, not computed
     seen_late = 0
     while engine.has_unfinished():
         engine.step()
-        for seq in engine.scheduler.running:
-            if seq.sample_index >= 4:  # joined after the first 4 finished: the request kept the prompt
-                seen_late += 1
-                assert engine.block_manager.refcounts[seq.block_table[0]] > 1
-    assert seen_late > 0
-    assert engine.stats().shared_prompt_tokens == 8 * prompt_len   # 8 late samples compute no prompt token
+        seen_late += sum(seq.sample_index >= 4 for seq in engine.scheduler.running)
+    assert seen_late > 0  # samples that started after the first 4 finished
+    assert engine.stats().prompt_tokens_computed == prompt_len + 11   # the others compute the last token only
     assert [c.token_ids for c in tight.generate([PROMPTS[4]], params)[0].outputs] == expected
     assert_no_leaks(engine)
     engine.add_request("aborted", PROMPTS[4], params)   # aborted with samples still waiting
@@ -126,6 +124,22 @@ def test_samples_joining_late_take_the_prompt_from_a_running_sibling(tiny_model_
         engine.step()
     assert engine.scheduler.waiting and engine.abort("aborted")
     assert_no_leaks(engine)
+
+
+def test_a_request_that_extends_a_cached_prompt_computes_only_the_new_tokens(tiny_model_dir):
+    llm = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_batched_tokens=64, max_num_seqs=8)
+    uncached = LLM(tiny_model_dir, num_kv_blocks=256, block_size=4, max_num_batched_tokens=64, max_num_seqs=8,
+                   enable_prefix_caching=False)
+    ids = llm.tokenizer.encode(PROMPTS[2] + PROMPTS[4])
+    first, longer = ids[:21], ids[:29]  # an editor's prompt, then the same file a few keystrokes on
+    for engine_llm in (llm, uncached):
+        engine_llm.generate([first], greedy(6))
+    before = llm.engine.stats().prompt_tokens_computed
+    out = llm.generate([longer], greedy(6))[0].outputs[0]
+    assert llm.engine.stats().prompt_tokens_computed - before == 29 - 21  # token 20 copied from block 5
+    assert out.token_ids == uncached.generate([longer], greedy(6))[0].outputs[0].token_ids
+    assert uncached.engine.stats().prompt_tokens_computed == 21 + 29
+    assert_no_leaks(llm.engine)
 
 
 def test_a_proposer_that_is_not_active_is_not_asked_for_drafts(tiny_model_dir):

@@ -68,7 +68,7 @@ def test_stack_equals_the_modules(tmp_path, overrides):
     (fast, fast_caches), (ref, ref_caches) = results
     assert fast.shape == ref.shape == (batch.num_tokens, model.config.hidden_size)
     assert (fast - ref).abs().max().item() < 1e-4
-    assert (fast_caches - ref_caches).abs().max().item() < 1e-5
+    torch.testing.assert_close(fast_caches, ref_caches, rtol=1e-5, atol=1e-5)  # K/V values reach ~10
     assert not torch.equal(fast_caches, runner.kv_caches)  # the step's K/V were written
 
 

@@ -1,0 +1,143 @@
+"""The scheduler on its own: token budget, prefix sharing between sequences, fairness between
+clients, preemption, and a sequence too long for the cache ending alone."""
+from __future__ import annotations
+
+import random
+
+from engine.block_manager import BlockManager
+from engine.proposer import Draft
+from engine.sampler import SampleResult
+from engine.sampling_params import SamplingParams
+from engine.scheduler import KV_CACHE_FULL, Scheduler, SchedulerLimits, SchedulerOutput
+from engine.sequence import Sequence, SequenceStatus
+from engine.stop_checker import StopChecker
+
+
+class _Silent:
+    """A detokenizer that releases no text (these tests look at tokens only)."""
+
+    def add(self, token: int) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""
+
+
+def _scheduler(num_blocks: int = 64, block_size: int = 4, max_seqs: int = 8, budget: int = 32,
+               max_len: int = 512) -> Scheduler:
+    return Scheduler(SchedulerLimits(max_seqs, budget, max_len), BlockManager(num_blocks, block_size),
+                     StopChecker((2,), max_len))
+
+
+_ids = iter(range(1_000_000))
+
+
+def _seqs(prompt: list[int], n: int = 1, max_tokens: int = 8, client: str | None = None) -> list[Sequence]:
+    params = SamplingParams(n=n, max_tokens=max_tokens, ignore_eos=True)
+    seqs = [Sequence(next(_ids), f"r{prompt[0]}", i, prompt, params, 0, client) for i in range(n)]
+    for seq in seqs:
+        seq.detokenizer = _Silent()
+    return seqs
+
+
+def _step(sched: Scheduler, drafts: dict[int, Draft] | None = None, token: int = 7) -> SchedulerOutput:
+    """One step with the model's choice fixed at `token` (so drafts of `token` are accepted)."""
+    out = sched.schedule(drafts)
+    rows = sum(len(s.draft) + 1 for s in out.scheduled if s.samples)
+    sched.postprocess(out, SampleResult([token] * rows, None))
+    return out
+
+
+def _run_to_end(sched: Scheduler) -> None:
+    for _ in range(1000):
+        if not sched.has_work:
+            return
+        _step(sched)
+    raise AssertionError("did not finish")
+
+
+def test_every_step_stays_within_the_token_budget():
+    rng = random.Random(0)
+    sched = _scheduler(num_blocks=200, budget=24, max_seqs=6)
+    for i in range(12):
+        for seq in _seqs([100 + i] + [rng.randrange(50) for _ in range(rng.randrange(1, 40))], max_tokens=10):
+            sched.add(seq)
+    while sched.has_work:
+        drafts = {s.seq_id: Draft((7,) * rng.randrange(0, 9)) for s in sched.decoding()}
+        out = _step(sched, drafts)
+        assert out.num_tokens <= 24 and len(out.scheduled) <= 6
+    assert sched.blocks.num_free == 200
+
+
+def test_the_samples_of_a_request_compute_the_prompt_once():
+    sched = _scheduler()
+    prompt = list(range(10, 33))  # 23 tokens: 5 full blocks and 3 more
+    for seq in _seqs(prompt, n=4):
+        sched.add(seq)
+    first = _step(sched)
+    assert [s.seq.sample_index for s in first.scheduled] == [0]  # the others wait for its blocks
+    second = _step(sched)
+    late = [s for s in second.scheduled if s.seq.sample_index > 0]
+    assert len(late) == 3 and all(len(s.token_ids) == 1 and s.start == 22 for s in late)
+    assert len(second.block_copies) == 3  # each copies the block that holds tokens 20 and 21
+    assert sched.num_prompt_tokens_computed == 23 + 3
+    _run_to_end(sched)
+    assert sched.blocks.num_free == sched.blocks.num_blocks
+
+
+def test_a_new_client_is_served_before_a_heavy_one_gets_more():
+    sched = _scheduler(num_blocks=256, max_seqs=4, budget=64)
+    for seq in _seqs([1, 2, 3], n=8, max_tokens=3, client="heavy"):
+        sched.add(seq)
+    _step(sched)
+    _step(sched)
+    assert len(sched.running) == 4 and {s.client for s in sched.running} == {"heavy"}
+    light = _seqs([9, 9, 9], max_tokens=3, client="light")[0]
+    sched.add(light)
+    while light.status is SequenceStatus.WAITING:
+        _step(sched)
+    waiting_heavy = [s for s in sched.waiting if s.client == "heavy"]
+    assert waiting_heavy  # the light client's one sequence went ahead of the heavy client's queue
+    _run_to_end(sched)
+
+
+def test_preemption_takes_from_the_client_that_runs_most():
+    sched = _scheduler(num_blocks=12, block_size=2, max_seqs=8, budget=64)
+    heavy = _seqs([1, 2, 3], n=3, max_tokens=12, client="heavy")
+    light = _seqs([5, 6, 3], max_tokens=12, client="light")
+    for seq in heavy + light:
+        sched.add(seq)
+    preempted = []
+    for _ in range(40):
+        if not sched.has_work:
+            break
+        running = set(sched.running)
+        _step(sched)
+        preempted += [s for s in running if s.status is SequenceStatus.WAITING]
+    assert preempted and all(s.client == "heavy" for s in preempted)
+    _run_to_end(sched)
+    assert all(len(s.output_token_ids) == 12 for s in heavy + light)
+
+
+def test_a_sequence_that_outgrows_the_cache_ends_alone():
+    sched = _scheduler(num_blocks=6, block_size=4, max_seqs=4, budget=64)
+    long = _seqs([1] * 18, max_tokens=100)[0]  # 24 positions fill the cache
+    short = _seqs([2, 3], max_tokens=4)[0]
+    sched.add(long)
+    sched.add(short)
+    _run_to_end(sched)
+    assert long.finish_reason == "length" and long.stop_reason == KV_CACHE_FULL
+    assert short.finish_reason == "length" and short.stop_reason is None and len(short.output_token_ids) == 4
+    assert sched.blocks.num_free == 6
+
+
+def test_drafts_are_verified_and_rejected_rows_rolled_back():
+    sched = _scheduler(block_size=4)
+    seq = _seqs([1, 2, 3], max_tokens=20)[0]
+    sched.add(seq)
+    _step(sched)
+    out = _step(sched, {seq.seq_id: Draft((7, 7, 8, 7, 7, 7, 7))})  # the model picks 7: two accepted
+    assert out.scheduled[0].draft == (7, 7, 8, 7, 7, 7, 7)
+    assert seq.output_token_ids == [7, 7, 7, 7] and seq.num_computed_tokens == 3 + 3
+    assert len(seq.block_table) == sched.blocks.blocks_for(seq.num_tokens)
+    _run_to_end(sched)
