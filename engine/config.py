@@ -14,7 +14,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The Llama shape, read from a Hugging Face config.json."""
+    """A decoder's shape and variant, read from a Hugging Face folder by
+    engine.models.registry.read_model_config, which lists the architectures."""
 
     vocab_size: int
     hidden_size: int
@@ -24,52 +25,51 @@ class ModelConfig:
     num_kv_heads: int
     head_dim: int
     max_position_embeddings: int
-    rms_norm_eps: float
+    norm_eps: float
     rope_theta: float
     rope_scaling_factor: float = 1.0  # linear rope scaling
+    family: str = "llama"  # the registry's name for the model class
+    architecture: str = "LlamaForCausalLM"  # as config.json names it
+    norm: str = "rms"  # "rms": RMSNorm; "layer": LayerNorm with bias
+    activation: str = "silu"  # "silu", "gelu" or "gelu_tanh"
+    gated_mlp: bool = True  # down(act(gate) * up) like Llama; else fc_out(act(fc_in))
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    rotary_dim: int | None = None  # rotated dims at the start of each head; None: all of them
+    rotary_style: str = "neox"  # "neox": dim i pairs with i + rotary_dim/2; "gptj": 2i with 2i + 1
+    parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)) with one norm (CodeGen)
+    sliding_window: int | None = None  # a query sees at most this many keys, itself included
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
-    eos_token_id: int | None = 2
+    eos_token_ids: tuple[int, ...] = (2,)
 
-    @classmethod
-    def from_hf_dict(cls, cfg: dict) -> "ModelConfig":
-        arch = (cfg.get("architectures") or ["LlamaForCausalLM"])[0]
-        if cfg.get("model_type", "llama") != "llama" and "Llama" not in arch:
-            raise ValueError(f"unsupported model: model_type={cfg.get('model_type')!r}, architectures={arch!r}")
-        heads = cfg["num_attention_heads"]
-        # transformers < 5 writes rope_theta + rope_scaling; 5 writes rope_parameters.
-        scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-        rope_type = scaling.get("rope_type", scaling.get("type", "linear" if "factor" in scaling else "default"))
-        if rope_type not in ("default", "linear"):
-            raise ValueError(f"unsupported rope_scaling type {rope_type!r}")
-        rope_theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        eos = cfg.get("eos_token_id", 2)
-        if isinstance(eos, list):
-            eos = eos[0]
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope_theta),
-            rope_scaling_factor=float(scaling.get("factor", 1.0)) if rope_type == "linear" else 1.0,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            bos_token_id=cfg.get("bos_token_id", 1),
-            eos_token_id=eos,
-        )
+    def __post_init__(self) -> None:
+        if self.rotary_dim is None:
+            object.__setattr__(self, "rotary_dim", self.head_dim)
+        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                 "head_dim", "max_position_embeddings")
+        for name in sizes:
+            _check(getattr(self, name) >= 1, f"model config: {name} must be >= 1, got {getattr(self, name)}")
+        _check(self.num_heads % self.num_kv_heads == 0,
+               f"model config: num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        _check(self.norm in ("rms", "layer"), f"model config: norm must be rms or layer, got {self.norm!r}")
+        _check(self.activation in ("silu", "gelu", "gelu_tanh"),
+               f"model config: activation must be silu, gelu or gelu_tanh, got {self.activation!r}")
+        _check(self.rotary_style in ("neox", "gptj"),
+               f"model config: rotary_style must be neox or gptj, got {self.rotary_style!r}")
+        _check(0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0,
+               f"model config: rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}")
+        _check(self.sliding_window is None or self.sliding_window >= 1, "model config: sliding_window must be >= 1")
+        _check(self.rope_scaling_factor > 0 and self.rope_theta > 0 and self.norm_eps > 0,
+               "model config: rope_theta, rope scaling factor and norm eps must be > 0")
 
-    @classmethod
-    def from_folder(cls, path: str) -> "ModelConfig":
-        config_path = os.path.join(path, "config.json")
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no config.json in model folder {path!r}")
-        with open(config_path) as f:
-            return cls.from_hf_dict(json.load(f))
+    @property
+    def eos_token_id(self) -> int | None:
+        """The first EOS id (what a single-EOS caller uses)."""
+        return self.eos_token_ids[0] if self.eos_token_ids else None
 
 
 @dataclass(frozen=True)

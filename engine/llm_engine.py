@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig, ModelConfig
+from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
+from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, RequestOutput, SpecStats
 from engine.proposer import Draft, DraftQuery, Proposer
 from engine.sampler import Sampler, SamplingRow, sample_key
@@ -64,16 +65,18 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, proposer: Proposer | None = None,
                  model: "LlamaForCausalLM | None" = None, tokenizer: Tokenizer | None = None) -> None:
         self.config = config
-        self.model_config = model.config if model is not None else ModelConfig.from_folder(config.model)
+        self.model_config = model.config if model is not None else read_model_config(config.model)
         self.tokenizer = tokenizer or Tokenizer(config.model)
         mc = self.model_config
         self.max_model_len = min(config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
         self.runner = ModelRunner(config, mc, model)
-        self.eos_id = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else mc.eos_token_id
+        # Every id that ends a text: the tokenizer's, then the checkpoint's (e.g. <|im_end|> besides <|endoftext|>).
+        self.eos_ids = tuple(dict.fromkeys((*self.tokenizer.eos_ids, *mc.eos_token_ids)))
+        self.eos_id = self.eos_ids[0] if self.eos_ids else None
         blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
-        self.scheduler = Scheduler(limits, blocks, StopChecker((self.eos_id,), self.max_model_len))
-        self.sampler = Sampler(self.eos_id)
+        self.scheduler = Scheduler(limits, blocks, StopChecker(self.eos_ids, self.max_model_len))
+        self.sampler = Sampler(self.eos_ids)
         self.proposer = proposer
         self._drafts_wanted = getattr(proposer, "active", None) or (lambda num_running, budget: True)
         if proposer is not None and getattr(proposer, "wants_measured_cost", False):

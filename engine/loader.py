@@ -1,4 +1,4 @@
-"""Reads the tensors of a Hugging Face checkpoint folder, shard by shard."""
+"""Reads a Hugging Face checkpoint folder: its tensors shard by shard, and its small JSON files."""
 from __future__ import annotations
 
 import glob
@@ -39,3 +39,21 @@ def _checkpoint_files(path: str) -> list[str]:
         if files:
             return files
     return []
+
+
+def read_folder_json(path: str, name: str) -> dict | None:
+    """The folder's JSON file `name` (config.json, generation_config.json, ...), None if absent."""
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def hf_token_ids(value: object) -> tuple[int, ...]:
+    """A config's token id field (an id, a list of ids, or null) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    return (int(value),)

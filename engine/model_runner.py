@@ -8,6 +8,7 @@ from engine.config import EngineConfig, ModelConfig
 from engine.kernels import cpu as cpu_kernels
 from engine.loader import iter_checkpoint_tensors
 from engine.models.llama import LlamaForCausalLM
+from engine.models.registry import model_class
 from engine.scheduler import SchedulerOutput
 from engine.step_batch import SeqChunk, StepBatch
 
@@ -55,14 +56,12 @@ class ModelRunner:
         return StepBatch.build(chunks, self.config.block_size, self.device)
 
 
-def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model class (engine/models/registry.py) with its weights; every family's
+    class is an engine.models.decoder.DecoderForCausalLM, LlamaForCausalLM's interface."""
     with torch.device("meta"):
-        model = LlamaForCausalLM(model_config)
+        model = model_class(model_config.family)(model_config)
     model = model.to_empty(device="cpu").to(dtype)
-    rotary = model.rotary
-    model.rotary = type(rotary)(model_config.head_dim, model_config.max_position_embeddings,
-                                model_config.rope_theta, model_config.rope_scaling_factor)
-    if model_config.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
+    model.rebuild_after_meta()
     model.load_hf_weights(iter_checkpoint_tensors(path))
     return model.to(device)

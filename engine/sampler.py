@@ -54,8 +54,8 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 
 class Sampler:
-    def __init__(self, eos_id: int | None, use_kernels: bool = True) -> None:
-        self.eos_id = eos_id
+    def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = True) -> None:
+        self.eos_ids = eos_ids
         self.use_kernels = use_kernels
 
     @torch.inference_mode()
@@ -94,8 +94,8 @@ class Sampler:
                 _apply_penalties(x[i], r)
             if r.position < r.params.min_tokens:
                 banned = list(r.params.stop_token_ids)
-                if self.eos_id is not None and not r.params.ignore_eos:
-                    banned.append(self.eos_id)
+                if not r.params.ignore_eos:
+                    banned.extend(self.eos_ids)
                 if banned:
                     x[i, banned] = float("-inf")
         return x

@@ -1,57 +1,111 @@
-"""Tokenizer of a model folder, and incremental detokenization for streaming.
+"""Tokenizer of a model folder, its fill-in-the-middle format, and incremental detokenization.
 
-A folder with a sentencepiece `tokenizer.model` is read with sentencepiece itself
-(the ids the model was trained on); otherwise a transformers tokenizer is used.
+What reads the folder: a sentencepiece `tokenizer.model` (CodeLlama) is read with sentencepiece
+itself (the ids the model was trained on); a `tokenizer.json` with the `tokenizers` library,
+exactly as the file says (transformers 5 rebuilds some tokenizer classes' pre-tokenizers from its
+own defaults); anything else (vocab.json + merges.txt) with transformers' AutoTokenizer.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Sequence
 
+from engine.loader import hf_token_ids, read_folder_json
+
 
 @dataclass(frozen=True)
-class FimTokens:
-    """CodeLlama's infilling tokens: <PRE> {prefix} <SUF>{suffix} <MID> ... <EOT>."""
+class FimFormat:
+    """A model's fill-in-the-middle tokens, found among its tokenizer's own special tokens.
 
+    Prompts are prefix-suffix-middle: [BOS] prefix-token prefix suffix-token suffix middle-token,
+    the model then writes the middle and ends it with one of `stop_ids`. Repo-level prompts put
+    other files first: with `file_sep` (Qwen2.5-Coder, StarCoder2) in the model's own layout
+    (`style`), else as `#name` headed text before the prefix (DeepSeek-Coder's convention).
+    """
+
+    style: str  # "codellama", "qwen", "starcoder" or "deepseek"
     prefix: int
     suffix: int
     middle: int
-    eot: int
+    eot: int | None  # the token that ends a middle: CodeLlama's <EOT>, else the end-of-text token
+    stop_ids: tuple[int, ...]  # every id that ends a middle: eot, the EOS ids, file_sep, pad
+    repo_name: int | None = None
+    file_sep: int | None = None
+    pad: int | None = None
+
+
+# style, prefix, suffix, middle, end of middle, repo name, file separator, pad
+_FIM_TOKENS = (
+    ("codellama", "<PRE>", "<SUF>", "<MID>", "<EOT>", None, None, None),
+    ("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", None, None, None),
+    ("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>", "<|repo_name|>", "<|file_sep|>",
+     "<|fim_pad|>"),
+    ("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", "<repo_name>", "<file_sep>",
+     "<fim_pad>"),
+    ("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>", None, None, None),
+)
 
 
 class Tokenizer:
     def __init__(self, path: str) -> None:
         self.path = path
-        spm_path = os.path.join(path, "tokenizer.model")
-        if os.path.isfile(spm_path):
-            import sentencepiece
-
-            self._spm = sentencepiece.SentencePieceProcessor(model_file=spm_path)
-            self._hf = None
-            self.vocab_size = self._spm.get_piece_size()
-            self.bos_id = _or_none(self._spm.bos_id())
-            self.eos_id = _or_none(self._spm.eos_id())
-            sp = self._spm
-            # Each plain piece's text (None for control, unknown, byte and user-defined pieces):
-            # after text has been released, a plain piece adds exactly this (IncrementalDetokenizer).
-            self.plain_texts: list[str | None] | None = [
-                None if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)
-                else sp.id_to_piece(i).replace("\u2581", " ") for i in range(self.vocab_size)]
+        self._spm = self._json = self._hf = None
+        # Each plain piece's text (None for control, unknown, byte and special pieces): after text has
+        # been released, a plain piece adds exactly this (IncrementalDetokenizer). None: no fast path.
+        self.plain_texts: list[str | None] | None = None
+        if os.path.isfile(os.path.join(path, "tokenizer.model")):
+            self._load_spm(os.path.join(path, "tokenizer.model"))
+        elif os.path.isfile(os.path.join(path, "tokenizer.json")):
+            self._load_json(os.path.join(path, "tokenizer.json"))
         else:
-            from transformers import AutoTokenizer
-
-            self._spm = None
-            self._hf = AutoTokenizer.from_pretrained(path)
-            self.vocab_size = len(self._hf)
-            self.bos_id = self._hf.bos_token_id
-            self.eos_id = self._hf.eos_token_id
-            self.plain_texts = None
+            self._load_hf(path)
+        self.eos_ids = self._find_eos_ids()
+        if self.eos_id is None and self.eos_ids:
+            self.eos_id = self.eos_ids[0]
         self.fim = self._find_fim()
 
+    def _load_spm(self, file: str) -> None:
+        import sentencepiece
+
+        sp = self._spm = sentencepiece.SentencePieceProcessor(model_file=file)
+        self.vocab_size = sp.get_piece_size()
+        self.bos_id = _or_none(sp.bos_id())
+        self.eos_id = _or_none(sp.eos_id())
+        self.plain_texts = [
+            None if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)
+            else sp.id_to_piece(i).replace("\u2581", " ") for i in range(self.vocab_size)]
+
+    def _load_json(self, file: str) -> None:
+        from tokenizers import Tokenizer as JsonTokenizer
+
+        tk = self._json = JsonTokenizer.from_file(file)
+        self.vocab_size = tk.get_vocab_size(with_added_tokens=True)
+        self.bos_id = _auto_prefix(tk.encode("a").ids, tk.encode("a", add_special_tokens=False).ids)
+        self.eos_id = self._configured_eos()
+        with open(file, encoding="utf-8") as f:
+            decoder = json.load(f).get("decoder") or {}
+        if decoder.get("type") == "ByteLevel":  # each token's bytes, concatenated: text adds up piece by piece
+            added = set(tk.get_added_tokens_decoder())
+            texts = tk.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
+            self.plain_texts = [None if i in added or not t or "\ufffd" in t else t for i, t in enumerate(texts)]
+
+    def _load_hf(self, path: str) -> None:
+        from transformers import AutoTokenizer
+
+        hf = self._hf = AutoTokenizer.from_pretrained(path)
+        self.vocab_size = len(hf)
+        self.bos_id = _auto_prefix(hf("a")["input_ids"], hf("a", add_special_tokens=False)["input_ids"])
+        self.eos_id = hf.eos_token_id
+
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """The text's ids; with add_bos, preceded by the BOS the tokenizer itself adds (none for
+        tokenizers that add none, like Qwen2's and StarCoder2's)."""
         if self._spm is not None:
             ids = self._spm.encode(text)
+        elif self._json is not None:
+            ids = self._json.encode(text, add_special_tokens=False).ids
         else:
             ids = self._hf.encode(text, add_special_tokens=False)
         return ([self.bos_id] if add_bos and self.bos_id is not None else []) + list(ids)
@@ -61,21 +115,86 @@ class Tokenizer:
         ids = [int(i) for i in ids if 0 <= i < self.vocab_size]
         if self._spm is not None:
             return self._spm.decode(ids)
+        if self._json is not None:
+            return self._json.decode(ids, skip_special_tokens=True)
         return self._hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def token_id(self, piece: str) -> int | None:
         if self._spm is not None:
             i = self._spm.piece_to_id(piece)
             return None if i == self._spm.unk_id() and piece != self._spm.id_to_piece(i) else i
+        if self._json is not None:
+            return self._json.token_to_id(piece)
         i = self._hf.convert_tokens_to_ids(piece)
         return None if i is None or i == self._hf.unk_token_id else i
 
-    def _find_fim(self) -> FimTokens | None:
-        for fmt in ("<{}>", "▁<{}>"):
-            ids = [self.token_id(fmt.format(name)) for name in ("PRE", "SUF", "MID", "EOT")]
-            if all(i is not None for i in ids):
-                return FimTokens(*ids)
+    def fim_prompt(self, prefix: str, suffix: str, files: Sequence[tuple[str, str]] = (), path: str | None = None,
+                   repo: str | None = None) -> list[int]:
+        """Prompt ids to fill in between prefix and suffix, in the model's own format. `files`:
+        other files of the repository as (name, text), put before the current one; `path`: the
+        current file's name; `repo`: the repository's name (where the format has a token for it)."""
+        fim = self.fim
+        if fim is None:
+            raise ValueError("this model has no fill-in-the-middle tokens; suffix is not supported")
+        ids = [self.bos_id] if self.bos_id is not None else []
+        if fim.file_sep is None:  # no repo tokens: other files as text before the prefix
+            head = "".join(f"#{name}\n{body}\n" for name, body in files) + (f"#{path}\n" if path else "")
+            return ids + self._fim_ids(head + prefix, suffix)
+        if repo is not None:
+            ids += [fim.repo_name] + self._text(repo + ("\n" if fim.style == "qwen" else ""))
+        if fim.style == "qwen":  # ...<|file_sep|>path\n<|fim_prefix|>prefix<|fim_suffix|>suffix<|fim_middle|>
+            for name, body in files:
+                ids += [fim.file_sep] + self._text(f"{name}\n{body}\n")
+            if files or path:
+                ids += [fim.file_sep] + self._text(f"{path}\n" if path else "")
+            return ids + self._fim_ids(prefix, suffix)
+        # StarCoder2: ...<file_sep><fim_prefix>path\nprefix<fim_suffix>suffix<fim_middle>
+        for name, body in files:
+            ids += [fim.file_sep] + self._text(f"{name}\n{body}")
+        if files or repo is not None:
+            ids.append(fim.file_sep)
+        return ids + self._fim_ids((f"{path}\n" if path else "") + prefix, suffix)
+
+    def _fim_ids(self, prefix: str, suffix: str) -> list[int]:
+        fim = self.fim
+        return [fim.prefix] + self._text(prefix) + [fim.suffix] + self._text(suffix) + [fim.middle]
+
+    def _text(self, text: str) -> list[int]:
+        return self.encode(text, add_bos=False) if text else []
+
+    def _configured_eos(self) -> int | None:
+        """The EOS token named by tokenizer_config.json or special_tokens_map.json."""
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            eos = (read_folder_json(self.path, name) or {}).get("eos_token")
+            if isinstance(eos, dict):
+                eos = eos.get("content")
+            if isinstance(eos, str) and self.token_id(eos) is not None:
+                return self.token_id(eos)
         return None
+
+    def _find_eos_ids(self) -> tuple[int, ...]:
+        """The tokenizer's EOS first, then those of generation_config.json and config.json."""
+        ids = [self.eos_id] if self.eos_id is not None else []
+        for name in ("generation_config.json", "config.json"):
+            ids += hf_token_ids((read_folder_json(self.path, name) or {}).get("eos_token_id"))
+        return tuple(dict.fromkeys(ids))
+
+    def _find_fim(self) -> FimFormat | None:
+        for style, *names in _FIM_TOKENS:
+            prefix, suffix, middle, end, repo, sep, pad = (self.token_id(n) if n else None for n in names)
+            if prefix is None or suffix is None or middle is None or (style == "codellama" and end is None):
+                continue
+            eot = end if end is not None else self.eos_id
+            stops = tuple(dict.fromkeys(i for i in (eot, *self.eos_ids, sep, pad) if i is not None))
+            return FimFormat(style, prefix, suffix, middle, eot, stops, repo, sep, pad)
+        return None
+
+
+def _auto_prefix(with_special: list[int], without: list[int]) -> int | None:
+    """The one id a tokenizer puts before the text by itself (its BOS), if any."""
+    if len(with_special) == len(without) + 1 and with_special[1:] == without:
+        return with_special[0]
+    return None
 
 
 def _or_none(i: int) -> int | None:

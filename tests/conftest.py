@@ -65,3 +65,123 @@ def tiny_model_dir(tmp_path_factory, spm_tokenizer_dir) -> str:
     make_tiny_llama(str(d), vocab_size=512)
     shutil.copy(os.path.join(spm_tokenizer_dir, "tokenizer.model"), d / "tokenizer.model")
     return str(d)
+
+
+# ---------------------------------------------------------------- other families (tests/engine/models/test_families.py)
+
+_QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+# Each style's special tokens and tokenizer_config.json, like the family's published files.
+BPE_STYLES = {
+    "qwen": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+              "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"],
+             {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|endoftext|>",
+              "pad_token": "<|endoftext|>", "add_prefix_space": False, "errors": "replace"}),
+    "deepseek": (["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>",
+                  "<|EOT|>"],
+                 {"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<｜begin▁of▁sentence｜>",
+                  "eos_token": "<｜end▁of▁sentence｜>", "add_bos_token": True, "add_eos_token": False, "legacy": True}),
+    "starcoder": (["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<repo_name>",
+                   "<file_sep>"],
+                  {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                   "unk_token": "<|endoftext|>", "add_prefix_space": False}),
+    "gpt2": (["<|endoftext|>"],
+             {"tokenizer_class": "CodeGenTokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>", "add_prefix_space": False}),
+}
+BPE_SAMPLES = "s = 'héllo wörld ✓ 漢字 🐍 ñandú Ω≈ç'\nx = 12345  # éèê\n"
+
+
+def make_byte_bpe_tokenizer(path: str, style: str, vocab_size: int = 420) -> str:
+    """Saves a small byte-level BPE tokenizer.json (trained in memory) with `style`'s special
+    tokens, pre-tokenizer and tokenizer_config.json under `path`."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials, tokenizer_config = BPE_STYLES[style]
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=style in ("starcoder", "gpt2"))
+    if style == "qwen":
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_QWEN_SPLIT), "isolated"), byte_level])
+    elif style == "deepseek":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"[\r\n]"), "isolated"),
+            pre_tokenizers.Split(Regex(r"\s?[A-Za-z]+"), "isolated"),
+            pre_tokenizers.Split(Regex(r"\s?[!-/:-~]+"), "isolated"), pre_tokenizers.Digits(individual_digits=True),
+            byte_level])
+    elif style == "starcoder":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_stdlib_text(60_000), BPE_SAMPLES * 300], trainer)
+    if style == "deepseek":  # its tokenizer.json adds the BOS itself
+        tok.post_processor = processors.TemplateProcessing(single=f"{specials[0]} $A", pair=f"{specials[0]} $A $B",
+                                                           special_tokens=[(specials[0], tok.token_to_id(specials[0]))])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    os.makedirs(path, exist_ok=True)
+    tok.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer_config, f, ensure_ascii=False)
+    return path
+
+
+# family -> (transformers config and model class names, tokenizer style, config overrides)
+FAMILY_MODELS = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen", dict(tie_word_embeddings=True, rms_norm_eps=1e-6)),
+    "deepseek": ("LlamaConfig", "LlamaForCausalLM", "deepseek",
+                 dict(rope_scaling={"rope_type": "linear", "factor": 4.0}, rope_theta=100000.0, rms_norm_eps=1e-6)),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", "starcoder",
+                   dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, use_bias=True)),
+    "codegen": ("CodeGenConfig", "CodeGenForCausalLM", "gpt2",
+                dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=512, n_inner=None)),
+}
+
+
+def make_tiny_family(path: str, family: str, vocab_size: int = 512, seed: int = 0, **overrides) -> str:
+    """Saves a random model of `family` (Hugging Face format, transformers' own classes) with a
+    byte-level BPE tokenizer of that family's style under `path`. Weights are scaled up and
+    rounded to bf16 values like make_tiny_llama's; biases and norm weights are random too, so that
+    a wrong one shows."""
+    import json
+
+    import transformers
+    from tokenizers import Tokenizer
+
+    config_name, model_name, style, family_overrides = FAMILY_MODELS[family]
+    make_byte_bpe_tokenizer(path, style)
+    tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    specials = BPE_STYLES[style][0]
+    eos = tok.token_to_id(BPE_STYLES[style][1]["eos_token"])
+    bos = tok.token_to_id(specials[0])
+    cfg = dict(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos)
+    if family != "codegen":
+        cfg.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=512)
+    cfg.update(family_overrides)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**cfg))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.5)
+            else:  # norm weights
+                p.copy_(1.0 + torch.randn_like(p) * 0.2)
+            p.copy_(p.bfloat16().float())
+    model.save_pretrained(path, safe_serialization=True)
+    if family == "qwen2":  # several EOS ids, as Qwen2.5-Coder's generation_config.json lists them
+        file = os.path.join(path, "generation_config.json")
+        with open(file) as f:
+            gen = json.load(f)
+        gen["eos_token_id"] = [eos, tok.token_to_id("<|im_end|>")]
+        with open(file, "w") as f:
+            json.dump(gen, f)
+    return path

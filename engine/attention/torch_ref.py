@@ -2,7 +2,8 @@
 
 Sequences with few new tokens (decode, verify, short chunks) are padded into one
 batched SDPA call over keys gathered through their block tables; long prefill
-chunks run one sequence at a time. Every faster backend is tested against this.
+chunks run one sequence at a time. Every faster backend is tested against this. With a
+sliding window (StarCoder2), a query also stops seeing keys `sliding_window` or more positions back.
 """
 from __future__ import annotations
 
@@ -42,11 +43,15 @@ class TorchMeta:
 class TorchRefBackend:
     name = "torch"
 
+    def __init__(self, sliding_window: int | None = None) -> None:
+        self.sliding_window = sliding_window
+
     def prepare(self, batch: StepBatch) -> TorchMeta:
         short = [i for i, q in enumerate(batch.query_lens) if q <= SHORT_QUERY]
         long = [i for i, q in enumerate(batch.query_lens) if q > SHORT_QUERY]
-        return TorchMeta(_padded_group(batch, short) if short else None,
-                         tuple(_long_chunk(batch, i) for i in long))
+        window = self.sliding_window
+        return TorchMeta(_padded_group(batch, short, window) if short else None,
+                         tuple(_long_chunk(batch, i, window) for i in long))
 
     def forward(self, q, k, v, k_cache, v_cache, batch: StepBatch, meta: TorchMeta) -> torch.Tensor:
         write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
@@ -58,7 +63,7 @@ class TorchRefBackend:
         return out
 
 
-def _padded_group(batch: StepBatch, seqs: list[int]) -> PaddedGroup:
+def _padded_group(batch: StepBatch, seqs: list[int], window: int | None = None) -> PaddedGroup:
     device = batch.input_ids.device
     cu = batch.cu_seqlens_q.tolist()
     max_q = max(batch.query_lens[i] for i in seqs)
@@ -76,19 +81,23 @@ def _padded_group(batch: StepBatch, seqs: list[int]) -> PaddedGroup:
     q_pos = (ctx - qlens)[:, None] + q_offsets[None, :]
     key_pos = torch.arange(nb * batch.block_size, device=device)
     mask = (key_pos[None, None, :] <= q_pos[:, :, None]) & row_valid[:, :, None]
+    if window is not None:
+        mask &= key_pos[None, None, :] > q_pos[:, :, None] - window
     return PaddedGroup(seq_index, row_index, row_valid, tables, mask[:, None])
 
 
-def _long_chunk(batch: StepBatch, i: int) -> LongChunk:
+def _long_chunk(batch: StepBatch, i: int, window: int | None = None) -> LongChunk:
     device = batch.input_ids.device
     cu = batch.cu_seqlens_q.tolist()
     ctx, qlen = batch.context_lens[i], batch.query_lens[i]
     key_pos = torch.arange(ctx, device=device)
     slots = batch.block_tables[i, key_pos // batch.block_size] * batch.block_size + key_pos % batch.block_size
     mask = None
-    if ctx != qlen:
+    if ctx != qlen or (window is not None and ctx > window):
         q_pos = torch.arange(ctx - qlen, ctx, device=device)
         mask = key_pos[None, :] <= q_pos[:, None]
+        if window is not None:
+            mask &= key_pos[None, :] > q_pos[:, None] - window
     return LongChunk(slice(cu[i], cu[i + 1]), slots, mask)
 
 

@@ -7,7 +7,8 @@ paged attention) and the glue between them. It takes a step only where the modul
 used those kernels for every op: float32 on the CPU, every projection packed in bf16, every
 sequence's new tokens within the attention kernel's limit (engine/attention/cpu.py
 KERNEL_QUERY), at most SMALL_ROWS rows. Everything else runs the modules, the reference it is
-tested against (tests/engine/models/test_cpu_stack.py).
+tested against (tests/engine/models/test_cpu_stack.py). The kernel knows plain Llama only (RMSNorm,
+gated SiLU, no biases, full half-split rotary, full attention): other configs never get a stack.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from engine.models.linear import SMALL_ROWS
 from engine.step_batch import StepBatch
 
 if TYPE_CHECKING:
+    from engine.config import ModelConfig
     from engine.models.llama import LlamaForCausalLM
 
 
@@ -28,7 +30,7 @@ class CpuDecoderStack:
     def __init__(self, model: "LlamaForCausalLM") -> None:
         cfg = model.config
         self.num_heads, self.intermediate = cfg.num_heads, cfg.intermediate_size
-        self.eps = cfg.rms_norm_eps
+        self.eps = cfg.norm_eps
         self._tensors = [t for layer in model.layers for t in (
             layer.self_attn.qkv_proj.packed, layer.self_attn.o_proj.packed, layer.mlp.gate_up_proj.packed,
             layer.mlp.down_proj.packed, layer.input_layernorm.weight.detach(),
@@ -38,7 +40,7 @@ class CpuDecoderStack:
     @classmethod
     def build(cls, model: "LlamaForCausalLM") -> "CpuDecoderStack | None":
         """The stack, where every layer can run in the kernel (else None: the modules run)."""
-        if not kernels.available():
+        if not kernels.available() or not plain_llama(model.config):
             return None
         for layer in model.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -64,3 +66,10 @@ class CpuDecoderStack:
                               kv_caches, batch.slot_mapping, batch.block_tables, meta.groups, batch.cu_seqlens_q,
                               batch.context_lens_t, self.num_heads)
         return x
+
+
+def plain_llama(cfg: "ModelConfig") -> bool:
+    """The only variant the kernel computes."""
+    return (cfg.norm == "rms" and cfg.gated_mlp and cfg.activation == "silu" and cfg.rotary_style == "neox"
+            and cfg.rotary_dim == cfg.head_dim and not cfg.parallel_residual and cfg.sliding_window is None
+            and not (cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias or cfg.lm_head_bias))

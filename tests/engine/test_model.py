@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from engine.attention import get_backend
-from engine.config import EngineConfig, ModelConfig
+from engine.config import EngineConfig
+from engine.models.registry import read_model_config
 from engine.kernels import cpu as kernels
 from engine.model_runner import ModelRunner
 from engine.step_batch import SeqChunk, StepBatch
@@ -15,7 +16,7 @@ from tests.engine.helpers import _hf_model
 
 def _runner(model_dir: str, num_blocks: int = 64, block_size: int = 4) -> ModelRunner:
     cfg = EngineConfig(model=model_dir, num_kv_blocks=num_blocks, block_size=block_size, device="cpu")
-    return ModelRunner(cfg, ModelConfig.from_folder(model_dir))
+    return ModelRunner(cfg, read_model_config(model_dir))
 
 
 def _forward(runner: ModelRunner, chunks: list[SeqChunk]) -> torch.Tensor:
@@ -124,4 +125,4 @@ def test_loader_rejects_a_wrong_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="shape mismatch"):
         _runner(str(tmp_path / "a"))
     with pytest.raises(FileNotFoundError):
-        ModelConfig.from_folder(str(tmp_path / "missing"))
+        read_model_config(str(tmp_path / "missing"))

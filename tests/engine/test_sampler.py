@@ -52,7 +52,7 @@ def _chi_square(counts: dict, dist: dict, trials: int) -> float:
 def _run(verify_name: str, trials: int = 3000) -> float:
     model = _table_model()
     params = SamplingParams(temperature=0.9, top_k=4)
-    sampler = Sampler(eos_id=None)
+    sampler = Sampler(eos_ids=())
     gen = torch.Generator().manual_seed(1)
 
     def draft_fn(prefix):  # deterministic drafts of varying quality
@@ -107,7 +107,7 @@ def test_accepted_length():
 
 
 def test_noise_depends_on_key_and_position_only():
-    sampler = Sampler(eos_id=None)
+    sampler = Sampler(eos_ids=())
     logits = torch.randn(3, 50)
     p = SamplingParams(temperature=1.0)
     key = sample_key(42, 0)
@@ -119,7 +119,7 @@ def test_noise_depends_on_key_and_position_only():
 
 
 def test_top_k_and_top_p_restrict_the_support():
-    sampler = Sampler(eos_id=None)
+    sampler = Sampler(eos_ids=())
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     probs_k = sampler.probs(logits, [SamplingRow(0, SamplingParams(temperature=1.0, top_k=2), 0, 0)])[0]
     assert (probs_k[2:] == 0).all() and probs_k[:2].sum().item() == pytest.approx(1.0)
@@ -130,7 +130,7 @@ def test_top_k_and_top_p_restrict_the_support():
 
 
 def test_penalties_push_seen_tokens_down():
-    sampler = Sampler(eos_id=None)
+    sampler = Sampler(eos_ids=())
     logits = torch.tensor([[2.0, 2.0, 2.0]])
     p = SamplingParams(temperature=0.0, repetition_penalty=2.0, frequency_penalty=0.5)
     row = SamplingRow(0, p, 0, 2, history=(2, 0, 0), output_start=1)  # prompt [2], output [0, 0]

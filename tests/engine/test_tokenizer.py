@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import json
+import random
+
+import pytest
+
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from tests.conftest import BPE_SAMPLES, make_byte_bpe_tokenizer
 
 SNIPPETS = [
     "def f(x):\n    return x  # done\n",
@@ -32,8 +38,6 @@ def test_incremental_detokenization_equals_full_decode(spm_tokenizer_dir):
 def test_fast_detokenization_equals_the_window_decode(spm_tokenizer_dir):
     """Random id streams (byte, control and unknown pieces included): the plain-piece fast path
     releases exactly what the window decode releases, piece by piece."""
-    import random
-
     from engine import DEFAULT_MODEL
 
     for path in (spm_tokenizer_dir, DEFAULT_MODEL):
@@ -52,3 +56,157 @@ def test_fim_tokens_found(spm_tokenizer_dir):
     tok = Tokenizer(spm_tokenizer_dir)
     assert tok.fim is not None
     assert len({tok.fim.prefix, tok.fim.suffix, tok.fim.middle, tok.fim.eot}) == 4
+
+
+# ---------------------------------------------------------------- byte-level BPE (tokenizer.json only)
+
+STYLES = ("qwen", "deepseek", "starcoder", "gpt2")
+_MODEL_TYPES = {"qwen": ("Qwen2ForCausalLM", "qwen2"), "deepseek": ("LlamaForCausalLM", "llama"),
+                "starcoder": ("Starcoder2ForCausalLM", "starcoder2"), "gpt2": ("CodeGenForCausalLM", "codegen")}
+TEXTS = SNIPPETS + [BPE_SAMPLES, "x = 1234567890\r\n\ty = [ 'ﬁ', 'Å', '\\u00e9' ]\n", "  \n\n   trailing   ",
+                    "literal <|fim_prefix|> and <fim_suffix> in text"]
+
+
+@pytest.fixture(scope="module", params=STYLES)
+def bpe_dir(request, tmp_path_factory) -> tuple[str, str]:
+    """A folder like the family's: tokenizer.json, tokenizer_config.json and a config.json."""
+    style = request.param
+    path = make_byte_bpe_tokenizer(str(tmp_path_factory.mktemp(f"bpe_{style}")), style)
+    arch, model_type = _MODEL_TYPES[style]
+    with open(f"{path}/config.json", "w") as f:
+        json.dump({"architectures": [arch], "model_type": model_type}, f)
+    return style, path
+
+
+def test_byte_level_ids_equal_transformers(bpe_dir):
+    from transformers import AutoTokenizer
+
+    style, path = bpe_dir
+    tok, hf = Tokenizer(path), AutoTokenizer.from_pretrained(path)
+    assert tok.plain_texts is not None  # a ByteLevel decoder: the fast path is on
+    assert (tok.bos_id is not None) == (style == "deepseek")  # only DeepSeek's tokenizer adds a BOS
+    for text in TEXTS:
+        assert tok.encode(text) == hf(text)["input_ids"], (style, text)
+        assert tok.encode(text, add_bos=False) == hf(text, add_special_tokens=False)["input_ids"]
+        if "<" not in text:  # special tokens written in the text are skipped by decode
+            assert tok.decode(tok.encode(text)) == text
+    rng = random.Random(0)
+    for _ in range(50):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(1, 30))]
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def test_a_folder_with_only_tokenizer_json(tmp_path):
+    from transformers import AutoTokenizer
+
+    path = make_byte_bpe_tokenizer(str(tmp_path), "qwen")
+    (tmp_path / "tokenizer_config.json").unlink()
+    tok, hf = Tokenizer(path), AutoTokenizer.from_pretrained(path)
+    assert tok.bos_id is None and tok.eos_id is None and tok.eos_ids == ()
+    for text in TEXTS:
+        assert tok.encode(text) == hf(text)["input_ids"]
+    assert tok.fim is not None and tok.fim.style == "qwen" and tok.fim.eot == tok.token_id("<|endoftext|>")
+
+
+def _streams(tok: Tokenizer, rng: random.Random) -> list[int]:
+    """Ids of text with multi-byte characters, cut into and mixed with random ids (byte pieces
+    of other characters, special tokens)."""
+    ids = tok.encode(rng.choice(TEXTS) + rng.choice(TEXTS), add_bos=False)
+    ids = ids[rng.randrange(len(ids)):]
+    for _ in range(rng.randint(0, 6)):
+        ids.insert(rng.randrange(len(ids) + 1), rng.randrange(tok.vocab_size))
+    return ids
+
+
+def test_byte_level_stream_never_splits_a_character(bpe_dir):
+    """Streamed pieces add up to the full decode, none ends in half a character, and the fast
+    path releases exactly what the window decode releases."""
+    style, path = bpe_dir
+    tok = Tokenizer(path)
+    assert any(t is None for t in tok.plain_texts[:300])  # partial-character byte pieces exist
+    assert any(t is not None and len(t.encode()) > len(t) for t in tok.plain_texts)  # and whole multi-byte ones
+    rng = random.Random(1)
+    prompt = tok.encode("x = 1\n")
+    for _ in range(300):
+        ids = _streams(tok, rng)
+        fast, slow = IncrementalDetokenizer(tok, prompt), IncrementalDetokenizer(tok, prompt, fast=False)
+        pieces = [fast.add(t) for t in ids] + [fast.flush()]
+        assert pieces == [slow.add(t) for t in ids] + [slow.flush()]
+        assert "".join(pieces) == tok.decode(ids)
+        full = tok.decode(ids)
+        if "\ufffd" not in full:  # well-formed text: no piece holds a broken character
+            assert all("\ufffd" not in p for p in pieces)
+
+
+def test_fim_format_and_prompts(bpe_dir):
+    from transformers import AutoTokenizer
+
+    style, path = bpe_dir
+    tok, hf = Tokenizer(path), AutoTokenizer.from_pretrained(path)
+    if style == "gpt2":  # CodeGen: no infilling tokens, so suffixes are refused
+        assert tok.fim is None
+        with pytest.raises(ValueError, match="fill-in-the-middle"):
+            tok.fim_prompt("a", "b")
+        return
+    fim = tok.fim
+    names = {"qwen": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>"),
+             "deepseek": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>"),
+             "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>")}[style]
+    assert (fim.style, fim.prefix, fim.suffix, fim.middle, fim.eot) == (style, *map(tok.token_id, names))
+    assert fim.stop_ids[0] == fim.eot and tok.eos_id in fim.stop_ids
+    pre, suf, mid = names[:3]
+    files = [("a.py", "x = 'é'\n"), ("b/c.py", "def g():\n    pass")]
+    # What the whole prompt string tokenizes to, with the special tokens written out.
+    plain = f"{pre}def f(x):\n    {suf}\n    return y\n{mid}"
+    repo_level = {
+        "qwen": f"<|repo_name|>proj\n<|file_sep|>a.py\nx = 'é'\n\n<|file_sep|>b/c.py\ndef g():\n    pass\n"
+                f"<|file_sep|>main.py\n{plain}",
+        "starcoder": f"<repo_name>proj<file_sep>a.py\nx = 'é'\n<file_sep>b/c.py\ndef g():\n    pass<file_sep>"
+                     f"{pre}main.py\ndef f(x):\n    {suf}\n    return y\n{mid}",
+        "deepseek": f"{pre}#a.py\nx = 'é'\n\n#b/c.py\ndef g():\n    pass\n#main.py\ndef f(x):\n    {suf}\n"
+                    f"    return y\n{mid}",
+    }[style]
+    assert tok.fim_prompt("def f(x):\n    ", "\n    return y\n") == hf(plain)["input_ids"]
+    assert tok.fim_prompt("def f(x):\n    ", "\n    return y\n", files, path="main.py", repo="proj") == \
+        hf(repo_level)["input_ids"]
+
+
+def test_codellama_fim_prompt_is_unchanged(spm_tokenizer_dir):
+    """<PRE> prefix <SUF> suffix <MID> with BOS, as api/completions.py has built it."""
+    tok = Tokenizer(spm_tokenizer_dir)
+    fim = tok.fim
+    assert fim.style == "codellama" and fim.eot == tok.token_id("<EOT>") and fim.stop_ids[0] == fim.eot
+    prefix, suffix = "def f(x):\n    ", "\n    return y\n"
+    assert tok.fim_prompt(prefix, suffix) == [tok.bos_id, fim.prefix] + tok.encode(prefix, add_bos=False) + \
+        [fim.suffix] + tok.encode(suffix, add_bos=False) + [fim.middle]
+
+
+def test_eos_ids_from_generation_config(tmp_path):
+    path = make_byte_bpe_tokenizer(str(tmp_path), "qwen")
+    tok = Tokenizer(path)
+    eos, im_end = tok.token_id("<|endoftext|>"), tok.token_id("<|im_end|>")
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, eos]}))
+    tok = Tokenizer(path)
+    assert tok.eos_id == eos and tok.eos_ids == (eos, im_end)
+
+
+def test_vocab_and_merges_folder_reads_through_transformers(tmp_path):
+    """No tokenizer.json (older GPT-2 style folders, like CodeGen's): transformers' tokenizer."""
+    import os
+
+    from tokenizers import Tokenizer as JsonTokenizer
+
+    path = make_byte_bpe_tokenizer(str(tmp_path), "gpt2")
+    json_tok = JsonTokenizer.from_file(f"{path}/tokenizer.json")
+    json_tok.model.save(path)  # vocab.json, merges.txt
+    os.remove(f"{path}/tokenizer.json")
+    tok = Tokenizer(path)
+    assert tok.plain_texts is None and tok.bos_id is None and tok.eos_id == json_tok.token_to_id("<|endoftext|>")
+    rng = random.Random(2)
+    for text in TEXTS:
+        assert tok.encode(text) == json_tok.encode(text).ids
+    prompt = tok.encode("x = 1\n")
+    for _ in range(50):
+        ids = _streams(tok, rng)
+        detok = IncrementalDetokenizer(tok, prompt)
+        assert "".join(detok.add(t) for t in ids) + detok.flush() == tok.decode(ids)

@@ -89,8 +89,8 @@ def test_sampling_kernel_equals_reference():
     x[4, 40:] = float("-inf")  # few live tokens
     x[5] = torch.randint(0, 4, (3000,)).float()  # large tie groups across the nucleus cut
     rows = _rows(240)
-    fast = Sampler(None, use_kernels=True)._sample(x.clone(), rows)
-    reference = Sampler(None, use_kernels=False)._sample(x.clone(), rows)
+    fast = Sampler((), use_kernels=True)._sample(x.clone(), rows)
+    reference = Sampler((), use_kernels=False)._sample(x.clone(), rows)
     assert torch.equal(fast, reference)
 
 
@@ -98,8 +98,8 @@ def test_sampled_tokens_stay_inside_top_k_and_top_p():
     torch.manual_seed(1)
     x = torch.randn(64, 500) * 3
     rows = _rows(64)
-    tokens = Sampler(None)._sample(x.clone(), rows)
-    allowed = torch.isfinite(Sampler(None).process(x.clone(), rows))
+    tokens = Sampler(())._sample(x.clone(), rows)
+    allowed = torch.isfinite(Sampler(()).process(x.clone(), rows))
     assert allowed[torch.arange(64), tokens].all()
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from engine.attention.cpu import KERNEL_QUERY, CpuMeta
-from engine.config import EngineConfig, ModelConfig
+from engine.config import EngineConfig
+from engine.models.registry import read_model_config
 from engine.kernels import cpu as kernels
 from engine.model_runner import ModelRunner
 from engine.models.cpu_stack import CpuDecoderStack
@@ -23,7 +24,7 @@ BLOCK = 8
 def _runner(path: str, **overrides) -> ModelRunner:
     make_tiny_llama(path, vocab_size=256, seed=5, **overrides)
     cfg = EngineConfig(model=path, num_kv_blocks=400, block_size=BLOCK, device="cpu")
-    return ModelRunner(cfg, ModelConfig.from_folder(path))
+    return ModelRunner(cfg, read_model_config(path))
 
 
 def _short_batch(rng: random.Random) -> StepBatch:

@@ -1,0 +1,233 @@
+"""A pre-norm decoder-only transformer over the paged KV cache, in every variant the families need.
+
+The layers are built from the ModelConfig (RMSNorm or LayerNorm, gated SiLU or plain GELU MLP,
+biases, full or partial rotary in either layout, sequential or parallel residual). Each family's
+subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `_RENAMES`,
+`_SKIP`, `convert`), so the math is written once.
+
+Sliding window: a step in which some sequence holds more keys than the window runs its
+attention through the torch reference with the window mask (engine/attention/torch_ref.py)
+unless the given backend was built with the same window; a step within the window is plain
+causal attention, so any backend computes it.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention.base import AttentionBackend
+from engine.attention.torch_ref import TorchRefBackend
+from engine.config import ModelConfig
+from engine.models.linear import Linear
+from engine.models.norm import RMSNorm, make_norm
+from engine.models.rotary import Rotary, apply_rotary
+from engine.step_batch import StepBatch
+
+_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+class Embedding(nn.Module):
+    """nn.Embedding without the random init: the weights always come from a checkpoint (and
+    nn.Embedding's normal_ on the meta device pulls in torch._dynamo, seconds of start-up)."""
+
+    def __init__(self, num: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        self.rotary_style = cfg.rotary_style
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: torch.Tensor,
+                batch: StepBatch, backend: AttentionBackend, meta: Any) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(cos_sin, q, k, self.rotary_style)
+        o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], batch, meta)
+        return self.o_proj(o.reshape(-1, self.q_size))
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate) * up), gate and up fused in one projection (Llama, Qwen2)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.act = _ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
+
+
+class MLP(nn.Module):
+    """fc_out(act(fc_in(x))) (StarCoder2, CodeGen)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc_in = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.fc_out = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.act = _ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.parallel = cfg.parallel_residual
+        self.input_layernorm = make_norm(cfg)
+        self.self_attn = Attention(cfg)
+        if not self.parallel:
+            self.post_attention_layernorm = make_norm(cfg)
+        self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+
+    def forward(self, x, cos_sin, kv_cache, batch, backend, meta) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        if self.parallel:
+            return x + self.self_attn(h, cos_sin, kv_cache, batch, backend, meta) + self.mlp(h)
+        x = x + self.self_attn(h, cos_sin, kv_cache, batch, backend, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderForCausalLM(nn.Module):
+    _PREFIX = "model."  # dropped from checkpoint names
+    # (checkpoint name part, our name part, shard of a fused projection or None), matched on whole
+    # dot-separated parts; every rename that matches applies.
+    _RENAMES: tuple[tuple[str, str, int | None], ...] = ()
+    _SKIP: tuple[str, ...] = ("rotary_emb",)  # checkpoint name parts of tensors that are not weights
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.rotary = Rotary.for_config(cfg)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = make_norm(cfg)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.lm_head_bias)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.cpu_stack = None  # the whole-stack C kernel: Llama only (engine/models/llama.py)
+        self._window_backend = TorchRefBackend(cfg.sliding_window) if cfg.sliding_window else None
+
+    def rebuild_after_meta(self) -> None:
+        """Recomputes what `to_empty` leaves uninitialized and the dtype cast must not touch: the
+        rotary tables (kept float32); re-ties the head."""
+        self.rotary = Rotary.for_config(self.config)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @torch.inference_mode()
+    def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
+        """Hidden states of the rows in batch.logits_indices, after the final norm."""
+        backend = self._attention_for(batch, backend)
+        meta = backend.prepare(batch)
+        x = self.embed_tokens(batch.input_ids)
+        cos_sin = self.rotary.tables(batch.positions, x.dtype)
+        if self.cpu_stack is not None and self.cpu_stack.takes(batch, meta, x):
+            x = self.cpu_stack.run(x, cos_sin, kv_caches, batch, meta)
+        else:
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                x = layer(x, cos_sin, kv_cache, batch, backend, meta)
+        return self.norm(x[batch.logits_indices])
+
+    def _attention_for(self, batch: StepBatch, backend: AttentionBackend) -> AttentionBackend:
+        window = self.config.sliding_window
+        if window is None or getattr(backend, "sliding_window", None) == window:
+            return backend
+        if max(batch.context_lens, default=0) <= window:  # every key is inside the window: plain causal
+            return backend
+        return self._window_backend
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def pack_for_cpu(self) -> int:
+        """Turns on the CPU kernels: RMSNorm, and the few-row linear kernel with its bf16 weight
+        copies where they are exact (engine/models/linear.py); returns how many linear layers got one."""
+        on_cpu = self.norm.weight.device.type == "cpu" and self.norm.weight.dtype == torch.float32
+        for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
+            norm.use_kernel = on_cpu
+        return sum(m.pack_for_cpu() for m in self.modules() if isinstance(m, Linear))
+
+    # ---------------------------------------------------------------- loading
+    def checkpoint_target(self, name: str) -> tuple[str, int | None] | None:
+        """Our parameter name for a checkpoint tensor and its shard in a fused projection; None
+        for a tensor to skip."""
+        name = name.removeprefix(self._PREFIX)
+        if name == "lm_head.weight" and self.config.tie_word_embeddings:
+            return None
+        dotted = f".{name}."
+        if any(f".{part}." in dotted for part in self._SKIP):
+            return None
+        shard = None
+        for old, new, index in self._RENAMES:
+            if f".{old}." in dotted:
+                dotted = dotted.replace(f".{old}.", f".{new}.", 1)
+                shard = index if index is not None else shard
+        return dotted[1:-1], shard
+
+    def convert(self, target: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A checkpoint tensor in our layout (the identity but for CodeGen's fused qkv)."""
+        return tensor
+
+    @torch.no_grad()
+    def load_hf_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in tensors:
+            found = self.checkpoint_target(name)
+            if found is None:
+                continue
+            target, shard = found
+            if target not in params:
+                raise ValueError(f"unexpected tensor {name!r} in checkpoint")
+            param = params[target]
+            tensor = self.convert(target, tensor)
+            if shard is None:
+                _copy(param, tensor, name)
+            else:
+                _copy(param.narrow(0, self._shard_offset(target, shard), tensor.shape[0]), tensor, name)
+            loaded.add(f"{target}#{shard}")
+        self._check_complete(loaded)
+
+    def _shard_offset(self, target: str, shard: int) -> int:
+        cfg = self.config
+        if ".qkv_proj." in target:
+            q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+            return (0, q, q + kv)[shard]
+        return shard * cfg.intermediate_size
+
+    def _shards(self, name: str) -> tuple[int | None, ...]:
+        """The shards a parameter is loaded in: (None,) when whole."""
+        fused = {index for _, new, index in self._RENAMES if index is not None and f".{new}." in f".{name}."}
+        return tuple(sorted(fused)) or (None,)
+
+    def _check_complete(self, loaded: set[str]) -> None:
+        expected = {f"{name}#{shard}" for name, _ in self.named_parameters() for shard in self._shards(name)}
+        missing = expected - loaded
+        if missing:
+            raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    if dst.shape != src.shape:
+        raise ValueError(f"shape mismatch for {name!r}: checkpoint {tuple(src.shape)}, model {tuple(dst.shape)}")
+    dst.copy_(src.to(dst.dtype))

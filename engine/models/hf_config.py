@@ -1,0 +1,145 @@
+"""ModelConfig fields from each family's config.json, as transformers 4 and 5 write them.
+
+Each reader returns the fields that describe the network; registry.model_config adds the
+family, architecture and token ids. A key the network needs and the file lacks is a ValueError.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# transformers' activation names -> the engine's (gelu_new and gelu_pytorch_tanh are the same tanh formula)
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+
+def llama(cfg: dict) -> dict[str, Any]:
+    """Llama, CodeLlama, DeepSeek-Coder (linear rope scaling)."""
+    heads = _need(cfg, "num_attention_heads")
+    hidden = _need(cfg, "hidden_size")
+    theta, factor = _rope(cfg)
+    attention_bias = bool(cfg.get("attention_bias", False))
+    return dict(
+        vocab_size=_need(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=_need(cfg, "intermediate_size"),
+        num_layers=_need(cfg, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or hidden // heads,
+        max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope_theta=theta,
+        rope_scaling_factor=factor,
+        activation=_activation(cfg.get("hidden_act", "silu")),
+        qkv_bias=attention_bias,
+        o_bias=attention_bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def qwen2(cfg: dict) -> dict[str, Any]:
+    """Qwen2 / Qwen2.5-Coder: Llama with a bias on the q, k and v projections."""
+    fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
+    return dict(fields, qkv_bias=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
+
+
+def starcoder2(cfg: dict) -> dict[str, Any]:
+    """StarCoder2: LayerNorm, a plain GELU MLP, biases everywhere but the head, sliding window."""
+    heads = _need(cfg, "num_attention_heads")
+    hidden = _need(cfg, "hidden_size")
+    theta, factor = _rope(cfg)
+    bias = bool(cfg.get("use_bias", True))
+    return dict(
+        vocab_size=_need(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=_need(cfg, "intermediate_size"),
+        num_layers=_need(cfg, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or hidden // heads,
+        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        norm_eps=cfg.get("norm_epsilon", 1e-5),
+        rope_theta=theta,
+        rope_scaling_factor=factor,
+        norm="layer",
+        activation=_activation(cfg.get("hidden_act", "gelu_pytorch_tanh")),
+        gated_mlp=False,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        sliding_window=cfg.get("sliding_window"),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+    )
+
+
+CODEGEN_MP_NUM = 4  # CodeGen's fused qkv_proj is laid out for 4 model-parallel shards
+
+
+def codegen(cfg: dict) -> dict[str, Any]:
+    """CodeGen: parallel attention and MLP from one LayerNorm, partial GPT-J-style rotary."""
+    hidden = _need(cfg, "n_embd", "hidden_size")
+    heads = _need(cfg, "n_head", "num_attention_heads")
+    if heads % CODEGEN_MP_NUM or hidden % heads:
+        raise ValueError(f"CodeGen needs heads ({heads}) a multiple of {CODEGEN_MP_NUM} dividing n_embd ({hidden})")
+    return dict(
+        vocab_size=_need(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=cfg.get("n_inner") or 4 * hidden,
+        num_layers=_need(cfg, "n_layer", "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048,
+        norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+        rope_theta=10000.0,
+        norm="layer",
+        activation=_activation(cfg.get("activation_function", "gelu_new")),
+        gated_mlp=False,
+        mlp_bias=True,
+        lm_head_bias=True,
+        rotary_dim=cfg.get("rotary_dim") or None,
+        rotary_style="gptj",
+        parallel_residual=True,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def _need(cfg: dict, *keys: str) -> Any:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    raise ValueError(f"config.json has no {keys[0]!r}")
+
+
+def _activation(name: str) -> str:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def _rope(cfg: dict) -> tuple[float, float]:
+    """(theta, linear scaling factor). transformers < 5 writes rope_theta + rope_scaling; 5 writes
+    rope_parameters."""
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "linear" if "factor" in scaling else "default"))
+    if rope_type not in ("default", "linear"):
+        raise ValueError(f"unsupported rope_scaling type {rope_type!r}; supported: default, linear")
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    factor = float(scaling.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    return float(theta), factor
+
+
+def _qwen2_window(cfg: dict, num_layers: int) -> int | None:
+    """The window when every layer slides, None when none does (Qwen2.5-Coder ships with
+    use_sliding_window false); windows on some layers only are refused."""
+    if not cfg.get("use_sliding_window", False):
+        return None
+    types = cfg.get("layer_types") or [
+        "sliding_attention" if i >= cfg.get("max_window_layers", num_layers) else "full_attention"
+        for i in range(num_layers)]
+    if all(t == "full_attention" for t in types):
+        return None
+    if all(t == "sliding_attention" for t in types):
+        return _need(cfg, "sliding_window")
+    raise ValueError("Qwen2 with a sliding window on some layers only (max_window_layers) is not supported")

@@ -1,0 +1,44 @@
+"""The decoders' normalizations: RMSNorm (Llama, Qwen2) and LayerNorm with bias (StarCoder2, CodeGen)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.kernels.cpu import rms_norm
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.use_kernel = False  # the C kernel (engine/kernels), set by the model's pack_for_cpu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32:  # same math as F.rms_norm
+            return rms_norm(x, self.weight, self.eps)
+        if x.dtype == torch.float32:  # fused kernel; same math as below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class LayerNorm(nn.Module):
+    """nn.LayerNorm without its init (the weights always come from a checkpoint)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def make_norm(cfg: ModelConfig) -> RMSNorm | LayerNorm:
+    return (RMSNorm if cfg.norm == "rms" else LayerNorm)(cfg.hidden_size, cfg.norm_eps)

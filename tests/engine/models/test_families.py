@@ -1,0 +1,165 @@
+"""Qwen2, DeepSeek-Coder (Llama with linear rope scaling), StarCoder2 and CodeGen: tiny random
+models from transformers' own classes, run by the engine over the paged cache, against transformers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.attention.cpu import CpuBackend
+from engine.attention.torch_ref import TorchRefBackend
+from engine.models.registry import model_config, read_model_config
+from engine.kernels import cpu as kernels
+from engine.model_runner import load_model
+from engine.models.registry import family_for
+from engine.step_batch import SeqChunk, StepBatch
+from fastcodellama.drafting import SpecConfig, build_proposer
+from tests.conftest import make_tiny_family
+from tests.engine.helpers import _hf_model, assert_no_leaks
+
+FAMILIES = ("qwen2", "deepseek", "starcoder2", "codegen")
+BLOCK = 4
+# Steps of one sequence: a prefill within StarCoder2's window of 8, a long chunk (the reference
+# backend's per-sequence path), a verify-like chunk, then single decode tokens.
+STEPS = (6, 66, 4, 1, 1, 1)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_dir(request, tmp_path_factory) -> tuple[str, str]:
+    return request.param, make_tiny_family(str(tmp_path_factory.mktemp(request.param)), request.param)
+
+
+def _ids(n: int, seed: int = 1) -> list[int]:
+    return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _engine_logits(model, backend, ids: list[int]) -> torch.Tensor:
+    """Every row's logits, computed step by step (STEPS) over a fresh paged cache."""
+    cfg = model.config
+    num_blocks = -(-len(ids) // BLOCK) + 2
+    caches = torch.zeros(cfg.num_layers, 2, num_blocks, cfg.num_kv_heads, BLOCK, cfg.head_dim)
+    table = tuple(reversed(range(num_blocks)))  # blocks out of order
+    out, start = [], 0
+    for n in STEPS:
+        batch = StepBatch.build([SeqChunk(tuple(ids[start:start + n]), start, table, 0)], BLOCK, torch.device("cpu"))
+        out.append(model.compute_logits(model(batch, caches, backend)))
+        start += n
+    return torch.cat(out)
+
+
+def _models(path: str):
+    """The engine's model twice: plain modules with the torch reference attention, and with the
+    CPU kernels (pack_for_cpu) and the CPU attention backend."""
+    mc = read_model_config(path)
+    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    packed = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    num_packed = packed.pack_for_cpu() if kernels.available() else 0
+    return reference, packed, num_packed
+
+
+def test_config_reads_the_family(family_dir):
+    family, path = family_dir
+    mc = read_model_config(path)
+    expected = {"qwen2": ("qwen2", True, "rms", 16, "neox", None),
+                "deepseek": ("llama", False, "rms", 16, "neox", None),
+                "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
+                "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
+    assert (mc.family, mc.qkv_bias, mc.norm, mc.rotary_dim, mc.rotary_style, mc.sliding_window) == expected
+    if family == "qwen2":  # config.json's EOS, then the extra one generation_config.json lists
+        assert len(mc.eos_token_ids) == 2 and mc.eos_token_id == mc.eos_token_ids[0]
+    if family == "deepseek":
+        assert mc.rope_scaling_factor == 4.0
+
+
+def test_logits_match_transformers(family_dir):
+    """(a) prefill, chunk and decode logits over the paged cache equal transformers' (float32), on
+    the reference path and on the CPU-kernel path; (d) the two paths agree."""
+    family, path = family_dir
+    reference, packed, num_packed = _models(path)
+    ids = _ids(sum(STEPS))
+    with torch.no_grad():
+        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
+    ref = _engine_logits(reference, TorchRefBackend(), ids)
+    assert (ref - expected).abs().max().item() < 1e-4
+    if not kernels.available():
+        return
+    assert num_packed == 4 * reference.config.num_layers + 1  # qkv, o and two MLP projections per layer; the head
+    assert (packed.cpu_stack is not None) == (family == "deepseek")  # the one-call stack is plain Llama's only
+    fast = _engine_logits(packed, CpuBackend(), ids)
+    assert (fast - ref).abs().max().item() < 1e-4
+    assert (fast - expected).abs().max().item() < 1e-4
+
+
+def _hf_greedy(path: str, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy generate() with EOS an ordinary token, like the engine's ignore_eos
+    (min_new_tokens would instead forbid every EOS id); the attention mask is given, as the
+    prompt's first id (a BOS or <|endoftext|>, id 0 here) would otherwise be taken for padding."""
+    ids = torch.tensor([prompt_ids])
+    out = _hf_model(path).generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                   do_sample=False, eos_token_id=[], pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+PROMPTS = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n",
+           "s = 'héllo wörld ✓ 漢字'\ns = 'héllo",
+           "for i in range(10):\n    print(i)\nfor i in range(10):\n"]
+
+
+def test_greedy_matches_transformers_with_and_without_drafts(family_dir):
+    """(b) the engine's greedy ids equal transformers' generate(); (c) copy drafts change nothing."""
+    family, path = family_dir
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    plain = LLM(path, num_kv_blocks=96, block_size=BLOCK)
+    outs = plain.generate(PROMPTS, params, use_tqdm=False)
+    for prompt, out in zip(PROMPTS, outs):
+        ids = plain.tokenizer.encode(prompt)
+        assert out.prompt_token_ids == ids
+        assert out.outputs[0].token_ids == _hf_greedy(path, ids, 16), (family, prompt)
+        assert len(out.outputs[0].token_ids) == 16
+    spec = LLM(path, proposer=build_proposer(SpecConfig(cost_curve="flat")), num_kv_blocks=96, block_size=BLOCK)
+    drafted = spec.generate(PROMPTS, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in drafted] == [o.outputs[0].token_ids for o in outs]
+    assert spec.engine.stats().spec.total_drafted > 0
+    assert_no_leaks(spec.engine)
+
+
+def test_loader_names_what_is_wrong(family_dir):
+    family, path = family_dir
+    model = load_model(path, read_model_config(path), torch.float32, torch.device("cpu"))
+    prefix = "transformer." if family == "codegen" else "model."
+    embed = prefix + ("wte.weight" if family == "codegen" else "embed_tokens.weight")
+    with pytest.raises(ValueError, match="unexpected tensor"):
+        model.load_hf_weights([(prefix + "layers.0.self_attn.nonsense.weight", torch.zeros(1))])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        model.load_hf_weights([(embed, torch.zeros(3, 3))])
+    with pytest.raises(ValueError, match="missing"):
+        model.load_hf_weights([(embed, model.embed_tokens.weight.detach().clone())])
+
+
+@pytest.mark.parametrize("cfg", [
+    {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64},
+    {"architectures": ["MistralForCausalLM"], "model_type": "mistral"},
+    {"model_type": "gpt_neox"},
+])
+def test_unsupported_architecture_is_a_one_line_value_error(cfg):
+    with pytest.raises(ValueError) as e:
+        model_config(cfg)
+    message = str(e.value)
+    assert "\n" not in message and "unsupported architecture" in message
+    assert "Qwen2ForCausalLM" in message and "CodeGenForCausalLM" in message
+
+
+def test_missing_key_is_a_value_error():
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        model_config({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64})
+    assert family_for({"model_type": "starcoder2"}).name == "starcoder2"
+
+
+def test_qwen2_sliding_window_on_some_layers_is_refused():
+    cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 64, "hidden_size": 64,
+           "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "use_sliding_window": True,
+           "sliding_window": 16, "max_window_layers": 2}
+    with pytest.raises(ValueError, match="some layers"):
+        model_config(cfg)
+    assert model_config(dict(cfg, max_window_layers=0)).sliding_window == 16
+    assert model_config(dict(cfg, use_sliding_window=False)).sliding_window is None
