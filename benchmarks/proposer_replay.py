@@ -18,7 +18,7 @@ Two drivers:
 speedup = (time plain decoding needs for the same tokens at the same batch) / (time spent):
 sum over steps of emitted * cost(N)/N, over sum of cost(N + drafted).
 
-Costs are the linear layers only (the curves in fastcodellama/drafting/), without attention
+Costs are the linear layers only (CPU_POINTS, H100_POINTS below), without attention
 and sampling; the H100 curve is CodeLlama-7B-shaped, the CPU one a 7M-parameter model.
 
 Needs shared/ beside the repo (data and the ceiling tool, whose data loading and proxy
@@ -43,10 +43,44 @@ sys.path.insert(0, REPO)
 
 from engine.proposer import DraftQuery  # noqa: E402
 from fastcodellama.drafting.acceptance import CONT_BINS, ML_BUCKETS, POSITIONS, AcceptanceModel  # noqa: E402
-from fastcodellama.drafting.cost import CostCurve  # noqa: E402
 from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
 
-CURVES = {"cpu": CostCurve.from_spec("cpu"), "h100": CostCurve.from_spec("h100")}
+# Linear layers + LM head by tokens in the forward, ms: a 7M-parameter Llama on this project's
+# 2-core CPU (shared/measurements/cpu_small_llama_cost_and_hf_generate.json) and the
+# CodeLlama-7B shape on one H100 (shared/measurements/h100_linear_cost_by_tokens_codellama7b_shape.json).
+CPU_POINTS = ((1, 1.811), (2, 3.077), (4, 4.594), (8, 4.316), (16, 4.807), (32, 6.761), (64, 10.79),
+              (100, 13.322), (128, 15.1), (200, 21.309), (256, 27.996), (400, 41.926), (512, 63.311),
+              (1024, 109.458))
+H100_POINTS = ((1, 5.044), (2, 5.156), (4, 5.119), (8, 5.164), (16, 5.316), (32, 5.314), (64, 5.438),
+               (128, 5.74), (192, 6.709), (256, 6.701), (384, 8.828), (512, 10.61), (768, 15.456),
+               (1024, 19.523), (2048, 41.175), (4096, 77.631))
+
+
+class CurveCost:
+    """A step's cost by its rows, read off measured points (linear between them and past the
+    last): the policy's cost (plain, extra) and the tally's (by rows)."""
+
+    def __init__(self, points: tuple[tuple[int, float], ...]) -> None:
+        self.points = points
+
+    def __call__(self, rows: int) -> float:
+        pts = self.points
+        if rows <= pts[0][0]:
+            return pts[0][1]
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            if rows <= x1:
+                return y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
+        (x0, y0), (x1, y1) = pts[-2], pts[-1]
+        return y1 + (y1 - y0) * (rows - x1) / (x1 - x0)
+
+    def plain(self, seqs: int) -> float:
+        return self(seqs)
+
+    def extra(self, seqs: int, draft_rows: int) -> float:
+        return self(seqs + draft_rows) - self(seqs)
+
+
+CURVES = {"cpu": CurveCost(CPU_POINTS), "h100": CurveCost(H100_POINTS)}
 MAX_NEW = {"file1": 300, "file2": 512, "file3": 300}   # the runs' max_new_tokens: the engine's max_len cap
 UNBOUNDED_POOL = 10_000_000
 CEILING = {  # shared/measurements/copy_ceiling_real_traces.md, k=20, latest occurrence
@@ -102,7 +136,7 @@ def _verify(draft: tuple[int, ...], comp: list[int], t: int) -> int:
     return a
 
 
-def run_lockstep(groups: list[Group], cfg: SpecConfig, budget: int = 1 << 30,
+def run_lockstep(groups: list[Group], cfg: SpecConfig, cost: CurveCost = CURVES["h100"], budget: int = 1 << 30,
                  on_step=None) -> tuple[Tally, dict]:
     """on_step(proposer, seq_id, completion, t): called before each step (for --fit-priors)."""
     prop = build_proposer(cfg)
@@ -125,7 +159,7 @@ def run_lockstep(groups: list[Group], cfg: SpecConfig, budget: int = 1 << 30,
                     continue
                 if on_step is not None:
                     on_step(prop, sid, g.comps[i], t)
-                d = prop.propose([DraftQuery(sid, g.max_new - t)], budget)[0]
+                d = prop.propose([DraftQuery(sid, g.max_new - t)], budget, cost)[0]
                 a = _verify(d.tokens, g.comps[i], t)
                 if len(d):
                     prop.record(sid, d, a)
@@ -144,7 +178,8 @@ def run_lockstep(groups: list[Group], cfg: SpecConfig, budget: int = 1 << 30,
     return tl, st
 
 
-def run_batched(groups: list[Group], cfg: SpecConfig, batch: int, budget: int = 1 << 30) -> tuple[Tally, dict]:
+def run_batched(groups: list[Group], cfg: SpecConfig, batch: int, cost: CurveCost = CURVES["h100"],
+                budget: int = 1 << 30) -> tuple[Tally, dict]:
     prop = build_proposer(cfg)
     tl = Tally()
     waiting = deque(groups)
@@ -161,7 +196,7 @@ def run_batched(groups: list[Group], cfg: SpecConfig, batch: int, budget: int = 
                 next_id += 1
         sids = list(running)
         queries = [DraftQuery(s, running[s][2] - running[s][1]) for s in sids]
-        drafts = prop.propose(queries, budget)
+        drafts = prop.propose(queries, budget, cost)
         drafted = emitted_all = 0
         for sid, d in zip(sids, drafts):
             comp, t, _ = running[sid]
@@ -333,11 +368,11 @@ def main() -> int:
     print("| config | policy | tokens/step | acceptance | steps w/ draft | mean draft | speedup CPU | speedup H100 | ceiling tokens/step |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, groups, cfg in configs:
-        runs = [("fixed k=20", cfg)] + [(f"adaptive[{c}]", replace(cfg, policy="adaptive", cost_curve=c))
-                                        for c in CURVES]
-        for label, c in runs:
+        runs = [("fixed k=20", cfg, "h100")] + [(f"adaptive[{c}]", replace(cfg, policy="adaptive"), c)
+                                                for c in CURVES]
+        for label, c, curve in runs:
             t = time.time()
-            tl, st = run_lockstep(groups, c)
+            tl, st = run_lockstep(groups, c, CURVES[curve])
             r = tl.row()
             ceil = CEILING[name] if args.tasks >= 164 else "n/a (subset)"
             print(f"| {name} | {label} | {fmt(r)} | {ceil} |", flush=True)
@@ -350,11 +385,11 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|---|")
         base = replace(fixed, other_pool_tokens=SpecConfig().other_pool_tokens)
         for b in (int(x) for x in args.batches.split(",")):
-            runs = [("fixed k=20", base)] + [(f"adaptive[{c}]", replace(base, policy="adaptive", cost_curve=c))
-                                             for c in CURVES]
-            for label, c in runs:
+            runs = [("fixed k=20", base, "h100")] + [(f"adaptive[{c}]", replace(base, policy="adaptive"), c)
+                                                     for c in CURVES]
+            for label, c, curve in runs:
                 t = time.time()
-                tl, st = run_batched(f2, c, b)
+                tl, st = run_batched(f2, c, b, CURVES[curve])
                 r = tl.row()
                 print(f"| {b} | {label} | {fmt(r)} | {r['drafted_per_engine_step']} | {r['propose_us_per_query']} |",
                       flush=True)

@@ -2,7 +2,7 @@
 
 Times forward + logits + sampling of (a) decode steps of T single-token sequences, (b) verify
 steps of one sequence feeding T tokens and (c) steps of T sequences feeding 2 tokens each
-(engine/cost_model.py, the curves the draft policy uses),
+(engine/cost_sweep.py, the sweep that seeds the engine's step cost),
 side by side in one process, alternately: with the C kernels (the linear kernel over bf16 weight
 copies, engine/models/linear.py, and the decoder stack in one call, engine/models/cpu_stack.py),
 and with those copies and the stack dropped so the modules and F.linear run (the reference); the
@@ -21,21 +21,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import measure  # noqa: E402
 
 from engine import DEFAULT_MODEL, LLM  # noqa: E402
-from engine import cost_model  # noqa: E402
+from engine import cost_sweep  # noqa: E402
 from engine.models.linear import Linear  # noqa: E402
 
 
-def curves(llm: LLM) -> cost_model.StepCostPoints:
-    cost_model._MEASURED.clear()
-    return llm.engine.measure_step_cost()
+def curves(llm: LLM) -> cost_sweep.StepCostPoints:
+    cost_sweep._MEASURED.clear()
+    return llm.engine.sweep_step_cost()
 
 
-def fastest(runs: list[cost_model.StepCostPoints]) -> cost_model.StepCostPoints:
-    def best(curves: list[cost_model.Points]) -> cost_model.Points:
+def fastest(runs: list[cost_sweep.StepCostPoints]) -> cost_sweep.StepCostPoints:
+    def best(curves: list[cost_sweep.Points]) -> cost_sweep.Points:
         n = min(len(c) for c in curves)
         return tuple((curves[0][i][0], min(c[i][1] for c in curves)) for i in range(n))
 
-    return cost_model.StepCostPoints(best([r.decode for r in runs]), best([r.verify for r in runs]),
+    return cost_sweep.StepCostPoints(best([r.decode for r in runs]), best([r.verify for r in runs]),
                                      best([r.pairs for r in runs]))
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     model = llm.engine.runner.model
     stack = model.cpu_stack
     packed = sum(c is not None for c in copies.values())
-    rounds: dict[str, list[cost_model.StepCostPoints]] = {"kernel": [], "reference": []}
+    rounds: dict[str, list[cost_sweep.StepCostPoints]] = {"kernel": [], "reference": []}
     for _ in range(args.rounds):  # alternating; the fastest of each point (load only ever adds time)
         for name in rounds:
             for m in layers:

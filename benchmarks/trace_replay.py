@@ -23,72 +23,23 @@ step time spent proposing. JSON + markdown + PNG under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import measure  # noqa: E402
-from engine import DEFAULT_MODEL, LLM, SamplingParams
-from fastcodellama.job.tasks import load_tasks
+from traces import TRACES, Request, load_workload, replay_params  # noqa: E402
+from engine import DEFAULT_MODEL, LLM
 from fastcodellama.drafting import SpecConfig, build_proposer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = measure.RESULTS
-TRACES = os.path.join(HERE, "..", "..", "shared", "data", "real_traces")
 # shared/measurements/copy_ceiling_real_traces.md (tokens per verify forward, k=20, proxy tokenizer).
 CEILING = {"greedy": ("self, n=1", 1.92), "passk": ("self + 10 siblings side by side", 2.17),
            "pass100": ("(not in the ceiling file)", None)}
-
-
-@dataclass(frozen=True)
-class Request:
-    task_id: str
-    prompt: str
-    continuations: tuple[tuple[int, ...], ...]
-
-
-def load_workload(name: str, tokenizer, traces: str, pass100_tasks: int) -> list[Request]:
-    tasks = load_tasks(None, None)
-    encode = lambda text: tuple(tokenizer.encode(text, add_bos=False))  # noqa: E731
-    if name == "greedy":
-        with open(os.path.join(traces, "codellama7b_humaneval_greedy.json")) as f:
-            texts = json.load(f)
-        out = []
-        for task, (text,) in zip(tasks, texts):
-            prompt = task["prompt"].strip()  # what the harness fed the model
-            if not text.startswith(prompt):
-                raise ValueError(f"{task['task_id']}: trace does not start with its prompt")
-            out.append(Request(task["task_id"], prompt, (encode(text[len(prompt):]),)))
-        return out
-    if name == "passk":
-        by_task: dict[str, list[str]] = {}
-        with open(os.path.join(traces, "codellama7b-instruct_humaneval_n10_sampled.jsonl")) as f:
-            for line in f:
-                rec = json.loads(line)
-                by_task.setdefault(rec["task_id"], []).append(rec["completion"])
-        return [Request(t["task_id"], t["prompt"], tuple(encode(c) for c in by_task[t["task_id"]])) for t in tasks]
-    if name == "pass100":
-        ids = sorted(f"HumanEval/{i}" for i in range(164))  # the file's line order
-        out = []
-        with open(os.path.join(traces, "codegen16b-mono_humaneval_n100_t0.8.jsonl")) as f:
-            for task_id, line in zip(ids, f):
-                rec = json.loads(line)
-                out.append(Request(task_id, rec["prompt"], tuple(encode(s) for s in rec["samples"])))
-        order = {t["task_id"]: i for i, t in enumerate(tasks)}
-        return sorted(out, key=lambda r: order[r.task_id])[:pass100_tasks]
-    raise ValueError(f"unknown workload {name!r}")
-
-
-def params_for(name: str, request: Request) -> SamplingParams:
-    longest = max(len(c) for c in request.continuations)
-    sampling = {"temperature": 0.0} if name == "greedy" else {"temperature": 0.8, "top_p": 0.95}
-    return SamplingParams(n=len(request.continuations), max_tokens=longest + 1, seed=0,
-                          replay_token_ids=request.continuations, **sampling)
 
 
 def run(model: str, requests: list[Request], name: str, batch: int, drafting: bool) -> dict:
@@ -96,7 +47,7 @@ def run(model: str, requests: list[Request], name: str, batch: int, drafting: bo
     llm = LLM(model, proposer=proposer, max_num_seqs=batch, max_num_batched_tokens=max(2048, batch * 8))
     engine = llm.engine
     start = time.perf_counter()
-    outs = llm.generate([r.prompt for r in requests], [params_for(name, r) for r in requests], use_tqdm=False)
+    outs = llm.generate([r.prompt for r in requests], [replay_params(name, r) for r in requests], use_tqdm=False)
     wall = time.perf_counter() - start
     stats = engine.stats()
     exact, tokens, steps, drafted, accepted = True, 0, 0, {}, {}

@@ -88,6 +88,9 @@ class EngineConfig:
     # Full KV blocks are kept by a hash of their tokens and everything before them, so a prompt
     # that starts like a cached one computes only the rest (False: every prompt in full).
     enable_prefix_caching: bool = True
+    # Time decode and verify steps at start-up (benchmarks); otherwise step costs are learned from
+    # the steps the engine runs anyway, and kept per machine and build (engine/step_cost.py).
+    cost_sweep: bool = False
 
     def __post_init__(self) -> None:
         if self.model is None:

@@ -12,20 +12,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.block_manager import BlockManager
+from engine.cost_sweep import StepCostPoints, measure_step_cost, seed
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, RequestOutput, SpecStats
+from engine.paths import step_cost_dir
 from engine.proposer import Draft, DraftQuery, Proposer
 from engine.sampler import Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
+from engine.step_cost import StepCost, StepTimer, measured
 from engine.stop_checker import StopChecker
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 if TYPE_CHECKING:
-    from engine.cost_model import StepCostPoints
     from engine.models.llama import LlamaForCausalLM
 
 
@@ -63,7 +65,10 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, proposer: Proposer | None = None,
-                 model: "LlamaForCausalLM | None" = None, tokenizer: Tokenizer | None = None) -> None:
+                 model: "LlamaForCausalLM | None" = None, tokenizer: Tokenizer | None = None,
+                 step_timer: StepTimer = measured) -> None:
+        """`step_timer` turns a step's shape and measured seconds into the seconds it is taken to
+        cost (a simulated device returns its recorded cost instead)."""
         self.config = config
         self.model_config = model.config if model is not None else read_model_config(config.model)
         self.tokenizer = tokenizer or Tokenizer(config.model)
@@ -78,9 +83,10 @@ class LLMEngine:
         self.scheduler = Scheduler(limits, blocks, StopChecker(self.eos_ids, self.max_model_len))
         self.sampler = Sampler(self.eos_ids)
         self.proposer = proposer
-        self._drafts_wanted = getattr(proposer, "active", None) or (lambda num_running, budget: True)
-        if proposer is not None and getattr(proposer, "wants_measured_cost", False):
-            proposer.set_cost_curve(self.measure_step_cost())
+        self.step_cost = StepCost(self.runner.cost_key(), step_cost_dir())
+        self.step_timer = step_timer
+        if config.cost_sweep:
+            self.sweep_step_cost()
         self.requests: dict[str, RequestState] = {}
         self._drafts: dict[int, Draft] = {}  # for the next step, by sequence id
         self._sources: dict[int, str] = {}  # the source of each sequence's draft in flight
@@ -95,19 +101,24 @@ class LLMEngine:
     def block_manager(self) -> BlockManager:
         return self.scheduler.blocks
 
-    def measure_step_cost(self) -> "StepCostPoints":
-        """Decode and verify step costs on this machine; see engine/cost_model.py."""
-        from engine.cost_model import measure_step_cost
-
+    def sweep_step_cost(self) -> StepCostPoints:
+        """Times decode and verify steps now (benchmarks: the engine otherwise learns them from
+        its own steps) and hands them to the step cost; see engine/cost_sweep.py."""
         limit = min(self.config.max_num_batched_tokens, self.block_manager.num_blocks * self.config.block_size)
-        return measure_step_cost(self.runner, self.sampler, limit)
+        points = measure_step_cost(self.runner, self.sampler, limit)
+        seed(self.step_cost, points)
+        return points
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None, client: str | None = None) -> None:
+                    arrival_time: float | None = None, client: str | None = None,
+                    prediction: str | list[int] | None = None) -> None:
+        """`prediction`: what the client expects the output to be (OpenAI's predicted outputs),
+        text or token ids; the proposer drafts from it, and the output stays what it would be."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
         text, ids = self._prompt_ids(prompt)
+        predicted = self._prediction_ids(prediction)
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len} tokens")
         if self.block_manager.blocks_for(len(ids) + 1) > self.block_manager.num_blocks:
@@ -123,7 +134,7 @@ class LLMEngine:
                                                  arrival_time or time.monotonic(), client=client)
         for seq in seqs:
             if self.proposer is not None:
-                self.proposer.add_sequence(seq.seq_id, request_id, ids)
+                self.proposer.add_sequence(seq.seq_id, request_id, ids, predicted)
             self.scheduler.add(seq)
 
     def _prompt_ids(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -139,6 +150,16 @@ class LLMEngine:
         if bad:
             raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         return None, ids
+
+    def _prediction_ids(self, prediction: str | list[int] | None) -> list[int]:
+        if not prediction:
+            return []
+        if isinstance(prediction, str):
+            return self.tokenizer.encode(prediction, add_bos=False)
+        ids = [int(t) for t in prediction]
+        if any(not 0 <= t < self.model_config.vocab_size for t in ids):
+            raise ValueError(f"prediction token ids out of range [0, {self.model_config.vocab_size})")
+        return ids
 
     def abort(self, request_id: str) -> bool:
         state = self.requests.pop(request_id, None)
@@ -157,25 +178,36 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
     def step(self, collect: str = "all") -> list[RequestOutput]:
         """One engine step. `collect`: 'all' returns every request that changed, 'finished' only those done."""
+        start = time.perf_counter()
         out = self.scheduler.schedule(self._drafts)
         self._drafts = {}
-        t0 = time.perf_counter()
         result = None
         if out.scheduled:
             logits = self.runner.execute(out)
             rows = self._sampling_rows(out)
             result = self.sampler(logits, rows) if rows else None
             self._steps += 1
-        self._forward_time += time.perf_counter() - t0
+        self._forward_time += time.perf_counter() - start
         updates = self.scheduler.postprocess(out, result)
         if not out.scheduled and not updates and self.scheduler.has_work:
             raise RuntimeError("no sequence could be scheduled although some wait: a bug in the scheduler")
         for update in updates:
             self._account(update)
+        outputs = self._outputs({u.seq.request_id for u in updates}, collect)
+        self._observe(out, time.perf_counter() - start)
         t1 = time.perf_counter()
         self._drafts = self._propose()
         self._propose_time += time.perf_counter() - t1
-        return self._outputs({u.seq.request_id for u in updates}, collect)
+        return outputs
+
+    def _observe(self, out: SchedulerOutput, seconds: float) -> None:
+        """Teaches the step cost what this step took (decode and verify steps: a prefill chunk's
+        rows cost differently from draft rows)."""
+        if not out.scheduled or any(s.num_real > 1 for s in out.scheduled):
+            return
+        seqs = len(out.scheduled)
+        rows = out.num_tokens
+        self.step_cost.observe(seqs, rows - seqs, self.step_timer(seqs, rows, seconds))
 
     def _sampling_rows(self, out: SchedulerOutput) -> list[SamplingRow]:
         """The rows to sample, in order: for each sequence that reaches its end, one per draft
@@ -229,10 +261,7 @@ class LLMEngine:
     def _propose(self) -> dict[int, Draft]:
         if self.proposer is None:
             return {}
-        running = self.scheduler.running
-        budget = max(0, self.config.max_num_batched_tokens - len(running))
-        if not self._drafts_wanted(len(running), budget):
-            return {}
+        budget = max(0, self.config.max_num_batched_tokens - len(self.scheduler.running))
         queries, seqs = [], []
         for seq in self.scheduler.decoding():
             if seq.params.speculate is False:
@@ -241,7 +270,7 @@ class LLMEngine:
             if room > 0:
                 queries.append(DraftQuery(seq.seq_id, room))
                 seqs.append(seq)
-        drafts = self.proposer.propose(queries, budget)
+        drafts = self.proposer.propose(queries, budget, self.step_cost)
         chosen = {}
         for seq, draft in zip(seqs, drafts):
             if draft.tokens:

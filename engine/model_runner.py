@@ -1,6 +1,9 @@
 """Owns the model weights and the paged KV cache; runs one packed forward per step."""
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 
 from engine.attention import get_backend
@@ -11,6 +14,7 @@ from engine.models.llama import LlamaForCausalLM
 from engine.models.registry import model_class
 from engine.scheduler import SchedulerOutput
 from engine.step_batch import SeqChunk, StepBatch
+from engine.step_cost import CostKey
 
 
 class ModelRunner:
@@ -32,6 +36,13 @@ class ModelRunner:
         self.kv_caches = torch.zeros(
             (mc.num_layers, 2, self.num_blocks, mc.num_kv_heads, config.block_size, mc.head_dim),
             dtype=self.dtype, device=self.device)
+
+    def cost_key(self) -> CostKey:
+        """What this runner's step costs depend on besides a step's shape (engine/step_cost.py)."""
+        kernels = cpu_kernels.build_id() if self.device.type == "cpu" and cpu_kernels.available() else "none"
+        model = f"{type(self.model).__name__}:{os.path.realpath(self.config.model)}"
+        return CostKey(model, device_name(self.device), str(self.dtype), torch.get_num_threads(), self.backend.name,
+                       kernels)
 
     def _blocks_for_memory(self, gigabytes: float) -> int:
         mc = self.model_config
@@ -65,3 +76,14 @@ def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device:
     model.rebuild_after_meta()
     model.load_hf_weights(iter_checkpoint_tensors(path))
     return model.to(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor() or platform.machine()

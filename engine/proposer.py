@@ -1,15 +1,18 @@
 """The seam between the engine and a draft proposer.
 
-The engine owns sequences and the KV cache; a proposer only sees token ids. Each
-step the engine tells the proposer which tokens each sequence gained (accepted
-tokens only: drafts that were rolled back never reach it), asks whether it will
-draft at all this step, and if so asks for drafts for the running sequences
-within a token budget. `fastcodellama` implements it.
+The engine owns sequences and the KV cache; a proposer only sees token ids. After every step the
+engine tells the proposer which tokens each sequence gained (accepted tokens only: drafts that
+were rolled back never reach it) and how each draft fared, then asks it once for the next step's
+drafts, handing it the step cost it learns from its own steps (engine.step_cost.StepCost), so
+that the proposer decides in one place whether and how much to draft. `fastcodellama` implements it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from engine.step_cost import StepCost
 
 
 class DraftQuery(NamedTuple):
@@ -23,7 +26,7 @@ class DraftQuery(NamedTuple):
 @dataclass(frozen=True)
 class Draft:
     tokens: tuple[int, ...]
-    source: str = "self"  # "self", "sibling" or "other": for statistics and the policy
+    source: str = "self"  # where it was copied from: for statistics and the policy
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -33,24 +36,20 @@ EMPTY_DRAFT = Draft(())
 
 
 class Proposer(Protocol):
-    def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int]) -> None:
-        """A new sequence; `group_id` is shared by the sibling samples of one request."""
+    def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int],
+                     prediction: Sequence[int] = ()) -> None:
+        """A new sequence; `group_id` is shared by the sibling samples of one request;
+        `prediction` is what the client expects the output to be (may be empty)."""
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
         """Tokens the sequence has accepted since the last call (never rolled back)."""
-
-    def active(self, num_running: int, budget: int) -> bool:
-        """Asked after every engine step, before the step's queries are built: False when the
-        next step takes no drafts whatever they hold; `propose` is then not called. Optional:
-        an engine treats a proposer without it as always active."""
-
-    def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
-        """One draft per query, each at most `query.max_len`, all together at most `budget`.
-        Called after every engine step for which `active` said yes, with no queries when no
-        sequence can take a draft."""
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         """Feedback: how many tokens of the draft the model accepted."""
 
     def finish(self, seq_id: int, aborted: bool = False) -> None:
         """The sequence is done; a finished one may stay as text for others to copy from."""
+
+    def propose(self, queries: Sequence[DraftQuery], budget: int, cost: "StepCost") -> list[Draft]:
+        """One draft per query (empty ones included), each at most `query.max_len`, all together
+        at most `budget`. Called once after every step."""

@@ -8,6 +8,9 @@ import sysconfig
 import pytest
 import torch
 
+# No test learns step costs from another (engine/paths.py): each engine starts uninformed.
+os.environ["FASTCODELLAMA_STEP_COST_DIR"] = ""
+
 
 def _stdlib_text(limit: int = 400_000) -> str:
     files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))

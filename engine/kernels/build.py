@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from engine.paths import cache_root
+
 
 def cache_dir() -> Path:
-    root = os.environ.get("FASTCODELLAMA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastcodellama")
-    return Path(root) / "kernels"
+    return cache_root() / "kernels"
 
 
 def compiler() -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import logging
 import os
 import subprocess
@@ -56,6 +57,12 @@ def build(cc: str, flags: tuple[str, ...]) -> ctypes.CDLL:
 
 def available() -> bool:
     return load() is not None
+
+
+@functools.cache
+def build_id() -> str:
+    """What the kernels' speed depends on: their source and flags."""
+    return "cpu-c-" + hashlib.sha1(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
 
 
 def _ptr(t: torch.Tensor, dtype: torch.dtype) -> int:

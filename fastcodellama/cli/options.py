@@ -9,7 +9,7 @@ from engine import LLM
 from engine.attention import BACKENDS
 from engine.config import DEFAULT_MODEL, DTYPES, EngineConfig
 from fastcodellama.drafting import SpecConfig, build_proposer
-from fastcodellama.drafting.config import NAMED_COST_CURVES, POLICIES, SOURCES
+from fastcodellama.drafting.config import POLICIES, SOURCES
 from fastcodellama.job.types import ReplicaSpec
 from fastcodellama.ray_cluster import LOCAL, RayConfig
 
@@ -38,6 +38,9 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
                    help="CPU threads (default: torch's)")
     g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
                    help="compute every prompt in full, even where a cached one starts the same")
+    g.add_argument("--cost-sweep", action="store_true",
+                   help="time decode and verify steps at start-up (for benchmarks; step costs are "
+                        "otherwise learned while running)")
 
 
 def add_spec_args(parser: argparse.ArgumentParser, default_on: bool = True) -> None:
@@ -48,9 +51,9 @@ def add_spec_args(parser: argparse.ArgumentParser, default_on: bool = True) -> N
     g.add_argument("--n", dest="spec_n", type=int, default=s.n, help="shortest suffix match (tokens)")
     g.add_argument("--k", dest="spec_k", type=int, default=s.k, help="longest draft (tokens)")
     g.add_argument("--draft-sources", default=",".join(s.sources), help=f"any of {','.join(SOURCES)}")
-    g.add_argument("--draft-policy", default=s.policy, choices=POLICIES)
-    g.add_argument("--cost-curve", default=s.cost_curve, choices=NAMED_COST_CURVES,
-                   help="what a step costs by its rows")
+    g.add_argument("--draft-policy", default=s.policy, choices=POLICIES,
+                   help="adaptive: draft where it pays, on the step costs learned while running; "
+                        "fixed: every copy as long as it goes, every step")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -62,7 +65,7 @@ def spec_config(args: argparse.Namespace) -> SpecConfig | None:
         return None
     sources = tuple(s.strip() for s in args.draft_sources.split(",") if s.strip())
     return SpecConfig(n=args.spec_n, k=args.spec_k, max_match=max(4, args.spec_n), sources=sources,
-                      policy=args.draft_policy, cost_curve=args.cost_curve)
+                      policy=args.draft_policy)
 
 
 def build_llm(args: argparse.Namespace) -> LLM:

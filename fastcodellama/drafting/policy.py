@@ -1,24 +1,49 @@
-"""How many draft tokens each sequence gets in a step: expected gain against step cost.
+"""The one decision per step of whether and how much to draft.
 
-The step's throughput is (N + accepted) / cost(N, drafted) for N sequences (each yields
-accepted + 1 tokens, each feeds 1 + draft tokens; fastcodellama.drafting.cost.StepCost). All
-candidate tokens are ranked by their acceptance probability g_j (fastcodellama.drafting.acceptance);
-the policy takes the prefix of that ranking, at most `budget` long, that maximizes the expected
-throughput on the cost curve. The whole prefix is searched, not stopped at the first token that
-does not pay, because measured curves are flat in steps. On a flat curve that gives long drafts;
-on a steep one (or at large batch, where the step is already compute bound) short drafts or none.
+A step of n decoding sequences yields n + (accepted draft tokens) tokens. Drafting pays when
+
+    (n + expected accepted) / (plain(n) + extra(n, t) + search) > n / plain(n) * (1 + MARGIN)
+
+with plain and extra the engine's learned step cost (engine.step_cost.StepCost), t the draft
+tokens, `search` the proposer's own measured time to find them, and the expected accepted
+tokens from the acceptance model (fastcodellama.drafting.acceptance). All candidate tokens are
+ranked by their acceptance probability g_j; the policy takes the prefix of that ranking, at most
+`budget` long, with the best expected throughput. Before any search it asks whether even the
+likeliest copies the model knows of could pay at this batch; if not, no search (at large batch
+on a CPU, looking copies up for hundreds of sequences costs a step several percent).
+
+Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
+  - while drafting is believed to pay, every CONTROL_EVERY-th step runs without drafts, so that
+    the plain cost it is judged against stays fresh (an optimistic belief is also corrected by
+    the drafting steps' own measured cost and acceptance, every step);
+  - while it is believed not to pay (or its cost is unknown), a step drafts anyway every
+    `interval` steps, at most EXPLORE_ROWS draft tokens per sequence; the interval starts at
+    EXPLORE_MIN and doubles up to EXPLORE_MAX while exploring keeps confirming the belief.
+So a wrong belief lasts at most EXPLORE_MAX steps at a batch size, in either direction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 from fastcodellama.drafting.acceptance import AcceptanceModel
-from fastcodellama.drafting.cost import CostCurve, StepCost
 
-MIN_GAIN = 1e-3             # draft tokens less likely than this are never worth a slot
-DRAFT_MARGIN = 0.05         # drafts must promise this much more throughput than plain decoding:
-                            # acceptance and cost are estimates, and drafting must never lose
+MIN_GAIN = 1e-3      # draft tokens less likely than this are never worth a slot
+MARGIN = 0.03        # drafting must promise this much more throughput: costs and acceptance are estimates
+CONTROL_EVERY = 16
+EXPLORE_MIN, EXPLORE_MAX = 32, 1024
+# Draft tokens per sequence on exploring steps, in turn (plus a floor for small batches): the cost
+# of several draft sizes gets measured, not only the one a stale belief would pick.
+EXPLORE_ROWS = (2.0, 1.0, 4.0, 0.5)
+EXPLORE_FLOOR = 4
+
+
+class Cost(Protocol):
+    """The engine's learned step cost (engine.step_cost.StepCost), in seconds."""
+
+    def plain(self, seqs: int) -> float | None: ...
+
+    def extra(self, seqs: int, draft_rows: int) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -31,111 +56,157 @@ class Candidate:
     survival: list[float]
 
 
-def _probe_points(budget: int) -> list[int]:
-    """1..16, then powers of two up to the budget, and the budget: enough to tell whether any
-    draft length pays on a measured (piecewise linear) curve."""
-    points = list(range(1, min(budget, 16) + 1))
-    k = 32
-    while k < budget:
-        points.append(k)
-        k *= 2
-    if budget > 16:
-        points.append(budget)
+@dataclass(frozen=True)
+class Decision:
+    search: bool  # look for copies this step
+    explore: bool = False  # draft although it is not believed to pay (the exploration budget)
+    rows_per_seq: float = 0.0  # how much an exploring step drafts
+
+
+@dataclass
+class _Budget:
+    """Exploration state of one batch-size bucket."""
+
+    step: int = 0
+    last_explore: int = 0
+    interval: int = EXPLORE_MIN
+    believed: bool = False
+    explorations: int = 0
+
+
+def _batch_bucket(n: int) -> int:
+    return n.bit_length()
+
+
+def _probe_points(limit: int) -> list[int]:
+    """1..16, then 1.5x steps up to `limit`, and `limit`: where a (piecewise linear) cost is read."""
+    points, t = list(range(1, min(limit, 16) + 1)), 24
+    while t < limit:
+        points.append(t)
+        t = t * 3 // 2
+    if limit > 16:
+        points.append(limit)
     return points
 
 
+@dataclass
 class DraftPolicy:
-    """Splits a step's draft budget across sequences (see the module docstring)."""
+    model: AcceptanceModel
+    adaptive: bool = True
+    margin: float = MARGIN
+    _budgets: dict[int, _Budget] = field(default_factory=dict)
 
-    def __init__(self, model: AcceptanceModel, cost: StepCost | CostCurve, adaptive: bool = True) -> None:
-        self.model, self.adaptive = model, adaptive
-        self.cost = cost
-
-    @property
-    def cost(self) -> StepCost:
-        return self._cost
-
-    @cost.setter
-    def cost(self, cost: StepCost | CostCurve) -> None:
-        self._cost = cost if isinstance(cost, StepCost) else StepCost(cost)
-        self._can_pay: dict[tuple[int, int, int], bool] = {}
-
-    def rescale(self, decode_scale: float) -> None:
-        self._cost.rescale(decode_scale)
-        self._can_pay = {}
-
-    def allocate(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
-        """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget."""
-        n_q = len(cands)
-        lens = [0] * n_q
-        if budget <= 0 or n_q == 0:
-            return lens
+    # ------------------------------------------------------------------ before the search
+    def decide(self, n: int, budget: int, cost: Cost, search_s: float) -> Decision:
+        """Whether to search for copies this step (and whether that is exploration)."""
+        if n <= 0 or budget <= 0:
+            return Decision(False)
         if not self.adaptive:
-            for i, c in enumerate(cands):
-                if c is not None:
-                    lens[i] = c.limit
-            if sum(lens) <= budget:
-                return lens
-        gains: list[float] = []
-        owner: list[int] = []
-        for qi, c in enumerate(cands):
-            if c is None or c.limit <= 0 or c.a <= 0.0:
-                continue
-            surv = c.survival
-            a = c.a
-            last = len(surv) - 1
-            for j in range(c.limit):
-                g = a * surv[j if j < last else last]
-                if g < MIN_GAIN and self.adaptive:
-                    break
-                gains.append(g)
-                owner.append(qi)
-        if not gains:
-            return [0] * n_q
-        order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)
-        if len(order) > budget:
-            del order[budget:]
-        take = len(order) if not self.adaptive else self._best_prefix(n_q, gains, order)
-        lens = [0] * n_q
-        for idx in order[:take]:
-            lens[owner[idx]] += 1
-        return lens
+            return Decision(True)
+        state = self._budgets.setdefault(_batch_bucket(n), _Budget())
+        state.step += 1
+        plain = cost.plain(n)
+        if plain is None:
+            return Decision(False)  # first measure plain steps at this batch: the baseline
+        verdict = self._could_pay(n, budget, cost, plain, search_s)
+        if verdict:
+            if not state.believed:
+                state.believed, state.interval = True, EXPLORE_MIN
+            return Decision(state.step % CONTROL_EVERY != 0)
+        if state.believed:  # the belief turned: explore from the shortest interval again
+            state.believed, state.last_explore = False, state.step
+        if state.step - state.last_explore >= state.interval:
+            state.last_explore = state.step
+            state.interval = min(2 * state.interval, EXPLORE_MAX)
+            state.explorations += 1
+            return Decision(True, explore=True, rows_per_seq=EXPLORE_ROWS[state.explorations % len(EXPLORE_ROWS)])
+        return Decision(False)
 
-    def can_pay(self, n_q: int, budget: int) -> bool:
-        """Whether drafts as likely as the best the acceptance model now knows of (for every
-        sequence) could beat plain decoding by DRAFT_MARGIN at this batch. When not (a large
-        batch on a compute-bound device, or copies that are rarely accepted), the search for
-        copies is skipped: looking them up for hundreds of sequences costs a step several percent."""
+    def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float) -> bool:
+        """Whether drafts as likely as the best the acceptance model knows of, for every
+        sequence, would beat plain decoding at a known cost (unknown costs do not count)."""
         self.model.refresh()
-        key = (n_q, budget, self.model.best_version)
-        if key not in self._can_pay:
-            if len(self._can_pay) > 4096:
-                self._can_pay.clear()
-            self._can_pay[key] = self._can_pay_now(n_q, budget)
-        return self._can_pay[key]
-
-    def _can_pay_now(self, n_q: int, budget: int) -> bool:
         gains = self.model.best_gains()
         cum = [0.0]
         for g in gains:
             cum.append(cum[-1] + g)
-        points = [0, *sorted(set(_probe_points(budget)) | {n_q * j for j in range(1, len(gains) + 1)
-                                                          if n_q * j <= budget})]
-        costs = self.cost.at(n_q, points)
-        plain = n_q / costs[0] * (1.0 + DRAFT_MARGIN)
-        for t, cost in zip(points[1:], costs[1:]):
-            full, part = divmod(t, n_q)
-            acc = n_q * cum[-1] if full >= len(gains) else n_q * cum[full] + part * gains[full]
-            if (n_q + acc) / cost > plain:
+        target = n / plain * (1.0 + self.margin)
+        for t in _probe_points(min(budget, n * len(gains))):
+            extra = cost.extra(n, t)
+            if extra is None:
+                continue
+            full, part = divmod(t, n)
+            acc = n * cum[-1] if full >= len(gains) else n * cum[full] + part * gains[full]
+            if (n + acc) / (plain + extra + search_s) > target:
                 return True
         return False
 
-    def _best_prefix(self, n_q: int, gains: list[float], order: list[int]) -> int:
-        cost = self.cost.table(n_q, len(order))
-        best, best_t, acc = n_q / cost[0] * (1.0 + DRAFT_MARGIN), 0, float(n_q)
-        for t, idx in enumerate(order, 1):
-            acc += gains[idx]
-            v = acc / cost[t]
-            if v > best:
-                best, best_t = v, t
+    # ------------------------------------------------------------------ after the search
+    def allocate(self, cands: Sequence[Candidate | None], budget: int, cost: Cost, search_s: float,
+                 explore: Decision | None = None) -> list[int]:
+        """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget;
+        `explore`: an exploring decision, whose size is drafted whatever the costs say."""
+        n = len(cands)
+        if budget <= 0 or n == 0:
+            return [0] * n
+        if not self.adaptive:
+            return self._fixed(cands, budget)
+        gains, owner = self._ranked(cands)
+        order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
+        if explore is not None and explore.explore:
+            take = min(len(order), max(EXPLORE_FLOOR, round(explore.rows_per_seq * n)))
+        else:
+            take = self._best_prefix(n, [gains[i] for i in order], cost, search_s)
+        lens = [0] * n
+        for idx in order[:take]:
+            lens[owner[idx]] += 1
+        return lens
+
+    def _fixed(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
+        """Every copy as long as it goes (the fixed policy), trimmed to the budget by likelihood."""
+        lens = [c.limit if c is not None else 0 for c in cands]
+        if sum(lens) <= budget:
+            return lens
+        gains, owner = self._ranked(cands, every=True)
+        order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
+        lens = [0] * len(cands)
+        for idx in order:
+            lens[owner[idx]] += 1
+        return lens
+
+    @staticmethod
+    def _ranked(cands: Sequence[Candidate | None], every: bool = False) -> tuple[list[float], list[int]]:
+        """Each candidate token's acceptance probability and its query (likelier tokens of a
+        query always come first: g_j does not grow with j)."""
+        gains: list[float] = []
+        owner: list[int] = []
+        for qi, c in enumerate(cands):
+            if c is None or c.limit <= 0 or (c.a <= 0.0 and not every):
+                continue
+            surv, a = c.survival, c.a
+            last = len(surv) - 1
+            for j in range(c.limit):
+                g = a * surv[j if j < last else last]
+                if g < MIN_GAIN and not every:
+                    break
+                gains.append(g)
+                owner.append(qi)
+        return gains, owner
+
+    def _best_prefix(self, n: int, ranked: list[float], cost: Cost, search_s: float) -> int:
+        """The number of top-ranked tokens with the best expected throughput (0: plain is best)."""
+        plain = cost.plain(n)
+        if plain is None or not ranked:
+            return 0
+        cum = [0.0]
+        for g in ranked:
+            cum.append(cum[-1] + g)
+        best_t, best = 0, n / plain * (1.0 + self.margin)
+        for t in _probe_points(len(ranked)):
+            extra = cost.extra(n, t)
+            if extra is None:
+                continue
+            value = (n + cum[t]) / (plain + extra + search_s)
+            if value > best:
+                best_t, best = t, value
         return best_t

@@ -51,13 +51,14 @@ class ScriptedProposer:
         self.max_budget_seen = 0
         self.rng = torch.Generator().manual_seed(0)
 
-    def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int]) -> None:
+    def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int],
+                     prediction: Sequence[int] = ()) -> None:
         self.generated[seq_id] = []
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
         self.generated[seq_id].extend(token_ids)
 
-    def propose(self, queries: Sequence[DraftQuery], budget: int) -> list[Draft]:
+    def propose(self, queries: Sequence[DraftQuery], budget: int, cost=None) -> list[Draft]:
         drafts = []
         for q in queries:
             n = min(self.max_draft, q.max_len, budget)

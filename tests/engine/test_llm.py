@@ -142,26 +142,26 @@ def test_a_request_that_extends_a_cached_prompt_computes_only_the_new_tokens(tin
     assert_no_leaks(llm.engine)
 
 
-def test_a_proposer_that_is_not_active_is_not_asked_for_drafts(tiny_model_dir):
-    class Idle(ScriptedProposer):
+def test_the_proposer_is_asked_once_per_step_with_the_cost_the_engine_learns(tiny_model_dir):
+    class Counting(ScriptedProposer):
         def __init__(self) -> None:
             super().__init__(continuations={})
-            self.asked = self.proposed = 0
+            self.costs = []
 
-        def active(self, num_running: int, budget: int) -> bool:
-            self.asked += 1
-            return False
+        def propose(self, queries, budget, cost):
+            self.costs.append((cost, cost.observations))
+            return super().propose(queries, budget, cost)
 
-        def propose(self, queries, budget):
-            self.proposed += 1
-            return super().propose(queries, budget)
-
-    idle = Idle()
-    llm = LLM(tiny_model_dir, proposer=idle, num_kv_blocks=64, block_size=4)
+    counting = Counting()
+    llm = LLM(tiny_model_dir, proposer=counting, num_kv_blocks=64, block_size=4)
     plain = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4)
     out = llm.generate([PROMPTS[0]], greedy(12))[0].outputs[0]
     assert out.token_ids == plain.generate([PROMPTS[0]], greedy(12))[0].outputs[0].token_ids
-    assert idle.asked == llm.engine.stats().steps and idle.proposed == 0
+    assert len(counting.costs) == llm.engine.stats().steps
+    assert all(cost is llm.engine.step_cost for cost, _ in counting.costs)
+    seen = [n for _, n in counting.costs]
+    assert seen == sorted(seen) and seen[-1] >= 10  # every decode step after the prefill taught it
+    assert llm.engine.step_cost.plain(1) > 0
     assert_no_leaks(llm.engine)
 
 

@@ -116,7 +116,7 @@ def test_greedy_matches_transformers_with_and_without_drafts(family_dir):
         assert out.prompt_token_ids == ids
         assert out.outputs[0].token_ids == _hf_greedy(path, ids, 16), (family, prompt)
         assert len(out.outputs[0].token_ids) == 16
-    spec = LLM(path, proposer=build_proposer(SpecConfig(cost_curve="flat")), num_kv_blocks=96, block_size=BLOCK)
+    spec = LLM(path, proposer=build_proposer(SpecConfig(policy="fixed")), num_kv_blocks=96, block_size=BLOCK)
     drafted = spec.generate(PROMPTS, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in drafted] == [o.outputs[0].token_ids for o in outs]
     assert spec.engine.stats().spec.total_drafted > 0

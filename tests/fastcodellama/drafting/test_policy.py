@@ -1,88 +1,167 @@
-"""The draft-budget policy: cost curves, the acceptance model, and the allocation."""
+"""The draft policy: the acceptance model, the allocation, the one decision per step and its
+exploration budget (against the engine's learned step cost)."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import pytest
 
+from engine.step_cost import StepCost
+from fastcodellama.drafting import policy as pol_mod
 from fastcodellama.drafting.acceptance import AcceptanceModel, ml_bucket
-from fastcodellama.drafting.cost import CPU_COST_POINTS, CostCurve, StepCost
 from fastcodellama.drafting.policy import Candidate, DraftPolicy
 
-LINEAR = tuple((t, float(t)) for t in (1, 2, 4096))
+
+@dataclass
+class LinearCost:
+    """plain(n) = n seconds; each draft row costs `per_row` seconds (None: unknown)."""
+
+    per_row: float | None = 0.0
+    known_plain: bool = True
+
+    def plain(self, seqs: int) -> float | None:
+        return float(seqs) if self.known_plain else None
+
+    def extra(self, seqs: int, draft_rows: int) -> float | None:
+        if draft_rows <= 0:
+            return 0.0
+        return None if self.per_row is None else self.per_row * draft_rows
 
 
-def policy(curve, adaptive: bool = True) -> DraftPolicy:
+def cand(model: AcceptanceModel, limit: int, source: str = "self", match_len: int = 4, a: float | None = None) -> Candidate:
+    model.refresh()
+    return Candidate(model.first_prob(source, match_len) if a is None else a, limit,
+                     model.survival_of(source, match_len))
+
+
+def fresh_policy(adaptive: bool = True) -> DraftPolicy:
     model = AcceptanceModel()
     model.refresh()
-    return DraftPolicy(model, CostCurve.from_spec(curve), adaptive)
+    return DraftPolicy(model, adaptive=adaptive)
 
 
-def cand(model: AcceptanceModel, limit: int, source: str = "self", match_len: int = 4, a: float | None = None):
-    a = model.first_prob(source, match_len) if a is None else a
-    return Candidate(a, limit, model.survival_of(source, match_len))
+# ---------------------------------------------------------------------- the allocation
+
+def test_no_drafts_when_a_draft_row_costs_a_whole_sequence() -> None:
+    pol = fresh_policy()
+    for n in (1, 8, 256):
+        cands = [cand(pol.model, 20, match_len=16) for _ in range(n)]
+        assert pol.allocate(cands, 10_000, LinearCost(per_row=1.0), 0.0) == [0] * n
 
 
-def test_cost_curve_is_normalized_monotone_and_interpolated() -> None:
-    c = CostCurve(CPU_COST_POINTS)
-    assert c(1) == pytest.approx(1.0)
-    assert c(8) >= c(4)                               # the measured dip at 8 tokens is smoothed away
-    assert c(3) == pytest.approx((c(2) + c(4)) / 2)
-    assert c(2048) > c(1024) > c(512)                 # extended past the last point
-    tab = c.table(300)
-    assert all(tab[t] <= tab[t + 1] for t in range(1, 300))
-    assert CostCurve.from_spec("flat")(5000) == 1.0
-    assert CostCurve.from_spec("h100")(16) < 1.1
+def test_long_drafts_where_rows_are_free() -> None:
+    pol = fresh_policy()
+    assert pol.allocate([cand(pol.model, 20, match_len=16)], 100, LinearCost(0.0), 0.0) == [20]
+    assert pol.allocate([cand(pol.model, 20, match_len=1)], 100, LinearCost(0.0), 0.0)[0] >= 15
 
 
-def test_no_drafts_when_drafting_cannot_pay() -> None:
-    pol = policy(LINEAR)                              # every token costs as much as a plain step
-    m = pol.model
-    for n_q in (1, 8, 256):
-        cands = [cand(m, 20, match_len=16) for _ in range(n_q)]
-        assert pol.allocate(cands, 10_000) == [0] * n_q
+def test_drafts_shrink_as_rows_get_dearer_and_the_search_costs_time() -> None:
+    pol = fresh_policy()
+    c = [cand(pol.model, 20, match_len=2)]
+    lens = [pol.allocate(c, 100, LinearCost(per_row), 0.0)[0] for per_row in (0.0, 0.02, 0.1, 0.5)]
+    assert lens == sorted(lens, reverse=True) and lens[0] > lens[-1]
+    assert pol.allocate(c, 100, LinearCost(0.0), search_s=1.0)[0] == 0  # finding it costs a whole step
 
 
-def test_long_drafts_at_batch_one_on_a_flat_curve() -> None:
-    pol = policy("flat")
-    assert pol.allocate([cand(pol.model, 20, match_len=16)], 100) == [20]
-    assert pol.allocate([cand(pol.model, 20, match_len=1)], 100)[0] >= 15   # all but ~0-gain tokens
-
-
-def test_shorter_drafts_at_large_batch_on_the_h100_curve() -> None:
-    pol = policy("h100")
-    m = pol.model
-    one = pol.allocate([cand(m, 20, match_len=2)], 10_000)[0]
-    many = pol.allocate([cand(m, 20, match_len=2) for _ in range(512)], 100_000)
-    assert one >= 10
-    assert sum(many) / len(many) < one / 2
+def test_unknown_costs_are_not_trusted_but_exploration_drafts_a_bounded_amount() -> None:
+    pol = fresh_policy()
+    cands = [cand(pol.model, 20, match_len=8) for _ in range(4)]
+    assert pol.allocate(cands, 1000, LinearCost(None), 0.0) == [0] * 4
+    explored = pol.allocate(cands, 1000, LinearCost(None), 0.0, pol_mod.Decision(True, True, 2.0))
+    assert 0 < sum(explored) <= max(pol_mod.EXPLORE_FLOOR, 2 * 4)
 
 
 def test_fixed_policy_drafts_everything_within_budget() -> None:
-    pol = policy(LINEAR, adaptive=False)
+    pol = fresh_policy(adaptive=False)
     m = pol.model
-    assert pol.allocate([cand(m, 20), cand(m, 3), None], 100) == [20, 3, 0]
-    lens = pol.allocate([cand(m, 20, match_len=16), cand(m, 20, match_len=1)], 10)
+    assert pol.allocate([cand(m, 20), cand(m, 3), None], 100, LinearCost(1.0), 0.0) == [20, 3, 0]
+    lens = pol.allocate([cand(m, 20, match_len=16), cand(m, 20, match_len=1)], 10, LinearCost(1.0), 0.0)
     assert sum(lens) == 10 and lens[0] >= lens[1]     # trimmed to the budget by expected gain
 
 
 def test_budget_and_limits_hold_for_random_inputs() -> None:
     rng = random.Random(5)
-    for curve in ("flat", "h100", "cpu", LINEAR):
+    for per_row in (0.0, 0.05, 1.0, None):
         for adaptive in (True, False):
-            pol = policy(curve, adaptive)
+            pol = fresh_policy(adaptive)
             for _ in range(40):
-                n_q = rng.randrange(0, 60)
+                n = rng.randrange(0, 60)
                 cands = [None if rng.random() < 0.2 else
-                         cand(pol.model, rng.randrange(0, 30), rng.choice(("self", "sibling", "other")),
+                         cand(pol.model, rng.randrange(0, 30), rng.choice(("self", "sibling", "other", "prediction")),
                               rng.randrange(1, 17), a=rng.random())
-                         for _ in range(n_q)]
+                         for _ in range(n)]
                 budget = rng.randrange(0, 200)
-                lens = pol.allocate(cands, budget)
-                assert len(lens) == n_q and sum(lens) <= budget
+                lens = pol.allocate(cands, budget, LinearCost(per_row), 0.0,
+                                   pol_mod.Decision(True, rng.random() < 0.3, rng.choice((0.5, 4.0))))
+                assert len(lens) == n and sum(lens) <= budget
                 for c, d in zip(cands, lens):
                     assert 0 <= d <= (c.limit if c is not None else 0)
 
+
+# ---------------------------------------------------------------------- the decision
+
+def test_no_search_before_the_plain_cost_is_known_nor_when_nothing_could_pay() -> None:
+    pol = fresh_policy()
+    assert not pol.decide(4, 100, LinearCost(0.0, known_plain=False), 0.0).search
+    assert pol.decide(4, 100, LinearCost(0.0), 0.0).search
+    assert not pol.decide(4, 0, LinearCost(0.0), 0.0).search
+
+
+def test_while_drafting_pays_every_control_every_th_step_is_plain() -> None:
+    pol = fresh_policy()
+    decisions = [pol.decide(8, 100, LinearCost(0.0), 0.0) for _ in range(4 * pol_mod.CONTROL_EVERY)]
+    plain = [i for i, d in enumerate(decisions) if not d.search]
+    assert len(plain) == 4 and all(not d.explore for d in decisions)
+
+
+def test_while_drafting_does_not_pay_exploration_is_rare_and_backs_off() -> None:
+    pol = fresh_policy()
+    explored = [i for i in range(4000) if pol.decide(8, 100, LinearCost(1.0), 0.0).explore]
+    gaps = [b - a for a, b in zip(explored, explored[1:])]
+    assert explored and explored[0] < pol_mod.EXPLORE_MIN + 1
+    assert gaps == sorted(gaps) and max(gaps) == pol_mod.EXPLORE_MAX  # doubling, then bounded
+    assert len(explored) < 20
+
+
+def test_a_wrong_belief_is_corrected_within_the_exploration_bound_both_ways() -> None:
+    """Simulated device: true per-row cost and acceptance; the StepCost and acceptance model learn
+    only from the steps the policy chose. The policy starts with the opposite belief each time."""
+    def run(per_row: float, accept: float, steps: int, seed_rows: float) -> list[int]:
+        rng = random.Random(1)
+        cost = StepCost()
+        n = 8
+        cost.observe(n, 0, float(n))
+        cost.observe(n, n, n + seed_rows * n)  # the wrong belief about what draft rows cost
+        model = AcceptanceModel()
+        pol = DraftPolicy(model)
+        drafted = []
+        for _ in range(steps):
+            decision = pol.decide(n, 200, cost, 0.0)
+            lens = [0] * n
+            if decision.search:
+                cands = [cand(model, 12, match_len=8) for _ in range(n)]
+                lens = pol.allocate(cands, 200, cost, 0.0, decision)
+            t = sum(lens)
+            cost.observe(n, t, n + per_row * t)
+            for d in lens:
+                if d:
+                    acc = 0
+                    while acc < d and rng.random() < accept:
+                        acc += 1
+                    model.record("self", 8, d, acc)
+            drafted.append(t)
+        return drafted
+
+    paying = run(per_row=0.02, accept=0.9, steps=pol_mod.EXPLORE_MIN + 200, seed_rows=5.0)
+    late = paying[pol_mod.EXPLORE_MIN + 20:]
+    assert sum(d > 0 for d in late) > 0.8 * len(late)  # drafts soon after the first exploration
+    losing = run(per_row=2.0, accept=0.9, steps=600, seed_rows=0.0)
+    late = losing[100:]
+    assert sum(d > 0 for d in late) < 0.05 * len(late)  # stops: the drafting steps' own cost told it
+
+
+# ---------------------------------------------------------------------- the acceptance model
 
 def test_model_learns_from_records() -> None:
     model = AcceptanceModel()
@@ -120,53 +199,16 @@ def test_expected_accepted_is_increasing_and_concave_in_length() -> None:
     assert [ml_bucket(x) for x in (1, 4, 5, 8, 16, 40)] == [0, 3, 4, 5, 6, 6]
 
 
-def test_step_cost_charges_draft_tokens_on_the_verify_curve() -> None:
-
-    decode = CostCurve(LINEAR)                        # each more sequence costs a whole step
-    verify = CostCurve(((1, 1.0), (32, 1.1), (4096, 100.0)))  # rows sharing one KV read are nearly free
-    cost = StepCost(decode, verify)
-    assert cost(1, 0) == pytest.approx(1.0) and cost(8, 0) == pytest.approx(8.0)
-    assert cost(1, 15) == pytest.approx(verify(16))
-    assert cost(8, 8) == pytest.approx(8.0 + verify(16) - verify(8))
-    assert StepCost(decode)(4, 4) == pytest.approx(decode(8))   # one curve for both
+def test_a_prediction_is_trusted_more_than_a_copy_of_another_request() -> None:
     model = AcceptanceModel()
     model.refresh()
-    pol = DraftPolicy(model, cost)
-    assert pol.allocate([cand(model, 20, match_len=16)], 100)[0] >= 15  # cheap verify rows: draft long
-    assert DraftPolicy(model, decode).allocate([cand(model, 20, match_len=16)], 100) == [0]
+    assert model.first_prob("prediction", 2) > model.first_prob("other", 2)
+    assert model.expected("prediction", 4, 1.0, 10) > model.expected("other", 4, 1.0, 10)
 
 
-def test_step_cost_charges_draft_rows_what_one_more_row_per_sequence_cost() -> None:
-
-    decode = CostCurve(((1, 2.0), (256, 512.0)))            # 2 ms per sequence
-    verify = CostCurve(((1, 2.0), (512, 300.0)))            # rows of one sequence: ~0.6 ms each
-    pairs = CostCurve(((1, 2.3), (256, 768.0)), unit=2.0)   # a second row per sequence: 1 ms at 256
-    cost = StepCost(decode, verify, pairs)
-    assert pairs(256) == pytest.approx(384.0) and cost.row(256) == pytest.approx(0.5)
-    assert cost(256, 64) == pytest.approx(256.0 + 64 * 0.5)   # dearer than the verify slope
-    assert cost(1, 15) == pytest.approx(verify(16))             # a long draft at batch 1: verify
-    model = AcceptanceModel()
-    model.refresh()
-    # At 256 a draft token worth 0.5 of a sequence's 1.0 pays only if accepted more than half the
-    # time (and DRAFT_MARGIN): middling copies are refused, sure ones taken.
-    pol = DraftPolicy(model, cost)
-    weak = [Candidate(0.4, 4, [1.0, 0.5, 0.5, 0.5])] * 256
-    sure = [Candidate(0.99, 4, [1.0, 0.99, 0.99, 0.99])] * 256
-    assert sum(pol.allocate(weak, 1024)) == 0 and sum(pol.allocate(sure, 1024)) > 0
-    assert sum(DraftPolicy(model, StepCost(decode, verify)).allocate(weak, 1024)) > 0  # verify alone: cheap
-
-
-def test_search_is_skipped_when_even_the_best_known_copies_would_not_pay() -> None:
-    half = CostCurve(((1, 1.0), (2, 1.5), (4096, 2048.5)))  # a draft token costs half a plain step
-    model = AcceptanceModel()
-    model.refresh()
-    pol = DraftPolicy(model, half)
-    assert pol.can_pay(1, 20)                 # the priors: long matches are mostly accepted
-    for _ in range(3000):                     # copies are then seldom accepted, whatever their match
-        for s in ("self", "sibling", "other"):
-            for ml in (1, 2, 3, 4, 6, 10, 16):
-                model.record(s, ml, drafted=5, accepted=0)
-    assert not pol.can_pay(1, 20) and not pol.can_pay(64, 1000)
-    fresh = AcceptanceModel()
-    fresh.refresh()
-    assert DraftPolicy(fresh, CostCurve.from_spec("flat")).can_pay(64, 1000)  # free drafts that are accepted
+@pytest.mark.parametrize("n", [1, 3, 64])
+def test_decide_counts_steps_per_batch_size(n: int) -> None:
+    pol = fresh_policy()
+    for _ in range(5):
+        pol.decide(n, 100, LinearCost(1.0), 0.0)
+    assert pol._budgets[n.bit_length()].step == 5 and len(pol._budgets) == 1

@@ -12,6 +12,19 @@ from fastcodellama.drafting.proposer import CopyProposer
 from fastcodellama.drafting import SpecConfig, build_proposer
 
 
+class FreeCost:
+    """A device where draft rows cost nothing: drafting always pays."""
+
+    def plain(self, seqs: int) -> float:
+        return 1.0
+
+    def extra(self, seqs: int, draft_rows: int) -> float:
+        return 0.0
+
+
+FREE = FreeCost()
+
+
 class RefGroup:
     def __init__(self) -> None:
         self.members: list[int] = []
@@ -116,7 +129,7 @@ def random_session(rng: random.Random, cfg: SpecConfig, steps: int, check) -> Co
         else:
             qs = [DraftQuery(s, rng.randrange(0, 30)) for s in rng.sample(running, rng.randrange(1, len(running) + 1))]
             budget = rng.choice((rng.randrange(0, 120), 10_000))
-            drafts = prop.propose(qs, budget)
+            drafts = prop.propose(qs, budget, FREE)
             assert len(drafts) == len(qs)
             assert sum(len(d) for d in drafts) <= budget
             for q, d in zip(qs, drafts):
@@ -159,9 +172,8 @@ def test_adaptive_drafts_are_copies_within_budget_and_max_len() -> None:
         assert len(d) <= hits[0].avail
 
     rng = random.Random(2)
-    for curve in ("flat", "h100", "cpu"):
-        cfg = SpecConfig(policy="adaptive", cost_curve=curve, k=9, other_pool_tokens=200)
-        random_session(rng, cfg, 400, check)
+    cfg = SpecConfig(policy="adaptive", k=9, other_pool_tokens=200)
+    random_session(rng, cfg, 400, check)
 
 
 def test_siblings_see_each_other_as_far_as_they_have_got() -> None:
@@ -171,14 +183,14 @@ def test_siblings_see_each_other_as_far_as_they_have_got() -> None:
         prop.add_sequence(sid, "req", prompt)
     prop.extend(0, [10, 11, 12])
     prop.extend(1, [10])
-    assert prop.propose([DraftQuery(1, 50)], 100) == [Draft((11, 12), "sibling")]
+    assert prop.propose([DraftQuery(1, 50)], 100, FREE) == [Draft((11, 12), "sibling")]
     prop.extend(0, [13])
-    assert prop.propose([DraftQuery(1, 50)], 100) == [Draft((11, 12, 13), "sibling")]
+    assert prop.propose([DraftQuery(1, 50)], 100, FREE) == [Draft((11, 12, 13), "sibling")]
     prop.finish(0)                                   # a finished sibling stays readable
-    assert prop.propose([DraftQuery(1, 2)], 100) == [Draft((11, 12), "sibling")]
+    assert prop.propose([DraftQuery(1, 2)], 100, FREE) == [Draft((11, 12), "sibling")]
     prop.add_sequence(2, "other-req", prompt)
     prop.extend(2, [10])
-    assert prop.propose([DraftQuery(2, 50)], 100) == [EMPTY_DRAFT]   # not a sibling
+    assert prop.propose([DraftQuery(2, 50)], 100, FREE) == [EMPTY_DRAFT]   # not a sibling
 
 
 def test_others_see_finished_outputs_but_not_aborted_ones() -> None:
@@ -191,7 +203,7 @@ def test_others_see_finished_outputs_but_not_aborted_ones() -> None:
     prop.finish(1, aborted=True)
     prop.add_sequence(2, "c", [9, 20])
     prop.add_sequence(3, "d", [9, 30])
-    assert prop.propose([DraftQuery(2, 50), DraftQuery(3, 50)], 100) == [Draft((21, 22, 23), "other"), EMPTY_DRAFT]
+    assert prop.propose([DraftQuery(2, 50), DraftQuery(3, 50)], 100, FREE) == [Draft((21, 22, 23), "other"), EMPTY_DRAFT]
     assert prop.stats()["groups"] == 2               # groups a and b are gone
 
 
@@ -211,12 +223,12 @@ def test_other_pool_memory_is_bounded() -> None:
 
 def test_adaptive_prefers_a_longer_match_from_a_less_trusted_source() -> None:
     def draft(policy: str) -> Draft:
-        prop = build_proposer(SpecConfig(policy=policy, cost_curve="flat", sources=("self", "sibling")))
+        prop = build_proposer(SpecConfig(policy=policy, sources=("self", "sibling")))
         prop.add_sequence(0, "r", [0])
         prop.add_sequence(1, "r", [0])
         prop.extend(0, [1, 2, 3, 4, 5, 6, 7, 40, 41, 42])
         prop.extend(1, [8, 4, 5, 6, 7, 60, 61, 1, 2, 3, 4, 5, 6, 7])   # self matches 4 tokens, the sibling 7
-        return prop.propose([DraftQuery(1, 50)], 100)[0]
+        return prop.propose([DraftQuery(1, 50)], 100, FREE)[0]
 
     assert draft("fixed") == Draft((60, 61, 1, 2, 3, 4, 5, 6, 7), "self")   # the ceiling's rule: self wins at m=4
     adaptive = draft("adaptive")
@@ -226,7 +238,7 @@ def test_adaptive_prefers_a_longer_match_from_a_less_trusted_source() -> None:
 def test_stats_and_feedback() -> None:
     prop = build_proposer(SpecConfig(policy="fixed", sources=("self",)))
     prop.add_sequence(0, "r", [5, 6, 7, 5, 6])
-    (d,) = prop.propose([DraftQuery(0, 10)], 10)
+    (d,) = prop.propose([DraftQuery(0, 10)], 10, FREE)
     assert d == Draft((7, 5, 6), "self")
     prop.record(0, d, 2)
     prop.record(0, Draft((1, 2), "sibling"), 5)        # not what was proposed: still counted, clamped
@@ -241,119 +253,31 @@ def test_disabled_or_empty_budget_gives_plain_decoding() -> None:
                         (SpecConfig(budget=0), 100)):
         prop = build_proposer(cfg)
         prop.add_sequence(0, "r", [1, 2, 1, 2, 1])
-        assert not prop.active(1, budget)        # the engine then builds no queries
-        assert prop.propose([DraftQuery(0, 10)], budget) == [EMPTY_DRAFT]
+        assert prop.propose([DraftQuery(0, 10)], budget, FREE) == [EMPTY_DRAFT]
     prop = build_proposer(SpecConfig(policy="fixed"))
     prop.add_sequence(0, "r", [1, 2, 1, 2, 1])
-    assert prop.active(1, 100) and prop.propose([DraftQuery(0, 10)], 100)[0].tokens == (2, 1)
+    assert prop.propose([DraftQuery(0, 10)], 100, FREE)[0].tokens == (2, 1)
     prop = build_proposer(SpecConfig(policy="fixed", budget=2))
     prop.add_sequence(0, "r", [1, 2, 3, 1, 2, 3, 1])
-    assert len(prop.propose([DraftQuery(0, 10)], 100)[0]) == 2
+    assert len(prop.propose([DraftQuery(0, 10)], 100, FREE)[0]) == 2
 
 
 def test_config_is_validated() -> None:
     for bad in (dict(n=0), dict(n=3, max_match=2), dict(max_match=9), dict(k=-1), dict(sources=("web",)),
-                dict(policy="greedy"), dict(cost_curve="tpu"), dict(cost_curve=((0, 1.0),)), dict(budget=-1),
+                dict(policy="greedy"), dict(budget=-1),
                 dict(index_tables="numpy")):
         with pytest.raises(ValueError):
             SpecConfig(**bad)
     assert SpecConfig(sources=["self"]).sources == ("self",)
 
 
-def test_backoff_pauses_only_when_drafting_steps_are_slower_than_plain_ones_measured():
-    from fastcodellama.drafting.proposer import Backoff
-
-    def window(b: Backoff, accepted: int, seconds: float, plain_s: float, now: float, seqs: int = 64) -> int:
-        """Steps of `seqs` sequences (modelled cost 10 plain, 10.8 with drafts) as the back-off
-        chooses them, until it judges a window: searching steps take `seconds` and accept
-        `accepted`, control steps `plain_s`. Returns the number of control steps."""
-        controls = 0
-        for _ in range(10_000):
-            searched = not b.skip(now, seqs)
-            controls += not searched
-            b.planned(seqs, 10.0, 10.8 if searched else 10.0, searched)
-            b.accepted(accepted if searched else 0)
-            calls = b._calls
-            b.observe(seconds if searched else plain_s, now)
-            if searched and b._calls == 0 and calls > 0:
-                return controls
-        raise AssertionError("no window was judged")
-
-    b = Backoff(enabled=True)
-    assert not b.skip(0.0, 64)
-    controls = window(b, 12, 0.110, 0.100, 0.0)     # 76 tokens in 110 ms against 64 in 100 ms: ahead
-    assert controls == Backoff.MIN_CONTROLS          # every CONTROL_EVERY-th step is plain
-    assert b.until == 0.0 and b.control_every == Backoff.CONTROL_EVERY
-    window(b, 12, 0.125, 0.100, 2.0)                 # 76 tokens in 125 ms: behind, whatever the model says
-    assert b.until >= 2.0 + Backoff.PAUSE_PER_WINDOW * Backoff.MIN_WINDOW_S  # searching <= 1/9 of the time
-    assert b.skip(b.until - 0.01, 64) and b.skip(b.until - 0.01, 40)
-    assert not b.skip(b.until - 0.01, 16) and b.until == 0.0   # the batch shrank to a quarter: try again
-    b.planned(64, 10.0, 10.0, False)
-    b.observe(5.0, 9.0)                               # a long prefill step does not move the calibration
-    assert b.rate() < 0.02
-    # The machine gets 30% slower while drafting runs: the control steps among the drafting ones
-    # see it too, so drafting that keeps its lead is not mistaken for a loss (a calibration from
-    # before the slowdown would say -17%).
-    b = Backoff(enabled=True)
-    window(b, 12, 0.110, 0.100, 0.0)
-    window(b, 12, 0.143, 0.130, 1.0)
-    assert b.until == 0.0
-    b = Backoff(enabled=True)                         # far ahead: fewer control steps
-    window(b, 64, 0.110, 0.100, 0.0)
-    assert b.control_every == Backoff.CONTROL_EVERY_AHEAD
-    b = Backoff(enabled=True)
-    window(b, 1, 0.0030, 0.0015, 0.0, seqs=1)         # batch 1: drafting half as fast pauses
-    assert b.until > 0.0
-    assert not Backoff(enabled=False).skip(0.0, 1)
-
-
-def test_backoff_gives_drafting_one_standard_error_of_its_control_steps():
-    from fastcodellama.drafting.proposer import Backoff
-
-    def judged(control_times: list[float]) -> Backoff:
-        """A window where searching steps take 101 ms for 64 tokens against control steps that
-        average 100 ms for 64: drafting 1% behind; the control steps' times cycle as given."""
-        b, now, i = Backoff(enabled=True), 0.0, 0
-        for _ in range(10_000):
-            searched = not b.skip(now, 64)
-            b.planned(64, 10.0, 10.0, searched)
-            calls = b._calls
-            if searched:
-                b.observe(0.101, now)
-            else:
-                b.observe(control_times[i % len(control_times)], now)
-                i += 1
-            now += 0.1
-            if searched and b._calls == 0 and calls > 0:
-                return b
-        raise AssertionError("no window was judged")
-
-    assert judged([0.100]).until > 0.0                   # steady controls: 1% behind is behind
-    assert judged([0.070, 0.130]).until == 0.0            # controls 30% apart: 1% is within their error
-
-
-def test_searches_that_find_nothing_worth_drafting_grow_rare_at_that_batch_size() -> None:
-    from fastcodellama.drafting import proposer as mod
-
-    prop = CopyProposer(SpecConfig(sources=("self",)))
-    searches = []
-    find = prop._find
-    prop._find = lambda st, first_only: searches.append(len(searches)) or find(st, first_only)
-    rng = random.Random(5)
-    for sid in range(40):
-        prop.add_sequence(sid, f"g{sid}", [rng.randrange(1000, 2000) for _ in range(8)])
-    queries = [DraftQuery(sid, 50) for sid in range(40)]
-    searched_steps = []
-    for step in range(200):
-        for sid in range(40):  # fresh tokens never seen before: no copy to find
-            prop.extend(sid, [10_000 + step * 40 + sid])
-        before = len(searches)
-        assert prop.propose(queries, 400) == [EMPTY_DRAFT] * 40
-        if len(searches) > before:
-            searched_steps.append(step)
-    # The back-off's control steps aside, the first IDLE_STEPS steps search, then ever fewer
-    # (without the gate: every step but the back-off's control steps).
-    assert len(searched_steps) < mod.IDLE_STEPS + 200 // mod.IDLE_MAX + 8
-    assert searched_steps[:mod.IDLE_STEPS - 1] == list(range(mod.IDLE_STEPS - 1))
-    assert prop.propose([DraftQuery(0, 50)], 400) is not None   # another batch size: searched afresh
-    assert len(searches) > 0 and prop._idle.get(1, 0) <= 1
+def test_a_prediction_is_drafted_from_the_first_token_on() -> None:
+    prop = build_proposer(SpecConfig(policy="fixed"))
+    prompt = [5, 6, 7, 8]
+    prop.add_sequence(0, "edit", prompt, prediction=[30, 31, 32, 33, 34])
+    assert prop.propose([DraftQuery(0, 50)], 100, FREE) == [Draft((30, 31, 32, 33, 34), "prediction")]
+    prop.extend(0, [30, 31, 99])  # the output left the prediction: copies resume where it joins it again
+    prop.extend(0, [33])
+    assert prop.propose([DraftQuery(0, 50)], 100, FREE) == [Draft((34,), "prediction")]
+    prop.add_sequence(1, "other", prompt)
+    assert prop.propose([DraftQuery(1, 50)], 100, FREE)[0].source != "prediction"  # another request's

@@ -23,8 +23,8 @@ class BudgetChecked:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def propose(self, queries: list[DraftQuery], budget: int) -> list[Draft]:
-        drafts = self.inner.propose(queries, budget)
+    def propose(self, queries: list[DraftQuery], budget: int, cost) -> list[Draft]:
+        drafts = self.inner.propose(queries, budget, cost)
         assert len(drafts) == len(queries)
         assert sum(len(d) for d in drafts) <= budget
         assert all(len(d) <= q.max_len for d, q in zip(drafts, queries))
@@ -33,7 +33,7 @@ class BudgetChecked:
 
 
 def _llm(speculate: bool, **kw) -> LLM:
-    proposer = BudgetChecked(build_proposer(SpecConfig(cost_curve="flat"))) if speculate else None
+    proposer = BudgetChecked(build_proposer(SpecConfig(policy="fixed"))) if speculate else None
     return LLM(DEFAULT_MODEL, proposer=proposer, **kw)
 
 

@@ -1,30 +1,25 @@
-"""Measures what a step costs by the tokens in it, on this machine and model.
+"""A start-up sweep of step costs, for benchmarks (EngineConfig.cost_sweep): the engine otherwise
+learns them from its own steps (engine/step_cost.py).
 
-The speculative policy spends draft tokens only where their expected accepted tokens pay for
-their cost; that cost comes from two curves, measured once at start-up (forward + logits +
-sampling, the fastest of a few runs: other load on the machine only adds time):
-  decode  steps of T single-token sequences, each with `context` cached tokens in its own
-          blocks: what a step of T running sequences costs without drafts;
-  verify  one sequence feeding T new tokens after `context` cached ones: how the cost grows
-          with rows that share one sequence's KV read, as a long draft's tokens do;
-  pairs   steps of T sequences feeding 2 tokens each (a one-token draft apiece): what draft
-          rows cost beside a whole batch of sequences. Where attention is computed per query
-          (the CPU) a draft row there costs nearly a sequence's row, far more than the verify
-          curve's slope says; where a sequence's queries share its KV read (a GPU kernel), less.
-fastcodellama.policy.StepCost combines them. Measured once per process for a given model,
-device and thread count.
+Times forward + logits + sampling (the fastest of a few runs: other load on the machine only
+adds time) of
+  decode  steps of T single-token sequences, each with `context` cached tokens in its own blocks;
+  verify  one sequence feeding T new tokens after `context` cached ones (rows that share one
+          sequence's KV read, as a long draft's tokens do);
+  pairs   steps of T sequences feeding 2 tokens each (a one-token draft apiece).
+`seed` hands them to a StepCost as observations.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
-
-from dataclasses import dataclass
 
 from engine.sampler import Sampler, SamplingRow
 from engine.sampling_params import SamplingParams
 from engine.step_batch import SeqChunk, StepBatch
+from engine.step_cost import StepCost
 
 TOKEN_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SLOW_STEP_S = 0.25  # stop measuring larger steps past this (the policy extrapolates linearly)
@@ -98,3 +93,14 @@ def _timed_step(runner, sampler: Sampler, batch: StepBatch, rows: list[SamplingR
     sampler(runner.model.compute_logits(hidden), rows)
     sync()
     return time.perf_counter() - start
+
+
+def seed(cost: StepCost, points: StepCostPoints) -> None:
+    """The sweep's points as observations: decode(T) is T sequences without drafts, verify(T) one
+    sequence with T - 1 draft rows, pairs(T) T sequences with one draft row each."""
+    for tokens, ms in points.decode:
+        cost.observe(tokens, 0, ms / 1000.0)
+    for tokens, ms in points.verify:
+        cost.observe(1, tokens - 1, ms / 1000.0)
+    for seqs, ms in points.pairs:
+        cost.observe(seqs, seqs, ms / 1000.0)

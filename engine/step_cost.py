@@ -1,0 +1,190 @@
+"""What a step costs, learned from the steps the engine runs anyway.
+
+Every decode or verify step is an observation: its sequences, its rows (one per sequence plus its
+draft tokens) and its seconds. Observations go to buckets on a geometric grid of (sequences,
+draft rows); a bucket's estimate is a low quantile of its recent observations (other work on the
+machine only ever adds time, so the low end is the truest; one fresh fast observation corrects a
+stale slow one). No monotone fit across buckets: a stale bucket would then hold its neighbours
+hostage, and the drafting policy explores to refresh them instead. Plain steps give the cost by running sequences, drafting steps what extra rows
+cost. An unseen bucket is estimated from what is known: the same sequences with fewer or more
+draft rows, else plain steps of as many rows as the draft makes, else nothing (None): the
+drafting policy then explores instead of trusting a guess.
+
+What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
+kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
+and give way to fresh observations.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+WINDOW = 16  # recent observations kept per bucket
+QUANTILE = 0.25  # the estimate: this low quantile of a bucket's window
+SAVE_EVERY = 512  # observations between two writes of the cache file
+MIN_SAVE_S = 10.0
+
+
+class StepTimer(Protocol):
+    def __call__(self, seqs: int, rows: int, measured_s: float) -> float:
+        """The seconds a step of `seqs` sequences and `rows` rows is taken to cost."""
+
+
+def measured(seqs: int, rows: int, measured_s: float) -> float:
+    """The real clock: what the step took."""
+    return measured_s
+
+
+def _grid(limit: int) -> tuple[int, ...]:
+    """1, 2, 3, 4, 6, 8, 12, 16, 24, ... up to `limit`: every point within 1.5x of the next."""
+    points, x = [1, 2, 3], 4
+    while x <= limit:
+        points += [x, x + x // 2]
+        x *= 2
+    return tuple(p for p in points if p <= limit)
+
+
+SEQ_GRID = _grid(1 << 16)
+ROW_GRID = (0, *_grid(1 << 16))
+
+
+@dataclass(frozen=True)
+class CostKey:
+    """What a step's cost depends on besides its shape."""
+
+    model: str
+    device: str
+    dtype: str
+    threads: int
+    attention: str
+    kernels: str
+
+    def file_name(self) -> str:
+        digest = hashlib.sha1(repr(self).encode()).hexdigest()[:16]
+        return f"step_cost_{digest}.json"
+
+
+class _Bucket:
+    __slots__ = ("recent", "seeded")
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque(maxlen=WINDOW)
+        self.seeded: float | None = None  # from the cache file, until observations arrive
+
+    def add(self, seconds: float) -> None:
+        self.recent.append(seconds)
+
+    def estimate(self) -> float | None:
+        if not self.recent:
+            return self.seeded
+        ordered = sorted(self.recent)
+        return ordered[int(QUANTILE * (len(ordered) - 1))]
+
+
+def bucket_of(grid: tuple[int, ...], x: int) -> int:
+    """The index of the grid point at or below x."""
+    return max(0, bisect.bisect_right(grid, x) - 1)
+
+
+class StepCost:
+    """Seconds of a step by (sequences, draft rows); see the module docstring."""
+
+    def __init__(self, key: CostKey | None = None, cache_dir: str | None = None) -> None:
+        self.key = key
+        self.path = os.path.join(cache_dir, key.file_name()) if key is not None and cache_dir else None
+        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+        self.observations = 0
+        if self.path is not None:
+            self._load()
+
+    # ------------------------------------------------------------------ learning
+    def observe(self, seqs: int, draft_rows: int, seconds: float) -> None:
+        if seqs <= 0 or seconds <= 0:
+            return
+        cell = (bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows))
+        self._buckets.setdefault(cell, _Bucket()).add(seconds)
+        self.observations += 1
+        self._unsaved += 1
+        if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
+            self.save()
+
+    # ------------------------------------------------------------------ estimates
+    def plain(self, seqs: int) -> float | None:
+        """A step of `seqs` sequences without drafts."""
+        return self._at(bucket_of(SEQ_GRID, seqs), 0)
+
+    def extra(self, seqs: int, draft_rows: int) -> float | None:
+        """What `draft_rows` draft tokens add to a step of `seqs` sequences (None: unknown)."""
+        if draft_rows <= 0:
+            return 0.0
+        n = bucket_of(SEQ_GRID, seqs)
+        base = self._at(n, 0)
+        if base is None:
+            return None
+        r = bucket_of(ROW_GRID, draft_rows)
+        known = self._at(n, r)
+        if known is None:
+            known = self._near(n, r, draft_rows)
+        return None if known is None else max(0.0, known - base)
+
+    def observed(self, seqs: int, draft_rows: int) -> bool:
+        """Whether steps of this shape were measured (or seeded from the cache file)."""
+        return self._at(bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows)) is not None
+
+    def _at(self, n: int, r: int) -> float | None:
+        bucket = self._buckets.get((n, r))
+        return bucket.estimate() if bucket is not None else None
+
+    def _near(self, n: int, r: int, draft_rows: int) -> float | None:
+        """An unseen bucket: linear between the nearest measured draft-row buckets of these
+        sequences (extrapolated past the last at its slope), else the plain step of as many rows."""
+        known = [(ROW_GRID[rr], e) for rr in range(len(ROW_GRID)) if (e := self._at(n, rr)) is not None]
+        lower = [p for p in known if p[0] <= draft_rows]
+        upper = [p for p in known if p[0] > draft_rows]
+        if lower and upper:
+            (x0, y0), (x1, y1) = lower[-1], upper[0]
+            return y0 + (y1 - y0) * (draft_rows - x0) / (x1 - x0)
+        if len(lower) >= 2:
+            (x0, y0), (x1, y1) = lower[-2], lower[-1]
+            return y1 + max(0.0, (y1 - y0) / (x1 - x0)) * (draft_rows - x1)
+        wider = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
+        return self._at(wider, 0) if wider != n else None
+
+    # ------------------------------------------------------------------ the cache file
+    def save(self) -> None:
+        if self.path is None:
+            return
+        cells = {f"{n},{r}": b.estimate() for (n, r), b in self._buckets.items() if b.estimate() is not None}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"key": repr(self.key), "seq_grid": SEQ_GRID[:64], "row_grid": ROW_GRID[:64],
+                       "seconds": cells}, f)
+        os.replace(tmp, self.path)
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+
+    def _load(self) -> None:
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return  # no file yet, or a torn one: start from nothing
+        if data.get("key") != repr(self.key):
+            return
+        for cell, seconds in data.get("seconds", {}).items():
+            try:
+                n, r = (int(x) for x in cell.split(","))
+                seconds = float(seconds)
+            except ValueError:
+                continue
+            if seconds > 0:
+                self._buckets.setdefault((n, r), _Bucket()).seeded = seconds

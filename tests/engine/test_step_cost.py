@@ -1,0 +1,79 @@
+"""The step cost the engine learns from its own steps, and the file that keeps it between runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import LLM
+from engine.step_cost import ROW_GRID, SEQ_GRID, WINDOW, CostKey, StepCost, bucket_of
+
+KEY = CostKey("m", "cpu", "float32", 2, "cpu", "k1")
+
+
+def test_grids_step_by_at_most_one_and_a_half():
+    for grid in (SEQ_GRID, ROW_GRID[1:]):
+        assert grid[0] == 1 and all(b <= 1.5 * a + 1 for a, b in zip(grid, grid[1:]))
+    assert [bucket_of(SEQ_GRID, x) for x in (1, 5, 6, 7, 300)] == [0, 3, 4, 4, SEQ_GRID.index(256)]
+
+
+def test_estimates_are_a_low_quantile_so_interference_does_not_count():
+    cost = StepCost()
+    for i in range(WINDOW):
+        cost.observe(8, 0, 10.0 if i % 4 else 30.0)  # a quarter of the steps disturbed
+    assert cost.plain(8) == pytest.approx(10.0)
+    for _ in range(WINDOW // 4 + 1):  # the machine got faster: a quarter of a window follows it
+        cost.observe(8, 0, 5.0)
+    assert cost.plain(8) == pytest.approx(5.0)
+    cost.observe(4, 4, 50.0)
+    cost.observe(4, 4, 7.0)  # one fresh fast step corrects a stale slow one in a bucket seldom seen
+    assert cost.extra(4, 4) is None or cost._at(bucket_of(SEQ_GRID, 4), bucket_of(ROW_GRID, 4)) == 7.0
+
+
+def test_extra_rows_cost_the_difference_to_the_plain_step():
+    cost = StepCost()
+    cost.observe(16, 0, 10.0)
+    cost.observe(16, 16, 14.0)
+    cost.observe(16, 48, 22.0)
+    assert cost.extra(16, 0) == 0.0
+    assert cost.extra(16, 16) == pytest.approx(4.0)
+    assert cost.extra(16, 32) == pytest.approx(8.0)  # between measured sizes: linear
+    assert cost.extra(16, 96) == pytest.approx(22.0 + 0.25 * 48 - 10.0)  # past them: at the last slope
+
+
+def test_unknown_shapes_are_unknown_unless_a_plain_step_of_as_many_rows_was_seen():
+    cost = StepCost()
+    assert cost.plain(4) is None and cost.extra(4, 4) is None
+    cost.observe(4, 0, 2.0)
+    assert cost.extra(4, 4) is None and not cost.observed(4, 4)
+    cost.observe(8, 0, 3.0)
+    assert cost.extra(4, 4) == pytest.approx(1.0)  # 4 sequences + 4 rows read like 8 sequences
+
+
+def test_what_was_learned_is_kept_per_key_and_gives_way_to_new_observations(tmp_path):
+    first = StepCost(KEY, str(tmp_path))
+    first.observe(1, 0, 0.5)
+    first.observe(1, 8, 0.6)
+    first.save()
+    data = json.loads((tmp_path / KEY.file_name()).read_text())
+    assert data["key"] == repr(KEY)
+    second = StepCost(KEY, str(tmp_path))
+    assert second.plain(1) == pytest.approx(0.5) and second.extra(1, 8) == pytest.approx(0.1)
+    second.observe(1, 0, 0.4)
+    assert second.plain(1) == pytest.approx(0.4)
+    other = StepCost(CostKey("m", "cpu", "float32", 1, "cpu", "k1"), str(tmp_path))  # another thread count
+    assert other.plain(1) is None
+    (tmp_path / KEY.file_name()).write_text("{torn")
+    assert StepCost(KEY, str(tmp_path)).plain(1) is None  # a torn file: start from nothing
+
+
+def test_the_engine_learns_from_decode_steps_and_can_sweep_at_start_up(tiny_model_dir):
+    llm = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4, max_num_batched_tokens=64, max_num_seqs=16)
+    from engine import SamplingParams
+
+    llm.generate(["def f(x):"], SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))
+    assert llm.engine.step_cost.plain(1) > 0 and llm.engine.step_cost.observations == 9  # the prefill step not
+    swept = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4, max_num_batched_tokens=64, max_num_seqs=16,
+                cost_sweep=True)
+    cost = swept.engine.step_cost
+    assert cost.plain(16) > 0 and cost.extra(1, 15) is not None and cost.extra(8, 8) is not None
