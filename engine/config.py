@@ -91,6 +91,8 @@ class EngineConfig:
     # Time decode and verify steps at start-up (benchmarks); otherwise step costs are learned from
     # the steps the engine runs anyway, and kept per machine and build (engine/step_cost.py).
     cost_sweep: bool = False
+    # On a GPU, decode and verify steps replay captured CUDA graphs (engine/cuda_graphs.py).
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.model is None:

@@ -6,6 +6,7 @@ import platform
 
 import torch
 
+from engine import fast_paths
 from engine.attention import get_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.kernels import cpu as cpu_kernels
@@ -28,9 +29,10 @@ class ModelRunner:
         if model is None:
             model = load_model(config.model, model_config, self.dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        if self.device.type == "cpu" and cpu_kernels.available():
-            self.model.pack_for_cpu()
-        self.backend = get_backend(config.attention_backend, self.device.type)
+        self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.sliding_window)
+        packed = self.model.pack_for_cpu() if self.paths.cpu_kernels else 0
+        fast_paths.report(self.paths, packed, self.model.cpu_stack is not None)
+        self.backend = get_backend(self.paths.attention, self.device.type, model_config.sliding_window)
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config
         self.kv_caches = torch.zeros(

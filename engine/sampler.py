@@ -18,6 +18,7 @@ from typing import Sequence as Seq
 
 import torch
 
+from engine.kernels import cpu as kernels
 from engine.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -54,7 +55,7 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 
 class Sampler:
-    def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = True) -> None:
+    def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False) -> None:
         self.eos_ids = eos_ids
         self.use_kernels = use_kernels
 
@@ -115,15 +116,12 @@ class Sampler:
     def _sample(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
         """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
         seeds = torch.tensor([noise_seed(r.noise_key, r.position) & _MASK32 for r in rows], dtype=torch.long)
-        if self.use_kernels and x.device.type == "cpu":
-            from engine.kernels import cpu as kernels
-
-            if kernels.available():
-                params = [r.params for r in rows]
-                return kernels.sample_rows(
-                    x, torch.tensor([p.temperature for p in params], dtype=torch.float32),
-                    torch.tensor([p.top_k for p in params], dtype=torch.int64),
-                    torch.tensor([p.top_p for p in params], dtype=torch.float64), seeds)
+        if self.use_kernels:  # engine/fast_paths.py: the C kernel, on the CPU where it built
+            params = [r.params for r in rows]
+            return kernels.sample_rows(
+                x, torch.tensor([p.temperature for p in params], dtype=torch.float32),
+                torch.tensor([p.top_k for p in params], dtype=torch.int64),
+                torch.tensor([p.top_p for p in params], dtype=torch.float64), seeds)
         return race(_filter(x, [r.params for r in rows]), seeds.to(x.device))
 
 

@@ -1,24 +1,27 @@
-"""Attention backends: `torch` (reference, any device), `cpu` (C kernel for short queries)."""
+"""Attention backends: `torch` (reference, any device), `cpu` (C kernel for short queries),
+`triton` (paged flash attention on a GPU). engine/fast_paths.py decides which one a device gets."""
 from __future__ import annotations
 
 from engine.attention.base import AttentionBackend
 from engine.attention.torch_ref import TorchRefBackend
 
-BACKENDS = ("auto", "torch", "cpu")
+BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
-def get_backend(name: str, device_type: str) -> AttentionBackend:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose from {', '.join(BACKENDS)}")
-    if name == "cpu" and device_type != "cpu":
-        raise ValueError("the cpu attention backend runs on the CPU only")
-    if name in ("cpu", "auto") and device_type == "cpu":
-        from engine.kernels import cpu as kernels
+def get_backend(name: str, device_type: str, sliding_window: int | None = None) -> AttentionBackend:
+    """The named backend (not "auto": engine/fast_paths.py resolves that)."""
+    if name not in BACKENDS or name == "auto":
+        raise ValueError(f"unknown attention backend {name!r}; choose from {', '.join(BACKENDS[1:])}")
+    if name == "cpu":
+        if device_type != "cpu":
+            raise ValueError("the cpu attention backend runs on the CPU only")
+        from engine.attention.cpu import CpuBackend
 
-        if kernels.available():
-            from engine.attention.cpu import CpuBackend
+        return CpuBackend()
+    if name == "triton":
+        if device_type != "cuda":
+            raise ValueError("the triton attention backend runs on CUDA devices only")
+        from engine.attention.triton_attention import TritonBackend
 
-            return CpuBackend()
-        if name == "cpu":
-            raise ValueError("the cpu attention backend needs a C compiler (see the log) ")
-    return TorchRefBackend()
+        return TritonBackend(sliding_window=sliding_window)
+    return TorchRefBackend(sliding_window)

@@ -98,24 +98,31 @@ def test_sampled_tokens_stay_inside_top_k_and_top_p():
     torch.manual_seed(1)
     x = torch.randn(64, 500) * 3
     rows = _rows(64)
-    tokens = Sampler(())._sample(x.clone(), rows)
+    tokens = Sampler((), use_kernels=True)._sample(x.clone(), rows)
     allowed = torch.isfinite(Sampler(()).process(x.clone(), rows))
     assert allowed[torch.arange(64), tokens].all()
 
 
 def test_the_engine_falls_back_to_the_references_without_kernels(monkeypatch):
+    from engine import fast_paths
+    from engine.config import EngineConfig
+
+    cpu = torch.device("cpu")
     monkeypatch.setenv("FASTCODELLAMA_NO_CPU_KERNELS", "1")
     kernels.load.cache_clear()
     try:
-        from engine.attention import get_backend
-
-        assert get_backend("auto", "cpu").name == "torch"
-        with pytest.raises(ValueError, match="C compiler"):
-            get_backend("cpu", "cpu")
+        paths = fast_paths.choose(EngineConfig(), cpu, torch.float32)
+        assert paths.attention == "torch" and not paths.cpu_kernels and not paths.cpu_sampler and paths.notes
+        with pytest.raises(ValueError, match="C kernels"):
+            fast_paths.choose(EngineConfig(attention_backend="cpu"), cpu, torch.float32)
     finally:
         monkeypatch.delenv("FASTCODELLAMA_NO_CPU_KERNELS")
         kernels.load.cache_clear()
-    assert get_backend("auto", "cpu").name == "cpu"
+    paths = fast_paths.choose(EngineConfig(), cpu, torch.float32)
+    assert paths.attention == "cpu" and paths.cpu_kernels and paths.cpu_sampler and not paths.cuda_graphs
+    assert fast_paths.choose(EngineConfig(attention_backend="torch"), cpu, torch.float32).attention == "torch"
+    with pytest.raises(ValueError, match="CUDA"):
+        fast_paths.choose(EngineConfig(attention_backend="triton"), cpu, torch.float32)
 
 
 @pytest.mark.parametrize("rows,n,k", [(1, 512, 256), (2, 8192, 256), (3, 7, 64), (4, 13, 768), (5, 256, 8),

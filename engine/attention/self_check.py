@@ -1,0 +1,36 @@
+"""A small mixed step through the Triton backend and the torch reference on the device itself:
+what engine/fast_paths.py runs before it lets a device use Triton attention."""
+from __future__ import annotations
+
+import torch
+
+from engine.attention.torch_ref import TorchRefBackend
+from engine.attention.triton_attention import TritonBackend
+from engine.step_batch import SeqChunk, StepBatch
+
+BLOCK = 16
+HEADS, KV_HEADS, HEAD_DIM = 4, 2, 64
+
+
+def compare_with_reference(device: torch.device, dtype: torch.dtype, sliding_window: int | None = None) -> float:
+    """The largest absolute difference between the two backends' outputs on one step: a prefill
+    chunk, two siblings sharing prompt blocks (a decode and a 1 + 4 verify), a long decode."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    prompt = (1, 2, 3)
+    chunks = [SeqChunk(tuple(range(37)), 20, (4, 5, 6, 7), 0),
+              SeqChunk((0,), 52, prompt + (8,), 0),
+              SeqChunk(tuple(range(5)), 50, prompt + (9,), 0),
+              SeqChunk((0,), 300, tuple(range(10, 29)), 0)]
+    batch = StepBatch.build(chunks, BLOCK, device)
+    shape = (32, KV_HEADS, BLOCK, HEAD_DIM)
+    k_cache = torch.randn(shape, generator=gen).to(device, dtype)
+    v_cache = torch.randn(shape, generator=gen).to(device, dtype)
+    rows = batch.num_tokens
+    q = torch.randn((rows, HEADS, HEAD_DIM), generator=gen).to(device, dtype)
+    k = torch.randn((rows, KV_HEADS, HEAD_DIM), generator=gen).to(device, dtype)
+    v = torch.randn((rows, KV_HEADS, HEAD_DIM), generator=gen).to(device, dtype)
+    outs = []
+    for backend in (TritonBackend(sliding_window=sliding_window), TorchRefBackend(sliding_window)):
+        kc, vc = k_cache.clone(), v_cache.clone()
+        outs.append(backend.forward(q, k, v, kc, vc, batch, backend.prepare(batch)).float())
+    return (outs[0] - outs[1]).abs().max().item()

@@ -1,0 +1,318 @@
+"""The Triton attention backend against the PyTorch reference. Without a GPU the kernels run
+under the Triton interpreter on the CPU (slow: small shapes); the `gpu` tests repeat the
+checks at model-like shapes on CUDA."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated: before the import below
+pytest.importorskip("triton", reason="triton is not installed")
+
+from engine.attention import triton_meta
+from engine.attention.torch_ref import TorchRefBackend
+from engine.attention.triton_attention import LaunchConfig, TritonBackend, write_kv
+from engine.kernels.cpu import SharedGroups
+from engine.step_batch import SeqChunk, StepBatch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# A family: (prompt blocks, members); a member: (context, new tokens, prompt blocks it shares).
+Family = tuple[int, list[tuple[int, int, int]]]
+
+# block_size 8. Siblings decode one past and exactly at a block boundary, verify drafts, start
+# right after the prompt; one sibling shares fewer prompt blocks than the others; beside them a
+# prefill chunk in mid-prompt, a whole prompt, a long decode and a padding sequence.
+MIXED: list[Family] = [
+    (3, [(25, 1, 3), (32, 1, 3), (37, 5, 3), (30, 6, 3)]),
+    (5, [(41, 1, 5), (48, 1, 5), (60, 3, 4)]),
+    (0, [(45, 17, 0)]),
+    (0, [(20, 20, 0)]),
+    (0, [(96, 1, 0)]),
+    (0, [(0, 0, 0)]),
+]
+
+
+def _step(families: list[Family], block_size: int, seed: int, pad_rows: int = 0) -> tuple[StepBatch, StepBatch]:
+    """(batch, the same batch with `pad_rows` extra rows of slot -1), sequences shuffled so
+    that siblings are not neighbours; every block id is used by one family only."""
+    rng = random.Random(seed)
+    free = list(range(1, 4096))
+    rng.shuffle(free)
+    chunks = []
+    for prompt_blocks, members in families:
+        prompt = [free.pop() for _ in range(prompt_blocks)]
+        for ctx, q_len, shares in members:
+            own = -(-ctx // block_size) - shares
+            table = tuple(prompt[:shares]) + tuple(free.pop() for _ in range(own))
+            chunks.append(SeqChunk(tuple(range(q_len)), ctx - q_len, table, 0))
+    rng.shuffle(chunks)
+    batch = StepBatch.build(chunks, block_size, DEVICE)
+    if not pad_rows:
+        return batch, batch
+    pad = torch.zeros(pad_rows, dtype=torch.long, device=DEVICE)
+    padded = dataclasses.replace(batch, input_ids=torch.cat([batch.input_ids, pad]),
+                                 positions=torch.cat([batch.positions, pad]),
+                                 slot_mapping=torch.cat([batch.slot_mapping, pad - 1]))
+    return batch, padded
+
+
+def _inputs(batch: StepBatch, heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, seed: int,
+            num_blocks: int = 4096):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    t = batch.num_tokens
+    shapes = [(t, heads, head_dim), (t, kv_heads, head_dim), (t, kv_heads, head_dim),
+              (num_blocks, kv_heads, batch.block_size, head_dim), (num_blocks, kv_heads, batch.block_size, head_dim)]
+    return [torch.randn(shape, generator=g, device=DEVICE).to(dtype) for shape in shapes]
+
+
+def _reference(batch: StepBatch, q, k, v, k_cache, v_cache, window: int | None = None):
+    """Output and caches of the torch reference, in float32."""
+    ref = TorchRefBackend(window)
+    kc, vc = k_cache.float().clone(), v_cache.float().clone()
+    out = ref.forward(q.float(), k.float(), v.float(), kc, vc, batch, ref.prepare(batch))
+    return out, kc, vc
+
+
+def _check(families: list[Family], block_size: int, heads: int, kv_heads: int, head_dim: int,
+           dtype: torch.dtype, backend: TritonBackend, seed: int = 0, pad_rows: int = 3, window: int | None = None,
+           launch: LaunchConfig | None = None) -> triton_meta.TritonMeta:
+    batch, padded = _step(families, block_size, seed, pad_rows)
+    q, k, v, k_cache, v_cache = _inputs(padded, heads, kv_heads, head_dim, dtype, seed)
+    rows = batch.num_tokens
+    want, want_k, want_v = _reference(batch, q[:rows], k[:rows], v[:rows], k_cache, v_cache, window)
+    meta = backend.prepare(padded, launch)
+    with _no_read_back():
+        out = backend.forward(q, k, v, k_cache, v_cache, padded, meta)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert torch.equal(k_cache.float(), want_k) and torch.equal(v_cache.float(), want_v)  # pad rows: not written
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out[:rows].float(), want, atol=tol, rtol=tol)
+    return meta
+
+
+def _small(**overrides) -> TritonBackend:
+    """Tiles small enough that the test shapes need several of each (query, prefix and key tiles)."""
+    return TritonBackend(**{"query_tile": 4, "prefix_tile": 8, "key_tile": 16, **overrides})
+
+
+def test_cache_write_skips_padding_rows():
+    k_cache = torch.zeros(6, 2, 4, 16, device=DEVICE)
+    v_cache = torch.zeros_like(k_cache)
+    k = torch.randn(5, 2, 16, device=DEVICE)
+    v = torch.randn(5, 4, 16, device=DEVICE)[:, ::2]  # a strided view, like a slice of the qkv output
+    slots = torch.tensor([9, -1, 0, 23, -1], device=DEVICE)
+    write_kv(k, v, k_cache, v_cache, slots)
+    want_k, want_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    for row, slot in ((0, 9), (2, 0), (3, 23)):
+        want_k[slot // 4, :, slot % 4] = k[row]
+        want_v[slot // 4, :, slot % 4] = v[row]
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+
+
+def test_mixed_step_gqa_split_and_shared_prefix_fp32():
+    meta = _check(MIXED, 8, heads=4, kv_heads=2, head_dim=16, dtype=torch.float32,
+                  backend=_small(num_splits=2, cascade=True))
+    assert meta.launch == LaunchConfig(4, 8, 2, True)
+    assert (meta.own_start > 0).sum() == 7 and (meta.prefix_count > 0).sum() >= 3  # sharing is exercised
+
+
+def test_mixed_step_mha_bf16_one_pass():
+    meta = _check(MIXED, 8, heads=2, kv_heads=2, head_dim=32, dtype=torch.bfloat16,
+                  backend=_small(num_splits=1, cascade=False))
+    assert meta.launch.direct
+
+
+@pytest.mark.parametrize("num_splits,cascade", [(4, False), (1, True)])
+def test_split_only_and_prefix_only(num_splits, cascade):
+    """block_size 4: a key tile spans eight blocks; 16 heads on one kv head: a query tile
+    is cut into head chunks (max_rows)."""
+    families = [(5, [(21, 1, 5), (24, 4, 5), (33, 2, 5)]), (0, [(50, 1, 0)]), (0, [(19, 7, 0)])]
+    _check(families, 4, heads=16, kv_heads=1, head_dim=16, dtype=torch.float32,
+           backend=_small(num_splits=num_splits, cascade=cascade, max_rows=32, key_tile=32), seed=1)
+
+
+def test_sliding_window_reference_against_dense_attention():
+    """The reference's window (added for StarCoder2), checked row by row."""
+    window = 6
+    batch, _ = _step(MIXED, 8, seed=2)
+    q, k, v, k_cache, v_cache = _inputs(batch, 4, 2, 16, torch.float32, seed=2)
+    out, kc, vc = _reference(batch, q, k, v, k_cache, v_cache, window)
+    cu = batch.cu_seqlens_q.tolist()
+    for i, (ctx, q_len) in enumerate(zip(batch.context_lens, batch.query_lens)):
+        pos = torch.arange(ctx, device=DEVICE)
+        slots = batch.block_tables[i, pos // 8]
+        keys = kc[slots, :, pos % 8].repeat_interleave(2, dim=1)  # [ctx, heads, d]
+        values = vc[slots, :, pos % 8].repeat_interleave(2, dim=1)
+        for j in range(q_len):
+            p = ctx - q_len + j
+            seen = (pos <= p) & (pos > p - window)
+            scores = torch.einsum("hd,khd->hk", q[cu[i] + j], keys[seen]) * 16 ** -0.5
+            want = torch.einsum("hk,khd->hd", scores.softmax(-1), values[seen])
+            torch.testing.assert_close(out[cu[i] + j], want, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_with_splits_and_shared_prefix():
+    """Window 11: some rows see part of the shared prefix, some none of it; whole splits fall out."""
+    families = [(3, [(25, 1, 3), (37, 5, 3), (30, 6, 3)]), (0, [(45, 17, 0)]), (0, [(60, 1, 0)])]
+    _check(families, 8, heads=4, kv_heads=2, head_dim=16, dtype=torch.float32,
+           backend=_small(sliding_window=11, num_splits=2, cascade=True, key_tile=32), seed=3, window=11)
+
+
+def _random_families(rng: random.Random, count: int) -> list[Family]:
+    families = []
+    for _ in range(count):
+        prompt = rng.randint(0, 4)
+        members = []
+        for _ in range(rng.choice([1, 2, 4])):
+            ctx = rng.randint(prompt * 8 + 1, prompt * 8 + 40)
+            members.append((ctx, min(ctx - prompt * 8, rng.choice([1, 2, 5, 13])), prompt))
+        families.append((prompt, members))
+    return families
+
+
+def test_shared_groups_match_the_cpu_kernel_grouping():
+    for seed in range(5):
+        batch, _ = _step(_random_families(random.Random(seed), 6), 8, seed)
+        cpu = SharedGroups.build(None, batch.block_tables.cpu(), batch.context_lens_t.cpu(), 8)
+        want = torch.zeros(batch.num_seqs, dtype=torch.int64)
+        for g in range(cpu.shared_len.shape[0]):
+            members = cpu.members[cpu.offsets[g]:cpu.offsets[g + 1]]
+            if len(members) > 1:
+                want[members] = cpu.shared_len[g]
+        groups = triton_meta.shared_groups(batch.block_tables, batch.context_lens_t, batch.cu_seqlens_q.diff(), 8)
+        assert torch.equal(groups.prefix[groups.group_of].cpu(), want)
+
+
+def test_random_steps_auto_launch():
+    """The backend's own launch choice on random sibling families (auto cascade on)."""
+    families = _random_families(random.Random(7), 3)
+    meta = _check(families, 8, heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, backend=_small(), seed=7)
+    assert meta.launch.cascade
+
+
+def test_static_metadata_has_fixed_shapes_and_copies():
+    """Two steps of one bucket (as many sequences and rows, other lengths and groups) give
+    metadata of the same shapes under one launch config, and copy_to fills a static copy."""
+    launch = LaunchConfig(4, 8, 2, True)
+    backend = _small()
+    first, _ = _step(MIXED, 8, seed=4)
+    other = [(2, [(17, 1, 2), (30, 1, 2), (40, 13, 2), (18, 1, 2)]), (0, [(50, 1, 0)]), (0, [(80, 5, 0)]),
+             (4, [(33, 1, 4), (90, 20, 4)]), (0, [(9, 1, 0)]), (0, [(12, 12, 0)]), (0, [(0, 0, 0)])]
+    second, _ = _step(other, 8, seed=5)
+    assert (first.num_seqs, first.num_tokens) == (second.num_seqs, second.num_tokens)
+    static, step = backend.prepare(first, launch), backend.prepare(second, launch)
+    assert not torch.equal(static.own_start, step.own_start)
+    step.copy_to(static)
+    for f in dataclasses.fields(step):
+        a, b = getattr(static, f.name), getattr(step, f.name)
+        assert a == b if f.name == "launch" else torch.equal(a, b)
+    with pytest.raises(ValueError):
+        backend.prepare(second, LaunchConfig(4, 8, 1, True)).copy_to(static)
+
+
+@contextlib.contextmanager
+def _no_read_back():
+    """Fails on any tensor-to-host read (what a CUDA graph cannot replay)."""
+    names = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("forward read a tensor back to the host")
+
+    for name in names:
+        setattr(torch.Tensor, name, refuse)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+# ---------------------------------------------------------------- GPU, model-like shapes
+
+def _gpu_families(rng: random.Random) -> list[Family]:
+    """pass@10-like: prompts of up to 1000 tokens with 10 siblings each, plus lone sequences."""
+    families = []
+    for _ in range(4):
+        prompt = rng.randint(1, 64)
+        own = [rng.randint(1, 300) for _ in range(10)]  # new tokens go to own blocks: at most `own` of them
+        families.append((prompt, [(prompt * 16 + n, min(n, rng.choice([1, 5])), prompt) for n in own]))
+    lone = [rng.randint(1, 2000) for _ in range(6)]
+    return families + [(0, [(ctx, min(ctx, rng.choice([1, 5, 300])), 0)]) for ctx in lone]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("launch", [None, LaunchConfig(16, 32, 1, False), LaunchConfig(16, 32, 8, False),
+                                    LaunchConfig(16, 32, 4, True)])
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_model_shapes(dtype, launch):
+    for seed in range(2):
+        families = _gpu_families(random.Random(seed))
+        _check(families, 16, heads=32, kv_heads=8, head_dim=128, dtype=dtype, backend=TritonBackend(), seed=seed,
+               launch=launch)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_sliding_window():
+    _check(_gpu_families(random.Random(9)), 16, heads=24, kv_heads=2, head_dim=128, dtype=torch.bfloat16,
+           backend=TritonBackend(sliding_window=256), seed=9, window=256)
+
+
+# Compiles the kernels for sm_90 through the real compiler (no GPU needed): catches what the
+# interpreter lets pass (tl.dot shapes, types). Run without TRITON_INTERPRET, in a subprocess.
+_COMPILE_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from engine.attention import triton_attention as ta
+
+POINTERS = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "k_cache": "*bf16", "v_cache": "*bf16", "out": "*bf16",
+            "part_lse": "*fp32", "part_o": "*fp32", "slot_mapping": "*i64", "block_tables": "*i64"}
+common = dict(BLOCK_SIZE=16, WINDOW=4096, LOW_PRECISION=True, BLOCK_N=64, BLOCK_D=128)
+kernels = [  # the two with tl.dot
+    (ta._own_kernel, dict(REP=4, HEADS=4, CHUNKS=1, NUM_SPLITS=4, DIRECT=False, BLOCK_Q=1, BLOCK_M=16, **common)),
+    (ta._prefix_kernel, dict(REP=4, HEADS=4, CHUNKS=1, NUM_SPLITS=4, BLOCK_Q=16, BLOCK_M=64, **common)),
+]
+for fn, constexprs in kernels:
+    signature = {n: "constexpr" if n in constexprs else POINTERS.get(n, "fp32" if n == "qk_scale" else "*i32"
+                 if n.startswith(("tile_", "prefix_", "cu_", "context", "own", "group", "positions")) else "i32")
+                 for n in fn.arg_names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+               if signature[n].startswith("*") or n.startswith("stride_c") or n == "head_dim"}
+    src = ASTSource(fn, signature, {(fn.arg_names.index(n),): v for n, v in constexprs.items()}, aligned)
+    assert triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["cubin"]
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_a_gpu_target():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    if "ImportError" in run.stderr or "ModuleNotFoundError" in run.stderr:
+        pytest.skip(f"this triton cannot compile ahead of time: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_the_start_up_self_check_passes_and_catches_a_broken_kernel(monkeypatch):
+    from engine.attention import self_check, triton_attention
+
+    assert self_check.compare_with_reference(DEVICE, torch.float32) < 1e-4
+    real = triton_attention.TritonBackend.forward
+    monkeypatch.setattr(triton_attention.TritonBackend, "forward",
+                        lambda self, q, *args: real(self, q, *args) * 1.01)  # a kernel that is slightly off
+    assert self_check.compare_with_reference(DEVICE, torch.float32) > 1e-3
