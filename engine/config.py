@@ -91,8 +91,10 @@ class EngineConfig:
     # Time decode and verify steps at start-up (benchmarks); otherwise step costs are learned from
     # the steps the engine runs anyway, and kept per machine and build (engine/step_cost.py).
     cost_sweep: bool = False
-    # On a GPU, decode and verify steps replay captured CUDA graphs (engine/cuda_graphs.py).
+    # On a GPU, decode and verify steps replay captured CUDA graphs (engine/cuda_graphs.py), up to
+    # this many rows (sequences plus their draft tokens) in a step.
     cuda_graphs: bool = True
+    cuda_graph_max_rows: int = 512
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -104,6 +106,7 @@ class EngineConfig:
                "max_num_batched_tokens must be >= max_num_seqs (every running sequence needs a token per step)")
         _check(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks must be >= 1")
         _check(self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1")
+        _check(self.cuda_graph_max_rows >= 1, "cuda_graph_max_rows must be >= 1")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

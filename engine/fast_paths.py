@@ -67,9 +67,11 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
                 raise ValueError(f"the triton attention backend cannot run here: {problem}")
             notes.append(f"Triton attention off ({problem})")
             attention = "torch"
-    graphs = config.cuda_graphs
-    if not graphs:
+    graphs = config.cuda_graphs and attention == "triton"  # the reference's metadata is not static
+    if not config.cuda_graphs:
         notes.append("CUDA graphs switched off")
+    elif not graphs:
+        notes.append("CUDA graphs need Triton attention")
     return FastPaths(attention, False, False, graphs, tuple(notes))
 
 

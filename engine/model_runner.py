@@ -14,6 +14,8 @@ from engine.loader import iter_checkpoint_tensors
 from engine.models.llama import LlamaForCausalLM
 from engine.models.registry import model_class
 from engine.scheduler import SchedulerOutput
+from engine.cuda_graphs import StepGraphs
+from engine.static_step import StaticStep
 from engine.step_batch import SeqChunk, StepBatch
 from engine.step_cost import CostKey
 
@@ -35,9 +37,20 @@ class ModelRunner:
         self.backend = get_backend(self.paths.attention, self.device.type, model_config.sliding_window)
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config
+        # One block more than the scheduler hands out: padding rows of static steps write there.
         self.kv_caches = torch.zeros(
-            (mc.num_layers, 2, self.num_blocks, mc.num_kv_heads, config.block_size, mc.head_dim),
+            (mc.num_layers, 2, self.num_blocks + 1, mc.num_kv_heads, config.block_size, mc.head_dim),
             dtype=self.dtype, device=self.device)
+        self.graphs = self._graphs() if self.paths.cuda_graphs else None
+
+    def _graphs(self) -> StepGraphs:
+        config, mc = self.config, self.model_config
+        max_len = config.max_model_len or mc.max_position_embeddings
+        static = StaticStep(config.max_num_seqs, min(config.max_num_batched_tokens, config.cuda_graph_max_rows),
+                            -(-max_len // config.block_size), config.block_size, self.num_blocks, self.device)
+        graphs = StepGraphs(self.model, self.kv_caches, self.backend, static, capture=True)
+        graphs.capture_all()
+        return graphs
 
     def cost_key(self) -> CostKey:
         """What this runner's step costs depend on besides a step's shape (engine/step_cost.py)."""
@@ -57,16 +70,20 @@ class ModelRunner:
         """Runs the step's forward; returns float32 logits of the rows that need them, in order."""
         for src, dst in out.block_copies:
             self.kv_caches[:, :, dst].copy_(self.kv_caches[:, :, src])
-        batch = self.build_batch(out)
+        chunks = self.chunks(out)
+        if self.graphs is not None:
+            logits = self.graphs.run(chunks)
+            if logits is not None:
+                return logits
+        batch = StepBatch.build(chunks, self.config.block_size, self.device)
         hidden = self.model(batch, self.kv_caches, self.backend)
         return self.model.compute_logits(hidden)
 
-    def build_batch(self, out: SchedulerOutput) -> StepBatch:
-        chunks = []
-        for s in out.scheduled:
-            logits_from = s.num_real - 1 if s.samples else len(s.token_ids)
-            chunks.append(SeqChunk(tuple(s.token_ids), s.start, tuple(s.seq.block_table), logits_from))
-        return StepBatch.build(chunks, self.config.block_size, self.device)
+    @staticmethod
+    def chunks(out: SchedulerOutput) -> list[SeqChunk]:
+        """What each scheduled sequence feeds, and from which of its rows logits are needed."""
+        return [SeqChunk(tuple(s.token_ids), s.start, tuple(s.seq.block_table),
+                         s.num_real - 1 if s.samples else len(s.token_ids)) for s in out.scheduled]
 
 
 def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:

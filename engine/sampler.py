@@ -68,25 +68,37 @@ class Sampler:
             x = logits.index_select(0, torch.tensor(order, dtype=torch.long, device=logits.device)).float()
         raw_logprobs = torch.log_softmax(x, dim=-1) if any(r.params.logprobs for r in rows) else None
         x = self.constrain(x, rows)
+        tokens = self._choose(x, rows)
+        if raw_logprobs is None:
+            return SampleResult(tokens.tolist(), None)
+        # Tokens and their logprobs come back to the host in one copy (token ids are exact in float64).
+        chosen = raw_logprobs.gather(1, tokens[:, None])[:, 0]
+        both = torch.cat([tokens.double(), chosen.double()]).tolist()
+        n = len(rows)
+        return SampleResult([int(t) for t in both[:n]], both[n:])
+
+    def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
+        """Every row's token, on x's device: argmax for greedy rows, the race for sampled ones,
+        the recorded token where one is forced (trace replay)."""
         greedy = [i for i, r in enumerate(rows) if r.params.greedy]
-        sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
-        token_list = [0] * len(rows)
-        if greedy:
-            picked = x if len(greedy) == len(rows) else x[greedy]
-            for i, t in zip(greedy, torch.argmax(picked, dim=-1).tolist()):
-                token_list[i] = t
-        if sampled:
+        if len(greedy) == len(rows):
+            tokens = torch.argmax(x, dim=-1)
+        else:
+            sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
             picked = x if len(sampled) == len(rows) else x[sampled]
-            for i, t in zip(sampled, self._sample(picked, [rows[i] for i in sampled]).tolist()):
-                token_list[i] = t
-        for i, r in enumerate(rows):
-            if r.forced is not None:
-                token_list[i] = r.forced
-        logprobs = None
-        if raw_logprobs is not None:
-            chosen = torch.tensor(token_list, device=raw_logprobs.device)
-            logprobs = raw_logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-        return SampleResult(token_list, logprobs)
+            drawn = self._sample(picked, [rows[i] for i in sampled]).to(x.device)
+            if not greedy:
+                tokens = drawn
+            else:
+                tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
+                index = torch.tensor(greedy, device=x.device)
+                tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
+                tokens[torch.tensor(sampled, device=x.device)] = drawn
+        forced = [(i, r.forced) for i, r in enumerate(rows) if r.forced is not None]
+        if forced:
+            where, value = zip(*forced)
+            tokens[torch.tensor(where, device=x.device)] = torch.tensor(value, device=x.device)
+        return tokens
 
     def constrain(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
         """Penalties and min_tokens, on every row (in place)."""

@@ -135,10 +135,13 @@ class DecoderForCausalLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     @torch.inference_mode()
-    def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
-        """Hidden states of the rows in batch.logits_indices, after the final norm."""
-        backend = self._attention_for(batch, backend)
-        meta = backend.prepare(batch)
+    def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: AttentionBackend,
+                meta: Any = None) -> torch.Tensor:
+        """Hidden states of the rows in batch.logits_indices, after the final norm. `meta`: the
+        backend's metadata for this batch when the caller prepared it (static steps)."""
+        if meta is None:
+            backend = self._attention_for(batch, backend)
+            meta = backend.prepare(batch)
         x = self.embed_tokens(batch.input_ids)
         cos_sin = self.rotary.tables(batch.positions, x.dtype)
         if self.cpu_stack is not None and self.cpu_stack.takes(batch, meta, x):

@@ -29,11 +29,11 @@ class StubModel(nn.Module):
         self.cpu_stack = None
 
     @torch.inference_mode()
-    def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: object) -> torch.Tensor:
+    def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: object, meta: object = None) -> torch.Tensor:
         return self.logits.new_zeros((batch.logits_indices.shape[0], 1))
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.logits.float().expand(hidden.shape[0], -1)
+        return self.logits.float().expand(hidden.shape[0], -1).contiguous()  # a real head's rows are fresh memory
 
     def pack_for_cpu(self) -> int:
         return 0

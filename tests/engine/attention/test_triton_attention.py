@@ -316,3 +316,31 @@ def test_the_start_up_self_check_passes_and_catches_a_broken_kernel(monkeypatch)
     monkeypatch.setattr(triton_attention.TritonBackend, "forward",
                         lambda self, q, *args: real(self, q, *args) * 1.01)  # a kernel that is slightly off
     assert self_check.compare_with_reference(DEVICE, torch.float32) > 1e-3
+
+
+def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_dir):
+    """What a CUDA graph replays (engine/static_step.py with each bucket's fixed launch and static
+    metadata), run directly: the logits equal the torch reference's eager step, step after step."""
+    from engine.config import EngineConfig
+    from engine.cuda_graphs import StepGraphs
+    from engine.model_runner import ModelRunner
+    from engine.models.registry import read_model_config
+    from engine.static_step import StaticStep
+
+    config = EngineConfig(model=tiny_model_dir, num_kv_blocks=64, block_size=4, attention_backend="torch")
+    runner = ModelRunner(config, read_model_config(tiny_model_dir))
+    static = StaticStep(8, 32, 16, 4, runner.num_blocks, runner.device)
+    graphs = StepGraphs(runner.model, runner.kv_caches, TritonBackend(), static, capture=False)
+    torch.manual_seed(0)
+    start = torch.randn_like(runner.kv_caches)
+    prompt = (3, 4)
+    steps = [[SeqChunk((7,), 8, prompt + (10, 11), 0), SeqChunk((8, 9, 10), 9, prompt + (12, 13), 0),
+              SeqChunk((9,), 15, (20, 21, 22, 23), 0)],
+             [SeqChunk((7, 1), 9, prompt + (10, 11), 0), SeqChunk((8,), 12, prompt + (12, 13), 0)]]
+    for chunks in steps + steps[:1]:  # the first bucket again: its static metadata is copied over
+        runner.kv_caches.copy_(start)
+        batch = StepBatch.build(chunks, 4, runner.device)
+        eager = runner.model.compute_logits(runner.model(batch, runner.kv_caches, runner.backend))
+        runner.kv_caches.copy_(start)
+        torch.testing.assert_close(graphs.run(chunks), eager, rtol=1e-4, atol=1e-4)
+    assert len(static.metas) == 2 and graphs.replays == 3

@@ -1,0 +1,122 @@
+"""Decode and verify steps over static buffers (what CUDA graphs replay), on the CPU: bucketing,
+padding, buffers reused across steps, results equal to the eager step, fallbacks."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.config import EngineConfig
+from engine.cuda_graphs import StepGraphs
+from engine.model_runner import ModelRunner
+from engine.models.registry import read_model_config
+from engine.static_step import Bucket, StaticStep, bucket_for, buckets
+from engine.step_batch import SeqChunk, StepBatch
+from tests.engine.helpers import assert_no_leaks
+
+BS = 4
+
+
+def test_buckets_and_the_smallest_that_holds_a_step():
+    all_buckets = buckets(64, 512)
+    assert Bucket(1, 1) in all_buckets and Bucket(64, 512) in all_buckets and Bucket(64, 768) not in all_buckets
+    assert bucket_for(all_buckets, 3, 3) == Bucket(4, 4)
+    assert bucket_for(all_buckets, 3, 10) == Bucket(4, 12)
+    assert bucket_for(all_buckets, 64, 64) == Bucket(64, 64)
+    assert bucket_for(all_buckets, 65, 65) is None and bucket_for(all_buckets, 1, 1000) is None
+
+
+def _runner(model_dir: str) -> ModelRunner:
+    config = EngineConfig(model=model_dir, num_kv_blocks=64, block_size=BS, attention_backend="torch")
+    return ModelRunner(config, read_model_config(model_dir))
+
+
+def _static(runner: ModelRunner, max_seqs: int = 8, max_rows: int = 64) -> StepGraphs:
+    static = StaticStep(max_seqs, max_rows, 16, BS, runner.num_blocks, runner.device)
+    return StepGraphs(runner.model, runner.kv_caches, runner.backend, static, capture=False)
+
+
+def _decode_verify_chunks(rng: random.Random) -> list[SeqChunk]:
+    """Two siblings sharing prompt blocks (a decode and a 1 + 3 verify), a lone decode at a block
+    boundary, a 1 + 5 verify."""
+    prompt = (3, 4)
+    specs = [(9, 1, prompt + (10,)), (10, 4, prompt + (11, 12)), (16, 1, (20, 21, 22, 23)),
+             (5, 6, (30, 31, 32))]
+    return [SeqChunk(tuple(rng.randrange(1, 300) for _ in range(n)), ctx - n, table, 0) for ctx, n, table in specs]
+
+
+def test_the_static_step_equals_the_eager_step_and_reuses_its_buffers(tiny_model_dir):
+    runner = _runner(tiny_model_dir)
+    graphs = _static(runner)
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    start = torch.randn_like(runner.kv_caches)
+    pointers = None
+    for step in range(3):
+        chunks = _decode_verify_chunks(rng)
+        runner.kv_caches.copy_(start)
+        batch = StepBatch.build(chunks, BS, runner.device)
+        eager = runner.model.compute_logits(runner.model(batch, runner.kv_caches, runner.backend))
+        eager_cache = runner.kv_caches[:, :, :runner.num_blocks].clone()
+        runner.kv_caches.copy_(start)
+        static = graphs.run(chunks)
+        assert static is not None and static.shape == eager.shape
+        torch.testing.assert_close(static, eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(runner.kv_caches[:, :, :runner.num_blocks], eager_cache)
+        now = [t.data_ptr() for t in (graphs.static.input_ids, graphs.static.block_tables, graphs.static.slot_mapping)]
+        assert pointers in (None, now)  # the same buffers every step
+        pointers = now
+    assert graphs.replays == 3
+
+
+def test_padding_rows_and_sequences_touch_only_the_scratch_block(tiny_model_dir):
+    runner = _runner(tiny_model_dir)
+    graphs = _static(runner)
+    scratch = runner.num_blocks
+    chunks = [SeqChunk((5,), 6, (1, 2), 0), SeqChunk((6, 7), 3, (3, 4), 0)]
+    bucket = graphs.static.bucket(chunks)
+    assert bucket == Bucket(2, 4)  # one padding row
+    batch = graphs.static.fill(chunks, bucket)
+    assert batch.slot_mapping.tolist() == [2 * BS + 2, 3 * BS + 3, 4 * BS, scratch * BS]
+    assert batch.cu_seqlens_q.tolist() == [0, 1, 3] and batch.context_lens_t.tolist() == [7, 5]
+    three = chunks + [SeqChunk((9,), 1, (5,), 0)]
+    bucket = graphs.static.bucket(three)
+    assert bucket == Bucket(4, 4)  # one padding sequence
+    batch = graphs.static.fill(three, bucket)
+    assert batch.cu_seqlens_q.tolist() == [0, 1, 3, 4, 4] and batch.context_lens_t.tolist() == [7, 5, 2, 0]
+    assert batch.block_tables[3].tolist() == [scratch] * batch.block_tables.shape[1]
+    for step in (chunks, three):
+        before = runner.kv_caches.clone()
+        graphs.run(step)
+        changed = (runner.kv_caches != before).any(dim=(0, 1, 3, 4, 5)).nonzero().flatten().tolist()
+        assert set(changed) <= {2, 3, 4, 5, scratch}
+
+
+def test_prefill_chunks_and_oversized_steps_run_eagerly(tiny_model_dir):
+    runner = _runner(tiny_model_dir)
+    graphs = _static(runner, max_seqs=2, max_rows=8)
+    assert graphs.run([SeqChunk((1, 2, 3), 0, (1,), 2)]) is None  # a prefill chunk: only its last row samples
+    assert graphs.run([SeqChunk((1,), 4, (1, 2), 0)] * 3) is None  # more sequences than the largest bucket
+    assert graphs.run([SeqChunk((1,) * 9, 4, (1, 2, 3, 4), 0)]) is None  # more rows
+    assert graphs.replays == 0
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_dir, draft):
+    from fastcodellama.drafting import SpecConfig, build_proposer
+
+    params = SamplingParams(n=3, temperature=0.8, top_p=0.95, max_tokens=20, seed=4, ignore_eos=True)
+    prompts = ["def add(a, b):\n    return", "import os\n\n"]
+    outs = []
+    for static in (False, True):
+        proposer = build_proposer(SpecConfig(policy="fixed")) if draft else None
+        llm = LLM(tiny_model_dir, proposer=proposer, num_kv_blocks=128, block_size=BS, attention_backend="torch")
+        if static:
+            llm.engine.runner.graphs = _static(llm.engine.runner, max_seqs=8, max_rows=96)
+        outs.append([[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params)])
+        if static:
+            assert llm.engine.runner.graphs.replays > 10
+        assert_no_leaks(llm.engine)
+    assert outs[0] == outs[1]
