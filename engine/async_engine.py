@@ -181,8 +181,11 @@ class AsyncEngine:
         return results, accepted
 
     def _fail_running(self, error: Exception) -> list:
+        """The requests of the step that raised end with the error (their blocks freed); the
+        others go on. When the failure came before any request was in the step, all end."""
         failed = []
-        for request_id in list(self.engine.requests):
+        culprits = self.engine.step_requests & set(self.engine.requests) or set(self.engine.requests)
+        for request_id in culprits:
             try:
                 self.engine.abort(request_id)
             except Exception:  # noqa: BLE001

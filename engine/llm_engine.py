@@ -89,6 +89,7 @@ class LLMEngine:
             self.sweep_step_cost()
         self.requests: dict[str, RequestState] = {}
         self._drafts: dict[int, Draft] = {}  # for the next step, by sequence id
+        self.step_requests: set[str] = set()  # the requests of the step being run
         self._sources: dict[int, str] = {}  # the source of each sequence's draft in flight
         self._next_seq_id = 0
         self._steps = 0
@@ -181,6 +182,7 @@ class LLMEngine:
         start = time.perf_counter()
         out = self.scheduler.schedule(self._drafts)
         self._drafts = {}
+        self.step_requests = {s.seq.request_id for s in out.scheduled}  # who a failure here concerns
         result = None
         if out.scheduled:
             logits = self.runner.execute(out)

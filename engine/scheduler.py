@@ -6,8 +6,9 @@ admits waiting sequences, each taking what the prefix cache holds of its tokens 
 the n samples of a request, samples that start late, and other requests with the same start
 all compute only what is new. A sequence whose start another sequence is computing right now
 waits a step and then takes it from the cache. Waiting sequences are admitted fairly between
-clients (the one with fewest running first); when blocks run out, the newest sequence of the
-client that runs most is preempted and later recomputed, from the cache where its blocks
+clients (the one with fewest running first), and a client that waits while another holds more
+slots than it gets one of them; when blocks run out, the newest sequence of the client that runs
+most is preempted. A preempted sequence is recomputed later, from the cache where its blocks
 survived. A sequence that could not fit even alone ends by itself ("length").
 
 `postprocess()` verifies drafts (the longest agreeing prefix), appends tokens (StopChecker),
@@ -121,6 +122,7 @@ class Scheduler:
     # ------------------------------------------------------------------ schedule
     def schedule(self, drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput:
         """The next step's work; `drafts` by sequence id, for decoding sequences."""
+        self._rebalance()
         plan, chosen = self._plan_running(drafts or {})
         preempted = self._allocate_running(plan, chosen)
         budget = self.limits.max_num_batched_tokens - sum(plan.values()) - sum(len(d) for d in chosen.values())
@@ -183,6 +185,19 @@ class Scheduler:
             if seq.status is SequenceStatus.RUNNING:
                 self.blocks.allocate(seq, base + len(chosen.get(seq, ())))
         return preempted
+
+    def _rebalance(self) -> None:
+        """With every slot taken, a waiting client that runs fewer sequences than the heaviest client
+        less one gets a slot from it: the heaviest's newest sequence is preempted (what it computed
+        stays in the prefix cache). A few per step, so that shares converge without thrashing."""
+        for _ in range(1 + self.limits.max_num_seqs // 8):
+            if len(self.running) < self.limits.max_num_seqs or not self._waiting:
+                return
+            lightest = min(self._running_by_client.get(c, 0) for c in self._waiting)
+            heaviest = max(self._running_by_client, key=lambda c: self._running_by_client[c])
+            if self._running_by_client[heaviest] <= lightest + 1:
+                return
+            self.preempt(max((s for s in self.running if s.client == heaviest), key=lambda s: s.seq_id))
 
     def _victim(self) -> Sequence:
         """The newest running sequence of the client that runs most."""

@@ -69,3 +69,29 @@ async def test_event_loop_is_not_blocked_by_steps(engine):
     await _collect(engine, "def g():", SamplingParams(max_tokens=40, ignore_eos=True), "t")
     t.cancel()
     assert ticks > 10
+
+
+async def test_a_step_that_raises_fails_only_its_own_requests(tiny_model_dir):
+    engine = AsyncEngine(EngineConfig(model=tiny_model_dir, num_kv_blocks=128, block_size=4, max_num_seqs=1))
+    execute = engine.engine.runner.execute
+
+    def flaky(out):
+        if any(s.seq.request_id == "doomed" for s in out.scheduled):
+            raise RuntimeError("injected")
+        return execute(out)
+
+    engine.engine.runner.execute = flaky
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+
+    async def run(request_id: str):
+        outs = [o async for o in engine.generate("def f(x):", params, request_id)]
+        return outs[-1].outputs[0].token_ids
+
+    try:
+        # One sequence runs at a time: "ok" waits while "doomed" fails, then runs to the end.
+        results = await asyncio.gather(run("doomed"), run("ok"), return_exceptions=True)
+        assert isinstance(results[0], RuntimeError) and "injected" in str(results[0])
+        assert len(results[1]) == 6
+        assert engine.stats().num_blocks_free == engine.stats().num_blocks_total
+    finally:
+        await engine.shutdown()
