@@ -33,6 +33,7 @@ class _Add:
     params: SamplingParams
     accepted: asyncio.Future = field(repr=False)
     client: str | None = None
+    prediction: str | list[int] | None = None
 
 
 class AsyncEngine:
@@ -82,9 +83,12 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ requests
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
-                       client: str | None = None) -> AsyncIterator[RequestOutput]:
+                       client: str | None = None,
+                       prediction: str | list[int] | None = None) -> AsyncIterator[RequestOutput]:
         """Cumulative outputs of one request; the last has finished=True. `client` names who asks
         (an API key, a peer address): the engine shares its sequence slots fairly between clients.
+        `prediction`: what the client expects the output to be; drafts are copied from it, and
+        the output stays what it would be without it.
 
         Raises ValueError for an invalid request before yielding anything. If the
         consumer stops early (client gone, task cancelled) the request is aborted.
@@ -96,7 +100,7 @@ class AsyncEngine:
         if not self.is_running:
             await self.start()
         loop = asyncio.get_running_loop()
-        add = _Add(request_id, prompt, params, loop.create_future(), client)
+        add = _Add(request_id, prompt, params, loop.create_future(), client, prediction)
         queue: asyncio.Queue = asyncio.Queue()
         if request_id in self._queues:
             raise ValueError(f"request id {request_id!r} is already running")
@@ -167,7 +171,8 @@ class AsyncEngine:
                 accepted.append((add, None))
                 continue
             try:
-                self.engine.add_request(add.request_id, add.prompt, add.params, client=add.client)
+                self.engine.add_request(add.request_id, add.prompt, add.params, client=add.client,
+                                        prediction=add.prediction)
                 accepted.append((add, None))
             except Exception as e:  # noqa: BLE001 - a bad request fails alone
                 accepted.append((add, e if isinstance(e, ValueError) else ValueError(str(e))))
