@@ -4,7 +4,8 @@ At start-up every bucket's static step is run once (Triton compiles its kernels)
 a step then writes its inputs into the static buffers, its attention metadata into the bucket's
 static metadata, and replays the bucket's graph. Steps outside the buckets (prefill chunks, more
 sequences or rows than the largest bucket) run eagerly. All graphs share one memory pool, captured
-from the largest bucket down so the smaller ones reuse its memory; what they hold is reported.
+from the largest bucket down so the smaller ones reuse its memory, and write their logits into one
+buffer; what they hold is reported.
 Without capture (`capture=False`, the CPU tests) the same step function runs directly.
 """
 from __future__ import annotations
@@ -39,7 +40,6 @@ class StepGraphs:
         self.capture = capture
         self._launch = launch_for_bucket if getattr(backend, "name", "") == "triton" else None
         self._graphs: dict[Bucket, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[Bucket, torch.Tensor] = {}
         self.replays = 0
         self.report: CaptureReport | None = None
 
@@ -68,7 +68,7 @@ class StepGraphs:
         torch.cuda.current_stream(self.static.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            self._outputs[bucket] = self.static.run(self.model, self.kv_caches, self.backend, batch, meta)
+            self.static.run(self.model, self.kv_caches, self.backend, batch, meta)
         self._graphs[bucket] = graph
 
     def run(self, chunks: Sequence[SeqChunk]) -> torch.Tensor | None:
@@ -82,5 +82,5 @@ class StepGraphs:
         self.replays += 1
         if self.capture:
             self._graphs[bucket].replay()
-            return self._outputs[bucket][:rows]
+            return self.static.logits[:rows]
         return self.static.run(self.model, self.kv_caches, self.backend, batch, meta)[:rows]

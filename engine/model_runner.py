@@ -47,7 +47,8 @@ class ModelRunner:
         config, mc = self.config, self.model_config
         max_len = config.max_model_len or mc.max_position_embeddings
         static = StaticStep(config.max_num_seqs, min(config.max_num_batched_tokens, config.cuda_graph_max_rows),
-                            -(-max_len // config.block_size), config.block_size, self.num_blocks, self.device)
+                            -(-max_len // config.block_size), config.block_size, self.num_blocks, mc.vocab_size,
+                            self.device)
         graphs = StepGraphs(self.model, self.kv_caches, self.backend, static, capture=True)
         graphs.capture_all()
         return graphs

@@ -5,7 +5,8 @@ is padded to a bucket: a number of sequences B from SEQ_BUCKETS and a number of 
 grid of multiples of B. Its inputs are written into buffers allocated once, at the largest
 bucket's size: each bucket is a view of their first B sequences and T rows, so the addresses a
 captured graph reads never change. Padding sequences feed no token and hold no context; padding
-rows write their K/V into a scratch block that no sequence owns and read nothing.
+rows write their K/V into a scratch block that no sequence owns and read nothing. Block tables
+are padded with block 0, as in an eager batch (a masked key must still hold a finite value).
 
 `StaticStep.run` is the step function over those buffers (the model's forward from the static
 batch and, for Triton attention, static metadata, to the logits of every row); engine/cuda_graphs.py
@@ -58,7 +59,7 @@ class StaticStep:
     """The static buffers of every bucket and the step function over them."""
 
     def __init__(self, max_seqs: int, max_rows: int, max_blocks: int, block_size: int, scratch_block: int,
-                 device: torch.device) -> None:
+                 vocab_size: int, device: torch.device) -> None:
         self.block_size, self.scratch_block, self.device = block_size, scratch_block, device
         self.max_blocks = max_blocks
         self.buckets = buckets(max_seqs, max_rows)
@@ -69,9 +70,11 @@ class StaticStep:
         self.positions = torch.zeros(rows, **longs)
         self.slot_mapping = torch.full((rows,), scratch_block * block_size, **longs)
         self.logits_indices = torch.arange(rows, **longs)
-        self.block_tables = torch.full((seqs, max_blocks), scratch_block, **longs)
+        self.block_tables = torch.zeros((seqs, max_blocks), **longs)
         self.cu_seqlens = torch.zeros(seqs + 1, dtype=torch.int32, device=device)
         self.context_lens = torch.zeros(seqs, dtype=torch.int32, device=device)
+        # Every bucket's logits land here: graphs share it instead of each keeping an output of its own.
+        self.logits = torch.empty((rows, vocab_size), dtype=torch.float32, device=device)
         self.metas: dict[Bucket, object] = {}  # static attention metadata per bucket (Triton)
 
     def bucket(self, chunks: Sequence[SeqChunk]) -> Bucket | None:
@@ -85,7 +88,7 @@ class StaticStep:
         scratch = self.scratch_block * bs
         ids, pos, slots = [0] * t, [0] * t, [scratch] * t
         width = max(len(c.block_table) for c in chunks)
-        tables = [self.scratch_block] * (b * width)
+        tables = [0] * (b * width)  # as in an eager batch: block 0 holds finite values to mask
         cu, ctx, qlens = [0] * (b + 1), [0] * b, [0] * b
         row = 0
         for i, c in enumerate(chunks):
@@ -124,9 +127,12 @@ class StaticStep:
 
     def run(self, model: torch.nn.Module, kv_caches: torch.Tensor, backend: object, batch: StepBatch,
             meta: object) -> torch.Tensor:
-        """The step function: logits [T, vocab] of every row of the bucket (padding rows too)."""
+        """The step function: logits [T, vocab] of every row of the bucket (padding rows too), in
+        the shared logits buffer."""
         hidden = model(batch, kv_caches, backend, meta)
-        return model.compute_logits(hidden)
+        out = self.logits[:batch.num_tokens]
+        out.copy_(model.compute_logits(hidden))
+        return out
 
 
 def prepared(backend: object, batch: StepBatch, static: dict, bucket: Bucket,

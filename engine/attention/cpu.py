@@ -50,7 +50,7 @@ class CpuBackend:
         if q.dtype != torch.float32:  # the kernel is float32 only
             return self._reference.forward(q, k, v, k_cache, v_cache, batch, self._reference.prepare(batch))
         write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
-        out = torch.empty_like(q)
+        out = torch.zeros_like(q)  # rows of no sequence (padding) stay finite: their K/V land in the cache
         if meta.groups is not None:
             kernels.paged_attention(q.contiguous(), k_cache, v_cache, batch.block_tables, meta.groups,
                                     batch.cu_seqlens_q, batch.context_lens_t, out)

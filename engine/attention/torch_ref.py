@@ -55,7 +55,7 @@ class TorchRefBackend:
 
     def forward(self, q, k, v, k_cache, v_cache, batch: StepBatch, meta: TorchMeta) -> torch.Tensor:
         write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
-        out = torch.empty_like(q)
+        out = torch.zeros_like(q)  # rows of no sequence (padding) stay finite: their K/V land in the cache
         if meta.group is not None:
             _attend_group(q, k_cache, v_cache, meta.group, out)
         for chunk in meta.long:

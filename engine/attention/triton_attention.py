@@ -294,7 +294,7 @@ def _check_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor)
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TritonMeta,
            sliding_window: int | None = None, key_tile: int = 64, max_rows: int = 128) -> torch.Tensor:
     """Attention of q [T, heads, d] over the paged cache as described by `meta` (the new K/V
-    already written). Returns [T, heads, d] in q's dtype; rows of no sequence are left unset.
+    already written). Returns [T, heads, d] in q's dtype; rows of no sequence are zero.
 
     Unless the launch is direct, programs write float32 partials, slot s of [parts, T, heads]:
     slots [0, splits) the own-key splits, [splits, 2 * splits) the shared prefix's splits."""
@@ -303,7 +303,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
     tokens, num_heads, head_dim = q.shape
     _, kv_heads, block_size, _ = k_cache.shape
     launch = meta.launch
-    out = torch.empty((tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    out = torch.zeros((tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)  # padding rows stay finite
     if tokens == 0:
         return out
     rep, splits = num_heads // kv_heads, launch.num_splits

@@ -329,7 +329,7 @@ def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_
 
     config = EngineConfig(model=tiny_model_dir, num_kv_blocks=64, block_size=4, attention_backend="torch")
     runner = ModelRunner(config, read_model_config(tiny_model_dir))
-    static = StaticStep(8, 32, 16, 4, runner.num_blocks, runner.device)
+    static = StaticStep(8, 32, 16, 4, runner.num_blocks, runner.model_config.vocab_size, runner.device)
     graphs = StepGraphs(runner.model, runner.kv_caches, TritonBackend(), static, capture=False)
     torch.manual_seed(0)
     start = torch.randn_like(runner.kv_caches)
