@@ -141,6 +141,11 @@ class BlockManager:
         seq.block_table.append(dst)
         return hit.partial_src, dst
 
+    def clear_cache(self) -> None:
+        """Forgets every cached block nobody holds (benchmarks: runs that must not share a cache)."""
+        for block in list(self._free):
+            self._evict(block)
+
     def copies_done(self) -> None:
         """The step's copies have run: their sources may go."""
         for block in self._copy_sources:

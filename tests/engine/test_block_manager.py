@@ -117,3 +117,14 @@ def test_out_of_blocks():
     hit = bm.match(b.token_slice(0, 9), 9)
     with pytest.raises(NoFreeBlocks):  # the partial block needs a copy, and no block is free
         bm.take(b, hit)
+
+
+def test_clearing_the_cache_forgets_only_what_nobody_holds():
+    bm = BlockManager(8, 2)
+    held = _computed(bm, _seq(0, [1, 2, 3, 4]))
+    gone = _computed(bm, _seq(1, [5, 6, 7, 8]))
+    bm.free(gone)
+    bm.clear_cache()
+    assert bm.match([5, 6, 7, 8], 4).blocks == () and len(bm.match([1, 2, 3, 4], 4).blocks) == 2
+    bm.free(held)
+    assert bm.num_free == 8

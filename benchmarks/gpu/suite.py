@@ -1,0 +1,388 @@
+"""The GPU suite: one command a GPU machine runs as it is (no downloads), in a few minutes.
+
+    python benchmarks/gpu/suite.py                      # one H100/H200: the CodeLlama-7B shape, bf16
+    python benchmarks/gpu/suite.py --device cpu --shape tiny --quick    # a smoke run anywhere
+
+Parts (each writes its results as soon as it ends; past --budget-s the rest is skipped and said so):
+  a  correctness on the device: engine greedy == Hugging Face greedy (embedded model, float32);
+     Triton attention == the torch reference (7B shape, bf16: logits after a prefill within
+     tolerance, greedy ids over 64 tokens); drafting == plain (embedded model, greedy and seeded
+     sampling); no leaked KV block;
+  b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
+     graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth);
+  c  the cost of a verify step with k draft tokens per sequence, by k, at batch 1, 16, 64;
+  d  trace replay of the real traces on the 7B shape (random weights; the recorded tokens are
+     taken wherever the engine picks one): plain against copy drafting (the adaptive policy, and a
+     fixed k=8), greedy at batch 1, all 164 greedy at once, pass@10 at 16, 64 and the whole 1,640
+     sequences at 256;
+  e  Hugging Face generate() on the same shape at batch 1 and 64.
+Writes gpu_suite_<stamp>.json/.md under benchmarks/results/ and, where $OUT is set, there too.
+The step costs of b and c are also written as a cost table the simulated device replays
+(benchmarks/simulated_device.py --table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [ROOT, os.path.dirname(HERE), HERE]
+
+import measure  # noqa: E402
+import shapes  # noqa: E402
+from traces import load_workload, replay_params  # noqa: E402
+
+from engine import DEFAULT_MODEL, LLM, SamplingParams  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
+from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
+from fastcodellama.job.tasks import load_tasks  # noqa: E402
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device(args.device)
+        self.deadline = time.monotonic() + args.budget_s
+        self.results: dict = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args),
+                              "skipped": [], "errors": {}}
+
+    def part(self, name: str, fn) -> None:
+        if time.monotonic() > self.deadline:
+            self.results["skipped"].append(name)
+            print(f"[{name}] skipped: past the time budget", file=sys.stderr, flush=True)
+            return
+        start = time.monotonic()
+        try:
+            self.results[name] = fn()
+        except Exception as e:  # noqa: BLE001 - one part failing must not lose the others' results
+            self.results["errors"][name] = f"{type(e).__name__}: {e}"
+            print(f"[{name}] failed: {e}", file=sys.stderr, flush=True)
+        self.results.setdefault("part_seconds", {})[name] = round(time.monotonic() - start, 1)
+        self.write()
+
+    def write(self) -> None:
+        os.makedirs(self.args.out, exist_ok=True)
+        path = os.path.join(self.args.out, f"gpu_suite_{measure.stamp(self.results['date'])}.json")
+        with open(path, "w") as f:
+            json.dump(self.results, f, indent=1, default=str)
+        if os.environ.get("OUT"):
+            shutil.copy(path, os.environ["OUT"])
+
+
+# ---------------------------------------------------------------------- a: correctness
+
+def correctness(args, device) -> dict:
+    out = {}
+    prompts = [t["prompt"] for t in load_tasks(None, 4 if args.quick else 8)]
+    tokens = 16 if args.quick else 64
+    greedy = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+    plain = LLM(DEFAULT_MODEL, device=args.device, dtype="float32", num_kv_blocks=1024)
+    ids = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
+    out["fast_paths"] = plain.engine.runner.paths.describe()
+    out["greedy_equals_hf"] = _equal_to_hf(prompts, ids, tokens, device)
+    drafted = LLM(DEFAULT_MODEL, device=args.device, dtype="float32", num_kv_blocks=1024,
+                  proposer=build_proposer(SpecConfig(policy="fixed")))
+    sampled = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_tokens=tokens, seed=3, ignore_eos=True)
+    out["greedy_drafting_equals_plain"] = ids == [o.outputs[0].token_ids
+                                                 for o in drafted.generate(prompts, greedy, use_tqdm=False)]
+    a = [[c.token_ids for c in o.outputs] for o in plain.generate(prompts, sampled, use_tqdm=False)]
+    b = [[c.token_ids for c in o.outputs] for o in drafted.generate(prompts, sampled, use_tqdm=False)]
+    out["sampled_drafting_equals_plain"] = a == b
+    out["drafted_tokens"] = drafted.engine.stats().spec.total_drafted
+    out["leaked_blocks"] = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free
+                               for e in (plain, drafted))
+    out.update(_triton_against_torch(args, device))
+    print(f"[a] {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
+def _equal_to_hf(prompts: list[str], ids: list[list[int]], tokens: int, device) -> str:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).to(device).eval()
+    tok = Tokenizer(DEFAULT_MODEL)
+    same = 0
+    for prompt, mine in zip(prompts, ids):
+        x = torch.tensor([tok.encode(prompt)], device=device)
+        theirs = hf.generate(x, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                             pad_token_id=0)[0, x.shape[1]:].tolist()
+        same += theirs == mine
+    return f"{same}/{len(prompts)}"
+
+
+def _triton_against_torch(args, device) -> dict:
+    if device.type != "cuda":
+        return {"triton_vs_torch": "not run (no CUDA device)"}
+    model = shapes.random_model(args.shape, shapes.DTYPES[args.dtype], device)
+    prompts = shapes.random_prompts(4, 160, shapes.SHAPES[args.shape]["vocab_size"], seed=7)
+    greedy = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    runs, logits = {}, {}
+    for backend in ("triton", "torch"):
+        engine = shapes.engine_for(model, args.device, args.dtype, 8, 1024, 512, 4.0, attention_backend=backend,
+                                   cuda_graphs=backend == "triton")
+        from engine.step_batch import SeqChunk, StepBatch
+
+        batch = StepBatch.build([SeqChunk(tuple(p), 0, tuple(range(i * 11, i * 11 + 10)), len(p) - 1)
+                                 for i, p in enumerate(prompts)], engine.config.block_size, device)
+        runner = engine.runner
+        logits[backend] = runner.model.compute_logits(runner.model(batch, runner.kv_caches, runner.backend))
+        for i, p in enumerate(prompts):
+            engine.add_request(f"{backend}-{i}", p, greedy)
+        done = {}
+        while engine.has_unfinished():
+            for o in engine.step(collect="finished"):
+                done[o.request_id.split("-")[1]] = o.outputs[0].token_ids
+        runs[backend] = [done[str(i)] for i in range(len(prompts))]
+        del engine
+        shapes.free(device)
+    diff = (logits["triton"] - logits["torch"]).abs().max().item()
+    scale = logits["torch"].abs().max().item()
+    first = [next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+             for a, b in zip(runs["triton"], runs["torch"])]
+    return {"triton_vs_torch_logits_max_abs": diff, "logits_max_abs": scale,
+            "triton_vs_torch_greedy_equal": f"{sum(f is None for f in first)}/{len(first)}",
+            "first_differing_token": first}
+
+
+# ---------------------------------------------------------------------- b, c: decode and verify
+
+def timed(engine, prompts: list[list[int]], samples: int, max_tokens: int, device) -> tuple[float, int]:
+    params = SamplingParams(n=samples, temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    steps = engine.stats().steps
+    engine.scheduler.blocks.clear_cache()
+    shapes.sync(device)
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"r{time.monotonic_ns()}-{i}", list(prompt), params)
+    while engine.has_unfinished():
+        engine.step()
+    shapes.sync(device)
+    return time.perf_counter() - start, engine.stats().steps - steps
+
+
+def decode_run(engine, batch: int, args, device) -> dict:
+    """Decode time: a run of gen_len tokens less a prefill-only run of the same requests."""
+    samples = min(10, batch)
+    prompts = shapes.random_prompts(max(1, batch // samples), args.prompt_len, 8000, seed=batch)
+    timed(engine, prompts[:1], 1, 2, device)
+    prefill_s, prefill_steps = timed(engine, prompts, samples, 1, device)
+    full_s, full_steps = timed(engine, prompts, samples, args.gen_len, device)
+    seqs = len(prompts) * samples
+    decode_s, steps = max(1e-9, full_s - prefill_s), max(1, full_steps - prefill_steps)
+    return {"batch": seqs, "decode_s": decode_s, "step_ms": 1000 * decode_s / steps,
+            "decode_tokens_per_s": seqs * (args.gen_len - 1) / decode_s}
+
+
+def decode_and_verify(args, device, model) -> dict:
+    bw = shapes.copy_bandwidth(device, (256 if args.quick else 2048) * 2**20)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    out = {"copy_bandwidth_gbs": bw / 1e9, "weight_gb": weight_bytes / 1e9,
+           "roofline_b1_tokens_per_s": bw / weight_bytes, "decode": [], "verify": []}
+    max_len = args.prompt_len + args.gen_len + 32
+    for graphs in ((True, False) if device.type == "cuda" else (False,)):
+        start = time.perf_counter()
+        engine = shapes.engine_for(model, args.device, args.dtype, max(args.batches), max(args.batches) * 17,
+                                   max_len, args.kv_cache_gb, cuda_graphs=graphs)
+        out.setdefault("engine_start_s", {})["graphs" if graphs else "eager"] = time.perf_counter() - start
+        if engine.runner.graphs is not None and engine.runner.graphs.report is not None:
+            out["graph_capture"] = engine.runner.graphs.report.describe()
+        for b in args.batches:
+            row = {"graphs": graphs, **decode_run(engine, b, args, device)}
+            row["share_of_roofline"] = row["decode_tokens_per_s"] / out["roofline_b1_tokens_per_s"] if b == 1 else None
+            out["decode"].append(row)
+            print(f"[b] graphs {graphs} batch {b}: {row['decode_tokens_per_s']:.1f} tok/s, step {row['step_ms']:.2f} ms",
+                  file=sys.stderr, flush=True)
+        if graphs or device.type != "cuda":
+            plain = {r["batch"]: r["step_ms"] for r in out["decode"] if r["graphs"] == graphs}
+            for b in args.verify_batches:
+                for k in args.verify_k:
+                    engine.proposer = shapes.AlwaysDrafts(k)
+                    row = decode_run(engine, b, args, device)
+                    engine.proposer = None
+                    out["verify"].append({"batch": row["batch"], "k": k, "rows": row["batch"] * (1 + k),
+                                          "step_ms": row["step_ms"], "plain_step_ms": plain.get(row["batch"]),
+                                          "cost_ratio": row["step_ms"] / plain[row["batch"]]
+                                          if row["batch"] in plain else None})
+                    print(f"[c] batch {b} k {k}: step {row['step_ms']:.2f} ms", file=sys.stderr, flush=True)
+        del engine
+        shapes.free(device)
+    return out
+
+
+def cost_table(part: dict) -> list[list[float]]:
+    """(sequences, rows, ms) of every measured decode and verify step: a table for the simulated device."""
+    decode = part.get("decode", [])
+    fast = [r for r in decode if r["graphs"]] or decode  # the graphed steps where there are some
+    rows = [[r["batch"], r["batch"], r["step_ms"]] for r in fast]
+    rows += [[v["batch"], v["rows"], v["step_ms"]] for v in part.get("verify", [])]
+    return rows
+
+
+# ---------------------------------------------------------------------- d: trace replay
+
+def replay(args, device, model) -> dict:
+    tok = Tokenizer(DEFAULT_MODEL)
+    greedy, passk = load_workload("greedy", tok), load_workload("passk", tok)
+    if args.quick:
+        greedy, passk = greedy[:4], passk[:3]
+    runs = [("greedy", 1, greedy[:10 if args.quick else 20]), ("greedy", 164, greedy),
+            ("passk", 16, passk[:4 if args.quick else 16]), ("passk", 64, passk[:8 if args.quick else 32]),
+            ("passk", 256, passk)]
+    policies = [("plain", None), ("adaptive", SpecConfig()), ("fixed k=8", SpecConfig(policy="fixed", k=8))]
+    engine = shapes.engine_for(model, args.device, args.dtype, 256, 4096, 2048, args.kv_cache_gb)
+    rows = []
+    for name, batch, requests in runs:
+        engine.scheduler.limits = type(engine.scheduler.limits)(batch, max(4096, batch * 17), engine.max_model_len)
+        for label, spec in policies:
+            if label.startswith("fixed") and batch == 256 and not args.quick:
+                continue  # the largest run is the longest: plain and the default policy only
+            engine.proposer = build_proposer(spec) if spec else None
+            engine.step_cost = type(engine.step_cost)()  # each run learns its costs afresh
+            engine.scheduler.blocks.clear_cache()
+            start_tokens, start_steps = engine.stats().generated_tokens, engine.stats().steps
+            shapes.sync(device)
+            start = time.perf_counter()
+            for i, r in enumerate(requests):
+                engine.add_request(f"{name}-{batch}-{label}-{i}", r.prompt, replay_params(name, r))
+            exact = True
+            while engine.has_unfinished():
+                for o in engine.step(collect="finished"):
+                    r = requests[int(o.request_id.rsplit("-", 1)[1])]
+                    exact &= all(tuple(c.token_ids[:len(r.continuations[c.index])]) == r.continuations[c.index]
+                                 for c in o.outputs)
+            shapes.sync(device)
+            wall = time.perf_counter() - start
+            tokens = engine.stats().generated_tokens - start_tokens
+            rows.append({"workload": name, "max_running": batch, "sequences": sum(len(r.continuations) for r in requests),
+                         "policy": label, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+                         "steps": engine.stats().steps - start_steps, "exact": exact,
+                         "leaked": engine.stats().num_blocks_total - engine.stats().num_blocks_free})
+            print(f"[d] {name} {batch} {label}: {tokens / wall:.1f} tok/s exact {exact}", file=sys.stderr, flush=True)
+    del engine
+    shapes.free(device)
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------------- e: Hugging Face
+
+def hf_generate(args, device) -> list[dict]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = shapes.SHAPES[args.shape]
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**cfg, bos_token_id=1, eos_token_id=2)).to(shapes.DTYPES[args.dtype]).eval()
+    shapes.randomize(model, device)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    rows = []
+    for b in args.hf_batches:
+        ids = torch.tensor(shapes.random_prompts(b, args.prompt_len, cfg["vocab_size"], seed=b), device=device)
+        times = []
+        with torch.no_grad():
+            model.generate(ids[:1], max_new_tokens=2, do_sample=False)
+            for n in (1, args.gen_len):
+                shapes.sync(device)
+                start = time.perf_counter()
+                model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               attention_mask=torch.ones_like(ids))
+                shapes.sync(device)
+                times.append(time.perf_counter() - start)
+        decode_s = max(1e-9, times[1] - times[0])
+        rows.append({"batch": b, "decode_tokens_per_s": b * (args.gen_len - 1) / decode_s})
+        print(f"[e] HF batch {b}: {rows[-1]['decode_tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+    del model
+    shapes.free(device)
+    return rows
+
+
+# ---------------------------------------------------------------------- the report
+
+def markdown(results: dict) -> str:
+    fmt = measure.fmt
+    lines = [f"# GPU suite ({results['date']})", "", f"machine: {results['machine']}",
+             f"shape: {results['args']['shape']}, {results['args']['dtype']}, random weights", ""]
+    if "a" in results:
+        lines += ["## a. correctness", "", *[f"- {k}: {v}" for k, v in results["a"].items()], ""]
+    b = results.get("b")
+    if b:
+        lines += ["## b. decode", "", f"copy bandwidth {b['copy_bandwidth_gbs']:.0f} GB/s, weights {b['weight_gb']:.2f} GB, "
+                  f"batch-1 roofline {b['roofline_b1_tokens_per_s']:.1f} tokens/s; {b.get('graph_capture', '')}", ""]
+        lines += measure.markdown_table(["batch", "graphs", "decode tok/s", "step ms", "of roofline"],
+                                        [[r["batch"], r["graphs"], fmt(r["decode_tokens_per_s"]), fmt(r["step_ms"], 2),
+                                          f"{r['share_of_roofline']:.0%}" if r["share_of_roofline"] else ""]
+                                         for r in b["decode"]])
+        lines += ["", "## c. verify steps", ""]
+        lines += measure.markdown_table(["batch", "k", "rows", "step ms", "plain ms", "cost ratio"],
+                                        [[v["batch"], v["k"], v["rows"], fmt(v["step_ms"], 2), fmt(v["plain_step_ms"], 2),
+                                          f"{v['cost_ratio']:.2f}x" if v["cost_ratio"] else ""] for v in b["verify"]])
+    d = results.get("d")
+    if d:
+        lines += ["", "## d. trace replay (7B shape)", ""]
+        lines += measure.markdown_table(["workload", "max running", "sequences", "policy", "tokens/s", "steps", "exact",
+                                         "leaked"],
+                                        [[r["workload"], r["max_running"], r["sequences"], r["policy"],
+                                          fmt(r["tokens_per_s"]), r["steps"], r["exact"], r["leaked"]] for r in d["rows"]])
+    if results.get("e"):
+        lines += ["", "## e. Hugging Face generate()", ""]
+        lines += measure.markdown_table(["batch", "decode tok/s"], [[r["batch"], fmt(r["decode_tokens_per_s"])]
+                                                                    for r in results["e"]])
+    if results["skipped"] or results["errors"]:
+        lines += ["", f"skipped (time budget): {results['skipped']}; errors: {results['errors']}"]
+    return "\n".join(lines)
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--shape", default="7b", choices=sorted(shapes.SHAPES))
+    ap.add_argument("--dtype", default="bfloat16", choices=sorted(shapes.DTYPES))
+    ap.add_argument("--batches", type=_ints, default=[1, 16, 64, 256])
+    ap.add_argument("--verify-batches", type=_ints, default=[1, 16, 64])
+    ap.add_argument("--verify-k", type=_ints, default=[1, 2, 4, 8, 16])
+    ap.add_argument("--hf-batches", type=_ints, default=[1, 64])
+    ap.add_argument("--prompt-len", type=int, default=160)
+    ap.add_argument("--gen-len", type=int, default=128)
+    ap.add_argument("--kv-cache-gb", type=float, default=60.0)
+    ap.add_argument("--parts", default="a,b,c,d,e", help="c runs with b")
+    ap.add_argument("--budget-s", type=float, default=450.0, help="skip the remaining parts after this")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--out", default=measure.RESULTS)
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: use --device cpu --shape tiny --quick for a smoke run")
+    suite = Suite(args)
+    device = suite.device
+    parts = set(args.parts.split(","))
+    if "a" in parts:
+        suite.part("a", lambda: correctness(args, device))
+    model = shapes.random_model(args.shape, shapes.DTYPES[args.dtype], device) if parts & {"b", "c", "d"} else None
+    if parts & {"b", "c"}:
+        suite.part("b", lambda: decode_and_verify(args, device, model))
+        suite.results["cost_table_ms"] = cost_table(suite.results.get("b", {}))
+    if "d" in parts:
+        suite.part("d", lambda: replay(args, device, model))
+    del model
+    shapes.free(device)
+    if "e" in parts:
+        suite.part("e", lambda: hf_generate(args, device))
+    text = markdown(suite.results)
+    measure.write_results(args.out, "gpu_suite", suite.results, text)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "gpu_suite.md"), "w") as f:
+            f.write(text + "\n")
+    return suite.results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The GPU suite (benchmarks/gpu/suite.py) runs end to end on the CPU at tiny sizes: what a GPU
+machine will run, minus the device, so that a lent GPU's minutes are not spent on a crash."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
+
+
+@pytest.mark.slow
+def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(BENCH, "gpu"))
+    monkeypatch.syspath_prepend(BENCH)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    os.makedirs(tmp_path / "out")
+    import suite
+
+    results = suite.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--quick", "--parts", "a,b",
+                          "--batches", "1,2", "--verify-batches", "1", "--verify-k", "2", "--gen-len", "4",
+                          "--prompt-len", "8", "--kv-cache-gb", "0.2", "--out", str(tmp_path)])
+    a, b = results["a"], results["b"]
+    assert a["greedy_equals_hf"] == "4/4" and a["greedy_drafting_equals_plain"] and a["sampled_drafting_equals_plain"]
+    assert a["drafted_tokens"] > 0 and a["leaked_blocks"] == 0
+    assert [r["batch"] for r in b["decode"]] == [1, 2] and b["verify"][0]["rows"] == 3
+    assert results["cost_table_ms"][0][:2] == [1, 1] and not results["errors"]
+    written = json.loads(next(p for p in (tmp_path / "out").iterdir() if p.suffix == ".json").read_text())
+    assert written["b"]["decode"] and (tmp_path / "out" / "gpu_suite.md").exists()
+    sys.modules.pop("suite", None)
