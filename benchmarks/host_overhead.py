@@ -53,6 +53,24 @@ class PhaseTimer:
         setattr(owner, name, timed)
 
 
+class TimedCall:
+    """A callable's calls timed into a phase (special methods are looked up on the type, so an
+    instance's __call__ cannot be wrapped in place)."""
+
+    def __init__(self, inner, timer: PhaseTimer, phase: str) -> None:
+        self.inner, self.timer, self.phase = inner, timer, phase
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.timer.seconds[self.phase] += time.perf_counter() - t0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer) -> LLMEngine:
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192)
     model = StubModel(read_model_config(DEFAULT_MODEL))
@@ -64,7 +82,7 @@ def instrument(engine: LLMEngine, timer: PhaseTimer) -> None:
     timer.wrap(engine.scheduler, "schedule", "schedule")
     timer.wrap(engine.runner, "execute", "batch + forward")
     timer.wrap(engine, "_sampling_rows", "sampling rows")
-    timer.wrap(engine.sampler, "__call__", "sampler")
+    engine.sampler = TimedCall(engine.sampler, timer, "sampler")
     timer.wrap(engine.scheduler, "postprocess", "verify + append + KV")
     timer.wrap(engine, "_account", "proposer feedback")
     timer.wrap(engine, "_propose", "propose")

@@ -24,7 +24,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
 from engine.step_cost import StepCost, StepTimer, measured
-from engine.stop_checker import StopChecker
+from engine.stop_checker import StopChecker, undecided_line_start
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -203,13 +203,15 @@ class LLMEngine:
         return outputs
 
     def _observe(self, out: SchedulerOutput, seconds: float) -> None:
-        """Teaches the step cost what this step took (decode and verify steps: a prefill chunk's
-        rows cost differently from draft rows)."""
-        if not out.scheduled or any(s.num_real > 1 for s in out.scheduled):
+        """The step's time through the step timer (a simulated device reads it off a table), and
+        what it teaches the step cost: decode and verify steps only (a prefill chunk's rows cost
+        differently from draft rows)."""
+        if not out.scheduled:
             return
-        seqs = len(out.scheduled)
-        rows = out.num_tokens
-        self.step_cost.observe(seqs, rows - seqs, self.step_timer(seqs, rows, seconds))
+        seqs, rows = len(out.scheduled), out.num_tokens
+        seconds = self.step_timer(seqs, rows, seconds)
+        if all(s.num_real == 1 for s in out.scheduled):
+            self.step_cost.observe(seqs, rows - seqs, seconds)
 
     def _sampling_rows(self, out: SchedulerOutput) -> list[SamplingRow]:
         """The rows to sample, in order: for each sequence that reaches its end, one per draft
@@ -298,10 +300,7 @@ class LLMEngine:
     def request_output(self, state: RequestState) -> RequestOutput:
         completions = []
         for seq in state.seqs:
-            text = seq.text
-            if not seq.is_finished and seq.params.stop:
-                # Hold back what could still become a stop string, so a stream never shows it.
-                text = text[: max(0, len(text) - max(len(s) for s in seq.params.stop) + 1)]
+            text = seq.text if seq.is_finished else _shown_text(seq)
             completions.append(CompletionOutput(
                 index=seq.sample_index, text=text, token_ids=list(seq.output_token_ids),
                 finish_reason=seq.finish_reason, logprobs=list(seq.logprobs) if seq.params.logprobs else None,
@@ -318,3 +317,17 @@ class LLMEngine:
             generated_tokens=self._generated, forward_time=self._forward_time, propose_time=self._propose_time,
             preemptions=s.num_preemptions, spec=self._spec, prompt_tokens_computed=s.num_prompt_tokens_computed,
             tokens_cached=self.block_manager.hit_tokens)
+
+
+def _shown_text(seq: Sequence) -> str:
+    """The text of an unfinished sequence that a stream may show: without what could still become
+    a stop string, nor a trailing blank line that could still turn out dedented (stop_at_dedent)."""
+    text, p = seq.text, seq.params
+    end = len(text)
+    if p.stop:
+        end = max(0, end - max(len(s) for s in p.stop) + 1)
+    if p.stop_at_dedent:
+        line = undecided_line_start(text)
+        if line is not None:
+            end = min(end, line)
+    return text[:end]

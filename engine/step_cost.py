@@ -118,26 +118,52 @@ class StepCost:
 
     # ------------------------------------------------------------------ estimates
     def plain(self, seqs: int) -> float | None:
-        """A step of `seqs` sequences without drafts."""
-        return self._at(bucket_of(SEQ_GRID, seqs), 0)
+        """A step of `seqs` sequences without drafts: its bucket, else linear between the nearest
+        measured batches around it, else the nearest one within 2x (a plain step's cost is smooth
+        in its sequences; a batch that only ever runs beside a prefill is never measured alone)."""
+        n = bucket_of(SEQ_GRID, seqs)
+        own = self._at(n, 0)
+        if own is not None:
+            return own
+        x = SEQ_GRID[n]
+        lower = next(((SEQ_GRID[i], e) for i in range(n - 1, -1, -1) if (e := self._at(i, 0)) is not None), None)
+        upper = next(((SEQ_GRID[i], e) for i in range(n + 1, len(SEQ_GRID)) if (e := self._at(i, 0)) is not None),
+                     None)
+        lower = lower if lower is not None and 2 * lower[0] >= x else None
+        upper = upper if upper is not None and upper[0] <= 2 * x else None
+        if lower is not None and upper is not None:
+            (x0, y0), (x1, y1) = lower, upper
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        near = lower or upper
+        return near[1] if near is not None else None
 
     def extra(self, seqs: int, draft_rows: int) -> float | None:
-        """What `draft_rows` draft tokens add to a step of `seqs` sequences (None: unknown)."""
+        """What `draft_rows` draft tokens add to a step of `seqs` sequences (None: unknown). Where
+        no drafting step of about as many sequences was measured, the nearest batch within 2x that
+        has some stands in: what a draft row costs changes slowly with the batch."""
         if draft_rows <= 0:
             return 0.0
         n = bucket_of(SEQ_GRID, seqs)
-        base = self._at(n, 0)
-        if base is None:
-            return None
-        r = bucket_of(ROW_GRID, draft_rows)
-        known = self._at(n, r)
-        if known is None:
-            known = self._near(n, r, draft_rows)
-        return None if known is None else max(0.0, known - base)
+        for near in self._nearest_drafting(n):
+            base = self._at(near, 0)
+            if base is None:
+                continue
+            r = bucket_of(ROW_GRID, draft_rows)
+            known = self._at(near, r)
+            if known is None:
+                known = self._near(near, r, draft_rows)
+            if known is not None:
+                return max(0.0, known - base)
+        return None
 
     def observed(self, seqs: int, draft_rows: int) -> bool:
         """Whether steps of this shape were measured (or seeded from the cache file)."""
         return self._at(bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows)) is not None
+
+    def _nearest_drafting(self, n: int) -> list[int]:
+        """Sequence buckets to read draft costs from: this one, then those within 2x, nearest first."""
+        around = [i for i in range(len(SEQ_GRID)) if i != n and SEQ_GRID[n] / 2 <= SEQ_GRID[i] <= 2 * SEQ_GRID[n]]
+        return [n, *sorted(around, key=lambda i: abs(i - n))]
 
     def _at(self, n: int, r: int) -> float | None:
         bucket = self._buckets.get((n, r))

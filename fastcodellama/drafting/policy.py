@@ -16,9 +16,10 @@ Beliefs are corrected by an explicit exploration budget, per batch size (a bucke
   - while drafting is believed to pay, every CONTROL_EVERY-th step runs without drafts, so that
     the plain cost it is judged against stays fresh (an optimistic belief is also corrected by
     the drafting steps' own measured cost and acceptance, every step);
-  - while it is believed not to pay (or its cost is unknown), a step drafts anyway every
-    `interval` steps, at most EXPLORE_ROWS draft tokens per sequence; the interval starts at
-    EXPLORE_MIN and doubles up to EXPLORE_MAX while exploring keeps confirming the belief.
+  - while it is believed not to pay (or its cost is unknown), a step drafts anyway: at once the
+    first time at a batch size, then every `interval` steps, EXPLORE_ROWS draft tokens per
+    sequence; the interval starts at EXPLORE_MIN and doubles up to EXPLORE_MAX while exploring
+    keeps confirming the belief.
 So a wrong belief lasts at most EXPLORE_MAX steps at a batch size, in either direction.
 """
 from __future__ import annotations
@@ -115,7 +116,8 @@ class DraftPolicy:
             return Decision(state.step % CONTROL_EVERY != 0)
         if state.believed:  # the belief turned: explore from the shortest interval again
             state.believed, state.last_explore = False, state.step
-        if state.step - state.last_explore >= state.interval:
+        first = state.explorations == 0  # nothing measured yet at this batch: explore at once
+        if first or state.step - state.last_explore >= state.interval:
             state.last_explore = state.step
             state.interval = min(2 * state.interval, EXPLORE_MAX)
             state.explorations += 1

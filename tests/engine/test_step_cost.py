@@ -50,6 +50,18 @@ def test_unknown_shapes_are_unknown_unless_a_plain_step_of_as_many_rows_was_seen
     assert cost.extra(4, 4) == pytest.approx(1.0)  # 4 sequences + 4 rows read like 8 sequences
 
 
+def test_nearby_batches_stand_in_for_an_unmeasured_one():
+    cost = StepCost()
+    cost.observe(4, 0, 2.0)
+    cost.observe(8, 0, 4.0)
+    assert cost.plain(6) == pytest.approx(3.0)  # between measured batches
+    assert cost.plain(12) == pytest.approx(4.0)  # the nearest within 2x
+    assert cost.plain(32) is None  # nothing within 2x
+    cost.observe(8, 8, 5.0)
+    assert cost.extra(12, 8) == pytest.approx(1.0)  # draft rows cost about the same at 8 and 12 sequences
+    assert cost.extra(64, 8) is None
+
+
 def test_what_was_learned_is_kept_per_key_and_gives_way_to_new_observations(tmp_path):
     first = StepCost(KEY, str(tmp_path))
     first.observe(1, 0, 0.5)

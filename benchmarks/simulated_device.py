@@ -1,0 +1,197 @@
+"""A device this project does not have, simulated: the real traces replayed through the whole
+engine (scheduler, prefix cache, proposer and its policy, verification, rollback) over a model
+that costs nothing (engine.models.stub.StubModel), each step's time read off a recorded cost table
+instead of the clock. The engine learns its step cost from those times, as it would on the device,
+so the draft policy is judged and tuned here for a GPU: against no drafting and against every
+fixed draft length k at every batch, and the best fixed policy in hindsight.
+
+Tables (--table):
+  h200-reference   the engine's torch reference path on an H200 (../shared/measurements/
+                   h200_engine_torch_reference_decode_7b_20261204.json): decode steps by batch,
+                   verify steps by batch and draft tokens
+  PATH.json        a benchmarks/gpu/suite.py result (its "cost_table_ms": sequences, rows, ms)
+A table's points are (sequences, rows, ms); between them the cost is interpolated: the plain step
+by sequences, the draft rows' extra cost by rows at the nearest measured batches.
+
+    python benchmarks/simulated_device.py                                   # h200-reference, all workloads
+    python benchmarks/simulated_device.py --table benchmarks/results/gpu_suite_X.json --batches 1,64
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import measure  # noqa: E402
+from traces import WORKLOADS, load_workload, replay_params  # noqa: E402
+
+from engine import DEFAULT_MODEL, EngineConfig  # noqa: E402
+from engine.llm_engine import LLMEngine  # noqa: E402
+from engine.models.registry import read_model_config  # noqa: E402
+from engine.models.stub import StubModel  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
+from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
+
+MEASUREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "measurements")
+FIXED_K = (1, 2, 4, 8, 16, 20)
+
+
+class CostTable:
+    """ms of a step of `seqs` sequences and `rows` rows, from (sequences, rows, ms) points."""
+
+    def __init__(self, points: list[tuple[int, int, float]]) -> None:
+        plain = sorted({(s, ms) for s, r, ms in points if r == s})
+        if not plain:
+            raise ValueError("a cost table needs plain steps (rows == sequences)")
+        self.plain_pts = plain
+        extra: dict[int, list[tuple[int, float]]] = {}
+        for s, r, ms in points:
+            if r > s:
+                extra.setdefault(s, []).append((r - s, max(0.0, ms - self.plain(s))))
+        self.extra_pts = {s: sorted([(0, 0.0), *pts]) for s, pts in extra.items()}
+
+    def plain(self, seqs: int) -> float:
+        return _interp(self.plain_pts, seqs)
+
+    def extra(self, seqs: int, draft_rows: int) -> float:
+        if draft_rows <= 0 or not self.extra_pts:
+            return 0.0
+        batches = sorted(self.extra_pts)
+        i = bisect.bisect_left(batches, seqs)
+        near = [b for b in batches[max(0, i - 1):i + 1]]
+        if len(near) == 1 or near[0] == near[1]:
+            return _interp(self.extra_pts[near[0]], draft_rows)
+        lo, hi = near
+        w = (math.log(seqs) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return (1 - w) * _interp(self.extra_pts[lo], draft_rows) + w * _interp(self.extra_pts[hi], draft_rows)
+
+    def __call__(self, seqs: int, rows: int, measured_s: float) -> float:
+        """The engine's StepTimer: the table's seconds for this step, whatever it took here."""
+        return (self.plain(seqs) + self.extra(seqs, rows - seqs)) / 1000.0
+
+
+def _interp(points: list[tuple[int, float]], x: float) -> float:
+    """Piecewise linear, extended at the ends with the nearest segment's slope (never below 0)."""
+    if len(points) == 1:
+        return points[0][1]
+    xs = [p[0] for p in points]
+    i = min(max(bisect.bisect_right(xs, x), 1), len(points) - 1)
+    (x0, y0), (x1, y1) = points[i - 1], points[i]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
+def load_table(name: str) -> tuple[CostTable, str]:
+    if name == "h200-reference":
+        with open(os.path.join(MEASUREMENTS, "h200_engine_torch_reference_decode_7b_20261204.json")) as f:
+            data = json.load(f)
+        points = [(r["batch"], r["batch"], r["step_ms"]) for r in data["engine"]]
+        points += [(v["batch"], v["tokens_in_step"], v["step_ms"]) for v in data["verify"]]
+        return CostTable(points), "H200, the engine's torch reference path (shared/measurements)"
+    with open(name) as f:
+        data = json.load(f)
+    return CostTable([tuple(p) for p in data["cost_table_ms"]]), f"{name} ({data.get('machine', '')})"
+
+
+class SimClock:
+    """The engine's step timer on the simulated device: each step's seconds from the table, summed."""
+
+    def __init__(self, table: CostTable) -> None:
+        self.table, self.seconds, self.steps = table, 0.0, 0
+
+    def __call__(self, seqs: int, rows: int, measured_s: float) -> float:
+        s = self.table(seqs, rows, measured_s)
+        self.seconds += s
+        self.steps += 1
+        return s
+
+
+def run(table: CostTable, workload: str, requests, batch: int, spec: SpecConfig | None, tokenizer) -> dict:
+    clock = SimClock(table)
+    config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 24 * batch), num_kv_blocks=16384)
+    engine = LLMEngine(config, proposer=build_proposer(spec) if spec else None,
+                       model=StubModel(read_model_config(DEFAULT_MODEL)), tokenizer=tokenizer, step_timer=clock)
+    start = time.perf_counter()
+    for i, r in enumerate(requests):
+        engine.add_request(f"r{i}", r.prompt, replay_params(workload, r))
+    exact = True
+    while engine.has_unfinished():
+        for o in engine.step(collect="finished"):
+            r = requests[int(o.request_id[1:])]
+            exact &= all(tuple(c.token_ids[:len(r.continuations[c.index])]) == r.continuations[c.index]
+                         for c in o.outputs)
+    stats = engine.stats()
+    tokens = stats.generated_tokens
+    return {"tokens": tokens, "device_s": clock.seconds, "tokens_per_s": tokens / clock.seconds,
+            "steps": clock.steps, "host_s": time.perf_counter() - start, "exact": exact,
+            "drafted": stats.spec.total_drafted, "accepted": stats.spec.total_accepted,
+            "leaked": stats.num_blocks_total - stats.num_blocks_free,
+            "tokens_per_forward": tokens / max(1, stats.spec.decode_steps)}
+
+
+def policies(k_max: int = 20) -> list[tuple[str, SpecConfig | None]]:
+    return ([("plain", None), ("adaptive", SpecConfig())]
+            + [(f"fixed k={k}", SpecConfig(policy="fixed", k=k)) for k in FIXED_K if k <= k_max])
+
+
+def subset(requests, batch: int, min_sequences: int):
+    per = len(requests[0].continuations)
+    want = max(min_sequences, 4 * batch)
+    return requests[: max(1, min(len(requests), math.ceil(want / per)))]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", default="h200-reference")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--batches", default="1,16,64,256")
+    ap.add_argument("--min-sequences", type=int, default=20)
+    ap.add_argument("--pass100-tasks", type=int, default=8)
+    ap.add_argument("--out", default=measure.RESULTS)
+    args = ap.parse_args(argv)
+    table, described = load_table(args.table)
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    results = {"machine": measure.machine(), "date": measure.utc_now(), "table": described, "args": vars(args),
+               "rows": []}
+    for workload in args.workloads.split(","):
+        requests = load_workload(workload, tokenizer, pass100_tasks=args.pass100_tasks)
+        for batch in (int(b) for b in args.batches.split(",")):
+            chosen = subset(requests, batch, args.min_sequences)
+            runs = {label: run(table, workload, chosen, batch, spec, tokenizer) for label, spec in policies()}
+            fixed = {k: v for k, v in runs.items() if k.startswith("fixed") or k == "plain"}
+            best = max(fixed, key=lambda k: fixed[k]["tokens_per_s"])
+            row = {"workload": workload, "batch": batch, "sequences": sum(len(r.continuations) for r in chosen),
+                   "runs": runs, "best_fixed": best,
+                   "adaptive_vs_best_fixed": runs["adaptive"]["tokens_per_s"] / fixed[best]["tokens_per_s"],
+                   "adaptive_vs_plain": runs["adaptive"]["tokens_per_s"] / runs["plain"]["tokens_per_s"]}
+            results["rows"].append(row)
+            print(f"{workload} batch {batch}: adaptive {row['adaptive_vs_plain']:.2f}x plain, "
+                  f"{row['adaptive_vs_best_fixed']:.3f} of the best fixed ({best}); exact "
+                  f"{all(r['exact'] for r in runs.values())}", flush=True)
+    write(results, args.out)
+    return results
+
+
+def write(results: dict, out_dir: str) -> None:
+    lines = [f"# Simulated device ({results['date']})", "", f"cost table: {results['table']}",
+             f"host: {results['machine']}", "",
+             "tokens/s of device time (the table's), every output checked equal to its trace", "",
+             "| workload | max running | seqs | plain | adaptive | best fixed | adaptive / plain | adaptive / best fixed "
+             "| tokens per forward (batch 1) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        runs = r["runs"]
+        tpf = runs["adaptive"]["tokens_per_forward"]
+        lines.append(f"| {r['workload']} | {r['batch']} | {r['sequences']} | {runs['plain']['tokens_per_s']:.1f} | "
+                     f"{runs['adaptive']['tokens_per_s']:.1f} | {r['best_fixed']} {runs[r['best_fixed']]['tokens_per_s']:.1f} | "
+                     f"{r['adaptive_vs_plain']:.3f}x | {r['adaptive_vs_best_fixed']:.3f} | "
+                     f"{'' if tpf is None else f'{tpf:.3f}'} |")
+    measure.write_results(out_dir, "simulated_device", results, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
