@@ -59,8 +59,8 @@ class StepBatch:
             cu.append(cu[-1] + n)
         max_blocks = max((len(c.block_table) for c in chunks), default=1) or 1
         tables = [v for c in chunks for v in (*c.block_table, *(0,) * (max_blocks - len(c.block_table)))]
-        # Two host tensors (and two copies to the device) instead of one per field: at batch 1 a
-        # step is ~1 ms and each small tensor costs microseconds.
+        # Two host tensors (and two copies to the device) instead of one per field: each small
+        # tensor costs a fixed overhead that a short step feels.
         longs = torch.tensor(input_ids + positions + slots + logits_rows + tables, dtype=torch.long).to(device)
         ints = torch.tensor(cu + context_lens, dtype=torch.int32).to(device)
         t, n = len(input_ids), len(logits_rows)

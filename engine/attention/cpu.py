@@ -13,8 +13,8 @@ from engine.kernels import cpu as kernels
 from engine.step_batch import StepBatch
 
 
-# Measured on the 2-core AVX2 CPU, embedded model: a 128-token prefill runs ~1.6x faster
-# through the kernel than through SDPA; the kernel's score buffer grows with new x cached tokens.
+# Longer chunks go to SDPA: the kernel's score buffer grows with new x cached tokens
+# (benchmarks/step_cost.py compares the two).
 KERNEL_QUERY = 512
 
 
@@ -39,7 +39,7 @@ class CpuBackend:
             return CpuMeta(kernels.SharedGroups.build(None, batch.block_tables, batch.context_lens_t,
                                                       batch.block_size), _NO_LONG)
         short = [i for i, q in enumerate(batch.query_lens) if q <= KERNEL_QUERY]
-        reference = torch_ref.TorchMeta(None, tuple(torch_ref._long_chunk(batch, i) for i in long))
+        reference = torch_ref.TorchMeta(None, tuple(torch_ref.long_chunk(batch, i) for i in long))
         groups = None
         if short:
             groups = kernels.SharedGroups.build(torch.tensor(short, dtype=torch.int64), batch.block_tables,
@@ -55,5 +55,5 @@ class CpuBackend:
             kernels.paged_attention(q.contiguous(), k_cache, v_cache, batch.block_tables, meta.groups,
                                     batch.cu_seqlens_q, batch.context_lens_t, out)
         for chunk in meta.reference.long:
-            torch_ref._attend_long(q, k_cache, v_cache, chunk, out)
+            torch_ref.attend_long(q, k_cache, v_cache, chunk, out)
         return out

@@ -51,7 +51,7 @@ class TorchRefBackend:
         long = [i for i, q in enumerate(batch.query_lens) if q > SHORT_QUERY]
         window = self.sliding_window
         return TorchMeta(_padded_group(batch, short, window) if short else None,
-                         tuple(_long_chunk(batch, i, window) for i in long))
+                         tuple(long_chunk(batch, i, window) for i in long))
 
     def forward(self, q, k, v, k_cache, v_cache, batch: StepBatch, meta: TorchMeta) -> torch.Tensor:
         write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
@@ -59,7 +59,7 @@ class TorchRefBackend:
         if meta.group is not None:
             _attend_group(q, k_cache, v_cache, meta.group, out)
         for chunk in meta.long:
-            _attend_long(q, k_cache, v_cache, chunk, out)
+            attend_long(q, k_cache, v_cache, chunk, out)
         return out
 
 
@@ -86,7 +86,7 @@ def _padded_group(batch: StepBatch, seqs: list[int], window: int | None = None) 
     return PaddedGroup(seq_index, row_index, row_valid, tables, mask[:, None])
 
 
-def _long_chunk(batch: StepBatch, i: int, window: int | None = None) -> LongChunk:
+def long_chunk(batch: StepBatch, i: int, window: int | None = None) -> LongChunk:
     device = batch.input_ids.device
     cu = batch.cu_seqlens_q.tolist()
     ctx, qlen = batch.context_lens[i], batch.query_lens[i]
@@ -122,7 +122,7 @@ def _attend_group(q, k_cache, v_cache, g: PaddedGroup, out: torch.Tensor) -> Non
     out[g.row_index[g.row_valid]] = o[g.row_valid]
 
 
-def _attend_long(q, k_cache, v_cache, c: LongChunk, out: torch.Tensor) -> None:
+def attend_long(q, k_cache, v_cache, c: LongChunk, out: torch.Tensor) -> None:
     kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
     blocks, offsets = c.slots // block_size, c.slots % block_size
     keys = k_cache[blocks, :, offsets].transpose(0, 1)[None]  # [1, kvh, ctx, d]

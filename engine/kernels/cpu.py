@@ -26,6 +26,29 @@ FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 PORTABLE_FLAGS = ("-O3", "-march=x86-64", "-mno-avx2", "-mno-fma", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 
 
+_F = ctypes.c_float
+
+
+class AttentionArgs(ctypes.Structure):
+    """cpu_kernels.c AttentionArgs, field for field."""
+
+    _fields_ = [("q", _P), ("k_cache", _P), ("v_cache", _P), ("block_tables", _P), ("table_stride", _I),
+                ("members", _P), ("group_offsets", _P), ("shared_len", _P), ("num_groups", _I),
+                ("cu_seqlens", _P), ("context_lens", _P), ("num_heads", _I), ("num_kv_heads", _I),
+                ("head_dim", _I), ("block_size", _I), ("scale", _F), ("out", _P)]
+
+
+class StackArgs(ctypes.Structure):
+    """cpu_kernels.c StackArgs, field for field."""
+
+    _fields_ = [("x", _P), ("tokens", _I), ("hidden", _I), ("intermediate", _I), ("num_layers", _I),
+                ("weights", _P), ("eps", _F), ("cos", _P), ("sin", _P), ("kv_caches", _P), ("num_blocks", _I),
+                ("slot_mapping", _P), ("block_tables", _P), ("table_stride", _I), ("members", _P),
+                ("group_offsets", _P), ("shared_len", _P), ("num_groups", _I), ("cu_seqlens", _P),
+                ("context_lens", _P), ("num_heads", _I), ("num_kv_heads", _I), ("head_dim", _I), ("block_size", _I),
+                ("scale", _F)]
+
+
 @functools.cache
 def load() -> ctypes.CDLL | None:
     cc = compiler()
@@ -44,13 +67,12 @@ def load() -> ctypes.CDLL | None:
 def build(cc: str, flags: tuple[str, ...]) -> ctypes.CDLL:
     """cpu_kernels.c built with these flags (cached), its functions typed for ctypes."""
     lib = ctypes.CDLL(str(compile_once(cc, SOURCE, flags, "cpu_kernels", libs=("-lm",))))
-    lib.paged_attention.argtypes = [_P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, ctypes.c_float, _P]
+    lib.paged_attention_args.argtypes = [ctypes.POINTER(AttentionArgs)]
+    lib.decoder_stack_args.argtypes = [ctypes.POINTER(StackArgs)]
     lib.sample_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P]
     lib.linear_bf16.argtypes = [_P, _I, _I, _P, _I, _P]
     lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
-    lib.decoder_stack.argtypes = [_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _I,
-                                  _P, _P, _I, _I, _I, _I, ctypes.c_float]
-    for fn in (lib.paged_attention, lib.sample_rows, lib.linear_bf16, lib.rms_norm, lib.decoder_stack):
+    for fn in (lib.paged_attention_args, lib.sample_rows, lib.linear_bf16, lib.rms_norm, lib.decoder_stack_args):
         fn.restype = None
     return lib
 
@@ -79,11 +101,14 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     _, heads, head_dim = q.shape
     _, kv_heads, block_size, _ = k_cache.shape
     f32, i64 = torch.float32, torch.int64
-    load().paged_attention(
-        _ptr(q, f32), _ptr(k_cache, f32), _ptr(v_cache, f32), _ptr(block_tables, i64), block_tables.shape[1],
-        _ptr(groups.members, i64), _ptr(groups.offsets, i64), _ptr(groups.shared_len, i64),
-        groups.shared_len.shape[0], _ptr(cu_seqlens, torch.int32), _ptr(context_lens, torch.int32),
-        heads, kv_heads, head_dim, block_size, head_dim ** -0.5, _ptr(out, f32))
+    args = AttentionArgs(
+        q=_ptr(q, f32), k_cache=_ptr(k_cache, f32), v_cache=_ptr(v_cache, f32),
+        block_tables=_ptr(block_tables, i64), table_stride=block_tables.shape[1], members=_ptr(groups.members, i64),
+        group_offsets=_ptr(groups.offsets, i64), shared_len=_ptr(groups.shared_len, i64),
+        num_groups=groups.shared_len.shape[0], cu_seqlens=_ptr(cu_seqlens, torch.int32),
+        context_lens=_ptr(context_lens, torch.int32), num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        block_size=block_size, scale=head_dim ** -0.5, out=_ptr(out, f32))
+    load().paged_attention_args(ctypes.byref(args))
 
 
 @dataclass(frozen=True)
@@ -181,9 +206,12 @@ def decoder_stack(x: torch.Tensor, intermediate: int, weights: torch.Tensor, eps
     tokens, hidden = x.shape
     layers, _, num_blocks, kv_heads, block_size, head_dim = kv_caches.shape
     f32, i64 = torch.float32, torch.int64
-    load().decoder_stack(
-        _ptr(x, f32), tokens, hidden, intermediate, layers, _ptr(weights, i64), eps, _ptr(cos, f32), _ptr(sin, f32),
-        _ptr(kv_caches, f32), num_blocks, _ptr(slot_mapping, i64), _ptr(block_tables, i64), block_tables.shape[1],
-        _ptr(groups.members, i64), _ptr(groups.offsets, i64), _ptr(groups.shared_len, i64),
-        groups.shared_len.shape[0], _ptr(cu_seqlens, torch.int32), _ptr(context_lens, torch.int32),
-        num_heads, kv_heads, head_dim, block_size, head_dim ** -0.5)
+    args = StackArgs(
+        x=_ptr(x, f32), tokens=tokens, hidden=hidden, intermediate=intermediate, num_layers=layers,
+        weights=_ptr(weights, i64), eps=eps, cos=_ptr(cos, f32), sin=_ptr(sin, f32), kv_caches=_ptr(kv_caches, f32),
+        num_blocks=num_blocks, slot_mapping=_ptr(slot_mapping, i64), block_tables=_ptr(block_tables, i64),
+        table_stride=block_tables.shape[1], members=_ptr(groups.members, i64), group_offsets=_ptr(groups.offsets, i64),
+        shared_len=_ptr(groups.shared_len, i64), num_groups=groups.shared_len.shape[0],
+        cu_seqlens=_ptr(cu_seqlens, torch.int32), context_lens=_ptr(context_lens, torch.int32), num_heads=num_heads,
+        num_kv_heads=kv_heads, head_dim=head_dim, block_size=block_size, scale=head_dim ** -0.5)
+    load().decoder_stack_args(ctypes.byref(args))

@@ -610,3 +610,49 @@ void decoder_stack(float *x, int64_t T, int64_t H, int64_t I, int64_t num_layers
     }
     free(h); free(qkv); free(q); free(attn); free(gu); free(act); free(o);
 }
+
+
+/* ------------------------------------------------------------------ entry points taking one struct
+ * (engine/kernels/cpu.py fills them by field name: no long positional argument lists). */
+
+typedef struct {
+    const float *q, *k_cache, *v_cache;
+    const int64_t *block_tables;
+    int64_t table_stride;
+    const int64_t *members, *group_offsets, *shared_len;
+    int64_t num_groups;
+    const int32_t *cu_seqlens, *context_lens;
+    int64_t num_heads, num_kv_heads, head_dim, block_size;
+    float scale;
+    float *out;
+} AttentionArgs;
+
+void paged_attention_args(const AttentionArgs *a) {
+    paged_attention(a->q, a->k_cache, a->v_cache, a->block_tables, a->table_stride, a->members, a->group_offsets,
+                    a->shared_len, a->num_groups, a->cu_seqlens, a->context_lens, a->num_heads, a->num_kv_heads,
+                    a->head_dim, a->block_size, a->scale, a->out);
+}
+
+typedef struct {
+    float *x;
+    int64_t tokens, hidden, intermediate, num_layers;
+    const int64_t *weights;
+    float eps;
+    const float *cos, *sin;
+    float *kv_caches;
+    int64_t num_blocks;
+    const int64_t *slot_mapping, *block_tables;
+    int64_t table_stride;
+    const int64_t *members, *group_offsets, *shared_len;
+    int64_t num_groups;
+    const int32_t *cu_seqlens, *context_lens;
+    int64_t num_heads, num_kv_heads, head_dim, block_size;
+    float scale;
+} StackArgs;
+
+void decoder_stack_args(const StackArgs *a) {
+    decoder_stack(a->x, a->tokens, a->hidden, a->intermediate, a->num_layers, a->weights, a->eps, a->cos, a->sin,
+                  a->kv_caches, a->num_blocks, a->slot_mapping, a->block_tables, a->table_stride, a->members,
+                  a->group_offsets, a->shared_len, a->num_groups, a->cu_seqlens, a->context_lens, a->num_heads,
+                  a->num_kv_heads, a->head_dim, a->block_size, a->scale);
+}

@@ -17,8 +17,8 @@ from torch import nn
 
 from engine.kernels.cpu import linear_bf16, pack_bf16
 
-# Measured on the 2-core AVX2 CPU: the kernel beats F.linear at 1 to 1024 rows on the embedded
-# model's shapes and at 1 to 512 rows on CodeLlama-7B's (4096 x 4096, 11008 x 4096).
+# Up to here the kernel beats F.linear on the shapes of the embedded model and of CodeLlama-7B
+# (benchmarks/step_cost.py; figures in benchmarks/results/).
 SMALL_ROWS = 512
 
 
