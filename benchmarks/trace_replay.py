@@ -42,8 +42,10 @@ CEILING = {"greedy": ("self, n=1", 1.92), "passk": ("self + 10 siblings side by 
            "pass100": ("(not in the ceiling file)", None)}
 
 
-def run(model: str, requests: list[Request], name: str, batch: int, drafting: bool) -> dict:
-    proposer = build_proposer(SpecConfig()) if drafting else None
+def run(model: str, requests: list[Request], name: str, batch: int, drafting: bool,
+        spec: SpecConfig | None = None) -> dict:
+    """One run: plain, the default drafting, or drafting with `spec` (e.g. a fixed k)."""
+    proposer = build_proposer(spec or SpecConfig()) if drafting else None
     llm = LLM(model, proposer=proposer, max_num_seqs=batch, max_num_batched_tokens=max(2048, batch * 8))
     engine = llm.engine
     start = time.perf_counter()
@@ -70,14 +72,25 @@ def run(model: str, requests: list[Request], name: str, batch: int, drafting: bo
             "replay_exact": bool(exact), "leaked_blocks": leaked}
 
 
-def best_of(repeats: int, model: str, requests: list[Request], name: str, batch: int) -> tuple[dict, dict]:
-    """Plain and drafting run alternately; the fastest of each (other load on a shared machine only
-    ever adds time)."""
+def best_of(repeats: int, model: str, requests: list[Request], name: str, batch: int,
+            fixed_k: tuple[int, ...] = ()) -> tuple[dict, dict]:
+    """Plain and drafting run alternately (and each fixed k once per repeat, after them); the
+    fastest of each (other load on a shared machine only ever adds time). The drafting row gets
+    the best fixed policy in hindsight: the fastest of plain and every fixed k."""
     runs: dict[bool, list[dict]] = {False: [], True: []}
+    fixed: dict[int, list[dict]] = {k: [] for k in fixed_k}
     for _ in range(repeats):
         for drafting in (False, True):
             runs[drafting].append(run(model, requests, name, batch, drafting))
+        for k in fixed_k:
+            fixed[k].append(run(model, requests, name, batch, True, SpecConfig(policy="fixed", k=k)))
     plain, draft = (max(runs[d], key=lambda r: r["tokens_per_s"]) for d in (False, True))
+    if fixed_k:
+        best = {f"fixed k={k}": max(r["tokens_per_s"] for r in rs) for k, rs in fixed.items()}
+        best["plain"] = plain["tokens_per_s"]
+        label = max(best, key=best.get)
+        draft["best_fixed"], draft["vs_best_fixed"] = label, draft["tokens_per_s"] / best[label]
+        draft["fixed_tokens_per_s"] = best
     # Each drafting run against the plain run just before it: slow drift of the machine's speed
     # cancels in a pair, where a fastest-of-each could pair a fast moment with a slow one.
     draft["pair_ratios"] = [d["tokens_per_s"] / p["tokens_per_s"] for p, d in zip(runs[False], runs[True])]
@@ -104,6 +117,8 @@ def main() -> None:
     ap.add_argument("--pass100-tasks", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=1,
                     help="run plain and drafting alternately this many times; keep each one's fastest run")
+    ap.add_argument("--fixed-k", default="",
+                    help="also run fixed draft lengths (e.g. 1,2,4,8,16,20): the best fixed policy in hindsight")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args()
     tokenizer = LLM(args.model).tokenizer
@@ -114,13 +129,15 @@ def main() -> None:
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             chosen = subset(requests, batch, args.min_sequences)
-            plain, draft = best_of(args.repeats, args.model, chosen, name, batch)
+            fixed_k = tuple(int(k) for k in args.fixed_k.split(",") if k.strip())
+            plain, draft = best_of(args.repeats, args.model, chosen, name, batch, fixed_k)
             draft["speedup"] = draft["tokens_per_s"] / plain["tokens_per_s"]
             rows += [plain, draft]
             print(f"{name} batch {batch}: {len(chosen)} requests, plain {plain['tokens_per_s']:.1f} tok/s, "
                   f"drafting {draft['tokens_per_s']:.1f} tok/s ({draft['speedup']:.2f}x; pairs "
                   f"{' '.join(f'{x:.2f}' for x in draft['pair_ratios'])}), "
-                  f"{draft['tokens_per_forward']:.3f} tokens/forward, exact {plain['replay_exact'] and draft['replay_exact']}",
+                  f"{draft['tokens_per_forward']:.3f} tokens/forward, exact {plain['replay_exact'] and draft['replay_exact']}"
+                  + (f", {draft['vs_best_fixed']:.3f} of the best fixed ({draft['best_fixed']})" if fixed_k else ""),
                   flush=True)
         results["workloads"][name] = rows
     write(results, args.out)
@@ -132,8 +149,8 @@ def write(results: dict, out_dir: str) -> None:
              "paired ratios: each drafting run over the plain run just before it",
              "", "| workload | max running | requests | seqs | system | tokens | tokens/s | speedup | tokens/forward "
              "| ceiling | drafted (self/sibling/other) | accepted (self/sibling/other) | propose share | exact | leaked "
-             "| paired ratios |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| paired ratios | vs best fixed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results["workloads"].items():
         label, ceiling = CEILING[name]
         for r in rows:
@@ -143,9 +160,15 @@ def write(results: dict, out_dir: str) -> None:
                 f"| {r['tokens']} | {r['tokens_per_s']:.1f} | {r.get('speedup', 1.0):.2f}x | {r['tokens_per_forward']:.3f} "
                 f"| {f'{ceiling} ({label})' if ceiling and r['drafting'] else ''} | {by(r['drafted'])} | {by(r['accepted'])} "
                 f"| {r['propose_share']:.1%} | {r['replay_exact']} | {r['leaked_blocks']} "
-                f"| {' '.join(f'{x:.2f}' for x in r.get('pair_ratios', []))} |")
+                f"| {' '.join(f'{x:.2f}' for x in r.get('pair_ratios', []))} | {_vs_best_fixed(r)} |")
     paths = measure.write_results(out_dir, "trace_replay", results, "\n".join(lines), lambda path: plot(results, path))
     print("wrote " + ", ".join(paths.values()))
+
+
+def _vs_best_fixed(row: dict) -> str:
+    if "vs_best_fixed" not in row:
+        return ""
+    return f"{row['vs_best_fixed']:.3f} ({row['best_fixed']})"
 
 
 def plot(results: dict, path: str) -> None:
