@@ -24,6 +24,10 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    # A new line indented by fewer columns (spaces and tabs, one each) ends the output before that
+    # line: the completion stays inside the block the cursor is in. The first line (the rest of the
+    # cursor's own line) never counts, nor do blank lines. None or 0: off.
+    stop_at_dedent: int | None = None
     ignore_eos: bool = False
     logprobs: bool = False
     # Speculation per request: None follows the engine; False turns drafting off.
@@ -49,6 +53,8 @@ class SamplingParams:
                f"min_tokens must be an integer in [0, max_tokens], got {self.min_tokens}")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         _check(self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _check(self.stop_at_dedent is None or (type(self.stop_at_dedent) is int and self.stop_at_dedent >= 0),
+               f"stop_at_dedent must be an integer >= 0, got {self.stop_at_dedent!r}")
         if self.replay_token_ids is not None:
             object.__setattr__(self, "replay_token_ids", tuple(tuple(int(t) for t in r) for r in self.replay_token_ids))
             _check(len(self.replay_token_ids) == self.n, "replay_token_ids needs one continuation per sample")

@@ -1,10 +1,14 @@
 """Appends a sequence's new tokens: its text (incremental detokenization), and where it ends
-(an EOS or stop token, a stop string, max_tokens, the model's context)."""
+(an EOS or stop token, a stop string, a line that dedents out of the cursor's block, max_tokens,
+the model's context)."""
 from __future__ import annotations
 
 from typing import Sequence as Seq
 
 from engine.sequence import Sequence
+
+DEDENT = "dedent"  # stop_reason of a sequence ended by stop_at_dedent
+_BLANK = " \t\r"  # what a line may hold and still be blank (indentation counts spaces and tabs)
 
 
 class StopChecker:
@@ -32,21 +36,71 @@ class StopChecker:
         piece = seq.detokenizer.add(token)
         if piece:
             seq.text += piece
-            if p.stop and _stop_string(seq, len(piece)):
+            if _text_stop(seq, len(piece)):
                 return
         if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             seq.text += seq.detokenizer.flush()
             seq.finish("length")
 
 
-def _stop_string(seq: Sequence, piece_len: int) -> bool:
-    """Ends the sequence at the first stop string the new piece completes (the text stops before it)."""
-    longest = max(len(s) for s in seq.params.stop)
-    start = max(0, len(seq.text) - piece_len - longest + 1)
-    hits = [(idx, s) for s in seq.params.stop if (idx := seq.text.find(s, start)) >= 0]
-    if not hits:
+def _text_stop(seq: Sequence, piece_len: int) -> bool:
+    """Ends the sequence where the new piece completes a stop string or starts a dedented line,
+    whichever comes first in the text (the text stops before it)."""
+    p = seq.params
+    hits = []
+    if p.stop:
+        hits.append(_stop_string(seq.text, piece_len, p.stop))
+    if p.stop_at_dedent:
+        cut = dedent_cut(seq.text, len(seq.text) - piece_len, p.stop_at_dedent)
+        hits.append((cut, DEDENT) if cut is not None else None)
+    found = [h for h in hits if h is not None]
+    if not found:
         return False
-    idx, stop = min(hits)
+    idx, reason = min(found, key=lambda h: h[0])
     seq.text = seq.text[:idx]
-    seq.finish("stop", stop)
+    seq.finish("stop", reason)
     return True
+
+
+def _stop_string(text: str, piece_len: int, stops: Seq[str]) -> tuple[int, str] | None:
+    """The first stop string the new piece completes, and where it starts."""
+    start = max(0, len(text) - piece_len - max(len(s) for s in stops) + 1)
+    hits = [(idx, s) for s in stops if (idx := text.find(s, start)) >= 0]
+    return min(hits) if hits else None
+
+
+def dedent_cut(text: str, new_from: int, limit: int) -> int | None:
+    """Where `text` must end because a line whose first visible character is at or after
+    `new_from` is indented by fewer than `limit` columns: that line's start; else None.
+
+    Only lines after a newline count (the first is the rest of the cursor's line); each line is
+    judged once, when its first visible character arrives, so a call costs the new text and the
+    whitespace runs around it, never the whole line."""
+    starts = []
+    i = new_from - 1
+    while i >= 0 and text[i] in _BLANK:
+        i -= 1
+    if i >= 0 and text[i] == "\n":  # the line before the new text was still blank: undecided
+        starts.append(i + 1)
+    j = text.find("\n", new_from)
+    while j >= 0:
+        starts.append(j + 1)
+        j = text.find("\n", j + 1)
+    for start in starts:
+        k = start
+        while k < len(text) and text[k] in _BLANK:
+            k += 1
+        if k < len(text) and text[k] != "\n":
+            indent = sum(c in " \t" for c in text[start:k])
+            if indent < limit:
+                return start
+    return None
+
+
+def undecided_line_start(text: str) -> int | None:
+    """Start of the last line when it may still turn out dedented (after a newline, blank so
+    far): a stream holds it back until its first visible character decides."""
+    i = len(text) - 1
+    while i >= 0 and text[i] in _BLANK:
+        i -= 1
+    return i + 1 if i >= 0 and text[i] == "\n" else None
