@@ -1,4 +1,7 @@
 """fastcodellama's inference engine: paged KV cache, continuous batching, speculative verification."""
+from engine.threads import configure_openmp
+
+configure_openmp()  # before torch loads (engine.config imports it): libgomp reads its wait policy once
 from engine.config import DEFAULT_MODEL, EngineConfig, ModelConfig
 from engine.llm import LLM
 from engine.llm_engine import EngineStats, LLMEngine
