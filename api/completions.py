@@ -1,9 +1,9 @@
 """From a CompletionRequest to engine requests and back to OpenAI choices.
 
 A request with k prompts becomes k engine requests of n samples each; choice i * n + j is
-sample j of prompt i, as OpenAI numbers them. Everything here is translation: the engine
-validates what it owns (prompt length, token ids, sampling settings) and its ValueErrors
-become 400s.
+sample j of prompt i, as OpenAI numbers them. Prompts reach the engine as token ids, tokenized
+in the server's own threads (api/prompts.py) and checked against the context there; the engine
+validates the rest of what it owns (token ids, sampling settings) and its ValueErrors become 400s.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import contextlib
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Sequence
 
 from engine import SamplingParams
 from engine.async_engine import AsyncEngine
@@ -21,6 +21,9 @@ from engine.outputs import CompletionOutput, RequestOutput
 from engine.tokenizer import IncrementalDetokenizer
 
 from api.errors import APIError, bad_request
+from api.indent import dedent_limits
+from api.predictions import prediction_details, prediction_ids
+from api.prompts import PromptTokenizer
 from api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Logprobs, Usage
 
 if sys.version_info >= (3, 11):
@@ -38,12 +41,17 @@ class CompletionPlan:
     request_id: str
     created: int
     model: str
-    prompts: list[str | list[int]]  # what the engine gets, one per engine request
+    prompts: list[list[int]]  # token ids, one list per engine request
     echo_texts: list[str]  # prepended to each choice when echo is on
     params: SamplingParams
+    client: str = "unknown"  # who asks: the engine shares its slots fairly by it
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
+    echo_only: bool = False  # max_tokens 0: the prompts come back, nothing is generated
+    prompt_logprobs: bool = False  # echo only: with the prompts' own log probabilities
+    prediction: list[int] | None = None  # the client's predicted output (token ids): drafts for every prompt
+    stop_at_dedent: tuple[int | None, ...] = ()  # per prompt, where given (n_indent, Copilot's trim_by_indentation)
 
     @property
     def n(self) -> int:
@@ -51,37 +59,97 @@ class CompletionPlan:
 
     @property
     def num_seqs(self) -> int:
+        """Sequences the engine runs for this plan (what admission counts)."""
+        if self.echo_only:
+            return len(self.prompts) if self.prompt_logprobs else 0
         return len(self.prompts) * self.params.n
 
 
-async def build_plan(req: CompletionRequest, engine: AsyncEngine, model: str) -> CompletionPlan:
+async def build_plan(req: CompletionRequest, engine: AsyncEngine, tokens: PromptTokenizer, model: str,
+                     client: str, max_request_tokens: int) -> CompletionPlan:
+    """Checks what is cheap first (settings, size bounds), then tokenizes off the event loop."""
     prompts = _prompt_list(req.prompt)
     fim = engine.tokenizer.fim
     # An empty suffix is what editors send at the end of a file: infill when the model can, else plain.
     use_fim = req.suffix is not None and (req.suffix != "" or fim is not None)
-    if req.echo and (use_fim or req.logprobs is not None):
-        raise bad_request("echo cannot be combined with suffix or logprobs (prompt logprobs are not computed)",
-                          param="echo")
-    if use_fim:
-        if fim is None:
-            raise bad_request("This model has no fill-in-the-middle tokens (<PRE>, <SUF>, <MID>, <EOT>); "
-                              "suffix is not supported.", param="suffix", code="fim_not_supported")
-        if not all(isinstance(p, str) for p in prompts):
-            raise bad_request("suffix needs a text prompt, not token ids", param="suffix")
-        _check_text(req.suffix, "suffix")
-        prompts = await asyncio.to_thread(_fim_prompts, engine, prompts, req.suffix)
+    echo_only = req.max_tokens == 0
+    if echo_only and not req.echo:
+        raise bad_request("max_tokens 0 generates nothing: it needs echo (to return the prompt and, with "
+                          "logprobs, its log probabilities)", param="max_tokens", code="invalid_value")
+    if req.echo and use_fim:
+        raise bad_request("echo cannot be combined with suffix", param="echo")
+    if req.echo and req.logprobs is not None and not echo_only:
+        raise bad_request("echo with logprobs needs max_tokens 0 (the prompt's log probabilities alone); "
+                          "with generation they are not computed", param="echo")
+    if use_fim and fim is None:
+        raise fim_not_supported("suffix")
+    if use_fim and not all(isinstance(p, str) for p in prompts):
+        raise bad_request("suffix needs a text prompt, not token ids", param="suffix")
+    if echo_only:  # the other settings are still checked; max_tokens 1 stands in for the 0
+        params = sampling_params(req.model_copy(update={"max_tokens": 1, "min_tokens": None}), engine.max_model_len)
     else:
-        for p in prompts:
-            if isinstance(p, str) and not p:
-                raise bad_request("prompt is empty", param="prompt", code="empty_prompt")
+        params = sampling_params(req, engine.max_model_len, stop_token_ids=fim.stop_ids if use_fim else ())
+        check_request_tokens(len(prompts), params, max_request_tokens)
+    if echo_only and req.prediction is not None:
+        raise bad_request("prediction needs generation: max_tokens 0 generates nothing", param="prediction")
+    ids = await _prompt_ids(prompts, req.suffix if use_fim else None, engine, tokens)
+    predicted = await prediction_ids(req.prediction, tokens, params.max_tokens)
+    if echo_only and req.logprobs is not None:
+        replayed = sum(len(p) - 1 for p in ids)  # what the prompt logprobs cost the engine
+        if replayed > max_request_tokens:
+            raise bad_request(f"The prompts' log probabilities take {replayed} engine tokens; this server allows "
+                              f"at most {max_request_tokens} per request (max_request_tokens).",
+                              param="prompt", code="request_too_large")
     echo_texts = [""] * len(prompts)
     if req.echo:
         echo_texts = [p if isinstance(p, str) else engine.tokenizer.decode(p) for p in prompts]
-    params = sampling_params(req, engine.max_model_len, stop_token_ids=(fim.eot,) if use_fim else ())
     return CompletionPlan(
-        request_id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model, prompts=prompts,
-        echo_texts=echo_texts, params=params, stream=bool(req.stream),
-        include_usage=bool(req.stream_options and req.stream_options.include_usage), echo=bool(req.echo))
+        request_id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model, prompts=ids,
+        echo_texts=echo_texts, params=params, client=client, stream=bool(req.stream),
+        include_usage=bool(req.stream_options and req.stream_options.include_usage), echo=bool(req.echo),
+        echo_only=echo_only, prompt_logprobs=echo_only and req.logprobs is not None, prediction=predicted,
+        stop_at_dedent=dedent_limits(req, prompts))
+
+
+def fim_not_supported(param: str) -> APIError:
+    return bad_request("This model has no fill-in-the-middle tokens; infilling is not supported.", param=param,
+                       code="fim_not_supported")
+
+
+async def _prompt_ids(prompts: list[str | list[int]], suffix: str | None, engine: AsyncEngine,
+                      tokens: PromptTokenizer) -> list[list[int]]:
+    """Each prompt's token ids (infilling ones when `suffix` is given), tokenized off the event
+    loop after the length bound has turned away texts too long for the context."""
+    if suffix is not None:
+        _check_text(suffix, "suffix")
+        texts = [str(p) for p in prompts]
+        for p in texts:
+            tokens.check_length([p, suffix], extra_tokens=3)
+        chars = sum(len(p) for p in texts) + len(texts) * len(suffix)
+        ids = await tokens.run(chars, lambda: _fim_prompts(engine, texts, suffix))
+        for p in ids:
+            tokens.check_ids(p)
+        return ids
+    for p in prompts:
+        if isinstance(p, str) and not p:
+            raise bad_request("prompt is empty", param="prompt", code="empty_prompt")
+        if isinstance(p, str):
+            tokens.check_length([p])
+        else:
+            tokens.check_ids(p)
+    texts = [p for p in prompts if isinstance(p, str)]
+    encoded = iter(await tokens.encode(texts) if texts else [])
+    return [next(encoded) if isinstance(p, str) else p for p in prompts]
+
+
+def check_request_tokens(num_prompts: int, params: SamplingParams, limit: int) -> None:
+    """One request may not ask for more than `limit` tokens: n x max_tokens is what it can hold."""
+    asked = num_prompts * params.n * params.max_tokens
+    if asked > limit:
+        raise bad_request(f"The request asks for up to {asked} tokens (prompts {num_prompts} x n {params.n} x "
+                          f"max_tokens {params.max_tokens}); this server allows at most {limit} per request "
+                          f"(max_request_tokens). Lower n or max_tokens, or split the request.",
+                          param="n" if params.n > 1 else "max_tokens", code="request_too_large")
 
 
 def _prompt_list(prompt) -> list[str | list[int]]:
@@ -109,12 +177,8 @@ def _check_text(text: str, param: str) -> None:
 
 
 def _fim_prompts(engine: AsyncEngine, prefixes: list[str], suffix: str) -> list[list[int]]:
-    """CodeLlama infilling: [BOS, PRE] prefix [SUF] suffix [MID]; the model ends the middle with EOT."""
-    tok, fim = engine.tokenizer, engine.tokenizer.fim
-    bos = [tok.bos_id] if tok.bos_id is not None else []
-    suffix_ids = tok.encode(suffix, add_bos=False)
-    return [bos + [fim.prefix] + tok.encode(prefix, add_bos=False) + [fim.suffix] + suffix_ids + [fim.middle]
-            for prefix in prefixes]
+    """Each prefix with the suffix in the model's own infilling format (engine/tokenizer.py)."""
+    return [engine.tokenizer.fim_prompt(prefix, suffix) for prefix in prefixes]
 
 
 def sampling_params(req: CompletionRequest, max_model_len: int, stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
@@ -162,24 +226,41 @@ def engine_value_error(e: ValueError) -> APIError:
 # ---------------------------------------------------------------------- running
 
 
-async def merged_outputs(engine: AsyncEngine, plan: CompletionPlan) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """(prompt index, cumulative output) from every engine request of the plan, as they come.
+def plan_jobs(plan: CompletionPlan) -> list[tuple[list[int], SamplingParams]]:
+    """One engine request per prompt, with the indentation stop of its own cursor where it has one."""
+    jobs = []
+    for i, p in enumerate(plan.prompts):
+        dedent = plan.stop_at_dedent[i] if i < len(plan.stop_at_dedent) else None
+        jobs.append((p, replace(plan.params, stop_at_dedent=dedent) if dedent else plan.params))
+    return jobs
 
-    Closing this generator (or cancelling its consumer) cancels every engine request that has
-    not finished, so the engine frees their KV blocks at its next step boundary.
+
+async def merged_outputs(engine: AsyncEngine, plan: CompletionPlan,
+                         jobs: Sequence[tuple[list[int], SamplingParams]] | None = None,
+                         ) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(job index, cumulative output) from every engine request of the plan (by default one job
+    per prompt with the plan's settings), as they come.
+
+    Each engine request fails alone: its error ends this request, never another. Closing this
+    generator (or cancelling its consumer) cancels every engine request that has not finished,
+    so the engine frees their KV blocks at its next step boundary.
     """
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(i: int, prompt: str | list[int]) -> None:
+    async def pump(i: int, prompt: list[int], params: SamplingParams) -> None:
+        request_id = f"{plan.request_id}-{i}"
         try:
-            async with contextlib.aclosing(engine.generate(prompt, plan.params, f"{plan.request_id}-{i}")) as gen:
+            extra = {"prediction": plan.prediction} if plan.prediction is not None else {}
+            generation = engine.generate(prompt, params, request_id, client=plan.client, **extra)
+            async with contextlib.aclosing(generation) as gen:
                 async for out in gen:
                     queue.put_nowait((i, out))
             queue.put_nowait((i, None))
         except Exception as e:  # noqa: BLE001 - handed to the consumer, which decides what the client sees
             queue.put_nowait((i, e))
 
-    tasks = [asyncio.create_task(pump(i, p), name=f"{plan.request_id}-{i}") for i, p in enumerate(plan.prompts)]
+    tasks = [asyncio.create_task(pump(i, p, params), name=f"{plan.request_id}-{i}")
+             for i, (p, params) in enumerate(jobs if jobs is not None else plan_jobs(plan))]
     try:
         remaining = len(tasks)
         while remaining:
@@ -198,11 +279,22 @@ async def merged_outputs(engine: AsyncEngine, plan: CompletionPlan) -> AsyncIter
 
 # ---------------------------------------------------------------------- responses
 
+_FINISH_REASONS = frozenset({"stop", "length", "abort"})
+
+
+def finish_reason(reason: str | None) -> str | None:
+    """The engine's finish reason as a client knows it: any other reason (a sequence the engine
+    had to end early, say) reads as "length", the sequence ended before it chose to."""
+    return reason if reason is None or reason in _FINISH_REASONS else "length"
+
+
 
 def usage(plan: CompletionPlan, outputs: dict[int, RequestOutput]) -> Usage:
     prompt = sum(len(o.prompt_token_ids) for o in outputs.values())
     completion = sum(o.num_generated_tokens for o in outputs.values())
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    details = prediction_details(outputs.values()) if plan.prediction is not None else None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 completion_tokens_details=details)
 
 
 def full_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engine: AsyncEngine) -> CompletionResponse:
@@ -214,7 +306,7 @@ def full_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
             if c.logprobs is not None:
                 logprobs = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished)
             choices.append(CompletionChoice(index=i * plan.n + c.index, text=plan.echo_texts[i] + c.text,
-                                            logprobs=logprobs, finish_reason=c.finish_reason))
+                                            logprobs=logprobs, finish_reason=finish_reason(c.finish_reason)))
     return CompletionResponse(id=plan.request_id, created=plan.created, model=plan.model, choices=choices,
                               usage=usage(plan, outputs))
 

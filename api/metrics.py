@@ -39,8 +39,28 @@ class ServerMetrics:
         self.queue_depth = Gauge(p + "queue_depth", "Sequences waiting for the engine", registry=r)
         self.in_flight = Gauge(p + "in_flight_sequences", "Sequences admitted by the server, not finished",
                                registry=r)
+        # Per client (an API key's hash or an address; past the label cap, "other").
+        self.client_requests = Counter(p + "client_requests", "Completion requests by client and status code",
+                                       ["client", "status"], registry=r)
+        self.client_prompt_tokens = Counter(p + "client_prompt_tokens", "Prompt tokens of admitted requests",
+                                            ["client"], registry=r)
+        self.client_generated_tokens = Counter(p + "client_generation_tokens", "Tokens generated", ["client"],
+                                               registry=r)
+        self.client_in_flight = Gauge(p + "client_in_flight_sequences", "Sequences admitted, not finished",
+                                      ["client"], registry=r)
+        self.open_connections = Gauge(p + "open_connections", "Client connections open", registry=r)
+        self.connection_events = Counter(
+            p + "connection_events", "Connections refused (refused_server, refused_peer), closed while idle "
+            "to make room (evicted_idle), or closed for sending no request headers in time (header_timeout)",
+            ["event"], registry=r)
 
-    def render(self, stats: EngineStats, in_flight: int) -> bytes:
+    def render(self, stats: EngineStats, in_flight: int, by_client: dict[str, int] | None = None,
+               open_connections: int = 0) -> bytes:
+        """`by_client`: sequences in flight per client label."""
+        self.client_in_flight.clear()
+        for label, seqs in (by_client or {}).items():
+            self.client_in_flight.labels(label).set(seqs)
+        self.open_connections.set(open_connections)
         self.kv_blocks_total.set(stats.num_blocks_total)
         self.kv_blocks_used.set(stats.num_blocks_total - stats.num_blocks_free)
         self.running.set(stats.num_running)
@@ -61,9 +81,11 @@ class _Sample:
 class GenerationTracker:
     """Feeds one request's outputs into the metrics as they arrive (aborted requests count too)."""
 
-    def __init__(self, metrics: ServerMetrics, arrival: float) -> None:
+    def __init__(self, metrics: ServerMetrics, arrival: float, client: str = "other") -> None:
         self.metrics = metrics
         self.arrival = arrival
+        self._client_prompt = metrics.client_prompt_tokens.labels(client)
+        self._client_generated = metrics.client_generated_tokens.labels(client)
         self._prompts: set[int] = set()
         self._first_token: set[int] = set()
         self._samples: dict[tuple[int, int], _Sample] = {}
@@ -73,6 +95,7 @@ class GenerationTracker:
         if prompt_index not in self._prompts:
             self._prompts.add(prompt_index)
             m.prompt_tokens.inc(len(out.prompt_token_ids))
+            self._client_prompt.inc(len(out.prompt_token_ids))
         if prompt_index not in self._first_token and out.num_generated_tokens:
             self._first_token.add(prompt_index)
             m.ttft.observe(now - self.arrival)
@@ -81,6 +104,7 @@ class GenerationTracker:
             count = len(c.token_ids)
             if count > s.tokens:
                 m.generated_tokens.inc(count - s.tokens)
+                self._client_generated.inc(count - s.tokens)
                 s.tokens = count
                 s.first = s.first if s.first is not None else now
                 s.last = now

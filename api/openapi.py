@@ -4,7 +4,10 @@ from __future__ import annotations
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, Health, ModelList)
+from api.chat_schemas import ChatChunk, ChatRequest, ChatResponse
+from api.infill_schemas import InfillRequest, InfillResponse
+from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, FimRequest, Health,
+                         ModelList)
 
 _REF = "#/components/schemas/{model}"
 
@@ -21,21 +24,34 @@ def _errors(*statuses: int) -> dict:
     return {str(s): _json(ErrorResponse, "Error") for s in statuses}
 
 
-def build_openapi(title: str, version: str, auth: bool) -> dict:
-    models = [(CompletionRequest, "validation"), (CompletionResponse, "serialization"),
-              (ModelList, "serialization"), (Health, "serialization"), (CopilotToken, "serialization"),
-              (ErrorResponse, "serialization")]
-    _, defs = models_json_schema(models, ref_template=_REF)
-    completion = {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(CompletionRequest)}}},
+def _generating(body: type[BaseModel], answer: type[BaseModel], description: str) -> dict:
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
         "responses": {
-            "200": {"description": "A completion, or with stream=true server-sent events: `data: {chunk}` "
-                                   "per chunk (a CompletionResponse), `data: [DONE]` last",
-                    "content": {"application/json": {"schema": _ref(CompletionResponse)},
+            "200": {"description": description,
+                    "content": {"application/json": {"schema": _ref(answer)},
                                 "text/event-stream": {"schema": {"type": "string"}}}},
             **_errors(400, 401, 404, 408, 413, 429, 500, 503),
         },
     }
+
+
+def build_openapi(title: str, version: str, auth: bool) -> dict:
+    models = [(CompletionRequest, "validation"), (CompletionResponse, "serialization"),
+              (ChatRequest, "validation"), (ChatResponse, "serialization"), (ChatChunk, "serialization"),
+              (FimRequest, "validation"), (InfillRequest, "validation"), (InfillResponse, "serialization"),
+              (ModelList, "serialization"), (Health, "serialization"), (CopilotToken, "serialization"),
+              (ErrorResponse, "serialization")]
+    _, defs = models_json_schema(models, ref_template=_REF)
+    completion = _generating(CompletionRequest, CompletionResponse,
+                             "A completion, or with stream=true server-sent events: `data: {chunk}` per chunk "
+                             "(a CompletionResponse), `data: [DONE]` last")
+    chat = _generating(ChatRequest, ChatResponse, "A chat completion, or with stream=true server-sent events: "
+                       "`data: {chunk}` per chunk (a ChatChunk), `data: [DONE]` last")
+    fim = _generating(FimRequest, ChatResponse, "Answered as a chat completion (streamed: ChatChunk events, "
+                      "`data: [DONE]` last)")
+    infill = _generating(InfillRequest, InfillResponse, "llama.cpp's answer, or with stream=true server-sent "
+                         "events `data: {content, stop: false}` and last the whole answer (no [DONE])")
     paths = {
         "/v1/completions": {"post": {"summary": "OpenAI text completion (fill-in-the-middle with suffix)",
                                      "operationId": "createCompletion", **completion}},
@@ -44,6 +60,12 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
             "operationId": "createEngineCompletion",
             "parameters": [{"name": "engine", "in": "path", "required": True, "schema": {"type": "string"}}],
             **completion}},
+        "/v1/chat/completions": {"post": {"summary": "OpenAI chat completion, through the model's chat template",
+                                          "operationId": "createChatCompletion", **chat}},
+        "/v1/fim/completions": {"post": {"summary": "Mistral's fill-in-the-middle API (prompt + suffix)",
+                                         "operationId": "createFimCompletion", **fim}},
+        "/infill": {"post": {"summary": "llama.cpp's infill (llama.vscode, llama.vim)", "operationId": "infill",
+                             **infill}},
         "/v1/models": {"get": {"summary": "The served model", "operationId": "listModels",
                                "responses": {"200": _json(ModelList, "Models"), **_errors(401)}}},
         "/health": {"get": {"summary": "Liveness and KV cache state (no API key needed)", "operationId": "health",

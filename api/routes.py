@@ -1,29 +1,19 @@
-"""HTTP handlers. Each reads and validates its input, then hands over to completions/streaming."""
+"""HTTP handlers. Each reads and validates its input, then hands over to completions/streaming;
+the other generating endpoints have their own modules (chat, fim, infill)."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
 import secrets
 import time
 
-import pydantic
 from aiohttp import web
 
-from engine.async_engine import EngineDeadError
-
-from api import errors
-from api.completions import (CompletionPlan, build_plan, deadline, engine_value_error, full_response,
-                             merged_outputs)
-from api.errors import APIError, bad_request
-from api.metrics import CONTENT_TYPE_LATEST, GenerationTracker
+from api import chat, echo, fim, infill
+from api.completions import build_plan, deadline, full_response
+from api.errors import APIError
+from api.generation import CLIENT, answer, generation_error, read_request, state_of
+from api.metrics import CONTENT_TYPE_LATEST
 from api.schemas import CompletionRequest, CopilotToken, Health, ModelCard, ModelList
-from api.state import STATE, AppState
 from api.streaming import CompletionStream
-
-
-log = logging.getLogger(__name__)
 
 TEN_YEARS = 10 * 365 * 24 * 3600
 
@@ -31,15 +21,14 @@ TEN_YEARS = 10 * 365 * 24 * 3600
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/engines/{engine}/completions", engine_completions)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/fim/completions", fim.fim_completions)
+    app.router.add_post("/infill", infill.infill)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/copilot_internal/v2/token", copilot_token)
     app.router.add_get("/openapi.json", openapi)
-
-
-def state_of(request: web.Request) -> AppState:
-    return request.app[STATE]
 
 
 # ---------------------------------------------------------------------- completions
@@ -49,102 +38,44 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _complete(request, engine_name=None)
 
 
+# The engine names Copilot and the common FauxPilot recipe ask for: served whatever the model's name.
+COPILOT_ENGINES = ("codegen", "copilot-codex")
+
+
 async def engine_completions(request: web.Request) -> web.StreamResponse:
     """Copilot / FauxPilot: /v1/engines/{engine}/completions, the engine naming the served model."""
     return await _complete(request, engine_name=request.match_info["engine"])
 
 
 async def _complete(request: web.Request, engine_name: str | None) -> web.StreamResponse:
+    try:
+        return await _complete_request(request, engine_name)
+    finally:
+        state_of(request).memory.after_request(request.content_length)
+
+
+async def _complete_request(request: web.Request, engine_name: str | None) -> web.StreamResponse:
     state = state_of(request)
     arrival = time.monotonic()
     names = list(state.config.served_model_names)
-    if engine_name is not None and engine_name not in names:
-        raise APIError(404, f"The engine {engine_name!r} does not exist; this server serves {names[0]!r}.",
-                       param="engine", code="model_not_found")
-    body = await read_json(request)
-    try:
-        req = CompletionRequest.model_validate(body)
-    except pydantic.ValidationError as e:
-        raise errors.from_validation_error(e) from None
-    if req.model is not None and req.model not in names:
-        raise errors.model_not_found(req.model, names)
-    if state.admission.shutting_down:
-        raise errors.shutting_down(state.config.retry_after)
-    plan = await build_plan(req, state.engine, state.config.model_name)
-    with state.admission.reserve(plan.num_seqs):
-        tracker = GenerationTracker(state.metrics, arrival)
-        if plan.stream:
-            return await _stream(request, state, plan, tracker)
-        return await _full(state, plan, tracker)
-
-
-async def _full(state: AppState, plan: CompletionPlan, tracker: GenerationTracker) -> web.Response:
-    finals = {}
-    try:
-        async with deadline(state.config.request_timeout):
-            async with contextlib.aclosing(merged_outputs(state.engine, plan)) as outputs:
-                async for i, out in outputs:
-                    tracker.observe(i, out, time.monotonic())
-                    if out.finished:
-                        finals[i] = out
-    except Exception as e:  # noqa: BLE001 - every failure becomes an error object
-        raise _generation_error(e, state) from None
-    body = full_response(plan, finals, state.engine)
-    return web.Response(text=body.model_dump_json(), content_type="application/json")
-
-
-async def _stream(request: web.Request, state: AppState, plan: CompletionPlan,
-                  tracker: GenerationTracker) -> web.StreamResponse:
-    stream = CompletionStream(request, plan, state.engine)
-    try:
-        async with deadline(state.config.request_timeout):
-            async with contextlib.aclosing(merged_outputs(state.engine, plan)) as outputs:
-                async for i, out in outputs:
-                    tracker.observe(i, out, time.monotonic())
-                    await stream.add(i, out)
-        await stream.finish()
-    except ConnectionError:
-        log.info("%s: client went away", plan.request_id)  # the engine requests are already aborted
-    except Exception as e:  # noqa: BLE001
-        error = _generation_error(e, state)
-        if not stream.started:
-            raise error from None
-        with contextlib.suppress(ConnectionError):
-            await stream.fail(error)
-    return stream.response or web.Response(status=204)
-
-
-def _generation_error(e: Exception, state: AppState) -> APIError:
-    if isinstance(e, APIError):
-        return e
-    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
-        return errors.request_timeout(state.config.request_timeout or 0)
-    if isinstance(e, EngineDeadError):
-        return errors.shutting_down(state.config.retry_after)
-    if isinstance(e, ValueError):
-        return engine_value_error(e)
-    log.error("generation failed: %r", e, exc_info=e)
-    return errors.internal(f"generation failed: {e}")
-
-
-async def read_json(request: web.Request) -> dict:
-    raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge -> 413
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise bad_request(f"The request body is not valid UTF-8 ({e.reason} at byte {e.start}).",
-                          code="invalid_encoding") from None
-    try:
-        body = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise bad_request(f"The request body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    return body
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a valid JSON number")
+    if engine_name is not None and engine_name not in names and engine_name not in COPILOT_ENGINES:
+        request[CLIENT] = state.clients.client_of(request.headers.get("Authorization"), request.remote)
+        raise APIError(404, f"The engine {engine_name!r} does not exist; this server serves {names[0]!r}: restart "
+                            f"it with --served-model-name {names[0]} {engine_name}", param="engine",
+                       code="model_not_found")
+    req = await read_request(request, CompletionRequest)
+    plan = await build_plan(req, state.engine, state.prompts, state.config.model_name, request[CLIENT],
+                            state.config.max_request_tokens)
+    del req  # a large prompt's text is held by `req` alone until it is tokenized
+    if plan.echo_only:
+        with state.admission.reserve(plan.num_seqs, plan.client):
+            try:
+                async with deadline(state.config.request_timeout):
+                    return await echo.respond(request, plan, state.engine)
+            except Exception as e:  # noqa: BLE001
+                raise generation_error(e, state) from None
+    return await answer(request, plan, arrival, lambda p, finals: full_response(p, finals, state.engine),
+                        lambda: CompletionStream(request, plan, state.engine))
 
 
 # ---------------------------------------------------------------------- the rest
@@ -152,7 +83,8 @@ def _reject_constant(name: str):
 
 async def models(request: web.Request) -> web.Response:
     state = state_of(request)
-    cards = [ModelCard(id=name, created=state.created, root=state.engine.model_name,
+    # root names the served model, never its folder on this machine.
+    cards = [ModelCard(id=name, created=state.created, root=state.config.model_name,
                        max_model_len=state.engine.max_model_len) for name in state.config.served_model_names]
     return web.Response(text=ModelList(data=cards).model_dump_json(), content_type="application/json")
 
@@ -163,6 +95,7 @@ async def health(request: web.Request) -> web.Response:
     ok = state.engine.is_running and not state.admission.shutting_down
     body = Health(ok=ok, model=state.config.model_name, kv_blocks_total=stats.num_blocks_total,
                   kv_blocks_free=stats.num_blocks_free, kv_blocks_used=stats.num_blocks_total - stats.num_blocks_free,
+                  kv_block_size=state.engine.config.block_size,
                   running=stats.num_running, waiting=stats.num_waiting,
                   in_flight_sequences=state.admission.in_flight, shutting_down=state.admission.shutting_down)
     return web.Response(status=200 if ok else 503, text=body.model_dump_json(), content_type="application/json")
@@ -170,14 +103,17 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = state_of(request)
-    data = state.metrics.render(state.engine.stats(), state.admission.in_flight)
+    data = state.metrics.render(state.engine.stats(), state.admission.in_flight, state.client_in_flight(),
+                                state.connections.open)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def copilot_token(request: web.Request) -> web.Response:
     """Copilot asks for a session token first; it then sends it as the bearer of each completion."""
     state = state_of(request)
-    token = state.config.api_key or f"fastcodellama-{secrets.token_hex(16)}"
+    # With keys, the caller passed auth with one of them: that one is its session token.
+    given = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    token = given if state.config.api_keys else f"fastcodellama-{secrets.token_hex(16)}"
     body = CopilotToken(token=token, expires_at=int(time.time()) + TEN_YEARS, refresh_in=1500)
     return web.Response(text=body.model_dump_json(), content_type="application/json")
 

@@ -18,40 +18,99 @@ MAX_LOGPROBS = 20
 Prompt = Union[str, list[str], list[int], list[list[int]]]
 
 
-class _Request(BaseModel):
+class RequestBody(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class StreamOptions(_Request):
+class StreamOptions(RequestBody):
     include_usage: Optional[bool] = Field(None, description="Send a last chunk with the usage of the whole request.")
 
 
-class CompletionRequest(_Request):
-    """POST /v1/completions (and Copilot's /v1/engines/{engine}/completions)."""
+class TextPart(RequestBody):
+    """One part of a content list: only text parts are read."""
+
+    type: str
+    text: Optional[str] = None
+
+
+class Prediction(RequestBody):
+    """OpenAI's predicted outputs: text the output is expected to mostly repeat (an edited file's old
+    text). Its tokens are drafts, checked like any other: the output is what it would be without."""
+
+    type: Literal["content"]
+    content: Union[str, list[TextPart]]
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, content):
+        if isinstance(content, list) and any(p.type != "text" or p.text is None for p in content):
+            raise ValueError("prediction content parts must be text parts")
+        return content
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text or "" for p in self.content)
+
+
+class SamplingRequest(RequestBody):
+    """What every generating endpoint shares: the model, sampling, stops, streaming."""
 
     model: Optional[str] = Field(None, description="Must be the served model name (or an alias) when given.")
-    prompt: Prompt = Field(description="Text, a list of texts, token ids, or a list of token id lists.")
-    suffix: Optional[str] = Field(None, description="Text after the completion: fill-in-the-middle with the "
-                                                    "model's <PRE>/<SUF>/<MID> tokens; generation stops at <EOT>.")
-    max_tokens: Optional[int] = Field(None, ge=1, description="Tokens to generate per sample (default 16).")
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="0 is greedy (default 1).")
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(None, ge=-1, description="-1 or 0: no top-k.")
     n: Optional[int] = Field(None, ge=1, le=MAX_N, description="Samples per prompt.")
-    best_of: Optional[int] = Field(None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     stop: Optional[Union[str, list[str]]] = Field(None, description=f"Up to {MAX_STOP} stop strings.")
     seed: Optional[int] = None
-    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
-                                    description="Return the chosen tokens' log probabilities; "
-                                                "top_logprobs is always null (not computed).")
-    echo: Optional[bool] = False
     presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
     repetition_penalty: Optional[float] = Field(None, gt=0.0, le=10.0)
     min_tokens: Optional[int] = Field(None, ge=0)
     user: Optional[str] = None
+    prediction: Optional[Prediction] = Field(None, description="OpenAI's predicted outputs: drafts copied from "
+                                             "it; the output is exactly what it would be without it.")
+    n_indent: Optional[int] = Field(None, ge=0, description="Extension (llama.cpp's name): a new line indented "
+                                    "by fewer columns ends the completion before that line.")
+
+    @field_validator("stop", mode="wrap")
+    @classmethod
+    def _stop_shape(cls, value: Any, handler):
+        try:
+            stop = handler(value)
+        except ValidationError:
+            raise ValueError("stop must be a string or a list of strings") from None
+        if isinstance(stop, list) and len(stop) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        return stop
+
+
+SAMPLING_FIELDS = tuple(SamplingRequest.model_fields)
+
+
+class CopilotExtra(RequestBody):
+    """Copilot's `extra` object; the rest of it (language, prompt_tokens, ...) is ignored."""
+
+    trim_by_indentation: Optional[bool] = Field(None, description="End the completion where a line dedents "
+                                                "out of the block the cursor is in.")
+    next_indent: Optional[int] = Field(None, ge=0, description="Indentation of the line after the cursor.")
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions (and Copilot's /v1/engines/{engine}/completions)."""
+
+    prompt: Prompt = Field(description="Text, a list of texts, token ids, or a list of token id lists.")
+    suffix: Optional[str] = Field(None, description="Text after the completion: fill-in-the-middle in the "
+                                                    "model's own format; generation stops at its end-of-middle.")
+    max_tokens: Optional[int] = Field(None, ge=0, description="Tokens to generate per sample (default 16); 0 "
+                                                                "with echo returns the prompt alone.")
+    best_of: Optional[int] = Field(None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
+                                    description="Return the chosen tokens' log probabilities; "
+                                                "top_logprobs is always null (not computed).")
+    echo: Optional[bool] = False
+    extra: Optional[CopilotExtra] = None
 
     @field_validator("prompt", mode="wrap")
     @classmethod
@@ -65,16 +124,14 @@ class CompletionRequest(_Request):
             raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return prompt
 
-    @field_validator("stop", mode="wrap")
-    @classmethod
-    def _stop_shape(cls, value: Any, handler):
-        try:
-            stop = handler(value)
-        except ValidationError:
-            raise ValueError("stop must be a string or a list of strings") from None
-        if isinstance(stop, list) and len(stop) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop strings")
-        return stop
+
+class FimRequest(SamplingRequest):
+    """POST /v1/fim/completions (Mistral's FIM API)."""
+
+    prompt: str = Field(description="The text before the cursor.")
+    suffix: Optional[str] = Field(None, description="The text after the cursor; none: a plain completion.")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Default 16, as /v1/completions.")
+    random_seed: Optional[int] = Field(None, description="Mistral's name for seed.")
 
 
 # ---------------------------------------------------------------------- responses
@@ -95,10 +152,19 @@ class CompletionChoice(BaseModel):
     finish_reason: Optional[Literal["stop", "length", "abort"]] = None
 
 
+class CompletionTokensDetails(BaseModel):
+    accepted_prediction_tokens: int = Field(description="Prediction tokens drafted and accepted: they are in "
+                                                        "the output.")
+    rejected_prediction_tokens: int = Field(description="Prediction tokens drafted and rejected: computed, "
+                                                        "then thrown away.")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: Optional[CompletionTokensDetails] = Field(
+        None, description="With a prediction only.")
 
 
 class CompletionResponse(BaseModel):
@@ -132,6 +198,7 @@ class Health(BaseModel):
     kv_blocks_total: int
     kv_blocks_free: int
     kv_blocks_used: int
+    kv_block_size: int = Field(description="Tokens one KV block holds.")
     running: int
     waiting: int
     in_flight_sequences: int = Field(description="Sequences the server has admitted and not finished.")

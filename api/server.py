@@ -3,6 +3,9 @@
 Shutdown on SIGTERM or SIGINT: the listening socket closes, new requests on open connections
 get 503, in-flight requests get `shutdown_grace` seconds to finish; then the engine shuts down
 and what is left ends with a clean error (503, or an SSE error event); the process exits 0.
+
+Sockets are accepted through a ConnectionGate (api/connections.py): caps, idle eviction and a
+header timeout; aiohttp's own keep-alive timeout and header size limits apply on top.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import asyncio
 import hmac
 import logging
 import signal
+from dataclasses import replace
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -19,6 +23,9 @@ from engine.async_engine import AsyncEngine
 
 from api import errors
 from api.config import ServerConfig
+from api.connections import GatedTCPSite, connection_cap, open_file_limit, raise_open_file_limit
+from api.logs import ProtocolLogger
+from api.generation import CLIENT
 from api.routes import add_routes
 from api.state import STATE, AppState
 from fastcodellama.drafting import SpecConfig, build_proposer
@@ -27,6 +34,8 @@ log = logging.getLogger("api")
 
 PUBLIC_PATHS = frozenset({"/health"})  # no API key needed (liveness probes)
 HANDLER_DRAIN_S = 5.0  # after the grace period: time for handlers to write their error and return
+MAX_HEADER_LINE = 8190  # bytes of the request line or one header (aiohttp's default, stated here)
+LINGERING_S = 2.0  # reading the rest of a body the handler did not want (a 401, a 413) before closing
 
 
 # ---------------------------------------------------------------------- the engine
@@ -43,7 +52,7 @@ def build_engine(config: EngineConfig, spec: SpecConfig | None = SpecConfig()) -
 def create_app(engine: AsyncEngine, config: ServerConfig) -> web.Application:
     """An app over a (not yet started) engine; the app starts it and, on cleanup, shuts it down."""
     state = AppState(engine, config)
-    middlewares = [_error_middleware]
+    middlewares = [_connection_middleware, _error_middleware]
     if config.cors_origins:
         middlewares.append(_cors_preflight_middleware)
     if config.api_key is not None:
@@ -60,7 +69,22 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> web.Application:
 
 
 async def _on_startup(app: web.Application) -> None:
-    await app[STATE].engine.start()
+    state = app[STATE]
+    await state.engine.start()
+    await state.prompts.start()
+    await state.load_chat_template()
+    warn_if_kv_cache_short(state.engine)
+
+
+def warn_if_kv_cache_short(engine: AsyncEngine) -> None:
+    """A cache that cannot hold one full-length sequence ends long requests early."""
+    blocks = engine.stats().num_blocks_total
+    tokens = blocks * engine.config.block_size
+    if tokens < engine.max_model_len:
+        log.warning("the KV cache holds %d tokens (%d blocks of %d), less than one sequence of the model's "
+                    "context (%d tokens): a request that outgrows it ends early; give more KV memory "
+                    "(--kv-cache-memory-gb, --num-kv-blocks) or a shorter --max-model-len", tokens, blocks,
+                    engine.config.block_size, engine.max_model_len)
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -76,11 +100,20 @@ async def _on_shutdown(app: web.Application) -> None:
 
 async def _on_cleanup(app: web.Application) -> None:
     await app[STATE].stop_engine()
+    app[STATE].prompts.close()
+    app[STATE].memory.close()
 
 
 # ---------------------------------------------------------------------- middlewares
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _connection_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """While a request runs its connection is busy: not idle, so never closed to make room."""
+    with request.app[STATE].connections.busy(request.transport):
+        return await handler(request)
 
 
 @web.middleware
@@ -101,6 +134,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     route = request.match_info.route.resource
     endpoint = route.canonical if route is not None else "unmatched"
     state.metrics.requests.labels(endpoint, str(response.status)).inc()
+    client = request.get(CLIENT)
+    if client is not None:
+        state.metrics.client_requests.labels(state.client_labels(client), str(response.status)).inc()
     return response
 
 
@@ -108,11 +144,12 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
         return await handler(request)
-    key = request.app[STATE].config.api_key
+    keys = request.app[STATE].config.api_keys
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Copilot sends "token <t>" to its token endpoint, "Bearer <t>" elsewhere.
     given_bytes = given.strip().encode("utf-8", "surrogateescape")  # header bytes aiohttp could not decode
-    if scheme.lower() not in ("bearer", "token") or not hmac.compare_digest(given_bytes, key.encode()):
+    matches = [hmac.compare_digest(given_bytes, key.encode()) for key in keys]  # every key: time says nothing
+    if scheme.lower() not in ("bearer", "token") or not any(matches):
         raise errors.unauthorized()
     return await handler(request)
 
@@ -153,11 +190,22 @@ async def _add_cors_headers(request: web.Request, response: web.StreamResponse) 
 async def start_site(app: web.Application, host: str, port: int,
                      access_log: bool = True) -> tuple[web.AppRunner, str, int]:
     """Starts `app` on host:port (0: any free port); returns the runner and the bound address."""
+    state = app[STATE]
+    config = state.config
+    gate = state.connections
+    cap = connection_cap(config.max_connections, open_file_limit())
+    if cap < config.max_connections:
+        log.warning("at most %d connections (not %d): the open-file limit is %s", cap, config.max_connections,
+                    open_file_limit())
+    gate.limits = replace(gate.limits, max_connections=cap)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=HANDLER_DRAIN_S,
-                           access_log=logging.getLogger("aiohttp.access") if access_log else None)
+                           access_log=logging.getLogger("aiohttp.access") if access_log else None,
+                           keepalive_timeout=config.keepalive_timeout, max_line_size=MAX_HEADER_LINE,
+                           max_field_size=MAX_HEADER_LINE, lingering_time=LINGERING_S,
+                           logger=ProtocolLogger(logging.getLogger("aiohttp.server")))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = GatedTCPSite(runner, host, port, gate)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -169,6 +217,7 @@ async def start_site(app: web.Application, host: str, port: int,
 async def serve(engine: AsyncEngine, config: ServerConfig, access_log: bool = True,
                 ready: Callable[[str, int], None] | None = None) -> int:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully; returns the exit code."""
+    raise_open_file_limit()  # idle sockets must not be what runs out
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

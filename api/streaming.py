@@ -1,22 +1,25 @@
-"""Server-sent events: `data: {json}\\n\\n` per chunk, `data: [DONE]\\n\\n` at the end.
+"""Server-sent events: `data: {json}\n\n` per chunk, `data: [DONE]\n\n` at the end.
 
 Headers go out only once every prompt of the request has its first token, so that a request
 the engine rejects (a prompt too long, say) still gets a plain 4xx JSON error. An error after
 that goes out as `data: {"error": {...}}` followed by `data: [DONE]`.
+
+What one chunk looks like is the endpoint's (a ChunkFormat): text completions here, chat
+deltas in api/chat_output.py.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from engine.outputs import CompletionOutput, RequestOutput
 
-from api.completions import CompletionPlan, LogprobsBuilder, new_logprobs, usage
+from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, new_logprobs, usage
 from api.errors import APIError
-from api.schemas import CompletionChoice, CompletionResponse
+from api.schemas import CompletionChoice, CompletionResponse, Logprobs, Usage
 
 if TYPE_CHECKING:
     from engine.async_engine import AsyncEngine
@@ -28,6 +31,31 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 def sse(payload: dict | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return b"data: " + data.encode() + b"\n\n"
+
+
+class ChunkFormat(Protocol):
+    def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
+               finish: str | None, first: bool) -> bytes:
+        """One choice's chunk: its new text and logprobs, its finish reason once finished."""
+
+    def usage(self, plan: CompletionPlan, used: Usage) -> bytes:
+        """The last chunk, with the usage of the whole request."""
+
+
+@dataclass(frozen=True)
+class TextChunks:
+    """OpenAI text completion chunks."""
+
+    def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
+               finish: str | None, first: bool) -> bytes:
+        chunk = CompletionResponse(id=plan.request_id, created=plan.created, model=plan.model,
+                                   choices=[CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                                             finish_reason=finish)])
+        return sse(chunk.model_dump_json())
+
+    def usage(self, plan: CompletionPlan, used: Usage) -> bytes:
+        return sse(CompletionResponse(id=plan.request_id, created=plan.created, model=plan.model, choices=[],
+                                      usage=used).model_dump_json())
 
 
 @dataclass
@@ -45,6 +73,7 @@ class CompletionStream:
     request: web.Request
     plan: CompletionPlan
     engine: "AsyncEngine"  # its tokenizer names the tokens of logprobs
+    format: ChunkFormat = field(default_factory=TextChunks)
     response: web.StreamResponse | None = None
     _pending: list[bytes] = field(default_factory=list)
     _started: set[int] = field(default_factory=set)
@@ -68,9 +97,7 @@ class CompletionStream:
 
     async def finish(self) -> None:
         if self.plan.include_usage:
-            final = CompletionResponse(id=self.plan.request_id, created=self.plan.created, model=self.plan.model,
-                                       choices=[], usage=usage(self.plan, self._last))
-            self._pending.append(sse(final.model_dump_json()))
+            self._pending.append(self.format.usage(self.plan, usage(self.plan, self._last)))
         self._pending.append(DONE)
         await self._flush()
 
@@ -94,13 +121,11 @@ class CompletionStream:
         logprobs = new_logprobs(state.logprobs, c, state.sent_tokens) if state.logprobs else None
         if not text and logprobs is None and not c.finished:
             return None
+        first = state.sent_chars == 0 and state.sent_tokens == 0
         state.sent_chars = max(state.sent_chars, len(c.text))
         state.sent_tokens = len(c.token_ids)
         state.finished = c.finished
-        chunk = CompletionResponse(id=self.plan.request_id, created=self.plan.created, model=self.plan.model,
-                                   choices=[CompletionChoice(index=index, text=text, logprobs=logprobs,
-                                                             finish_reason=c.finish_reason)])
-        return sse(chunk.model_dump_json())
+        return self.format.choice(self.plan, index, text, logprobs, finish_reason(c.finish_reason), first)
 
     async def _flush(self) -> None:
         if self.response is None:

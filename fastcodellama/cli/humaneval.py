@@ -2,21 +2,32 @@
 
 Flags follow the original tool (--model_path, --input_data_fn, --type, --passk, --n, --k,
 --output_data_fn). Samples are appended per finished task, so an interrupted run resumes
-without redoing or duplicating any sample.
+without redoing or duplicating any sample; the parameters of the run are kept beside the samples
+(SAMPLES.params.json), and a rerun with other parameters is refused rather than mixed in.
+
+Everything the command is given is checked before anything loads; then each start-up phase shows
+on one line, generation shows a bar over tokens, and the closing table says where the samples
+and results went and where the time went.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
-from fastcodellama.cli.options import add_engine_args, add_ray_args, add_spec_args, build_llm, ray_config, replica_spec
-from fastcodellama.evaluation.evaluate import evaluate_samples
-from fastcodellama.evaluation.problems import load_problems
-from fastcodellama.evaluation.selection import SelectConfig, format_table, select_samples
-from fastcodellama.job.report import report
-from fastcodellama.job.runner import generate_samples
-from fastcodellama.job.tasks import load_tasks
-from fastcodellama.job.types import CODEX_STOPS, JobParams
+from fastcodellama.cli import checks
+from fastcodellama.cli.checks import CliError, Interrupted
+from fastcodellama.cli.options import (add_engine_args, add_ray_args, add_spec_args, build_llm, engine_config,
+                                       ray_config, replica_spec, spec_config)
+from fastcodellama.cli.values import non_negative_float, non_negative_int, positive_float, positive_int, probability
+from fastcodellama.evaluation.sandbox import preflight, unsafe_no_sandbox
+from fastcodellama.job.report import RunSummary, report
+from fastcodellama.job.run_record import RunRecord, check_record, discard, read_record
+from fastcodellama.job.samples_file import done_counts
+from fastcodellama.job.tasks import load_tasks, samples_done
+from fastcodellama.job.types import CODEX_STOPS, JobParams, JobStats
+from fastcodellama.progress import Phases
 from fastcodellama.ray_cluster import import_ray
 
 
@@ -26,17 +37,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output_data_fn", default="samples.jsonl")
     p.add_argument("--type", choices=["base", "fastcodellama"], default="fastcodellama",
                    help="base: plain decoding; fastcodellama: copy-draft speculation")
-    p.add_argument("--passk", type=int, default=1, help="samples per task")
-    p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for passk=1, else 0.8")
-    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.95)
-    p.add_argument("--max-tokens", "--max_new_tokens", dest="max_tokens", type=int, default=256)
-    p.add_argument("--limit", type=int, default=None, help="only the first LIMIT tasks")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh: delete the samples file (and its record and results) instead of resuming")
+    p.add_argument("--passk", type=positive_int, default=1, help="samples per task")
+    p.add_argument("--temperature", type=non_negative_float, default=None,
+                   help="default: 0 (greedy) for passk=1, else 0.8")
+    p.add_argument("--top_p", "--top-p", dest="top_p", type=probability, default=0.95)
+    p.add_argument("--max-tokens", "--max_new_tokens", dest="max_tokens", type=positive_int, default=256)
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first LIMIT tasks")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--stop", action="append", default=None, help="stop string (default: the Codex stops)")
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
-    p.add_argument("--workers", type=int, default=2, help="parallel sandboxed test runs")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per test run")
-    p.add_argument("--select", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=2, help="parallel sandboxed test runs")
+    p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds per test run")
+    p.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run completions even where the sandbox cannot isolate them (no namespaces, "
+                        "unprivileged uid or seccomp): they then run with only what is left, possibly as you")
+    p.add_argument("--select", type=positive_int, default=None, metavar="N",
                    help="then submit N samples per task chosen by behaviour (`fastcodellama select`)")
     add_engine_args(p, model_flags=("--model_path", "--model"))
     add_spec_args(p)
@@ -45,46 +62,136 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with unsafe_no_sandbox(args.unsafe_no_sandbox):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     if args.type == "base":
         args.speculate = False
+    tasks, params_for, done = _prepare(args)
+    out = args.output_data_fn
+    try:
+        stats, extra, generated = _generate(args, tasks, params_for, done)
+        times = {"start-up": generated - started - stats.wall, "generation": stats.wall}
+        evaluation = _evaluate(args, tasks, times)
+        summary = RunSummary(args.model, "fastcodellama" if args.speculate else "base", out,
+                             evaluation["results_path"] if evaluation else None, times)
+        print(report(stats, evaluation, summary, extra))
+        if args.select:
+            from fastcodellama.evaluation.selection import SelectConfig, format_table, select_samples
+
+            chosen = select_samples(out, args.input_data_fn, SelectConfig(submit=args.select), workers=args.workers,
+                                    score_with_tests=evaluation is not None, timeout=args.timeout)
+            print(format_table(chosen) + f"\nsubmitted: {chosen['output']}")
+    except KeyboardInterrupt:
+        kept = sum(done_counts(out).values()) if os.path.exists(out) else 0
+        raise Interrupted(f"interrupted: {kept} samples kept in {out}, rerun to resume") from None
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> tuple[list[dict], JobParams, int]:
+    """Checks everything the job is given before anything loads: the model folder, the problems,
+    the output, the samples already there and the parameters they were made with. Returns the
+    tasks, the sampling and how many samples are done."""
+    out = args.output_data_fn
+    checks.model_folder(args.model, "--model_path")
+    if args.input_data_fn:
+        checks.readable_file(args.input_data_fn, "problems file (--input_data_fn)")
+    checks.output_file(out, "--output_data_fn")
     try:
         tasks = load_tasks(args.input_data_fn, args.limit)
         params_for = job_params(args)
-        on_ray = ray_config(args) if args.ray is not None else None
-        if on_ray is not None:
+        if args.ray is not None:
+            ray_config(args)
             import_ray()
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if on_ray is None:
-        stats, extra = generate_samples(build_llm(args), tasks, params_for, args.output_data_fn), []
-    else:
+        if args.select or (args.evaluate and _testable(tasks)):
+            preflight()  # refuse before generating where the samples' checks cannot be isolated
+        if args.overwrite:
+            discard(out)
+        done = done_counts(out)
+        check_record(out, RunRecord.of(params_for, args.model, args.speculate), sum(done.values()))
+    except (ValueError, OSError, RuntimeError) as e:  # SandboxUnavailable is a RuntimeError
+        raise CliError(str(e)) from None
+    if done and read_record(out) is None:
+        print(f"note: {out} has no record of the parameters its samples were made with (an older version wrote "
+              "it); resuming without comparing them", file=sys.stderr)
+    finished = samples_done(tasks, params_for, done)
+    if finished:
+        total = len(tasks) * params_for.passk
+        rest = "nothing left to generate" if finished == total else f"{total - finished} to generate"
+        print(f"resuming: {finished} of {total} samples done in {out}, {rest}", file=sys.stderr)
+    return tasks, params_for, finished
+
+
+def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams,
+              done: int) -> tuple[JobStats, list, float]:
+    """Loads what generation needs (each phase on one line) and runs it; returns the job's
+    counters, the extra rows of the report and when generation ended."""
+    if done == len(tasks) * params_for.passk:
+        return JobStats(resumed=done), [], time.perf_counter()
+    phases = Phases()
+    with phases("loading torch and the engine"):
+        import engine  # noqa: F401  (seconds: torch)
+        from fastcodellama.job.runner import generate_samples
+    checks.model_architecture(args.model)
+    try:
+        config, spec = engine_config(args), spec_config(args)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if args.ray is not None:
         from fastcodellama.job.ray_runner import generate_samples_on_ray
 
         try:
-            stats, cluster = generate_samples_on_ray(tasks, params_for, args.output_data_fn, replica_spec(args), on_ray)
+            stats, cluster = generate_samples_on_ray(tasks, params_for, args.output_data_fn, replica_spec(args),
+                                                     ray_config(args))
         except (ValueError, RuntimeError) as e:  # the cluster cannot hold the replicas; they all died
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        extra = cluster.rows()
-    evaluation = None
-    if args.evaluate and all("test" in t and "entry_point" in t for t in tasks):
-        problems = load_problems(args.input_data_fn)
-        problems = {t["task_id"]: problems[t["task_id"]] for t in tasks}
-        ks = [k for k in (1, 5, 10, 100) if k <= args.passk]
-        check_all = None
-        if on_ray is not None:
-            from fastcodellama.evaluation.ray_sandbox import RaySandboxes
+            raise CliError(str(e), code=1) from None
+        return stats, cluster.rows(), time.perf_counter()
+    with phases("C kernels and draft tables (compiled on first use, then cached)"):
+        _build_extensions(config.torch_device().type == "cpu", spec is not None)
+    with phases(f"loading model {args.model}"):
+        llm = build_llm(args)
+    stats = generate_samples(llm, tasks, params_for, args.output_data_fn)
+    return stats, [], time.perf_counter()
 
-            check_all = RaySandboxes(on_ray.address, workers_per_node=args.workers)
-        evaluation = evaluate_samples(args.output_data_fn, problems, ks=ks, workers=args.workers,
-                                      timeout=args.timeout, check_all=check_all)
-    print(report(stats, evaluation, args.type, extra))
-    if args.select:
-        chosen = select_samples(args.output_data_fn, args.input_data_fn, SelectConfig(submit=args.select),
-                                workers=args.workers, score_with_tests=evaluation is not None, timeout=args.timeout)
-        print(format_table(chosen) + f"\nsubmitted: {chosen['output']}")
-    return 0
+
+def _build_extensions(cpu: bool, drafts: bool) -> None:
+    """What the engine and the proposer would otherwise compile, unseen, while the model loads."""
+    if cpu:
+        from engine.kernels import cpu as cpu_kernels
+
+        cpu_kernels.load()
+    if drafts:
+        from fastcodellama.drafting.ngram_tables import load_extension
+
+        load_extension()
+
+
+def _testable(tasks: list[dict]) -> bool:
+    return all("test" in t and "entry_point" in t for t in tasks)
+
+
+def _evaluate(args: argparse.Namespace, tasks: list[dict], times: dict[str, float]) -> dict | None:
+    if not (args.evaluate and _testable(tasks)):
+        return None
+    from fastcodellama.evaluation.evaluate import evaluate_samples
+    from fastcodellama.evaluation.problems import load_problems
+
+    start = time.perf_counter()
+    problems = load_problems(args.input_data_fn)
+    problems = {t["task_id"]: problems[t["task_id"]] for t in tasks}
+    ks = [k for k in (1, 5, 10, 100) if k <= args.passk]
+    check_all = None
+    if args.ray is not None:
+        from fastcodellama.evaluation.ray_sandbox import RaySandboxes
+
+        check_all = RaySandboxes(ray_config(args).address, workers_per_node=args.workers)
+    evaluation = evaluate_samples(args.output_data_fn, problems, ks=ks, workers=args.workers,
+                                  timeout=args.timeout, check_all=check_all)
+    times["evaluation"] = time.perf_counter() - start
+    return evaluation
 
 
 def job_params(args: argparse.Namespace) -> JobParams:

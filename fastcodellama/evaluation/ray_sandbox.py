@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
-from fastcodellama.evaluation.sandbox import ExecResult, Limits, check_program
+from fastcodellama.evaluation.sandbox import Check, ExecResult, Limits, check_program
 
 
 class SandboxNode:
@@ -21,13 +21,14 @@ class SandboxNode:
     def __init__(self, workers: int) -> None:
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
 
-    def check(self, programs: list[str], timeout: float, limits: Limits) -> list[ExecResult]:
-        return list(self.pool.map(lambda program: check_program(program, timeout, limits), programs))
+    def check(self, checks: list[Check | str], timeout: float, limits: Limits) -> list[ExecResult]:
+        return list(self.pool.map(lambda check: check_program(check, timeout, limits), checks))
 
 
 class RaySandboxes:
-    """`evaluate.CheckAll` on Ray: chunks of programs go to the node actors, two chunks in flight per
-    node; the chunks of a node that dies are run again on the others."""
+    """`evaluate.CheckAll` on Ray: chunks of checks go to the node actors, two chunks in flight per
+    node; the chunks of a node that dies are run again on the others. A node that cannot isolate the
+    checks raises sandbox.SandboxUnavailable (unless the limits allow unsafe runs)."""
 
     def __init__(self, address: str | None, workers_per_node: int = 4, local_cpus: int | None = None,
                  progress: bool = True) -> None:
@@ -46,7 +47,7 @@ class RaySandboxes:
         return {node: actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
             node, soft=False)).remote(self.workers) for node in nodes}
 
-    def __call__(self, programs: list[str], timeout: float, limits: Limits) -> list[ExecResult]:
+    def __call__(self, programs: list[Check | str], timeout: float, limits: Limits) -> list[ExecResult]:
         actors = self._start_actors()
         if not actors:
             raise RuntimeError("no live Ray node with CPUs to run the checks on")

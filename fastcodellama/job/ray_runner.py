@@ -18,14 +18,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from engine.outputs import CompletionOutput
+from fastcodellama.job.run_record import RunRecord, start_run
 from fastcodellama.job.samples_file import SamplesFile, done_counts
-from fastcodellama.job.tasks import pending_tasks
+from fastcodellama.job.tasks import pending_tasks, samples_done
 from fastcodellama.job.types import JobParams, JobStats, PendingTask, ReplicaSpec
 from fastcodellama.ray_cluster import RayConfig, connect
+
+if TYPE_CHECKING:
+    from engine.outputs import CompletionOutput
 
 @dataclass(frozen=True)
 class ReplicaFailure:
@@ -69,7 +73,7 @@ class EngineReplica:
         proposer = build_proposer(spec.spec) if spec.spec is not None else None
         self.engine = LLM(spec.engine, proposer=proposer).engine
 
-    def advance(self, new: list[PendingTask]) -> list[tuple[str, list[CompletionOutput]]]:
+    def advance(self, new: list[PendingTask]) -> list[tuple[str, list["CompletionOutput"]]]:
         """Adds `new`, then steps until a task finishes (or none is left); returns the finished ones."""
         for task in new:
             self.engine.add_request(task.request_id, task.prompt, task.params)
@@ -145,7 +149,7 @@ class ReplicaPool:
             if self.held[index]:
                 self.calls[handle.advance.remote(new)] = index
 
-    def collect(self) -> list[tuple[PendingTask, list[CompletionOutput]]]:
+    def collect(self) -> list[tuple[PendingTask, list["CompletionOutput"]]]:
         """Waits for one replica's call; returns its finished tasks (none if the replica died)."""
         ready, _ = self.ray.wait(list(self.calls), num_returns=1)
         index = self.calls.pop(ready[0])
@@ -198,20 +202,27 @@ def generate_samples_on_ray(tasks: list[dict], params_for: JobParams, output: st
 
     `on_result(pool)` runs after each task is written (tests use it to kill a replica mid-job)."""
     stats = JobStats()
-    pending = pending_tasks(tasks, params_for, done_counts(output))
+    done = done_counts(output)
+    stats.resumed = samples_done(tasks, params_for, done)
+    start_run(output, RunRecord.of(params_for, replica.engine.model, replica.spec is not None), sum(done.values()))
+    pending = pending_tasks(tasks, params_for, done)
     if not pending:
         return stats, ClusterReport(replicas=0)
     pool = ReplicaPool(connect(config.address, config.local_cpus), replica, config, pending)
     try:
         pool.wait_ready()  # like the single-process job, the wall time leaves out loading the model
         start = time.perf_counter()
+        # Replicas hand back whole tasks: the bar counts finished samples, with tokens/s beside.
         with SamplesFile(output, stats) as f, \
-                tqdm(total=len(pool.queue), desc="tasks", unit="task", disable=not progress) as bar:
+                tqdm(total=sum(p.params.n for p in pending), desc="generating", unit="sample",
+                     disable=not progress, dynamic_ncols=True) as bar:
             while pool.busy:
                 pool.dispatch()
                 for task, completions in pool.collect():
                     f.write(task.task_id, completions)
-                    bar.update(1)
+                    bar.set_postfix_str(f"{stats.tokens / max(1e-9, time.perf_counter() - start):.1f} tokens/s",
+                                        refresh=False)
+                    bar.update(len(completions))
                     if on_result is not None:
                         on_result(pool)
     finally:

@@ -3,25 +3,40 @@ from __future__ import annotations
 
 import time
 
-from tqdm.auto import tqdm
-
+from fastcodellama.job.run_record import RunRecord, start_run
 from fastcodellama.job.samples_file import SamplesFile, done_counts
-from fastcodellama.job.tasks import pending_tasks
+from fastcodellama.job.tasks import pending_tasks, samples_done
 from fastcodellama.job.types import JobParams, JobStats
+from fastcodellama.progress import TokenProgress
 
 
 def generate_samples(llm, tasks: list[dict], params_for: JobParams, output: str, progress: bool = True) -> JobStats:
-    """Runs every task's missing samples through one engine; appends each task's samples when it finishes."""
+    """Runs every task's missing samples through one engine; appends each task's samples when it
+    finishes. Refuses (run_record.RunMismatch) a samples file made with other parameters."""
     engine, stats = llm.engine, JobStats()
-    pending = {p.request_id: p for p in pending_tasks(tasks, params_for, done_counts(output))}
-    for p in pending.values():
-        engine.add_request(p.request_id, p.prompt, p.params)
+    done = done_counts(output)
+    stats.resumed = samples_done(tasks, params_for, done)
+    start_run(output, RunRecord.of(params_for, llm.config.model, engine.proposer is not None), sum(done.values()))
+    pending = {p.request_id: p for p in pending_tasks(tasks, params_for, done)}
+    base = engine.stats().generated_tokens
     start = time.perf_counter()
-    with SamplesFile(output, stats) as f, \
-            tqdm(total=len(pending), desc="tasks", unit="task", disable=not progress) as bar:
-        while engine.has_unfinished():
-            for out in engine.step(collect="finished"):
-                f.write(pending.pop(out.request_id).task_id, out.outputs)
-                bar.update(1)
+    try:
+        for p in pending.values():
+            engine.add_request(p.request_id, p.prompt, p.params)
+        samples = sum(p.params.n for p in pending.values())
+        with SamplesFile(output, stats) as f, TokenProgress(samples, params_for.max_tokens, progress) as bar:
+            while pending:
+                snapshot = bar.due()  # the state of every running sample only when the bar refreshes
+                for out in engine.step(collect="all" if snapshot else "finished"):
+                    if out.request_id not in pending:  # another caller's request on a shared engine
+                        continue
+                    bar.observe(out.request_id, out.outputs)
+                    if out.finished:
+                        f.write(pending.pop(out.request_id).task_id, out.outputs)
+                if snapshot or not pending:
+                    bar.refresh(engine.stats().generated_tokens - base)
+    finally:
+        for request_id in pending:  # interrupted: the engine must not keep running them
+            engine.abort(request_id)
     stats.wall = time.perf_counter() - start
     return stats

@@ -6,12 +6,23 @@ from fastcodellama.job.types import JobParams, PendingTask
 
 
 def load_tasks(path: str | None, limit: int | None) -> list[dict]:
+    """The problems of `path` (default: HumanEval), the first `limit` of them if given."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    path = path or default_problems_path()
     tasks = []
-    for row in read_jsonl(path or default_problems_path()):
-        if "task_id" not in row or "prompt" not in row:
-            raise ValueError(f"every problem needs task_id and prompt; got keys {sorted(row)}")
+    for number, row in enumerate(read_jsonl(path), 1):
+        if not (isinstance(row, dict) and isinstance(row.get("task_id"), str) and isinstance(row.get("prompt"), str)):
+            raise ValueError(f"{path}: problem {number} needs string fields task_id and prompt")
         tasks.append(row)
-    return tasks[:limit] if limit else tasks
+    if not tasks:
+        raise ValueError(f"{path} holds no problems")
+    return tasks if limit is None else tasks[:limit]
+
+
+def samples_done(tasks: list[dict], job: JobParams, done: dict[str, int]) -> int:
+    """Samples of `tasks` already in the file (at most passk per task count)."""
+    return sum(min(done.get(t["task_id"], 0), job.passk) for t in tasks)
 
 
 def task_seed(seed: int, task_index: int, done: int) -> int:

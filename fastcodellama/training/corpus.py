@@ -79,12 +79,18 @@ def write_jsonl(path: str, documents: Iterable[str]) -> int:
 
 
 def read_jsonl(path: str) -> list[str]:
+    """The documents of a jsonl file of {"code": ...} lines; a bad line is a ValueError naming it."""
     documents = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{number}: not UTF-8 text") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict) or not isinstance(record.get("code"), str):
                 raise ValueError(f"{path}:{number}: expected a JSON object with a string 'code' field")
             documents.append(record["code"])

@@ -37,6 +37,10 @@ COMMON_CONFIG = dict(max_position_embeddings=2048, rope_theta=10000.0, rms_norm_
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 CHARS_PER_TOKEN = 3  # a low estimate for code; sizes chunks so that a FIM example fits in one row
 MIN_LR_RATIO = 0.1
+# Without --warmup-steps the warm-up ends after AUTO_WARMUP_STEPS steps or AUTO_WARMUP_SHARE of the
+# run (by steps or by time), whichever comes first, so that a short run does not spend itself warming up.
+AUTO_WARMUP_STEPS = 100
+AUTO_WARMUP_SHARE = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,10 +139,14 @@ def batches(rows: Iterator[list[int]], batch_size: int):
 # Training
 
 
-def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
-    """Linear warmup over `warmup` steps, then cosine from peak to MIN_LR_RATIO * peak over progress."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
+def lr_at(step: int, progress: float, peak: float, warmup: int, warmup_share: float = 0.0) -> float:
+    """Linear warmup over `warmup` steps (or, with warmup_share > 0, up to that share of progress if
+    it comes first), then cosine from peak to MIN_LR_RATIO * peak over progress."""
+    if step < warmup and not (warmup_share and progress >= warmup_share):
+        scale = (step + 1) / warmup
+        if warmup_share:
+            scale = max(scale, progress / warmup_share)
+        return peak * min(1.0, scale)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return peak * (MIN_LR_RATIO + (1.0 - MIN_LR_RATIO) * cosine)
 
@@ -150,14 +158,27 @@ class Trainer:
         self.log_path = os.path.join(args.output, "train_log.jsonl")
 
     def train(self) -> int:
+        """Trains and saves; returns the exit status. Bad data is a ValueError raised before the
+        output folder is made; a run that fails leaves no output folder it made itself."""
+        args = self.args
+        train_docs, val_docs = self._load_documents()
+        created = not os.path.exists(args.output)
+        os.makedirs(args.output, exist_ok=True)
+        status = 1
+        try:
+            status = self._train(train_docs, val_docs)
+        finally:
+            if status != 0 and created and not os.path.exists(os.path.join(args.output, "config.json")):
+                shutil.rmtree(args.output, ignore_errors=True)  # nothing saved: leave no trace
+        return status
+
+    def _train(self, train_docs: list[str], val_docs: list[str]) -> int:
         import torch
         from tqdm import tqdm
 
         args = self.args
         torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
-        os.makedirs(args.output, exist_ok=True)
-        train_docs, val_docs = self._load_documents()
         self.tokenizer_dir = tempfile.mkdtemp(prefix="fastcodellama-tokenizer-")
         try:
             sp = self._prepare_tokenizer(train_docs)
@@ -197,7 +218,7 @@ class Trainer:
             held = [d for i, d in enumerate(train) if i % 50 == 49]
             train, val = ([d for i, d in enumerate(train) if i % 50 != 49], held) if held else (train, train)
         if not train:
-            raise SystemExit("fastcodellama train: no training documents")
+            raise ValueError(f"no training documents in {args.data}")
         return train, val
 
     def _prepare_tokenizer(self, train_docs: list[str]):
@@ -211,7 +232,7 @@ class Trainer:
                 if os.path.isfile(os.path.join(args.init, name)):
                     shutil.copy(os.path.join(args.init, name), self.tokenizer_dir)
             if not os.path.isfile(os.path.join(self.tokenizer_dir, "tokenizer.model")):
-                raise SystemExit(f"fastcodellama train: --init {args.init} has no sentencepiece tokenizer.model")
+                raise ValueError(f"--init {args.init} has no sentencepiece tokenizer.model (fine-tuning needs one)")
         else:
             vocab = PRESETS[args.preset]["vocab_size"]
             print(f"training a {vocab}-piece sentencepiece tokenizer...", flush=True)
@@ -245,6 +266,8 @@ class Trainer:
         self.n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {self.n_params / 1e6:.2f}M parameters; {self.data_info}", flush=True)
         self.step, self.tokens, self.stopped_by = 0, 0, "data"
+        self.warmup = (args.warmup_steps, 0.0) if args.warmup_steps is not None else (AUTO_WARMUP_STEPS,
+                                                                                       AUTO_WARMUP_SHARE)
         self.val_loss, self.val_step = self.evaluate(model), 0
         self._log({"val_loss": self.val_loss})
         last_save, recent = time.time(), []
@@ -257,7 +280,7 @@ class Trainer:
                 break
             progress = max(self.step / args.max_steps if args.max_steps else 0.0,
                            elapsed / (args.max_minutes * 60) if args.max_minutes else 0.0)
-            lr = lr_at(self.step, progress, args.lr, args.warmup_steps)
+            lr = lr_at(self.step, progress, args.lr, *self.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_start = time.time()

@@ -121,3 +121,13 @@ async def test_server_still_serves_after_bad_inputs(server, http):
     await wait_idle(http, server.url)
     async with http.get(server.url + "/metrics") as r:
         assert 'status="500"' not in await r.text()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_copilots_default_engine_names_are_served_and_others_are_told_the_flag(server, http):
+    for engine in ("codegen", "copilot-codex"):  # what Copilot and the FauxPilot recipe ask for by default
+        async with http.post(f"{server.url}/v1/engines/{engine}/completions", json={"prompt": "x", "max_tokens": 2}) as r:
+            assert r.status == 200, await r.text()
+    async with http.post(f"{server.url}/v1/engines/davinci/completions", json={"prompt": "x"}) as r:
+        message = (await r.json())["error"]["message"]
+    assert r.status == 404 and "--served-model-name tiny davinci" in message

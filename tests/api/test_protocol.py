@@ -61,7 +61,7 @@ async def test_copilot_token_and_engine_path_stream(server, http):
     assert len(finished) == 2
     for c in chunks:
         assert c["object"] == "text_completion" and c["model"] == "tiny"
-    async with http.post(f"{server.url}/v1/engines/codegen/completions", json={"prompt": "x"}) as r:
+    async with http.post(f"{server.url}/v1/engines/davinci-002/completions", json={"prompt": "x"}) as r:
         assert r.status == 404 and (await r.json())["error"]["param"] == "engine"
 
 

@@ -102,7 +102,8 @@ async def test_api_key(tiny_model_dir, http):
 
 async def test_queue_full_is_429_with_retry_after(tiny_model_dir, http):
     engine = dict(num_kv_blocks=128, block_size=8, max_num_seqs=1, max_num_batched_tokens=64)
-    async with make_server(tiny_model_dir, speculate=False, engine=engine, max_queue=1) as srv:
+    # One client may fill the whole server here (client_share 1): the server-wide limit is under test.
+    async with make_server(tiny_model_dir, speculate=False, engine=engine, max_queue=1, client_share=1.0) as srv:
         url = srv.url + CT
         # One running, one waiting (its headers come with its first token, so do not wait for them).
         held = [asyncio.create_task(http.post(url, json=long_request(True))) for _ in range(2)]

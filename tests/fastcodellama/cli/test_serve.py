@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from engine import DEFAULT_MODEL
 from fastcodellama.cli import serve as serve_cmd
 
@@ -38,5 +40,8 @@ def test_engine_and_server_options(tmp_path):
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert serve_cmd.run(parse(["--model", str(tmp_path / "none")])) == 2
-    assert "no model" in capsys.readouterr().err
-    assert serve_cmd.run(parse(["--model", str(tmp_path), "--max-num-seqs", "0"])) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert serve_cmd.run(parse(["--model", str(tmp_path)])) == 2
+    assert "no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused while parsing, before anything loads
+        parse(["--model", str(tmp_path), "--max-num-seqs", "0"])

@@ -1,14 +1,14 @@
 """Sandbox: verdicts, forgeries that must fail, and hostile completions that must stay contained.
 
 The strongest assertions depend on the isolation the kernel granted; the level is printed, and a
-weaker level skips (never silently passes) what it cannot guarantee.
+weaker level skips (never silently passes) what it cannot guarantee. The attacks of issue #21 are
+in test_sandbox_isolation.py (the host) and test_sandbox_verdict.py (the verdict).
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-import re
 import socket
 import stat
 import subprocess
@@ -19,6 +19,7 @@ import time
 import pytest
 
 from fastcodellama.evaluation import sandbox
+from fastcodellama.evaluation.evaluate import problem_check
 from fastcodellama.evaluation.problems import Problem
 from fastcodellama.evaluation.sandbox import check_program
 
@@ -30,7 +31,7 @@ SANDBOX_UIDS = (sandbox.SANDBOX_UID_BASE, sandbox.SANDBOX_UID_BASE + sandbox.SAN
 
 
 def run(completion: str, timeout: float = TIMEOUT) -> sandbox.ExecResult:
-    return check_program(ADD.check_program(completion), timeout)
+    return check_program(problem_check(ADD, completion), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +48,17 @@ def needs(level: str, *features: str) -> None:
 
 
 def sandbox_processes() -> list[int]:
-    """Processes that run as a sandbox uid or run the sandbox's setup."""
+    """Processes of this test process's checks: the sandbox's setup and harness carry a marker with
+    our pid in their command line, and forks keep it (other sessions' checks on the machine do not)."""
+    marker = f"fcl-sandbox-of-{os.getpid()}".encode()
     found = []
-    for status in glob.glob("/proc/[0-9]*/status"):
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
         try:
-            with open(status) as f:
-                uid = int(re.search(r"^Uid:\s+(\d+)", f.read(), re.M).group(1))
-            with open(status.replace("status", "cmdline"), "rb") as f:
-                cmdline = f.read()
-        except (OSError, AttributeError):
+            with open(cmdline, "rb") as f:
+                if marker in f.read():
+                    found.append(int(cmdline.split("/")[2]))
+        except OSError:
             continue
-        in_range = sandbox.SANDBOX_UID_BASE <= uid < sandbox.SANDBOX_UID_BASE + sandbox.SANDBOX_UID_COUNT
-        if in_range or b"fcl-sandbox-" in cmdline:
-            found.append(int(status.split("/")[2]))
     return found
 
 
@@ -139,45 +138,6 @@ def test_forgery_fails(completion):
     assert not result.passed and result.status == "failed", result
 
 
-TOKEN_SEARCH = """    return a + b
-import gc, os, sys, re
-# PLANT
-found = []
-for fd in range(64):
-    try:
-        os.set_blocking(fd, False)
-        found.append(os.read(fd, 4096).decode(errors='replace'))
-    except OSError:
-        pass
-for name in ('environ', 'cmdline'):
-    found.append(open('/proc/self/' + name, 'rb').read().decode(errors='replace'))
-for o in gc.get_objects():
-    items = list(o.keys()) + list(o.values()) if isinstance(o, dict) else o if isinstance(o, (list, tuple, set)) else []
-    found += [x for x in items if isinstance(x, (str, bytes))]
-frame = sys._getframe()
-while frame:
-    found += [x for x in frame.f_locals.values() if isinstance(x, (str, bytes))]
-    frame = frame.f_back
-found += [str(v) for v in sys.argv + list(os.environ.values())]
-hexes = set()
-for text in found:
-    text = text.decode(errors='replace') if isinstance(text, bytes) else text
-    hexes.update(re.findall(r'\\b[0-9a-f]{32}\\b', text))
-raise Exception(sorted(hexes))
-"""
-
-
-def test_token_is_nowhere_before_check_returns():
-    # Look everywhere the harness could have kept it: every fd (without blocking), argv, env, the
-    # interpreter's objects and frames; report what was found through the exception message.
-    planted = "0123456789abcdef" * 2
-    found = run(TOKEN_SEARCH.replace("# PLANT", f"def f(x={planted!r}):\n    pass"))
-    assert found.detail == f"failed: ['{planted}']"  # the search does find such a string
-    result = run(TOKEN_SEARCH)
-    assert result.status == "failed"
-    assert result.detail == "failed: []"
-
-
 # --- hostile completions: contained, and the job goes on ----------------------------------------
 
 def _hostile(body: str) -> str:
@@ -242,7 +202,7 @@ while True:
 @pytest.mark.parametrize("body", ["x = bytearray(64 << 30)", "x = []\nwhile True:\n    x.append(bytearray(1 << 20))"],
                          ids=["at once", "step by step"])
 def test_unbounded_allocation(body, workdirs):
-    result = run(_hostile(body), timeout=5.0)
+    result = run(_hostile(body), timeout=15.0)  # the point is the MemoryError: time enough on a busy machine
     assert (result.status, result.detail) == ("failed", "failed: "), result  # MemoryError() has no message
     assert_contained(workdirs)
 

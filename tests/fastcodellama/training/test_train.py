@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from fastcodellama.cli.main import build_parser
+from fastcodellama.cli.main import build_parser, main
 from fastcodellama.training import corpus, tokenizer_training, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -128,6 +128,10 @@ def test_lr_schedule():
     assert train.lr_at(10, 0.0, 1.0, 10) == pytest.approx(1.0)
     assert train.lr_at(500, 1.0, 1.0, 10) == pytest.approx(train.MIN_LR_RATIO)
     assert train.lr_at(500, 2.0, 1.0, 10) == pytest.approx(train.MIN_LR_RATIO)
+    # The default warm-up ends at 100 steps or 5% of the run, whichever comes first.
+    assert train.lr_at(10, 0.025, 1.0, 100, 0.05) == pytest.approx(0.5)
+    assert train.lr_at(10, 0.06, 1.0, 100, 0.05) < 1.0 and train.lr_at(10, 0.06, 1.0, 100, 0.05) > 0.9  # cosine
+    assert train.lr_at(99, 0.001, 1.0, 100, 0.05) == pytest.approx(1.0)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -135,11 +139,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_rejects_missing_preset_and_budget(tmp_path, capsys):
-    args = _parse(["--output", str(tmp_path / "o"), "--max-steps", "1"])
-    assert args.func(args) == 2
-    args = _parse(["--output", str(tmp_path / "o"), "--preset", "micro"])
-    assert args.func(args) == 2
+    assert main(["train", "--output", str(tmp_path / "o"), "--max-steps", "1"]) == 2
+    assert main(["train", "--output", str(tmp_path / "o"), "--preset", "micro"]) == 2
     assert "--max-steps" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_micro_training_end_to_end(tmp_path):

@@ -1,0 +1,67 @@
+"""Engine outputs as chat completions: the whole response, or chat.completion.chunk deltas.
+
+Log probabilities: one entry per generated token; its text is the piece the detokenizer released
+for it (empty while a character spans several tokens), `bytes` that piece's UTF-8. The engine
+computes the chosen token's log probability only, so `top_logprobs` holds that token alone when
+asked for (and is empty otherwise).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.async_engine import AsyncEngine
+from engine.outputs import RequestOutput
+
+from api.chat_schemas import (AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatResponse,
+                              ChoiceLogprobs, TokenLogprob, TopLogprob)
+from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, usage
+from api.schemas import Logprobs, Usage
+from api.streaming import sse
+
+
+def chat_logprobs(lp: Logprobs | None, top: int) -> ChoiceLogprobs | None:
+    if lp is None:
+        return None
+    entries = []
+    for token, value in zip(lp.tokens, lp.token_logprobs):
+        value = float(value if value is not None else 0.0)
+        raw = list(token.encode("utf-8"))
+        alternatives = [TopLogprob(token=token, logprob=value, bytes=raw)] if top > 0 else []
+        entries.append(TokenLogprob(token=token, logprob=value, bytes=raw, top_logprobs=alternatives))
+    return ChoiceLogprobs(content=entries)
+
+
+def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engine: AsyncEngine,
+                  top_logprobs: int = 0) -> ChatResponse:
+    choices = []
+    for i in sorted(outputs):
+        out = outputs[i]
+        for c in sorted(out.outputs, key=lambda c: c.index):
+            lp = None
+            if c.logprobs is not None:
+                lp = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished)
+            choices.append(ChatChoice(index=i * plan.n + c.index, message=AssistantMessage(content=c.text),
+                                      logprobs=chat_logprobs(lp, top_logprobs),
+                                      finish_reason=finish_reason(c.finish_reason)))
+    return ChatResponse(id=plan.request_id, created=plan.created, model=plan.model, choices=choices,
+                        usage=usage(plan, outputs))
+
+
+@dataclass(frozen=True)
+class ChatChunks:
+    """chat.completion.chunk events: a choice's first chunk carries the role, each its new text."""
+
+    top_logprobs: int = 0
+
+    def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
+               finish: str | None, first: bool) -> bytes:
+        # content always, "" included: Mistral's clients (Tabby's) read every chunk's delta.content
+        delta = {"role": "assistant", "content": text} if first else {"content": text}
+        chunk = ChatChunk(id=plan.request_id, created=plan.created, model=plan.model,
+                          choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish,
+                                                   logprobs=chat_logprobs(logprobs, self.top_logprobs))])
+        return sse(chunk.model_dump_json())
+
+    def usage(self, plan: CompletionPlan, used: Usage) -> bytes:
+        return sse(ChatChunk(id=plan.request_id, created=plan.created, model=plan.model, choices=[],
+                             usage=used).model_dump_json())

@@ -1,0 +1,109 @@
+"""Bodies of the chat-shaped endpoints: POST /v1/chat/completions (OpenAI) and the answers of
+POST /v1/fim/completions (Mistral's FIM API answers as a chat completion)."""
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.schemas import MAX_LOGPROBS, SamplingRequest, TextPart, Usage
+
+MAX_MESSAGES = 4096
+
+
+class ChatMessage(BaseModel):
+    """One message; fields beyond these (tool_calls, tool_call_id, ...) reach the template as sent."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: str
+    content: Optional[Union[str, list[TextPart]]] = None
+    name: Optional[str] = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, content):
+        if isinstance(content, list):
+            other = sorted({p.type for p in content if p.type != "text" or p.text is None})
+            if other:
+                raise ValueError(f"only text content parts are supported, got {', '.join(other)}")
+        return content
+
+    def template_dict(self) -> dict:
+        """The message as a chat template sees it: text parts joined by newlines into one string."""
+        message = self.model_dump(exclude_none=True)
+        if isinstance(self.content, list):
+            message["content"] = "\n".join(p.text or "" for p in self.content)
+        return message
+
+
+class ChatRequest(SamplingRequest):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: Optional[int] = Field(None, ge=1, description="Default: what is left of the context.")
+    max_completion_tokens: Optional[int] = Field(None, ge=1, description="Takes precedence over max_tokens.")
+    logprobs: Optional[bool] = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
+                                        description="Alternatives are not computed: each list holds the chosen "
+                                                    "token alone.")
+
+
+# ---------------------------------------------------------------------- responses
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: Optional[list[TokenLogprob]] = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = None
+
+
+class ChatChoice(BaseModel):
+    index: int = Field(description="prompt_index * n + sample_index")
+    message: AssistantMessage
+    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Optional[Usage] = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: dict[str, str] = Field(description="content: the new text (\"\" in the last chunk); role in a "
+                                              "choice's first chunk.")
+    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+
+
+class ChatChunk(BaseModel):
+    """One `data:` chunk of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Optional[Usage] = None
