@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from engine import SamplingParams
 from fastcodellama.job.tasks import load_tasks
 
-TRACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "real_traces")
+# Beside the checkout; FASTCODELLAMA_TRACES names another copy (a GPU machine gets only the checkout).
+TRACES = os.environ.get("FASTCODELLAMA_TRACES") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "real_traces")
 WORKLOADS = ("greedy", "passk", "pass100")
 
 

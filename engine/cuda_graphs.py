@@ -48,13 +48,16 @@ class StepGraphs:
         if not self.capture:
             raise RuntimeError("graphs are captured on CUDA devices only")
         pool = torch.cuda.graph_pool_handle()
-        before = torch.cuda.memory_reserved(self.static.device)
+        # Capture empties the allocator's cache first; empty it before the count, or what it
+        # frees would be counted against the graphs.
+        torch.cuda.empty_cache()
+        free_before = torch.cuda.mem_get_info(self.static.device)[0]
         start = time.perf_counter()
         for bucket in sorted(self.static.buckets, key=lambda b: (-b.rows, -b.seqs)):
             self._capture(bucket, pool)
         torch.cuda.synchronize(self.static.device)
         self.report = CaptureReport(len(self._graphs), time.perf_counter() - start,
-                                    torch.cuda.memory_reserved(self.static.device) - before)
+                                    free_before - torch.cuda.mem_get_info(self.static.device)[0])
         log.info("%s", self.report.describe())
         return self.report
 

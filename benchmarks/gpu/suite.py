@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 
@@ -153,31 +154,33 @@ def _triton_against_torch(args, device) -> dict:
 
 # ---------------------------------------------------------------------- b, c: decode and verify
 
-def timed(engine, prompts: list[list[int]], samples: int, max_tokens: int, device) -> tuple[float, int]:
+def timed(engine, prompts: list[list[int]], samples: int, max_tokens: int, device) -> list[float]:
+    """Seconds of every step of a run (each step ends in the copy of its sampled ids to the host,
+    so the host clock sees the device's time)."""
     params = SamplingParams(n=samples, temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    steps = engine.stats().steps
     engine.scheduler.blocks.clear_cache()
-    shapes.sync(device)
-    start = time.perf_counter()
     for i, prompt in enumerate(prompts):
         engine.add_request(f"r{time.monotonic_ns()}-{i}", list(prompt), params)
+    steps = []
     while engine.has_unfinished():
+        shapes.sync(device)
+        start = time.perf_counter()
         engine.step()
-    shapes.sync(device)
-    return time.perf_counter() - start, engine.stats().steps - steps
+        shapes.sync(device)
+        steps.append(time.perf_counter() - start)
+    return steps
 
 
 def decode_run(engine, batch: int, args, device) -> dict:
-    """Decode time: a run of gen_len tokens less a prefill-only run of the same requests."""
+    """A decode step's time: the median step of a run of gen_len tokens (its one or two prefill
+    steps are outliers the median ignores), after a warm-up run of the same shape."""
     samples = min(10, batch)
     prompts = shapes.random_prompts(max(1, batch // samples), args.prompt_len, 8000, seed=batch)
-    timed(engine, prompts[:1], 1, 2, device)
-    prefill_s, prefill_steps = timed(engine, prompts, samples, 1, device)
-    full_s, full_steps = timed(engine, prompts, samples, args.gen_len, device)
+    timed(engine, prompts, samples, 8, device)
+    steps = timed(engine, prompts, samples, args.gen_len, device)
     seqs = len(prompts) * samples
-    decode_s, steps = max(1e-9, full_s - prefill_s), max(1, full_steps - prefill_steps)
-    return {"batch": seqs, "decode_s": decode_s, "step_ms": 1000 * decode_s / steps,
-            "decode_tokens_per_s": seqs * (args.gen_len - 1) / decode_s}
+    step_s = statistics.median(steps)
+    return {"batch": seqs, "steps": len(steps), "step_ms": 1000 * step_s, "decode_tokens_per_s": seqs / step_s}
 
 
 def decode_and_verify(args, device, model) -> dict:
@@ -193,7 +196,7 @@ def decode_and_verify(args, device, model) -> dict:
         out.setdefault("engine_start_s", {})["graphs" if graphs else "eager"] = time.perf_counter() - start
         if engine.runner.graphs is not None and engine.runner.graphs.report is not None:
             out["graph_capture"] = engine.runner.graphs.report.describe()
-        for b in args.batches:
+        for b in (args.batches if graphs or device.type != "cuda" else args.eager_batches):
             row = {"graphs": graphs, **decode_run(engine, b, args, device)}
             row["share_of_roofline"] = row["decode_tokens_per_s"] / out["roofline_b1_tokens_per_s"] if b == 1 else None
             out["decode"].append(row)
@@ -348,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shape", default="7b", choices=sorted(shapes.SHAPES))
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(shapes.DTYPES))
     ap.add_argument("--batches", type=_ints, default=[1, 16, 64, 256])
+    ap.add_argument("--eager-batches", type=_ints, default=[1, 256], help="decode without graphs at these")
     ap.add_argument("--verify-batches", type=_ints, default=[1, 16, 64])
     ap.add_argument("--verify-k", type=_ints, default=[1, 2, 4, 8, 16])
     ap.add_argument("--hf-batches", type=_ints, default=[1, 64])
