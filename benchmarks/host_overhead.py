@@ -6,6 +6,13 @@ rows, the sampler, verification, the proposer, detokenization and outputs all do
 At each number of running sequences the engine runs plain and with copy drafting, and the mean
 time of a step is split by phase. On a GPU this is the time the device would wait on Python.
 
+Every figure is taken on two clocks: wall time, and the process's CPU time (time.process_time:
+all its threads, so the sampler's OpenMP threads count; another process on the same cores does
+not). Phases are exclusive (a phase called inside another is not counted twice); "other" is what
+step() does outside every listed phase. "host" leaves out the stub's forward (the logits it
+materializes stand for a device's output), and "host w/o sampler" also the sampler: on a GPU the
+sampler runs on the device, on a CPU it is host time.
+
     python benchmarks/host_overhead.py                       # 1, 16, 64, 256 running sequences
     python benchmarks/host_overhead.py --batches 256 --steps 200
 """
@@ -17,9 +24,10 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Steps of this run teach nothing to later runs, and nothing learned before steers this one's drafting.
+os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
 
 import measure  # noqa: E402
 from traces import load_workload, replay_params  # noqa: E402
@@ -32,25 +40,38 @@ from engine.tokenizer import Tokenizer  # noqa: E402
 from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
 
 TARGET_MS = {1: 0.5, 256: 3.0}  # issue #20: at most 0.5 ms per step at batch 1 and 3 ms at 256
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+STUB_FORWARD = "forward (stub)"
+SAMPLER = "sampler"
+OTHER = "other"
 
 
 class PhaseTimer:
-    """Wraps methods so that each call's time is added to its phase."""
+    """Wraps methods so that each call's time, on every clock, is added to its phase, less the
+    time of the phases called inside it."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.seconds: dict[str, dict[str, float]] = {c: defaultdict(float) for c in CLOCKS}
+        self._inner: list[list[float]] = []  # per open call: the time of the phases inside it, by clock
 
-    def wrap(self, owner: object, name: str, phase: str) -> None:
-        inner = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
+    def timed(self, inner, phase: str):
+        def call(*args, **kwargs):
+            self._inner.append([0.0] * len(CLOCKS))
+            t0 = [clock() for clock in CLOCKS.values()]
             try:
                 return inner(*args, **kwargs)
             finally:
-                self.seconds[phase] += time.perf_counter() - t0
+                spent = [clock() - t for clock, t in zip(CLOCKS.values(), t0)]
+                nested = self._inner.pop()
+                for i, name in enumerate(CLOCKS):
+                    self.seconds[name][phase] += spent[i] - nested[i]
+                    if self._inner:
+                        self._inner[-1][i] += spent[i]
 
-        setattr(owner, name, timed)
+        return call
+
+    def wrap(self, owner: object, name: str, phase: str) -> None:
+        setattr(owner, name, self.timed(getattr(owner, name), phase))
 
 
 class TimedCall:
@@ -58,14 +79,11 @@ class TimedCall:
     instance's __call__ cannot be wrapped in place)."""
 
     def __init__(self, inner, timer: PhaseTimer, phase: str) -> None:
-        self.inner, self.timer, self.phase = inner, timer, phase
+        self.inner = inner
+        self._call = timer.timed(inner, phase)
 
     def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return self.inner(*args, **kwargs)
-        finally:
-            self.timer.seconds[self.phase] += time.perf_counter() - t0
+        return self._call(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
@@ -80,9 +98,11 @@ def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer) -> LLMEngine:
 
 def instrument(engine: LLMEngine, timer: PhaseTimer) -> None:
     timer.wrap(engine.scheduler, "schedule", "schedule")
-    timer.wrap(engine.runner, "execute", "batch + forward")
+    timer.wrap(engine.runner, "execute", "step batch")
+    timer.wrap(engine.runner.model, "forward", STUB_FORWARD)
+    timer.wrap(engine.runner.model, "compute_logits", STUB_FORWARD)
     timer.wrap(engine, "_sampling_rows", "sampling rows")
-    engine.sampler = TimedCall(engine.sampler, timer, "sampler")
+    engine.sampler = TimedCall(engine.sampler, timer, SAMPLER)
     timer.wrap(engine.scheduler, "postprocess", "verify + append + KV")
     timer.wrap(engine, "_account", "proposer feedback")
     timer.wrap(engine, "_propose", "propose")
@@ -94,23 +114,31 @@ def run(batch: int, drafting: bool, requests, tokenizer: Tokenizer, steps: int, 
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
     timer = PhaseTimer()
-    step_s: list[float] = []
+    step_s: dict[str, list[float]] = {c: [] for c in CLOCKS}
+    step = engine.step
     for i in range(warmup + steps):
         if not engine.has_unfinished():
             break
         if i == warmup:
             instrument(engine, timer)
-        t0 = time.perf_counter()
-        engine.step()
+            step = timer.timed(engine.step, OTHER)
+        t0 = {c: clock() for c, clock in CLOCKS.items()}
+        step()
         if i >= warmup:
-            step_s.append(time.perf_counter() - t0)
-    n = max(1, len(step_s))
+            for c, clock in CLOCKS.items():
+                step_s[c].append(clock() - t0[c])
+    n = max(1, len(step_s["wall"]))
     spec = engine.stats().spec
-    return {"batch": batch, "drafting": drafting, "steps": len(step_s),
-            "mean_ms": 1e3 * statistics.fmean(step_s) if step_s else 0.0,
-            "median_ms": 1e3 * statistics.median(step_s) if step_s else 0.0,
-            "phases_ms": {k: 1e3 * v / n for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])},
-            "drafted": spec.total_drafted, "accepted": spec.total_accepted}
+    row = {"batch": batch, "drafting": drafting, "steps": len(step_s["wall"]),
+           "drafted": spec.total_drafted, "accepted": spec.total_accepted}
+    for c in CLOCKS:
+        phases = {k: 1e3 * v / n for k, v in timer.seconds[c].items()}
+        mean = 1e3 * statistics.fmean(step_s[c]) if step_s[c] else 0.0
+        host = mean - phases.get(STUB_FORWARD, 0.0)
+        row[c] = {"mean_ms": mean, "median_ms": 1e3 * statistics.median(step_s[c]) if step_s[c] else 0.0,
+                  "host_ms": host, "host_without_sampler_ms": host - phases.get(SAMPLER, 0.0),
+                  "phases_ms": dict(sorted(phases.items(), key=lambda kv: -kv[1]))}
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -128,22 +156,39 @@ def main(argv: list[str] | None = None) -> dict:
         for drafting in (False, True):
             row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup)
             rows.append(row)
-            phases = ", ".join(f"{k} {v:.3f}" for k, v in row["phases_ms"].items())
-            print(f"batch {batch:4d} {'drafting' if drafting else 'plain   '}: {row['mean_ms']:.3f} ms/step "
-                  f"(median {row['median_ms']:.3f}; target {TARGET_MS.get(batch, '-')}) [{phases}]", flush=True)
+            print(summary_line(row), flush=True)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "rows": rows}
     write(results, args.out)
     return results
 
 
+def summary_line(row: dict) -> str:
+    w, c = row["wall"], row["cpu"]
+    return (f"batch {row['batch']:4d} {'drafting' if row['drafting'] else 'plain   '}: "
+            f"host {w['host_ms']:.3f} ms/step wall, {c['host_ms']:.3f} cpu; w/o sampler {w['host_without_sampler_ms']:.3f} "
+            f"wall, {c['host_without_sampler_ms']:.3f} cpu (target {TARGET_MS.get(row['batch'], '-')})")
+
+
 def write(results: dict, out_dir: str) -> None:
+    rows = results["rows"]
+    system = lambda r: "drafting" if r["drafting"] else "plain"  # noqa: E731
     lines = [f"# Host overhead per step ({results['date']})", "", f"machine: {results['machine']}",
              "model: engine.models.stub.StubModel (a forward that costs nothing), pass@10 traces replayed", "",
-             "| running | system | ms/step (mean) | median | target | phases (ms/step) |", "|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        phases = "; ".join(f"{k} {v:.3f}" for k, v in r["phases_ms"].items())
-        lines.append(f"| {r['batch']} | {'drafting' if r['drafting'] else 'plain'} | {r['mean_ms']:.3f} | "
-                     f"{r['median_ms']:.3f} | {TARGET_MS.get(r['batch'], '')} | {phases} |")
+             "ms per step, mean. host: the step less the stub's forward; w/o sampler: also less the sampler "
+             "(a GPU samples on the device). cpu: the process's CPU time (all threads).", ""]
+    lines += measure.markdown_table(
+        ["running", "system", "host wall", "host cpu", "w/o sampler wall", "w/o sampler cpu", "sampler cpu",
+         "stub forward cpu", "target"],
+        [[r["batch"], system(r), f"{r['wall']['host_ms']:.3f}", f"{r['cpu']['host_ms']:.3f}",
+          f"{r['wall']['host_without_sampler_ms']:.3f}", f"{r['cpu']['host_without_sampler_ms']:.3f}",
+          f"{r['cpu']['phases_ms'].get(SAMPLER, 0.0):.3f}", f"{r['cpu']['phases_ms'].get(STUB_FORWARD, 0.0):.3f}",
+          TARGET_MS.get(r["batch"], "")] for r in rows])
+    phases = list(dict.fromkeys(p for r in rows for p in r["cpu"]["phases_ms"]))
+    for clock in CLOCKS:
+        lines += ["", f"Phases, {clock} time (ms per step, mean):", ""]
+        lines += measure.markdown_table(
+            ["running", "system", *phases],
+            [[r["batch"], system(r), *(f"{r[clock]['phases_ms'].get(p, 0.0):.3f}" for p in phases)] for r in rows])
     measure.write_results(out_dir, "host_overhead", results, "\n".join(lines) + "\n")
 
 

@@ -41,6 +41,9 @@ class RequestState:
     arrival_time: float
     finish_time: float | None = None
     client: str | None = None  # who asked (an API key, a peer address): the scheduler shares slots fairly by it
+    # By sample index: the last output built for that sample and what it showed (output length,
+    # finish reason), so that a sample that did not change is not copied again.
+    completions: dict[int, tuple[tuple[int, str | None], CompletionOutput]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -193,8 +196,7 @@ class LLMEngine:
         updates = self.scheduler.postprocess(out, result)
         if not out.scheduled and not updates and self.scheduler.has_work:
             raise RuntimeError("no sequence could be scheduled although some wait: a bug in the scheduler")
-        for update in updates:
-            self._account(update)
+        self._account(updates)
         outputs = self._outputs({u.seq.request_id for u in updates}, collect)
         self._observe(out, time.perf_counter() - start)
         t1 = time.perf_counter()
@@ -219,41 +221,45 @@ class LLMEngine:
         rows: list[SamplingRow] = []
         logits_row = 0
         for s in out.scheduled:
-            if not s.samples:
-                continue
-            for j in range(len(s.draft) + 1):
-                rows.append(self._row(s.seq, logits_row + j, s.draft[:j]))
-            logits_row += len(s.draft) + 1
+            if s.samples:
+                rows += self._seq_rows(s.seq, logits_row, s.draft)
+                logits_row += len(s.draft) + 1
         return rows
 
-    def _row(self, seq: Sequence, logits_row: int, draft_prefix: tuple[int, ...]) -> SamplingRow:
+    def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...]) -> list[SamplingRow]:
+        """One sequence's rows: row j picks the token after the first j draft tokens."""
         p = seq.params
-        position = seq.num_output_tokens + len(draft_prefix)
-        history: tuple[int, ...] | list[int] = ()
-        if p.needs_penalties:
-            history = seq.prompt_token_ids + seq.output_token_ids + list(draft_prefix)
-        forced = None
+        position, prompt_len = len(seq.output_token_ids), len(seq.prompt_token_ids)
+        count = len(draft) + 1
+        forced: list[int | None] = [None] * count
         if p.replay_token_ids is not None:
             replay = p.replay_token_ids[seq.sample_index]
-            forced = replay[position] if position < len(replay) else self.eos_id
-        return SamplingRow(logits_row, p, seq.noise_key, position, history, seq.num_prompt_tokens, forced)
+            forced = [replay[i] if i < len(replay) else self.eos_id for i in range(position, position + count)]
+        if not p.needs_penalties:
+            return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, (), prompt_len, forced[j])
+                    for j in range(count)]
+        history = seq.prompt_token_ids + seq.output_token_ids
+        return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, history + list(draft[:j]), prompt_len,
+                            forced[j]) for j in range(count)]
 
-    def _account(self, update: SeqUpdate) -> None:
+    def _account(self, updates: list[SeqUpdate]) -> None:
         """Counters, and what the proposer learns from the step."""
-        seq = update.seq
-        self._generated += len(update.new_tokens)
-        seq.spec.decode_steps += 1 if update.new_tokens else 0
-        if update.draft:
-            source = self._sources.pop(seq.seq_id, "self")
-            seq.spec.verify_steps += 1
-            seq.spec.drafted[source] = seq.spec.drafted.get(source, 0) + len(update.draft)
-            seq.spec.accepted[source] = seq.spec.accepted.get(source, 0) + update.accepted
-            if self.proposer is not None:
-                self.proposer.record(seq.seq_id, Draft(update.draft, source), update.accepted)
-        if self.proposer is not None and update.new_tokens:
-            self.proposer.extend(seq.seq_id, update.new_tokens)
-        if seq.is_finished:
-            self._retired(seq, aborted=False)
+        proposer = self.proposer
+        for update in updates:
+            seq = update.seq
+            self._generated += len(update.new_tokens)
+            seq.spec.decode_steps += 1 if update.new_tokens else 0
+            if update.draft:
+                source = self._sources.pop(seq.seq_id, "self")
+                seq.spec.verify_steps += 1
+                seq.spec.drafted[source] = seq.spec.drafted.get(source, 0) + len(update.draft)
+                seq.spec.accepted[source] = seq.spec.accepted.get(source, 0) + update.accepted
+                if proposer is not None:
+                    proposer.record(seq.seq_id, Draft(update.draft, source), update.accepted)
+            if proposer is not None and update.new_tokens:
+                proposer.extend(seq.seq_id, update.new_tokens)
+            if seq.is_finished:
+                self._retired(seq, aborted=False)
 
     def _retired(self, seq: Sequence, aborted: bool) -> None:
         self._spec.add(seq.spec)
@@ -268,9 +274,11 @@ class LLMEngine:
         budget = max(0, self.config.max_num_batched_tokens - len(self.scheduler.running))
         queries, seqs = [], []
         for seq in self.scheduler.decoding():
-            if seq.params.speculate is False:
+            p = seq.params
+            if p.speculate is False:
                 continue
-            room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
+            generated = len(seq.output_token_ids)
+            room = min(p.max_tokens - generated, self.max_model_len - len(seq.prompt_token_ids) - generated) - 1
             if room > 0:
                 queries.append(DraftQuery(seq.seq_id, room))
                 seqs.append(seq)
@@ -298,16 +306,25 @@ class LLMEngine:
         return outputs
 
     def request_output(self, state: RequestState) -> RequestOutput:
-        completions = []
-        for seq in state.seqs:
-            text = seq.text if seq.is_finished else _shown_text(seq)
-            completions.append(CompletionOutput(
-                index=seq.sample_index, text=text, token_ids=list(seq.output_token_ids),
-                finish_reason=seq.finish_reason, logprobs=list(seq.logprobs) if seq.params.logprobs else None,
-                stop_reason=seq.stop_reason, spec=seq.spec))
+        completions = [self._completion(state, seq) for seq in state.seqs]
         firsts = [s.first_token_time for s in state.seqs if s.first_token_time is not None]
         return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions,
                              state.finished, state.arrival_time, min(firsts) if firsts else None, state.finish_time)
+
+    @staticmethod
+    def _completion(state: RequestState, seq: Sequence) -> CompletionOutput:
+        """The sample's output now. A sample's output changes only with its tokens and when it
+        finishes: while neither changed, the one built before is handed out again (outputs are
+        never modified once handed out)."""
+        version = (len(seq.output_token_ids), seq.finish_reason)
+        built = state.completions.get(seq.sample_index)
+        if built is not None and built[0] == version:
+            return built[1]
+        text = seq.text if seq.is_finished else _shown_text(seq)
+        completion = CompletionOutput(seq.sample_index, text, list(seq.output_token_ids), seq.finish_reason,
+                                      list(seq.logprobs) if seq.params.logprobs else None, seq.stop_reason, seq.spec)
+        state.completions[seq.sample_index] = (version, completion)
+        return completion
 
     def stats(self) -> EngineStats:
         s = self.scheduler

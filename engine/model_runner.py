@@ -82,9 +82,10 @@ class ModelRunner:
 
     @staticmethod
     def chunks(out: SchedulerOutput) -> list[SeqChunk]:
-        """What each scheduled sequence feeds, and from which of its rows logits are needed."""
-        return [SeqChunk(tuple(s.token_ids), s.start, tuple(s.seq.block_table),
-                         s.num_real - 1 if s.samples else len(s.token_ids)) for s in out.scheduled]
+        """What each scheduled sequence feeds, and from which of its rows logits are needed (the
+        sequences' own lists, not copies: nothing changes them while the step is built)."""
+        return [SeqChunk(s.token_ids, s.start, s.seq.block_table, s.num_real - 1 if s.samples else len(s.token_ids))
+                for s in out.scheduled]
 
 
 def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:

@@ -14,8 +14,10 @@ On the CPU, temperature, top-k, top-p and the race run in one C kernel per row
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 from typing import Sequence as Seq
 
+import numpy as np
 import torch
 
 from engine.kernels import cpu as kernels
@@ -23,10 +25,12 @@ from engine.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
 _MASK32 = (1 << 32) - 1
+_MASK63 = (1 << 63) - 1
 
 
-@dataclass(frozen=True)
-class SamplingRow:
+class SamplingRow(NamedTuple):
+    """One row to sample (a tuple: the engine makes one per row per step)."""
+
     logits_row: int  # row of the logits tensor
     params: SamplingParams
     noise_key: int
@@ -50,6 +54,21 @@ def noise_seed(key: int, position: int) -> int:
     return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
+_SPLITMIX = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def noise_seeds(keys: Seq[int], positions: Seq[int]) -> np.ndarray:
+    """noise_seed of each (key, position) pair at once, as uint64 (whose arithmetic wraps modulo
+    2**64, as noise_seed's masks do); keys below 2**64."""
+    k = np.array(keys, dtype=np.uint64)
+    p = np.array(positions, dtype=np.uint64)
+    a, b, c = _SPLITMIX
+    z = k * a + p * b + c
+    z = (z ^ (z >> np.uint64(30))) * b
+    z = (z ^ (z >> np.uint64(27))) * c
+    return (z ^ (z >> np.uint64(31))) & np.uint64(_MASK63)
+
+
 def sample_key(seed: int, sample_index: int) -> int:
     return noise_seed(seed & _MASK64, 1_000_003 + sample_index)
 
@@ -66,9 +85,11 @@ class Sampler:
             x = logits.float()
         else:
             x = logits.index_select(0, torch.tensor(order, dtype=torch.long, device=logits.device)).float()
-        raw_logprobs = torch.log_softmax(x, dim=-1) if any(r.params.logprobs for r in rows) else None
-        x = self.constrain(x, rows)
-        tokens = self._choose(x, rows)
+        kinds = _distinct(rows)
+        raw_logprobs = torch.log_softmax(x, dim=-1) if any(p.logprobs for p in kinds) else None
+        if any(p.needs_penalties or p.min_tokens for p in kinds):
+            x = self.constrain(x, rows)
+        tokens = self._choose(x, rows, kinds)
         if raw_logprobs is None:
             return SampleResult(tokens.tolist(), None)
         # Tokens and their logprobs come back to the host in one copy (token ids are exact in float64).
@@ -77,23 +98,21 @@ class Sampler:
         n = len(rows)
         return SampleResult([int(t) for t in both[:n]], both[n:])
 
-    def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
+    def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams]) -> torch.Tensor:
         """Every row's token, on x's device: argmax for greedy rows, the race for sampled ones,
-        the recorded token where one is forced (trace replay)."""
-        greedy = [i for i, r in enumerate(rows) if r.params.greedy]
-        if len(greedy) == len(rows):
+        the recorded token where one is forced (trace replay). `kinds`: the rows' distinct params."""
+        if all(p.greedy for p in kinds):
             tokens = torch.argmax(x, dim=-1)
+        elif not any(p.greedy for p in kinds):
+            tokens = self._sample(x, rows).to(x.device)
         else:
+            greedy = [i for i, r in enumerate(rows) if r.params.greedy]
             sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
-            picked = x if len(sampled) == len(rows) else x[sampled]
-            drawn = self._sample(picked, [rows[i] for i in sampled]).to(x.device)
-            if not greedy:
-                tokens = drawn
-            else:
-                tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
-                index = torch.tensor(greedy, device=x.device)
-                tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
-                tokens[torch.tensor(sampled, device=x.device)] = drawn
+            drawn = self._sample(x[sampled], [rows[i] for i in sampled]).to(x.device)
+            tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
+            index = torch.tensor(greedy, device=x.device)
+            tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
+            tokens[torch.tensor(sampled, device=x.device)] = drawn
         forced = [(i, r.forced) for i, r in enumerate(rows) if r.forced is not None]
         if forced:
             where, value = zip(*forced)
@@ -127,14 +146,21 @@ class Sampler:
 
     def _sample(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
         """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
-        seeds = torch.tensor([noise_seed(r.noise_key, r.position) & _MASK32 for r in rows], dtype=torch.long)
+        seeds = noise_seeds([r.noise_key for r in rows], [r.position for r in rows]) & np.uint64(_MASK32)
+        seeds = torch.from_numpy(seeds.astype(np.int64))
+        params = [r.params for r in rows]
         if self.use_kernels:  # engine/fast_paths.py: the C kernel, on the CPU where it built
-            params = [r.params for r in rows]
             return kernels.sample_rows(
                 x, torch.tensor([p.temperature for p in params], dtype=torch.float32),
                 torch.tensor([p.top_k for p in params], dtype=torch.int64),
                 torch.tensor([p.top_p for p in params], dtype=torch.float64), seeds)
-        return race(_filter(x, [r.params for r in rows]), seeds.to(x.device))
+        return race(_filter(x, params), seeds.to(x.device))
+
+
+def _distinct(rows: Seq[SamplingRow]) -> list[SamplingParams]:
+    """The rows' params, each object once (a request's rows share one): what holds for all of
+    them is checked once per object instead of once per row."""
+    return list({id(r.params): r.params for r in rows}.values())
 
 
 def race(x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:

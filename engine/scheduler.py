@@ -44,15 +44,8 @@ class ScheduledSeq:
     start: int  # position of the first token fed
     token_ids: list[int]  # real tokens then draft tokens
     draft: tuple[int, ...]
-
-    @property
-    def num_real(self) -> int:
-        return len(self.token_ids) - len(self.draft)
-
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the end of the sequence's known tokens."""
-        return self.start + self.num_real == self.seq.num_tokens
+    num_real: int  # known tokens fed (token_ids less the draft)
+    samples: bool  # this step reaches the end of the sequence's known tokens
 
 
 @dataclass
@@ -130,11 +123,14 @@ class Scheduler:
             self._admit(plan, budget)
         scheduled = []
         for seq in self.running:
-            if seq in plan:
-                draft = chosen.get(seq, ())
-                start = seq.num_computed_tokens
-                tokens = seq.token_slice(start, start + plan[seq]) + list(draft)
-                scheduled.append(ScheduledSeq(seq, start, tokens, draft))
+            n = plan.get(seq)
+            if n is None:
+                continue
+            draft = chosen.get(seq, ())
+            start = seq.num_computed_tokens
+            tokens = seq.token_slice(start, start + n)
+            tokens += draft
+            scheduled.append(ScheduledSeq(seq, start, tokens, draft, n, start + n == seq.num_tokens))
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, preempted)
 
@@ -142,12 +138,15 @@ class Scheduler:
         budget = self.limits.max_num_batched_tokens
         plan: dict[Sequence, int] = {}
         chosen: dict[Sequence, tuple[int, ...]] = {}
-        decoding = [s for s in self.running if not s.is_prefilling]
-        for seq in decoding:
-            plan[seq] = 1
-        budget -= len(decoding)
+        prefilling = []
+        for seq in self.running:
+            if seq.is_prefilling:
+                prefilling.append(seq)
+            else:
+                plan[seq] = 1
+        budget -= len(plan)
         if drafts:
-            for seq in decoding:
+            for seq in plan:
                 draft = drafts.get(seq.seq_id)
                 if draft is None:
                     continue
@@ -155,19 +154,23 @@ class Scheduler:
                 if d:
                     chosen[seq] = draft.tokens[:d]
                     budget -= d
-        for seq in self.running:
-            if seq.is_prefilling and budget > 0:
-                plan[seq] = min(seq.num_tokens - seq.num_computed_tokens, budget)
-                budget -= plan[seq]
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            plan[seq] = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            budget -= plan[seq]
         return plan, chosen
 
     def _allocate_running(self, plan: dict[Sequence, int], chosen: dict[Sequence, tuple[int, ...]]) -> int:
         """Blocks for every planned sequence: a draft is dropped before anyone is preempted."""
         preempted = 0
         for seq in list(self.running):
-            if seq not in plan or seq.status is not SequenceStatus.RUNNING:
+            n = plan.get(seq)
+            if n is None or seq.status is not SequenceStatus.RUNNING:
                 continue
-            base = seq.num_computed_tokens + plan[seq]
+            base = seq.num_computed_tokens + n
+            if self.blocks.blocks_for(base + len(chosen.get(seq, ()))) <= len(seq.block_table):
+                continue  # it holds the blocks already (most steps of most sequences)
             if not self.blocks.can_hold(seq, base + len(chosen.get(seq, ()))):
                 chosen.pop(seq, None)
             while not self.blocks.can_hold(seq, base):
@@ -323,7 +326,8 @@ class Scheduler:
         row = 0
         for s in out.scheduled:
             seq = s.seq
-            self.num_prompt_tokens_computed += max(0, min(s.start + s.num_real, seq.num_prompt_tokens) - s.start)
+            if s.start < seq.num_prompt_tokens:
+                self.num_prompt_tokens_computed += min(s.start + s.num_real, seq.num_prompt_tokens) - s.start
             if not s.samples:  # a prefill chunk short of the last known token
                 seq.num_computed_tokens = s.start + len(s.token_ids)
                 self.blocks.cache_full_blocks(seq)
@@ -337,10 +341,13 @@ class Scheduler:
 
     def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None) -> SeqUpdate:
         seq = s.seq
-        m = accepted_length(tokens, s.draft)
+        m = accepted_length(tokens, s.draft) if s.draft else 0
         first = not seq.output_token_ids
-        before = seq.num_output_tokens
-        self.stops.append(seq, tokens[:m + 1], logprobs[:m + 1] if logprobs else None)
+        before = len(seq.output_token_ids)
+        if m + 1 < len(tokens):
+            tokens = tokens[:m + 1]
+            logprobs = logprobs[:m + 1] if logprobs else None
+        self.stops.append(seq, tokens, logprobs)
         seq.num_computed_tokens = min(s.start + s.num_real + m, seq.num_tokens)
         if first:
             self.blocks.cache_prompt_tail(seq)

@@ -19,9 +19,10 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
-from engine.step_batch import SeqChunk, StepBatch
+from engine.step_batch import SeqChunk, StepBatch, host_step
 
 SEQ_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 ROWS_PER_SEQ = (1, 2, 3, 4, 6, 8, 12, 17)  # rows of a bucket, as multiples of its sequences
@@ -84,26 +85,23 @@ class StaticStep:
 
     def fill(self, chunks: Sequence[SeqChunk], bucket: Bucket) -> StepBatch:
         """Writes the step into the buffers, padded to `bucket`; returns the bucket's view."""
-        t, b, bs = bucket.rows, bucket.seqs, self.block_size
-        scratch = self.scratch_block * bs
-        ids, pos, slots = [0] * t, [0] * t, [scratch] * t
-        width = max(len(c.block_table) for c in chunks)
-        tables = [0] * (b * width)  # as in an eager batch: block 0 holds finite values to mask
-        cu, ctx, qlens = [0] * (b + 1), [0] * b, [0] * b
-        row = 0
-        for i, c in enumerate(chunks):
-            n, table = len(c.token_ids), c.block_table
-            ids[row:row + n] = c.token_ids
-            for j, p in enumerate(range(c.start, c.start + n)):
-                pos[row + j] = p
-                slots[row + j] = table[p // bs] * bs + p % bs
-            tables[i * width:i * width + len(table)] = table
-            row += n
-            qlens[i], ctx[i] = n, c.start + n
-            cu[i + 1] = row
-        cu[len(chunks) + 1:] = [row] * (b - len(chunks))
-        longs = torch.tensor(ids + pos + slots + tables, dtype=torch.long)
-        ints = torch.tensor(cu + ctx, dtype=torch.int32)
+        t, b = bucket.rows, bucket.seqs
+        h = host_step(chunks, self.block_size)
+        rows, n, width = len(h.input_ids), len(chunks), h.block_tables.shape[1]
+        # ids, positions and slots of every row (padding rows: token 0 at position 0, written to
+        # the scratch block), then the sequences' tables (padding sequences: block 0, as in an
+        # eager batch, where a masked key must still hold a finite value).
+        longs = np.zeros(3 * t + b * width, dtype=np.int64)
+        longs[:rows] = h.input_ids
+        longs[t:t + rows] = h.positions
+        longs[2 * t:3 * t] = self.scratch_block * self.block_size
+        longs[2 * t:2 * t + rows] = h.slot_mapping
+        longs[3 * t:3 * t + n * width] = h.block_tables.ravel()
+        ints = np.zeros(2 * b + 1, dtype=np.int32)  # cu_seqlens (padding sequences: no rows), context lengths
+        ints[:n + 1] = h.cu_seqlens
+        ints[n + 1:b + 1] = rows
+        ints[b + 1:b + 1 + n] = h.context_lens
+        longs, ints = torch.from_numpy(longs), torch.from_numpy(ints)
         if self.device.type == "cuda":
             longs, ints = longs.pin_memory(), ints.pin_memory()
         self.input_ids[:t].copy_(longs[:t], non_blocking=True)
@@ -112,7 +110,8 @@ class StaticStep:
         self.block_tables[:b, :width].copy_(longs[3 * t:].view(b, width), non_blocking=True)
         self.cu_seqlens[:b + 1].copy_(ints[:b + 1], non_blocking=True)
         self.context_lens[:b].copy_(ints[b + 1:], non_blocking=True)
-        return self.view(bucket, tuple(qlens), tuple(ctx))
+        pad = (0,) * (b - n)
+        return self.view(bucket, h.query_lens_host + pad, h.context_lens_host + pad)
 
     def view(self, bucket: Bucket, query_lens: tuple[int, ...] | None = None,
              context_lens: tuple[int, ...] | None = None) -> StepBatch:

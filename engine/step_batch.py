@@ -2,19 +2,66 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
+from typing import NamedTuple
 from typing import Sequence as Seq
 
+import numpy as np
 import torch
 
 
-@dataclass(frozen=True)
-class SeqChunk:
-    """The tokens one sequence feeds in this step, at positions [start, start + len(token_ids))."""
+class SeqChunk(NamedTuple):
+    """The tokens one sequence feeds in this step, at positions [start, start + len(token_ids))
+    (a tuple: the runner makes one per scheduled sequence per step; the sequences read the
+    fields only while the step is built)."""
 
-    token_ids: tuple[int, ...]
+    token_ids: Seq[int]
     start: int
-    block_table: tuple[int, ...]
+    block_table: Seq[int]
     logits_from: int  # first index within the chunk whose logits are needed (len = none)
+
+
+class HostStep(NamedTuple):
+    """A step's inputs on the host, unpadded (int64 arrays; lengths also as tuples for
+    backends that read them on the host)."""
+
+    input_ids: np.ndarray  # [T]
+    positions: np.ndarray  # [T]
+    slot_mapping: np.ndarray  # [T]
+    logits_indices: np.ndarray  # [R]
+    block_tables: np.ndarray  # [B, width], padded with 0; width = the longest table (at least 1)
+    cu_seqlens: np.ndarray  # [B + 1]
+    context_lens: np.ndarray  # [B]
+    query_lens_host: tuple[int, ...]
+    context_lens_host: tuple[int, ...]
+
+
+def host_step(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
+    """Every per-token and per-sequence input of the step. Per chunk only its lengths are read
+    in Python; token ids and tables are copied in bulk, and positions, slots and logits rows
+    come from array arithmetic (a step has up to thousands of rows and table entries)."""
+    qlens = [len(c.token_ids) for c in chunks]
+    starts = [c.start for c in chunks]
+    widths = [len(c.block_table) for c in chunks]
+    num_tokens = sum(qlens)
+    ids = np.fromiter(chain.from_iterable(c.token_ids for c in chunks), dtype=np.int64, count=num_tokens)
+    flat_tables = np.fromiter(chain.from_iterable(c.block_table for c in chunks), dtype=np.int64, count=sum(widths))
+    width = max(widths, default=1) or 1
+    tables = np.zeros((len(chunks), width), dtype=np.int64)
+    tables[np.arange(width) < np.array(widths, dtype=np.int64)[:, None]] = flat_tables
+    q = np.array(qlens, dtype=np.int64)
+    cu = np.zeros(len(chunks) + 1, dtype=np.int64)
+    np.cumsum(q, out=cu[1:])
+    seq_of_row = np.repeat(np.arange(len(chunks)), q)
+    offset = np.arange(num_tokens) - cu[:-1][seq_of_row]  # each row's index within its chunk
+    start = np.array(starts, dtype=np.int64)
+    positions = start[seq_of_row] + offset
+    slots = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
+    logits_from = np.array([c.logits_from for c in chunks], dtype=np.int64)
+    logits_rows = np.flatnonzero(offset >= logits_from[seq_of_row])
+    context_lens = start + q
+    return HostStep(ids, positions, slots, logits_rows, tables, cu, context_lens, tuple(qlens),
+                    tuple(context_lens.tolist()))
 
 
 @dataclass(frozen=True)
@@ -40,39 +87,22 @@ class StepBatch:
 
     @classmethod
     def build(cls, chunks: Seq[SeqChunk], block_size: int, device: torch.device) -> "StepBatch":
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        logits_rows: list[int] = []
-        query_lens, context_lens, cu = [], [], [0]
-        for chunk in chunks:
-            n = len(chunk.token_ids)
-            base = len(input_ids)
-            input_ids.extend(chunk.token_ids)
-            pos = range(chunk.start, chunk.start + n)
-            positions.extend(pos)
-            table = chunk.block_table
-            slots.extend(table[p // block_size] * block_size + p % block_size for p in pos)
-            logits_rows.extend(range(base + chunk.logits_from, base + n))
-            query_lens.append(n)
-            context_lens.append(chunk.start + n)
-            cu.append(cu[-1] + n)
-        max_blocks = max((len(c.block_table) for c in chunks), default=1) or 1
-        tables = [v for c in chunks for v in (*c.block_table, *(0,) * (max_blocks - len(c.block_table)))]
+        h = host_step(chunks, block_size)
         # Two host tensors (and two copies to the device) instead of one per field: each small
         # tensor costs a fixed overhead that a short step feels.
-        longs = torch.tensor(input_ids + positions + slots + logits_rows + tables, dtype=torch.long).to(device)
-        ints = torch.tensor(cu + context_lens, dtype=torch.int32).to(device)
-        t, n = len(input_ids), len(logits_rows)
+        longs = torch.from_numpy(np.concatenate(
+            [h.input_ids, h.positions, h.slot_mapping, h.logits_indices, h.block_tables.ravel()])).to(device)
+        ints = torch.from_numpy(np.concatenate([h.cu_seqlens, h.context_lens]).astype(np.int32)).to(device)
+        t, n, b = len(h.input_ids), len(h.logits_indices), len(chunks)
         return cls(
             input_ids=longs[:t],
             positions=longs[t:2 * t],
             slot_mapping=longs[2 * t:3 * t],
-            block_tables=longs[3 * t + n:].view(len(chunks), max_blocks),
-            query_lens=tuple(query_lens),
-            context_lens=tuple(context_lens),
-            cu_seqlens_q=ints[:len(cu)],
-            context_lens_t=ints[len(cu):],
+            block_tables=longs[3 * t + n:].view(b, h.block_tables.shape[1]),
+            query_lens=h.query_lens_host,
+            context_lens=h.context_lens_host,
+            cu_seqlens_q=ints[:b + 1],
+            context_lens_t=ints[b + 1:],
             logits_indices=longs[3 * t:3 * t + n],
             block_size=block_size,
         )

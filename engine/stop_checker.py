@@ -18,29 +18,31 @@ class StopChecker:
 
     def append(self, seq: Sequence, tokens: Seq[int], logprobs: Seq[float] | None) -> None:
         """Appends tokens one at a time until the sequence ends (the rest are dropped)."""
-        for j, token in enumerate(tokens):
-            self._append(seq, token, logprobs[j] if logprobs else None)
-            if seq.is_finished:
-                return
-
-    def _append(self, seq: Sequence, token: int, logprob: float | None) -> None:
         p = seq.params
-        seq.output_token_ids.append(token)
-        seq.mark_first_token()
-        if logprob is not None:
-            seq.logprobs.append(logprob)
-        if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
-            seq.text += seq.detokenizer.flush()
-            seq.finish("stop", token)
-            return
-        piece = seq.detokenizer.add(token)
-        if piece:
-            seq.text += piece
-            if _text_stop(seq, len(piece)):
+        output, detokenizer = seq.output_token_ids, seq.detokenizer
+        ends = () if p.ignore_eos else self.eos_ids
+        text_stops = bool(p.stop or p.stop_at_dedent)
+        # Outputs this long end it: max_tokens, or the model's context.
+        length_limit = min(p.max_tokens, self.max_model_len - seq.num_prompt_tokens)
+        for j, token in enumerate(tokens):
+            output.append(token)
+            if seq.first_token_time is None:
+                seq.mark_first_token()
+            if logprobs:
+                seq.logprobs.append(logprobs[j])
+            if token in ends or token in p.stop_token_ids:
+                seq.text += detokenizer.flush()
+                seq.finish("stop", token)
                 return
-        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            seq.text += seq.detokenizer.flush()
-            seq.finish("length")
+            piece = detokenizer.add(token)
+            if piece:
+                seq.text += piece
+                if text_stops and _text_stop(seq, len(piece)):
+                    return
+            if len(output) >= length_limit:
+                seq.text += detokenizer.flush()
+                seq.finish("length")
+                return
 
 
 def _text_stop(seq: Sequence, piece_len: int) -> bool:

@@ -212,6 +212,7 @@ class IncrementalDetokenizer:
     """
 
     CONTEXT = 5
+    WINDOW = 64  # ids released before the window is cut back
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], fast: bool = True) -> None:
         self.tokenizer = tokenizer
@@ -228,7 +229,8 @@ class IncrementalDetokenizer:
         if plain is not None and self._clean and 0 <= token_id < len(plain) and plain[token_id]:
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.ids)
-            self._trim()
+            if self.prefix_offset > self.WINDOW:
+                self._trim()
             return plain[token_id]
         prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
         new_text = self.tokenizer.decode(self.ids[self.prefix_offset:])
@@ -243,7 +245,7 @@ class IncrementalDetokenizer:
 
     def _trim(self) -> None:
         """Keeps the window short so each call costs O(1), not O(length)."""
-        if self.prefix_offset > 64:
+        if self.prefix_offset > self.WINDOW:
             drop = self.prefix_offset
             self.ids = self.ids[drop:]
             self.prefix_offset -= drop
