@@ -71,20 +71,24 @@ class CostKey:
 
 
 class _Bucket:
-    __slots__ = ("recent", "seeded")
+    __slots__ = ("recent", "seeded", "_estimate")
 
     def __init__(self) -> None:
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.seeded: float | None = None  # from the cache file, until observations arrive
+        self._estimate: float | None = None  # kept until the next observation: the policy reads it often
 
     def add(self, seconds: float) -> None:
         self.recent.append(seconds)
+        self._estimate = None
 
     def estimate(self) -> float | None:
         if not self.recent:
             return self.seeded
-        ordered = sorted(self.recent)
-        return ordered[int(QUANTILE * (len(ordered) - 1))]
+        if self._estimate is None:
+            ordered = sorted(self.recent)
+            self._estimate = ordered[int(QUANTILE * (len(ordered) - 1))]
+        return self._estimate
 
 
 def bucket_of(grid: tuple[int, ...], x: int) -> int:

@@ -16,10 +16,11 @@ Beliefs are corrected by an explicit exploration budget, per batch size (a bucke
   - while drafting is believed to pay, every CONTROL_EVERY-th step runs without drafts, so that
     the plain cost it is judged against stays fresh (an optimistic belief is also corrected by
     the drafting steps' own measured cost and acceptance, every step);
-  - while it is believed not to pay (or its cost is unknown), a step drafts anyway: at once the
-    first time at a batch size, then every `interval` steps, EXPLORE_ROWS draft tokens per
+  - while it is believed not to pay (or its cost is unknown), a step drafts anyway: at once where
+    nothing is known of draft rows' cost at this batch size, then every `interval` steps, EXPLORE_ROWS draft tokens per
     sequence; the interval starts at EXPLORE_MIN and doubles up to EXPLORE_MAX while exploring
-    keeps confirming the belief.
+    keeps confirming the belief; where the cost of that many tokens is known, an exploring step
+    drafts at most what costs EXPLORE_EXTRA of a plain step.
 So a wrong belief lasts at most EXPLORE_MAX steps at a batch size, in either direction.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 # of several draft sizes gets measured, not only the one a stale belief would pick.
 EXPLORE_ROWS = (2.0, 1.0, 4.0, 0.5)
 EXPLORE_FLOOR = 4
+EXPLORE_EXTRA = 0.5  # where its cost is known, an exploring step costs at most 1.5x a plain one
 
 
 class Cost(Protocol):
@@ -116,7 +118,9 @@ class DraftPolicy:
             return Decision(state.step % CONTROL_EVERY != 0)
         if state.believed:  # the belief turned: explore from the shortest interval again
             state.believed, state.last_explore = False, state.step
-        first = state.explorations == 0  # nothing measured yet at this batch: explore at once
+        # Nothing known about draft rows at this batch (nor within 2x, nor from an earlier run's
+        # cache): explore at once. Known costs wait for the interval like any other belief.
+        first = state.explorations == 0 and cost.extra(n, n) is None
         if first or state.step - state.last_explore >= state.interval:
             state.last_explore = state.step
             state.interval = min(2 * state.interval, EXPLORE_MAX)
@@ -156,13 +160,27 @@ class DraftPolicy:
         gains, owner = self._ranked(cands)
         order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
         if explore is not None and explore.explore:
-            take = min(len(order), max(EXPLORE_FLOOR, round(explore.rows_per_seq * n)))
+            take = self._explore_size(n, len(order), explore.rows_per_seq, cost)
         else:
             take = self._best_prefix(n, [gains[i] for i in order], cost, search_s)
         lens = [0] * n
         for idx in order[:take]:
             lens[owner[idx]] += 1
         return lens
+
+    @staticmethod
+    def _explore_size(n: int, available: int, rows_per_seq: float, cost: Cost) -> int:
+        """An exploring step's draft tokens: the schedule's size, halved while its known cost
+        would make the step dearer than EXPLORE_EXTRA of a plain one (so exploring costs a
+        bounded share of the steps it runs between)."""
+        take = min(available, max(EXPLORE_FLOOR, round(rows_per_seq * n)))
+        plain = cost.plain(n)
+        while take > EXPLORE_FLOOR and plain is not None:
+            extra = cost.extra(n, take)
+            if extra is None or extra <= EXPLORE_EXTRA * plain:
+                break
+            take //= 2
+        return take
 
     def _fixed(self, cands: Sequence[Candidate | None], budget: int) -> list[int]:
         """Every copy as long as it goes (the fixed policy), trimmed to the budget by likelihood."""

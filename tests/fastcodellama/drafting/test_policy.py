@@ -124,6 +124,28 @@ def test_while_drafting_does_not_pay_exploration_is_rare_and_backs_off() -> None
     assert len(explored) < 20
 
 
+def test_exploration_starts_at_once_only_where_draft_costs_are_unknown() -> None:
+    """A first run knows nothing and measures at once; a run that starts from known costs (an
+    earlier run's cache) that say drafting does not pay waits for the interval."""
+    unknown = fresh_policy()
+    assert unknown.decide(8, 100, LinearCost(None), 0.0).explore
+    known = fresh_policy()
+    explored = [i for i in range(2 * pol_mod.EXPLORE_MIN) if known.decide(8, 100, LinearCost(1.0), 0.0).explore]
+    assert explored and explored[0] == pol_mod.EXPLORE_MIN - 1
+
+
+def test_an_exploring_step_costs_a_bounded_share_of_a_plain_one_where_costs_are_known() -> None:
+    pol = fresh_policy()
+    model = pol.model
+    cands = [cand(model, 20, match_len=8) for _ in range(64)]
+    explore = pol_mod.Decision(True, explore=True, rows_per_seq=4.0)
+    dear = LinearCost(1.0)  # a draft row costs a sequence's share of a plain step (64 s)
+    lens = pol.allocate(cands, 10_000, dear, 0.0, explore)
+    assert pol_mod.EXPLORE_FLOOR <= sum(lens) and dear.extra(64, sum(lens)) <= pol_mod.EXPLORE_EXTRA * 64
+    unknown = pol.allocate(cands, 10_000, LinearCost(None), 0.0, explore)
+    assert sum(unknown) == 4 * 64  # nothing known: the schedule's size
+
+
 def test_a_wrong_belief_is_corrected_within_the_exploration_bound_both_ways() -> None:
     """Simulated device: true per-row cost and acceptance; the StepCost and acceptance model learn
     only from the steps the policy chose. The policy starts with the opposite belief each time."""
