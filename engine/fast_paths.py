@@ -4,7 +4,8 @@ CPU: the C kernels (engine/kernels/cpu_kernels.c) when they build — paged atte
 backend), RMSNorm and the bf16 linear kernel where a checkpoint's weights are bf16-exact, the whole
 decoder stack where every layer has them (plain Llama layers), and the sampler's filter-and-race.
 CUDA: Triton paged flash attention, checked against the torch reference on the device before it is
-used (a mismatch, or no Triton, leaves the reference), and CUDA graphs for decode and verify steps.
+used (a mismatch, or no Triton, leaves the reference), CUDA graphs for decode and verify steps, and
+with 16-bit weights the Triton RMSNorm and rotary kernels (checked the same way).
 Anything else, and whatever is switched off, runs the PyTorch reference each fast path is tested
 against.
 """
@@ -27,6 +28,7 @@ class FastPaths:
     cpu_kernels: bool  # C RMSNorm, bf16 linear and decoder stack, where the model's layers allow
     cpu_sampler: bool  # the C filter-and-race
     cuda_graphs: bool  # decode and verify steps replayed from captured graphs
+    triton_norm_rope: bool = False  # Triton RMSNorm and rotary kernels (16-bit weights on a GPU)
     notes: tuple[str, ...] = ()  # why a fast path is off
 
     def describe(self) -> str:
@@ -34,6 +36,8 @@ class FastPaths:
                  f"C kernels {'on' if self.cpu_kernels else 'off'}",
                  f"C sampler {'on' if self.cpu_sampler else 'off'}",
                  f"CUDA graphs {'on' if self.cuda_graphs else 'off'}"]
+        if self.triton_norm_rope:
+            parts.append("Triton RMSNorm/RoPE on")
         return ", ".join(parts) + "".join(f"; {note}" for note in self.notes)
 
 
@@ -43,7 +47,7 @@ def choose(config: EngineConfig, device: torch.device, dtype: torch.dtype,
         return _cpu(config)
     if device.type == "cuda":
         return _cuda(config, device, dtype, sliding_window)
-    return FastPaths(_named(config, "torch"), False, False, False, (f"no fast paths on {device.type}",))
+    return FastPaths(_named(config, "torch"), False, False, False, notes=(f"no fast paths on {device.type}",))
 
 
 def _cpu(config: EngineConfig) -> FastPaths:
@@ -54,7 +58,7 @@ def _cpu(config: EngineConfig) -> FastPaths:
     attention = _named(config, "cpu" if built else "torch")
     if attention == "triton":
         raise ValueError("the triton attention backend runs on CUDA devices only")
-    return FastPaths(attention, built, built, False, notes)
+    return FastPaths(attention, built, built, False, notes=notes)
 
 
 def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None) -> FastPaths:
@@ -72,7 +76,13 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
         notes.append("CUDA graphs switched off")
     elif not graphs:
         notes.append("CUDA graphs need Triton attention")
-    return FastPaths(attention, False, False, graphs, tuple(notes))
+    fused = attention == "triton" and dtype in (torch.bfloat16, torch.float16)
+    if fused:
+        problem = norm_rope_problem(device, dtype)
+        if problem is not None:
+            notes.append(f"Triton RMSNorm/RoPE off ({problem})")
+            fused = False
+    return FastPaths(attention, False, False, graphs, fused, tuple(notes))
 
 
 def _named(config: EngineConfig, auto: str) -> str:
@@ -92,6 +102,37 @@ def triton_problem(device: torch.device, dtype: torch.dtype, sliding_window: int
         return f"{type(e).__name__}: {e}"
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     return None if error <= tolerance else f"differs from the torch reference by {error:.3g}"
+
+
+def norm_rope_problem(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when the Triton RMSNorm and rotary kernels agree with their references on the device
+    (within a rounding step of the dtype: they round where the references round); else what
+    went wrong."""
+    from engine.models.norm import RMSNorm
+    from engine.models.rotary import Rotary, apply_rotary
+
+    try:
+        from engine.kernels import triton_fused
+
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn((37, 4096), generator=gen).to(device, dtype)
+        norm = RMSNorm(4096, 1e-5).to(device, dtype)
+        norm.weight.data = torch.rand(4096, generator=gen).to(device, dtype) + 0.5
+        norm_error = _relative(triton_fused.rms_norm(x, norm.weight, norm.eps), norm(x))
+        qk = torch.randn((37, 6, 128), generator=gen).to(device, dtype)
+        cos_sin = Rotary(128, 4096, 10_000.0, 1.0).to(device).tables(torch.arange(37, device=device) * 97, dtype)
+        expected, _ = apply_rotary(cos_sin, qk, qk[:, :1])
+        rope_error = _relative(triton_fused.rope_(qk.clone(), *cos_sin), expected)
+    except Exception as e:  # noqa: BLE001 - a kernel that does not build here leaves the reference
+        return f"{type(e).__name__}: {e}"
+    for name, error in (("rotary", rope_error), ("RMSNorm", norm_error)):
+        if error > 2 ** -6:  # two bf16 rounding steps of the largest value; a wrong kernel is off by far more
+            return f"{name} differs from the reference by {error:.3g} of its largest value"
+    return None
+
+
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
 
 
 def report(paths: FastPaths, packed_layers: int, stack: bool) -> None:

@@ -33,6 +33,8 @@ class ModelRunner:
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.sliding_window)
         packed = self.model.pack_for_cpu() if self.paths.cpu_kernels else 0
+        if self.paths.triton_norm_rope:
+            self.model.use_triton_kernels()
         fast_paths.report(self.paths, packed, self.model.cpu_stack is not None)
         self.backend = get_backend(self.paths.attention, self.device.type, model_config.sliding_window)
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)

@@ -12,7 +12,7 @@ causal attention, so any backend computes it.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,9 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
         self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
         self.rotary_style = cfg.rotary_style
+        # The in-place Triton rotary kernel on a GPU (engine/kernels/triton_fused.py), set by the
+        # model's use_triton_kernels; apply_rotary is its reference.
+        self.rope_: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: torch.Tensor,
                 batch: StepBatch, backend: AttentionBackend, meta: Any) -> torch.Tensor:
@@ -57,7 +60,10 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(cos_sin, q, k, self.rotary_style)
+        if self.rope_ is not None:
+            q, k = self.rope_(q, *cos_sin), self.rope_(k, *cos_sin)
+        else:
+            q, k = apply_rotary(cos_sin, q, k, self.rotary_style)
         o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], batch, meta)
         return self.o_proj(o.reshape(-1, self.q_size))
 
@@ -161,6 +167,21 @@ class DecoderForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
+
+    def use_triton_kernels(self) -> int:
+        """Turns on the Triton RMSNorm and rotary kernels (GPU, 16-bit weights) where a layer's
+        norm and rotary embedding are the kinds they compute; returns how many modules got one."""
+        from engine.kernels import triton_fused  # needs triton: imported only where it is used
+
+        cfg, count = self.config, 0
+        for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
+            norm.fused = triton_fused.rms_norm
+            count += 1
+        if triton_fused.supports_rope(cfg.head_dim, cfg.rotary_dim, cfg.rotary_style):
+            for attn in (m for m in self.modules() if isinstance(m, Attention)):
+                attn.rope_ = triton_fused.rope_
+                count += 1
+        return count
 
     def pack_for_cpu(self) -> int:
         """Turns on the CPU kernels: RMSNorm, and the few-row linear kernel with its bf16 weight

@@ -1,6 +1,8 @@
 """The decoders' normalizations: RMSNorm (Llama, Qwen2) and LayerNorm with bias (StarCoder2, CodeGen)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,8 +17,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
         self.use_kernel = False  # the C kernel (engine/kernels), set by the model's pack_for_cpu
+        # The Triton kernel (engine/kernels/triton_fused.py) for 16-bit rows on a GPU, set by the
+        # model's use_triton_kernels; the code below is its reference.
+        self.fused: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and x.dtype != torch.float32:
+            return self.fused(x, self.weight, self.eps)
         if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32:  # same math as F.rms_norm
             return rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32:  # fused kernel; same math as below

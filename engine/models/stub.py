@@ -37,3 +37,6 @@ class StubModel(nn.Module):
 
     def pack_for_cpu(self) -> int:
         return 0
+
+    def use_triton_kernels(self) -> int:
+        return 0
