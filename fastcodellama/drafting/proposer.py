@@ -34,6 +34,12 @@ _TRUST = {"prediction": 0, "self": 1, "sibling": 2, "other": 3}
 _HANDICAP = {"prediction": 0, "self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
 SEARCH_DECAY = 0.9  # the search's seconds per query: a decayed mean of recent searches
+# At a large batch most sequences get no draft in a step (the budget goes to the likeliest copies),
+# and looking them all up costs the host tens of microseconds each. A sequence that got no draft is
+# looked up again only after 1, 2, 4 ... up to IDLE_SKIP_MAX skipped searches (any draft it gets
+# resets that); below SKIP_FROM queries every sequence is looked up every time.
+SKIP_FROM = 32
+IDLE_SKIP_MAX = 7
 
 
 @dataclass(slots=True)
@@ -43,6 +49,8 @@ class _Seq:
     member: int
     prompt_len: int
     prediction: NgramTables | None
+    idle: int = 0  # searches in a row that gave it no draft
+    skip: int = 0  # searches it sits out before it is looked up again
 
 
 @dataclass(slots=True)
@@ -168,10 +176,16 @@ class CopyProposer:
         """The drafts: each query's best copy, lengths from the policy."""
         self.model.refresh()
         adaptive = self.config.policy == "adaptive"
+        may_skip = adaptive and len(queries) >= SKIP_FROM
         hits: list[_Hit | None] = []
         cands: list[Candidate | None] = []
+        looked_up: list[_Seq | None] = []
         for q in queries:
             st = self._seqs.get(q.seq_id)
+            if st is not None and may_skip and st.skip > 0:
+                st.skip -= 1
+                st = None
+            looked_up.append(st)
             hit = self._best_hit(st, adaptive) if st is not None and q.max_len > 0 else None
             hits.append(hit)
             if hit is None:
@@ -181,6 +195,8 @@ class CopyProposer:
                 cands.append(Candidate(a, min(hit.avail, self.config.k, q.max_len),
                                        self.model.survival_of(hit.source, hit.match_len)))
         lens = self.policy.allocate(cands, budget, cost, self._search_per_query * len(queries), decision)
+        if may_skip:
+            self._note_idle(looked_up, lens)
         drafts = []
         for q, hit, cand, d in zip(queries, hits, cands, lens):
             if d <= 0:
@@ -190,6 +206,18 @@ class CopyProposer:
             self._pending[q.seq_id] = (draft, hit.match_len, self.model.expected(hit.source, hit.match_len, cand.a, d))
             drafts.append(draft)
         return drafts
+
+    @staticmethod
+    def _note_idle(looked_up: Sequence[_Seq | None], lens: Sequence[int]) -> None:
+        """Back-off of the lookups of sequences that got no draft (None: not looked up this time)."""
+        for st, d in zip(looked_up, lens):
+            if st is None:
+                continue
+            if d > 0:
+                st.idle = 0
+            else:
+                st.idle += 1
+                st.skip = min(1 << min(st.idle - 1, 8), IDLE_SKIP_MAX)
 
     # ------------------------------------------------------------------ extras
 

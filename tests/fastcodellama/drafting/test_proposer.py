@@ -281,3 +281,31 @@ def test_a_prediction_is_drafted_from_the_first_token_on() -> None:
     assert prop.propose([DraftQuery(0, 50)], 100, FREE) == [Draft((34,), "prediction")]
     prop.add_sequence(1, "other", prompt)
     assert prop.propose([DraftQuery(1, 50)], 100, FREE)[0].source != "prediction"  # another request's
+
+
+def test_at_a_large_batch_sequences_that_get_no_draft_are_looked_up_less_often(monkeypatch) -> None:
+    """Back-off of idle lookups (SKIP_FROM, IDLE_SKIP_MAX): far fewer lookups while nothing can be
+    copied, and a sequence that starts repeating itself gets a draft within IDLE_SKIP_MAX + 1 searches."""
+    from fastcodellama.drafting import proposer as mod
+
+    n = 64
+    prop = CopyProposer(SpecConfig(sources=("self",)))
+    for i in range(n):
+        prop.add_sequence(i, f"g{i}", [10_000 + 100 * i + j for j in range(20)])  # nothing repeats
+    looked = []
+    inner = prop._best_hit
+    monkeypatch.setattr(prop, "_best_hit", lambda st, adaptive: looked.append(st.member) or inner(st, adaptive))
+    fresh = iter(range(100_000, 10**6))
+    queries = [DraftQuery(i, 10) for i in range(n)]
+    for _ in range(48):
+        prop.propose(queries, 10 * n, FREE)
+        for i in range(n):
+            prop.extend(i, [next(fresh)])
+    searches = prop.stats()["searches"]
+    assert searches > 32 and len(looked) < 0.35 * searches * n  # each idle sequence sits most searches out
+    prop.extend(0, [10_000, 10_001, 10_002, 10_003])  # sequence 0 repeats its prompt's start: a self copy
+    got = []
+    for _ in range(mod.IDLE_SKIP_MAX + 2):
+        got.append(len(prop.propose(queries, 10 * n, FREE)[0]))
+        prop.extend(0, [10_004 + len(got) - 1])  # and goes on repeating it
+    assert any(got[:mod.IDLE_SKIP_MAX + 1])
