@@ -54,7 +54,7 @@ async def build_chat_plan(req: ChatRequest, state: AppState, client: str) -> Com
     room = max(1, min(state.engine.max_model_len - len(ids), state.config.max_request_tokens // n))
     completion = CompletionRequest.model_construct(
         **{name: getattr(req, name) for name in SAMPLING_FIELDS}, prompt=ids,
-        max_tokens=req.max_completion_tokens or req.max_tokens or room, logprobs=0 if req.logprobs else None,
+        max_tokens=req.max_completion_tokens or req.max_tokens or room, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         suffix=None, best_of=None, echo=False, extra=None)
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)

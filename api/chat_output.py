@@ -1,9 +1,8 @@
 """Engine outputs as chat completions: the whole response, or chat.completion.chunk deltas.
 
 Log probabilities: one entry per generated token; its text is the piece the detokenizer released
-for it (empty while a character spans several tokens), `bytes` that piece's UTF-8. The engine
-computes the chosen token's log probability only, so `top_logprobs` holds that token alone when
-asked for (and is empty otherwise).
+for it (empty while a character spans several tokens), `bytes` that piece's UTF-8; `top_logprobs`
+the likeliest tokens at that position (as many as asked), each with the text it would have added.
 """
 from __future__ import annotations
 
@@ -23,11 +22,12 @@ def chat_logprobs(lp: Logprobs | None, top: int) -> ChoiceLogprobs | None:
     if lp is None:
         return None
     entries = []
-    for token, value in zip(lp.tokens, lp.token_logprobs):
+    tops = lp.top_logprobs or [{}] * len(lp.tokens)
+    for token, value, alternatives in zip(lp.tokens, lp.token_logprobs, tops):
         value = float(value if value is not None else 0.0)
-        raw = list(token.encode("utf-8"))
-        alternatives = [TopLogprob(token=token, logprob=value, bytes=raw)] if top > 0 else []
-        entries.append(TokenLogprob(token=token, logprob=value, bytes=raw, top_logprobs=alternatives))
+        listed = [TopLogprob(token=text, logprob=v, bytes=list(text.encode("utf-8")))
+                  for text, v in list(alternatives.items())[:top]]
+        entries.append(TokenLogprob(token=token, logprob=value, bytes=list(token.encode("utf-8")), top_logprobs=listed))
     return ChoiceLogprobs(content=entries)
 
 
@@ -39,7 +39,8 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
         for c in sorted(out.outputs, key=lambda c: c.index):
             lp = None
             if c.logprobs is not None:
-                lp = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished)
+                lp = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished,
+                                                                       c.top_logprobs)
             choices.append(ChatChoice(index=i * plan.n + c.index, message=AssistantMessage(content=c.text),
                                       logprobs=chat_logprobs(lp, top_logprobs),
                                       finish_reason=finish_reason(c.finish_reason)))

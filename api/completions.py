@@ -206,6 +206,7 @@ def sampling_params(req: CompletionRequest, max_model_len: int, stop_token_ids: 
             stop=stop,
             stop_token_ids=stop_token_ids,
             logprobs=req.logprobs is not None,
+            top_logprobs=req.logprobs or 0,
         )
     except ValueError as e:
         raise engine_value_error(e) from None
@@ -304,7 +305,8 @@ def full_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
         for c in sorted(out.outputs, key=lambda c: c.index):
             logprobs = None
             if c.logprobs is not None:
-                logprobs = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished)
+                logprobs = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished,
+                                                                             c.top_logprobs)
             choices.append(CompletionChoice(index=i * plan.n + c.index, text=plan.echo_texts[i] + c.text,
                                             logprobs=logprobs, finish_reason=finish_reason(c.finish_reason)))
     return CompletionResponse(id=plan.request_id, created=plan.created, model=plan.model, choices=choices,
@@ -314,29 +316,50 @@ def full_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
 @dataclass
 class LogprobsBuilder:
     """OpenAI's logprobs object for one sample; tokens are the text pieces the detokenizer released
-    for each token (an empty piece while a character spans several byte tokens)."""
+    for each token (an empty piece while a character spans several byte tokens). An alternative's
+    text is what it would have added after the tokens before it."""
 
     engine: AsyncEngine
     prompt_token_ids: list[int]
     offset: int = 0
     _detok: IncrementalDetokenizer | None = field(default=None, repr=False)
+    _recent: list[int] = field(default_factory=list, repr=False)  # the last tokens, for alternatives' text
 
-    def add(self, token_ids: list[int], logprobs: list[float], finished: bool) -> Logprobs:
+    def add(self, token_ids: list[int], logprobs: list[float], finished: bool,
+            top: Sequence[tuple[tuple[int, float], ...]] | None = None) -> Logprobs:
         if self._detok is None:
             self._detok = IncrementalDetokenizer(self.engine.tokenizer, self.prompt_token_ids)
-        tokens, offsets = [], []
+            self._recent = list(self.prompt_token_ids[-CONTEXT_TOKENS:])
+        tokens, offsets, alternatives = [], [], []
         for k, t in enumerate(token_ids):
+            if top is not None:
+                texts: dict[str, float] = {}
+                for i, value in top[k]:  # likeliest first: two tokens of one text keep the likelier
+                    texts.setdefault(self._alternative_text(i), value)
+                alternatives.append(texts)
             piece = self._detok.add(t)
             if finished and k == len(token_ids) - 1:
                 piece += self._detok.flush()  # as the engine does with the text
             tokens.append(piece)
             offsets.append(self.offset)
             self.offset += len(piece)
-        return Logprobs(tokens=tokens, token_logprobs=list(logprobs[:len(token_ids)]), top_logprobs=None,
-                        text_offset=offsets)
+            self._recent = (self._recent + [t])[-CONTEXT_TOKENS:]
+        return Logprobs(tokens=tokens, token_logprobs=list(logprobs[:len(token_ids)]),
+                        top_logprobs=alternatives if top is not None else None, text_offset=offsets)
+
+    def _alternative_text(self, token_id: int) -> str:
+        decode = self.engine.tokenizer.decode
+        before = decode(self._recent)
+        after = decode(self._recent + [token_id])
+        # A token that completes or breaks a character leaves no clean difference: its text alone.
+        return after[len(before):] if after.startswith(before) else decode([token_id])
+
+
+CONTEXT_TOKENS = 4  # tokens before an alternative that its text is decoded after (leading spaces, bytes)
 
 
 def new_logprobs(builder: LogprobsBuilder, c: CompletionOutput, sent_tokens: int) -> Logprobs | None:
     if c.logprobs is None or len(c.token_ids) <= sent_tokens:
         return None
-    return builder.add(c.token_ids[sent_tokens:], c.logprobs[sent_tokens:], c.finished)
+    top = c.top_logprobs[sent_tokens:] if c.top_logprobs is not None else None
+    return builder.add(c.token_ids[sent_tokens:], c.logprobs[sent_tokens:], c.finished, top)

@@ -107,8 +107,8 @@ class CompletionRequest(SamplingRequest):
                                                                 "with echo returns the prompt alone.")
     best_of: Optional[int] = Field(None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
-                                    description="Return the chosen tokens' log probabilities; "
-                                                "top_logprobs is always null (not computed).")
+                                    description="Return the chosen tokens' log probabilities and, in "
+                                                "top_logprobs, that many of the likeliest tokens at each position.")
     echo: Optional[bool] = False
     extra: Optional[CopilotExtra] = None
 
@@ -141,7 +141,8 @@ class Logprobs(BaseModel):
     tokens: list[str]
     token_logprobs: list[Optional[float]]
     top_logprobs: Optional[list[dict[str, float]]] = Field(
-        None, description="Always null: only the chosen tokens' log probabilities are computed.")
+        None, description="Per token, the likeliest tokens' text and log probabilities (request "
+                          "logprobs > 0); null for an echoed prompt's tokens.")
     text_offset: list[int]
 
 

@@ -321,8 +321,10 @@ class LLMEngine:
         if built is not None and built[0] == version:
             return built[1]
         text = seq.text if seq.is_finished else _shown_text(seq)
+        p = seq.params
         completion = CompletionOutput(seq.sample_index, text, list(seq.output_token_ids), seq.finish_reason,
-                                      list(seq.logprobs) if seq.params.logprobs else None, seq.stop_reason, seq.spec)
+                                      list(seq.logprobs) if p.logprobs else None, seq.stop_reason, seq.spec,
+                                      list(seq.top_logprobs) if p.top_logprobs else None)
         state.completions[seq.sample_index] = (version, completion)
         return completion
 

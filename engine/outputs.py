@@ -47,6 +47,8 @@ class CompletionOutput:
     logprobs: list[float] | None = None
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     spec: SpecStats = field(default_factory=SpecStats)
+    # Per token, the likeliest tokens and their log probabilities (params.top_logprobs > 0).
+    top_logprobs: list[tuple[tuple[int, float], ...]] | None = None
 
     @property
     def finished(self) -> bool:

@@ -40,10 +40,14 @@ class SamplingRow(NamedTuple):
     forced: int | None = None  # replay mode: the recorded token
 
 
+TopLogprobs = tuple[tuple[int, float], ...]  # (token, log probability), likeliest first
+
+
 @dataclass(frozen=True)
 class SampleResult:
     tokens: list[int]
     logprobs: list[float] | None
+    top: list[TopLogprobs] | None = None  # per row, as many as its params ask (else empty)
 
 
 def noise_seed(key: int, position: int) -> int:
@@ -92,11 +96,23 @@ class Sampler:
         tokens = self._choose(x, rows, kinds)
         if raw_logprobs is None:
             return SampleResult(tokens.tolist(), None)
-        # Tokens and their logprobs come back to the host in one copy (token ids are exact in float64).
+        # Tokens, their logprobs and the likeliest alternatives come back to the host in one copy
+        # (token ids are exact in float64).
         chosen = raw_logprobs.gather(1, tokens[:, None])[:, 0]
-        both = torch.cat([tokens.double(), chosen.double()]).tolist()
+        k = min(max(p.top_logprobs for p in kinds), raw_logprobs.shape[1])
+        parts = [tokens.double(), chosen.double()]
+        if k:
+            values, ids = raw_logprobs.topk(k, dim=-1)
+            parts += [ids.double().flatten(), values.double().flatten()]
+        host = torch.cat(parts).tolist()
         n = len(rows)
-        return SampleResult([int(t) for t in both[:n]], both[n:])
+        result_tokens = [int(t) for t in host[:n]]
+        if not k:
+            return SampleResult(result_tokens, host[n:2 * n])
+        ids_at, values_at = 2 * n, 2 * n + n * k
+        top = [tuple((int(host[ids_at + i * k + j]), host[values_at + i * k + j])
+                     for j in range(min(r.params.top_logprobs, k))) for i, r in enumerate(rows)]
+        return SampleResult(result_tokens, host[n:2 * n], top)
 
     def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams]) -> torch.Tensor:
         """Every row's token, on x's device: argmax for greedy rows, the race for sampled ones,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+MAX_TOP_LOGPROBS = 20
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one prompt. Temperature 0 means greedy.
@@ -30,6 +32,8 @@ class SamplingParams:
     stop_at_dedent: int | None = None
     ignore_eos: bool = False
     logprobs: bool = False
+    # With logprobs: this many likeliest tokens at each position, with their log probabilities.
+    top_logprobs: int = 0
     # Speculation per request: None follows the engine; False turns drafting off.
     speculate: bool | None = None
     # Benchmarks only (trace replay): one recorded continuation per sample, taken wherever the
@@ -55,6 +59,9 @@ class SamplingParams:
         _check(self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
         _check(self.stop_at_dedent is None or (type(self.stop_at_dedent) is int and self.stop_at_dedent >= 0),
                f"stop_at_dedent must be an integer >= 0, got {self.stop_at_dedent!r}")
+        _check(type(self.top_logprobs) is int and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+               f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
+        _check(self.logprobs or not self.top_logprobs, "top_logprobs needs logprobs")
         if self.replay_token_ids is not None:
             object.__setattr__(self, "replay_token_ids", tuple(tuple(int(t) for t in r) for r in self.replay_token_ids))
             _check(len(self.replay_token_ids) == self.n, "replay_token_ids needs one continuation per sample")

@@ -24,7 +24,7 @@ from typing import Mapping
 from engine.block_manager import NO_HIT, BlockManager, PrefixHit
 from engine.proposer import Draft
 from engine.rejection_sampler import accepted_length
-from engine.sampler import SampleResult
+from engine.sampler import SampleResult, TopLogprobs
 from engine.sequence import Sequence, SequenceStatus
 from engine.stop_checker import StopChecker
 
@@ -335,11 +335,13 @@ class Scheduler:
             n = len(s.draft) + 1
             tokens = result.tokens[row:row + n]
             logprobs = result.logprobs[row:row + n] if result.logprobs else None
+            top = result.top[row:row + n] if result.top else None
             row += n
-            updates.append(self._apply(s, tokens, logprobs))
+            updates.append(self._apply(s, tokens, logprobs, top))
         return updates
 
-    def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None) -> SeqUpdate:
+    def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None,
+               top: list[TopLogprobs] | None = None) -> SeqUpdate:
         seq = s.seq
         m = accepted_length(tokens, s.draft) if s.draft else 0
         first = not seq.output_token_ids
@@ -347,7 +349,8 @@ class Scheduler:
         if m + 1 < len(tokens):
             tokens = tokens[:m + 1]
             logprobs = logprobs[:m + 1] if logprobs else None
-        self.stops.append(seq, tokens, logprobs)
+            top = top[:m + 1] if top else None
+        self.stops.append(seq, tokens, logprobs, top)
         seq.num_computed_tokens = min(s.start + s.num_real + m, seq.num_tokens)
         if first:
             self.blocks.cache_prompt_tail(seq)

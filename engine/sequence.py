@@ -31,6 +31,7 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.text = ""
         self.logprobs: list[float] = []
+        self.top_logprobs: list[tuple[tuple[int, float], ...]] = []  # per token, when params.top_logprobs
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.spec = SpecStats()

@@ -16,7 +16,8 @@ class StopChecker:
         self.eos_ids = frozenset(eos_ids)
         self.max_model_len = max_model_len
 
-    def append(self, seq: Sequence, tokens: Seq[int], logprobs: Seq[float] | None) -> None:
+    def append(self, seq: Sequence, tokens: Seq[int], logprobs: Seq[float] | None,
+               top: Seq[tuple[tuple[int, float], ...]] | None = None) -> None:
         """Appends tokens one at a time until the sequence ends (the rest are dropped)."""
         p = seq.params
         output, detokenizer = seq.output_token_ids, seq.detokenizer
@@ -30,6 +31,8 @@ class StopChecker:
                 seq.mark_first_token()
             if logprobs:
                 seq.logprobs.append(logprobs[j])
+            if top:
+                seq.top_logprobs.append(top[j])
             if token in ends or token in p.stop_token_ids:
                 seq.text += detokenizer.flush()
                 seq.finish("stop", token)

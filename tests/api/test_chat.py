@@ -87,7 +87,11 @@ async def test_logprobs_and_top_logprobs(client, server):
     assert len(content) == r.usage.completion_tokens
     assert "".join(t.token for t in content) == r.choices[0].message.content
     assert all(t.logprob <= 0 and t.bytes == list(t.token.encode()) for t in content)
-    assert all(len(t.top_logprobs) == 1 and t.top_logprobs[0].token == t.token for t in content)
+    # Greedy: the likeliest of each position's three alternatives is the chosen token.
+    assert all(len(t.top_logprobs) == 3 for t in content)
+    assert all(t.top_logprobs[0].logprob == pytest.approx(t.logprob) for t in content)
+    assert all(t.top_logprobs[0].token == t.token for t in content if t.token)
+    assert all(a.logprob >= b.logprob for t in content for a, b in zip(t.top_logprobs, t.top_logprobs[1:]))
     ref = await client.completions.create(model="codellama", prompt=prompt_ids(server, MESSAGES), max_tokens=12,
                                           temperature=0, logprobs=0)
     assert [t.logprob for t in content] == pytest.approx(ref.choices[0].logprobs.token_logprobs, abs=1e-4)

@@ -118,7 +118,19 @@ async def test_logprobs_and_echo(server, http):
     lp = choice["logprobs"]
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == r["usage"]["completion_tokens"]
     assert "".join(lp["tokens"]) == choice["text"]
-    assert lp["text_offset"][0] == 0 and lp["top_logprobs"] is None
+    assert lp["text_offset"][0] == 0
+    # logprobs: 1, greedy: the one likeliest token at each position is the chosen one.
+    assert [list(top.values()) for top in lp["top_logprobs"]] == [[v] for v in lp["token_logprobs"]]
+    # Where a token's piece is whole (no bytes of a character pending), its text is the alternative's.
+    whole = [(top, tok) for top, tok in zip(lp["top_logprobs"], lp["tokens"])
+             if tok and "\ufffd" not in tok + next(iter(top))]
+    assert whole and all(list(top) == [tok] for top, tok in whole)
+    several = await post(http, f"{server.url}/v1/completions",
+                         {"prompt": "import os\n", "max_tokens": 8, "temperature": 0, "logprobs": 5})
+    assert several["choices"][0]["text"] == choice["text"]
+    for top, value in zip(several["choices"][0]["logprobs"]["top_logprobs"], lp["token_logprobs"]):
+        values = list(top.values())
+        assert 1 <= len(values) <= 5 and values == sorted(values, reverse=True) and values[0] == pytest.approx(value)
     echoed = await post(http, f"{server.url}/v1/completions",
                         {"prompt": "import os\n", "max_tokens": 8, "temperature": 0, "echo": True})
     assert echoed["choices"][0]["text"] == "import os\n" + choice["text"]

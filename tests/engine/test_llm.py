@@ -192,6 +192,33 @@ def test_logprobs_are_of_the_chosen_tokens(llm):
     assert len(out.logprobs) == 6 and all(lp <= 0 for lp in out.logprobs)
 
 
+def test_top_logprobs_are_the_likeliest_tokens_drafting_or_not(llm):
+    """Each position's k likeliest tokens, likeliest first; greedy picks the first of them; the
+    same with drafts verified (rows of a verify step) as without; the same under sampling for
+    the chosen tokens' log probabilities."""
+    from fastcodellama.drafting import SpecConfig, build_proposer
+
+    params = greedy(12, logprobs=True, top_logprobs=4)
+    plain = llm.generate([PROMPTS[0]], params)[0].outputs[0]
+    assert len(plain.top_logprobs) == 12
+    for token, value, top in zip(plain.token_ids, plain.logprobs, plain.top_logprobs):
+        values = [v for _, v in top]
+        assert len(top) == 4 and values == sorted(values, reverse=True)
+        assert top[0] == (token, pytest.approx(value))
+    drafted = LLM(llm.engine.config.model, num_kv_blocks=128, block_size=4,
+                  proposer=build_proposer(SpecConfig(policy="fixed")))
+    again = drafted.generate([PROMPTS[0]], params)[0].outputs[0]
+    assert again.token_ids == plain.token_ids
+    assert [[t for t, _ in top] for top in again.top_logprobs] == [[t for t, _ in top] for top in plain.top_logprobs]
+    assert [v for top in again.top_logprobs for _, v in top] == pytest.approx(
+        [v for top in plain.top_logprobs for _, v in top], abs=1e-4)
+    assert llm.generate([PROMPTS[0]], greedy(3, logprobs=True))[0].outputs[0].top_logprobs is None
+    with pytest.raises(ValueError, match="top_logprobs"):
+        SamplingParams(top_logprobs=2)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        SamplingParams(logprobs=True, top_logprobs=21)
+
+
 def test_abort_frees_everything(llm):
     engine = llm.engine
     engine.add_request("a", PROMPTS[0], SamplingParams(n=3, max_tokens=50, temperature=1.0))
