@@ -39,6 +39,9 @@ EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 EXPLORE_ROWS = (2.0, 1.0, 4.0, 0.5)
 EXPLORE_FLOOR = 4
 EXPLORE_EXTRA = 0.5  # where its cost is known, an exploring step costs at most 1.5x a plain one
+# The gate's verdict (could any copy pay at this batch?) is kept for this many steps of its batch
+# size: costs and acceptance drift slowly, and at a large batch the gate reads dozens of costs.
+VERDICT_STEPS = 8
 
 
 class Cost(Protocol):
@@ -75,6 +78,8 @@ class _Budget:
     interval: int = EXPLORE_MIN
     believed: bool = False
     explorations: int = 0
+    verdict: bool | None = None  # the gate's last verdict, from step verdict_step
+    verdict_step: int = 0
 
 
 def _batch_bucket(n: int) -> int:
@@ -111,8 +116,9 @@ class DraftPolicy:
         plain = cost.plain(n)
         if plain is None:
             return Decision(False)  # first measure plain steps at this batch: the baseline
-        verdict = self._could_pay(n, budget, cost, plain, search_s)
-        if verdict:
+        if state.verdict is None or state.step - state.verdict_step >= VERDICT_STEPS:
+            state.verdict, state.verdict_step = self._could_pay(n, budget, cost, plain, search_s), state.step
+        if state.verdict:
             if not state.believed:
                 state.believed, state.interval = True, EXPLORE_MIN
             return Decision(state.step % CONTROL_EVERY != 0)

@@ -146,6 +146,18 @@ def test_an_exploring_step_costs_a_bounded_share_of_a_plain_one_where_costs_are_
     assert sum(unknown) == 4 * 64  # nothing known: the schedule's size
 
 
+def test_the_gate_is_judged_once_per_verdict_steps_of_a_batch_size(monkeypatch) -> None:
+    pol = fresh_policy()
+    judged = []
+    inner = pol._could_pay
+    monkeypatch.setattr(pol, "_could_pay", lambda *a: judged.append(a[0]) or inner(*a))
+    for _ in range(4 * pol_mod.VERDICT_STEPS):
+        pol.decide(8, 100, LinearCost(0.0), 0.0)
+    assert len(judged) == 4
+    pol.decide(200, 1000, LinearCost(0.0), 0.0)  # another batch size: its own verdict
+    assert judged[-1] == 200
+
+
 def test_a_wrong_belief_is_corrected_within_the_exploration_bound_both_ways() -> None:
     """Simulated device: true per-row cost and acceptance; the StepCost and acceptance model learn
     only from the steps the policy chose. The policy starts with the opposite belief each time."""
