@@ -162,7 +162,8 @@ def test_ctrl_c_keeps_the_samples_and_says_how_to_resume(tmp_path):
     code = "import sys\nfrom fastcodellama.cli.main import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "humaneval", "--limit", "3", "--passk", "2", "--max-tokens",
                              "2000", "--max-model-len", "2048", "--no-evaluate", "--threads", "1",
-                             "--output_data_fn", str(out)],
+                             # no stop string ends a sample early: the job outlasts the signal even on a fast machine
+                             "--stop", "@@ never seen @@", "--output_data_fn", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
     while "tokens [" not in seen:  # the bar is up: the model is loaded and sampling
