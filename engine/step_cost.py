@@ -12,7 +12,9 @@ drafting policy then explores instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
-and give way to fresh observations.
+and give way to fresh observations. A seeded drafting bucket is read relative to the plain step it
+was seeded beside: scaled by the live plain cost over the seeded one, so that a machine that is
+slower (or busier) than when the file was written does not make draft rows look free.
 """
 from __future__ import annotations
 
@@ -81,6 +83,10 @@ class _Bucket:
     def add(self, seconds: float) -> None:
         self.recent.append(seconds)
         self._estimate = None
+
+    @property
+    def live(self) -> bool:
+        return bool(self.recent)
 
     def estimate(self) -> float | None:
         if not self.recent:
@@ -153,12 +159,24 @@ class StepCost:
             if base is None:
                 continue
             r = bucket_of(ROW_GRID, draft_rows)
-            known = self._at(near, r)
+            known = self._drafting_at(near, r)
             if known is None:
                 known = self._near(near, r, draft_rows)
             if known is not None:
                 return max(0.0, known - base)
         return None
+
+    def _drafting_at(self, n: int, r: int) -> float | None:
+        """A drafting bucket's estimate against the live plain step: a seeded one scaled by the
+        live plain cost over the plain cost seeded beside it (see the module docstring)."""
+        bucket = self._buckets.get((n, r))
+        if bucket is None or bucket.estimate() is None:
+            return None
+        value = bucket.estimate()
+        plain = self._buckets.get((n, 0))
+        if not bucket.live and plain is not None and plain.live and plain.seeded:
+            value *= plain.estimate() / plain.seeded
+        return value
 
     def observed(self, seqs: int, draft_rows: int) -> bool:
         """Whether steps of this shape were measured (or seeded from the cache file)."""
@@ -176,7 +194,7 @@ class StepCost:
     def _near(self, n: int, r: int, draft_rows: int) -> float | None:
         """An unseen bucket: linear between the nearest measured draft-row buckets of these
         sequences (extrapolated past the last at its slope), else the plain step of as many rows."""
-        known = [(ROW_GRID[rr], e) for rr in range(len(ROW_GRID)) if (e := self._at(n, rr)) is not None]
+        known = [(ROW_GRID[rr], e) for rr in range(len(ROW_GRID)) if (e := self._drafting_at(n, rr)) is not None]
         lower = [p for p in known if p[0] <= draft_rows]
         upper = [p for p in known if p[0] > draft_rows]
         if lower and upper:

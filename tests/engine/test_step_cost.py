@@ -89,3 +89,19 @@ def test_the_engine_learns_from_decode_steps_and_can_sweep_at_start_up(tiny_mode
                 cost_sweep=True)
     cost = swept.engine.step_cost
     assert cost.plain(16) > 0 and cost.extra(1, 15) is not None and cost.extra(8, 8) is not None
+
+
+def test_a_seeded_draft_cost_is_read_against_the_plain_cost_it_was_seeded_beside(tmp_path):
+    """The file was written on a quiet machine (plain 10, with 8 draft rows 12); now plain steps
+    take 20: draft rows cost their old share (20%) of the live plain step, not nothing."""
+    first = StepCost(KEY, str(tmp_path))
+    first.observe(8, 0, 10.0)
+    first.observe(8, 8, 12.0)
+    first.save()
+    second = StepCost(KEY, str(tmp_path))
+    assert second.extra(8, 8) == pytest.approx(2.0)  # all seeded: as written
+    for _ in range(WINDOW):
+        second.observe(8, 0, 20.0)
+    assert second.extra(8, 8) == pytest.approx(4.0)
+    second.observe(8, 8, 21.0)  # a live drafting step: no scaling any more
+    assert second.extra(8, 8) == pytest.approx(1.0)
