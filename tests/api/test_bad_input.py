@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -92,12 +91,6 @@ async def server(tiny_model_dir):
     config = ServerConfig(served_model_names=("tiny",), port=0, max_queue=40, max_body_bytes=MAX_BODY)
     async with running_server(engine, config) as srv:
         yield srv
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.mark.parametrize("name,method,path,body,status,param", CASES, ids=[c[0] for c in CASES])

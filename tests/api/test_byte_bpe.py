@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -16,6 +15,7 @@ from api.config import ServerConfig
 from api.server import build_engine
 from api.testing import running_server, sse_events
 from tests.conftest import make_tiny_family
+from tests.api.client import post
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -45,18 +45,6 @@ async def server(qwen_dirs):
     engine = build_engine(EngineConfig(model=qwen_dirs[1], **ENGINE))
     async with running_server(engine, ServerConfig(served_model_names=(NAME,), port=0)) as srv:
         yield srv
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def post(http, url: str, body: dict, expect: int = 200) -> dict:
-    async with http.post(url, json=body) as r:
-        assert r.status == expect, await r.text()
-        return await r.json()
 
 
 async def streamed_text(http, url: str, body: dict) -> tuple[str, list[dict]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -14,6 +13,7 @@ from engine.stop_checker import dedent_cut
 from api.config import ServerConfig
 from api.server import build_engine
 from api.testing import running_server, sse_events, wait_idle
+from tests.api.client import post
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -30,18 +30,6 @@ async def server():
     engine = build_engine(EngineConfig(**ENGINE))
     async with running_server(engine, ServerConfig(served_model_names=("codellama", "copilot-codex"), port=0)) as srv:
         yield srv
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def post(http, url: str, body: dict, expect: int = 200) -> dict:
-    async with http.post(url, json=body) as r:
-        assert r.status == expect, await r.text()
-        return await r.json()
 
 
 async def stream_events(http, url: str, body: dict, headers: dict | None = None) -> list[str]:
