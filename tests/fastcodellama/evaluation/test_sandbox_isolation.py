@@ -61,9 +61,32 @@ def _run_python(script: str, user: int | None, timeout: float, env: dict | None 
     command = [_python_for(user), "-S"] if user is not None else [sys.executable]
     ids = dict(user=user, group=user, extra_groups=[]) if user is not None else {}
     done = subprocess.run([*command, "-c", script], capture_output=True, text=True, timeout=timeout, cwd="/",
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ROOT, **(env or {})}, **ids)
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _source_for(user), **(env or {})}, **ids)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+@functools.cache
+def _source_for(user: int | None) -> str:
+    """Where `user` imports fastcodellama from: the checkout, or, where it cannot read the checkout
+    (a clone in a 0700 temporary folder), a copy of the package in a folder it can read."""
+    if user is None or _can_import(user, ROOT):
+        return ROOT
+    copy = tempfile.mkdtemp(prefix="fcl-source-")
+    shutil.copytree(os.path.join(ROOT, "fastcodellama"), os.path.join(copy, "fastcodellama"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder, _, files in os.walk(copy):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    return copy
+
+
+def _can_import(user: int, path: str) -> bool:
+    done = subprocess.run([_python_for(user), "-S", "-c", "import fastcodellama.evaluation.sandbox"], cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": path}, user=user, group=user, extra_groups=[],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0
 
 
 @functools.cache
