@@ -73,9 +73,7 @@ class Tokenizer:
         self.vocab_size = sp.get_piece_size()
         self.bos_id = _or_none(sp.bos_id())
         self.eos_id = _or_none(sp.eos_id())
-        self.plain_texts = [
-            None if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)
-            else sp.id_to_piece(i).replace("\u2581", " ") for i in range(self.vocab_size)]
+        self.plain_texts = [_spm_plain_text(sp, i) for i in range(self.vocab_size)]
 
     def _load_json(self, file: str) -> None:
         from tokenizers import Tokenizer as JsonTokenizer
@@ -188,6 +186,19 @@ class Tokenizer:
             stops = tuple(dict.fromkeys(i for i in (eot, *self.eos_ids, sep, pad) if i is not None))
             return FimFormat(style, prefix, suffix, middle, eot, stops, repo, sep, pad)
         return None
+
+
+def _spm_plain_text(sp, i: int) -> str | None:
+    """What piece i adds to a text it does not start: a normal piece's text, and the character of
+    a byte piece that is a whole printable ASCII character or a tab or newline (a newline is a byte
+    piece in Llama's vocabulary); None for the rest (control, unknown, unused, other bytes)."""
+    if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+        return None
+    piece = sp.id_to_piece(i)
+    if not sp.is_byte(i):
+        return piece.replace("\u2581", " ")
+    value = int(piece[3:-1], 16)  # "<0x0A>"
+    return chr(value) if 0x20 <= value < 0x7F or value in (0x09, 0x0A, 0x0D) else None
 
 
 def _auto_prefix(with_special: list[int], without: list[int]) -> int | None:

@@ -36,17 +36,22 @@ def test_incremental_detokenization_equals_full_decode(spm_tokenizer_dir):
 
 
 def test_fast_detokenization_equals_the_window_decode(spm_tokenizer_dir):
-    """Random id streams (byte, control and unknown pieces included): the plain-piece fast path
-    releases exactly what the window decode releases, piece by piece."""
+    """Random id streams (byte pieces, ASCII ones such as newline and tab too, control and
+    unknown pieces included): the plain-piece fast path releases exactly what the window decode
+    releases, piece by piece."""
     from engine import DEFAULT_MODEL
 
     for path in (spm_tokenizer_dir, DEFAULT_MODEL):
         tok = Tokenizer(path)
         assert tok.plain_texts is not None and sum(t is None for t in tok.plain_texts) > 3
+        ascii_bytes = [tok.token_id(f"<0x{b:02X}>") for b in (0x09, 0x0A, 0x20, 0x41, 0x7E)]
+        assert all(tok.plain_texts[i] for i in ascii_bytes)  # the newline byte piece is on the fast path
+        assert tok.plain_texts[tok.token_id("<0xC3>")] is None  # half a character never is
+        special = [0, 1, 2, 7, 40, 200, *ascii_bytes]
         rng = random.Random(0)
-        for _ in range(200):
+        for _ in range(300):
             prompt = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(1, 6))]
-            ids = [rng.randrange(tok.vocab_size) if rng.random() < 0.7 else rng.choice([0, 1, 2, 7, 40, 200])
+            ids = [rng.randrange(tok.vocab_size) if rng.random() < 0.6 else rng.choice(special)
                    for _ in range(rng.randint(1, 40))]
             fast, slow = IncrementalDetokenizer(tok, prompt), IncrementalDetokenizer(tok, prompt, fast=False)
             assert [fast.add(t) for t in ids] + [fast.flush()] == [slow.add(t) for t in ids] + [slow.flush()]
