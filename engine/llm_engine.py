@@ -10,6 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from typing import Sequence as Seq
 
 from engine.block_manager import BlockManager
 from engine.cost_sweep import StepCostPoints, measure_step_cost, seed
@@ -221,9 +222,17 @@ class LLMEngine:
         rows: list[SamplingRow] = []
         logits_row = 0
         for s in out.scheduled:
-            if s.samples:
-                rows += self._seq_rows(s.seq, logits_row, s.draft)
+            if not s.samples:
+                continue
+            seq = s.seq
+            p = seq.params
+            if s.draft or p.replay_token_ids is not None or p.needs_penalties:
+                rows += self._seq_rows(seq, logits_row, s.draft)
                 logits_row += len(s.draft) + 1
+            else:  # one plain row (most rows of most steps): built here, without the general path's lists
+                rows.append(SamplingRow(logits_row, p, seq.noise_key, len(seq.output_token_ids), (),
+                                        len(seq.prompt_token_ids)))
+                logits_row += 1
         return rows
 
     def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...]) -> list[SamplingRow]:
@@ -231,10 +240,10 @@ class LLMEngine:
         p = seq.params
         position, prompt_len = len(seq.output_token_ids), len(seq.prompt_token_ids)
         count = len(draft) + 1
-        forced: list[int | None] = [None] * count
+        forced: Seq[int | None] = (None,) * count
         if p.replay_token_ids is not None:
-            replay = p.replay_token_ids[seq.sample_index]
-            forced = [replay[i] if i < len(replay) else self.eos_id for i in range(position, position + count)]
+            forced = p.replay_token_ids[seq.sample_index][position:position + count]
+            forced += (self.eos_id,) * (count - len(forced))
         if not p.needs_penalties:
             return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, (), prompt_len, forced[j])
                     for j in range(count)]
@@ -344,7 +353,7 @@ def _shown_text(seq: Sequence) -> str:
     text, p = seq.text, seq.params
     end = len(text)
     if p.stop:
-        end = max(0, end - max(len(s) for s in p.stop) + 1)
+        end = max(0, end - max(map(len, p.stop)) + 1)
     if p.stop_at_dedent:
         line = undecided_line_start(text)
         if line is not None:

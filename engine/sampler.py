@@ -129,10 +129,12 @@ class Sampler:
             index = torch.tensor(greedy, device=x.device)
             tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
             tokens[torch.tensor(sampled, device=x.device)] = drawn
-        forced = [(i, r.forced) for i, r in enumerate(rows) if r.forced is not None]
-        if forced:
-            where, value = zip(*forced)
-            tokens[torch.tensor(where, device=x.device)] = torch.tensor(value, device=x.device)
+        forced = [r.forced for r in rows]
+        if None not in forced:  # every row replays (trace replay): the recorded tokens, in one copy
+            return torch.tensor(forced, dtype=torch.long, device=x.device)
+        where = [i for i, f in enumerate(forced) if f is not None]
+        if where:
+            tokens[torch.tensor(where, device=x.device)] = torch.tensor([forced[i] for i in where], device=x.device)
         return tokens
 
     def constrain(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:

@@ -358,6 +358,6 @@ class Scheduler:
             self.blocks.cache_full_blocks(seq)
         if seq.is_finished:
             self._stop_running(seq)
-        else:
+        elif s.draft:  # blocks were allocated for the whole draft: those past the accepted part go
             self.blocks.truncate(seq, seq.num_tokens)
         return SeqUpdate(seq, seq.output_token_ids[before:], s.draft, m)

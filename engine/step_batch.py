@@ -40,12 +40,12 @@ def host_step(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
     """Every per-token and per-sequence input of the step. Per chunk only its lengths are read
     in Python; token ids and tables are copied in bulk, and positions, slots and logits rows
     come from array arithmetic (a step has up to thousands of rows and table entries)."""
-    qlens = [len(c.token_ids) for c in chunks]
-    starts = [c.start for c in chunks]
-    widths = [len(c.block_table) for c in chunks]
+    token_ids, starts, block_tables, froms = zip(*chunks) if chunks else ((), (), (), ())  # one pass, in C
+    qlens = list(map(len, token_ids))
+    widths = list(map(len, block_tables))
     num_tokens = sum(qlens)
-    ids = np.fromiter(chain.from_iterable(c.token_ids for c in chunks), dtype=np.int64, count=num_tokens)
-    flat_tables = np.fromiter(chain.from_iterable(c.block_table for c in chunks), dtype=np.int64, count=sum(widths))
+    ids = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=num_tokens)
+    flat_tables = np.fromiter(chain.from_iterable(block_tables), dtype=np.int64, count=sum(widths))
     width = max(widths, default=1) or 1
     tables = np.zeros((len(chunks), width), dtype=np.int64)
     tables[np.arange(width) < np.array(widths, dtype=np.int64)[:, None]] = flat_tables
@@ -57,7 +57,7 @@ def host_step(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
     start = np.array(starts, dtype=np.int64)
     positions = start[seq_of_row] + offset
     slots = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
-    logits_from = np.array([c.logits_from for c in chunks], dtype=np.int64)
+    logits_from = np.array(froms, dtype=np.int64)
     logits_rows = np.flatnonzero(offset >= logits_from[seq_of_row])
     context_lens = start + q
     return HostStep(ids, positions, slots, logits_rows, tables, cu, context_lens, tuple(qlens),
