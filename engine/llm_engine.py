@@ -15,6 +15,7 @@ from typing import Sequence as Seq
 from engine.block_manager import BlockManager
 from engine.cost_sweep import StepCostPoints, measure_step_cost, seed
 from engine.config import EngineConfig
+from engine.gc_tuning import raise_young_threshold
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, RequestOutput, SpecStats
@@ -101,6 +102,7 @@ class LLMEngine:
         self._forward_time = 0.0
         self._propose_time = 0.0
         self._spec = SpecStats()
+        raise_young_threshold()
 
     @property
     def block_manager(self) -> BlockManager:
