@@ -43,9 +43,15 @@ class RequestState:
     arrival_time: float
     finish_time: float | None = None
     client: str | None = None  # who asked (an API key, a peer address): the scheduler shares slots fairly by it
-    # By sample index: the last output built for that sample and what it showed (output length,
-    # finish reason), so that a sample that did not change is not copied again.
-    completions: dict[int, tuple[tuple[int, str | None], CompletionOutput]] = field(default_factory=dict)
+    # By sample index, the last output built for that sample (None: never built), and the samples
+    # that changed since: an output rebuilds only those, whatever the number of samples.
+    completions: list[CompletionOutput | None] = field(default_factory=list)
+    changed: set[int] = field(default_factory=set)
+    first_token_time: float | None = None  # the earliest of its samples' (kept up by request_output)
+
+    def __post_init__(self) -> None:
+        self.completions = [None] * len(self.seqs)
+        self.changed = set(range(len(self.seqs)))
 
     @property
     def finished(self) -> bool:
@@ -94,7 +100,7 @@ class LLMEngine:
             self.sweep_step_cost()
         self.requests: dict[str, RequestState] = {}
         self._drafts: dict[int, Draft] = {}  # for the next step, by sequence id
-        self.step_requests: set[str] = set()  # the requests of the step being run
+        self._step_out: SchedulerOutput | None = None  # the step being run (who a failure concerns)
         self._sources: dict[int, str] = {}  # the source of each sequence's draft in flight
         self._next_seq_id = 0
         self._steps = 0
@@ -103,6 +109,11 @@ class LLMEngine:
         self._propose_time = 0.0
         self._spec = SpecStats()
         raise_young_threshold()
+
+    @property
+    def step_requests(self) -> set[str]:
+        """The requests of the step being run (or last run): who a failure in it concerns."""
+        return {s.seq.request_id for s in self._step_out.scheduled} if self._step_out is not None else set()
 
     @property
     def block_manager(self) -> BlockManager:
@@ -188,7 +199,7 @@ class LLMEngine:
         start = time.perf_counter()
         out = self.scheduler.schedule(self._drafts)
         self._drafts = {}
-        self.step_requests = {s.seq.request_id for s in out.scheduled}  # who a failure here concerns
+        self._step_out = out
         result = None
         if out.scheduled:
             logits = self.runner.execute(out)
@@ -200,7 +211,7 @@ class LLMEngine:
         if not out.scheduled and not updates and self.scheduler.has_work:
             raise RuntimeError("no sequence could be scheduled although some wait: a bug in the scheduler")
         self._account(updates)
-        outputs = self._outputs({u.seq.request_id for u in updates}, collect)
+        outputs = self._outputs(updates, collect)
         self._observe(out, time.perf_counter() - start)
         t1 = time.perf_counter()
         self._drafts = self._propose()
@@ -302,42 +313,38 @@ class LLMEngine:
         return chosen
 
     # ------------------------------------------------------------------ outputs
-    def _outputs(self, touched: set[str], collect: str) -> list[RequestOutput]:
+    def _outputs(self, updates: list[SeqUpdate], collect: str) -> list[RequestOutput]:
+        touched: dict[str, bool] = {}  # request id -> whether one of its samples ended in this step
+        for update in updates:
+            seq = update.seq
+            state = self.requests.get(seq.request_id)
+            if state is not None:
+                state.changed.add(seq.sample_index)
+                touched[seq.request_id] = touched.get(seq.request_id, False) or seq.is_finished
         outputs = []
-        for request_id in touched:
-            state = self.requests.get(request_id)
-            if state is None:
-                continue
-            finished = state.finished
+        for request_id, ended_one in touched.items():
+            state = self.requests[request_id]
+            finished = ended_one and state.finished  # a request finishes in the step its last sample ends
             if finished:
                 state.finish_time = time.monotonic()
                 del self.requests[request_id]
             if finished or collect == "all":
-                outputs.append(self.request_output(state))
+                outputs.append(self.request_output(state, finished))
         return outputs
 
-    def request_output(self, state: RequestState) -> RequestOutput:
-        completions = [self._completion(state, seq) for seq in state.seqs]
-        firsts = [s.first_token_time for s in state.seqs if s.first_token_time is not None]
-        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions,
-                             state.finished, state.arrival_time, min(firsts) if firsts else None, state.finish_time)
-
     @staticmethod
-    def _completion(state: RequestState, seq: Sequence) -> CompletionOutput:
-        """The sample's output now. A sample's output changes only with its tokens and when it
-        finishes: while neither changed, the one built before is handed out again (outputs are
-        never modified once handed out)."""
-        version = (len(seq.output_token_ids), seq.finish_reason)
-        built = state.completions.get(seq.sample_index)
-        if built is not None and built[0] == version:
-            return built[1]
-        text = seq.text if seq.is_finished else _shown_text(seq)
-        p = seq.params
-        completion = CompletionOutput(seq.sample_index, text, list(seq.output_token_ids), seq.finish_reason,
-                                      list(seq.logprobs) if p.logprobs else None, seq.stop_reason, seq.spec,
-                                      list(seq.top_logprobs) if p.top_logprobs else None)
-        state.completions[seq.sample_index] = (version, completion)
-        return completion
+    def request_output(state: RequestState, finished: bool) -> RequestOutput:
+        """The request's output now: the samples that changed since the last one are built anew,
+        the others handed out again (outputs are never modified once handed out)."""
+        for i in state.changed:
+            seq = state.seqs[i]
+            state.completions[i] = _completion(seq)
+            t = seq.first_token_time
+            if t is not None and (state.first_token_time is None or t < state.first_token_time):
+                state.first_token_time = t
+        state.changed.clear()
+        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, list(state.completions),
+                             finished, state.arrival_time, state.first_token_time, state.finish_time)
 
     def stats(self) -> EngineStats:
         s = self.scheduler
@@ -347,6 +354,14 @@ class LLMEngine:
             generated_tokens=self._generated, forward_time=self._forward_time, propose_time=self._propose_time,
             preemptions=s.num_preemptions, spec=self._spec, prompt_tokens_computed=s.num_prompt_tokens_computed,
             tokens_cached=self.block_manager.hit_tokens)
+
+
+def _completion(seq: Sequence) -> CompletionOutput:
+    text = seq.text if seq.is_finished else _shown_text(seq)
+    p = seq.params
+    return CompletionOutput(seq.sample_index, text, list(seq.output_token_ids), seq.finish_reason,
+                            list(seq.logprobs) if p.logprobs else None, seq.stop_reason, seq.spec,
+                            list(seq.top_logprobs) if p.top_logprobs else None)
 
 
 def _shown_text(seq: Sequence) -> str:
