@@ -5,7 +5,8 @@ backend), RMSNorm and the bf16 linear kernel where a checkpoint's weights are bf
 decoder stack where every layer has them (plain Llama layers), and the sampler's filter-and-race.
 CUDA: Triton paged flash attention, checked against the torch reference on the device before it is
 used (a mismatch, or no Triton, leaves the reference), CUDA graphs for decode and verify steps, and
-with 16-bit weights the Triton RMSNorm and rotary kernels (checked the same way).
+with 16-bit weights the Triton RMSNorm, rotary, SiLU-and-mul and residual-add-RMSNorm kernels
+(checked the same way).
 Anything else, and whatever is switched off, runs the PyTorch reference each fast path is tested
 against.
 """
@@ -28,7 +29,8 @@ class FastPaths:
     cpu_kernels: bool  # C RMSNorm, bf16 linear and decoder stack, where the model's layers allow
     cpu_sampler: bool  # the C filter-and-race
     cuda_graphs: bool  # decode and verify steps replayed from captured graphs
-    triton_norm_rope: bool = False  # Triton RMSNorm and rotary kernels (16-bit weights on a GPU)
+    # Triton RMSNorm, rotary, SiLU-and-mul and add+RMSNorm kernels (16-bit weights on a GPU)
+    triton_norm_rope: bool = False
     notes: tuple[str, ...] = ()  # why a fast path is off
 
     def describe(self) -> str:
@@ -37,7 +39,7 @@ class FastPaths:
                  f"C sampler {'on' if self.cpu_sampler else 'off'}",
                  f"CUDA graphs {'on' if self.cuda_graphs else 'off'}"]
         if self.triton_norm_rope:
-            parts.append("Triton RMSNorm/RoPE on")
+            parts.append("Triton RMSNorm/RoPE/SiLU on")
         return ", ".join(parts) + "".join(f"; {note}" for note in self.notes)
 
 
@@ -80,7 +82,7 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
     if fused:
         problem = norm_rope_problem(device, dtype)
         if problem is not None:
-            notes.append(f"Triton RMSNorm/RoPE off ({problem})")
+            notes.append(f"Triton RMSNorm/RoPE/SiLU off ({problem})")
             fused = False
     return FastPaths(attention, False, False, graphs, fused, tuple(notes))
 
@@ -105,30 +107,44 @@ def triton_problem(device: torch.device, dtype: torch.dtype, sliding_window: int
 
 
 def norm_rope_problem(device: torch.device, dtype: torch.dtype) -> str | None:
-    """None when the Triton RMSNorm and rotary kernels agree with their references on the device
-    (within a rounding step of the dtype: they round where the references round); else what
-    went wrong."""
-    from engine.models.norm import RMSNorm
-    from engine.models.rotary import Rotary, apply_rotary
-
+    """None when the Triton RMSNorm, rotary, SiLU-and-mul and add+RMSNorm kernels agree with their
+    references on the device (within a rounding step of the dtype: they round where the references
+    round); else what went wrong."""
     try:
-        from engine.kernels import triton_fused
-
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn((37, 4096), generator=gen).to(device, dtype)
-        norm = RMSNorm(4096, 1e-5).to(device, dtype)
-        norm.weight.data = torch.rand(4096, generator=gen).to(device, dtype) + 0.5
-        norm_error = _relative(triton_fused.rms_norm(x, norm.weight, norm.eps), norm(x))
-        qk = torch.randn((37, 6, 128), generator=gen).to(device, dtype)
-        cos_sin = Rotary(128, 4096, 10_000.0, 1.0).to(device).tables(torch.arange(37, device=device) * 97, dtype)
-        expected, _ = apply_rotary(cos_sin, qk, qk[:, :1])
-        rope_error = _relative(triton_fused.rope_(qk.clone(), *cos_sin), expected)
+        errors = _fused_kernel_errors(device, dtype)
     except Exception as e:  # noqa: BLE001 - a kernel that does not build here leaves the reference
         return f"{type(e).__name__}: {e}"
-    for name, error in (("rotary", rope_error), ("RMSNorm", norm_error)):
+    for name, error in errors.items():
         if error > 2 ** -6:  # two bf16 rounding steps of the largest value; a wrong kernel is off by far more
             return f"{name} differs from the reference by {error:.3g} of its largest value"
     return None
+
+
+def _fused_kernel_errors(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Each Triton kernel's largest error against its PyTorch reference, relative to the largest
+    value, at a 7B model's widths (an intermediate width that is not a power of two)."""
+    import torch.nn.functional as F
+
+    from engine.kernels import triton_fused
+    from engine.models.norm import RMSNorm
+    from engine.models.rotary import Rotary, apply_rotary
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn((37, 4096), generator=gen).to(device, dtype)
+    norm = RMSNorm(4096, 1e-5).to(device, dtype)
+    norm.weight.data = torch.rand(4096, generator=gen).to(device, dtype) + 0.5
+    qk = torch.randn((37, 6, 128), generator=gen).to(device, dtype)
+    cos_sin = Rotary(128, 4096, 10_000.0, 1.0).to(device).tables(torch.arange(37, device=device) * 97, dtype)
+    expected, _ = apply_rotary(cos_sin, qk, qk[:, :1])
+    gate_up = (3 * torch.randn((5, 2 * 11008), generator=gen)).to(device, dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    attn = torch.randn((37, 4096), generator=gen).to(device, dtype)
+    total, normed = triton_fused.add_rms_norm(x, attn, norm.weight, norm.eps)
+    return {"rotary": _relative(triton_fused.rope_(qk.clone(), *cos_sin), expected),
+            "RMSNorm": _relative(triton_fused.rms_norm(x, norm.weight, norm.eps), norm(x)),
+            "SiLU-and-mul": _relative(triton_fused.silu_mul(gate_up), F.silu(gate) * up),
+            "residual add": _relative(total, x + attn),
+            "add+RMSNorm": _relative(normed, norm(x + attn))}
 
 
 def _relative(got: torch.Tensor, want: torch.Tensor) -> float:

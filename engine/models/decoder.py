@@ -76,9 +76,15 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
         self.act = _ACTIVATIONS[cfg.activation]
+        # The Triton SiLU-and-mul kernel over the fused projection (16-bit rows on a GPU), set by the
+        # model's use_triton_kernels for the "silu" activation; the code below is its reference.
+        self.act_mul: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if self.act_mul is not None and gate_up.dtype != torch.float32:
+            return self.down_proj(self.act_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
 
@@ -104,12 +110,21 @@ class DecoderLayer(nn.Module):
         if not self.parallel:
             self.post_attention_layernorm = make_norm(cfg)
         self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+        # The Triton residual add + RMSNorm (16-bit rows on a GPU): (x + attn, norm of that sum),
+        # set by the model's use_triton_kernels where the post-attention norm is an RMSNorm.
+        self.add_norm: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float],
+                                tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, x, cos_sin, kv_cache, batch, backend, meta) -> torch.Tensor:
         h = self.input_layernorm(x)
         if self.parallel:
             return x + self.self_attn(h, cos_sin, kv_cache, batch, backend, meta) + self.mlp(h)
-        x = x + self.self_attn(h, cos_sin, kv_cache, batch, backend, meta)
+        attn = self.self_attn(h, cos_sin, kv_cache, batch, backend, meta)
+        if self.add_norm is not None and x.dtype != torch.float32:
+            norm = self.post_attention_layernorm
+            x, h = self.add_norm(x, attn, norm.weight, norm.eps)
+            return x + self.mlp(h)
+        x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -169,8 +184,9 @@ class DecoderForCausalLM(nn.Module):
         return self.lm_head(hidden).float()
 
     def use_triton_kernels(self) -> int:
-        """Turns on the Triton RMSNorm and rotary kernels (GPU, 16-bit weights) where a layer's
-        norm and rotary embedding are the kinds they compute; returns how many modules got one."""
+        """Turns on the Triton kernels (GPU, 16-bit weights) where a layer's modules are the kinds
+        they compute: RMSNorm, rotary embedding, SiLU-and-mul of a gated MLP, and the residual add
+        before a sequential layer's post-attention RMSNorm; returns how many modules got one."""
         from engine.kernels import triton_fused  # needs triton: imported only where it is used
 
         cfg, count = self.config, 0
@@ -180,6 +196,14 @@ class DecoderForCausalLM(nn.Module):
         if triton_fused.supports_rope(cfg.head_dim, cfg.rotary_dim, cfg.rotary_style):
             for attn in (m for m in self.modules() if isinstance(m, Attention)):
                 attn.rope_ = triton_fused.rope_
+                count += 1
+        if cfg.activation == "silu":
+            for mlp in (m for m in self.modules() if isinstance(m, GatedMLP)):
+                mlp.act_mul = triton_fused.silu_mul
+                count += 1
+        for layer in self.layers:
+            if not layer.parallel and isinstance(layer.post_attention_layernorm, RMSNorm):
+                layer.add_norm = triton_fused.add_rms_norm
                 count += 1
         return count
 

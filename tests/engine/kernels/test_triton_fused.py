@@ -1,11 +1,14 @@
-"""The Triton RMSNorm and rotary kernels against their PyTorch references (RMSNorm.forward,
-apply_rotary). Without a GPU they run under the Triton interpreter on the CPU."""
+"""The Triton kernels against their PyTorch references (RMSNorm.forward, apply_rotary, GatedMLP's
+silu(gate) * up, DecoderLayer's residual add before its RMSNorm). Without a GPU they run under the
+Triton interpreter on the CPU."""
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated: before the import below
@@ -84,43 +87,149 @@ def test_rope_supports_only_the_whole_head_half_split_layout() -> None:
     assert not triton_fused.supports_rope(80, 80, "neox")  # not a power of two
 
 
-def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeypatch) -> None:
-    """The wiring: use_triton_kernels swaps every RMSNorm and rotary embedding of a Llama; the
-    hidden states of a mixed step stay within float16 rounding of the reference modules' (float16:
-    the interpreter rounds it as a GPU does)."""
+def _silu_mul_rounded_as_pytorch(gate_up: torch.Tensor, exp) -> torch.Tensor:
+    """F.silu(gate) * up as PyTorch computes it in a 16-bit dtype (silu in float32, rounded; the
+    product in float32, rounded), with the given float32 exp."""
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    act = (gate / (1 + exp(-gate))).to(gate_up.dtype)
+    return (act.float() * up).to(gate_up.dtype)
+
+
+def _numpy_exp(x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.exp(x.numpy()))  # the interpreter's tl.exp
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,width", [(1, 344), (5, 1376), (37, 96)])
+def test_silu_mul_rounds_where_pytorch_rounds(dtype: torch.dtype, rows: int, width: int) -> None:
+    """1376 = 11008 / 8: two column blocks, the second partial; the input a strided column slice."""
+    gen = torch.Generator().manual_seed(rows * width)
+    wide = (3 * torch.randn((rows, 2 * width + 8), generator=gen)).to(DEVICE, dtype)
+    gate_up = wide[:, :2 * width]
+    got = triton_fused.silu_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    want = F.silu(gate) * up  # GatedMLP's reference
+    assert got.shape == (rows, width) and got.dtype == dtype
+    if DEVICE.type == "cuda":  # libdevice's expf is CUDA's, which PyTorch's silu calls
+        assert torch.equal(got, want)
+        return
+    if dtype == torch.float16:  # exact but for the exp: numpy's (the interpreter's) is not PyTorch's
+        assert torch.equal(got, _silu_mul_rounded_as_pytorch(gate_up, _numpy_exp))
+    # One step of silu, carried through the product; a few in bf16, for the interpreter's rounding.
+    tol = 2 * steps(dtype)
+    assert torch.allclose(got.float(), want.float(), rtol=tol, atol=tol), (got.float() - want.float()).abs().max()
+
+
+def test_silu_mul_keeps_leading_dims_and_takes_zero_rows() -> None:
+    gate_up = torch.randn((2, 3, 2 * 64)).to(DEVICE, torch.bfloat16)
+    assert triton_fused.silu_mul(gate_up).shape == (2, 3, 64)
+    assert triton_fused.silu_mul(gate_up[0, :0]).shape == (0, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,width", [(1, 64), (5, 96), (37, 64)])
+def test_add_rms_norm_is_the_sum_then_rms_norm(dtype: torch.dtype, rows: int, width: int) -> None:
+    """The sum rounded as PyTorch adds; the norm of that sum exactly what rms_norm gives; both
+    inputs strided column slices, as a fused projection's views would be."""
+    gen = torch.Generator().manual_seed(rows + width)
+    x = (3 * torch.randn((rows, width + 32), generator=gen)).to(DEVICE, dtype)[:, 32:]
+    residual = torch.randn((rows, 2 * width), generator=gen).to(DEVICE, dtype)[:, :width]
+    norm = RMSNorm(width, 1e-5).to(DEVICE, dtype)
+    norm.weight.data = (torch.rand(width, generator=gen) + 0.5).to(DEVICE, dtype)
+    total, normed = triton_fused.add_rms_norm(x, residual, norm.weight, norm.eps)
+    if dtype == torch.float16 or DEVICE.type == "cuda":
+        assert torch.equal(total, x + residual)
+    else:  # the interpreter's bf16 conversion
+        assert torch.allclose(total, x + residual, rtol=steps(dtype), atol=0)
+    assert torch.equal(normed, triton_fused.rms_norm(total, norm.weight, norm.eps))
+    want = norm(x + residual).float()  # the module's reference
+    assert torch.allclose(normed.float(), want, rtol=2 * steps(dtype), atol=2 * steps(dtype))
+
+
+def test_add_rms_norm_keeps_leading_dims_and_takes_zero_rows() -> None:
+    x, residual = torch.randn((2, 3, 64)).to(DEVICE, torch.float16), torch.randn((2, 3, 64)).to(DEVICE, torch.float16)
+    w = torch.ones(64, device=DEVICE, dtype=torch.float16)
+    total, normed = triton_fused.add_rms_norm(x, residual, w, 1e-6)
+    assert total.shape == normed.shape == x.shape
+    assert torch.equal(total, x + residual)
+    total, normed = triton_fused.add_rms_norm(x[0, :0], residual[0, :0], w, 1e-6)
+    assert total.shape == normed.shape == (0, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeypatch, dtype: torch.dtype) -> None:
+    """The wiring: use_triton_kernels swaps every RMSNorm, rotary embedding, SiLU-and-mul and
+    post-attention residual add of a Llama; the hidden states of a mixed step stay within a few
+    rounding steps of the reference modules' (a few more in bf16 under the interpreter, whose
+    conversions truncate)."""
     from engine.attention.torch_ref import TorchRefBackend
     from engine.models.registry import model_class, model_config
     from engine.step_batch import SeqChunk, StepBatch
 
-    cfg = model_config(dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = model_config(dict(vocab_size=128, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                             rms_norm_eps=1e-5, architectures=["LlamaForCausalLM"], model_type="llama"))
     torch.manual_seed(0)
-    model = model_class(cfg.family)(cfg).to(DEVICE, torch.float16)
+    model = model_class(cfg.family)(cfg).to(DEVICE, dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.2) if p.dim() == 2 else 1.0 + 0.1 * torch.rand_like(p))
-    kv = torch.zeros((2, 2, 8, 2, 8, 16), dtype=torch.float16, device=DEVICE)
+    kv = torch.zeros((2, 2, 8, 2, 8, 16), dtype=dtype, device=DEVICE)
     batch = StepBatch.build([SeqChunk(tuple(range(5, 17)), 0, (0, 1), 0), SeqChunk((7,), 20, (2, 3, 4), 0)], 8, DEVICE)
-    calls = {"rope": 0, "norm": 0}
+    calls = {"rope_": 0, "rms_norm": 0, "silu_mul": 0, "add_rms_norm": 0}
 
-    def counted(name, fn):
+    def counted(name):
+        fn = getattr(triton_fused, name)
+
         def call(*args):
             calls[name] += 1
             return fn(*args)
         return call
 
-    monkeypatch.setattr(triton_fused, "rope_", counted("rope", triton_fused.rope_))
-    monkeypatch.setattr(triton_fused, "rms_norm", counted("norm", triton_fused.rms_norm))
+    for name in calls:
+        monkeypatch.setattr(triton_fused, name, counted(name))
     with torch.no_grad():
         want = model(batch, kv.clone(), TorchRefBackend()).float()
-        assert model.use_triton_kernels() == 2 * 2 + 1 + 2  # two norms per layer, the final one, two attentions
+        # per layer: two norms, the attention, the MLP, the residual add; and the final norm
+        assert model.use_triton_kernels() == 2 * 5 + 1
         got = model(batch, kv.clone(), TorchRefBackend()).float()
-    assert (got - want).abs().max() <= 4 * torch.finfo(torch.float16).eps * want.abs().max()
-    assert calls == {"rope": 2 * 2, "norm": 2 * 2 + 1}  # q and k per layer; every norm, once
+    many = 4 if dtype == torch.float16 or DEVICE.type == "cuda" else 8
+    assert (got - want).abs().max() <= many * torch.finfo(dtype).eps * want.abs().max()
+    # q and k per layer; the input norms and the final one (the post-attention norms run fused with the add)
+    assert calls == {"rope_": 2 * 2, "rms_norm": 2 + 1, "silu_mul": 2, "add_rms_norm": 2}
 
 
 def test_the_device_check_passes_for_correct_kernels() -> None:
+    """bf16 on a GPU; float16 under the interpreter, whose bf16 conversions truncate: two truncations
+    in SiLU-and-mul can reach the check's bound of two rounding steps."""
     from engine.fast_paths import norm_rope_problem
 
+    assert norm_rope_problem(DEVICE, torch.bfloat16 if DEVICE.type == "cuda" else torch.float16) is None
+
+
+def _reference_kernels(monkeypatch) -> None:
+    """Every Triton kernel replaced by PyTorch (fast), to test the device check's own logic."""
+    def rms(x, w, eps):
+        xf = x.float()
+        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    monkeypatch.setattr(triton_fused, "rms_norm", rms)
+    monkeypatch.setattr(triton_fused, "rope_", lambda x, cos, sin: apply_rotary((cos, sin), x, x)[0])
+    monkeypatch.setattr(triton_fused, "silu_mul", lambda gu: F.silu(gu.chunk(2, -1)[0]) * gu.chunk(2, -1)[1])
+    monkeypatch.setattr(triton_fused, "add_rms_norm", lambda x, r, w, eps: (x + r, rms(x + r, w, eps)))
+
+
+@pytest.mark.parametrize("kernel,broken,named", [
+    ("silu_mul", lambda gu: F.silu(gu.chunk(2, -1)[1]) * gu.chunk(2, -1)[0], "SiLU-and-mul"),  # halves swapped
+    ("add_rms_norm", lambda x, r, w, eps: (x + r, triton_fused.rms_norm(x, w, eps)), "add+RMSNorm"),  # normed x
+    ("add_rms_norm", lambda x, r, w, eps: (x, triton_fused.rms_norm(x + r, w, eps)), "residual add"),
+    ("rms_norm", lambda x, w, eps: x * w, "RMSNorm"),
+])
+def test_the_device_check_names_a_kernel_that_differs(monkeypatch, kernel: str, broken, named: str) -> None:
+    from engine.fast_paths import norm_rope_problem
+
+    _reference_kernels(monkeypatch)
     assert norm_rope_problem(DEVICE, torch.bfloat16) is None
+    monkeypatch.setattr(triton_fused, kernel, broken)
+    problem = norm_rope_problem(DEVICE, torch.bfloat16)
+    assert problem is not None and problem.startswith(f"{named} differs from the reference")
