@@ -19,6 +19,7 @@ slower (or busier) than when the file was written does not make draft rows look 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import os
@@ -97,6 +98,13 @@ class _Bucket:
         return self._estimate
 
 
+@functools.lru_cache(maxsize=None)
+def _nearest_drafting(n: int) -> tuple[int, ...]:
+    """Sequence buckets to read draft costs from: this one, then those within 2x, nearest first."""
+    around = [i for i in range(len(SEQ_GRID)) if i != n and SEQ_GRID[n] / 2 <= SEQ_GRID[i] <= 2 * SEQ_GRID[n]]
+    return (n, *sorted(around, key=lambda i: abs(i - n)))
+
+
 def bucket_of(grid: tuple[int, ...], x: int) -> int:
     """The index of the grid point at or below x."""
     return max(0, bisect.bisect_right(grid, x) - 1)
@@ -112,6 +120,10 @@ class StepCost:
         self._unsaved = 0
         self._saved_at = time.monotonic()
         self.observations = 0
+        # extra() by (sequence bucket, draft rows) until the next observation: a step's policy
+        # asks for the same points several times (the gate, the allocation, exploration).
+        self._extra_memo: dict[tuple[int, int], float | None] = {}
+        self._plain_memo: dict[int, float | None] = {}
         if self.path is not None:
             self._load()
 
@@ -121,6 +133,8 @@ class StepCost:
             return
         cell = (bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows))
         self._buckets.setdefault(cell, _Bucket()).add(seconds)
+        self._extra_memo.clear()
+        self._plain_memo.clear()
         self.observations += 1
         self._unsaved += 1
         if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
@@ -132,6 +146,11 @@ class StepCost:
         measured batches around it, else the nearest one within 2x (a plain step's cost is smooth
         in its sequences; a batch that only ever runs beside a prefill is never measured alone)."""
         n = bucket_of(SEQ_GRID, seqs)
+        if n not in self._plain_memo:
+            self._plain_memo[n] = self._plain(n)
+        return self._plain_memo[n]
+
+    def _plain(self, n: int) -> float | None:
         own = self._at(n, 0)
         if own is not None:
             return own
@@ -153,8 +172,13 @@ class StepCost:
         has some stands in: what a draft row costs changes slowly with the batch."""
         if draft_rows <= 0:
             return 0.0
-        n = bucket_of(SEQ_GRID, seqs)
-        for near in self._nearest_drafting(n):
+        key = (bucket_of(SEQ_GRID, seqs), draft_rows)
+        if key not in self._extra_memo:
+            self._extra_memo[key] = self._extra(*key)
+        return self._extra_memo[key]
+
+    def _extra(self, n: int, draft_rows: int) -> float | None:
+        for near in _nearest_drafting(n):
             base = self._at(near, 0)
             if base is None:
                 continue
@@ -181,11 +205,6 @@ class StepCost:
     def observed(self, seqs: int, draft_rows: int) -> bool:
         """Whether steps of this shape were measured (or seeded from the cache file)."""
         return self._at(bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows)) is not None
-
-    def _nearest_drafting(self, n: int) -> list[int]:
-        """Sequence buckets to read draft costs from: this one, then those within 2x, nearest first."""
-        around = [i for i in range(len(SEQ_GRID)) if i != n and SEQ_GRID[n] / 2 <= SEQ_GRID[i] <= 2 * SEQ_GRID[n]]
-        return [n, *sorted(around, key=lambda i: abs(i - n))]
 
     def _at(self, n: int, r: int) -> float | None:
         bucket = self._buckets.get((n, r))
