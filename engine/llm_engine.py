@@ -239,13 +239,18 @@ class LLMEngine:
                 continue
             seq = s.seq
             p = seq.params
-            if s.draft or p.replay_token_ids is not None or p.needs_penalties:
+            if s.draft or p.needs_penalties:
                 rows += self._seq_rows(seq, logits_row, s.draft)
                 logits_row += len(s.draft) + 1
-            else:  # one plain row (most rows of most steps): built here, without the general path's lists
-                rows.append(SamplingRow(logits_row, p, seq.noise_key, len(seq.output_token_ids), (),
-                                        len(seq.prompt_token_ids)))
-                logits_row += 1
+                continue
+            # One row without history (most rows of most steps): built here, without the lists.
+            position = len(seq.output_token_ids)
+            forced = None
+            if p.replay_token_ids is not None:
+                replay = p.replay_token_ids[seq.sample_index]
+                forced = replay[position] if position < len(replay) else self.eos_id
+            rows.append(SamplingRow(logits_row, p, seq.noise_key, position, (), len(seq.prompt_token_ids), forced))
+            logits_row += 1
         return rows
 
     def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...]) -> list[SamplingRow]:

@@ -69,7 +69,7 @@ def _text_stop(seq: Sequence, piece_len: int) -> bool:
 
 def _stop_string(text: str, piece_len: int, stops: Seq[str]) -> tuple[int, str] | None:
     """The first stop string the new piece completes, and where it starts."""
-    start = max(0, len(text) - piece_len - max(len(s) for s in stops) + 1)
+    start = max(0, len(text) - piece_len - max(map(len, stops)) + 1)
     hits = [(idx, s) for s in stops if (idx := text.find(s, start)) >= 0]
     return min(hits) if hits else None
 
