@@ -45,8 +45,8 @@ class RequestState:
     client: str | None = None  # who asked (an API key, a peer address): the scheduler shares slots fairly by it
     # By sample index, the last output built for that sample (None: never built), and the samples
     # that changed since: an output rebuilds only those, whatever the number of samples.
-    completions: list[CompletionOutput | None] = field(default_factory=list)
-    changed: set[int] = field(default_factory=set)
+    completions: list[CompletionOutput | None] = field(init=False)
+    changed: set[int] = field(init=False)
     first_token_time: float | None = None  # the earliest of its samples' (kept up by request_output)
 
     def __post_init__(self) -> None:
@@ -235,22 +235,9 @@ class LLMEngine:
         rows: list[SamplingRow] = []
         logits_row = 0
         for s in out.scheduled:
-            if not s.samples:
-                continue
-            seq = s.seq
-            p = seq.params
-            if s.draft or p.needs_penalties:
-                rows += self._seq_rows(seq, logits_row, s.draft)
+            if s.samples:
+                rows += self._seq_rows(s.seq, logits_row, s.draft)
                 logits_row += len(s.draft) + 1
-                continue
-            # One row without history (most rows of most steps): built here, without the lists.
-            position = len(seq.output_token_ids)
-            forced = None
-            if p.replay_token_ids is not None:
-                replay = p.replay_token_ids[seq.sample_index]
-                forced = replay[position] if position < len(replay) else self.eos_id
-            rows.append(SamplingRow(logits_row, p, seq.noise_key, position, (), len(seq.prompt_token_ids), forced))
-            logits_row += 1
         return rows
 
     def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...]) -> list[SamplingRow]:

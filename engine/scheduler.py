@@ -128,14 +128,9 @@ class Scheduler:
                 continue
             draft = chosen.get(seq, ())
             start = seq.num_computed_tokens
-            end = start + n
-            known = len(seq.prompt_token_ids) + len(seq.output_token_ids)
-            if end == known and seq.output_token_ids and n <= len(seq.output_token_ids):
-                tokens = seq.output_token_ids[-n:]  # a decode step: the newest output tokens
-            else:
-                tokens = seq.token_slice(start, end)
+            tokens = seq.token_slice(start, start + n)
             tokens += draft
-            scheduled.append(ScheduledSeq(seq, start, tokens, draft, n, end == known))
+            scheduled.append(ScheduledSeq(seq, start, tokens, draft, n, start + n == seq.num_tokens))
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, preempted)
 
@@ -169,13 +164,12 @@ class Scheduler:
     def _allocate_running(self, plan: dict[Sequence, int], chosen: dict[Sequence, tuple[int, ...]]) -> int:
         """Blocks for every planned sequence: a draft is dropped before anyone is preempted."""
         preempted = 0
-        capacity = self.blocks.block_size
         for seq in list(self.running):
             n = plan.get(seq)
             if n is None or seq.status is not SequenceStatus.RUNNING:
                 continue
             base = seq.num_computed_tokens + n
-            if base + len(chosen.get(seq, ())) <= capacity * len(seq.block_table):
+            if self.blocks.blocks_for(base + len(chosen.get(seq, ()))) <= len(seq.block_table):
                 continue  # it holds the blocks already (most steps of most sequences)
             if not self.blocks.can_hold(seq, base + len(chosen.get(seq, ()))):
                 chosen.pop(seq, None)
