@@ -10,7 +10,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from typing import Sequence as Seq
 
 from engine.block_manager import BlockManager
 from engine.cost_sweep import StepCostPoints, measure_step_cost, seed
@@ -244,17 +243,24 @@ class LLMEngine:
         """One sequence's rows: row j picks the token after the first j draft tokens."""
         p = seq.params
         position, prompt_len = len(seq.output_token_ids), len(seq.prompt_token_ids)
+        if not draft and not p.needs_penalties:  # one row without history: most rows of most steps
+            return [SamplingRow(logits_row, p, seq.noise_key, position, (), prompt_len, self._forced(seq, position))]
         count = len(draft) + 1
-        forced: Seq[int | None] = (None,) * count
-        if p.replay_token_ids is not None:
-            forced = p.replay_token_ids[seq.sample_index][position:position + count]
-            forced += (self.eos_id,) * (count - len(forced))
+        forced = [self._forced(seq, i) for i in range(position, position + count)]
         if not p.needs_penalties:
             return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, (), prompt_len, forced[j])
                     for j in range(count)]
         history = seq.prompt_token_ids + seq.output_token_ids
         return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, history + list(draft[:j]), prompt_len,
                             forced[j]) for j in range(count)]
+
+    def _forced(self, seq: Sequence, position: int) -> int | None:
+        """Trace replay: the recorded token at this output position (EOS past its end); else None."""
+        replay = seq.params.replay_token_ids
+        if replay is None:
+            return None
+        tokens = replay[seq.sample_index]
+        return tokens[position] if position < len(tokens) else self.eos_id
 
     def _account(self, updates: list[SeqUpdate]) -> None:
         """Counters, and what the proposer learns from the step."""
