@@ -87,7 +87,7 @@ class StaticStep:
         """Writes the step into the buffers, padded to `bucket`; returns the bucket's view."""
         t, b = bucket.rows, bucket.seqs
         h = host_step(chunks, self.block_size)
-        rows, n, width = len(h.input_ids), len(chunks), h.block_tables.shape[1]
+        rows, n, width = h.num_tokens, len(chunks), h.width
         # ids, positions and slots of every row (padding rows: token 0 at position 0, written to
         # the scratch block), then the sequences' tables (padding sequences: block 0, as in an
         # eager batch, where a masked key must still hold a finite value).

@@ -22,46 +22,121 @@ class SeqChunk(NamedTuple):
 
 
 class HostStep(NamedTuple):
-    """A step's inputs on the host, unpadded (int64 arrays; lengths also as tuples for
-    backends that read them on the host)."""
+    """A step's inputs on the host, unpadded: int64 fields packed in `longs` (ids, positions,
+    slots, logits rows, tables), int32 ones in `ints` (cu_seqlens, context lengths), so that a
+    device gets each in one copy; lengths also as tuples for backends that read them on the host."""
 
-    input_ids: np.ndarray  # [T]
-    positions: np.ndarray  # [T]
-    slot_mapping: np.ndarray  # [T]
-    logits_indices: np.ndarray  # [R]
-    block_tables: np.ndarray  # [B, width], padded with 0; width = the longest table (at least 1)
-    cu_seqlens: np.ndarray  # [B + 1]
-    context_lens: np.ndarray  # [B]
+    longs: np.ndarray  # [3T + R + B * width]
+    ints: np.ndarray  # [2B + 1] int32
+    num_tokens: int  # T
+    num_logits: int  # R
+    width: int  # the longest block table (at least 1); shorter ones are padded with 0
     query_lens_host: tuple[int, ...]
     context_lens_host: tuple[int, ...]
 
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.longs[:self.num_tokens]
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self.longs[self.num_tokens:2 * self.num_tokens]
+
+    @property
+    def slot_mapping(self) -> np.ndarray:
+        return self.longs[2 * self.num_tokens:3 * self.num_tokens]
+
+    @property
+    def logits_indices(self) -> np.ndarray:
+        return self.longs[3 * self.num_tokens:3 * self.num_tokens + self.num_logits]
+
+    @property
+    def block_tables(self) -> np.ndarray:  # [B, width]
+        return self.longs[3 * self.num_tokens + self.num_logits:].reshape(-1, self.width)
+
+    @property
+    def cu_seqlens(self) -> np.ndarray:
+        return self.ints[:len(self.query_lens_host) + 1]
+
+    @property
+    def context_lens(self) -> np.ndarray:
+        return self.ints[len(self.query_lens_host) + 1:]
+
+
+SMALL_STEP_SEQS = 16  # up to this many sequences a step's inputs are built in plain Python
+
 
 def host_step(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
-    """Every per-token and per-sequence input of the step. Per chunk only its lengths are read
-    in Python; token ids and tables are copied in bulk, and positions, slots and logits rows
-    come from array arithmetic (a step has up to thousands of rows and table entries)."""
+    """Every per-token and per-sequence input of the step. A small step (batch-1 decode, a few
+    sequences) is built from Python lists, where numpy's fixed cost per call would dominate; a
+    large one from array arithmetic (a step has up to thousands of rows and table entries).
+    Both give the same arrays."""
+    if len(chunks) <= SMALL_STEP_SEQS:
+        return host_step_small(chunks, block_size)
+    return host_step_arrays(chunks, block_size)
+
+
+def host_step_small(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
+    """host_step in plain Python: one pass over the chunks, one array per dtype at the end."""
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    rows: list[int] = []
+    tables: list[int] = []
+    cu, ends, qlens = [0], [], []
+    width = max((len(c.block_table) for c in chunks), default=1) or 1
+    row = 0
+    for tokens, start, table, logits_from in chunks:
+        q = len(tokens)
+        ids += tokens
+        if q == 1:  # a decode step: most chunks of most steps
+            positions.append(start)
+            slots.append(table[start // block_size] * block_size + start % block_size)
+        else:
+            positions += range(start, start + q)
+            slots += [table[p // block_size] * block_size + p % block_size for p in range(start, start + q)]
+        rows += range(row + logits_from, row + q)
+        tables += table
+        if len(table) < width:
+            tables += [0] * (width - len(table))
+        row += q
+        cu.append(row)
+        ends.append(start + q)
+        qlens.append(q)
+    longs = np.array(ids + positions + slots + rows + tables, dtype=np.int64)
+    ints = np.array(cu + ends, dtype=np.int32)
+    return HostStep(longs, ints, len(ids), len(rows), width, tuple(qlens), tuple(ends))
+
+
+def host_step_arrays(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
+    """host_step in numpy: per chunk only its lengths are read in Python; token ids and tables
+    are copied in bulk, and positions, slots and logits rows come from array arithmetic."""
     token_ids, starts, block_tables, froms = zip(*chunks) if chunks else ((), (), (), ())  # one pass, in C
     qlens = list(map(len, token_ids))
     widths = list(map(len, block_tables))
-    num_tokens = sum(qlens)
-    ids = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=num_tokens)
-    flat_tables = np.fromiter(chain.from_iterable(block_tables), dtype=np.int64, count=sum(widths))
+    t, b = sum(qlens), len(chunks)
     width = max(widths, default=1) or 1
-    tables = np.zeros((len(chunks), width), dtype=np.int64)
-    tables[np.arange(width) < np.array(widths, dtype=np.int64)[:, None]] = flat_tables
     q = np.array(qlens, dtype=np.int64)
-    cu = np.zeros(len(chunks) + 1, dtype=np.int64)
+    cu = np.zeros(b + 1, dtype=np.int64)
     np.cumsum(q, out=cu[1:])
-    seq_of_row = np.repeat(np.arange(len(chunks)), q)
-    offset = np.arange(num_tokens) - cu[:-1][seq_of_row]  # each row's index within its chunk
+    seq_of_row = np.repeat(np.arange(b), q)
+    offset = np.arange(t) - cu[:-1][seq_of_row]  # each row's index within its chunk
     start = np.array(starts, dtype=np.int64)
     positions = start[seq_of_row] + offset
-    slots = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
-    logits_from = np.array(froms, dtype=np.int64)
-    logits_rows = np.flatnonzero(offset >= logits_from[seq_of_row])
+    logits_rows = np.flatnonzero(offset >= np.array(froms, dtype=np.int64)[seq_of_row])
+    r = len(logits_rows)
+    longs = np.empty(3 * t + r + b * width, dtype=np.int64)
+    longs[:t] = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=t)
+    longs[t:2 * t] = positions
+    tables = longs[3 * t + r:].reshape(b, width)
+    tables[:] = 0
+    tables[np.arange(width) < np.array(widths, dtype=np.int64)[:, None]] = np.fromiter(
+        chain.from_iterable(block_tables), dtype=np.int64, count=sum(widths))
+    longs[2 * t:3 * t] = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
+    longs[3 * t:3 * t + r] = logits_rows
     context_lens = start + q
-    return HostStep(ids, positions, slots, logits_rows, tables, cu, context_lens, tuple(qlens),
-                    tuple(context_lens.tolist()))
+    ints = np.concatenate([cu, context_lens]).astype(np.int32)
+    return HostStep(longs, ints, t, r, width, tuple(qlens), tuple(context_lens.tolist()))
 
 
 @dataclass(frozen=True)
@@ -88,21 +163,11 @@ class StepBatch:
     @classmethod
     def build(cls, chunks: Seq[SeqChunk], block_size: int, device: torch.device) -> "StepBatch":
         h = host_step(chunks, block_size)
-        # Two host tensors (and two copies to the device) instead of one per field: each small
-        # tensor costs a fixed overhead that a short step feels.
-        longs = torch.from_numpy(np.concatenate(
-            [h.input_ids, h.positions, h.slot_mapping, h.logits_indices, h.block_tables.ravel()])).to(device)
-        ints = torch.from_numpy(np.concatenate([h.cu_seqlens, h.context_lens]).astype(np.int32)).to(device)
-        t, n, b = len(h.input_ids), len(h.logits_indices), len(chunks)
-        return cls(
-            input_ids=longs[:t],
-            positions=longs[t:2 * t],
-            slot_mapping=longs[2 * t:3 * t],
-            block_tables=longs[3 * t + n:].view(b, h.block_tables.shape[1]),
-            query_lens=h.query_lens_host,
-            context_lens=h.context_lens_host,
-            cu_seqlens_q=ints[:b + 1],
-            context_lens_t=ints[b + 1:],
-            logits_indices=longs[3 * t:3 * t + n],
-            block_size=block_size,
-        )
+        # Two host tensors (and two copies to the device), split into the fields by one call
+        # each: every small tensor op costs a fixed overhead that a short step feels.
+        t, n, b = h.num_tokens, h.num_logits, len(chunks)
+        ids, positions, slots, rows, tables = torch.from_numpy(h.longs).to(device).split_with_sizes(
+            [t, t, t, n, b * h.width])
+        cu, context = torch.from_numpy(h.ints).to(device).split_with_sizes([b + 1, b])
+        return cls(ids, positions, slots, tables.view(b, h.width), h.query_lens_host, h.context_lens_host,
+                   cu, context, rows, block_size)

@@ -1,9 +1,13 @@
 """The per-step batch: every field derived from the sequences' chunks, built once per step."""
 from __future__ import annotations
 
+import random
+
+import numpy as np
+import pytest
 import torch
 
-from engine.step_batch import SeqChunk, StepBatch
+from engine.step_batch import SeqChunk, StepBatch, host_step_arrays, host_step_small
 
 
 def test_fields_follow_the_chunks():
@@ -25,3 +29,46 @@ def test_a_verify_step_needs_every_rows_logits():
     b = StepBatch.build([SeqChunk((3, 10, 11, 12), 9, (2, 5, 6, 8), 0)], 4, torch.device("cpu"))
     assert b.logits_indices.tolist() == [0, 1, 2, 3] and b.positions.tolist() == [9, 10, 11, 12]
     assert b.slot_mapping.tolist() == [6 * 4 + 1, 6 * 4 + 2, 6 * 4 + 3, 8 * 4 + 0]
+
+
+def _random_chunks(rng: random.Random, n: int, block_size: int) -> list[SeqChunk]:
+    """Prefill chunks (some short of the end), decode steps and verify steps over random tables."""
+    chunks = []
+    for _ in range(n):
+        kind = rng.choice(("prefill", "decode", "verify", "short"))
+        q = 1 if kind == "decode" else rng.randint(2, 9)
+        start = rng.randint(0, 40)
+        table = [rng.randrange(100) for _ in range(-(-(start + q) // block_size))]
+        logits_from = {"prefill": q - 1, "decode": 0, "verify": 0, "short": q}[kind]
+        chunks.append(SeqChunk([rng.randrange(1000) for _ in range(q)], start, table, logits_from))
+    return chunks
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 17, 40])
+def test_the_python_and_the_numpy_builds_agree(n):
+    rng = random.Random(n)
+    for _ in range(20):
+        chunks = _random_chunks(rng, n, 4)
+        small, arrays = host_step_small(chunks, 4), host_step_arrays(chunks, 4)
+        assert small.longs.dtype == arrays.longs.dtype == np.int64 and small.ints.dtype == arrays.ints.dtype == np.int32
+        assert small.longs.tolist() == arrays.longs.tolist() and small.ints.tolist() == arrays.ints.tolist()
+        assert small[2:] == arrays[2:]  # counts, width and the host tuples
+        for field in ("input_ids", "positions", "slot_mapping", "logits_indices", "block_tables", "cu_seqlens",
+                      "context_lens"):
+            assert getattr(small, field).tolist() == getattr(arrays, field).tolist(), field
+
+
+@pytest.mark.parametrize("n", [2, 16, 17, 40])
+def test_a_batch_reads_the_same_whichever_build_made_it(n):
+    """StepBatch.build takes the Python build for few sequences and numpy for many: both sides of
+    the switch give what the chunks say."""
+    chunks = _random_chunks(random.Random(100 + n), n, 4)
+    b = StepBatch.build(chunks, 4, torch.device("cpu"))
+    assert b.input_ids.tolist() == [t for c in chunks for t in c.token_ids]
+    assert b.positions.tolist() == [c.start + i for c in chunks for i in range(len(c.token_ids))]
+    assert b.slot_mapping.tolist() == [c.block_table[p // 4] * 4 + p % 4 for c in chunks
+                                       for p in range(c.start, c.start + len(c.token_ids))]
+    width = max(len(c.block_table) for c in chunks)
+    assert b.block_tables.tolist() == [list(c.block_table) + [0] * (width - len(c.block_table)) for c in chunks]
+    assert b.context_lens_t.tolist() == [c.start + len(c.token_ids) for c in chunks]
+    assert b.cu_seqlens_q.dtype == torch.int32 and b.input_ids.dtype == torch.int64
