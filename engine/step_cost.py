@@ -81,9 +81,13 @@ class _Bucket:
         self.seeded: float | None = None  # from the cache file, until observations arrive
         self._estimate: float | None = None  # kept until the next observation: the policy reads it often
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float) -> bool:
+        """Adds an observation; whether what the bucket tells changed (its estimate, or its turn
+        from seeded to live): a low quantile of a window often stays where it was."""
+        was_live, before = self.live, self.estimate()
         self.recent.append(seconds)
         self._estimate = None
+        return not was_live or self.estimate() != before
 
     @property
     def live(self) -> bool:
@@ -120,10 +124,11 @@ class StepCost:
         self._unsaved = 0
         self._saved_at = time.monotonic()
         self.observations = 0
-        # extra() by (sequence bucket, draft rows) until the next observation: a step's policy
-        # asks for the same points several times (the gate, the allocation, exploration).
+        # extra() by (sequence bucket, draft rows) until an observation changes an estimate: a
+        # step's policy asks for the same points several times (the gate, the allocation, exploration).
         self._extra_memo: dict[tuple[int, int], float | None] = {}
         self._plain_memo: dict[int, float | None] = {}
+        self._rows_memo: dict[int, list[tuple[int, float]]] = {}
         if self.path is not None:
             self._load()
 
@@ -132,9 +137,10 @@ class StepCost:
         if seqs <= 0 or seconds <= 0:
             return
         cell = (bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows))
-        self._buckets.setdefault(cell, _Bucket()).add(seconds)
-        self._extra_memo.clear()
-        self._plain_memo.clear()
+        if self._buckets.setdefault(cell, _Bucket()).add(seconds):
+            self._extra_memo.clear()
+            self._plain_memo.clear()
+            self._rows_memo.clear()
         self.observations += 1
         self._unsaved += 1
         if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
@@ -213,7 +219,7 @@ class StepCost:
     def _near(self, n: int, r: int, draft_rows: int) -> float | None:
         """An unseen bucket: linear between the nearest measured draft-row buckets of these
         sequences (extrapolated past the last at its slope), else the plain step of as many rows."""
-        known = [(ROW_GRID[rr], e) for rr in range(len(ROW_GRID)) if (e := self._drafting_at(n, rr)) is not None]
+        known = self._known_rows(n)
         lower = [p for p in known if p[0] <= draft_rows]
         upper = [p for p in known if p[0] > draft_rows]
         if lower and upper:
@@ -224,6 +230,14 @@ class StepCost:
             return y1 + max(0.0, (y1 - y0) / (x1 - x0)) * (draft_rows - x1)
         wider = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
         return self._at(wider, 0) if wider != n else None
+
+    def _known_rows(self, n: int) -> list[tuple[int, float]]:
+        """(draft rows, estimate) of every drafting bucket of these sequences that has one, by rows."""
+        known = self._rows_memo.get(n)
+        if known is None:
+            known = [(ROW_GRID[r], e) for r in range(len(ROW_GRID)) if (e := self._drafting_at(n, r)) is not None]
+            self._rows_memo[n] = known
+        return known
 
     # ------------------------------------------------------------------ the cache file
     def save(self) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -105,3 +106,27 @@ def test_a_seeded_draft_cost_is_read_against_the_plain_cost_it_was_seeded_beside
     assert second.extra(8, 8) == pytest.approx(4.0)
     second.observe(8, 8, 21.0)  # a live drafting step: no scaling any more
     assert second.extra(8, 8) == pytest.approx(1.0)
+
+
+def test_answers_kept_between_observations_are_what_a_fresh_reading_gives(tmp_path):
+    """The estimates are kept until an observation changes one: after every observation of a
+    random run (seeded buckets turning live included), each answer equals a reading that keeps
+    nothing."""
+    first = StepCost(KEY, str(tmp_path))
+    for seqs, rows in ((4, 0), (4, 8), (16, 0), (16, 24)):
+        first.observe(seqs, rows, 1.0 + seqs / 8 + rows / 16)
+    first.save()
+    cost = StepCost(KEY, str(tmp_path))
+    rng = random.Random(7)
+    shapes = [(s, r) for s in (1, 3, 4, 12, 16, 24) for r in (0, 1, 5, 8, 20, 40)]
+    # A live plain step twice as slow as seeded, then a drafting step at exactly its seeded
+    # value: it turns live unscaled, though its estimate did not move.
+    steps = [(4, 0, 3.0), (4, 8, 2.0)]
+    steps += [(s, r, rng.choice((1.0, 1.5, 2.0, 3.0)) * (1 + s / 8 + r / 16))
+              for s, r in (rng.choice(shapes) for _ in range(300))]
+    for seqs, rows, seconds in steps:
+        cost.observe(seqs, rows, seconds)
+        for s, r in shapes:
+            n = bucket_of(SEQ_GRID, s)
+            assert cost.plain(s) == cost._plain(n)
+            assert cost.extra(s, r) == (cost._extra(n, r) if r > 0 else 0.0)
