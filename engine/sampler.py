@@ -155,7 +155,8 @@ class Sampler:
         x = self.constrain(x, rows)
         sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
         if sampled:
-            x[sampled] = _filter(x[sampled], [rows[i].params for i in sampled])
+            params = [rows[i].params for i in sampled]
+            x[sampled] = _filter(x[sampled], RowKnobs.of(params, np.zeros(len(params), dtype=np.uint64), x.device))
         return x
 
     def probs(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
@@ -165,14 +166,43 @@ class Sampler:
     def _sample(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
         """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
         seeds = noise_seeds([r.noise_key for r in rows], [r.position for r in rows]) & np.uint64(_MASK32)
-        seeds = torch.from_numpy(seeds.astype(np.int64))
         params = [r.params for r in rows]
         if self.use_kernels:  # engine/fast_paths.py: the C kernel, on the CPU where it built
             return kernels.sample_rows(
                 x, torch.tensor([p.temperature for p in params], dtype=torch.float32),
                 torch.tensor([p.top_k for p in params], dtype=torch.int64),
-                torch.tensor([p.top_p for p in params], dtype=torch.float64), seeds)
-        return race(_filter(x, params), seeds.to(x.device))
+                torch.tensor([p.top_p for p in params], dtype=torch.float64), torch.from_numpy(seeds.astype(np.int64)))
+        knobs = RowKnobs.of(params, seeds, x.device)
+        return race(_filter(x, knobs), knobs.seeds)
+
+
+class RowKnobs(NamedTuple):
+    """Each sampled row's temperature, top-k (0: none), top-p and noise seed on the logits'
+    device, brought there in one copy: a copy from pageable host memory would wait for the
+    forward before it, once per field."""
+
+    temperature: torch.Tensor  # [n] float32
+    top_k: torch.Tensor  # [n] int64
+    top_p: torch.Tensor  # [n] float32
+    seeds: torch.Tensor  # [n] int64, below 2**32
+    largest_k: int  # the largest top-k a row asks for, clamped to the vocabulary later (0: none)
+    any_top_p: bool
+
+    @classmethod
+    def of(cls, params: Seq[SamplingParams], seeds: np.ndarray, device: torch.device) -> "RowKnobs":
+        # float64 holds each field exactly: float32 temperatures, top-k and seeds below 2**53, top-p
+        # rounded to float32 as the reference filter reads it.
+        host = np.empty((4, len(params)), dtype=np.float64)
+        host[0] = np.array([p.temperature for p in params], dtype=np.float32)
+        host[1] = [p.top_k for p in params]
+        host[2] = np.array([p.top_p for p in params], dtype=np.float32)
+        host[3] = seeds
+        packed = torch.from_numpy(host)
+        if device.type == "cuda":
+            packed = packed.pin_memory()
+        packed = packed.to(device, non_blocking=True)
+        return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(),
+                   max(p.top_k for p in params), bool((host[2] < 1.0).any()))
 
 
 def _distinct(rows: Seq[SamplingRow]) -> list[SamplingParams]:
@@ -211,18 +241,15 @@ def uniform_hash(seeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     return ((h >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
-def _filter(x: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
-    temps = torch.tensor([p.temperature for p in params], dtype=x.dtype, device=x.device)
-    x = x / temps[:, None]
-    top_k = [p.top_k for p in params]
-    if any(k > 0 for k in top_k):
-        k_t = torch.tensor([min(k, x.shape[1]) if k > 0 else x.shape[1] for k in top_k], device=x.device)
-        best = torch.topk(x, int(k_t.max()), dim=-1).values
-        kth = best.gather(1, (k_t - 1)[:, None])
-        x = x.masked_fill(x < kth, float("-inf"))
-    top_p = [p.top_p for p in params]
-    if any(p < 1.0 for p in top_p):
-        x = _top_p(x, torch.tensor(top_p, dtype=x.dtype, device=x.device))
+def _filter(x: torch.Tensor, knobs: RowKnobs) -> torch.Tensor:
+    """Temperature, then top-k, then top-p: what a row may still draw is finite."""
+    x = x / knobs.temperature[:, None]
+    if knobs.largest_k > 0:  # rows without a top-k (0) keep every token
+        best = torch.topk(x, min(knobs.largest_k, x.shape[1]), dim=-1).values
+        kth = best.gather(1, (knobs.top_k.clamp(1, best.shape[1]) - 1)[:, None])
+        x = x.masked_fill((x < kth) & (knobs.top_k > 0)[:, None], float("-inf"))
+    if knobs.any_top_p:
+        x = _top_p(x, knobs.top_p)
     return x
 
 

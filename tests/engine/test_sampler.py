@@ -129,6 +129,28 @@ def test_top_k_and_top_p_restrict_the_support():
     assert (probs_p[2:] == 0).all() and (probs_p[:2] > 0).all()
 
 
+def test_each_row_of_a_batch_is_filtered_and_drawn_as_it_would_be_alone():
+    """One batch mixes rows with and without top-k (the largest k sets the batch's top-k width),
+    with and without top-p, at different temperatures; each row's support and token equal what it
+    gets in a batch of its own."""
+    sampler = Sampler(eos_ids=())
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(3)) * 3
+    params = [SamplingParams(temperature=0.7, top_k=0), SamplingParams(temperature=1.0, top_k=3),
+              SamplingParams(temperature=1.3, top_p=0.5), SamplingParams(temperature=0.9, top_k=40, top_p=0.9),
+              SamplingParams(temperature=1.0, top_k=80), SamplingParams(temperature=0.5, top_k=1)]
+    rows = [SamplingRow(i, p, sample_key(5, i), 11) for i, p in enumerate(params)]
+    together = sampler.probs(logits, rows)
+    alone = [sampler.probs(logits[i:i + 1], [SamplingRow(0, p, rows[i].noise_key, 11)])[0] for i, p in enumerate(params)]
+    for i in range(len(params)):
+        assert torch.equal(together[i] > 0, alone[i] > 0), params[i]
+        assert torch.allclose(together[i], alone[i])
+    assert int((together[0] > 0).sum()) == 50 and int((together[1] > 0).sum()) == 3
+    assert int((together[5] > 0).sum()) == 1 and int((together[4] > 0).sum()) == 50
+    drawn = sampler(logits, rows).tokens
+    assert drawn == [sampler(logits[i:i + 1], [SamplingRow(0, p, rows[i].noise_key, 11)]).tokens[0]
+                     for i, p in enumerate(params)]
+
+
 def test_penalties_push_seen_tokens_down():
     sampler = Sampler(eos_ids=())
     logits = torch.tensor([[2.0, 2.0, 2.0]])
