@@ -125,11 +125,10 @@ def host_step_arrays(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
     positions = start[seq_of_row] + offset
     logits_rows = np.flatnonzero(offset >= np.array(froms, dtype=np.int64)[seq_of_row])
     r = len(logits_rows)
-    longs = np.empty(3 * t + r + b * width, dtype=np.int64)
+    longs = np.zeros(3 * t + r + b * width, dtype=np.int64)  # tables are padded with 0
     longs[:t] = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=t)
     longs[t:2 * t] = positions
     tables = longs[3 * t + r:].reshape(b, width)
-    tables[:] = 0
     tables[np.arange(width) < np.array(widths, dtype=np.int64)[:, None]] = np.fromiter(
         chain.from_iterable(block_tables), dtype=np.int64, count=sum(widths))
     longs[2 * t:3 * t] = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
