@@ -126,12 +126,20 @@ class StaticStep:
 
     def run(self, model: torch.nn.Module, kv_caches: torch.Tensor, backend: object, batch: StepBatch,
             meta: object) -> torch.Tensor:
-        """The step function: logits [T, vocab] of every row of the bucket (padding rows too), in
-        the shared logits buffer."""
+        """The step function from given attention metadata: logits [T, vocab] of every row of the
+        bucket (padding rows too), in the shared logits buffer."""
         hidden = model(batch, kv_caches, backend, meta)
         out = self.logits[:batch.num_tokens]
         out.copy_(model.compute_logits(hidden))
         return out
+
+    def run_from_inputs(self, model: torch.nn.Module, kv_caches: torch.Tensor, backend: object, batch: StepBatch,
+                        launch: object | None) -> torch.Tensor:
+        """The step function that also builds its attention metadata from the static batch (with
+        the bucket's fixed launch, when the backend takes one): a graph of it replays those few
+        dozen small ops too, instead of the host launching them one by one every step."""
+        meta = backend.prepare(batch, launch) if launch is not None else backend.prepare(batch)
+        return self.run(model, kv_caches, backend, batch, meta)
 
 
 def prepared(backend: object, batch: StepBatch, static: dict, bucket: Bucket,

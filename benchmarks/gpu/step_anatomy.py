@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     if results["replay_ms"] is not None:
         results["host_ms"] = results["step_ms"] - results["replay_ms"]
     results["fast_paths"] = engine.runner.paths.describe()
+    graphs = engine.runner.graphs
+    results["graph_capture"] = graphs.report.describe() if graphs is not None and graphs.report is not None else None
     del engine
     shapes.free(device)
     eager = shapes.engine_for(model, args.device, args.dtype, 1, 256, 512, 1.0, cuda_graphs=False)
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(r: dict) -> str:
     fmt = measure.fmt
     lines = [f"# A batch-1 decode step's anatomy ({r['date']})", "", f"machine: {r['machine']}",
-             f"shape: {r['args']['shape']}, {r['args']['dtype']}, random weights; {r['fast_paths']}", "",
+             f"shape: {r['args']['shape']}, {r['args']['dtype']}, random weights; {r['fast_paths']}",
+             f"graphs: {r.get('graph_capture') or 'none captured'}", "",
              f"- step (engine.step, graphs on): {fmt(r['step_ms'], 3)} ms",
              f"- graph replay alone: {fmt(r['replay_ms'], 3)} ms; host: {fmt(r.get('host_ms'), 3)} ms",
              f"- roofline (weights / copy bandwidth {r['copy_bandwidth_gbs']:.0f} GB/s): {fmt(r['roofline_ms'], 3)} ms",

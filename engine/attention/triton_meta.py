@@ -7,9 +7,11 @@ For CUDA graphs, what must stay static across replays of one captured bucket:
 - the shapes of every tensor here, which depend only on the batch's padded sizes (sequences B,
   rows T, block table width) and the launch config: pad a step to its bucket (sequences of no
   new tokens, rows with slot -1 after the last sequence's, tables to the bucket's width);
-- the tensors themselves: each step, `backend.prepare(padded_batch, bucket_launch).copy_to(static)`
-  into the meta the graph was captured with, outside the graph. With an explicit launch config
-  this reads nothing back (the backend's automatic choice of the cascade reads one scalar).
+- the tensors themselves: with an explicit launch config `backend.prepare(padded_batch, launch)`
+  reads nothing back (the backend's automatic choice of the cascade reads one scalar) and only
+  reads the batch's device tensors, so a graph captures it with the forward (engine/cuda_graphs.py);
+  where that capture fails, each step's metadata is built outside the graph and `copy_to` the
+  static metadata the graph was captured with.
 The kernels read every per-step value from these tensors, so nothing else is needed.
 """
 from __future__ import annotations

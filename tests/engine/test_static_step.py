@@ -9,7 +9,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.config import EngineConfig
-from engine.cuda_graphs import StepGraphs
+from engine.cuda_graphs import GraphMismatch, StepGraphs
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.static_step import Bucket, StaticStep, bucket_for, buckets
@@ -33,9 +33,10 @@ def _runner(model_dir: str) -> ModelRunner:
     return ModelRunner(config, read_model_config(model_dir))
 
 
-def _static(runner: ModelRunner, max_seqs: int = 8, max_rows: int = 64) -> StepGraphs:
+def _static(runner: ModelRunner, max_seqs: int = 8, max_rows: int = 64, meta_in_graph: bool = True) -> StepGraphs:
     static = StaticStep(max_seqs, max_rows, 16, BS, runner.num_blocks, runner.model_config.vocab_size, runner.device)
-    return StepGraphs(runner.model, runner.kv_caches, runner.backend, static, capture=False)
+    return StepGraphs(runner.model, runner.kv_caches, runner.backend, static, capture=False,
+                      meta_in_graph=meta_in_graph)
 
 
 def _decode_verify_chunks(rng: random.Random) -> list[SeqChunk]:
@@ -47,9 +48,10 @@ def _decode_verify_chunks(rng: random.Random) -> list[SeqChunk]:
     return [SeqChunk(tuple(rng.randrange(1, 300) for _ in range(n)), ctx - n, table, 0) for ctx, n, table in specs]
 
 
-def test_the_static_step_equals_the_eager_step_and_reuses_its_buffers(tiny_model_dir):
+@pytest.mark.parametrize("meta_in_graph", [True, False])
+def test_the_static_step_equals_the_eager_step_and_reuses_its_buffers(tiny_model_dir, meta_in_graph):
     runner = _runner(tiny_model_dir)
-    graphs = _static(runner)
+    graphs = _static(runner, meta_in_graph=meta_in_graph)
     rng = random.Random(0)
     torch.manual_seed(0)
     start = torch.randn_like(runner.kv_caches)
@@ -104,8 +106,8 @@ def test_prefill_chunks_and_oversized_steps_run_eagerly(tiny_model_dir):
     assert graphs.replays == 0
 
 
-@pytest.mark.parametrize("draft", [False, True])
-def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_dir, draft):
+@pytest.mark.parametrize("draft,meta_in_graph", [(False, True), (True, True), (True, False)])
+def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_dir, draft, meta_in_graph):
     from fastcodellama.drafting import SpecConfig, build_proposer
 
     params = SamplingParams(n=3, temperature=0.8, top_p=0.95, max_tokens=20, seed=4, ignore_eos=True)
@@ -115,9 +117,31 @@ def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_di
         proposer = build_proposer(SpecConfig(policy="fixed")) if draft else None
         llm = LLM(tiny_model_dir, proposer=proposer, num_kv_blocks=128, block_size=BS, attention_backend="torch")
         if static:
-            llm.engine.runner.graphs = _static(llm.engine.runner, max_seqs=8, max_rows=96)
+            llm.engine.runner.graphs = _static(llm.engine.runner, max_seqs=8, max_rows=96, meta_in_graph=meta_in_graph)
         outs.append([[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params)])
         if static:
             assert llm.engine.runner.graphs.replays > 10
         assert_no_leaks(llm.engine)
     assert outs[0] == outs[1]
+
+
+def test_a_failed_capture_with_the_metadata_inside_captures_again_with_it_outside(tiny_model_dir, monkeypatch):
+    """Whatever makes the inside capture fail (an op that cannot be captured, a replay that
+    differs from the eager step), the graphs are captured again with the metadata outside; a
+    failure then is the engine's to report."""
+    runner = _runner(tiny_model_dir)
+    graphs = _static(runner)
+    graphs.capture = True
+    attempts = []
+
+    def capture_all():
+        attempts.append(graphs.meta_in_graph)
+        if graphs.meta_in_graph:
+            raise GraphMismatch("a replay differs")
+        return "outside"
+
+    monkeypatch.setattr(graphs, "_capture_all", capture_all)
+    assert graphs.capture_all() == "outside" and attempts == [True, False] and not graphs.meta_in_graph
+    monkeypatch.setattr(graphs, "_capture_all", lambda: (_ for _ in ()).throw(RuntimeError("no memory")))
+    with pytest.raises(RuntimeError, match="no memory"):
+        graphs.capture_all()

@@ -318,9 +318,11 @@ def test_the_start_up_self_check_passes_and_catches_a_broken_kernel(monkeypatch)
     assert self_check.compare_with_reference(DEVICE, torch.float32) > 1e-3
 
 
-def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_dir):
-    """What a CUDA graph replays (engine/static_step.py with each bucket's fixed launch and static
-    metadata), run directly: the logits equal the torch reference's eager step, step after step."""
+@pytest.mark.parametrize("meta_in_graph", [True, False])
+def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_dir, meta_in_graph):
+    """What a CUDA graph replays (engine/static_step.py with each bucket's fixed launch; the
+    metadata built by the step function, or outside it into static metadata), run directly: the
+    logits equal the torch reference's eager step, step after step."""
     from engine.config import EngineConfig
     from engine.cuda_graphs import StepGraphs
     from engine.model_runner import ModelRunner
@@ -330,7 +332,8 @@ def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_
     config = EngineConfig(model=tiny_model_dir, num_kv_blocks=64, block_size=4, attention_backend="torch")
     runner = ModelRunner(config, read_model_config(tiny_model_dir))
     static = StaticStep(8, 32, 16, 4, runner.num_blocks, runner.model_config.vocab_size, runner.device)
-    graphs = StepGraphs(runner.model, runner.kv_caches, TritonBackend(), static, capture=False)
+    graphs = StepGraphs(runner.model, runner.kv_caches, TritonBackend(), static, capture=False,
+                        meta_in_graph=meta_in_graph)
     torch.manual_seed(0)
     start = torch.randn_like(runner.kv_caches)
     prompt = (3, 4)
@@ -343,4 +346,28 @@ def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_
         eager = runner.model.compute_logits(runner.model(batch, runner.kv_caches, runner.backend))
         runner.kv_caches.copy_(start)
         torch.testing.assert_close(graphs.run(chunks), eager, rtol=1e-4, atol=1e-4)
-    assert len(static.metas) == 2 and graphs.replays == 3
+    assert len(static.metas) == (0 if meta_in_graph else 2) and graphs.replays == 3
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_captured_graphs_hold_the_metadata_and_replay_the_eager_steps(tiny_model_dir):
+    """On CUDA: every bucket is captured with its attention metadata inside (the start-up check
+    replays a step the graph was not captured with), and replays equal eager steps."""
+    from engine.config import EngineConfig
+    from engine.cuda_graphs import META_INSIDE
+    from engine.model_runner import ModelRunner
+    from engine.models.registry import read_model_config
+
+    config = EngineConfig(model=tiny_model_dir, num_kv_blocks=64, block_size=4, device="cuda", dtype="float32",
+                          attention_backend="triton", cuda_graphs=True, max_num_seqs=8, cuda_graph_max_rows=32)
+    runner = ModelRunner(config, read_model_config(tiny_model_dir))
+    assert runner.graphs is not None and runner.graphs.report.metadata == META_INSIDE
+    prompt = (3, 4)
+    for chunks in ([SeqChunk((7,), 8, prompt + (10, 11), 0), SeqChunk((8, 9, 10), 9, prompt + (12, 13), 0)],
+                   [SeqChunk((9,), 15, (20, 21, 22, 23), 0)]):
+        start = runner.kv_caches.clone()
+        batch = StepBatch.build(chunks, 4, runner.device)
+        eager = runner.model.compute_logits(runner.model(batch, runner.kv_caches, runner.backend))
+        runner.kv_caches.copy_(start)
+        torch.testing.assert_close(runner.graphs.run(chunks), eager, rtol=1e-4, atol=1e-4)
