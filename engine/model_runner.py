@@ -95,10 +95,25 @@ def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device:
     class is an engine.models.decoder.DecoderForCausalLM, LlamaForCausalLM's interface."""
     with torch.device("meta"):
         model = model_class(model_config.family)(model_config)
-    model = model.to_empty(device="cpu").to(dtype)
+    _allocate(model, dtype)
     model.rebuild_after_meta()
     model.load_hf_weights(iter_checkpoint_tensors(path))
     return model.to(device)
+
+
+def _allocate(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Uninitialized CPU storage for every parameter and buffer of a model built on the meta
+    device, floating-point ones in `dtype`: what `to_empty(device="cpu").to(dtype)` gives, without
+    an fp32 copy to convert, nor its trip through torch's meta decompositions, which import sympy
+    (most of a second of every start). Tied weights come apart here: rebuild_after_meta re-ties them."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                data = torch.empty(p.shape, dtype=dtype if p.is_floating_point() else p.dtype)
+                module._parameters[name] = torch.nn.Parameter(data, requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=dtype if b.is_floating_point() else b.dtype)
 
 
 def device_name(device: torch.device) -> str:

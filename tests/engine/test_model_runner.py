@@ -1,0 +1,35 @@
+"""Loading a checkpoint into the runner: the model's storage, and what start-up imports."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from engine import DEFAULT_MODEL
+from engine.model_runner import load_model
+from engine.models.registry import read_model_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_loaded_model_holds_its_weights_in_the_asked_dtype_with_the_head_tied():
+    config = read_model_config(DEFAULT_MODEL)
+    assert config.tie_word_embeddings
+    model = load_model(DEFAULT_MODEL, config, torch.bfloat16, torch.device("cpu"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert model.lm_head.weight is model.embed_tokens.weight
+    # The rotary tables are computed, in float32, after the storage is allocated.
+    assert model.rotary.cos.dtype == torch.float32 and torch.equal(model.rotary.cos[0], torch.ones_like(model.rotary.cos[0]))
+
+
+def test_building_an_engine_does_not_import_sympy():
+    """Materializing the meta-device model must not go through torch's meta decompositions: they
+    import sympy, most of a second of every command's start."""
+    code = ("import sys\nfrom engine import DEFAULT_MODEL, EngineConfig\nfrom engine.llm_engine import LLMEngine\n"
+            "LLMEngine(EngineConfig(model=DEFAULT_MODEL))\nprint('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
