@@ -1,6 +1,8 @@
 """Owns the model weights and the paged KV cache; runs one packed forward per step."""
 from __future__ import annotations
 
+import math
+import mmap
 import os
 import platform
 
@@ -40,9 +42,8 @@ class ModelRunner:
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config
         # One block more than the scheduler hands out: padding rows of static steps write there.
-        self.kv_caches = torch.zeros(
-            (mc.num_layers, 2, self.num_blocks + 1, mc.num_kv_heads, config.block_size, mc.head_dim),
-            dtype=self.dtype, device=self.device)
+        self.kv_caches = zeroed((mc.num_layers, 2, self.num_blocks + 1, mc.num_kv_heads, config.block_size, mc.head_dim),
+                                self.dtype, self.device)
         self.graphs = self._graphs() if self.paths.cuda_graphs else None
 
     def _graphs(self) -> StepGraphs:
@@ -88,6 +89,17 @@ class ModelRunner:
         sequences' own lists, not copies: nothing changes them while the step is built)."""
         return [SeqChunk(s.token_ids, s.start, s.seq.block_table, s.num_real - 1 if s.samples else len(s.token_ids))
                 for s in out.scheduled]
+
+
+def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor of zeros (a masked key or value must hold a finite number). On the CPU it lives in
+    anonymous memory that the kernel zero-fills page by page on first touch: start-up writes
+    nothing, and the process grows with what the KV cache holds, not with its capacity."""
+    if device.type != "cpu" or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    memory = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(memory, dtype=dtype, count=math.prod(shape)).view(shape)  # the tensor keeps it alive
 
 
 def load_model(path: str, model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:

@@ -1,14 +1,16 @@
 """Loading a checkpoint into the runner: the model's storage, and what start-up imports."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine import DEFAULT_MODEL
-from engine.model_runner import load_model
+from engine.model_runner import load_model, zeroed
 from engine.models.registry import read_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,3 +35,20 @@ def test_building_an_engine_does_not_import_sympy():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's /proc")
+def test_the_cpu_kv_cache_is_zeros_that_take_memory_only_where_written():
+    before = _resident_bytes()
+    cache = zeroed((256, 1024, 1024), torch.float32, torch.device("cpu"))  # 1 GiB
+    assert _resident_bytes() - before < 64 * 2**20
+    assert cache.shape == (256, 1024, 1024) and cache.dtype == torch.float32 and cache.is_contiguous()
+    cache[3] = 1.0
+    assert float(cache[3].sum()) == 1024 * 1024 and float(cache[2].sum()) == 0.0 and float(cache[-1].abs().max()) == 0.0
+    half = zeroed((4, 8), torch.bfloat16, torch.device("cpu"))
+    assert half.dtype == torch.bfloat16 and half.tolist() == [[0.0] * 8] * 4
