@@ -94,7 +94,7 @@ class ModelRunner:
 def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A tensor of zeros (a masked key or value must hold a finite number). On the CPU it lives in
     anonymous memory that the kernel zero-fills page by page on first touch: start-up writes
-    nothing, and the process grows with what the KV cache holds, not with its capacity."""
+    nothing, and the process grows as blocks are first handed out, not by the cache's capacity."""
     if device.type != "cpu" or not hasattr(mmap, "MAP_ANONYMOUS"):
         return torch.zeros(shape, dtype=dtype, device=device)
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
