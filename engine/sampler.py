@@ -9,7 +9,9 @@ That acceptance rule is the lossless speculative-sampling rule for a
 deterministic draft: P(accept x) = p(x), and on rejection the token is a sample
 of p with x removed and renormalized (see rejection_sampler.py and its tests).
 On the CPU, temperature, top-k, top-p and the race run in one C kernel per row
-(engine/kernels/cpu_kernels.c); the PyTorch code here is its reference.
+(engine/kernels/cpu_kernels.c); the PyTorch code here is its reference. Elsewhere (a GPU) a
+batch of many rows races each row's likeliest tokens only (race_candidates), where that gives
+the reference's tokens; the other rows take the reference over the whole vocabulary.
 """
 from __future__ import annotations
 
@@ -173,7 +175,15 @@ class Sampler:
                 torch.tensor([p.top_k for p in params], dtype=torch.int64),
                 torch.tensor([p.top_p for p in params], dtype=torch.float64), torch.from_numpy(seeds.astype(np.int64)))
         knobs = RowKnobs.of(params, seeds, x.device)
-        return race(_filter(x, knobs), knobs.seeds)
+        found = race_candidates(x, knobs) if len(rows) >= CANDIDATE_ROWS else None
+        if found is None:
+            return race(_filter(x, knobs), knobs.seeds)
+        tokens, covered = found
+        rest = (~covered).nonzero()[:, 0].tolist()  # the one read-back
+        if rest:  # rows whose filter may keep a token past the candidates: the whole vocabulary
+            sub = RowKnobs.of([params[i] for i in rest], seeds[rest], x.device)
+            tokens[rest] = race(_filter(x[rest], sub), sub.seeds)
+        return tokens
 
 
 class RowKnobs(NamedTuple):
@@ -219,6 +229,47 @@ def race(x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     u = uniform_hash(seeds[:, None], token_ids[None, :])
     score = torch.where(torch.isfinite(x), w / -torch.log(u), 0.0)
     return torch.argmax(score, dim=-1)
+
+
+CANDIDATES = 1024  # the likeliest tokens of a row that race_candidates filters and races over
+# From this many sampled rows race_candidates goes first: which rows it covered is read back from the
+# device (a wait for the forward); for fewer rows the whole vocabulary costs less than that wait.
+CANDIDATE_ROWS = 16
+
+
+def race_candidates(x: torch.Tensor, knobs: RowKnobs,
+                    count: int = CANDIDATES) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """race(_filter(x, knobs), knobs.seeds) over each row's `count` likeliest tokens instead of the
+    vocabulary (no sort, no noise for tokens that cannot win): (tokens, covered), the tokens right
+    where `covered`, i.e. where the row's filter keeps only tokens among the candidates, because its
+    top-k ends strictly above the last of them, or (without top-k) the weight strictly above the
+    last reaches its top-p of the total. A flat row, or a top-k past `count`, is not covered. None
+    when no row filters at all (every token may win) or the vocabulary is no larger than `count`."""
+    vocab = x.shape[1]
+    if count >= vocab or not (knobs.largest_k > 0 or knobs.any_top_p):
+        return None
+    x = x / knobs.temperature[:, None]
+    vals, idx = torch.topk(x, count, dim=-1)  # descending
+    by_k = knobs.top_k > 0
+    kth = vals.gather(1, (knobs.top_k.clamp(1, count) - 1)[:, None])[:, 0]
+    vals = torch.where(by_k[:, None] & (vals < kth[:, None]), float("-inf"), vals)
+    # Top-p as _top_p computes it, over the candidates: the total is theirs where top-k cut the row
+    # to them, else the whole row's.
+    w = torch.exp(vals - vals[:, :1]).double()
+    total = torch.where(by_k, w.sum(dim=-1), torch.exp(x - vals[:, :1]).double().sum(dim=-1))
+    before = torch.cumsum(w, dim=-1) - w
+    strictly_better = before.gather(1, torch.searchsorted(-vals, -vals))
+    by_p = knobs.top_p < 1.0
+    target = knobs.top_p.double() * total
+    keep = (strictly_better < target[:, None]) | ~by_p[:, None]
+    covered = ((by_k & (knobs.top_k <= count) & (vals[:, -1] < kth))
+               | (~by_k & by_p & (strictly_better[:, -1] >= target)))
+    kept = torch.where(keep, vals, float("-inf"))
+    u = uniform_hash(knobs.seeds[:, None], idx)
+    score = torch.where(torch.isfinite(kept), torch.exp(kept - kept[:, :1]) / -torch.log(u), 0.0)
+    best = score.max(dim=-1, keepdim=True).values
+    tokens = torch.where(score == best, idx, vocab).min(dim=-1).values  # a tie: the smallest id, as argmax
+    return tokens, covered
 
 
 def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import itertools
+import random
 
+import numpy as np
 import pytest
 import torch
 
 from engine import rejection_sampler
 from engine.rejection_sampler import accepted_length, reference_speculative_sample
-from engine.sampler import Sampler, SamplingRow, sample_key
+from engine import sampler as sampler_module
+from engine.sampler import CANDIDATE_ROWS, RowKnobs, Sampler, SamplingRow, _filter, race, race_candidates, sample_key
 from engine.sampling_params import SamplingParams
 
 V = 5  # vocabulary of the toy target
@@ -160,3 +163,75 @@ def test_penalties_push_seen_tokens_down():
     assert out[0].item() == pytest.approx(2.0 / 2.0 - 0.5 * 2)  # repeated twice in the output
     assert out[2].item() == pytest.approx(1.0)  # seen in the prompt only: repetition penalty alone
     assert out[1].item() == 2.0
+
+
+def _knobs(params: list[SamplingParams], seed: int) -> "RowKnobs":
+    rng = random.Random(seed)
+    return RowKnobs.of(params, np.array([rng.getrandbits(32) for _ in params], dtype=np.uint64), torch.device("cpu"))
+
+
+def test_racing_the_likeliest_tokens_gives_the_vocabularys_tokens_or_declines():
+    """race_candidates against the reference (filter, then race over the whole vocabulary) on
+    peaked and flat rows, with ties, banned tokens, top-k, top-p and both: where it answers, the
+    tokens are the same; where a row's filter could keep a token past the candidates, it declines."""
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    answered = declined = 0
+    for trial in range(150):
+        n = rng.choice([1, 4, 9])
+        x = torch.randn(n, 3000) * rng.choice([1, 3, 6])
+        x[:, :rng.randint(1, 40)] += rng.choice([0, 5, 10])
+        if trial % 3 == 0:
+            x = torch.round(x * 2) / 2  # many equal logits
+        if trial % 5 == 0:
+            x[:, rng.randrange(3000)] = float("-inf")  # a banned token (min_tokens)
+        knobs = dict(temperature=rng.choice([0.5, 0.8, 1.2]), top_p=rng.choice([1.0, 0.9, 0.95, 0.5]),
+                     top_k=rng.choice([0, 0, 5, 50, 128, 200]))
+        if knobs["top_p"] == 1.0 and knobs["top_k"] == 0:
+            continue
+        k = _knobs([SamplingParams(**knobs) for _ in range(n)], trial)
+        fast, covered = race_candidates(x, k, count=128)
+        reference = race(_filter(x, k), k.seeds)
+        for token, ok, want in zip(fast.tolist(), covered.tolist(), reference.tolist()):
+            answered += ok
+            declined += not ok
+            assert not ok or token == want, (trial, knobs)
+    assert answered > 150 and declined > 50
+
+
+def test_candidates_decline_what_they_cannot_cover():
+    peaked = torch.randn(3, 3000)
+    peaked[:, 7] += 30
+    mixed = torch.stack([peaked[0], torch.zeros(3000), peaked[2]])  # the middle row is flat
+    tokens, covered = race_candidates(mixed, _knobs([SamplingParams(temperature=1.0, top_p=0.95)] * 3, 1), count=128)
+    assert covered.tolist() == [True, False, True] and tokens[[0, 2]].tolist() == [7, 7]
+    _, covered = race_candidates(peaked, _knobs([SamplingParams(temperature=1.0, top_k=200)] * 3, 1), count=128)
+    assert not covered.any()  # a top-k past the candidates
+    assert race_candidates(peaked, _knobs([SamplingParams(temperature=1.0)] * 3, 1), count=128) is None
+
+
+def test_a_large_batch_samples_what_each_row_samples_alone(monkeypatch):
+    """From CANDIDATE_ROWS rows the reference sampler races the likeliest tokens; each row's token
+    equals the one it gets alone, through the whole vocabulary."""
+    sampler = Sampler(eos_ids=())
+    n = CANDIDATE_ROWS + 4
+    torch.manual_seed(5)
+    logits = torch.randn(n, 4000) * 2
+    logits[:, :20] += 6
+    logits[3] = 0.0  # a flat row: outside the candidates, through the whole vocabulary
+    params = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=1.0, top_k=40)]
+    rows = [SamplingRow(i, params[i % 2], sample_key(9, i), i) for i in range(n)]
+    calls = []
+    real = sampler_module.race_candidates
+
+    def spy(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(sampler_module, "race_candidates", spy)
+    together = sampler(logits, rows).tokens
+    monkeypatch.undo()
+    assert len(calls) == 1 and calls[0] is not None and calls[0][1].tolist().count(False) == 1
+    alone = [sampler(logits[i:i + 1], [SamplingRow(0, r.params, r.noise_key, r.position)]).tokens[0]
+             for i, r in enumerate(rows)]
+    assert together == alone
