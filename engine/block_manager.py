@@ -9,7 +9,8 @@ into a block of its own (copy-on-write, done once, before the next forward write
 
 Blocks nobody holds (refcount 0) stay cached until they are needed again, least recently freed
 first; a sequence's blocks are freed tail first, so the start of a prefix, which more sequences
-share, is evicted last. `num_free` counts them all: cached blocks are free blocks.
+share, is evicted last. A freed block that holds nothing findable (a rejected draft's) is handed
+out again first. `num_free` counts them all: cached blocks are free blocks.
 
 Block identity across reuse: every time a block is handed out its generation goes up, so a key
 that names a block that was evicted and reused since can never match again.
@@ -242,8 +243,13 @@ class BlockManager:
     def _release(self, block: int) -> None:
         self.refcounts[block] -= 1
         if self.refcounts[block] == 0:
-            self._free[block] = None
             if not self.enable_caching:
                 self._evict(block)
+            self._free[block] = None
+            if self._key[block] is None and self._parent_of[block] is None:
+                # Nothing in it can be found again (a rejected draft's block, a tail nobody
+                # listed): handed out next, before any cached block is evicted for it and before
+                # a never-used block is touched, so the memory in use stays small and warm.
+                self._free.move_to_end(block, last=False)
         elif self.refcounts[block] < 0:
             raise AssertionError(f"block {block} released twice")

@@ -128,3 +128,28 @@ def test_clearing_the_cache_forgets_only_what_nobody_holds():
     assert bm.match([5, 6, 7, 8], 4).blocks == () and len(bm.match([1, 2, 3, 4], 4).blocks) == 2
     bm.free(held)
     assert bm.num_free == 8
+
+
+def test_a_freed_block_that_holds_nothing_findable_is_handed_out_first():
+    """A rejected draft's block goes back to the front of the free list: the next allocation takes
+    it, not a cached block (which stays findable) nor a block never used (whose memory is cold)."""
+    bm = BlockManager(8, 4)
+    cached = _computed(bm, _seq(0, list(range(8))))
+    bm.free(cached)  # two cached blocks, free
+    s = _seq(1, [50, 51, 52])
+    bm.allocate(s, 3)
+    first = s.block_table[0]
+    bm.allocate(s, 3 + 6)  # a draft of 6 tokens takes two more blocks
+    draft_blocks = s.block_table[1:]
+    bm.truncate(s, 4)  # all rejected
+    t = _seq(2, [60])
+    bm.allocate(t, 1)
+    assert t.block_table[0] in draft_blocks and first not in t.block_table
+    assert len(bm.match(list(range(8)), 8).blocks) == 2  # the cached prefix is still whole
+    with_caching_off = BlockManager(4, 4, enable_caching=False)
+    u = _seq(3, [1])
+    with_caching_off.allocate(u, 1)
+    used = u.block_table[0]
+    with_caching_off.free(u)
+    with_caching_off.allocate(u, 1)
+    assert u.block_table == [used]
