@@ -46,6 +46,21 @@ class CaptureReport:
                 f"attention metadata built {self.metadata}")
 
 
+def replays_match(replayed: torch.Tensor, eager: torch.Tensor, tolerance: float = 2e-2) -> bool:
+    """Whether a replay's logits are the eager step's up to rounding: every difference within
+    `tolerance` of the largest logit (a kernel chosen differently under capture rounds
+    differently; metadata frozen at capture changes logits by their own scale), and every row's
+    likeliest token the same where the eager row's is clear of its runner-up by more than that."""
+    if replayed.shape != eager.shape or not bool(torch.isfinite(replayed).all()):
+        return False
+    scale = float(eager.abs().max()) or 1.0
+    if float((replayed - eager).abs().max()) > tolerance * scale:
+        return False
+    top2 = eager.topk(min(2, eager.shape[1]), dim=-1).values
+    clear = (top2[:, 0] - top2[:, -1]) > 2 * tolerance * scale
+    return bool((replayed.argmax(-1) == eager.argmax(-1))[clear].all())
+
+
 class StepGraphs:
     def __init__(self, model: torch.nn.Module, kv_caches: torch.Tensor, backend: object, static: StaticStep,
                  capture: bool, meta_in_graph: bool = True) -> None:
@@ -117,7 +132,7 @@ class StepGraphs:
         self.static.fill(probe, bucket)
         self._graphs[bucket].replay()
         replayed = self.static.logits[:rows]
-        if not torch.allclose(replayed, eager, rtol=1e-2, atol=1e-2):
+        if not replays_match(replayed, eager):
             diff = (replayed - eager).abs().max().item()
             raise GraphMismatch(f"bucket {bucket}: a replay differs from the eager step by up to {diff:.3g}")
 

@@ -9,7 +9,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.config import EngineConfig
-from engine.cuda_graphs import GraphMismatch, StepGraphs
+from engine.cuda_graphs import GraphMismatch, StepGraphs, replays_match
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.static_step import Bucket, StaticStep, bucket_for, buckets
@@ -145,3 +145,20 @@ def test_a_failed_capture_with_the_metadata_inside_captures_again_with_it_outsid
     monkeypatch.setattr(graphs, "_capture_all", lambda: (_ for _ in ()).throw(RuntimeError("no memory")))
     with pytest.raises(RuntimeError, match="no memory"):
         graphs.capture_all()
+
+
+def test_a_replay_matches_the_eager_step_up_to_rounding_only():
+    """The start-up check of captured graphs (engine/cuda_graphs.py): rounding of another kernel
+    passes; another step's logits (what metadata frozen at capture gives) or non-finite ones do not."""
+    torch.manual_seed(0)
+    eager = torch.randn(2, 300) * 40
+    assert replays_match(eager.clone(), eager)
+    assert replays_match(eager * (1 + 1e-3 * torch.randn_like(eager)), eager)
+    assert not replays_match(torch.randn(2, 300) * 40, eager)
+    stale = eager.clone()
+    stale[1] = eager[1].roll(1)
+    assert not replays_match(stale, eager)
+    broken = eager.clone()
+    broken[0, 3] = float("nan")
+    assert not replays_match(broken, eager)
+    assert not replays_match(eager[:1], eager)
