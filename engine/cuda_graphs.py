@@ -69,7 +69,7 @@ class StepGraphs:
         self.model, self.kv_caches, self.backend, self.static = model, kv_caches, backend, static
         self.capture = capture
         self.meta_in_graph = meta_in_graph
-        self._launch = launch_for_bucket if getattr(backend, "name", "") == "triton" else None
+        self._triton = getattr(backend, "name", "") == "triton"
         self._graphs: dict[Bucket, torch.cuda.CUDAGraph] = {}
         self.replays = 0
         self.report: CaptureReport | None = None
@@ -140,11 +140,15 @@ class StepGraphs:
         """The bucket's step over the static buffers, with these chunks written into them (and,
         with the metadata outside, their metadata into the bucket's static copy)."""
         batch = self.static.fill(chunks, bucket)
-        launch = self._launch(bucket) if self._launch is not None else None
+        launch = self._launch_of(bucket)
         if self.meta_in_graph:
             return lambda: self.static.run_from_inputs(self.model, self.kv_caches, self.backend, batch, launch)
-        meta = prepared(self.backend, batch, self.static.metas, bucket, self._launch)
+        meta = prepared(self.backend, batch, self.static.metas, bucket, launch)
         return lambda: self.static.run(self.model, self.kv_caches, self.backend, batch, meta)
+
+    def _launch_of(self, bucket: Bucket) -> object | None:
+        """The bucket's fixed launch (Triton), or None for a backend that picks its own."""
+        return launch_for_bucket(bucket) if self._triton else None
 
     def run(self, chunks: Sequence[SeqChunk]) -> torch.Tensor | None:
         """Logits of the step's rows through its bucket, or None when no bucket takes the step."""
@@ -158,6 +162,6 @@ class StepGraphs:
         if self.meta_in_graph:
             self.static.fill(chunks, bucket)
         else:
-            prepared(self.backend, self.static.fill(chunks, bucket), self.static.metas, bucket, self._launch)
+            prepared(self.backend, self.static.fill(chunks, bucket), self.static.metas, bucket, self._launch_of(bucket))
         self._graphs[bucket].replay()
         return self.static.logits[:rows]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -138,17 +138,21 @@ class StaticStep:
         """The step function that also builds its attention metadata from the static batch (with
         the bucket's fixed launch, when the backend takes one): a graph of it replays those few
         dozen small ops too, instead of the host launching them one by one every step."""
-        meta = backend.prepare(batch, launch) if launch is not None else backend.prepare(batch)
-        return self.run(model, kv_caches, backend, batch, meta)
+        return self.run(model, kv_caches, backend, batch, metadata(backend, batch, launch))
 
 
-def prepared(backend: object, batch: StepBatch, static: dict, bucket: Bucket,
-             launch_for: Callable[[Bucket], object] | None) -> object:
-    """The step's attention metadata. With a fixed launch per bucket (Triton), it is copied into
-    the bucket's static metadata, which a graph reads; other backends get fresh metadata."""
-    if launch_for is None:
-        return backend.prepare(batch)
-    meta = backend.prepare(batch, launch_for(bucket))
+def metadata(backend: object, batch: StepBatch, launch: object | None) -> object:
+    """The step's attention metadata, with the bucket's fixed launch where the backend takes one."""
+    return backend.prepare(batch, launch) if launch is not None else backend.prepare(batch)
+
+
+def prepared(backend: object, batch: StepBatch, static: dict, bucket: Bucket, launch: object | None) -> object:
+    """The step's attention metadata outside a graph. With a fixed launch per bucket (Triton), it
+    is copied into the bucket's static metadata, which a graph reads; other backends get fresh
+    metadata."""
+    meta = metadata(backend, batch, launch)
+    if launch is None:
+        return meta
     if bucket not in static:
         static[bucket] = meta
     else:

@@ -124,11 +124,9 @@ class StepCost:
         self._unsaved = 0
         self._saved_at = time.monotonic()
         self.observations = 0
-        # extra() by (sequence bucket, draft rows) until an observation changes an estimate: a
-        # step's policy asks for the same points several times (the gate, the allocation, exploration).
-        self._extra_memo: dict[tuple[int, int], float | None] = {}
-        self._plain_memo: dict[int, float | None] = {}
-        self._rows_memo: dict[int, list[tuple[int, float]]] = {}
+        # Answers (plain, extra, a bucket's known draft rows) kept until an observation changes an
+        # estimate: a step's policy asks for the same points several times (gate, allocation, exploration).
+        self._memo: dict[tuple, object] = {}
         if self.path is not None:
             self._load()
 
@@ -138,9 +136,7 @@ class StepCost:
             return
         cell = (bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows))
         if self._buckets.setdefault(cell, _Bucket()).add(seconds):
-            self._extra_memo.clear()
-            self._plain_memo.clear()
-            self._rows_memo.clear()
+            self._memo.clear()
         self.observations += 1
         self._unsaved += 1
         if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
@@ -151,10 +147,10 @@ class StepCost:
         """A step of `seqs` sequences without drafts: its bucket, else linear between the nearest
         measured batches around it, else the nearest one within 2x (a plain step's cost is smooth
         in its sequences; a batch that only ever runs beside a prefill is never measured alone)."""
-        n = bucket_of(SEQ_GRID, seqs)
-        if n not in self._plain_memo:
-            self._plain_memo[n] = self._plain(n)
-        return self._plain_memo[n]
+        key = ("plain", bucket_of(SEQ_GRID, seqs))
+        if key not in self._memo:
+            self._memo[key] = self._plain(key[1])
+        return self._memo[key]
 
     def _plain(self, n: int) -> float | None:
         own = self._at(n, 0)
@@ -178,10 +174,10 @@ class StepCost:
         has some stands in: what a draft row costs changes slowly with the batch."""
         if draft_rows <= 0:
             return 0.0
-        key = (bucket_of(SEQ_GRID, seqs), draft_rows)
-        if key not in self._extra_memo:
-            self._extra_memo[key] = self._extra(*key)
-        return self._extra_memo[key]
+        key = ("extra", bucket_of(SEQ_GRID, seqs), draft_rows)
+        if key not in self._memo:
+            self._memo[key] = self._extra(key[1], draft_rows)
+        return self._memo[key]
 
     def _extra(self, n: int, draft_rows: int) -> float | None:
         for near in _nearest_drafting(n):
@@ -233,11 +229,10 @@ class StepCost:
 
     def _known_rows(self, n: int) -> list[tuple[int, float]]:
         """(draft rows, estimate) of every drafting bucket of these sequences that has one, by rows."""
-        known = self._rows_memo.get(n)
-        if known is None:
-            known = [(ROW_GRID[r], e) for r in range(len(ROW_GRID)) if (e := self._drafting_at(n, r)) is not None]
-            self._rows_memo[n] = known
-        return known
+        key = ("rows", n)
+        if key not in self._memo:
+            self._memo[key] = [(ROW_GRID[r], e) for r in range(len(ROW_GRID)) if (e := self._drafting_at(n, r)) is not None]
+        return self._memo[key]
 
     # ------------------------------------------------------------------ the cache file
     def save(self) -> None:
