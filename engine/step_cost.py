@@ -5,10 +5,13 @@ draft tokens) and its seconds. Observations go to buckets on a geometric grid of
 draft rows); a bucket's estimate is a low quantile of its recent observations (other work on the
 machine only ever adds time, so the low end is the truest; one fresh fast observation corrects a
 stale slow one). No monotone fit across buckets: a stale bucket would then hold its neighbours
-hostage, and the drafting policy explores to refresh them instead. Plain steps give the cost by running sequences, drafting steps what extra rows
-cost. An unseen bucket is estimated from what is known: the same sequences with fewer or more
-draft rows, else plain steps of as many rows as the draft makes, else nothing (None): the
-drafting policy then explores instead of trusting a guess.
+hostage, and the drafting policy explores to refresh them instead. Plain steps give the cost by
+running sequences. A drafting step is kept as what it took beyond the plain steps of its
+sequences just before it (the least of the last few): a plain step's cost drifts as contexts grow
+and the machine's load changes, and a drafting step set against plain steps from another part of
+the run would read that drift as the cost of its rows. An unseen bucket is estimated from what is
+known: the same sequences with fewer or more draft rows, else plain steps of as many rows as the
+draft makes, else nothing (None): the drafting policy then explores instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
@@ -22,6 +25,7 @@ import bisect
 import functools
 import hashlib
 import json
+import math
 import os
 import time
 from collections import deque
@@ -30,6 +34,8 @@ from typing import Protocol
 
 WINDOW = 16  # recent observations kept per bucket
 QUANTILE = 0.25  # the estimate: this low quantile of a bucket's window
+LEVEL_STEPS = 3  # a drafting step is set against the least of this many latest plain steps
+FORMAT = 2  # the cache file's format: drafting cells hold the extra over the plain step
 SAVE_EVERY = 512  # observations between two writes of the cache file
 MIN_SAVE_S = 10.0
 
@@ -135,12 +141,25 @@ class StepCost:
         if seqs <= 0 or seconds <= 0:
             return
         cell = (bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows))
+        self.observations += 1
+        if draft_rows > 0:
+            level = self._level(cell[0])
+            if level is None:
+                return  # nothing to set it against yet
+            seconds -= level
         if self._buckets.setdefault(cell, _Bucket()).add(seconds):
             self._memo.clear()
-        self.observations += 1
         self._unsaved += 1
         if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
             self.save()
+
+    def _level(self, n: int) -> float | None:
+        """Where plain steps of bucket n stand now: the least of its latest ones, else its seeded
+        or interpolated cost."""
+        bucket = self._buckets.get((n, 0))
+        if bucket is not None and bucket.recent:
+            return min(bucket.recent[i] for i in range(-min(LEVEL_STEPS, len(bucket.recent)), 0))
+        return self._plain(n)
 
     # ------------------------------------------------------------------ estimates
     def plain(self, seqs: int) -> float | None:
@@ -181,20 +200,20 @@ class StepCost:
 
     def _extra(self, n: int, draft_rows: int) -> float | None:
         for near in _nearest_drafting(n):
-            base = self._at(near, 0)
-            if base is None:
+            if self._at(near, 0) is None:
                 continue
             r = bucket_of(ROW_GRID, draft_rows)
             known = self._drafting_at(near, r)
             if known is None:
                 known = self._near(near, r, draft_rows)
             if known is not None:
-                return max(0.0, known - base)
+                return max(0.0, known)
         return None
 
     def _drafting_at(self, n: int, r: int) -> float | None:
-        """A drafting bucket's estimate against the live plain step: a seeded one scaled by the
-        live plain cost over the plain cost seeded beside it (see the module docstring)."""
+        """A drafting bucket's estimate (its extra over the plain step) against the live plain
+        step: a seeded one scaled by the live plain cost over the plain cost seeded beside it
+        (see the module docstring)."""
         bucket = self._buckets.get((n, r))
         if bucket is None or bucket.estimate() is None:
             return None
@@ -213,8 +232,9 @@ class StepCost:
         return bucket.estimate() if bucket is not None else None
 
     def _near(self, n: int, r: int, draft_rows: int) -> float | None:
-        """An unseen bucket: linear between the nearest measured draft-row buckets of these
-        sequences (extrapolated past the last at its slope), else the plain step of as many rows."""
+        """An unseen bucket's extra: linear between the nearest measured draft-row buckets of these
+        sequences, and nothing at no rows (extrapolated past the last at its slope), else the
+        plain step of as many rows less this one."""
         known = self._known_rows(n)
         lower = [p for p in known if p[0] <= draft_rows]
         upper = [p for p in known if p[0] > draft_rows]
@@ -225,13 +245,17 @@ class StepCost:
             (x0, y0), (x1, y1) = lower[-2], lower[-1]
             return y1 + max(0.0, (y1 - y0) / (x1 - x0)) * (draft_rows - x1)
         wider = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
-        return self._at(wider, 0) if wider != n else None
+        wide, base = self._at(wider, 0), self._at(n, 0)
+        return wide - base if wider != n and wide is not None and base is not None else None
 
     def _known_rows(self, n: int) -> list[tuple[int, float]]:
-        """(draft rows, estimate) of every drafting bucket of these sequences that has one, by rows."""
+        """(draft rows, extra) of every drafting bucket of these sequences that has one, by rows,
+        after (0, 0) where the plain step is known."""
         key = ("rows", n)
         if key not in self._memo:
-            self._memo[key] = [(ROW_GRID[r], e) for r in range(len(ROW_GRID)) if (e := self._drafting_at(n, r)) is not None]
+            known = [(0, 0.0)] if self._at(n, 0) is not None else []
+            self._memo[key] = known + [(ROW_GRID[r], e) for r in range(1, len(ROW_GRID))
+                                       if (e := self._drafting_at(n, r)) is not None]
         return self._memo[key]
 
     # ------------------------------------------------------------------ the cache file
@@ -242,7 +266,7 @@ class StepCost:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"key": repr(self.key), "seq_grid": SEQ_GRID[:64], "row_grid": ROW_GRID[:64],
+            json.dump({"key": repr(self.key), "format": FORMAT, "seq_grid": SEQ_GRID[:64], "row_grid": ROW_GRID[:64],
                        "seconds": cells}, f)
         os.replace(tmp, self.path)
         self._unsaved = 0
@@ -254,7 +278,7 @@ class StepCost:
                 data = json.load(f)
         except (OSError, ValueError):
             return  # no file yet, or a torn one: start from nothing
-        if data.get("key") != repr(self.key):
+        if data.get("key") != repr(self.key) or data.get("format") != FORMAT:
             return
         for cell, seconds in data.get("seconds", {}).items():
             try:
@@ -262,5 +286,5 @@ class StepCost:
                 seconds = float(seconds)
             except ValueError:
                 continue
-            if seconds > 0:
+            if seconds > 0 or (r > 0 and math.isfinite(seconds)):  # a drafting cell may read below 0
                 self._buckets.setdefault((n, r), _Bucket()).seeded = seconds

@@ -42,6 +42,19 @@ def test_extra_rows_cost_the_difference_to_the_plain_step():
     assert cost.extra(16, 96) == pytest.approx(22.0 + 0.25 * 48 - 10.0)  # past them: at the last slope
 
 
+def test_a_drafting_step_is_set_against_the_plain_steps_just_before_it():
+    """The machine got twice as slow (load, longer contexts) a few steps ago; a drafting step
+    costs 2 more than the plain steps of its time. Against the window's low quantile, still
+    from before the change, its rows would read as costing 12."""
+    cost = StepCost()
+    for _ in range(WINDOW - 3):
+        cost.observe(8, 0, 10.0)
+    for _ in range(3):
+        cost.observe(8, 0, 20.0)
+    cost.observe(8, 8, 22.0)
+    assert cost.plain(8) == pytest.approx(10.0) and cost.extra(8, 8) == pytest.approx(2.0)
+
+
 def test_unknown_shapes_are_unknown_unless_a_plain_step_of_as_many_rows_was_seen():
     cost = StepCost()
     assert cost.plain(4) is None and cost.extra(4, 4) is None
