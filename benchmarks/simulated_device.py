@@ -9,12 +9,20 @@ Tables (--table):
   h200-reference   the engine's torch reference path on an H200 (../shared/measurements/
                    h200_engine_torch_reference_decode_7b_20261204.json): decode steps by batch,
                    verify steps by batch and draft tokens
-  PATH.json        a benchmarks/gpu/suite.py result (its "cost_table_ms": sequences, rows, ms)
+  PATH.json        a benchmarks/gpu/suite.py result (its "cost_table_ms": sequences, rows, ms), or a
+                   benchmarks/step_cost.py result (this CPU with its C kernels: decode steps, one
+                   sequence verifying, sequences with one draft token each)
+With --noise SEED the engine learns from the times of a busy machine: the table's times under a
+load that holds for a while and then jumps (between 1x and 2.4x, as measured on this project's
+2-core VM, where a plain step at 64 sequences went from 26 to 60 ms within 30 steps) plus a
+small delay on every step. The policies are still scored on the table's own times: what their
+decisions cost, judged without the noise they were made in.
 A table's points are (sequences, rows, ms); between them the cost is interpolated: the plain step
 by sequences, the draft rows' extra cost by rows at the nearest measured batches.
 
     python benchmarks/simulated_device.py                                   # h200-reference, all workloads
     python benchmarks/simulated_device.py --table benchmarks/results/gpu_suite_X.json --batches 1,64
+    python benchmarks/simulated_device.py --table benchmarks/results/step_cost_X.json --noise 1
 """
 from __future__ import annotations
 
@@ -23,10 +31,14 @@ import bisect
 import json
 import math
 import os
+import random
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Each run learns from its own steps only: a cache file would carry one table's (or one policy's)
+# costs into the next run.
+os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
 
 import measure  # noqa: E402
 from traces import WORKLOADS, load_workload, replay_params  # noqa: E402
@@ -95,24 +107,47 @@ def load_table(name: str) -> tuple[CostTable, str]:
         return CostTable(points), "H200, the engine's torch reference path (shared/measurements)"
     with open(name) as f:
         data = json.load(f)
-    return CostTable([tuple(p) for p in data["cost_table_ms"]]), f"{name} ({data.get('machine', '')})"
+    if "cost_table_ms" in data:
+        return CostTable([tuple(p) for p in data["cost_table_ms"]]), f"{name} ({data.get('machine', '')})"
+    curves = data["kernel"]  # a benchmarks/step_cost.py result
+    points = [(t, t, ms) for t, ms in curves["decode"]] + [(t, 2 * t, ms) for t, ms in curves["pairs"]]
+    points += [(1, t, ms) for t, ms in curves["verify"] if t > 1]
+    return CostTable(points), f"{name} (step_cost.py, C kernels: {data.get('machine', '')})"
+
+
+class BusyMachine:
+    """The factor a busy machine puts on each step's time (see the module docstring), from a seed."""
+
+    LOADS = (1.0, 1.0, 1.3, 1.6, 2.0, 2.4)
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.load, self.left = 1.0, 0
+
+    def __call__(self) -> float:
+        if self.left <= 0:
+            self.load, self.left = self.rng.choice(self.LOADS), self.rng.randint(5, 60)
+        self.left -= 1
+        return self.load * (1.0 + self.rng.expovariate(20.0))
 
 
 class SimClock:
-    """The engine's step timer on the simulated device: each step's seconds from the table, summed."""
+    """The engine's step timer on the simulated device: each step's seconds from the table, summed;
+    the engine is told them through `busy` where one is given (--noise)."""
 
-    def __init__(self, table: CostTable) -> None:
-        self.table, self.seconds, self.steps = table, 0.0, 0
+    def __init__(self, table: CostTable, busy: BusyMachine | None = None) -> None:
+        self.table, self.busy, self.seconds, self.steps = table, busy, 0.0, 0
 
     def __call__(self, seqs: int, rows: int, measured_s: float) -> float:
         s = self.table(seqs, rows, measured_s)
         self.seconds += s
         self.steps += 1
-        return s
+        return s * self.busy() if self.busy is not None else s
 
 
-def run(table: CostTable, workload: str, requests, batch: int, spec: SpecConfig | None, tokenizer) -> dict:
-    clock = SimClock(table)
+def run(table: CostTable, workload: str, requests, batch: int, spec: SpecConfig | None, tokenizer,
+        noise: int | None = None) -> dict:
+    clock = SimClock(table, BusyMachine(noise) if noise is not None else None)
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 24 * batch), num_kv_blocks=16384)
     engine = LLMEngine(config, proposer=build_proposer(spec) if spec else None,
                        model=StubModel(read_model_config(DEFAULT_MODEL)), tokenizer=tokenizer, step_timer=clock)
@@ -152,9 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", default="1,16,64,256")
     ap.add_argument("--min-sequences", type=int, default=20)
     ap.add_argument("--pass100-tasks", type=int, default=8)
+    ap.add_argument("--noise", type=int, default=None, metavar="SEED",
+                    help="the engine learns from the times of a busy machine (see above)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     table, described = load_table(args.table)
+    if args.noise is not None:
+        described += f"; the engine learns from a busy machine's times (--noise {args.noise})"
     tokenizer = Tokenizer(DEFAULT_MODEL)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "table": described, "args": vars(args),
                "rows": []}
@@ -162,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
         requests = load_workload(workload, tokenizer, pass100_tasks=args.pass100_tasks)
         for batch in (int(b) for b in args.batches.split(",")):
             chosen = subset(requests, batch, args.min_sequences)
-            runs = {label: run(table, workload, chosen, batch, spec, tokenizer) for label, spec in policies()}
+            runs = {label: run(table, workload, chosen, batch, spec, tokenizer, args.noise)
+                    for label, spec in policies()}
             fixed = {k: v for k, v in runs.items() if k.startswith("fixed") or k == "plain"}
             best = max(fixed, key=lambda k: fixed[k]["tokens_per_s"])
             row = {"workload": workload, "batch": batch, "sequences": sum(len(r.continuations) for r in chosen),

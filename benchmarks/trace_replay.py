@@ -26,9 +26,15 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The step costs learned in this invocation are kept between its runs (as a user's second run
+# starts informed), in a directory of its own: one left by earlier invocations, or by another
+# version of the engine, would make runs of the same code draft differently.
+if "FASTCODELLAMA_STEP_COST_DIR" not in os.environ:
+    os.environ["FASTCODELLAMA_STEP_COST_DIR"] = tempfile.mkdtemp(prefix="fastcodellama_step_cost_")
 
 import measure  # noqa: E402
 from traces import TRACES, Request, load_workload, replay_params  # noqa: E402

@@ -1,0 +1,46 @@
+"""The simulated device's cost tables and the busy machine its engine may learn from."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulated_device import BusyMachine, SimClock, load_table
+
+
+def _step_cost_result(path) -> str:
+    curves = {"decode": [[1, 3.0], [8, 5.0], [64, 31.0]], "pairs": [[1, 3.1], [8, 9.0], [64, 52.0]],
+              "verify": [[1, 2.8], [8, 4.5]]}
+    path.write_text(json.dumps({"machine": "test", "kernel": curves, "reference": curves}))
+    return str(path)
+
+
+def test_a_step_cost_result_is_a_table_of_decode_pairs_and_verify_steps(tmp_path):
+    table, described = load_table(_step_cost_result(tmp_path / "step_cost.json"))
+    assert "step_cost.py" in described
+    assert table.plain(8) == pytest.approx(5.0) and table.plain(64) == pytest.approx(31.0)
+    assert table.extra(64, 64) == pytest.approx(21.0)  # 64 sequences with a draft token each
+    assert table.extra(1, 7) == pytest.approx(1.5)  # one sequence verifying 8 tokens: 4.5 against 3.0
+
+
+def test_the_busy_machine_only_adds_time_holds_its_load_a_while_and_repeats_by_seed():
+    busy = BusyMachine(3)
+    factors, loads = [], []
+    for _ in range(600):
+        factors.append(busy())
+        loads.append(busy.load)
+    assert all(f >= load for f, load in zip(factors, loads))
+    changes = sum(a != b for a, b in zip(loads, loads[1:]))
+    assert 3 <= changes <= 600 // 5 and len(set(loads)) >= 3
+    again = BusyMachine(3)
+    assert [again() for _ in range(600)] == factors
+    other = BusyMachine(4)
+    assert [other() for _ in range(600)] != factors
+
+
+def test_the_clock_scores_the_table_and_tells_the_engine_the_busy_time(tmp_path):
+    table, _ = load_table(_step_cost_result(tmp_path / "step_cost.json"))
+    quiet, busy = SimClock(table), SimClock(table, BusyMachine(1))
+    told = [(quiet(8, 8, 1.0), busy(8, 8, 1.0)) for _ in range(50)]
+    assert quiet.seconds == pytest.approx(busy.seconds) == pytest.approx(50 * 0.005)
+    assert all(q == pytest.approx(0.005) and b >= q for q, b in told) and any(b > 1.2 * q for q, b in told)
