@@ -36,9 +36,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# Each run learns from its own steps only: a cache file would carry one table's (or one policy's)
-# costs into the next run.
-os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
 
 import measure  # noqa: E402
 from traces import WORKLOADS, load_workload, replay_params  # noqa: E402
@@ -191,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the engine learns from the times of a busy machine (see above)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
+    # Each run learns from its own steps only: a cache file would carry one table's (or one
+    # policy's) costs into the next run.
+    os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
     table, described = load_table(args.table)
     if args.noise is not None:
         described += f"; the engine learns from a busy machine's times (--noise {args.noise})"

@@ -30,11 +30,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# The step costs learned in this invocation are kept between its runs (as a user's second run
-# starts informed), in a directory of its own: one left by earlier invocations, or by another
-# version of the engine, would make runs of the same code draft differently.
-if "FASTCODELLAMA_STEP_COST_DIR" not in os.environ:
-    os.environ["FASTCODELLAMA_STEP_COST_DIR"] = tempfile.mkdtemp(prefix="fastcodellama_step_cost_")
 
 import measure  # noqa: E402
 from traces import TRACES, Request, load_workload, replay_params  # noqa: E402
@@ -131,6 +126,11 @@ def main() -> None:
                     help="also run fixed draft lengths (e.g. 1,2,4,8,16,20): the best fixed policy in hindsight")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args()
+    # The step costs learned in this invocation are kept between its runs (as a user's second run
+    # starts informed), in a directory of its own: one left by earlier invocations, or by another
+    # version of the engine, would make runs of the same code draft differently.
+    if "FASTCODELLAMA_STEP_COST_DIR" not in os.environ:
+        os.environ["FASTCODELLAMA_STEP_COST_DIR"] = tempfile.mkdtemp(prefix="fastcodellama_step_cost_")
     tokenizer = LLM(args.model).tokenizer
     results = {"machine": measure.machine(), "date": measure.utc_now(), "model": args.model,
                "args": vars(args), "workloads": {}}

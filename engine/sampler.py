@@ -179,10 +179,11 @@ class Sampler:
         if found is None:
             return race(_filter(x, knobs), knobs.seeds)
         tokens, covered = found
-        rest = (~covered).nonzero()[:, 0].tolist()  # the one read-back
+        rest_index = (~covered).nonzero()[:, 0]
+        rest = rest_index.tolist()  # the one read-back
         if rest:  # rows whose filter may keep a token past the candidates: the whole vocabulary
-            sub = RowKnobs.of([params[i] for i in rest], seeds[rest], x.device)
-            tokens[rest] = race(_filter(x[rest], sub), sub.seeds)
+            sub = knobs.take(rest_index, [params[i] for i in rest])
+            tokens[rest_index] = race(_filter(x[rest_index], sub), sub.seeds)
         return tokens
 
 
@@ -211,8 +212,20 @@ class RowKnobs(NamedTuple):
         if device.type == "cuda":
             packed = packed.pin_memory()
         packed = packed.to(device, non_blocking=True)
-        return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(),
-                   max(p.top_k for p in params), bool((host[2] < 1.0).any()))
+        return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(), *_host_flags(params))
+
+    def take(self, index: torch.Tensor, params: Seq[SamplingParams]) -> "RowKnobs":
+        """The knobs of the rows at `index` (whose params are `params`), from those already on the
+        device: no second copy from the host."""
+        return RowKnobs(self.temperature[index], self.top_k[index], self.top_p[index], self.seeds[index],
+                        *_host_flags(params))
+
+
+def _host_flags(params: Seq[SamplingParams]) -> tuple[int, bool]:
+    """What the filter reads on the host: the largest top-k the rows ask for, and whether any row's
+    top-p, rounded to float32 as the filter reads it, is below 1."""
+    top_p = np.array([p.top_p for p in params], dtype=np.float32)
+    return max(p.top_k for p in params), bool((top_p < 1.0).any())
 
 
 def _distinct(rows: Seq[SamplingRow]) -> list[SamplingParams]:

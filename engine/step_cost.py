@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -158,7 +159,7 @@ class StepCost:
         or interpolated cost."""
         bucket = self._buckets.get((n, 0))
         if bucket is not None and bucket.recent:
-            return min(bucket.recent[i] for i in range(-min(LEVEL_STEPS, len(bucket.recent)), 0))
+            return min(itertools.islice(reversed(bucket.recent), LEVEL_STEPS))
         return self._plain(n)
 
     # ------------------------------------------------------------------ estimates

@@ -218,7 +218,7 @@ def test_a_large_batch_samples_what_each_row_samples_alone(monkeypatch):
     torch.manual_seed(5)
     logits = torch.randn(n, 4000) * 2
     logits[:, :20] += 6
-    logits[3] = 0.0  # a flat row: outside the candidates, through the whole vocabulary
+    logits[[3, 8]] = 0.0  # flat rows (top-k, top-p): outside the candidates, through the whole vocabulary
     params = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=1.0, top_k=40)]
     rows = [SamplingRow(i, params[i % 2], sample_key(9, i), i) for i in range(n)]
     calls = []
@@ -231,7 +231,7 @@ def test_a_large_batch_samples_what_each_row_samples_alone(monkeypatch):
     monkeypatch.setattr(sampler_module, "race_candidates", spy)
     together = sampler(logits, rows).tokens
     monkeypatch.undo()
-    assert len(calls) == 1 and calls[0] is not None and calls[0][1].tolist().count(False) == 1
+    assert len(calls) == 1 and calls[0] is not None and calls[0][1].tolist().count(False) == 2
     alone = [sampler(logits[i:i + 1], [SamplingRow(0, r.params, r.noise_key, r.position)]).tokens[0]
              for i, r in enumerate(rows)]
     assert together == alone
