@@ -128,9 +128,15 @@ class Scheduler:
                 continue
             draft = chosen.get(seq, ())
             start = seq.num_computed_tokens
-            tokens = seq.token_slice(start, start + n)
-            tokens += draft
-            scheduled.append(ScheduledSeq(seq, start, tokens, draft, n, start + n == seq.num_tokens))
+            output = seq.output_token_ids
+            end = len(seq.prompt_token_ids) + len(output)
+            if n == 1 and start + 1 == end:  # a decode step: its last token
+                tokens = [output[-1] if output else seq.prompt_token_ids[-1]]
+            else:
+                tokens = seq.token_slice(start, start + n)
+            if draft:
+                tokens += draft
+            scheduled.append(ScheduledSeq(seq, start, tokens, draft, n, start + n == end))
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, preempted)
 
@@ -140,7 +146,7 @@ class Scheduler:
         chosen: dict[Sequence, tuple[int, ...]] = {}
         prefilling = []
         for seq in self.running:
-            if seq.is_prefilling:
+            if len(seq.prompt_token_ids) + len(seq.output_token_ids) - seq.num_computed_tokens > 1:  # is_prefilling
                 prefilling.append(seq)
             else:
                 plan[seq] = 1
@@ -164,12 +170,13 @@ class Scheduler:
     def _allocate_running(self, plan: dict[Sequence, int], chosen: dict[Sequence, tuple[int, ...]]) -> int:
         """Blocks for every planned sequence: a draft is dropped before anyone is preempted."""
         preempted = 0
+        block_size = self.blocks.block_size
         for seq in list(self.running):
             n = plan.get(seq)
             if n is None or seq.status is not SequenceStatus.RUNNING:
                 continue
             base = seq.num_computed_tokens + n
-            if self.blocks.blocks_for(base + len(chosen.get(seq, ()))) <= len(seq.block_table):
+            if base + len(chosen.get(seq, ())) <= len(seq.block_table) * block_size:
                 continue  # it holds the blocks already (most steps of most sequences)
             if not self.blocks.can_hold(seq, base + len(chosen.get(seq, ()))):
                 chosen.pop(seq, None)
@@ -323,27 +330,47 @@ class Scheduler:
         self.blocks.copies_done()
         updates = [SeqUpdate(seq, []) for seq in self._ended]
         self._ended = []
+        if result is not None:
+            sampled, logprobs, top = result.tokens, result.logprobs, result.top
         row = 0
         for s in out.scheduled:
             seq = s.seq
-            if s.start < seq.num_prompt_tokens:
-                self.num_prompt_tokens_computed += min(s.start + s.num_real, seq.num_prompt_tokens) - s.start
+            if s.start < len(seq.prompt_token_ids):
+                self.num_prompt_tokens_computed += min(s.start + s.num_real, len(seq.prompt_token_ids)) - s.start
             if not s.samples:  # a prefill chunk short of the last known token
                 seq.num_computed_tokens = s.start + len(s.token_ids)
                 self.blocks.cache_full_blocks(seq)
                 continue
+            if not s.draft:  # one token: most sequences of most steps
+                updates.append(self._apply_one(s, sampled[row], logprobs[row] if logprobs else None,
+                                               top[row] if top else None))
+                row += 1
+                continue
             n = len(s.draft) + 1
-            tokens = result.tokens[row:row + n]
-            logprobs = result.logprobs[row:row + n] if result.logprobs else None
-            top = result.top[row:row + n] if result.top else None
+            updates.append(self._apply(s, sampled[row:row + n], logprobs[row:row + n] if logprobs else None,
+                                       top[row:row + n] if top else None))
             row += n
-            updates.append(self._apply(s, tokens, logprobs, top))
         return updates
+
+    def _apply_one(self, s: ScheduledSeq, token: int, logprob: float | None, top: TopLogprobs | None) -> SeqUpdate:
+        """_apply for a sequence without a draft: the one token is always taken."""
+        seq = s.seq
+        output = seq.output_token_ids
+        before = len(output)
+        self.stops.append(seq, (token,), None if logprob is None else (logprob,), None if top is None else (top,))
+        seq.num_computed_tokens = s.start + s.num_real
+        if not before:
+            self.blocks.cache_prompt_tail(seq)
+        elif seq.num_computed_tokens >= (len(seq.block_chain) + 1) * self.blocks.block_size:
+            self.blocks.cache_full_blocks(seq)  # a block became full
+        if seq.is_finished:
+            self._stop_running(seq)
+        return SeqUpdate(seq, output[before:])
 
     def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None,
                top: list[TopLogprobs] | None = None) -> SeqUpdate:
         seq = s.seq
-        m = accepted_length(tokens, s.draft) if s.draft else 0
+        m = accepted_length(tokens, s.draft)
         first = not seq.output_token_ids
         before = len(seq.output_token_ids)
         if m + 1 < len(tokens):
@@ -358,6 +385,6 @@ class Scheduler:
             self.blocks.cache_full_blocks(seq)
         if seq.is_finished:
             self._stop_running(seq)
-        elif s.draft:  # blocks were allocated for the whole draft: those past the accepted part go
+        else:  # blocks were allocated for the whole draft: those past the accepted part go
             self.blocks.truncate(seq, seq.num_tokens)
         return SeqUpdate(seq, seq.output_token_ids[before:], s.draft, m)
