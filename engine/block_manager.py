@@ -17,6 +17,7 @@ that names a block that was evicted and reused since can never match again.
 """
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence as Seq
@@ -99,7 +100,7 @@ class BlockManager:
             self._cache_partial(seq)
         for block in reversed(seq.block_table):
             self._release(block)
-        seq.block_table = []
+        seq.block_table = array("q")
         seq.block_chain = []
 
     # ------------------------------------------------------------------ prefix caching
@@ -131,7 +132,7 @@ class BlockManager:
             raise NoFreeBlocks("no block for the copy")
         for block in hit.blocks:
             self._hold(block)
-        seq.block_table = list(hit.blocks)
+        seq.block_table = array("q", hit.blocks)
         seq.block_chain = list(hit.chain)
         self.hit_tokens += hit.num_tokens(self.block_size)
         if hit.partial_src is None:

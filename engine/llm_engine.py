@@ -234,17 +234,26 @@ class LLMEngine:
         rows: list[SamplingRow] = []
         logits_row = 0
         for s in out.scheduled:
-            if s.samples:
-                rows += self._seq_rows(s.seq, logits_row, s.draft)
+            if not s.samples:
+                continue
+            seq, p = s.seq, s.seq.params
+            if s.draft or p.needs_penalties:
+                rows += self._seq_rows(seq, logits_row, s.draft)
                 logits_row += len(s.draft) + 1
+                continue
+            # One row without history (most rows of most steps), built as a plain tuple: a
+            # NamedTuple's own __new__ is a Python call per row.
+            position = len(seq.output_token_ids)
+            forced = None if p.replay_token_ids is None else self._forced(seq, position)
+            rows.append(_new_tuple(SamplingRow, (logits_row, p, seq.noise_key, position, (),
+                                                 len(seq.prompt_token_ids), forced)))
+            logits_row += 1
         return rows
 
     def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...]) -> list[SamplingRow]:
         """One sequence's rows: row j picks the token after the first j draft tokens."""
         p = seq.params
         position, prompt_len = len(seq.output_token_ids), len(seq.prompt_token_ids)
-        if not draft and not p.needs_penalties:  # one row without history: most rows of most steps
-            return [SamplingRow(logits_row, p, seq.noise_key, position, (), prompt_len, self._forced(seq, position))]
         count = len(draft) + 1
         forced = [self._forced(seq, i) for i in range(position, position + count)]
         if not p.needs_penalties:
@@ -352,6 +361,9 @@ class LLMEngine:
             generated_tokens=self._generated, forward_time=self._forward_time, propose_time=self._propose_time,
             preemptions=s.num_preemptions, spec=self._spec, prompt_tokens_computed=s.num_prompt_tokens_computed,
             tokens_cached=self.block_manager.hit_tokens)
+
+
+_new_tuple = tuple.__new__
 
 
 def _completion(seq: Sequence) -> CompletionOutput:

@@ -87,8 +87,12 @@ class ModelRunner:
     def chunks(out: SchedulerOutput) -> list[SeqChunk]:
         """What each scheduled sequence feeds, and from which of its rows logits are needed (the
         sequences' own lists, not copies: nothing changes them while the step is built)."""
-        return [SeqChunk(s.token_ids, s.start, s.seq.block_table, s.num_real - 1 if s.samples else len(s.token_ids))
-                for s in out.scheduled]
+        # tuple.__new__ skips the NamedTuple's own __new__ (a Python function): a chunk per sequence per step.
+        return [_new_tuple(SeqChunk, (s.token_ids, s.start, s.seq.block_table,
+                                      s.num_real - 1 if s.samples else len(s.token_ids))) for s in out.scheduled]
+
+
+_new_tuple = tuple.__new__
 
 
 def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

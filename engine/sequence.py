@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import time
+from array import array
 
 from engine.outputs import SpecStats
 from engine.sampling_params import SamplingParams
@@ -29,7 +30,9 @@ class Sequence:
         # status is FINISHED, kept by finish() (the only place that sets it): read several times per
         # token, and a property over the enum was measurably slower at large batches.
         self.is_finished = False
-        self.block_table: list[int] = []
+        # int64s in an array, not a list: a step joins the tables of its sequences as bytes
+        # (engine/step_batch.py) instead of converting them an int at a time.
+        self.block_table: array = array("q")
         self.block_chain: list[tuple[int, int]] = []  # prefix-cache identity of each full block (BlockManager)
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.text = ""

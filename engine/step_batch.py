@@ -117,25 +117,45 @@ def host_step_arrays(chunks: Seq[SeqChunk], block_size: int) -> HostStep:
     t, b = sum(qlens), len(chunks)
     width = max(widths, default=1) or 1
     q = np.array(qlens, dtype=np.int64)
-    cu = np.zeros(b + 1, dtype=np.int64)
-    np.cumsum(q, out=cu[1:])
-    seq_of_row = np.repeat(np.arange(b), q)
-    offset = np.arange(t) - cu[:-1][seq_of_row]  # each row's index within its chunk
     start = np.array(starts, dtype=np.int64)
-    positions = start[seq_of_row] + offset
-    logits_rows = np.flatnonzero(offset >= np.array(froms, dtype=np.int64)[seq_of_row])
+    cu, seq_of_row, positions, logits_rows = _rows(q, start, np.array(froms, dtype=np.int64), t)
     r = len(logits_rows)
     longs = np.zeros(3 * t + r + b * width, dtype=np.int64)  # tables are padded with 0
     longs[:t] = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=t)
     longs[t:2 * t] = positions
     tables = longs[3 * t + r:].reshape(b, width)
-    tables[np.arange(width) < np.array(widths, dtype=np.int64)[:, None]] = np.fromiter(
-        chain.from_iterable(block_tables), dtype=np.int64, count=sum(widths))
+    tables[np.arange(width) < np.array(widths, dtype=np.int64)[:, None]] = _flat_tables(block_tables, sum(widths))
     longs[2 * t:3 * t] = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
     longs[3 * t:3 * t + r] = logits_rows
     context_lens = start + q
     ints = np.concatenate([cu, context_lens]).astype(np.int32)
     return HostStep(longs, ints, t, r, width, tuple(qlens), tuple(context_lens.tolist()))
+
+
+def _rows(q: np.ndarray, start: np.ndarray, froms: np.ndarray, t: int) -> tuple[np.ndarray, ...]:
+    """cu_seqlens, each row's sequence, each row's position and the rows whose logits are needed,
+    from the chunks' lengths, starts and logits_from."""
+    b = len(q)
+    if t == b:  # one token per chunk (a decode step): row i is sequence i
+        rows = np.arange(b + 1)
+        return rows, rows[:b], start, np.flatnonzero(froms <= 0)
+    cu = np.zeros(b + 1, dtype=np.int64)
+    np.cumsum(q, out=cu[1:])
+    seq_of_row = np.repeat(np.arange(b), q)
+    offset = np.arange(t) - cu[:-1][seq_of_row]  # each row's index within its chunk
+    return cu, seq_of_row, start[seq_of_row] + offset, np.flatnonzero(offset >= froms[seq_of_row])
+
+
+def _flat_tables(block_tables: Seq[Seq[int]], count: int) -> np.ndarray:
+    """The tables one after another: a sequence's own (an int64 array) joined as bytes, any
+    other sequence of ints read an int at a time."""
+    try:
+        joined = b"".join(block_tables)
+    except TypeError:  # not buffers: tuples or lists of ints
+        joined = b""
+    if len(joined) == 8 * count:
+        return np.frombuffer(joined, dtype=np.int64, count=count)
+    return np.fromiter(chain.from_iterable(block_tables), dtype=np.int64, count=count)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 
 import numpy as np
 import pytest
@@ -31,24 +32,30 @@ def test_a_verify_step_needs_every_rows_logits():
     assert b.slot_mapping.tolist() == [6 * 4 + 1, 6 * 4 + 2, 6 * 4 + 3, 8 * 4 + 0]
 
 
-def _random_chunks(rng: random.Random, n: int, block_size: int) -> list[SeqChunk]:
-    """Prefill chunks (some short of the end), decode steps and verify steps over random tables."""
+KINDS = ("prefill", "decode", "verify", "short")
+
+
+def _random_chunks(rng: random.Random, n: int, block_size: int, table_of=list, kinds=KINDS) -> list[SeqChunk]:
+    """Prefill chunks (some short of the end), decode steps and verify steps over random tables
+    (`table_of` makes each table: a list, or an int64 array as a Sequence holds it)."""
     chunks = []
     for _ in range(n):
-        kind = rng.choice(("prefill", "decode", "verify", "short"))
+        kind = rng.choice(kinds)
         q = 1 if kind == "decode" else rng.randint(2, 9)
         start = rng.randint(0, 40)
-        table = [rng.randrange(100) for _ in range(-(-(start + q) // block_size))]
+        table = table_of([rng.randrange(100) for _ in range(-(-(start + q) // block_size))])
         logits_from = {"prefill": q - 1, "decode": 0, "verify": 0, "short": q}[kind]
         chunks.append(SeqChunk([rng.randrange(1000) for _ in range(q)], start, table, logits_from))
     return chunks
 
 
+@pytest.mark.parametrize("kinds", [KINDS, ("decode",)], ids=["mixed", "decode only"])
+@pytest.mark.parametrize("table_of", [list, lambda t: array("q", t)], ids=["list", "int64 array"])
 @pytest.mark.parametrize("n", [1, 3, 16, 17, 40])
-def test_the_python_and_the_numpy_builds_agree(n):
+def test_the_python_and_the_numpy_builds_agree(n, table_of, kinds):
     rng = random.Random(n)
     for _ in range(20):
-        chunks = _random_chunks(rng, n, 4)
+        chunks = _random_chunks(rng, n, 4, table_of, kinds)
         small, arrays = host_step_small(chunks, 4), host_step_arrays(chunks, 4)
         assert small.longs.dtype == arrays.longs.dtype == np.int64 and small.ints.dtype == arrays.ints.dtype == np.int32
         assert small.longs.tolist() == arrays.longs.tolist() and small.ints.tolist() == arrays.ints.tolist()
