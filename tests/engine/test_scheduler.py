@@ -141,3 +141,20 @@ def test_drafts_are_verified_and_rejected_rows_rolled_back():
     assert seq.output_token_ids == [7, 7, 7, 7] and seq.num_computed_tokens == 3 + 3
     assert len(seq.block_table) == sched.blocks.blocks_for(seq.num_tokens)
     _run_to_end(sched)
+
+
+def test_a_block_is_cached_in_the_step_it_becomes_full():
+    """Each block the output fills is listed in the prefix cache by the step that filled it, with
+    drafts and without, so that a request arriving meanwhile finds it (not only after the end)."""
+    sched = _scheduler(block_size=4)
+    seq = _seqs([1, 2, 3], max_tokens=30)[0]
+    sched.add(seq)
+    for step in range(20):
+        _step(sched, {seq.seq_id: Draft((7, 7, 9))} if step % 3 == 2 else None)
+        if seq.is_finished:
+            break
+        full = seq.num_computed_tokens // 4
+        assert len(seq.block_chain) == full, step
+        known = seq.token_slice(0, seq.num_computed_tokens)
+        assert sched.blocks.match(known, len(known)).blocks == tuple(seq.block_table[:full]), step
+    _run_to_end(sched)
