@@ -13,18 +13,25 @@ likeliest copies the model knows of could pay at this batch; if not, no search (
 on a CPU, looking copies up for hundreds of sequences costs a step several percent).
 
 Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
-  - while drafting is believed to pay, every CONTROL_EVERY-th step runs without drafts, so that
-    the plain cost it is judged against stays fresh (an optimistic belief is also corrected by
-    the drafting steps' own measured cost and acceptance, every step);
+  - while drafting is believed to pay, a step now and then runs without drafts (a control step),
+    so that the plain cost it is judged against stays fresh: every CONTROL_EVERY-th step, or
+    rarer where the gain drafting is believed to bring makes a control step dear (each forgoes
+    that gain; they cost at most CONTROL_SHARE of the throughput). An optimistic belief is also
+    corrected by the drafting steps' own measured cost and acceptance, every step; a pessimistic
+    belief about longer drafts than the best believed is not, since they are never drafted: every
+    `interval` steps a drafting step drafts twice the believed best (a probe);
   - while it is believed not to pay (or its cost is unknown), a step drafts anyway: at once where
-    nothing is known of draft rows' cost at this batch size, then every `interval` steps, EXPLORE_ROWS draft tokens per
-    sequence; the interval starts at EXPLORE_MIN and doubles up to EXPLORE_MAX while exploring
-    keeps confirming the belief; where the cost of that many tokens is known, an exploring step
-    drafts at most what costs EXPLORE_EXTRA of a plain step.
-So a wrong belief lasts at most EXPLORE_MAX steps at a batch size, in either direction.
+    nothing is known of draft rows' cost at this batch size, then every `interval` steps,
+    EXPLORE_ROWS draft tokens per sequence; where the cost of that many tokens is known, an
+    exploring step drafts at most what costs EXPLORE_EXTRA of a plain step.
+The interval starts at EXPLORE_MIN when the belief turns and doubles up to EXPLORE_MAX with each
+exploration or probe that drafted something (one with nothing to copy measured nothing: the
+next step tries again). So a wrong belief lasts at most EXPLORE_MAX steps at a batch size, in
+either direction.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -32,7 +39,9 @@ from fastcodellama.drafting.acceptance import AcceptanceModel
 
 MIN_GAIN = 1e-3      # draft tokens less likely than this are never worth a slot
 MARGIN = 0.03        # drafting must promise this much more throughput: costs and acceptance are estimates
-CONTROL_EVERY = 16
+CONTROL_EVERY = 16   # the most frequent control steps, where drafting is believed to gain little
+CONTROL_SHARE = 0.01  # control steps forgo at most this share of the throughput drafting is believed to give
+GAIN_DECAY = 0.9     # the believed gain that sets the control interval: a decayed mean over searched steps
 EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 # Draft tokens per sequence on exploring steps, in turn (plus a floor for small batches): the cost
 # of several draft sizes gets measured, not only the one a stale belief would pick.
@@ -67,6 +76,7 @@ class Decision:
     search: bool  # look for copies this step
     explore: bool = False  # draft although it is not believed to pay (the exploration budget)
     rows_per_seq: float = 0.0  # how much an exploring step drafts
+    probe: bool = False  # draft twice the believed best (the exploration budget, while drafting pays)
 
 
 @dataclass
@@ -80,6 +90,13 @@ class _Budget:
     explorations: int = 0
     verdict: bool | None = None  # the gate's last verdict, from step verdict_step
     verdict_step: int = 0
+    last_control: int = 0
+    gain: float = 0.0  # believed throughput gain of drafting over plain steps (0.5: 1.5x), decayed mean
+
+
+def _control_every(gain: float) -> int:
+    """Steps between control steps: a control step forgoes gain / (1 + gain) of a step's tokens."""
+    return max(CONTROL_EVERY, math.ceil(gain / (1.0 + gain) / CONTROL_SHARE))
 
 
 def _batch_bucket(n: int) -> int:
@@ -118,21 +135,34 @@ class DraftPolicy:
             return Decision(False)  # first measure plain steps at this batch: the baseline
         if state.verdict is None or state.step - state.verdict_step >= VERDICT_STEPS:
             state.verdict, state.verdict_step = self._could_pay(n, budget, cost, plain, search_s), state.step
+        if state.verdict != state.believed:  # the belief turned: explore from the shortest interval again
+            state.believed, state.last_explore, state.interval = state.verdict, state.step, EXPLORE_MIN
+            state.last_control = state.step
+        due = state.step - state.last_explore >= state.interval
         if state.verdict:
-            if not state.believed:
-                state.believed, state.interval = True, EXPLORE_MIN
-            return Decision(state.step % CONTROL_EVERY != 0)
-        if state.believed:  # the belief turned: explore from the shortest interval again
-            state.believed, state.last_explore = False, state.step
+            if state.step - state.last_control >= _control_every(state.gain):
+                state.last_control = state.step
+                return Decision(False)
+            return Decision(True, probe=due)
         # Nothing known about draft rows at this batch (nor within 2x, nor from an earlier run's
         # cache): explore at once. Known costs wait for the interval like any other belief.
-        first = state.explorations == 0 and cost.extra(n, n) is None
-        if first or state.step - state.last_explore >= state.interval:
+        if due or (state.explorations == 0 and cost.extra(n, n) is None):
+            return Decision(True, explore=True,
+                            rows_per_seq=EXPLORE_ROWS[(state.explorations + 1) % len(EXPLORE_ROWS)])
+        return Decision(False)
+
+    def _explored(self, n: int) -> None:
+        """An exploration or probe drafted: the next one waits twice as long."""
+        state = self._budgets.get(_batch_bucket(n))
+        if state is not None:
             state.last_explore = state.step
             state.interval = min(2 * state.interval, EXPLORE_MAX)
             state.explorations += 1
-            return Decision(True, explore=True, rows_per_seq=EXPLORE_ROWS[state.explorations % len(EXPLORE_ROWS)])
-        return Decision(False)
+
+    def _note_gain(self, n: int, gain: float) -> None:
+        state = self._budgets.get(_batch_bucket(n))
+        if state is not None:
+            state.gain = GAIN_DECAY * state.gain + (1.0 - GAIN_DECAY) * gain
 
     def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float) -> bool:
         """Whether drafts as likely as the best the acceptance model knows of, for every
@@ -167,8 +197,14 @@ class DraftPolicy:
         order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
         if explore is not None and explore.explore:
             take = self._explore_size(n, len(order), explore.rows_per_seq, cost)
+            if take > 0:
+                self._explored(n)
         else:
-            take = self._best_prefix(n, [gains[i] for i in order], cost, search_s)
+            best, gain = self._best_prefix(n, [gains[i] for i in order], cost, search_s)
+            take = min(len(order), 2 * best) if explore is not None and explore.probe else best
+            self._note_gain(n, gain)
+            if take > best:
+                self._explored(n)
         lens = [0] * n
         for idx in order[:take]:
             lens[owner[idx]] += 1
@@ -219,11 +255,12 @@ class DraftPolicy:
                 owner.append(qi)
         return gains, owner
 
-    def _best_prefix(self, n: int, ranked: list[float], cost: Cost, search_s: float) -> int:
-        """The number of top-ranked tokens with the best expected throughput (0: plain is best)."""
+    def _best_prefix(self, n: int, ranked: list[float], cost: Cost, search_s: float) -> tuple[int, float]:
+        """The number of top-ranked tokens with the best expected throughput (0: plain is best),
+        and the throughput gain over plain steps it is expected to bring."""
         plain = cost.plain(n)
         if plain is None or not ranked:
-            return 0
+            return 0, 0.0
         cum = [0.0]
         for g in ranked:
             cum.append(cum[-1] + g)
@@ -235,4 +272,4 @@ class DraftPolicy:
             value = (n + cum[t]) / (plain + extra + search_s)
             if value > best:
                 best_t, best = t, value
-        return best_t
+        return best_t, (best * plain / n - 1.0 if best_t > 0 else 0.0)

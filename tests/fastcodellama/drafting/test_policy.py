@@ -41,6 +41,13 @@ def fresh_policy(adaptive: bool = True) -> DraftPolicy:
     return DraftPolicy(model, adaptive=adaptive)
 
 
+def step(pol: DraftPolicy, n: int, cost, cands: list[Candidate | None], budget: int = 10_000) -> list[int] | None:
+    """One step as the proposer takes it: the decision, then (if it searches) the allocation;
+    None where it does not search."""
+    decision = pol.decide(n, budget, cost, 0.0)
+    return pol.allocate(cands, budget, cost, 0.0, decision) if decision.search else None
+
+
 # ---------------------------------------------------------------------- the allocation
 
 def test_no_drafts_when_a_draft_row_costs_a_whole_sequence() -> None:
@@ -108,16 +115,30 @@ def test_no_search_before_the_plain_cost_is_known_nor_when_nothing_could_pay() -
     assert not pol.decide(4, 0, LinearCost(0.0), 0.0).search
 
 
-def test_while_drafting_pays_every_control_every_th_step_is_plain() -> None:
+def test_while_drafting_pays_a_little_every_control_every_th_step_is_plain() -> None:
     pol = fresh_policy()
-    decisions = [pol.decide(8, 100, LinearCost(0.0), 0.0) for _ in range(4 * pol_mod.CONTROL_EVERY)]
-    plain = [i for i, d in enumerate(decisions) if not d.search]
-    assert len(plain) == 4 and all(not d.explore for d in decisions)
+    unlikely = [cand(pol.model, 1, a=0.05) for _ in range(8)]  # drafting gains 5%
+    steps = [step(pol, 8, LinearCost(0.0), unlikely) for _ in range(8 * pol_mod.CONTROL_EVERY)]
+    plain = [i for i, s in enumerate(steps) if s is None]
+    assert len(plain) >= 7 and {b - a for a, b in zip(plain, plain[1:])} == {pol_mod.CONTROL_EVERY}
+
+
+def test_control_steps_forgo_a_bounded_share_of_a_large_gain() -> None:
+    """Where drafting is believed to more than double the throughput, a control step every
+    CONTROL_EVERY steps would forgo several percent of it: they come rarer, but still come."""
+    pol = fresh_policy()
+    likely = [cand(pol.model, 20, match_len=16) for _ in range(8)]
+    steps = [step(pol, 8, LinearCost(0.0), likely) for _ in range(2000)]
+    gain = pol._budgets[pol_mod._batch_bucket(8)].gain
+    controls = sum(s is None for s in steps)
+    assert gain > 1.0 and 0 < controls < 2000 / pol_mod.CONTROL_EVERY / 2
+    assert controls / 2000 * gain / (1 + gain) <= 1.1 * pol_mod.CONTROL_SHARE
 
 
 def test_while_drafting_does_not_pay_exploration_is_rare_and_backs_off() -> None:
     pol = fresh_policy()
-    explored = [i for i in range(4000) if pol.decide(8, 100, LinearCost(1.0), 0.0).explore]
+    cands = [cand(pol.model, 20, match_len=8) for _ in range(8)]
+    explored = [i for i in range(4000) if (s := step(pol, 8, LinearCost(1.0), cands)) is not None and sum(s) > 0]
     gaps = [b - a for a, b in zip(explored, explored[1:])]
     assert explored and explored[0] < pol_mod.EXPLORE_MIN + 1
     assert gaps == sorted(gaps) and max(gaps) == pol_mod.EXPLORE_MAX  # doubling, then bounded
@@ -132,6 +153,29 @@ def test_exploration_starts_at_once_only_where_draft_costs_are_unknown() -> None
     known = fresh_policy()
     explored = [i for i in range(2 * pol_mod.EXPLORE_MIN) if known.decide(8, 100, LinearCost(1.0), 0.0).explore]
     assert explored and explored[0] == pol_mod.EXPLORE_MIN - 1
+
+
+def test_an_exploration_with_nothing_to_copy_is_tried_again_at_the_next_step() -> None:
+    """An exploring step that found no copy measured nothing: it must not count as one (nor
+    push the next one further away)."""
+    pol = fresh_policy()
+    nothing, something = [None], [cand(pol.model, 20, match_len=8)]
+    assert all(step(pol, 1, LinearCost(None), nothing) == [0] for _ in range(5))
+    assert sum(step(pol, 1, LinearCost(None), something)) > 0
+    assert pol._budgets[1].explorations == 1
+
+
+def test_while_drafting_pays_probes_draft_twice_the_believed_best_and_back_off() -> None:
+    pol = fresh_policy()
+    cands = [cand(pol.model, 20, match_len=2) for _ in range(8)]
+    cost = LinearCost(per_row=0.15)  # a few tokens per step pay, not every copy to its end
+    best = pol.allocate(cands, 10_000, cost, 0.0)
+    assert 0 < sum(best) < sum(c.limit for c in cands) / 2
+    sizes = [step(pol, 8, cost, cands) for _ in range(1000)]
+    probes = [i for i, s in enumerate(sizes) if s is not None and sum(s) > sum(best)]
+    assert probes and all(sum(sizes[i]) == 2 * sum(best) for i in probes)
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and probes[0] <= pol_mod.EXPLORE_MIN + 1
 
 
 def test_an_exploring_step_costs_a_bounded_share_of_a_plain_one_where_costs_are_known() -> None:
@@ -193,6 +237,26 @@ def test_a_wrong_belief_is_corrected_within_the_exploration_bound_both_ways() ->
     losing = run(per_row=2.0, accept=0.9, steps=600, seed_rows=0.0)
     late = losing[100:]
     assert sum(d > 0 for d in late) < 0.05 * len(late)  # stops: the drafting steps' own cost told it
+
+
+def test_a_pessimistic_belief_about_long_drafts_is_corrected_while_drafting_pays() -> None:
+    """Short drafts are known to pay; long ones are wrongly believed dear (one step measured on a
+    busy machine). They are never chosen, so only the probes can measure them again."""
+    n, per_row = 8, 0.01
+    cost = StepCost()
+    cost.observe(n, 0, float(n))
+    cost.observe(n, 8, n + per_row * 8)
+    cost.observe(n, 64, n + 50.0)
+    pol = fresh_policy()
+    cands = [cand(pol.model, 12, match_len=16) for _ in range(n)]
+    drafted = []
+    for _ in range(400):
+        decision = pol.decide(n, 200, cost, 0.0)
+        t = sum(pol.allocate(cands, 200, cost, 0.0, decision)) if decision.search else 0
+        cost.observe(n, t, n + per_row * t)
+        drafted.append(t)
+    late = [t for t in drafted[300:] if t > 0]
+    assert late and min(late) >= 64
 
 
 # ---------------------------------------------------------------------- the acceptance model
