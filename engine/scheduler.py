@@ -116,6 +116,10 @@ class Scheduler:
     def schedule(self, drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput:
         """The next step's work; `drafts` by sequence id, for decoding sequences."""
         self._rebalance()
+        if not drafts:
+            out = self._decode_only()
+            if out is not None:
+                return out
         plan, chosen = self._plan_running(drafts or {})
         preempted = self._allocate_running(plan, chosen)
         budget = self.limits.max_num_batched_tokens - sum(plan.values()) - sum(len(d) for d in chosen.values())
@@ -139,6 +143,30 @@ class Scheduler:
             scheduled.append(ScheduledSeq(seq, start, tokens, draft, n, start + n == end))
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, preempted)
+
+    def _decode_only(self) -> SchedulerOutput | None:
+        """schedule() of a step where every running sequence decodes one token and no one is
+        admitted (most steps of a long job), in one pass; None where that does not hold or blocks
+        run short (the general path then plans it: prefill chunks, admission, preemption)."""
+        limits, running = self.limits, self.running
+        if len(running) > limits.max_num_batched_tokens or (self._waiting and len(running) < limits.max_num_seqs):
+            return None
+        blocks = self.blocks
+        block_size = blocks.block_size
+        scheduled = []
+        for seq in running:
+            output = seq.output_token_ids
+            end = len(seq.prompt_token_ids) + len(output)
+            start = seq.num_computed_tokens
+            if end - start != 1:
+                return None
+            if end > len(seq.block_table) * block_size:
+                if not blocks.can_hold(seq, end):
+                    return None
+                blocks.allocate(seq, end)
+            scheduled.append(ScheduledSeq(seq, start, [output[-1] if output else seq.prompt_token_ids[-1]], (), 1, True))
+        copies, self._copies = self._copies, []
+        return SchedulerOutput(scheduled, copies, 0)
 
     def _plan_running(self, drafts: Mapping[int, Draft]) -> tuple[dict[Sequence, int], dict[Sequence, tuple[int, ...]]]:
         budget = self.limits.max_num_batched_tokens

@@ -158,3 +158,40 @@ def test_a_block_is_cached_in_the_step_it_becomes_full():
         known = seq.token_slice(0, seq.num_computed_tokens)
         assert sched.blocks.match(known, len(known)).blocks == tuple(seq.block_table[:full]), step
     _run_to_end(sched)
+
+
+def _trace(decode_lane: bool, seed: int) -> list:
+    """Every step's plan, with the one-pass decode lane or without it (the general path), of a
+    workload that fills the cache: samples sharing prompts, late arrivals, drafts on some steps,
+    preemption, clients."""
+    rng = random.Random(seed)
+    sched = _scheduler(num_blocks=20, block_size=4, max_seqs=6, budget=24)
+    if not decode_lane:
+        sched._decode_only = lambda: None
+    ids = iter(range(10_000))
+    pending = []
+    for i in range(8):
+        prompt = [50 + i] + [rng.randrange(40) for _ in range(rng.randrange(1, 14))]
+        params = SamplingParams(n=rng.choice((1, 3)), max_tokens=rng.randrange(4, 30), ignore_eos=True)
+        for j in range(params.n):
+            seq = Sequence(next(ids), f"r{i}", j, prompt, params, 0, rng.choice(("a", "b")))
+            seq.detokenizer = _Silent()
+            pending.append((rng.randrange(0, 30), seq))
+    trace = []
+    for step in range(400):
+        for arrival, seq in pending:
+            if arrival == step:
+                sched.add(seq)
+        if not sched.has_work and step > 30:
+            break
+        drafts = {s.seq_id: Draft((7, 7, 8)) for s in sched.decoding()} if step % 4 == 3 else None
+        out = _step(sched, drafts)
+        trace.append([(s.seq.seq_id, s.start, tuple(s.token_ids), tuple(s.seq.block_table)) for s in out.scheduled]
+                     + [out.num_preempted, tuple(out.block_copies)])
+    assert not sched.has_work and sched.blocks.num_free == sched.blocks.num_blocks
+    return trace
+
+
+def test_the_decode_lane_plans_every_step_as_the_general_path_does():
+    for seed in range(3):
+        assert _trace(True, seed) == _trace(False, seed)
