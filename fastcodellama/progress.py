@@ -108,7 +108,11 @@ class TokenProgress:
 
     def __enter__(self) -> "TokenProgress":
         if self.enabled:
-            self.bar.refresh()
+            try:
+                self.bar.refresh()
+            except BaseException as e:  # Ctrl-C right as the bar first shows: `with` never calls __exit__
+                self.__exit__(type(e), e, e.__traceback__)
+                raise
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
