@@ -302,14 +302,15 @@ class LLMEngine:
             return {}
         budget = max(0, self.config.max_num_batched_tokens - len(self.scheduler.running))
         queries, seqs = [], []
+        max_model_len = self.max_model_len
         for seq in self.scheduler.decoding():
             p = seq.params
             if p.speculate is False:
                 continue
             generated = len(seq.output_token_ids)
-            room = min(p.max_tokens - generated, self.max_model_len - len(seq.prompt_token_ids) - generated) - 1
+            room = min(p.max_tokens - generated, max_model_len - len(seq.prompt_token_ids) - generated) - 1
             if room > 0:
-                queries.append(DraftQuery(seq.seq_id, room))
+                queries.append(_new_tuple(DraftQuery, (seq.seq_id, room)))
                 seqs.append(seq)
         drafts = self.proposer.propose(queries, budget, self.step_cost)
         chosen = {}

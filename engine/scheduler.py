@@ -110,7 +110,8 @@ class Scheduler:
 
     def decoding(self) -> list[Sequence]:
         """Running sequences that feed one known token next step (the ones a draft can ride on)."""
-        return [s for s in self.running if not s.is_prefilling]
+        return [s for s in self.running  # not is_prefilling, inline: called every step for every sequence
+                if len(s.prompt_token_ids) + len(s.output_token_ids) - s.num_computed_tokens <= 1]
 
     # ------------------------------------------------------------------ schedule
     def schedule(self, drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput:

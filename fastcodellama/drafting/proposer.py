@@ -53,6 +53,15 @@ class _Seq:
     skip: int = 0  # searches it sits out before it is looked up again
 
 
+def _note_idle(st: _Seq, drafted: bool) -> None:
+    """Back-off of the lookups of a sequence that got no draft: it sits out 1, 2, 4 ... searches."""
+    if drafted:
+        st.idle = 0
+    else:
+        st.idle += 1
+        st.skip = min(1 << min(st.idle - 1, 8), IDLE_SKIP_MAX)
+
+
 @dataclass(slots=True)
 class _Hit:
     source: str
@@ -173,51 +182,40 @@ class CopyProposer:
         return min(budget, cfg.k * n)
 
     def _search(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, decision: Decision) -> list[Draft]:
-        """The drafts: each query's best copy, lengths from the policy."""
+        """The drafts: each query's best copy, lengths from the policy. A sequence sitting out
+        its back-off costs a lookup of its state and nothing more."""
         self.model.refresh()
         adaptive = self.config.policy == "adaptive"
         may_skip = adaptive and len(queries) >= SKIP_FROM
-        hits: list[_Hit | None] = []
-        cands: list[Candidate | None] = []
-        looked_up: list[_Seq | None] = []
-        for q in queries:
-            st = self._seqs.get(q.seq_id)
-            if st is not None and may_skip and st.skip > 0:
-                st.skip -= 1
-                st = None
-            looked_up.append(st)
-            hit = self._best_hit(st, adaptive) if st is not None and q.max_len > 0 else None
-            hits.append(hit)
-            if hit is None:
-                cands.append(None)
-            else:
-                a = self.model.first_prob(hit.source, hit.match_len, self.model.seq_factor(q.seq_id))
-                cands.append(Candidate(a, min(hit.avail, self.config.k, q.max_len),
-                                       self.model.survival_of(hit.source, hit.match_len)))
-        lens = self.policy.allocate(cands, budget, cost, self._search_per_query * len(queries), decision)
-        if may_skip:
-            self._note_idle(looked_up, lens)
-        drafts = []
-        for q, hit, cand, d in zip(queries, hits, cands, lens):
-            if d <= 0:
-                drafts.append(EMPTY_DRAFT)
-                continue
-            draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
-            self._pending[q.seq_id] = (draft, hit.match_len, self.model.expected(hit.source, hit.match_len, cand.a, d))
-            drafts.append(draft)
-        return drafts
-
-    @staticmethod
-    def _note_idle(looked_up: Sequence[_Seq | None], lens: Sequence[int]) -> None:
-        """Back-off of the lookups of sequences that got no draft (None: not looked up this time)."""
-        for st, d in zip(looked_up, lens):
+        get = self._seqs.get
+        looked_up: list[tuple[int, _Seq, _Hit | None]] = []  # (query index, state, its best copy)
+        cands: list[Candidate | None] = [None] * len(queries)
+        for i, q in enumerate(queries):
+            st = get(q.seq_id)
             if st is None:
                 continue
-            if d > 0:
-                st.idle = 0
-            else:
-                st.idle += 1
-                st.skip = min(1 << min(st.idle - 1, 8), IDLE_SKIP_MAX)
+            if may_skip and st.skip > 0:
+                st.skip -= 1
+                continue
+            hit = self._best_hit(st, adaptive) if q.max_len > 0 else None
+            looked_up.append((i, st, hit))
+            if hit is not None:
+                a = self.model.first_prob(hit.source, hit.match_len, self.model.seq_factor(q.seq_id))
+                cands[i] = Candidate(a, min(hit.avail, self.config.k, q.max_len),
+                                     self.model.survival_of(hit.source, hit.match_len))
+        lens = self.policy.allocate(cands, budget, cost, self._search_per_query * len(queries), decision)
+        drafts = [EMPTY_DRAFT] * len(queries)
+        for i, st, hit in looked_up:
+            d = lens[i]
+            if may_skip:
+                _note_idle(st, d > 0)
+            if d <= 0:
+                continue
+            draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
+            self._pending[queries[i].seq_id] = (draft, hit.match_len,
+                                                self.model.expected(hit.source, hit.match_len, cands[i].a, d))
+            drafts[i] = draft
+        return drafts
 
     # ------------------------------------------------------------------ extras
 
