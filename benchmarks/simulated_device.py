@@ -17,6 +17,10 @@ load that holds for a while and then jumps (between 1x and 2.4x, as measured on 
 2-core VM, where a plain step at 64 sequences went from 26 to 60 ms within 30 steps) plus a
 small delay on every step. The policies are still scored on the table's own times: what their
 decisions cost, judged without the noise they were made in.
+The one thing still read off this host is the proposer's own search time, which the policy weighs
+against the gain of a draft: runs of one code can differ by a few percent through it. With
+--search-us US the policy is told US microseconds per query instead, and a run repeats exactly:
+the way to compare two versions of the policy or the step cost.
 A table's points are (sequences, rows, ms); between them the cost is interpolated: the plain step
 by sequences, the draft rows' extra cost by rows at the nearest measured batches.
 
@@ -143,10 +147,12 @@ class SimClock:
 
 
 def run(table: CostTable, workload: str, requests, batch: int, spec: SpecConfig | None, tokenizer,
-        noise: int | None = None) -> dict:
+        noise: int | None = None, search_us: float | None = None) -> dict:
+    """`search_us`: the search time per query the policy is told (None: measured on this host)."""
     clock = SimClock(table, BusyMachine(noise) if noise is not None else None)
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 24 * batch), num_kv_blocks=16384)
-    engine = LLMEngine(config, proposer=build_proposer(spec) if spec else None,
+    search_time = search_us * 1e-6 if search_us is not None else None
+    engine = LLMEngine(config, proposer=build_proposer(spec, search_time) if spec else None,
                        model=StubModel(read_model_config(DEFAULT_MODEL)), tokenizer=tokenizer, step_timer=clock)
     start = time.perf_counter()
     for i, r in enumerate(requests):
@@ -186,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pass100-tasks", type=int, default=8)
     ap.add_argument("--noise", type=int, default=None, metavar="SEED",
                     help="the engine learns from the times of a busy machine (see above)")
+    ap.add_argument("--search-us", type=float, default=None, metavar="US",
+                    help="tell the policy a search costs US microseconds per query instead of timing it: "
+                         "the run then repeats exactly (see above)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     # Each run learns from its own steps only: a cache file would carry one table's (or one
@@ -194,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     table, described = load_table(args.table)
     if args.noise is not None:
         described += f"; the engine learns from a busy machine's times (--noise {args.noise})"
+    if args.search_us is not None:
+        described += f"; the policy is told a search costs {args.search_us:g} us per query (--search-us)"
     tokenizer = Tokenizer(DEFAULT_MODEL)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "table": described, "args": vars(args),
                "rows": []}
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         requests = load_workload(workload, tokenizer, pass100_tasks=args.pass100_tasks)
         for batch in (int(b) for b in args.batches.split(",")):
             chosen = subset(requests, batch, args.min_sequences)
-            runs = {label: run(table, workload, chosen, batch, spec, tokenizer, args.noise)
+            runs = {label: run(table, workload, chosen, batch, spec, tokenizer, args.noise, args.search_us)
                     for label, spec in policies()}
             fixed = {k: v for k, v in runs.items() if k.startswith("fixed") or k == "plain"}
             best = max(fixed, key=lambda k: fixed[k]["tokens_per_s"])

@@ -6,8 +6,8 @@ from fastcodellama.drafting.config import SpecConfig
 from fastcodellama.drafting.proposer import CopyProposer
 
 
-def build_proposer(config: SpecConfig | None = None) -> CopyProposer:
-    return CopyProposer(config or SpecConfig())
+def build_proposer(config: SpecConfig | None = None, search_time: float | None = None) -> CopyProposer:
+    return CopyProposer(config or SpecConfig(), search_time)
 
 
 __all__ = ["SpecConfig", "CopyProposer", "build_proposer"]

@@ -74,7 +74,9 @@ class _Hit:
 class CopyProposer:
     """Implements engine.proposer.Proposer; see the module docstring."""
 
-    def __init__(self, config: SpecConfig | None = None) -> None:
+    def __init__(self, config: SpecConfig | None = None, search_time: float | None = None) -> None:
+        """`search_time`: the seconds per query the policy is told a search costs, fixed (a
+        simulated device sets it, so that its runs repeat exactly); None: measured."""
         self.config = cfg = config or SpecConfig()
         self._seqs: dict[int, _Seq] = {}
         self._groups: dict[str, GroupIndex] = {}
@@ -90,7 +92,8 @@ class CopyProposer:
         self._drafted = dict.fromkeys(SOURCES, 0)
         self._accepted = dict.fromkeys(SOURCES, 0)
         self._drafts = dict.fromkeys(SOURCES, 0)
-        self._search_per_query = 0.0  # seconds, decayed mean
+        self._search_per_query = search_time or 0.0  # seconds, decayed mean of the measured ones
+        self._search_measured = search_time is None
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
 
@@ -135,7 +138,8 @@ class CopyProposer:
             return [EMPTY_DRAFT] * n
         drafts = self._search(queries, budget, cost, decision)
         elapsed = time.perf_counter() - t0
-        self._search_per_query = SEARCH_DECAY * self._search_per_query + (1 - SEARCH_DECAY) * elapsed / n
+        if self._search_measured:
+            self._search_per_query = SEARCH_DECAY * self._search_per_query + (1 - SEARCH_DECAY) * elapsed / n
         self._propose_s += elapsed
         self._searches += 1
         self._explorations += decision.explore

@@ -309,3 +309,23 @@ def test_at_a_large_batch_sequences_that_get_no_draft_are_looked_up_less_often(m
         got.append(len(prop.propose(queries, 10 * n, FREE)[0]))
         prop.extend(0, [10_004 + len(got) - 1])  # and goes on repeating it
     assert any(got[:mod.IDLE_SKIP_MAX + 1])
+
+
+def test_a_fixed_search_time_is_what_the_policy_weighs_whatever_the_search_took(monkeypatch) -> None:
+    """build_proposer(..., search_time): the policy is told that many seconds per query for every
+    search (a simulated device repeats exactly); without it, the measured time."""
+    told = {}
+    for label, search_time in (("fixed", 2.5e-4), ("measured", None)):
+        prop = build_proposer(SpecConfig(sources=("self",)), search_time)
+        seen = told.setdefault(label, [])
+        decide = prop.policy.decide
+        monkeypatch.setattr(prop.policy, "decide", lambda n, b, c, s, d=decide, seen=seen: seen.append(s) or d(n, b, c, s))
+        for i in range(4):
+            prop.add_sequence(i, f"g{i}", [1, 2, 3, 1, 2, 3, 1, 2])
+        queries = [DraftQuery(i, 10) for i in range(4)]
+        for step in range(6):
+            prop.propose(queries, 40, FREE)
+            for i in range(4):
+                prop.extend(i, [3, 1, 2][step % 3:step % 3 + 1])
+    assert told["fixed"] == [pytest.approx(4 * 2.5e-4)] * 6
+    assert told["measured"][0] == 0.0 and 0.0 < told["measured"][-1] < 4 * 2.5e-4 * 100
