@@ -116,6 +116,17 @@ def _nearest_drafting(n: int) -> tuple[int, ...]:
     return (n, *sorted(around, key=lambda i: abs(i - n)))
 
 
+def _beyond(before: tuple[int, float], last: tuple[int, float], x: int) -> float:
+    """The extra of x draft rows past the largest measured size: at the slope of the last segment,
+    but never steeper than the line from no rows through the last point. One noisy measurement
+    would otherwise be magnified by the ratio of x to the segment's width; a line that is too flat
+    is corrected, since drafting steps measure their own cost, a too steep one is not (those sizes
+    are then never drafted)."""
+    (x0, y0), (x1, y1) = before, last
+    slope = min((y1 - y0) / (x1 - x0), y1 / x1)
+    return y1 + max(0.0, slope) * (x - x1)
+
+
 def bucket_of(grid: tuple[int, ...], x: int) -> int:
     """The index of the grid point at or below x."""
     return max(0, bisect.bisect_right(grid, x) - 1)
@@ -234,8 +245,8 @@ class StepCost:
 
     def _near(self, n: int, r: int, draft_rows: int) -> float | None:
         """An unseen bucket's extra: linear between the nearest measured draft-row buckets of these
-        sequences, and nothing at no rows (extrapolated past the last at its slope), else the
-        plain step of as many rows less this one."""
+        sequences, and nothing at no rows (past the last, see _beyond), else the plain step of as
+        many rows less this one."""
         known = self._known_rows(n)
         lower = [p for p in known if p[0] <= draft_rows]
         upper = [p for p in known if p[0] > draft_rows]
@@ -243,8 +254,7 @@ class StepCost:
             (x0, y0), (x1, y1) = lower[-1], upper[0]
             return y0 + (y1 - y0) * (draft_rows - x0) / (x1 - x0)
         if len(lower) >= 2:
-            (x0, y0), (x1, y1) = lower[-2], lower[-1]
-            return y1 + max(0.0, (y1 - y0) / (x1 - x0)) * (draft_rows - x1)
+            return _beyond(lower[-2], lower[-1], draft_rows)
         wider = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
         wide, base = self._at(wider, 0), self._at(n, 0)
         return wide - base if wider != n and wide is not None and base is not None else None

@@ -42,6 +42,22 @@ def test_extra_rows_cost_the_difference_to_the_plain_step():
     assert cost.extra(16, 96) == pytest.approx(22.0 + 0.25 * 48 - 10.0)  # past them: at the last slope
 
 
+def test_past_the_largest_measured_draft_one_noisy_size_is_not_magnified():
+    """Draft rows cost 0.25 each; the step with 24 of them ran busy (9 over the plain step, not
+    6). Past it the extra rises no steeper than the line from no rows through that last size, so
+    the error at 96 rows stays the last size's own (1.5x), not its segment's slope times 72 rows."""
+    cost = StepCost()
+    cost.observe(16, 0, 10.0)
+    cost.observe(16, 16, 14.0)
+    cost.observe(16, 24, 19.0)
+    assert cost.extra(16, 96) == pytest.approx(9.0 * 96 / 24)
+    flatter = StepCost()  # a cost that flattens with more rows keeps its last segment's slope
+    flatter.observe(16, 0, 10.0)
+    flatter.observe(16, 16, 18.0)
+    flatter.observe(16, 48, 22.0)
+    assert flatter.extra(16, 96) == pytest.approx(12.0 + 0.125 * 48)
+
+
 def test_a_drafting_step_is_set_against_the_plain_steps_just_before_it():
     """The machine got twice as slow (load, longer contexts) a few steps ago; a drafting step
     costs 2 more than the plain steps of its time. Against the window's low quantile, still
