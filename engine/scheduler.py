@@ -133,10 +133,9 @@ class Scheduler:
                 continue
             draft = chosen.get(seq, ())
             start = seq.num_computed_tokens
-            output = seq.output_token_ids
-            end = len(seq.prompt_token_ids) + len(output)
+            end = seq.num_tokens
             if n == 1 and start + 1 == end:  # a decode step: its last token
-                tokens = [output[-1] if output else seq.prompt_token_ids[-1]]
+                tokens = [seq.last_token]
             else:
                 tokens = seq.token_slice(start, start + n)
             if draft:
@@ -156,8 +155,7 @@ class Scheduler:
         block_size = blocks.block_size
         scheduled = []
         for seq in running:
-            output = seq.output_token_ids
-            end = len(seq.prompt_token_ids) + len(output)
+            end = len(seq.prompt_token_ids) + len(seq.output_token_ids)  # num_tokens, inline: the hot loop
             start = seq.num_computed_tokens
             if end - start != 1:
                 return None
@@ -165,7 +163,7 @@ class Scheduler:
                 if not blocks.can_hold(seq, end):
                     return None
                 blocks.allocate(seq, end)
-            scheduled.append(ScheduledSeq(seq, start, [output[-1] if output else seq.prompt_token_ids[-1]], (), 1, True))
+            scheduled.append(ScheduledSeq(seq, start, [seq.last_token], (), 1, True))
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, 0)
 
@@ -175,7 +173,7 @@ class Scheduler:
         chosen: dict[Sequence, tuple[int, ...]] = {}
         prefilling = []
         for seq in self.running:
-            if len(seq.prompt_token_ids) + len(seq.output_token_ids) - seq.num_computed_tokens > 1:  # is_prefilling
+            if seq.is_prefilling:
                 prefilling.append(seq)
             else:
                 plan[seq] = 1

@@ -52,14 +52,13 @@ class _Seq:
     idle: int = 0  # searches in a row that gave it no draft
     skip: int = 0  # searches it sits out before it is looked up again
 
-
-def _note_idle(st: _Seq, drafted: bool) -> None:
-    """Back-off of the lookups of a sequence that got no draft: it sits out 1, 2, 4 ... searches."""
-    if drafted:
-        st.idle = 0
-    else:
-        st.idle += 1
-        st.skip = min(1 << min(st.idle - 1, 8), IDLE_SKIP_MAX)
+    def note_search(self, drafted: bool) -> None:
+        """Back-off of the lookups of a sequence that got no draft: it sits out 1, 2, 4 ... searches."""
+        if drafted:
+            self.idle = 0
+        else:
+            self.idle += 1
+            self.skip = min(1 << min(self.idle - 1, 8), IDLE_SKIP_MAX)
 
 
 @dataclass(slots=True)
@@ -212,7 +211,7 @@ class CopyProposer:
         for i, st, hit in looked_up:
             d = lens[i]
             if may_skip:
-                _note_idle(st, d > 0)
+                st.note_search(d > 0)
             if d <= 0:
                 continue
             draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
