@@ -126,30 +126,17 @@ class Scheduler:
         budget = self.limits.max_num_batched_tokens - sum(plan.values()) - sum(len(d) for d in chosen.values())
         if not preempted:
             self._admit(plan, budget)
-        scheduled = []
-        for seq in self.running:
-            n = plan.get(seq)
-            if n is None:
-                continue
-            draft = chosen.get(seq, ())
-            start = seq.num_computed_tokens
-            end = seq.num_tokens
-            if n == 1 and start + 1 == end:  # a decode step: its last token
-                tokens = [seq.last_token]
-            else:
-                tokens = seq.token_slice(start, start + n)
-            if draft:
-                tokens += draft
-            scheduled.append(ScheduledSeq(seq, start, tokens, draft, n, start + n == end))
+        scheduled = [_scheduled(seq, plan[seq], chosen.get(seq, ())) for seq in self.running if seq in plan]
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, preempted)
 
     def _decode_only(self) -> SchedulerOutput | None:
-        """schedule() of a step where every running sequence decodes one token and no one is
-        admitted (most steps of a long job), in one pass; None where that does not hold or blocks
-        run short (the general path then plans it: prefill chunks, admission, preemption)."""
+        """schedule() of a step without drafts where every running sequence decodes one token (most
+        steps of a long job), in one pass, then admits who fits as the general path does; None
+        where that does not hold or blocks run short (the general path then plans it: prefill
+        chunks, preemption)."""
         limits, running = self.limits, self.running
-        if len(running) > limits.max_num_batched_tokens or (self._waiting and len(running) < limits.max_num_seqs):
+        if len(running) > limits.max_num_batched_tokens:
             return None
         blocks = self.blocks
         block_size = blocks.block_size
@@ -164,6 +151,10 @@ class Scheduler:
                     return None
                 blocks.allocate(seq, end)
             scheduled.append(ScheduledSeq(seq, start, [seq.last_token], (), 1, True))
+        if self._waiting and len(running) < limits.max_num_seqs:
+            admitted: dict[Sequence, int] = {}
+            self._admit(admitted, limits.max_num_batched_tokens - len(scheduled))
+            scheduled += [_scheduled(seq, n, ()) for seq, n in admitted.items()]
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, 0)
 
@@ -415,3 +406,16 @@ class Scheduler:
         else:  # blocks were allocated for the whole draft: those past the accepted part go
             self.blocks.truncate(seq, seq.num_tokens)
         return SeqUpdate(seq, seq.output_token_ids[before:], s.draft, m)
+
+
+def _scheduled(seq: Sequence, n: int, draft: tuple[int, ...]) -> ScheduledSeq:
+    """What a step feeds a sequence planned n known tokens (and a draft after them)."""
+    start = seq.num_computed_tokens
+    end = seq.num_tokens
+    if n == 1 and start + 1 == end:  # a decode step: its last token
+        tokens = [seq.last_token]
+    else:
+        tokens = seq.token_slice(start, start + n)
+    if draft:
+        tokens += draft
+    return ScheduledSeq(seq, start, tokens, draft, n, start + n == end)
