@@ -3,6 +3,8 @@
 the model's context)."""
 from __future__ import annotations
 
+import functools
+import re
 from typing import Sequence as Seq
 
 from engine.sequence import Sequence
@@ -50,28 +52,33 @@ class StopChecker:
 
 def _text_stop(seq: Sequence, piece_len: int) -> bool:
     """Ends the sequence where the new piece completes a stop string or starts a dedented line,
-    whichever comes first in the text (the text stops before it)."""
-    p = seq.params
-    hits = []
-    if p.stop:
-        hits.append(_stop_string(seq.text, piece_len, p.stop))
+    whichever comes first in the text (a stop string on a tie; the text stops before it)."""
+    p, text = seq.params, seq.text
+    hit = stop_string(text, piece_len, p.stop) if p.stop else None
     if p.stop_at_dedent:
-        cut = dedent_cut(seq.text, len(seq.text) - piece_len, p.stop_at_dedent)
-        hits.append((cut, DEDENT) if cut is not None else None)
-    found = [h for h in hits if h is not None]
-    if not found:
+        cut = dedent_cut(text, len(text) - piece_len, p.stop_at_dedent)
+        if cut is not None and (hit is None or cut < hit[0]):
+            hit = (cut, DEDENT)
+    if hit is None:
         return False
-    idx, reason = min(found, key=lambda h: h[0])
-    seq.text = seq.text[:idx]
-    seq.finish("stop", reason)
+    seq.text = text[:hit[0]]
+    seq.finish("stop", hit[1])
     return True
 
 
-def _stop_string(text: str, piece_len: int, stops: Seq[str]) -> tuple[int, str] | None:
-    """The first stop string the new piece completes, and where it starts."""
-    start = max(0, len(text) - piece_len - max(map(len, stops)) + 1)
-    hits = [(idx, s) for s in stops if (idx := text.find(s, start)) >= 0]
-    return min(hits) if hits else None
+def stop_string(text: str, piece_len: int, stops: tuple[str, ...]) -> tuple[int, str] | None:
+    """The first stop string the new piece (the text's last piece_len characters) completes and
+    where it starts; of several starting there, the least in string order."""
+    pattern, longest = _stop_pattern(stops)
+    m = pattern.search(text, max(0, len(text) - piece_len - longest + 1))
+    return (m.start(), m.group()) if m is not None else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _stop_pattern(stops: tuple[str, ...]) -> tuple[re.Pattern, int]:
+    """One search for all of a request's stop strings (checked after every token), in string order:
+    a regex takes the first alternative that matches at the leftmost position."""
+    return re.compile("|".join(map(re.escape, sorted(stops)))), max(map(len, stops))
 
 
 def dedent_cut(text: str, new_from: int, limit: int) -> int | None:

@@ -1,11 +1,14 @@
-"""The indentation stop (SamplingParams.stop_at_dedent): where it cuts, and that a stream never
-shows the dedented line, alone and next to stop strings."""
+"""Stop strings (one search for all of a request's), and the indentation stop
+(SamplingParams.stop_at_dedent): where they cut, and that a stream never shows the dedented line,
+alone and next to stop strings."""
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from engine import LLMEngine, EngineConfig, SamplingParams
-from engine.stop_checker import DEDENT, dedent_cut, undecided_line_start
+from engine.stop_checker import DEDENT, dedent_cut, stop_string, undecided_line_start
 
 BODY = "x = 1\n        if x:\n            y = 2\n\n        return y\n"
 DEDENTED = "    def other(self):\n        pass\n"
@@ -24,6 +27,29 @@ DEDENTED = "    def other(self):\n        pass\n"
 ])
 def test_dedent_cut(text, limit, cut):
     assert dedent_cut(text, 0, limit) == cut
+
+
+def _stop_string_reference(text: str, piece_len: int, stops: tuple[str, ...]) -> tuple[int, str] | None:
+    """Each stop string looked for on its own where the new piece could complete it."""
+    start = max(0, len(text) - piece_len - max(map(len, stops)) + 1)
+    hits = [(idx, s) for s in stops if (idx := text.find(s, start)) >= 0]
+    return min(hits) if hits else None
+
+
+def test_stop_strings_are_found_as_one_search_per_string_finds_them():
+    rng = random.Random(0)
+    alphabet = "ab\n.*(|)[$^?+{}"  # regex syntax must match itself
+    hits = 0
+    for _ in range(3000):
+        stops = tuple({"".join(rng.choices(alphabet, k=rng.randrange(1, 4))) for _ in range(rng.randrange(1, 5))})
+        text = "".join(rng.choices(alphabet, k=rng.randrange(0, 30)))
+        piece = rng.randrange(0, len(text) + 1)
+        want = _stop_string_reference(text, piece, stops)
+        assert stop_string(text, piece, stops) == want, (text, piece, stops)
+        hits += want is not None
+    assert hits > 500  # the stop strings were found often, not only missed
+    # Several starting at the same place: the least in string order (a prefix before its extensions).
+    assert stop_string("x\ndef f", 6, ("\ndef", "\nd", "\n")) == (1, "\n")
 
 
 def test_dedent_cut_judges_only_new_lines():
