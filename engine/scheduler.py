@@ -373,17 +373,16 @@ class Scheduler:
     def _apply_one(self, s: ScheduledSeq, token: int, logprob: float | None, top: TopLogprobs | None) -> SeqUpdate:
         """_apply for a sequence without a draft: the one token is always taken."""
         seq = s.seq
-        output = seq.output_token_ids
-        before = len(output)
-        self.stops.append(seq, (token,), None if logprob is None else (logprob,), None if top is None else (top,))
+        first = not seq.output_token_ids
+        self.stops.append_one(seq, token, logprob, top)
         seq.num_computed_tokens = s.start + s.num_real
-        if not before:
+        if first:
             self.blocks.cache_prompt_tail(seq)
         elif seq.num_computed_tokens >= (len(seq.block_chain) + 1) * self.blocks.block_size:
             self.blocks.cache_full_blocks(seq)  # a block became full
         if seq.is_finished:
             self._stop_running(seq)
-        return SeqUpdate(seq, output[before:])
+        return SeqUpdate(seq, [token])
 
     def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None,
                top: list[TopLogprobs] | None = None) -> SeqUpdate:

@@ -21,33 +21,36 @@ class StopChecker:
     def append(self, seq: Sequence, tokens: Seq[int], logprobs: Seq[float] | None,
                top: Seq[tuple[tuple[int, float], ...]] | None = None) -> None:
         """Appends tokens one at a time until the sequence ends (the rest are dropped)."""
-        p = seq.params
-        output, detokenizer = seq.output_token_ids, seq.detokenizer
-        ends = () if p.ignore_eos else self.eos_ids
-        text_stops = bool(p.stop or p.stop_at_dedent)
-        # Outputs this long end it: max_tokens, or the model's context.
-        length_limit = min(p.max_tokens, self.max_model_len - seq.num_prompt_tokens)
         for j, token in enumerate(tokens):
-            output.append(token)
-            if seq.first_token_time is None:
-                seq.mark_first_token()
-            if logprobs:
-                seq.logprobs.append(logprobs[j])
-            if top:
-                seq.top_logprobs.append(top[j])
-            if token in ends or token in p.stop_token_ids:
-                seq.text += detokenizer.flush()
-                seq.finish("stop", token)
+            self.append_one(seq, token, logprobs[j] if logprobs else None, top[j] if top else None)
+            if seq.is_finished:
                 return
-            piece = detokenizer.add(token)
-            if piece:
-                seq.text += piece
-                if text_stops and _text_stop(seq, len(piece)):
-                    return
-            if len(output) >= length_limit:
-                seq.text += detokenizer.flush()
-                seq.finish("length")
+
+    def append_one(self, seq: Sequence, token: int, logprob: float | None = None,
+                   top: tuple[tuple[int, float], ...] | None = None) -> None:
+        """Appends one token (the whole of most sequences' steps: no loop, no tuples around it)."""
+        p = seq.params
+        output = seq.output_token_ids
+        output.append(token)
+        if seq.first_token_time is None:
+            seq.mark_first_token()
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        if top is not None:
+            seq.top_logprobs.append(top)
+        if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            seq.text += seq.detokenizer.flush()
+            seq.finish("stop", token)
+            return
+        piece = seq.detokenizer.add(token)
+        if piece:
+            seq.text += piece
+            if (p.stop or p.stop_at_dedent) and _text_stop(seq, len(piece)):
                 return
+        # Outputs this long end it: max_tokens, or the model's context.
+        if len(output) >= p.max_tokens or len(output) >= self.max_model_len - len(seq.prompt_token_ids):
+            seq.text += seq.detokenizer.flush()
+            seq.finish("length")
 
 
 def _text_stop(seq: Sequence, piece_len: int) -> bool:
