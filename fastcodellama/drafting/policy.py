@@ -12,6 +12,12 @@ ranked by their acceptance probability g_j; the policy takes the prefix of that 
 likeliest copies the model knows of could pay at this batch; if not, no search (at large batch
 on a CPU, looking copies up for hundreds of sequences costs a step several percent).
 
+A search that finds nothing worth drafting costs its time for nothing. Each search's outcome (the
+gain of what it drafted, net of the search; minus the search's cost where it drafted nothing) is
+kept as a decayed mean per batch size. While that mean is not positive, the gate's "could pay"
+searches only every ceil(c / SEARCH_SHARE) steps (c: a search's cost in plain steps), so fruitless
+searches cost about SEARCH_SHARE of the time, and one that finds copies worth drafting reopens it.
+
 Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
   - while drafting is believed to pay, a step now and then runs without drafts (a control step),
     so that the plain cost it is judged against stays fresh: every CONTROL_EVERY-th step, or
@@ -42,6 +48,8 @@ MARGIN = 0.03        # drafting must promise this much more throughput: costs an
 CONTROL_EVERY = 16   # the most frequent control steps, where drafting is believed to gain little
 CONTROL_SHARE = 0.01  # control steps forgo at most this share of the throughput drafting is believed to give
 GAIN_DECAY = 0.9     # the believed gain that sets the control interval: a decayed mean over searched steps
+SEARCH_SHARE = 0.02  # while searches find nothing worth drafting, they cost at most about this share of the time
+OUTCOME_DECAY = 0.8  # what recent searches brought (net gain, or minus their cost): a decayed mean
 EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 # Draft tokens per sequence on exploring steps, in turn (plus a floor for small batches): the cost
 # of several draft sizes gets measured, not only the one a stale belief would pick.
@@ -92,6 +100,8 @@ class _Budget:
     verdict_step: int = 0
     last_control: int = 0
     gain: float = 0.0  # believed throughput gain of drafting over plain steps (0.5: 1.5x), decayed mean
+    outcome: float | None = None  # what a search brings, net of its cost (decayed mean; None: none yet)
+    last_search: int = 0
 
 
 def _control_every(gain: float) -> int:
@@ -143,6 +153,10 @@ class DraftPolicy:
             if state.step - state.last_control >= _control_every(state.gain):
                 state.last_control = state.step
                 return Decision(False)
+            if (state.outcome is not None and state.outcome <= 0.0
+                    and state.step - state.last_search < math.ceil(search_s / plain / SEARCH_SHARE)):
+                return Decision(False)  # recent searches found nothing worth drafting: not every step
+            state.last_search = state.step
             return Decision(True, probe=due)
         # Nothing known about draft rows at this batch (nor within 2x, nor from an earlier run's
         # cache): explore at once. Known costs wait for the interval like any other belief.
@@ -163,6 +177,16 @@ class DraftPolicy:
         state = self._budgets.get(_batch_bucket(n))
         if state is not None:
             state.gain = GAIN_DECAY * state.gain + (1.0 - GAIN_DECAY) * gain
+
+    def _note_outcome(self, n: int, drafted: int, gain: float, search_s: float, plain: float | None) -> None:
+        state = self._budgets.get(_batch_bucket(n))
+        if state is None or plain is None or plain <= 0:
+            return
+        outcome = gain if drafted > 0 else -search_s / plain
+        if state.outcome is None or (drafted > 0 and state.outcome <= 0.0):
+            state.outcome = outcome  # the first, or a throttled search that found copies: searches resume at once
+        else:
+            state.outcome = OUTCOME_DECAY * state.outcome + (1.0 - OUTCOME_DECAY) * outcome
 
     def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float) -> bool:
         """Whether drafts as likely as the best the acceptance model knows of, for every
@@ -203,6 +227,7 @@ class DraftPolicy:
             best, gain = self._best_prefix(n, [gains[i] for i in order], cost, search_s)
             take = min(len(order), 2 * best) if explore is not None and explore.probe else best
             self._note_gain(n, gain)
+            self._note_outcome(n, best, gain, search_s, cost.plain(n))
             if take > best:
                 self._explored(n)
         lens = [0] * n

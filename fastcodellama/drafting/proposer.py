@@ -93,6 +93,9 @@ class CopyProposer:
         self._drafts = dict.fromkeys(SOURCES, 0)
         self._search_per_query = search_time or 0.0  # seconds, decayed mean of the measured ones
         self._search_measured = search_time is None
+        # The same by batch size (n.bit_length()): a search has a fixed part, so that per query it
+        # costs several times more for a few sequences than for hundreds.
+        self._search_by_size: dict[int, float] = {}
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
 
@@ -131,19 +134,31 @@ class CopyProposer:
         n = len(queries)
         self._propose_calls += 1
         budget = self._budget(n, budget)
-        decision = self.policy.decide(n, budget, cost, self._search_per_query * n)
+        decision = self.policy.decide(n, budget, cost, self._search_s(n))
         if not decision.search:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n
         drafts = self._search(queries, budget, cost, decision)
         elapsed = time.perf_counter() - t0
         if self._search_measured:
-            self._search_per_query = SEARCH_DECAY * self._search_per_query + (1 - SEARCH_DECAY) * elapsed / n
+            self._note_search_time(n, elapsed)
         self._propose_s += elapsed
         self._searches += 1
         self._explorations += decision.explore
         self._queries += n
         return drafts
+
+    def _search_s(self, n: int) -> float:
+        """What a search for n queries is believed to cost, in seconds."""
+        return self._search_by_size.get(n.bit_length(), self._search_per_query) * n
+
+    def _note_search_time(self, n: int, seconds: float) -> None:
+        per_query = seconds / n
+        self._search_per_query = SEARCH_DECAY * self._search_per_query + (1 - SEARCH_DECAY) * per_query
+        size = n.bit_length()
+        known = self._search_by_size.get(size)
+        self._search_by_size[size] = per_query if known is None else (
+            SEARCH_DECAY * known + (1 - SEARCH_DECAY) * per_query)
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:
@@ -206,7 +221,7 @@ class CopyProposer:
                 a = self.model.first_prob(hit.source, hit.match_len, self.model.seq_factor(q.seq_id))
                 cands[i] = Candidate(a, min(hit.avail, self.config.k, q.max_len),
                                      self.model.survival_of(hit.source, hit.match_len))
-        lens = self.policy.allocate(cands, budget, cost, self._search_per_query * len(queries), decision)
+        lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)), decision)
         drafts = [EMPTY_DRAFT] * len(queries)
         for i, st, hit in looked_up:
             d = lens[i]

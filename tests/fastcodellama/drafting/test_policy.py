@@ -2,6 +2,7 @@
 exploration budget (against the engine's learned step cost)."""
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -176,6 +177,33 @@ def test_while_drafting_pays_probes_draft_twice_the_believed_best_and_back_off()
     assert probes and all(sum(sizes[i]) == 2 * sum(best) for i in probes)
     gaps = [b - a for a, b in zip(probes, probes[1:])]
     assert gaps == sorted(gaps) and probes[0] <= pol_mod.EXPLORE_MIN + 1
+
+
+def test_searches_that_find_nothing_worth_drafting_are_throttled_until_one_does() -> None:
+    """Draft rows are free, so the gate says copies could pay; but the searches find nothing (or
+    nothing likely enough), each costing a twentieth of a step. They come every
+    ceil(0.05 / SEARCH_SHARE) steps until one finds copies worth drafting; then every step again."""
+    pol = fresh_policy()
+    n, cost, search_s = 8, LinearCost(0.0), 0.4  # plain(8) = 8 s: a search costs 5% of a step
+    every = math.ceil(search_s / cost.plain(n) / pol_mod.SEARCH_SHARE)
+    nothing = [None] * n
+    unlikely = [cand(pol.model, 1, a=1e-4) for _ in range(n)]  # found, but below MIN_GAIN
+    likely = [cand(pol.model, 20, match_len=16) for _ in range(n)]
+
+    def searched(cands, steps: int) -> list[int]:
+        out = []
+        for i in range(steps):
+            decision = pol.decide(n, 1000, cost, search_s)
+            if decision.search:
+                pol.allocate(cands, 1000, cost, search_s, decision)
+                out.append(i)
+        return out
+
+    idle = searched(nothing, 100) + [100 + i for i in searched(unlikely, 100)]
+    assert every >= 2 and 200 // every - 2 <= len(idle) <= 200 // every + 2
+    assert {b - a for a, b in zip(idle[1:], idle[2:])} <= {every, every + 1}  # + 1: a control step came first
+    busy = searched(likely, 100)
+    assert busy[0] < every and len(busy) > 100 - every - 100 // pol_mod.CONTROL_EVERY - 2
 
 
 def test_an_exploring_step_costs_a_bounded_share_of_a_plain_one_where_costs_are_known() -> None:

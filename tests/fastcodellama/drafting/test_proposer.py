@@ -329,3 +329,17 @@ def test_a_fixed_search_time_is_what_the_policy_weighs_whatever_the_search_took(
                 prop.extend(i, [3, 1, 2][step % 3:step % 3 + 1])
     assert told["fixed"] == [pytest.approx(4 * 2.5e-4)] * 6
     assert told["measured"][0] == 0.0 and 0.0 < told["measured"][-1] < 4 * 2.5e-4 * 100
+
+
+def test_the_measured_search_time_is_kept_by_batch_size() -> None:
+    """A search has a fixed part: per query, one sequence's search costs several times what each of
+    64 costs. What the policy weighs for a batch size is what searches of that size took; a size
+    never searched gets the mean over all."""
+    prop = build_proposer(SpecConfig(sources=("self",)))
+    for _ in range(50):
+        prop._note_search_time(1, 200e-6)
+        prop._note_search_time(64, 64 * 20e-6)
+    assert prop._search_s(1) == pytest.approx(200e-6, rel=1e-3)
+    assert prop._search_s(64) == pytest.approx(64 * 20e-6, rel=1e-3)
+    assert prop._search_s(100) == pytest.approx(100 * 20e-6, rel=1e-3)  # same size bucket as 64
+    assert 20e-6 * 16 < prop._search_s(16) < 200e-6 * 16  # never searched: the mean of both
