@@ -368,8 +368,8 @@ _new_tuple = tuple.__new__
 
 
 def _completion(seq: Sequence) -> CompletionOutput:
-    text = seq.text if seq.is_finished else _shown_text(seq)
     p = seq.params
+    text = _shown_text(seq) if (p.stop or p.stop_at_dedent) and not seq.is_finished else seq.text
     return CompletionOutput(seq.sample_index, text, list(seq.output_token_ids), seq.finish_reason,
                             list(seq.logprobs) if p.logprobs else None, seq.stop_reason, seq.spec,
                             list(seq.top_logprobs) if p.top_logprobs else None)
