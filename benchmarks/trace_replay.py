@@ -52,6 +52,18 @@ def run(model: str, requests: list[Request], name: str, batch: int, drafting: bo
     start, cpu_start = time.perf_counter(), time.process_time()
     outs = llm.generate([r.prompt for r in requests], [replay_params(name, r) for r in requests], use_tqdm=False)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return with_rates({"batch": batch, "drafting": drafting, **outcome(engine, requests, outs)}, wall, cpu)
+
+
+def with_rates(row: dict, wall: float, cpu: float) -> dict:
+    """The row with the seconds a system took (wall, and the process's CPU time) and its tokens per second of each."""
+    return {**row, "wall_s": wall, "tokens_per_s": row["tokens"] / wall, "cpu_s": cpu,
+            "tokens_per_cpu_s": row["tokens"] / max(cpu, 1e-9)}
+
+
+def outcome(engine, requests: list[Request], outs) -> dict:
+    """What a run of `requests` gave (outputs in their order): tokens, tokens per forward, drafts
+    by source, whether every output equals its trace then EOS, blocks still held."""
     stats = engine.stats()
     exact, tokens, steps, drafted, accepted = True, 0, 0, {}, {}
     for request, out in zip(requests, outs):
@@ -64,14 +76,12 @@ def run(model: str, requests: list[Request], name: str, batch: int, drafting: bo
                 drafted[src] = drafted.get(src, 0) + n
             for src, n in c.spec.accepted.items():
                 accepted[src] = accepted.get(src, 0) + n
-    leaked = stats.num_blocks_total - stats.num_blocks_free
-    return {"batch": batch, "drafting": drafting, "requests": len(requests),
-            "sequences": sum(len(r.continuations) for r in requests), "tokens": tokens, "wall_s": wall,
-            "tokens_per_s": tokens / wall, "cpu_s": cpu, "tokens_per_cpu_s": tokens / max(cpu, 1e-9),
-            "tokens_per_forward": tokens / max(1, steps),
+    return {"requests": len(requests), "sequences": sum(len(r.continuations) for r in requests),
+            "tokens": tokens, "tokens_per_forward": tokens / max(1, steps),
             "engine_steps": stats.steps, "drafted": drafted, "accepted": accepted,
             "propose_share": stats.propose_time / max(1e-9, stats.forward_time + stats.propose_time),
-            "replay_exact": bool(exact), "leaked_blocks": leaked}
+            "replay_exact": bool(exact) and len(outs) == len(requests),
+            "leaked_blocks": stats.num_blocks_total - stats.num_blocks_free}
 
 
 def best_of(repeats: int, model: str, requests: list[Request], name: str, batch: int,

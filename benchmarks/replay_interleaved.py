@@ -1,0 +1,126 @@
+"""Plain and drafting replay the same traces in one process, a step of each in turn.
+
+benchmarks/trace_replay.py runs plain and drafting one after the other; on a shared VM the two
+runs of a pair can see machine speeds 10-25% apart, more than drafting moves anything at a large
+batch on this CPU. Here two engines (the embedded model; one plain, one with the copy proposer)
+are given the same requests and step alternately, one step each, until both are done. Each
+engine's time is the sum of its own steps (wall clock, and the process's CPU time), so both see
+the same moments of the machine. Every output is checked against its trace, as in trace_replay.
+
+    python benchmarks/replay_interleaved.py                          # greedy and pass@10 at 4, 64, 256
+    python benchmarks/replay_interleaved.py --workloads pass100 --batches 64
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import measure  # noqa: E402
+from trace_replay import outcome, subset, with_rates  # noqa: E402
+from traces import TRACES, Request, load_workload, replay_params  # noqa: E402
+
+from engine import DEFAULT_MODEL, LLM  # noqa: E402
+from engine.llm_engine import LLMEngine  # noqa: E402
+from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
+
+
+class TimedEngine:
+    """One engine, its requests, and the time of its own steps."""
+
+    def __init__(self, model: str, requests: list[Request], name: str, batch: int, drafting: bool) -> None:
+        proposer = build_proposer(SpecConfig()) if drafting else None
+        self.engine: LLMEngine = LLM(model, proposer=proposer, max_num_seqs=batch,
+                                     max_num_batched_tokens=max(2048, batch * 8)).engine
+        self.drafting = drafting
+        self.order = {f"r{i}": i for i in range(len(requests))}
+        self.outputs: list = [None] * len(requests)
+        self.wall = self.cpu = 0.0
+        for request_id, r in zip(self.order, requests):
+            self.engine.add_request(request_id, r.prompt, replay_params(name, r))
+
+    @property
+    def done(self) -> bool:
+        return not self.engine.has_unfinished()
+
+    def step(self) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        finished = self.engine.step(collect="finished")
+        self.wall += time.perf_counter() - t0
+        self.cpu += time.process_time() - c0
+        for out in finished:
+            self.outputs[self.order[out.request_id]] = out
+
+
+def run(model: str, requests: list[Request], name: str, batch: int) -> tuple[dict, dict]:
+    """Plain and drafting, stepped in turn (the order swapped every step, so that neither always
+    runs on the caches the other just filled); their rows as trace_replay.run gives them."""
+    engines = [TimedEngine(model, requests, name, batch, drafting) for drafting in (False, True)]
+    turn = 0
+    while not all(e.done for e in engines):
+        for e in (engines if turn % 2 == 0 else engines[::-1]):
+            if not e.done:
+                e.step()
+        turn += 1
+    rows = [with_rates({"batch": batch, "drafting": e.drafting,
+                        **outcome(e.engine, requests, [o for o in e.outputs if o is not None])}, e.wall, e.cpu)
+            for e in engines]
+    return rows[0], rows[1]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--traces", default=TRACES)
+    ap.add_argument("--workloads", default="greedy,passk")
+    ap.add_argument("--batches", default="4,64,256")
+    ap.add_argument("--min-sequences", type=int, default=16)
+    ap.add_argument("--pass100-tasks", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per case")
+    ap.add_argument("--out", default=measure.RESULTS)
+    args = ap.parse_args(argv)
+    if "FASTCODELLAMA_STEP_COST_DIR" not in os.environ:  # as trace_replay: learned costs kept within this invocation
+        os.environ["FASTCODELLAMA_STEP_COST_DIR"] = tempfile.mkdtemp(prefix="fastcodellama_step_cost_")
+    tokenizer = LLM(args.model).tokenizer
+    rows = []
+    for name in args.workloads.split(","):
+        requests = load_workload(name, tokenizer, args.traces, args.pass100_tasks)
+        for batch in (int(b) for b in args.batches.split(",")):
+            chosen = subset(requests, batch, args.min_sequences)
+            for _ in range(args.repeats):
+                plain, draft = run(args.model, chosen, name, batch)
+                row = {"workload": name, "batch": batch, "requests": len(chosen), "plain": plain, "drafting": draft,
+                       "ratio": draft["tokens_per_s"] / plain["tokens_per_s"],
+                       "cpu_ratio": draft["tokens_per_cpu_s"] / plain["tokens_per_cpu_s"]}
+                rows.append(row)
+                print(f"{name} batch {batch}: {len(chosen)} requests, drafting / plain {row['ratio']:.3f} "
+                      f"(CPU time {row['cpu_ratio']:.3f}), {draft['tokens_per_forward']:.3f} tokens/forward, "
+                      f"exact {plain['replay_exact'] and draft['replay_exact']}", flush=True)
+    results = {"machine": measure.machine(), "date": measure.utc_now(), "model": args.model, "args": vars(args),
+               "rows": rows}
+    write(results, args.out)
+    return results
+
+
+def write(results: dict, out_dir: str) -> None:
+    lines = [f"# Trace replay, plain and drafting interleaved step by step ({results['date']})", "",
+             f"machine: {results['machine']}", f"model: {results['model']}", "",
+             "Each engine's tokens per second of its own steps (the two stepped in turn in one process).", ""]
+    lines += measure.markdown_table(
+        ["workload", "max running", "requests", "plain tok/s", "drafting tok/s", "drafting / plain",
+         "in CPU time", "tokens/forward", "drafted", "accepted", "exact", "leaked"],
+        [[r["workload"], r["batch"], r["requests"], f"{r['plain']['tokens_per_s']:.1f}",
+          f"{r['drafting']['tokens_per_s']:.1f}", f"{r['ratio']:.3f}", f"{r['cpu_ratio']:.3f}",
+          f"{r['drafting']['tokens_per_forward']:.3f}", sum(r["drafting"]["drafted"].values()),
+          sum(r["drafting"]["accepted"].values()),
+          r["plain"]["replay_exact"] and r["drafting"]["replay_exact"],
+          r["plain"]["leaked_blocks"] + r["drafting"]["leaked_blocks"]] for r in results["rows"]])
+    measure.write_results(out_dir, "replay_interleaved", results, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
