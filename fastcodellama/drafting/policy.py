@@ -48,7 +48,7 @@ MARGIN = 0.03        # drafting must promise this much more throughput: costs an
 CONTROL_EVERY = 16   # the most frequent control steps, where drafting is believed to gain little
 CONTROL_SHARE = 0.01  # control steps forgo at most this share of the throughput drafting is believed to give
 GAIN_DECAY = 0.9     # the believed gain that sets the control interval: a decayed mean over searched steps
-SEARCH_SHARE = 0.02  # while searches find nothing worth drafting, they cost at most about this share of the time
+SEARCH_SHARE = 0.01  # while searches find nothing worth drafting, they cost at most about this share of the time
 OUTCOME_DECAY = 0.8  # what recent searches brought (net gain, or minus their cost): a decayed mean
 EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 # Draft tokens per sequence on exploring steps, in turn (plus a floor for small batches): the cost
