@@ -78,7 +78,7 @@ def run(batch: int, drafting: bool, chosen: list[Swap], blocks: int, block: int,
         requests=None, tokenizer: Tokenizer | None = None) -> dict[str, list[float]]:
     """Per variant, each measured step's CPU seconds less the sampler and the stub's forward."""
     tokenizer = tokenizer or Tokenizer(DEFAULT_MODEL)
-    requests = requests or load_workload("passk", tokenizer)[: max(2, -(-4 * batch // 10))]
+    requests = requests or host_overhead.busy_requests(load_workload("passk", tokenizer), batch)
     engine = host_overhead.build_engine(batch, drafting, tokenizer)
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))

@@ -97,6 +97,11 @@ class TimedCall:
         return getattr(self.inner, name)
 
 
+def busy_requests(requests: list, batch: int) -> list:
+    """Enough pass@10 requests to keep `batch` sequences running for the steps timed."""
+    return requests[: max(2, -(-4 * batch // 10))]
+
+
 def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer) -> LLMEngine:
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192)
     model = StubModel(read_model_config(DEFAULT_MODEL))
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     requests = load_workload("passk", tokenizer)
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        chosen = requests[: max(2, -(-4 * batch // 10))]  # enough to keep `batch` sequences running
+        chosen = busy_requests(requests, batch)
         for drafting in (False, True):
             row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup, args.collect)
             rows.append(row)

@@ -25,7 +25,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
 from engine.step_cost import StepCost, StepTimer, measured
-from engine.stop_checker import StopChecker, undecided_line_start
+from engine.stop_checker import StopChecker, compiled_stops, undecided_line_start
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -381,7 +381,7 @@ def _shown_text(seq: Sequence) -> str:
     text, p = seq.text, seq.params
     end = len(text)
     if p.stop:
-        end = max(0, end - max(map(len, p.stop)) + 1)
+        end = max(0, end - compiled_stops(p.stop)[1] + 1)
     if p.stop_at_dedent:
         line = undecided_line_start(text)
         if line is not None:

@@ -72,15 +72,16 @@ def _text_stop(seq: Sequence, piece_len: int) -> bool:
 def stop_string(text: str, piece_len: int, stops: tuple[str, ...]) -> tuple[int, str] | None:
     """The first stop string the new piece (the text's last piece_len characters) completes and
     where it starts; of several starting there, the least in string order."""
-    pattern, longest = _stop_pattern(stops)
+    pattern, longest = compiled_stops(stops)
     m = pattern.search(text, max(0, len(text) - piece_len - longest + 1))
     return (m.start(), m.group()) if m is not None else None
 
 
 @functools.lru_cache(maxsize=1024)
-def _stop_pattern(stops: tuple[str, ...]) -> tuple[re.Pattern, int]:
-    """One search for all of a request's stop strings (checked after every token), in string order:
-    a regex takes the first alternative that matches at the leftmost position."""
+def compiled_stops(stops: tuple[str, ...]) -> tuple[re.Pattern, int]:
+    """One search for all of a request's stop strings (checked after every token), in string order
+    (a regex takes the first alternative that matches at the leftmost position), and the length of
+    the longest."""
     return re.compile("|".join(map(re.escape, sorted(stops)))), max(map(len, stops))
 
 
