@@ -75,11 +75,11 @@ def use(chosen: list[Swap], which: str) -> None:
 
 
 def run(batch: int, drafting: bool, chosen: list[Swap], blocks: int, block: int, warmup: int,
-        requests=None, tokenizer: Tokenizer | None = None) -> dict[str, list[float]]:
+        requests=None, tokenizer: Tokenizer | None = None, logits: str = "host") -> dict[str, list[float]]:
     """Per variant, each measured step's CPU seconds less the sampler and the stub's forward."""
     tokenizer = tokenizer or Tokenizer(DEFAULT_MODEL)
     requests = requests or host_overhead.busy_requests(load_workload("passk", tokenizer), batch)
-    engine = host_overhead.build_engine(batch, drafting, tokenizer)
+    engine = host_overhead.build_engine(batch, drafting, tokenizer, logits)
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
     left_out = [0.0]
@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--blocks", type=int, default=60, help="blocks of steps, alternating base and new")
     ap.add_argument("--block", type=int, default=5, help="steps per block")
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--logits", choices=tuple(host_overhead.LOGITS_COLUMNS), default="host",
+                    help="as benchmarks/host_overhead.py: full rows on the host (a CPU), or one column (a GPU)")
     args = ap.parse_args(argv)
-    times = run(args.batch, args.drafting, swaps(args.base, args.targets), args.blocks, args.block, args.warmup)
+    times = run(args.batch, args.drafting, swaps(args.base, args.targets), args.blocks, args.block, args.warmup,
+                logits=args.logits)
     if not times["base"] or not times["new"]:
         raise SystemExit("the run ended before both variants were timed: fewer --blocks or a larger --batch")
     base, new = (statistics.median(times[k]) for k in ("base", "new"))

@@ -16,10 +16,17 @@ sampler runs on the device, on a CPU it is host time.
     python benchmarks/host_overhead.py                       # 1, 16, 64, 256 running sequences
     python benchmarks/host_overhead.py --batches 256 --steps 200
     python benchmarks/host_overhead.py --collect finished    # outputs as the HumanEval job takes them
+    python benchmarks/host_overhead.py --logits device       # the host of a GPU: no logits rows on it
 
 --collect: "all" (the default) builds every step an output of every request that changed, as a
 server streaming to its clients does; "finished" only of the requests that ended, as the
 HumanEval job does.
+--logits: "host" (the default) gives every row the vocabulary's logits in host memory and samples
+them there, as on a CPU: reading hundreds of such rows each step evicts the host's caches, and
+the Python after it runs slower for that. "device" gives each row one column, as a GPU that keeps
+its logits and sends back only the sampled ids: the host's Python runs as it would beside a GPU,
+and the sampler's time is then mostly its own host-side work (rows to knobs, seeds, forced ids),
+which a GPU's host pays too.
 """
 from __future__ import annotations
 
@@ -49,6 +56,12 @@ TARGET_MS = {1: 0.5, 256: 3.0}  # issue #20: at most 0.5 ms per step at batch 1 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 COLLECT = {"all": "every request that changed, every step (a server streaming to its clients)",
            "finished": "only requests that ended (the HumanEval job)"}
+# Logits columns per row: a CPU's rows span the vocabulary in host memory (reading 256 of them
+# evicts the host's caches every step); a GPU keeps its rows on the device and sends back ids.
+LOGITS_COLUMNS = {"host": None, "device": 1}
+LOGITS = {"host": "full rows in host memory, sampled there (a CPU)",
+          "device": "one column per row: the host never reads a vocabulary's rows (a GPU keeps them); "
+                    "the sampler's time is then mostly its host-side work"}
 STUB_FORWARD = "forward (stub)"
 SAMPLER = "sampler"
 OTHER = "other"
@@ -102,9 +115,9 @@ def busy_requests(requests: list, batch: int) -> list:
     return requests[: max(2, -(-4 * batch // 10))]
 
 
-def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer) -> LLMEngine:
+def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer, logits: str = "host") -> LLMEngine:
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192)
-    model = StubModel(read_model_config(DEFAULT_MODEL))
+    model = StubModel(read_model_config(DEFAULT_MODEL), columns=LOGITS_COLUMNS[logits])
     proposer = build_proposer(SpecConfig()) if drafting else None
     return LLMEngine(config, proposer=proposer, model=model, tokenizer=tokenizer)
 
@@ -123,8 +136,8 @@ def instrument(engine: LLMEngine, timer: PhaseTimer) -> None:
 
 
 def run(batch: int, drafting: bool, requests, tokenizer: Tokenizer, steps: int, warmup: int,
-        collect: str = "all") -> dict:
-    engine = build_engine(batch, drafting, tokenizer)
+        collect: str = "all", logits: str = "host") -> dict:
+    engine = build_engine(batch, drafting, tokenizer, logits)
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
     timer = PhaseTimer()
@@ -162,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--collect", choices=("all", "finished"), default="all",
                     help="outputs of every changed request each step (a server), or of finished ones (the job)")
+    ap.add_argument("--logits", choices=tuple(LOGITS_COLUMNS), default="host",
+                    help="full logits rows in host memory, sampled there (a CPU), or one column (a GPU's stay on it)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     tokenizer = Tokenizer(DEFAULT_MODEL)
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     for batch in (int(b) for b in args.batches.split(",")):
         chosen = busy_requests(requests, batch)
         for drafting in (False, True):
-            row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup, args.collect)
+            row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup, args.collect, args.logits)
             rows.append(row)
             print(summary_line(row), flush=True)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "rows": rows}
@@ -190,7 +205,9 @@ def write(results: dict, out_dir: str) -> None:
     system = lambda r: "drafting" if r["drafting"] else "plain"  # noqa: E731
     lines = [f"# Host overhead per step ({results['date']})", "", f"machine: {results['machine']}",
              "model: engine.models.stub.StubModel (a forward that costs nothing), pass@10 traces replayed",
-             f"outputs (--collect {results['args']['collect']}): " + COLLECT[results["args"]["collect"]], "",
+             f"outputs (--collect {results['args']['collect']}): " + COLLECT[results["args"]["collect"]],
+             f"logits (--logits {results['args'].get('logits', 'host')}): " + LOGITS[results["args"].get("logits", "host")],
+             "",
              "ms per step, mean. host: the step less the stub's forward; w/o sampler: also less the sampler "
              "(a GPU samples on the device). cpu: the process's CPU time (all threads).", ""]
     lines += measure.markdown_table(

@@ -153,7 +153,8 @@ def run(table: CostTable, workload: str, requests, batch: int, spec: SpecConfig 
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 24 * batch), num_kv_blocks=16384)
     search_time = search_us * 1e-6 if search_us is not None else None
     engine = LLMEngine(config, proposer=build_proposer(spec, search_time) if spec else None,
-                       model=StubModel(read_model_config(DEFAULT_MODEL)), tokenizer=tokenizer, step_timer=clock)
+                       model=StubModel(read_model_config(DEFAULT_MODEL), columns=1), tokenizer=tokenizer,
+                       step_timer=clock)  # the tokens are replayed: no row of logits needs the vocabulary
     start = time.perf_counter()
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params(workload, r))

@@ -17,13 +17,15 @@ from engine.step_batch import StepBatch
 
 
 class StubModel(nn.Module):
-    def __init__(self, config: ModelConfig, favourite: int = 0) -> None:
+    def __init__(self, config: ModelConfig, favourite: int = 0, columns: int | None = None) -> None:
         """`config`: the vocabulary to produce logits over (the layers are shrunk to one tiny one,
-        so the KV cache costs next to nothing). Every row's argmax is `favourite`."""
+        so the KV cache costs next to nothing). Every row's argmax is `favourite`. `columns`:
+        logits per row, the vocabulary's size by default; 1 stands for a device that keeps its
+        logits to itself (only replayed tokens can come out: the sampler forces them)."""
         super().__init__()
         self.config = dataclasses.replace(config, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=2,
                                           rotary_dim=2, sliding_window=None)
-        logits = torch.zeros(config.vocab_size)
+        logits = torch.zeros(columns or config.vocab_size)
         logits[favourite] = 30.0  # one token dominates: top-p keeps it alone, so sampling stays cheap
         self.register_buffer("logits", logits, persistent=False)
         self.cpu_stack = None

@@ -34,3 +34,30 @@ def test_a_run_times_its_steps_and_takes_outputs_as_asked(monkeypatch, collect):
         phases = row[clock]["phases_ms"]
         assert {"schedule", "step batch", "sampler", "outputs", "propose"} <= set(phases)
         assert row[clock]["host_without_sampler_ms"] > 0
+
+
+def _replayed(engine: LLMEngine, requests: list[Request]) -> dict[str, list[list[int]]]:
+    for i, r in enumerate(requests):
+        engine.add_request(f"r{i}", r.prompt, host_overhead.replay_params("passk", r))
+    done = {}
+    while engine.has_unfinished():
+        for o in engine.step(collect="finished"):
+            done[o.request_id] = [c.token_ids for c in o.outputs]
+    return done
+
+
+@pytest.mark.parametrize("drafting", [False, True])
+def test_device_logits_keep_one_column_and_replay_the_same_tokens(drafting):
+    """--logits device: the host never holds a vocabulary's row, and the traces come out as they do
+    with full rows (the sampler forces each recorded token either way)."""
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    requests = _requests(tokenizer)
+    device = host_overhead.build_engine(4, drafting, tokenizer, "device")
+    widths = []
+    compute = device.runner.model.compute_logits
+    device.runner.model.compute_logits = lambda hidden: widths.append(compute(hidden).shape[1]) or compute(hidden)
+    host = host_overhead.build_engine(4, drafting, tokenizer, "host")
+    got = _replayed(device, requests)
+    assert set(widths) == {1}
+    assert got == _replayed(host, requests)
+    assert [tuple(ids) for ids in got["r0"]] == [c + (device.eos_id,) for c in requests[0].continuations]
