@@ -14,8 +14,8 @@ drafting step's own number of sequences along the slope of the plain cost: a buc
 1.5x in sequences, and where a step's cost grows with its rows (a CPU) a batch that empties
 would otherwise set each drafting step against plain steps of more sequences than it has, and
 read its draft rows as nearly free. An unseen bucket is estimated from what is
-known: the same sequences with fewer or more draft rows, else plain steps of as many rows as the
-draft makes, else nothing (None): the drafting policy then explores instead of trusting a guess.
+known: the same sequences with fewer or more draft rows, else what as many more sequences add to
+a plain step (this run's plain steps only), else nothing (None): the drafting policy then explores instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
@@ -273,8 +273,8 @@ class StepCost:
 
     def _near(self, n: int, r: int, draft_rows: int) -> float | None:
         """An unseen bucket's extra: linear between the nearest measured draft-row buckets of these
-        sequences, and nothing at no rows (past the last, see _beyond), else the plain step of as
-        many rows less this one."""
+        sequences, and nothing at no rows (past the last, see _beyond), else what as many more
+        sequences add to a plain step."""
         known = self._known_rows(n)
         lower = [p for p in known if p[0] <= draft_rows]
         upper = [p for p in known if p[0] > draft_rows]
@@ -283,9 +283,21 @@ class StepCost:
             return y0 + (y1 - y0) * (draft_rows - x0) / (x1 - x0)
         if len(lower) >= 2:
             return _beyond(lower[-2], lower[-1], draft_rows)
-        wider = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
-        wide, base = self._at(wider, 0), self._at(n, 0)
-        return wide - base if wider != n and wide is not None and base is not None else None
+        # At the slope from these sequences to the most of them measured up to n + rows (the grid
+        # point at or below n + rows may not be measured, and can be far below it), of this run's
+        # plain steps only: one seeded by another run, at another moment, would read the two
+        # moments' difference as the cost of rows.
+        base = self._live(n)
+        last = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
+        wider = next((i for i in range(last, n, -1) if self._live(i) is not None), None)
+        if base is None or wider is None:
+            return None
+        return (self._live(wider) - base) / (SEQ_GRID[wider] - SEQ_GRID[n]) * draft_rows
+
+    def _live(self, n: int) -> float | None:
+        """Bucket n's plain estimate where this run measured plain steps there."""
+        bucket = self._buckets.get((n, 0))
+        return bucket.estimate() if bucket is not None and bucket.live else None
 
     def _known_rows(self, n: int) -> list[tuple[int, float]]:
         """(draft rows, extra) of every drafting bucket of these sequences that has one, by rows,

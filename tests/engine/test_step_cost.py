@@ -115,6 +115,24 @@ def test_unknown_shapes_are_unknown_unless_a_plain_step_of_as_many_rows_was_seen
     assert cost.extra(4, 4) is None and not cost.observed(4, 4)
     cost.observe(8, 0, 3.0)
     assert cost.extra(4, 4) == pytest.approx(1.0)  # 4 sequences + 4 rows read like 8 sequences
+    cost.observe(192, 0, 100.0)
+    cost.observe(256, 0, 120.0)
+    # 181 rows at 192 sequences read as 181 more sequences (at the plain cost's slope from 192 to
+    # 256, the most measured up to 373), not as the 64 more that the grid point below 373 holds.
+    assert cost.extra(192, 181) == pytest.approx(20.0 / 64 * 181)
+
+
+def test_plain_steps_seeded_by_another_run_do_not_price_draft_rows(tmp_path):
+    """The file says steps of 192 sequences cost 98 and of 256 cost 87 (written at two moments of
+    a busy machine); this run has measured only 256. Rows at 192 are unknown (the policy explores),
+    not free."""
+    first = StepCost(KEY, str(tmp_path))
+    first.observe(192, 0, 98.0)
+    first.observe(256, 0, 87.0)
+    first.save()
+    second = StepCost(KEY, str(tmp_path))
+    second.observe(256, 0, 87.0)
+    assert second.plain(192) == pytest.approx(98.0) and second.extra(192, 181) is None
 
 
 def test_nearby_batches_stand_in_for_an_unmeasured_one():
