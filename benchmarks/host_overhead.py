@@ -203,10 +203,10 @@ def summary_line(row: dict) -> str:
 def write(results: dict, out_dir: str) -> None:
     rows = results["rows"]
     system = lambda r: "drafting" if r["drafting"] else "plain"  # noqa: E731
+    collect, logits = results["args"]["collect"], results["args"].get("logits", "host")
     lines = [f"# Host overhead per step ({results['date']})", "", f"machine: {results['machine']}",
              "model: engine.models.stub.StubModel (a forward that costs nothing), pass@10 traces replayed",
-             f"outputs (--collect {results['args']['collect']}): " + COLLECT[results["args"]["collect"]],
-             f"logits (--logits {results['args'].get('logits', 'host')}): " + LOGITS[results["args"].get("logits", "host")],
+             f"outputs (--collect {collect}): " + COLLECT[collect], f"logits (--logits {logits}): " + LOGITS[logits],
              "",
              "ms per step, mean. host: the step less the stub's forward; w/o sampler: also less the sampler "
              "(a GPU samples on the device). cpu: the process's CPU time (all threads).", ""]

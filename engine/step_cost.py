@@ -264,10 +264,10 @@ class StepCost:
         # moments' difference as the cost of rows.
         base = self._live(n)
         last = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
-        wider = next((i for i in range(last, n, -1) if self._live(i) is not None), None)
+        wider = next(((i, wide) for i in range(last, n, -1) if (wide := self._live(i)) is not None), None)
         if base is None or wider is None:
             return None
-        return (self._live(wider) - base) / (SEQ_GRID[wider] - SEQ_GRID[n]) * draft_rows
+        return (wider[1] - base) / (SEQ_GRID[wider[0]] - SEQ_GRID[n]) * draft_rows
 
     def _live(self, n: int) -> float | None:
         """Bucket n's plain estimate where this run measured plain steps there."""
