@@ -212,6 +212,8 @@ class LLMEngine:
         self._account(updates)
         outputs = self._outputs(updates, collect)
         self._observe(out, time.perf_counter() - start)
+        if not self.requests:
+            self.step_cost.flush()  # idle: the next run (or request) starts from what this one learned
         t1 = time.perf_counter()
         self._drafts = self._propose()
         self._propose_time += time.perf_counter() - t1

@@ -11,8 +11,9 @@ sequences just before it (the least of the last few): a plain step's cost drifts
 and the machine's load changes, and a drafting step set against plain steps from another part of
 the run would read that drift as the cost of its rows. An unseen bucket is estimated from what is
 known: the same sequences with fewer or more draft rows, else what as many more sequences add to
-a plain step (this run's plain steps only), else nothing (None): the drafting policy then
-explores instead of trusting a guess.
+a plain step (this run's plain steps only, and not far past the most sequences measured), else
+the same from the nearest batch within 2x, else nothing (None): the drafting policy then explores
+instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
@@ -214,13 +215,15 @@ class StepCost:
         return self._memo[key]
 
     def _extra(self, n: int, draft_rows: int) -> float | None:
+        r = bucket_of(ROW_GRID, draft_rows)
         for near in _nearest_drafting(n):
             if self._plain(near) is None:
                 continue
-            r = bucket_of(ROW_GRID, draft_rows)
             known = self._drafting_at(near, r)
             if known is None:
-                known = self._near(near, r, draft_rows)
+                known = self._from_rows(near, draft_rows)
+            if known is None:
+                known = self._from_plain(near, draft_rows)
             if known is not None:
                 return max(0.0, known)
         return None
@@ -246,10 +249,9 @@ class StepCost:
         bucket = self._buckets.get((n, r))
         return bucket.estimate() if bucket is not None else None
 
-    def _near(self, n: int, r: int, draft_rows: int) -> float | None:
-        """An unseen bucket's extra: linear between the nearest measured draft-row buckets of these
-        sequences, and nothing at no rows (past the last, see _beyond), else what as many more
-        sequences add to a plain step."""
+    def _from_rows(self, n: int, draft_rows: int) -> float | None:
+        """An unseen bucket's extra from the measured draft-row buckets of these sequences: linear
+        between the nearest ones, and nothing at no rows; past the last, see _beyond."""
         known = self._known_rows(n)
         lower = [p for p in known if p[0] <= draft_rows]
         upper = [p for p in known if p[0] > draft_rows]
@@ -258,14 +260,22 @@ class StepCost:
             return y0 + (y1 - y0) * (draft_rows - x0) / (x1 - x0)
         if len(lower) >= 2:
             return _beyond(lower[-2], lower[-1], draft_rows)
-        # At the slope from these sequences to the most of them measured up to n + rows (the grid
-        # point at or below n + rows may not be measured, and can be far below it), of this run's
-        # plain steps only: one seeded by another run, at another moment, would read the two
-        # moments' difference as the cost of rows.
+        return None
+
+    def _from_plain(self, n: int, draft_rows: int) -> float | None:
+        """Where these sequences measured no draft rows: what as many more sequences add to a plain
+        step, at the slope to the most of them measured up to n + rows (the grid point at or below
+        n + rows may not be measured, and can be far below it), of this run's plain steps only: one
+        seeded by another run, at another moment, would read the two moments' difference as the
+        cost of rows. Not past one grid step beyond the most sequences measured: a CPU's plain step
+        can cost the same from 100 to 200 sequences and then rise, and a slope read below that
+        knee, carried to hundreds of rows past it, made them look free. Nor from a slope that does
+        not rise: that is noise between two buckets, not free rows."""
         base = self._live(n)
-        last = bucket_of(SEQ_GRID, SEQ_GRID[n] + draft_rows)
-        wider = next(((i, wide) for i in range(last, n, -1) if (wide := self._live(i)) is not None), None)
-        if base is None or wider is None:
+        x = SEQ_GRID[n] + draft_rows
+        wider = next(((i, wide) for i in range(bucket_of(SEQ_GRID, x), n, -1)
+                      if (wide := self._live(i)) is not None), None)
+        if base is None or wider is None or wider[1] <= base or 1.5 * SEQ_GRID[wider[0]] < x:
             return None
         return (wider[1] - base) / (SEQ_GRID[wider[0]] - SEQ_GRID[n]) * draft_rows
 
@@ -285,6 +295,12 @@ class StepCost:
         return self._memo[key]
 
     # ------------------------------------------------------------------ the cache file
+    def flush(self) -> None:
+        """Writes what was learned since the last write, if anything: the engine calls it when it
+        runs out of work, so that a job shorter than SAVE_EVERY steps still teaches the next run."""
+        if self._unsaved:
+            self.save()
+
     def save(self) -> None:
         if self.path is None:
             return

@@ -103,6 +103,26 @@ def test_unknown_shapes_are_unknown_unless_a_plain_step_of_as_many_rows_was_seen
     assert cost.extra(192, 181) == pytest.approx(20.0 / 64 * 181)
 
 
+def test_the_plain_steps_slope_is_not_carried_far_past_the_most_sequences_measured():
+    """On a CPU plain steps can cost about the same from 128 to 192 sequences and rise only past
+    that, where each draft row adds a tenth of a plain step. The flat slope carried to 128 + 400
+    would make 400 rows at 128 sequences nearly free (3.1); the rows measured at 192 say 40."""
+    cost = StepCost()
+    cost.observe(128, 0, 24.0)
+    cost.observe(192, 0, 24.5)
+    assert cost.extra(128, 64) == pytest.approx(0.5)  # up to 192: read off the plain steps
+    assert cost.extra(128, 400) is None
+    cost.observe(192, 128, 24.5 + 12.8)
+    assert cost.extra(128, 400) == pytest.approx(12.8 + 0.1 * (400 - 128))
+
+
+def test_plain_steps_that_do_not_rise_do_not_make_rows_free():
+    cost = StepCost()
+    cost.observe(128, 0, 31.0)
+    cost.observe(192, 0, 27.0)  # noise: fewer sequences read dearer
+    assert cost.extra(128, 64) is None  # unknown: the policy explores
+
+
 def test_plain_steps_seeded_by_another_run_do_not_price_draft_rows(tmp_path):
     """The file says steps of 192 sequences cost 98 and of 256 cost 87 (written at two moments of
     a busy machine); this run has measured only 256. Rows at 192 are unknown (the policy explores),
@@ -155,6 +175,17 @@ def test_the_engine_learns_from_decode_steps_and_can_sweep_at_start_up(tiny_mode
                 cost_sweep=True)
     cost = swept.engine.step_cost
     assert cost.plain(16) > 0 and cost.extra(1, 15) is not None and cost.extra(8, 8) is not None
+
+
+def test_the_engine_keeps_what_a_short_job_taught_when_it_runs_out_of_work(tiny_model_dir, tmp_path, monkeypatch):
+    """A job of fewer steps than a periodic write waits for still writes the file when it ends."""
+    monkeypatch.setenv("FASTCODELLAMA_STEP_COST_DIR", str(tmp_path))
+    from engine import SamplingParams
+
+    llm = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4, max_num_batched_tokens=64, max_num_seqs=16)
+    llm.generate(["def f(x):"], SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))
+    again = StepCost(llm.engine.step_cost.key, str(tmp_path))
+    assert again.plain(1) == pytest.approx(llm.engine.step_cost.plain(1))
 
 
 def test_a_seeded_draft_cost_is_read_against_the_plain_cost_it_was_seeded_beside(tmp_path):
