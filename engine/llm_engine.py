@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -303,18 +304,8 @@ class LLMEngine:
         if self.proposer is None:
             return {}
         budget = max(0, self.config.max_num_batched_tokens - len(self.scheduler.running))
-        queries, seqs = [], []
-        max_model_len = self.max_model_len
-        for seq in self.scheduler.decoding():
-            p = seq.params
-            if p.speculate is False:
-                continue
-            generated = len(seq.output_token_ids)
-            room = min(p.max_tokens - generated, max_model_len - len(seq.prompt_token_ids) - generated) - 1
-            if room > 0:
-                queries.append(_new_tuple(DraftQuery, (seq.seq_id, room)))
-                seqs.append(seq)
-        drafts = self.proposer.propose(queries, budget, self.step_cost)
+        seqs = self.scheduler.decoding()
+        drafts = self.proposer.propose(_Queries(seqs, self.max_model_len), budget, self.step_cost)
         chosen = {}
         for seq, draft in zip(seqs, drafts):
             if draft.tokens:
@@ -367,6 +358,42 @@ class LLMEngine:
 
 
 _new_tuple = tuple.__new__
+
+
+class _Queries(abc.Sequence):
+    """The next step's draft queries, one per decoding sequence (max_len 0 where it may not draft),
+    built when the proposer first reads them: one that decides not to draft this step (most steps
+    of a large batch on a CPU) never pays for them."""
+
+    __slots__ = ("_seqs", "_max_model_len", "_items")
+
+    def __init__(self, seqs: list[Sequence], max_model_len: int) -> None:
+        self._seqs, self._max_model_len = seqs, max_model_len
+        self._items: list[DraftQuery] | None = None
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def __getitem__(self, i):
+        return self._built()[i]
+
+    def __iter__(self):
+        return iter(self._built())
+
+    def _built(self) -> list[DraftQuery]:
+        if self._items is None:
+            self._items = [_new_tuple(DraftQuery, (seq.seq_id, _room(seq, self._max_model_len))) for seq in self._seqs]
+        return self._items
+
+
+def _room(seq: Sequence, max_model_len: int) -> int:
+    """Draft tokens the sequence may carry: those before max_tokens and the context's end leave
+    room for the token after the draft; none where its request turned drafting off."""
+    p = seq.params
+    if p.speculate is False:
+        return 0
+    generated = len(seq.output_token_ids)
+    return max(0, min(p.max_tokens - generated, max_model_len - len(seq.prompt_token_ids) - generated) - 1)
 
 
 def _completion(seq: Sequence) -> CompletionOutput:

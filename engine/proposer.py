@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 
 class DraftQuery(NamedTuple):
-    """One running sequence that may carry a draft in the next step (a tuple: the engine makes
-    one per running sequence per step)."""
+    """One decoding sequence that may carry a draft in the next step (a tuple: the engine makes
+    one per decoding sequence in the steps whose queries the proposer reads)."""
 
     seq_id: int
     max_len: int  # the engine's own cap: tokens left before max_tokens / the context end
@@ -52,4 +52,6 @@ class Proposer(Protocol):
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: "StepCost") -> list[Draft]:
         """One draft per query (empty ones included), each at most `query.max_len`, all together
-        at most `budget`. Called once after every step."""
+        at most `budget`. Called once after every step. `queries` holds every decoding sequence
+        (max_len 0 where it may not draft); its length is known at once, its items are built when
+        first read, so a proposer that decides from the length not to draft skips building them."""

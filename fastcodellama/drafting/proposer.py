@@ -123,11 +123,10 @@ class CopyProposer:
         self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids), self._predictions.get(group_id))
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
-        if not token_ids:
-            return
-        check_token_ids(token_ids)
-        st = self._seqs[seq_id]
-        st.group.extend(st.member, token_ids)
+        # Unchecked, unlike prompts and predictions: the engine's tokens are the model's own ids.
+        if token_ids:
+            st = self._seqs[seq_id]
+            st.group.extend(st.member, token_ids)
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from engine import LLM, SamplingParams
+from engine.proposer import Draft
 from engine.llm_engine import LLMEngine
 from tests.engine.helpers import ScriptedProposer, assert_no_leaks, hf_greedy
 
@@ -163,6 +164,33 @@ def test_the_proposer_is_asked_once_per_step_with_the_cost_the_engine_learns(tin
     assert seen == sorted(seen) and seen[-1] >= 10  # every decode step after the prefill taught it
     assert llm.engine.step_cost.plain(1) > 0
     assert_no_leaks(llm.engine)
+
+
+def test_the_proposer_sees_every_decoding_sequence_and_reads_its_queries_only_to_draft(tiny_model_dir):
+    """One query per decoding sequence, max_len 0 where its request turned drafting off; a
+    proposer that answers from the number of queries alone (a policy that will not draft this
+    step) has the engine build none of them."""
+    class EveryOther(ScriptedProposer):
+        def __init__(self) -> None:
+            super().__init__(continuations={})
+            self.unread, self.read = [], []
+
+        def propose(self, queries, budget, cost):
+            if not queries:  # the last step: nothing decodes any more
+                return []
+            if len(self.unread) <= len(self.read):
+                self.unread.append(queries)
+                return [Draft(())] * len(queries)
+            self.read.append(sorted(q.max_len for q in queries))
+            return super().propose(queries, budget, cost)
+
+    proposer = EveryOther()
+    llm = LLM(tiny_model_dir, proposer=proposer, num_kv_blocks=64, block_size=4)
+    llm.generate([PROMPTS[0], PROMPTS[1]], [greedy(8), greedy(8, speculate=False)])
+    assert len(proposer.read) >= 3 and all(len(q) == 2 for q in proposer.unread)
+    assert all(q._items is None for q in proposer.unread)
+    assert all(lens[0] == 0 for lens in proposer.read)  # the request without drafts
+    assert proposer.read[0][1] > 0  # the other may draft up to its max_tokens
 
 
 def test_stop_strings_and_stop_tokens(llm):
