@@ -1,0 +1,129 @@
+"""The HumanEval job's generation with and without copy drafting, a step of each in turn.
+
+benchmarks/whole_process.py times the whole command, as the user sees it; on this shared VM two
+runs of one command minutes apart can differ by 10%, more than drafting moves these jobs. Here the
+two engines the command would build (`--type base` and `--type fastcodellama`, through the CLI's
+own options) are given the same job's requests in one process and step alternately, one step
+each, until both are done. Each engine's time is the sum of its own steps (wall clock, and the
+process's CPU time), so both see the same moments of the machine. Start-up is not in it:
+whole_process.py covers that. Every sample must come out the same from both engines (drafting is
+lossless), and no KV block may stay held.
+
+Learned step costs are read from and written to the user's cache, as by the command; the first
+round of a machine that has none learns them.
+
+    python benchmarks/job_interleaved.py                            # the jobs of whole_process.py
+    python benchmarks/job_interleaved.py --jobs pass10-20 --rounds 5
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import measure  # noqa: E402
+from whole_process import JOBS  # noqa: E402
+
+from engine.llm_engine import LLMEngine  # noqa: E402
+from fastcodellama.cli.humaneval import job_params  # noqa: E402
+from fastcodellama.cli.main import build_parser  # noqa: E402
+from fastcodellama.cli.options import build_llm  # noqa: E402
+from fastcodellama.job.tasks import load_tasks, pending_tasks  # noqa: E402
+
+TYPES = ("base", "fastcodellama")
+
+
+class TimedJob:
+    """One engine as `fastcodellama humaneval ARGS --type KIND` builds it, the job's requests in it,
+    and the time of its own steps."""
+
+    def __init__(self, job_args: list[str], kind: str) -> None:
+        args = build_parser().parse_args(["humaneval", *job_args, "--type", kind])
+        args.speculate = kind != "base"
+        self.kind = kind
+        self.engine: LLMEngine = build_llm(args).engine
+        self.tokens: dict[str, list[list[int]]] = {}
+        self.wall = self.cpu = 0.0
+        for p in pending_tasks(load_tasks(args.input_data_fn, args.limit), job_params(args), {}):
+            self.engine.add_request(p.request_id, p.prompt, p.params)
+
+    @property
+    def done(self) -> bool:
+        return not self.engine.has_unfinished()
+
+    def step(self) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        finished = self.engine.step(collect="finished")
+        self.wall += time.perf_counter() - t0
+        self.cpu += time.process_time() - c0
+        for out in finished:
+            self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
+
+    def row(self) -> dict:
+        stats = self.engine.stats()
+        generated = sum(len(t) for samples in self.tokens.values() for t in samples)
+        return {"type": self.kind, "wall_s": self.wall, "cpu_s": self.cpu, "steps": stats.steps,
+                "tokens": generated, "drafted": stats.spec.total_drafted, "accepted": stats.spec.total_accepted,
+                "propose_s": stats.propose_time,
+                "leaked_blocks": stats.num_blocks_total - stats.num_blocks_free}
+
+
+def run(job_args: list[str]) -> dict:
+    """Both types of one job, stepped in turn (the order swapped every step, so that neither always
+    runs on the caches the other just filled)."""
+    jobs = [TimedJob(job_args, kind) for kind in TYPES]
+    turn = 0
+    while not all(j.done for j in jobs):
+        for j in (jobs if turn % 2 == 0 else jobs[::-1]):
+            if not j.done:
+                j.step()
+        turn += 1
+    base, fast = (j.row() for j in jobs)
+    return {"base": base, "fastcodellama": fast, "same_samples": jobs[0].tokens == jobs[1].tokens,
+            "ratio": base["wall_s"] / fast["wall_s"], "cpu_ratio": base["cpu_s"] / fast["cpu_s"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", default="readme,pass1-20,pass10-20", help=f"comma-separated, of {', '.join(JOBS)}")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=measure.RESULTS)
+    args = ap.parse_args(argv)
+    rows = []
+    for job in args.jobs.split(","):
+        for r in range(args.rounds):
+            row = {"job": job, "args": JOBS[job], "round": r + 1, **run(JOBS[job])}
+            rows.append(row)
+            print(f"{job} round {r + 1}: base / fastcodellama {row['ratio']:.3f} (CPU time {row['cpu_ratio']:.3f}), "
+                  f"drafted {row['fastcodellama']['drafted']}, accepted {row['fastcodellama']['accepted']}, "
+                  f"same samples {row['same_samples']}", flush=True)
+    results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "rows": rows,
+               "median_ratio": {job: statistics.median(r["ratio"] for r in rows if r["job"] == job)
+                                for job in args.jobs.split(",")}}
+    write(results, args.out)
+    return results
+
+
+def write(results: dict, out_dir: str) -> None:
+    lines = [f"# The HumanEval job's generation, base and fastcodellama interleaved step by step ({results['date']})",
+             "", f"machine: {results['machine']}", "",
+             "Each engine's time is the sum of its own steps (the two stepped in turn in one process); "
+             "ratio = base / fastcodellama (above 1.0: drafting saves time). Start-up is not included.", ""]
+    lines += measure.markdown_table(
+        ["job", "round", "base s", "fastcodellama s", "ratio", "in CPU time", "steps (base / fcl)",
+         "drafted", "accepted", "proposer s", "same samples", "leaked"],
+        [[r["job"], r["round"], f"{r['base']['wall_s']:.2f}", f"{r['fastcodellama']['wall_s']:.2f}",
+          f"{r['ratio']:.3f}", f"{r['cpu_ratio']:.3f}", f"{r['base']['steps']} / {r['fastcodellama']['steps']}",
+          r["fastcodellama"]["drafted"], r["fastcodellama"]["accepted"], f"{r['fastcodellama']['propose_s']:.3f}",
+          r["same_samples"],
+          r["base"]["leaked_blocks"] + r["fastcodellama"]["leaked_blocks"]] for r in results["rows"]])
+    lines += ["", "Median ratio per job: " + ", ".join(f"{j} {v:.3f}" for j, v in results["median_ratio"].items())]
+    measure.write_results(out_dir, "job_interleaved", results, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

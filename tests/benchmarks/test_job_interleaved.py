@@ -1,0 +1,33 @@
+"""benchmarks/job_interleaved.py: the two engines `fastcodellama humaneval` builds for --type base and
+--type fastcodellama run the same job stepping in turn, give the same samples and hold no block."""
+from __future__ import annotations
+
+import job_interleaved
+
+JOB = ["--limit", "2", "--passk", "3", "--temperature", "0.8", "--max-tokens", "12", "--no-evaluate"]
+
+
+def test_both_types_run_the_job_in_turn_and_give_the_same_samples(monkeypatch):
+    steps: list[str] = []
+    step = job_interleaved.TimedJob.step
+
+    def recording(self):
+        steps.append(self.kind)
+        step(self)
+
+    monkeypatch.setattr(job_interleaved.TimedJob, "step", recording)
+    row = job_interleaved.run(JOB)
+    assert row["same_samples"]
+    base, fast = row["base"], row["fastcodellama"]
+    assert base["tokens"] == fast["tokens"] > 0 and base["drafted"] == 0
+    assert base["leaked_blocks"] == fast["leaked_blocks"] == 0
+    assert row["ratio"] == base["wall_s"] / fast["wall_s"]
+    both = min(steps.count("base"), steps.count("fastcodellama"))
+    assert steps[:4] == ["base", "fastcodellama", "fastcodellama", "base"] and both >= 2
+
+
+def test_the_engines_are_the_commands_own():
+    base = job_interleaved.TimedJob(JOB, "base")
+    fast = job_interleaved.TimedJob(JOB, "fastcodellama")
+    assert base.engine.proposer is None and fast.engine.proposer is not None
+    assert len(base.engine.requests) == len(fast.engine.requests) == 2
