@@ -302,11 +302,17 @@ class StepCost:
             self.save()
 
     def save(self) -> None:
+        """Writes this run's cells over what the file holds now: another engine (the other type of
+        an interleaved benchmark, a server beside a job, a second replica) may have written cells
+        since this one read it, and a cell this run only read from the file is not newer than it."""
         if self.path is None:
             return
-        cells = {f"{n},{r}": b.estimate() for (n, r), b in self._buckets.items() if b.estimate() is not None}
+        cells = {f"{n},{r}": seconds for (n, r), seconds in self._read().items()}
+        for (n, r), b in self._buckets.items():
+            if (b.live or f"{n},{r}" not in cells) and b.estimate() is not None:
+                cells[f"{n},{r}"] = b.estimate()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        tmp = f"{self.path}.{os.getpid()}.{id(self)}.tmp"
         with open(tmp, "w") as f:
             json.dump({"key": repr(self.key), "format": FORMAT, "seq_grid": SEQ_GRID[:64], "row_grid": ROW_GRID[:64],
                        "seconds": cells}, f)
@@ -315,18 +321,26 @@ class StepCost:
         self._saved_at = time.monotonic()
 
     def _load(self) -> None:
+        for cell, seconds in self._read().items():
+            self._buckets.setdefault(cell, _Bucket()).seeded = seconds
+
+    def _read(self) -> dict[tuple[int, int], float]:
+        """The file's cells for this key (none where there is no file yet, a torn one, or another
+        key's or format's)."""
         try:
             with open(self.path) as f:
                 data = json.load(f)
         except (OSError, ValueError):
-            return  # no file yet, or a torn one: start from nothing
-        if data.get("key") != repr(self.key) or data.get("format") != FORMAT:
-            return
+            return {}
+        if not isinstance(data, dict) or data.get("key") != repr(self.key) or data.get("format") != FORMAT:
+            return {}
+        cells = {}
         for cell, seconds in data.get("seconds", {}).items():
             try:
                 n, r = (int(x) for x in cell.split(","))
                 seconds = float(seconds)
-            except ValueError:
+            except (ValueError, TypeError):
                 continue
             if seconds > 0 or (r > 0 and math.isfinite(seconds)):  # a drafting cell may read below 0
-                self._buckets.setdefault((n, r), _Bucket()).seeded = seconds
+                cells[(n, r)] = seconds
+        return cells

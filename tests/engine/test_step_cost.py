@@ -177,6 +177,22 @@ def test_the_engine_learns_from_decode_steps_and_can_sweep_at_start_up(tiny_mode
     assert cost.plain(16) > 0 and cost.extra(1, 15) is not None and cost.extra(8, 8) is not None
 
 
+def test_a_write_keeps_what_another_engine_wrote_since_this_one_read_the_file(tmp_path):
+    """Two engines read the file before either learned anything (the two types of an interleaved
+    benchmark, a server beside a job): the one that writes last keeps the other's cells, and its
+    own live cells win over what the file holds."""
+    plain, drafting = StepCost(KEY, str(tmp_path)), StepCost(KEY, str(tmp_path))
+    drafting.observe(8, 0, 10.0)
+    drafting.observe(8, 8, 14.0)
+    drafting.save()
+    plain.observe(8, 0, 11.0)
+    plain.observe(16, 0, 20.0)
+    plain.save()
+    again = StepCost(KEY, str(tmp_path))
+    assert again.plain(8) == pytest.approx(11.0) and again.plain(16) == pytest.approx(20.0)
+    assert again._at(bucket_of(SEQ_GRID, 8), bucket_of(ROW_GRID, 8)) == pytest.approx(4.0)
+
+
 def test_the_engine_keeps_what_a_short_job_taught_when_it_runs_out_of_work(tiny_model_dir, tmp_path, monkeypatch):
     """A job of fewer steps than a periodic write waits for still writes the file when it ends."""
     monkeypatch.setenv("FASTCODELLAMA_STEP_COST_DIR", str(tmp_path))
