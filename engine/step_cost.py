@@ -17,9 +17,12 @@ instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
-and give way to fresh observations. A seeded drafting bucket is read relative to the plain step it
-was seeded beside: scaled by the live plain cost over the seeded one, so that a machine that is
-slower (or busier) than when the file was written does not make draft rows look free.
+and give way to fresh observations. A seeded plain bucket is read scaled by the live plain cost
+over the seeded one at the nearest batch that has both, so that a machine or a workload whose
+steps cost more or less than when the file was written does not make plain steps look cheap or
+dear; a seeded drafting bucket is scaled up by that ratio, never down, so that a machine that is
+slower (or busier) than then does not make draft rows look free. A write merges this run's cells
+into what the file holds by then.
 """
 from __future__ import annotations
 
@@ -188,12 +191,12 @@ class StepCost:
         return self._memo[key]
 
     def _plain(self, n: int) -> float | None:
-        own = self._at(n, 0)
+        own = self._plain_at(n)
         if own is not None:
             return own
         x = SEQ_GRID[n]
-        lower = next(((SEQ_GRID[i], e) for i in range(n - 1, -1, -1) if (e := self._at(i, 0)) is not None), None)
-        upper = next(((SEQ_GRID[i], e) for i in range(n + 1, len(SEQ_GRID)) if (e := self._at(i, 0)) is not None),
+        lower = next(((SEQ_GRID[i], e) for i in range(n - 1, -1, -1) if (e := self._plain_at(i)) is not None), None)
+        upper = next(((SEQ_GRID[i], e) for i in range(n + 1, len(SEQ_GRID)) if (e := self._plain_at(i)) is not None),
                      None)
         lower = lower if lower is not None and 2 * lower[0] >= x else None
         upper = upper if upper is not None and upper[0] <= 2 * x else None
@@ -202,6 +205,25 @@ class StepCost:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
         near = lower or upper
         return near[1] if near is not None else None
+
+    def _plain_at(self, n: int) -> float | None:
+        """Bucket n's plain estimate: as measured where this run measured it, else as seeded,
+        scaled by what the nearest bucket measured against its own seeded value: a bucket this run
+        never saw plain steps in (sequences joining a step after the policy counted them) would
+        otherwise keep another workload's or another moment's cost."""
+        bucket = self._buckets.get((n, 0))
+        if bucket is None or bucket.estimate() is None:
+            return None
+        return bucket.estimate() if bucket.live else bucket.seeded * self._seed_scale(n)
+
+    def _seed_scale(self, n: int) -> float:
+        """Live over seeded plain cost at the bucket nearest n that has both (1.0 while none has)."""
+        key = ("scale", n)
+        if key not in self._memo:
+            both = [(abs(i - n), b.estimate() / b.seeded) for (i, r), b in self._buckets.items()
+                    if r == 0 and b.live and b.seeded]
+            self._memo[key] = min(both)[1] if both else 1.0
+        return self._memo[key]
 
     def extra(self, seqs: int, draft_rows: int) -> float | None:
         """What `draft_rows` draft tokens add to a step of `seqs` sequences (None: unknown). Where
@@ -229,17 +251,14 @@ class StepCost:
         return None
 
     def _drafting_at(self, n: int, r: int) -> float | None:
-        """A drafting bucket's estimate (its extra over the plain step) against the live plain
-        step: a seeded one scaled by the live plain cost over the plain cost seeded beside it
-        (see the module docstring)."""
+        """A drafting bucket's estimate (its extra over the plain step): a seeded one scaled up as
+        seeded plain steps are (_plain_at) where plain steps now cost more than when it was
+        written, never down: plain steps that cost less now may come from shorter contexts (another
+        workload), which a draft row's own cost follows far less."""
         bucket = self._buckets.get((n, r))
         if bucket is None or bucket.estimate() is None:
             return None
-        value = bucket.estimate()
-        plain = self._buckets.get((n, 0))
-        if not bucket.live and plain is not None and plain.live and plain.seeded:
-            value *= plain.estimate() / plain.seeded
-        return value
+        return bucket.estimate() if bucket.live else bucket.seeded * max(1.0, self._seed_scale(n))
 
     def observed(self, seqs: int, draft_rows: int) -> bool:
         """Whether steps of this shape were measured (or seeded from the cache file)."""

@@ -220,6 +220,24 @@ def test_a_seeded_draft_cost_is_read_against_the_plain_cost_it_was_seeded_beside
     assert second.extra(8, 8) == pytest.approx(1.0)
 
 
+def test_a_seeded_plain_cost_this_run_never_measured_is_scaled_like_its_nearest_measured_one(tmp_path):
+    """An earlier workload's file says 48 sequences cost 18 and 64 cost 23; this one's steps of 64
+    cost 9. Its policy, counting 60 decoding sequences while newcomers join each step as the 64th,
+    reads the plain step of 48-63 (never measured in this run) at the same ratio, not as 18: else
+    every draft row looks cheap beside it. A seeded drafting cell is not scaled down: a draft
+    row's cost follows the plain step's far less across workloads."""
+    first = StepCost(KEY, str(tmp_path))
+    first.observe(48, 0, 18.0)
+    first.observe(48, 16, 18.0 + 2.0)
+    first.observe(64, 0, 23.0)
+    first.save()
+    second = StepCost(KEY, str(tmp_path))
+    assert second.plain(60) == pytest.approx(18.0)  # nothing live yet: as seeded
+    second.observe(64, 0, 9.0)
+    assert second.plain(60) == pytest.approx(18.0 * 9.0 / 23.0)
+    assert second.extra(60, 16) == pytest.approx(2.0)
+
+
 def test_answers_kept_between_observations_are_what_a_fresh_reading_gives(tmp_path):
     """The estimates are kept until an observation changes one: after every observation of a
     random run (seeded buckets turning live included), each answer equals a reading that keeps
