@@ -21,11 +21,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import measure  # noqa: E402
+from in_turn import TimedSteps, step_in_turn  # noqa: E402
 from whole_process import JOBS  # noqa: E402
 
 from engine.llm_engine import LLMEngine  # noqa: E402
@@ -37,30 +37,22 @@ from fastcodellama.job.tasks import load_tasks, pending_tasks  # noqa: E402
 TYPES = ("base", "fastcodellama")
 
 
-class TimedJob:
+class TimedJob(TimedSteps):
     """One engine as `fastcodellama humaneval ARGS --type KIND` builds it, the job's requests in it,
     and the time of its own steps."""
 
     def __init__(self, job_args: list[str], kind: str) -> None:
         args = build_parser().parse_args(["humaneval", *job_args, "--type", kind])
         args.speculate = kind != "base"
+        super().__init__(build_llm(args).engine)
+        self.engine: LLMEngine
         self.kind = kind
-        self.engine: LLMEngine = build_llm(args).engine
         self.tokens: dict[str, list[list[int]]] = {}
-        self.wall = self.cpu = 0.0
         for p in pending_tasks(load_tasks(args.input_data_fn, args.limit), job_params(args), {}):
             self.engine.add_request(p.request_id, p.prompt, p.params)
 
-    @property
-    def done(self) -> bool:
-        return not self.engine.has_unfinished()
-
     def step(self) -> None:
-        t0, c0 = time.perf_counter(), time.process_time()
-        finished = self.engine.step(collect="finished")
-        self.wall += time.perf_counter() - t0
-        self.cpu += time.process_time() - c0
-        for out in finished:
+        for out in super().step():
             self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
 
     def row(self) -> dict:
@@ -73,15 +65,9 @@ class TimedJob:
 
 
 def run(job_args: list[str]) -> dict:
-    """Both types of one job, stepped in turn (the order swapped every step, so that neither always
-    runs on the caches the other just filled)."""
+    """Both types of one job, stepped in turn (in_turn.step_in_turn)."""
     jobs = [TimedJob(job_args, kind) for kind in TYPES]
-    turn = 0
-    while not all(j.done for j in jobs):
-        for j in (jobs if turn % 2 == 0 else jobs[::-1]):
-            if not j.done:
-                j.step()
-        turn += 1
+    step_in_turn(jobs)
     base, fast = (j.row() for j in jobs)
     return {"base": base, "fastcodellama": fast, "same_samples": jobs[0].tokens == jobs[1].tokens,
             "ratio": base["wall_s"] / fast["wall_s"], "cpu_ratio": base["cpu_s"] / fast["cpu_s"]}

@@ -16,11 +16,11 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import measure  # noqa: E402
+from in_turn import TimedSteps, step_in_turn  # noqa: E402
 from trace_replay import outcome, subset, with_rates  # noqa: E402
 from traces import TRACES, Request, load_workload, replay_params  # noqa: E402
 
@@ -29,43 +29,30 @@ from engine.llm_engine import LLMEngine  # noqa: E402
 from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
 
 
-class TimedEngine:
+class TimedEngine(TimedSteps):
     """One engine, its requests, and the time of its own steps."""
 
     def __init__(self, model: str, requests: list[Request], name: str, batch: int, drafting: bool) -> None:
         proposer = build_proposer(SpecConfig()) if drafting else None
-        self.engine: LLMEngine = LLM(model, proposer=proposer, max_num_seqs=batch,
-                                     max_num_batched_tokens=max(2048, batch * 8)).engine
+        super().__init__(LLM(model, proposer=proposer, max_num_seqs=batch,
+                             max_num_batched_tokens=max(2048, batch * 8)).engine)
+        self.engine: LLMEngine
         self.drafting = drafting
         self.order = {f"r{i}": i for i in range(len(requests))}
         self.outputs: list = [None] * len(requests)
-        self.wall = self.cpu = 0.0
         for request_id, r in zip(self.order, requests):
             self.engine.add_request(request_id, r.prompt, replay_params(name, r))
 
-    @property
-    def done(self) -> bool:
-        return not self.engine.has_unfinished()
-
     def step(self) -> None:
-        t0, c0 = time.perf_counter(), time.process_time()
-        finished = self.engine.step(collect="finished")
-        self.wall += time.perf_counter() - t0
-        self.cpu += time.process_time() - c0
-        for out in finished:
+        for out in super().step():
             self.outputs[self.order[out.request_id]] = out
 
 
 def run(model: str, requests: list[Request], name: str, batch: int) -> tuple[dict, dict]:
-    """Plain and drafting, stepped in turn (the order swapped every step, so that neither always
-    runs on the caches the other just filled); their rows as trace_replay.run gives them."""
+    """Plain and drafting, stepped in turn (in_turn.step_in_turn); their rows as trace_replay.run
+    gives them."""
     engines = [TimedEngine(model, requests, name, batch, drafting) for drafting in (False, True)]
-    turn = 0
-    while not all(e.done for e in engines):
-        for e in (engines if turn % 2 == 0 else engines[::-1]):
-            if not e.done:
-                e.step()
-        turn += 1
+    step_in_turn(engines)
     rows = [with_rates({"batch": batch, "drafting": e.drafting,
                         **outcome(e.engine, requests, [o for o in e.outputs if o is not None])}, e.wall, e.cpu)
             for e in engines]
