@@ -152,7 +152,7 @@ class LLMEngine:
                                                  arrival_time or time.monotonic(), client=client)
         for seq in seqs:
             if self.proposer is not None:
-                self.proposer.add_sequence(seq.seq_id, request_id, ids, predicted)
+                self.proposer.add_sequence(seq.seq_id, request_id, ids, predicted, seq.output_token_ids)
             self.scheduler.add(seq)
 
     def _prompt_ids(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -288,8 +288,6 @@ class LLMEngine:
                 seq.spec.accepted[source] = seq.spec.accepted.get(source, 0) + update.accepted
                 if proposer is not None:
                     proposer.record(seq.seq_id, Draft(update.draft, source), update.accepted)
-            if proposer is not None and update.new_tokens:
-                proposer.extend(seq.seq_id, update.new_tokens)
             if seq.is_finished:
                 self._retired(seq, aborted=False)
 

@@ -1,9 +1,10 @@
 """The seam between the engine and a draft proposer.
 
-The engine owns sequences and the KV cache; a proposer only sees token ids. After every step the
-engine tells the proposer which tokens each sequence gained (accepted tokens only: drafts that
-were rolled back never reach it) and how each draft fared, then asks it once for the next step's
-drafts, handing it the step cost it learns from its own steps (engine.step_cost.StepCost), so
+The engine owns sequences and the KV cache; a proposer only sees token ids. It hands the proposer
+each sequence's output list, which it only ever appends accepted tokens to (drafts that were
+rolled back never reach it): the proposer reads what was appended when it needs to, so that a
+step that drafts nothing costs no call per sequence. After every step the engine tells the
+proposer how each draft fared, then asks it once for the next step's drafts, handing it the step cost it learns from its own steps (engine.step_cost.StepCost), so
 that the proposer decides in one place whether and how much to draft. `fastcodellama` implements it.
 """
 from __future__ import annotations
@@ -37,12 +38,15 @@ EMPTY_DRAFT = Draft(())
 
 class Proposer(Protocol):
     def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int],
-                     prediction: Sequence[int] = ()) -> None:
+                     prediction: Sequence[int] = (), output: list[int] | None = None) -> None:
         """A new sequence; `group_id` is shared by the sibling samples of one request;
-        `prediction` is what the client expects the output to be (may be empty)."""
+        `prediction` is what the client expects the output to be (may be empty); `output` the
+        sequence's accepted tokens, a list its owner only appends to (the engine passes its own
+        and never calls extend); None: the caller reports them with extend."""
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
-        """Tokens the sequence has accepted since the last call (never rolled back)."""
+        """Tokens the sequence has accepted since the last call (never rolled back), for a
+        sequence added without its output list."""
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         """Feedback: how many tokens of the draft the model accepted."""

@@ -96,7 +96,7 @@ class AlwaysDrafts:
     def __init__(self, k: int, token: int = 13) -> None:
         self.k, self.token = k, token
 
-    def add_sequence(self, seq_id, group_id, prompt_token_ids, prediction=()) -> None:
+    def add_sequence(self, seq_id, group_id, prompt_token_ids, prediction=(), output=None) -> None:
         pass
 
     def extend(self, seq_id, token_ids) -> None:

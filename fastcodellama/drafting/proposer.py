@@ -49,6 +49,9 @@ class _Seq:
     member: int
     prompt_len: int
     prediction: NgramTables | None
+    output: list[int]  # the accepted output: the engine's own list, or the proposer's (see extend)
+    owns_output: bool
+    indexed: int = 0   # output tokens handed to the group's index
     idle: int = 0  # searches in a row that gave it no draft
     skip: int = 0  # searches it sits out before it is looked up again
 
@@ -102,7 +105,7 @@ class CopyProposer:
     # ------------------------------------------------------------------ Proposer protocol
 
     def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int],
-                     prediction: Sequence[int] = ()) -> None:
+                     prediction: Sequence[int] = (), output: list[int] | None = None) -> None:
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id} was already added")
         check_token_ids(prompt_token_ids)
@@ -120,13 +123,30 @@ class CopyProposer:
         member = self._next_member[group_id]
         self._next_member[group_id] = member + 1
         group.add_member(member, prompt_token_ids)
-        self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids), self._predictions.get(group_id))
+        self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids), self._predictions.get(group_id),
+                                  [] if output is None else output, output is None)
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
         # Unchecked, unlike prompts and predictions: the engine's tokens are the model's own ids.
-        if token_ids:
-            st = self._seqs[seq_id]
-            st.group.extend(st.member, token_ids)
+        st = self._seqs[seq_id]
+        if not st.owns_output:
+            raise ValueError(f"sequence {seq_id} was added with its output list: it is read, not extended")
+        st.output.extend(token_ids)
+        self._index(st)
+
+    @staticmethod
+    def _index(st: _Seq) -> None:
+        """Hands the group's index what the sequence's output gained since the last time."""
+        out = st.output
+        if len(out) > st.indexed:
+            st.group.extend(st.member, out[st.indexed:])
+            st.indexed = len(out)
+
+    def _index_all(self) -> None:
+        """Before a search: every running sequence's new tokens, its siblings' copies included."""
+        index = self._index
+        for st in self._seqs.values():
+            index(st)
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()
@@ -137,6 +157,7 @@ class CopyProposer:
         if not decision.search:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n
+        self._index_all()
         drafts = self._search(queries, budget, cost, decision)
         elapsed = time.perf_counter() - t0
         if self._search_measured:
@@ -180,6 +201,7 @@ class CopyProposer:
             return
         self._pending.pop(seq_id, None)
         self.model.forget(seq_id)
+        self._index(st)
         text = st.group.finish(st.member)
         if not aborted and self._pool is not None:
             self._pool.add(text[st.prompt_len:], st.group_id)
@@ -260,6 +282,7 @@ class CopyProposer:
 
     def candidates(self, seq_id: int) -> list[_Hit]:
         """Each source's longest match for the sequence now (for diagnostics and fitting priors)."""
+        self._index_all()
         return self._find(self._seqs[seq_id], first_only=False)
 
     def _best_hit(self, st: _Seq, adaptive: bool) -> _Hit | None:

@@ -52,8 +52,8 @@ class ScriptedProposer:
         self.rng = torch.Generator().manual_seed(0)
 
     def add_sequence(self, seq_id: int, group_id: str, prompt_token_ids: Sequence[int],
-                     prediction: Sequence[int] = ()) -> None:
-        self.generated[seq_id] = []
+                     prediction: Sequence[int] = (), output: list[int] | None = None) -> None:
+        self.generated[seq_id] = [] if output is None else output
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
         self.generated[seq_id].extend(token_ids)

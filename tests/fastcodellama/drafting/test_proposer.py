@@ -101,9 +101,19 @@ def test_implements_the_engine_protocol() -> None:
         assert list(inspect.signature(ours).parameters) == list(inspect.signature(proto).parameters), name
 
 
-def random_session(rng: random.Random, cfg: SpecConfig, steps: int, check) -> CopyProposer:
-    """Random adds, extends, finishes and proposals; check(proposer, ref, sid, max_len, draft)."""
+def random_session(rng: random.Random, cfg: SpecConfig, steps: int, check, shared: bool = False) -> CopyProposer:
+    """Random adds, extends, finishes and proposals; check(proposer, ref, sid, max_len, draft).
+    shared: the proposer gets each sequence's output list, as from the engine, and is never told of
+    the tokens appended to it; the reference learns them, in the order of the sequences, only when
+    the proposer is to read them (a search, or the sequence's end)."""
     prop, ref = CopyProposer(cfg), RefDrafter(cfg)
+    outputs: dict[int, list[int]] = {}  # shared: each sequence's output list, as the engine keeps it
+    unread: dict[int, list[int]] = {}   # shared: tokens appended since the proposer last read them
+
+    def read(sids) -> None:
+        for sid in sorted(sids):
+            if unread.get(sid):
+                ref.extend(sid, unread.pop(sid))
     vocab = rng.choice((3, 5, 12))
     prompts = {f"g{i}": [rng.randrange(vocab) for _ in range(rng.randrange(1, 12))] for i in range(4)}
     running: list[int] = []
@@ -112,21 +122,30 @@ def random_session(rng: random.Random, cfg: SpecConfig, steps: int, check) -> Co
         op = rng.random()
         if op < 0.12 or not running:
             gid = rng.choice(list(prompts))
-            prop.add_sequence(next_id, gid, prompts[gid])
+            if shared:
+                prop.add_sequence(next_id, gid, prompts[gid], output=outputs.setdefault(next_id, []))
+            else:
+                prop.add_sequence(next_id, gid, prompts[gid])
             ref.add(next_id, gid, prompts[gid])
             running.append(next_id)
             next_id += 1
         elif op < 0.2:
             sid = running.pop(rng.randrange(len(running)))
             aborted = rng.random() < 0.3
+            read([sid])
             prop.finish(sid, aborted)
             ref.finish(sid, aborted)
         elif op < 0.7:
             sid = rng.choice(running)
             toks = [rng.randrange(vocab) for _ in range(rng.choice((1, 1, 2, 5)))]
-            prop.extend(sid, toks)
-            ref.extend(sid, toks)
+            if shared:
+                outputs[sid].extend(toks)
+                unread.setdefault(sid, []).extend(toks)
+            else:
+                prop.extend(sid, toks)
+                ref.extend(sid, toks)
         else:
+            read(running)
             qs = [DraftQuery(s, rng.randrange(0, 30)) for s in rng.sample(running, rng.randrange(1, len(running) + 1))]
             budget = rng.choice((rng.randrange(0, 120), 10_000))
             drafts = prop.propose(qs, budget, FREE)
@@ -139,8 +158,9 @@ def random_session(rng: random.Random, cfg: SpecConfig, steps: int, check) -> Co
     return prop
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["told", "shared-output"])
 @pytest.mark.parametrize("index_tables", ["dict", "c"])
-def test_fixed_policy_drafts_equal_the_brute_force_drafter(index_tables: str) -> None:
+def test_fixed_policy_drafts_equal_the_brute_force_drafter(index_tables: str, shared: bool) -> None:
     if index_tables == "c" and load_extension() is None:
         pytest.skip("the n-gram tables' C extension does not build here")
 
@@ -159,7 +179,7 @@ def test_fixed_policy_drafts_equal_the_brute_force_drafter(index_tables: str) ->
         sources = (("self",), ("self", "sibling"), ("self", "sibling", "other"), ("sibling", "other"))[trial % 4]
         cfg = SpecConfig(policy="fixed", n=1 + trial % 2, max_match=(1, 3, 4)[trial % 3] + trial % 2, k=7,
                          sources=sources, other_pool_tokens=(40, 500)[trial % 2], index_tables=index_tables)
-        random_session(rng, cfg, 300, check)
+        random_session(rng, cfg, 300, check, shared)
 
 
 def test_adaptive_drafts_are_copies_within_budget_and_max_len() -> None:
@@ -191,6 +211,25 @@ def test_siblings_see_each_other_as_far_as_they_have_got() -> None:
     prop.add_sequence(2, "other-req", prompt)
     prop.extend(2, [10])
     assert prop.propose([DraftQuery(2, 50)], 100, FREE) == [EMPTY_DRAFT]   # not a sibling
+
+
+def test_a_shared_output_is_read_without_being_told() -> None:
+    """The engine hands over each sequence's output list and never calls extend: what it appends
+    reaches siblings at the next search, and the pool at the sequence's end, searched or not."""
+    prop = build_proposer(SpecConfig(policy="fixed"))
+    out0, out1 = [], []
+    prop.add_sequence(0, "req", [1, 2, 3], output=out0)
+    prop.add_sequence(1, "req", [1, 2, 3], output=out1)
+    out0 += [10, 11, 12]
+    out1 += [10]
+    assert prop.propose([DraftQuery(1, 50)], 100, FREE) == [Draft((11, 12), "sibling")]
+    with pytest.raises(ValueError, match="read, not extended"):
+        prop.extend(0, [13])
+    out0 += [13, 14]                                 # never searched again before its end
+    prop.finish(0)
+    prop.finish(1)
+    prop.add_sequence(2, "other-req", [9, 13], output=[])
+    assert prop.propose([DraftQuery(2, 50)], 100, FREE) == [Draft((14,), "other")]
 
 
 def test_others_see_finished_outputs_but_not_aborted_ones() -> None:
