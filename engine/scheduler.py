@@ -79,6 +79,9 @@ class Scheduler:
         self._running_by_client: Counter = Counter()
         self._copies: list[tuple[int, int]] = []
         self._ended: list[Sequence] = []  # ended by the scheduler itself, reported by postprocess
+        # The last step fed every running sequence one token and admitted none: all of them decode
+        # next (postprocess and abort only take sequences out of `running`).
+        self._all_decoding = False
         self.num_preemptions = 0
         self.num_prompt_tokens_computed = 0
         # Keep a little headroom so that admitting a prompt does not force an immediate preemption.
@@ -110,12 +113,15 @@ class Scheduler:
 
     def decoding(self) -> list[Sequence]:
         """Running sequences that feed one known token next step (the ones a draft can ride on)."""
+        if self._all_decoding:
+            return list(self.running)
         return [s for s in self.running  # not is_prefilling, inline: called every step for every sequence
                 if len(s.prompt_token_ids) + len(s.output_token_ids) - s.num_computed_tokens <= 1]
 
     # ------------------------------------------------------------------ schedule
     def schedule(self, drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput:
         """The next step's work; `drafts` by sequence id, for decoding sequences."""
+        self._all_decoding = False
         self._rebalance()
         if not drafts:
             out = self._decode_only()
@@ -151,10 +157,11 @@ class Scheduler:
                     return None
                 blocks.allocate(seq, end)
             scheduled.append(ScheduledSeq(seq, start, [seq.last_token], (), 1, True))
+        admitted: dict[Sequence, int] = {}
         if self._waiting and len(running) < limits.max_num_seqs:
-            admitted: dict[Sequence, int] = {}
             self._admit(admitted, limits.max_num_batched_tokens - len(scheduled))
             scheduled += [_scheduled(seq, n, ()) for seq, n in admitted.items()]
+        self._all_decoding = not admitted
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, 0)
 

@@ -193,6 +193,7 @@ def _trace(decode_lane: bool, seed: int) -> tuple[list, int]:
             break
         drafts = {s.seq_id: Draft((7, 7, 8)) for s in sched.decoding()} if step % 4 == 3 else None
         out = _step(sched, drafts)
+        assert sched.decoding() == [s for s in sched.running if not s.is_prefilling]
         trace.append([(s.seq.seq_id, s.start, tuple(s.token_ids), s.draft, s.num_real, s.samples,
                        tuple(s.seq.block_table)) for s in out.scheduled]
                      + [out.num_preempted, tuple(out.block_copies)])
