@@ -17,6 +17,7 @@ fastcodellama.drafting.policy's one decision.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,7 +34,11 @@ from fastcodellama.drafting.policy import Candidate, Cost, Decision, DraftPolicy
 _TRUST = {"prediction": 0, "self": 1, "sibling": 2, "other": 3}
 _HANDICAP = {"prediction": 0, "self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
-SEARCH_DECAY = 0.9  # the search's seconds per query: a decayed mean of recent searches
+# The search's seconds per query: the low median of the latest SEARCH_WINDOW searches. Not a
+# decayed mean: the first searches of a run are several times slower than the rest, and while
+# searches are throttled (policy.SEARCH_SHARE, by their believed cost) the few that run would take
+# hundreds of steps to wear such a start down.
+SEARCH_WINDOW = 9
 # At a large batch most sequences get no draft in a step (the budget goes to the likeliest copies),
 # and looking them all up costs the host tens of microseconds each. A sequence that got no draft is
 # looked up again only after 1, 2, 4 ... up to IDLE_SKIP_MAX skipped searches (any draft it gets
@@ -94,11 +99,13 @@ class CopyProposer:
         self._drafted = dict.fromkeys(SOURCES, 0)
         self._accepted = dict.fromkeys(SOURCES, 0)
         self._drafts = dict.fromkeys(SOURCES, 0)
-        self._search_per_query = search_time or 0.0  # seconds, decayed mean of the measured ones
+        self._search_per_query = search_time or 0.0  # seconds (SEARCH_WINDOW)
         self._search_measured = search_time is None
+        self._search_recent: deque[float] = deque(maxlen=SEARCH_WINDOW)
         # The same by batch size (n.bit_length()): a search has a fixed part, so that per query it
         # costs several times more for a few sequences than for hundreds.
         self._search_by_size: dict[int, float] = {}
+        self._search_recent_by_size: dict[int, deque[float]] = {}
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
 
@@ -174,11 +181,10 @@ class CopyProposer:
 
     def _note_search_time(self, n: int, seconds: float) -> None:
         per_query = seconds / n
-        self._search_per_query = SEARCH_DECAY * self._search_per_query + (1 - SEARCH_DECAY) * per_query
+        self._search_per_query = _low_median(self._search_recent, per_query)
         size = n.bit_length()
-        known = self._search_by_size.get(size)
-        self._search_by_size[size] = per_query if known is None else (
-            SEARCH_DECAY * known + (1 - SEARCH_DECAY) * per_query)
+        recent = self._search_recent_by_size.setdefault(size, deque(maxlen=SEARCH_WINDOW))
+        self._search_by_size[size] = _low_median(recent, per_query)
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:
@@ -326,3 +332,9 @@ class CopyProposer:
         while m < limit and toks[L - 1 - m] == text[e - 1 - m]:
             m += 1
         return m
+
+
+def _low_median(recent: deque[float], value: float) -> float:
+    """Adds `value` to the window; the lower middle of what it holds."""
+    recent.append(value)
+    return sorted(recent)[(len(recent) - 1) // 2]
