@@ -29,3 +29,22 @@ def test_both_engines_replay_every_trace_exactly_stepping_in_turn(monkeypatch):
     both = min(steps.count(False), steps.count(True))
     assert steps[:4] == [False, True, True, False] and both >= 2
     assert all({steps[2 * i], steps[2 * i + 1]} == {False, True} for i in range(both))
+
+
+def test_fixed_draft_lengths_step_in_the_same_turns_and_set_the_best_in_hindsight(monkeypatch):
+    kinds: list[str] = []
+    step = replay_interleaved.TimedEngine.step
+
+    def recording(self):
+        kinds.append("plain" if not self.drafting else f"k={self.spec.k}" if self.spec else "adaptive")
+        step(self)
+
+    monkeypatch.setattr(replay_interleaved.TimedEngine, "step", recording)
+    requests = _requests(Tokenizer(DEFAULT_MODEL))
+    plain, draft = replay_interleaved.run(DEFAULT_MODEL, requests, "greedy", 2, fixed_k=(2, 5))
+    assert kinds[:8] == ["plain", "adaptive", "k=2", "k=5", "k=5", "k=2", "adaptive", "plain"]
+    assert draft["fixed_exact"]
+    rates = draft["fixed_tokens_per_s"]
+    assert set(rates) == {"plain", "fixed k=2", "fixed k=5"} and rates["plain"] == plain["tokens_per_s"]
+    assert rates[draft["best_fixed"]] == max(rates.values())
+    assert draft["vs_best_fixed"] == draft["tokens_per_s"] / max(rates.values())
