@@ -34,10 +34,11 @@ from fastcodellama.drafting.policy import Candidate, Cost, Decision, DraftPolicy
 _TRUST = {"prediction": 0, "self": 1, "sibling": 2, "other": 3}
 _HANDICAP = {"prediction": 0, "self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
-# The search's seconds per query: the low median of the latest SEARCH_WINDOW searches. Not a
-# decayed mean: the first searches of a run are several times slower than the rest, and while
-# searches are throttled (policy.SEARCH_SHARE, by their believed cost) the few that run would take
-# hundreds of steps to wear such a start down.
+# The search's seconds per query: the mean of the latest SEARCH_WINDOW searches. Not a decayed
+# mean: the first searches of a run are several times slower than the rest, and while searches are
+# throttled (policy.SEARCH_SHARE, by their believed cost) the few that run would take hundreds of
+# steps to wear such a start down. Nor a median: at a large batch most searches look up only the
+# sequences whose back-off has run out, and one in several looks them all up at ten times the cost.
 SEARCH_WINDOW = 9
 # At a large batch most sequences get no draft in a step (the budget goes to the likeliest copies),
 # and looking them all up costs the host tens of microseconds each. A sequence that got no draft is
@@ -181,10 +182,10 @@ class CopyProposer:
 
     def _note_search_time(self, n: int, seconds: float) -> None:
         per_query = seconds / n
-        self._search_per_query = _low_median(self._search_recent, per_query)
+        self._search_per_query = _window_mean(self._search_recent, per_query)
         size = n.bit_length()
         recent = self._search_recent_by_size.setdefault(size, deque(maxlen=SEARCH_WINDOW))
-        self._search_by_size[size] = _low_median(recent, per_query)
+        self._search_by_size[size] = _window_mean(recent, per_query)
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:
@@ -334,7 +335,7 @@ class CopyProposer:
         return m
 
 
-def _low_median(recent: deque[float], value: float) -> float:
-    """Adds `value` to the window; the lower middle of what it holds."""
+def _window_mean(recent: deque[float], value: float) -> float:
+    """Adds `value` to the window; the mean of what it holds."""
     recent.append(value)
-    return sorted(recent)[(len(recent) - 1) // 2]
+    return sum(recent) / len(recent)
