@@ -44,6 +44,7 @@ LEVEL_STEPS = 3  # a drafting step is set against the least of this many latest 
 FORMAT = 2  # the cache file's format: drafting cells hold the extra over the plain step
 SAVE_EVERY = 512  # observations between two writes of the cache file
 MIN_SAVE_S = 10.0
+SMALL_BATCH = 8  # up to this many sequences, draft rows are read from any batch this small (_nearest_drafting)
 
 
 class StepTimer(Protocol):
@@ -116,8 +117,13 @@ class _Bucket:
 
 @functools.lru_cache(maxsize=None)
 def _nearest_drafting(n: int) -> tuple[int, ...]:
-    """Sequence buckets to read draft costs from: this one, then those within 2x, nearest first."""
-    around = [i for i in range(len(SEQ_GRID)) if i != n and SEQ_GRID[n] / 2 <= SEQ_GRID[i] <= 2 * SEQ_GRID[n]]
+    """Sequence buckets to read draft costs from: this one, then those within 2x, nearest first;
+    among batches of at most SMALL_BATCH sequences, every one of them: so few sequences make a step
+    that reads the weights whatever it carries, and a draft row costs about the same at any of
+    them (a short run at 4 sequences would otherwise learn from nothing what 1 already knows)."""
+    x = SEQ_GRID[n]
+    around = [i for i in range(len(SEQ_GRID)) if i != n and (
+        x / 2 <= SEQ_GRID[i] <= 2 * x or max(x, SEQ_GRID[i]) <= SMALL_BATCH)]
     return (n, *sorted(around, key=lambda i: abs(i - n)))
 
 

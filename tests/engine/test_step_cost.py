@@ -148,6 +148,20 @@ def test_nearby_batches_stand_in_for_an_unmeasured_one():
     assert cost.extra(64, 8) is None
 
 
+def test_small_batches_read_draft_rows_from_any_small_batch():
+    """A step of a few sequences reads the weights whatever it carries: what a draft row costs at
+    one sequence stands in at four (and the nearest small batch comes first), not at sixteen."""
+    cost = StepCost()
+    for n, seconds in ((1, 2.0), (4, 2.2), (16, 3.0)):
+        cost.observe(n, 0, seconds)
+    cost.observe(1, 4, 2.5)
+    assert cost.extra(4, 4) == pytest.approx(0.5)
+    assert cost.extra(16, 4) is None
+    cost.observe(2, 0, 2.1)
+    cost.observe(2, 4, 2.4)
+    assert cost.extra(4, 4) == pytest.approx(0.3)  # the nearest small batch first
+
+
 def test_what_was_learned_is_kept_per_key_and_gives_way_to_new_observations(tmp_path):
     first = StepCost(KEY, str(tmp_path))
     first.observe(1, 0, 0.5)
