@@ -12,8 +12,8 @@ and the machine's load changes, and a drafting step set against plain steps from
 the run would read that drift as the cost of its rows. An unseen bucket is estimated from what is
 known: the same sequences with fewer or more draft rows, else what as many more sequences add to
 a plain step (this run's plain steps only, and not far past the most sequences measured), else
-the same from the nearest batch within 2x, else nothing (None): the drafting policy then explores
-instead of trusting a guess.
+the same from the nearest batch within 2x (or, at most SMALL_BATCH sequences, from any batch that
+small), else nothing (None): the drafting policy then explores instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
