@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import measure  # noqa: E402
 from in_turn import TimedSteps, step_in_turn  # noqa: E402
-from trace_replay import outcome, subset, with_rates  # noqa: E402
+from trace_replay import against_best_fixed, outcome, subset, with_rates  # noqa: E402
 from traces import TRACES, Request, load_workload, replay_params  # noqa: E402
 
 from engine import DEFAULT_MODEL, LLM  # noqa: E402
@@ -69,11 +69,7 @@ def run(model: str, requests: list[Request], name: str, batch: int,
             for e in engines]
     plain, draft = rows[0], rows[1]
     if fixed_k:
-        best = {f"fixed k={k}": r["tokens_per_s"] for k, r in zip(fixed_k, rows[2:])}
-        best["plain"] = plain["tokens_per_s"]
-        label = max(best, key=best.get)
-        draft["best_fixed"], draft["vs_best_fixed"] = label, draft["tokens_per_s"] / best[label]
-        draft["fixed_tokens_per_s"] = best
+        against_best_fixed(draft, plain, {k: r["tokens_per_s"] for k, r in zip(fixed_k, rows[2:])})
         draft["fixed_exact"] = all(r["replay_exact"] and r["leaked_blocks"] == 0 for r in rows[2:])
     return plain, draft
 

@@ -98,11 +98,7 @@ def best_of(repeats: int, model: str, requests: list[Request], name: str, batch:
             fixed[k].append(run(model, requests, name, batch, True, SpecConfig(policy="fixed", k=k)))
     plain, draft = (max(runs[d], key=lambda r: r["tokens_per_s"]) for d in (False, True))
     if fixed_k:
-        best = {f"fixed k={k}": max(r["tokens_per_s"] for r in rs) for k, rs in fixed.items()}
-        best["plain"] = plain["tokens_per_s"]
-        label = max(best, key=best.get)
-        draft["best_fixed"], draft["vs_best_fixed"] = label, draft["tokens_per_s"] / best[label]
-        draft["fixed_tokens_per_s"] = best
+        against_best_fixed(draft, plain, {k: max(r["tokens_per_s"] for r in rs) for k, rs in fixed.items()})
     # Each drafting run against the plain run just before it: slow drift of the machine's speed
     # cancels in a pair, where a fastest-of-each could pair a fast moment with a slow one.
     draft["pair_ratios"] = [d["tokens_per_s"] / p["tokens_per_s"] for p, d in zip(runs[False], runs[True])]
@@ -113,6 +109,16 @@ def best_of(repeats: int, model: str, requests: list[Request], name: str, batch:
         r["repeats"] = repeats
         r["replay_exact"] = all(x["replay_exact"] for x in runs[False] + runs[True])
     return plain, draft
+
+
+def against_best_fixed(draft: dict, plain: dict, fixed_tokens_per_s: dict[int, float]) -> None:
+    """Sets the drafting row against the best fixed policy in hindsight: the fastest of plain and
+    every fixed k (tokens per second by k)."""
+    best = {f"fixed k={k}": rate for k, rate in fixed_tokens_per_s.items()}
+    best["plain"] = plain["tokens_per_s"]
+    label = max(best, key=best.get)
+    draft["best_fixed"], draft["vs_best_fixed"] = label, draft["tokens_per_s"] / best[label]
+    draft["fixed_tokens_per_s"] = best
 
 
 def subset(requests: list[Request], batch: int, min_sequences: int) -> list[Request]:

@@ -100,12 +100,10 @@ class CopyProposer:
         self._drafted = dict.fromkeys(SOURCES, 0)
         self._accepted = dict.fromkeys(SOURCES, 0)
         self._drafts = dict.fromkeys(SOURCES, 0)
-        self._search_per_query = search_time or 0.0  # seconds (SEARCH_WINDOW)
-        self._search_measured = search_time is None
-        self._search_recent: deque[float] = deque(maxlen=SEARCH_WINDOW)
+        self._search_fixed = search_time
+        self._search_recent: deque[float] = deque(maxlen=SEARCH_WINDOW)  # seconds per query
         # The same by batch size (n.bit_length()): a search has a fixed part, so that per query it
         # costs several times more for a few sequences than for hundreds.
-        self._search_by_size: dict[int, float] = {}
         self._search_recent_by_size: dict[int, deque[float]] = {}
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
@@ -168,7 +166,7 @@ class CopyProposer:
         self._index_all()
         drafts = self._search(queries, budget, cost, decision)
         elapsed = time.perf_counter() - t0
-        if self._search_measured:
+        if self._search_fixed is None:
             self._note_search_time(n, elapsed)
         self._propose_s += elapsed
         self._searches += 1
@@ -178,14 +176,21 @@ class CopyProposer:
 
     def _search_s(self, n: int) -> float:
         """What a search for n queries is believed to cost, in seconds."""
-        return self._search_by_size.get(n.bit_length(), self._search_per_query) * n
+        return self._search_per_query(self._search_recent_by_size.get(n.bit_length())) * n
+
+    def _search_per_query(self, recent: deque[float] | None = None) -> float:
+        """Seconds per query: the fixed figure, else the mean of `recent` (or of the latest searches of
+        any size where that batch size has none)."""
+        if self._search_fixed is not None:
+            return self._search_fixed
+        recent = recent or self._search_recent
+        return sum(recent) / len(recent) if recent else 0.0
 
     def _note_search_time(self, n: int, seconds: float) -> None:
         per_query = seconds / n
-        self._search_per_query = _window_mean(self._search_recent, per_query)
+        self._search_recent.append(per_query)
         size = n.bit_length()
-        recent = self._search_recent_by_size.setdefault(size, deque(maxlen=SEARCH_WINDOW))
-        self._search_by_size[size] = _window_mean(recent, per_query)
+        self._search_recent_by_size.setdefault(size, deque(maxlen=SEARCH_WINDOW)).append(per_query)
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:
@@ -277,7 +282,7 @@ class CopyProposer:
             "explorations": self._explorations,
             "queries": self._queries,
             "propose_s": self._propose_s,
-            "search_us_per_query": 1e6 * self._search_per_query,
+            "search_us_per_query": 1e6 * self._search_per_query(),
             "running": len(self._seqs),
             "groups": len(self._groups),
             "pool_texts": len(self._pool) if self._pool is not None else 0,
@@ -333,9 +338,3 @@ class CopyProposer:
         while m < limit and toks[L - 1 - m] == text[e - 1 - m]:
             m += 1
         return m
-
-
-def _window_mean(recent: deque[float], value: float) -> float:
-    """Adds `value` to the window; the mean of what it holds."""
-    recent.append(value)
-    return sum(recent) / len(recent)

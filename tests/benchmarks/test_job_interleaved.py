@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import job_interleaved
+from tests.benchmarks.in_turn_recording import record_steps
 
 JOB = ["--limit", "2", "--passk", "3", "--temperature", "0.8", "--max-tokens", "12", "--no-evaluate"]
 
 
 def test_both_types_run_the_job_in_turn_and_give_the_same_samples(monkeypatch):
-    steps: list[str] = []
-    step = job_interleaved.TimedJob.step
-
-    def recording(self):
-        steps.append(self.kind)
-        step(self)
-
-    monkeypatch.setattr(job_interleaved.TimedJob, "step", recording)
+    steps = record_steps(monkeypatch, job_interleaved.TimedJob, lambda job: job.kind)
     row = job_interleaved.run(JOB)
     assert row["same_samples"]
     base, fast = row["base"], row["fastcodellama"]

@@ -6,18 +6,12 @@ from __future__ import annotations
 import replay_interleaved
 from engine import DEFAULT_MODEL
 from engine.tokenizer import Tokenizer
+from tests.benchmarks.in_turn_recording import record_steps
 from tests.benchmarks.test_host_overhead import _requests
 
 
 def test_both_engines_replay_every_trace_exactly_stepping_in_turn(monkeypatch):
-    steps: list[bool] = []
-    step = replay_interleaved.TimedEngine.step
-
-    def recording(self):
-        steps.append(self.drafting)
-        step(self)
-
-    monkeypatch.setattr(replay_interleaved.TimedEngine, "step", recording)
+    steps = record_steps(monkeypatch, replay_interleaved.TimedEngine, lambda e: e.drafting)
     requests = _requests(Tokenizer(DEFAULT_MODEL))
     plain, draft = replay_interleaved.run(DEFAULT_MODEL, requests, "greedy", 2)
     for row in (plain, draft):
@@ -32,14 +26,8 @@ def test_both_engines_replay_every_trace_exactly_stepping_in_turn(monkeypatch):
 
 
 def test_fixed_draft_lengths_step_in_the_same_turns_and_set_the_best_in_hindsight(monkeypatch):
-    kinds: list[str] = []
-    step = replay_interleaved.TimedEngine.step
-
-    def recording(self):
-        kinds.append("plain" if not self.drafting else f"k={self.spec.k}" if self.spec else "adaptive")
-        step(self)
-
-    monkeypatch.setattr(replay_interleaved.TimedEngine, "step", recording)
+    kinds = record_steps(monkeypatch, replay_interleaved.TimedEngine,
+                         lambda e: "plain" if not e.drafting else f"k={e.spec.k}" if e.spec else "adaptive")
     requests = _requests(Tokenizer(DEFAULT_MODEL))
     plain, draft = replay_interleaved.run(DEFAULT_MODEL, requests, "greedy", 2, fixed_k=(2, 5))
     assert kinds[:8] == ["plain", "adaptive", "k=2", "k=5", "k=5", "k=2", "adaptive", "plain"]
