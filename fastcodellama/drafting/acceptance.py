@@ -109,7 +109,11 @@ class AcceptanceModel:
         self.cumulative: dict[tuple[str, int], list[float]] = {}  # [j] = sum_{i<j} survival[i]
         self._best: list[float] = []
         self._best_age = 0
-        self.best_version = 0   # bumped whenever best_gains changes
+        # Per bucket of the sources in use, min(first, 0.99) * survival: best_gains' rows, each
+        # recomputed only when its bucket was recorded since.
+        self._gains: dict[tuple[str, int], list[float]] = {}
+        self._stale_gains: set[tuple[str, int]] = {k for k in self.first if k[0] in self.sources}
+        self.refresh()  # every table, now: not in the first step's search, whose time the policy weighs
 
     def record(self, source: str, match_len: int, drafted: int, accepted: int,
                seq_id: int | None = None, predicted: float | None = None) -> None:
@@ -125,6 +129,8 @@ class AcceptanceModel:
             st[0] = st[0] * SEQ_DECAY + accepted
             st[1] = st[1] * SEQ_DECAY + predicted
         self._dirty[b] = self._dirty.get(b, False) or accepted > 0
+        if source in self.sources:
+            self._stale_gains.add(b)
         self._best_age += 1
 
     def forget(self, seq_id: int) -> None:
@@ -153,13 +159,14 @@ class AcceptanceModel:
                 c += p
                 cum.append(c)
             self.survival[key], self.cumulative[key] = surv, cum
-        if not self._best or self._best_age >= 16:  # every 16 drafts: a gate, not an estimate
-            self._best = [max(min(self.first_rate[(s, b)], 0.99) * self.survival[(s, b)][j]
-                              for s in self.sources for b in range(len(ML_BUCKETS)))
-                          for j in range(self.table_len)]
-            self._best_age = 0
-            self.best_version += 1
         self._dirty.clear()
+        if not self._best or self._best_age >= 16:  # every 16 drafts: a gate, not an estimate
+            for key in self._stale_gains:
+                a = min(self.first_rate[key], 0.99)
+                self._gains[key] = [a * p for p in self.survival[key]]
+            self._stale_gains.clear()
+            self._best = list(map(max, zip(*self._gains.values())))
+            self._best_age = 0
 
     def best_gains(self) -> list[float]:
         """[j] = the highest probability, over the sources in use and match lengths, that the

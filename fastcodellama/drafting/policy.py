@@ -20,7 +20,8 @@ searches cost about SEARCH_SHARE of the time, and one that finds copies worth dr
 
 Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
   - while drafting is believed to pay, a step now and then runs without drafts (a control step),
-    so that the plain cost it is judged against stays fresh: every CONTROL_EVERY-th step, or
+    so that the plain cost it is judged against stays fresh: CONTROL_EVERY steps after the last
+    step that drafted nothing (a search that found nothing worth drafting is one already), or
     rarer where the gain drafting is believed to bring makes a control step dear (each forgoes
     that gain; they cost at most CONTROL_SHARE of the throughput). An optimistic belief is also
     corrected by the drafting steps' own measured cost and acceptance, every step; a pessimistic
@@ -157,6 +158,7 @@ class DraftPolicy:
                 return Decision(False)
             if (state.outcome is not None and state.outcome <= 0.0
                     and state.step - state.last_search < math.ceil(search_s / plain / SEARCH_SHARE)):
+                state.last_control = state.step  # a plain step anyway
                 return Decision(False)  # recent searches found nothing worth drafting: not every step
             state.last_search = state.step
             return Decision(True, probe=due)
@@ -174,6 +176,12 @@ class DraftPolicy:
             state.last_explore = state.step
             state.interval = min(2 * state.interval, EXPLORE_MAX)
             state.explorations += 1
+
+    def _plain_step(self, n: int) -> None:
+        """A step that drafts nothing is as good a control step as a forced one."""
+        state = self._budgets.get(_batch_bucket(n))
+        if state is not None:
+            state.last_control = state.step
 
     def _note_gain(self, n: int, gain: float) -> None:
         state = self._budgets.get(_batch_bucket(n))
@@ -232,6 +240,8 @@ class DraftPolicy:
             self._note_outcome(n, best, gain, search_s, cost.plain(n))
             if take > best:
                 self._explored(n)
+        if take == 0:
+            self._plain_step(n)
         lens = [0] * n
         for idx in order[:take]:
             lens[owner[idx]] += 1

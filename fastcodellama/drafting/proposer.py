@@ -34,7 +34,9 @@ from fastcodellama.drafting.policy import Candidate, Cost, Decision, DraftPolicy
 _TRUST = {"prediction": 0, "self": 1, "sibling": 2, "other": 3}
 _HANDICAP = {"prediction": 0, "self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
-# The search's seconds per query: the mean of the latest SEARCH_WINDOW searches. Not a decayed
+# The search's seconds per query: the mean of the latest SEARCH_WINDOW searches (of its batch size;
+# not the first, which took several times the rest at batch 1 and, believed, kept searches
+# throttled for tens of steps at the start of a run while copies were there). Not a decayed
 # mean: the first searches of a run are several times slower than the rest, and while searches are
 # throttled (policy.SEARCH_SHARE, by their believed cost) the few that run would take hundreds of
 # steps to wear such a start down. Nor a median: at a large batch most searches look up only the
@@ -187,10 +189,14 @@ class CopyProposer:
         return sum(recent) / len(recent) if recent else 0.0
 
     def _note_search_time(self, n: int, seconds: float) -> None:
+        size = n.bit_length()
+        recent = self._search_recent_by_size.get(size)
+        if recent is None:  # a size's first search pays one-time costs (cold caches, first lookups)
+            self._search_recent_by_size[size] = deque(maxlen=SEARCH_WINDOW)
+            return
         per_query = seconds / n
         self._search_recent.append(per_query)
-        size = n.bit_length()
-        self._search_recent_by_size.setdefault(size, deque(maxlen=SEARCH_WINDOW)).append(per_query)
+        recent.append(per_query)
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
         if len(draft) == 0:

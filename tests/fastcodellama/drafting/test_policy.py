@@ -118,10 +118,21 @@ def test_no_search_before_the_plain_cost_is_known_nor_when_nothing_could_pay() -
 
 def test_while_drafting_pays_a_little_every_control_every_th_step_is_plain() -> None:
     pol = fresh_policy()
-    unlikely = [cand(pol.model, 1, a=0.05) for _ in range(8)]  # drafting gains 5%
+    unlikely = [cand(pol.model, 1, a=0.1) for _ in range(8)]  # drafting gains 10%
     steps = [step(pol, 8, LinearCost(0.0), unlikely) for _ in range(8 * pol_mod.CONTROL_EVERY)]
     plain = [i for i, s in enumerate(steps) if s is None]
     assert len(plain) >= 7 and {b - a for a, b in zip(plain, plain[1:])} == {pol_mod.CONTROL_EVERY}
+
+
+def test_steps_that_find_nothing_to_draft_are_the_control_steps() -> None:
+    """Where every fifth search finds no copy, those steps are plain already: no step that found
+    one is made plain on top of them."""
+    pol = fresh_policy()
+    unlikely = [cand(pol.model, 1, a=0.1) for _ in range(8)]
+    steps = [step(pol, 8, LinearCost(0.0), [None] * 8 if i % 5 == 4 else unlikely)
+             for i in range(8 * pol_mod.CONTROL_EVERY)]
+    assert all(s is not None and sum(s) > 0 for i, s in enumerate(steps) if i % 5 != 4)
+    assert all(s == [0] * 8 for i, s in enumerate(steps) if i % 5 == 4)
 
 
 def test_control_steps_forgo_a_bounded_share_of_a_large_gain() -> None:

@@ -342,11 +342,13 @@ def test_at_a_large_batch_sequences_that_get_no_draft_are_looked_up_less_often(m
             prop.extend(i, [next(fresh)])
     searches = prop.stats()["searches"]
     assert searches > 32 and len(looked) < 0.35 * searches * n  # each idle sequence sits most searches out
-    prop.extend(0, [10_000, 10_001, 10_002, 10_003])  # sequence 0 repeats its prompt's start: a self copy
+    # Sequence 0 repeats its prompt's start: a self copy, long enough that drafting one of 64
+    # sequences pays by itself, whenever it is looked up.
+    prop.extend(0, [10_000 + j for j in range(8)])
     got = []
     for _ in range(mod.IDLE_SKIP_MAX + 2):
         got.append(len(prop.propose(queries, 10 * n, FREE)[0]))
-        prop.extend(0, [10_004 + len(got) - 1])  # and goes on repeating it
+        prop.extend(0, [10_008 + len(got) - 1])  # and goes on repeating it
     assert any(got[:mod.IDLE_SKIP_MAX + 1])
 
 
@@ -382,6 +384,18 @@ def test_the_measured_search_time_is_kept_by_batch_size() -> None:
     assert prop._search_s(64) == pytest.approx(64 * 20e-6, rel=1e-3)
     assert prop._search_s(100) == pytest.approx(100 * 20e-6, rel=1e-3)  # same size bucket as 64
     assert 20e-6 * 16 < prop._search_s(16) < 200e-6 * 16  # never searched: what searches of any size cost
+
+
+def test_a_batch_sizes_first_search_is_not_believed() -> None:
+    """A size's first search pays one-time costs (several times the rest): it is not kept, so that
+    one slow start does not throttle the searches after it."""
+    prop = build_proposer(SpecConfig(sources=("self",)))
+    prop._note_search_time(1, 950e-6)
+    assert prop._search_s(1) == 0.0
+    prop._note_search_time(1, 100e-6)
+    assert prop._search_s(1) == pytest.approx(100e-6)
+    prop._note_search_time(64, 64 * 90e-6)
+    assert prop._search_s(64) == pytest.approx(64 * 100e-6)  # what searches of any size cost, meanwhile
 
 
 def test_the_believed_search_cost_is_what_recent_searches_cost_on_average() -> None:
