@@ -1,16 +1,19 @@
 """The one decision per step of whether and how much to draft.
 
-A step of n decoding sequences yields n + (accepted draft tokens) tokens. Drafting pays when
+A step of n decoding sequences yields n + (accepted draft tokens) tokens. Searching and drafting
+pay when
 
     (n + expected accepted) / (plain(n) + extra(n, t) + search) > n / plain(n) * (1 + MARGIN)
 
 with plain and extra the engine's learned step cost (engine.step_cost.StepCost), t the draft
 tokens, `search` the proposer's own measured time to find them, and the expected accepted
-tokens from the acceptance model (fastcodellama.drafting.acceptance). All candidate tokens are
-ranked by their acceptance probability g_j; the policy takes the prefix of that ranking, at most
-`budget` long, with the best expected throughput. Before any search it asks whether even the
-likeliest copies the model knows of could pay at this batch; if not, no search (at large batch
-on a CPU, looking copies up for hundreds of sequences costs a step several percent).
+tokens from the acceptance model (fastcodellama.drafting.acceptance). Before any search the policy
+asks whether even the likeliest copies the model knows of could pay so at this batch; if not, no
+search (at large batch on a CPU, looking copies up for hundreds of sequences costs a step several
+percent). Once the search has run its time is spent whatever is drafted, so a draft is judged
+against n / (plain(n) + search) * (1 + MARGIN): all candidate tokens are ranked by their
+acceptance probability g_j, and the policy takes the prefix of that ranking, at most `budget`
+long, with the best expected throughput.
 
 A search that finds nothing worth drafting costs its time for nothing. Each search's outcome (the
 gain of what it drafted, net of the search; minus the search's cost where it drafted nothing) is
@@ -38,10 +41,12 @@ either direction.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from engine.step_cost import ROW_GRID
 from fastcodellama.drafting.acceptance import AcceptanceModel
 
 MIN_GAIN = 1e-3      # draft tokens less likely than this are never worth a slot
@@ -116,15 +121,14 @@ def _batch_bucket(n: int) -> int:
     return n.bit_length()
 
 
-def _probe_points(limit: int) -> list[int]:
-    """1..16, then 1.5x steps up to `limit`, and `limit`: where a (piecewise linear) cost is read."""
-    points, t = list(range(1, min(limit, 16) + 1)), 24
-    while t < limit:
-        points.append(t)
-        t = t * 3 // 2
-    if limit > 16:
-        points.append(limit)
-    return points
+@functools.lru_cache(maxsize=4096)
+def _probe_points(limit: int) -> tuple[int, ...]:
+    """Where the cost of draft tokens is read: the last size of each of the step cost's row buckets
+    below `limit` (1, 2, 3, 5, 7, 11, 15, 23, ...), and `limit`. A measured bucket costs the same
+    at every size in it, so more tokens of it are never worse; between measured buckets the cost is
+    interpolated, and the best size is missed by less than a bucket."""
+    tops = [ROW_GRID[i + 1] - 1 for i in range(1, len(ROW_GRID) - 1) if ROW_GRID[i + 1] - 1 < limit]
+    return (*tops, limit) if limit > 0 else ()
 
 
 @dataclass
@@ -294,14 +298,16 @@ class DraftPolicy:
 
     def _best_prefix(self, n: int, ranked: list[float], cost: Cost, search_s: float) -> tuple[int, float]:
         """The number of top-ranked tokens with the best expected throughput (0: plain is best),
-        and the throughput gain over plain steps it is expected to bring."""
+        and the throughput gain over plain steps without a search it is expected to bring (below 0
+        where the draft does not make up for the search)."""
         plain = cost.plain(n)
         if plain is None or not ranked:
             return 0, 0.0
         cum = [0.0]
         for g in ranked:
             cum.append(cum[-1] + g)
-        best_t, best = 0, n / plain * (1.0 + self.margin)
+        # The search is paid by now, drafted or not: the draft is judged against a step that pays it too.
+        best_t, best = 0, n / (plain + search_s) * (1.0 + self.margin)
         for t in _probe_points(len(ranked)):
             extra = cost.extra(n, t)
             if extra is None:

@@ -64,12 +64,27 @@ def test_long_drafts_where_rows_are_free() -> None:
     assert pol.allocate([cand(pol.model, 20, match_len=1)], 100, LinearCost(0.0), 0.0)[0] >= 15
 
 
-def test_drafts_shrink_as_rows_get_dearer_and_the_search_costs_time() -> None:
+def test_drafts_shrink_as_rows_get_dearer() -> None:
     pol = fresh_policy()
     c = [cand(pol.model, 20, match_len=2)]
     lens = [pol.allocate(c, 100, LinearCost(per_row), 0.0)[0] for per_row in (0.0, 0.02, 0.1, 0.5)]
     assert lens == sorted(lens, reverse=True) and lens[0] > lens[-1]
-    assert pol.allocate(c, 100, LinearCost(0.0), search_s=1.0)[0] == 0  # finding it costs a whole step
+
+
+def test_a_search_is_paid_drafted_or_not_but_a_dear_one_records_that_searching_lost() -> None:
+    """Once the search has run, a copy is judged against a step that paid for the search too: one
+    that cost a whole step still drafts what free rows carry (at a batch of a few sequences, the
+    search's share of a step would otherwise veto every draft), and records a loss, which is what
+    throttles such searches."""
+    pol = fresh_policy()
+    c = [cand(pol.model, 20, match_len=2)]
+    assert pol.decide(1, 100, LinearCost(0.0), 1.0).search
+    assert pol.allocate(c, 100, LinearCost(0.0), search_s=1.0)[0] > 0
+    assert pol._budgets[pol_mod._batch_bucket(1)].outcome < 0
+    cheap = fresh_policy()
+    assert cheap.decide(1, 100, LinearCost(0.0), 0.01).search
+    assert cheap.allocate(c, 100, LinearCost(0.0), search_s=0.01)[0] > 0
+    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome > 0
 
 
 def test_unknown_costs_are_not_trusted_but_exploration_drafts_a_bounded_amount() -> None:
