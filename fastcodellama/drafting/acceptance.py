@@ -107,7 +107,7 @@ class AcceptanceModel:
         self.first_rate: dict[tuple[str, int], float] = {}
         self.survival: dict[tuple[str, int], list[float]] = {}   # [j] = prod_{i=1..j} cont[i]
         self.cumulative: dict[tuple[str, int], list[float]] = {}  # [j] = sum_{i<j} survival[i]
-        self._best: list[float] = []
+        self._best: dict[tuple[str, ...], list[float]] = {}  # best_gains by the sources asked for
         self._best_age = 0
         # Per bucket of the sources in use, min(first, 0.99) * survival: best_gains' rows, each
         # recomputed only when its bucket was recorded since.
@@ -160,18 +160,23 @@ class AcceptanceModel:
                 cum.append(c)
             self.survival[key], self.cumulative[key] = surv, cum
         self._dirty.clear()
-        if not self._best or self._best_age >= 16:  # every 16 drafts: a gate, not an estimate
+        if not self._gains or self._best_age >= 16:  # every 16 drafts: a gate, not an estimate
             for key in self._stale_gains:
                 a = min(self.first_rate[key], 0.99)
                 self._gains[key] = [a * p for p in self.survival[key]]
             self._stale_gains.clear()
-            self._best = list(map(max, zip(*self._gains.values())))
+            self._best.clear()
             self._best_age = 0
 
-    def best_gains(self) -> list[float]:
-        """[j] = the highest probability, over the sources in use and match lengths, that the
-        j-th token of a draft is accepted (call refresh first): what the likeliest copy brings."""
-        return self._best
+    def best_gains(self, sources: Sequence[str] | None = None) -> list[float]:
+        """[j] = the highest probability, over `sources` (default: all in use) and match lengths,
+        that the j-th token of a draft is accepted (call refresh first): what the likeliest copy brings."""
+        key = self.sources if sources is None else tuple(sources)
+        best = self._best.get(key)
+        if best is None:
+            rows = [g for (source, _), g in self._gains.items() if source in key]
+            best = self._best[key] = list(map(max, zip(*rows))) if rows else [0.0] * self.table_len
+        return best
 
     def first_prob(self, source: str, match_len: int, factor: float = 1.0) -> float:
         a = self.first_rate[(source, ml_bucket(match_len))] * factor

@@ -139,8 +139,10 @@ class DraftPolicy:
     _budgets: dict[int, _Budget] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ before the search
-    def decide(self, n: int, budget: int, cost: Cost, search_s: float) -> Decision:
-        """Whether to search for copies this step (and whether that is exploration)."""
+    def decide(self, n: int, budget: int, cost: Cost, search_s: float,
+               sources: Sequence[str] | None = None) -> Decision:
+        """Whether to search for copies this step (and whether that is exploration); `sources`:
+        those a copy can come from now (default: all the acceptance model knows)."""
         if n <= 0 or budget <= 0:
             return Decision(False)
         if not self.adaptive:
@@ -151,7 +153,8 @@ class DraftPolicy:
         if plain is None:
             return Decision(False)  # first measure plain steps at this batch: the baseline
         if state.verdict is None or state.step - state.verdict_step >= VERDICT_STEPS:
-            state.verdict, state.verdict_step = self._could_pay(n, budget, cost, plain, search_s), state.step
+            state.verdict = self._could_pay(n, budget, cost, plain, search_s, sources)
+            state.verdict_step = state.step
         if state.verdict != state.believed:  # the belief turned: explore from the shortest interval again
             state.believed, state.last_explore, state.interval = state.verdict, state.step, EXPLORE_MIN
             state.last_control = state.step
@@ -202,11 +205,12 @@ class DraftPolicy:
         else:
             state.outcome = OUTCOME_DECAY * state.outcome + (1.0 - OUTCOME_DECAY) * outcome
 
-    def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float) -> bool:
-        """Whether drafts as likely as the best the acceptance model knows of, for every
-        sequence, would beat plain decoding at a known cost (unknown costs do not count)."""
+    def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float,
+                   sources: Sequence[str] | None) -> bool:
+        """Whether drafts as likely as the best the acceptance model knows of from `sources`, for
+        every sequence, would beat plain decoding at a known cost (unknown costs do not count)."""
         self.model.refresh()
-        gains = self.model.best_gains()
+        gains = self.model.best_gains(sources)
         cum = [0.0]
         for g in gains:
             cum.append(cum[-1] + g)

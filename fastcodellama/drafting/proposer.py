@@ -97,6 +97,9 @@ class CopyProposer:
         self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens, self._tables)
                       if "other" in cfg.sources and cfg.other_pool_tokens > 0 else None)
         self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
+        # The gate weighs the likeliest copy of the sources that can give one now: a client's
+        # predicted output (assumed mostly right) only while a request has one.
+        self._sources_without_prediction = tuple(s for s in cfg.sources if s != "prediction")
         self.policy = DraftPolicy(self.model, adaptive=cfg.policy == "adaptive")
         self._pending: dict[int, tuple[Draft, int, float]] = {}   # seq_id -> (draft, match_len, predicted)
         self._drafted = dict.fromkeys(SOURCES, 0)
@@ -161,7 +164,8 @@ class CopyProposer:
         n = len(queries)
         self._propose_calls += 1
         budget = self._budget(n, budget)
-        decision = self.policy.decide(n, budget, cost, self._search_s(n))
+        sources = self.config.sources if self._predictions else self._sources_without_prediction
+        decision = self.policy.decide(n, budget, cost, self._search_s(n), sources)
         if not decision.search:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n

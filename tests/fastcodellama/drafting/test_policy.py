@@ -162,6 +162,18 @@ def test_control_steps_forgo_a_bounded_share_of_a_large_gain() -> None:
     assert controls / 2000 * gain / (1 + gain) <= 1.1 * pol_mod.CONTROL_SHARE
 
 
+def test_the_gate_weighs_only_the_sources_a_copy_can_come_from_now() -> None:
+    """A client's predicted output is assumed mostly right, the likeliest copy of all; where no
+    request has one the gate must not count it: rows that only such a copy would pay for are not
+    worth a search."""
+    cost = LinearCost(per_row=0.78)  # a row costs 78% of a sequence: only the likeliest copies pay
+    with_prediction = DraftPolicy(AcceptanceModel(("prediction", "self")))
+    assert with_prediction.decide(8, 10_000, cost, 0.0, ("prediction", "self")).search
+    assert with_prediction.decide(8, 10_000, cost, 0.0).search  # default: every source the model knows
+    without = DraftPolicy(AcceptanceModel(("prediction", "self")))
+    assert not any(without.decide(8, 10_000, cost, 0.0, ("self",)).search for _ in range(8))
+
+
 def test_while_drafting_does_not_pay_exploration_is_rare_and_backs_off() -> None:
     pol = fresh_policy()
     cands = [cand(pol.model, 20, match_len=8) for _ in range(8)]

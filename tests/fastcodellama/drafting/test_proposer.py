@@ -352,6 +352,20 @@ def test_at_a_large_batch_sequences_that_get_no_draft_are_looked_up_less_often(m
     assert any(got[:mod.IDLE_SKIP_MAX + 1])
 
 
+def test_the_gate_is_told_of_predictions_only_while_a_request_has_one(monkeypatch) -> None:
+    prop = build_proposer(SpecConfig(sources=("prediction", "self")))
+    told = []
+    decide = prop.policy.decide
+    monkeypatch.setattr(prop.policy, "decide", lambda *a, d=decide: told.append(tuple(a[4])) or d(*a))
+    prop.add_sequence(0, "g0", [1, 2, 3, 1, 2])
+    prop.propose([DraftQuery(0, 10)], 10, FREE)
+    prop.add_sequence(1, "g1", [1, 2, 3], prediction=[4, 5, 6])
+    prop.propose([DraftQuery(0, 10), DraftQuery(1, 10)], 20, FREE)
+    prop.finish(1)
+    prop.propose([DraftQuery(0, 10)], 10, FREE)
+    assert told == [("self",), ("prediction", "self"), ("self",)]
+
+
 def test_a_fixed_search_time_is_what_the_policy_weighs_whatever_the_search_took(monkeypatch) -> None:
     """build_proposer(..., search_time): the policy is told that many seconds per query for every
     search (a simulated device repeats exactly); without it, the measured time."""
@@ -360,7 +374,8 @@ def test_a_fixed_search_time_is_what_the_policy_weighs_whatever_the_search_took(
         prop = build_proposer(SpecConfig(sources=("self",)), search_time)
         seen = told.setdefault(label, [])
         decide = prop.policy.decide
-        monkeypatch.setattr(prop.policy, "decide", lambda n, b, c, s, d=decide, seen=seen: seen.append(s) or d(n, b, c, s))
+        monkeypatch.setattr(prop.policy, "decide",
+                            lambda n, b, c, s, *rest, d=decide, seen=seen: seen.append(s) or d(n, b, c, s, *rest))
         for i in range(4):
             prop.add_sequence(i, f"g{i}", [1, 2, 3, 1, 2, 3, 1, 2])
         queries = [DraftQuery(i, 10) for i in range(4)]
