@@ -95,6 +95,10 @@ class Decision:
     probe: bool = False  # draft twice the believed best (the exploration budget, while drafting pays)
 
 
+# The decisions of most steps, made once (decide runs every step).
+_NO_SEARCH, _SEARCH, _PROBE = Decision(False), Decision(True), Decision(True, probe=True)
+
+
 @dataclass
 class _Budget:
     """Exploration state of one batch-size bucket."""
@@ -144,14 +148,16 @@ class DraftPolicy:
         """Whether to search for copies this step (and whether that is exploration); `sources`:
         those a copy can come from now (default: all the acceptance model knows)."""
         if n <= 0 or budget <= 0:
-            return Decision(False)
+            return _NO_SEARCH
         if not self.adaptive:
-            return Decision(True)
-        state = self._budgets.setdefault(_batch_bucket(n), _Budget())
+            return _SEARCH
+        state = self._budgets.get(_batch_bucket(n))
+        if state is None:
+            state = self._budgets[_batch_bucket(n)] = _Budget()
         state.step += 1
         plain = cost.plain(n)
         if plain is None:
-            return Decision(False)  # first measure plain steps at this batch: the baseline
+            return _NO_SEARCH  # first measure plain steps at this batch: the baseline
         if state.verdict is None or state.step - state.verdict_step >= VERDICT_STEPS:
             state.verdict = self._could_pay(n, budget, cost, plain, search_s, sources)
             state.verdict_step = state.step
@@ -162,19 +168,19 @@ class DraftPolicy:
         if state.verdict:
             if state.step - state.last_control >= _control_every(state.gain):
                 state.last_control = state.step
-                return Decision(False)
+                return _NO_SEARCH
             if (state.outcome is not None and state.outcome <= 0.0
                     and state.step - state.last_search < math.ceil(search_s / plain / SEARCH_SHARE)):
                 state.last_control = state.step  # a plain step anyway
-                return Decision(False)  # recent searches found nothing worth drafting: not every step
+                return _NO_SEARCH  # recent searches found nothing worth drafting: not every step
             state.last_search = state.step
-            return Decision(True, probe=due)
+            return _PROBE if due else _SEARCH
         # Nothing known about draft rows at this batch (nor within 2x, nor from an earlier run's
         # cache): explore at once. Known costs wait for the interval like any other belief.
         if due or (state.explorations == 0 and cost.extra(n, n) is None):
             return Decision(True, explore=True,
                             rows_per_seq=EXPLORE_ROWS[(state.explorations + 1) % len(EXPLORE_ROWS)])
-        return Decision(False)
+        return _NO_SEARCH
 
     def _explored(self, n: int) -> None:
         """An exploration or probe drafted: the next one waits twice as long."""
@@ -236,13 +242,18 @@ class DraftPolicy:
         if not self.adaptive:
             return self._fixed(cands, budget)
         gains, owner = self._ranked(cands)
-        order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
+        if owner and owner[0] == owner[-1]:  # one query's tokens (batch 1): ranked already
+            order: Sequence[int] = range(min(len(gains), budget))
+            ranked = gains[:budget]
+        else:
+            order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
+            ranked = [gains[i] for i in order]
         if explore is not None and explore.explore:
             take = self._explore_size(n, len(order), explore.rows_per_seq, cost)
             if take > 0:
                 self._explored(n)
         else:
-            best, gain = self._best_prefix(n, [gains[i] for i in order], cost, search_s)
+            best, gain = self._best_prefix(n, ranked, cost, search_s)
             take = min(len(order), 2 * best) if explore is not None and explore.probe else best
             self._note_gain(n, gain)
             self._note_outcome(n, best, gain, search_s, cost.plain(n))
