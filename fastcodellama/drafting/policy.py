@@ -151,7 +151,7 @@ class DraftPolicy:
             return _NO_SEARCH
         if not self.adaptive:
             return _SEARCH
-        state = self._budgets.get(_batch_bucket(n))
+        state = self._state(n)
         if state is None:
             state = self._budgets[_batch_bucket(n)] = _Budget()
         state.step += 1
@@ -182,9 +182,13 @@ class DraftPolicy:
                             rows_per_seq=EXPLORE_ROWS[(state.explorations + 1) % len(EXPLORE_ROWS)])
         return _NO_SEARCH
 
+    def _state(self, n: int) -> _Budget | None:
+        """The exploration state of n's batch-size bucket (None before its first decision)."""
+        return self._budgets.get(_batch_bucket(n))
+
     def _explored(self, n: int) -> None:
         """An exploration or probe drafted: the next one waits twice as long."""
-        state = self._budgets.get(_batch_bucket(n))
+        state = self._state(n)
         if state is not None:
             state.last_explore = state.step
             state.interval = min(2 * state.interval, EXPLORE_MAX)
@@ -192,17 +196,17 @@ class DraftPolicy:
 
     def _plain_step(self, n: int) -> None:
         """A step that drafts nothing is as good a control step as a forced one."""
-        state = self._budgets.get(_batch_bucket(n))
+        state = self._state(n)
         if state is not None:
             state.last_control = state.step
 
     def _note_gain(self, n: int, gain: float) -> None:
-        state = self._budgets.get(_batch_bucket(n))
+        state = self._state(n)
         if state is not None:
             state.gain = GAIN_DECAY * state.gain + (1.0 - GAIN_DECAY) * gain
 
     def _note_outcome(self, n: int, drafted: int, gain: float, search_s: float, plain: float | None) -> None:
-        state = self._budgets.get(_batch_bucket(n))
+        state = self._state(n)
         if state is None or plain is None or plain <= 0:
             return
         outcome = gain if drafted > 0 else -search_s / plain

@@ -34,13 +34,12 @@ from fastcodellama.drafting.policy import Candidate, Cost, Decision, DraftPolicy
 _TRUST = {"prediction": 0, "self": 1, "sibling": 2, "other": 3}
 _HANDICAP = {"prediction": 0, "self": 0, "sibling": 0, "other": 1}
 OTHER_HANDICAP = _HANDICAP["other"]
-# The search's seconds per query: the mean of the latest SEARCH_WINDOW searches (of its batch size;
-# not the first, which took several times the rest at batch 1 and, believed, kept searches
-# throttled for tens of steps at the start of a run while copies were there). Not a decayed
-# mean: the first searches of a run are several times slower than the rest, and while searches are
-# throttled (policy.SEARCH_SHARE, by their believed cost) the few that run would take hundreds of
-# steps to wear such a start down. Nor a median: at a large batch most searches look up only the
-# sequences whose back-off has run out, and one in several looks them all up at ten times the cost.
+# The search's seconds per query: the mean of the latest SEARCH_WINDOW searches of its batch size,
+# not counting a size's first (see _note_search_time). Not a decayed mean: the first searches of a
+# run are several times slower than the rest, and while searches are throttled (policy.SEARCH_SHARE,
+# by their believed cost) the few that run would take hundreds of steps to wear such a start down.
+# Nor a median: at a large batch most searches look up only the sequences whose back-off has run
+# out, and one in several looks them all up at ten times the cost.
 SEARCH_WINDOW = 9
 # At a large batch most sequences get no draft in a step (the budget goes to the likeliest copies),
 # and looking them all up costs the host tens of microseconds each. A sequence that got no draft is
@@ -195,7 +194,7 @@ class CopyProposer:
     def _note_search_time(self, n: int, seconds: float) -> None:
         size = n.bit_length()
         recent = self._search_recent_by_size.get(size)
-        if recent is None:  # a size's first search pays one-time costs (cold caches, first lookups)
+        if recent is None:  # a size's first search pays one-time costs (cold caches); believed, it throttles
             self._search_recent_by_size[size] = deque(maxlen=SEARCH_WINDOW)
             return
         per_query = seconds / n
