@@ -31,7 +31,7 @@ class InfillPrompt:
 
 def infill_ids(tokenizer: Tokenizer, parts: InfillParts) -> list[int]:
     ids = tokenizer.fim_prompt(parts.prefix, parts.suffix, files=parts.files)
-    return ids + (tokenizer.encode(parts.middle, add_bos=False) if parts.middle else [])
+    return ids + tokenizer.encode_continuation(parts.middle)  # running text: no dummy-prefix space
 
 
 def fit_infill(tokenizer: Tokenizer, parts: InfillParts, budget: int, max_token_chars: int | None) -> InfillPrompt:

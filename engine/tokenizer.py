@@ -20,15 +20,17 @@ class FimFormat:
     """A model's fill-in-the-middle tokens, found among its tokenizer's own special tokens.
 
     Prompts are prefix-suffix-middle: [BOS] prefix-token prefix suffix-token suffix middle-token,
-    the model then writes the middle and ends it with one of `stop_ids`. Repo-level prompts put
-    other files first: with `file_sep` (Qwen2.5-Coder, StarCoder2) in the model's own layout
-    (`style`), else as `#name` headed text before the prefix (DeepSeek-Coder's convention).
+    except Mistral's (Codestral's), which is suffix first with no middle token: [BOS] suffix-token
+    suffix prefix-token prefix. The model then writes the middle and ends it with one of
+    `stop_ids`. Repo-level prompts put other files first: with `file_sep` (Qwen2.5-Coder,
+    StarCoder2) in the model's own layout (`style`), else as `#name` headed text before the prefix
+    (DeepSeek-Coder's convention).
     """
 
-    style: str  # "codellama", "qwen", "starcoder" or "deepseek"
+    style: str  # "codellama", "mistral", "qwen", "starcoder" or "deepseek"
     prefix: int
     suffix: int
-    middle: int
+    middle: int | None  # None: the format has none (Mistral's)
     eot: int | None  # the token that ends a middle: CodeLlama's <EOT>, else the end-of-text token
     stop_ids: tuple[int, ...]  # every id that ends a middle: eot, the EOS ids, file_sep, pad
     repo_name: int | None = None
@@ -45,7 +47,11 @@ _FIM_TOKENS = (
     ("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", "<repo_name>", "<file_sep>",
      "<fim_pad>"),
     ("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>", None, None, None),
+    ("mistral", "[PREFIX]", "[SUFFIX]", None, None, None, None, None),
 )
+# A character to start a text with so that what follows it is tokenized as running text: see
+# Tokenizer.encode_continuation.
+_LEAD = "\u00a4"
 
 
 class Tokenizer:
@@ -64,6 +70,10 @@ class Tokenizer:
         self.eos_ids = self._find_eos_ids()
         if self.eos_id is None and self.eos_ids:
             self.eos_id = self.eos_ids[0]
+        # Whether encoding puts a space before a text's first word by itself (sentencepiece's dummy
+        # prefix, as CodeLlama's and Mistral's tokenizers do): "a" then starts with the piece of a space.
+        first = self.encode("a", add_bos=False)[:1]
+        self.leading_space = bool(first) and self._piece(first[0]).startswith("\u2581")
         self.fim = self._find_fim()
 
     def _load_spm(self, file: str) -> None:
@@ -108,6 +118,19 @@ class Tokenizer:
             ids = self._hf.encode(text, add_special_tokens=False)
         return ([self.bos_id] if add_bos and self.bos_id is not None else []) + list(ids)
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """The ids of `text` where it continues other text (a suffix after a fill-in-the-middle
+        token): without the space a tokenizer with a dummy prefix puts before a text's start, which
+        the model never saw there (CodeLlama's and Mistral's infilling formats encode the suffix
+        so). The text is tokenized after a lead character whose ids are then taken off."""
+        if not self.leading_space or not text:
+            return self.encode(text, add_bos=False)
+        lead = self.encode(_LEAD, add_bos=False)
+        ids = self.encode(_LEAD + text, add_bos=False)
+        if ids[:len(lead)] == lead:
+            return ids[len(lead):]
+        return self.encode(text, add_bos=False)  # the lead merged with the text: as at a text's start
+
     def decode(self, ids: Sequence[int]) -> str:
         # Models may pad their vocabulary past the tokenizer's; such ids have no text.
         ids = [int(i) for i in ids if 0 <= i < self.vocab_size]
@@ -116,6 +139,13 @@ class Tokenizer:
         if self._json is not None:
             return self._json.decode(ids, skip_special_tokens=True)
         return self._hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _piece(self, i: int) -> str:
+        if self._spm is not None:
+            return self._spm.id_to_piece(i)
+        if self._json is not None:
+            return self._json.id_to_token(i) or ""
+        return self._hf.convert_ids_to_tokens(i) or ""
 
     def token_id(self, piece: str) -> int | None:
         if self._spm is not None:
@@ -155,7 +185,9 @@ class Tokenizer:
 
     def _fim_ids(self, prefix: str, suffix: str) -> list[int]:
         fim = self.fim
-        return [fim.prefix] + self._text(prefix) + [fim.suffix] + self._text(suffix) + [fim.middle]
+        if fim.middle is None:  # Mistral's: [SUFFIX]suffix[PREFIX] prefix
+            return [fim.suffix] + self.encode_continuation(suffix) + [fim.prefix] + self._text(prefix)
+        return [fim.prefix] + self._text(prefix) + [fim.suffix] + self.encode_continuation(suffix) + [fim.middle]
 
     def _text(self, text: str) -> list[int]:
         return self.encode(text, add_bos=False) if text else []
@@ -180,7 +212,8 @@ class Tokenizer:
     def _find_fim(self) -> FimFormat | None:
         for style, *names in _FIM_TOKENS:
             prefix, suffix, middle, end, repo, sep, pad = (self.token_id(n) if n else None for n in names)
-            if prefix is None or suffix is None or middle is None or (style == "codellama" and end is None):
+            if prefix is None or suffix is None or (middle is None and style != "mistral") or (
+                    style == "codellama" and end is None):
                 continue
             eot = end if end is not None else self.eos_id
             stops = tuple(dict.fromkeys(i for i in (eot, *self.eos_ids, sep, pad) if i is not None))

@@ -44,6 +44,15 @@ def qwen2(cfg: dict) -> dict[str, Any]:
     return dict(fields, qkv_bias=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
 
 
+def mistral(cfg: dict) -> dict[str, Any]:
+    """Mistral / Codestral: Llama's layout, with a sliding window where the config sets one
+    (Mistral-7B-v0.1's 4096; later checkpoints null)."""
+    fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
+    window = cfg.get("sliding_window")
+    # A window as long as the model's positions never slides: the fast paths without one apply.
+    return dict(fields, sliding_window=window if window and window < fields["max_position_embeddings"] else None)
+
+
 def starcoder2(cfg: dict) -> dict[str, Any]:
     """StarCoder2: LayerNorm, a plain GELU MLP, biases everywhere but the head, sliding window."""
     heads = _need(cfg, "num_attention_heads")

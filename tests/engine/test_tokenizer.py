@@ -6,7 +6,7 @@ import random
 import pytest
 
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
-from tests.conftest import BPE_SAMPLES, make_byte_bpe_tokenizer
+from tests.conftest import BPE_SAMPLES, _stdlib_text, make_byte_bpe_tokenizer
 
 SNIPPETS = [
     "def f(x):\n    return x  # done\n",
@@ -184,6 +184,73 @@ def test_codellama_fim_prompt_is_unchanged(spm_tokenizer_dir):
     prefix, suffix = "def f(x):\n    ", "\n    return y\n"
     assert tok.fim_prompt(prefix, suffix) == [tok.bos_id, fim.prefix] + tok.encode(prefix, add_bos=False) + \
         [fim.suffix] + tok.encode(suffix, add_bos=False) + [fim.middle]
+
+
+def _dummy_prefix_spm(path, symbols: list[str], kind: str) -> str:
+    """A sentencepiece tokenizer with the dummy prefix on, as CodeLlama's and Mistral's are."""
+    import sentencepiece as spm
+
+    (path / "corpus.txt").write_text(_stdlib_text(60_000))
+    spm.SentencePieceTrainer.train(
+        input=str(path / "corpus.txt"), model_prefix=str(path / "tokenizer"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+        **{kind: symbols}, minloglevel=2, num_threads=1)
+    return str(path)
+
+
+def _without_dummy_prefix(path: str):
+    """The same sentencepiece model with its dummy prefix turned off: how a text that continues
+    other text is tokenized."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(f"{path}/tokenizer.model", "rb") as f:
+        proto.ParseFromString(f.read())
+    proto.normalizer_spec.add_dummy_prefix = False
+    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+
+
+PREFIX, SUFFIX = "def f(x):\n    ", "\n    return y\n"
+
+
+def test_codellama_fim_suffix_has_no_dummy_prefix_space(tmp_path):
+    """CodeLlama's format, as Meta's reference builds it: the prefix tokenized as a text of its own
+    (with sentencepiece's leading space), the suffix as running text (without it)."""
+    path = _dummy_prefix_spm(tmp_path, ["\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>", "\u2581<EOT>"],
+                             "user_defined_symbols")
+    tok, running = Tokenizer(path), _without_dummy_prefix(path)
+    fim = tok.fim
+    assert tok.leading_space and fim.style == "codellama"
+    assert tok.encode(SUFFIX, add_bos=False) != running.encode(SUFFIX)  # else this test shows nothing
+    ids = tok.fim_prompt(PREFIX, SUFFIX)
+    assert ids == [tok.bos_id, fim.prefix] + tok.encode(PREFIX, add_bos=False) + [fim.suffix] + \
+        running.encode(SUFFIX) + [fim.middle]
+    # The middle's first word keeps its space: it is read after the prompt, not at a text's start.
+    assert IncrementalDetokenizer(tok, ids).add(tok.encode("return", add_bos=False)[0]).startswith(" ")
+
+
+def test_codestral_fim_prompt_is_suffix_first(tmp_path):
+    """Mistral's (Codestral's) format: [SUFFIX]suffix[PREFIX] prefix after BOS, no middle token;
+    the middle ends with EOS. Other files go before the prefix as #name headed text."""
+    path = _dummy_prefix_spm(tmp_path, ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"], "control_symbols")
+    tok, running = Tokenizer(path), _without_dummy_prefix(path)
+    fim = tok.fim
+    assert (fim.style, fim.prefix, fim.suffix, fim.middle) == ("mistral", tok.token_id("[PREFIX]"),
+                                                               tok.token_id("[SUFFIX]"), None)
+    assert fim.eot == tok.eos_id and fim.stop_ids == (tok.eos_id,)
+    expected = [tok.bos_id, fim.suffix] + running.encode(SUFFIX) + [fim.prefix]
+    assert tok.fim_prompt(PREFIX, SUFFIX) == expected + tok.encode(PREFIX, add_bos=False)
+    assert tok.fim_prompt(PREFIX, SUFFIX, [("a.py", "x = 1")], path="main.py") == \
+        expected + tok.encode("#a.py\nx = 1\n#main.py\n" + PREFIX, add_bos=False)
+
+
+def test_tokenizers_without_dummy_prefix_encode_a_suffix_as_before(spm_tokenizer_dir, bpe_dir):
+    for path in (spm_tokenizer_dir, bpe_dir[1]):
+        tok = Tokenizer(path)
+        assert not tok.leading_space
+        assert tok.encode_continuation(SUFFIX) == tok.encode(SUFFIX, add_bos=False)
 
 
 def test_eos_ids_from_generation_config(tmp_path):

@@ -1,4 +1,5 @@
-"""Qwen2, DeepSeek-Coder (Llama with linear rope scaling), StarCoder2 and CodeGen: tiny random
+"""Qwen2, DeepSeek-Coder (Llama with linear rope scaling), Mistral (Llama with a sliding window),
+StarCoder2 and CodeGen: tiny random
 models from transformers' own classes, run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from fastcodellama.drafting import SpecConfig, build_proposer
 from tests.conftest import make_tiny_family
 from tests.engine.helpers import _hf_model, assert_no_leaks
 
-FAMILIES = ("qwen2", "deepseek", "starcoder2", "codegen")
+FAMILIES = ("qwen2", "deepseek", "mistral", "starcoder2", "codegen")
 BLOCK = 4
-# Steps of one sequence: a prefill within StarCoder2's window of 8, a long chunk (the reference
-# backend's per-sequence path), a verify-like chunk, then single decode tokens.
+# Steps of one sequence: a prefill within StarCoder2's and Mistral's window of 8, a long chunk (the
+# reference backend's per-sequence path), a verify-like chunk, then single decode tokens.
 STEPS = (6, 66, 4, 1, 1, 1)
 
 
@@ -62,6 +63,7 @@ def test_config_reads_the_family(family_dir):
     mc = read_model_config(path)
     expected = {"qwen2": ("qwen2", True, "rms", 16, "neox", None),
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
+                "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
                 "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
     assert (mc.family, mc.qkv_bias, mc.norm, mc.rotary_dim, mc.rotary_style, mc.sliding_window) == expected
@@ -138,7 +140,7 @@ def test_loader_names_what_is_wrong(family_dir):
 
 @pytest.mark.parametrize("cfg", [
     {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64},
-    {"architectures": ["MistralForCausalLM"], "model_type": "mistral"},
+    {"architectures": ["GemmaForCausalLM"], "model_type": "gemma"},
     {"model_type": "gpt_neox"},
 ])
 def test_unsupported_architecture_is_a_one_line_value_error(cfg):
@@ -163,3 +165,13 @@ def test_qwen2_sliding_window_on_some_layers_is_refused():
         model_config(cfg)
     assert model_config(dict(cfg, max_window_layers=0)).sliding_window == 16
     assert model_config(dict(cfg, use_sliding_window=False)).sliding_window is None
+
+
+def test_mistral_window_only_where_it_slides():
+    cfg = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": 64, "hidden_size": 64,
+           "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "max_position_embeddings": 32768}
+    assert model_config(dict(cfg, sliding_window=4096)).sliding_window == 4096  # Mistral-7B-v0.1
+    assert model_config(dict(cfg, sliding_window=32768)).sliding_window is None
+    assert model_config(dict(cfg, sliding_window=None)).sliding_window is None  # Codestral, Mistral-7B-v0.3
+    assert model_config(cfg).family == "mistral"
