@@ -40,6 +40,7 @@ class ModelConfig:
     rotary_dim: int | None = None  # rotated dims at the start of each head; None: all of them
     rotary_style: str = "neox"  # "neox": dim i pairs with i + rotary_dim/2; "gptj": 2i with 2i + 1
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)) with one norm (CodeGen)
+    qk_norm: bool = False  # an RMSNorm over each head of q and of k before the rotary embedding (Qwen3)
     sliding_window: int | None = None  # a query sees at most this many keys, itself included
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1

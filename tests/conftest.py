@@ -139,6 +139,7 @@ FAMILY_MODELS = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen", dict(tie_word_embeddings=True, rms_norm_eps=1e-6)),
     "deepseek": ("LlamaConfig", "LlamaForCausalLM", "deepseek",
                  dict(rope_scaling={"rope_type": "linear", "factor": 4.0}, rope_theta=100000.0, rms_norm_eps=1e-6)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "qwen", dict(tie_word_embeddings=True, rms_norm_eps=1e-6, head_dim=32)),
     "mistral": ("MistralConfig", "MistralForCausalLM", "deepseek", dict(sliding_window=8, rms_norm_eps=1e-5)),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", "starcoder",
                    dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, use_bias=True)),

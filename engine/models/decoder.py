@@ -1,7 +1,7 @@
 """A pre-norm decoder-only transformer over the paged KV cache, in every variant the families need.
 
 The layers are built from the ModelConfig (RMSNorm or LayerNorm, gated SiLU or plain GELU MLP,
-biases, full or partial rotary in either layout, sequential or parallel residual). Each family's
+biases, full or partial rotary in either layout, per-head q/k norms, sequential or parallel residual). Each family's
 subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `_RENAMES`,
 `_SKIP`, `convert`), so the math is written once.
 
@@ -50,6 +50,8 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
         self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
         self.rotary_style = cfg.rotary_style
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         # The in-place Triton rotary kernel on a GPU (engine/kernels/triton_fused.py), set by the
         # model's use_triton_kernels; apply_rotary is its reference.
         self.rope_: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -60,6 +62,8 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_ is not None:
             q, k = self.rope_(q, *cos_sin), self.rope_(k, *cos_sin)
         else:

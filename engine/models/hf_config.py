@@ -44,6 +44,12 @@ def qwen2(cfg: dict) -> dict[str, Any]:
     return dict(fields, qkv_bias=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
 
 
+def qwen3(cfg: dict) -> dict[str, Any]:
+    """Qwen3 (dense): Llama with an RMSNorm over each head of q and k, head_dim from the config."""
+    fields = llama(dict(cfg, mlp_bias=False))
+    return dict(fields, qk_norm=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
+
+
 def mistral(cfg: dict) -> dict[str, Any]:
     """Mistral / Codestral: Llama's layout, with a sliding window where the config sets one
     (Mistral-7B-v0.1's 4096; later checkpoints null)."""

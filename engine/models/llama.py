@@ -1,5 +1,5 @@
-"""Llama (CodeLlama, DeepSeek-Coder) and Qwen2 (Llama with q/k/v biases) over the paged KV cache:
-q/k/v and gate/up fused into one projection each."""
+"""Llama (CodeLlama, DeepSeek-Coder), Qwen2 (Llama with q/k/v biases), Qwen3 (with per-head q/k
+norms) and Mistral (Codestral) over the paged KV cache: q/k/v and gate/up fused into one projection each."""
 from __future__ import annotations
 
 from engine.models.cpu_stack import CpuDecoderStack

@@ -31,6 +31,7 @@ class Family:
 FAMILIES = (
     Family("llama", ("LlamaForCausalLM",), ("llama",), LlamaForCausalLM, hf_config.llama),
     Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), LlamaForCausalLM, hf_config.qwen2),
+    Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), LlamaForCausalLM, hf_config.qwen3),
     Family("mistral", ("MistralForCausalLM",), ("mistral",), LlamaForCausalLM, hf_config.mistral),
     Family("starcoder2", ("Starcoder2ForCausalLM",), ("starcoder2",), Starcoder2ForCausalLM, hf_config.starcoder2),
     Family("codegen", ("CodeGenForCausalLM",), ("codegen",), CodeGenForCausalLM, hf_config.codegen),

@@ -1,4 +1,4 @@
-"""Qwen2, DeepSeek-Coder (Llama with linear rope scaling), Mistral (Llama with a sliding window),
+"""Qwen2, Qwen3 (per-head q/k norms, head_dim apart from hidden / heads), DeepSeek-Coder (Llama with linear rope scaling), Mistral (Llama with a sliding window),
 StarCoder2 and CodeGen: tiny random
 models from transformers' own classes, run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fastcodellama.drafting import SpecConfig, build_proposer
 from tests.conftest import make_tiny_family
 from tests.engine.helpers import _hf_model, assert_no_leaks
 
-FAMILIES = ("qwen2", "deepseek", "mistral", "starcoder2", "codegen")
+FAMILIES = ("qwen2", "qwen3", "deepseek", "mistral", "starcoder2", "codegen")
 BLOCK = 4
 # Steps of one sequence: a prefill within StarCoder2's and Mistral's window of 8, a long chunk (the
 # reference backend's per-sequence path), a verify-like chunk, then single decode tokens.
@@ -62,11 +62,13 @@ def test_config_reads_the_family(family_dir):
     family, path = family_dir
     mc = read_model_config(path)
     expected = {"qwen2": ("qwen2", True, "rms", 16, "neox", None),
+                "qwen3": ("qwen3", False, "rms", 32, "neox", None),
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
                 "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
     assert (mc.family, mc.qkv_bias, mc.norm, mc.rotary_dim, mc.rotary_style, mc.sliding_window) == expected
+    assert mc.qk_norm == (family == "qwen3")
     if family == "qwen2":  # config.json's EOS, then the extra one generation_config.json lists
         assert len(mc.eos_token_ids) == 2 and mc.eos_token_id == mc.eos_token_ids[0]
     if family == "deepseek":
