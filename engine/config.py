@@ -41,6 +41,9 @@ class ModelConfig:
     rotary_style: str = "neox"  # "neox": dim i pairs with i + rotary_dim/2; "gptj": 2i with 2i + 1
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)) with one norm (CodeGen)
     qk_norm: bool = False  # an RMSNorm over each head of q and of k before the rotary embedding (Qwen3)
+    # "rope": rotary embedding of q and k; "learned": a table of absolute positions added to the
+    # token embeddings, no rotary (GPTBigCode: StarCoder 1, WizardCoder, SantaCoder).
+    position_embedding: str = "rope"
     sliding_window: int | None = None  # a query sees at most this many keys, itself included
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
@@ -59,6 +62,8 @@ class ModelConfig:
         _check(self.norm in ("rms", "layer"), f"model config: norm must be rms or layer, got {self.norm!r}")
         _check(self.activation in ("silu", "gelu", "gelu_tanh"),
                f"model config: activation must be silu, gelu or gelu_tanh, got {self.activation!r}")
+        _check(self.position_embedding in ("rope", "learned"),
+               f"model config: position_embedding must be rope or learned, got {self.position_embedding!r}")
         _check(self.rotary_style in ("neox", "gptj"),
                f"model config: rotary_style must be neox or gptj, got {self.rotary_style!r}")
         _check(0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0,

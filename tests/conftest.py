@@ -143,6 +143,9 @@ FAMILY_MODELS = {
     "mistral": ("MistralConfig", "MistralForCausalLM", "deepseek", dict(sliding_window=8, rms_norm_eps=1e-5)),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", "starcoder",
                    dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, use_bias=True)),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", "starcoder",
+                    dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, n_inner=None, multi_query=True,
+                         activation_function="gelu_pytorch_tanh")),
     "codegen": ("CodeGenConfig", "CodeGenForCausalLM", "gpt2",
                 dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=512, n_inner=None)),
 }
@@ -165,7 +168,7 @@ def make_tiny_family(path: str, family: str, vocab_size: int = 512, seed: int = 
     eos = tok.token_to_id(BPE_STYLES[style][1]["eos_token"])
     bos = tok.token_to_id(specials[0])
     cfg = dict(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos)
-    if family != "codegen":
+    if family not in ("codegen", "gpt_bigcode"):  # those name their sizes in their own way
         cfg.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=512)
     cfg.update(family_overrides)

@@ -1,7 +1,8 @@
 """A pre-norm decoder-only transformer over the paged KV cache, in every variant the families need.
 
 The layers are built from the ModelConfig (RMSNorm or LayerNorm, gated SiLU or plain GELU MLP,
-biases, full or partial rotary in either layout, per-head q/k norms, sequential or parallel residual). Each family's
+biases, full or partial rotary in either layout or learned absolute positions, per-head q/k norms,
+sequential or parallel residual). Each family's
 subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `_RENAMES`,
 `_SKIP`, `convert`), so the math is written once.
 
@@ -56,7 +57,7 @@ class Attention(nn.Module):
         # model's use_triton_kernels; apply_rotary is its reference.
         self.rope_: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None, kv_cache: torch.Tensor,
                 batch: StepBatch, backend: AttentionBackend, meta: Any) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
@@ -64,7 +65,9 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope_ is not None:
+        if cos_sin is None:  # learned absolute positions: nothing to rotate
+            pass
+        elif self.rope_ is not None:
             q, k = self.rope_(q, *cos_sin), self.rope_(k, *cos_sin)
         else:
             q, k = apply_rotary(cos_sin, q, k, self.rotary_style)
@@ -142,8 +145,10 @@ class DecoderForCausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.rotary = Rotary.for_config(cfg)
+        self.rotary = _rotary(cfg)
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
+        learned = cfg.position_embedding == "learned"
+        self.embed_positions = Embedding(cfg.max_position_embeddings, cfg.hidden_size) if learned else None
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = make_norm(cfg)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.lm_head_bias)
@@ -155,7 +160,7 @@ class DecoderForCausalLM(nn.Module):
     def rebuild_after_meta(self) -> None:
         """Recomputes what `to_empty` leaves uninitialized and the dtype cast must not touch: the
         rotary tables (kept float32); re-ties the head."""
-        self.rotary = Rotary.for_config(self.config)
+        self.rotary = _rotary(self.config)
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -168,7 +173,11 @@ class DecoderForCausalLM(nn.Module):
             backend = self._attention_for(batch, backend)
             meta = backend.prepare(batch)
         x = self.embed_tokens(batch.input_ids)
-        cos_sin = self.rotary.tables(batch.positions, x.dtype)
+        cos_sin = None
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(batch.positions)
+        else:
+            cos_sin = self.rotary.tables(batch.positions, x.dtype)
         if self.cpu_stack is not None and self.cpu_stack.takes(batch, meta, x):
             x = self.cpu_stack.run(x, cos_sin, kv_caches, batch, meta)
         else:
@@ -197,7 +206,7 @@ class DecoderForCausalLM(nn.Module):
         for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
             norm.fused = triton_fused.rms_norm
             count += 1
-        if triton_fused.supports_rope(cfg.head_dim, cfg.rotary_dim, cfg.rotary_style):
+        if self.rotary is not None and triton_fused.supports_rope(cfg.head_dim, cfg.rotary_dim, cfg.rotary_style):
             for attn in (m for m in self.modules() if isinstance(m, Attention)):
                 attn.rope_ = triton_fused.rope_
                 count += 1
@@ -277,6 +286,10 @@ class DecoderForCausalLM(nn.Module):
         missing = expected - loaded
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+
+
+def _rotary(cfg: ModelConfig) -> Rotary | None:
+    return Rotary.for_config(cfg) if cfg.position_embedding == "rope" else None
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:

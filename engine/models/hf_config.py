@@ -88,6 +88,37 @@ def starcoder2(cfg: dict) -> dict[str, Any]:
     )
 
 
+def gpt_bigcode(cfg: dict) -> dict[str, Any]:
+    """GPTBigCode: learned absolute positions, LayerNorm, a GELU MLP, biases everywhere but the
+    head, one K/V head where multi_query (StarCoder), else as many as query heads."""
+    hidden = _need(cfg, "n_embd", "hidden_size")
+    heads = _need(cfg, "n_head", "num_attention_heads")
+    if hidden % heads:
+        raise ValueError(f"GPTBigCode needs n_head ({heads}) dividing n_embd ({hidden})")
+    if not cfg.get("scale_attn_weights", True):
+        raise ValueError("GPTBigCode without scale_attn_weights (unscaled attention) is not supported")
+    return dict(
+        vocab_size=_need(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=cfg.get("n_inner") or 4 * hidden,
+        num_layers=_need(cfg, "n_layer", "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=1 if cfg.get("multi_query", True) else heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048,
+        norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+        rope_theta=10000.0,  # unused: no rotary
+        norm="layer",
+        activation=_activation(cfg.get("activation_function", "gelu_pytorch_tanh")),
+        gated_mlp=False,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        position_embedding="learned",
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+    )
+
+
 CODEGEN_MP_NUM = 4  # CodeGen's fused qkv_proj is laid out for 4 model-parallel shards
 
 

@@ -15,6 +15,7 @@ from engine.loader import hf_token_ids, read_folder_json
 from engine.models import hf_config
 from engine.models.codegen import CodeGenForCausalLM
 from engine.models.decoder import DecoderForCausalLM
+from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.starcoder2 import Starcoder2ForCausalLM
 
@@ -34,6 +35,8 @@ FAMILIES = (
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), LlamaForCausalLM, hf_config.qwen3),
     Family("mistral", ("MistralForCausalLM",), ("mistral",), LlamaForCausalLM, hf_config.mistral),
     Family("starcoder2", ("Starcoder2ForCausalLM",), ("starcoder2",), Starcoder2ForCausalLM, hf_config.starcoder2),
+    Family("gpt_bigcode", ("GPTBigCodeForCausalLM",), ("gpt_bigcode",), GPTBigCodeForCausalLM,
+           hf_config.gpt_bigcode),
     Family("codegen", ("CodeGenForCausalLM",), ("codegen",), CodeGenForCausalLM, hf_config.codegen),
 )
 FAMILY_NAMES = tuple(f.name for f in FAMILIES)

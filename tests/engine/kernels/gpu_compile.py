@@ -36,8 +36,8 @@ _POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp
             torch.int64: "*i64", torch.bool: "*i1"}
 BLOCK = 16
 # (query heads, kv heads, sliding window): CodeLlama-7B, GQA (Qwen2.5-Coder-7B-like), a window
-# (Mistral-7B-v0.1, StarCoder2), 6 query heads per kv head (Codestral-22B).
-SHAPES = ((32, 32, None), (32, 8, None), (32, 8, 4096), (48, 8, None))
+# (Mistral-7B-v0.1, StarCoder2), 6 query heads per kv head (Codestral-22B), multi-query (StarCoder-15B).
+SHAPES = ((32, 32, None), (32, 8, None), (32, 8, 4096), (48, 8, None), (48, 1, None))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Qwen2, Qwen3 (per-head q/k norms, head_dim apart from hidden / heads), DeepSeek-Coder (Llama with linear rope scaling), Mistral (Llama with a sliding window),
+"""Qwen2, Qwen3 (per-head q/k norms, head_dim apart from hidden / heads), GPTBigCode (StarCoder 1:
+learned positions, multi-query attention), DeepSeek-Coder (Llama with linear rope scaling), Mistral (Llama with a sliding window),
 StarCoder2 and CodeGen: tiny random
 models from transformers' own classes, run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastcodellama.drafting import SpecConfig, build_proposer
 from tests.conftest import make_tiny_family
 from tests.engine.helpers import _hf_model, assert_no_leaks
 
-FAMILIES = ("qwen2", "qwen3", "deepseek", "mistral", "starcoder2", "codegen")
+FAMILIES = ("qwen2", "qwen3", "deepseek", "mistral", "starcoder2", "gpt_bigcode", "codegen")
 BLOCK = 4
 # Steps of one sequence: a prefill within StarCoder2's and Mistral's window of 8, a long chunk (the
 # reference backend's per-sequence path), a verify-like chunk, then single decode tokens.
@@ -66,9 +67,13 @@ def test_config_reads_the_family(family_dir):
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
+                "gpt_bigcode": ("gpt_bigcode", True, "layer", 16, "neox", None),
                 "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
     assert (mc.family, mc.qkv_bias, mc.norm, mc.rotary_dim, mc.rotary_style, mc.sliding_window) == expected
     assert mc.qk_norm == (family == "qwen3")
+    assert mc.position_embedding == ("learned" if family == "gpt_bigcode" else "rope")
+    if family == "gpt_bigcode":  # StarCoder's multi-query attention: one K/V head
+        assert mc.num_kv_heads == 1
     if family == "qwen2":  # config.json's EOS, then the extra one generation_config.json lists
         assert len(mc.eos_token_ids) == 2 and mc.eos_token_id == mc.eos_token_ids[0]
     if family == "deepseek":
@@ -130,8 +135,9 @@ def test_greedy_matches_transformers_with_and_without_drafts(family_dir):
 def test_loader_names_what_is_wrong(family_dir):
     family, path = family_dir
     model = load_model(path, read_model_config(path), torch.float32, torch.device("cpu"))
-    prefix = "transformer." if family == "codegen" else "model."
-    embed = prefix + ("wte.weight" if family == "codegen" else "embed_tokens.weight")
+    gpt = family in ("codegen", "gpt_bigcode")
+    prefix = "transformer." if gpt else "model."
+    embed = prefix + ("wte.weight" if gpt else "embed_tokens.weight")
     with pytest.raises(ValueError, match="unexpected tensor"):
         model.load_hf_weights([(prefix + "layers.0.self_attn.nonsense.weight", torch.zeros(1))])
     with pytest.raises(ValueError, match="shape mismatch"):
@@ -177,3 +183,15 @@ def test_mistral_window_only_where_it_slides():
     assert model_config(dict(cfg, sliding_window=32768)).sliding_window is None
     assert model_config(dict(cfg, sliding_window=None)).sliding_window is None  # Codestral, Mistral-7B-v0.3
     assert model_config(cfg).family == "mistral"
+
+
+def test_gpt_bigcode_with_a_kv_head_per_query_head(tmp_path):
+    """multi_query false: c_attn holds each head's q, k and v rows in turn (convert reorders them)."""
+    path = make_tiny_family(str(tmp_path), "gpt_bigcode", multi_query=False)
+    mc = read_model_config(path)
+    assert mc.num_kv_heads == mc.num_heads == 4
+    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    ids = _ids(sum(STEPS))
+    with torch.no_grad():
+        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
+    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
