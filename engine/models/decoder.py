@@ -96,7 +96,7 @@ class GatedMLP(nn.Module):
 
 
 class MLP(nn.Module):
-    """fc_out(act(fc_in(x))) (StarCoder2, CodeGen)."""
+    """fc_out(act(fc_in(x))) (StarCoder 1 and 2, CodeGen)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

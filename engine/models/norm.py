@@ -1,4 +1,5 @@
-"""The decoders' normalizations: RMSNorm (Llama, Qwen2) and LayerNorm with bias (StarCoder2, CodeGen)."""
+"""The decoders' normalizations: RMSNorm (Llama, Qwen2, Qwen3, Mistral) and LayerNorm with bias (StarCoder 1 and 2,
+CodeGen)."""
 from __future__ import annotations
 
 from typing import Callable
