@@ -3,14 +3,13 @@ run in its own sandbox against its task's tests."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from fastcodellama.cli import checks
 from fastcodellama.cli.options import add_ray_args, ray_config
 from fastcodellama.cli.values import positive_float, positive_int
-from fastcodellama.evaluation.sandbox import SandboxUnavailable, unsafe_no_sandbox
+from fastcodellama.evaluation.sandbox import SandboxUnavailable, default_workers, unsafe_no_sandbox
 from fastcodellama.progress import Phases
 
 
@@ -30,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("samples", help="jsonl with task_id and completion per line")
     parser.add_argument("--problems", default=None, help="problems jsonl(.gz) (default: HumanEval)")
     parser.add_argument("--k", type=_parse_ks, default=[1, 10, 100], help="e.g. 1,10,100 (default)")
-    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="parallel sandboxes")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(),
+                        help="parallel sandboxes (default: twice the cores)")
     parser.add_argument("--timeout", type=positive_float, default=3.0, help="seconds per sample (default 3)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="run completions even where the sandbox cannot isolate them (no namespaces, "

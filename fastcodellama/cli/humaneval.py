@@ -21,7 +21,7 @@ from fastcodellama.cli.checks import CliError, Interrupted
 from fastcodellama.cli.options import (add_engine_args, add_ray_args, add_spec_args, build_llm, engine_config,
                                        ray_config, replica_spec, spec_config)
 from fastcodellama.cli.values import non_negative_float, non_negative_int, positive_float, positive_int, probability
-from fastcodellama.evaluation.sandbox import preflight, unsafe_no_sandbox
+from fastcodellama.evaluation.sandbox import default_workers, preflight, unsafe_no_sandbox
 from fastcodellama.job.report import RunSummary, report
 from fastcodellama.job.run_record import RunRecord, check_record, discard, read_record
 from fastcodellama.job.samples_file import done_counts
@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--stop", action="append", default=None, help="stop string (default: the Codex stops)")
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
-    p.add_argument("--workers", type=positive_int, default=2, help="parallel sandboxed test runs")
+    p.add_argument("--workers", type=positive_int, default=default_workers(),
+                   help="parallel sandboxed test runs (default: twice the cores)")
     p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds per test run")
     p.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run completions even where the sandbox cannot isolate them (no namespaces, "

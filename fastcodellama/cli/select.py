@@ -8,7 +8,7 @@ import time
 
 from fastcodellama.cli import checks
 from fastcodellama.cli.values import non_negative_int, positive_float, positive_int
-from fastcodellama.evaluation.sandbox import SandboxUnavailable, preflight, unsafe_no_sandbox
+from fastcodellama.evaluation.sandbox import SandboxUnavailable, default_workers, preflight, unsafe_no_sandbox
 from fastcodellama.evaluation.task_selection import MODES
 from fastcodellama.progress import Phases
 
@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="full (default), filter (examples only), cluster (no filter), none")
     parser.add_argument("--mutations", type=non_negative_int, default=24, help="further inputs per task (default 24)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the input mutation")
-    parser.add_argument("--workers", type=positive_int, default=2, help="parallel sandboxes (default 2)")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(),
+                        help="parallel sandboxes (default: twice the cores)")
     parser.add_argument("--cache", default=None, help="execution cache (default: OUTPUT.cache.jsonl)")
     parser.add_argument("--no-score", dest="score", action="store_false", help="skip scoring with the tests")
     parser.add_argument("--timeout", type=positive_float, default=3.0, help="seconds per test run when scoring")

@@ -133,6 +133,12 @@ def effective_limits(limits: Limits) -> Limits:
     return replace(limits, unsafe_no_sandbox=True) if _unsafe_default and not limits.unsafe_no_sandbox else limits
 
 
+def default_workers() -> int:
+    """Sandboxes to run at once: twice the cores, since a check spends part of its time waiting on
+    the kernel (namespaces, mounts, its pipes) rather than computing; at most half the uid range."""
+    return max(1, min(SANDBOX_UID_COUNT // 2, 2 * (os.cpu_count() or 1)))
+
+
 def preflight(limits: Limits = Limits()) -> str:
     """Runs one trivial check: its isolation label, or SandboxUnavailable before any real work."""
     return check_program("pass", 30.0, limits).isolation

@@ -288,3 +288,9 @@ def test_two_processes_never_share_a_uid(isolation):
         assert all(SANDBOX_UIDS[0] <= uid < SANDBOX_UIDS[1] for job in runs for uid, _, _ in job)
         shared = [(a, b) for a in runs[0] for b in runs[1] if a[0] == b[0] and a[1] < b[2] and b[1] < a[2]]
         assert shared == []
+
+
+def test_default_workers_are_twice_the_cores_within_the_uid_range(monkeypatch):
+    for cores, expected in ((None, 2), (1, 2), (2, 4), (16, 32), (96, sandbox.SANDBOX_UID_COUNT // 2)):
+        monkeypatch.setattr(sandbox.os, "cpu_count", lambda cores=cores: cores)
+        assert sandbox.default_workers() == expected
