@@ -44,6 +44,13 @@ class ModelConfig:
     # "rope": rotary embedding of q and k; "learned": a table of absolute positions added to the
     # token embeddings, no rotary (GPTBigCode: StarCoder 1, WizardCoder, SantaCoder).
     position_embedding: str = "rope"
+    # Mixture of experts (Qwen3-MoE), 0 experts: dense. Every layer not in dense_layers has an MLP
+    # of num_experts SwiGLU experts of width moe_intermediate_size, experts_per_token per token.
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # the chosen experts' weights renormalized to sum to 1
+    dense_layers: tuple[int, ...] = ()
     sliding_window: int | None = None  # a query sees at most this many keys, itself included
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
@@ -62,6 +69,11 @@ class ModelConfig:
         _check(self.norm in ("rms", "layer"), f"model config: norm must be rms or layer, got {self.norm!r}")
         _check(self.activation in ("silu", "gelu", "gelu_tanh"),
                f"model config: activation must be silu, gelu or gelu_tanh, got {self.activation!r}")
+        _check(self.num_experts == 0 or (1 <= self.experts_per_token <= self.num_experts
+                                         and self.moe_intermediate_size >= 1),
+               f"model config: a mixture of {self.num_experts} experts needs 1 <= experts_per_token "
+               f"(got {self.experts_per_token}) <= num_experts and moe_intermediate_size >= 1")
+        object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
         _check(self.position_embedding in ("rope", "learned"),
                f"model config: position_embedding must be rope or learned, got {self.position_embedding!r}")
         _check(self.rotary_style in ("neox", "gptj"),

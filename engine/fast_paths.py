@@ -44,11 +44,13 @@ class FastPaths:
 
 
 def choose(config: EngineConfig, device: torch.device, dtype: torch.dtype,
-           sliding_window: int | None = None) -> FastPaths:
+           sliding_window: int | None = None, routed: bool = False) -> FastPaths:
+    """`routed`: the model has mixture-of-experts layers, whose reference reads the routing back
+    to the host every layer (engine/models/moe.py): no CUDA graph can capture that."""
     if device.type == "cpu":
         return _cpu(config)
     if device.type == "cuda":
-        return _cuda(config, device, dtype, sliding_window)
+        return _cuda(config, device, dtype, sliding_window, routed)
     return FastPaths(_named(config, "torch"), False, False, False, notes=(f"no fast paths on {device.type}",))
 
 
@@ -63,7 +65,8 @@ def _cpu(config: EngineConfig) -> FastPaths:
     return FastPaths(attention, built, built, False, notes=notes)
 
 
-def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None) -> FastPaths:
+def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None,
+          routed: bool) -> FastPaths:
     notes: list[str] = []
     attention = _named(config, "triton")
     if attention == "triton":
@@ -73,9 +76,11 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
                 raise ValueError(f"the triton attention backend cannot run here: {problem}")
             notes.append(f"Triton attention off ({problem})")
             attention = "torch"
-    graphs = config.cuda_graphs and attention == "triton"  # the reference's metadata is not static
+    graphs = config.cuda_graphs and attention == "triton" and not routed  # the reference's metadata is not static
     if not config.cuda_graphs:
         notes.append("CUDA graphs switched off")
+    elif routed:
+        notes.append("CUDA graphs off (mixture-of-experts layers route on the host)")
     elif not graphs:
         notes.append("CUDA graphs need Triton attention")
     fused = attention == "triton" and dtype in (torch.bfloat16, torch.float16)

@@ -139,7 +139,11 @@ FAMILY_MODELS = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen", dict(tie_word_embeddings=True, rms_norm_eps=1e-6)),
     "deepseek": ("LlamaConfig", "LlamaForCausalLM", "deepseek",
                  dict(rope_scaling={"rope_type": "linear", "factor": 4.0}, rope_theta=100000.0, rms_norm_eps=1e-6)),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "qwen", dict(tie_word_embeddings=True, rms_norm_eps=1e-6, head_dim=32)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "qwen",
+              dict(tie_word_embeddings=True, rms_norm_eps=1e-6, head_dim=32)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", "qwen",
+                  dict(tie_word_embeddings=False, rms_norm_eps=1e-6, head_dim=16, num_experts=8, num_experts_per_tok=2,
+                       moe_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1])),
     "mistral": ("MistralConfig", "MistralForCausalLM", "deepseek", dict(sliding_window=8, rms_norm_eps=1e-5)),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", "starcoder",
                    dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, use_bias=True)),
@@ -177,7 +181,7 @@ def make_tiny_family(path: str, family: str, vocab_size: int = 512, seed: int = 
     model = getattr(transformers, model_name)(getattr(transformers, config_name)(**cfg))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 2:
+            if p.dim() >= 2:  # matrices, and stacks of them (experts)
                 p.mul_(8.0)
             elif name.endswith("bias"):
                 p.copy_(torch.randn_like(p) * 0.5)

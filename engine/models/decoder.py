@@ -2,7 +2,7 @@
 
 The layers are built from the ModelConfig (RMSNorm or LayerNorm, gated SiLU or plain GELU MLP,
 biases, full or partial rotary in either layout or learned absolute positions, per-head q/k norms,
-sequential or parallel residual). Each family's
+sequential or parallel residual, dense or mixture-of-experts MLPs). Each family's
 subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `_RENAMES`,
 `_SKIP`, `convert`), so the math is written once.
 
@@ -23,6 +23,7 @@ from engine.attention.base import AttentionBackend
 from engine.attention.torch_ref import TorchRefBackend
 from engine.config import ModelConfig
 from engine.models.linear import Linear
+from engine.models.moe import SparseMoE
 from engine.models.norm import RMSNorm, make_norm
 from engine.models.rotary import Rotary, apply_rotary
 from engine.step_batch import StepBatch
@@ -109,14 +110,17 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
         super().__init__()
         self.parallel = cfg.parallel_residual
         self.input_layernorm = make_norm(cfg)
         self.self_attn = Attention(cfg)
         if not self.parallel:
             self.post_attention_layernorm = make_norm(cfg)
-        self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+        if cfg.num_experts and index not in cfg.dense_layers:
+            self.mlp: nn.Module = SparseMoE(cfg)
+        else:
+            self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
         # The Triton residual add + RMSNorm (16-bit rows on a GPU): (x + attn, norm of that sum),
         # set by the model's use_triton_kernels where the post-attention norm is an RMSNorm.
         self.add_norm: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float],
@@ -149,7 +153,7 @@ class DecoderForCausalLM(nn.Module):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         learned = cfg.position_embedding == "learned"
         self.embed_positions = Embedding(cfg.max_position_embeddings, cfg.hidden_size) if learned else None
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = make_norm(cfg)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_word_embeddings:

@@ -50,6 +50,20 @@ def qwen3(cfg: dict) -> dict[str, Any]:
     return dict(fields, qk_norm=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
 
 
+def qwen3_moe(cfg: dict) -> dict[str, Any]:
+    """Qwen3-MoE: Qwen3 with mixture-of-experts MLPs, dense in mlp_only_layers and in layers off
+    the decoder_sparse_step (a layer i is sparse where (i + 1) is a multiple of it)."""
+    fields = qwen3(cfg)
+    layers, step = fields["num_layers"], cfg.get("decoder_sparse_step") or 1
+    dense_only = set(cfg.get("mlp_only_layers") or ())
+    # transformers 5 writes num_local_experts where the published configs say num_experts
+    return dict(fields, num_experts=_need(cfg, "num_experts", "num_local_experts"),
+                experts_per_token=_need(cfg, "num_experts_per_tok"),
+                moe_intermediate_size=_need(cfg, "moe_intermediate_size"),
+                norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                dense_layers=tuple(i for i in range(layers) if i in dense_only or (i + 1) % step))
+
+
 def mistral(cfg: dict) -> dict[str, Any]:
     """Mistral / Codestral: Llama's layout, with a sliding window where the config sets one
     (Mistral-7B-v0.1's 4096; later checkpoints null)."""

@@ -17,6 +17,7 @@ from engine.models.codegen import CodeGenForCausalLM
 from engine.models.decoder import DecoderForCausalLM
 from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
 from engine.models.llama import LlamaForCausalLM
+from engine.models.qwen3_moe import Qwen3MoeForCausalLM
 from engine.models.starcoder2 import Starcoder2ForCausalLM
 
 
@@ -33,6 +34,7 @@ FAMILIES = (
     Family("llama", ("LlamaForCausalLM",), ("llama",), LlamaForCausalLM, hf_config.llama),
     Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), LlamaForCausalLM, hf_config.qwen2),
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), LlamaForCausalLM, hf_config.qwen3),
+    Family("qwen3_moe", ("Qwen3MoeForCausalLM",), ("qwen3_moe",), Qwen3MoeForCausalLM, hf_config.qwen3_moe),
     Family("mistral", ("MistralForCausalLM",), ("mistral",), LlamaForCausalLM, hf_config.mistral),
     Family("starcoder2", ("Starcoder2ForCausalLM",), ("starcoder2",), Starcoder2ForCausalLM, hf_config.starcoder2),
     Family("gpt_bigcode", ("GPTBigCodeForCausalLM",), ("gpt_bigcode",), GPTBigCodeForCausalLM,

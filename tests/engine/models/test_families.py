@@ -1,7 +1,8 @@
-"""Qwen2, Qwen3 (per-head q/k norms, head_dim apart from hidden / heads), GPTBigCode (StarCoder 1:
-learned positions, multi-query attention), DeepSeek-Coder (Llama with linear rope scaling), Mistral (Llama with a sliding window),
-StarCoder2 and CodeGen: tiny random
-models from transformers' own classes, run by the engine over the paged cache, against transformers."""
+"""The families besides plain Llama: Qwen2, Qwen3 (per-head q/k norms, head_dim apart from hidden /
+heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among them), DeepSeek-Coder (Llama with
+linear rope scaling), Mistral (Llama with a sliding window), StarCoder2, GPTBigCode (StarCoder 1:
+learned positions, multi-query attention) and CodeGen: tiny random models from transformers' own
+classes, run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
 
 import pytest
@@ -19,7 +20,7 @@ from fastcodellama.drafting import SpecConfig, build_proposer
 from tests.conftest import make_tiny_family
 from tests.engine.helpers import _hf_model, assert_no_leaks
 
-FAMILIES = ("qwen2", "qwen3", "deepseek", "mistral", "starcoder2", "gpt_bigcode", "codegen")
+FAMILIES = ("qwen2", "qwen3", "qwen3_moe", "deepseek", "mistral", "starcoder2", "gpt_bigcode", "codegen")
 BLOCK = 4
 # Steps of one sequence: a prefill within StarCoder2's and Mistral's window of 8, a long chunk (the
 # reference backend's per-sequence path), a verify-like chunk, then single decode tokens.
@@ -64,13 +65,17 @@ def test_config_reads_the_family(family_dir):
     mc = read_model_config(path)
     expected = {"qwen2": ("qwen2", True, "rms", 16, "neox", None),
                 "qwen3": ("qwen3", False, "rms", 32, "neox", None),
+                "qwen3_moe": ("qwen3_moe", False, "rms", 16, "neox", None),
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
                 "gpt_bigcode": ("gpt_bigcode", True, "layer", 16, "neox", None),
                 "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
     assert (mc.family, mc.qkv_bias, mc.norm, mc.rotary_dim, mc.rotary_style, mc.sliding_window) == expected
-    assert mc.qk_norm == (family == "qwen3")
+    assert mc.qk_norm == (family in ("qwen3", "qwen3_moe"))
+    if family == "qwen3_moe":  # 8 experts, 2 per token; layer 1 dense (mlp_only_layers)
+        assert (mc.num_experts, mc.experts_per_token, mc.moe_intermediate_size, mc.norm_topk_prob,
+                mc.dense_layers) == (8, 2, 32, True, (1,))
     assert mc.position_embedding == ("learned" if family == "gpt_bigcode" else "rope")
     if family == "gpt_bigcode":  # StarCoder's multi-query attention: one K/V head
         assert mc.num_kv_heads == 1
@@ -92,7 +97,10 @@ def test_logits_match_transformers(family_dir):
     assert (ref - expected).abs().max().item() < 1e-4
     if not kernels.available():
         return
-    assert num_packed == 4 * reference.config.num_layers + 1  # qkv, o and two MLP projections per layer; the head
+    cfg = reference.config
+    sparse = cfg.num_layers - len(cfg.dense_layers) if cfg.num_experts else 0
+    # qkv, o and two MLP projections per dense layer, qkv, o and the router per sparse one; the head
+    assert num_packed == 4 * cfg.num_layers - sparse + 1
     assert (packed.cpu_stack is not None) == (family == "deepseek")  # the one-call stack is plain Llama's only
     fast = _engine_logits(packed, CpuBackend(), ids)
     assert (fast - ref).abs().max().item() < 1e-4

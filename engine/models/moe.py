@@ -1,0 +1,49 @@
+"""A mixture-of-experts MLP (Qwen3-MoE): each token goes through `experts_per_token` of
+`num_experts` SwiGLU experts, chosen by a router's softmax and weighted by it (renormalized over
+the chosen ones where the config says so).
+
+This is the reference: the experts that have tokens this step run one after another over their
+tokens, which takes one read of the routing back to the host per layer (so a graph cannot capture
+it: engine/fast_paths.py leaves CUDA graphs off for such models). The experts' weights are stacked
+in two parameters, expert e's rows at e * rows-per-expert, each loaded in shards (one per expert and
+projection) from the checkpoint's per-expert tensors.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.models.linear import Linear
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_experts, self.top_k, self.width = cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate_size
+        self.hidden, self.renormalize = cfg.hidden_size, cfg.norm_topk_prob
+        self.gate = Linear(cfg.hidden_size, cfg.num_experts, bias=False)  # the router
+        # Expert e: gate rows then up rows at 2 * width * e; its down projection's rows at hidden * e.
+        self.experts_gate_up = nn.Parameter(torch.empty(cfg.num_experts * 2 * self.width, cfg.hidden_size))
+        self.experts_down = nn.Parameter(torch.empty(cfg.num_experts * cfg.hidden_size, self.width))
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [T, k] in x's dtype, experts [T, k]): the top k of the router's softmax (in float32)."""
+        probs = torch.softmax(self.gate(x).float(), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.to(x.dtype), experts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, experts = self.route(x)
+        gate_up = self.experts_gate_up.view(self.num_experts, 2 * self.width, self.hidden)
+        down = self.experts_down.view(self.num_experts, self.hidden, self.width)
+        out = torch.zeros_like(x)
+        for e in experts.unique().tolist():  # the one read-back: which experts have tokens
+            token, slot = (experts == e).nonzero(as_tuple=True)
+            gate, up = F.linear(x[token], gate_up[e]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, down[e])
+            out.index_add_(0, token, y * weights[token, slot, None])
+        return out

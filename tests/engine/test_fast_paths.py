@@ -1,0 +1,29 @@
+"""What a CUDA device gets (engine/fast_paths.py), decided without one: the on-device checks of
+the Triton kernels are stood in for by their verdicts."""
+from __future__ import annotations
+
+import torch
+
+from engine import fast_paths
+from engine.config import EngineConfig
+
+CUDA = torch.device("cuda")
+
+
+def test_cuda_graphs_only_where_every_layer_can_be_captured(monkeypatch):
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
+    monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
+    dense = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
+    assert (dense.attention, dense.cuda_graphs, dense.triton_norm_rope) == ("triton", True, True)
+    routed = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True)
+    assert (routed.attention, routed.cuda_graphs, routed.triton_norm_rope) == ("triton", False, True)
+    assert "mixture-of-experts" in routed.describe()
+    off = fast_paths.choose(EngineConfig(cuda_graphs=False), CUDA, torch.bfloat16, routed=True)
+    assert not off.cuda_graphs and "switched off" in off.describe()
+
+
+def test_a_failed_triton_check_leaves_the_reference_and_no_graphs(monkeypatch):
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: "differs from the torch reference by 0.5")
+    paths = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
+    assert (paths.attention, paths.cuda_graphs, paths.triton_norm_rope) == ("torch", False, False)
+    assert "Triton attention off" in paths.describe()
