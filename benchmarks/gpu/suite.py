@@ -7,7 +7,9 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
   a  correctness on the device: engine greedy == Hugging Face greedy (embedded model, float32);
      Triton attention == the torch reference (7B shape, bf16: logits after a prefill within
      tolerance, greedy ids over 64 tokens); drafting == plain (embedded model, greedy and seeded
-     sampling); no leaked KV block;
+     sampling); no leaked KV block; every other family's tiny random model (Qwen2, Qwen3,
+     Qwen3-MoE, DeepSeek, Mistral, StarCoder2, GPTBigCode, CodeGen) greedy == Hugging Face greedy
+     and drafting == plain on the device;
   b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
      graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth);
   c  the cost of a verify step with k draft tokens per sequence, by k, at batch 1, 16, 64;
@@ -73,8 +75,9 @@ class Suite:
         path = os.path.join(self.args.out, f"gpu_suite_{measure.stamp(self.results['date'])}.json")
         with open(path, "w") as f:
             json.dump(self.results, f, indent=1, default=str)
-        if os.environ.get("OUT"):
-            shutil.copy(path, os.environ["OUT"])
+        out = os.environ.get("OUT")
+        if out and os.path.realpath(out) != os.path.realpath(self.args.out):  # --out $OUT writes there already
+            shutil.copy(path, out)
 
 
 # ---------------------------------------------------------------------- a: correctness
@@ -100,7 +103,50 @@ def correctness(args, device) -> dict:
     out["leaked_blocks"] = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free
                                for e in (plain, drafted))
     out.update(_triton_against_torch(args, device))
+    out["families"] = _families(args, device)
     print(f"[a] {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
+FAMILIES = ("qwen2", "qwen3", "qwen3_moe", "deepseek", "mistral", "starcoder2", "gpt_bigcode", "codegen")
+
+
+def _families(args, device) -> dict:
+    """Every other family's tiny random model (tests/conftest.py, transformers' own classes) on the
+    device in float32, through the fast paths the device gives it: greedy ids against transformers'
+    generate() there, and drafting on against off. Prompts run past StarCoder2's and Mistral's
+    window of 8."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from tests.conftest import make_tiny_family
+    except ImportError as e:  # the tests' helpers need pytest
+        return {"not run": str(e)}
+    prompts = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n", "for i in range(10):\n    print(i)\n"]
+    greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    options = dict(device=args.device, dtype="float32", num_kv_blocks=128, block_size=16, max_num_seqs=4,
+                   max_num_batched_tokens=256, cuda_graph_max_rows=64)
+    out = {}
+    for family in FAMILIES[:2] if args.quick else FAMILIES:
+        path = make_tiny_family(tempfile.mkdtemp(prefix=f"suite-{family}-"), family)
+        plain = LLM(path, **options)
+        ids = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
+        drafted = LLM(path, proposer=build_proposer(SpecConfig(policy="fixed")), **options)
+        same_drafted = ids == [o.outputs[0].token_ids for o in drafted.generate(prompts, greedy, use_tqdm=False)]
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        same = 0
+        for prompt, mine in zip(prompts, ids):
+            x = torch.tensor([plain.tokenizer.encode(prompt)], device=device)
+            theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
+                                 eos_token_id=[], pad_token_id=0)[0, x.shape[1]:].tolist()
+            same += theirs == mine
+        leaked = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free for e in (plain, drafted))
+        out[family] = {"greedy_equals_hf": f"{same}/{len(prompts)}", "drafting_equals_plain": same_drafted,
+                       "leaked_blocks": leaked, "fast_paths": plain.engine.runner.paths.describe()}
+        del plain, drafted, hf
+        shapes.free(device)
     return out
 
 
@@ -312,7 +358,16 @@ def markdown(results: dict) -> str:
     lines = [f"# GPU suite ({results['date']})", "", f"machine: {results['machine']}",
              f"shape: {results['args']['shape']}, {results['args']['dtype']}, random weights", ""]
     if "a" in results:
-        lines += ["## a. correctness", "", *[f"- {k}: {v}" for k, v in results["a"].items()], ""]
+        a = results["a"]
+        lines += ["## a. correctness", "", *[f"- {k}: {v}" for k, v in a.items() if k != "families"], ""]
+        families = {k: v for k, v in a.get("families", {}).items() if isinstance(v, dict)}
+        if families:
+            lines += measure.markdown_table(
+                ["family", "greedy == HF", "drafting == plain", "leaked", "fast paths"],
+                [[name, f["greedy_equals_hf"], f["drafting_equals_plain"], f["leaked_blocks"], f["fast_paths"]]
+                 for name, f in families.items()]) + [""]
+        elif "families" in a:
+            lines += [f"- families: {a['families']}", ""]
     b = results.get("b")
     if b:
         lines += ["## b. decode", "", f"copy bandwidth {b['copy_bandwidth_gbs']:.0f} GB/s, weights {b['weight_gb']:.2f} GB, "
