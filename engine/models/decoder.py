@@ -66,12 +66,11 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if cos_sin is None:  # learned absolute positions: nothing to rotate
-            pass
-        elif self.rope_ is not None:
-            q, k = self.rope_(q, *cos_sin), self.rope_(k, *cos_sin)
-        else:
-            q, k = apply_rotary(cos_sin, q, k, self.rotary_style)
+        if cos_sin is not None:  # None: learned absolute positions, nothing to rotate
+            if self.rope_ is not None:
+                q, k = self.rope_(q, *cos_sin), self.rope_(k, *cos_sin)
+            else:
+                q, k = apply_rotary(cos_sin, q, k, self.rotary_style)
         o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], batch, meta)
         return self.o_proj(o.reshape(-1, self.q_size))
 
