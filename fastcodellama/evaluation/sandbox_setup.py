@@ -1,7 +1,8 @@
 """The sandbox's setup program: confines itself, then execs the harness that runs the check's program.
 
-The evaluator runs `python -I -S sandbox_setup.py KEY=VALUE...` with the program on stdin, the
-reply pipe and the request pipe open (see `Config`). Process tree:
+The evaluator runs `python -I -S -c "import sandbox_setup ...; main()" KEY=VALUE...` (imported
+from this directory, so that its cached bytecode is used; it also runs as a script) with the program
+on stdin, the reply pipe and the request pipe open (see `Config`). Process tree:
 
     setup (the evaluator's uid): joins the check's cgroup, unshares namespaces, forks
       └─ init: PID 1 of the new PID namespace; builds the private root, forks, reaps
@@ -35,9 +36,10 @@ import errno
 import os
 import sys
 
-if __name__ == "__main__":
-    # Run as a script with -I -S: the two siblings come from this directory, not through the package,
-    # whose __init__ may import far more than a check's start-up should pay for.
+if __name__ in ("__main__", "sandbox_setup"):
+    # Run by the evaluator with -I -S (imported from this directory, or as a script): the two siblings
+    # come from this directory, not through the package, whose __init__ may import far more than a
+    # check's start-up should pay for.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import landlock
     import seccomp
