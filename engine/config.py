@@ -41,6 +41,10 @@ class ModelConfig:
     rotary_style: str = "neox"  # "neox": dim i pairs with i + rotary_dim/2; "gptj": 2i with 2i + 1
     parallel_residual: bool = False  # x + attn(norm(x)) + mlp(norm(x)) with one norm (CodeGen)
     qk_norm: bool = False  # an RMSNorm over each head of q and of k before the rotary embedding (Qwen3)
+    # Gemma: every RMSNorm scales by (norm_weight_offset + weight), computed in float32 before the
+    # cast back; token embeddings are multiplied by embed_scale (sqrt(hidden)) in their own dtype.
+    norm_weight_offset: float = 0.0
+    embed_scale: float = 1.0
     # "rope": rotary embedding of q and k; "learned": a table of absolute positions added to the
     # token embeddings, no rotary (GPTBigCode: StarCoder 1, WizardCoder, SantaCoder).
     position_embedding: str = "rope"

@@ -144,6 +144,8 @@ FAMILY_MODELS = {
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", "qwen",
                   dict(tie_word_embeddings=False, rms_norm_eps=1e-6, head_dim=16, num_experts=8, num_experts_per_tok=2,
                        moe_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1])),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", "deepseek",
+              dict(head_dim=32, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
     "mistral": ("MistralConfig", "MistralForCausalLM", "deepseek", dict(sliding_window=8, rms_norm_eps=1e-5)),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", "starcoder",
                    dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, use_bias=True)),

@@ -7,8 +7,9 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
   a  correctness on the device: engine greedy == Hugging Face greedy (embedded model, float32);
      Triton attention == the torch reference (7B shape, bf16: logits after a prefill within
      tolerance, greedy ids over 64 tokens); drafting == plain (embedded model, greedy and seeded
-     sampling); no leaked KV block; every other family's tiny random model (Qwen2, Qwen3,
-     Qwen3-MoE, DeepSeek, Mistral, StarCoder2, GPTBigCode, CodeGen) greedy == Hugging Face greedy
+     sampling); no leaked KV block; every other family's tiny random model (tests/conftest.py:
+     Qwen2, DeepSeek, Qwen3, Qwen3-MoE, Gemma, Mistral, StarCoder2, GPTBigCode, CodeGen) greedy ==
+     Hugging Face greedy
      and drafting == plain on the device;
   b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
      graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth);
@@ -108,9 +109,6 @@ def correctness(args, device) -> dict:
     return out
 
 
-FAMILIES = ("qwen2", "qwen3", "qwen3_moe", "deepseek", "mistral", "starcoder2", "gpt_bigcode", "codegen")
-
-
 def _families(args, device) -> dict:
     """Every other family's tiny random model (tests/conftest.py, transformers' own classes) on the
     device in float32, through the fast paths the device gives it: greedy ids against transformers'
@@ -121,7 +119,7 @@ def _families(args, device) -> dict:
     from transformers import AutoModelForCausalLM
 
     try:
-        from tests.conftest import make_tiny_family
+        from tests.conftest import FAMILY_MODELS, make_tiny_family
     except ImportError as e:  # the tests' helpers need pytest
         return {"not run": str(e)}
     prompts = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n", "for i in range(10):\n    print(i)\n"]
@@ -129,7 +127,8 @@ def _families(args, device) -> dict:
     options = dict(device=args.device, dtype="float32", num_kv_blocks=128, block_size=16, max_num_seqs=4,
                    max_num_batched_tokens=256, cuda_graph_max_rows=64)
     out = {}
-    for family in FAMILIES[:2] if args.quick else FAMILIES:
+    families = tuple(FAMILY_MODELS)
+    for family in families[:2] if args.quick else families:
         path = make_tiny_family(tempfile.mkdtemp(prefix=f"suite-{family}-"), family)
         plain = LLM(path, **options)
         ids = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]

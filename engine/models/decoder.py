@@ -13,6 +13,7 @@ causal attention, so any backend computes it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable
 
 import torch
@@ -176,6 +177,8 @@ class DecoderForCausalLM(nn.Module):
             backend = self._attention_for(batch, backend)
             meta = backend.prepare(batch)
         x = self.embed_tokens(batch.input_ids)
+        if self.config.embed_scale != 1.0:  # the scale rounded to x's dtype first, as Gemma multiplies
+            x = x * _in_dtype(self.config.embed_scale, x.dtype)
         cos_sin = None
         if self.embed_positions is not None:
             x = x + self.embed_positions(batch.positions)
@@ -206,7 +209,7 @@ class DecoderForCausalLM(nn.Module):
         from engine.kernels import triton_fused  # needs triton: imported only where it is used
 
         cfg, count = self.config, 0
-        for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
+        for norm in (m for m in self.modules() if isinstance(m, RMSNorm) and not m.offset):
             norm.fused = triton_fused.rms_norm
             count += 1
         if self.rotary is not None and triton_fused.supports_rope(cfg.head_dim, cfg.rotary_dim, cfg.rotary_style):
@@ -218,7 +221,8 @@ class DecoderForCausalLM(nn.Module):
                 mlp.act_mul = triton_fused.silu_mul
                 count += 1
         for layer in self.layers:
-            if not layer.parallel and isinstance(layer.post_attention_layernorm, RMSNorm):
+            norm = None if layer.parallel else layer.post_attention_layernorm
+            if isinstance(norm, RMSNorm) and not norm.offset:
                 layer.add_norm = triton_fused.add_rms_norm
                 count += 1
         return count
@@ -228,7 +232,7 @@ class DecoderForCausalLM(nn.Module):
         copies where they are exact (engine/models/linear.py); returns how many linear layers got one."""
         on_cpu = self.norm.weight.device.type == "cpu" and self.norm.weight.dtype == torch.float32
         for norm in (m for m in self.modules() if isinstance(m, RMSNorm)):
-            norm.use_kernel = on_cpu
+            norm.use_kernel = on_cpu and not norm.offset
         return sum(m.pack_for_cpu() for m in self.modules() if isinstance(m, Linear))
 
     # ---------------------------------------------------------------- loading
@@ -289,6 +293,12 @@ class DecoderForCausalLM(nn.Module):
         missing = expected - loaded
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+
+
+@functools.lru_cache(maxsize=8)
+def _in_dtype(value: float, dtype: torch.dtype) -> float:
+    """`value` rounded to `dtype` (a host computation: none on the device, nothing for a graph)."""
+    return float(torch.tensor(value, dtype=dtype))
 
 
 def _rotary(cfg: ModelConfig) -> Rotary | None:

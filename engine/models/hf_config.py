@@ -44,6 +44,17 @@ def qwen2(cfg: dict) -> dict[str, Any]:
     return dict(fields, qkv_bias=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
 
 
+def gemma(cfg: dict) -> dict[str, Any]:
+    """Gemma / CodeGemma: Llama's layout with a GELU-gated MLP, RMSNorms scaling by 1 + weight, token
+    embeddings scaled by sqrt(hidden), tied head, head_dim from the config."""
+    # Gemma was trained with the tanh GELU; configs written before transformers used it say "gelu"
+    # in hidden_act and name the real one in hidden_activation.
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    fields = llama(dict(cfg, hidden_act="gelu_pytorch_tanh" if act == "gelu" else act))
+    return dict(fields, norm_weight_offset=1.0, embed_scale=float(fields["hidden_size"]) ** 0.5,
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+
+
 def qwen3(cfg: dict) -> dict[str, Any]:
     """Qwen3 (dense): Llama with an RMSNorm over each head of q and k, head_dim from the config."""
     fields = llama(dict(cfg, mlp_bias=False))

@@ -35,6 +35,7 @@ FAMILIES = (
     Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), LlamaForCausalLM, hf_config.qwen2),
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), LlamaForCausalLM, hf_config.qwen3),
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",), ("qwen3_moe",), Qwen3MoeForCausalLM, hf_config.qwen3_moe),
+    Family("gemma", ("GemmaForCausalLM",), ("gemma",), LlamaForCausalLM, hf_config.gemma),
     Family("mistral", ("MistralForCausalLM",), ("mistral",), LlamaForCausalLM, hf_config.mistral),
     Family("starcoder2", ("Starcoder2ForCausalLM",), ("starcoder2",), Starcoder2ForCausalLM, hf_config.starcoder2),
     Family("gpt_bigcode", ("GPTBigCodeForCausalLM",), ("gpt_bigcode",), GPTBigCodeForCausalLM,

@@ -25,7 +25,7 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
     a, b = results["a"], results["b"]
     assert a["greedy_equals_hf"] == "4/4" and a["greedy_drafting_equals_plain"] and a["sampled_drafting_equals_plain"]
     assert a["drafted_tokens"] > 0 and a["leaked_blocks"] == 0
-    assert list(a["families"]) == ["qwen2", "qwen3"]  # --quick: the first two
+    assert list(a["families"]) == ["qwen2", "deepseek"]  # --quick: the first two
     assert all(f["greedy_equals_hf"] == "2/2" and f["drafting_equals_plain"] and f["leaked_blocks"] == 0
                for f in a["families"].values())
     assert [r["batch"] for r in b["decode"]] == [1, 2] and b["verify"][0]["rows"] == 3

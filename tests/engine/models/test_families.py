@@ -1,8 +1,9 @@
-"""The families besides plain Llama: Qwen2, Qwen3 (per-head q/k norms, head_dim apart from hidden /
-heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among them), DeepSeek-Coder (Llama with
-linear rope scaling), Mistral (Llama with a sliding window), StarCoder2, GPTBigCode (StarCoder 1:
-learned positions, multi-query attention) and CodeGen: tiny random models from transformers' own
-classes, run by the engine over the paged cache, against transformers."""
+"""The families besides plain Llama (tests/conftest.py FAMILY_MODELS): Qwen2, Qwen3 (per-head q/k
+norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among
+them), DeepSeek-Coder (Llama with linear rope scaling), Gemma (norms scaling by 1 + weight, scaled
+embeddings), Mistral (Llama with a sliding window), StarCoder2, GPTBigCode (StarCoder 1: learned
+positions, multi-query attention) and CodeGen: tiny random models from transformers' own classes,
+run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
 
 import pytest
@@ -17,10 +18,10 @@ from engine.model_runner import load_model
 from engine.models.registry import family_for
 from engine.step_batch import SeqChunk, StepBatch
 from fastcodellama.drafting import SpecConfig, build_proposer
-from tests.conftest import make_tiny_family
+from tests.conftest import FAMILY_MODELS, make_tiny_family
 from tests.engine.helpers import _hf_model, assert_no_leaks
 
-FAMILIES = ("qwen2", "qwen3", "qwen3_moe", "deepseek", "mistral", "starcoder2", "gpt_bigcode", "codegen")
+FAMILIES = tuple(FAMILY_MODELS)
 BLOCK = 4
 # Steps of one sequence: a prefill within StarCoder2's and Mistral's window of 8, a long chunk (the
 # reference backend's per-sequence path), a verify-like chunk, then single decode tokens.
@@ -67,6 +68,7 @@ def test_config_reads_the_family(family_dir):
                 "qwen3": ("qwen3", False, "rms", 32, "neox", None),
                 "qwen3_moe": ("qwen3_moe", False, "rms", 16, "neox", None),
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
+                "gemma": ("gemma", False, "rms", 32, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
                 "gpt_bigcode": ("gpt_bigcode", True, "layer", 16, "neox", None),
@@ -77,6 +79,9 @@ def test_config_reads_the_family(family_dir):
         assert (mc.num_experts, mc.experts_per_token, mc.moe_intermediate_size, mc.norm_topk_prob,
                 mc.dense_layers) == (8, 2, 32, True, (1,))
     assert mc.position_embedding == ("learned" if family == "gpt_bigcode" else "rope")
+    gemma = family == "gemma"
+    assert (mc.norm_weight_offset, mc.embed_scale, mc.activation) == ((1.0, 8.0, "gelu_tanh") if gemma else (
+        0.0, 1.0, mc.activation))
     if family == "gpt_bigcode":  # StarCoder's multi-query attention: one K/V head
         assert mc.num_kv_heads == 1
     if family == "qwen2":  # config.json's EOS, then the extra one generation_config.json lists
@@ -156,7 +161,7 @@ def test_loader_names_what_is_wrong(family_dir):
 
 @pytest.mark.parametrize("cfg", [
     {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64},
-    {"architectures": ["GemmaForCausalLM"], "model_type": "gemma"},
+    {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"},
     {"model_type": "gpt_neox"},
 ])
 def test_unsupported_architecture_is_a_one_line_value_error(cfg):
