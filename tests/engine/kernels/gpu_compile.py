@@ -2,9 +2,11 @@
 on a machine without a GPU: what the interpreter lets pass (types, tl.dot shapes, libdevice
 calls, which the interpreter never makes) fails here.
 
-The launches are the engine's own: the attention backend and the fused kernels run on CPU tensors
-at model shapes, in bf16 and fp16, each kernel launch is recorded instead of run, and its
-arguments give the signature to compile (a tensor's dtype, an int's width). The two arguments a
+A launch that needs more shared memory than the target gives a block fails too (on the device
+that is a launch error, not a compile error). The launches are the engine's own: the attention
+backend and the fused kernels run on CPU tensors at model shapes, in bf16 and fp16, each kernel
+launch is recorded instead of run, and its arguments give the signature to compile (a tensor's
+dtype, an int's width). The two arguments a
 CUDA launch sets from the device are given as a GPU gives them: tensor-core tiles for 16-bit
 attention (LOW_PRECISION) and libdevice's exp in SiLU-and-mul (LIBDEVICE).
 
@@ -35,9 +37,13 @@ FUSED_KERNELS = ("_rms_norm_kernel", "_rope_kernel", "_add_rms_norm_kernel", "_s
 _POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
             torch.int64: "*i64", torch.bool: "*i1"}
 BLOCK = 16
-# (query heads, kv heads, sliding window): CodeLlama-7B, GQA (Qwen2.5-Coder-7B-like), a window
-# (Mistral-7B-v0.1, StarCoder2), 6 query heads per kv head (Codestral-22B), multi-query (StarCoder-15B).
-SHAPES = ((32, 32, None), (32, 8, None), (32, 8, 4096), (48, 8, None), (48, 1, None))
+# (query heads, kv heads, head dim, sliding window): CodeLlama-7B, GQA (Qwen2.5-Coder-7B-like), a
+# window (Mistral-7B-v0.1, StarCoder2), 6 query heads per kv head (Codestral-22B), multi-query
+# (StarCoder-15B), heads of 256 (CodeGemma-7B, and CodeGemma-2B's multi-query).
+SHAPES = ((32, 32, 128, None), (32, 8, 128, None), (32, 8, 128, 4096), (48, 8, 128, None), (48, 1, 128, None),
+          (16, 16, 256, None), (8, 1, 256, None))
+# Shared memory a block may use (bytes): past it a launch fails on the device, not the compile.
+SHARED_LIMIT = {80: 166912, 90: 232448}
 
 
 @dataclass
@@ -92,9 +98,9 @@ def _attention_steps() -> list[list[SeqChunk]]:
     return [decode, verify, siblings, prefill]
 
 
-def _launches_of_attention(launches: Launches, dtype: torch.dtype, heads: int, kv_heads: int,
+def _launches_of_attention(launches: Launches, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int,
                            window: int | None) -> None:
-    head_dim, blocks = 128, 600
+    blocks = 600
     cache = torch.zeros(blocks, kv_heads, BLOCK, head_dim, dtype=dtype)
     backend = ta.TritonBackend(sliding_window=window)
     for chunks in _attention_steps():
@@ -132,8 +138,8 @@ def record() -> Launches:
                     {"LIBDEVICE": True} if name == "_silu_mul_kernel" else {}
                 setattr(module, name, launches.recorder(kernel, gpu))
             shapes = SHAPES if dtype == torch.bfloat16 else SHAPES[1:2]  # fp16: one shape
-            for heads, kv_heads, window in shapes:
-                _launches_of_attention(launches, dtype, heads, kv_heads, window)
+            for shape in shapes:
+                _launches_of_attention(launches, dtype, *shape)
             _launches_of_fused(dtype)
     finally:
         for (module, name), kernel in saved.items():
@@ -155,36 +161,43 @@ def plan(launches: Launches) -> list[tuple[tuple, int]]:
 _LAUNCHES: Launches | None = None  # the parent's, read by forked workers
 
 
-def _compile(pair: tuple[tuple, int]) -> str | None:
-    """One launch compiled for one target; the failure as a line, or None."""
+def _compile(pair: tuple[tuple, int]) -> tuple[int, str | None]:
+    """One launch compiled for one target: (its shared memory in bytes, the failure as a line or None)."""
     key, cc = pair
     kernel, signature, constexprs, extra = _LAUNCHES.seen[key]
     names = kernel.arg_names
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in extra["aligned"]}
     src = ASTSource(kernel, signature, {(names.index(n),): v for n, v in constexprs.items()}, attrs)
     try:
-        assert triton.compile(src, target=GPUTarget("cuda", cc, 32), options=extra["options"]).asm["cubin"]
+        compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=extra["options"])
+        assert compiled.asm["cubin"]
     except Exception as e:  # noqa: BLE001 - every failure is reported, not just the first
-        return f"{kernel.fn.__name__} sm_{cc} {constexprs}: {type(e).__name__}: {e}"[:2000]
-    return None
+        return 0, f"{kernel.fn.__name__} sm_{cc} {constexprs}: {type(e).__name__}: {e}"[:2000]
+    shared = compiled.metadata.shared
+    if shared > SHARED_LIMIT[cc]:
+        return shared, (f"{kernel.fn.__name__} sm_{cc} {constexprs}: needs {shared} bytes of shared memory, the "
+                        f"device gives a block {SHARED_LIMIT[cc]}")
+    return shared, None
 
 
-def compile_all(launches: Launches) -> tuple[int, list[str]]:
-    """Compiles the plan on every core; (compilations, failures as lines)."""
+def compile_all(launches: Launches) -> tuple[int, int, list[str]]:
+    """Compiles the plan on every core; (compilations, the most shared memory one needs, failures as
+    lines; a launch that needs more shared memory than its target gives a block is one)."""
     global _LAUNCHES
     _LAUNCHES = launches
     pairs = plan(launches)
     with multiprocessing.get_context("fork").Pool(min(4, os.cpu_count() or 1)) as pool:
         results = pool.map(_compile, pairs, chunksize=1)
-    return len(pairs), [r for r in results if r is not None]
+    return len(pairs), max(shared for shared, _ in results), [line for _, line in results if line is not None]
 
 
 def main() -> int:
     launches = record()
     kernels = sorted({key[0] for key in launches.seen})
-    compiled, failures = compile_all(launches)
+    compiled, shared, failures = compile_all(launches)
     print(f"triton {triton.__version__}: {len(launches.seen)} launches of {len(kernels)} kernels "
-          f"({', '.join(kernels)}), {compiled} compilations for sm_90 and sm_80: {len(failures)} failed")
+          f"({', '.join(kernels)}), {compiled} compilations for sm_90 and sm_80, at most {shared} bytes of "
+          f"shared memory: {len(failures)} failed")
     for line in failures:
         print(line)
     return 1 if failures else 0
