@@ -32,7 +32,7 @@ class FimFormat:
     suffix: int
     middle: int | None  # None: the format has none (Mistral's)
     eot: int | None  # the token that ends a middle: CodeLlama's <EOT>, else the end-of-text token
-    stop_ids: tuple[int, ...]  # every id that ends a middle: eot, the EOS ids, file_sep, pad
+    stop_ids: tuple[int, ...]  # every id that ends a middle: eot, the EOS ids, file_sep, pad, CodeGemma's file end
     repo_name: int | None = None
     file_sep: int | None = None
     pad: int | None = None
@@ -49,6 +49,9 @@ _FIM_TOKENS = (
     ("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>", None, None, None),
     ("mistral", "[PREFIX]", "[SUFFIX]", None, None, None, None, None),
 )
+# Tokens that end a file, so a middle too, besides a format's own (CodeGemma's, whose FIM tokens
+# are named as Qwen's).
+_FILE_ENDS = ("<|file_separator|>",)
 # A character to start a text with so that what follows it is tokenized as running text: see
 # Tokenizer.encode_continuation.
 _LEAD = "\u00a4"
@@ -216,7 +219,8 @@ class Tokenizer:
                     style == "codellama" and end is None):
                 continue
             eot = end if end is not None else self.eos_id
-            stops = tuple(dict.fromkeys(i for i in (eot, *self.eos_ids, sep, pad) if i is not None))
+            ends = (self.token_id(name) for name in _FILE_ENDS)
+            stops = tuple(dict.fromkeys(i for i in (eot, *self.eos_ids, sep, pad, *ends) if i is not None))
             return FimFormat(style, prefix, suffix, middle, eot, stops, repo, sep, pad)
         return None
 

@@ -186,14 +186,15 @@ def test_codellama_fim_prompt_is_unchanged(spm_tokenizer_dir):
         [fim.suffix] + tok.encode(suffix, add_bos=False) + [fim.middle]
 
 
-def _dummy_prefix_spm(path, symbols: list[str], kind: str) -> str:
-    """A sentencepiece tokenizer with the dummy prefix on, as CodeLlama's and Mistral's are."""
+def _dummy_prefix_spm(path, symbols: list[str], kind: str, dummy_prefix: bool = True) -> str:
+    """A sentencepiece tokenizer with the dummy prefix on, as CodeLlama's and Mistral's are (off:
+    as Gemma's)."""
     import sentencepiece as spm
 
     (path / "corpus.txt").write_text(_stdlib_text(60_000))
     spm.SentencePieceTrainer.train(
         input=str(path / "corpus.txt"), model_prefix=str(path / "tokenizer"), vocab_size=400, model_type="bpe",
-        byte_fallback=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
+        byte_fallback=True, add_dummy_prefix=dummy_prefix, remove_extra_whitespaces=False,
         normalization_rule_name="identity", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
         **{kind: symbols}, minloglevel=2, num_threads=1)
     return str(path)
@@ -244,6 +245,18 @@ def test_codestral_fim_prompt_is_suffix_first(tmp_path):
     assert tok.fim_prompt(PREFIX, SUFFIX) == expected + tok.encode(PREFIX, add_bos=False)
     assert tok.fim_prompt(PREFIX, SUFFIX, [("a.py", "x = 1")], path="main.py") == \
         expected + tok.encode("#a.py\nx = 1\n#main.py\n" + PREFIX, add_bos=False)
+
+
+def test_codegemma_fim_ends_a_middle_at_the_file_separator_too(tmp_path):
+    """CodeGemma's FIM tokens are named as Qwen's; its middles also end at <|file_separator|>."""
+    path = _dummy_prefix_spm(tmp_path, ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>"],
+                             "user_defined_symbols", dummy_prefix=False)
+    tok = Tokenizer(path)
+    fim, end = tok.fim, tok.token_id("<|file_separator|>")
+    assert not tok.leading_space and fim.style == "qwen" and fim.eot == tok.eos_id
+    assert fim.stop_ids == (tok.eos_id, end)
+    assert tok.fim_prompt(PREFIX, SUFFIX) == [tok.bos_id, fim.prefix] + tok.encode(PREFIX, add_bos=False) + \
+        [fim.suffix] + tok.encode(SUFFIX, add_bos=False) + [fim.middle]
 
 
 def test_tokenizers_without_dummy_prefix_encode_a_suffix_as_before(spm_tokenizer_dir, bpe_dir):
