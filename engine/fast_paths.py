@@ -5,8 +5,10 @@ backend), RMSNorm and the bf16 linear kernel where a checkpoint's weights are bf
 decoder stack where every layer has them (plain Llama layers), and the sampler's filter-and-race.
 CUDA: Triton paged flash attention, checked against the torch reference on the device before it is
 used (a mismatch, or no Triton, leaves the reference), CUDA graphs for decode and verify steps, and
-with 16-bit weights the Triton RMSNorm, rotary, SiLU-and-mul and residual-add-RMSNorm kernels
-(checked the same way).
+with 16-bit weights the Triton RMSNorm, rotary, SiLU-and-mul, residual-add-RMSNorm and
+mixture-of-experts kernels (checked the same way; a mixture's reference cannot be captured, so
+without them such a model runs without graphs). A capture that fails leaves eager steps
+(engine/model_runner.py), and the reason in what is reported.
 Anything else, and whatever is switched off, runs the PyTorch reference each fast path is tested
 against.
 """
@@ -46,7 +48,8 @@ class FastPaths:
 def choose(config: EngineConfig, device: torch.device, dtype: torch.dtype,
            sliding_window: int | None = None, routed: bool = False) -> FastPaths:
     """`routed`: the model has mixture-of-experts layers, whose reference reads the routing back
-    to the host every layer (engine/models/moe.py): no CUDA graph can capture that."""
+    to the host every layer (engine/models/moe.py): no CUDA graph can capture that, only the
+    Triton experts' kernels (engine/kernels/triton_moe.py, on with the other Triton kernels)."""
     if device.type == "cpu":
         return _cpu(config)
     if device.type == "cuda":
@@ -76,19 +79,20 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
                 raise ValueError(f"the triton attention backend cannot run here: {problem}")
             notes.append(f"Triton attention off ({problem})")
             attention = "torch"
-    graphs = config.cuda_graphs and attention == "triton" and not routed  # the reference's metadata is not static
-    if not config.cuda_graphs:
-        notes.append("CUDA graphs switched off")
-    elif routed:
-        notes.append("CUDA graphs off (mixture-of-experts layers route on the host)")
-    elif not graphs:
-        notes.append("CUDA graphs need Triton attention")
     fused = attention == "triton" and dtype in (torch.bfloat16, torch.float16)
     if fused:
         problem = norm_rope_problem(device, dtype)
         if problem is not None:
             notes.append(f"Triton RMSNorm/RoPE/SiLU off ({problem})")
             fused = False
+    # The reference's metadata is not static; nor is the reference mixture of experts' routing.
+    graphs = config.cuda_graphs and attention == "triton" and (fused or not routed)
+    if not config.cuda_graphs:
+        notes.append("CUDA graphs switched off")
+    elif attention != "triton":
+        notes.append("CUDA graphs need Triton attention")
+    elif not graphs:
+        notes.append("CUDA graphs off (mixture-of-experts layers route on the host without the Triton kernels)")
     return FastPaths(attention, False, False, graphs, fused, tuple(notes))
 
 
@@ -120,7 +124,10 @@ def norm_rope_problem(device: torch.device, dtype: torch.dtype) -> str | None:
     except Exception as e:  # noqa: BLE001 - a kernel that does not build here leaves the reference
         return f"{type(e).__name__}: {e}"
     for name, error in errors.items():
-        if error > 2 ** -6:  # two bf16 rounding steps of the largest value; a wrong kernel is off by far more
+        # Two bf16 rounding steps of the largest value; the experts' reference rounds after each of
+        # its six operations and sums in another order (about 4 steps off). A wrong kernel (a wrong
+        # expert, weight or row) is off by far more.
+        if error > (2 ** -4 if name == "mixture of experts" else 2 ** -6):
             return f"{name} differs from the reference by {error:.3g} of its largest value"
     return None
 
@@ -149,7 +156,29 @@ def _fused_kernel_errors(device: torch.device, dtype: torch.dtype) -> dict[str, 
             "RMSNorm": _relative(triton_fused.rms_norm(x, norm.weight, norm.eps), norm(x)),
             "SiLU-and-mul": _relative(triton_fused.silu_mul(gate_up), F.silu(gate) * up),
             "residual add": _relative(total, x + attn),
-            "add+RMSNorm": _relative(normed, norm(x + attn))}
+            "add+RMSNorm": _relative(normed, norm(x + attn)),
+            "mixture of experts": _moe_error(device, dtype, gen)}  # last: it runs SiLU-and-mul too
+
+
+def _moe_error(device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> float:
+    """The Triton experts against the reference SparseMoE: 8 experts of 2 per token, 37 tokens,
+    widths of a tile and more (small: the tests run it under the interpreter)."""
+    from engine.config import ModelConfig
+    from engine.kernels import triton_moe
+    from engine.models.moe import SparseMoE
+
+    experts, hidden, width = 8, 160, 96
+    cfg = ModelConfig(vocab_size=8, hidden_size=hidden, intermediate_size=width, num_layers=1, num_heads=1,
+                      num_kv_heads=1, head_dim=hidden, max_position_embeddings=8, norm_eps=1e-6, rope_theta=1e4,
+                      num_experts=experts, experts_per_token=2, moe_intermediate_size=width, norm_topk_prob=True)
+    moe = SparseMoE(cfg)
+    for p in moe.parameters():
+        p.data = (torch.randn(p.shape, generator=gen) * 0.1).to(device, dtype)
+    x = torch.randn((37, hidden), generator=gen).to(device, dtype)
+    weights, chosen = moe.route(x)
+    gate_up = moe.experts_gate_up.view(experts, 2 * width, hidden)
+    down = moe.experts_down.view(experts, hidden, width)
+    return _relative(triton_moe.moe(x, weights, chosen, gate_up, down), moe(x))
 
 
 def _relative(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -1,6 +1,8 @@
 """Owns the model weights and the paged KV cache; runs one packed forward per step."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import mmap
 import os
@@ -20,6 +22,9 @@ from engine.cuda_graphs import StepGraphs
 from engine.static_step import StaticStep
 from engine.step_batch import SeqChunk, StepBatch
 from engine.step_cost import CostKey
+
+
+log = logging.getLogger("engine")
 
 
 class ModelRunner:
@@ -47,7 +52,18 @@ class ModelRunner:
                                 self.dtype, self.device)
         self.graphs = self._graphs() if self.paths.cuda_graphs else None
 
-    def _graphs(self) -> StepGraphs:
+    def _graphs(self) -> StepGraphs | None:
+        """The captured graphs; None, with the reason in the fast paths and the log, where capture
+        fails: every step then runs eagerly, as without graphs."""
+        try:
+            return self._capture()
+        except Exception as e:  # noqa: BLE001 - a model whose step cannot be captured still runs
+            problem = f"CUDA graphs off (capture failed: {type(e).__name__}: {e})"
+            log.warning("%s", problem)
+            self.paths = dataclasses.replace(self.paths, cuda_graphs=False, notes=(*self.paths.notes, problem))
+            return None
+
+    def _capture(self) -> StepGraphs:
         config, mc = self.config, self.model_config
         max_len = config.max_model_len or mc.max_position_embeddings
         static = StaticStep(config.max_num_seqs, min(config.max_num_batched_tokens, config.cuda_graph_max_rows),

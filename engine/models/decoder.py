@@ -204,9 +204,10 @@ class DecoderForCausalLM(nn.Module):
 
     def use_triton_kernels(self) -> int:
         """Turns on the Triton kernels (GPU, 16-bit weights) where a layer's modules are the kinds
-        they compute: RMSNorm, rotary embedding, SiLU-and-mul of a gated MLP, and the residual add
-        before a sequential layer's post-attention RMSNorm; returns how many modules got one."""
-        from engine.kernels import triton_fused  # needs triton: imported only where it is used
+        they compute: RMSNorm, rotary embedding, SiLU-and-mul of a gated MLP, the experts of a
+        mixture, and the residual add before a sequential layer's post-attention RMSNorm; returns
+        how many modules got one."""
+        from engine.kernels import triton_fused, triton_moe  # need triton: imported only where used
 
         cfg, count = self.config, 0
         for norm in (m for m in self.modules() if isinstance(m, RMSNorm) and not m.offset):
@@ -220,6 +221,9 @@ class DecoderForCausalLM(nn.Module):
             for mlp in (m for m in self.modules() if isinstance(m, GatedMLP)):
                 mlp.act_mul = triton_fused.silu_mul
                 count += 1
+        for moe in (m for m in self.modules() if isinstance(m, SparseMoE)):
+            moe.fused = triton_moe.moe
+            count += 1
         for layer in self.layers:
             norm = None if layer.parallel else layer.post_attention_layernorm
             if isinstance(norm, RMSNorm) and not norm.offset:

@@ -4,11 +4,13 @@ the chosen ones where the config says so).
 
 This is the reference: the experts that have tokens this step run one after another over their
 tokens, which takes one read of the routing back to the host per layer (so a graph cannot capture
-it: engine/fast_paths.py leaves CUDA graphs off for such models). The experts' weights are stacked
-in two parameters, expert e's rows at e * rows-per-expert, each loaded in shards (one per expert and
-projection) from the checkpoint's per-expert tensors.
+it: without the Triton experts, engine/fast_paths.py leaves CUDA graphs off for such models). The
+experts' weights are stacked in two parameters, expert e's rows at e * rows-per-expert, each loaded
+in shards (one per expert and projection) from the checkpoint's per-expert tensors.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,9 @@ class SparseMoE(nn.Module):
         # Expert e: gate rows then up rows at 2 * width * e; its down projection's rows at hidden * e.
         self.experts_gate_up = nn.Parameter(torch.empty(cfg.num_experts * 2 * self.width, cfg.hidden_size))
         self.experts_down = nn.Parameter(torch.empty(cfg.num_experts * cfg.hidden_size, self.width))
+        # The Triton experts (engine/kernels/triton_moe.py) for 16-bit rows on a GPU, set by the
+        # model's use_triton_kernels: no read-back, so a graph can hold them; forward is their reference.
+        self.fused: Callable[..., torch.Tensor] | None = None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [T, k] in x's dtype, experts [T, k]): the top k of the router's softmax (in float32)."""
@@ -40,6 +45,8 @@ class SparseMoE(nn.Module):
         weights, experts = self.route(x)
         gate_up = self.experts_gate_up.view(self.num_experts, 2 * self.width, self.hidden)
         down = self.experts_down.view(self.num_experts, self.hidden, self.width)
+        if self.fused is not None and x.dtype != torch.float32:
+            return self.fused(x, weights, experts, gate_up, down)
         out = torch.zeros_like(x)
         for e in experts.unique().tolist():  # the one read-back: which experts have tokens
             token, slot = (experts == e).nonzero(as_tuple=True)

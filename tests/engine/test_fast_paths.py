@@ -10,14 +10,11 @@ from engine.config import EngineConfig
 CUDA = torch.device("cuda")
 
 
-def test_cuda_graphs_only_where_every_layer_can_be_captured(monkeypatch):
+def test_dense_models_get_graphs_and_the_kernels(monkeypatch):
     monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
     monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
     dense = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
     assert (dense.attention, dense.cuda_graphs, dense.triton_norm_rope) == ("triton", True, True)
-    routed = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True)
-    assert (routed.attention, routed.cuda_graphs, routed.triton_norm_rope) == ("triton", False, True)
-    assert "mixture-of-experts" in routed.describe()
     off = fast_paths.choose(EngineConfig(cuda_graphs=False), CUDA, torch.bfloat16, routed=True)
     assert not off.cuda_graphs and "switched off" in off.describe()
 
@@ -27,3 +24,15 @@ def test_a_failed_triton_check_leaves_the_reference_and_no_graphs(monkeypatch):
     paths = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
     assert (paths.attention, paths.cuda_graphs, paths.triton_norm_rope) == ("torch", False, False)
     assert "Triton attention off" in paths.describe()
+
+
+def test_routed_models_get_graphs_with_the_triton_experts_only(monkeypatch):
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
+    monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
+    assert fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True).cuda_graphs
+    monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: "mixture of experts differs by 0.5")
+    off = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True)
+    assert not off.cuda_graphs and not off.triton_norm_rope and "route on the host" in off.describe()
+    assert fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16).cuda_graphs  # dense: graphs whatever the kernels
+    fp32 = fast_paths.choose(EngineConfig(), CUDA, torch.float32, routed=True)  # no 16-bit kernels: no experts'
+    assert not fp32.cuda_graphs and not fp32.triton_norm_rope

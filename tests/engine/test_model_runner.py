@@ -52,3 +52,23 @@ def test_the_cpu_kv_cache_is_zeros_that_take_memory_only_where_written():
     assert float(cache[3].sum()) == 1024 * 1024 and float(cache[2].sum()) == 0.0 and float(cache[-1].abs().max()) == 0.0
     half = zeroed((4, 8), torch.bfloat16, torch.device("cpu"))
     assert half.dtype == torch.bfloat16 and half.tolist() == [[0.0] * 8] * 4
+
+
+def test_a_capture_that_fails_leaves_eager_steps_and_says_why(monkeypatch):
+    import dataclasses
+
+    from engine import LLM, SamplingParams
+    from engine.model_runner import ModelRunner
+
+    llm = LLM(num_kv_blocks=64)
+    runner = llm.engine.runner
+    runner.paths = dataclasses.replace(runner.paths, cuda_graphs=True)  # as a GPU's would say
+
+    def broken(self):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(ModelRunner, "_capture", broken)
+    assert runner._graphs() is None
+    assert not runner.paths.cuda_graphs and "capture failed: RuntimeError" in runner.paths.describe()
+    out = llm.generate(["def f(x):"], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 4

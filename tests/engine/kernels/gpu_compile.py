@@ -30,10 +30,12 @@ from triton.compiler import ASTSource
 from engine.attention import triton_attention as ta
 from engine.attention.triton_meta import LaunchConfig
 from engine.kernels import triton_fused as tf
+from engine.kernels import triton_moe as tm
 from engine.step_batch import SeqChunk, StepBatch
 
 ATTENTION_KERNELS = ("_write_kv_kernel", "_own_kernel", "_prefix_kernel", "_merge_kernel")
 FUSED_KERNELS = ("_rms_norm_kernel", "_rope_kernel", "_add_rms_norm_kernel", "_silu_mul_kernel")
+MOE_KERNELS = ("_grouped_kernel",)
 _POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
             torch.int64: "*i64", torch.bool: "*i1"}
 BLOCK = 16
@@ -125,16 +127,25 @@ def _launches_of_fused(dtype: torch.dtype) -> None:
     tf.silu_mul(torch.zeros(rows, 2 * 11008, dtype=dtype))
     qkv = torch.zeros(rows, 3 * 32, 128, dtype=dtype)  # rotary over a strided view of a fused projection
     tf.rope_(qkv[:, :32], torch.ones(rows, 1, 128, dtype=dtype), torch.zeros(rows, 1, 128, dtype=dtype))
+    # Qwen3-Coder-30B-A3B's mixture (128 experts, 8 per token) at small widths: the launch depends on
+    # the expert count and the tiles, which its real widths (2048, 768) fill as these do.
+    experts, top_k, hidden, width = 128, 8, 64, 64
+    for tokens in (3, 37):
+        x = torch.zeros(tokens, hidden, dtype=dtype)
+        chosen = torch.randint(0, experts, (tokens, top_k), generator=torch.Generator().manual_seed(tokens))
+        tm.moe(x, torch.ones(tokens, top_k, dtype=dtype), chosen, torch.zeros(experts, 2 * width, hidden, dtype=dtype),
+               torch.zeros(experts, hidden, width, dtype=dtype))
 
 
 def record() -> Launches:
     """Every distinct launch the engine makes at the shapes above."""
     launches = Launches()
-    saved = {(m, n): getattr(m, n) for m, names in ((ta, ATTENTION_KERNELS), (tf, FUSED_KERNELS)) for n in names}
+    modules = ((ta, ATTENTION_KERNELS), (tf, FUSED_KERNELS), (tm, MOE_KERNELS))
+    saved = {(m, n): getattr(m, n) for m, names in modules for n in names}
     try:
         for dtype in (torch.bfloat16, torch.float16):
             for (module, name), kernel in saved.items():
-                gpu = {"LOW_PRECISION": True} if name in ("_own_kernel", "_prefix_kernel") else \
+                gpu = {"LOW_PRECISION": True} if name in ("_own_kernel", "_prefix_kernel", "_grouped_kernel") else \
                     {"LIBDEVICE": True} if name == "_silu_mul_kernel" else {}
                 setattr(module, name, launches.recorder(kernel, gpu))
             shapes = SHAPES if dtype == torch.bfloat16 else SHAPES[1:2]  # fp16: one shape

@@ -233,3 +233,14 @@ def test_the_device_check_names_a_kernel_that_differs(monkeypatch, kernel: str, 
     monkeypatch.setattr(triton_fused, kernel, broken)
     problem = norm_rope_problem(DEVICE, torch.bfloat16)
     assert problem is not None and problem.startswith(f"{named} differs from the reference")
+
+
+def test_the_device_check_names_a_mixture_that_differs(monkeypatch) -> None:
+    from engine.fast_paths import norm_rope_problem
+    from engine.kernels import triton_moe
+
+    _reference_kernels(monkeypatch)
+    real = triton_moe.moe
+    monkeypatch.setattr(triton_moe, "moe", lambda x, weights, *rest: real(x, weights.flip(-1), *rest))  # weights swapped
+    problem = norm_rope_problem(DEVICE, torch.bfloat16)
+    assert problem is not None and problem.startswith("mixture of experts differs from the reference")
