@@ -241,6 +241,7 @@ def test_the_device_check_names_a_mixture_that_differs(monkeypatch) -> None:
 
     _reference_kernels(monkeypatch)
     real = triton_moe.moe
-    monkeypatch.setattr(triton_moe, "moe", lambda x, weights, *rest: real(x, weights.flip(-1), *rest))  # weights swapped
+    swapped = lambda x, weights, *rest: real(x, weights.flip(-1), *rest)  # noqa: E731 - each token's weights swapped
+    monkeypatch.setattr(triton_moe, "moe", swapped)
     problem = norm_rope_problem(DEVICE, torch.bfloat16)
     assert problem is not None and problem.startswith("mixture of experts differs from the reference")
