@@ -146,6 +146,8 @@ FAMILY_MODELS = {
                        moe_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1])),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", "deepseek",
               dict(head_dim=32, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", "qwen",
+             dict(partial_rotary_factor=0.75, sliding_window=8, pad_token_id=0, rms_norm_eps=1e-5)),
     "mistral": ("MistralConfig", "MistralForCausalLM", "deepseek", dict(sliding_window=8, rms_norm_eps=1e-5)),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", "starcoder",
                    dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, use_bias=True)),

@@ -113,6 +113,18 @@ def starcoder2(cfg: dict) -> dict[str, Any]:
     )
 
 
+def phi3(cfg: dict) -> dict[str, Any]:
+    """Phi-3 / Phi-4: Llama's layout with q/k/v and gate/up fused in the checkpoint itself, rotary
+    over the first partial_rotary_factor of each head (Phi-4-mini's 0.75), a sliding window where
+    the config sets one (Phi-3-mini-4k's 2047). Long-context rope scaling (longrope) is refused."""
+    fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
+    factor = cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor") or 1.0
+    rotary = int(fields["head_dim"] * float(factor))
+    window = cfg.get("sliding_window")
+    return dict(fields, rotary_dim=rotary - rotary % 2,
+                sliding_window=window if window and window < fields["max_position_embeddings"] else None)
+
+
 def gpt_bigcode(cfg: dict) -> dict[str, Any]:
     """GPTBigCode: learned absolute positions, LayerNorm, a GELU MLP, biases everywhere but the
     head, one K/V head where multi_query (StarCoder), else as many as query heads."""

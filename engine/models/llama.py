@@ -1,5 +1,6 @@
 """Llama (CodeLlama, DeepSeek-Coder), Qwen2 (Llama with q/k/v biases), Qwen3 (with per-head q/k
-norms) and Mistral (Codestral) over the paged KV cache: q/k/v and gate/up fused into one projection each."""
+norms), Mistral (Codestral), Gemma and Phi-3/Phi-4 over the paged KV cache: q/k/v and gate/up fused
+into one projection each."""
 from __future__ import annotations
 
 from engine.models.cpu_stack import CpuDecoderStack
@@ -22,3 +23,9 @@ class LlamaForCausalLM(DecoderForCausalLM):
         packed = super().pack_for_cpu()
         self.cpu_stack = CpuDecoderStack.build(self)
         return packed
+
+
+class Phi3ForCausalLM(LlamaForCausalLM):
+    """Phi-3 / Phi-4: its checkpoint holds q/k/v and gate/up fused already, as ours are."""
+
+    _RENAMES = ()

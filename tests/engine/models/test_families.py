@@ -1,7 +1,8 @@
 """The families besides plain Llama (tests/conftest.py FAMILY_MODELS): Qwen2, Qwen3 (per-head q/k
 norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among
 them), DeepSeek-Coder (Llama with linear rope scaling), Gemma (norms scaling by 1 + weight, scaled
-embeddings), Mistral (Llama with a sliding window), StarCoder2, GPTBigCode (StarCoder 1: learned
+embeddings), Mistral (Llama with a sliding window), Phi-3 (fused checkpoint projections, partial
+rotary, a window), StarCoder2, GPTBigCode (StarCoder 1: learned
 positions, multi-query attention) and CodeGen: tiny random models from transformers' own classes,
 run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
@@ -70,6 +71,7 @@ def test_config_reads_the_family(family_dir):
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
                 "gemma": ("gemma", False, "rms", 32, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
+                "phi3": ("phi3", False, "rms", 12, "neox", 8),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
                 "gpt_bigcode": ("gpt_bigcode", True, "layer", 16, "neox", None),
                 "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
@@ -161,7 +163,7 @@ def test_loader_names_what_is_wrong(family_dir):
 
 @pytest.mark.parametrize("cfg", [
     {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64},
-    {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"},
+    {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2"},
     {"model_type": "gpt_neox"},
 ])
 def test_unsupported_architecture_is_a_one_line_value_error(cfg):
@@ -208,3 +210,15 @@ def test_gpt_bigcode_with_a_kv_head_per_query_head(tmp_path):
     with torch.no_grad():
         expected = _hf_model(path)(torch.tensor([ids])).logits[0]
     assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+
+
+def test_phi3_rotary_share_window_and_long_context_scaling():
+    cfg = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": 64, "hidden_size": 128,
+           "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+           "max_position_embeddings": 16384}
+    phi4 = model_config(dict(cfg, sliding_window=None))  # Phi-4: whole heads rotated, no window
+    assert (phi4.family, phi4.rotary_dim, phi4.sliding_window) == ("phi3", 32, None)
+    mini = model_config(dict(cfg, partial_rotary_factor=0.75, sliding_window=2047))  # Phi-4-mini's share, Phi-3's window
+    assert (mini.rotary_dim, mini.sliding_window) == (24, 2047)
+    with pytest.raises(ValueError, match="longrope"):  # the 128k models' scaling
+        model_config(dict(cfg, rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
