@@ -81,7 +81,7 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
             attention = "torch"
     fused = attention == "triton" and dtype in (torch.bfloat16, torch.float16)
     if fused:
-        problem = norm_rope_problem(device, dtype)
+        problem = norm_rope_problem(device, dtype, routed)
         if problem is not None:
             notes.append(f"Triton RMSNorm/RoPE/SiLU off ({problem})")
             fused = False
@@ -115,12 +115,15 @@ def triton_problem(device: torch.device, dtype: torch.dtype, sliding_window: int
     return None if error <= tolerance else f"differs from the torch reference by {error:.3g}"
 
 
-def norm_rope_problem(device: torch.device, dtype: torch.dtype) -> str | None:
-    """None when the Triton RMSNorm, rotary, SiLU-and-mul and add+RMSNorm kernels agree with their
-    references on the device (within a rounding step of the dtype: they round where the references
-    round); else what went wrong."""
+def norm_rope_problem(device: torch.device, dtype: torch.dtype, routed: bool = False) -> str | None:
+    """None when the Triton RMSNorm, rotary, SiLU-and-mul and add+RMSNorm kernels (and, for a model
+    with mixture-of-experts layers, the experts' kernels) agree with their references on the device
+    (within a rounding step of the dtype: they round where the references round); else what went
+    wrong."""
     try:
         errors = _fused_kernel_errors(device, dtype)
+        if routed:  # the experts' kernels compile only for a model that has a mixture
+            errors["mixture of experts"] = _moe_error(device, dtype, torch.Generator(device="cpu").manual_seed(1))
     except Exception as e:  # noqa: BLE001 - a kernel that does not build here leaves the reference
         return f"{type(e).__name__}: {e}"
     for name, error in errors.items():
@@ -156,8 +159,7 @@ def _fused_kernel_errors(device: torch.device, dtype: torch.dtype) -> dict[str, 
             "RMSNorm": _relative(triton_fused.rms_norm(x, norm.weight, norm.eps), norm(x)),
             "SiLU-and-mul": _relative(triton_fused.silu_mul(gate_up), F.silu(gate) * up),
             "residual add": _relative(total, x + attn),
-            "add+RMSNorm": _relative(normed, norm(x + attn)),
-            "mixture of experts": _moe_error(device, dtype, gen)}  # last: it runs SiLU-and-mul too
+            "add+RMSNorm": _relative(normed, norm(x + attn))}
 
 
 def _moe_error(device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> float:

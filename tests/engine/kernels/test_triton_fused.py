@@ -204,7 +204,7 @@ def test_the_device_check_passes_for_correct_kernels() -> None:
     in SiLU-and-mul can reach the check's bound of two rounding steps."""
     from engine.fast_paths import norm_rope_problem
 
-    assert norm_rope_problem(DEVICE, torch.bfloat16 if DEVICE.type == "cuda" else torch.float16) is None
+    assert norm_rope_problem(DEVICE, torch.bfloat16 if DEVICE.type == "cuda" else torch.float16, routed=True) is None
 
 
 def _reference_kernels(monkeypatch) -> None:
@@ -243,5 +243,6 @@ def test_the_device_check_names_a_mixture_that_differs(monkeypatch) -> None:
     real = triton_moe.moe
     swapped = lambda x, weights, *rest: real(x, weights.flip(-1), *rest)  # noqa: E731 - each token's weights swapped
     monkeypatch.setattr(triton_moe, "moe", swapped)
-    problem = norm_rope_problem(DEVICE, torch.bfloat16)
+    assert norm_rope_problem(DEVICE, torch.bfloat16) is None  # a dense model never runs the experts' check
+    problem = norm_rope_problem(DEVICE, torch.bfloat16, routed=True)
     assert problem is not None and problem.startswith("mixture of experts differs from the reference")
