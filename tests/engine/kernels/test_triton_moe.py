@@ -88,3 +88,21 @@ def test_a_mixture_of_experts_model_runs_its_experts_through_the_kernels(tmp_pat
     batch = StepBatch.build([SeqChunk(tuple(ids), 0, (0, 1, 2), 0)], 4, DEVICE)
     ref, fused = (m.compute_logits(m(batch, caches.clone(), TorchRefBackend())) for m in models[:2])
     assert 0 < (fused - ref).abs().max().item() < 0.05 * ref.abs().max().item()  # rounding apart, not equal
+
+
+def test_random_routings_including_one_expert_for_all_and_every_expert_per_token():
+    """Twelve random shapes, plus the two extremes: every token on one expert (its group spans
+    several tiles) and k equal to the number of experts."""
+    gen = torch.Generator().manual_seed(5)
+    cases = [(int(torch.randint(1, 40, (1,), generator=gen)), int(torch.randint(1, 9, (1,), generator=gen)))
+             for _ in range(12)]
+    for i, (tokens, experts) in enumerate(cases + [(37, 1), (6, 5)]):
+        top_k = experts if (tokens, experts) == (6, 5) else int(torch.randint(1, experts + 1, (1,), generator=gen))
+        moe = _moe(experts, top_k, 32, 16, renormalize=bool(i % 2), seed=i)
+        x = torch.randn(tokens, 32, generator=gen).to(DEVICE)
+        weights, chosen = moe.route(x)
+        with torch.no_grad():
+            got = triton_moe.moe(x, weights, chosen, moe.experts_gate_up.view(experts, 32, 32),
+                                 moe.experts_down.view(experts, 32, 16))
+            expected = moe(x)
+        assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item()), (tokens, experts)
