@@ -45,6 +45,12 @@ class ModelConfig:
     # cast back; token embeddings are multiplied by embed_scale (sqrt(hidden)) in their own dtype.
     norm_weight_offset: float = 0.0
     embed_scale: float = 1.0
+    # Granite: attention logits scaled by attention_scale instead of 1 / sqrt(head_dim) (None), each
+    # layer's attention and MLP outputs by residual_scale before their residual adds, and the
+    # logits divided by logits_scale.
+    attention_scale: float | None = None
+    residual_scale: float = 1.0
+    logits_scale: float = 1.0
     # "rope": rotary embedding of q and k; "learned": a table of absolute positions added to the
     # token embeddings, no rotary (GPTBigCode: StarCoder 1, WizardCoder, SantaCoder).
     position_embedding: str = "rope"

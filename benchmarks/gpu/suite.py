@@ -8,7 +8,7 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      Triton attention == the torch reference (7B shape, bf16: logits after a prefill within
      tolerance, greedy ids over 64 tokens); drafting == plain (embedded model, greedy and seeded
      sampling); no leaked KV block; every other family's tiny random model (tests/conftest.py:
-     Qwen2, DeepSeek, Qwen3, Qwen3-MoE, Gemma, Phi-3, Mistral, StarCoder2, GPTBigCode, CodeGen)
+     Qwen2, DeepSeek, Qwen3, Qwen3-MoE, Gemma, Granite, Phi-3, Mistral, StarCoder2, GPTBigCode, CodeGen)
      greedy == Hugging Face greedy and drafting == plain on the device;
   b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
      graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth);

@@ -53,6 +53,8 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
         self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
         self.rotary_style = cfg.rotary_style
+        # Backends scale by 1 / sqrt(head_dim): another scale is given to q before them.
+        self.q_scale = cfg.attention_scale * cfg.head_dim ** 0.5 if cfg.attention_scale is not None else None
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         # The in-place Triton rotary kernel on a GPU (engine/kernels/triton_fused.py), set by the
@@ -72,6 +74,8 @@ class Attention(nn.Module):
                 q, k = self.rope_(q, *cos_sin), self.rope_(k, *cos_sin)
             else:
                 q, k = apply_rotary(cos_sin, q, k, self.rotary_style)
+        if self.q_scale is not None:
+            q = q * self.q_scale
         o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], batch, meta)
         return self.o_proj(o.reshape(-1, self.q_size))
 
@@ -113,6 +117,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
         super().__init__()
         self.parallel = cfg.parallel_residual
+        self.residual_scale = cfg.residual_scale
         self.input_layernorm = make_norm(cfg)
         self.self_attn = Attention(cfg)
         if not self.parallel:
@@ -130,13 +135,17 @@ class DecoderLayer(nn.Module):
         h = self.input_layernorm(x)
         if self.parallel:
             return x + self.self_attn(h, cos_sin, kv_cache, batch, backend, meta) + self.mlp(h)
-        attn = self.self_attn(h, cos_sin, kv_cache, batch, backend, meta)
+        attn = self._scaled(self.self_attn(h, cos_sin, kv_cache, batch, backend, meta))
         if self.add_norm is not None and x.dtype != torch.float32:
             norm = self.post_attention_layernorm
             x, h = self.add_norm(x, attn, norm.weight, norm.eps)
-            return x + self.mlp(h)
+            return x + self._scaled(self.mlp(h))
         x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self._scaled(self.mlp(self.post_attention_layernorm(x)))
+
+    def _scaled(self, out: torch.Tensor) -> torch.Tensor:
+        """A block's output as its residual add takes it (Granite's residual multiplier)."""
+        return out if self.residual_scale == 1.0 else out * self.residual_scale
 
 
 class DecoderForCausalLM(nn.Module):
@@ -177,7 +186,7 @@ class DecoderForCausalLM(nn.Module):
             backend = self._attention_for(batch, backend)
             meta = backend.prepare(batch)
         x = self.embed_tokens(batch.input_ids)
-        if self.config.embed_scale != 1.0:  # the scale rounded to x's dtype first, as Gemma multiplies
+        if self.config.embed_scale != 1.0:  # rounded to x's dtype first, as Gemma does (Granite's 12 is exact)
             x = x * _in_dtype(self.config.embed_scale, x.dtype)
         cos_sin = None
         if self.embed_positions is not None:
@@ -200,7 +209,8 @@ class DecoderForCausalLM(nn.Module):
         return self._window_backend
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        logits = self.lm_head(hidden).float()
+        return logits if self.config.logits_scale == 1.0 else logits / self.config.logits_scale
 
     def use_triton_kernels(self) -> int:
         """Turns on the Triton kernels (GPU, 16-bit weights) where a layer's modules are the kinds

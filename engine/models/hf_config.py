@@ -55,6 +55,16 @@ def gemma(cfg: dict) -> dict[str, Any]:
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)))
 
 
+def granite(cfg: dict) -> dict[str, Any]:
+    """Granite 3: Llama with multipliers on the embeddings, the attention logits (in place of
+    1 / sqrt(head_dim)), each residual branch, and (dividing) the logits."""
+    fields = llama(cfg)
+    return dict(fields, embed_scale=float(cfg.get("embedding_multiplier", 1.0)),
+                attention_scale=float(cfg["attention_multiplier"]) if cfg.get("attention_multiplier") else None,
+                residual_scale=float(cfg.get("residual_multiplier", 1.0)),
+                logits_scale=float(cfg.get("logits_scaling", 1.0)))
+
+
 def qwen3(cfg: dict) -> dict[str, Any]:
     """Qwen3 (dense): Llama with an RMSNorm over each head of q and k, head_dim from the config."""
     fields = llama(dict(cfg, mlp_bias=False))

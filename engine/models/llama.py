@@ -1,5 +1,5 @@
 """Llama (CodeLlama, DeepSeek-Coder), Qwen2 (Llama with q/k/v biases), Qwen3 (with per-head q/k
-norms), Mistral (Codestral), Gemma and Phi-3/Phi-4 over the paged KV cache: q/k/v and gate/up fused
+norms), Mistral (Codestral), Gemma, Granite and Phi-3/Phi-4 over the paged KV cache: q/k/v and gate/up fused
 into one projection each."""
 from __future__ import annotations
 

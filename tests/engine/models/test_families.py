@@ -1,7 +1,7 @@
 """The families besides plain Llama (tests/conftest.py FAMILY_MODELS): Qwen2, Qwen3 (per-head q/k
 norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among
 them), DeepSeek-Coder (Llama with linear rope scaling), Gemma (norms scaling by 1 + weight, scaled
-embeddings), Mistral (Llama with a sliding window), Phi-3 (fused checkpoint projections, partial
+embeddings), Granite (multipliers), Mistral (Llama with a sliding window), Phi-3 (fused checkpoint projections, partial
 rotary, a window), StarCoder2, GPTBigCode (StarCoder 1: learned
 positions, multi-query attention) and CodeGen: tiny random models from transformers' own classes,
 run by the engine over the paged cache, against transformers."""
@@ -70,6 +70,7 @@ def test_config_reads_the_family(family_dir):
                 "qwen3_moe": ("qwen3_moe", False, "rms", 16, "neox", None),
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
                 "gemma": ("gemma", False, "rms", 32, "neox", None),
+                "granite": ("granite", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "phi3": ("phi3", False, "rms", 12, "neox", 8),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
@@ -81,9 +82,11 @@ def test_config_reads_the_family(family_dir):
         assert (mc.num_experts, mc.experts_per_token, mc.moe_intermediate_size, mc.norm_topk_prob,
                 mc.dense_layers) == (8, 2, 32, True, (1,))
     assert mc.position_embedding == ("learned" if family == "gpt_bigcode" else "rope")
+    if family == "granite":
+        assert (mc.embed_scale, mc.attention_scale, mc.residual_scale, mc.logits_scale) == (3.0, 0.1, 0.5, 2.0)
     gemma = family == "gemma"
-    assert (mc.norm_weight_offset, mc.embed_scale, mc.activation) == ((1.0, 8.0, "gelu_tanh") if gemma else (
-        0.0, 1.0, mc.activation))
+    assert (mc.norm_weight_offset, mc.activation) == ((1.0, "gelu_tanh") if gemma else (0.0, mc.activation))
+    assert mc.embed_scale == {"gemma": 8.0, "granite": 3.0}.get(family, 1.0)
     if family == "gpt_bigcode":  # StarCoder's multi-query attention: one K/V head
         assert mc.num_kv_heads == 1
     if family == "qwen2":  # config.json's EOS, then the extra one generation_config.json lists
@@ -218,7 +221,8 @@ def test_phi3_rotary_share_window_and_long_context_scaling():
            "max_position_embeddings": 16384}
     phi4 = model_config(dict(cfg, sliding_window=None))  # Phi-4: whole heads rotated, no window
     assert (phi4.family, phi4.rotary_dim, phi4.sliding_window) == ("phi3", 32, None)
-    mini = model_config(dict(cfg, partial_rotary_factor=0.75, sliding_window=2047))  # Phi-4-mini's share, Phi-3's window
+    # Phi-4-mini's rotary share, Phi-3-mini-4k's window
+    mini = model_config(dict(cfg, partial_rotary_factor=0.75, sliding_window=2047))
     assert (mini.rotary_dim, mini.sliding_window) == (24, 2047)
     with pytest.raises(ValueError, match="longrope"):  # the 128k models' scaling
         model_config(dict(cfg, rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
