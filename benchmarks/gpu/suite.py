@@ -128,6 +128,7 @@ def _families(args, device) -> dict:
     out = {}
     families = tuple(FAMILY_MODELS)
     for family in families[:2] if args.quick else families:
+        start = time.monotonic()
         path = make_tiny_family(tempfile.mkdtemp(prefix=f"suite-{family}-"), family)
         plain = LLM(path, **options)
         ids = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
@@ -142,7 +143,8 @@ def _families(args, device) -> dict:
             same += theirs == mine
         leaked = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free for e in (plain, drafted))
         out[family] = {"greedy_equals_hf": f"{same}/{len(prompts)}", "drafting_equals_plain": same_drafted,
-                       "leaked_blocks": leaked, "fast_paths": plain.engine.runner.paths.describe()}
+                       "leaked_blocks": leaked, "fast_paths": plain.engine.runner.paths.describe(),
+                       "seconds": round(time.monotonic() - start, 1)}
         if family == "qwen3_moe" and device.type == "cuda":  # bf16: the Triton experts, and graphs holding them
             half = LLM(path, **dict(options, dtype="bfloat16"))
             ids16 = [o.outputs[0].token_ids for o in half.generate(prompts, greedy, use_tqdm=False)]
@@ -367,9 +369,9 @@ def markdown(results: dict) -> str:
         families = {k: v for k, v in a.get("families", {}).items() if isinstance(v, dict) and "greedy_equals_hf" in v}
         if families:
             lines += measure.markdown_table(
-                ["family", "greedy == HF", "drafting == plain", "leaked", "fast paths"],
-                [[name, f["greedy_equals_hf"], f["drafting_equals_plain"], f["leaked_blocks"], f["fast_paths"]]
-                 for name, f in families.items()]) + [""]
+                ["family", "greedy == HF", "drafting == plain", "leaked", "fast paths", "s"],
+                [[name, f["greedy_equals_hf"], f["drafting_equals_plain"], f["leaked_blocks"], f["fast_paths"],
+                  f.get("seconds", "")] for name, f in families.items()]) + [""]
         elif "families" in a:
             lines += [f"- families: {a['families']}", ""]
         lines += [f"- {k}: {v}" for k, v in a.get("families", {}).items() if k not in families] + [""]
