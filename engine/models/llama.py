@@ -1,5 +1,5 @@
 """Llama (CodeLlama, DeepSeek-Coder), Qwen2 (Llama with q/k/v biases), Qwen3 (with per-head q/k
-norms), Mistral (Codestral), Gemma, Granite and Phi-3/Phi-4 over the paged KV cache: q/k/v and gate/up fused
+norms), Mistral (Codestral), Gemma and Granite over the paged KV cache: q/k/v and gate/up fused
 into one projection each."""
 from __future__ import annotations
 
@@ -23,9 +23,3 @@ class LlamaForCausalLM(DecoderForCausalLM):
         packed = super().pack_for_cpu()
         self.cpu_stack = CpuDecoderStack.build(self)
         return packed
-
-
-class Phi3ForCausalLM(LlamaForCausalLM):
-    """Phi-3 / Phi-4: its checkpoint holds q/k/v and gate/up fused already, as ours are."""
-
-    _RENAMES = ()

@@ -16,7 +16,8 @@ from engine.models import hf_config
 from engine.models.codegen import CodeGenForCausalLM
 from engine.models.decoder import DecoderForCausalLM
 from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
-from engine.models.llama import LlamaForCausalLM, Phi3ForCausalLM
+from engine.models.llama import LlamaForCausalLM
+from engine.models.phi3 import Phi3ForCausalLM
 from engine.models.qwen3_moe import Qwen3MoeForCausalLM
 from engine.models.starcoder2 import Starcoder2ForCausalLM
 
