@@ -1,7 +1,6 @@
 """Engine and model configuration: small frozen dataclasses, validated on creation."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
