@@ -44,6 +44,37 @@ def make_tiny_llama(path: str, vocab_size: int, seed: int = 0, **overrides) -> s
     return path
 
 
+def make_spm_tokenizer(path, symbols: list[str], kind: str, dummy_prefix: bool = True) -> str:
+    """A 400-piece sentencepiece tokenizer.model under `path` with `symbols` (of `kind`:
+    user_defined_symbols or control_symbols), the dummy prefix on as CodeLlama's and Mistral's are
+    (off: as Gemma's)."""
+    import sentencepiece as spm
+
+    corpus = os.path.join(path, "corpus.txt")
+    with open(corpus, "w") as f:
+        f.write(_stdlib_text(60_000))
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=os.path.join(path, "tokenizer"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, add_dummy_prefix=dummy_prefix, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+        **{kind: symbols}, minloglevel=2, num_threads=1)
+    os.remove(corpus)
+    return str(path)
+
+
+def spm_without_dummy_prefix(path: str):
+    """The same sentencepiece model with its dummy prefix turned off: how a text that continues
+    other text is tokenized."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(f"{path}/tokenizer.model", "rb") as f:
+        proto.ParseFromString(f.read())
+    proto.normalizer_spec.add_dummy_prefix = False
+    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+
+
 @pytest.fixture(scope="session")
 def spm_tokenizer_dir(tmp_path_factory) -> str:
     import sentencepiece as spm

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
-from tests.conftest import BPE_SAMPLES, _stdlib_text, make_byte_bpe_tokenizer
+from tests.conftest import BPE_SAMPLES, make_byte_bpe_tokenizer, make_spm_tokenizer, spm_without_dummy_prefix
 
 SNIPPETS = [
     "def f(x):\n    return x  # done\n",
@@ -186,42 +186,15 @@ def test_codellama_fim_prompt_is_unchanged(spm_tokenizer_dir):
         [fim.suffix] + tok.encode(suffix, add_bos=False) + [fim.middle]
 
 
-def _dummy_prefix_spm(path, symbols: list[str], kind: str, dummy_prefix: bool = True) -> str:
-    """A sentencepiece tokenizer with the dummy prefix on, as CodeLlama's and Mistral's are (off:
-    as Gemma's)."""
-    import sentencepiece as spm
-
-    (path / "corpus.txt").write_text(_stdlib_text(60_000))
-    spm.SentencePieceTrainer.train(
-        input=str(path / "corpus.txt"), model_prefix=str(path / "tokenizer"), vocab_size=400, model_type="bpe",
-        byte_fallback=True, add_dummy_prefix=dummy_prefix, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-        **{kind: symbols}, minloglevel=2, num_threads=1)
-    return str(path)
-
-
-def _without_dummy_prefix(path: str):
-    """The same sentencepiece model with its dummy prefix turned off: how a text that continues
-    other text is tokenized."""
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    with open(f"{path}/tokenizer.model", "rb") as f:
-        proto.ParseFromString(f.read())
-    proto.normalizer_spec.add_dummy_prefix = False
-    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-
-
 PREFIX, SUFFIX = "def f(x):\n    ", "\n    return y\n"
 
 
 def test_codellama_fim_suffix_has_no_dummy_prefix_space(tmp_path):
     """CodeLlama's format, as Meta's reference builds it: the prefix tokenized as a text of its own
     (with sentencepiece's leading space), the suffix as running text (without it)."""
-    path = _dummy_prefix_spm(tmp_path, ["\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>", "\u2581<EOT>"],
+    path = make_spm_tokenizer(tmp_path, ["\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>", "\u2581<EOT>"],
                              "user_defined_symbols")
-    tok, running = Tokenizer(path), _without_dummy_prefix(path)
+    tok, running = Tokenizer(path), spm_without_dummy_prefix(path)
     fim = tok.fim
     assert tok.leading_space and fim.style == "codellama"
     assert tok.encode(SUFFIX, add_bos=False) != running.encode(SUFFIX)  # else this test shows nothing
@@ -235,8 +208,8 @@ def test_codellama_fim_suffix_has_no_dummy_prefix_space(tmp_path):
 def test_codestral_fim_prompt_is_suffix_first(tmp_path):
     """Mistral's (Codestral's) format: [SUFFIX]suffix[PREFIX] prefix after BOS, no middle token;
     the middle ends with EOS. Other files go before the prefix as #name headed text."""
-    path = _dummy_prefix_spm(tmp_path, ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"], "control_symbols")
-    tok, running = Tokenizer(path), _without_dummy_prefix(path)
+    path = make_spm_tokenizer(tmp_path, ["[INST]", "[/INST]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"], "control_symbols")
+    tok, running = Tokenizer(path), spm_without_dummy_prefix(path)
     fim = tok.fim
     assert (fim.style, fim.prefix, fim.suffix, fim.middle) == ("mistral", tok.token_id("[PREFIX]"),
                                                                tok.token_id("[SUFFIX]"), None)
@@ -249,7 +222,7 @@ def test_codestral_fim_prompt_is_suffix_first(tmp_path):
 
 def test_codegemma_fim_ends_a_middle_at_the_file_separator_too(tmp_path):
     """CodeGemma's FIM tokens are named as Qwen's; its middles also end at <|file_separator|>."""
-    path = _dummy_prefix_spm(tmp_path, ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>"],
+    path = make_spm_tokenizer(tmp_path, ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>"],
                              "user_defined_symbols", dummy_prefix=False)
     tok = Tokenizer(path)
     fim, end = tok.fim, tok.token_id("<|file_separator|>")
