@@ -7,9 +7,7 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
   a  correctness on the device: engine greedy == Hugging Face greedy (embedded model, float32);
      Triton attention == the torch reference (7B shape, bf16: logits after a prefill within
      tolerance, greedy ids over 64 tokens); drafting == plain (embedded model, greedy and seeded
-     sampling); no leaked KV block; every other family's tiny random model (tests/conftest.py:
-     Qwen2, DeepSeek, Qwen3, Qwen3-MoE, Gemma, Granite, Phi-3, Mistral, StarCoder2, GPTBigCode, CodeGen)
-     greedy == Hugging Face greedy and drafting == plain on the device;
+     sampling); no leaked KV block;
   b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
      graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth);
   c  the cost of a verify step with k draft tokens per sequence, by k, at batch 1, 16, 64;
@@ -17,7 +15,11 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      taken wherever the engine picks one): plain against copy drafting (the adaptive policy, and a
      fixed k=8), greedy at batch 1, all 164 greedy at once, pass@10 at 16, 64 and the whole 1,640
      sequences at 256;
-  e  Hugging Face generate() on the same shape at batch 1 and 64.
+  e  Hugging Face generate() on the same shape at batch 1 and 64;
+  f  every other family's tiny random model (tests/conftest.py: Qwen2, DeepSeek, Qwen3, Qwen3-MoE,
+     Gemma, Granite, Phi-3, Mistral, StarCoder2, GPTBigCode, CodeGen) on the device, float32: greedy
+     == Hugging Face greedy, drafting == plain, no leaked block; Qwen3-MoE also in bf16 (the Triton
+     experts, graphs holding them). Last, so that the time budget skips it first.
 Writes gpu_suite_<stamp>.json/.md under benchmarks/results/ and, where $OUT is set, there too.
 The step costs of b and c are also written as a cost table the simulated device replays
 (benchmarks/simulated_device.py --table).
@@ -103,56 +105,7 @@ def correctness(args, device) -> dict:
     out["leaked_blocks"] = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free
                                for e in (plain, drafted))
     out.update(_triton_against_torch(args, device))
-    out["families"] = _families(args, device)
     print(f"[a] {json.dumps(out)}", file=sys.stderr, flush=True)
-    return out
-
-
-def _families(args, device) -> dict:
-    """Every other family's tiny random model (tests/conftest.py, transformers' own classes) on the
-    device in float32, through the fast paths the device gives it: greedy ids against transformers'
-    generate() there, and drafting on against off. Prompts run past StarCoder2's and Mistral's
-    window of 8."""
-    import tempfile
-
-    from transformers import AutoModelForCausalLM
-
-    try:
-        from tests.conftest import FAMILY_MODELS, make_tiny_family
-    except ImportError as e:  # the tests' helpers need pytest
-        return {"not run": str(e)}
-    prompts = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n", "for i in range(10):\n    print(i)\n"]
-    greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
-    options = dict(device=args.device, dtype="float32", num_kv_blocks=128, block_size=16, max_num_seqs=4,
-                   max_num_batched_tokens=256, cuda_graph_max_rows=64)
-    out = {}
-    families = tuple(FAMILY_MODELS)
-    for family in families[:2] if args.quick else families:
-        start = time.monotonic()
-        path = make_tiny_family(tempfile.mkdtemp(prefix=f"suite-{family}-"), family)
-        plain = LLM(path, **options)
-        ids = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
-        drafted = LLM(path, proposer=build_proposer(SpecConfig(policy="fixed")), **options)
-        same_drafted = ids == [o.outputs[0].token_ids for o in drafted.generate(prompts, greedy, use_tqdm=False)]
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        same = 0
-        for prompt, mine in zip(prompts, ids):
-            x = torch.tensor([plain.tokenizer.encode(prompt)], device=device)
-            theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
-                                 eos_token_id=[], pad_token_id=0)[0, x.shape[1]:].tolist()
-            same += theirs == mine
-        leaked = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free for e in (plain, drafted))
-        out[family] = {"greedy_equals_hf": f"{same}/{len(prompts)}", "drafting_equals_plain": same_drafted,
-                       "leaked_blocks": leaked, "fast_paths": plain.engine.runner.paths.describe(),
-                       "seconds": round(time.monotonic() - start, 1)}
-        if family == "qwen3_moe" and device.type == "cuda":  # bf16: the Triton experts, and graphs holding them
-            half = LLM(path, **dict(options, dtype="bfloat16"))
-            ids16 = [o.outputs[0].token_ids for o in half.generate(prompts, greedy, use_tqdm=False)]
-            out["qwen3_moe bf16"] = {"greedy_equals_float32": f"{sum(a == b for a, b in zip(ids16, ids))}/{len(ids)}",
-                                     "fast_paths": half.engine.runner.paths.describe()}
-            del half
-        del plain, drafted, hf
-        shapes.free(device)
     return out
 
 
@@ -357,6 +310,56 @@ def hf_generate(args, device) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- f: every family
+
+def families(args, device) -> dict:
+    """Every other family's tiny random model (tests/conftest.py, transformers' own classes) on the
+    device in float32, through the fast paths the device gives it: greedy ids against transformers'
+    generate() there, and drafting on against off. Prompts run past StarCoder2's and Mistral's
+    window of 8."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from tests.conftest import FAMILY_MODELS, make_tiny_family
+    except ImportError as e:  # the tests' helpers need pytest
+        return {"not run": str(e)}
+    prompts = ["def add(a, b):\n    return a + b\n\ndef add(a, b):\n", "for i in range(10):\n    print(i)\n"]
+    greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    options = dict(device=args.device, dtype="float32", num_kv_blocks=128, block_size=16, max_num_seqs=4,
+                   max_num_batched_tokens=256, cuda_graph_max_rows=64)
+    out = {}
+    families = tuple(FAMILY_MODELS)
+    for family in families[:2] if args.quick else families:
+        start = time.monotonic()
+        path = make_tiny_family(tempfile.mkdtemp(prefix=f"suite-{family}-"), family)
+        plain = LLM(path, **options)
+        ids = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
+        drafted = LLM(path, proposer=build_proposer(SpecConfig(policy="fixed")), **options)
+        same_drafted = ids == [o.outputs[0].token_ids for o in drafted.generate(prompts, greedy, use_tqdm=False)]
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        same = 0
+        for prompt, mine in zip(prompts, ids):
+            x = torch.tensor([plain.tokenizer.encode(prompt)], device=device)
+            theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
+                                 eos_token_id=[], pad_token_id=0)[0, x.shape[1]:].tolist()
+            same += theirs == mine
+        leaked = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free for e in (plain, drafted))
+        out[family] = {"greedy_equals_hf": f"{same}/{len(prompts)}", "drafting_equals_plain": same_drafted,
+                       "leaked_blocks": leaked, "fast_paths": plain.engine.runner.paths.describe(),
+                       "seconds": round(time.monotonic() - start, 1)}
+        if family == "qwen3_moe" and device.type == "cuda":  # bf16: the Triton experts, and graphs holding them
+            half = LLM(path, **dict(options, dtype="bfloat16"))
+            ids16 = [o.outputs[0].token_ids for o in half.generate(prompts, greedy, use_tqdm=False)]
+            out["qwen3_moe bf16"] = {"greedy_equals_float32": f"{sum(a == b for a, b in zip(ids16, ids))}/{len(ids)}",
+                                     "fast_paths": half.engine.runner.paths.describe()}
+            del half
+        del plain, drafted, hf
+        shapes.free(device)
+    return out
+
+
 # ---------------------------------------------------------------------- the report
 
 def markdown(results: dict) -> str:
@@ -364,17 +367,7 @@ def markdown(results: dict) -> str:
     lines = [f"# GPU suite ({results['date']})", "", f"machine: {results['machine']}",
              f"shape: {results['args']['shape']}, {results['args']['dtype']}, random weights", ""]
     if "a" in results:
-        a = results["a"]
-        lines += ["## a. correctness", "", *[f"- {k}: {v}" for k, v in a.items() if k != "families"], ""]
-        families = {k: v for k, v in a.get("families", {}).items() if isinstance(v, dict) and "greedy_equals_hf" in v}
-        if families:
-            lines += measure.markdown_table(
-                ["family", "greedy == HF", "drafting == plain", "leaked", "fast paths", "s"],
-                [[name, f["greedy_equals_hf"], f["drafting_equals_plain"], f["leaked_blocks"], f["fast_paths"],
-                  f.get("seconds", "")] for name, f in families.items()]) + [""]
-        elif "families" in a:
-            lines += [f"- families: {a['families']}", ""]
-        lines += [f"- {k}: {v}" for k, v in a.get("families", {}).items() if k not in families] + [""]
+        lines += ["## a. correctness", "", *[f"- {k}: {v}" for k, v in results["a"].items()], ""]
     b = results.get("b")
     if b:
         lines += ["## b. decode", "", f"copy bandwidth {b['copy_bandwidth_gbs']:.0f} GB/s, weights {b['weight_gb']:.2f} GB, "
@@ -398,6 +391,15 @@ def markdown(results: dict) -> str:
         lines += ["", "## e. Hugging Face generate()", ""]
         lines += measure.markdown_table(["batch", "decode tok/s"], [[r["batch"], fmt(r["decode_tokens_per_s"])]
                                                                     for r in results["e"]])
+    f = results.get("f")
+    if f:
+        checked = {k: v for k, v in f.items() if isinstance(v, dict) and "greedy_equals_hf" in v}
+        lines += ["", "## f. every family on the device (tiny random models, float32)", ""]
+        lines += measure.markdown_table(
+            ["family", "greedy == HF", "drafting == plain", "leaked", "fast paths", "s"],
+            [[name, v["greedy_equals_hf"], v["drafting_equals_plain"], v["leaked_blocks"], v["fast_paths"],
+              v.get("seconds", "")] for name, v in checked.items()])
+        lines += ["", *[f"- {k}: {v}" for k, v in f.items() if k not in checked]]
     if results["skipped"] or results["errors"]:
         lines += ["", f"skipped (time budget): {results['skipped']}; errors: {results['errors']}"]
     return "\n".join(lines)
@@ -420,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=160)
     ap.add_argument("--gen-len", type=int, default=128)
     ap.add_argument("--kv-cache-gb", type=float, default=60.0)
-    ap.add_argument("--parts", default="a,b,c,d,e", help="c runs with b")
+    ap.add_argument("--parts", default="a,b,c,d,e,f", help="c runs with b")
     ap.add_argument("--budget-s", type=float, default=450.0, help="skip the remaining parts after this")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=measure.RESULTS)
@@ -442,6 +444,8 @@ def main(argv: list[str] | None = None) -> dict:
     shapes.free(device)
     if "e" in parts:
         suite.part("e", lambda: hf_generate(args, device))
+    if "f" in parts:  # last: the time budget skips it before anything the issue's targets need
+        suite.part("f", lambda: families(args, device))
     text = markdown(suite.results)
     measure.write_results(args.out, "gpu_suite", suite.results, text)
     if os.environ.get("OUT"):

@@ -19,15 +19,15 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
     os.makedirs(tmp_path / "out")
     import suite
 
-    results = suite.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--quick", "--parts", "a,b",
+    results = suite.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--quick", "--parts", "a,b,f",
                           "--batches", "1,2", "--verify-batches", "1", "--verify-k", "2", "--gen-len", "4",
                           "--prompt-len", "8", "--kv-cache-gb", "0.2", "--out", str(tmp_path)])
     a, b = results["a"], results["b"]
     assert a["greedy_equals_hf"] == "4/4" and a["greedy_drafting_equals_plain"] and a["sampled_drafting_equals_plain"]
     assert a["drafted_tokens"] > 0 and a["leaked_blocks"] == 0
-    assert list(a["families"]) == ["qwen2", "deepseek"]  # --quick: the first two
+    assert list(results["f"]) == ["qwen2", "deepseek"]  # --quick: the first two
     assert all(f["greedy_equals_hf"] == "2/2" and f["drafting_equals_plain"] and f["leaked_blocks"] == 0
-               for f in a["families"].values())
+               for f in results["f"].values())
     assert [r["batch"] for r in b["decode"]] == [1, 2] and b["verify"][0]["rows"] == 3
     assert results["cost_table_ms"][0][:2] == [1, 1] and not results["errors"]
     written = json.loads(next(p for p in (tmp_path / "out").iterdir() if p.suffix == ".json").read_text())
