@@ -60,6 +60,7 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = False  # the chosen experts' weights renormalized to sum to 1
     dense_layers: tuple[int, ...] = ()
+    shared_expert_size: int = 0  # Qwen2-MoE: a SwiGLU expert of this width every token goes through, gated
     sliding_window: int | None = None  # a query sees at most this many keys, itself included
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1

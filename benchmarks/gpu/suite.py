@@ -17,9 +17,9 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      sequences at 256;
   e  Hugging Face generate() on the same shape at batch 1 and 64;
   f  every other family's tiny random model (tests/conftest.py: Qwen2, DeepSeek, Qwen3, Qwen3-MoE,
-     Gemma, Granite, Phi-3, Mistral, StarCoder2, GPTBigCode, CodeGen) on the device, float32: greedy
-     == Hugging Face greedy, drafting == plain, no leaked block; Qwen3-MoE also in bf16 (the Triton
-     experts, graphs holding them). Last, so that the time budget skips it first.
+     Qwen2-MoE, Gemma, Granite, Phi-3, Mistral, StarCoder2, GPTBigCode, CodeGen) on the device,
+     float32: greedy == Hugging Face greedy, drafting == plain, no leaked block; Qwen3-MoE also in
+     bf16 (the Triton experts, graphs holding them). Last, so that the time budget skips it first.
 Writes gpu_suite_<stamp>.json/.md under benchmarks/results/ and, where $OUT is set, there too.
 The step costs of b and c are also written as a cost table the simulated device replays
 (benchmarks/simulated_device.py --table).

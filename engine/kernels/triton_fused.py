@@ -4,8 +4,8 @@ and the residual add fused with the RMSNorm after it; one kernel each instead of
 elementwise kernels PyTorch launches for them.
 
 Their references are RMSNorm.forward (engine/models/norm.py), apply_rotary
-(engine/models/rotary.py), GatedMLP.forward and DecoderLayer.forward (engine/models/decoder.py); the
-kernels round where those round (a bf16 or fp16 result after each operation PyTorch runs in that
+(engine/models/rotary.py), GatedMLP.forward (engine/models/mlp.py) and DecoderLayer.forward
+(engine/models/decoder.py); the kernels round where those round (a bf16 or fp16 result after each operation PyTorch runs in that
 dtype), so that the rotary embedding and the residual sum are bit-exact, SiLU-and-mul is wherever its
 exp is the reference's (on a GPU libdevice's expf, the one PyTorch's CUDA silu calls), and RMSNorm
 differs only by the order of its float32 sum. Runs on CPU tensors under TRITON_INTERPRET=1 (the

@@ -24,12 +24,12 @@ from engine.attention.base import AttentionBackend
 from engine.attention.torch_ref import TorchRefBackend
 from engine.config import ModelConfig
 from engine.models.linear import Linear
+from engine.models.mlp import MLP, GatedMLP
 from engine.models.moe import SparseMoE
 from engine.models.norm import RMSNorm, make_norm
 from engine.models.rotary import Rotary, apply_rotary
 from engine.step_batch import StepBatch
 
-_ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class Embedding(nn.Module):
@@ -78,39 +78,6 @@ class Attention(nn.Module):
             q = q * self.q_scale
         o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], batch, meta)
         return self.o_proj(o.reshape(-1, self.q_size))
-
-
-class GatedMLP(nn.Module):
-    """down(act(gate) * up), gate and up fused in one projection (Llama, Qwen2)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
-        self.act = _ACTIVATIONS[cfg.activation]
-        # The Triton SiLU-and-mul kernel over the fused projection (16-bit rows on a GPU), set by the
-        # model's use_triton_kernels for the "silu" activation; the code below is its reference.
-        self.act_mul: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        if self.act_mul is not None and gate_up.dtype != torch.float32:
-            return self.down_proj(self.act_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(self.act(gate) * up)
-
-
-class MLP(nn.Module):
-    """fc_out(act(fc_in(x))) (StarCoder 1 and 2, CodeGen)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.fc_in = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.fc_out = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
-        self.act = _ACTIVATIONS[cfg.activation]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.act(self.fc_in(x)))
 
 
 class DecoderLayer(nn.Module):

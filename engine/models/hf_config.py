@@ -72,17 +72,30 @@ def qwen3(cfg: dict) -> dict[str, Any]:
 
 
 def qwen3_moe(cfg: dict) -> dict[str, Any]:
-    """Qwen3-MoE: Qwen3 with mixture-of-experts MLPs, dense in mlp_only_layers and in layers off
-    the decoder_sparse_step (a layer i is sparse where (i + 1) is a multiple of it)."""
+    """Qwen3-MoE: Qwen3 with mixture-of-experts MLPs (_moe_fields)."""
     fields = qwen3(cfg)
-    layers, step = fields["num_layers"], cfg.get("decoder_sparse_step") or 1
+    return dict(fields, **_moe_fields(cfg, fields["num_layers"]))
+
+
+def _moe_fields(cfg: dict, layers: int) -> dict[str, Any]:
+    """The Qwen mixtures' fields: experts, their width, the dense layers (mlp_only_layers, and
+    those off the decoder_sparse_step: a layer i is sparse where (i + 1) is a multiple of it)."""
+    step = cfg.get("decoder_sparse_step") or 1
     dense_only = set(cfg.get("mlp_only_layers") or ())
     # transformers 5 writes num_local_experts where the published configs say num_experts
-    return dict(fields, num_experts=_need(cfg, "num_experts", "num_local_experts"),
+    return dict(num_experts=_need(cfg, "num_experts", "num_local_experts"),
                 experts_per_token=_need(cfg, "num_experts_per_tok"),
                 moe_intermediate_size=_need(cfg, "moe_intermediate_size"),
                 norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
                 dense_layers=tuple(i for i in range(layers) if i in dense_only or (i + 1) % step))
+
+
+def qwen2_moe(cfg: dict) -> dict[str, Any]:
+    """Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2's attention (q/k/v biases) with
+    mixture-of-experts MLPs as Qwen3-MoE's, plus a gated shared expert in each."""
+    fields = qwen2(cfg)
+    moe = _moe_fields(cfg, fields["num_layers"])
+    return dict(fields, **moe, shared_expert_size=int(cfg.get("shared_expert_intermediate_size") or 0))
 
 
 def mistral(cfg: dict) -> dict[str, Any]:

@@ -10,6 +10,7 @@ in shards (one per expert and projection) from the checkpoint's per-expert tenso
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models.linear import Linear
+from engine.models.mlp import GatedMLP
 
 
 class SparseMoE(nn.Module):
@@ -29,6 +31,11 @@ class SparseMoE(nn.Module):
         # Expert e: gate rows then up rows at 2 * width * e; its down projection's rows at hidden * e.
         self.experts_gate_up = nn.Parameter(torch.empty(cfg.num_experts * 2 * self.width, cfg.hidden_size))
         self.experts_down = nn.Parameter(torch.empty(cfg.num_experts * cfg.hidden_size, self.width))
+        # Qwen2-MoE: an expert every token goes through, weighted by a sigmoid gate of its own.
+        self.shared_expert = self.shared_expert_gate = None
+        if cfg.shared_expert_size:
+            self.shared_expert = GatedMLP(dataclasses.replace(cfg, intermediate_size=cfg.shared_expert_size))
+            self.shared_expert_gate = Linear(cfg.hidden_size, 1, bias=False)
         # The Triton experts (engine/kernels/triton_moe.py) for 16-bit rows on a GPU, set by the
         # model's use_triton_kernels: no read-back, so a graph can hold them; forward is their reference.
         self.fused: Callable[..., torch.Tensor] | None = None
@@ -42,6 +49,13 @@ class SparseMoE(nn.Module):
         return weights.to(x.dtype), experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._routed(x)
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return out
+
+    def _routed(self, x: torch.Tensor) -> torch.Tensor:
+        """What the chosen experts give (the Triton kernels where set, else one expert at a time)."""
         weights, experts = self.route(x)
         gate_up = self.experts_gate_up.view(self.num_experts, 2 * self.width, self.hidden)
         down = self.experts_down.view(self.num_experts, self.hidden, self.width)

@@ -1,6 +1,6 @@
-"""Qwen3-MoE (Qwen3-Coder-30B-A3B, Qwen3-30B-A3B) over the paged KV cache: Qwen3's attention with
-mixture-of-experts MLPs (engine/models/moe.py); here, where each expert's checkpoint tensors go in
-the stacked expert parameters."""
+"""Qwen3-MoE (Qwen3-Coder-30B-A3B, Qwen3-30B-A3B) and Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B) over
+the paged KV cache: Qwen's attention with mixture-of-experts MLPs (engine/models/moe.py); here,
+where each expert's checkpoint tensors go in the stacked expert parameters."""
 from __future__ import annotations
 
 import re
@@ -26,6 +26,8 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
         return f"{mlp}.{stacked}", (projection, expert)
 
     def _shard_offset(self, target: str, shard) -> int:
+        if ".shared_expert." in f".{target}":  # gate and up of the shared expert's own width
+            return shard * self.config.shared_expert_size
         if not isinstance(shard, tuple):
             return super()._shard_offset(target, shard)
         projection, expert = shard
@@ -41,3 +43,12 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
         if name.endswith(".experts_down"):
             return tuple(("down", e) for e in experts)
         return super()._shards(name)
+
+
+class Qwen2MoeForCausalLM(Qwen3MoeForCausalLM):
+    """Qwen2-MoE: the experts as Qwen3-MoE's, and a shared expert whose gate and up go in one
+    projection like a dense MLP's."""
+
+    _RENAMES = (*Qwen3MoeForCausalLM._RENAMES,
+                ("shared_expert.gate_proj", "shared_expert.gate_up_proj", 0),
+                ("shared_expert.up_proj", "shared_expert.gate_up_proj", 1))

@@ -18,7 +18,7 @@ from engine.models.decoder import DecoderForCausalLM
 from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.phi3 import Phi3ForCausalLM
-from engine.models.qwen3_moe import Qwen3MoeForCausalLM
+from engine.models.qwen3_moe import Qwen2MoeForCausalLM, Qwen3MoeForCausalLM
 from engine.models.starcoder2 import Starcoder2ForCausalLM
 
 
@@ -35,6 +35,7 @@ FAMILIES = (
     Family("llama", ("LlamaForCausalLM",), ("llama",), LlamaForCausalLM, hf_config.llama),
     Family("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), LlamaForCausalLM, hf_config.qwen2),
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), LlamaForCausalLM, hf_config.qwen3),
+    Family("qwen2_moe", ("Qwen2MoeForCausalLM",), ("qwen2_moe",), Qwen2MoeForCausalLM, hf_config.qwen2_moe),
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",), ("qwen3_moe",), Qwen3MoeForCausalLM, hf_config.qwen3_moe),
     Family("gemma", ("GemmaForCausalLM",), ("gemma",), LlamaForCausalLM, hf_config.gemma),
     Family("phi3", ("Phi3ForCausalLM",), ("phi3",), Phi3ForCausalLM, hf_config.phi3),

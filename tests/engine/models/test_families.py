@@ -1,10 +1,10 @@
 """The families besides plain Llama (tests/conftest.py FAMILY_MODELS): Qwen2, Qwen3 (per-head q/k
 norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among
-them), DeepSeek-Coder (Llama with linear rope scaling), Gemma (norms scaling by 1 + weight, scaled
-embeddings), Granite (multipliers), Mistral (Llama with a sliding window), Phi-3 (fused checkpoint projections, partial
-rotary, a window), StarCoder2, GPTBigCode (StarCoder 1: learned
-positions, multi-query attention) and CodeGen: tiny random models from transformers' own classes,
-run by the engine over the paged cache, against transformers."""
+them), Qwen2-MoE (a gated shared expert too), DeepSeek-Coder (Llama with linear rope scaling), Gemma
+(norms scaling by 1 + weight, scaled embeddings), Granite (multipliers), Mistral (Llama with a
+sliding window), Phi-3 (fused checkpoint projections, partial rotary, a window), StarCoder2,
+GPTBigCode (StarCoder 1: learned positions, multi-query attention) and CodeGen: tiny random models
+from transformers' own classes, run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
 
 import pytest
@@ -68,6 +68,7 @@ def test_config_reads_the_family(family_dir):
     expected = {"qwen2": ("qwen2", True, "rms", 16, "neox", None),
                 "qwen3": ("qwen3", False, "rms", 32, "neox", None),
                 "qwen3_moe": ("qwen3_moe", False, "rms", 16, "neox", None),
+                "qwen2_moe": ("qwen2_moe", True, "rms", 16, "neox", None),
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
                 "gemma": ("gemma", False, "rms", 32, "neox", None),
                 "granite": ("granite", False, "rms", 16, "neox", None),
@@ -81,6 +82,9 @@ def test_config_reads_the_family(family_dir):
     if family == "qwen3_moe":  # 8 experts, 2 per token; layer 1 dense (mlp_only_layers)
         assert (mc.num_experts, mc.experts_per_token, mc.moe_intermediate_size, mc.norm_topk_prob,
                 mc.dense_layers) == (8, 2, 32, True, (1,))
+    if family == "qwen2_moe":  # every layer a mixture with a shared expert of width 48
+        assert (mc.num_experts, mc.dense_layers, mc.shared_expert_size, mc.norm_topk_prob) == (8, (), 48, False)
+    assert mc.shared_expert_size == (48 if family == "qwen2_moe" else 0)
     assert mc.position_embedding == ("learned" if family == "gpt_bigcode" else "rope")
     if family == "granite":
         assert (mc.embed_scale, mc.attention_scale, mc.residual_scale, mc.logits_scale) == (3.0, 0.1, 0.5, 2.0)
@@ -109,8 +113,10 @@ def test_logits_match_transformers(family_dir):
         return
     cfg = reference.config
     sparse = cfg.num_layers - len(cfg.dense_layers) if cfg.num_experts else 0
-    # qkv, o and two MLP projections per dense layer, qkv, o and the router per sparse one; the head
-    assert num_packed == 4 * cfg.num_layers - sparse + 1
+    # qkv, o and two MLP projections per dense layer, qkv, o and the router per sparse one (and a
+    # shared expert's two projections and gate); the head
+    shared = 3 * sparse if cfg.shared_expert_size else 0
+    assert num_packed == 4 * cfg.num_layers - sparse + shared + 1
     assert (packed.cpu_stack is not None) == (family == "deepseek")  # the one-call stack is plain Llama's only
     fast = _engine_logits(packed, CpuBackend(), ids)
     assert (fast - ref).abs().max().item() < 1e-4
