@@ -102,9 +102,7 @@ def mistral(cfg: dict) -> dict[str, Any]:
     """Mistral / Codestral: Llama's layout, with a sliding window where the config sets one
     (Mistral-7B-v0.1's 4096; later checkpoints null)."""
     fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
-    window = cfg.get("sliding_window")
-    # A window as long as the model's positions never slides: the fast paths without one apply.
-    return dict(fields, sliding_window=window if window and window < fields["max_position_embeddings"] else None)
+    return dict(fields, sliding_window=_window(cfg, fields["max_position_embeddings"]))
 
 
 def starcoder2(cfg: dict) -> dict[str, Any]:
@@ -143,9 +141,8 @@ def phi3(cfg: dict) -> dict[str, Any]:
     fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
     factor = cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor") or 1.0
     rotary = int(fields["head_dim"] * float(factor))
-    window = cfg.get("sliding_window")
     return dict(fields, rotary_dim=rotary - rotary % 2,
-                sliding_window=window if window and window < fields["max_position_embeddings"] else None)
+                sliding_window=_window(cfg, fields["max_position_embeddings"]))
 
 
 def gpt_bigcode(cfg: dict) -> dict[str, Any]:
@@ -158,15 +155,8 @@ def gpt_bigcode(cfg: dict) -> dict[str, Any]:
     if not cfg.get("scale_attn_weights", True):
         raise ValueError("GPTBigCode without scale_attn_weights (unscaled attention) is not supported")
     return dict(
-        vocab_size=_need(cfg, "vocab_size"),
-        hidden_size=hidden,
-        intermediate_size=cfg.get("n_inner") or 4 * hidden,
-        num_layers=_need(cfg, "n_layer", "num_hidden_layers"),
-        num_heads=heads,
+        _gpt2_sizes(cfg, hidden, heads),
         num_kv_heads=1 if cfg.get("multi_query", True) else heads,
-        head_dim=hidden // heads,
-        max_position_embeddings=cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048,
-        norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
         rope_theta=10000.0,  # unused: no rotary
         norm="layer",
         activation=_activation(cfg.get("activation_function", "gelu_pytorch_tanh")),
@@ -189,15 +179,8 @@ def codegen(cfg: dict) -> dict[str, Any]:
     if heads % CODEGEN_MP_NUM or hidden % heads:
         raise ValueError(f"CodeGen needs heads ({heads}) a multiple of {CODEGEN_MP_NUM} dividing n_embd ({hidden})")
     return dict(
-        vocab_size=_need(cfg, "vocab_size"),
-        hidden_size=hidden,
-        intermediate_size=cfg.get("n_inner") or 4 * hidden,
-        num_layers=_need(cfg, "n_layer", "num_hidden_layers"),
-        num_heads=heads,
+        _gpt2_sizes(cfg, hidden, heads),
         num_kv_heads=heads,
-        head_dim=hidden // heads,
-        max_position_embeddings=cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048,
-        norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
         rope_theta=10000.0,
         norm="layer",
         activation=_activation(cfg.get("activation_function", "gelu_new")),
@@ -209,6 +192,27 @@ def codegen(cfg: dict) -> dict[str, Any]:
         parallel_residual=True,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
     )
+
+
+def _gpt2_sizes(cfg: dict, hidden: int, heads: int) -> dict[str, Any]:
+    """The sizes GPT-2-style configs (GPTBigCode, CodeGen) name their own way."""
+    return dict(
+        vocab_size=_need(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=cfg.get("n_inner") or 4 * hidden,
+        num_layers=_need(cfg, "n_layer", "num_hidden_layers"),
+        num_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048,
+        norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+    )
+
+
+def _window(cfg: dict, max_positions: int) -> int | None:
+    """The config's sliding window where it slides: one as long as the positions never does, and
+    the fast paths without a window then apply."""
+    window = cfg.get("sliding_window")
+    return window if window and window < max_positions else None
 
 
 def _need(cfg: dict, *keys: str) -> Any:
