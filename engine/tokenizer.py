@@ -77,6 +77,7 @@ class Tokenizer:
         # prefix, as CodeLlama's and Mistral's tokenizers do): "a" then starts with the piece of a space.
         first = self.encode("a", add_bos=False)[:1]
         self.leading_space = bool(first) and self._piece(first[0]).startswith("\u2581")
+        self._lead_ids = self.encode(_LEAD, add_bos=False) if self.leading_space else []
         self.fim = self._find_fim()
 
     def _load_spm(self, file: str) -> None:
@@ -128,7 +129,7 @@ class Tokenizer:
         so). The text is tokenized after a lead character whose ids are then taken off."""
         if not self.leading_space or not text:
             return self.encode(text, add_bos=False)
-        lead = self.encode(_LEAD, add_bos=False)
+        lead = self._lead_ids
         ids = self.encode(_LEAD + text, add_bos=False)
         if ids[:len(lead)] == lead:
             return ids[len(lead):]
