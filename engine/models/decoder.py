@@ -208,6 +208,14 @@ class DecoderForCausalLM(nn.Module):
                 count += 1
         return count
 
+    def use_reference_kernels(self) -> None:
+        """Undoes use_triton_kernels: every module computes its PyTorch reference again (a model
+        shared by engines with different fast paths, as the GPU suite's comparisons are)."""
+        for module in self.modules():
+            for hook in ("fused", "rope_", "act_mul", "add_norm"):
+                if getattr(module, hook, None) is not None:
+                    setattr(module, hook, None)
+
     def pack_for_cpu(self) -> int:
         """Turns on the CPU kernels: RMSNorm, and the few-row linear kernel with its bf16 weight
         copies where they are exact (engine/models/linear.py); returns how many linear layers got one."""

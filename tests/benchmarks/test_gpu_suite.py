@@ -25,6 +25,10 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
     a, b = results["a"], results["b"]
     assert a["greedy_equals_hf"] == "4/4" and a["greedy_drafting_equals_plain"] and a["sampled_drafting_equals_plain"]
     assert a["drafted_tokens"] > 0 and a["leaked_blocks"] == 0
+    # the fast backend (the C kernels here) and the reference, each against float32: equal up to rounding
+    assert a["cpu_vs_float32_max_abs"] < 1e-4 * a["logits_max_abs"] and a["torch_vs_float32_max_abs"] < 1e-4 * a["logits_max_abs"]
+    assert a["cpu_argmax_equals_float32"] == a["torch_argmax_equals_float32"] == f"{a['rows']}/{a['rows']}"
+    assert a["cpu_vs_torch_greedy_equal"] == "4/4" and a["first_differing_token"] == [None] * 4
     assert list(results["f"]) == ["qwen2", "deepseek"]  # --quick: the first two
     assert all(f["greedy_equals_hf"] == "2/2" and f["drafting_equals_plain"] and f["leaked_blocks"] == 0
                for f in results["f"].values())

@@ -161,7 +161,7 @@ def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeyp
     """The wiring: use_triton_kernels swaps every RMSNorm, rotary embedding, SiLU-and-mul and
     post-attention residual add of a Llama; the hidden states of a mixed step stay within a few
     rounding steps of the reference modules' (a few more in bf16 under the interpreter, whose
-    conversions truncate)."""
+    conversions truncate); use_reference_kernels swaps them back."""
     from engine.attention.torch_ref import TorchRefBackend
     from engine.models.registry import model_class, model_config
     from engine.step_batch import SeqChunk, StepBatch
@@ -196,6 +196,10 @@ def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeyp
     many = 4 if dtype == torch.float16 or DEVICE.type == "cuda" else 8
     assert (got - want).abs().max() <= many * torch.finfo(dtype).eps * want.abs().max()
     # q and k per layer; the input norms and the final one (the post-attention norms run fused with the add)
+    assert calls == {"rope_": 2 * 2, "rms_norm": 2 + 1, "silu_mul": 2, "add_rms_norm": 2}
+    model.use_reference_kernels()  # and back: the reference's hidden states exactly, no kernel called
+    with torch.no_grad():
+        assert torch.equal(model(batch, kv.clone(), TorchRefBackend()).float(), want)
     assert calls == {"rope_": 2 * 2, "rms_norm": 2 + 1, "silu_mul": 2, "add_rms_norm": 2}
 
 
