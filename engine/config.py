@@ -11,6 +11,38 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How the rotary embedding's frequencies are stretched for contexts past the pretraining
+    length: "default" (none), "linear" (positions divided by factor), "llama3" (Llama 3.1's: low
+    frequencies divided by factor, high ones kept, a smooth blend between) or "yarn" (YaRN: a ramp
+    between divided and kept frequencies over the dims, cos and sin scaled by attention_factor)."""
+
+    kind: str = "default"
+    factor: float = 1.0
+    original_max_positions: int = 0  # the pretraining context (llama3, yarn)
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    beta_fast: float = 32.0  # yarn: rotations past which dims are kept
+    beta_slow: float = 1.0  # yarn: rotations below which dims are divided
+    truncate: bool = True  # yarn: the ramp's ends rounded to whole dims
+    attention_factor: float = 1.0  # yarn: cos and sin scaled by it
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("default", "linear", "llama3", "yarn"),
+               f"rope scaling must be default, linear, llama3 or yarn, got {self.kind!r}")
+        _check(self.factor > 0 and self.attention_factor > 0, "rope scaling: factor and attention_factor must be > 0")
+        _check(self.kind not in ("llama3", "yarn") or self.original_max_positions >= 1,
+               f"rope scaling {self.kind}: original_max_position_embeddings must be >= 1")
+        _check(self.kind != "llama3" or self.high_freq_factor > self.low_freq_factor > 0,
+               "rope scaling llama3: high_freq_factor must exceed low_freq_factor > 0")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder's shape and variant, read from a Hugging Face folder by
@@ -26,7 +58,7 @@ class ModelConfig:
     max_position_embeddings: int
     norm_eps: float
     rope_theta: float
-    rope_scaling_factor: float = 1.0  # linear rope scaling
+    rope_scaling: RopeScaling = RopeScaling()
     family: str = "llama"  # the registry's name for the model class
     architecture: str = "LlamaForCausalLM"  # as config.json names it
     norm: str = "rms"  # "rms": RMSNorm; "layer": LayerNorm with bias
@@ -91,8 +123,7 @@ class ModelConfig:
         _check(0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0,
                f"model config: rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}")
         _check(self.sliding_window is None or self.sliding_window >= 1, "model config: sliding_window must be >= 1")
-        _check(self.rope_scaling_factor > 0 and self.rope_theta > 0 and self.norm_eps > 0,
-               "model config: rope_theta, rope scaling factor and norm eps must be > 0")
+        _check(self.rope_theta > 0 and self.norm_eps > 0, "model config: rope_theta and norm eps must be > 0")
 
     @property
     def eos_token_id(self) -> int | None:
@@ -145,8 +176,3 @@ class EngineConfig:
         if self.dtype == "auto":
             return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
         return DTYPES[self.dtype]
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)

@@ -149,7 +149,7 @@ def _fused_kernel_errors(device: torch.device, dtype: torch.dtype) -> dict[str, 
     norm = RMSNorm(4096, 1e-5).to(device, dtype)
     norm.weight.data = torch.rand(4096, generator=gen).to(device, dtype) + 0.5
     qk = torch.randn((37, 6, 128), generator=gen).to(device, dtype)
-    cos_sin = Rotary(128, 4096, 10_000.0, 1.0).to(device).tables(torch.arange(37, device=device) * 97, dtype)
+    cos_sin = Rotary(128, 4096, 10_000.0).to(device).tables(torch.arange(37, device=device) * 97, dtype)
     expected, _ = apply_rotary(cos_sin, qk, qk[:, :1])
     gate_up = (3 * torch.randn((5, 2 * 11008), generator=gen)).to(device, dtype)
     gate, up = gate_up.chunk(2, dim=-1)

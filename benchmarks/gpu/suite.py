@@ -18,8 +18,9 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      fixed k=8), greedy at batch 1, all 164 greedy at once, pass@10 at 16, 64 and the whole 1,640
      sequences at 256;
   e  Hugging Face generate() on the same shape at batch 1 and 64;
-  f  every other family's tiny random model (tests/conftest.py: Qwen2, DeepSeek, Qwen3, Qwen3-MoE,
-     Qwen2-MoE, Gemma, Granite, Phi-3, Mistral, StarCoder2, GPTBigCode, CodeGen) on the device,
+  f  every other family's tiny random model (tests/conftest.py: Qwen2, DeepSeek, Llama 3.1's and
+     YaRN's rope scaling, Qwen3, Qwen3-MoE, Qwen2-MoE, Gemma, Granite, Phi-3, Mistral, StarCoder2,
+     GPTBigCode, CodeGen) on the device,
      float32: greedy == Hugging Face greedy, drafting == plain, no leaked block; Qwen3-MoE also in
      bf16 (the Triton experts, graphs holding them). Last, so that the time budget skips it first.
 Writes gpu_suite_<stamp>.json/.md under benchmarks/results/ and, where $OUT is set, there too.

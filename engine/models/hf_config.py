@@ -5,7 +5,10 @@ family, architecture and token ids. A key the network needs and the file lacks i
 """
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from engine.config import RopeScaling
 
 # transformers' activation names -> the engine's (gelu_new and gelu_pytorch_tanh are the same tanh formula)
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
@@ -16,7 +19,7 @@ def llama(cfg: dict) -> dict[str, Any]:
     """Llama, CodeLlama, DeepSeek-Coder (linear rope scaling)."""
     heads = _need(cfg, "num_attention_heads")
     hidden = _need(cfg, "hidden_size")
-    theta, factor = _rope(cfg)
+    theta, scaling = _rope(cfg)
     attention_bias = bool(cfg.get("attention_bias", False))
     return dict(
         vocab_size=_need(cfg, "vocab_size"),
@@ -29,7 +32,7 @@ def llama(cfg: dict) -> dict[str, Any]:
         max_position_embeddings=cfg.get("max_position_embeddings", 2048),
         norm_eps=cfg.get("rms_norm_eps", 1e-6),
         rope_theta=theta,
-        rope_scaling_factor=factor,
+        rope_scaling=scaling,
         activation=_activation(cfg.get("hidden_act", "silu")),
         qkv_bias=attention_bias,
         o_bias=attention_bias,
@@ -109,7 +112,7 @@ def starcoder2(cfg: dict) -> dict[str, Any]:
     """StarCoder2: LayerNorm, a plain GELU MLP, biases everywhere but the head, sliding window."""
     heads = _need(cfg, "num_attention_heads")
     hidden = _need(cfg, "hidden_size")
-    theta, factor = _rope(cfg)
+    theta, scaling = _rope(cfg)
     bias = bool(cfg.get("use_bias", True))
     return dict(
         vocab_size=_need(cfg, "vocab_size"),
@@ -122,7 +125,7 @@ def starcoder2(cfg: dict) -> dict[str, Any]:
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
         norm_eps=cfg.get("norm_epsilon", 1e-5),
         rope_theta=theta,
-        rope_scaling_factor=factor,
+        rope_scaling=scaling,
         norm="layer",
         activation=_activation(cfg.get("hidden_act", "gelu_pytorch_tanh")),
         gated_mlp=False,
@@ -228,16 +231,47 @@ def _activation(name: str) -> str:
     return _ACTIVATIONS[name]
 
 
-def _rope(cfg: dict) -> tuple[float, float]:
-    """(theta, linear scaling factor). transformers < 5 writes rope_theta + rope_scaling; 5 writes
-    rope_parameters."""
+def _rope(cfg: dict) -> tuple[float, RopeScaling]:
+    """(theta, scaling). transformers < 5 writes rope_theta + rope_scaling; 5 writes
+    rope_parameters (theta inside). The pretraining context of llama3 and yarn comes from the
+    scaling, else the config (Phi-3 keeps it there), else max_position_embeddings."""
     scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    rope_type = scaling.get("rope_type", scaling.get("type", "linear" if "factor" in scaling else "default"))
-    if rope_type not in ("default", "linear"):
-        raise ValueError(f"unsupported rope_scaling type {rope_type!r}; supported: default, linear")
-    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    factor = float(scaling.get("factor", 1.0)) if rope_type == "linear" else 1.0
-    return float(theta), factor
+    kind = scaling.get("rope_type", scaling.get("type", "linear" if "factor" in scaling else "default"))
+    if kind not in ("default", "linear", "llama3", "yarn"):
+        raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: default, linear, llama3, yarn")
+    theta = float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    if kind == "default":
+        return theta, RopeScaling()
+    original = int(scaling.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+                   or cfg.get("max_position_embeddings", 2048))
+    factor = scaling.get("factor")
+    if factor is None and kind == "yarn":  # DeepSeek-V3 names the contexts, not their ratio
+        factor = cfg.get("max_position_embeddings", original) / original
+    if factor is None:
+        raise ValueError(f"rope_scaling {kind} needs a factor")
+    if kind == "linear":
+        return theta, RopeScaling("linear", float(factor))
+    if kind == "llama3":
+        return theta, RopeScaling("llama3", float(factor), original, float(_need(scaling, "low_freq_factor")),
+                                  float(_need(scaling, "high_freq_factor")))
+    return theta, RopeScaling("yarn", float(factor), original, beta_fast=float(scaling.get("beta_fast") or 32),
+                              beta_slow=float(scaling.get("beta_slow") or 1),
+                              truncate=bool(scaling.get("truncate", True)),
+                              attention_factor=_yarn_attention_factor(float(factor), scaling))
+
+
+def _yarn_attention_factor(factor: float, scaling: dict) -> float:
+    """YaRN's scale on cos and sin: the config's, else 0.1 ln(factor) + 1 (a ratio of two such
+    terms, weighted by mscale and mscale_all_dim, where the config gives both)."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+
+    def mscale(weight: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
+
+    if scaling.get("mscale") and scaling.get("mscale_all_dim"):
+        return mscale(float(scaling["mscale"])) / mscale(float(scaling["mscale_all_dim"]))
+    return mscale(1.0)
 
 
 def _qwen2_window(cfg: dict, num_layers: int) -> int | None:

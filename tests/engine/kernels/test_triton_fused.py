@@ -66,7 +66,7 @@ def test_rope_is_bit_exact_in_place_on_strided_views(dtype: torch.dtype) -> None
     q, k, _ = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
     q, k = q.view(tokens, heads, dim), k.view(tokens, kv_heads, dim)
     positions = torch.tensor([0, 1, 2, 15, 16, 17, 100, 511, 1000], device=DEVICE)
-    cos_sin = Rotary(dim, 1024, 10_000.0, 1.0).to(DEVICE).tables(positions, dtype)
+    cos_sin = Rotary(dim, 1024, 10_000.0).to(DEVICE).tables(positions, dtype)
     want_q, want_k = apply_rotary(cos_sin, q, k)
     before_v = qkv[:, (heads + kv_heads) * dim:].clone()
     got_q, got_k = triton_fused.rope_(q, *cos_sin), triton_fused.rope_(k, *cos_sin)

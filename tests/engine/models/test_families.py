@@ -1,16 +1,20 @@
 """The families besides plain Llama (tests/conftest.py FAMILY_MODELS): Qwen2, Qwen3 (per-head q/k
 norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among
-them), Qwen2-MoE (a gated shared expert too), DeepSeek-Coder (Llama with linear rope scaling), Gemma
+them), Qwen2-MoE (a gated shared expert too), DeepSeek-Coder (Llama with linear rope scaling), Llama 3.1
+(its rope scaling), Qwen2.5 with YaRN, Gemma
 (norms scaling by 1 + weight, scaled embeddings), Granite (multipliers), Mistral (Llama with a
 sliding window), Phi-3 (fused checkpoint projections, partial rotary, a window), StarCoder2,
 GPTBigCode (StarCoder 1: learned positions, multi-query attention) and CodeGen: tiny random models
 from transformers' own classes, run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from engine import LLM, SamplingParams
+from engine.config import RopeScaling
 from engine.attention.cpu import CpuBackend
 from engine.attention.torch_ref import TorchRefBackend
 from engine.models.registry import model_config, read_model_config
@@ -70,6 +74,8 @@ def test_config_reads_the_family(family_dir):
                 "qwen3_moe": ("qwen3_moe", False, "rms", 16, "neox", None),
                 "qwen2_moe": ("qwen2_moe", True, "rms", 16, "neox", None),
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
+                "llama3": ("llama", False, "rms", 16, "neox", None),
+                "qwen2_yarn": ("qwen2", True, "rms", 16, "neox", None),
                 "gemma": ("gemma", False, "rms", 32, "neox", None),
                 "granite": ("granite", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
@@ -96,7 +102,11 @@ def test_config_reads_the_family(family_dir):
     if family == "qwen2":  # config.json's EOS, then the extra one generation_config.json lists
         assert len(mc.eos_token_ids) == 2 and mc.eos_token_id == mc.eos_token_ids[0]
     if family == "deepseek":
-        assert mc.rope_scaling_factor == 4.0
+        assert mc.rope_scaling == RopeScaling("linear", 4.0)
+    if family == "llama3":
+        assert mc.rope_scaling == RopeScaling("llama3", 8.0, 64, 1.0, 4.0)
+    if family == "qwen2_yarn":  # attention factor 0.1 ln(4) + 1
+        assert mc.rope_scaling == RopeScaling("yarn", 4.0, 32, beta_fast=8.0, attention_factor=0.1 * math.log(4.0) + 1)
 
 
 def test_logits_match_transformers(family_dir):
@@ -117,7 +127,7 @@ def test_logits_match_transformers(family_dir):
     # shared expert's two projections and gate); the head
     shared = 3 * sparse if cfg.shared_expert_size else 0
     assert num_packed == 4 * cfg.num_layers - sparse + shared + 1
-    assert (packed.cpu_stack is not None) == (family == "deepseek")  # the one-call stack is plain Llama's only
+    assert (packed.cpu_stack is not None) == (family in ("deepseek", "llama3"))  # plain Llama's only
     fast = _engine_logits(packed, CpuBackend(), ids)
     assert (fast - ref).abs().max().item() < 1e-4
     assert (fast - expected).abs().max().item() < 1e-4
@@ -232,3 +242,29 @@ def test_phi3_rotary_share_window_and_long_context_scaling():
     assert (mini.rotary_dim, mini.sliding_window) == (24, 2047)
     with pytest.raises(ValueError, match="longrope"):  # the 128k models' scaling
         model_config(dict(cfg, rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
+
+
+def test_rope_scaling_is_read_as_transformers_4_and_5_write_it():
+    """Llama 3.1's and YaRN's parameters, from rope_scaling (transformers 4) or rope_parameters
+    (5, theta inside); the pretraining context from the scaling, else the config (Phi-3 keeps it
+    there); YaRN's attention factor from mscale and mscale_all_dim, or its factor from the two
+    contexts (DeepSeek-V3); what is missing or unknown named."""
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64, "hidden_size": 128,
+           "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "max_position_embeddings": 131072}
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+    v4 = model_config(dict(cfg, rope_theta=500000.0, rope_scaling=llama3))
+    v5 = model_config(dict(cfg, rope_parameters=dict(llama3, rope_theta=500000.0)))
+    assert v4.rope_scaling == v5.rope_scaling == RopeScaling("llama3", 8.0, 8192, 1.0, 4.0)
+    assert v4.rope_theta == v5.rope_theta == 500000.0
+    yarn = model_config(dict(cfg, original_max_position_embeddings=4096,
+                             rope_scaling={"type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 0.5}))
+    assert (yarn.rope_scaling.original_max_positions, yarn.rope_scaling.beta_fast, yarn.rope_scaling.beta_slow) == (4096, 32, 1)
+    assert yarn.rope_scaling.attention_factor == pytest.approx((0.1 * math.log(4) + 1) / (0.05 * math.log(4) + 1))
+    v3 = model_config(dict(cfg, rope_scaling={"type": "yarn", "factor": None, "original_max_position_embeddings": 4096}))
+    assert v3.rope_scaling.factor == 32.0 and v3.rope_scaling.attention_factor == pytest.approx(0.1 * math.log(32) + 1)
+    with pytest.raises(ValueError, match="high_freq_factor"):
+        model_config(dict(cfg, rope_scaling={k: v for k, v in llama3.items() if k != "high_freq_factor"}))
+    with pytest.raises(ValueError, match="'dynamic'.*llama3, yarn"):
+        model_config(dict(cfg, rope_scaling={"type": "dynamic", "factor": 2.0}))
