@@ -7,8 +7,9 @@ CUDA: Triton paged flash attention, checked against the torch reference on the d
 used (a mismatch, or no Triton, leaves the reference), CUDA graphs for decode and verify steps, and
 with 16-bit weights the Triton RMSNorm, rotary, SiLU-and-mul, residual-add-RMSNorm and
 mixture-of-experts kernels (checked the same way; a mixture's reference cannot be captured, so
-without them such a model runs without graphs). A capture that fails leaves eager steps
-(engine/model_runner.py), and the reason in what is reported.
+without them such a model runs without graphs), and the sampler's race noise from one Triton
+kernel (checked to equal its reference bit for bit; whatever the attention and dtype). A capture that
+fails leaves eager steps (engine/model_runner.py), and the reason in what is reported.
 Anything else, and whatever is switched off, runs the PyTorch reference each fast path is tested
 against.
 """
@@ -21,6 +22,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.kernels import cpu as cpu_kernels
+from engine.sampler import row_noise
 
 log = logging.getLogger("engine")
 
@@ -33,6 +35,7 @@ class FastPaths:
     cuda_graphs: bool  # decode and verify steps replayed from captured graphs
     # Triton RMSNorm, rotary, SiLU-and-mul and add+RMSNorm kernels (16-bit weights on a GPU)
     triton_norm_rope: bool = False
+    triton_noise: bool = False  # the sampler's race noise from the Triton kernel (a GPU)
     notes: tuple[str, ...] = ()  # why a fast path is off
 
     def describe(self) -> str:
@@ -42,6 +45,8 @@ class FastPaths:
                  f"CUDA graphs {'on' if self.cuda_graphs else 'off'}"]
         if self.triton_norm_rope:
             parts.append("Triton RMSNorm/RoPE/SiLU on")
+        if self.triton_noise:
+            parts.append("Triton sampling noise on")
         return ", ".join(parts) + "".join(f"; {note}" for note in self.notes)
 
 
@@ -93,7 +98,10 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
         notes.append("CUDA graphs need Triton attention")
     elif not graphs:
         notes.append("CUDA graphs off (mixture-of-experts layers route on the host without the Triton kernels)")
-    return FastPaths(attention, False, False, graphs, fused, tuple(notes))
+    problem = noise_problem(device)
+    if problem is not None:
+        notes.append(f"Triton sampling noise off ({problem})")
+    return FastPaths(attention, False, False, graphs, fused, triton_noise=problem is None, notes=tuple(notes))
 
 
 def _named(config: EngineConfig, auto: str) -> str:
@@ -132,6 +140,29 @@ def norm_rope_problem(device: torch.device, dtype: torch.dtype, routed: bool = F
         # expert, weight or row) is off by far more.
         if error > (2 ** -4 if name == "mixture of experts" else 2 ** -6):
             return f"{name} differs from the reference by {error:.3g} of its largest value"
+    return None
+
+
+def noise_problem(device: torch.device) -> str | None:
+    """None when the Triton noise kernel computes exactly the sampler's noise on the device, with
+    and without given token ids, at the extreme seeds and ids and a width past one block; else what
+    went wrong."""
+    try:
+        from engine.kernels import triton_noise
+    except ImportError as e:  # no triton
+        return f"triton is not importable: {e}"
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    seeds = torch.cat([torch.tensor([0, 2**32 - 1, 2**31]), torch.randint(0, 2**32, (2,), generator=gen)])
+    ids = torch.randint(0, 2**31, (len(seeds), 1500), generator=gen)
+    ids[:, :2] = torch.tensor([0, 2**31 - 1])
+    try:
+        seeds, ids = seeds.to(device), ids.to(device)
+        for form, token_ids in (("over the vocabulary", None), ("of given token ids", ids)):
+            got = triton_noise.uniform_hash(seeds, token_ids, ids.shape[1])
+            if not torch.equal(got, row_noise(seeds, token_ids, ids.shape[1])):
+                return f"the noise {form} differs from the reference"
+    except Exception as e:  # noqa: BLE001 - a kernel that does not build here leaves the reference
+        return f"{type(e).__name__}: {e}"
     return None
 
 

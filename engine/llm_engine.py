@@ -92,7 +92,8 @@ class LLMEngine:
         blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
         self.scheduler = Scheduler(limits, blocks, StopChecker(self.eos_ids, self.max_model_len))
-        self.sampler = Sampler(self.eos_ids, use_kernels=self.runner.paths.cpu_sampler)
+        self.sampler = Sampler(self.eos_ids, use_kernels=self.runner.paths.cpu_sampler,
+                               triton_noise=self.runner.paths.triton_noise)
         self.proposer = proposer
         self.step_cost = StepCost(self.runner.cost_key(), step_cost_dir())
         self.step_timer = step_timer

@@ -11,12 +11,13 @@ of p with x removed and renormalized (see rejection_sampler.py and its tests).
 On the CPU, temperature, top-k, top-p and the race run in one C kernel per row
 (engine/kernels/cpu_kernels.c); the PyTorch code here is its reference. Elsewhere (a GPU) a
 batch of many rows races each row's likeliest tokens only (race_candidates), where that gives
-the reference's tokens; the other rows take the reference over the whole vocabulary.
+the reference's tokens; the other rows take the reference over the whole vocabulary; the race's
+noise there comes from one Triton kernel (engine/kernels/triton_noise.py) where it passed its check.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 from typing import Sequence as Seq
 
 import numpy as np
@@ -80,9 +81,15 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 
 class Sampler:
-    def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False) -> None:
+    def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False, triton_noise: bool = False) -> None:
+        """`use_kernels`: the C filter-and-race (CPU); `triton_noise`: the PyTorch path's noise from
+        the Triton kernel (GPU). engine/fast_paths.py decides both."""
         self.eos_ids = eos_ids
         self.use_kernels = use_kernels
+        self.noise: Noise = row_noise
+        if triton_noise:  # imported only here: triton may be absent where the flag is off
+            from engine.kernels import triton_noise as noise_kernel
+            self.noise = noise_kernel.uniform_hash
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: Seq[SamplingRow]) -> SampleResult:
@@ -175,15 +182,15 @@ class Sampler:
                 torch.tensor([p.top_k for p in params], dtype=torch.int64),
                 torch.tensor([p.top_p for p in params], dtype=torch.float64), torch.from_numpy(seeds.astype(np.int64)))
         knobs = RowKnobs.of(params, seeds, x.device)
-        found = race_candidates(x, knobs) if len(rows) >= CANDIDATE_ROWS else None
+        found = race_candidates(x, knobs, noise=self.noise) if len(rows) >= CANDIDATE_ROWS else None
         if found is None:
-            return race(_filter(x, knobs), knobs.seeds)
+            return race(_filter(x, knobs), knobs.seeds, self.noise)
         tokens, covered = found
         rest_index = (~covered).nonzero()[:, 0]
         rest = rest_index.tolist()  # the one read-back
         if rest:  # rows whose filter may keep a token past the candidates: the whole vocabulary
             sub = knobs.take(rest_index, [params[i] for i in rest])
-            tokens[rest_index] = race(_filter(x[rest_index], sub), sub.seeds)
+            tokens[rest_index] = race(_filter(x[rest_index], sub), sub.seeds, self.noise)
         return tokens
 
 
@@ -234,12 +241,23 @@ def _distinct(rows: Seq[SamplingRow]) -> list[SamplingParams]:
     return list({id(r.params): r.params for r in rows}.values())
 
 
-def race(x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+# The race's noise: (seeds [n], token ids [n, m] or None for 0..width-1 in every row, width) -> [n, m]
+# (or [n, width]) float32. row_noise is the reference; engine/kernels/triton_noise.py the GPU kernel.
+Noise = Callable[[torch.Tensor, torch.Tensor | None, int], torch.Tensor]
+
+
+def row_noise(seeds: torch.Tensor, token_ids: torch.Tensor | None, width: int) -> torch.Tensor:
+    """uniform_hash of each row's seed with that row's token ids (None: 0..width-1 in every row)."""
+    if token_ids is None:
+        token_ids = torch.arange(width, device=seeds.device)[None, :]
+    return uniform_hash(seeds[:, None], token_ids)
+
+
+def race(x: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) -> torch.Tensor:
     """The exponential race: argmax over surviving tokens of w / E, w = exp(x - max) and
     E = -log(u) ~ Exp(1) with u hashed from (row seed, token id); a sample of softmax(x)."""
     w = torch.exp(x - x.max(dim=-1, keepdim=True).values)
-    token_ids = torch.arange(x.shape[1], device=x.device)
-    u = uniform_hash(seeds[:, None], token_ids[None, :])
+    u = noise(seeds, None, x.shape[1])
     score = torch.where(torch.isfinite(x), w / -torch.log(u), 0.0)
     return torch.argmax(score, dim=-1)
 
@@ -250,8 +268,8 @@ CANDIDATES = 1024  # the likeliest tokens of a row that race_candidates filters 
 CANDIDATE_ROWS = 16
 
 
-def race_candidates(x: torch.Tensor, knobs: RowKnobs,
-                    count: int = CANDIDATES) -> tuple[torch.Tensor, torch.Tensor] | None:
+def race_candidates(x: torch.Tensor, knobs: RowKnobs, count: int = CANDIDATES,
+                    noise: Noise = row_noise) -> tuple[torch.Tensor, torch.Tensor] | None:
     """race(_filter(x, knobs), knobs.seeds) over each row's `count` likeliest tokens instead of the
     vocabulary (no sort, no noise for tokens that cannot win): (tokens, covered), the tokens right
     where `covered`, i.e. where the row's filter keeps only tokens among the candidates, because its
@@ -278,7 +296,7 @@ def race_candidates(x: torch.Tensor, knobs: RowKnobs,
     covered = ((by_k & (knobs.top_k <= count) & (vals[:, -1] < kth))
                | (~by_k & by_p & (strictly_better[:, -1] >= target)))
     kept = torch.where(keep, vals, float("-inf"))
-    u = uniform_hash(knobs.seeds[:, None], idx)
+    u = noise(knobs.seeds, idx, count)
     score = torch.where(torch.isfinite(kept), torch.exp(kept - kept[:, :1]) / -torch.log(u), 0.0)
     best = score.max(dim=-1, keepdim=True).values
     tokens = torch.where(score == best, idx, vocab).min(dim=-1).values  # a tie: the smallest id, as argmax

@@ -36,3 +36,16 @@ def test_routed_models_get_graphs_with_the_triton_experts_only(monkeypatch):
     assert fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16).cuda_graphs  # dense: graphs whatever the kernels
     fp32 = fast_paths.choose(EngineConfig(), CUDA, torch.float32, routed=True)  # no 16-bit kernels: no experts'
     assert not fp32.cuda_graphs and not fp32.triton_norm_rope
+
+
+def test_the_sampling_noise_kernel_goes_by_its_own_check_alone(monkeypatch):
+    """Whatever the attention backend and dtype; never on the CPU."""
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: "differs from the torch reference by 0.5")
+    monkeypatch.setattr(fast_paths, "noise_problem", lambda device: None)
+    paths = fast_paths.choose(EngineConfig(), CUDA, torch.float32)
+    assert paths.attention == "torch" and paths.triton_noise and "Triton sampling noise on" in paths.describe()
+    monkeypatch.setattr(fast_paths, "noise_problem", lambda device: "the noise over the vocabulary differs")
+    paths = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
+    assert not paths.triton_noise and "noise on" not in paths.describe()
+    assert "Triton sampling noise off (the noise over the vocabulary differs)" in paths.notes
+    assert not fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).triton_noise

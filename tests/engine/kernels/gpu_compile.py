@@ -4,9 +4,9 @@ calls, which the interpreter never makes) fails here.
 
 A launch that needs more shared memory than the target gives a block fails too (on the device
 that is a launch error, not a compile error). The launches are the engine's own: the attention
-backend and the fused kernels run on CPU tensors at model shapes, in bf16 and fp16, each kernel
-launch is recorded instead of run, and its arguments give the signature to compile (a tensor's
-dtype, an int's width). The two arguments a
+backend and the fused kernels run on CPU tensors at model shapes, in bf16 and fp16, and the sampler
+at model vocabularies and batch sizes; each kernel launch is recorded instead of run, and its
+arguments give the signature to compile (a tensor's dtype, an int's width). The two arguments a
 CUDA launch sets from the device are given as a GPU gives them: tensor-core tiles for 16-bit
 attention (LOW_PRECISION) and libdevice's exp in SiLU-and-mul (LIBDEVICE).
 
@@ -31,11 +31,15 @@ from engine.attention import triton_attention as ta
 from engine.attention.triton_meta import LaunchConfig
 from engine.kernels import triton_fused as tf
 from engine.kernels import triton_moe as tm
+from engine.kernels import triton_noise as tn
+from engine.sampler import Sampler, SamplingRow
+from engine.sampling_params import SamplingParams
 from engine.step_batch import SeqChunk, StepBatch
 
 ATTENTION_KERNELS = ("_write_kv_kernel", "_own_kernel", "_prefix_kernel", "_merge_kernel")
 FUSED_KERNELS = ("_rms_norm_kernel", "_rope_kernel", "_add_rms_norm_kernel", "_silu_mul_kernel")
 MOE_KERNELS = ("_grouped_kernel",)
+NOISE_KERNELS = ("_uniform_hash_kernel",)
 _POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
             torch.int64: "*i64", torch.bool: "*i1"}
 BLOCK = 16
@@ -137,10 +141,23 @@ def _launches_of_fused(dtype: torch.dtype) -> None:
                torch.zeros(experts, hidden, width, dtype=dtype))
 
 
+def _launches_of_noise() -> None:
+    """The sampler's race noise at CodeLlama's and Qwen2.5's vocabularies: fewer rows than
+    CANDIDATE_ROWS race the whole vocabulary (the noise of 0..vocab-1); more race their likeliest
+    tokens (the noise of given ids), and a flat row, which they cannot cover, the whole vocabulary."""
+    sampler = Sampler((), triton_noise=True)
+    params = SamplingParams(temperature=0.8, top_p=0.95)
+    for vocab in (32016, 152064):
+        for rows in (1, 9, 64, 256):
+            x = torch.zeros(rows, vocab)
+            x[1:, 7] = 30.0  # every row but the first peaked: covered by the candidates
+            sampler._sample(x, [SamplingRow(i, params, i, 0) for i in range(rows)])
+
+
 def record() -> Launches:
     """Every distinct launch the engine makes at the shapes above."""
     launches = Launches()
-    modules = ((ta, ATTENTION_KERNELS), (tf, FUSED_KERNELS), (tm, MOE_KERNELS))
+    modules = ((ta, ATTENTION_KERNELS), (tf, FUSED_KERNELS), (tm, MOE_KERNELS), (tn, NOISE_KERNELS))
     saved = {(m, n): getattr(m, n) for m, names in modules for n in names}
     try:
         for dtype in (torch.bfloat16, torch.float16):
@@ -152,6 +169,7 @@ def record() -> Launches:
             for shape in shapes:
                 _launches_of_attention(launches, dtype, *shape)
             _launches_of_fused(dtype)
+        _launches_of_noise()  # float32 logits whatever the model's dtype
     finally:
         for (module, name), kernel in saved.items():
             setattr(module, name, kernel)
