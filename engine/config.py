@@ -20,8 +20,10 @@ def _check(ok: bool, message: str) -> None:
 class RopeScaling:
     """How the rotary embedding's frequencies are stretched for contexts past the pretraining
     length: "default" (none), "linear" (positions divided by factor), "llama3" (Llama 3.1's: low
-    frequencies divided by factor, high ones kept, a smooth blend between) or "yarn" (YaRN: a ramp
-    between divided and kept frequencies over the dims, cos and sin scaled by attention_factor)."""
+    frequencies divided by factor, high ones kept, a smooth blend between), "yarn" (YaRN: a ramp
+    between divided and kept frequencies over the dims) or "longrope" (Phi-3's: each frequency
+    divided by its own short factor; the model's context is then its pretraining context, see
+    engine/models/hf_config.py). yarn and longrope scale cos and sin by attention_factor."""
 
     kind: str = "default"
     factor: float = 1.0
@@ -31,14 +33,17 @@ class RopeScaling:
     beta_fast: float = 32.0  # yarn: rotations past which dims are kept
     beta_slow: float = 1.0  # yarn: rotations below which dims are divided
     truncate: bool = True  # yarn: the ramp's ends rounded to whole dims
-    attention_factor: float = 1.0  # yarn: cos and sin scaled by it
+    attention_factor: float = 1.0  # yarn, longrope: cos and sin scaled by it
+    short_factor: tuple[float, ...] = ()  # longrope: one per rotated pair of dims
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("default", "linear", "llama3", "yarn"),
-               f"rope scaling must be default, linear, llama3 or yarn, got {self.kind!r}")
+        _check(self.kind in ("default", "linear", "llama3", "yarn", "longrope"),
+               f"rope scaling must be default, linear, llama3, yarn or longrope, got {self.kind!r}")
         _check(self.factor > 0 and self.attention_factor > 0, "rope scaling: factor and attention_factor must be > 0")
-        _check(self.kind not in ("llama3", "yarn") or self.original_max_positions >= 1,
+        _check(self.kind not in ("llama3", "yarn", "longrope") or self.original_max_positions >= 1,
                f"rope scaling {self.kind}: original_max_position_embeddings must be >= 1")
+        _check(self.kind != "longrope" or (len(self.short_factor) >= 1 and min(self.short_factor) > 0),
+               "rope scaling longrope: short_factor must be a list of factors > 0")
         _check(self.kind != "llama3" or self.high_freq_factor > self.low_freq_factor > 0,
                "rope scaling llama3: high_freq_factor must exceed low_freq_factor > 0")
 

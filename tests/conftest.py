@@ -191,6 +191,12 @@ FAMILY_MODELS = {
               dict(head_dim=32, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", "qwen",
              dict(partial_rotary_factor=0.75, sliding_window=8, pad_token_id=0, rms_norm_eps=1e-5)),
+    # Phi-3.5 / Phi-4-mini's long-context scaling, served up to its pretraining context (96 here)
+    "phi3_longrope": ("Phi3Config", "Phi3ForCausalLM", "qwen",
+                      dict(partial_rotary_factor=0.75, pad_token_id=0, rms_norm_eps=1e-5,
+                           original_max_position_embeddings=96,
+                           rope_scaling={"type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.0],
+                                         "long_factor": [1.0, 1.5, 2.5, 4.0, 8.0, 16.0]})),
     "granite": ("GraniteConfig", "GraniteForCausalLM", "starcoder",
                 dict(embedding_multiplier=3.0, attention_multiplier=0.1, residual_multiplier=0.5, logits_scaling=2.0,
                      rms_norm_eps=1e-5)),

@@ -29,7 +29,7 @@ def llama(cfg: dict) -> dict[str, Any]:
         num_heads=heads,
         num_kv_heads=cfg.get("num_key_value_heads") or heads,
         head_dim=cfg.get("head_dim") or hidden // heads,
-        max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+        max_position_embeddings=_context(cfg, scaling),
         norm_eps=cfg.get("rms_norm_eps", 1e-6),
         rope_theta=theta,
         rope_scaling=scaling,
@@ -140,7 +140,8 @@ def starcoder2(cfg: dict) -> dict[str, Any]:
 def phi3(cfg: dict) -> dict[str, Any]:
     """Phi-3 / Phi-4: Llama's layout with q/k/v and gate/up fused in the checkpoint itself, rotary
     over the first partial_rotary_factor of each head (Phi-4-mini's 0.75), a sliding window where
-    the config sets one (Phi-3-mini-4k's 2047). Long-context rope scaling (longrope) is refused."""
+    the config sets one (Phi-3-mini-4k's 2047); the 128k models (longrope) up to their pretraining
+    context (see _context)."""
     fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
     factor = cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor") or 1.0
     rotary = int(fields["head_dim"] * float(factor))
@@ -237,16 +238,18 @@ def _rope(cfg: dict) -> tuple[float, RopeScaling]:
     scaling, else the config (Phi-3 keeps it there), else max_position_embeddings."""
     scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     kind = scaling.get("rope_type", scaling.get("type", "linear" if "factor" in scaling else "default"))
-    if kind not in ("default", "linear", "llama3", "yarn"):
-        raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: default, linear, llama3, yarn")
+    if kind not in ("default", "linear", "llama3", "yarn", "longrope"):
+        raise ValueError(f"unsupported rope_scaling type {kind!r}; supported: default, linear, llama3, yarn, longrope")
     theta = float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
     if kind == "default":
         return theta, RopeScaling()
     original = int(scaling.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
                    or cfg.get("max_position_embeddings", 2048))
     factor = scaling.get("factor")
-    if factor is None and kind == "yarn":  # DeepSeek-V3 names the contexts, not their ratio
+    if factor is None and kind in ("yarn", "longrope"):  # DeepSeek-V3 and Phi-3 name the contexts, not their ratio
         factor = cfg.get("max_position_embeddings", original) / original
+    if kind == "longrope":
+        return theta, _longrope(float(factor), original, scaling)
     if factor is None:
         raise ValueError(f"rope_scaling {kind} needs a factor")
     if kind == "linear":
@@ -258,6 +261,28 @@ def _rope(cfg: dict) -> tuple[float, RopeScaling]:
                               beta_slow=float(scaling.get("beta_slow") or 1),
                               truncate=bool(scaling.get("truncate", True)),
                               attention_factor=_yarn_attention_factor(float(factor), scaling))
+
+
+def _longrope(factor: float, original: int, scaling: dict) -> RopeScaling:
+    """Phi-3's short per-frequency factors; its scale on cos and sin: the config's, else
+    sqrt(1 + ln(factor) / ln(original context)) past a factor of 1 (the 128k context's factor,
+    though the engine serves the pretraining context: see _context)."""
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    _need(scaling, "long_factor")
+    return RopeScaling("longrope", factor, original, attention_factor=float(attention),
+                       short_factor=tuple(float(f) for f in _need(scaling, "short_factor")))
+
+
+def _context(cfg: dict, scaling: RopeScaling) -> int:
+    """The positions the engine serves: max_position_embeddings, but for longrope its pretraining
+    context. Past it transformers switches to the long factors and recomputes the whole sequence
+    with them (Phi3ForCausalLM's generation drops its cache there), which the engine's KV cache
+    does not do; within it both use the short factors only."""
+    if scaling.kind == "longrope":
+        return scaling.original_max_positions
+    return cfg.get("max_position_embeddings", 2048)
 
 
 def _yarn_attention_factor(factor: float, scaling: dict) -> float:

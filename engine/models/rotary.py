@@ -1,6 +1,7 @@
 """Rotary position embedding: Hugging Face's half-split ("neox") layout or GPT-J's interleaved
 pairs ("gptj"), on all of each head or its first `rotary_dim` dims, its frequencies stretched for
-long contexts as the config says (linear, Llama 3.1's, YaRN: engine.config.RopeScaling)."""
+long contexts as the config says (linear, Llama 3.1's, YaRN, Phi-3's longrope within its
+pretraining context: engine.config.RopeScaling)."""
 from __future__ import annotations
 
 import math
@@ -38,7 +39,13 @@ class Rotary(nn.Module):
 def frequencies(dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
     """The rotation rate of each pair of dims (float32 [dim / 2]), stretched as `scaling` says
     (linear scaling divides the positions instead, in Rotary)."""
-    base = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    powers = theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim)
+    if scaling.kind == "longrope":
+        factors = scaling.short_factor
+        if len(factors) != dim // 2:
+            raise ValueError(f"rope scaling longrope: {len(factors)} factors for {dim // 2} rotated pairs of dims")
+        return 1.0 / (torch.tensor(factors, dtype=torch.float32, device="cpu") * powers)
+    base = 1.0 / powers
     if scaling.kind == "llama3":
         return _llama3(base, scaling)
     if scaling.kind == "yarn":

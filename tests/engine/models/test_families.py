@@ -80,6 +80,7 @@ def test_config_reads_the_family(family_dir):
                 "granite": ("granite", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "phi3": ("phi3", False, "rms", 12, "neox", 8),
+                "phi3_longrope": ("phi3", False, "rms", 12, "neox", None),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
                 "gpt_bigcode": ("gpt_bigcode", True, "layer", 16, "neox", None),
                 "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
@@ -240,8 +241,40 @@ def test_phi3_rotary_share_window_and_long_context_scaling():
     # Phi-4-mini's rotary share, Phi-3-mini-4k's window
     mini = model_config(dict(cfg, partial_rotary_factor=0.75, sliding_window=2047))
     assert (mini.rotary_dim, mini.sliding_window) == (24, 2047)
-    with pytest.raises(ValueError, match="longrope"):  # the 128k models' scaling
-        model_config(dict(cfg, rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}))
+    # the 128k models' scaling: served up to the pretraining context, the attention factor from the two contexts
+    long = model_config(dict(cfg, original_max_position_embeddings=4096,
+                             rope_scaling={"type": "longrope", "short_factor": [1.0] * 16, "long_factor": [2.0] * 16}))
+    assert (long.rope_scaling.kind, long.max_position_embeddings, long.rope_scaling.factor) == ("longrope", 4096, 4.0)
+    assert long.rope_scaling.attention_factor == pytest.approx(math.sqrt(1 + math.log(4.0) / math.log(4096)))
+    with pytest.raises(ValueError, match="long_factor"):
+        model_config(dict(cfg, rope_scaling={"type": "longrope", "short_factor": [1.0] * 16}))
+    with pytest.raises(ValueError, match="1 factors for 16 rotated pairs"):  # the model's rotary is 32 dims wide
+        _model_shell(model_config(dict(cfg, rope_scaling={"type": "longrope", "short_factor": [1.0],
+                                                          "long_factor": [1.0]})))
+
+
+def _model_shell(mc):
+    """The model's modules for a config, without weights (what a load builds first)."""
+    from engine.models.registry import model_class
+
+    with torch.device("meta"):
+        return model_class(mc.family)(mc)
+
+
+def test_longrope_models_run_their_pretraining_context_as_transformers_does(tmp_path):
+    """Phi-3.5 / Phi-4-mini's scaling: the short factors and the attention factor, decoding up to
+    the pretraining context (96 positions) as transformers' generate() does; a longer prompt is
+    refused with the context named."""
+    path = make_tiny_family(str(tmp_path), "phi3_longrope")
+    ids = LLM(path).tokenizer.encode(PROMPTS[0])
+    params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+    for proposer in (None, build_proposer(SpecConfig(policy="fixed"))):
+        llm = LLM(path, proposer=proposer, num_kv_blocks=96, block_size=BLOCK)
+        out = llm.generate([PROMPTS[0]], params, use_tqdm=False)[0].outputs[0]
+        assert len(ids) + len(out.token_ids) == 96 and out.finish_reason == "length"
+        assert out.token_ids == _hf_greedy(path, ids, 96 - len(ids))
+    with pytest.raises(ValueError, match="context is 96 tokens"):
+        llm.generate(["x " * 200], params, use_tqdm=False)
 
 
 def test_rope_scaling_is_read_as_transformers_4_and_5_write_it():
