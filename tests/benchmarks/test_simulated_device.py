@@ -43,4 +43,26 @@ def test_the_clock_scores_the_table_and_tells_the_engine_the_busy_time(tmp_path)
     quiet, busy = SimClock(table), SimClock(table, BusyMachine(1))
     told = [(quiet(8, 8, 1.0), busy(8, 8, 1.0)) for _ in range(50)]
     assert quiet.seconds == pytest.approx(busy.seconds) == pytest.approx(50 * 0.005)
+    assert quiet.host_seconds == pytest.approx(50 * 1.0)  # what the steps took here, kept apart
     assert all(q == pytest.approx(0.005) and b >= q for q, b in told) and any(b > 1.2 * q for q, b in told)
+
+
+def test_a_run_scores_device_time_alone_and_with_this_hosts_time(tmp_path):
+    """A greedy request replayed through the engine with drafting: every output its trace, and the
+    host's step and proposer time counted beside the table's (never instead of it)."""
+    from simulated_device import run
+    from traces import Request
+
+    from engine import DEFAULT_MODEL
+    from engine.tokenizer import Tokenizer
+    from fastcodellama.drafting import SpecConfig
+
+    table, _ = load_table(_step_cost_result(tmp_path / "step_cost.json"))
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    body = tuple(tokenizer.encode("    return a + b\n" * 6, add_bos=False))
+    result = run(table, "greedy", [Request("t0", "def add(a, b):\n", (body,))], 1, SpecConfig(), tokenizer)
+    assert result["exact"] and result["leaked"] == 0 and result["drafted"] > 0
+    assert result["host_step_s"] > 0 and result["propose_s"] > 0
+    device, host = result["device_s"], result["host_step_s"] + result["propose_s"]
+    assert result["tokens_per_s"] == pytest.approx(result["tokens"] / device)
+    assert result["tokens_per_s_with_host"] == pytest.approx(result["tokens"] / (device + host))
