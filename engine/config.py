@@ -27,7 +27,7 @@ class RopeScaling:
 
     kind: str = "default"
     factor: float = 1.0
-    original_max_positions: int = 0  # the pretraining context (llama3, yarn)
+    original_max_positions: int = 0  # the pretraining context (llama3, yarn, longrope)
     low_freq_factor: float = 1.0  # llama3
     high_freq_factor: float = 4.0  # llama3
     beta_fast: float = 32.0  # yarn: rotations past which dims are kept
