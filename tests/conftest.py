@@ -10,6 +10,10 @@ import torch
 
 # No test learns step costs from another (engine/paths.py): each engine starts uninformed.
 os.environ["FASTCODELLAMA_STEP_COST_DIR"] = ""
+# Without a GPU the Triton kernels' tests run them on CPU tensors under the interpreter, which
+# triton reads when it is first imported: set here, whichever test imports it first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _stdlib_text(limit: int = 400_000) -> str:

@@ -2,8 +2,13 @@
 by phase, with the sampler's noise from the reference or from the Triton kernel."""
 from __future__ import annotations
 
-import pytest
+import os
 
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # read when triton's own kernels are decorated: before its first import
 pytest.importorskip("triton", reason="triton is not installed")
 
 import device_ops  # noqa: E402
