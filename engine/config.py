@@ -49,6 +49,25 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
+class LatentAttention:
+    """DeepSeek-V2's multi-head latent attention: keys and values of every head come out of one
+    normalized latent of kv_lora_rank per token (kv_b_proj), and a rotary part of qk_rope_head_dim
+    shared by all heads; the KV cache keeps only those (engine/models/mla.py). Queries come from
+    q_proj, or through a latent of q_lora_rank (q_a_proj, a norm, q_b_proj) where set."""
+
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(min(self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim) >= 1
+               and self.qk_rope_head_dim % 2 == 0 and (self.q_lora_rank is None or self.q_lora_rank >= 1),
+               "latent attention: ranks and head dims must be >= 1, the rotary head dim even")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A decoder's shape and variant, read from a Hugging Face folder by
     engine.models.registry.read_model_config, which lists the architectures."""
@@ -98,6 +117,9 @@ class ModelConfig:
     norm_topk_prob: bool = False  # the chosen experts' weights renormalized to sum to 1
     dense_layers: tuple[int, ...] = ()
     shared_expert_size: int = 0  # Qwen2-MoE: a SwiGLU expert of this width every token goes through, gated
+    shared_expert_gated: bool = True  # DeepSeek-V2's shared experts are not
+    routed_scale: float = 1.0  # the chosen experts' weights times this (DeepSeek's routed_scaling_factor)
+    latent_attention: LatentAttention | None = None  # DeepSeek-V2: num_kv_heads 1, head_dim the cached latent's
     sliding_window: int | None = None  # a query sees at most this many keys, itself included
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1

@@ -25,6 +25,7 @@ from engine.kernels import cpu as cpu_kernels
 from engine.sampler import row_noise
 
 log = logging.getLogger("engine")
+TRITON_MAX_HEAD_DIM = 256  # the widest heads the Triton attention is compiled and checked for
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,15 @@ class FastPaths:
 
 
 def choose(config: EngineConfig, device: torch.device, dtype: torch.dtype,
-           sliding_window: int | None = None, routed: bool = False) -> FastPaths:
+           sliding_window: int | None = None, routed: bool = False, head_dim: int = 128) -> FastPaths:
     """`routed`: the model has mixture-of-experts layers, whose reference reads the routing back
     to the host every layer (engine/models/moe.py): no CUDA graph can capture that, only the
-    Triton experts' kernels (engine/kernels/triton_moe.py, on with the other Triton kernels)."""
+    Triton experts' kernels (engine/kernels/triton_moe.py, on with the other Triton kernels).
+    `head_dim`: what attention runs over (the cached latent's width for DeepSeek-V2)."""
     if device.type == "cpu":
         return _cpu(config)
     if device.type == "cuda":
-        return _cuda(config, device, dtype, sliding_window, routed)
+        return _cuda(config, device, dtype, sliding_window, routed, head_dim)
     return FastPaths(_named(config, "torch"), False, False, False, notes=(f"no fast paths on {device.type}",))
 
 
@@ -74,11 +76,13 @@ def _cpu(config: EngineConfig) -> FastPaths:
 
 
 def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None,
-          routed: bool) -> FastPaths:
+          routed: bool, head_dim: int) -> FastPaths:
     notes: list[str] = []
     attention = _named(config, "triton")
     if attention == "triton":
         problem = triton_problem(device, dtype, sliding_window)
+        if head_dim > TRITON_MAX_HEAD_DIM:  # a head's tile no longer fits a block's registers and shared memory
+            problem = f"heads of {head_dim} dims, past the kernel's {TRITON_MAX_HEAD_DIM}"
         if problem is not None:
             if config.attention_backend == "triton":
                 raise ValueError(f"the triton attention backend cannot run here: {problem}")

@@ -191,6 +191,16 @@ FAMILY_MODELS = {
                   dict(tie_word_embeddings=False, rms_norm_eps=1e-6, num_experts=8, num_experts_per_tok=2,
                        moe_intermediate_size=32, shared_expert_intermediate_size=48, norm_topk_prob=False,
                        decoder_sparse_step=1, mlp_only_layers=[])),
+    # DeepSeek-Coder-V2-Lite's layout: latent attention (no query latent), YaRN with mscale, 8 experts
+    # (2 a token, unrenormalized, scaled), a shared expert, the first layer dense
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", "deepseek",
+                    dict(num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16,
+                         qk_rope_head_dim=8, v_head_dim=16,
+                         n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
+                         first_k_dense_replace=1, routed_scaling_factor=1.5, norm_topk_prob=False,
+                         topk_method="greedy", rms_norm_eps=1e-6, tie_word_embeddings=False,
+                         rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                                       "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", "deepseek",
               dict(head_dim=32, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", "qwen",

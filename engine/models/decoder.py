@@ -2,7 +2,7 @@
 
 The layers are built from the ModelConfig (RMSNorm or LayerNorm, gated SiLU or plain GELU MLP,
 biases, full or partial rotary in either layout or learned absolute positions, per-head q/k norms,
-sequential or parallel residual, dense or mixture-of-experts MLPs). Each family's
+DeepSeek's latent attention, sequential or parallel residual, dense or mixture-of-experts MLPs). Each family's
 subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `_RENAMES`,
 `_SKIP`, `convert`), so the math is written once.
 
@@ -24,6 +24,7 @@ from engine.attention.base import AttentionBackend
 from engine.attention.torch_ref import TorchRefBackend
 from engine.config import ModelConfig
 from engine.models.linear import Linear
+from engine.models.mla import LatentAttention
 from engine.models.mlp import MLP, GatedMLP
 from engine.models.moe import SparseMoE
 from engine.models.norm import RMSNorm, make_norm
@@ -86,7 +87,7 @@ class DecoderLayer(nn.Module):
         self.parallel = cfg.parallel_residual
         self.residual_scale = cfg.residual_scale
         self.input_layernorm = make_norm(cfg)
-        self.self_attn = Attention(cfg)
+        self.self_attn = LatentAttention(cfg) if cfg.latent_attention is not None else Attention(cfg)
         if not self.parallel:
             self.post_attention_layernorm = make_norm(cfg)
         if cfg.num_experts and index not in cfg.dense_layers:

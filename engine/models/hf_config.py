@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.config import RopeScaling
+from engine.config import LatentAttention, RopeScaling
 
 # transformers' activation names -> the engine's (gelu_new and gelu_pytorch_tanh are the same tanh formula)
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
@@ -99,6 +99,65 @@ def qwen2_moe(cfg: dict) -> dict[str, Any]:
     fields = qwen2(cfg)
     moe = _moe_fields(cfg, fields["num_layers"])
     return dict(fields, **moe, shared_expert_size=int(cfg.get("shared_expert_intermediate_size") or 0))
+
+
+def deepseek_v2(cfg: dict) -> dict[str, Any]:
+    """DeepSeek-V2 / DeepSeek-Coder-V2 (Lite): latent attention (engine/models/mla.py) whose
+    rotary part turns interleaved pairs, YaRN's mscale folded into the softmax scale too; mixtures
+    of experts routed by a softmax, greedy top-k, scaled, with ungated shared experts, the first
+    first_k_dense_replace layers dense. Group-limited routing (the 236B models) is refused."""
+    heads = _need(cfg, "num_attention_heads")
+    hidden = _need(cfg, "hidden_size")
+    rope, nope = _need(cfg, "qk_rope_head_dim"), _need(cfg, "qk_nope_head_dim")
+    mla = LatentAttention(_need(cfg, "kv_lora_rank"), nope, rope, _need(cfg, "v_head_dim"), cfg.get("q_lora_rank"))
+    theta, scaling = _rope(cfg)
+    if (cfg.get("topk_method") or "greedy") != "greedy" or (cfg.get("scoring_func") or "softmax") != "softmax":
+        raise ValueError(f"DeepSeek-V2 routing {cfg.get('topk_method')!r} / {cfg.get('scoring_func')!r} is not "
+                         "supported; supported: greedy top-k of a softmax")
+    if (cfg.get("moe_layer_freq") or 1) != 1:
+        raise ValueError("DeepSeek-V2 with moe_layer_freq other than 1 is not supported")
+    layers = _need(cfg, "num_hidden_layers")
+    experts = int(cfg.get("n_routed_experts") or 0)
+    width = int(cfg.get("moe_intermediate_size") or 0)
+    bias = bool(cfg.get("attention_bias", False))
+    return dict(
+        vocab_size=_need(cfg, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=_need(cfg, "intermediate_size"),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=1,  # the cached latent, one per token
+        head_dim=rope + mla.kv_lora_rank,
+        max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rotary_dim=rope,
+        rotary_style="gptj",
+        attention_scale=(nope + rope) ** -0.5 * _mscale_squared(scaling, cfg),
+        activation=_activation(cfg.get("hidden_act", "silu")),
+        qkv_bias=bias,
+        o_bias=bias,
+        num_experts=experts,
+        experts_per_token=int(cfg.get("num_experts_per_tok") or 0) if experts else 0,
+        moe_intermediate_size=width,
+        norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+        dense_layers=tuple(range(min(int(cfg.get("first_k_dense_replace") or 0), layers))) if experts else (),
+        shared_expert_size=width * int(cfg.get("n_shared_experts") or 0) if experts else 0,
+        shared_expert_gated=False,
+        routed_scale=float(cfg.get("routed_scaling_factor") or 1.0),
+        latent_attention=mla,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def _mscale_squared(scaling: RopeScaling, cfg: dict) -> float:
+    """YaRN's mscale of mscale_all_dim, squared: what DeepSeek's softmax scale is multiplied by."""
+    params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    weight = params.get("mscale_all_dim")
+    if scaling.kind != "yarn" or not weight or scaling.factor <= 1:
+        return 1.0
+    return (0.1 * float(weight) * math.log(scaling.factor) + 1.0) ** 2
 
 
 def mistral(cfg: dict) -> dict[str, Any]:

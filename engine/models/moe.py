@@ -1,6 +1,7 @@
-"""A mixture-of-experts MLP (Qwen3-MoE): each token goes through `experts_per_token` of
-`num_experts` SwiGLU experts, chosen by a router's softmax and weighted by it (renormalized over
-the chosen ones where the config says so).
+"""A mixture-of-experts MLP (Qwen3-MoE, Qwen2-MoE, DeepSeek-V2): each token goes through
+`experts_per_token` of `num_experts` SwiGLU experts, chosen by a router's softmax and weighted by
+it (renormalized over the chosen ones, and scaled, where the config says so), plus a shared
+expert where the config has one.
 
 This is the reference: the experts that have tokens this step run one after another over their
 tokens, which takes one read of the routing back to the host per layer (so a graph cannot capture
@@ -26,16 +27,18 @@ class SparseMoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_experts, self.top_k, self.width = cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate_size
-        self.hidden, self.renormalize = cfg.hidden_size, cfg.norm_topk_prob
+        self.hidden, self.renormalize, self.routed_scale = cfg.hidden_size, cfg.norm_topk_prob, cfg.routed_scale
         self.gate = Linear(cfg.hidden_size, cfg.num_experts, bias=False)  # the router
         # Expert e: gate rows then up rows at 2 * width * e; its down projection's rows at hidden * e.
         self.experts_gate_up = nn.Parameter(torch.empty(cfg.num_experts * 2 * self.width, cfg.hidden_size))
         self.experts_down = nn.Parameter(torch.empty(cfg.num_experts * cfg.hidden_size, self.width))
-        # Qwen2-MoE: an expert every token goes through, weighted by a sigmoid gate of its own.
+        # Qwen2-MoE: an expert every token goes through, weighted by a sigmoid gate of its own;
+        # DeepSeek-V2: the same without the gate.
         self.shared_expert = self.shared_expert_gate = None
         if cfg.shared_expert_size:
             self.shared_expert = GatedMLP(dataclasses.replace(cfg, intermediate_size=cfg.shared_expert_size))
-            self.shared_expert_gate = Linear(cfg.hidden_size, 1, bias=False)
+            if cfg.shared_expert_gated:
+                self.shared_expert_gate = Linear(cfg.hidden_size, 1, bias=False)
         # The Triton experts (engine/kernels/triton_moe.py) for 16-bit rows on a GPU, set by the
         # model's use_triton_kernels: no read-back, so a graph can hold them; forward is their reference.
         self.fused: Callable[..., torch.Tensor] | None = None
@@ -46,12 +49,16 @@ class SparseMoE(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.routed_scale != 1.0:
+            weights = weights * self.routed_scale
         return weights.to(x.dtype), experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._routed(x)
-        if self.shared_expert is not None:
+        if self.shared_expert_gate is not None:
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        elif self.shared_expert is not None:
+            out = out + self.shared_expert(x)
         return out
 
     def _routed(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from engine.models.decoder import DecoderForCausalLM
 from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.phi3 import Phi3ForCausalLM
-from engine.models.qwen3_moe import Qwen2MoeForCausalLM, Qwen3MoeForCausalLM
+from engine.models.qwen3_moe import DeepseekV2ForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM
 from engine.models.starcoder2 import Starcoder2ForCausalLM
 
 
@@ -37,6 +37,8 @@ FAMILIES = (
     Family("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), LlamaForCausalLM, hf_config.qwen3),
     Family("qwen2_moe", ("Qwen2MoeForCausalLM",), ("qwen2_moe",), Qwen2MoeForCausalLM, hf_config.qwen2_moe),
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",), ("qwen3_moe",), Qwen3MoeForCausalLM, hf_config.qwen3_moe),
+    Family("deepseek_v2", ("DeepseekV2ForCausalLM",), ("deepseek_v2",), DeepseekV2ForCausalLM,
+           hf_config.deepseek_v2),
     Family("gemma", ("GemmaForCausalLM",), ("gemma",), LlamaForCausalLM, hf_config.gemma),
     Family("phi3", ("Phi3ForCausalLM",), ("phi3",), Phi3ForCausalLM, hf_config.phi3),
     Family("granite", ("GraniteForCausalLM",), ("granite",), LlamaForCausalLM, hf_config.granite),

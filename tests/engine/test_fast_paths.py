@@ -2,6 +2,7 @@
 the Triton kernels are stood in for by their verdicts."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine import fast_paths
@@ -49,3 +50,17 @@ def test_the_sampling_noise_kernel_goes_by_its_own_check_alone(monkeypatch):
     assert not paths.triton_noise and "noise on" not in paths.describe()
     assert "Triton sampling noise off (the noise over the vocabulary differs)" in paths.notes
     assert not fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).triton_noise
+
+
+def test_heads_wider_than_the_triton_kernel_take_the_reference(monkeypatch):
+    """DeepSeek-V2's latent attention runs over 576-dim rows: the torch reference, hence no graphs,
+    and an explicit request for Triton is refused by name."""
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
+    monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
+    monkeypatch.setattr(fast_paths, "noise_problem", lambda device: None)
+    assert fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, head_dim=256).attention == "triton"
+    wide = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True, head_dim=576)
+    assert wide.attention == "torch" and not wide.cuda_graphs and not wide.triton_norm_rope
+    assert any("heads of 576 dims" in note for note in wide.notes)
+    with pytest.raises(ValueError, match="heads of 576 dims"):
+        fast_paths.choose(EngineConfig(attention_backend="triton"), CUDA, torch.bfloat16, head_dim=576)

@@ -1,7 +1,8 @@
 """The families besides plain Llama (tests/conftest.py FAMILY_MODELS): Qwen2, Qwen3 (per-head q/k
 norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among
 them), Qwen2-MoE (a gated shared expert too), DeepSeek-Coder (Llama with linear rope scaling), Llama 3.1
-(its rope scaling), Qwen2.5 with YaRN, Gemma
+(its rope scaling), Qwen2.5 with YaRN, DeepSeek-V2 (latent attention, scaled routing, ungated shared
+experts), Gemma
 (norms scaling by 1 + weight, scaled embeddings), Granite (multipliers), Mistral (Llama with a
 sliding window), Phi-3 (fused checkpoint projections, partial rotary, a window), StarCoder2,
 GPTBigCode (StarCoder 1: learned positions, multi-query attention) and CodeGen: tiny random models
@@ -76,6 +77,7 @@ def test_config_reads_the_family(family_dir):
                 "deepseek": ("llama", False, "rms", 16, "neox", None),
                 "llama3": ("llama", False, "rms", 16, "neox", None),
                 "qwen2_yarn": ("qwen2", True, "rms", 16, "neox", None),
+                "deepseek_v2": ("deepseek_v2", False, "rms", 8, "gptj", None),
                 "gemma": ("gemma", False, "rms", 32, "neox", None),
                 "granite": ("granite", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
@@ -91,7 +93,13 @@ def test_config_reads_the_family(family_dir):
                 mc.dense_layers) == (8, 2, 32, True, (1,))
     if family == "qwen2_moe":  # every layer a mixture with a shared expert of width 48
         assert (mc.num_experts, mc.dense_layers, mc.shared_expert_size, mc.norm_topk_prob) == (8, (), 48, False)
-    assert mc.shared_expert_size == (48 if family == "qwen2_moe" else 0)
+    if family == "deepseek_v2":  # latent attention cached as one head of rotary part + latent; layer 0 dense
+        assert (mc.num_kv_heads, mc.head_dim, mc.latent_attention.kv_lora_rank) == (1, 8 + 32, 32)
+        assert (mc.num_experts, mc.dense_layers, mc.shared_expert_gated, mc.routed_scale) == (8, (0,), False, 1.5)
+        mscale = 0.1 * 0.707 * math.log(4.0) + 1  # YaRN's mscale_all_dim, squared into the softmax scale
+        assert mc.attention_scale == pytest.approx((16 + 8) ** -0.5 * mscale ** 2)
+    assert mc.shared_expert_size == {"qwen2_moe": 48, "deepseek_v2": 32}.get(family, 0)
+    assert (mc.latent_attention is not None) == (family == "deepseek_v2")
     assert mc.position_embedding == ("learned" if family == "gpt_bigcode" else "rope")
     if family == "granite":
         assert (mc.embed_scale, mc.attention_scale, mc.residual_scale, mc.logits_scale) == (3.0, 0.1, 0.5, 2.0)
@@ -124,10 +132,12 @@ def test_logits_match_transformers(family_dir):
         return
     cfg = reference.config
     sparse = cfg.num_layers - len(cfg.dense_layers) if cfg.num_experts else 0
-    # qkv, o and two MLP projections per dense layer, qkv, o and the router per sparse one (and a
-    # shared expert's two projections and gate); the head
-    shared = 3 * sparse if cfg.shared_expert_size else 0
-    assert num_packed == 4 * cfg.num_layers - sparse + shared + 1
+    # qkv and o (latent attention: q, kv_a, kv_b and o) and two MLP projections per dense layer, the
+    # attention's and the router per sparse one (and a shared expert's two projections and gate,
+    # DeepSeek's without the gate); the head
+    attention = 4 if cfg.latent_attention is not None else 2
+    shared = (3 if cfg.shared_expert_gated else 2) * sparse if cfg.shared_expert_size else 0
+    assert num_packed == (attention + 2) * cfg.num_layers - sparse + shared + 1
     assert (packed.cpu_stack is not None) == (family in ("deepseek", "llama3"))  # plain Llama's only
     fast = _engine_logits(packed, CpuBackend(), ids)
     assert (fast - ref).abs().max().item() < 1e-4
@@ -301,3 +311,17 @@ def test_rope_scaling_is_read_as_transformers_4_and_5_write_it():
         model_config(dict(cfg, rope_scaling={k: v for k, v in llama3.items() if k != "high_freq_factor"}))
     with pytest.raises(ValueError, match="'dynamic'.*llama3, yarn"):
         model_config(dict(cfg, rope_scaling={"type": "dynamic", "factor": 2.0}))
+
+
+def test_latent_attention_with_a_query_latent_matches_transformers(tmp_path):
+    """DeepSeek-V2's larger layout: queries through a latent of q_lora_rank (q_a_proj, a norm,
+    q_b_proj), and a config without rope scaling; logits of every step equal transformers'."""
+    path = make_tiny_family(str(tmp_path), "deepseek_v2", q_lora_rank=24, rope_scaling=None)
+    mc = read_model_config(path)
+    assert mc.latent_attention.q_lora_rank == 24 and mc.rope_scaling == RopeScaling()
+    assert mc.attention_scale == pytest.approx((16 + 8) ** -0.5)  # no YaRN, no mscale
+    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    ids = _ids(sum(STEPS))
+    with torch.no_grad():
+        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
+    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
