@@ -121,6 +121,12 @@ class ModelConfig:
     routed_scale: float = 1.0  # the chosen experts' weights times this (DeepSeek's routed_scaling_factor)
     latent_attention: LatentAttention | None = None  # DeepSeek-V2: num_kv_heads 1, head_dim the cached latent's
     sliding_window: int | None = None  # a query sees at most this many keys, itself included
+    # With a window, the layers that see every key all the same (Gemma 3's every sixth); the
+    # windowed ones may rotate with a theta of their own (local_rope_theta, no scaling).
+    full_attention_layers: tuple[int, ...] = ()
+    local_rope_theta: float | None = None
+    # Gemma 3: each block's output normed before its residual add, and the MLP's input by a norm of its own
+    sandwich_norms: bool = False
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 1
     eos_token_ids: tuple[int, ...] = (2,)
@@ -143,6 +149,9 @@ class ModelConfig:
                f"model config: a mixture of {self.num_experts} experts needs 1 <= experts_per_token "
                f"(got {self.experts_per_token}) <= num_experts and moe_intermediate_size >= 1")
         object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
+        object.__setattr__(self, "full_attention_layers", tuple(int(i) for i in self.full_attention_layers))
+        _check(not self.full_attention_layers or self.sliding_window is not None,
+               "model config: full_attention_layers needs a sliding_window for the other layers")
         _check(self.position_embedding in ("rope", "learned"),
                f"model config: position_embedding must be rope or learned, got {self.position_embedding!r}")
         _check(self.rotary_style in ("neox", "gptj"),
@@ -151,6 +160,13 @@ class ModelConfig:
                f"model config: rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}")
         _check(self.sliding_window is None or self.sliding_window >= 1, "model config: sliding_window must be >= 1")
         _check(self.rope_theta > 0 and self.norm_eps > 0, "model config: rope_theta and norm eps must be > 0")
+
+    @property
+    def backend_window(self) -> int | None:
+        """The window the step's attention backend is built with: the model's, unless only some
+        layers have it (the model then runs those through a windowed reference where a context
+        passes the window)."""
+        return None if self.full_attention_layers else self.sliding_window
 
     @property
     def eos_token_id(self) -> int | None:

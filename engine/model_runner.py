@@ -38,13 +38,14 @@ class ModelRunner:
         if model is None:
             model = load_model(config.model, model_config, self.dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.sliding_window,
-                                       routed=model_config.num_experts > 0, head_dim=model_config.head_dim)
+        self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.backend_window,
+                                       routed=model_config.num_experts > 0, head_dim=model_config.head_dim,
+                                       windows_per_layer=bool(model_config.full_attention_layers))
         packed = self.model.pack_for_cpu() if self.paths.cpu_kernels else 0
         if self.paths.triton_norm_rope:
             self.model.use_triton_kernels()
         fast_paths.report(self.paths, packed, self.model.cpu_stack is not None)
-        self.backend = get_backend(self.paths.attention, self.device.type, model_config.sliding_window)
+        self.backend = get_backend(self.paths.attention, self.device.type, model_config.backend_window)
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config
         # One block more than the scheduler hands out: padding rows of static steps write there.

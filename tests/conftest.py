@@ -203,6 +203,12 @@ FAMILY_MODELS = {
                                        "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", "deepseek",
               dict(head_dim=32, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
+    # a windowed layer (its own theta) and a full one (linear rope scaling), sandwich norms, q/k norms
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", "deepseek",
+               dict(head_dim=16, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                    sliding_window=8, query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention"],
+                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", "qwen",
              dict(partial_rotary_factor=0.75, sliding_window=8, pad_token_id=0, rms_norm_eps=1e-5)),
     # Phi-3.5 / Phi-4-mini's long-context scaling, served up to its pretraining context (96 here)

@@ -20,7 +20,7 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
   e  Hugging Face generate() on the same shape at batch 1 and 64;
   f  every other family's tiny random model (tests/conftest.py: Qwen2, DeepSeek, Llama 3.1's and
      YaRN's rope scaling, Qwen3, Qwen3-MoE, Qwen2-MoE, DeepSeek-V2's latent attention, Gemma,
-     Phi-3 and its longrope, Granite, Mistral, StarCoder2, GPTBigCode, CodeGen) on the device,
+     Gemma 3, Phi-3 and its longrope, Granite, Mistral, StarCoder2, GPTBigCode, CodeGen) on the device,
      float32: greedy == Hugging Face greedy, drafting == plain, no leaked block; Qwen3-MoE also in
      bf16 (the Triton experts, graphs holding them). Last, so that the time budget skips it first.
 Writes gpu_suite_<stamp>.json/.md under benchmarks/results/ and, where $OUT is set, there too.

@@ -9,7 +9,9 @@ subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `
 Sliding window: a step in which some sequence holds more keys than the window runs its
 attention through the torch reference with the window mask (engine/attention/torch_ref.py)
 unless the given backend was built with the same window; a step within the window is plain
-causal attention, so any backend computes it.
+causal attention, so any backend computes it. Where only some layers have the window (Gemma 3),
+the backend has none and those layers take that choice alone, with a rotary of their own where
+the config gives them one.
 """
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ class Attention(nn.Module):
         self.rotary_style = cfg.rotary_style
         # Backends scale by 1 / sqrt(head_dim): another scale is given to q before them.
         self.q_scale = cfg.attention_scale * cfg.head_dim ** 0.5 if cfg.attention_scale is not None else None
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_weight_offset) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_weight_offset) if cfg.qk_norm else None
         # The in-place Triton rotary kernel on a GPU (engine/kernels/triton_fused.py), set by the
         # model's use_triton_kernels; apply_rotary is its reference.
         self.rope_: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -86,10 +88,16 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.parallel = cfg.parallel_residual
         self.residual_scale = cfg.residual_scale
+        # Whether the layer attends through the model's window (Gemma 3: not every layer does).
+        self.windowed = cfg.sliding_window is not None and index not in cfg.full_attention_layers
         self.input_layernorm = make_norm(cfg)
         self.self_attn = LatentAttention(cfg) if cfg.latent_attention is not None else Attention(cfg)
         if not self.parallel:
             self.post_attention_layernorm = make_norm(cfg)
+        self.sandwich = cfg.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = make_norm(cfg)
+            self.post_feedforward_layernorm = make_norm(cfg)
         if cfg.num_experts and index not in cfg.dense_layers:
             self.mlp: nn.Module = SparseMoE(cfg)
         else:
@@ -101,6 +109,9 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos_sin, kv_cache, batch, backend, meta) -> torch.Tensor:
         h = self.input_layernorm(x)
+        if self.sandwich:  # Gemma 3: each block's output normed before its residual add
+            x = x + self.post_attention_layernorm(self.self_attn(h, cos_sin, kv_cache, batch, backend, meta))
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         if self.parallel:
             return x + self.self_attn(h, cos_sin, kv_cache, batch, backend, meta) + self.mlp(h)
         attn = self._scaled(self.self_attn(h, cos_sin, kv_cache, batch, backend, meta))
@@ -127,6 +138,7 @@ class DecoderForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.rotary = _rotary(cfg)
+        self.local_rotary = _local_rotary(cfg)
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         learned = cfg.position_embedding == "learned"
         self.embed_positions = Embedding(cfg.max_position_embeddings, cfg.hidden_size) if learned else None
@@ -142,6 +154,7 @@ class DecoderForCausalLM(nn.Module):
         """Recomputes what `to_empty` leaves uninitialized and the dtype cast must not touch: the
         rotary tables (kept float32); re-ties the head."""
         self.rotary = _rotary(self.config)
+        self.local_rotary = _local_rotary(self.config)
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -149,22 +162,34 @@ class DecoderForCausalLM(nn.Module):
     def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: AttentionBackend,
                 meta: Any = None) -> torch.Tensor:
         """Hidden states of the rows in batch.logits_indices, after the final norm. `meta`: the
-        backend's metadata for this batch when the caller prepared it (static steps)."""
+        backend's metadata for this batch when the caller prepared it (static steps, which models
+        with a window on some layers only never get: engine/fast_paths.py)."""
+        windowed = None  # (backend, meta) of the layers with the window, where only some have it
         if meta is None:
-            backend = self._attention_for(batch, backend)
-            meta = backend.prepare(batch)
+            if self.config.full_attention_layers:
+                windowed_backend = self._attention_for(batch, backend)
+                meta = backend.prepare(batch)
+                windowed = (backend, meta) if windowed_backend is backend else (windowed_backend,
+                                                                                 windowed_backend.prepare(batch))
+            else:
+                backend = self._attention_for(batch, backend)
+                meta = backend.prepare(batch)
         x = self.embed_tokens(batch.input_ids)
         if self.config.embed_scale != 1.0:  # rounded to x's dtype first, as Gemma does (Granite's 12 is exact)
             x = x * _in_dtype(self.config.embed_scale, x.dtype)
-        cos_sin = None
+        cos_sin = local_cos_sin = None
         if self.embed_positions is not None:
             x = x + self.embed_positions(batch.positions)
         else:
-            cos_sin = self.rotary.tables(batch.positions, x.dtype)
+            cos_sin = local_cos_sin = self.rotary.tables(batch.positions, x.dtype)
+            if self.local_rotary is not None:
+                local_cos_sin = self.local_rotary.tables(batch.positions, x.dtype)
         if self.cpu_stack is not None and self.cpu_stack.takes(batch, meta, x):
-            x = self.cpu_stack.run(x, cos_sin, kv_caches, batch, meta)
-        else:
-            for layer, kv_cache in zip(self.layers, kv_caches):
+            return self.norm(self.cpu_stack.run(x, cos_sin, kv_caches, batch, meta)[batch.logits_indices])
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            if layer.windowed:
+                x = layer(x, local_cos_sin, kv_cache, batch, *(windowed or (backend, meta)))
+            else:
                 x = layer(x, cos_sin, kv_cache, batch, backend, meta)
         return self.norm(x[batch.logits_indices])
 
@@ -293,6 +318,13 @@ def _in_dtype(value: float, dtype: torch.dtype) -> float:
 
 def _rotary(cfg: ModelConfig) -> Rotary | None:
     return Rotary.for_config(cfg) if cfg.position_embedding == "rope" else None
+
+
+def _local_rotary(cfg: ModelConfig) -> Rotary | None:
+    """The windowed layers' own rotary embedding, where they have one (Gemma 3: no scaling)."""
+    if cfg.local_rope_theta is None or cfg.position_embedding != "rope":
+        return None
+    return Rotary(cfg.rotary_dim, cfg.max_position_embeddings, cfg.local_rope_theta, style=cfg.rotary_style)
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:

@@ -58,6 +58,33 @@ def gemma(cfg: dict) -> dict[str, Any]:
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)))
 
 
+def gemma3(cfg: dict) -> dict[str, Any]:
+    """Gemma 3 (text: Gemma3ForCausalLM): Gemma's norms and embeddings, per-head q/k norms, each
+    block's output normed before its residual add (and the MLP's input by a norm of its own), the
+    attention scaled by query_pre_attn_scalar, and a window on every layer but each
+    sliding_window_pattern-th (layer_types where written), whose rotary has a theta of its own.
+    Logit soft-capping (Gemma 2) is refused."""
+    if cfg.get("attn_logit_softcapping") or cfg.get("final_logit_softcapping"):
+        raise ValueError("Gemma with logit soft-capping (Gemma 2) is not supported")
+    layers = _need(cfg, "num_hidden_layers")
+    pattern = int(cfg.get("sliding_window_pattern") or 6)
+    types = cfg.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                       for i in range(layers)]
+    params = cfg.get("rope_parameters") or {}
+    if "full_attention" in params:  # transformers 5: each kind of layer's rotary on its own
+        theta, scaling = _rope(dict(cfg, rope_scaling=None, rope_parameters=params["full_attention"], rope_theta=None))
+        local_theta = float((params.get("sliding_attention") or {}).get("rope_theta", 10000.0))
+    else:
+        theta, scaling = _rope(cfg)
+        local_theta = float(cfg.get("rope_local_base_freq") or 10000.0)
+    fields = gemma(dict(cfg, rope_scaling=None, rope_parameters=None, rope_theta=theta))
+    full = tuple(i for i, kind in enumerate(types) if kind == "full_attention")
+    window = _need(cfg, "sliding_window") if len(full) < layers else None
+    return dict(fields, rope_scaling=scaling, qk_norm=True, sandwich_norms=True, sliding_window=window,
+                full_attention_layers=full if window is not None else (), local_rope_theta=local_theta,
+                attention_scale=float(cfg.get("query_pre_attn_scalar") or fields["head_dim"]) ** -0.5)
+
+
 def granite(cfg: dict) -> dict[str, Any]:
     """Granite 3: Llama with multipliers on the embeddings, the attention logits (in place of
     1 / sqrt(head_dim)), each residual branch, and (dividing) the logits."""

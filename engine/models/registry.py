@@ -40,6 +40,7 @@ FAMILIES = (
     Family("deepseek_v2", ("DeepseekV2ForCausalLM",), ("deepseek_v2",), DeepseekV2ForCausalLM,
            hf_config.deepseek_v2),
     Family("gemma", ("GemmaForCausalLM",), ("gemma",), LlamaForCausalLM, hf_config.gemma),
+    Family("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), LlamaForCausalLM, hf_config.gemma3),
     Family("phi3", ("Phi3ForCausalLM",), ("phi3",), Phi3ForCausalLM, hf_config.phi3),
     Family("granite", ("GraniteForCausalLM",), ("granite",), LlamaForCausalLM, hf_config.granite),
     Family("mistral", ("MistralForCausalLM",), ("mistral",), LlamaForCausalLM, hf_config.mistral),

@@ -64,3 +64,13 @@ def test_heads_wider_than_the_triton_kernel_take_the_reference(monkeypatch):
     assert any("heads of 576 dims" in note for note in wide.notes)
     with pytest.raises(ValueError, match="heads of 576 dims"):
         fast_paths.choose(EngineConfig(attention_backend="triton"), CUDA, torch.bfloat16, head_dim=576)
+
+
+def test_a_window_on_some_layers_only_runs_without_graphs(monkeypatch):
+    """Gemma 3: the model picks each layer's attention per step, which no graph holds."""
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
+    monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
+    monkeypatch.setattr(fast_paths, "noise_problem", lambda device: None)
+    paths = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, windows_per_layer=True)
+    assert paths.attention == "triton" and not paths.cuda_graphs
+    assert "CUDA graphs off (a window on some layers only, chosen per step)" in paths.notes

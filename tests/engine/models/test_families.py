@@ -1,12 +1,12 @@
 """The families besides plain Llama (tests/conftest.py FAMILY_MODELS): Qwen2, Qwen3 (per-head q/k
 norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, a dense layer among
-them), Qwen2-MoE (a gated shared expert too), DeepSeek-Coder (Llama with linear rope scaling), Llama 3.1
-(its rope scaling), Qwen2.5 with YaRN, DeepSeek-V2 (latent attention, scaled routing, ungated shared
-experts), Gemma
-(norms scaling by 1 + weight, scaled embeddings), Granite (multipliers), Mistral (Llama with a
-sliding window), Phi-3 (fused checkpoint projections, partial rotary, a window), StarCoder2,
-GPTBigCode (StarCoder 1: learned positions, multi-query attention) and CodeGen: tiny random models
-from transformers' own classes, run by the engine over the paged cache, against transformers."""
+them), Qwen2-MoE (a gated shared expert too), DeepSeek-Coder (Llama with linear rope scaling), Llama
+3.1 (its rope scaling), Qwen2.5 with YaRN, DeepSeek-V2 (latent attention, scaled routing, ungated
+shared experts), Gemma (norms scaling by 1 + weight, scaled embeddings), Gemma 3 (a window on some
+layers, sandwich norms), Granite (multipliers), Mistral (Llama with a sliding window), Phi-3 (fused
+checkpoint projections, partial rotary, a window; longrope), StarCoder2, GPTBigCode (StarCoder 1:
+learned positions, multi-query attention) and CodeGen: tiny random models from transformers' own
+classes, run by the engine over the paged cache, against transformers."""
 from __future__ import annotations
 
 import math
@@ -79,6 +79,7 @@ def test_config_reads_the_family(family_dir):
                 "qwen2_yarn": ("qwen2", True, "rms", 16, "neox", None),
                 "deepseek_v2": ("deepseek_v2", False, "rms", 8, "gptj", None),
                 "gemma": ("gemma", False, "rms", 32, "neox", None),
+                "gemma3": ("gemma3", False, "rms", 16, "neox", 8),
                 "granite": ("granite", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
                 "phi3": ("phi3", False, "rms", 12, "neox", 8),
@@ -87,7 +88,13 @@ def test_config_reads_the_family(family_dir):
                 "gpt_bigcode": ("gpt_bigcode", True, "layer", 16, "neox", None),
                 "codegen": ("codegen", False, "layer", 8, "gptj", None)}[family]
     assert (mc.family, mc.qkv_bias, mc.norm, mc.rotary_dim, mc.rotary_style, mc.sliding_window) == expected
-    assert mc.qk_norm == (family in ("qwen3", "qwen3_moe"))
+    assert mc.qk_norm == (family in ("qwen3", "qwen3_moe", "gemma3"))
+    if family == "gemma3":  # layer 1 full (its rope scaled linearly), layer 0 windowed with a theta of its own
+        assert (mc.full_attention_layers, mc.local_rope_theta, mc.rope_theta) == ((1,), 10000.0, 1e6)
+        assert mc.rope_scaling == RopeScaling("linear", 2.0) and mc.sandwich_norms and mc.backend_window is None
+        assert mc.attention_scale == pytest.approx(24 ** -0.5)  # query_pre_attn_scalar
+    else:
+        assert not (mc.full_attention_layers or mc.sandwich_norms) and mc.local_rope_theta is None
     if family == "qwen3_moe":  # 8 experts, 2 per token; layer 1 dense (mlp_only_layers)
         assert (mc.num_experts, mc.experts_per_token, mc.moe_intermediate_size, mc.norm_topk_prob,
                 mc.dense_layers) == (8, 2, 32, True, (1,))
@@ -103,9 +110,9 @@ def test_config_reads_the_family(family_dir):
     assert mc.position_embedding == ("learned" if family == "gpt_bigcode" else "rope")
     if family == "granite":
         assert (mc.embed_scale, mc.attention_scale, mc.residual_scale, mc.logits_scale) == (3.0, 0.1, 0.5, 2.0)
-    gemma = family == "gemma"
+    gemma = family in ("gemma", "gemma3")
     assert (mc.norm_weight_offset, mc.activation) == ((1.0, "gelu_tanh") if gemma else (0.0, mc.activation))
-    assert mc.embed_scale == {"gemma": 8.0, "granite": 3.0}.get(family, 1.0)
+    assert mc.embed_scale == {"gemma": 8.0, "gemma3": 8.0, "granite": 3.0}.get(family, 1.0)
     if family == "gpt_bigcode":  # StarCoder's multi-query attention: one K/V head
         assert mc.num_kv_heads == 1
     if family == "qwen2":  # config.json's EOS, then the extra one generation_config.json lists
