@@ -332,3 +332,20 @@ def test_latent_attention_with_a_query_latent_matches_transformers(tmp_path):
     with torch.no_grad():
         expected = _hf_model(path)(torch.tensor([ids])).logits[0]
     assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+
+
+def test_gemma3_configs_as_the_published_checkpoints_write_them():
+    """gemma-3-1b's config.json (transformers 4): one rope_theta for the full layers, the windowed
+    layers' in rope_local_base_freq, every sliding_window_pattern-th layer full; soft-capping refused."""
+    cfg = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": 64, "hidden_size": 64,
+           "intermediate_size": 128, "num_hidden_layers": 13, "num_attention_heads": 4, "num_key_value_heads": 1,
+           "head_dim": 16, "max_position_embeddings": 32768, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+           "rope_scaling": None, "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": 16,
+           "final_logit_softcapping": None, "attn_logit_softcapping": None}
+    mc = model_config(cfg)
+    assert (mc.family, mc.full_attention_layers, mc.sliding_window) == ("gemma3", (5, 11), 512)
+    assert (mc.rope_theta, mc.local_rope_theta, mc.rope_scaling) == (1e6, 1e4, RopeScaling())
+    scaled = model_config(dict(cfg, rope_scaling={"rope_type": "linear", "factor": 8.0}))  # the 4B and larger
+    assert scaled.rope_scaling == RopeScaling("linear", 8.0)
+    with pytest.raises(ValueError, match="soft-capping"):
+        model_config(dict(cfg, final_logit_softcapping=30.0))
