@@ -85,6 +85,15 @@ def gemma3(cfg: dict) -> dict[str, Any]:
                 attention_scale=float(cfg.get("query_pre_attn_scalar") or fields["head_dim"]) ** -0.5)
 
 
+def gemma3_text_of_multimodal(cfg: dict) -> dict[str, Any]:
+    """The language model of Gemma 3's multimodal checkpoints (4B, 12B, 27B), from text_config:
+    text in, text out (images are not read)."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise ValueError("Gemma3ForConditionalGeneration config.json has no text_config")
+    return gemma3(dict(text, tie_word_embeddings=cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))))
+
+
 def granite(cfg: dict) -> dict[str, Any]:
     """Granite 3: Llama with multipliers on the embeddings, the attention logits (in place of
     1 / sqrt(head_dim)), each residual branch, and (dividing) the logits."""

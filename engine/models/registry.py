@@ -15,6 +15,7 @@ from engine.loader import hf_token_ids, read_folder_json
 from engine.models import hf_config
 from engine.models.codegen import CodeGenForCausalLM
 from engine.models.decoder import DecoderForCausalLM
+from engine.models.gemma3 import Gemma3TextOfMultimodal
 from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.phi3 import Phi3ForCausalLM
@@ -41,6 +42,8 @@ FAMILIES = (
            hf_config.deepseek_v2),
     Family("gemma", ("GemmaForCausalLM",), ("gemma",), LlamaForCausalLM, hf_config.gemma),
     Family("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), LlamaForCausalLM, hf_config.gemma3),
+    Family("gemma3_text_of_multimodal", ("Gemma3ForConditionalGeneration",), ("gemma3",), Gemma3TextOfMultimodal,
+           hf_config.gemma3_text_of_multimodal),
     Family("phi3", ("Phi3ForCausalLM",), ("phi3",), Phi3ForCausalLM, hf_config.phi3),
     Family("granite", ("GraniteForCausalLM",), ("granite",), LlamaForCausalLM, hf_config.granite),
     Family("mistral", ("MistralForCausalLM",), ("mistral",), LlamaForCausalLM, hf_config.mistral),
@@ -71,10 +74,12 @@ def model_config(cfg: dict, generation_config: dict | None = None) -> ModelConfi
     """The ModelConfig of a config.json dict (EOS ids also from generation_config.json); raises
     ValueError for an architecture the engine cannot run, or a config it cannot read."""
     family = family_for(cfg)
-    eos = hf_token_ids(cfg.get("eos_token_id")) + hf_token_ids((generation_config or {}).get("eos_token_id"))
+    text = cfg.get("text_config") or {}  # a multimodal checkpoint's language model (Gemma 3 4B+)
+    eos = (hf_token_ids(cfg.get("eos_token_id")) + hf_token_ids(text.get("eos_token_id"))
+           + hf_token_ids((generation_config or {}).get("eos_token_id")))
+    bos = cfg.get("bos_token_id", text.get("bos_token_id"))
     return ModelConfig(family=family.name, architecture=(cfg.get("architectures") or [family.architectures[0]])[0],
-                       bos_token_id=cfg.get("bos_token_id"), eos_token_ids=tuple(dict.fromkeys(eos)),
-                       **family.read_config(cfg))
+                       bos_token_id=bos, eos_token_ids=tuple(dict.fromkeys(eos)), **family.read_config(cfg))
 
 
 def read_model_config(path: str) -> ModelConfig:

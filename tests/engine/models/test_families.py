@@ -349,3 +349,44 @@ def test_gemma3_configs_as_the_published_checkpoints_write_them():
     assert scaled.rope_scaling == RopeScaling("linear", 8.0)
     with pytest.raises(ValueError, match="soft-capping"):
         model_config(dict(cfg, final_logit_softcapping=30.0))
+
+
+def test_the_language_model_of_a_multimodal_gemma3_checkpoint_runs_as_text(tmp_path):
+    """Gemma3ForConditionalGeneration (4B and larger): the text weights under language_model.model.,
+    the vision tower and projector skipped, the sizes from text_config; text-only logits and greedy
+    ids equal transformers' multimodal class given the same ids."""
+    import transformers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from tests.conftest import BPE_STYLES, make_byte_bpe_tokenizer
+
+    path = str(tmp_path)
+    make_byte_bpe_tokenizer(path, "deepseek")
+    tok = HFTokenizer.from_file(f"{path}/tokenizer.json")
+    text = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, sliding_window=8, query_pre_attn_scalar=16, max_position_embeddings=512,
+                layer_types=["sliding_attention", "full_attention"], rms_norm_eps=1e-6,
+                bos_token_id=tok.token_to_id(BPE_STYLES["deepseek"][0][0]),
+                eos_token_id=tok.token_to_id(BPE_STYLES["deepseek"][1]["eos_token"]))
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                    image_token_index=511, boi_token_index=509, eoi_token_index=510)
+    torch.manual_seed(0)
+    hf = transformers.Gemma3ForConditionalGeneration(cfg)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_((p * 8.0 if p.dim() >= 2 else 1.0 + torch.randn_like(p) * 0.2).bfloat16().float())
+    hf.save_pretrained(path, safe_serialization=True)
+    mc = read_model_config(path)
+    assert (mc.family, mc.full_attention_layers, mc.sliding_window, mc.hidden_size) == (
+        "gemma3_text_of_multimodal", (1,), 8, 64)
+    model = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    ids = _ids(sum(STEPS))
+    with torch.no_grad():
+        expected = hf.eval()(input_ids=torch.tensor([ids])).logits[0]
+    assert (_engine_logits(model, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+    prompt_ids = LLM(path).tokenizer.encode(PROMPTS[0])
+    out = LLM(path, num_kv_blocks=96, block_size=BLOCK).generate(
+        [PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True), use_tqdm=False)[0]
+    assert out.outputs[0].token_ids == _hf_greedy(path, prompt_ids, 16)
