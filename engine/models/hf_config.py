@@ -44,7 +44,7 @@ def llama(cfg: dict) -> dict[str, Any]:
 def qwen2(cfg: dict) -> dict[str, Any]:
     """Qwen2 / Qwen2.5-Coder: Llama with a bias on the q, k and v projections."""
     fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
-    return dict(fields, qkv_bias=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
+    return dict(fields, qkv_bias=True, **_qwen2_window(cfg, fields["num_layers"]))
 
 
 def gemma(cfg: dict) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def granite(cfg: dict) -> dict[str, Any]:
 def qwen3(cfg: dict) -> dict[str, Any]:
     """Qwen3 (dense): Llama with an RMSNorm over each head of q and k, head_dim from the config."""
     fields = llama(dict(cfg, mlp_bias=False))
-    return dict(fields, qk_norm=True, sliding_window=_qwen2_window(cfg, fields["num_layers"]))
+    return dict(fields, qk_norm=True, **_qwen2_window(cfg, fields["num_layers"]))
 
 
 def qwen3_moe(cfg: dict) -> dict[str, Any]:
@@ -394,16 +394,16 @@ def _yarn_attention_factor(factor: float, scaling: dict) -> float:
     return mscale(1.0)
 
 
-def _qwen2_window(cfg: dict, num_layers: int) -> int | None:
-    """The window when every layer slides, None when none does (Qwen2.5-Coder ships with
-    use_sliding_window false); windows on some layers only are refused."""
+def _qwen2_window(cfg: dict, num_layers: int) -> dict[str, Any]:
+    """The window and the layers without it: none when no layer slides (Qwen2.5-Coder ships with
+    use_sliding_window false), else the layers from max_window_layers on (layer_types where
+    written) have it."""
     if not cfg.get("use_sliding_window", False):
-        return None
+        return dict(sliding_window=None)
     types = cfg.get("layer_types") or [
         "sliding_attention" if i >= cfg.get("max_window_layers", num_layers) else "full_attention"
         for i in range(num_layers)]
-    if all(t == "full_attention" for t in types):
-        return None
-    if all(t == "sliding_attention" for t in types):
-        return _need(cfg, "sliding_window")
-    raise ValueError("Qwen2 with a sliding window on some layers only (max_window_layers) is not supported")
+    full = tuple(i for i, t in enumerate(types) if t == "full_attention")
+    if len(full) == num_layers:
+        return dict(sliding_window=None)
+    return dict(sliding_window=_need(cfg, "sliding_window"), full_attention_layers=full)

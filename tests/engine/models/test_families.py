@@ -217,14 +217,28 @@ def test_missing_key_is_a_value_error():
     assert family_for({"model_type": "starcoder2"}).name == "starcoder2"
 
 
-def test_qwen2_sliding_window_on_some_layers_is_refused():
+def test_qwen2_sliding_window_from_max_window_layers_on():
     cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 64, "hidden_size": 64,
            "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "use_sliding_window": True,
            "sliding_window": 16, "max_window_layers": 2}
-    with pytest.raises(ValueError, match="some layers"):
-        model_config(cfg)
-    assert model_config(dict(cfg, max_window_layers=0)).sliding_window == 16
+    some = model_config(cfg)
+    assert (some.sliding_window, some.full_attention_layers, some.backend_window) == (16, (0, 1), None)
+    every = model_config(dict(cfg, max_window_layers=0))
+    assert (every.sliding_window, every.full_attention_layers) == (16, ())
     assert model_config(dict(cfg, use_sliding_window=False)).sliding_window is None
+    assert model_config(dict(cfg, max_window_layers=4)).sliding_window is None
+
+
+def test_qwen2_with_a_window_on_its_later_layers_matches_transformers(tmp_path):
+    """Past the window of 8, layer 0 attends to every key and layer 1 to its window only."""
+    path = make_tiny_family(str(tmp_path), "qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    mc = read_model_config(path)
+    assert (mc.sliding_window, mc.full_attention_layers) == (8, (0,))
+    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    ids = _ids(sum(STEPS))
+    with torch.no_grad():
+        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
+    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
 
 
 def test_mistral_window_only_where_it_slides():
