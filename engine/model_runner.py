@@ -38,7 +38,7 @@ class ModelRunner:
         if model is None:
             model = load_model(config.model, model_config, self.dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.backend_window,
+        self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.sliding_window,
                                        routed=model_config.num_experts > 0, head_dim=model_config.head_dim,
                                        windows_per_layer=bool(model_config.full_attention_layers))
         packed = self.model.pack_for_cpu() if self.paths.cpu_kernels else 0

@@ -7,14 +7,15 @@ subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `
 `_SKIP`, `convert`), so the math is written once.
 
 Sliding window: a step in which some sequence holds more keys than the window runs its
-attention through the torch reference with the window mask (engine/attention/torch_ref.py)
-unless the given backend was built with the same window; a step within the window is plain
-causal attention, so any backend computes it. Where only some layers have the window (Gemma 3),
+attention through a twin of the given backend with the window (Triton, the torch reference with
+its mask), or through the torch reference where the backend takes no window (the C kernel); a
+step within the window is plain causal attention, so any backend computes it. Where only some layers have the window (Gemma 3),
 the backend has none and those layers take that choice alone, with a rotary of their own where
 the config gives them one.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Callable, Iterable
 
@@ -148,7 +149,8 @@ class DecoderForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.cpu_stack = None  # the whole-stack C kernel: Llama only (engine/models/llama.py)
-        self._window_backend = TorchRefBackend(cfg.sliding_window) if cfg.sliding_window else None
+        # A step backend's twin with the window: (the backend, its twin), by the backend's id.
+        self._windowed: dict[int, tuple[AttentionBackend, AttentionBackend]] = {}
 
     def rebuild_after_meta(self) -> None:
         """Recomputes what `to_empty` leaves uninitialized and the dtype cast must not touch: the
@@ -199,7 +201,10 @@ class DecoderForCausalLM(nn.Module):
             return backend
         if max(batch.context_lens, default=0) <= window:  # every key is inside the window: plain causal
             return backend
-        return self._window_backend
+        known = self._windowed.get(id(backend))
+        if known is None or known[0] is not backend:  # kept with its backend: an id is reused once freed
+            known = self._windowed[id(backend)] = (backend, _with_window(backend, window))
+        return known[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()
@@ -318,6 +323,16 @@ def _in_dtype(value: float, dtype: torch.dtype) -> float:
 
 def _rotary(cfg: ModelConfig) -> Rotary | None:
     return Rotary.for_config(cfg) if cfg.position_embedding == "rope" else None
+
+
+def _with_window(backend: AttentionBackend, window: int) -> AttentionBackend:
+    """The backend's kind with the window where that kind takes one (Triton, the reference: a Gemma
+    3 on a GPU keeps its windowed layers on the Triton kernels), else the reference with it."""
+    if hasattr(backend, "sliding_window"):
+        twin = copy.copy(backend)
+        twin.sliding_window = window
+        return twin
+    return TorchRefBackend(window)
 
 
 def _local_rotary(cfg: ModelConfig) -> Rotary | None:

@@ -404,3 +404,25 @@ def test_the_language_model_of_a_multimodal_gemma3_checkpoint_runs_as_text(tmp_p
     out = LLM(path, num_kv_blocks=96, block_size=BLOCK).generate(
         [PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True), use_tqdm=False)[0]
     assert out.outputs[0].token_ids == _hf_greedy(path, prompt_ids, 16)
+
+
+def test_gemma3_windowed_layers_keep_the_steps_backend_kind(tmp_path):
+    """Past the window, Gemma 3's windowed layers attend through a twin of the step's backend with
+    the window: the Triton kernels stay on them (here under the Triton interpreter), the C kernel
+    (no window) hands them to the reference; the logits are the reference's either way."""
+    pytest.importorskip("triton")
+    from engine.attention.triton_attention import TritonBackend
+
+    path = make_tiny_family(str(tmp_path), "gemma3")
+    mc = read_model_config(path)
+    model = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    ids = _ids(sum(STEPS))
+    reference = _engine_logits(model, TorchRefBackend(), ids)
+    triton = TritonBackend()
+    assert (_engine_logits(model, triton, ids) - reference).abs().max().item() < 1e-4
+    twin = model._attention_for(StepBatch.build([SeqChunk((1,), 30, (0, 1, 2, 3, 4, 5, 6, 7), 0)], BLOCK,
+                                                torch.device("cpu")), triton)
+    assert isinstance(twin, TritonBackend) and twin.sliding_window == 8 and triton.sliding_window is None
+    cpu_twin = model._attention_for(StepBatch.build([SeqChunk((1,), 30, tuple(range(8)), 0)], BLOCK,
+                                                    torch.device("cpu")), CpuBackend())
+    assert isinstance(cpu_twin, TorchRefBackend) and cpu_twin.sliding_window == 8
