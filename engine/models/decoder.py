@@ -2,16 +2,16 @@
 
 The layers are built from the ModelConfig (RMSNorm or LayerNorm, gated SiLU or plain GELU MLP,
 biases, full or partial rotary in either layout or learned absolute positions, per-head q/k norms,
-DeepSeek's latent attention, sequential or parallel residual, dense or mixture-of-experts MLPs). Each family's
-subclass only says how its checkpoint names map onto these modules (`_PREFIX`, `_RENAMES`,
-`_SKIP`, `convert`), so the math is written once.
+DeepSeek's latent attention, sequential or parallel residual or Gemma 3's normed blocks, dense or
+mixture-of-experts MLPs). Each family's subclass only says how its checkpoint names map onto these
+modules (`_PREFIX`, `_RENAMES`, `_SKIP`, `convert`), so the math is written once.
 
 Sliding window: a step in which some sequence holds more keys than the window runs its
 attention through a twin of the given backend with the window (Triton, the torch reference with
 its mask), or through the torch reference where the backend takes no window (the C kernel); a
-step within the window is plain causal attention, so any backend computes it. Where only some layers have the window (Gemma 3),
-the backend has none and those layers take that choice alone, with a rotary of their own where
-the config gives them one.
+step within the window is plain causal attention, so any backend computes it. Where only some
+layers have the window (Gemma 3), the backend has none and those layers take that choice alone,
+with a rotary of their own where the config gives them one.
 """
 from __future__ import annotations
 
@@ -166,16 +166,7 @@ class DecoderForCausalLM(nn.Module):
         """Hidden states of the rows in batch.logits_indices, after the final norm. `meta`: the
         backend's metadata for this batch when the caller prepared it (static steps, which models
         with a window on some layers only never get: engine/fast_paths.py)."""
-        windowed = None  # (backend, meta) of the layers with the window, where only some have it
-        if meta is None:
-            if self.config.full_attention_layers:
-                windowed_backend = self._attention_for(batch, backend)
-                meta = backend.prepare(batch)
-                windowed = (backend, meta) if windowed_backend is backend else (windowed_backend,
-                                                                                 windowed_backend.prepare(batch))
-            else:
-                backend = self._attention_for(batch, backend)
-                meta = backend.prepare(batch)
+        full, windowed = self._attention(batch, backend, meta)
         x = self.embed_tokens(batch.input_ids)
         if self.config.embed_scale != 1.0:  # rounded to x's dtype first, as Gemma does (Granite's 12 is exact)
             x = x * _in_dtype(self.config.embed_scale, x.dtype)
@@ -186,14 +177,26 @@ class DecoderForCausalLM(nn.Module):
             cos_sin = local_cos_sin = self.rotary.tables(batch.positions, x.dtype)
             if self.local_rotary is not None:
                 local_cos_sin = self.local_rotary.tables(batch.positions, x.dtype)
-        if self.cpu_stack is not None and self.cpu_stack.takes(batch, meta, x):
-            return self.norm(self.cpu_stack.run(x, cos_sin, kv_caches, batch, meta)[batch.logits_indices])
+        if self.cpu_stack is not None and self.cpu_stack.takes(batch, full[1], x):
+            return self.norm(self.cpu_stack.run(x, cos_sin, kv_caches, batch, full[1])[batch.logits_indices])
         for layer, kv_cache in zip(self.layers, kv_caches):
             if layer.windowed:
-                x = layer(x, local_cos_sin, kv_cache, batch, *(windowed or (backend, meta)))
+                x = layer(x, local_cos_sin, kv_cache, batch, *windowed)
             else:
-                x = layer(x, cos_sin, kv_cache, batch, backend, meta)
+                x = layer(x, cos_sin, kv_cache, batch, *full)
         return self.norm(x[batch.logits_indices])
+
+    def _attention(self, batch: StepBatch, backend: AttentionBackend,
+                   meta: Any) -> tuple[tuple[AttentionBackend, Any], tuple[AttentionBackend, Any]]:
+        """(backend, metadata) of the layers without the window, and of those with it."""
+        if meta is not None:  # a static step: its backend and metadata for every layer
+            return (backend, meta), (backend, meta)
+        windowed = self._attention_for(batch, backend)
+        if not self.config.full_attention_layers:  # the window on every layer, or on none
+            meta = windowed.prepare(batch)
+            return (windowed, meta), (windowed, meta)
+        meta = backend.prepare(batch)
+        return (backend, meta), ((backend, meta) if windowed is backend else (windowed, windowed.prepare(batch)))
 
     def _attention_for(self, batch: StepBatch, backend: AttentionBackend) -> AttentionBackend:
         window = self.config.sliding_window
