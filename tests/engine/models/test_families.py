@@ -426,3 +426,19 @@ def test_gemma3_windowed_layers_keep_the_steps_backend_kind(tmp_path):
     cpu_twin = model._attention_for(StepBatch.build([SeqChunk((1,), 30, tuple(range(8)), 0)], BLOCK,
                                                     torch.device("cpu")), CpuBackend())
     assert isinstance(cpu_twin, TorchRefBackend) and cpu_twin.sliding_window == 8
+
+
+def test_deepseek_coder_v2_lite_head_dims_through_both_backends(tmp_path):
+    """DeepSeek-Coder-V2-Lite's own widths (a latent of 512, rotary 64, 128-wide nope and value
+    parts: cached rows of 576) on a small model: the reference and the C attention kernel over those
+    rows equal transformers' logits."""
+    path = make_tiny_family(str(tmp_path), "deepseek_v2", kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128,
+                            v_head_dim=128, num_attention_heads=2, num_key_value_heads=2)
+    reference, packed, _ = _models(path)
+    assert reference.config.head_dim == 576
+    ids = _ids(sum(STEPS))
+    with torch.no_grad():
+        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
+    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+    if kernels.available():
+        assert (_engine_logits(packed, CpuBackend(), ids) - expected).abs().max().item() < 1e-4
