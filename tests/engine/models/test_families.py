@@ -57,6 +57,16 @@ def _engine_logits(model, backend, ids: list[int]) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _assert_reference_matches_transformers(path: str, mc) -> None:
+    """Every step's logits (STEPS), the engine's modules with the torch reference attention, within
+    1e-4 of transformers' (float32)."""
+    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
+    ids = _ids(sum(STEPS))
+    with torch.no_grad():
+        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
+    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+
+
 def _models(path: str):
     """The engine's model twice: plain modules with the torch reference attention, and with the
     CPU kernels (pack_for_cpu) and the CPU attention backend."""
@@ -234,11 +244,7 @@ def test_qwen2_with_a_window_on_its_later_layers_matches_transformers(tmp_path):
     path = make_tiny_family(str(tmp_path), "qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1)
     mc = read_model_config(path)
     assert (mc.sliding_window, mc.full_attention_layers) == (8, (0,))
-    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
-    ids = _ids(sum(STEPS))
-    with torch.no_grad():
-        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
-    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+    _assert_reference_matches_transformers(path, mc)
 
 
 def test_mistral_window_only_where_it_slides():
@@ -256,11 +262,7 @@ def test_gpt_bigcode_with_a_kv_head_per_query_head(tmp_path):
     path = make_tiny_family(str(tmp_path), "gpt_bigcode", multi_query=False)
     mc = read_model_config(path)
     assert mc.num_kv_heads == mc.num_heads == 4
-    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
-    ids = _ids(sum(STEPS))
-    with torch.no_grad():
-        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
-    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+    _assert_reference_matches_transformers(path, mc)
 
 
 def test_phi3_rotary_share_window_and_long_context_scaling():
@@ -341,11 +343,7 @@ def test_latent_attention_with_a_query_latent_matches_transformers(tmp_path):
     mc = read_model_config(path)
     assert mc.latent_attention.q_lora_rank == 24 and mc.rope_scaling == RopeScaling()
     assert mc.attention_scale == pytest.approx((16 + 8) ** -0.5)  # no YaRN, no mscale
-    reference = load_model(path, mc, torch.float32, torch.device("cpu")).eval().requires_grad_(False)
-    ids = _ids(sum(STEPS))
-    with torch.no_grad():
-        expected = _hf_model(path)(torch.tensor([ids])).logits[0]
-    assert (_engine_logits(reference, TorchRefBackend(), ids) - expected).abs().max().item() < 1e-4
+    _assert_reference_matches_transformers(path, mc)
 
 
 def test_gemma3_configs_as_the_published_checkpoints_write_them():
