@@ -191,9 +191,9 @@ def _mscale_squared(scaling: RopeScaling, cfg: dict) -> float:
     """YaRN's mscale of mscale_all_dim, squared: what DeepSeek's softmax scale is multiplied by."""
     params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     weight = params.get("mscale_all_dim")
-    if scaling.kind != "yarn" or not weight or scaling.factor <= 1:
+    if scaling.kind != "yarn" or not weight:
         return 1.0
-    return (0.1 * float(weight) * math.log(scaling.factor) + 1.0) ** 2
+    return _yarn_mscale(scaling.factor, float(weight)) ** 2
 
 
 def mistral(cfg: dict) -> dict[str, Any]:
@@ -385,13 +385,14 @@ def _yarn_attention_factor(factor: float, scaling: dict) -> float:
     terms, weighted by mscale and mscale_all_dim, where the config gives both)."""
     if scaling.get("attention_factor") is not None:
         return float(scaling["attention_factor"])
-
-    def mscale(weight: float) -> float:
-        return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
-
     if scaling.get("mscale") and scaling.get("mscale_all_dim"):
-        return mscale(float(scaling["mscale"])) / mscale(float(scaling["mscale_all_dim"]))
-    return mscale(1.0)
+        return _yarn_mscale(factor, float(scaling["mscale"])) / _yarn_mscale(factor, float(scaling["mscale_all_dim"]))
+    return _yarn_mscale(factor, 1.0)
+
+
+def _yarn_mscale(factor: float, weight: float) -> float:
+    """YaRN's 0.1 * weight * ln(factor) + 1, for a factor past 1 (else 1)."""
+    return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
 
 
 def _qwen2_window(cfg: dict, num_layers: int) -> dict[str, Any]:

@@ -1,7 +1,6 @@
-"""Qwen3-MoE (Qwen3-Coder-30B-A3B, Qwen3-30B-A3B), Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B) and
-DeepSeek-V2 (DeepSeek-Coder-V2-Lite) over the paged KV cache: mixture-of-experts MLPs
-(engine/models/moe.py); here, where each expert's checkpoint tensors go in the stacked expert
-parameters."""
+"""Qwen3-MoE (Qwen3-Coder-30B-A3B, Qwen3-30B-A3B) and Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B) over
+the paged KV cache: Qwen's attention with mixture-of-experts MLPs (engine/models/moe.py); here,
+where each expert's checkpoint tensors go in the stacked expert parameters."""
 from __future__ import annotations
 
 import re
@@ -53,14 +52,3 @@ class Qwen2MoeForCausalLM(Qwen3MoeForCausalLM):
     _RENAMES = (*Qwen3MoeForCausalLM._RENAMES,
                 ("shared_expert.gate_proj", "shared_expert.gate_up_proj", 0),
                 ("shared_expert.up_proj", "shared_expert.gate_up_proj", 1))
-
-
-class DeepseekV2ForCausalLM(Qwen3MoeForCausalLM):
-    """DeepSeek-V2 / DeepSeek-Coder-V2: the latent attention's projections keep their checkpoint
-    names (engine/models/mla.py); the experts as Qwen3-MoE's; the shared experts one gated MLP of
-    their summed width, with no gate of their own; dense layers as Llama's."""
-
-    _RENAMES = (("mlp.gate_proj", "mlp.gate_up_proj", 0), ("mlp.up_proj", "mlp.gate_up_proj", 1),
-                ("shared_experts.gate_proj", "shared_expert.gate_up_proj", 0),
-                ("shared_experts.up_proj", "shared_expert.gate_up_proj", 1),
-                ("shared_experts.down_proj", "shared_expert.down_proj", None))

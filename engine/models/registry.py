@@ -15,11 +15,12 @@ from engine.loader import hf_token_ids, read_folder_json
 from engine.models import hf_config
 from engine.models.codegen import CodeGenForCausalLM
 from engine.models.decoder import DecoderForCausalLM
+from engine.models.deepseek_v2 import DeepseekV2ForCausalLM
 from engine.models.gemma3 import Gemma3TextOfMultimodal
 from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.phi3 import Phi3ForCausalLM
-from engine.models.qwen3_moe import DeepseekV2ForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM
+from engine.models.qwen3_moe import Qwen2MoeForCausalLM, Qwen3MoeForCausalLM
 from engine.models.starcoder2 import Starcoder2ForCausalLM
 
 
