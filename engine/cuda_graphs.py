@@ -148,7 +148,9 @@ class StepGraphs:
 
     def _launch_of(self, bucket: Bucket) -> object | None:
         """The bucket's fixed launch (Triton), or None for a backend that picks its own."""
-        return launch_for_bucket(bucket) if self._triton else None
+        if not self._triton:
+            return None
+        return launch_for_bucket(bucket, self.backend.query_tile, self.backend.prefix_tile)
 
     def run(self, chunks: Sequence[SeqChunk]) -> torch.Tensor | None:
         """Logits of the step's rows through its bucket, or None when no bucket takes the step."""

@@ -45,12 +45,15 @@ class ModelRunner:
         if self.paths.triton_norm_rope:
             self.model.use_triton_kernels()
         fast_paths.report(self.paths, packed, self.model.cpu_stack is not None)
-        self.backend = get_backend(self.paths.attention, self.device.type, model_config.backend_window)
+        self.backend = get_backend(self.paths.attention, self.device.type, model_config.backend_window,
+                                   model_config.head_dim)
         self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
         mc = model_config
         # One block more than the scheduler hands out: padding rows of static steps write there.
-        self.kv_caches = zeroed((mc.num_layers, 2, self.num_blocks + 1, mc.num_kv_heads, config.block_size, mc.head_dim),
-                                self.dtype, self.device)
+        shape = (mc.num_layers, self._planes(), self.num_blocks + 1, mc.num_kv_heads, config.block_size, mc.head_dim)
+        self.kv_planes = zeroed(shape, self.dtype, self.device)
+        # [layers, 2 (keys, values), ...] whatever the planes: one plane is seen as both.
+        self.kv_caches = self.kv_planes.expand(shape[0], 2, *shape[2:])
         self.graphs = self._graphs() if self.paths.cuda_graphs else None
 
     def _graphs(self) -> StepGraphs | None:
@@ -81,9 +84,14 @@ class ModelRunner:
         return CostKey(model, device_name(self.device), str(self.dtype), torch.get_num_threads(), self.backend.name,
                        kernels)
 
+    def _planes(self) -> int:
+        """Cache planes: keys and values, or one for latent attention, whose cached row is both
+        the key and the value of every head (engine/models/mla.py)."""
+        return 1 if self.model_config.latent_attention is not None else 2
+
     def _blocks_for_memory(self, gigabytes: float) -> int:
         mc = self.model_config
-        per_block = 2 * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim
+        per_block = self._planes() * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim
         per_block *= torch.tensor([], dtype=self.dtype).element_size()
         return max(1, int(gigabytes * 2**30) // per_block)
 
@@ -91,7 +99,7 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
         """Runs the step's forward; returns float32 logits of the rows that need them, in order."""
         for src, dst in out.block_copies:
-            self.kv_caches[:, :, dst].copy_(self.kv_caches[:, :, src])
+            self.kv_planes[:, :, dst].copy_(self.kv_planes[:, :, src])
         chunks = self.chunks(out)
         if self.graphs is not None:
             logits = self.graphs.run(chunks)

@@ -160,16 +160,16 @@ def prepared(backend: object, batch: StepBatch, static: dict, bucket: Bucket, la
     return static[bucket]
 
 
-def launch_for_bucket(bucket: Bucket):
+def launch_for_bucket(bucket: Bucket, max_query_tile: int = 16, prefix_tile: int = 32):
     """Triton's fixed launch parameters for a bucket: query tiles as tall as its rows per sequence
-    need (at most 16), splits for few sequences with long contexts, the shared-prefix pass where
-    a bucket can hold siblings."""
+    need (at most the backend's), splits for few sequences with long contexts, the shared-prefix
+    pass where a bucket can hold siblings."""
     from engine.attention.triton_meta import LaunchConfig
 
     per_seq = -(-bucket.rows // bucket.seqs)
-    query_tile = min(16, 1 << (per_seq - 1).bit_length())
+    query_tile = min(max_query_tile, 1 << (per_seq - 1).bit_length())
     splits = 8 if bucket.seqs <= 4 else 4 if bucket.seqs <= 16 else 2 if bucket.seqs <= 48 else 1
-    return LaunchConfig(query_tile, 32, splits, bucket.seqs >= 2)
+    return LaunchConfig(query_tile, prefix_tile, splits, bucket.seqs >= 2)
 
 
 def seq_bucket_index(seqs: int) -> int:

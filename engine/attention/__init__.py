@@ -8,8 +8,10 @@ from engine.attention.torch_ref import TorchRefBackend
 BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
-def get_backend(name: str, device_type: str, sliding_window: int | None = None) -> AttentionBackend:
-    """The named backend (not "auto": engine/fast_paths.py resolves that)."""
+def get_backend(name: str, device_type: str, sliding_window: int | None = None,
+                head_dim: int | None = None) -> AttentionBackend:
+    """The named backend (not "auto": engine/fast_paths.py resolves that); `head_dim`, the model's,
+    sizes the Triton kernels' tiles."""
     if name not in BACKENDS or name == "auto":
         raise ValueError(f"unknown attention backend {name!r}; choose from {', '.join(BACKENDS[1:])}")
     if name == "cpu":
@@ -23,5 +25,5 @@ def get_backend(name: str, device_type: str, sliding_window: int | None = None) 
             raise ValueError("the triton attention backend runs on CUDA devices only")
         from engine.attention.triton_attention import TritonBackend
 
-        return TritonBackend(sliding_window=sliding_window)
+        return TritonBackend(sliding_window=sliding_window, head_dim=head_dim)
     return TorchRefBackend(sliding_window)

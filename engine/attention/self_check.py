@@ -12,7 +12,8 @@ BLOCK = 16
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 64
 
 
-def compare_with_reference(device: torch.device, dtype: torch.dtype, sliding_window: int | None = None) -> float:
+def compare_with_reference(device: torch.device, dtype: torch.dtype, sliding_window: int | None = None,
+                           heads: int = HEADS, kv_heads: int = KV_HEADS, head_dim: int = HEAD_DIM) -> float:
     """The largest absolute difference between the two backends' outputs on one step: a prefill
     chunk, two siblings sharing prompt blocks (a decode and a 1 + 4 verify), a long decode."""
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -22,15 +23,15 @@ def compare_with_reference(device: torch.device, dtype: torch.dtype, sliding_win
               SeqChunk(tuple(range(5)), 50, prompt + (9,), 0),
               SeqChunk((0,), 300, tuple(range(10, 29)), 0)]
     batch = StepBatch.build(chunks, BLOCK, device)
-    shape = (32, KV_HEADS, BLOCK, HEAD_DIM)
+    shape = (32, kv_heads, BLOCK, head_dim)
     k_cache = torch.randn(shape, generator=gen).to(device, dtype)
     v_cache = torch.randn(shape, generator=gen).to(device, dtype)
     rows = batch.num_tokens
-    q = torch.randn((rows, HEADS, HEAD_DIM), generator=gen).to(device, dtype)
-    k = torch.randn((rows, KV_HEADS, HEAD_DIM), generator=gen).to(device, dtype)
-    v = torch.randn((rows, KV_HEADS, HEAD_DIM), generator=gen).to(device, dtype)
+    q = torch.randn((rows, heads, head_dim), generator=gen).to(device, dtype)
+    k = torch.randn((rows, kv_heads, head_dim), generator=gen).to(device, dtype)
+    v = torch.randn((rows, kv_heads, head_dim), generator=gen).to(device, dtype)
     outs = []
-    for backend in (TritonBackend(sliding_window=sliding_window), TorchRefBackend(sliding_window)):
+    for backend in (TritonBackend(sliding_window=sliding_window, head_dim=head_dim), TorchRefBackend(sliding_window)):
         kc, vc = k_cache.clone(), v_cache.clone()
         outs.append(backend.forward(q, k, v, kc, vc, batch, backend.prepare(batch)).float())
     return (outs[0] - outs[1]).abs().max().item()

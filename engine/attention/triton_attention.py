@@ -23,6 +23,12 @@ from engine.step_batch import StepBatch
 
 LOG2E = 1.4426950408889634
 WRITE_ROWS = 32  # (token, kv head) rows per program of the cache write
+# Heads up to WIDE_HEAD dims run the default tiles. Wider ones (DeepSeek-V2's 576-wide latent rows,
+# padded to a 1024-wide tile) take tiles of 16 rows and 16 keys, the least tl.dot takes: a float32
+# accumulator of 16 x 1024 already fills a block's registers, and a key tile with its value tile
+# 64 KB of shared memory.
+WIDE_HEAD = 256
+WIDE_TILE = 16
 
 
 @triton.jit
@@ -356,9 +362,14 @@ class TritonBackend:
 
     def __init__(self, sliding_window: int | None = None, query_tile: int = 16, prefix_tile: int = 32,
                  key_tile: int = 64, max_rows: int = 128, num_splits: int | None = None,
-                 cascade: bool | None = None) -> None:
+                 cascade: bool | None = None, head_dim: int | None = None) -> None:
+        """`head_dim`: the model's, where it is known; heads wider than WIDE_HEAD cap every tile
+        at WIDE_TILE."""
         if key_tile < 16 or key_tile & (key_tile - 1):
             raise ValueError(f"key_tile must be a power of two >= 16, got {key_tile}")
+        if head_dim is not None and triton.next_power_of_2(head_dim) > WIDE_HEAD:
+            query_tile, prefix_tile = min(query_tile, WIDE_TILE), min(prefix_tile, WIDE_TILE)
+            key_tile, max_rows = min(key_tile, WIDE_TILE), min(max_rows, WIDE_TILE)
         self.sliding_window = sliding_window
         self.query_tile, self.prefix_tile, self.key_tile, self.max_rows = query_tile, prefix_tile, key_tile, max_rows
         self.num_splits, self.cascade = num_splits, cascade

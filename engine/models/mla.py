@@ -3,7 +3,8 @@
 Every head's key and value come out of one latent per token (kv_a_proj_with_mqa, kv_a_layernorm,
 then kv_b_proj), plus a rotary part that all heads share. The cache keeps only that: one KV
 head of [rotary part | latent] per token, qk_rope_head_dim + kv_lora_rank wide (576 for
-DeepSeek-Coder-V2-Lite, against 16 heads x 192 + 128 expanded). The key projection of kv_b_proj
+DeepSeek-Coder-V2-Lite, against 16 heads x 192 + 128 expanded), in one plane that the backends
+see as both the keys and the values (engine/model_runner.py). The key projection of kv_b_proj
 is applied to the queries instead (q_nope . W_uk c = (W_uk^T q_nope) . c), so that attention runs
 over the latents as multi-query attention through any backend, with values the same rows as the
 keys; the value projection is applied to each head's attended latent afterwards. The same sums

@@ -52,18 +52,23 @@ def test_the_sampling_noise_kernel_goes_by_its_own_check_alone(monkeypatch):
     assert not fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).triton_noise
 
 
-def test_heads_wider_than_the_triton_kernel_take_the_reference(monkeypatch):
-    """DeepSeek-V2's latent attention runs over 576-dim rows: the torch reference, hence no graphs,
-    and an explicit request for Triton is refused by name."""
-    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
+def test_wide_heads_take_triton_after_a_check_at_their_width(monkeypatch):
+    """DeepSeek-V2's latent attention runs over 576-dim rows: Triton attention (its wide tiles),
+    checked at that width too, and graphs with the Triton experts; heads past the widest tile the
+    kernels are compiled for take the reference, and an explicit request for Triton is refused by name."""
+    checked = []
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: checked.append(args[3]))
     monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
     monkeypatch.setattr(fast_paths, "noise_problem", lambda device: None)
     assert fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, head_dim=256).attention == "triton"
     wide = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True, head_dim=576)
-    assert wide.attention == "torch" and not wide.cuda_graphs and not wide.triton_norm_rope
-    assert any("heads of 576 dims" in note for note in wide.notes)
-    with pytest.raises(ValueError, match="heads of 576 dims"):
-        fast_paths.choose(EngineConfig(attention_backend="triton"), CUDA, torch.bfloat16, head_dim=576)
+    assert wide.attention == "triton" and wide.cuda_graphs and wide.triton_norm_rope
+    assert checked == [256, 576]
+    wider = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True, head_dim=2048)
+    assert wider.attention == "torch" and not wider.cuda_graphs and not wider.triton_norm_rope
+    assert any("heads of 2048 dims" in note for note in wider.notes)
+    with pytest.raises(ValueError, match="heads of 2048 dims"):
+        fast_paths.choose(EngineConfig(attention_backend="triton"), CUDA, torch.bfloat16, head_dim=2048)
 
 
 def test_a_window_on_some_layers_only_runs_without_graphs(monkeypatch):

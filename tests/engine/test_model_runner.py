@@ -72,3 +72,31 @@ def test_a_capture_that_fails_leaves_eager_steps_and_says_why(monkeypatch):
     assert not runner.paths.cuda_graphs and "capture failed: RuntimeError" in runner.paths.describe()
     out = llm.generate(["def f(x):"], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4
+
+
+def test_latent_attention_caches_one_plane_seen_as_keys_and_values(tmp_path, monkeypatch):
+    """DeepSeek-V2's cached row is both key and value: one plane, so a memory budget holds twice the
+    blocks, and the engine's tokens (siblings sharing their prompt's blocks, drafting on) are those
+    of a cache that keeps the row twice."""
+    from engine import LLM, SamplingParams
+    from engine.model_runner import ModelRunner
+    from tests.conftest import make_tiny_family
+
+    path = make_tiny_family(str(tmp_path), "deepseek_v2")
+    prompts = ["def add(a, b):\n    return", "class Stack:\n    def push(self, x):"]
+    params = SamplingParams(n=3, temperature=0.8, seed=5, max_tokens=12)
+
+    def run() -> tuple[ModelRunner, list[list[int]]]:
+        llm = LLM(path, num_kv_blocks=40, block_size=4)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return llm.engine.runner, [list(c.token_ids) for o in outs for c in o.outputs]
+
+    runner, tokens = run()
+    caches = runner.kv_caches
+    assert caches.shape[1] == 2 and runner.kv_planes.shape[1] == 1
+    assert caches[:, 0].data_ptr() == caches[:, 1].data_ptr() and caches.abs().sum() > 0
+    one_plane = runner._blocks_for_memory(0.01)
+    monkeypatch.setattr(ModelRunner, "_planes", lambda self: 2)
+    two_planes, twice = run()
+    assert twice == tokens and two_planes.kv_planes.shape[1] == 2
+    assert one_plane // 2 <= two_planes._blocks_for_memory(0.01) <= one_plane // 2 + 1

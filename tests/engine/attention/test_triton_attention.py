@@ -278,6 +278,48 @@ def test_the_start_up_self_check_passes_and_catches_a_broken_kernel(monkeypatch)
     assert self_check.compare_with_reference(DEVICE, torch.float32) > 1e-3
 
 
+def test_heads_wider_than_the_default_tiles_take_tiles_of_sixteen():
+    """A 576-wide latent row pads to a 1024-wide tile: every tile at 16 rows (registers and shared
+    memory); heads up to 256 keep the default tiles."""
+    wide = TritonBackend(head_dim=576)
+    assert (wide.query_tile, wide.prefix_tile, wide.key_tile, wide.max_rows) == (16, 16, 16, 16)
+    default = TritonBackend(head_dim=256)
+    assert (default.query_tile, default.prefix_tile, default.key_tile, default.max_rows) == (16, 32, 64, 128)
+
+
+@pytest.mark.parametrize("launch", [None, LaunchConfig(16, 16, 2, True)])
+def test_latent_rows_one_cache_for_keys_and_values(launch):
+    """DeepSeek-V2's latent attention: 16 query heads over one 576-wide cached row per token that is
+    both key and value, one cache tensor seen as both (engine/model_runner.py): the Triton backend
+    at its wide tiles equals the reference, prefill chunks, decodes and verifies of siblings alike."""
+    batch, padded = _step(MIXED, 8, seed=3, pad_rows=2)
+    q, k, _, cache, _ = _inputs(padded, 16, 1, 576, torch.float32, seed=3)
+    rows = batch.num_tokens
+    ref_cache = cache.clone()
+    ref = TorchRefBackend()
+    want = ref.forward(q[:rows], k[:rows], k[:rows], ref_cache, ref_cache, batch, ref.prepare(batch))
+    backend = TritonBackend(head_dim=576)
+    meta = backend.prepare(padded, launch)
+    with _no_read_back():
+        out = backend.forward(q, k, k, cache, cache, padded, meta)
+    assert torch.equal(cache, ref_cache)
+    torch.testing.assert_close(out[:rows], want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_start_up_check_of_wide_heads_runs_at_their_width(monkeypatch):
+    """fast_paths checks wide heads at the model's width as well: a kernel that is only off there
+    is caught."""
+    from engine import fast_paths
+    from engine.attention import triton_attention
+
+    assert fast_paths.triton_problem(DEVICE, torch.float32, None, 576) is None
+    real = triton_attention.TritonBackend.forward
+    monkeypatch.setattr(triton_attention.TritonBackend, "forward",
+                        lambda self, q, *args: real(self, q, *args) * (1.01 if q.shape[-1] > 256 else 1.0))
+    assert fast_paths.triton_problem(DEVICE, torch.float32, None, 128) is None
+    assert "at heads of 576" in fast_paths.triton_problem(DEVICE, torch.float32, None, 576)
+
+
 @pytest.mark.parametrize("meta_in_graph", [True, False])
 def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_dir, meta_in_graph):
     """What a CUDA graph replays (engine/static_step.py with each bucket's fixed launch; the
@@ -307,6 +349,37 @@ def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_
         runner.kv_caches.copy_(start)
         torch.testing.assert_close(graphs.run(chunks), eager, rtol=1e-4, atol=1e-4)
     assert len(static.metas) == (0 if meta_in_graph else 2) and graphs.replays == 3
+
+
+def test_static_steps_of_wide_latent_rows_equal_the_eager_reference(tmp_path):
+    """DeepSeek-V2 with latent rows wider than the default tiles take (288: a 512-wide tile): what a
+    CUDA graph replays, with the bucket's launch at the backend's wide tiles, equals the torch
+    reference's eager step over the one-plane cache."""
+    from engine.config import EngineConfig
+    from engine.cuda_graphs import StepGraphs
+    from engine.model_runner import ModelRunner
+    from engine.models.registry import read_model_config
+    from engine.static_step import StaticStep
+    from tests.conftest import make_tiny_family
+
+    path = make_tiny_family(str(tmp_path), "deepseek_v2", kv_lora_rank=280)
+    config = EngineConfig(model=path, num_kv_blocks=64, block_size=4, attention_backend="torch")
+    runner = ModelRunner(config, read_model_config(path))
+    assert runner.model_config.head_dim == 288 and runner.kv_planes.shape[1] == 1
+    static = StaticStep(8, 32, 16, 4, runner.num_blocks, runner.model_config.vocab_size, runner.device)
+    backend = TritonBackend(head_dim=288)
+    graphs = StepGraphs(runner.model, runner.kv_caches, backend, static, capture=False)
+    torch.manual_seed(0)
+    start = torch.randn_like(runner.kv_planes)
+    prompt = (3, 4)
+    chunks = [SeqChunk((7,), 8, prompt + (10, 11), 0), SeqChunk((8, 9, 10), 9, prompt + (12, 13), 0),
+              SeqChunk((9,), 15, (20, 21, 22, 23), 0)]
+    runner.kv_planes.copy_(start)
+    eager = runner.model.compute_logits(runner.model(StepBatch.build(chunks, 4, runner.device), runner.kv_caches,
+                                                     runner.backend))
+    runner.kv_planes.copy_(start)
+    torch.testing.assert_close(graphs.run(chunks), eager, rtol=1e-4, atol=1e-4)
+    assert graphs._launch_of(static.bucket(chunks)).prefix_tile == 16
 
 
 @pytest.mark.gpu

@@ -45,9 +45,10 @@ _POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp
 BLOCK = 16
 # (query heads, kv heads, head dim, sliding window): CodeLlama-7B, GQA (Qwen2.5-Coder-7B-like), a
 # window (Mistral-7B-v0.1, StarCoder2), 6 query heads per kv head (Codestral-22B), multi-query
-# (StarCoder-15B), heads of 256 (CodeGemma-7B, and CodeGemma-2B's multi-query).
+# (StarCoder-15B), heads of 256 (CodeGemma-7B, and CodeGemma-2B's multi-query), DeepSeek-Coder-V2-Lite's
+# latent rows (16 heads over one 576-wide row: the wide tiles).
 SHAPES = ((32, 32, 128, None), (32, 8, 128, None), (32, 8, 128, 4096), (48, 8, 128, None), (48, 1, 128, None),
-          (16, 16, 256, None), (8, 1, 256, None))
+          (16, 16, 256, None), (8, 1, 256, None), (16, 1, 576, None))
 # Shared memory a block may use (bytes): past it a launch fails on the device, not the compile.
 SHARED_LIMIT = {80: 166912, 90: 232448}
 
@@ -108,16 +109,17 @@ def _launches_of_attention(launches: Launches, dtype: torch.dtype, heads: int, k
                            window: int | None) -> None:
     blocks = 600
     cache = torch.zeros(blocks, kv_heads, BLOCK, head_dim, dtype=dtype)
-    backend = ta.TritonBackend(sliding_window=window)
+    backend = ta.TritonBackend(sliding_window=window, head_dim=head_dim)
     for chunks in _attention_steps():
         batch = StepBatch.build(chunks, BLOCK, torch.device("cpu"))
         t = batch.num_tokens
         q = torch.zeros(t, heads, head_dim, dtype=dtype)
         kv = torch.zeros(t, kv_heads, head_dim, dtype=dtype)
         per_seq = max(batch.query_lens)
-        tile = min(16, triton.next_power_of_2(per_seq))
+        tile = min(backend.query_tile, triton.next_power_of_2(per_seq))
         launches_of_step = {backend.launch_for(batch, None)}
-        launches_of_step |= {LaunchConfig(tile, 32, splits, cascade) for splits in (1, 4) for cascade in (False, True)}
+        launches_of_step |= {LaunchConfig(tile, backend.prefix_tile, splits, cascade) for splits in (1, 4)
+                             for cascade in (False, True)}
         for launch in launches_of_step:
             backend.forward(q, kv, kv, cache, cache, batch, backend.prepare(batch, launch))
 
