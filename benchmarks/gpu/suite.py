@@ -21,8 +21,9 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
   f  every other family's tiny random model (tests/conftest.py: Qwen2, DeepSeek, Llama 3.1's and
      YaRN's rope scaling, Qwen3, Qwen3-MoE, Qwen2-MoE, DeepSeek-V2's latent attention, Gemma,
      Gemma 3, Phi-3 and its longrope, Granite, Mistral, StarCoder2, GPTBigCode, CodeGen) on the device,
-     float32: greedy == Hugging Face greedy, drafting == plain, no leaked block; Qwen3-MoE also in
-     bf16 (the Triton experts, graphs holding them). Last, so that the time budget skips it first.
+     float32: greedy == Hugging Face greedy, drafting == plain, no leaked block; DeepSeek-V2 also at
+     DeepSeek-Coder-V2-Lite's 576-wide latent rows (the Triton kernels' wide tiles); Qwen3-MoE and that
+     one also in bf16 (the Triton experts, graphs holding them). Last, so that the time budget skips it first.
 Writes gpu_suite_<stamp>.json/.md under benchmarks/results/ and, where $OUT is set, there too.
 The step costs of b and c are also written as a cost table the simulated device replays
 (benchmarks/simulated_device.py --table).
@@ -364,10 +365,13 @@ def families(args, device) -> dict:
     options = dict(device=args.device, dtype="float32", num_kv_blocks=128, block_size=16, max_num_seqs=4,
                    max_num_batched_tokens=256, cuda_graph_max_rows=64)
     out = {}
-    families = tuple(FAMILY_MODELS)
-    for family in families[:2] if args.quick else families:
+    cases = [(family, family, {}) for family in FAMILY_MODELS]
+    # DeepSeek-Coder-V2-Lite's latent rows (576 wide): the Triton kernels' wide tiles.
+    cases.append(("deepseek_v2 576", "deepseek_v2", dict(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128,
+                                                          v_head_dim=128)))
+    for label, family, overrides in cases[:2] if args.quick else cases:
         start = time.monotonic()
-        path = make_tiny_family(tempfile.mkdtemp(prefix=f"suite-{family}-"), family)
+        path = make_tiny_family(tempfile.mkdtemp(prefix=f"suite-{family}-"), family, **overrides)
         plain = LLM(path, **options)
         ids = [o.outputs[0].token_ids for o in plain.generate(prompts, greedy, use_tqdm=False)]
         drafted = LLM(path, proposer=build_proposer(SpecConfig(policy="fixed")), **options)
@@ -380,14 +384,15 @@ def families(args, device) -> dict:
                                  eos_token_id=[], pad_token_id=0)[0, x.shape[1]:].tolist()
             same += theirs == mine
         leaked = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free for e in (plain, drafted))
-        out[family] = {"greedy_equals_hf": f"{same}/{len(prompts)}", "drafting_equals_plain": same_drafted,
-                       "leaked_blocks": leaked, "fast_paths": plain.engine.runner.paths.describe(),
-                       "seconds": round(time.monotonic() - start, 1)}
-        if family == "qwen3_moe" and device.type == "cuda":  # bf16: the Triton experts, and graphs holding them
+        out[label] = {"greedy_equals_hf": f"{same}/{len(prompts)}", "drafting_equals_plain": same_drafted,
+                      "leaked_blocks": leaked, "fast_paths": plain.engine.runner.paths.describe(),
+                      "seconds": round(time.monotonic() - start, 1)}
+        # bf16: the Triton experts, and graphs holding them (and the latent rows' wide tiles)
+        if label in ("qwen3_moe", "deepseek_v2 576") and device.type == "cuda":
             half = LLM(path, **dict(options, dtype="bfloat16"))
             ids16 = [o.outputs[0].token_ids for o in half.generate(prompts, greedy, use_tqdm=False)]
-            out["qwen3_moe bf16"] = {"greedy_equals_float32": f"{sum(a == b for a, b in zip(ids16, ids))}/{len(ids)}",
-                                     "fast_paths": half.engine.runner.paths.describe()}
+            out[f"{label} bf16"] = {"greedy_equals_float32": f"{sum(a == b for a, b in zip(ids16, ids))}/{len(ids)}",
+                                    "fast_paths": half.engine.runner.paths.describe()}
             del half
         del plain, drafted, hf
         shapes.free(device)
