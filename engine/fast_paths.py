@@ -52,18 +52,15 @@ class FastPaths:
 
 
 def choose(config: EngineConfig, device: torch.device, dtype: torch.dtype,
-           sliding_window: int | None = None, routed: bool = False, head_dim: int = 128,
-           windows_per_layer: bool = False) -> FastPaths:
+           sliding_window: int | None = None, routed: bool = False, head_dim: int = 128) -> FastPaths:
     """`routed`: the model has mixture-of-experts layers, whose reference reads the routing back
     to the host every layer (engine/models/moe.py): no CUDA graph can capture that, only the
     Triton experts' kernels (engine/kernels/triton_moe.py, on with the other Triton kernels).
-    `head_dim`: what attention runs over (the cached latent's width for DeepSeek-V2).
-    `windows_per_layer`: only some layers have the window (Gemma 3), which the model picks per
-    layer and step, outside what a graph holds."""
+    `head_dim`: what attention runs over (the cached latent's width for DeepSeek-V2)."""
     if device.type == "cpu":
         return _cpu(config)
     if device.type == "cuda":
-        return _cuda(config, device, dtype, sliding_window, routed, head_dim, windows_per_layer)
+        return _cuda(config, device, dtype, sliding_window, routed, head_dim)
     return FastPaths(_named(config, "torch"), False, False, False, notes=(f"no fast paths on {device.type}",))
 
 
@@ -79,7 +76,7 @@ def _cpu(config: EngineConfig) -> FastPaths:
 
 
 def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None,
-          routed: bool, head_dim: int, windows_per_layer: bool = False) -> FastPaths:
+          routed: bool, head_dim: int) -> FastPaths:
     notes: list[str] = []
     attention = _named(config, "triton")
     if attention == "triton":
@@ -99,13 +96,11 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
             notes.append(f"Triton RMSNorm/RoPE/SiLU off ({problem})")
             fused = False
     # The reference's metadata is not static; nor is the reference mixture of experts' routing.
-    graphs = config.cuda_graphs and attention == "triton" and (fused or not routed) and not windows_per_layer
+    graphs = config.cuda_graphs and attention == "triton" and (fused or not routed)
     if not config.cuda_graphs:
         notes.append("CUDA graphs switched off")
     elif attention != "triton":
         notes.append("CUDA graphs need Triton attention")
-    elif windows_per_layer:
-        notes.append("CUDA graphs off (a window on some layers only, chosen per step)")
     elif not graphs:
         notes.append("CUDA graphs off (mixture-of-experts layers route on the host without the Triton kernels)")
     problem = noise_problem(device)

@@ -39,8 +39,7 @@ class ModelRunner:
             model = load_model(config.model, model_config, self.dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.sliding_window,
-                                       routed=model_config.num_experts > 0, head_dim=model_config.head_dim,
-                                       windows_per_layer=bool(model_config.full_attention_layers))
+                                       routed=model_config.num_experts > 0, head_dim=model_config.head_dim)
         packed = self.model.pack_for_cpu() if self.paths.cpu_kernels else 0
         if self.paths.triton_norm_rope:
             self.model.use_triton_kernels()

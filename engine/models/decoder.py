@@ -11,7 +11,9 @@ attention through a twin of the given backend with the window (Triton, the torch
 its mask), or through the torch reference where the backend takes no window (the C kernel); a
 step within the window is plain causal attention, so any backend computes it. Where only some
 layers have the window (Gemma 3), the backend has none and those layers take that choice alone,
-with a rotary of their own where the config gives them one.
+with a rotary of their own where the config gives them one. A static step (what a CUDA graph
+replays, always Triton) runs those layers through the twin on the step's one metadata: Triton's
+does not depend on the window, which its kernels apply.
 """
 from __future__ import annotations
 
@@ -164,8 +166,7 @@ class DecoderForCausalLM(nn.Module):
     def forward(self, batch: StepBatch, kv_caches: torch.Tensor, backend: AttentionBackend,
                 meta: Any = None) -> torch.Tensor:
         """Hidden states of the rows in batch.logits_indices, after the final norm. `meta`: the
-        backend's metadata for this batch when the caller prepared it (static steps, which models
-        with a window on some layers only never get: engine/fast_paths.py)."""
+        backend's metadata for this batch when the caller prepared it (static steps)."""
         full, windowed = self._attention(batch, backend, meta)
         x = self.embed_tokens(batch.input_ids)
         if self.config.embed_scale != 1.0:  # rounded to x's dtype first, as Gemma does (Granite's 12 is exact)
@@ -190,7 +191,11 @@ class DecoderForCausalLM(nn.Module):
                    meta: Any) -> tuple[tuple[AttentionBackend, Any], tuple[AttentionBackend, Any]]:
         """(backend, metadata) of the layers without the window, and of those with it."""
         if meta is not None:  # a static step: its backend and metadata for every layer
-            return (backend, meta), (backend, meta)
+            if not self.config.full_attention_layers or self.config.sliding_window is None:
+                return (backend, meta), (backend, meta)
+            if getattr(backend, "name", "") != "triton":
+                raise ValueError("a static step of a model with a window on some layers needs the Triton backend")
+            return (backend, meta), (self._twin(backend), meta)
         windowed = self._attention_for(batch, backend)
         if not self.config.full_attention_layers:  # the window on every layer, or on none
             meta = windowed.prepare(batch)
@@ -204,9 +209,13 @@ class DecoderForCausalLM(nn.Module):
             return backend
         if max(batch.context_lens, default=0) <= window:  # every key is inside the window: plain causal
             return backend
+        return self._twin(backend)
+
+    def _twin(self, backend: AttentionBackend) -> AttentionBackend:
+        """The backend's twin with the model's window, made once per backend."""
         known = self._windowed.get(id(backend))
         if known is None or known[0] is not backend:  # kept with its backend: an id is reused once freed
-            known = self._windowed[id(backend)] = (backend, _with_window(backend, window))
+            known = self._windowed[id(backend)] = (backend, _with_window(backend, self.config.sliding_window))
         return known[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -69,13 +69,3 @@ def test_wide_heads_take_triton_after_a_check_at_their_width(monkeypatch):
     assert any("heads of 2048 dims" in note for note in wider.notes)
     with pytest.raises(ValueError, match="heads of 2048 dims"):
         fast_paths.choose(EngineConfig(attention_backend="triton"), CUDA, torch.bfloat16, head_dim=2048)
-
-
-def test_a_window_on_some_layers_only_runs_without_graphs(monkeypatch):
-    """Gemma 3: the model picks each layer's attention per step, which no graph holds."""
-    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
-    monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
-    monkeypatch.setattr(fast_paths, "noise_problem", lambda device: None)
-    paths = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, windows_per_layer=True)
-    assert paths.attention == "triton" and not paths.cuda_graphs
-    assert "CUDA graphs off (a window on some layers only, chosen per step)" in paths.notes

@@ -351,10 +351,15 @@ def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_
     assert len(static.metas) == (0 if meta_in_graph else 2) and graphs.replays == 3
 
 
-def test_static_steps_of_wide_latent_rows_equal_the_eager_reference(tmp_path):
-    """DeepSeek-V2 with latent rows wider than the default tiles take (288: a 512-wide tile): what a
-    CUDA graph replays, with the bucket's launch at the backend's wide tiles, equals the torch
-    reference's eager step over the one-plane cache."""
+@pytest.mark.parametrize("family,overrides,prefix_tile", [
+    ("deepseek_v2", {"kv_lora_rank": 280}, 16),  # latent rows of 288: the wide tiles
+    ("gemma3", {}, 32),  # a window on one layer of two
+])
+def test_static_steps_of_other_families_equal_the_eager_reference(tmp_path, family, overrides, prefix_tile):
+    """What a CUDA graph replays (the bucket's fixed launch at the backend's tiles) equals the torch
+    reference's eager step: DeepSeek-V2 with latent rows wider than the default tiles take, over the
+    one-plane cache; Gemma 3, contexts past its window, whose windowed layers take the Triton
+    backend's windowed twin on the step's one metadata."""
     from engine.config import EngineConfig
     from engine.cuda_graphs import StepGraphs
     from engine.model_runner import ModelRunner
@@ -362,24 +367,27 @@ def test_static_steps_of_wide_latent_rows_equal_the_eager_reference(tmp_path):
     from engine.static_step import StaticStep
     from tests.conftest import make_tiny_family
 
-    path = make_tiny_family(str(tmp_path), "deepseek_v2", kv_lora_rank=280)
+    path = make_tiny_family(str(tmp_path), family, **overrides)
     config = EngineConfig(model=path, num_kv_blocks=64, block_size=4, attention_backend="torch")
     runner = ModelRunner(config, read_model_config(path))
-    assert runner.model_config.head_dim == 288 and runner.kv_planes.shape[1] == 1
-    static = StaticStep(8, 32, 16, 4, runner.num_blocks, runner.model_config.vocab_size, runner.device)
-    backend = TritonBackend(head_dim=288)
-    graphs = StepGraphs(runner.model, runner.kv_caches, backend, static, capture=False)
+    mc = runner.model_config
+    static = StaticStep(8, 32, 16, 4, runner.num_blocks, mc.vocab_size, runner.device)
+    graphs = StepGraphs(runner.model, runner.kv_caches, TritonBackend(head_dim=mc.head_dim), static, capture=False)
     torch.manual_seed(0)
     start = torch.randn_like(runner.kv_planes)
     prompt = (3, 4)
     chunks = [SeqChunk((7,), 8, prompt + (10, 11), 0), SeqChunk((8, 9, 10), 9, prompt + (12, 13), 0),
               SeqChunk((9,), 15, (20, 21, 22, 23), 0)]
     runner.kv_planes.copy_(start)
-    eager = runner.model.compute_logits(runner.model(StepBatch.build(chunks, 4, runner.device), runner.kv_caches,
-                                                     runner.backend))
+    batch = StepBatch.build(chunks, 4, runner.device)
+    eager = runner.model.compute_logits(runner.model(batch, runner.kv_caches, runner.backend))
     runner.kv_planes.copy_(start)
     torch.testing.assert_close(graphs.run(chunks), eager, rtol=1e-4, atol=1e-4)
-    assert graphs._launch_of(static.bucket(chunks)).prefix_tile == 16
+    assert graphs._launch_of(static.bucket(chunks)).prefix_tile == prefix_tile
+    if family == "gemma3":  # the window matters here: windowed layers without it differ
+        runner.kv_planes.copy_(start)
+        runner.model._twin = lambda backend: backend
+        assert (graphs.run(chunks) - eager).abs().max() > 1e-3
 
 
 @pytest.mark.gpu
