@@ -2,6 +2,7 @@
 then generation as for /v1/completions, answered as chat completions (api/chat_output.py)."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -9,13 +10,14 @@ from aiohttp import web
 
 from api.chat_output import ChatChunks, chat_response
 from api.chat_schemas import ChatRequest
-from api.chat_template import ChatTemplateError
+from api.chat_template import ChatTemplate, ChatTemplateError
 from api.completions import CompletionPlan, build_plan
 from api.errors import bad_request
 from api.generation import CLIENT, answer, read_request, state_of
 from api.schemas import SAMPLING_FIELDS, CompletionRequest
 from api.state import AppState
 from api.streaming import CompletionStream
+from api.tool_calls import ToolCalling, arguments_as_objects
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -24,27 +26,33 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         req = await read_request(request, ChatRequest)
         top = req.top_logprobs or 0
-        plan = await build_chat_plan(req, state, request[CLIENT])
+        plan, calls = await build_chat_plan(req, state, request[CLIENT])
         del req
-        return await answer(request, plan, arrival, lambda p, finals: chat_response(p, finals, state.engine, top),
-                            lambda: CompletionStream(request, plan, state.engine, ChatChunks(top)))
+        return await answer(request, plan, arrival,
+                            lambda p, finals: chat_response(p, finals, state.engine, top, calls),
+                            lambda: CompletionStream(request, plan, state.engine, ChatChunks(top, calls)))
     finally:
         state.memory.after_request(request.content_length)
 
 
-async def build_chat_plan(req: ChatRequest, state: AppState, client: str) -> CompletionPlan:
+async def build_chat_plan(req: ChatRequest, state: AppState,
+                          client: str) -> tuple[CompletionPlan, ToolCalling | None]:
+    """The plan, and how to read tool calls out of its outputs (None: the request has no tools)."""
     template = state.chat_template
     if template is None:
         raise bad_request(f"This model cannot chat: {state.chat_template_error}. Use /v1/completions.",
                           param="messages", code="chat_template_missing")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
-    messages = [m.template_dict() for m in req.messages]
+    calls = tool_calling(req, template)
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if calls is not None else None
+    messages = arguments_as_objects([m.template_dict() for m in req.messages])
     texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+    texts += [json.dumps(tools)] if tools else []
     state.prompts.check_length(texts)
     tokenizer = state.engine.tokenizer
     try:
-        ids = await state.prompts.run(sum(map(len, texts)), lambda: template.prompt_ids(tokenizer, messages))
+        ids = await state.prompts.run(sum(map(len, texts)), lambda: template.prompt_ids(tokenizer, messages, tools))
     except ChatTemplateError as e:
         raise bad_request(f"The model's chat template refused the messages: {e}", param="messages",
                           code="invalid_messages") from None
@@ -59,4 +67,24 @@ async def build_chat_plan(req: ChatRequest, state: AppState, client: str) -> Com
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)
     plan.request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    return plan
+    return plan, calls
+
+
+def tool_calling(req: ChatRequest, template: ChatTemplate) -> ToolCalling | None:
+    """The request's tool calling, or None (no tools, or tool_choice none); a 400 for what this
+    server cannot honour: a call forced (required, or a named function) without constrained
+    decoding, or tools for a model whose template writes no call format it reads."""
+    choice = req.tool_choice
+    if choice == "none" or (not req.tools and choice in (None, "auto")):
+        return None
+    if not req.tools:
+        raise bad_request("tool_choice names a call but no tools were given.", param="tool_choice")
+    if choice not in (None, "auto"):
+        raise bad_request("tool_choice 'required' or a named function needs constrained decoding, which this "
+                          "server does not do; use 'auto'.", param="tool_choice", code="tool_choice_unsupported")
+    fmt = template.tool_format
+    if fmt is None:
+        raise bad_request("This model's chat template writes no tool-call format this server reads (Hermes "
+                          "<tool_call> blocks as Qwen2.5 and Qwen3 do, or Llama 3.1's JSON).", param="tools",
+                          code="tools_unsupported")
+    return ToolCalling(fmt, parallel=req.parallel_tool_calls is not False)

@@ -6,7 +6,7 @@ the likeliest tokens at that position (as many as asked), each with the text it 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.async_engine import AsyncEngine
 from engine.outputs import RequestOutput
@@ -16,6 +16,7 @@ from api.chat_schemas import (AssistantMessage, ChatChoice, ChatChunk, ChatChunk
 from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, usage
 from api.schemas import Logprobs, Usage
 from api.streaming import sse
+from api.tool_calls import ToolCalling, held_from
 
 
 def chat_logprobs(lp: Logprobs | None, top: int) -> ChoiceLogprobs | None:
@@ -32,7 +33,7 @@ def chat_logprobs(lp: Logprobs | None, top: int) -> ChoiceLogprobs | None:
 
 
 def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engine: AsyncEngine,
-                  top_logprobs: int = 0) -> ChatResponse:
+                  top_logprobs: int = 0, calls: ToolCalling | None = None) -> ChatResponse:
     choices = []
     for i in sorted(outputs):
         out = outputs[i]
@@ -41,27 +42,54 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
             if c.logprobs is not None:
                 lp = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished,
                                                                        c.top_logprobs)
-            choices.append(ChatChoice(index=i * plan.n + c.index, message=AssistantMessage(content=c.text),
-                                      logprobs=chat_logprobs(lp, top_logprobs),
-                                      finish_reason=finish_reason(c.finish_reason)))
+            message, finish = AssistantMessage(content=c.text), finish_reason(c.finish_reason)
+            if calls is not None:
+                content, made = calls.parse(c.text)
+                if made:
+                    message = AssistantMessage(content=content, tool_calls=[call.api() for call in made])
+                    finish = "tool_calls"
+            choices.append(ChatChoice(index=i * plan.n + c.index, message=message,
+                                      logprobs=chat_logprobs(lp, top_logprobs), finish_reason=finish))
     return ChatResponse(id=plan.request_id, created=plan.created, model=plan.model, choices=choices,
                         usage=usage(plan, outputs))
 
 
-@dataclass(frozen=True)
+@dataclass
 class ChatChunks:
-    """chat.completion.chunk events: a choice's first chunk carries the role, each its new text."""
+    """chat.completion.chunk events: a choice's first chunk carries the role, each its new text.
+    With tool calls (api/tool_calls.py), text that may be a call is held back until the choice
+    finishes; its last chunk then carries the calls and whatever held-back text was not one."""
 
     top_logprobs: int = 0
+    calls: ToolCalling | None = None
+    _texts: dict[int, str] = field(default_factory=dict)  # with tool calls: each choice's text so far
+    _sent: dict[int, int] = field(default_factory=dict)  # ... and how much of it went out as content
 
     def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
                finish: str | None, first: bool) -> bytes:
+        delta: dict = {}
+        if self.calls is not None:
+            text, delta, finish = self._held(index, text, finish)
         # content always, "" included: Mistral's clients (Tabby's) read every chunk's delta.content
-        delta = {"role": "assistant", "content": text} if first else {"content": text}
+        delta = {"role": "assistant", "content": text, **delta} if first else {"content": text, **delta}
         chunk = ChatChunk(id=plan.request_id, created=plan.created, model=plan.model,
                           choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish,
                                                    logprobs=chat_logprobs(logprobs, self.top_logprobs))])
         return sse(chunk.model_dump_json())
+
+    def _held(self, index: int, text: str, finish: str | None) -> tuple[str, dict, str | None]:
+        """(the content to send now, the delta's tool calls, the finish reason) for a choice's new text."""
+        whole = self._texts.get(index, "") + text
+        self._texts[index] = whole
+        sent = self._sent.get(index, 0)
+        if finish is None:
+            upto = max(sent, held_from(whole, self.calls.format))
+            self._sent[index] = upto
+            return whole[sent:upto], {}, None
+        content, made = self.calls.parse(whole[sent:])
+        if not made:
+            return whole[sent:], {}, finish
+        return content or "", {"tool_calls": [call.api(i) for i, call in enumerate(made)]}, "tool_calls"
 
     def usage(self, plan: CompletionPlan, used: Usage) -> bytes:
         return sse(ChatChunk(id=plan.request_id, created=plan.created, model=plan.model, choices=[],

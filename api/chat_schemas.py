@@ -2,13 +2,14 @@
 POST /v1/fim/completions (Mistral's FIM API answers as a chat completion)."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.schemas import MAX_LOGPROBS, SamplingRequest, TextPart, Usage
+from api.schemas import MAX_LOGPROBS, RequestBody, SamplingRequest, TextPart, Usage
 
 MAX_MESSAGES = 4096
+MAX_TOOLS = 512
 
 
 class ChatMessage(BaseModel):
@@ -37,6 +38,26 @@ class ChatMessage(BaseModel):
         return message
 
 
+class ToolFunction(RequestBody):
+    name: str = Field(min_length=1, max_length=256)
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = Field(None, description="A JSON schema of its arguments.")
+
+
+class Tool(RequestBody):
+    type: Literal["function"]
+    function: ToolFunction
+
+
+class NamedFunction(RequestBody):
+    name: str
+
+
+class NamedToolChoice(RequestBody):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
@@ -47,6 +68,12 @@ class ChatRequest(SamplingRequest):
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
                                         description="Alternatives are not computed: each list holds the chosen "
                                                     "token alone.")
+    tools: Optional[list[Tool]] = Field(None, max_length=MAX_TOOLS, description="Functions the model may call "
+                                        "(in the format its chat template writes: api/tool_calls.py).")
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
+        None, description="auto (the default with tools) or none; required and a named function need "
+                          "constrained decoding, which this server does not do (a 400).")
+    parallel_tool_calls: Optional[bool] = Field(None, description="false: at most the first call is returned.")
 
 
 # ---------------------------------------------------------------------- responses
@@ -72,13 +99,14 @@ class ChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None
 
 
 class ChatChoice(BaseModel):
     index: int = Field(description="prompt_index * n + sample_index")
     message: AssistantMessage
     logprobs: Optional[ChoiceLogprobs] = None
-    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None
 
 
 class ChatResponse(BaseModel):
@@ -92,10 +120,10 @@ class ChatResponse(BaseModel):
 
 class ChatChunkChoice(BaseModel):
     index: int
-    delta: dict[str, str] = Field(description="content: the new text (\"\" in the last chunk); role in a "
-                                              "choice's first chunk.")
+    delta: dict[str, Any] = Field(description="content: the new text (\"\" in the last chunk); role in a "
+                                              "choice's first chunk; tool_calls in its last, where it made any.")
     logprobs: Optional[ChoiceLogprobs] = None
-    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None
 
 
 class ChatChunk(BaseModel):

@@ -9,7 +9,7 @@ format (DEFAULT_TEMPLATE); any other has no template, and chat is refused.
 The environment is transformers': a sandboxed, immutable Jinja environment with trim_blocks and
 lstrip_blocks, loop controls, a `{% generation %}` tag that renders its body, the `tojson` filter
 without HTML escaping, `raise_exception`, `strftime_now`, and the template sees `messages`
-(None-valued keys dropped), `add_generation_prompt`, `tools` (None) and the tokenizer's named
+(None-valued keys dropped), `add_generation_prompt`, `tools` (the request's, or None) and the tokenizer's named
 special tokens (bos_token, eos_token, ...). The rendered text is tokenized without an added BOS,
 special tokens written in it read as those tokens (as transformers reads them by default, also
 inside message text), the rest as plain text.
@@ -29,6 +29,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.loader import read_folder_json
 from engine.tokenizer import Tokenizer
+
+from api import tool_calls
 
 TEMPLATE_FILE = "chat_template.jinja"
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -131,11 +133,18 @@ class ChatTemplate:
         pattern = "|".join(re.escape(t) for t in sorted(self.special_ids, key=len, reverse=True))
         object.__setattr__(self, "_split", re.compile(f"({pattern})") if pattern else None)
 
-    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    @property
+    def tool_format(self) -> "tool_calls.Format | None":
+        """How the template's model writes tool calls (api/tool_calls.py); None: no format this
+        server reads."""
+        return tool_calls.format_of(self.source)
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True,
+               tools: Sequence[dict] | None = None) -> str:
         """The prompt text; ChatTemplateError when the template refuses the messages."""
         chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
         try:
-            return self._compiled.render(messages=chat, tools=None, documents=None,
+            return self._compiled.render(messages=chat, tools=list(tools) if tools else None, documents=None,
                                          add_generation_prompt=add_generation_prompt, **self.special_tokens)
         except jinja2.exceptions.TemplateError as e:  # raise_exception, undefined names, sandbox refusals
             raise ChatTemplateError(str(e)) from None
@@ -154,8 +163,9 @@ class ChatTemplate:
                 ids += tokenizer.encode(part, add_bos=False)
         return ids
 
-    def prompt_ids(self, tokenizer: Tokenizer, messages: Sequence[dict]) -> list[int]:
-        return self.encode(tokenizer, self.render(messages))
+    def prompt_ids(self, tokenizer: Tokenizer, messages: Sequence[dict],
+                   tools: Sequence[dict] | None = None) -> list[int]:
+        return self.encode(tokenizer, self.render(messages, tools=tools))
 
 
 def load_chat_template(tokenizer: Tokenizer) -> ChatTemplate | None:

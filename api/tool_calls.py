@@ -1,0 +1,170 @@
+"""Tool calls in chat completions: which format a model writes them in, read from its chat
+template, and the calls taken back out of what it generated.
+
+Formats (the template's own text says which one the model was trained on):
+  hermes  `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks, any number, text
+          around them (Qwen2.5 / Qwen2.5-Coder / Qwen3, Hermes): the template writes `<tool_call>`;
+  llama3  the whole answer one JSON object `{"name": ..., "parameters": {...}}`, or several joined
+          by `;` (Llama 3.1 / 3.2 / 3.3; their `<|python_tag|>` is a special token, left out of
+          the text): the template writes `<|python_tag|>`.
+A template that writes neither has no format this server reads, and a request with tools for it
+is refused. Text that does not parse as calls stays the message's content, as generated.
+
+Streaming: text that may turn out to be a call is held back (from `<tool_call>`, or a piece of
+it at the end; for llama3 an answer that starts with `{`) until the choice finishes; then the
+calls go out in one delta, and whatever held-back text was not a call as content.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Format = Literal["hermes", "llama3"]
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+_HERMES_BLOCK = re.compile(re.escape(HERMES_OPEN) + r"(.*?)(?:" + re.escape(HERMES_CLOSE) + r"|\Z)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolCalling:
+    """A request's tool calling: the format its model writes, and whether several calls may go back."""
+
+    format: Format
+    parallel: bool = True
+
+    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        content, calls = parse(text, self.format)
+        return content, calls if self.parallel else calls[:1]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text, as OpenAI's API carries it
+    id: str
+
+    def api(self, index: int | None = None) -> dict[str, Any]:
+        """The call as OpenAI writes it in a message (or, with `index`, in a stream's delta)."""
+        body: dict[str, Any] = {"id": self.id, "type": "function",
+                                "function": {"name": self.name, "arguments": self.arguments}}
+        return body if index is None else {"index": index, **body}
+
+
+def format_of(template_source: str) -> Format | None:
+    """The tool-call format a chat template's model writes, from what the template writes."""
+    if HERMES_OPEN in template_source:
+        return "hermes"
+    if "<|python_tag|>" in template_source:
+        return "llama3"
+    return None
+
+
+def parse(text: str, fmt: Format) -> tuple[str | None, list[ToolCall]]:
+    """(content, calls): the calls in `text` and the text outside them (None where nothing but
+    whitespace is left); no calls, and `text` as it is, where none parses."""
+    calls, content = (_hermes(text) if fmt == "hermes" else _llama3(text))
+    if not calls:
+        return text, []
+    return (content if content.strip() else None), calls
+
+
+def _hermes(text: str) -> tuple[list[ToolCall], str]:
+    calls, kept, at = [], [], 0
+    for m in _HERMES_BLOCK.finditer(text):
+        call = _call(m.group(1), "arguments")
+        if call is None:
+            continue  # not a call: stays in the content
+        calls.append(call)
+        kept.append(text[at:m.start()])
+        at = m.end()
+    kept.append(text[at:])
+    return calls, "".join(kept).strip()
+
+
+def _llama3(text: str) -> tuple[list[ToolCall], str]:
+    body = text.strip()
+    if not body.startswith("{"):
+        return [], text
+    calls = [_call(part, "parameters") for part in _json_objects(body)]
+    if not calls or any(c is None for c in calls):
+        return [], text
+    return calls, ""
+
+
+def _json_objects(body: str) -> list[str]:
+    """`body` as JSON objects joined by `;` (each may hold `;` in its strings)."""
+    decoder, parts, at = json.JSONDecoder(), [], 0
+    while at < len(body):
+        try:
+            _, end = decoder.raw_decode(body, at)
+        except ValueError:
+            return []
+        parts.append(body[at:end])
+        at = end
+        while at < len(body) and body[at] in " \t\r\n;":
+            at += 1
+    return parts
+
+
+def _call(raw: str, arguments_key: str) -> ToolCall | None:
+    """A call from its JSON: a name and its arguments (an object, or JSON text of one)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
+        return None
+    args = obj.get(arguments_key, obj.get("arguments", {}))
+    if isinstance(args, str):
+        try:
+            json.loads(args)
+        except ValueError:
+            return None
+        text = args
+    elif isinstance(args, dict):
+        text = json.dumps(args, ensure_ascii=False)
+    else:
+        return None
+    return ToolCall(obj["name"], text, f"call_{uuid.uuid4().hex[:24]}")
+
+
+def held_from(text: str, fmt: Format) -> int:
+    """Where in a choice's text so far streaming must stop until the choice finishes: the start
+    of what may be (the beginning of) a call; len(text) where nothing may be."""
+    if fmt == "llama3":
+        stripped = text.lstrip()
+        return 0 if not stripped or stripped.startswith("{") else len(text)
+    at = text.find(HERMES_OPEN)
+    if at >= 0:
+        return at
+    for k in range(min(len(HERMES_OPEN) - 1, len(text)), 0, -1):  # a piece of the marker at the end
+        if HERMES_OPEN.startswith(text[-k:]):
+            return len(text) - k
+    return len(text)
+
+
+def arguments_as_objects(messages: list[dict]) -> list[dict]:
+    """Earlier assistant tool calls as templates expect them: OpenAI sends each call's
+    arguments as JSON text, the templates write them out as objects (`| tojson`)."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if isinstance(calls, list):
+            m = {**m, "tool_calls": [_with_object_arguments(c) for c in calls]}
+        out.append(m)
+    return out
+
+
+def _with_object_arguments(call: Any) -> Any:
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        return call
+    args = call["function"].get("arguments")
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args)
+        except ValueError:
+            return call
+        return {**call, "function": {**call["function"], "arguments": parsed}}
+    return call

@@ -1,0 +1,176 @@
+"""Tool calls in POST /v1/chat/completions, with the real `openai` client over loopback: the tools
+reach the model's chat template, and the calls the model writes come back as OpenAI's
+`tool_calls` (whole and streamed). The embedded model never writes a call, so the tests that need
+one replay a written answer token by token through the engine (the recorded-token path the trace
+replay uses); everything from the template to the HTTP answer is the server's own."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import openai
+import pytest
+import pytest_asyncio
+from openai import AsyncOpenAI
+
+from api.chat_template import ChatTemplate
+from api.config import ServerConfig
+from api.server import build_engine
+from api.testing import running_server
+from engine import EngineConfig
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+KEY = "tools-key"
+# Qwen2.5's way (Hermes): the tools in a system turn, calls as <tool_call> blocks, results as user turns.
+HERMES = (
+    "{%- if tools %}<|im_start|>system\nYou may call these functions:\n<tools>"
+    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools>\n"
+    "Answer a call as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant"
+    "{%- for c in m.tool_calls %}\n<tool_call>\n{\"name\": \"{{ c.function.name }}\", \"arguments\": "
+    "{{ c.function.arguments | tojson }}}\n</tool_call>{%- endfor %}<|im_end|>\n"
+    "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# Llama 3.1's way: JSON calls, <|python_tag|> for its built-in tools.
+LLAMA3 = ("{%- if tools %}Functions: {{ tools | tojson }}\nAnswer a call as {\"name\": ..., \"parameters\": ...}"
+          " ({{ '<|python_tag|>' }} for code).\n{% endif %}"
+          "{%- for m in messages %}{{ m.role }}: {{ m.content }}\n{%- endfor %}assistant: ")
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+CLOCK = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris and the time?"}]
+TWO_CALLS = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+             '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>')
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def server():
+    engine = build_engine(EngineConfig(num_kv_blocks=512, block_size=16, max_num_seqs=8, max_num_batched_tokens=512))
+    async with running_server(engine, ServerConfig(served_model_names=("coder",), port=0, api_key=KEY)) as srv:
+        yield srv
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def client(server):
+    async with AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def template(server, monkeypatch):
+    """The served model's chat template replaced by one of the given source."""
+    def use(source: str) -> ChatTemplate:
+        default = server.state.chat_template
+        chat = ChatTemplate(source, "test", default.special_tokens, {})
+        monkeypatch.setattr(server.state, "chat_template", chat)
+        return chat
+    return use
+
+
+@pytest.fixture
+def answers(server, monkeypatch):
+    """The model made to write `text` (each sample), token by token, through the engine's replay."""
+    engine = server.state.engine
+    real = engine.generate
+
+    def write(text: str) -> None:
+        ids = tuple(engine.tokenizer.encode(text, add_bos=False))
+
+        def generate(prompt, params, request_id, **kwargs):
+            forced = dataclasses.replace(params, replay_token_ids=(ids,) * params.n)
+            return real(prompt, forced, request_id, **kwargs)
+
+        monkeypatch.setattr(engine, "generate", generate)
+    return write
+
+
+async def test_calls_come_back_as_tool_calls(client, server, template, answers):
+    chat = template(HERMES)
+    answers(TWO_CALLS)
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK], temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
+    calls = choice.message.tool_calls
+    assert [(c.type, c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("function", "get_weather", {"city": "Paris"}), ("function", "now", {})]
+    # the tools were in the prompt, as the template writes them
+    tools_ids = chat.prompt_ids(server.state.engine.tokenizer, ASK, [WEATHER, CLOCK])
+    assert r.usage.prompt_tokens == len(tools_ids) > len(chat.prompt_ids(server.state.engine.tokenizer, ASK))
+    one = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK],
+                                               parallel_tool_calls=False, temperature=0)
+    assert [c.function.name for c in one.choices[0].message.tool_calls] == ["get_weather"]
+
+
+async def test_streamed_calls_arrive_whole_in_the_last_delta(client, template, answers):
+    template(HERMES)
+    answers(TWO_CALLS)
+    stream = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK], stream=True,
+                                                  n=2, temperature=0)
+    chunks = [c async for c in stream]
+    for index in (0, 1):
+        deltas = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        content = "".join(d.delta.content or "" for d in deltas)
+        assert "<tool" not in content and content.strip() == "Let me check."
+        calls = [tc for d in deltas for tc in (d.delta.tool_calls or [])]
+        assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [
+            (0, "get_weather", {"city": "Paris"}), (1, "now", {})]
+        assert deltas[-1].finish_reason == "tool_calls" and deltas[-1].delta.tool_calls
+
+
+async def test_a_conversation_with_calls_and_results_reaches_the_template(client, server, template, answers):
+    """OpenAI sends earlier calls' arguments as JSON text: the template gets them as objects."""
+    chat = template(HERMES)
+    answers("It is 18 degrees in Paris.")
+    messages = ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}]
+    r = await client.chat.completions.create(model="coder", messages=messages, tools=[WEATHER], temperature=0)
+    assert r.choices[0].message.content == "It is 18 degrees in Paris." and not r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "stop"
+    sent = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": {"city": "Paris"}}}
+                                 for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+    text = chat.render(sent, tools=[WEATHER])
+    assert '"arguments": {"city": "Paris"}' in text and "<tool_response>\n18 C\n</tool_response>" in text
+    assert r.usage.prompt_tokens == len(chat.prompt_ids(server.state.engine.tokenizer, sent, [WEATHER]))
+
+
+async def test_llama3_json_calls(client, template, answers):
+    template(LLAMA3)
+    answers('{"name": "get_weather", "parameters": {"city": "Paris"}}')
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER], temperature=0)
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].message.content is None and r.choices[0].finish_reason == "tool_calls"
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+
+
+async def test_without_tools_or_with_tool_choice_none_the_text_is_the_answer(client, template, answers):
+    template(HERMES)
+    answers(TWO_CALLS)
+    for extra in ({}, {"tools": [WEATHER], "tool_choice": "none"}):
+        r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0, **extra)
+        assert r.choices[0].message.content == TWO_CALLS and not r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "stop"
+
+
+async def test_what_cannot_be_honoured_is_a_clear_400(client, template):
+    cases = [({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice_unsupported"),
+             ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+              "tool_choice_unsupported"),
+             ({"tool_choice": "required"}, None),
+             ({"tools": [{"type": "retrieval"}]}, None),
+             ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, None)]
+    template(HERMES)
+    for extra, code in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, **extra)
+        assert code is None or e.value.code == code
+    template("{% for m in messages %}{{ m.content }}{% endfor %}")  # writes no call format
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER], max_tokens=4)
+    assert e.value.code == "tools_unsupported" and "tool-call format" in str(e.value)

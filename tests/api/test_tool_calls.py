@@ -1,0 +1,33 @@
+"""Tool-call formats read from chat templates, calls parsed out of generated text, and what a
+stream holds back (api/tool_calls.py)."""
+from __future__ import annotations
+
+import json
+
+from api import tool_calls
+from tests.api.test_chat_tools import HERMES, LLAMA3, TWO_CALLS
+
+
+def test_formats_are_read_from_the_templates_and_parsed():
+    assert tool_calls.format_of(HERMES) == "hermes" and tool_calls.format_of(LLAMA3) == "llama3"
+    assert tool_calls.format_of("{{ messages }}") is None
+    content, calls = tool_calls.parse(TWO_CALLS, "hermes")
+    assert content == "Let me check."
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"}), ("now", {})]
+    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
+    # a block that is not a call stays text; an unclosed last block (the model stopped) is a call
+    assert tool_calls.parse("<tool_call>{not json}</tool_call>", "hermes") == ("<tool_call>{not json}</tool_call>", [])
+    assert tool_calls.parse('<tool_call>{"name": "now"}', "hermes")[1][0].arguments == "{}"
+    content, calls = tool_calls.parse(' {"name": "f", "parameters": {"q": "a;b"}}; {"name": "g", "parameters": {}}',
+                                      "llama3")
+    assert content is None and [(c.name, c.arguments) for c in calls] == [("f", '{"q": "a;b"}'), ("g", "{}")]
+    assert tool_calls.parse('{"no": "name"}', "llama3") == ('{"no": "name"}', [])
+    assert tool_calls.parse("The answer is {1}.", "llama3") == ("The answer is {1}.", [])
+
+
+def test_streams_hold_back_only_what_may_be_a_call():
+    assert tool_calls.held_from("Sure <tool_call>{", "hermes") == 5
+    assert tool_calls.held_from("Sure <tool", "hermes") == 5  # the start of the marker
+    assert tool_calls.held_from("a < b", "hermes") == 5  # '<' then more text: not the marker
+    assert tool_calls.held_from("Sure", "hermes") == 4
+    assert tool_calls.held_from("  {\"na", "llama3") == 0 and tool_calls.held_from("Hello", "llama3") == 5
