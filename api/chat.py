@@ -85,6 +85,7 @@ def tool_calling(req: ChatRequest, template: ChatTemplate) -> ToolCalling | None
     fmt = template.tool_format
     if fmt is None:
         raise bad_request("This model's chat template writes no tool-call format this server reads (Hermes "
-                          "<tool_call> blocks as Qwen2.5 and Qwen3 do, or Llama 3.1's JSON).", param="tools",
-                          code="tools_unsupported")
-    return ToolCalling(fmt, parallel=req.parallel_tool_calls is not False)
+                          "<tool_call> blocks as Qwen2.5 and Qwen3 do, Qwen3-Coder's <function=...>, or Llama 3.1's "
+                          "JSON).", param="tools", code="tools_unsupported")
+    schemas = {t.function.name: (t.function.parameters or {}).get("properties") or {} for t in req.tools}
+    return ToolCalling(fmt, parallel=req.parallel_tool_calls is not False, schemas=schemas)

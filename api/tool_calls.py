@@ -4,6 +4,10 @@ template, and the calls taken back out of what it generated.
 Formats (the template's own text says which one the model was trained on):
   hermes  `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks, any number, text
           around them (Qwen2.5 / Qwen2.5-Coder / Qwen3, Hermes): the template writes `<tool_call>`;
+  qwen3_coder  the same blocks holding `<function=NAME>` and a `<parameter=KEY>VALUE</parameter>`
+          per argument (Qwen3-Coder): the template writes `<function=`. A value is read as the
+          tool's JSON schema types its parameter (a string as written, less the newline on either
+          side; numbers, booleans, objects and arrays as JSON), else as JSON where it parses;
   llama3  the whole answer one JSON object `{"name": ..., "parameters": {...}}`, or several joined
           by `;` (Llama 3.1 / 3.2 / 3.3; their `<|python_tag|>` is a special token, left out of
           the text): the template writes `<|python_tag|>`.
@@ -22,9 +26,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Format = Literal["hermes", "llama3"]
+Format = Literal["hermes", "qwen3_coder", "llama3"]
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _HERMES_BLOCK = re.compile(re.escape(HERMES_OPEN) + r"(.*?)(?:" + re.escape(HERMES_CLOSE) + r"|\Z)", re.DOTALL)
+_FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)(?:</function>\s*|\Z)", re.DOTALL)
+_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
+Schemas = dict[str, dict[str, Any]]  # tool name -> its parameters' JSON schema properties
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,10 @@ class ToolCalling:
 
     format: Format
     parallel: bool = True
+    schemas: Schemas | None = None  # how qwen3_coder's parameter values are typed
 
     def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        content, calls = parse(text, self.format)
+        content, calls = parse(text, self.format, self.schemas)
         return content, calls if self.parallel else calls[:1]
 
 
@@ -54,6 +62,8 @@ class ToolCall:
 
 def format_of(template_source: str) -> Format | None:
     """The tool-call format a chat template's model writes, from what the template writes."""
+    if "<function=" in template_source:
+        return "qwen3_coder"
     if HERMES_OPEN in template_source:
         return "hermes"
     if "<|python_tag|>" in template_source:
@@ -61,19 +71,24 @@ def format_of(template_source: str) -> Format | None:
     return None
 
 
-def parse(text: str, fmt: Format) -> tuple[str | None, list[ToolCall]]:
+def parse(text: str, fmt: Format, schemas: Schemas | None = None) -> tuple[str | None, list[ToolCall]]:
     """(content, calls): the calls in `text` and the text outside them (None where nothing but
     whitespace is left); no calls, and `text` as it is, where none parses."""
-    calls, content = (_hermes(text) if fmt == "hermes" else _llama3(text))
+    if fmt == "llama3":
+        calls, content = _llama3(text)
+    else:
+        calls, content = _blocks(text, (lambda raw: _call(raw, "arguments")) if fmt == "hermes"
+                                 else (lambda raw: _xml_call(raw, schemas or {})))
     if not calls:
         return text, []
     return (content if content.strip() else None), calls
 
 
-def _hermes(text: str) -> tuple[list[ToolCall], str]:
+def _blocks(text: str, read) -> tuple[list[ToolCall], str]:
+    """The calls of every <tool_call> block that `read` makes one of, and the text around them."""
     calls, kept, at = [], [], 0
     for m in _HERMES_BLOCK.finditer(text):
-        call = _call(m.group(1), "arguments")
+        call = read(m.group(1))
         if call is None:
             continue  # not a call: stays in the content
         calls.append(call)
@@ -128,6 +143,40 @@ def _call(raw: str, arguments_key: str) -> ToolCall | None:
     else:
         return None
     return ToolCall(obj["name"], text, f"call_{uuid.uuid4().hex[:24]}")
+
+
+def _xml_call(raw: str, schemas: Schemas) -> ToolCall | None:
+    """Qwen3-Coder's call: `<function=NAME>` and its `<parameter=KEY>VALUE</parameter>`s."""
+    m = _FUNCTION.fullmatch(raw.strip())
+    if m is None or not m.group(1).strip():
+        return None
+    name = m.group(1).strip()
+    types = schemas.get(name, {})
+    args = {}
+    for p in _PARAMETER.finditer(m.group(2)):
+        key = p.group(1).strip()
+        args[key] = _typed(_strip_newline(p.group(2)), (types.get(key) or {}).get("type"))
+    return ToolCall(name, json.dumps(args, ensure_ascii=False), f"call_{uuid.uuid4().hex[:24]}")
+
+
+def _strip_newline(value: str) -> str:
+    value = value[1:] if value.startswith("\n") else value
+    return value[:-1] if value.endswith("\n") else value
+
+
+def _typed(value: str, kind: Any) -> Any:
+    """A parameter's value as its schema types it; untyped, JSON where it parses, else the text."""
+    if kind == "string":
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    if kind in (None, "object", "array") or (kind == "boolean" and isinstance(parsed, bool)):
+        return parsed
+    if kind in ("integer", "number") and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+        return parsed
+    return value
 
 
 def held_from(text: str, fmt: Format) -> int:

@@ -34,6 +34,10 @@ HERMES = (
     "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
     "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# Qwen3-Coder's way: the same turns, each call a <function=NAME> with a <parameter=KEY> per argument.
+QWEN3_CODER = HERMES.replace("Answer a call as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>",
+                             "Answer a call as <tool_call>\n<function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>\n"
+                             "</function>\n</tool_call>")
 # Llama 3.1's way: JSON calls, <|python_tag|> for its built-in tools.
 LLAMA3 = ("{%- if tools %}Functions: {{ tools | tojson }}\nAnswer a call as {\"name\": ..., \"parameters\": ...}"
           " ({{ '<|python_tag|>' }} for code).\n{% endif %}"
@@ -138,6 +142,26 @@ async def test_a_conversation_with_calls_and_results_reaches_the_template(client
     text = chat.render(sent, tools=[WEATHER])
     assert '"arguments": {"city": "Paris"}' in text and "<tool_response>\n18 C\n</tool_response>" in text
     assert r.usage.prompt_tokens == len(chat.prompt_ids(server.state.engine.tokenizer, sent, [WEATHER]))
+
+
+async def test_qwen3_coder_calls_typed_by_the_tool_schemas(client, template, answers):
+    template(QWEN3_CODER)
+    run = {"type": "function", "function": {"name": "run", "parameters": {"type": "object", "properties": {
+        "command": {"type": "string"}, "timeout": {"type": "integer"}, "env": {"type": "object"}}}}}
+    answers("<tool_call>\n<function=run>\n<parameter=command>\n2024\n</parameter>\n<parameter=timeout>\n30\n"
+            "</parameter>\n<parameter=env>\n{\"A\": \"1\"}\n</parameter>\n</function>\n</tool_call>")
+    for stream in (False, True):
+        r = await client.chat.completions.create(model="coder", messages=ASK, tools=[run, CLOCK], temperature=0,
+                                                 stream=stream)
+        if stream:
+            deltas = [c.choices[0] for c in [c async for c in r] if c.choices]
+            calls = [tc for d in deltas for tc in (d.delta.tool_calls or [])]
+            assert "".join(d.delta.content or "" for d in deltas) == "" and deltas[-1].finish_reason == "tool_calls"
+        else:
+            calls = r.choices[0].message.tool_calls
+            assert r.choices[0].message.content is None and r.choices[0].finish_reason == "tool_calls"
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+            ("run", {"command": "2024", "timeout": 30, "env": {"A": "1"}})]  # a string of digits stays one
 
 
 async def test_llama3_json_calls(client, template, answers):

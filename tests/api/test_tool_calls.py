@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from api import tool_calls
-from tests.api.test_chat_tools import HERMES, LLAMA3, TWO_CALLS
+from tests.api.test_chat_tools import HERMES, LLAMA3, QWEN3_CODER, TWO_CALLS
 
 
 def test_formats_are_read_from_the_templates_and_parsed():
     assert tool_calls.format_of(HERMES) == "hermes" and tool_calls.format_of(LLAMA3) == "llama3"
+    assert tool_calls.format_of(QWEN3_CODER) == "qwen3_coder"
     assert tool_calls.format_of("{{ messages }}") is None
     content, calls = tool_calls.parse(TWO_CALLS, "hermes")
     assert content == "Let me check."
@@ -31,3 +32,18 @@ def test_streams_hold_back_only_what_may_be_a_call():
     assert tool_calls.held_from("a < b", "hermes") == 5  # '<' then more text: not the marker
     assert tool_calls.held_from("Sure", "hermes") == 4
     assert tool_calls.held_from("  {\"na", "llama3") == 0 and tool_calls.held_from("Hello", "llama3") == 5
+
+
+def test_qwen3_coder_parameters_are_typed_by_the_schema_or_as_json():
+    text = ("Running it.\n<tool_call>\n<function=run>\n<parameter=command>\nls -la\n</parameter>\n"
+            "<parameter=n>\n30\n</parameter>\n<parameter=flag>\ntrue\n</parameter>\n</function>\n</tool_call>")
+    schemas = {"run": {"command": {"type": "string"}, "n": {"type": "string"}, "flag": {"type": "boolean"}}}
+    content, calls = tool_calls.parse(text, "qwen3_coder", schemas)
+    assert content == "Running it." and calls[0].name == "run"
+    assert json.loads(calls[0].arguments) == {"command": "ls -la", "n": "30", "flag": True}
+    assert json.loads(tool_calls.parse(text, "qwen3_coder")[1][0].arguments) == {"command": "ls -la", "n": 30,
+                                                                                  "flag": True}
+    # a call cut off by max_tokens keeps what it has; a block with no function is text
+    cut = tool_calls.parse("<tool_call>\n<function=f>\n<parameter=x>\nabc", "qwen3_coder")[1][0]
+    assert (cut.name, json.loads(cut.arguments)) == ("f", {"x": "abc"})
+    assert tool_calls.parse('<tool_call>{"name": "f"}</tool_call>', "qwen3_coder")[1] == []
