@@ -3,7 +3,7 @@
 A step of n decoding sequences yields n + (accepted draft tokens) tokens. Searching and drafting
 pay when
 
-    (n + expected accepted) / (plain(n) + extra(n, t) + search) > n / plain(n) * (1 + MARGIN)
+    (n + expected accepted) / (plain(n) + extra(n, t) + search) > n / plain(n) * (1 + margin(n))
 
 with plain and extra the engine's learned step cost (engine.step_cost.StepCost), t the draft
 tokens, `search` the proposer's own measured time to find them, and the expected accepted
@@ -11,7 +11,7 @@ tokens from the acceptance model (fastcodellama.drafting.acceptance). Before any
 asks whether even the likeliest copies the model knows of could pay so at this batch; if not, no
 search (at large batch on a CPU, looking copies up for hundreds of sequences costs a step several
 percent). Once the search has run its time is spent whatever is drafted, so a draft is judged
-against n / (plain(n) + search) * (1 + MARGIN): all candidate tokens are ranked by their
+against n / (plain(n) + search) * (1 + margin(n)): all candidate tokens are ranked by their
 acceptance probability g_j, and the policy takes the prefix of that ranking, at most `budget`
 long, with the best expected throughput.
 
@@ -51,8 +51,13 @@ from fastcodellama.drafting.acceptance import AcceptanceModel
 
 MIN_GAIN = 1e-3      # draft tokens less likely than this are never worth a slot
 # Drafting must promise this much more throughput: costs and acceptance are estimates, and a draft
-# row's cost, a low quantile of differences to the plain steps, reads on the low side.
+# row's cost, a low quantile of differences to the plain steps, reads on the low side. A batch of at
+# most SMALL_BATCH sequences takes SMALL_MARGIN: there drafting's whole gain can be a few percent (a
+# CPU, where a draft row costs about what a sequence does), which MARGIN forwent where every fixed
+# draft length gained; at larger batches, whose draft rows' costs read noisiest, SMALL_MARGIN lost.
 MARGIN = 0.05
+SMALL_MARGIN = 0.02
+SMALL_BATCH = 8
 CONTROL_EVERY = 16   # the most frequent control steps, where drafting is believed to gain little
 CONTROL_SHARE = 0.01  # control steps forgo at most this share of the throughput drafting is believed to give
 GAIN_DECAY = 0.9     # the believed gain that sets the control interval: a decayed mean over searched steps
@@ -140,6 +145,7 @@ class DraftPolicy:
     model: AcceptanceModel
     adaptive: bool = True
     margin: float = MARGIN
+    small_margin: float = SMALL_MARGIN
     _budgets: dict[int, _Budget] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ before the search
@@ -181,6 +187,9 @@ class DraftPolicy:
             return Decision(True, explore=True,
                             rows_per_seq=EXPLORE_ROWS[(state.explorations + 1) % len(EXPLORE_ROWS)])
         return _NO_SEARCH
+
+    def _margin(self, n: int) -> float:
+        return self.small_margin if n <= SMALL_BATCH else self.margin
 
     def _state(self, n: int) -> _Budget | None:
         """The exploration state of n's batch-size bucket (None before its first decision)."""
@@ -224,7 +233,7 @@ class DraftPolicy:
         cum = [0.0]
         for g in gains:
             cum.append(cum[-1] + g)
-        target = n / plain * (1.0 + self.margin)
+        target = n / plain * (1.0 + self._margin(n))
         for t in _probe_points(min(budget, n * len(gains))):
             extra = cost.extra(n, t)
             if extra is None:
@@ -326,7 +335,7 @@ class DraftPolicy:
         for g in ranked:
             cum.append(cum[-1] + g)
         # The search is paid by now, drafted or not: the draft is judged against a step that pays it too.
-        best_t, best = 0, n / (plain + search_s) * (1.0 + self.margin)
+        best_t, best = 0, n / (plain + search_s) * (1.0 + self._margin(n))
         for t in _probe_points(len(ranked)):
             extra = cost.extra(n, t)
             if extra is None:

@@ -168,10 +168,10 @@ def test_the_gate_weighs_only_the_sources_a_copy_can_come_from_now() -> None:
     worth a search."""
     cost = LinearCost(per_row=0.78)  # a row costs 78% of a sequence: only the likeliest copies pay
     with_prediction = DraftPolicy(AcceptanceModel(("prediction", "self")))
-    assert with_prediction.decide(8, 10_000, cost, 0.0, ("prediction", "self")).search
-    assert with_prediction.decide(8, 10_000, cost, 0.0).search  # default: every source the model knows
+    assert with_prediction.decide(16, 10_000, cost, 0.0, ("prediction", "self")).search
+    assert with_prediction.decide(16, 10_000, cost, 0.0).search  # default: every source the model knows
     without = DraftPolicy(AcceptanceModel(("prediction", "self")))
-    assert not any(without.decide(8, 10_000, cost, 0.0, ("self",)).search for _ in range(8))
+    assert not any(without.decide(16, 10_000, cost, 0.0, ("self",)).search for _ in range(8))
 
 
 def test_while_drafting_does_not_pay_exploration_is_rare_and_backs_off() -> None:
@@ -376,3 +376,15 @@ def test_decide_counts_steps_per_batch_size(n: int) -> None:
     for _ in range(5):
         pol.decide(n, 100, LinearCost(1.0), 0.0)
     assert pol._budgets[n.bit_length()].step == 5 and len(pol._budgets) == 1
+
+
+def test_a_few_sequences_draft_for_a_smaller_promised_gain() -> None:
+    """Up to SMALL_BATCH sequences a draft must promise SMALL_MARGIN more throughput, past it MARGIN:
+    the same 3.75% promise (free rows) is drafted at 4 sequences, not at 16."""
+    pol = fresh_policy()
+    free = LinearCost(per_row=0.0)
+    assert pol_mod.SMALL_MARGIN < 0.0375 < pol_mod.MARGIN
+    assert pol._best_prefix(4, [0.15], free, 0.0)[0] == 1
+    assert pol._best_prefix(pol_mod.SMALL_BATCH, [0.3], free, 0.0)[0] == 1
+    assert pol._best_prefix(16, [0.15] * 4, free, 0.0)[0] == 0
+    assert pol._best_prefix(16, [0.3] * 4, free, 0.0)[0] == 4  # 7.5%: past MARGIN
