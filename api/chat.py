@@ -44,6 +44,10 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
                           param="messages", code="chat_template_missing")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+    if req.response_format is not None and req.response_format.type != "text":
+        raise bad_request(f"response_format {req.response_format.type} needs constrained decoding, which this server "
+                          "does not do; ask for JSON in the messages instead.", param="response_format",
+                          code="response_format_unsupported")
     calls = tool_calling(req, template)
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if calls is not None else None
     messages = arguments_as_objects([m.template_dict() for m in req.messages])

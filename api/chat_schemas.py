@@ -58,6 +58,10 @@ class NamedToolChoice(RequestBody):
     function: NamedFunction
 
 
+class ResponseFormat(RequestBody):
+    type: Literal["text", "json_object", "json_schema"]
+
+
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
@@ -74,6 +78,8 @@ class ChatRequest(SamplingRequest):
         None, description="auto (the default with tools) or none; required and a named function need "
                           "constrained decoding, which this server does not do (a 400).")
     parallel_tool_calls: Optional[bool] = Field(None, description="false: at most the first call is returned.")
+    response_format: Optional[ResponseFormat] = Field(None, description="text only: JSON output needs constrained "
+                                                      "decoding, which this server does not do (a 400).")
 
 
 # ---------------------------------------------------------------------- responses

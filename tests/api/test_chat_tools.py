@@ -194,6 +194,13 @@ async def test_what_cannot_be_honoured_is_a_clear_400(client, template):
         with pytest.raises(openai.BadRequestError) as e:
             await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, **extra)
         assert code is None or e.value.code == code
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, response_format=fmt)
+        assert e.value.code == "response_format_unsupported"
+    r = await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4,
+                                             response_format={"type": "text"})
+    assert r.choices[0].finish_reason in ("stop", "length")
     template("{% for m in messages %}{{ m.content }}{% endfor %}")  # writes no call format
     with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER], max_tokens=4)
