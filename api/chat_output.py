@@ -83,7 +83,7 @@ class ChatChunks:
         self._texts[index] = whole
         sent = self._sent.get(index, 0)
         if finish is None:
-            upto = max(sent, held_from(whole, self.calls.format))
+            upto = max(sent, held_from(whole, self.calls.format, sent))
             self._sent[index] = upto
             return whole[sent:upto], {}, None
         content, made = self.calls.parse(whole[sent:])

@@ -53,6 +53,11 @@ class ToolCall:
     arguments: str  # JSON text, as OpenAI's API carries it
     id: str
 
+    @classmethod
+    def new(cls, name: str, arguments: str) -> "ToolCall":
+        """A call with an id of its own."""
+        return cls(name, arguments, f"call_{uuid.uuid4().hex[:24]}")
+
     def api(self, index: int | None = None) -> dict[str, Any]:
         """The call as OpenAI writes it in a message (or, with `index`, in a stream's delta)."""
         body: dict[str, Any] = {"id": self.id, "type": "function",
@@ -102,21 +107,21 @@ def _llama3(text: str) -> tuple[list[ToolCall], str]:
     body = text.strip()
     if not body.startswith("{"):
         return [], text
-    calls = [_call(part, "parameters") for part in _json_objects(body)]
+    calls = [_call_of(obj, "parameters") for obj in _json_objects(body)]
     if not calls or any(c is None for c in calls):
         return [], text
     return calls, ""
 
 
-def _json_objects(body: str) -> list[str]:
-    """`body` as JSON objects joined by `;` (each may hold `;` in its strings)."""
+def _json_objects(body: str) -> list[Any]:
+    """`body` as JSON values joined by `;` (each may hold `;` in its strings), decoded."""
     decoder, parts, at = json.JSONDecoder(), [], 0
     while at < len(body):
         try:
-            _, end = decoder.raw_decode(body, at)
+            obj, end = decoder.raw_decode(body, at)
         except ValueError:
             return []
-        parts.append(body[at:end])
+        parts.append(obj)
         at = end
         while at < len(body) and body[at] in " \t\r\n;":
             at += 1
@@ -129,6 +134,11 @@ def _call(raw: str, arguments_key: str) -> ToolCall | None:
         obj = json.loads(raw)
     except ValueError:
         return None
+    return _call_of(obj, arguments_key)
+
+
+def _call_of(obj: Any, arguments_key: str) -> ToolCall | None:
+    """A call from its decoded JSON."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None
     args = obj.get(arguments_key, obj.get("arguments", {}))
@@ -142,7 +152,7 @@ def _call(raw: str, arguments_key: str) -> ToolCall | None:
         text = json.dumps(args, ensure_ascii=False)
     else:
         return None
-    return ToolCall(obj["name"], text, f"call_{uuid.uuid4().hex[:24]}")
+    return ToolCall.new(obj["name"], text)
 
 
 def _xml_call(raw: str, schemas: Schemas) -> ToolCall | None:
@@ -156,7 +166,7 @@ def _xml_call(raw: str, schemas: Schemas) -> ToolCall | None:
     for p in _PARAMETER.finditer(m.group(2)):
         key = p.group(1).strip()
         args[key] = _typed(_strip_newline(p.group(2)), (types.get(key) or {}).get("type"))
-    return ToolCall(name, json.dumps(args, ensure_ascii=False), f"call_{uuid.uuid4().hex[:24]}")
+    return ToolCall.new(name, json.dumps(args, ensure_ascii=False))
 
 
 def _strip_newline(value: str) -> str:
@@ -179,13 +189,16 @@ def _typed(value: str, kind: Any) -> Any:
     return value
 
 
-def held_from(text: str, fmt: Format) -> int:
+def held_from(text: str, fmt: Format, since: int = 0) -> int:
     """Where in a choice's text so far streaming must stop until the choice finishes: the start
-    of what may be (the beginning of) a call; len(text) where nothing may be."""
+    of what may be (the beginning of) a call; len(text) where nothing may be. `since`: how much
+    of it went out already (nothing there starts a call), so a stream scans only what is new."""
     if fmt == "llama3":
+        if since > 0:
+            return len(text)
         stripped = text.lstrip()
         return 0 if not stripped or stripped.startswith("{") else len(text)
-    at = text.find(HERMES_OPEN)
+    at = text.find(HERMES_OPEN, since)
     if at >= 0:
         return at
     for k in range(min(len(HERMES_OPEN) - 1, len(text)), 0, -1):  # a piece of the marker at the end

@@ -32,6 +32,9 @@ def test_streams_hold_back_only_what_may_be_a_call():
     assert tool_calls.held_from("a < b", "hermes") == 5  # '<' then more text: not the marker
     assert tool_calls.held_from("Sure", "hermes") == 4
     assert tool_calls.held_from("  {\"na", "llama3") == 0 and tool_calls.held_from("Hello", "llama3") == 5
+    # what went out already is not scanned again
+    assert tool_calls.held_from("Sure <tool_call>{", "hermes", since=5) == 5
+    assert tool_calls.held_from("Hi {\"name", "llama3", since=2) == 9
 
 
 def test_qwen3_coder_parameters_are_typed_by_the_schema_or_as_json():
