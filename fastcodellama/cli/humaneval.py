@@ -15,12 +15,16 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, ContextManager
 
 from fastcodellama.cli import checks
 from fastcodellama.cli.checks import CliError, Interrupted
 from fastcodellama.cli.options import (add_engine_args, add_ray_args, add_spec_args, build_llm, engine_config,
                                        ray_config, replica_spec, spec_config)
 from fastcodellama.cli.values import non_negative_float, non_negative_int, positive_float, positive_int, probability
+from fastcodellama.evaluation.problems import Problem, load_problems
 from fastcodellama.evaluation.sandbox import default_workers, preflight, unsafe_no_sandbox
 from fastcodellama.job.report import RunSummary, report
 from fastcodellama.job.run_record import RunRecord, check_record, discard, read_record
@@ -29,6 +33,9 @@ from fastcodellama.job.tasks import load_tasks, samples_done
 from fastcodellama.job.types import CODEX_STOPS, JobParams, JobStats
 from fastcodellama.progress import Phases
 from fastcodellama.ray_cluster import import_ray
+
+if TYPE_CHECKING:
+    from fastcodellama.evaluation.early_checks import EarlyChecks
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="parallel sandboxed test runs (default: twice the cores)")
     p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds per test run")
+    p.add_argument("--tests-while-generating", choices=["auto", "on", "off"], default="auto",
+                   help="test each task's samples as soon as they are written, beside generation; auto: where "
+                        "the model runs on a GPU (on a CPU generation keeps every core busy)")
     p.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run completions even where the sandbox cannot isolate them (no namespaces, "
                         "unprivileged uid or seccomp): they then run with only what is left, possibly as you")
@@ -74,9 +84,13 @@ def _run(args: argparse.Namespace) -> int:
     tasks, params_for, done = _prepare(args)
     out = args.output_data_fn
     try:
-        stats, extra, generated = _generate(args, tasks, params_for, done)
-        times = {"start-up": generated - started - stats.wall, "generation": stats.wall}
-        evaluation = _evaluate(args, tasks, times)
+        problems = _problems(args, tasks)
+        with _early_checks(args, problems) as early:
+            stats, extra, generated = _generate(args, tasks, params_for, done, early, problems)
+            times = {"start-up": generated - started - stats.wall, "generation": stats.wall}
+            evaluation = _evaluate(args, problems, times, early if early is not None and early.submitted else None)
+        if early is not None and early.submitted:
+            extra = [*extra, ("tests run during generation", f"{early.submitted} of {evaluation['num_samples']}")]
         summary = RunSummary(args.model, "fastcodellama" if args.speculate else "base", out,
                              evaluation["results_path"] if evaluation else None, times)
         print(report(stats, evaluation, summary, extra))
@@ -126,10 +140,11 @@ def _prepare(args: argparse.Namespace) -> tuple[list[dict], JobParams, int]:
     return tasks, params_for, finished
 
 
-def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams,
-              done: int) -> tuple[JobStats, list, float]:
-    """Loads what generation needs (each phase on one line) and runs it; returns the job's
-    counters, the extra rows of the report and when generation ended."""
+def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams, done: int,
+              early: "EarlyChecks | None", problems: dict[str, Problem] | None) -> tuple[JobStats, list, float]:
+    """Loads what generation needs (each phase on one line) and runs it, starting each written
+    task's tests in `early` where they run beside generation; returns the job's counters, the
+    extra rows of the report and when generation ended."""
     if done == len(tasks) * params_for.passk:
         return JobStats(resumed=done), [], time.perf_counter()
     phases = Phases()
@@ -154,7 +169,9 @@ def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams
         _build_extensions(config.torch_device().type == "cpu", spec is not None)
     with phases(f"loading model {args.model}"):
         llm = build_llm(args)
-    stats = generate_samples(llm, tasks, params_for, args.output_data_fn)
+    beside = early is not None and (args.tests_while_generating == "on" or config.torch_device().type != "cpu")
+    stats = generate_samples(llm, tasks, params_for, args.output_data_fn,
+                             on_written=_starter(early, problems) if beside else None)
     return stats, [], time.perf_counter()
 
 
@@ -174,15 +191,42 @@ def _testable(tasks: list[dict]) -> bool:
     return all("test" in t and "entry_point" in t for t in tasks)
 
 
-def _evaluate(args: argparse.Namespace, tasks: list[dict], times: dict[str, float]) -> dict | None:
+def _problems(args: argparse.Namespace, tasks: list[dict]) -> dict[str, Problem] | None:
+    """The tasks' problems, where the job evaluates its samples (None where it does not)."""
     if not (args.evaluate and _testable(tasks)):
         return None
+    problems = load_problems(args.input_data_fn)
+    return {t["task_id"]: problems[t["task_id"]] for t in tasks}
+
+
+def _early_checks(args: argparse.Namespace, problems: dict[str, Problem] | None) -> ContextManager["EarlyChecks | None"]:
+    """Sandboxes that may test each task's samples as soon as they are written, while the rest
+    generate (_generate decides); none where the job does not evaluate, evaluates on Ray, or is
+    told to test afterwards."""
+    if problems is None or args.ray is not None or args.tests_while_generating == "off":
+        return nullcontext()
+    from fastcodellama.evaluation.early_checks import EarlyChecks
+
+    return EarlyChecks(args.workers, args.timeout)
+
+
+def _starter(early: "EarlyChecks", problems: dict[str, Problem]) -> Callable[[str, list[str]], None]:
+    from fastcodellama.evaluation.evaluate import problem_check  # numpy and tqdm: not to parse options
+
+    def start(task_id: str, completions: list[str]) -> None:
+        for completion in completions:
+            early.submit(task_id, completion, problem_check(problems[task_id], completion))
+    return start
+
+
+def _evaluate(args: argparse.Namespace, problems: dict[str, Problem] | None, times: dict[str, float],
+              early: "EarlyChecks | None") -> dict | None:
+    """pass@k of the samples file; its time, in `times`, is what evaluation adds after generation."""
+    if problems is None:
+        return None
     from fastcodellama.evaluation.evaluate import evaluate_samples
-    from fastcodellama.evaluation.problems import load_problems
 
     start = time.perf_counter()
-    problems = load_problems(args.input_data_fn)
-    problems = {t["task_id"]: problems[t["task_id"]] for t in tasks}
     ks = [k for k in (1, 5, 10, 100) if k <= args.passk]
     check_all = None
     if args.ray is not None:
@@ -190,8 +234,8 @@ def _evaluate(args: argparse.Namespace, tasks: list[dict], times: dict[str, floa
 
         check_all = RaySandboxes(ray_config(args).address, workers_per_node=args.workers)
     evaluation = evaluate_samples(args.output_data_fn, problems, ks=ks, workers=args.workers,
-                                  timeout=args.timeout, check_all=check_all)
-    times["evaluation"] = time.perf_counter() - start
+                                  timeout=args.timeout, check_all=check_all, started=early)
+    times["evaluation" if early is None else "evaluation after generation"] = time.perf_counter() - start
     return evaluation
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fastcodellama.evaluation.early_checks import EarlyChecks
 from fastcodellama.evaluation.passk import estimate_pass_at_k, pass_at_k
 from fastcodellama.evaluation.problems import Problem, load_problems, read_jsonl
 from fastcodellama.evaluation.sandbox import Check, ExecResult, Limits, check_program, effective_limits
@@ -30,11 +31,14 @@ def problem_check(problem: Problem, completion: str) -> Check:
 
 def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] | str | Path | None = None,
                      ks: Sequence[int] = (1, 10, 100), workers: int = 4, timeout: float = 3.0, *,
-                     limits: Limits = Limits(), progress: bool = True, check_all: CheckAll | None = None) -> dict:
+                     limits: Limits = Limits(), progress: bool = True, check_all: CheckAll | None = None,
+                     started: EarlyChecks | None = None) -> dict:
     """Runs every sample of `samples_path` ({"task_id", "completion"} per line) against its task's
     tests, writes `<samples_path>_results.jsonl` and returns pass@k (for each k <= n of every task),
     per-task counts, status counts and the isolation levels used. `check_all` runs the programs
-    elsewhere (e.g. `ray_sandbox.RaySandboxes`) in place of `workers` local threads. Raises
+    elsewhere (e.g. `ray_sandbox.RaySandboxes`) in place of `workers` local threads; `started`:
+    checks begun while the samples were generated, whose verdicts are taken from there (and the
+    others run in its pool, not in `workers` threads of their own). Raises
     sandbox.SandboxUnavailable where the machine cannot isolate the checks (see Limits.unsafe_no_sandbox)."""
     if problems is None or isinstance(problems, (str, Path)):
         problems = load_problems(problems)
@@ -42,6 +46,10 @@ def evaluate_samples(samples_path: str | Path, problems: Mapping[str, Problem] |
     limits = effective_limits(limits)
     if check_all is not None:
         results = check_all([problem_check(problems[s["task_id"]], s["completion"]) for s in samples], timeout, limits)
+    elif started is not None:
+        if (started.timeout, started.limits) != (timeout, limits):
+            raise ValueError("the started checks were given another timeout or other limits than this evaluation")
+        results = _collect(samples, problems, started, progress)
     else:
         results = _run_all(samples, problems, workers, timeout, limits, progress)
 
@@ -92,6 +100,14 @@ def _run_all(samples: list[dict], problems: Mapping[str, Problem], workers: int,
         rest = tqdm(pool.map(run, samples[1:]), total=len(samples), initial=1, desc="running tests",
                     disable=not progress, unit="sample")
         return [first, *rest]
+
+
+def _collect(samples: list[dict], problems: Mapping[str, Problem], started: EarlyChecks,
+             progress: bool) -> list[ExecResult]:
+    """Every sample's verdict from `started`, starting there the checks it does not hold yet."""
+    futures = [started.take(s["task_id"], s["completion"])
+               or started.start(problem_check(problems[s["task_id"]], s["completion"])) for s in samples]
+    return [f.result() for f in tqdm(futures, desc="running tests", disable=not progress, unit="sample")]
 
 
 def format_report(report: dict, ks: Sequence[int]) -> str:

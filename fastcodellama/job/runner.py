@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from fastcodellama.job.run_record import RunRecord, start_run
 from fastcodellama.job.samples_file import SamplesFile, done_counts
@@ -10,9 +11,11 @@ from fastcodellama.job.types import JobParams, JobStats
 from fastcodellama.progress import TokenProgress
 
 
-def generate_samples(llm, tasks: list[dict], params_for: JobParams, output: str, progress: bool = True) -> JobStats:
+def generate_samples(llm, tasks: list[dict], params_for: JobParams, output: str, progress: bool = True,
+                     on_written: Callable[[str, list[str]], None] | None = None) -> JobStats:
     """Runs every task's missing samples through one engine; appends each task's samples when it
-    finishes. Refuses (run_record.RunMismatch) a samples file made with other parameters."""
+    finishes, then hands `on_written` the task id and the completions as written (the job starts
+    their checks). Refuses (run_record.RunMismatch) a samples file made with other parameters."""
     engine, stats = llm.engine, JobStats()
     done = done_counts(output)
     stats.resumed = samples_done(tasks, params_for, done)
@@ -32,7 +35,10 @@ def generate_samples(llm, tasks: list[dict], params_for: JobParams, output: str,
                         continue
                     bar.observe(out.request_id, out.outputs)
                     if out.finished:
-                        f.write(pending.pop(out.request_id).task_id, out.outputs)
+                        task_id = pending.pop(out.request_id).task_id
+                        f.write(task_id, out.outputs)
+                        if on_written is not None:
+                            on_written(task_id, [c.text for c in out.outputs])
                 if snapshot or not pending:
                     bar.refresh(engine.stats().generated_tokens - base)
     finally:

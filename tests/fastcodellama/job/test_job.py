@@ -50,3 +50,24 @@ def test_bad_arguments_are_clear_errors(tiny_model_dir, tmp_path, capsys):
                  "--output_data_fn", str(tmp_path / "x.jsonl")]) == 2
     assert "top_p" in capsys.readouterr().err
     assert main(["humaneval", "--type", "nonsense"]) == 2
+
+
+def _verdicts(path) -> list[tuple[str, str, bool]]:
+    return [(r["task_id"], r["completion"], r["passed"]) for r in map(json.loads, _lines(path))]
+
+
+def test_tests_run_beside_generation_give_the_same_results(tiny_model_dir, tmp_path, capsys):
+    runs = {}
+    for mode in ("on", "off", "auto"):
+        out = tmp_path / f"{mode}.jsonl"
+        assert main(["humaneval", "--model", tiny_model_dir, "--limit", "3", "--passk", "3", "--max-tokens", "12",
+                     "--temperature", "0.8", "--output_data_fn", str(out), "--num-kv-blocks", "128",
+                     "--block-size", "4", "--max-num-seqs", "3", "--workers", "2",
+                     "--tests-while-generating", mode]) == 0
+        runs[mode] = (_verdicts(tmp_path / f"{mode}.jsonl_results.jsonl"), capsys.readouterr().out)
+    assert runs["on"][0] == runs["off"][0] == runs["auto"][0]
+    assert len(runs["on"][0]) == 9
+    assert "tests run during generation | 9 of 9" in " ".join(runs["on"][1].split())
+    assert "evaluation after generation" in runs["on"][1]
+    for mode in ("off", "auto"):  # auto: not on a CPU, where generation keeps every core busy
+        assert "tests run during generation" not in runs[mode][1]
