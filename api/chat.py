@@ -9,7 +9,7 @@ import uuid
 from aiohttp import web
 
 from api.chat_output import ChatChunks, chat_response
-from api.chat_schemas import ChatRequest
+from api.chat_schemas import ChatRequest, NamedToolChoice
 from api.chat_template import ChatTemplate, ChatTemplateError
 from api.completions import CompletionPlan, build_plan
 from api.errors import bad_request
@@ -17,7 +17,7 @@ from api.generation import CLIENT, answer, read_request, state_of
 from api.schemas import SAMPLING_FIELDS, CompletionRequest
 from api.state import AppState
 from api.streaming import CompletionStream
-from api.tool_calls import ToolCalling, arguments_as_objects
+from api.tool_calls import ToolCalling, arguments_as_objects, forced_opening
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -56,7 +56,9 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     state.prompts.check_length(texts)
     tokenizer = state.engine.tokenizer
     try:
-        ids = await state.prompts.run(sum(map(len, texts)), lambda: template.prompt_ids(tokenizer, messages, tools))
+        opening = calls.forced if calls is not None else ""
+        ids = await state.prompts.run(sum(map(len, texts)),
+                                      lambda: template.prompt_ids(tokenizer, messages, tools, opening))
     except ChatTemplateError as e:
         raise bad_request(f"The model's chat template refused the messages: {e}", param="messages",
                           code="invalid_messages") from None
@@ -75,21 +77,24 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
 
 
 def tool_calling(req: ChatRequest, template: ChatTemplate) -> ToolCalling | None:
-    """The request's tool calling, or None (no tools, or tool_choice none); a 400 for what this
-    server cannot honour: a call forced (required, or a named function) without constrained
-    decoding, or tools for a model whose template writes no call format it reads."""
+    """The request's tool calling, or None (no tools, or tool_choice none); a 400 for tools of a
+    model whose template writes no call format this server reads, or a named function that is not
+    among the tools. A call forced (required, or a named function) opens the answer."""
     choice = req.tool_choice
     if choice == "none" or (not req.tools and choice in (None, "auto")):
         return None
     if not req.tools:
         raise bad_request("tool_choice names a call but no tools were given.", param="tool_choice")
-    if choice not in (None, "auto"):
-        raise bad_request("tool_choice 'required' or a named function needs constrained decoding, which this "
-                          "server does not do; use 'auto'.", param="tool_choice", code="tool_choice_unsupported")
+    names = [t.function.name for t in req.tools]
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise bad_request(f"tool_choice names {choice.function.name!r}, which is not among the tools "
+                          f"({', '.join(map(repr, names))}).", param="tool_choice")
     fmt = template.tool_format
     if fmt is None:
         raise bad_request("This model's chat template writes no tool-call format this server reads (Hermes "
                           "<tool_call> blocks as Qwen2.5 and Qwen3 do, Qwen3-Coder's <function=...>, or Llama 3.1's "
                           "JSON).", param="tools", code="tools_unsupported")
     schemas = {t.function.name: (t.function.parameters or {}).get("properties") or {} for t in req.tools}
-    return ToolCalling(fmt, parallel=req.parallel_tool_calls is not False, schemas=schemas)
+    forced = "" if choice in (None, "auto") else forced_opening(
+        fmt, choice.function.name if isinstance(choice, NamedToolChoice) else None)
+    return ToolCalling(fmt, parallel=req.parallel_tool_calls is not False, schemas=schemas, forced=forced)

@@ -44,7 +44,9 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
                                                                        c.top_logprobs)
             message, finish = AssistantMessage(content=c.text), finish_reason(c.finish_reason)
             if calls is not None:
-                content, made = calls.parse(c.text)
+                answer = calls.forced + c.text  # a forced opening is the answer's, call or not
+                message = AssistantMessage(content=answer)
+                content, made = calls.parse(answer)
                 if made:
                     message = AssistantMessage(content=content, tool_calls=[call.api() for call in made])
                     finish = "tool_calls"
@@ -79,7 +81,7 @@ class ChatChunks:
 
     def _held(self, index: int, text: str, finish: str | None) -> tuple[str, dict, str | None]:
         """(the content to send now, the delta's tool calls, the finish reason) for a choice's new text."""
-        whole = self._texts.get(index, "") + text
+        whole = self._texts.get(index, self.calls.forced) + text  # a forced opening is held from the start
         self._texts[index] = whole
         sent = self._sent.get(index, 0)
         if finish is None:

@@ -75,8 +75,9 @@ class ChatRequest(SamplingRequest):
     tools: Optional[list[Tool]] = Field(None, max_length=MAX_TOOLS, description="Functions the model may call "
                                         "(in the format its chat template writes: api/tool_calls.py).")
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
-        None, description="auto (the default with tools) or none; required and a named function need "
-                          "constrained decoding, which this server does not do (a 400).")
+        None, description="auto (the default with tools), none, required or a named function: the last two "
+                          "start the answer with a call's opening in the model's format (nothing constrains "
+                          "what the model writes after it).")
     parallel_tool_calls: Optional[bool] = Field(None, description="false: at most the first call is returned.")
     response_format: Optional[ResponseFormat] = Field(None, description="text only: JSON output needs constrained "
                                                       "decoding, which this server does not do (a 400).")

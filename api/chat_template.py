@@ -164,8 +164,9 @@ class ChatTemplate:
         return ids
 
     def prompt_ids(self, tokenizer: Tokenizer, messages: Sequence[dict],
-                   tools: Sequence[dict] | None = None) -> list[int]:
-        return self.encode(tokenizer, self.render(messages, tools=tools))
+                   tools: Sequence[dict] | None = None, opening: str = "") -> list[int]:
+        """The prompt's ids; `opening`: the start of the answer, written for the model."""
+        return self.encode(tokenizer, self.render(messages, tools=tools) + opening)
 
 
 def load_chat_template(tokenizer: Tokenizer) -> ChatTemplate | None:

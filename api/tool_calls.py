@@ -17,6 +17,12 @@ is refused. Text that does not parse as calls stays the message's content, as ge
 Streaming: text that may turn out to be a call is held back (from `<tool_call>`, or a piece of
 it at the end; for llama3 an answer that starts with `{`) until the choice finishes; then the
 calls go out in one delta, and whatever held-back text was not a call as content.
+
+tool_choice `required` or a named function: the answer is started with the opening of a call in
+the model's format (`forced_opening`), written after the chat template's generation prompt, so
+that the model goes on with a call (of that function); the opening is part of the answer that is
+read for calls. Nothing constrains what follows it: a model that writes no valid call there gets
+its text back as content.
 """
 from __future__ import annotations
 
@@ -41,9 +47,11 @@ class ToolCalling:
     format: Format
     parallel: bool = True
     schemas: Schemas | None = None  # how qwen3_coder's parameter values are typed
+    forced: str = ""  # the answer's opening written for the model (tool_choice required or named)
 
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        content, calls = parse(text, self.format, self.schemas)
+    def parse(self, answer: str) -> tuple[str | None, list[ToolCall]]:
+        """The calls of an answer: the forced opening (if any), then what the model generated."""
+        content, calls = parse(answer, self.format, self.schemas)
         return content, calls if self.parallel else calls[:1]
 
 
@@ -63,6 +71,18 @@ class ToolCall:
         body: dict[str, Any] = {"id": self.id, "type": "function",
                                 "function": {"name": self.name, "arguments": self.arguments}}
         return body if index is None else {"index": index, **body}
+
+
+def forced_opening(fmt: Format, name: str | None) -> str:
+    """The start of a call in `fmt`, of the function `name` (None: any function). It stops before
+    the next value's first token (a space or quote): the model writes that token as it would."""
+    if fmt == "qwen3_coder":
+        return f"{HERMES_OPEN}\n<function={name}>" if name else f"{HERMES_OPEN}\n<function="
+    start = f"{HERMES_OPEN}\n" if fmt == "hermes" else ""
+    if name is None:
+        return start + '{"name":'
+    return start + '{"name": ' + json.dumps(name, ensure_ascii=False) + (', "arguments":' if fmt == "hermes"
+                                                                          else ', "parameters":')
 
 
 def format_of(template_source: str) -> Format | None:

@@ -182,10 +182,58 @@ async def test_without_tools_or_with_tool_choice_none_the_text_is_the_answer(cli
         assert r.choices[0].finish_reason == "stop"
 
 
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_named_tool_choice_opens_the_answer_with_that_call(client, server, template, answers, stream):
+    chat = template(HERMES)
+    answers(' {"city": "Paris"}}\n</tool_call>')  # what the model writes after the opening
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED,
+                                             temperature=0, stream=stream, stream_options={"include_usage": True}
+                                             if stream else None)
+    if stream:
+        chunks = [c async for c in r]
+        deltas = [c.choices[0] for c in chunks if c.choices]
+        assert "".join(d.delta.content or "" for d in deltas) == "" and deltas[-1].finish_reason == "tool_calls"
+        calls, used = [tc for d in deltas for tc in (d.delta.tool_calls or [])], chunks[-1].usage
+    else:
+        assert r.choices[0].message.content is None and r.choices[0].finish_reason == "tool_calls"
+        calls, used = r.choices[0].message.tool_calls, r.usage
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    opening = '<tool_call>\n{"name": "get_weather", "arguments":'
+    tokenizer = server.state.engine.tokenizer
+    assert used.prompt_tokens == len(chat.prompt_ids(tokenizer, ASK, [WEATHER, CLOCK], opening))
+    assert used.prompt_tokens > len(chat.prompt_ids(tokenizer, ASK, [WEATHER, CLOCK]))
+
+
+async def test_required_opens_a_call_in_each_format(client, template, answers):
+    for source, written, expected in [
+            (HERMES, ' "now", "arguments": {}}\n</tool_call>', ("now", {})),
+            (QWEN3_CODER, "run>\n<parameter=command>\nls\n</parameter>\n</function>\n</tool_call>",
+             ("run", {"command": "ls"})),
+            (LLAMA3, ' "get_weather", "parameters": {"city": "Paris"}}', ("get_weather", {"city": "Paris"}))]:
+        template(source)
+        answers(written)
+        run = {"type": "function", "function": {"name": "run", "parameters": {
+            "type": "object", "properties": {"command": {"type": "string"}}}}}
+        r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK, run],
+                                                 tool_choice="required", temperature=0)
+        call = r.choices[0].message.tool_calls[0]
+        assert (call.function.name, json.loads(call.function.arguments)) == expected
+
+
+async def test_a_forced_call_the_model_does_not_finish_comes_back_as_text(client, template, answers):
+    template(HERMES)
+    answers(" I do not know")
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                             temperature=0)
+    assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == '<tool_call>\n{"name": I do not know'
+
+
 async def test_what_cannot_be_honoured_is_a_clear_400(client, template):
-    cases = [({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice_unsupported"),
-             ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
-              "tool_choice_unsupported"),
+    cases = [({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nowhere"}}}, None),
              ({"tool_choice": "required"}, None),
              ({"tools": [{"type": "retrieval"}]}, None),
              ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, None)]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from api import tool_calls
+from api.tool_calls import ToolCalling, forced_opening
 from tests.api.test_chat_tools import HERMES, LLAMA3, QWEN3_CODER, TWO_CALLS
 
 
@@ -50,3 +53,17 @@ def test_qwen3_coder_parameters_are_typed_by_the_schema_or_as_json():
     cut = tool_calls.parse("<tool_call>\n<function=f>\n<parameter=x>\nabc", "qwen3_coder")[1][0]
     assert (cut.name, json.loads(cut.arguments)) == ("f", {"x": "abc"})
     assert tool_calls.parse('<tool_call>{"name": "f"}</tool_call>', "qwen3_coder")[1] == []
+
+
+@pytest.mark.parametrize("fmt,named,written", [
+    ("hermes", True, ' {"city": "Paris"}}\n</tool_call>'),
+    ("hermes", False, ' "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'),
+    ("qwen3_coder", True, "\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"),
+    ("qwen3_coder", False, "get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"),
+    ("llama3", True, ' {"city": "Paris"}}'),
+    ("llama3", False, ' "get_weather", "parameters": {"city": "Paris"}}')])
+def test_a_forced_opening_and_what_follows_it_read_as_the_call(fmt, named, written):
+    calling = ToolCalling(fmt, forced=forced_opening(fmt, "get_weather" if named else None))
+    content, calls = calling.parse(calling.forced + written)
+    assert content is None and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert not calling.forced.endswith((" ", '"'))  # the model writes the next value's first token itself
