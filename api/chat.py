@@ -2,6 +2,7 @@
 then generation as for /v1/completions, answered as chat completions (api/chat_output.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -17,7 +18,7 @@ from api.generation import CLIENT, answer, read_request, state_of
 from api.schemas import SAMPLING_FIELDS, CompletionRequest
 from api.state import AppState
 from api.streaming import CompletionStream
-from api.tool_calls import ToolCalling, arguments_as_objects, forced_opening
+from api.tool_calls import ToolCalling, arguments_as_objects, forced_opening, markers
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -73,6 +74,8 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)
     plan.request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if calls is not None and calls.kept:  # the format's markers are special tokens: the text must show them
+        plan.params = dataclasses.replace(plan.params, special_texts=calls.kept)
     return plan, calls
 
 
@@ -92,9 +95,14 @@ def tool_calling(req: ChatRequest, template: ChatTemplate) -> ToolCalling | None
     fmt = template.tool_format
     if fmt is None:
         raise bad_request("This model's chat template writes no tool-call format this server reads (Hermes "
-                          "<tool_call> blocks as Qwen2.5 and Qwen3 do, Qwen3-Coder's <function=...>, or Llama 3.1's "
-                          "JSON).", param="tools", code="tools_unsupported")
+                          "<tool_call> blocks as Qwen2.5 and Qwen3 do, Qwen3-Coder's <function=...>, Llama 3.1's "
+                          "JSON, or Mistral's [TOOL_CALLS]).", param="tools", code="tools_unsupported")
+    missing = [m for m in markers(fmt) if m not in template.special_ids]
+    if missing:
+        raise bad_request(f"This model's chat template writes {', '.join(missing)}, which its tokenizer has no special "
+                          "token for.", param="tools", code="tools_unsupported")
     schemas = {t.function.name: (t.function.parameters or {}).get("properties") or {} for t in req.tools}
     forced = "" if choice in (None, "auto") else forced_opening(
         fmt, choice.function.name if isinstance(choice, NamedToolChoice) else None)
-    return ToolCalling(fmt, parallel=req.parallel_tool_calls is not False, schemas=schemas, forced=forced)
+    kept = tuple((template.special_ids[m], m) for m in markers(fmt))
+    return ToolCalling(fmt, parallel=req.parallel_tool_calls is not False, schemas=schemas, forced=forced, kept=kept)

@@ -10,7 +10,14 @@ Formats (the template's own text says which one the model was trained on):
           side; numbers, booleans, objects and arrays as JSON), else as JSON where it parses;
   llama3  the whole answer one JSON object `{"name": ..., "parameters": {...}}`, or several joined
           by `;` (Llama 3.1 / 3.2 / 3.3; their `<|python_tag|>` is a special token, left out of
-          the text): the template writes `<|python_tag|>`.
+          the text): the template writes `<|python_tag|>`;
+  mistral  `[TOOL_CALLS]` then a JSON list of `{"name": ..., "arguments": {...}}` (Mistral 7B v0.3,
+          Mistral Nemo, Codestral): the template writes `[TOOL_CALLS]`;
+  mistral_args  `[TOOL_CALLS]NAME[ARGS]{...}` per call (the later Mistral and Devstral
+          templates): the template writes `[TOOL_CALLS]` and `[ARGS]`.
+          Both markers are special tokens: the request asks the engine to write them into the text
+          (`markers`, SamplingParams.special_texts), and its calls get ids of 9 letters and digits,
+          the only ids those templates take back.
 A template that writes neither has no format this server reads, and a request with tools for it
 is refused. Text that does not parse as calls stays the message's content, as generated.
 
@@ -26,14 +33,19 @@ its text back as content.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import secrets
+import string
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Format = Literal["hermes", "qwen3_coder", "llama3"]
+Format = Literal["hermes", "qwen3_coder", "llama3", "mistral", "mistral_args"]
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
+_ID_CHARS = string.ascii_letters + string.digits
 _HERMES_BLOCK = re.compile(re.escape(HERMES_OPEN) + r"(.*?)(?:" + re.escape(HERMES_CLOSE) + r"|\Z)", re.DOTALL)
 _FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)(?:</function>\s*|\Z)", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
@@ -48,6 +60,7 @@ class ToolCalling:
     parallel: bool = True
     schemas: Schemas | None = None  # how qwen3_coder's parameter values are typed
     forced: str = ""  # the answer's opening written for the model (tool_choice required or named)
+    kept: tuple[tuple[int, str], ...] = ()  # the format's special tokens (id, text) the text must show
 
     def parse(self, answer: str) -> tuple[str | None, list[ToolCall]]:
         """The calls of an answer: the forced opening (if any), then what the model generated."""
@@ -73,9 +86,19 @@ class ToolCall:
         return body if index is None else {"index": index, **body}
 
 
+def markers(fmt: Format) -> tuple[str, ...]:
+    """The special tokens a format's calls are written with, which the text must show."""
+    return {"mistral": (MISTRAL_CALLS,), "mistral_args": (MISTRAL_CALLS, MISTRAL_ARGS)}.get(fmt, ())
+
+
 def forced_opening(fmt: Format, name: str | None) -> str:
     """The start of a call in `fmt`, of the function `name` (None: any function). It stops before
     the next value's first token (a space or quote): the model writes that token as it would."""
+    if fmt == "mistral_args":
+        return f"{MISTRAL_CALLS}{name}{MISTRAL_ARGS}" if name else MISTRAL_CALLS
+    if fmt == "mistral":
+        opening = f'{MISTRAL_CALLS} [{{"name":'
+        return opening + f' {json.dumps(name, ensure_ascii=False)}, "arguments":' if name else opening
     if fmt == "qwen3_coder":
         return f"{HERMES_OPEN}\n<function={name}>" if name else f"{HERMES_OPEN}\n<function="
     start = f"{HERMES_OPEN}\n" if fmt == "hermes" else ""
@@ -91,6 +114,8 @@ def format_of(template_source: str) -> Format | None:
         return "qwen3_coder"
     if HERMES_OPEN in template_source:
         return "hermes"
+    if MISTRAL_CALLS in template_source:
+        return "mistral_args" if MISTRAL_ARGS in template_source else "mistral"
     if "<|python_tag|>" in template_source:
         return "llama3"
     return None
@@ -101,6 +126,9 @@ def parse(text: str, fmt: Format, schemas: Schemas | None = None) -> tuple[str |
     whitespace is left); no calls, and `text` as it is, where none parses."""
     if fmt == "llama3":
         calls, content = _llama3(text)
+    elif fmt in ("mistral", "mistral_args"):
+        calls, content = _mistral(text)
+        calls = [dataclasses.replace(c, id="".join(secrets.choice(_ID_CHARS) for _ in range(9))) for c in calls]
     else:
         calls, content = _blocks(text, (lambda raw: _call(raw, "arguments")) if fmt == "hermes"
                                  else (lambda raw: _xml_call(raw, schemas or {})))
@@ -131,6 +159,30 @@ def _llama3(text: str) -> tuple[list[ToolCall], str]:
     if not calls or any(c is None for c in calls):
         return [], text
     return calls, ""
+
+
+def _mistral(text: str) -> tuple[list[ToolCall], str]:
+    """The calls after `[TOOL_CALLS]` (each a JSON list of calls, or `NAME[ARGS]{...}`), and the
+    text before it; none where any part does not parse."""
+    at = text.find(MISTRAL_CALLS)
+    if at < 0:
+        return [], text
+    calls: list[ToolCall | None] = []
+    for part in text[at + len(MISTRAL_CALLS):].split(MISTRAL_CALLS):
+        if MISTRAL_ARGS in part:
+            name, _, args = part.partition(MISTRAL_ARGS)
+            try:
+                calls.append(_call_of({"name": name.strip(), "arguments": json.loads(args)}, "arguments"))
+            except ValueError:
+                calls.append(None)
+            continue
+        values = _json_objects(part.strip())
+        calls += [_call_of(v, "arguments") for value in values for v in (value if isinstance(value, list) else [value])]
+        if not values:
+            calls.append(None)
+    if not calls or any(c is None for c in calls):
+        return [], text
+    return calls, text[:at].strip()
 
 
 def _json_objects(body: str) -> list[Any]:
@@ -213,6 +265,9 @@ def held_from(text: str, fmt: Format, since: int = 0) -> int:
     """Where in a choice's text so far streaming must stop until the choice finishes: the start
     of what may be (the beginning of) a call; len(text) where nothing may be. `since`: how much
     of it went out already (nothing there starts a call), so a stream scans only what is new."""
+    if fmt in ("mistral", "mistral_args"):  # the marker arrives whole: a special token
+        at = text.find(MISTRAL_CALLS, since)
+        return at if at >= 0 else len(text)
     if fmt == "llama3":
         if since > 0:
             return len(text)

@@ -142,12 +142,14 @@ class LLMEngine:
             raise ValueError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len} tokens")
         if self.block_manager.blocks_for(len(ids) + 1) > self.block_manager.num_blocks:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit in the KV cache")
+        if any(i >= self.model_config.vocab_size for i, _ in params.special_texts):
+            raise ValueError(f"special_texts: token ids out of range [0, {self.model_config.vocab_size})")
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         seqs = []
         for i in range(params.n):
             seq = Sequence(self._next_seq_id, request_id, i, ids, params, sample_key(seed, i), client)
             self._next_seq_id += 1
-            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids)
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids, kept=dict(params.special_texts))
             seqs.append(seq)
         self.requests[request_id] = RequestState(request_id, text, ids, params, seqs,
                                                  arrival_time or time.monotonic(), client=client)

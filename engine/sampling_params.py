@@ -36,6 +36,9 @@ class SamplingParams:
     top_logprobs: int = 0
     # Speculation per request: None follows the engine; False turns drafting off.
     speculate: bool | None = None
+    # Special tokens written into the output text as the given text (which the detokenizer otherwise
+    # leaves out): the chat server's tool-call markers, e.g. Mistral's [TOOL_CALLS].
+    special_texts: tuple[tuple[int, str], ...] = ()
     # Benchmarks only (trace replay): one recorded continuation per sample, taken wherever the
     # engine would pick a token; EOS after its end. Not reachable from the HTTP API.
     replay_token_ids: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
@@ -62,6 +65,8 @@ class SamplingParams:
         _check(type(self.top_logprobs) is int and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
                f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
         _check(self.logprobs or not self.top_logprobs, "top_logprobs needs logprobs")
+        object.__setattr__(self, "special_texts", tuple((int(i), str(t)) for i, t in self.special_texts))
+        _check(all(i >= 0 and t for i, t in self.special_texts), "special_texts: (token id >= 0, non-empty text) pairs")
         if self.replay_token_ids is not None:
             object.__setattr__(self, "replay_token_ids", tuple(tuple(int(t) for t in r) for r in self.replay_token_ids))
             _check(len(self.replay_token_ids) == self.n, "replay_token_ids needs one continuation per sample")

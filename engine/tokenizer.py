@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from engine.loader import hf_token_ids, read_folder_json
 
@@ -263,8 +263,11 @@ class IncrementalDetokenizer:
     CONTEXT = 5
     WINDOW = 64  # ids released before the window is cut back
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], fast: bool = True) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], fast: bool = True,
+                 kept: Mapping[int, str] | None = None) -> None:
+        """`kept`: special tokens written as the given text (decoding leaves special tokens out)."""
         self.tokenizer = tokenizer
+        self.kept = kept or None
         self.ids: list[int] = list(prompt_ids[-self.CONTEXT:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
@@ -273,6 +276,12 @@ class IncrementalDetokenizer:
 
     def add(self, token_id: int) -> str:
         token_id = int(token_id)
+        if self.kept is not None and token_id in self.kept:
+            text = self.flush() + self.kept[token_id]  # what was held back comes before it
+            self.ids.append(token_id)
+            self.prefix_offset = self.read_offset = len(self.ids)
+            self._clean = True  # nothing held back: a plain piece next adds its own text, space included
+            return text
         self.ids.append(token_id)
         plain = self._plain
         if plain is not None and self._clean and 0 <= token_id < len(plain) and plain[token_id]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import openai
 import pytest
@@ -67,9 +68,9 @@ async def client(server):
 @pytest.fixture
 def template(server, monkeypatch):
     """The served model's chat template replaced by one of the given source."""
-    def use(source: str) -> ChatTemplate:
+    def use(source: str, specials: dict[str, int] | None = None) -> ChatTemplate:
         default = server.state.chat_template
-        chat = ChatTemplate(source, "test", default.special_tokens, {})
+        chat = ChatTemplate(source, "test", default.special_tokens, specials or {})
         monkeypatch.setattr(server.state, "chat_template", chat)
         return chat
     return use
@@ -81,8 +82,13 @@ def answers(server, monkeypatch):
     engine = server.state.engine
     real = engine.generate
 
-    def write(text: str) -> None:
-        ids = tuple(engine.tokenizer.encode(text, add_bos=False))
+    def write(text: str, specials: dict[str, int] | None = None) -> None:
+        """`specials`: marker texts in `text` written as those token ids."""
+        ids: list[int] = []
+        pattern = "(" + "|".join(map(re.escape, specials)) + ")" if specials else None
+        for i, part in enumerate(re.split(pattern, text) if pattern else [text]):
+            ids += [specials[part]] if i % 2 else engine.tokenizer.encode(part, add_bos=False) if part else []
+        ids = tuple(ids)
 
         def generate(prompt, params, request_id, **kwargs):
             forced = dataclasses.replace(params, replay_token_ids=(ids,) * params.n)
@@ -253,3 +259,74 @@ async def test_what_cannot_be_honoured_is_a_clear_400(client, template):
     with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER], max_tokens=4)
     assert e.value.code == "tools_unsupported" and "tool-call format" in str(e.value)
+
+
+# Mistral 7B v0.3's way: [TOOL_CALLS] then a JSON list; the later templates' [TOOL_CALLS]NAME[ARGS]{...}.
+MISTRAL = ("{%- if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
+           "{%- for m in messages %}{%- if m.role == 'user' %}[INST] {{ m.content }}[/INST]"
+           "{%- elif m.role == 'assistant' and m.tool_calls %}[TOOL_CALLS] ["
+           "{%- for c in m.tool_calls %}{\"name\": \"{{ c.function.name }}\", \"arguments\": "
+           "{{ c.function.arguments | tojson }}, \"id\": \"{{ c.id }}\"}{%- if not loop.last %}, {% endif %}"
+           "{%- endfor %}]</s>"
+           "{%- elif m.role == 'tool' %}[TOOL_RESULTS] {\"content\": {{ m.content | tojson }}, \"call_id\": "
+           "\"{{ m.tool_call_id }}\"}[/TOOL_RESULTS]{%- else %}{{ m.content }}</s>{%- endif %}{%- endfor %}")
+MISTRAL_ARGS = ("{%- if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
+                "{%- for m in messages %}{%- if m.role == 'user' %}[INST] {{ m.content }}[/INST]"
+                "{%- elif m.role == 'assistant' and m.tool_calls %}{%- for c in m.tool_calls %}[TOOL_CALLS]"
+                "{{ c.function.name }}[ARGS]{{ c.function.arguments | tojson }}{%- endfor %}</s>"
+                "{%- elif m.role == 'tool' %}[TOOL_RESULTS]{{ m.content }}[/TOOL_RESULTS]"
+                "{%- else %}{{ m.content }}</s>{%- endif %}{%- endfor %}")
+# The embedded tokenizer has no [TOOL_CALLS] nor [ARGS]: two of its special tokens stand in for them.
+MARKERS = {"[TOOL_CALLS]": 3, "[ARGS]": 4}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("source,written", [
+    (MISTRAL, 'Sure.[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "now", '
+              '"arguments": {}}]'),
+    (MISTRAL_ARGS, 'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]now[ARGS]{}')])
+async def test_mistral_calls_after_the_special_token(client, template, answers, source, written, stream):
+    template(source, MARKERS)
+    answers(written, MARKERS)
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK], temperature=0,
+                                             stream=stream)
+    if stream:
+        deltas = [c.choices[0] for c in [c async for c in r] if c.choices]
+        content = "".join(d.delta.content or "" for d in deltas)
+        calls = [tc for d in deltas for tc in (d.delta.tool_calls or [])]
+        finish = deltas[-1].finish_reason
+    else:
+        content, calls, finish = r.choices[0].message.content, r.choices[0].message.tool_calls, r.choices[0].finish_reason
+    assert content == "Sure." and finish == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"}), ("now", {})]
+    assert all(re.fullmatch("[A-Za-z0-9]{9}", c.id) for c in calls)  # the only ids these templates take back
+
+
+async def test_a_mistral_call_goes_back_through_the_template(client, server, template, answers):
+    chat = template(MISTRAL, MARKERS)
+    answers('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]', MARKERS)
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER], temperature=0)
+    call = r.choices[0].message.tool_calls[0]
+    answers("It is 18 degrees.")
+    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                     {"role": "tool", "tool_call_id": call.id, "content": "18 C"}]
+    again = await client.chat.completions.create(model="coder", messages=history, tools=[WEATHER], temperature=0)
+    assert again.choices[0].message.content == "It is 18 degrees."
+    assert f'"call_id": "{call.id}"' in chat.render(history, tools=[WEATHER])
+
+
+async def test_a_named_mistral_call_opens_with_its_name(client, template, answers):
+    template(MISTRAL_ARGS, MARKERS)
+    answers('{"city": "Paris"}')
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK], tool_choice=NAMED,
+                                             temperature=0)
+    call = r.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+
+
+async def test_mistral_markers_the_tokenizer_lacks_are_a_400(client, template):
+    template(MISTRAL)  # no special token for [TOOL_CALLS]
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER], max_tokens=4)
+    assert e.value.code == "tools_unsupported" and "[TOOL_CALLS]" in str(e.value)

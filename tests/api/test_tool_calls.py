@@ -8,7 +8,7 @@ import pytest
 
 from api import tool_calls
 from api.tool_calls import ToolCalling, forced_opening
-from tests.api.test_chat_tools import HERMES, LLAMA3, QWEN3_CODER, TWO_CALLS
+from tests.api.test_chat_tools import HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, QWEN3_CODER, TWO_CALLS
 
 
 def test_formats_are_read_from_the_templates_and_parsed():
@@ -61,9 +61,26 @@ def test_qwen3_coder_parameters_are_typed_by_the_schema_or_as_json():
     ("qwen3_coder", True, "\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"),
     ("qwen3_coder", False, "get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"),
     ("llama3", True, ' {"city": "Paris"}}'),
-    ("llama3", False, ' "get_weather", "parameters": {"city": "Paris"}}')])
+    ("llama3", False, ' "get_weather", "parameters": {"city": "Paris"}}'),
+    ("mistral", True, ' {"city": "Paris"}}]'),
+    ("mistral", False, ' "get_weather", "arguments": {"city": "Paris"}}]'),
+    ("mistral_args", True, '{"city": "Paris"}'),
+    ("mistral_args", False, 'get_weather[ARGS]{"city": "Paris"}')])
 def test_a_forced_opening_and_what_follows_it_read_as_the_call(fmt, named, written):
     calling = ToolCalling(fmt, forced=forced_opening(fmt, "get_weather" if named else None))
     content, calls = calling.parse(calling.forced + written)
     assert content is None and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
     assert not calling.forced.endswith((" ", '"'))  # the model writes the next value's first token itself
+
+
+def test_mistral_calls_need_their_marker_and_valid_json():
+    assert tool_calls.format_of(MISTRAL) == "mistral" and tool_calls.format_of(MISTRAL_ARGS) == "mistral_args"
+    for fmt in ("mistral", "mistral_args"):
+        for text in ('[{"name": "f", "arguments": {}}]',  # no [TOOL_CALLS]: an answer, not a call
+                     'Sure.[TOOL_CALLS] [{"name": "f", "arguments": {]', "[TOOL_CALLS]f[ARGS]{nope"):
+            assert tool_calls.parse(text, fmt) == (text, [])
+        assert tool_calls.held_from("Sure. [TOOL", fmt) == len("Sure. [TOOL")  # the marker comes whole
+        assert tool_calls.held_from("Sure.[TOOL_CALLS] [", fmt, since=2) == len("Sure.")
+    content, calls = tool_calls.parse('ok[TOOL_CALLS] [{"name": "f", "arguments": {"a": 1}}][TOOL_CALLS]g[ARGS]{}',
+                                      "mistral")
+    assert content == "ok" and [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 1}), ("g", {})]

@@ -1,6 +1,7 @@
 """End-to-end engine behaviour on a tiny random Llama: exactness, batching, preemption, limits."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -315,6 +316,8 @@ def test_speculation_under_preemption(tiny_model_dir, llm):
     (dict(top_k=-1), "top_k"),
     (dict(min_tokens=5, max_tokens=2), "min_tokens"),
     (dict(stop=[""]), "stop"),
+    (dict(special_texts=((-1, "[X]"),)), "special_texts"),
+    (dict(special_texts=((3, ""),)), "special_texts"),
 ])
 def test_bad_sampling_params_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -328,6 +331,8 @@ def test_bad_prompts_raise_and_leave_nothing(llm):
         llm.generate(["x " * 600], greedy())
     with pytest.raises(ValueError, match="out of range"):
         llm.generate([[1, 5, 100000]], greedy())
+    with pytest.raises(ValueError, match="special_texts"):
+        llm.generate(["x"], dataclasses.replace(greedy(), special_texts=((100000, "[X]"),)))
     with pytest.raises(TypeError, match="unknown engine options"):
         LLM(None, no_such_option=1)
     assert_no_leaks(llm.engine)

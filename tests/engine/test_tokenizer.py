@@ -57,6 +57,23 @@ def test_fast_detokenization_equals_the_window_decode(spm_tokenizer_dir):
             assert [fast.add(t) for t in ids] + [fast.flush()] == [slow.add(t) for t in ids] + [slow.flush()]
 
 
+def test_kept_special_tokens_are_written_where_they_come(bpe_dir):
+    """A special token kept (the chat server's tool-call markers) is written as its given text, in
+    its place, after the text before it; the text around it as without it."""
+    from engine import DEFAULT_MODEL
+
+    for path in (DEFAULT_MODEL, bpe_dir[1]):
+        tok = Tokenizer(path)
+        marker = tok.eos_ids[0]
+        before, after = tok.encode("x = 'é", add_bos=False), tok.encode(" [1, 2]", add_bos=False)
+        for fast in (True, False):
+            detok = IncrementalDetokenizer(tok, tok.encode("# a\n"), fast=fast, kept={marker: "[TOOL_CALLS]"})
+            text = "".join(detok.add(t) for t in [*before, marker, *after]) + detok.flush()
+            assert text == "x = 'é[TOOL_CALLS] [1, 2]"
+            plain = IncrementalDetokenizer(tok, tok.encode("# a\n"), fast=fast)
+            assert "".join(plain.add(t) for t in [*before, marker, *after]) + plain.flush() == "x = 'é [1, 2]"
+
+
 def test_fim_tokens_found(spm_tokenizer_dir):
     tok = Tokenizer(spm_tokenizer_dir)
     assert tok.fim is not None
