@@ -6,6 +6,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.chat_schemas import ChatChunk, ChatRequest, ChatResponse
 from api.infill_schemas import InfillRequest, InfillResponse
+from api.tokenize_schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, FimRequest, Health,
                          ModelList)
 
@@ -36,11 +37,18 @@ def _generating(body: type[BaseModel], answer: type[BaseModel], description: str
     }
 
 
+def _plain(body: type[BaseModel], answer: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
+            "responses": {"200": _json(answer, "The answer"), **_errors(400, 401, 404, 413)}}
+
+
 def build_openapi(title: str, version: str, auth: bool) -> dict:
     models = [(CompletionRequest, "validation"), (CompletionResponse, "serialization"),
               (ChatRequest, "validation"), (ChatResponse, "serialization"), (ChatChunk, "serialization"),
               (FimRequest, "validation"), (InfillRequest, "validation"), (InfillResponse, "serialization"),
               (ModelList, "serialization"), (Health, "serialization"), (CopilotToken, "serialization"),
+              (TokenizeRequest, "validation"), (TokenizeResponse, "serialization"),
+              (DetokenizeRequest, "validation"), (DetokenizeResponse, "serialization"),
               (ErrorResponse, "serialization")]
     _, defs = models_json_schema(models, ref_template=_REF)
     completion = _generating(CompletionRequest, CompletionResponse,
@@ -66,6 +74,10 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
                                          "operationId": "createFimCompletion", **fim}},
         "/infill": {"post": {"summary": "llama.cpp's infill (llama.vscode, llama.vim)", "operationId": "infill",
                              **infill}},
+        "/tokenize": {"post": {"summary": "The served model's token ids of a text or a chat (vLLM's and llama.cpp's "
+                                          "fields)", "operationId": "tokenize", **_plain(TokenizeRequest, TokenizeResponse)}},
+        "/detokenize": {"post": {"summary": "The text of token ids", "operationId": "detokenize",
+                                 **_plain(DetokenizeRequest, DetokenizeResponse)}},
         "/v1/models": {"get": {"summary": "The served model", "operationId": "listModels",
                                "responses": {"200": _json(ModelList, "Models"), **_errors(401)}}},
         "/health": {"get": {"summary": "Liveness and KV cache state (no API key needed)", "operationId": "health",

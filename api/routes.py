@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from api import chat, echo, fim, infill
+from api import chat, echo, fim, infill, tokenize
 from api.completions import build_plan, deadline, full_response
 from api.errors import APIError
 from api.generation import CLIENT, answer, generation_error, read_request, state_of
@@ -24,6 +24,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/fim/completions", fim.fim_completions)
     app.router.add_post("/infill", infill.infill)
+    app.router.add_post("/tokenize", tokenize.tokenize)
+    app.router.add_post("/detokenize", tokenize.detokenize)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
