@@ -14,6 +14,11 @@ round of a machine that has none learns them.
 
     python benchmarks/job_interleaved.py                            # the jobs of whole_process.py
     python benchmarks/job_interleaved.py --jobs pass10-20 --rounds 5
+    python benchmarks/job_interleaved.py --jobs readme --fixed-k 1,2,4   # and fixed draft lengths
+
+With --fixed-k, an engine per fixed draft length (`--draft-policy fixed --k K`) steps in the same
+turns, and each round also gives base's time over each of theirs: the best of plain and every
+fixed k in hindsight is the most drafting could have given that job.
 """
 from __future__ import annotations
 
@@ -41,12 +46,13 @@ class TimedJob(TimedSteps):
     """One engine as `fastcodellama humaneval ARGS --type KIND` builds it, the job's requests in it,
     and the time of its own steps."""
 
-    def __init__(self, job_args: list[str], kind: str) -> None:
-        args = build_parser().parse_args(["humaneval", *job_args, "--type", kind])
+    def __init__(self, job_args: list[str], kind: str, fixed_k: int | None = None) -> None:
+        extra = ["--draft-policy", "fixed", "--k", str(fixed_k)] if fixed_k is not None else []
+        args = build_parser().parse_args(["humaneval", *job_args, "--type", kind, *extra])
         args.speculate = kind != "base"
         super().__init__(build_llm(args).engine)
         self.engine: LLMEngine
-        self.kind = kind
+        self.kind = kind if fixed_k is None else f"fixed k={fixed_k}"
         self.tokens: dict[str, list[list[int]]] = {}
         for p in pending_tasks(load_tasks(args.input_data_fn, args.limit), job_params(args), {}):
             self.engine.add_request(p.request_id, p.prompt, p.params)
@@ -64,29 +70,34 @@ class TimedJob(TimedSteps):
                 "leaked_blocks": stats.num_blocks_total - stats.num_blocks_free}
 
 
-def run(job_args: list[str]) -> dict:
-    """Both types of one job, stepped in turn (in_turn.step_in_turn)."""
+def run(job_args: list[str], fixed_k: tuple[int, ...] = ()) -> dict:
+    """Both types of one job, and each fixed k, stepped in turn (in_turn.step_in_turn)."""
     jobs = [TimedJob(job_args, kind) for kind in TYPES]
+    jobs += [TimedJob(job_args, "fastcodellama", k) for k in fixed_k]
     step_in_turn(jobs)
-    base, fast = (j.row() for j in jobs)
-    return {"base": base, "fastcodellama": fast, "same_samples": jobs[0].tokens == jobs[1].tokens,
-            "ratio": base["wall_s"] / fast["wall_s"], "cpu_ratio": base["cpu_s"] / fast["cpu_s"]}
+    base, fast, *fixed = (j.row() for j in jobs)
+    return {"base": base, "fastcodellama": fast, "same_samples": all(j.tokens == jobs[0].tokens for j in jobs),
+            "ratio": base["wall_s"] / fast["wall_s"], "cpu_ratio": base["cpu_s"] / fast["cpu_s"],
+            "fixed": {r["type"]: {**r, "ratio": base["wall_s"] / r["wall_s"]} for r in fixed}}
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", default="readme,pass1-20,pass10-20", help=f"comma-separated, of {', '.join(JOBS)}")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fixed-k", default="", help="also step fixed draft lengths in turn (e.g. 1,2,4)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
+    fixed_k = tuple(int(k) for k in args.fixed_k.split(",") if k.strip())
     rows = []
     for job in args.jobs.split(","):
         for r in range(args.rounds):
-            row = {"job": job, "args": JOBS[job], "round": r + 1, **run(JOBS[job])}
+            row = {"job": job, "args": JOBS[job], "round": r + 1, **run(JOBS[job], fixed_k)}
             rows.append(row)
             print(f"{job} round {r + 1}: base / fastcodellama {row['ratio']:.3f} (CPU time {row['cpu_ratio']:.3f}), "
                   f"drafted {row['fastcodellama']['drafted']}, accepted {row['fastcodellama']['accepted']}, "
-                  f"same samples {row['same_samples']}", flush=True)
+                  f"same samples {row['same_samples']}"
+                  + "".join(f", {name} {f['ratio']:.3f}" for name, f in row["fixed"].items()), flush=True)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "rows": rows,
                "median_ratio": {job: statistics.median(r["ratio"] for r in rows if r["job"] == job)
                                 for job in args.jobs.split(",")}}
@@ -101,12 +112,14 @@ def write(results: dict, out_dir: str) -> None:
              "ratio = base / fastcodellama (above 1.0: drafting saves time). Start-up is not included.", ""]
     lines += measure.markdown_table(
         ["job", "round", "base s", "fastcodellama s", "ratio", "in CPU time", "steps (base / fcl)",
-         "drafted", "accepted", "proposer s", "same samples", "leaked"],
+         "drafted", "accepted", "proposer s", "same samples", "leaked", "base / fixed k"],
         [[r["job"], r["round"], f"{r['base']['wall_s']:.2f}", f"{r['fastcodellama']['wall_s']:.2f}",
           f"{r['ratio']:.3f}", f"{r['cpu_ratio']:.3f}", f"{r['base']['steps']} / {r['fastcodellama']['steps']}",
           r["fastcodellama"]["drafted"], r["fastcodellama"]["accepted"], f"{r['fastcodellama']['propose_s']:.3f}",
           r["same_samples"],
-          r["base"]["leaked_blocks"] + r["fastcodellama"]["leaked_blocks"]] for r in results["rows"]])
+          r["base"]["leaked_blocks"] + r["fastcodellama"]["leaked_blocks"]
+          + sum(f["leaked_blocks"] for f in r["fixed"].values()),
+          " ".join(f"{name}: {f['ratio']:.3f}" for name, f in r["fixed"].items()) or "-"] for r in results["rows"]])
     lines += ["", "Median ratio per job: " + ", ".join(f"{j} {v:.3f}" for j, v in results["median_ratio"].items())]
     measure.write_results(out_dir, "job_interleaved", results, "\n".join(lines) + "\n")
 

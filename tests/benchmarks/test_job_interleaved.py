@@ -25,3 +25,14 @@ def test_the_engines_are_the_commands_own():
     fast = job_interleaved.TimedJob(JOB, "fastcodellama")
     assert base.engine.proposer is None and fast.engine.proposer is not None
     assert len(base.engine.requests) == len(fast.engine.requests) == 2
+
+
+def test_fixed_draft_lengths_step_in_the_same_turns():
+    row = job_interleaved.run(JOB, fixed_k=(1, 4))
+    assert row["same_samples"] and set(row["fixed"]) == {"fixed k=1", "fixed k=4"}
+    for name, fixed in row["fixed"].items():
+        assert fixed["tokens"] == row["base"]["tokens"] and fixed["leaked_blocks"] == 0
+        assert fixed["ratio"] == row["base"]["wall_s"] / fixed["wall_s"]
+    assert row["fixed"]["fixed k=4"]["drafted"] > 0
+    fixed_engine = job_interleaved.TimedJob(JOB, "fastcodellama", 2).engine
+    assert fixed_engine.proposer.config.policy == "fixed" and fixed_engine.proposer.config.k == 2
