@@ -320,6 +320,12 @@ class StepCost:
         return self._memo[key]
 
     # ------------------------------------------------------------------ the cache file
+    def keep_nothing(self) -> None:
+        """Writes nothing from now on (what the file held still seeds this run): this run's steps
+        share the machine with other work of its own (the HumanEval job's tests beside
+        generation), and what they cost then is not what a later run will see."""
+        self.path = None
+
     def flush(self) -> None:
         """Writes what was learned since the last write, if anything: the engine calls it when it
         runs out of work, so that a job shorter than SAVE_EVERY steps still teaches the next run."""

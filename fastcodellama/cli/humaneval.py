@@ -170,6 +170,8 @@ def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams
     with phases(f"loading model {args.model}"):
         llm = build_llm(args)
     beside = early is not None and (args.tests_while_generating == "on" or config.torch_device().type != "cpu")
+    if beside:
+        llm.engine.step_cost.keep_nothing()  # steps timed beside the sandboxes' load: not for later runs
     stats = generate_samples(llm, tasks, params_for, args.output_data_fn,
                              on_written=_starter(early, problems) if beside else None)
     return stats, [], time.perf_counter()

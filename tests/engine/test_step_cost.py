@@ -179,6 +179,21 @@ def test_what_was_learned_is_kept_per_key_and_gives_way_to_new_observations(tmp_
     assert StepCost(KEY, str(tmp_path)).plain(1) is None  # a torn file: start from nothing
 
 
+def test_a_run_that_keeps_nothing_reads_the_file_and_leaves_it_as_it_was(tmp_path):
+    first = StepCost(KEY, str(tmp_path))
+    first.observe(1, 0, 0.5)
+    first.save()
+    before = (tmp_path / KEY.file_name()).read_text()
+    loaded = StepCost(KEY, str(tmp_path))
+    loaded.keep_nothing()
+    assert loaded.plain(1) == pytest.approx(0.5)  # seeded all the same
+    for _ in range(3):
+        loaded.observe(1, 0, 0.9)  # slow steps beside other work
+    loaded.save()
+    loaded.flush()
+    assert loaded.plain(1) == pytest.approx(0.9) and (tmp_path / KEY.file_name()).read_text() == before
+
+
 def test_the_engine_learns_from_decode_steps_and_can_sweep_at_start_up(tiny_model_dir):
     llm = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4, max_num_batched_tokens=64, max_num_seqs=16)
     from engine import SamplingParams

@@ -71,3 +71,14 @@ def test_tests_run_beside_generation_give_the_same_results(tiny_model_dir, tmp_p
     assert "evaluation after generation" in runs["on"][1]
     for mode in ("off", "auto"):  # auto: not on a CPU, where generation keeps every core busy
         assert "tests run during generation" not in runs[mode][1]
+
+
+def test_steps_timed_beside_the_tests_teach_no_later_run(tiny_model_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "costs"
+    monkeypatch.setenv("FASTCODELLAMA_STEP_COST_DIR", str(cache))
+    common = ["humaneval", "--model", tiny_model_dir, "--limit", "2", "--passk", "2", "--max-tokens", "8",
+              "--num-kv-blocks", "128", "--block-size", "4", "--workers", "2", "--overwrite"]
+    assert main([*common, "--output_data_fn", str(tmp_path / "a.jsonl"), "--tests-while-generating", "on"]) == 0
+    assert not cache.exists() or not any(cache.iterdir())
+    assert main([*common, "--output_data_fn", str(tmp_path / "b.jsonl"), "--tests-while-generating", "off"]) == 0
+    assert any(cache.iterdir())
