@@ -45,11 +45,15 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
                           param="messages", code="chat_template_missing")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise bad_request(f"response_format {req.response_format.type} needs constrained decoding, which this server "
-                          "does not do; ask for JSON in the messages instead.", param="response_format",
+    json_object = req.response_format is not None and req.response_format.type == "json_object"
+    if req.response_format is not None and req.response_format.type == "json_schema":
+        raise bad_request("response_format json_schema needs decoding constrained by the schema, which this server "
+                          "does not do; json_object (any JSON object) it does.", param="response_format",
                           code="response_format_unsupported")
     calls = tool_calling(req, template)
+    if json_object and calls is not None:
+        raise bad_request("response_format json_object and tools cannot both shape the answer.",
+                          param="response_format")
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if calls is not None else None
     messages = arguments_as_objects([m.template_dict() for m in req.messages])
     texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
@@ -76,6 +80,11 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     plan.request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if calls is not None and calls.kept:  # the format's markers are special tokens: the text must show them
         plan.params = dataclasses.replace(plan.params, special_texts=calls.kept)
+    if json_object:
+        try:
+            plan.params = dataclasses.replace(plan.params, json_object=True)
+        except ValueError as e:  # with ignore_eos
+            raise bad_request(str(e), param="response_format") from None
     return plan, calls
 
 

@@ -79,8 +79,9 @@ class ChatRequest(SamplingRequest):
                           "start the answer with a call's opening in the model's format (nothing constrains "
                           "what the model writes after it).")
     parallel_tool_calls: Optional[bool] = Field(None, description="false: at most the first call is returned.")
-    response_format: Optional[ResponseFormat] = Field(None, description="text only: JSON output needs constrained "
-                                                      "decoding, which this server does not do (a 400).")
+    response_format: Optional[ResponseFormat] = Field(None, description="text, or json_object: the answer is one JSON "
+                                                      "object (each token chosen among those that keep it one); "
+                                                      "json_schema is a 400.")
 
 
 # ---------------------------------------------------------------------- responses

@@ -16,6 +16,8 @@ from engine.block_manager import BlockManager
 from engine.cost_sweep import StepCostPoints, measure_step_cost, seed
 from engine.config import EngineConfig
 from engine.gc_tuning import raise_young_threshold
+from engine.json_object import START as JSON_START
+from engine.json_object import JsonTokens
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, RequestOutput, SpecStats
@@ -92,8 +94,10 @@ class LLMEngine:
         blocks = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         limits = SchedulerLimits(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
         self.scheduler = Scheduler(limits, blocks, StopChecker(self.eos_ids, self.max_model_len))
+        texts = self.tokenizer.plain_texts
         self.sampler = Sampler(self.eos_ids, use_kernels=self.runner.paths.cpu_sampler,
-                               triton_noise=self.runner.paths.triton_noise)
+                               triton_noise=self.runner.paths.triton_noise,
+                               json_tokens=JsonTokens(texts, frozenset(self.eos_ids)) if texts is not None else None)
         self.proposer = proposer
         self.step_cost = StepCost(self.runner.cost_key(), step_cost_dir())
         self.step_timer = step_timer
@@ -144,12 +148,15 @@ class LLMEngine:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit in the KV cache")
         if any(i >= self.model_config.vocab_size for i, _ in params.special_texts):
             raise ValueError(f"special_texts: token ids out of range [0, {self.model_config.vocab_size})")
+        if params.json_object and (self.sampler.json_tokens is None or not self.eos_ids):
+            raise ValueError("json_object needs a tokenizer whose pieces' texts are known and an end-of-text token")
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         seqs = []
         for i in range(params.n):
             seq = Sequence(self._next_seq_id, request_id, i, ids, params, sample_key(seed, i), client)
             self._next_seq_id += 1
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids, kept=dict(params.special_texts))
+            seq.json_state = JSON_START if params.json_object else None
             seqs.append(seq)
         self.requests[request_id] = RequestState(request_id, text, ids, params, seqs,
                                                  arrival_time or time.monotonic(), client=client)
@@ -243,7 +250,7 @@ class LLMEngine:
             if not s.samples:
                 continue
             seq, p = s.seq, s.seq.params
-            if s.draft or p.needs_penalties:
+            if s.draft or p.needs_penalties or p.json_object:
                 rows += self._seq_rows(seq, logits_row, s.draft)
                 logits_row += len(s.draft) + 1
                 continue
@@ -252,7 +259,7 @@ class LLMEngine:
             position = len(seq.output_token_ids)
             forced = None if p.replay_token_ids is None else self._forced(seq, position)
             rows.append(_new_tuple(SamplingRow, (logits_row, p, seq.noise_key, position, (),
-                                                 len(seq.prompt_token_ids), forced)))
+                                                 len(seq.prompt_token_ids), forced, None)))
             logits_row += 1
         return rows
 
@@ -262,12 +269,25 @@ class LLMEngine:
         position, prompt_len = len(seq.output_token_ids), len(seq.prompt_token_ids)
         count = len(draft) + 1
         forced = [self._forced(seq, i) for i in range(position, position + count)]
+        states = self._json_states(seq, draft)
         if not p.needs_penalties:
-            return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, (), prompt_len, forced[j])
+            return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, (), prompt_len, forced[j], states[j])
                     for j in range(count)]
         history = seq.prompt_token_ids + seq.output_token_ids
         return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, history + list(draft[:j]), prompt_len,
-                            forced[j]) for j in range(count)]
+                            forced[j], states[j]) for j in range(count)]
+
+    def _json_states(self, seq: Sequence, draft: tuple[int, ...]) -> list:
+        """A json_object sequence's state before each of its rows: after its output, then after
+        each draft prefix (None for every row of a sequence without the constraint)."""
+        state = seq.json_state
+        if state is None:
+            return [None] * (len(draft) + 1)
+        states = [state]
+        for token in draft:
+            state = self.sampler.json_tokens.after(state, token)
+            states.append(state)
+        return states
 
     def _forced(self, seq: Sequence, position: int) -> int | None:
         """Trace replay: the recorded token at this output position (EOS past its end); else None."""
@@ -283,6 +303,10 @@ class LLMEngine:
         for update in updates:
             seq = update.seq
             self._generated += len(update.new_tokens)
+            if seq.json_state is not None:
+                after = self.sampler.json_tokens.after
+                for token in update.new_tokens:
+                    seq.json_state = after(seq.json_state, token)
             seq.spec.decode_steps += 1 if update.new_tokens else 0
             if update.draft:
                 source = self._sources.pop(seq.seq_id, "self")

@@ -23,6 +23,8 @@ from typing import Sequence as Seq
 import numpy as np
 import torch
 
+from engine.json_object import JsonTokens
+from engine.json_object import State as JsonState
 from engine.kernels import cpu as kernels
 from engine.sampling_params import SamplingParams
 
@@ -41,6 +43,7 @@ class SamplingRow(NamedTuple):
     history: Seq[int] = ()  # prompt + output + draft prefix, only filled when penalties apply
     output_start: int = 0  # where the output begins in `history`
     forced: int | None = None  # replay mode: the recorded token
+    json: JsonState | None = None  # json_object: the text's state before this row's token
 
 
 TopLogprobs = tuple[tuple[int, float], ...]  # (token, log probability), likeliest first
@@ -81,10 +84,13 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 
 class Sampler:
-    def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False, triton_noise: bool = False) -> None:
+    def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False, triton_noise: bool = False,
+                 json_tokens: JsonTokens | None = None) -> None:
         """`use_kernels`: the C filter-and-race (CPU); `triton_noise`: the PyTorch path's noise from
-        the Triton kernel (GPU). engine/fast_paths.py decides both."""
+        the Triton kernel (GPU). engine/fast_paths.py decides both. `json_tokens`: what each token
+        does to a JSON object's text (rows with a `json` state take only tokens it allows)."""
         self.eos_ids = eos_ids
+        self.json_tokens = json_tokens
         self.use_kernels = use_kernels
         self.noise: Noise = row_noise
         if triton_noise:  # imported only here: triton may be absent where the flag is off
@@ -138,6 +144,8 @@ class Sampler:
             index = torch.tensor(greedy, device=x.device)
             tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
             tokens[torch.tensor(sampled, device=x.device)] = drawn
+        if self.json_tokens is not None and any(p.json_object for p in kinds):
+            tokens = self._json_objects(x, rows, tokens)
         forced = [r.forced for r in rows]
         if None not in forced:  # every row replays (trace replay): the recorded tokens, in one copy
             return torch.tensor(forced, dtype=torch.long, device=x.device)
@@ -145,6 +153,35 @@ class Sampler:
         if where:
             tokens[torch.tensor(where, device=x.device)] = torch.tensor([forced[i] for i in where], device=x.device)
         return tokens
+
+    def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
+        """Rows held to a JSON object: the token chosen where the object allows it, else the first
+        it allows in the row's own order of preference (_preferred)."""
+        chosen = tokens.tolist()
+        allows = self.json_tokens.allows
+        changed = False
+        for i, r in enumerate(rows):
+            if r.json is None or allows(r.json, chosen[i]):
+                continue
+            for token in self._preferred(x[i], r).tolist():
+                if allows(r.json, token):
+                    chosen[i], changed = token, True
+                    break
+        return torch.tensor(chosen, dtype=torch.long, device=tokens.device) if changed else tokens
+
+    def _preferred(self, x: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+        """Every token of a row, the one the sampler picks first: greedy by logit; sampled by the
+        race's score among what the filters keep, then the rest by logit."""
+        by_logit = torch.sort(x, descending=True, stable=True).indices
+        if row.params.greedy:
+            return by_logit
+        seeds = noise_seeds([row.noise_key], [row.position]) & np.uint64(_MASK32)
+        knobs = RowKnobs.of([row.params], seeds, x.device)
+        kept = _filter(x[None].clone(), knobs)
+        score = race_scores(kept, knobs.seeds, self.noise)[0]
+        racing = torch.sort(score, descending=True, stable=True).indices[:int(torch.isfinite(kept[0]).sum())]
+        rest = by_logit[~torch.isin(by_logit, racing)]
+        return torch.cat([racing, rest])
 
     def constrain(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
         """Penalties and min_tokens, on every row (in place)."""
@@ -256,10 +293,14 @@ def row_noise(seeds: torch.Tensor, token_ids: torch.Tensor | None, width: int) -
 def race(x: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) -> torch.Tensor:
     """The exponential race: argmax over surviving tokens of w / E, w = exp(x - max) and
     E = -log(u) ~ Exp(1) with u hashed from (row seed, token id); a sample of softmax(x)."""
+    return torch.argmax(race_scores(x, seeds, noise), dim=-1)
+
+
+def race_scores(x: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) -> torch.Tensor:
+    """Each token's score in the race (0 for tokens the filters dropped)."""
     w = torch.exp(x - x.max(dim=-1, keepdim=True).values)
     u = noise(seeds, None, x.shape[1])
-    score = torch.where(torch.isfinite(x), w / -torch.log(u), 0.0)
-    return torch.argmax(score, dim=-1)
+    return torch.where(torch.isfinite(x), w / -torch.log(u), 0.0)
 
 
 CANDIDATES = 1024  # the likeliest tokens of a row that race_candidates filters and races over

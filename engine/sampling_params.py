@@ -36,6 +36,8 @@ class SamplingParams:
     top_logprobs: int = 0
     # Speculation per request: None follows the engine; False turns drafting off.
     speculate: bool | None = None
+    # The output is one JSON object (OpenAI's response_format json_object): engine/json_object.py.
+    json_object: bool = False
     # Special tokens written into the output text as the given text (which the detokenizer otherwise
     # leaves out): the chat server's tool-call markers, e.g. Mistral's [TOOL_CALLS].
     special_texts: tuple[tuple[int, str], ...] = ()
@@ -65,6 +67,8 @@ class SamplingParams:
         _check(type(self.top_logprobs) is int and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
                f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
         _check(self.logprobs or not self.top_logprobs, "top_logprobs needs logprobs")
+        _check(not (self.json_object and self.ignore_eos), "json_object ends the output where the object closes: "
+               "not with ignore_eos")
         object.__setattr__(self, "special_texts", tuple((int(i), str(t)) for i, t in self.special_texts))
         _check(all(i >= 0 and t for i, t in self.special_texts), "special_texts: (token id >= 0, non-empty text) pairs")
         if self.replay_token_ids is not None:

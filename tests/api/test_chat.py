@@ -3,6 +3,8 @@ on the embedded model (a trained CodeLlama-style model without a chat template: 
 CodeLlama-Instruct's format)."""
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 import pytest_asyncio
@@ -164,3 +166,25 @@ async def test_prediction_on_completions_and_in_streams(client):
     with pytest.raises(openai.BadRequestError, match="prediction"):
         await client.completions.create(model="codellama", prompt=prompt, max_tokens=4,
                                         extra_body={"prediction": {"type": "content", "content": [{"type": "x"}]}})
+
+
+async def test_json_mode_answers_are_json_objects_streamed_or_not(client):
+    from engine.json_object import START, feed
+
+    ask = [{"role": "user", "content": "Give the settings as JSON."}]
+    common = dict(model="codellama", messages=ask, max_tokens=40, temperature=0.8, seed=5, n=3,
+                  response_format={"type": "json_object"})
+    whole = await client.chat.completions.create(**common)
+    texts = [c.message.content for c in sorted(whole.choices, key=lambda c: c.index)]
+    for choice, text in zip(sorted(whole.choices, key=lambda c: c.index), texts):
+        assert feed(START, text) is not None, text  # a JSON object, or (cut by max_tokens) the start of one
+        if choice.finish_reason == "stop":
+            assert isinstance(json.loads(text), dict)
+    stream = await client.chat.completions.create(**common, stream=True)
+    streamed = ["", "", ""]
+    async for chunk in stream:
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    assert streamed == texts
+    plain = await client.chat.completions.create(**{**common, "response_format": {"type": "text"}})
+    assert any(feed(START, c.message.content) is None for c in plain.choices)  # the mode did something

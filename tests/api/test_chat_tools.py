@@ -248,10 +248,14 @@ async def test_what_cannot_be_honoured_is_a_clear_400(client, template):
         with pytest.raises(openai.BadRequestError) as e:
             await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, **extra)
         assert code is None or e.value.code == code
-    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
-        with pytest.raises(openai.BadRequestError) as e:
-            await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, response_format=fmt)
-        assert e.value.code == "response_format_unsupported"
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
+    assert e.value.code == "response_format_unsupported"
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, tools=[WEATHER],
+                                             response_format={"type": "json_object"})
+    assert "json_object" in str(e.value)
     r = await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4,
                                              response_format={"type": "text"})
     assert r.choices[0].finish_reason in ("stop", "length")
