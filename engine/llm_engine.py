@@ -250,7 +250,7 @@ class LLMEngine:
             if not s.samples:
                 continue
             seq, p = s.seq, s.seq.params
-            if s.draft or p.needs_penalties or p.json_object:
+            if s.draft or p.row_by_row:
                 rows += self._seq_rows(seq, logits_row, s.draft)
                 logits_row += len(s.draft) + 1
                 continue

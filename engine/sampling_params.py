@@ -71,6 +71,9 @@ class SamplingParams:
                "not with ignore_eos")
         object.__setattr__(self, "special_texts", tuple((int(i), str(t)) for i, t in self.special_texts))
         _check(all(i >= 0 and t for i, t in self.special_texts), "special_texts: (token id >= 0, non-empty text) pairs")
+        # Read for every row of every step (engine/llm_engine.py): whether this request's rows are
+        # built one by one (penalties read the history, json_object the text's state), kept once.
+        object.__setattr__(self, "row_by_row", self.needs_penalties or self.json_object)
         if self.replay_token_ids is not None:
             object.__setattr__(self, "replay_token_ids", tuple(tuple(int(t) for t in r) for r in self.replay_token_ids))
             _check(len(self.replay_token_ids) == self.n, "replay_token_ids needs one continuation per sample")
