@@ -188,3 +188,14 @@ async def test_json_mode_answers_are_json_objects_streamed_or_not(client):
     assert streamed == texts
     plain = await client.chat.completions.create(**{**common, "response_format": {"type": "text"}})
     assert any(feed(START, c.message.content) is None for c in plain.choices)  # the mode did something
+
+
+async def test_json_mode_where_the_tokenizer_cannot_hold_it_is_a_clear_400(client, server, monkeypatch):
+    monkeypatch.setattr(server.state.engine.engine.sampler, "json_tokens", None)  # a tokenizer without piece texts
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="codellama", messages=[{"role": "user", "content": "x"}],
+                                             max_tokens=4, response_format={"type": "json_object"})
+    assert "json_object" in str(e.value)
+    r = await client.chat.completions.create(model="codellama", messages=[{"role": "user", "content": "x"}],
+                                             max_tokens=4)
+    assert r.choices[0].finish_reason in ("stop", "length")  # the server goes on
