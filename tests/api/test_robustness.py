@@ -91,6 +91,9 @@ async def test_api_key(tiny_model_dir, http):
         for path in ("/metrics", "/v1/models", "/copilot_internal/v2/token", "/openapi.json"):
             async with http.get(srv.url + path) as r:
                 assert r.status == 401, path
+        for path, payload in (("/tokenize", {"prompt": "x"}), ("/detokenize", {"tokens": [1]})):
+            async with http.post(srv.url + path, json=payload) as r:
+                assert r.status == 401, path
         async with http.get(srv.url + "/health") as r:
             assert r.status == 200  # liveness probes need no key
         for auth in ("Bearer s3cret", "token s3cret"):
