@@ -17,7 +17,7 @@ from tqdm import tqdm
 from fastcodellama.evaluation.early_checks import EarlyChecks
 from fastcodellama.evaluation.passk import estimate_pass_at_k, pass_at_k
 from fastcodellama.evaluation.problems import Problem, load_problems, read_jsonl
-from fastcodellama.evaluation.sandbox import Check, ExecResult, Limits, check_program, effective_limits
+from fastcodellama.evaluation.sandbox import TIMEOUT, Check, ExecResult, Limits, check_program, effective_limits
 
 # Runs checks (with a timeout and limits each) and returns their results in order.
 CheckAll = Callable[[list[Check], float, Limits], list[ExecResult]]
@@ -104,10 +104,18 @@ def _run_all(samples: list[dict], problems: Mapping[str, Problem], workers: int,
 
 def _collect(samples: list[dict], problems: Mapping[str, Problem], started: EarlyChecks,
              progress: bool) -> list[ExecResult]:
-    """Every sample's verdict from `started`, starting there the checks it does not hold yet."""
-    futures = [started.take(s["task_id"], s["completion"])
-               or started.start(problem_check(problems[s["task_id"]], s["completion"])) for s in samples]
-    return [f.result() for f in tqdm(futures, desc="running tests", disable=not progress, unit="sample")]
+    """Every sample's verdict from `started`, starting there the checks it does not hold yet. A
+    check started early that timed out runs again now: beside generation it may have waited for
+    the cores (its sandbox runs at the lowest priority), and its verdict must not depend on that."""
+    early = [started.take(s["task_id"], s["completion"]) for s in samples]
+    futures = [f or started.start(problem_check(problems[s["task_id"]], s["completion"]))
+               for s, f in zip(samples, early)]
+    results = [f.result() for f in tqdm(futures, desc="running tests", disable=not progress, unit="sample")]
+    again = {i: started.start(problem_check(problems[samples[i]["task_id"]], samples[i]["completion"]))
+             for i, r in enumerate(results) if early[i] is not None and r.status == TIMEOUT}
+    for i, future in again.items():
+        results[i] = future.result()
+    return results
 
 
 def format_report(report: dict, ks: Sequence[int]) -> str:

@@ -70,3 +70,23 @@ def test_checks_started_with_another_timeout_are_refused(problems, tmp_path):
     with EarlyChecks(workers=1, timeout=1.0) as early:
         with pytest.raises(ValueError, match="timeout"):
             evaluate.evaluate_samples(path, problems, ks=(1,), timeout=3.0, progress=False, started=early)
+
+
+def test_a_check_that_timed_out_beside_generation_runs_again(problems, tmp_path):
+    """Beside generation a sandbox may wait for the cores: its timeout is not the verdict."""
+    from concurrent.futures import Future
+
+    from fastcodellama.evaluation.sandbox import ExecResult
+
+    class Starved(EarlyChecks):
+        def take(self, task_id, completion):  # every sample's early check timed out
+            waited: Future = Future()
+            waited.set_result(ExecResult(False, "timeout", "timed out", "test"))
+            return waited
+
+    rows = _samples(problems)[:2]  # a right completion and a wrong one
+    with Starved(workers=2, timeout=3.0) as early:
+        report = evaluate.evaluate_samples(_write(tmp_path / "s.jsonl", rows), problems, ks=(1,), workers=2,
+                                           timeout=3.0, progress=False, started=early)
+    assert [v[1] for v in _verdicts(report["results_path"])] == [True, False]
+    assert report["status"] == {"passed": 1, "failed": 1}
