@@ -75,7 +75,8 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
         "/infill": {"post": {"summary": "llama.cpp's infill (llama.vscode, llama.vim)", "operationId": "infill",
                              **infill}},
         "/tokenize": {"post": {"summary": "The served model's token ids of a text or a chat (vLLM's and llama.cpp's "
-                                          "fields)", "operationId": "tokenize", **_plain(TokenizeRequest, TokenizeResponse)}},
+                                          "fields)", "operationId": "tokenize",
+                               **_plain(TokenizeRequest, TokenizeResponse)}},
         "/detokenize": {"post": {"summary": "The text of token ids", "operationId": "detokenize",
                                  **_plain(DetokenizeRequest, DetokenizeResponse)}},
         "/v1/models": {"get": {"summary": "The served model", "operationId": "listModels",

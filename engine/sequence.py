@@ -43,7 +43,7 @@ class Sequence:
         self.spec = SpecStats()
         self.first_token_time: float | None = None
         self.detokenizer = None  # set by the engine
-        self.json_state = None  # params.json_object: the output's state as a JSON object's prefix (engine/json_object.py)
+        self.json_state = None  # params.json_object: its output's state as a JSON object (engine/json_object.py)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -201,7 +201,8 @@ def _problems(args: argparse.Namespace, tasks: list[dict]) -> dict[str, Problem]
     return {t["task_id"]: problems[t["task_id"]] for t in tasks}
 
 
-def _early_checks(args: argparse.Namespace, problems: dict[str, Problem] | None) -> ContextManager["EarlyChecks | None"]:
+def _early_checks(args: argparse.Namespace,
+                  problems: dict[str, Problem] | None) -> ContextManager["EarlyChecks | None"]:
     """Sandboxes that may test each task's samples as soon as they are written, while the rest
     generate (_generate decides); none where the job does not evaluate, evaluates on Ray, or is
     told to test afterwards."""

@@ -18,8 +18,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 
 from fastcodellama.evaluation.sandbox import Check, ExecResult, Limits, check_program, effective_limits
 
-# The checks' processes (and their sandboxes) yield the cores to generation: they take what it
-# leaves idle, and so cannot slow it by much where they outnumber the cores.
+# The checks' processes (and their sandboxes) run at the lowest CPU priority: where they and
+# generation want the same cores, generation comes first.
 NICENESS = 19
 
 
