@@ -18,7 +18,7 @@ Formats (the template's own text says which one the model was trained on):
           Both markers are special tokens: the request asks the engine to write them into the text
           (`markers`, SamplingParams.special_texts), and its calls get ids of 9 letters and digits,
           the only ids those templates take back.
-A template that writes neither has no format this server reads, and a request with tools for it
+A template that writes none of these has no format this server reads, and a request with tools for it
 is refused. Text that does not parse as calls stays the message's content, as generated.
 
 Streaming: text that may turn out to be a call is held back (from `<tool_call>`, or a piece of
