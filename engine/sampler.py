@@ -16,6 +16,7 @@ noise there comes from one Triton kernel (engine/kernels/triton_noise.py) where 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 from typing import Sequence as Seq
@@ -156,32 +157,35 @@ class Sampler:
 
     def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
         """Rows held to a JSON object: the token chosen where the object allows it, else the first
-        it allows in the row's own order of preference (_preferred)."""
+        it allows in the row's own order of preference (preferred)."""
         chosen = tokens.tolist()
         allows = self.json_tokens.allows
         changed = False
         for i, r in enumerate(rows):
             if r.json is None or allows(r.json, chosen[i]):
                 continue
-            for token in self._preferred(x[i], r).tolist():
+            for token in self.preferred(x[i], r):
                 if allows(r.json, token):
                     chosen[i], changed = token, True
                     break
         return torch.tensor(chosen, dtype=torch.long, device=tokens.device) if changed else tokens
 
-    def _preferred(self, x: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    def preferred(self, x: torch.Tensor, row: SamplingRow) -> Iterator[int]:
         """Every token of a row, the one the sampler picks first: greedy by logit; sampled by the
-        race's score among what the filters keep, then the rest by logit."""
-        by_logit = torch.sort(x, descending=True, stable=True).indices
+        race's score among what the filters keep, then the rest by logit (worked out only if
+        the caller reads that far)."""
         if row.params.greedy:
-            return by_logit
+            yield from _on_the_host(torch.sort(x, descending=True, stable=True).indices)
+            return
         seeds = noise_seeds([row.noise_key], [row.position]) & np.uint64(_MASK32)
         knobs = RowKnobs.of([row.params], seeds, x.device)
         kept = _filter(x[None].clone(), knobs)
         score = race_scores(kept, knobs.seeds, self.noise)[0]
-        racing = torch.sort(score, descending=True, stable=True).indices[:int(torch.isfinite(kept[0]).sum())]
-        rest = by_logit[~torch.isin(by_logit, racing)]
-        return torch.cat([racing, rest])
+        racing = torch.isfinite(kept[0])
+        index = racing.nonzero()[:, 0]
+        yield from _on_the_host(index[torch.sort(score[index], descending=True, stable=True).indices])
+        by_logit = torch.sort(x, descending=True, stable=True).indices
+        yield from _on_the_host(by_logit[~racing[by_logit]])
 
     def constrain(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
         """Penalties and min_tokens, on every row (in place)."""
@@ -265,6 +269,13 @@ class RowKnobs(NamedTuple):
                         *_host_flags(params))
 
 
+def _on_the_host(order: torch.Tensor) -> Iterator[int]:
+    """A row's tokens in order, brought to the host PREFERRED_FIRST at first (one of them is
+    usually the one looked for), the rest only if needed."""
+    yield from order[:PREFERRED_FIRST].tolist()
+    yield from order[PREFERRED_FIRST:].tolist()
+
+
 def _host_flags(params: Seq[SamplingParams]) -> tuple[int, bool]:
     """What the filter reads on the host: the largest top-k the rows ask for, and whether any row's
     top-p, rounded to float32 as the filter reads it, is below 1."""
@@ -303,6 +314,7 @@ def race_scores(x: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) 
     return torch.where(torch.isfinite(x), w / -torch.log(u), 0.0)
 
 
+PREFERRED_FIRST = 256  # json_object: the tokens of a row's order brought to the host before the rest
 CANDIDATES = 1024  # the likeliest tokens of a row that race_candidates filters and races over
 # From this many sampled rows race_candidates goes first: which rows it covered is read back from the
 # device (a wait for the forward); for fewer rows the whole vocabulary costs less than that wait.

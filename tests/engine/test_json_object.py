@@ -129,7 +129,7 @@ def test_the_sampler_takes_the_first_allowed_token_in_its_own_order():
         row = SamplingRow(0, sampled, key, 0, json=feed(START, "{"))
         free = sampler(logits[2:3].clone(), [row._replace(json=None)]).tokens[0]
         chosen = sampler(logits[2:3].clone(), [row]).tokens[0]
-        order = [t for t in sampler._preferred(logits[2].clone(), row).tolist() if t in (1, 2)]
+        order = [t for t in sampler.preferred(logits[2].clone(), row) if t in (1, 2)]
         assert chosen == (free if free in (1, 2) else order[0])
 
 
