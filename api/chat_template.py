@@ -119,10 +119,13 @@ def compile_template(source: str) -> jinja2.Template:
     return env.from_string(source)
 
 
+DEFAULT_ORIGIN = "default (CodeLlama-Instruct)"
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     source: str
-    origin: str  # where it came from: a file name, or "default (CodeLlama-Instruct)"
+    origin: str  # where it came from: a file name, or DEFAULT_ORIGIN
     special_tokens: dict[str, str]  # bos_token, eos_token, ... as the template sees them
     special_ids: dict[str, int]  # special token text -> id, read as that token in the rendered text
     _compiled: jinja2.Template | None = field(repr=False, compare=False, default=None)
@@ -132,6 +135,11 @@ class ChatTemplate:
         object.__setattr__(self, "_compiled", compile_template(self.source))
         pattern = "|".join(re.escape(t) for t in sorted(self.special_ids, key=len, reverse=True))
         object.__setattr__(self, "_split", re.compile(f"({pattern})") if pattern else None)
+
+    @property
+    def checkpoints_own(self) -> bool:
+        """Whether the checkpoint ships this template (else it is the CodeLlama-Instruct default)."""
+        return self.origin != DEFAULT_ORIGIN
 
     @property
     def tool_format(self) -> "tool_calls.Format | None":
@@ -155,13 +163,7 @@ class ChatTemplate:
         """The rendered text's ids: special tokens written in it as themselves, no BOS added."""
         if self._split is None:
             return tokenizer.encode(text, add_bos=False)
-        ids: list[int] = []
-        for i, part in enumerate(self._split.split(text)):
-            if i % 2:
-                ids.append(self.special_ids[part])
-            elif part:
-                ids += tokenizer.encode(part, add_bos=False)
-        return ids
+        return tokenizer.encode_marked(text, self._split, self.special_ids)
 
     def prompt_ids(self, tokenizer: Tokenizer, messages: Sequence[dict],
                    tools: Sequence[dict] | None = None, opening: str = "") -> list[int]:
@@ -182,7 +184,7 @@ def load_chat_template(tokenizer: Tokenizer) -> ChatTemplate | None:
             return None
         named = {**named, "bos_token": "<s>", "eos_token": "</s>"}
         specials = {**specials, "<s>": tokenizer.token_id("<s>"), "</s>": tokenizer.token_id("</s>")}
-        source, origin = DEFAULT_TEMPLATE, "default (CodeLlama-Instruct)"
+        source, origin = DEFAULT_TEMPLATE, DEFAULT_ORIGIN
     return ChatTemplate(source, origin, named, specials)
 
 

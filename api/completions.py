@@ -18,7 +18,7 @@ from typing import AsyncIterator, Sequence
 from engine import SamplingParams
 from engine.async_engine import AsyncEngine
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.tokenizer import IncrementalDetokenizer
+from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 from api.errors import APIError, bad_request
 from api.indent import dedent_limits
@@ -93,6 +93,7 @@ async def build_plan(req: CompletionRequest, engine: AsyncEngine, tokens: Prompt
     if echo_only and req.prediction is not None:
         raise bad_request("prediction needs generation: max_tokens 0 generates nothing", param="prediction")
     ids = await _prompt_ids(prompts, req.suffix if use_fim else None, engine, tokens)
+    params = with_marked_stops(params, engine.tokenizer, ids)
     predicted = await prediction_ids(req.prediction, tokens, params.max_tokens)
     if echo_only and req.logprobs is not None:
         replayed = sum(len(p) - 1 for p in ids)  # what the prompt logprobs cost the engine
@@ -109,6 +110,22 @@ async def build_plan(req: CompletionRequest, engine: AsyncEngine, tokens: Prompt
         include_usage=bool(req.stream_options and req.stream_options.include_usage), echo=bool(req.echo),
         echo_only=echo_only, prompt_logprobs=echo_only and req.logprobs is not None, prediction=predicted,
         stop_at_dedent=dedent_limits(req, prompts))
+
+
+def with_marked_stops(params: SamplingParams, tokenizer: Tokenizer, prompts: list[list[int]]) -> SamplingParams:
+    """Stops the text cannot show: a stop string naming one of the model's infilling tokens
+    ("<EOT>": the detokenizer leaves it out of the text) stops at that token, and a prompt already
+    in the model's infilling format (a client's own template) ends where the middle ends, as a
+    suffix's does."""
+    fim = tokenizer.fim
+    if fim is None:
+        return params
+    stops = [tokenizer.markers[s] for s in params.stop if s in tokenizer.markers]
+    if any(fim.prefix in p and fim.suffix in p for p in prompts):
+        stops += fim.stop_ids
+    if not stops:
+        return params
+    return replace(params, stop_token_ids=tuple(dict.fromkeys((*params.stop_token_ids, *stops))))
 
 
 def fim_not_supported(param: str) -> APIError:

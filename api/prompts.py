@@ -92,8 +92,9 @@ class PromptTokenizer:
             raise too_long(len(ids), self.max_model_len)
 
     async def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Each text's ids (with the BOS the tokenizer adds), each checked against the context."""
-        ids = await self.run(sum(len(t) for t in texts), lambda: [self.tokenizer.encode(t) for t in texts])
+        """Each text's ids (with the BOS the tokenizer adds; the texts of infilling tokens read as
+        those tokens: Tokenizer.encode_prompt), each checked against the context."""
+        ids = await self.run(sum(len(t) for t in texts), lambda: [self.tokenizer.encode_prompt(t) for t in texts])
         for prompt in ids:
             self.check_ids(prompt)
         return ids

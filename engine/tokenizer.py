@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -79,6 +80,9 @@ class Tokenizer:
         self.leading_space = bool(first) and self._piece(first[0]).startswith("\u2581")
         self._lead_ids = self.encode(_LEAD, add_bos=False) if self.leading_space else []
         self.fim = self._find_fim()
+        self.markers = self._find_markers()
+        self._marker_split = (re.compile("(" + "|".join(map(re.escape, sorted(self.markers, key=len, reverse=True)))
+                                         + ")") if self.markers else None)
 
     def _load_spm(self, file: str) -> None:
         import sentencepiece
@@ -121,6 +125,27 @@ class Tokenizer:
         else:
             ids = self._hf.encode(text, add_special_tokens=False)
         return ([self.bos_id] if add_bos and self.bos_id is not None else []) + list(ids)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A client's prompt: as encode, except that the texts of the model's infilling tokens
+        ("<PRE>", "<|fim_middle|>", ...; `markers`) stand for those tokens, as llama.cpp and the
+        Hugging Face tokenizers read them. A client that writes its own infilling template (Continue's
+        OpenAI provider, llama-coder's raw Ollama prompts) then gives the model its infilling tokens,
+        which a sentencepiece model's plain encoding never yields (they are control pieces)."""
+        if self._marker_split is None or not any(m in text for m in self.markers):
+            return self.encode(text)
+        bos = [self.bos_id] if self.bos_id is not None else []
+        return bos + self.encode_marked(text, self._marker_split, self.markers)
+
+    def encode_marked(self, text: str, split: re.Pattern, marked: Mapping[str, int]) -> list[int]:
+        """`text`'s ids (no BOS), each text `split` matches (in its one group) as its id in `marked`."""
+        ids: list[int] = []
+        for i, part in enumerate(split.split(text)):
+            if i % 2:
+                ids.append(marked[part])
+            elif part:
+                ids += self.encode(part, add_bos=False)
+        return ids
 
     def encode_continuation(self, text: str) -> list[int]:
         """The ids of `text` where it continues other text (a suffix after a fill-in-the-middle
@@ -224,6 +249,21 @@ class Tokenizer:
             stops = tuple(dict.fromkeys(i for i in (eot, *self.eos_ids, sep, pad, *ends) if i is not None))
             return FimFormat(style, prefix, suffix, middle, eot, stops, repo, sep, pad)
         return None
+
+
+    def _find_markers(self) -> dict[str, int]:
+        """The infilling tokens whose text the detokenizer leaves out, by that text (a piece's
+        leading space mark dropped: CodeLlama's "▁<PRE>" is written "<PRE>")."""
+        fim = self.fim
+        if fim is None:
+            return {}
+        ids = (fim.prefix, fim.suffix, fim.middle, fim.eot, fim.repo_name, fim.file_sep, fim.pad)
+        markers = {}
+        for i in ids:
+            text = self._piece(i).lstrip("\u2581") if i is not None else ""
+            if text and not self.decode([i]):
+                markers.setdefault(text, i)
+        return markers
 
 
 def _spm_plain_text(sp, i: int) -> str | None:

@@ -5,7 +5,6 @@ one replay a written answer token by token through the engine (the recorded-toke
 replay uses); everything from the template to the HTTP answer is the server's own."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
@@ -14,7 +13,6 @@ import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI
 
-from api.chat_template import ChatTemplate
 from api.config import ServerConfig
 from api.server import build_engine
 from api.testing import running_server
@@ -63,39 +61,6 @@ async def server():
 async def client(server):
     async with AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60) as c:
         yield c
-
-
-@pytest.fixture
-def template(server, monkeypatch):
-    """The served model's chat template replaced by one of the given source."""
-    def use(source: str, specials: dict[str, int] | None = None) -> ChatTemplate:
-        default = server.state.chat_template
-        chat = ChatTemplate(source, "test", default.special_tokens, specials or {})
-        monkeypatch.setattr(server.state, "chat_template", chat)
-        return chat
-    return use
-
-
-@pytest.fixture
-def answers(server, monkeypatch):
-    """The model made to write `text` (each sample), token by token, through the engine's replay."""
-    engine = server.state.engine
-    real = engine.generate
-
-    def write(text: str, specials: dict[str, int] | None = None) -> None:
-        """`specials`: marker texts in `text` written as those token ids."""
-        ids: list[int] = []
-        pattern = "(" + "|".join(map(re.escape, specials)) + ")" if specials else None
-        for i, part in enumerate(re.split(pattern, text) if pattern else [text]):
-            ids += [specials[part]] if i % 2 else engine.tokenizer.encode(part, add_bos=False) if part else []
-        ids = tuple(ids)
-
-        def generate(prompt, params, request_id, **kwargs):
-            forced = dataclasses.replace(params, replay_token_ids=(ids,) * params.n)
-            return real(prompt, forced, request_id, **kwargs)
-
-        monkeypatch.setattr(engine, "generate", generate)
-    return write
 
 
 async def test_calls_come_back_as_tool_calls(client, server, template, answers):

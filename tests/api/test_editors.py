@@ -159,6 +159,22 @@ async def test_continue_fim_stream_is_the_server_side_infill(server, http):
     assert whole["usage"]["prompt_tokens"] == len(tok.fim_prompt(body["prompt"], body["suffix"]))
 
 
+async def test_continue_client_side_codellama_template_ends_at_the_middle(server, http, answers):
+    """Continue's OpenAI provider writes CodeLlama's infilling template into the prompt itself: the
+    marker texts are read as the model's tokens, and the answer ends where the model writes <EOT>
+    (a token the text never shows), as a server-side infill does."""
+    tok = server.state.engine.tokenizer
+    answers("x = 1<EOT>\ny = 2", specials={"<EOT>": tok.fim.eot})
+    prompt = f"<PRE> {CLASS_PREFIX} <SUF>{CLASS_SUFFIX} <MID>"
+    body = {"model": "codellama", "prompt": prompt, "max_tokens": 40, "temperature": 0}
+    got = (await post(http, f"{server.url}/v1/completions", body))["choices"][0]
+    assert (got["text"], got["finish_reason"]) == ("x = 1", "stop")
+    plain = {**body, "prompt": CLASS_PREFIX}  # not an infilling prompt: <EOT> ends it only when named
+    assert (await post(http, f"{server.url}/v1/completions", plain))["choices"][0]["text"] == "x = 1\ny = 2"
+    named = (await post(http, f"{server.url}/v1/completions", {**plain, "stop": ["<EOT>"]}))["choices"][0]
+    assert (named["text"], named["finish_reason"]) == ("x = 1", "stop")
+
+
 async def test_twinny_mistral_body_without_suffix_is_a_plain_completion(server, http):
     # Twinny's hosted-provider body (src/extension/completion/request-body.ts): no suffix.
     body = {"model": "codellama", "prompt": "def fibonacci(n):\n", "stream": True, "temperature": 0.2,

@@ -285,3 +285,25 @@ def test_vocab_and_merges_folder_reads_through_transformers(tmp_path):
         ids = _streams(tok, rng)
         detok = IncrementalDetokenizer(tok, prompt)
         assert "".join(detok.add(t) for t in ids) + detok.flush() == tok.decode(ids)
+
+
+def test_a_prompt_reads_infilling_token_texts_as_the_tokens(bpe_dir, spm_tokenizer_dir):
+    """Client-side infilling templates: the marker texts are the model's tokens, as the Hugging
+    Face tokenizer reads them (byte-level models) and where sentencepiece never yields them."""
+    from transformers import AutoTokenizer
+
+    style, path = bpe_dir
+    tok = Tokenizer(path)
+    if tok.fim is None:
+        assert tok.markers == {}
+        return
+    pre, suf, mid = (tok._piece(i) for i in (tok.fim.prefix, tok.fim.suffix, tok.fim.middle))
+    text = f"{pre}def f(x):\n    {suf}\n    return y\n{mid}"
+    assert tok.encode_prompt(text) == AutoTokenizer.from_pretrained(path)(text)["input_ids"]
+    spm = Tokenizer(spm_tokenizer_dir)
+    fim = spm.fim
+    ids = spm.encode_prompt("<PRE> def f(x): <SUF>\n <MID>")
+    assert ids[0] == spm.bos_id and [i for i in ids if i in (fim.prefix, fim.suffix, fim.middle)] == [
+        fim.prefix, fim.suffix, fim.middle]
+    assert fim.prefix not in spm.encode("<PRE> def f(x):")  # plain encoding keeps the text as text
+    assert spm.encode_prompt("def f(x): <PR E>") == spm.encode("def f(x): <PR E>")
