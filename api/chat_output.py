@@ -16,7 +16,7 @@ from api.chat_schemas import (AssistantMessage, ChatChoice, ChatChunk, ChatChunk
 from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, usage
 from api.schemas import Logprobs, Usage
 from api.streaming import sse
-from api.tool_calls import ToolCalling, held_from
+from api.tool_calls import HeldCalls, ToolCalling
 
 
 def chat_logprobs(lp: Logprobs | None, top: int) -> ChoiceLogprobs | None:
@@ -64,14 +64,13 @@ class ChatChunks:
 
     top_logprobs: int = 0
     calls: ToolCalling | None = None
-    _texts: dict[int, str] = field(default_factory=dict)  # with tool calls: each choice's text so far
-    _sent: dict[int, int] = field(default_factory=dict)  # ... and how much of it went out as content
+    _held: dict[int, HeldCalls] = field(default_factory=dict)  # with tool calls: each choice's text
 
     def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
                finish: str | None, first: bool) -> bytes:
         delta: dict = {}
         if self.calls is not None:
-            text, delta, finish = self._held(index, text, finish)
+            text, delta, finish = self._with_calls(index, text, finish)
         # content always, "" included: Mistral's clients (Tabby's) read every chunk's delta.content
         delta = {"role": "assistant", "content": text, **delta} if first else {"content": text, **delta}
         chunk = ChatChunk(id=plan.request_id, created=plan.created, model=plan.model,
@@ -79,19 +78,13 @@ class ChatChunks:
                                                    logprobs=chat_logprobs(logprobs, self.top_logprobs))])
         return sse(chunk.model_dump_json())
 
-    def _held(self, index: int, text: str, finish: str | None) -> tuple[str, dict, str | None]:
+    def _with_calls(self, index: int, text: str, finish: str | None) -> tuple[str, dict, str | None]:
         """(the content to send now, the delta's tool calls, the finish reason) for a choice's new text."""
-        whole = self._texts.get(index, self.calls.forced) + text  # a forced opening is held from the start
-        self._texts[index] = whole
-        sent = self._sent.get(index, 0)
-        if finish is None:
-            upto = max(sent, held_from(whole, self.calls.format, sent))
-            self._sent[index] = upto
-            return whole[sent:upto], {}, None
-        content, made = self.calls.parse(whole[sent:])
+        held = self._held.setdefault(index, HeldCalls(self.calls))
+        content, made = held.add(text, finish is not None)
         if not made:
-            return whole[sent:], {}, finish
-        return content or "", {"tool_calls": [call.api(i) for i, call in enumerate(made)]}, "tool_calls"
+            return content, {}, finish
+        return content, {"tool_calls": [call.api(i) for i, call in enumerate(made)]}, "tool_calls"
 
     def usage(self, plan: CompletionPlan, used: Usage) -> bytes:
         return sse(ChatChunk(id=plan.request_id, created=plan.created, model=plan.model, choices=[],

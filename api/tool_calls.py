@@ -86,6 +86,30 @@ class ToolCall:
         return body if index is None else {"index": index, **body}
 
 
+@dataclass
+class HeldCalls:
+    """One answer's text as it streams: what may be a tool call is held back until the answer
+    ends, when the calls are read from what was held (the forced opening is held from the start)."""
+
+    calls: ToolCalling
+    text: str = ""
+    sent: int = 0  # how much of `text` went out as content
+
+    def __post_init__(self) -> None:
+        self.text = self.text or self.calls.forced
+
+    def add(self, new: str, finished: bool) -> tuple[str, list[ToolCall]]:
+        """(the content to send now, the calls made: only once the answer has finished)."""
+        self.text += new
+        sent = self.sent
+        if not finished:
+            self.sent = max(sent, held_from(self.text, self.calls.format, sent))
+            return self.text[sent:self.sent], []
+        self.sent = len(self.text)
+        content, made = self.calls.parse(self.text[sent:])
+        return (content or "", made) if made else (self.text[sent:], [])
+
+
 def markers(fmt: Format) -> tuple[str, ...]:
     """The special tokens a format's calls are written with, which the text must show."""
     return {"mistral": (MISTRAL_CALLS,), "mistral_args": (MISTRAL_CALLS, MISTRAL_ARGS)}.get(fmt, ())
