@@ -1,4 +1,5 @@
-"""OpenAI-style error objects: every failure leaves as {"error": {message, type, param, code}}."""
+"""OpenAI-style error objects: every failure leaves as {"error": {message, type, param, code}}
+(Ollama's API as {"error": message})."""
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> web.Response:
-        return web.Response(status=self.status, text=json.dumps(self.body()), content_type="application/json",
+    def response(self, ollama: bool = False) -> web.Response:
+        """The error as OpenAI writes it, or (`ollama`) as Ollama does: {"error": "message"}."""
+        body = {"error": self.message} if ollama else self.body()
+        return web.Response(status=self.status, text=json.dumps(body), content_type="application/json",
                             headers=self.headers)
 
 

@@ -6,6 +6,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.chat_schemas import ChatChunk, ChatRequest, ChatResponse
 from api.infill_schemas import InfillRequest, InfillResponse
+from api.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaModelRequest
 from api.tokenize_schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, FimRequest, Health,
                          ModelList)
@@ -42,6 +43,14 @@ def _plain(body: type[BaseModel], answer: type[BaseModel]) -> dict:
             "responses": {"200": _json(answer, "The answer"), **_errors(400, 401, 404, 413)}}
 
 
+def _ollama(body: type[BaseModel]) -> dict:
+    """Ollama's endpoints answer in its own shapes: one JSON object, or one per line while streaming."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
+            "responses": {"200": {"description": "One object, or (stream, the default) one per line, done true "
+                                                 "last", "content": {"application/json": {}, "application/x-ndjson": {}}},
+                          "4XX": {"description": "{\"error\": \"message\"}"}}}
+
+
 def build_openapi(title: str, version: str, auth: bool) -> dict:
     models = [(CompletionRequest, "validation"), (CompletionResponse, "serialization"),
               (ChatRequest, "validation"), (ChatResponse, "serialization"), (ChatChunk, "serialization"),
@@ -49,7 +58,8 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
               (ModelList, "serialization"), (Health, "serialization"), (CopilotToken, "serialization"),
               (TokenizeRequest, "validation"), (TokenizeResponse, "serialization"),
               (DetokenizeRequest, "validation"), (DetokenizeResponse, "serialization"),
-              (ErrorResponse, "serialization")]
+              (ErrorResponse, "serialization"), (OllamaGenerateRequest, "validation"),
+              (OllamaChatRequest, "validation"), (OllamaModelRequest, "validation")]
     _, defs = models_json_schema(models, ref_template=_REF)
     completion = _generating(CompletionRequest, CompletionResponse,
                              "A completion, or with stream=true server-sent events: `data: {chunk}` per chunk "
@@ -90,6 +100,14 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
                                            **_errors(401)}}},
         "/copilot_internal/v2/token": {"get": {"summary": "Copilot session token", "operationId": "copilotToken",
                                                "responses": {"200": _json(CopilotToken, "Token"), **_errors(401)}}},
+        "/api/generate": {"post": {"summary": "Ollama's generate (raw, suffix, context; options)",
+                                   "operationId": "ollamaGenerate", **_ollama(OllamaGenerateRequest)}},
+        "/api/chat": {"post": {"summary": "Ollama's chat (tools: calls with object arguments)",
+                               "operationId": "ollamaChat", **_ollama(OllamaChatRequest)}},
+        "/api/show": {"post": {"summary": "Ollama's model details: template (.Suffix where it infills), num_ctx, "
+                                          "capabilities", "operationId": "ollamaShow", **_ollama(OllamaModelRequest)}},
+        "/api/tags": {"get": {"summary": "Ollama's model list: the served names", "operationId": "ollamaTags",
+                              "responses": {"200": {"description": "{models: [...]}"}}}},
         "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                   "responses": {"200": {"description": "OpenAPI document"}}}},
     }

@@ -1,5 +1,5 @@
 """HTTP handlers. Each reads and validates its input, then hands over to completions/streaming;
-the other generating endpoints have their own modules (chat, fim, infill)."""
+the other generating endpoints have their own modules (chat, fim, infill, ollama)."""
 from __future__ import annotations
 
 import secrets
@@ -12,6 +12,7 @@ from api.completions import build_plan, deadline, full_response
 from api.errors import APIError
 from api.generation import CLIENT, answer, generation_error, read_request, state_of
 from api.metrics import CONTENT_TYPE_LATEST
+from api.ollama import add_ollama_routes
 from api.schemas import CompletionRequest, CopilotToken, Health, ModelCard, ModelList
 from api.streaming import CompletionStream
 
@@ -31,6 +32,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/copilot_internal/v2/token", copilot_token)
     app.router.add_get("/openapi.json", openapi)
+    add_ollama_routes(app)
 
 
 # ---------------------------------------------------------------------- completions

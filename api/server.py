@@ -32,7 +32,7 @@ from fastcodellama.drafting import SpecConfig, build_proposer
 
 log = logging.getLogger("api")
 
-PUBLIC_PATHS = frozenset({"/health"})  # no API key needed (liveness probes)
+PUBLIC_PATHS = frozenset({"/health", "/"})  # no API key needed (liveness probes)
 HANDLER_DRAIN_S = 5.0  # after the grace period: time for handlers to write their error and return
 MAX_HEADER_LINE = 8190  # bytes of the request line or one header (aiohttp's default, stated here)
 LINGERING_S = 2.0  # reading the rest of a body the handler did not want (a 401, a 413) before closing
@@ -118,19 +118,20 @@ async def _connection_middleware(request: web.Request, handler: Handler) -> web.
 
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure as an OpenAI error object; counts every response by endpoint and status."""
+    """Every failure as an error object; counts every response by endpoint and status."""
     state = request.app[STATE]
+    ollama = request.path.startswith("/api/")  # Ollama's API (api/ollama.py): its own error shape
     try:
         response = await handler(request)
     except errors.APIError as e:
-        response = e.response()
+        response = e.response(ollama)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        response = errors.from_http_exception(e).response()
+        response = errors.from_http_exception(e).response(ollama)
     except Exception:  # noqa: BLE001 - the request fails alone; the server goes on
         log.exception("unhandled error in %s %s", request.method, request.path)
-        response = errors.internal("internal server error").response()
+        response = errors.internal("internal server error").response(ollama)
     route = request.match_info.route.resource
     endpoint = route.canonical if route is not None else "unmatched"
     state.metrics.requests.labels(endpoint, str(response.status)).inc()

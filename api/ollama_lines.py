@@ -1,0 +1,133 @@
+"""Ollama's answers: one JSON object for a whole answer, or (streaming, Ollama's default) one
+object per line as the text grows (application/x-ndjson), then a last line with done true, why
+generation ended, the token counts and the times in nanoseconds. Every line, the last one included,
+ends with a newline: Continue's and ollama-js's readers drop a last line without one.
+
+/api/generate writes its text in `response`, /api/chat in `message.content`; a chat answer's tool
+calls (arguments as objects, Ollama's shape) go out whole once the answer has ended
+(api/tool_calls.py HeldCalls). An error after the first line is one line {"error": ...}."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from engine.outputs import RequestOutput
+
+from api.errors import APIError
+from api.tool_calls import HeldCalls, ToolCall, ToolCalling
+
+NDJSON_HEADERS = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def created_at() -> str:
+    """Now, as Ollama writes it: RFC 3339 in UTC with a Z."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What an answer's lines say besides the engine's output."""
+
+    model: str  # the name the client asked for
+    arrival: float  # time.monotonic() when the request arrived
+    chat: bool  # /api/chat (message) or /api/generate (response)
+    calls: ToolCalling | None = None  # chat with tools: how calls are read from the text
+    context: bool = False  # /api/generate without raw: the last line gives the ids to continue from
+
+    def part(self, text: str, calls: list[ToolCall] = ()) -> dict[str, Any]:
+        """A line of text that is not the last (or a whole answer's body, before `last`)."""
+        body: dict[str, Any] = {"model": self.model, "created_at": created_at()}
+        if not self.chat:
+            return {**body, "response": text, "done": False}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = [ollama_call(call, i) for i, call in enumerate(calls)]
+        return {**body, "message": message, "done": False}
+
+    def last(self, out: RequestOutput, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` (a part) as the last line: done, why, the counts and times (and the context)."""
+        c = out.outputs[0]
+        now = time.monotonic()
+        first = out.first_token_time or now
+        extra: dict[str, Any] = {
+            "done": True, "done_reason": c.finish_reason or "stop",
+            "total_duration": _ns(now - self.arrival), "load_duration": 0,
+            "prompt_eval_count": len(out.prompt_token_ids), "prompt_eval_duration": _ns(first - out.arrival_time),
+            "eval_count": len(c.token_ids), "eval_duration": _ns((out.finish_time or now) - first)}
+        if self.context:
+            extra["context"] = [*out.prompt_token_ids, *c.token_ids]
+        return {**body, **extra}
+
+    def whole(self, out: RequestOutput) -> dict[str, Any]:
+        """The answer as one object (stream false)."""
+        text, calls = out.outputs[0].text, []
+        if self.calls is not None:
+            text, calls = HeldCalls(self.calls).add(text, finished=True)
+        return self.last(out, self.part(text, calls))
+
+
+def ollama_call(call: ToolCall, index: int) -> dict[str, Any]:
+    """A tool call as Ollama writes it: its arguments an object, not JSON text."""
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:
+        arguments = {}
+    return {"id": call.id, "function": {"index": index, "name": call.name,
+                                        "arguments": arguments if isinstance(arguments, dict) else {}}}
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+@dataclass
+class LineStream:
+    """Writes an answer's lines to one client as the engine's outputs arrive (api/generation.py
+    Stream): headers with the first output, so a request the engine refuses still gets a 4xx."""
+
+    request: web.Request
+    answer: Answer
+    response: web.StreamResponse | None = None
+    _sent: int = 0  # characters of the text written
+    _held: HeldCalls | None = None
+    _last: RequestOutput | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.answer.calls is not None:
+            self._held = HeldCalls(self.answer.calls)
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def add(self, prompt_index: int, out: RequestOutput) -> None:
+        self._last = out
+        c = out.outputs[0]
+        text, calls = c.text[self._sent:], []
+        self._sent = max(self._sent, len(c.text))
+        if self._held is not None:
+            text, calls = self._held.add(text, c.finished)
+        await self._write(line(self.answer.part(text, calls)) if text or calls else b"")
+
+    async def finish(self) -> None:
+        if self._last is not None:
+            await self._write(line(self.answer.last(self._last, self.answer.part(""))))
+
+    async def fail(self, error: APIError) -> None:
+        await self._write(line({"error": error.message}))
+
+    async def _write(self, data: bytes) -> None:
+        if self.response is None:
+            self.response = web.StreamResponse(status=200, headers=NDJSON_HEADERS)
+            await self.response.prepare(self.request)
+        if data:
+            await self.response.write(data)
