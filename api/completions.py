@@ -32,7 +32,7 @@ else:  # aiohttp depends on async-timeout before 3.11
     from async_timeout import timeout as deadline
 
 DEFAULT_MAX_TOKENS = 16
-_PARAM_NAMES = ("n", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+_PARAM_NAMES = ("n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                 "frequency_penalty", "max_tokens", "min_tokens", "stop", "seed")
 
 
@@ -214,6 +214,7 @@ def sampling_params(req: CompletionRequest, max_model_len: int, stop_token_ids: 
             temperature=_or(req.temperature, 1.0),
             top_p=_or(req.top_p, 1.0),
             top_k=min(top_k, 1 << 31),  # anything above the vocabulary is no top-k
+            min_p=_or(req.min_p, 0.0),
             repetition_penalty=_or(req.repetition_penalty, 1.0),
             presence_penalty=_or(req.presence_penalty, 0.0),
             frequency_penalty=_or(req.frequency_penalty, 0.0),

@@ -4,8 +4,8 @@ infilling format (api/infill_prompt.py), answered in llama.cpp's shape (api/infi
 How its fields act here:
 - n_predict: tokens to generate; -1 up to the end of the context; 0 only reads the prompt into the
   prefix cache (llama.vscode's warm-up after each edit) and answers with empty content.
-- samplers: top_k, top_p and temperature apply only when named (llama.cpp builds its sampler chain
-  from this list and then samples); without the field all three apply.
+- samplers: top_k, top_p, min_p and temperature apply only when named (llama.cpp builds its sampler
+  chain from this list and then samples); without the field all four apply.
 - n_indent: SamplingParams.stop_at_dedent; the text ends before the first dedented line.
 - t_max_predict_ms: once this long has passed since the first token and the text has a newline,
   the completion ends at its last complete line (stop_type "limit"). A stream then sends whole
@@ -36,7 +36,7 @@ from api.streaming import SSE_HEADERS, sse
 
 TIME_LIMIT = "t_max_predict_ms"  # stop_reason of a completion ended by the time limit
 DEFAULT_ROOM = 4  # with n_predict -1, a quarter of the context is kept for the output when cutting the input
-_SAMPLER_LETTERS = {"k": "top_k", "p": "top_p", "t": "temperature"}
+_SAMPLER_LETTERS = {"k": "top_k", "p": "top_p", "m": "min_p", "t": "temperature"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def infill_params(req: InfillRequest, max_tokens: int, stop_ids: tuple[int, ...]
         return SamplingParams(
             temperature=req.temperature if applies("temperature") else 1.0,
             top_k=min(req.top_k, 1 << 30) if applies("top_k") and req.top_k > 0 else 0,
-            top_p=req.top_p if applies("top_p") else 1.0,
+            top_p=req.top_p if applies("top_p") else 1.0, min_p=req.min_p if applies("min_p") else 0.0,
             repetition_penalty=req.repeat_penalty, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty, max_tokens=max_tokens,
             seed=req.seed if 0 <= req.seed < 0xFFFFFFFF else None, stop=tuple(req.stop), stop_token_ids=stop_ids,
@@ -122,7 +122,7 @@ def sampler_names(samplers: list[str] | str | None) -> set[str] | None:
 
 def _settings(req: InfillRequest, params: SamplingParams) -> dict:
     return {"n_predict": req.n_predict, "temperature": params.temperature, "top_k": params.top_k,
-            "top_p": params.top_p, "seed": req.seed, "stop": list(params.stop), "n_indent": req.n_indent,
+            "top_p": params.top_p, "min_p": params.min_p, "seed": req.seed, "stop": list(params.stop), "n_indent": req.n_indent,
             "t_max_predict_ms": req.t_max_predict_ms, "samplers": sorted(sampler_names(req.samplers) or ()),
             "stream": req.stream, "cache_prompt": True}
 

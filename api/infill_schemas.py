@@ -1,6 +1,6 @@
 """Bodies of llama.cpp's POST /infill, which llama.vscode and llama.vim send (defaults are
 llama.cpp's). Unknown fields are ignored, as llama.cpp ignores them (id_slot, lora, n_cmpl,
-t_max_prompt_ms, min_p, ...)."""
+t_max_prompt_ms, ...)."""
 from __future__ import annotations
 
 from typing import Literal, Optional, Union
@@ -30,14 +30,17 @@ class InfillRequest(RequestBody):
     temperature: float = Field(0.8, ge=0.0)
     top_k: int = Field(40, description="0 or less: no top-k.")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0, description="A token stays only if its probability is at least this "
+                                                         "times the likeliest's.")
     seed: int = Field(-1, description="-1: a random seed.")
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP)
     n_indent: int = Field(0, ge=0, description="A new line indented by fewer columns ends the completion "
                                                "(before that line).")
     t_max_predict_ms: float = Field(0, ge=0, description="After this long from the first token, the completion "
                                                          "ends at the last complete line (once it has one).")
-    samplers: Optional[Union[list[str], str]] = Field(None, description="Which of top_k, top_p and temperature "
-                                                      "apply (names, or llama.cpp's letters k, p, t); absent: all.")
+    samplers: Optional[Union[list[str], str]] = Field(None, description="Which of top_k, top_p, min_p and "
+                                                      "temperature apply (names, or llama.cpp's letters k, p, m, t); "
+                                                      "absent: all.")
     stream: bool = False
     cache_prompt: bool = Field(True, description="Accepted; prompts are always cached.")
     repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)

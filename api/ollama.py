@@ -174,7 +174,8 @@ def sampling_fields(req: OllamaGeneration) -> dict[str, Any]:
     o = req.options or OllamaOptions()
     return dict(n=1, stream=req.stream is not False,
                 temperature=_or(o.temperature, DEFAULT_TEMPERATURE), top_p=_or(o.top_p, DEFAULT_TOP_P),
-                top_k=max(0, _or(o.top_k, DEFAULT_TOP_K)), seed=o.seed if o.seed is not None and o.seed >= 0 else None,
+                top_k=max(0, _or(o.top_k, DEFAULT_TOP_K)), min_p=o.min_p,
+                seed=o.seed if o.seed is not None and o.seed >= 0 else None,
                 stop=[o.stop] if isinstance(o.stop, str) else o.stop, repetition_penalty=o.repeat_penalty,
                 presence_penalty=o.presence_penalty, frequency_penalty=o.frequency_penalty)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from api.chat_schemas import MAX_MESSAGES, MAX_TOOLS, Tool
 from api.schemas import MAX_STOP, RequestBody
@@ -16,7 +16,6 @@ from api.schemas import MAX_STOP, RequestBody
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.9
-_OFF = {"min_p": 0.0, "typical_p": 1.0}  # samplers not implemented: accepted only at the value that turns them off
 
 
 class OllamaOptions(RequestBody):
@@ -31,7 +30,7 @@ class OllamaOptions(RequestBody):
     temperature: Optional[float] = Field(None, ge=0.0, description=f"Default {DEFAULT_TEMPERATURE}; 0: greedy.")
     top_k: Optional[int] = Field(None, description=f"Default {DEFAULT_TOP_K}; 0 or less: no top-k.")
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0, description=f"Default {DEFAULT_TOP_P}.")
-    min_p: Optional[float] = Field(None, description="Only 0 (off): min-p is not implemented.")
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0, description="Default 0 (off).")
     typical_p: Optional[float] = Field(None, description="Only 1 (off): typical sampling is not implemented.")
     repeat_penalty: Optional[float] = Field(None, gt=0.0, le=10.0, description="Over the whole prompt and output "
                                             "(Ollama: its last repeat_last_n tokens).")
@@ -40,12 +39,11 @@ class OllamaOptions(RequestBody):
     seed: Optional[int] = Field(None, description="-1 or absent: a random seed.")
     stop: Optional[Union[str, list[str]]] = Field(None, description=f"Up to {MAX_STOP} stop strings.")
 
-    @field_validator("min_p", "typical_p")
+    @field_validator("typical_p")
     @classmethod
-    def _only_off(cls, value, info: ValidationInfo):
-        off = _OFF[info.field_name]
-        if value not in (None, off):
-            raise ValueError(f"{info.field_name} is not implemented here: leave it out or {off:g}")
+    def _only_off(cls, value):
+        if value not in (None, 1.0):
+            raise ValueError("typical sampling is not implemented here: leave typical_p out or 1")
         return value
 
     @field_validator("stop")

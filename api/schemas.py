@@ -59,6 +59,8 @@ class SamplingRequest(RequestBody):
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="0 is greedy (default 1).")
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(None, ge=-1, description="-1 or 0: no top-k.")
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0, description="Extension (vLLM's and llama.cpp's name): "
+                                   "a token stays only if its probability is at least min_p times the likeliest's.")
     n: Optional[int] = Field(None, ge=1, le=MAX_N, description="Samples per prompt.")
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None

@@ -1,4 +1,4 @@
-"""Turns logits rows into tokens: penalties, min_tokens, temperature, top-k, top-p.
+"""Turns logits rows into tokens: penalties, min_tokens, temperature, top-k, top-p, min-p.
 
 Sampling uses the exponential race (argmax of p / E with E ~ Exp(1), i.e. the
 Gumbel-max trick) with noise that is a hash of (sample key, output position,
@@ -9,7 +9,8 @@ That acceptance rule is the lossless speculative-sampling rule for a
 deterministic draft: P(accept x) = p(x), and on rejection the token is a sample
 of p with x removed and renormalized (see rejection_sampler.py and its tests).
 On the CPU, temperature, top-k, top-p and the race run in one C kernel per row
-(engine/kernels/cpu_kernels.c); the PyTorch code here is its reference. Elsewhere (a GPU) a
+(engine/kernels/cpu_kernels.c; a batch with a min-p row takes the PyTorch path); the PyTorch code
+here is its reference. Elsewhere (a GPU) a
 batch of many rows races each row's likeliest tokens only (race_candidates), where that gives
 the reference's tokens; the other rows take the reference over the whole vocabulary; the race's
 noise there comes from one Triton kernel (engine/kernels/triton_noise.py) where it passed its check.
@@ -217,7 +218,7 @@ class Sampler:
         """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
         seeds = noise_seeds([r.noise_key for r in rows], [r.position for r in rows]) & np.uint64(_MASK32)
         params = [r.params for r in rows]
-        if self.use_kernels:  # engine/fast_paths.py: the C kernel, on the CPU where it built
+        if self.use_kernels and not any(p.min_p for p in params):  # engine/fast_paths.py: the C kernel
             return kernels.sample_rows(
                 x, torch.tensor([p.temperature for p in params], dtype=torch.float32),
                 torch.tensor([p.top_k for p in params], dtype=torch.int64),
@@ -236,7 +237,7 @@ class Sampler:
 
 
 class RowKnobs(NamedTuple):
-    """Each sampled row's temperature, top-k (0: none), top-p and noise seed on the logits'
+    """Each sampled row's temperature, top-k (0: none), top-p, min-p and noise seed on the logits'
     device, brought there in one copy: a copy from pageable host memory would wait for the
     forward before it, once per field."""
 
@@ -244,29 +245,34 @@ class RowKnobs(NamedTuple):
     top_k: torch.Tensor  # [n] int64
     top_p: torch.Tensor  # [n] float32
     seeds: torch.Tensor  # [n] int64, below 2**32
+    log_min_p: torch.Tensor  # [n] float32: a kept token's logit (after temperature) is at least the best's plus this
     largest_k: int  # the largest top-k a row asks for, clamped to the vocabulary later (0: none)
     any_top_p: bool
+    any_min_p: bool
 
     @classmethod
     def of(cls, params: Seq[SamplingParams], seeds: np.ndarray, device: torch.device) -> "RowKnobs":
         # float64 holds each field exactly: float32 temperatures, top-k and seeds below 2**53, top-p
         # rounded to float32 as the reference filter reads it.
-        host = np.empty((4, len(params)), dtype=np.float64)
+        host = np.empty((5, len(params)), dtype=np.float64)
         host[0] = np.array([p.temperature for p in params], dtype=np.float32)
         host[1] = [p.top_k for p in params]
         host[2] = np.array([p.top_p for p in params], dtype=np.float32)
         host[3] = seeds
+        with np.errstate(divide="ignore"):  # min_p 0: log 0 = -inf, every token stays
+            host[4] = np.log(np.array([p.min_p for p in params], dtype=np.float64)).astype(np.float32)
         packed = torch.from_numpy(host)
         if device.type == "cuda":
             packed = packed.pin_memory()
         packed = packed.to(device, non_blocking=True)
-        return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(), *_host_flags(params))
+        return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(), packed[4].float(),
+                   *_host_flags(params))
 
     def take(self, index: torch.Tensor, params: Seq[SamplingParams]) -> "RowKnobs":
         """The knobs of the rows at `index` (whose params are `params`), from those already on the
         device: no second copy from the host."""
         return RowKnobs(self.temperature[index], self.top_k[index], self.top_p[index], self.seeds[index],
-                        *_host_flags(params))
+                        self.log_min_p[index], *_host_flags(params))
 
 
 def _on_the_host(order: torch.Tensor) -> Iterator[int]:
@@ -276,11 +282,11 @@ def _on_the_host(order: torch.Tensor) -> Iterator[int]:
     yield from order[PREFERRED_FIRST:].tolist()
 
 
-def _host_flags(params: Seq[SamplingParams]) -> tuple[int, bool]:
-    """What the filter reads on the host: the largest top-k the rows ask for, and whether any row's
-    top-p, rounded to float32 as the filter reads it, is below 1."""
+def _host_flags(params: Seq[SamplingParams]) -> tuple[int, bool, bool]:
+    """What the filter reads on the host: the largest top-k the rows ask for, whether any row's
+    top-p, rounded to float32 as the filter reads it, is below 1, and whether any row has a min-p."""
     top_p = np.array([p.top_p for p in params], dtype=np.float32)
-    return max(p.top_k for p in params), bool((top_p < 1.0).any())
+    return max(p.top_k for p in params), bool((top_p < 1.0).any()), any(p.min_p > 0.0 for p in params)
 
 
 def _distinct(rows: Seq[SamplingRow]) -> list[SamplingParams]:
@@ -327,13 +333,15 @@ def race_candidates(x: torch.Tensor, knobs: RowKnobs, count: int = CANDIDATES,
     vocabulary (no sort, no noise for tokens that cannot win): (tokens, covered), the tokens right
     where `covered`, i.e. where the row's filter keeps only tokens among the candidates, because its
     top-k ends strictly above the last of them, or (without top-k) the weight strictly above the
-    last reaches its top-p of the total. A flat row, or a top-k past `count`, is not covered. None
-    when no row filters at all (every token may win) or the vocabulary is no larger than `count`."""
+    last reaches its top-p of the total, or its min-p floor is above the last. A flat row, or a
+    top-k past `count`, is not covered. None when no row filters at all (every token may win) or
+    the vocabulary is no larger than `count`."""
     vocab = x.shape[1]
-    if count >= vocab or not (knobs.largest_k > 0 or knobs.any_top_p):
+    if count >= vocab or not (knobs.largest_k > 0 or knobs.any_top_p or knobs.any_min_p):
         return None
     x = x / knobs.temperature[:, None]
     vals, idx = torch.topk(x, count, dim=-1)  # descending
+    floor = vals[:, 0] + knobs.log_min_p if knobs.any_min_p else None  # min-p: nothing below it stays
     by_k = knobs.top_k > 0
     kth = vals.gather(1, (knobs.top_k.clamp(1, count) - 1)[:, None])[:, 0]
     vals = torch.where(by_k[:, None] & (vals < kth[:, None]), float("-inf"), vals)
@@ -348,6 +356,9 @@ def race_candidates(x: torch.Tensor, knobs: RowKnobs, count: int = CANDIDATES,
     keep = (strictly_better < target[:, None]) | ~by_p[:, None]
     covered = ((by_k & (knobs.top_k <= count) & (vals[:, -1] < kth))
                | (~by_k & by_p & (strictly_better[:, -1] >= target)))
+    if floor is not None:  # the last candidate below the floor: so is every token past it
+        keep &= vals >= floor[:, None]
+        covered |= vals[:, -1] < floor
     kept = torch.where(keep, vals, float("-inf"))
     u = noise(knobs.seeds, idx, count)
     score = torch.where(torch.isfinite(kept), torch.exp(kept - kept[:, :1]) / -torch.log(u), 0.0)
@@ -377,7 +388,7 @@ def uniform_hash(seeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _filter(x: torch.Tensor, knobs: RowKnobs) -> torch.Tensor:
-    """Temperature, then top-k, then top-p: what a row may still draw is finite."""
+    """Temperature, then top-k, then top-p, then min-p: what a row may still draw is finite."""
     x = x / knobs.temperature[:, None]
     if knobs.largest_k > 0:  # rows without a top-k (0) keep every token
         best = torch.topk(x, min(knobs.largest_k, x.shape[1]), dim=-1).values
@@ -385,6 +396,9 @@ def _filter(x: torch.Tensor, knobs: RowKnobs) -> torch.Tensor:
         x = x.masked_fill((x < kth) & (knobs.top_k > 0)[:, None], float("-inf"))
     if knobs.any_top_p:
         x = _top_p(x, knobs.top_p)
+    if knobs.any_min_p:
+        floor = x.max(dim=-1, keepdim=True).values + knobs.log_min_p[:, None]
+        x = x.masked_fill(x < floor, float("-inf"))
     return x
 
 

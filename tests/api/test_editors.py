@@ -87,6 +87,18 @@ async def test_llama_vscode_completion_is_the_infill_prompt_sampled_as_llama_cpp
     assert r["tokens_predicted"] <= ref["usage"]["completion_tokens"]
 
 
+async def test_min_p_is_a_sampler_as_llama_cpp_names_it(server, http):
+    """min_p (llama.cpp's default 0.05) applies when `samplers` names it or is absent; at 1 only
+    the likeliest token stays."""
+    greedy = await post(http, f"{server.url}/infill", vscode_body(n_indent=0, samplers=["temperature"], temperature=0))
+    named = await post(http, f"{server.url}/infill", vscode_body(n_indent=0, samplers=["min_p"], min_p=1.0))
+    letters = await post(http, f"{server.url}/infill", vscode_body(n_indent=0, samplers="m", min_p=1.0))
+    assert named["content"] == letters["content"] == greedy["content"]
+    assert named["generation_settings"]["min_p"] == 1.0
+    unnamed = await post(http, f"{server.url}/infill", vscode_body(n_indent=0, min_p=1.0))  # ["top_k", "top_p", ...]
+    assert unnamed["generation_settings"]["min_p"] == 0.0
+
+
 async def test_n_indent_ends_before_the_dedented_line(server, http):
     plain = await post(http, f"{server.url}/infill", vscode_body(n_indent=0, samplers=["temperature"], temperature=0))
     cut = dedent_cut(plain["content"], 0, 8)

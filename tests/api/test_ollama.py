@@ -230,6 +230,15 @@ async def test_an_instruct_model_gets_its_chat_template_on_generate(server, http
 # ---------------------------------------------------------------------- edges
 
 
+async def test_options_min_p_one_leaves_the_greedy_choice(server, http):
+    greedy = await post(http, f"{server.url}/api/generate",
+                        {"model": "codellama", "prompt": PREFIX, "stream": False, "options": GREEDY})
+    only_best = await post(http, f"{server.url}/api/generate",
+                           {"model": "codellama", "prompt": PREFIX, "stream": False,
+                            "options": {"num_predict": 24, "temperature": 1.0, "top_k": 0, "top_p": 1, "min_p": 1}})
+    assert only_best["response"] == greedy["response"] != ""
+
+
 async def test_nothing_to_generate_only_loads(server, http):
     got = await post(http, f"{server.url}/api/generate", {"model": "codellama"})
     assert got["done"] and got["done_reason"] == "load" and got["response"] == ""
@@ -255,7 +264,7 @@ async def test_json_format_gives_one_object(server, http):
     ({"model": "codellama", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
     ({"model": "codellama", "prompt": "x", "raw": True, "system": "s"}, 400, "raw mode"),
     ({"model": "codellama", "prompt": "x", "template": "{{ .Prompt }}"}, 400, "template"),
-    ({"model": "codellama", "prompt": "x", "options": {"min_p": 0.05}}, 400, "min_p"),
+    ({"model": "codellama", "prompt": "x", "options": {"min_p": 2}}, 400, "min_p"),
     ({"model": "codellama", "prompt": "x", "options": {"top_k": "forty"}}, 400, "top_k"),
     ({"model": "codellama", "prompt": "x", "options": {"temperature": -1}}, 400, "temperature"),
     ({"model": "codellama", "prompt": "x", "options": {"typical_p": 0.5}}, 400, "typical_p"),

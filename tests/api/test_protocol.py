@@ -1,6 +1,8 @@
 """Raw HTTP: Copilot's endpoints, fill-in-the-middle, SSE framing, logprobs, echo, health, metrics, OpenAPI, CORS."""
 from __future__ import annotations
 
+import math
+
 import json
 import time
 
@@ -78,6 +80,25 @@ async def test_fill_in_the_middle_matches_offline(server, http, offline):
     assert r["choices"][0]["text"] == expected.text
     assert r["usage"]["prompt_tokens"] == len(ids)
     assert r["usage"]["completion_tokens"] == len(expected.token_ids)
+
+
+async def test_min_p_keeps_only_tokens_likely_enough_next_to_the_best(server, http):
+    """vLLM's min_p: at temperature 1 each sampled token's probability is at least min_p times the
+    likeliest's (read off the returned logprobs); min_p 1 leaves the greedy choice alone."""
+    body = {"prompt": PREFIX, "max_tokens": 24, "temperature": 1.0, "logprobs": 1, "seed": 3, "n": 4}
+
+    def ratios(r: dict) -> list[float]:
+        return [lp - max(top.values()) for c in r["choices"]
+                for lp, top in zip(c["logprobs"]["token_logprobs"], c["logprobs"]["top_logprobs"])]
+
+    assert min(ratios(await post(http, f"{server.url}/v1/completions", body))) < math.log(0.5)  # without it
+    assert min(ratios(await post(http, f"{server.url}/v1/completions", {**body, "min_p": 0.5}))) >= \
+        math.log(0.5) - 1e-4
+    greedy = await post(http, f"{server.url}/v1/completions", {**body, "temperature": 0, "n": 1, "logprobs": None})
+    only_best = await post(http, f"{server.url}/v1/completions", {**body, "min_p": 1.0, "n": 1, "logprobs": None})
+    assert only_best["choices"][0]["text"] == greedy["choices"][0]["text"]
+    async with http.post(f"{server.url}/v1/completions", json={**body, "min_p": 1.5}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "min_p"
 
 
 async def test_suffix_without_fim_tokens_is_a_clear_400(server, http, monkeypatch):

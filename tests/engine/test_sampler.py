@@ -132,15 +132,27 @@ def test_top_k_and_top_p_restrict_the_support():
     assert (probs_p[2:] == 0).all() and (probs_p[:2] > 0).all()
 
 
+def test_min_p_keeps_what_is_likely_enough_next_to_the_best():
+    """A token stays when its probability, after temperature, is at least min_p of the best's."""
+    sampler = Sampler(eos_ids=())
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])  # each e (at T=1) times less likely than the one before
+    support = [int((sampler.probs(logits, [SamplingRow(0, SamplingParams(temperature=t, min_p=m), 0, 0)])[0] > 0)
+                   .sum()) for t, m in ((1.0, 0.3), (1.0, 0.1), (2.0, 0.3), (1.0, 1.0), (1.0, 0.0))]
+    assert support == [2, 3, 3, 1, 5]
+    with pytest.raises(ValueError, match="min_p"):
+        SamplingParams(min_p=1.5)
+
+
 def test_each_row_of_a_batch_is_filtered_and_drawn_as_it_would_be_alone():
     """One batch mixes rows with and without top-k (the largest k sets the batch's top-k width),
     with and without top-p, at different temperatures; each row's support and token equal what it
     gets in a batch of its own."""
     sampler = Sampler(eos_ids=())
-    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(3)) * 3
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(3)) * 3
     params = [SamplingParams(temperature=0.7, top_k=0), SamplingParams(temperature=1.0, top_k=3),
               SamplingParams(temperature=1.3, top_p=0.5), SamplingParams(temperature=0.9, top_k=40, top_p=0.9),
-              SamplingParams(temperature=1.0, top_k=80), SamplingParams(temperature=0.5, top_k=1)]
+              SamplingParams(temperature=1.0, top_k=80), SamplingParams(temperature=0.5, top_k=1),
+              SamplingParams(temperature=1.0, min_p=0.2), SamplingParams(temperature=0.8, top_k=30, min_p=0.05)]
     rows = [SamplingRow(i, p, sample_key(5, i), 11) for i, p in enumerate(params)]
     together = sampler.probs(logits, rows)
     alone = [sampler.probs(logits[i:i + 1], [SamplingRow(0, p, rows[i].noise_key, 11)])[0] for i, p in enumerate(params)]
@@ -149,6 +161,7 @@ def test_each_row_of_a_batch_is_filtered_and_drawn_as_it_would_be_alone():
         assert torch.allclose(together[i], alone[i])
     assert int((together[0] > 0).sum()) == 50 and int((together[1] > 0).sum()) == 3
     assert int((together[5] > 0).sum()) == 1 and int((together[4] > 0).sum()) == 50
+    assert 1 <= int((together[6] > 0).sum()) < 50 and int((together[7] > 0).sum()) < 30
     drawn = sampler(logits, rows).tokens
     assert drawn == [sampler(logits[i:i + 1], [SamplingRow(0, p, rows[i].noise_key, 11)]).tokens[0]
                      for i, p in enumerate(params)]
@@ -186,8 +199,8 @@ def test_racing_the_likeliest_tokens_gives_the_vocabularys_tokens_or_declines():
         if trial % 5 == 0:
             x[:, rng.randrange(3000)] = float("-inf")  # a banned token (min_tokens)
         knobs = dict(temperature=rng.choice([0.5, 0.8, 1.2]), top_p=rng.choice([1.0, 0.9, 0.95, 0.5]),
-                     top_k=rng.choice([0, 0, 5, 50, 128, 200]))
-        if knobs["top_p"] == 1.0 and knobs["top_k"] == 0:
+                     top_k=rng.choice([0, 0, 5, 50, 128, 200]), min_p=rng.choice([0.0, 0.0, 0.0, 0.01, 0.1, 0.5]))
+        if knobs["top_p"] == 1.0 and knobs["top_k"] == 0 and knobs["min_p"] == 0.0:
             continue
         k = _knobs([SamplingParams(**knobs) for _ in range(n)], trial)
         fast, covered = race_candidates(x, k, count=128)
@@ -208,6 +221,8 @@ def test_candidates_decline_what_they_cannot_cover():
     _, covered = race_candidates(peaked, _knobs([SamplingParams(temperature=1.0, top_k=200)] * 3, 1), count=128)
     assert not covered.any()  # a top-k past the candidates
     assert race_candidates(peaked, _knobs([SamplingParams(temperature=1.0)] * 3, 1), count=128) is None
+    tokens, covered = race_candidates(mixed, _knobs([SamplingParams(temperature=1.0, min_p=0.1)] * 3, 1), count=128)
+    assert covered.tolist() == [True, False, True] and tokens[[0, 2]].tolist() == [7, 7]  # a flat row's floor is its all
 
 
 def test_a_large_batch_samples_what_each_row_samples_alone(monkeypatch):

@@ -1,6 +1,7 @@
 """The C kernels against their PyTorch references, on random inputs of many shapes."""
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -92,6 +93,19 @@ def test_sampling_kernel_equals_reference():
     fast = Sampler((), use_kernels=True)._sample(x.clone(), rows)
     reference = Sampler((), use_kernels=False)._sample(x.clone(), rows)
     assert torch.equal(fast, reference)
+
+
+def test_a_batch_with_min_p_rows_takes_the_reference_path_whole():
+    """The C kernel has no min-p: a batch with a min-p row is sampled by the reference, every row
+    as the reference samples it."""
+    torch.manual_seed(2)
+    x = torch.randn(24, 3000) * 4
+    rows = _rows(24)
+    rows[5] = rows[5]._replace(params=SamplingParams(temperature=1.0, min_p=0.2))
+    fast = Sampler((), use_kernels=True)._sample(x.clone(), rows)
+    assert torch.equal(fast, Sampler((), use_kernels=False)._sample(x.clone(), rows))
+    alone = Sampler((), use_kernels=False)._sample(x[5:6].clone(), [rows[5]._replace(logits_row=0)])
+    assert fast[5] == alone[0] and x[5, fast[5]] >= x[5].max() + math.log(0.2)
 
 
 def test_sampled_tokens_stay_inside_top_k_and_top_p():
