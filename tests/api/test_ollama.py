@@ -270,6 +270,8 @@ async def test_json_format_gives_one_object(server, http):
     ({"model": "codellama", "prompt": "x", "options": {"typical_p": 0.5}}, 400, "typical_p"),
     ({"model": "codellama", "prompt": "x", "context": [10 ** 9]}, 400, "token"),
     ({"prompt": "x"}, 400, "model"),
+    ({"model": "codellama", "prompt": "x", "context": [1] * 5000}, 400, "context"),
+    ({"model": "codellama", "prompt": "x" * (9 << 20)}, 413, "too large"),
 ])
 async def test_bad_requests_are_ollama_errors(server, http, body, status, words):
     async with http.post(f"{server.url}/api/generate", json=body) as r:
@@ -284,6 +286,12 @@ async def test_other_ollama_paths_answer_in_its_shape(server, http):
                                  ("POST", "/api/nothing", 404), ("POST", "/api/show", 400)):
         async with http.request(method, f"{server.url}{path}", json={}) as r:
             assert r.status == status and isinstance((await r.json())["error"], str), path
+    for body in ({"model": "codellama", "messages": "x"}, {"model": "codellama", "messages": [{"content": "x"}]},
+                 {"model": "codellama", "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]},
+                 {"model": "codellama", "messages": [{"role": "assistant", "tool_calls": [{"function": 1}]}]}):
+        async with http.post(f"{server.url}/api/chat", json=body) as r:
+            got = await r.json()
+            assert r.status == 400 and list(got) == ["error"] and re.search("messages|images", got["error"]), got
     async with http.get(f"{server.url}/") as r:
         assert r.status == 200 and "running" in await r.text()
     async with http.get(f"{server.url}/api/version") as r:
