@@ -9,8 +9,11 @@ import uuid
 
 from aiohttp import web
 
+from engine import SamplingParams
+from engine.json_schema import JsonSchema, compile_schema
+
 from api.chat_output import ChatChunks, chat_response
-from api.chat_schemas import ChatRequest, NamedToolChoice
+from api.chat_schemas import ChatRequest, NamedToolChoice, ResponseFormat
 from api.chat_template import ChatTemplate, ChatTemplateError
 from api.completions import CompletionPlan, build_plan
 from api.errors import bad_request
@@ -45,14 +48,11 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
                           param="messages", code="chat_template_missing")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
-    json_object = req.response_format is not None and req.response_format.type == "json_object"
-    if req.response_format is not None and req.response_format.type == "json_schema":
-        raise bad_request("response_format json_schema needs decoding constrained by the schema, which this server "
-                          "does not do; json_object (any JSON object) it does.", param="response_format",
-                          code="response_format_unsupported")
+    shape = req.response_format.type if req.response_format is not None else "text"
+    schema = response_schema(req.response_format) if shape == "json_schema" else None
     calls = tool_calling(req, template)
-    if json_object and calls is not None:
-        raise bad_request("response_format json_object and tools cannot both shape the answer.",
+    if shape != "text" and calls is not None:
+        raise bad_request(f"response_format {shape} and tools cannot both shape the answer.",
                           param="response_format")
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if calls is not None else None
     messages = arguments_as_objects([m.template_dict() for m in req.messages])
@@ -80,12 +80,32 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     plan.request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if calls is not None and calls.kept:  # the format's markers are special tokens: the text must show them
         plan.params = dataclasses.replace(plan.params, special_texts=calls.kept)
-    if json_object:
-        try:
-            plan.params = dataclasses.replace(plan.params, json_object=True)
-        except ValueError as e:  # with ignore_eos
-            raise bad_request(str(e), param="response_format") from None
+    if shape != "text":
+        plan.params = constrained(plan.params, schema, "response_format")
     return plan, calls
+
+
+def response_schema(response_format: ResponseFormat) -> JsonSchema:
+    """The compiled schema of a json_schema response format; a 400 for one it cannot enforce."""
+    given = response_format.json_schema
+    if given is None or given.schema_ is None:
+        raise bad_request("response_format json_schema needs json_schema.schema", param="response_format")
+    return compiled_schema(given.schema_, "response_format")
+
+
+def compiled_schema(schema: dict, param: str) -> JsonSchema:
+    try:
+        return compile_schema(schema)
+    except (ValueError, RecursionError) as e:
+        raise bad_request(f"{param}: {e}", param=param, code="schema_unsupported") from None
+
+
+def constrained(params: SamplingParams, schema: JsonSchema | None, param: str) -> SamplingParams:
+    """The params with the answer held to one JSON object, or (`schema`) to JSON the schema accepts."""
+    try:
+        return dataclasses.replace(params, json_object=True, json_schema=schema)
+    except ValueError as e:  # with ignore_eos
+        raise bad_request(str(e), param=param) from None
 
 
 def tool_calling(req: ChatRequest, template: ChatTemplate) -> ToolCalling | None:

@@ -58,8 +58,17 @@ class NamedToolChoice(RequestBody):
     function: NamedFunction
 
 
+class JsonSchemaFormat(RequestBody):
+    name: Optional[str] = None
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema", description="The JSON schema the answer follows "
+                                              "(engine/json_schema.py: what it enforces; other keywords are a 400).")
+    strict: Optional[bool] = None
+
+
 class ResponseFormat(RequestBody):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
 
 
 class ChatRequest(SamplingRequest):
@@ -79,9 +88,9 @@ class ChatRequest(SamplingRequest):
                           "start the answer with a call's opening in the model's format (nothing constrains "
                           "what the model writes after it).")
     parallel_tool_calls: Optional[bool] = Field(None, description="false: at most the first call is returned.")
-    response_format: Optional[ResponseFormat] = Field(None, description="text, or json_object: the answer is one JSON "
+    response_format: Optional[ResponseFormat] = Field(None, description="text; json_object: the answer is one JSON "
                                                       "object (each token chosen among those that keep it one); "
-                                                      "json_schema is a 400.")
+                                                      "json_schema: JSON its schema accepts, the same way.")
 
 
 # ---------------------------------------------------------------------- responses

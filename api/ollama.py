@@ -22,14 +22,13 @@ import hashlib
 import os
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
-from api.chat import build_chat_plan
-from api.chat_schemas import ChatMessage, ChatRequest, ResponseFormat
+from api.chat import build_chat_plan, constrained, response_schema
+from api.chat_schemas import ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat
 from api.chat_template import ChatTemplate, ChatTemplateError
 from api.completions import CompletionPlan, build_plan
 from api.errors import APIError, bad_request
@@ -95,12 +94,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
         _refuse_unsupported(req, images=any(m.images for m in req.messages))
         if not req.messages:
             return _loaded(req, {"message": {"role": "assistant", "content": ""}})
-        json_object = _json_format(req.format)
         num_predict = (req.options or OllamaOptions()).num_predict
         asked = ChatRequest.model_construct(
             messages=[ChatMessage.model_validate(_template_message(m, i)) for i, m in enumerate(req.messages)],
             tools=req.tools or None, tool_choice=None, parallel_tool_calls=None, logprobs=False, top_logprobs=None,
-            response_format=ResponseFormat(type="json_object") if json_object else None,
+            response_format=_response_format(req.format),
             max_tokens=_at_most(num_predict, state), max_completion_tokens=None,
             **sampling_fields(req))
         plan, calls = await build_chat_plan(asked, state, request[CLIENT])
@@ -138,11 +136,10 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
         logprobs=None, best_of=None, echo=False, extra=None, **sampling_fields(req))
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)
-    if _json_format(req.format):
-        try:
-            plan.params = replace(plan.params, json_object=True)
-        except ValueError as e:
-            raise bad_request(str(e), param="format") from None
+    shaped = _response_format(req.format)
+    if shaped is not None:
+        schema = response_schema(shaped) if shaped.type == "json_schema" else None
+        plan.params = constrained(plan.params, schema, "format")
     return plan
 
 
@@ -203,15 +200,15 @@ def _refuse_unsupported(req: OllamaGeneration, images: bool) -> None:
                           "return them.", param="logprobs")
 
 
-def _json_format(fmt: str | dict | None) -> bool:
-    """Whether `format` asks for a JSON object; a schema or anything else is a 400."""
+def _response_format(fmt: str | dict | None) -> ResponseFormat | None:
+    """`format` as OpenAI's response_format: "json" one JSON object, a schema JSON it accepts."""
     if fmt is None or fmt == "":
-        return False
+        return None
     if fmt == "json":
-        return True
+        return ResponseFormat(type="json_object")
     if isinstance(fmt, dict):
-        raise bad_request("format: a JSON schema needs decoding constrained by the schema, which this server does "
-                          "not do; \"json\" (any JSON object) it does.", param="format")
+        return ResponseFormat.model_construct(type="json_schema", json_schema=JsonSchemaFormat.model_construct(
+            name=None, description=None, schema_=fmt, strict=None))
     raise bad_request(f"invalid format: {fmt!r}; expected \"json\" or a valid JSON Schema object", param="format")
 
 

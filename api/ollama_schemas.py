@@ -61,7 +61,7 @@ class OllamaGeneration(RequestBody):
     stream: Optional[bool] = Field(None, description="Default true: one JSON object per line "
                                                      "(application/x-ndjson).")
     format: Optional[Union[str, dict[str, Any]]] = Field(None, description="\"json\": the answer is one JSON object; "
-                                                         "a JSON schema is refused (400).")
+                                                         "a JSON schema: JSON it accepts (engine/json_schema.py).")
     options: Optional[OllamaOptions] = None
     keep_alive: Optional[Union[int, float, str]] = Field(None, description="Ignored: the model stays loaded.")
     think: Optional[Union[bool, str]] = Field(None, description="Only false or absent: thinking is not separated.")

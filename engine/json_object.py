@@ -152,30 +152,48 @@ def _after_value(stack: str) -> State:
     return (stack, "after", "", 0) if stack else ("", "done", "", 0)
 
 
+class _AnyObject:
+    """This module's automaton, as a machine: what JsonTokens calls on a state's machine (a
+    schema's states carry theirs, engine/json_schema.py; this one's plain tuples do not)."""
+
+    feed = staticmethod(feed)
+    complete = staticmethod(complete)
+
+    @staticmethod
+    def in_string(state: State) -> bool:
+        return state[1] == "str"
+
+
+_ANY_OBJECT = _AnyObject()
+
+
 @dataclass(frozen=True)
 class JsonTokens:
-    """What each token does to a JSON object's text: the tokenizer's plain texts and its end ids."""
+    """What each token does to a constrained text (one JSON object, or JSON a schema accepts): the
+    tokenizer's plain texts and its end ids."""
 
     texts: Sequence[str | None]
     eos_ids: frozenset[int]
 
-    def allows(self, state: State, token: int) -> bool:
+    def allows(self, state, token: int) -> bool:
         """Whether `token` may come after `state`."""
         if state is ANY:
             return True
+        machine = getattr(state, "machine", _ANY_OBJECT)
         if token in self.eos_ids:
-            return complete(state)
+            return machine.complete(state)
         text = self.texts[token] if 0 <= token < len(self.texts) else None
         if text is None:
-            return state[1] == "str"
-        return feed(state, text) is not None
+            return machine.in_string(state)
+        return machine.feed(state, text) is not None
 
-    def after(self, state: State, token: int) -> State:
+    def after(self, state, token: int):
         """The state once `token` is written (an end of text, or a piece without text of its own
-        inside a string, leaves it as it was); ANY where the token breaks the object."""
+        inside a string, leaves it as it was); ANY where the token breaks the constraint."""
         if state is ANY or token in self.eos_ids:
             return state
+        machine = getattr(state, "machine", _ANY_OBJECT)
         text = self.texts[token] if 0 <= token < len(self.texts) else None
         if text is None:
-            return state if state[1] == "str" else ANY
-        return feed(state, text) or ANY
+            return state if machine.in_string(state) else ANY
+        return machine.feed(state, text) or ANY

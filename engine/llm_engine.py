@@ -156,7 +156,8 @@ class LLMEngine:
             seq = Sequence(self._next_seq_id, request_id, i, ids, params, sample_key(seed, i), client)
             self._next_seq_id += 1
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids, kept=dict(params.special_texts))
-            seq.json_state = JSON_START if params.json_object else None
+            seq.json_state = None if not params.json_object else (
+                JSON_START if params.json_schema is None else params.json_schema.start)
             seqs.append(seq)
         self.requests[request_id] = RequestState(request_id, text, ids, params, seqs,
                                                  arrival_time or time.monotonic(), client=client)

@@ -41,6 +41,8 @@ class SamplingParams:
     speculate: bool | None = None
     # The output is one JSON object (OpenAI's response_format json_object): engine/json_object.py.
     json_object: bool = False
+    # With json_object: JSON this compiled schema accepts instead (engine/json_schema.py compile_schema).
+    json_schema: object | None = field(default=None, repr=False)
     # Special tokens written into the output text as the given text (which the detokenizer otherwise
     # leaves out): the chat server's tool-call markers, e.g. Mistral's [TOOL_CALLS].
     special_texts: tuple[tuple[int, str], ...] = ()
@@ -71,6 +73,8 @@ class SamplingParams:
         _check(type(self.top_logprobs) is int and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
                f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
         _check(self.logprobs or not self.top_logprobs, "top_logprobs needs logprobs")
+        _check(self.json_schema is None or (self.json_object and hasattr(self.json_schema, "start")),
+               "json_schema needs json_object and a schema compiled by engine.json_schema.compile_schema")
         _check(not (self.json_object and self.ignore_eos), "json_object ends the output where the object closes: "
                "not with ignore_eos")
         object.__setattr__(self, "special_texts", tuple((int(i), str(t)) for i, t in self.special_texts))

@@ -190,6 +190,32 @@ async def test_json_mode_answers_are_json_objects_streamed_or_not(client):
     assert any(feed(START, c.message.content) is None for c in plain.choices)  # the mode did something
 
 
+async def test_json_schema_answers_follow_the_schema(client):
+    """OpenAI's structured outputs: the answer is JSON the schema accepts (engine/json_schema.py);
+    a schema with a keyword it cannot enforce is a 400 naming it."""
+    import jsonschema
+
+    from engine.json_schema import compile_schema
+
+    schema = {"type": "object", "properties": {"units": {"enum": ["C", "F"]}, "days": {"type": "integer"}},
+              "required": ["units"], "additionalProperties": False}
+    machine = compile_schema(schema)
+    fmt = {"type": "json_schema", "json_schema": {"name": "forecast", "schema": schema, "strict": True}}
+    r = await client.chat.completions.create(model="codellama", messages=[{"role": "user", "content": "Forecast?"}],
+                                             max_tokens=120, temperature=0.8, seed=3, n=4, response_format=fmt)
+    finished = 0
+    for c in r.choices:
+        assert machine.feed(machine.start, c.message.content) is not None, c.message.content
+        if c.finish_reason == "stop":
+            jsonschema.validate(json.loads(c.message.content), schema)
+            finished += 1
+    assert finished > 0
+    bad = {**fmt, "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^a"}}}
+    with pytest.raises(openai.BadRequestError, match="pattern"):
+        await client.chat.completions.create(model="codellama", messages=[{"role": "user", "content": "x"}],
+                                             max_tokens=4, response_format=bad)
+
+
 async def test_json_mode_where_the_tokenizer_cannot_hold_it_is_a_clear_400(client, server, monkeypatch):
     monkeypatch.setattr(server.state.engine.engine.sampler, "json_tokens", None)  # a tokenizer without piece texts
     with pytest.raises(openai.BadRequestError) as e:

@@ -1,0 +1,375 @@
+"""Output constrained to JSON that a JSON schema accepts (OpenAI's response_format json_schema,
+Ollama's `format` with a schema): engine/json_object.py's way, with the schema's automaton.
+
+compile_schema reads the schema once (ValueError naming what it cannot enforce); the automaton
+walks the text a character at a time. A state is a frozenset of alternative parses (anyOf, a
+type list, $ref), each a stack of immutable frames, innermost last:
+
+  ("V", node)                          a value of `node` is next
+  ("O", node, phase, seen, key)        in an object: k0 (after "{"), k (after ","), ks (in a key,
+                                       `key` so far), ":" (after a key), a (after a value)
+  ("A", node, phase, count)            in an array: v0 (after "["), v (after ","), a (after a value)
+  ("S", node, count, escape)           in a string: characters so far; 1 after a backslash, 10 + n
+                                       with n hex digits of a \\u escape left
+  ("N", integer, phase)                in a number (json_object's phases)
+  ("L", texts, prefix)                 in one of several exact texts (enum, const, true, false, null)
+  ("D",)                               the value is complete: only the end of the text may follow
+
+What it enforces: type (and type lists), properties with required ones (each key at most once,
+in any order), additionalProperties (false, or absent beside properties: no other key; true, a
+schema, or absent without properties: any other key), items and prefixItems, minItems and maxItems, minLength and maxLength, enum and const (as
+their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
+definitions (recursion included). Annotations (title, description, default, format, ...) are
+ignored; any other keyword (pattern, minimum, multipleOf, uniqueItems, ...) is refused, never
+silently dropped. Keys are written without escapes. Whitespace between tokens is bounded as in
+json_object.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from engine.json_object import MAX_LEADING_WHITESPACE, MAX_WHITESPACE, _ESCAPES, _HEX, _WS, _number
+
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
+                          "readOnly", "writeOnly", "format", "$defs", "definitions", "strict", "name", "nullable"})
+_KEYWORDS = {
+    "object": {"type", "properties", "required", "additionalProperties"},
+    "array": {"type", "items", "prefixItems", "minItems", "maxItems"},
+    "string": {"type", "minLength", "maxLength"},
+    "integer": {"type"}, "number": {"type"}, "boolean": {"type"}, "null": {"type"},
+}
+_NUMBER_START = "-0123456789"
+# Parses kept at once: text that leaves more apart (anyOf branches that never part, nested) is not
+# allowed, so that a pathological schema costs a bounded time per character.
+_MAX_ALTERNATIVES = 64
+
+
+@dataclass(eq=False)
+class Node:
+    """One schema, compiled: `kind` is object, array, string, number, integer, literals, any_of,
+    any (every JSON value) or ref."""
+
+    kind: str
+    props: dict[str, "Node"] = field(default_factory=dict)
+    required: frozenset[str] = frozenset()
+    extra: "Node | None" = None  # the schema of keys not among props (None: none allowed)
+    items: "Node | None" = None
+    prefix: tuple["Node", ...] = ()
+    min_count: int = 0
+    max_count: int | None = None
+    texts: frozenset[str] = frozenset()
+    options: tuple["Node", ...] = ()
+    ref: str = ""
+
+
+ANY_VALUE = Node("any")
+
+
+class SchemaState(NamedTuple):
+    machine: "JsonSchema"
+    alts: frozenset  # of (stack, whitespace in a row)
+
+
+@dataclass(eq=False)
+class JsonSchema:
+    """A compiled schema: its automaton's start state, and how text moves it (engine/json_object.py
+    JsonTokens calls feed, complete and in_string on the state's machine)."""
+
+    root: Node
+    defs: dict[str, Node]
+
+    @property
+    def start(self) -> SchemaState:
+        return SchemaState(self, frozenset({((("V", self.root),), 0)}))
+
+    def feed(self, state: SchemaState, text: str) -> SchemaState | None:
+        alts = state.alts
+        for ch in text:
+            alts = frozenset(nxt for alt in alts for nxt in self._step(alt, ch))
+            if not alts or len(alts) > _MAX_ALTERNATIVES:
+                return None
+        return SchemaState(self, alts)
+
+    def complete(self, state: SchemaState) -> bool:
+        return any(_ends(stack) for stack, _ in state.alts)
+
+    def in_string(self, state: SchemaState) -> bool:
+        """Whether a piece without text of its own (a byte of a longer character) may come: inside a
+        free string only."""
+        return any(stack[-1][0] == "S" for stack, _ in state.alts)
+
+    # ------------------------------------------------------------------ one character
+    def _step(self, alt: tuple, ch: str) -> list[tuple]:
+        stack, ws = alt
+        top = stack[-1]
+        kind = top[0]
+        if kind == "S":
+            return [(s, 0) for s in _string(stack, ch)]
+        if kind == "O" and top[2] == "ks":  # a key's characters, whitespace too
+            return [(s, 0) for s in self._object(stack, ch)]
+        if kind == "N":
+            phase = _number(top[2], ch)
+            if phase is not None and not (top[1] and phase in ("dot", "e")):
+                return [(stack[:-1] + (("N", top[1], phase),), 0)]
+            return self._after_scalar(stack, top[2] in ("zero", "int", "frac", "exp"), ch)
+        if kind == "L":
+            grown = top[2] + ch
+            if any(t.startswith(grown) for t in top[1]):
+                return [(stack[:-1] + (("L", top[1], grown),), 0)]
+            return self._after_scalar(stack, top[2] in top[1], ch)
+        if ch in _WS:
+            limit = MAX_LEADING_WHITESPACE if len(stack) == 1 and kind == "V" else MAX_WHITESPACE
+            return [] if kind == "D" or ws >= limit else [(stack, ws + 1)]
+        if kind == "V":
+            return [(s, 0) for s in self._value(stack, ch, 0)]
+        if kind == "O":
+            return [(s, 0) for s in self._object(stack, ch)]
+        if kind == "A":
+            return [(s, 0) for s in self._array(stack, ch)]
+        return []  # "D": nothing but the end of the text
+
+    def _after_scalar(self, stack: tuple, complete: bool, ch: str) -> list[tuple]:
+        """A number or literal that `ch` does not continue: complete, it ends and `ch` goes on."""
+        return self._step((_pop(stack), 0), ch) if complete else []
+
+    def _value(self, stack: tuple, ch: str, depth: int) -> list[tuple]:
+        """The start of the value the top ("V", node) frame expects."""
+        node = stack[-1][1]
+        rest = stack[:-1]
+        if node.kind == "ref":
+            return self._value(rest + (("V", self._resolve(node)),), ch, depth + 1)
+        if node.kind == "any_of":
+            if depth > 32:
+                raise ValueError("the schema refers to itself without consuming text ($ref or anyOf loop)")
+            return [s for option in node.options for s in self._value(rest + (("V", option),), ch, depth + 1)]
+        if node.kind == "any":
+            return [s for option in _ANY_OPTIONS for s in self._value(rest + (("V", option),), ch, depth + 1)]
+        if node.kind == "object":
+            return [rest + (("O", node, "k0", frozenset(), ""),)] if ch == "{" else []
+        if node.kind == "array":
+            return [rest + (("A", node, "v0", 0),)] if ch == "[" else []
+        if node.kind == "string":
+            return [rest + (("S", node, 0, 0),)] if ch == '"' else []
+        if node.kind in ("number", "integer"):
+            if ch not in _NUMBER_START:
+                return []
+            return [rest + (("N", node.kind == "integer", "minus" if ch == "-" else "zero" if ch == "0" else "int"),)]
+        if node.kind == "literals":
+            return [rest + (("L", node.texts, ch),)] if any(t.startswith(ch) for t in node.texts) else []
+        return []
+
+    def _object(self, stack: tuple, ch: str) -> list[tuple]:
+        _, node, phase, seen, key = stack[-1]
+        rest = stack[:-1]
+        if phase in ("k0", "k"):
+            if ch == '"' and _keys_left(node, seen):
+                return [rest + (("O", node, "ks", seen, ""),)]
+            if ch == "}" and phase == "k0" and node.required <= seen:
+                return [_pop(stack)]
+            return []
+        if phase == "ks":
+            if ch == '"':
+                ok = key not in seen and (key in node.props or node.extra is not None)
+                return [rest + (("O", node, ":", seen, key),)] if ok else []
+            if ch == "\\" or ord(ch) < 0x20:
+                return []
+            grown = key + ch
+            if node.extra is None and not any(p.startswith(grown) for p in node.props if p not in seen):
+                return []
+            return [rest + (("O", node, "ks", seen, grown),)]
+        if phase == ":":
+            if ch != ":":
+                return []
+            value = node.props.get(key, node.extra)
+            return [rest + (("O", node, "a", seen | {key}, ""), ("V", value))]
+        if phase == "a":
+            if ch == "," and _keys_left(node, seen):
+                return [rest + (("O", node, "k", seen, ""),)]
+            if ch == "}" and node.required <= seen:
+                return [_pop(stack)]
+        return []
+
+    def _array(self, stack: tuple, ch: str) -> list[tuple]:
+        _, node, phase, count = stack[-1]
+        rest = stack[:-1]
+        if phase == "a":
+            if ch == "," and (node.max_count is None or count < node.max_count):
+                return [rest + (("A", node, "v", count),)]
+            return [_pop(stack)] if ch == "]" and count >= node.min_count else []
+        if ch == "]" and phase == "v0":
+            return [_pop(stack)] if node.min_count == 0 else []
+        item = node.prefix[count] if count < len(node.prefix) else node.items
+        if item is None or (node.max_count is not None and count >= node.max_count):
+            return []
+        return self._value(rest + (("A", node, "a", count + 1), ("V", item)), ch, 0)
+
+    def _resolve(self, node: Node) -> Node:
+        if node.ref not in self.defs:
+            raise ValueError(f"$ref {node.ref!r}: no such definition")
+        return self.defs[node.ref]
+
+
+def _pop(stack: tuple) -> tuple:
+    """The stack once its top value is complete: its container goes on, or the text is done."""
+    return stack[:-1] if len(stack) > 1 else (("D",),)
+
+
+def _ends(stack: tuple) -> bool:
+    """Whether the text may end here: done, or a top-level number or literal that is complete."""
+    top = stack[-1]
+    if len(stack) != 1:
+        return False
+    return top[0] == "D" or (top[0] == "N" and top[2] in ("zero", "int", "frac", "exp")) or (
+        top[0] == "L" and top[2] in top[1])
+
+
+def _keys_left(node: Node, seen: frozenset[str]) -> bool:
+    return node.extra is not None or any(p not in seen for p in node.props)
+
+
+def _string(stack: tuple, ch: str) -> list[tuple]:
+    _, node, count, escape = stack[-1]
+    rest = stack[:-1]
+    if escape == 1:
+        if ch == "u":
+            return [rest + (("S", node, count, 14),)]
+        return [rest + (("S", node, count + 1, 0),)] if ch in _ESCAPES and _room(node, count) else []
+    if escape > 10:
+        if ch not in _HEX:
+            return []
+        if escape == 11:
+            return [rest + (("S", node, count + 1, 0),)] if _room(node, count) else []
+        return [rest + (("S", node, count, escape - 1),)]
+    if ch == '"':
+        return [_pop(stack)] if count >= node.min_count else []
+    if ch == "\\":
+        return [rest + (("S", node, count, 1),)]
+    if ord(ch) < 0x20 or not _room(node, count):
+        return []
+    return [rest + (("S", node, count + 1, 0),)]
+
+
+def _room(node: Node, count: int) -> bool:
+    return node.max_count is None or count < node.max_count
+
+
+# ---------------------------------------------------------------------- compiling
+
+
+def compile_schema(schema: Any) -> JsonSchema:
+    """The schema's automaton; ValueError naming the first keyword it cannot enforce."""
+    if not isinstance(schema, (dict, bool)):
+        raise ValueError("a JSON schema is an object")
+    raw_defs = {}
+    if isinstance(schema, dict):
+        for key in ("$defs", "definitions"):
+            defs = schema.get(key, {})
+            if not isinstance(defs, dict):
+                raise ValueError(f"{key} must be an object")
+            raw_defs.update({f"#/{key}/{name}": value for name, value in defs.items()})
+    compiled: dict[str, Node] = {}
+    machine = JsonSchema(ANY_VALUE, compiled)
+    for ref, value in raw_defs.items():
+        compiled[ref] = _node(value, ref)
+    machine.root = _node(schema, "#")
+    return machine
+
+
+def _node(schema: Any, where: str) -> Node:
+    if schema is True or schema == {}:
+        return ANY_VALUE
+    if not isinstance(schema, dict):
+        raise ValueError(f"{where}: a schema must be an object (false matches nothing)")
+    if "$ref" in schema:
+        _only(schema, {"$ref"}, where)
+        return Node("ref", ref=str(schema["$ref"]))
+    if "enum" in schema or "const" in schema:
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        _only(schema, {"enum", "const", "type"}, where)
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: enum must be a non-empty list")
+        return Node("literals", texts=frozenset(json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                                                for v in values))
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            _only(schema, {key}, where)
+            return Node("any_of", options=tuple(_node(s, f"{where}/{key}/{i}") for i, s in enumerate(schema[key])))
+    if "allOf" in schema:
+        parts = schema["allOf"]
+        if not isinstance(parts, list) or len(parts) != 1:
+            raise ValueError(f"{where}: allOf is supported with one schema only")
+        _only(schema, {"allOf"}, where)
+        return _node(parts[0], f"{where}/allOf/0")
+    kind = schema.get("type")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else None
+        if kind is None:
+            _only(schema, set(), where)
+            return ANY_VALUE
+    if isinstance(kind, list):
+        return Node("any_of", options=tuple(_node({**schema, "type": k}, where) for k in kind))
+    if kind not in _KEYWORDS:
+        raise ValueError(f"{where}: unknown type {kind!r}")
+    _only(schema, _KEYWORDS[kind], where)
+    if kind == "object":
+        return _object_node(schema, where)
+    if kind == "array":
+        return _array_node(schema, where)
+    if kind == "string":
+        return Node("string", min_count=_count(schema, "minLength", 0), max_count=_count(schema, "maxLength", None))
+    if kind == "boolean":
+        return Node("literals", texts=frozenset({"true", "false"}))
+    if kind == "null":
+        return Node("literals", texts=frozenset({"null"}))
+    return Node(kind)
+
+
+def _object_node(schema: dict, where: str) -> Node:
+    props = schema.get("properties", {})
+    if not isinstance(props, dict):
+        raise ValueError(f"{where}: properties must be an object")
+    for name in props:
+        if any(ch in name for ch in '"\\') or any(ord(ch) < 0x20 for ch in name):
+            raise ValueError(f"{where}: property name {name!r} needs escapes, which keys here are written without")
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not set(required) <= set(props) and schema.get(
+            "additionalProperties", "properties" not in schema) is False:
+        raise ValueError(f"{where}: required names a property the object cannot have")
+    # Absent additionalProperties: no other key where properties are listed (what a schema written for
+    # a model means), any key where none are.
+    extra = schema.get("additionalProperties", "properties" not in schema)
+    return Node("object", props={name: _node(s, f"{where}/properties/{name}") for name, s in props.items()},
+                required=frozenset(required), extra=None if extra is False else _node(extra, f"{where}/additional"))
+
+
+def _array_node(schema: dict, where: str) -> Node:
+    prefix = tuple(_node(s, f"{where}/prefixItems/{i}") for i, s in enumerate(schema.get("prefixItems", [])))
+    items = schema.get("items", True)
+    max_count = _count(schema, "maxItems", None)
+    if items is False:
+        max_count = len(prefix) if max_count is None else min(max_count, len(prefix))
+    return Node("array", items=None if items is False else _node(items, f"{where}/items"), prefix=prefix,
+                min_count=_count(schema, "minItems", 0), max_count=max_count)
+
+
+def _count(schema: dict, key: str, default: int | None) -> int | None:
+    value = schema.get(key, default)
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError(f"{key} must be an integer >= 0")
+    return value
+
+
+def _only(schema: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(schema) - allowed - _ANNOTATIONS)
+    if extra:
+        raise ValueError(f"{where}: {', '.join(extra)} cannot be enforced here (supported: type, properties, required, "
+                         "additionalProperties, items, prefixItems, minItems, maxItems, minLength, maxLength, enum, "
+                         "const, anyOf, oneOf, $ref)")
+
+
+_ANY_OBJECT = Node("object", extra=ANY_VALUE)
+_ANY_ARRAY = Node("array", items=ANY_VALUE)
+_ANY_OPTIONS = (_ANY_OBJECT, _ANY_ARRAY, Node("string"), Node("number"), Node("literals", texts=frozenset(
+    {"true", "false", "null"})))

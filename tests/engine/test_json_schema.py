@@ -1,0 +1,170 @@
+"""engine/json_schema.py: the automaton takes the prefixes of the JSON texts a schema accepts, set
+against the jsonschema library on random documents; the engine's output follows the schema and
+drafting changes nothing."""
+from __future__ import annotations
+
+import json
+import random
+
+import jsonschema
+import pytest
+
+from engine.json_object import ANY, JsonTokens
+from engine.json_schema import compile_schema
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 8}, "age": {"type": "integer"},
+                   "score": {"type": "number"}, "tags": {"type": "array", "items": {"enum": ["a", "b", 3, None]},
+                                                         "maxItems": 3},
+                   "ok": {"type": "boolean"}, "pet": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/pet"}]},
+                   "pair": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}],
+                            "items": False, "minItems": 2},
+                   "kind": {"const": "person"}, "extra": {"type": ["string", "null"]}},
+    "required": ["name", "age"], "additionalProperties": False,
+    "$defs": {"pet": {"type": "object", "properties": {"name": {"type": "string"},
+                                                       "friend": {"$ref": "#/$defs/pet"}},
+                      "required": ["name"], "additionalProperties": False}},
+}
+OPEN = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
+        "additionalProperties": {"type": "array", "items": {"type": "number"}, "minItems": 1}}
+ROOT_ARRAY = {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "number"}},
+                                         "required": ["x"], "additionalProperties": False}, "minItems": 1}
+SCHEMAS = [PERSON, OPEN, ROOT_ARRAY, {"type": "integer"}, {"enum": ["red", "green", 1.5]}, True]
+
+
+def accepts(machine, text: str) -> bool:
+    state = machine.feed(machine.start, text)
+    return state is not None and machine.complete(state)
+
+
+def random_value(rng: random.Random, depth: int = 0):
+    """Any JSON value, biased towards the shapes of the schemas above (their keys and enums)."""
+    pick = rng.randrange(10 if depth < 3 else 6)
+    if pick == 0:
+        return rng.choice([None, True, False])
+    if pick == 1:
+        return rng.choice([0, 7, -3, 12345, 2.5, -0.125, 0.001])  # no 1.0: an integer is written as one here
+    if pick in (2, 3):
+        return rng.choice(["", "a", "b", "bob", "red", "green", "person", "a very long name", "é\"\\"])
+    if pick in (4, 5):
+        return rng.choice([1.5, "a", 3, None])
+    if pick in (6, 7):
+        keys = ["name", "age", "score", "tags", "ok", "pet", "pair", "kind", "extra", "id", "x", "other", "friend"]
+        return {k: random_value(rng, depth + 1) for k in rng.sample(keys, rng.randint(0, 4))}
+    return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+
+
+def schema_shaped(rng: random.Random, schema) -> object:
+    """A value meant to follow `schema` (PERSON, OPEN or ROOT_ARRAY), sometimes broken on purpose."""
+    if schema is PERSON:
+        doc = {"name": rng.choice(["bob", "al", ""]), "age": rng.choice([3, -1, 2.5])}
+        if rng.random() < 0.5:
+            doc["tags"] = rng.sample(["a", "b", 3, None, "c"], rng.randint(0, 4))
+        if rng.random() < 0.5:
+            doc["pet"] = rng.choice([None, {"name": "rex"}, {"name": "rex", "friend": {"name": "tom"}}, {"age": 1}])
+        if rng.random() < 0.3:
+            doc["pair"] = rng.choice([["a", 1], ["a"], ["a", 1, 2], [1, "a"]])
+        if rng.random() < 0.3:
+            doc["kind"] = rng.choice(["person", "robot"])
+        if rng.random() < 0.2:
+            del doc[rng.choice(["name", "age"])]
+        return dict(rng.sample(list(doc.items()), len(doc)))  # any order of keys
+    if schema is OPEN:
+        return {"id": rng.choice([1, "1"]), **{k: rng.choice([[1.5], [], ["x"]]) for k in rng.sample("pqr", 2)}}
+    return [{"x": rng.choice([1, 2.5, "s"])} for _ in range(rng.randint(0, 2))]
+
+
+@pytest.mark.parametrize("index", range(len(SCHEMAS)))
+def test_the_automaton_accepts_what_jsonschema_validates(index):
+    schema = SCHEMAS[index]
+    machine = compile_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    rng = random.Random(index)
+    seen = {True: 0, False: 0}
+    for trial in range(1500):
+        value = schema_shaped(rng, schema) if trial % 2 and index < 3 else random_value(rng)
+        text = json.dumps(value, ensure_ascii=False, indent=rng.choice([None, None, 1]),
+                          separators=None if rng.random() < 0.5 else (",", ":"))
+        valid = validator.is_valid(value)
+        assert accepts(machine, text) == valid, (text, valid)
+        seen[valid] += 1
+        if valid:  # every prefix of a valid text is taken, and only the whole may end
+            for end in range(len(text)):
+                assert machine.feed(machine.start, text[:end]) is not None, text[:end]
+    assert seen[True] > 25 and seen[False] > 25 or index >= 3
+
+
+def test_what_cannot_be_enforced_is_refused_by_name():
+    for schema, word in (({"type": "string", "pattern": "^a"}, "pattern"), ({"type": "integer", "minimum": 0},
+                         "minimum"), ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+                         ({"allOf": [{"type": "string"}, {"maxLength": 2}]}, "allOf"), ({"type": "date"}, "date"),
+                         ({"properties": {"a\"b": {}}, "type": "object"}, "escapes"), (False, "false"),
+                         ({"type": "object", "properties": {"a": {}}, "required": ["x"]}, "required")):
+        with pytest.raises(ValueError, match=word):
+            compile_schema(schema)
+    assert accepts(compile_schema({"type": "string", "format": "date", "title": "t"}), '"x"')  # annotations
+    assert accepts(compile_schema({"type": "object"}), '{"any": [1, {"key": null}]}')  # no properties: any key
+    assert not accepts(compile_schema({"type": "object", "properties": {"a": {}}}), '{"b": 1}')  # listed: only those
+
+
+def test_keys_and_values_are_steered_as_they_are_written():
+    machine = compile_schema(PERSON)
+    assert machine.feed(machine.start, '{"na') is not None and machine.feed(machine.start, '{"nx') is None
+    assert machine.feed(machine.start, '{"name":"bob"}') is None  # age is required before the object closes
+    assert machine.feed(machine.start, '{"name":"bob","name"') is None  # once each
+    assert machine.feed(machine.start, '{"age":1.') is None  # an integer
+    assert machine.feed(machine.start, '{"kind":"per') is not None and machine.feed(machine.start, '{"kind":"pet') is None
+    assert not machine.in_string(machine.feed(machine.start, '{"kind":"per'))  # an enum's text: no byte pieces
+    assert machine.in_string(machine.feed(machine.start, '{"name":"b'))
+    deep = '{"name":"a","age":1,"pet":' + '{"name":"x","friend":' * 20 + '{"name":"y"}' + "}" * 20 + "}"
+    assert accepts(machine, deep)  # recursion through $ref
+
+
+def test_tokens_follow_the_schema_through_json_tokens():
+    tokens = JsonTokens(texts=["[", '{"x":', "1", "}", "]", ",", '"s"', None], eos_ids=frozenset({9}))
+    machine = compile_schema(ROOT_ARRAY)
+    state = machine.start
+    assert tokens.allows(state, 0) and not tokens.allows(state, 1) and not tokens.allows(state, 9)
+    for token in (0, 1, 2, 3):
+        state = tokens.after(state, token)
+    assert not tokens.allows(state, 9) and tokens.allows(state, 4) and tokens.allows(state, 5)
+    assert not tokens.allows(tokens.after(tokens.after(state, 5), 1), 6)  # "x" is a number
+    assert not tokens.allows(state, 7) and tokens.after(state, 7) is ANY  # a text-less piece outside a string
+    state = tokens.after(state, 4)
+    assert tokens.allows(state, 9) and not tokens.allows(state, 5)
+
+
+# ---------------------------------------------------------------------- through the engine
+
+TOOL = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                         "days": {"type": "integer"}, "units": {"enum": ["C", "F"]}},
+        "required": ["city", "days", "units"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_engine_output_follows_the_schema_and_drafting_changes_nothing(temperature):
+    from engine import DEFAULT_MODEL, LLM, SamplingParams
+    from fastcodellama.drafting import SpecConfig, build_proposer
+    from tests.engine.helpers import assert_no_leaks
+
+    engines = (LLM(DEFAULT_MODEL, num_kv_blocks=512, block_size=16),
+               LLM(DEFAULT_MODEL, num_kv_blocks=512, block_size=16, proposer=build_proposer(SpecConfig(policy="fixed"))))
+    machine = compile_schema(TOOL)
+    params = SamplingParams(max_tokens=160, temperature=temperature, top_p=0.95, seed=5, n=3, json_object=True,
+                            json_schema=machine)
+    prompts = ["# the forecast request\nrequest = ", "def weather():\n    return ",
+               'config = {"city": "Paris", "days": 3, "units": "C"}\nsame = ']
+    plain, drafting = (e.generate(prompts, params) for e in engines)
+    finished = 0
+    for a, b in zip(plain, drafting):
+        assert [c.token_ids for c in a.outputs] == [c.token_ids for c in b.outputs]
+        for c in a.outputs:
+            assert machine.feed(machine.start, c.text) is not None, c.text
+            if c.finish_reason == "stop":
+                jsonschema.validate(json.loads(c.text), TOOL)
+                finished += 1
+    assert finished > 0
+    assert sum(sum(c.spec.drafted.values()) for o in drafting for c in o.outputs) > 0
+    for e in engines:
+        assert_no_leaks(e.engine)
