@@ -19,7 +19,7 @@ What it enforces: type (and type lists), properties with required ones (each key
 in any order), additionalProperties (false, or absent beside properties: no other key; true, a
 schema, or absent without properties: any other key), items and prefixItems, minItems and maxItems, minLength and maxLength, enum and const (as
 their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
-definitions (recursion included). Annotations (title, description, default, format, ...) are
+definitions or "#" (recursion through objects and arrays included). Annotations (title, description, default, format, ...) are
 ignored; any other keyword (pattern, minimum, multipleOf, uniqueItems, ...) is refused, never
 silently dropped. Keys are written without escapes. Whitespace between tokens is bounded as in
 json_object.
@@ -79,6 +79,7 @@ class JsonSchema:
 
     root: Node
     defs: dict[str, Node]
+    _leaf_cache: dict[int, tuple[Node, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def start(self) -> SchemaState:
@@ -123,7 +124,7 @@ class JsonSchema:
             limit = MAX_LEADING_WHITESPACE if len(stack) == 1 and kind == "V" else MAX_WHITESPACE
             return [] if kind == "D" or ws >= limit else [(stack, ws + 1)]
         if kind == "V":
-            return [(s, 0) for s in self._value(stack, ch, 0)]
+            return [(s, 0) for s in self._value(stack, ch)]
         if kind == "O":
             return [(s, 0) for s in self._object(stack, ch)]
         if kind == "A":
@@ -134,31 +135,32 @@ class JsonSchema:
         """A number or literal that `ch` does not continue: complete, it ends and `ch` goes on."""
         return self._step((_pop(stack), 0), ch) if complete else []
 
-    def _value(self, stack: tuple, ch: str, depth: int) -> list[tuple]:
-        """The start of the value the top ("V", node) frame expects."""
-        node = stack[-1][1]
+    def _value(self, stack: tuple, ch: str) -> list[tuple]:
+        """The start of the value the top ("V", node) frame expects: of each kind of value it may be."""
         rest = stack[:-1]
-        if node.kind == "ref":
-            return self._value(rest + (("V", self._resolve(node)),), ch, depth + 1)
-        if node.kind == "any_of":
-            if depth > 32:
-                raise ValueError("the schema refers to itself without consuming text ($ref or anyOf loop)")
-            return [s for option in node.options for s in self._value(rest + (("V", option),), ch, depth + 1)]
-        if node.kind == "any":
-            return [s for option in _ANY_OPTIONS for s in self._value(rest + (("V", option),), ch, depth + 1)]
-        if node.kind == "object":
-            return [rest + (("O", node, "k0", frozenset(), ""),)] if ch == "{" else []
-        if node.kind == "array":
-            return [rest + (("A", node, "v0", 0),)] if ch == "[" else []
-        if node.kind == "string":
-            return [rest + (("S", node, 0, 0),)] if ch == '"' else []
-        if node.kind in ("number", "integer"):
-            if ch not in _NUMBER_START:
-                return []
-            return [rest + (("N", node.kind == "integer", "minus" if ch == "-" else "zero" if ch == "0" else "int"),)]
-        if node.kind == "literals":
-            return [rest + (("L", node.texts, ch),)] if any(t.startswith(ch) for t in node.texts) else []
-        return []
+        return [s for leaf in self._leaves(stack[-1][1]) for s in _start(rest, leaf, ch)]
+
+    def _leaves(self, node: Node) -> tuple[Node, ...]:
+        """The schemas of values (object, array, string, number, literals) a node may be, through
+        $ref and anyOf, each once: shared definitions are not walked again."""
+        cached = self._leaf_cache.get(id(node))
+        if cached is None:
+            found: dict[int, Node] = {}
+            todo, seen = [node], set()
+            while todo:
+                n = todo.pop()
+                if id(n) in seen:
+                    continue
+                seen.add(id(n))
+                if n.kind == "ref":
+                    todo.append(self.defs[n.ref])
+                elif n.kind == "any_of":
+                    todo.extend(reversed(n.options))
+                else:
+                    for leaf in (_ANY_OPTIONS if n.kind == "any" else (n,)):
+                        found.setdefault(id(leaf), leaf)
+            cached = self._leaf_cache[id(node)] = tuple(found.values())
+        return cached
 
     def _object(self, stack: tuple, ch: str) -> list[tuple]:
         _, node, phase, seen, key = stack[-1]
@@ -203,12 +205,24 @@ class JsonSchema:
         item = node.prefix[count] if count < len(node.prefix) else node.items
         if item is None or (node.max_count is not None and count >= node.max_count):
             return []
-        return self._value(rest + (("A", node, "a", count + 1), ("V", item)), ch, 0)
+        return self._value(rest + (("A", node, "a", count + 1), ("V", item)), ch)
 
-    def _resolve(self, node: Node) -> Node:
-        if node.ref not in self.defs:
-            raise ValueError(f"$ref {node.ref!r}: no such definition")
-        return self.defs[node.ref]
+
+def _start(rest: tuple, node: Node, ch: str) -> list[tuple]:
+    """`ch` starting a value of `node` (no $ref, anyOf or any) under the frames `rest`."""
+    if node.kind == "object":
+        return [rest + (("O", node, "k0", frozenset(), ""),)] if ch == "{" else []
+    if node.kind == "array":
+        return [rest + (("A", node, "v0", 0),)] if ch == "[" else []
+    if node.kind == "string":
+        return [rest + (("S", node, 0, 0),)] if ch == '"' else []
+    if node.kind in ("number", "integer"):
+        if ch not in _NUMBER_START:
+            return []
+        return [rest + (("N", node.kind == "integer", "minus" if ch == "-" else "zero" if ch == "0" else "int"),)]
+    if node.kind == "literals":
+        return [rest + (("L", node.texts, ch),)] if any(t.startswith(ch) for t in node.texts) else []
+    return []
 
 
 def _pop(stack: tuple) -> tuple:
@@ -269,12 +283,53 @@ def compile_schema(schema: Any) -> JsonSchema:
             if not isinstance(defs, dict):
                 raise ValueError(f"{key} must be an object")
             raw_defs.update({f"#/{key}/{name}": value for name, value in defs.items()})
-    compiled: dict[str, Node] = {}
-    machine = JsonSchema(ANY_VALUE, compiled)
-    for ref, value in raw_defs.items():
-        compiled[ref] = _node(value, ref)
-    machine.root = _node(schema, "#")
-    return machine
+    compiled = {ref: _node(value, ref) for ref, value in raw_defs.items()}
+    compiled["#"] = root = _node(schema, "#")
+    _check_refs(root, compiled)
+    return JsonSchema(root, compiled)
+
+
+def _check_refs(root: Node, defs: dict[str, Node]) -> None:
+    """Every $ref names a definition (or "#", the whole schema), and no chain of $ref and anyOf
+    comes back to where it started without an object or array between (it would never end).
+    Linear in the schema's size: each node is walked once."""
+    seen: set[int] = set()
+    todo = [root, *defs.values()]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.kind == "ref" and node.ref not in defs:
+            raise ValueError(f"$ref {node.ref!r}: no such definition (refs point into $defs or definitions)")
+        todo += [*node.props.values(), *node.prefix, *node.options] + [n for n in (node.extra, node.items) if n]
+    done: set[int] = set()
+    for start in (root, *defs.values()):
+        if id(start) not in done:
+            _no_loop_from(start, defs, done)
+
+
+def _no_loop_from(start: Node, defs: dict[str, Node], done: set[int]) -> None:
+    """Depth-first over the $ref and anyOf edges from `start` (iteratively: chains may be long)."""
+    on_path: set[int] = set()
+    stack = [(start, iter(_edges(start, defs)))]
+    on_path.add(id(start))
+    while stack:
+        node, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            on_path.discard(id(node))
+            done.add(id(node))
+        elif id(child) in on_path:
+            raise ValueError("the schema refers to itself through $ref or anyOf alone: it describes no finite value")
+        elif id(child) not in done:
+            on_path.add(id(child))
+            stack.append((child, iter(_edges(child, defs))))
+
+
+def _edges(node: Node, defs: dict[str, Node]) -> tuple[Node, ...]:
+    return (defs[node.ref],) if node.kind == "ref" else node.options
 
 
 def _node(schema: Any, where: str) -> Node:

@@ -100,6 +100,9 @@ def test_what_cannot_be_enforced_is_refused_by_name():
                          "minimum"), ({"type": "array", "uniqueItems": True}, "uniqueItems"),
                          ({"allOf": [{"type": "string"}, {"maxLength": 2}]}, "allOf"), ({"type": "date"}, "date"),
                          ({"properties": {"a\"b": {}}, "type": "object"}, "escapes"), (False, "false"),
+                         ({"$ref": "#/$defs/none"}, "no such definition"),
+                         ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "itself"),
+                         ({"anyOf": [{"type": "null"}, {"$ref": "#"}]}, "itself"),
                          ({"type": "object", "properties": {"a": {}}, "required": ["x"]}, "required")):
         with pytest.raises(ValueError, match=word):
             compile_schema(schema)
@@ -119,6 +122,12 @@ def test_keys_and_values_are_steered_as_they_are_written():
     assert machine.in_string(machine.feed(machine.start, '{"name":"b'))
     deep = '{"name":"a","age":1,"pet":' + '{"name":"x","friend":' * 20 + '{"name":"y"}' + "}" * 20 + "}"
     assert accepts(machine, deep)  # recursion through $ref
+    tree = compile_schema({"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}}})
+    assert accepts(tree, '{"kids": [{"kids": []}, {}]}') and not accepts(tree, '{"kids": [1]}')
+    # Shared definitions in a chain of anyOf (2**60 paths) are walked once each, compiling and running.
+    defs = {f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]} for i in range(60)}
+    chain = compile_schema({"$defs": {**defs, "d60": {"type": "integer"}}, "$ref": "#/$defs/d0"})
+    assert accepts(chain, "123") and not accepts(chain, '"x"')
 
 
 def test_tokens_follow_the_schema_through_json_tokens():
