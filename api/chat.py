@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 import uuid
 
@@ -21,7 +22,9 @@ from api.generation import CLIENT, answer, read_request, state_of
 from api.schemas import SAMPLING_FIELDS, CompletionRequest
 from api.state import AppState
 from api.streaming import CompletionStream
-from api.tool_calls import ToolCalling, arguments_as_objects, forced_opening, markers
+from api.tool_calls import ToolCalling, arguments_as_objects, call_schema, forced_opening, markers
+
+log = logging.getLogger(__name__)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -82,7 +85,24 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
         plan.params = dataclasses.replace(plan.params, special_texts=calls.kept)
     if shape != "text":
         plan.params = constrained(plan.params, schema, "response_format")
+    elif calls is not None and calls.forced:
+        plan.params = _held_to_call(plan.params, calls, req)
     return plan, calls
+
+
+def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatRequest) -> SamplingParams:
+    """A forced call held to its function's parameters where they can be enforced (tool_calls.call_schema);
+    else as it was: an opening the model goes on from freely."""
+    name = req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
+    shaped = call_schema(calls.format, {t.function.name: t.function.parameters for t in req.tools}, name)
+    if shaped is None:
+        return params
+    try:
+        machine = compile_schema(shaped[0]).after(shaped[1])
+    except (ValueError, RecursionError) as e:
+        log.info("tool call not constrained: %s", e)
+        return params
+    return dataclasses.replace(params, json_object=True, json_schema=machine)
 
 
 def response_schema(response_format: ResponseFormat) -> JsonSchema:

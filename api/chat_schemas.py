@@ -85,8 +85,8 @@ class ChatRequest(SamplingRequest):
                                         "(in the format its chat template writes: api/tool_calls.py).")
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
         None, description="auto (the default with tools), none, required or a named function: the last two "
-                          "start the answer with a call's opening in the model's format (nothing constrains "
-                          "what the model writes after it).")
+                          "start the answer with a call's opening in the model's format; in the JSON call "
+                          "formats the rest is held to the function's parameter schema.")
     parallel_tool_calls: Optional[bool] = Field(None, description="false: at most the first call is returned.")
     response_format: Optional[ResponseFormat] = Field(None, description="text; json_object: the answer is one JSON "
                                                       "object (each token chosen among those that keep it one); "

@@ -28,7 +28,11 @@ calls go out in one delta, and whatever held-back text was not a call as content
 tool_choice `required` or a named function: the answer is started with the opening of a call in
 the model's format (`forced_opening`), written after the chat template's generation prompt, so
 that the model goes on with a call (of that function); the opening is part of the answer that is
-read for calls. Nothing constrains what follows it: a model that writes no valid call there gets
+read for calls. Where the call is one JSON value (Hermes, Llama 3.1, Mistral's formats) and the
+functions' parameter schemas can be enforced (engine/json_schema.py), the rest of the call is held
+to them (`call_schema`): the function's name among the tools, its arguments as its schema says, and
+the answer ends where the call's JSON closes. Otherwise (Qwen3-Coder's XML, a schema keyword that
+cannot be enforced) nothing constrains what follows: a model that writes no valid call there gets
 its text back as content.
 """
 from __future__ import annotations
@@ -130,6 +134,31 @@ def forced_opening(fmt: Format, name: str | None) -> str:
         return start + '{"name":'
     return start + '{"name": ' + json.dumps(name, ensure_ascii=False) + (', "arguments":' if fmt == "hermes"
                                                                           else ', "parameters":')
+
+
+def call_schema(fmt: Format, parameters: dict[str, dict | None], name: str | None) -> tuple[dict, str] | None:
+    """A forced call as JSON a schema describes: (the schema, the part of forced_opening that is
+    that JSON's start), for the function `name` or (None) any of `parameters`' (name -> its
+    parameters' schema). None where the call is not one JSON value (Qwen3-Coder's XML, Mistral's
+    [ARGS] format without a name) or the parameters' $defs collide."""
+    defs: dict[str, Any] = {}
+    for schema in parameters.values():
+        for key, value in ((schema or {}).get("$defs") or {}).items():
+            if defs.setdefault(key, value) != value:
+                return None
+    args = {n: {k: v for k, v in (p or {"type": "object"}).items() if k != "$defs"} for n, p in parameters.items()}
+    if fmt == "mistral_args":
+        return ({**args[name], "$defs": defs}, "") if name else None
+    if fmt == "qwen3_coder":
+        return None
+    key = "parameters" if fmt == "llama3" else "arguments"
+    calls = [{"type": "object", "properties": {"name": {"const": n}, key: args[n]}, "required": ["name", key],
+              "additionalProperties": False} for n in ([name] if name else args)]
+    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    opening = forced_opening(fmt, name)
+    if fmt == "mistral":
+        return {"type": "array", "prefixItems": [call], "items": False, "$defs": defs}, opening[len(MISTRAL_CALLS):]
+    return {**call, "$defs": defs}, opening.removeprefix(f"{HERMES_OPEN}\n")
 
 
 def format_of(template_source: str) -> Format | None:

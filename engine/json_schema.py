@@ -80,10 +80,22 @@ class JsonSchema:
     root: Node
     defs: dict[str, Node]
     _leaf_cache: dict[int, tuple[Node, ...]] = field(default_factory=dict, repr=False)
+    opening: str = ""  # text already written before the output starts (a forced tool call's opening)
+    _start: SchemaState | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        state = SchemaState(self, frozenset({((("V", self.root),), 0)}))
+        self._start = self.feed(state, self.opening) if self.opening else state
+        if self._start is None:
+            raise ValueError(f"{self.opening!r} does not start a value the schema accepts")
 
     @property
     def start(self) -> SchemaState:
-        return SchemaState(self, frozenset({((("V", self.root),), 0)}))
+        return self._start
+
+    def after(self, opening: str) -> "JsonSchema":
+        """The same schema, for an output that continues `opening` (ValueError if it cannot)."""
+        return JsonSchema(self.root, self.defs, self._leaf_cache, self.opening + opening)
 
     def feed(self, state: SchemaState, text: str) -> SchemaState | None:
         alts = state.alts

@@ -194,6 +194,36 @@ async def test_required_opens_a_call_in_each_format(client, template, answers):
         assert (call.function.name, json.loads(call.function.arguments)) == expected
 
 
+FORECAST = {"type": "function", "function": {"name": "forecast", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 10}, "units": {"enum": ["C", "F"]}},
+    "required": ["city", "units"]}}}
+
+
+@pytest.mark.parametrize("source", [HERMES, LLAMA3])
+async def test_a_forced_call_is_held_to_its_functions_parameters(client, template, source):
+    """Not replayed: the demo model itself writes the call, held to the schema of the function's
+    parameters (a named function) or of any tool's (required); a call that ends comes back whole
+    (one cut by max_tokens comes back as text)."""
+    import jsonschema
+
+    template(source)
+    for choice in ({"type": "function", "function": {"name": "forecast"}}, "required"):
+        r = await client.chat.completions.create(model="coder", messages=ASK, tools=[FORECAST, CLOCK],
+                                                 tool_choice=choice, temperature=0.8, seed=4, n=4, max_tokens=200)
+        assert sum(c.finish_reason == "tool_calls" for c in r.choices) >= 2
+        for c in r.choices:
+            assert c.finish_reason in ("tool_calls", "length"), c.message.content
+            if c.finish_reason == "length":
+                continue
+            call = c.message.tool_calls[0]
+            arguments = json.loads(call.function.arguments)
+            if choice != "required" or call.function.name == "forecast":
+                assert call.function.name == "forecast"
+                jsonschema.validate(arguments, FORECAST["function"]["parameters"])
+            else:
+                assert (call.function.name, arguments) == ("now", {})
+
+
 async def test_a_forced_call_the_model_does_not_finish_comes_back_as_text(client, template, answers):
     template(HERMES)
     answers(" I do not know")

@@ -84,3 +84,33 @@ def test_mistral_calls_need_their_marker_and_valid_json():
     content, calls = tool_calls.parse('ok[TOOL_CALLS] [{"name": "f", "arguments": {"a": 1}}][TOOL_CALLS]g[ARGS]{}',
                                       "mistral")
     assert content == "ok" and [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 1}), ("g", {})]
+
+
+@pytest.mark.parametrize("fmt, name, rest", [
+    ("hermes", "get_weather", ' {"city": "Paris"}}'), ("hermes", None, ' "now", "arguments": {}}'),
+    ("llama3", "get_weather", ' {"city": "Paris"}}'), ("mistral", "get_weather", ' {"city": "Paris"}}]'),
+    ("mistral", None, ' "now", "arguments": {}}]'), ("mistral_args", "get_weather", '{"city": "Paris"}')])
+def test_a_forced_call_is_json_its_schema_continues_from_the_opening(fmt, name, rest):
+    from engine.json_schema import compile_schema
+    from api.tool_calls import call_schema, forced_opening
+
+    parameters = {"get_weather": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                                  "$defs": {"unused": {"type": "null"}}},
+                  "now": None}
+    schema, opening = call_schema(fmt, parameters, name)
+    assert forced_opening(fmt, name).endswith(opening)
+    machine = compile_schema(schema).after(opening)
+    state = machine.feed(machine.start, rest)
+    assert state is not None and machine.complete(state)
+    assert machine.feed(machine.start, rest.replace("Paris", "1").replace('"1"', "1")) is None or name is None
+    text = forced_opening(fmt, name) + rest
+    assert tool_calls.parse(text, fmt)[1], text  # and it reads back as a call
+
+
+def test_calls_that_are_not_one_json_value_are_not_held():
+    from api.tool_calls import call_schema
+
+    assert call_schema("qwen3_coder", {"run": None}, "run") is None
+    assert call_schema("mistral_args", {"run": None}, None) is None
+    clash = {"a": {"$defs": {"x": {"type": "null"}}}, "b": {"$defs": {"x": {"type": "string"}}}}
+    assert call_schema("hermes", clash, None) is None
