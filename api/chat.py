@@ -52,7 +52,7 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
     shape = req.response_format.type if req.response_format is not None else "text"
-    schema = response_schema(req.response_format) if shape == "json_schema" else None
+    schema = await response_schema(req.response_format, state) if shape == "json_schema" else None
     calls = tool_calling(req, template)
     if shape != "text" and calls is not None:
         raise bad_request(f"response_format {shape} and tools cannot both shape the answer.",
@@ -86,11 +86,12 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     if shape != "text":
         plan.params = constrained(plan.params, schema, "response_format")
     elif calls is not None and calls.forced:
-        plan.params = _held_to_call(plan.params, calls, req)
+        plan.params = await _held_to_call(plan.params, calls, req, state)
     return plan, calls
 
 
-def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatRequest) -> SamplingParams:
+async def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatRequest,
+                        state: AppState) -> SamplingParams:
     """A forced call held to its function's parameters where they can be enforced (tool_calls.call_schema);
     else as it was: an opening the model goes on from freely."""
     name = req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
@@ -98,26 +99,28 @@ def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatRequest) 
     if shaped is None:
         return params
     try:
-        machine = compile_schema(shaped[0]).after(shaped[1])
+        machine = (await _compiled(shaped[0], state)).after(shaped[1])
     except (ValueError, RecursionError) as e:
         log.info("tool call not constrained: %s", e)
         return params
     return dataclasses.replace(params, json_object=True, json_schema=machine)
 
 
-def response_schema(response_format: ResponseFormat) -> JsonSchema:
+async def response_schema(response_format: ResponseFormat, state: AppState,
+                          param: str = "response_format") -> JsonSchema:
     """The compiled schema of a json_schema response format; a 400 for one it cannot enforce."""
     given = response_format.json_schema
     if given is None or given.schema_ is None:
-        raise bad_request("response_format json_schema needs json_schema.schema", param="response_format")
-    return compiled_schema(given.schema_, "response_format")
-
-
-def compiled_schema(schema: dict, param: str) -> JsonSchema:
+        raise bad_request(f"{param} json_schema needs json_schema.schema", param=param)
     try:
-        return compile_schema(schema)
+        return await _compiled(given.schema_, state)
     except (ValueError, RecursionError) as e:
         raise bad_request(f"{param}: {e}", param=param, code="schema_unsupported") from None
+
+
+async def _compiled(schema: dict, state: AppState) -> JsonSchema:
+    """compile_schema in the server's worker threads: a large schema takes a while, never the event loop's."""
+    return await state.prompts.run(len(json.dumps(schema)), lambda: compile_schema(schema))
 
 
 def constrained(params: SamplingParams, schema: JsonSchema | None, param: str) -> SamplingParams:

@@ -138,7 +138,7 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
                             state.config.max_request_tokens)
     shaped = _response_format(req.format)
     if shaped is not None:
-        schema = response_schema(shaped) if shaped.type == "json_schema" else None
+        schema = await response_schema(shaped, state, "format") if shaped.type == "json_schema" else None
         plan.params = constrained(plan.params, schema, "format")
     return plan
 

@@ -12,7 +12,7 @@ type list, $ref), each a stack of immutable frames, innermost last:
   ("S", node, count, escape)           in a string: characters so far; 1 after a backslash, 10 + n
                                        with n hex digits of a \\u escape left
   ("N", integer, phase)                in a number (json_object's phases)
-  ("L", texts, prefix)                 in one of several exact texts (enum, const, true, false, null)
+  ("L", node, prefix)                  in one of the node's exact texts (enum, const, true, false, null)
   ("D",)                               the value is complete: only the end of the text may follow
 
 What it enforces: type (and type lists), properties with required ones (each key at most once,
@@ -62,6 +62,15 @@ class Node:
     texts: frozenset[str] = frozenset()
     options: tuple["Node", ...] = ()
     ref: str = ""
+    # Looked up per character, so that a long enum or many properties cost no scan of them:
+    prefixes: frozenset[str] = frozenset()  # every prefix of `texts`
+    key_prefixes: dict[str, list[str]] = field(default_factory=dict)  # a prefix -> the props' names it starts
+
+    def __post_init__(self) -> None:
+        self.prefixes = frozenset(t[:i] for t in self.texts for i in range(1, len(t) + 1))
+        for name in self.props:
+            for i in range(1, len(name) + 1):
+                self.key_prefixes.setdefault(name[:i], []).append(name)
 
 
 ANY_VALUE = Node("any")
@@ -129,9 +138,9 @@ class JsonSchema:
             return self._after_scalar(stack, top[2] in ("zero", "int", "frac", "exp"), ch)
         if kind == "L":
             grown = top[2] + ch
-            if any(t.startswith(grown) for t in top[1]):
+            if grown in top[1].prefixes:
                 return [(stack[:-1] + (("L", top[1], grown),), 0)]
-            return self._after_scalar(stack, top[2] in top[1], ch)
+            return self._after_scalar(stack, top[2] in top[1].texts, ch)
         if ch in _WS:
             limit = MAX_LEADING_WHITESPACE if len(stack) == 1 and kind == "V" else MAX_WHITESPACE
             return [] if kind == "D" or ws >= limit else [(stack, ws + 1)]
@@ -190,7 +199,7 @@ class JsonSchema:
             if ch == "\\" or ord(ch) < 0x20:
                 return []
             grown = key + ch
-            if node.extra is None and not any(p.startswith(grown) for p in node.props if p not in seen):
+            if node.extra is None and all(name in seen for name in node.key_prefixes.get(grown, ())):
                 return []
             return [rest + (("O", node, "ks", seen, grown),)]
         if phase == ":":
@@ -233,7 +242,7 @@ def _start(rest: tuple, node: Node, ch: str) -> list[tuple]:
             return []
         return [rest + (("N", node.kind == "integer", "minus" if ch == "-" else "zero" if ch == "0" else "int"),)]
     if node.kind == "literals":
-        return [rest + (("L", node.texts, ch),)] if any(t.startswith(ch) for t in node.texts) else []
+        return [rest + (("L", node, ch),)] if ch in node.prefixes else []
     return []
 
 
@@ -248,7 +257,7 @@ def _ends(stack: tuple) -> bool:
     if len(stack) != 1:
         return False
     return top[0] == "D" or (top[0] == "N" and top[2] in ("zero", "int", "frac", "exp")) or (
-        top[0] == "L" and top[2] in top[1])
+        top[0] == "L" and top[2] in top[1].texts)
 
 
 def _keys_left(node: Node, seen: frozenset[str]) -> bool:

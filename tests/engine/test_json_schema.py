@@ -128,6 +128,10 @@ def test_keys_and_values_are_steered_as_they_are_written():
     defs = {f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]} for i in range(60)}
     chain = compile_schema({"$defs": {**defs, "d60": {"type": "integer"}}, "$ref": "#/$defs/d0"})
     assert accepts(chain, "123") and not accepts(chain, '"x"')
+    # A long enum and many properties: looked up by prefix, not scanned per character.
+    many = compile_schema({"type": "object", "properties": {f"key{i}": {"enum": [f"v{j}" for j in range(1 + i % 50)]}
+                                                            for i in range(20000)}})
+    assert accepts(many, '{"key19999": "v49", "key7": "v0"}') and not accepts(many, '{"key19999": "v50"}')
 
 
 def test_tokens_follow_the_schema_through_json_tokens():
