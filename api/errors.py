@@ -1,5 +1,5 @@
 """OpenAI-style error objects: every failure leaves as {"error": {message, type, param, code}}
-(Ollama's API as {"error": message})."""
+(Ollama's API as {"error": message}, Anthropic's as {"type": "error", "error": {type, message}})."""
 from __future__ import annotations
 
 import json
@@ -27,11 +27,21 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self, ollama: bool = False) -> web.Response:
-        """The error as OpenAI writes it, or (`ollama`) as Ollama does: {"error": "message"}."""
-        body = {"error": self.message} if ollama else self.body()
+    def anthropic_body(self) -> dict[str, Any]:
+        """The error as Anthropic's API writes it (its event or body, less the "type": "error")."""
+        kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"type": kind, "message": self.message}}
+
+    def response(self, dialect: str = "openai") -> web.Response:
+        """The error as OpenAI writes it, as Ollama does ({"error": "message"}) or as Anthropic does."""
+        body = ({"error": self.message} if dialect == "ollama" else {"type": "error", **self.anthropic_body()}
+                if dialect == "anthropic" else self.body())
         return web.Response(status=self.status, text=json.dumps(body), content_type="application/json",
                             headers=self.headers)
+
+
+_ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                    413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -32,7 +32,7 @@ from api.generation import CLIENT, Outputs, answer, read_request, state_of
 from api.infill_prompt import InfillParts, fit_infill
 from api.infill_schemas import InfillChunkEvent, InfillRequest, InfillResponse, InfillTimings
 from api.state import AppState
-from api.streaming import SSE_HEADERS, sse
+from api.streaming import SSE_HEADERS, OpenedOnWrite, OpensOnWrite, sse
 
 TIME_LIMIT = "t_max_predict_ms"  # stop_reason of a completion ended by the time limit
 DEFAULT_ROOM = 4  # with n_predict -1, a quarter of the context is kept for the output when cutting the input
@@ -204,19 +204,17 @@ def select_fields(body: dict, paths: tuple[str, ...]) -> dict:
 
 
 @dataclass
-class InfillStream:
+class InfillStream(OpensOnWrite):
     """llama.cpp's stream: `data: {"content": ..., "stop": false}` events, then the last with the
     whole answer's fields (its content already sent); no [DONE]."""
 
     request: web.Request
     job: InfillJob
-    response: web.StreamResponse | None = None
     _sent: int = 0
     _last: RequestOutput | None = None
 
-    @property
-    def started(self) -> bool:
-        return self.response is not None
+    def __post_init__(self) -> None:
+        self._out = OpenedOnWrite(self.request, SSE_HEADERS)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         self._last = out
@@ -227,17 +225,10 @@ class InfillStream:
         delta, self._sent = text[self._sent:], max(self._sent, len(text))
         event = InfillChunkEvent(content=delta, tokens_predicted=len(c.token_ids),
                                  tokens_evaluated=len(out.prompt_token_ids))
-        await self._write(sse(event.model_dump_json()) if delta else b"")
+        await self._out.write(sse(event.model_dump_json()) if delta else b"")
 
     async def finish(self) -> None:
-        await self._write(sse(infill_answer(self.job, self._last, streamed=True)))
+        await self._out.write(sse(infill_answer(self.job, self._last, streamed=True)))
 
     async def fail(self, error: APIError) -> None:
-        await self._write(sse(error.body()))
-
-    async def _write(self, data: bytes) -> None:
-        if self.response is None:
-            self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-            await self.response.prepare(self.request)
-        if data:
-            await self.response.write(data)
+        await self._out.write(sse(error.body()))

@@ -19,6 +19,7 @@ from aiohttp import web
 from engine.outputs import RequestOutput
 
 from api.errors import APIError
+from api.streaming import OpenedOnWrite, OpensOnWrite
 from api.tool_calls import HeldCalls, ToolCall, ToolCalling
 
 NDJSON_HEADERS = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -77,12 +78,7 @@ class Answer:
 
 def ollama_call(call: ToolCall, index: int) -> dict[str, Any]:
     """A tool call as Ollama writes it: its arguments an object, not JSON text."""
-    try:
-        arguments = json.loads(call.arguments)
-    except ValueError:
-        arguments = {}
-    return {"id": call.id, "function": {"index": index, "name": call.name,
-                                        "arguments": arguments if isinstance(arguments, dict) else {}}}
+    return {"id": call.id, "function": {"index": index, "name": call.name, "arguments": call.argument_object()}}
 
 
 def _ns(seconds: float) -> int:
@@ -90,24 +86,20 @@ def _ns(seconds: float) -> int:
 
 
 @dataclass
-class LineStream:
+class LineStream(OpensOnWrite):
     """Writes an answer's lines to one client as the engine's outputs arrive (api/generation.py
     Stream): headers with the first output, so a request the engine refuses still gets a 4xx."""
 
     request: web.Request
     answer: Answer
-    response: web.StreamResponse | None = None
     _sent: int = 0  # characters of the text written
     _held: HeldCalls | None = None
     _last: RequestOutput | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self._out = OpenedOnWrite(self.request, NDJSON_HEADERS)
         if self.answer.calls is not None:
             self._held = HeldCalls(self.answer.calls)
-
-    @property
-    def started(self) -> bool:
-        return self.response is not None
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         self._last = out
@@ -116,18 +108,11 @@ class LineStream:
         self._sent = max(self._sent, len(c.text))
         if self._held is not None:
             text, calls = self._held.add(text, c.finished)
-        await self._write(line(self.answer.part(text, calls)) if text or calls else b"")
+        await self._out.write(line(self.answer.part(text, calls)) if text or calls else b"")
 
     async def finish(self) -> None:
         if self._last is not None:
-            await self._write(line(self.answer.last(self._last, self.answer.part(""))))
+            await self._out.write(line(self.answer.last(self._last, self.answer.part(""))))
 
     async def fail(self, error: APIError) -> None:
-        await self._write(line({"error": error.message}))
-
-    async def _write(self, data: bytes) -> None:
-        if self.response is None:
-            self.response = web.StreamResponse(status=200, headers=NDJSON_HEADERS)
-            await self.response.prepare(self.request)
-        if data:
-            await self.response.write(data)
+        await self._out.write(line({"error": error.message}))

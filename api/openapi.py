@@ -7,6 +7,7 @@ from pydantic.json_schema import models_json_schema
 from api.chat_schemas import ChatChunk, ChatRequest, ChatResponse
 from api.infill_schemas import InfillRequest, InfillResponse
 from api.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaModelRequest
+from api.anthropic_schemas import AnthropicCount, AnthropicRequest
 from api.tokenize_schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, FimRequest, Health,
                          ModelList)
@@ -45,10 +46,16 @@ def _plain(body: type[BaseModel], answer: type[BaseModel]) -> dict:
 
 def _ollama(body: type[BaseModel]) -> dict:
     """Ollama's endpoints answer in its own shapes: one JSON object, or one per line while streaming."""
+    return _foreign(body, "One object, or (stream, the default) one per line, done true last", "application/x-ndjson",
+                    '{"error": "message"}')
+
+
+def _foreign(body: type[BaseModel], answer: str, stream_type: str = "text/event-stream",
+             error: str = '{"type": "error", "error": {"type", "message"}}') -> dict:
+    """An endpoint of another API (Ollama's, Anthropic's): its answers and errors in that API's shapes."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
-            "responses": {"200": {"description": "One object, or (stream, the default) one per line, done true "
-                                                 "last", "content": {"application/json": {}, "application/x-ndjson": {}}},
-                          "4XX": {"description": "{\"error\": \"message\"}"}}}
+            "responses": {"200": {"description": answer, "content": {"application/json": {}, stream_type: {}}},
+                          "4XX": {"description": error}}}
 
 
 def build_openapi(title: str, version: str, auth: bool) -> dict:
@@ -59,7 +66,8 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
               (TokenizeRequest, "validation"), (TokenizeResponse, "serialization"),
               (DetokenizeRequest, "validation"), (DetokenizeResponse, "serialization"),
               (ErrorResponse, "serialization"), (OllamaGenerateRequest, "validation"),
-              (OllamaChatRequest, "validation"), (OllamaModelRequest, "validation")]
+              (OllamaChatRequest, "validation"), (OllamaModelRequest, "validation"),
+              (AnthropicRequest, "validation"), (AnthropicCount, "validation")]
     _, defs = models_json_schema(models, ref_template=_REF)
     completion = _generating(CompletionRequest, CompletionResponse,
                              "A completion, or with stream=true server-sent events: `data: {chunk}` per chunk "
@@ -108,6 +116,12 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
                                           "capabilities", "operationId": "ollamaShow", **_ollama(OllamaModelRequest)}},
         "/api/tags": {"get": {"summary": "Ollama's model list: the served names", "operationId": "ollamaTags",
                               "responses": {"200": {"description": "{models: [...]}"}}}},
+        "/v1/messages": {"post": {"summary": "Anthropic's Messages API (Claude Code): tool_use blocks, streamed "
+                                             "events", "operationId": "anthropicMessages",
+                                  **_foreign(AnthropicRequest, "A message, or with stream=true its events")}},
+        "/v1/messages/count_tokens": {"post": {"summary": "Anthropic's token count of a conversation",
+                                               "operationId": "anthropicCountTokens",
+                                               **_foreign(AnthropicCount, "{input_tokens}")}},
         "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                   "responses": {"200": {"description": "OpenAPI document"}}}},
     }

@@ -1,5 +1,5 @@
 """HTTP handlers. Each reads and validates its input, then hands over to completions/streaming;
-the other generating endpoints have their own modules (chat, fim, infill, ollama)."""
+the other generating endpoints have their own modules (chat, fim, infill, ollama, anthropic)."""
 from __future__ import annotations
 
 import secrets
@@ -13,6 +13,7 @@ from api.errors import APIError
 from api.generation import CLIENT, answer, generation_error, read_request, state_of
 from api.metrics import CONTENT_TYPE_LATEST
 from api.ollama import add_ollama_routes
+from api.anthropic import add_anthropic_routes
 from api.schemas import CompletionRequest, CopilotToken, Health, ModelCard, ModelList
 from api.streaming import CompletionStream
 
@@ -33,6 +34,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/copilot_internal/v2/token", copilot_token)
     app.router.add_get("/openapi.json", openapi)
     add_ollama_routes(app)
+    add_anthropic_routes(app)
 
 
 # ---------------------------------------------------------------------- completions

@@ -120,18 +120,18 @@ async def _connection_middleware(request: web.Request, handler: Handler) -> web.
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as an error object; counts every response by endpoint and status."""
     state = request.app[STATE]
-    ollama = request.path.startswith("/api/")  # Ollama's API (api/ollama.py): its own error shape
+    dialect = error_dialect(request.path)
     try:
         response = await handler(request)
     except errors.APIError as e:
-        response = e.response(ollama)
+        response = e.response(dialect)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        response = errors.from_http_exception(e).response(ollama)
+        response = errors.from_http_exception(e).response(dialect)
     except Exception:  # noqa: BLE001 - the request fails alone; the server goes on
         log.exception("unhandled error in %s %s", request.method, request.path)
-        response = errors.internal("internal server error").response(ollama)
+        response = errors.internal("internal server error").response(dialect)
     route = request.match_info.route.resource
     endpoint = route.canonical if route is not None else "unmatched"
     state.metrics.requests.labels(endpoint, str(response.status)).inc()
@@ -141,12 +141,22 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+def error_dialect(path: str) -> str:
+    """Whose API a path is, so whose error shape it answers in: Ollama's (api/ollama.py),
+    Anthropic's (api/anthropic.py), else OpenAI's."""
+    if path.startswith("/api/"):
+        return "ollama"
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
+
+
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
         return await handler(request)
     keys = request.app[STATE].config.api_keys
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if "x-api-key" in request.headers and not given:  # Anthropic's clients send the key so
+        scheme, given = "bearer", request.headers["x-api-key"]
     # Copilot sends "token <t>" to its token endpoint, "Bearer <t>" elsewhere.
     given_bytes = given.strip().encode("utf-8", "surrogateescape")  # header bytes aiohttp could not decode
     matches = [hmac.compare_digest(given_bytes, key.encode()) for key in keys]  # every key: time says nothing
@@ -172,7 +182,7 @@ async def _cors_preflight_middleware(request: web.Request, handler: Handler) -> 
             raise errors.APIError(403, "CORS origin not allowed", code="cors_origin_not_allowed")
         return web.Response(status=204, headers={
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, x-api-key, anthropic-version",
             "Access-Control-Max-Age": "600"})
     return await handler(request)
 

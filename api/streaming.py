@@ -33,6 +33,38 @@ def sse(payload: dict | str) -> bytes:
     return b"data: " + data.encode() + b"\n\n"
 
 
+@dataclass
+class OpenedOnWrite:
+    """A streamed response whose status and headers go out with its first write, so that a request
+    that fails before its first output still gets a plain 4xx error."""
+
+    request: web.Request
+    headers: dict[str, str]
+    response: web.StreamResponse | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self.response is None:
+            self.response = web.StreamResponse(status=200, headers=self.headers)
+            await self.response.prepare(self.request)
+        if data:
+            await self.response.write(data)
+
+
+class OpensOnWrite:
+    """A stream whose response opens with its first write (api/generation.py Stream): its
+    `_out`, set when it is made, and what the handler asks of it."""
+
+    _out: OpenedOnWrite
+
+    @property
+    def response(self) -> web.StreamResponse | None:
+        return self._out.response
+
+    @property
+    def started(self) -> bool:
+        return self._out.response is not None
+
+
 class ChunkFormat(Protocol):
     def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
                finish: str | None, first: bool) -> bytes:

@@ -83,6 +83,14 @@ class ToolCall:
         """A call with an id of its own."""
         return cls(name, arguments, f"call_{uuid.uuid4().hex[:24]}")
 
+    def argument_object(self) -> dict[str, Any]:
+        """The arguments as an object, as Ollama's and Anthropic's APIs carry them ({} where they are not one)."""
+        try:
+            arguments = json.loads(self.arguments)
+        except ValueError:
+            return {}
+        return arguments if isinstance(arguments, dict) else {}
+
     def api(self, index: int | None = None) -> dict[str, Any]:
         """The call as OpenAI writes it in a message (or, with `index`, in a stream's delta)."""
         body: dict[str, Any] = {"id": self.id, "type": "function",

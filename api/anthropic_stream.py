@@ -1,0 +1,118 @@
+"""Anthropic's answers: a whole message, or its server-sent events (message_start, then per
+content block content_block_start / _delta / _stop, then message_delta with the stop reason and
+message_stop). Tool calls are tool_use blocks whose input is an object; streamed, each comes whole
+once the answer has ended (api/tool_calls.py HeldCalls), its input as one input_json_delta."""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from engine.outputs import RequestOutput
+
+from api.errors import APIError
+from api.streaming import SSE_HEADERS, OpenedOnWrite, OpensOnWrite
+from api.tool_calls import HeldCalls, ToolCall, ToolCalling
+
+
+def event(kind: str, body: dict[str, Any]) -> bytes:
+    data = json.dumps({"type": kind, **body}, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {kind}\ndata: {data}\n\n".encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a message says besides the engine's output."""
+
+    model: str
+    calls: ToolCalling | None = None
+    stop_sequences: tuple[str, ...] = ()
+    id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex[:24]}")
+
+    def whole(self, out: RequestOutput) -> dict[str, Any]:
+        text, made = out.outputs[0].text, []
+        if self.calls is not None:
+            text, made = HeldCalls(self.calls).add(text, finished=True)
+        content = ([{"type": "text", "text": text}] if text else []) + [tool_use(call) for call in made]
+        return {**self.head(out), "content": content, **self.ending(out, bool(made)),
+                "usage": {"input_tokens": len(out.prompt_token_ids), "output_tokens": len(out.outputs[0].token_ids)}}
+
+    def head(self, out: RequestOutput) -> dict[str, Any]:
+        return {"id": self.id, "type": "message", "role": "assistant", "model": self.model}
+
+    def ending(self, out: RequestOutput, called: bool) -> dict[str, Any]:
+        """stop_reason and stop_sequence, as Anthropic names why a message ended."""
+        c = out.outputs[0]
+        stop = c.stop_reason if isinstance(c.stop_reason, str) and c.stop_reason in self.stop_sequences else None
+        reason = ("tool_use" if called else "max_tokens" if c.finish_reason == "length"
+                  else "stop_sequence" if stop is not None else "end_turn")
+        return {"stop_reason": reason, "stop_sequence": stop}
+
+
+def tool_use(call: ToolCall) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": call.argument_object()}
+
+
+@dataclass
+class MessageStream(OpensOnWrite):
+    """Writes a message's events to one client as the engine's outputs arrive (api/generation.py
+    Stream): headers with the first output, so a request the engine refuses still gets a 4xx."""
+
+    request: web.Request
+    reply: Reply
+    _sent: int = 0  # characters of the text seen
+    _held: HeldCalls | None = None
+    _text_open: bool = False
+    _blocks: int = 0  # content blocks started
+    _made: list[ToolCall] = field(default_factory=list)
+    _last: RequestOutput | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._out = OpenedOnWrite(self.request, SSE_HEADERS)
+        if self.reply.calls is not None:
+            self._held = HeldCalls(self.reply.calls)
+
+    async def add(self, prompt_index: int, out: RequestOutput) -> None:
+        first = self._last is None
+        self._last = out
+        c = out.outputs[0]
+        text = c.text[self._sent:]
+        self._sent = max(self._sent, len(c.text))
+        if self._held is not None:
+            text, made = self._held.add(text, c.finished)
+            self._made += made
+        data = b""
+        if first:
+            message = {**self.reply.head(out), "content": [], "stop_reason": None, "stop_sequence": None,
+                       "usage": {"input_tokens": len(out.prompt_token_ids), "output_tokens": 0}}
+            data += event("message_start", {"message": message})
+        if text:
+            if not self._text_open:
+                data += event("content_block_start", {"index": self._blocks, "content_block": {"type": "text",
+                                                                                              "text": ""}})
+                self._text_open, self._blocks = True, self._blocks + 1
+            data += event("content_block_delta", {"index": self._blocks - 1, "delta": {"type": "text_delta",
+                                                                                     "text": text}})
+        await self._out.write(data)
+
+    async def finish(self) -> None:
+        if self._last is None:
+            return
+        data = event("content_block_stop", {"index": self._blocks - 1}) if self._text_open else b""
+        for call in self._made:
+            index, self._blocks = self._blocks, self._blocks + 1
+            block = {**tool_use(call), "input": {}}
+            data += event("content_block_start", {"index": index, "content_block": block})
+            data += event("content_block_delta", {"index": index, "delta": {
+                "type": "input_json_delta", "partial_json": json.dumps(tool_use(call)["input"], ensure_ascii=False)}})
+            data += event("content_block_stop", {"index": index})
+        ending = self.reply.ending(self._last, bool(self._made))
+        data += event("message_delta", {"delta": ending,
+                                        "usage": {"output_tokens": len(self._last.outputs[0].token_ids)}})
+        await self._out.write(data + event("message_stop", {}))
+
+    async def fail(self, error: APIError) -> None:
+        await self._out.write(event("error", error.anthropic_body()))
