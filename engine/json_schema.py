@@ -180,7 +180,7 @@ class JsonSchema:
                 else:
                     for leaf in (_ANY_OPTIONS if n.kind == "any" else (n,)):
                         found.setdefault(id(leaf), leaf)
-            cached = self._leaf_cache[id(node)] = tuple(found.values())
+            cached = self._leaf_cache[id(node)] = _merged(tuple(found.values()))
         return cached
 
     def _object(self, stack: tuple, ch: str) -> list[tuple]:
@@ -227,6 +227,16 @@ class JsonSchema:
         if item is None or (node.max_count is not None and count >= node.max_count):
             return []
         return self._value(rest + (("A", node, "a", count + 1), ("V", item)), ch)
+
+
+def _merged(leaves: tuple[Node, ...]) -> tuple[Node, ...]:
+    """Leaves with the literals of all in one node: an anyOf of many enums or consts is one set of
+    texts to walk, not as many parses as it has options."""
+    literals = [leaf for leaf in leaves if leaf.kind == "literals"]
+    if len(literals) < 2:
+        return leaves
+    union = Node("literals", texts=frozenset().union(*(leaf.texts for leaf in literals)))
+    return (*(leaf for leaf in leaves if leaf.kind != "literals"), union)
 
 
 def _start(rest: tuple, node: Node, ch: str) -> list[tuple]:

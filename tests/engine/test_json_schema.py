@@ -128,6 +128,10 @@ def test_keys_and_values_are_steered_as_they_are_written():
     defs = {f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]} for i in range(60)}
     chain = compile_schema({"$defs": {**defs, "d60": {"type": "integer"}}, "$ref": "#/$defs/d0"})
     assert accepts(chain, "123") and not accepts(chain, '"x"')
+    # An anyOf of many enums is one set of texts: one parse, not one per option.
+    options = compile_schema({"anyOf": [{"enum": ["q" * 50 + str(i)]} for i in range(64)] + [{"type": "null"}]})
+    assert len(options.feed(options.start, '"' + "q" * 40).alts) == 1
+    assert accepts(options, '"' + "q" * 50 + '63"') and accepts(options, "null") and not accepts(options, '"q"')
     # A long enum and many properties: looked up by prefix, not scanned per character.
     many = compile_schema({"type": "object", "properties": {f"key{i}": {"enum": [f"v{j}" for j in range(1 + i % 50)]}
                                                             for i in range(20000)}})
