@@ -245,7 +245,9 @@ class RowKnobs(NamedTuple):
     top_k: torch.Tensor  # [n] int64
     top_p: torch.Tensor  # [n] float32
     seeds: torch.Tensor  # [n] int64, below 2**32
-    log_min_p: torch.Tensor  # [n] float32: a kept token's logit (after temperature) is at least the best's plus this
+    # [n] float32: a kept token's logit (after temperature) is at least the best's plus this; None
+    # where no row has a min-p (two launches fewer on a GPU)
+    log_min_p: torch.Tensor | None
     largest_k: int  # the largest top-k a row asks for, clamped to the vocabulary later (0: none)
     any_top_p: bool
     any_min_p: bool
@@ -254,25 +256,29 @@ class RowKnobs(NamedTuple):
     def of(cls, params: Seq[SamplingParams], seeds: np.ndarray, device: torch.device) -> "RowKnobs":
         # float64 holds each field exactly: float32 temperatures, top-k and seeds below 2**53, top-p
         # rounded to float32 as the reference filter reads it.
-        host = np.empty((5, len(params)), dtype=np.float64)
+        flags = _host_flags(params)
+        host = np.empty((5 if flags[2] else 4, len(params)), dtype=np.float64)
         host[0] = np.array([p.temperature for p in params], dtype=np.float32)
         host[1] = [p.top_k for p in params]
         host[2] = np.array([p.top_p for p in params], dtype=np.float32)
         host[3] = seeds
-        with np.errstate(divide="ignore"):  # min_p 0: log 0 = -inf, every token stays
-            host[4] = np.log(np.array([p.min_p for p in params], dtype=np.float64)).astype(np.float32)
+        if flags[2]:
+            with np.errstate(divide="ignore"):  # min_p 0: log 0 = -inf, every token stays
+                host[4] = np.log(np.array([p.min_p for p in params], dtype=np.float64)).astype(np.float32)
         packed = torch.from_numpy(host)
         if device.type == "cuda":
             packed = packed.pin_memory()
         packed = packed.to(device, non_blocking=True)
-        return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(), packed[4].float(),
-                   *_host_flags(params))
+        return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(),
+                   packed[4].float() if flags[2] else None, *flags)
 
     def take(self, index: torch.Tensor, params: Seq[SamplingParams]) -> "RowKnobs":
         """The knobs of the rows at `index` (whose params are `params`), from those already on the
         device: no second copy from the host."""
-        return RowKnobs(self.temperature[index], self.top_k[index], self.top_p[index], self.seeds[index],
-                        self.log_min_p[index], *_host_flags(params))
+        flags = _host_flags(params)
+        log_min_p = self.log_min_p[index] if flags[2] else None
+        return RowKnobs(self.temperature[index], self.top_k[index], self.top_p[index], self.seeds[index], log_min_p,
+                        *flags)
 
 
 def _on_the_host(order: torch.Tensor) -> Iterator[int]:
