@@ -460,12 +460,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hf-batches", type=_ints, default=[1, 64])
     ap.add_argument("--prompt-len", type=int, default=160)
     ap.add_argument("--gen-len", type=int, default=128)
-    ap.add_argument("--kv-cache-gb", type=float, default=60.0)
+    ap.add_argument("--kv-cache-gb", type=float, default=None,
+                    help="the KV cache's size (default 60 on a GPU, 1 on the CPU, whose cache is host memory)")
     ap.add_argument("--parts", default="a,b,c,d,e,f", help="c runs with b")
     ap.add_argument("--budget-s", type=float, default=450.0, help="skip the remaining parts after this")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
+    if args.kv_cache_gb is None:
+        args.kv_cache_gb = 60.0 if args.device.startswith("cuda") else 1.0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --device cpu --shape tiny --quick for a smoke run")
     suite = Suite(args)
