@@ -211,3 +211,10 @@ async def test_the_key_is_read_from_x_api_key_or_bearer(server, http):
             assert r.status == status, got
             if status == 401:
                 assert got["error"]["type"] == "authentication_error"
+
+
+async def test_a_client_that_leaves_mid_stream_frees_its_blocks(server, http):
+    body = {"model": "codellama", "max_tokens": 400, "messages": ASKED, "stream": True}
+    async with http.post(f"{server.url}/v1/messages", json=body, headers={"x-api-key": KEY}) as r:
+        assert (await r.content.readline()).startswith(b"event: message_start")
+    await wait_idle(http, server.url)
