@@ -38,7 +38,7 @@ class Reply:
             text, made = HeldCalls(self.calls).add(text, finished=True)
         content = ([{"type": "text", "text": text}] if text else []) + [tool_use(call) for call in made]
         return {**self.head(out), "content": content, **self.ending(out, bool(made)),
-                "usage": {"input_tokens": len(out.prompt_token_ids), "output_tokens": len(out.outputs[0].token_ids)}}
+                "usage": {**input_usage(out), "output_tokens": len(out.outputs[0].token_ids)}}
 
     def head(self, out: RequestOutput) -> dict[str, Any]:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model}
@@ -50,6 +50,14 @@ class Reply:
         reason = ("tool_use" if called else "max_tokens" if c.finish_reason == "length"
                   else "stop_sequence" if stop is not None else "end_turn")
         return {"stop_reason": reason, "stop_sequence": stop}
+
+
+def input_usage(out: RequestOutput) -> dict[str, int]:
+    """The prompt's tokens as Anthropic counts them: those computed (input_tokens), and those the
+    prefix cache held (cache_read_input_tokens; nothing is written to a cache on request here)."""
+    cached = out.cached_prompt_tokens
+    return {"input_tokens": len(out.prompt_token_ids) - cached, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached}
 
 
 def tool_use(call: ToolCall) -> dict[str, Any]:
@@ -87,7 +95,7 @@ class MessageStream(OpensOnWrite):
         data = b""
         if first:
             message = {**self.reply.head(out), "content": [], "stop_reason": None, "stop_sequence": None,
-                       "usage": {"input_tokens": len(out.prompt_token_ids), "output_tokens": 0}}
+                       "usage": {**input_usage(out), "output_tokens": 0}}
             data += event("message_start", {"message": message})
         if text:
             if not self._text_open:

@@ -24,7 +24,8 @@ from api.errors import APIError, bad_request
 from api.indent import dedent_limits
 from api.predictions import prediction_details, prediction_ids
 from api.prompts import PromptTokenizer
-from api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Logprobs, Usage
+from api.schemas import (CompletionChoice, CompletionRequest, CompletionResponse, Logprobs, PromptTokensDetails,
+                         Usage)
 
 if sys.version_info >= (3, 11):
     deadline = asyncio.timeout  # raises TimeoutError (== asyncio.TimeoutError)
@@ -312,8 +313,9 @@ def usage(plan: CompletionPlan, outputs: dict[int, RequestOutput]) -> Usage:
     prompt = sum(len(o.prompt_token_ids) for o in outputs.values())
     completion = sum(o.num_generated_tokens for o in outputs.values())
     details = prediction_details(outputs.values()) if plan.prediction is not None else None
+    cached = PromptTokensDetails(cached_tokens=sum(o.cached_prompt_tokens for o in outputs.values()))
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                 completion_tokens_details=details)
+                 prompt_tokens_details=cached, completion_tokens_details=details)
 
 
 def full_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engine: AsyncEngine) -> CompletionResponse:

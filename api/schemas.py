@@ -162,10 +162,15 @@ class CompletionTokensDetails(BaseModel):
                                                         "then thrown away.")
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens the prefix cache held: not computed again.")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
     completion_tokens_details: Optional[CompletionTokensDetails] = Field(
         None, description="With a prediction only.")
 

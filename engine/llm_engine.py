@@ -371,7 +371,8 @@ class LLMEngine:
                 state.first_token_time = t
         state.changed.clear()
         return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, list(state.completions),
-                             finished, state.arrival_time, state.first_token_time, state.finish_time)
+                             finished, state.arrival_time, state.first_token_time, state.finish_time,
+                             state.seqs[0].cached_prompt_tokens or 0)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

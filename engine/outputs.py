@@ -65,6 +65,8 @@ class RequestOutput:
     arrival_time: float = 0.0
     first_token_time: float | None = None
     finish_time: float | None = None
+    # Prompt tokens the prefix cache held when the request's first sample started (not computed again).
+    cached_prompt_tokens: int = 0
 
     @property
     def num_generated_tokens(self) -> int:

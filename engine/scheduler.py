@@ -288,6 +288,8 @@ class Scheduler:
             self._copies.append(copy)
         self.blocks.allocate(seq, start + chunk)
         seq.num_computed_tokens = start
+        if seq.cached_prompt_tokens is None:  # a preempted sequence's restart reuses its own blocks: not counted
+            seq.cached_prompt_tokens = min(start, len(seq.prompt_token_ids))
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
         self._running_by_client[seq.client] += 1

@@ -35,6 +35,7 @@ class Sequence:
         self.block_table: array = array("q")
         self.block_chain: list[tuple[int, int]] = []  # prefix-cache identity of each full block (BlockManager)
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        self.cached_prompt_tokens: int | None = None  # of its prompt, what the prefix cache held when it first started
         self.text = ""
         self.logprobs: list[float] = []
         self.top_logprobs: list[tuple[tuple[int, float], ...]] = []  # per token, when params.top_logprobs

@@ -69,9 +69,14 @@ async def test_the_anthropic_client_gets_the_chat_answer(client, server, http):
     assert whole.content[0].text == streamed.content[0].text == text != ""
     assert whole.stop_reason == streamed.stop_reason == {"length": "max_tokens", "stop": "end_turn"}[
         ours["choices"][0]["finish_reason"]]
-    assert whole.usage.input_tokens == ours["usage"]["prompt_tokens"] and whole.usage.output_tokens == 24
+    prompt = whole.usage.input_tokens + whole.usage.cache_read_input_tokens
+    assert prompt == ours["usage"]["prompt_tokens"] and whole.usage.output_tokens == 24
+    # the same prompt again: all of it is read from the prefix cache but its last token, whose
+    # logits give the first new token
+    assert streamed.usage.cache_read_input_tokens == ours["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert streamed.usage.input_tokens == 1
     counted = await client.messages.count_tokens(model="codellama", messages=ASKED)
-    assert counted.input_tokens == whole.usage.input_tokens
+    assert counted.input_tokens == prompt
     await wait_idle(http, server.url)
 
 
@@ -143,7 +148,8 @@ async def test_tool_use_blocks_and_results(server, client, http, template, answe
                                                "parameters": t["input_schema"]}} for t in (WEATHER, CLOCK)]
     tools = [{"type": "function", "function": {k: v for k, v in t["function"].items() if v is not None}}
              for t in tools]
-    assert after.usage.input_tokens == len(chat.prompt_ids(server.state.engine.tokenizer, seen, tools))
+    assert after.usage.input_tokens + after.usage.cache_read_input_tokens == len(
+        chat.prompt_ids(server.state.engine.tokenizer, seen, tools))
 
 
 async def test_a_named_tool_choice_is_held_to_its_schema(client, template):

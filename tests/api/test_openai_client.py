@@ -46,6 +46,11 @@ async def test_completion_matches_offline_greedy(client, offline):
     assert r.usage.prompt_tokens == len(offline.tokenizer.encode(PROMPTS[0]))
     assert 1 <= r.usage.completion_tokens <= 12
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # the server is fresh for each test: nothing cached the first time; the same prompt again reads
+    # all of it from the prefix cache but the last token
+    assert r.usage.prompt_tokens_details.cached_tokens == 0
+    again = await client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=12, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens - 1
 
 
 async def test_streaming_equals_non_streaming(client, offline):

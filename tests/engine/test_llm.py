@@ -135,11 +135,14 @@ def test_a_request_that_extends_a_cached_prompt_computes_only_the_new_tokens(tin
     ids = llm.tokenizer.encode(PROMPTS[2] + PROMPTS[4])
     first, longer = ids[:21], ids[:29]  # an editor's prompt, then the same file a few keystrokes on
     for engine_llm in (llm, uncached):
-        engine_llm.generate([first], greedy(6))
+        assert engine_llm.generate([first], greedy(6))[0].cached_prompt_tokens == 0
     before = llm.engine.stats().prompt_tokens_computed
-    out = llm.generate([longer], greedy(6))[0].outputs[0]
+    result = llm.generate([longer], greedy(6))[0]
+    out = result.outputs[0]
     assert llm.engine.stats().prompt_tokens_computed - before == 29 - 21  # token 20 copied from block 5
-    assert out.token_ids == uncached.generate([longer], greedy(6))[0].outputs[0].token_ids
+    assert result.cached_prompt_tokens == 21  # what a request reports as read from the cache
+    again = uncached.generate([longer], greedy(6))[0]
+    assert out.token_ids == again.outputs[0].token_ids and again.cached_prompt_tokens == 0
     assert uncached.engine.stats().prompt_tokens_computed == 21 + 29
     assert_no_leaks(llm.engine)
 
