@@ -7,7 +7,7 @@ Messages reach the chat template as OpenAI's do: `system` first; a user turn's t
 as tool messages (named by the tool_use they answer), its text blocks as one user message; an
 assistant turn's tool_use blocks as its tool_calls (input objects as arguments). tool_choice auto,
 any (required), tool (a named function) and none map to OpenAI's. Sampling: temperature (default
-1), top_p, top_k, stop_sequences; output_config.format (a JSON schema) as response_format
+1), top_p, top_k, stop_sequences, and `seed` (an extension); output_config.format (a JSON schema) as response_format
 json_schema; `thinking` and output_config.effort are ignored (no thinking blocks come back)."""
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         req = await read_request(request, AnthropicCount)
         plan, _ = await _plan(AnthropicRequest.model_construct(**dict(req), max_tokens=1, stream=False,
                                                                temperature=None, top_p=None, top_k=None,
-                                                               stop_sequences=None, thinking=None,
+                                                               stop_sequences=None, thinking=None, seed=None,
                                                                output_config=None), state, request[CLIENT])
         return web.json_response({"input_tokens": len(plan.prompts[0])})
     finally:
@@ -73,7 +73,7 @@ async def _plan(req: AnthropicRequest, state: AppState, client: str) -> tuple[Co
         max_tokens=min(req.max_tokens, state.engine.max_model_len, state.config.max_request_tokens),
         max_completion_tokens=None, stream=bool(req.stream),
         temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p, top_k=req.top_k,
-        stop=list(req.stop_sequences or ()))
+        stop=list(req.stop_sequences or ()), seed=req.seed)
     return await build_chat_plan(asked, state, client)
 
 
@@ -88,7 +88,9 @@ def chat_messages(req: AnthropicCount) -> list[dict[str, Any]]:
         texts, calls, results = [], [], []
         for block in blocks:
             kind = block.get("type")
-            if kind == "text" and isinstance(block.get("text"), str):
+            if kind == "text":
+                if not isinstance(block.get("text"), str):
+                    raise bad_request(f"messages[{i}]: a text block needs its text (a string)", param="messages")
                 texts.append(block["text"])
             elif kind == "tool_use" and m.role == "assistant":
                 calls.append(_call(block, i))

@@ -60,5 +60,6 @@ class AnthropicRequest(AnthropicCount):
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(None, ge=0)
     stop_sequences: Optional[list[str]] = Field(None, max_length=MAX_STOP)
+    seed: Optional[int] = Field(None, description="Extension (not Anthropic's): reproducible sampling.")
     thinking: Optional[dict[str, Any]] = Field(None, description="Ignored: the answer has no thinking blocks.")
     output_config: Optional[OutputConfig] = None

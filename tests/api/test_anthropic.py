@@ -179,7 +179,8 @@ async def test_output_config_format_follows_the_schema(client):
     done = 0
     for seed in range(3):
         r = await client.messages.create(model="codellama", max_tokens=120, messages=ASKED,
-                                         output_config={"format": {"type": "json_schema", "schema": schema}})
+                                         output_config={"format": {"type": "json_schema", "schema": schema}},
+                                         extra_body={"seed": seed})
         if r.stop_reason == "end_turn":
             jsonschema.validate(json.loads(r.content[0].text), schema)
             done += 1
@@ -200,6 +201,12 @@ async def test_output_config_format_follows_the_schema(client):
      400, "invalid_request_error", "pattern"),
     ({"model": "codellama", "max_tokens": 4, "messages": ASKED, "tool_choice": {"type": "tool"}},
      400, "invalid_request_error", "name"),
+    ({"model": "codellama", "max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     400, "invalid_request_error", "text block needs its text"),
+    ({"model": "codellama", "max_tokens": 4, "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "a", "name": "f", "input": [1]}]}]}, 400, "invalid_request_error", "input object"),
+    ({"model": "codellama", "max_tokens": 4, "system": [{"type": "image"}], "messages": ASKED},
+     400, "invalid_request_error", "only text blocks"),
 ])
 async def test_bad_requests_are_anthropic_errors(server, http, body, status, kind, words):
     async with http.post(f"{server.url}/v1/messages", json=body, headers={"x-api-key": KEY}) as r:
