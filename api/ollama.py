@@ -22,6 +22,7 @@ import hashlib
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -253,28 +254,35 @@ def tagged(name: str) -> str:
     return name if ":" in name else name + LATEST
 
 
-def parameter_count(state: AppState) -> int:
-    return sum(p.numel() for p in state.engine.engine.runner.model.parameters())
+@dataclass(frozen=True)
+class ModelFacts:
+    """What Ollama's model endpoints say of the served model, gathered once per request."""
 
+    parameters: int
+    details: dict[str, Any]
+    size: int  # bytes of the model's folder
+    folder: str
+    modified: str
 
-def _details(state: AppState) -> dict[str, Any]:
-    engine = state.engine.engine
-    family = engine.model_config.family
-    count = parameter_count(state)
-    size = f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
-    dtype = str(engine.runner.dtype).removeprefix("torch.")  # bfloat16 -> BF16, float32 -> F32
-    return {"parent_model": "", "format": "safetensors", "family": family, "families": [family],
-            "parameter_size": size, "quantization_level": dtype.upper().replace("FLOAT", "F")}
+    @classmethod
+    def of(cls, state: AppState) -> "ModelFacts":
+        engine = state.engine.engine
+        family = engine.model_config.family
+        count = sum(p.numel() for p in engine.runner.model.parameters())
+        dtype = str(engine.runner.dtype).removeprefix("torch.")  # bfloat16 -> BF16, float32 -> F32
+        details = {"parent_model": "", "format": "safetensors", "family": family, "families": [family],
+                   "parameter_size": f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.1f}M",
+                   "quantization_level": dtype.upper().replace("FLOAT", "F")}
+        folder = state.engine.config.model
+        size = sum(e.stat().st_size for e in os.scandir(folder) if e.is_file()) if os.path.isdir(folder) else 0
+        modified = datetime.fromtimestamp(state.created, timezone.utc).isoformat().replace("+00:00", "Z")
+        return cls(count, details, size, os.path.realpath(folder), modified)
 
-
-def _card(state: AppState, name: str) -> dict[str, Any]:
-    """A served name as /api/tags and /api/ps list it."""
-    folder = state.engine.config.model
-    size = sum(e.stat().st_size for e in os.scandir(folder) if e.is_file()) if os.path.isdir(folder) else 0
-    digest = hashlib.sha256(f"{os.path.realpath(folder)}\0{name}".encode()).hexdigest()
-    modified = datetime.fromtimestamp(state.created, timezone.utc).isoformat().replace("+00:00", "Z")
-    return {"name": tagged(name), "model": tagged(name), "modified_at": modified, "size": size, "digest": digest,
-            "details": _details(state)}
+    def card(self, name: str) -> dict[str, Any]:
+        """A served name as /api/tags and /api/ps list it."""
+        digest = hashlib.sha256(f"{self.folder}\0{name}".encode()).hexdigest()
+        return {"name": tagged(name), "model": tagged(name), "modified_at": self.modified, "size": self.size,
+                "digest": digest, "details": self.details}
 
 
 def go_template(tokenizer: Tokenizer, chat: bool) -> str:
@@ -315,17 +323,16 @@ async def version(request: web.Request) -> web.Response:
 
 async def tags(request: web.Request) -> web.Response:
     state = state_of(request)
-    return web.json_response({"models": [_card(state, name) for name in state.config.served_model_names]})
+    facts = ModelFacts.of(state)
+    return web.json_response({"models": [facts.card(name) for name in state.config.served_model_names]})
 
 
 async def running(request: web.Request) -> web.Response:
     state = state_of(request)
     on_gpu = state.engine.config.torch_device().type == "cuda"
-    models = []
-    for name in state.config.served_model_names:
-        card = _card(state, name)
-        models.append({**card, "expires_at": FAR_FUTURE, "size_vram": card["size"] if on_gpu else 0,
-                       "context_length": state.engine.max_model_len})
+    facts = ModelFacts.of(state)
+    models = [{**facts.card(name), "expires_at": FAR_FUTURE, "size_vram": facts.size if on_gpu else 0,
+               "context_length": state.engine.max_model_len} for name in state.config.served_model_names]
     return web.json_response({"models": models})
 
 
@@ -335,14 +342,14 @@ async def show(request: web.Request) -> web.Response:
     if not req.target:
         raise bad_request("model is required", param="model")
     served_name(state, req.target)
-    details = _details(state)
-    context = state.engine.max_model_len
-    count = parameter_count(state)
+    facts = ModelFacts.of(state)
+    family, context = facts.details["family"], state.engine.max_model_len
     body = {"license": "", "modelfile": "", "parameters": f"{'num_ctx':<30} {context}",
-            "template": go_template(state.engine.tokenizer, _own_template(state) is not None), "details": details,
-            "model_info": {"general.architecture": details["family"], "general.parameter_count": count,
-                           f"{details['family']}.context_length": context},
-            "capabilities": capabilities(state), "modified_at": _card(state, req.target)["modified_at"]}
+            "template": go_template(state.engine.tokenizer, _own_template(state) is not None),
+            "details": facts.details,
+            "model_info": {"general.architecture": family, "general.parameter_count": facts.parameters,
+                           f"{family}.context_length": context},
+            "capabilities": capabilities(state), "modified_at": facts.modified}
     return web.json_response(body)
 
 
