@@ -14,7 +14,7 @@ from aiohttp import web
 from engine.outputs import RequestOutput
 
 from api.errors import APIError
-from api.streaming import SSE_HEADERS, OpenedOnWrite, OpensOnWrite
+from api.streaming import SSE_HEADERS, AnswerDeltas, OpenedOnWrite, OpensOnWrite
 from api.tool_calls import HeldCalls, ToolCall, ToolCalling
 
 
@@ -37,10 +37,10 @@ class Reply:
         if self.calls is not None:
             text, made = HeldCalls(self.calls).add(text, finished=True)
         content = ([{"type": "text", "text": text}] if text else []) + [tool_use(call) for call in made]
-        return {**self.head(out), "content": content, **self.ending(out, bool(made)),
+        return {**self.head(), "content": content, **self.ending(out, bool(made)),
                 "usage": {**input_usage(out), "output_tokens": len(out.outputs[0].token_ids)}}
 
-    def head(self, out: RequestOutput) -> dict[str, Any]:
+    def head(self) -> dict[str, Any]:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model}
 
     def ending(self, out: RequestOutput, called: bool) -> dict[str, Any]:
@@ -71,8 +71,7 @@ class MessageStream(OpensOnWrite):
 
     request: web.Request
     reply: Reply
-    _sent: int = 0  # characters of the text seen
-    _held: HeldCalls | None = None
+    _deltas: AnswerDeltas | None = None
     _text_open: bool = False
     _blocks: int = 0  # content blocks started
     _made: list[ToolCall] = field(default_factory=list)
@@ -80,21 +79,16 @@ class MessageStream(OpensOnWrite):
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, SSE_HEADERS)
-        if self.reply.calls is not None:
-            self._held = HeldCalls(self.reply.calls)
+        self._deltas = AnswerDeltas(self.reply.calls)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         first = self._last is None
         self._last = out
-        c = out.outputs[0]
-        text = c.text[self._sent:]
-        self._sent = max(self._sent, len(c.text))
-        if self._held is not None:
-            text, made = self._held.add(text, c.finished)
-            self._made += made
+        text, made = self._deltas.new(out.outputs[0])
+        self._made += made
         data = b""
         if first:
-            message = {**self.reply.head(out), "content": [], "stop_reason": None, "stop_sequence": None,
+            message = {**self.reply.head(), "content": [], "stop_reason": None, "stop_sequence": None,
                        "usage": {**input_usage(out), "output_tokens": 0}}
             data += event("message_start", {"message": message})
         if text:

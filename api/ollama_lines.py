@@ -19,7 +19,7 @@ from aiohttp import web
 from engine.outputs import RequestOutput
 
 from api.errors import APIError
-from api.streaming import OpenedOnWrite, OpensOnWrite
+from api.streaming import AnswerDeltas, OpenedOnWrite, OpensOnWrite
 from api.tool_calls import HeldCalls, ToolCall, ToolCalling
 
 NDJSON_HEADERS = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -92,22 +92,16 @@ class LineStream(OpensOnWrite):
 
     request: web.Request
     answer: Answer
-    _sent: int = 0  # characters of the text written
-    _held: HeldCalls | None = None
+    _deltas: AnswerDeltas | None = None
     _last: RequestOutput | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, NDJSON_HEADERS)
-        if self.answer.calls is not None:
-            self._held = HeldCalls(self.answer.calls)
+        self._deltas = AnswerDeltas(self.answer.calls)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         self._last = out
-        c = out.outputs[0]
-        text, calls = c.text[self._sent:], []
-        self._sent = max(self._sent, len(c.text))
-        if self._held is not None:
-            text, calls = self._held.add(text, c.finished)
+        text, calls = self._deltas.new(out.outputs[0])
         await self._out.write(line(self.answer.part(text, calls)) if text or calls else b"")
 
     async def finish(self) -> None:

@@ -20,6 +20,7 @@ from engine.outputs import CompletionOutput, RequestOutput
 from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, new_logprobs, usage
 from api.errors import APIError
 from api.schemas import CompletionChoice, CompletionResponse, Logprobs, Usage
+from api.tool_calls import HeldCalls, ToolCall, ToolCalling
 
 if TYPE_CHECKING:
     from engine.async_engine import AsyncEngine
@@ -65,6 +66,26 @@ class OpensOnWrite:
         return self._out.response is not None
 
 
+@dataclass
+class AnswerDeltas:
+    """One answer's new text at each output (what came since the last), with what may be a tool
+    call held back until the answer ends (api/tool_calls.py HeldCalls) where the request has tools."""
+
+    calls: ToolCalling | None = None
+    _sent: int = 0
+    _held: HeldCalls | None = None
+
+    def __post_init__(self) -> None:
+        if self.calls is not None:
+            self._held = HeldCalls(self.calls)
+
+    def new(self, c: CompletionOutput) -> tuple[str, list[ToolCall]]:
+        """(the text to send now, the calls made: only once the answer has finished)."""
+        text = c.text[self._sent:]
+        self._sent = max(self._sent, len(c.text))
+        return self._held.add(text, c.finished) if self._held is not None else (text, [])
+
+
 class ChunkFormat(Protocol):
     def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
                finish: str | None, first: bool) -> bytes:
@@ -99,22 +120,20 @@ class _ChoiceState:
 
 
 @dataclass
-class CompletionStream:
+class CompletionStream(OpensOnWrite):
     """Turns cumulative engine outputs into SSE chunks and writes them to one client."""
 
     request: web.Request
     plan: CompletionPlan
     engine: "AsyncEngine"  # its tokenizer names the tokens of logprobs
     format: ChunkFormat = field(default_factory=TextChunks)
-    response: web.StreamResponse | None = None
     _pending: list[bytes] = field(default_factory=list)
     _started: set[int] = field(default_factory=set)
     _choices: dict[int, _ChoiceState] = field(default_factory=dict)
     _last: dict[int, RequestOutput] = field(default_factory=dict)
 
-    @property
-    def started(self) -> bool:
-        return self.response is not None
+    def __post_init__(self) -> None:
+        self._out = OpenedOnWrite(self.request, SSE_HEADERS)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         self._last[prompt_index] = out
@@ -160,9 +179,5 @@ class CompletionStream:
         return self.format.choice(self.plan, index, text, logprobs, finish_reason(c.finish_reason), first)
 
     async def _flush(self) -> None:
-        if self.response is None:
-            self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-            await self.response.prepare(self.request)
-        if self._pending:
-            data, self._pending = b"".join(self._pending), []
-            await self.response.write(data)
+        data, self._pending = b"".join(self._pending), []
+        await self._out.write(data)
