@@ -8,7 +8,9 @@ as tool messages (named by the tool_use they answer), its text blocks as one use
 assistant turn's tool_use blocks as its tool_calls (input objects as arguments). tool_choice auto,
 any (required), tool (a named function) and none map to OpenAI's. Sampling: temperature (default
 1), top_p, top_k, stop_sequences, and `seed` (an extension); output_config.format (a JSON schema) as response_format
-json_schema; `thinking` and output_config.effort are ignored (no thinking blocks come back)."""
+json_schema. `thinking` enabled turns a thinking model's thinking on where its template can (Qwen3's
+enable_thinking; off otherwise, Anthropic's default), and its reasoning comes back as a thinking block
+(api/reasoning.py) with an empty signature; budget_tokens and output_config.effort are ignored."""
 from __future__ import annotations
 
 import time
@@ -38,7 +40,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     try:
         req = await read_request(request, AnthropicRequest)
         plan, calls = await _plan(req, state, request[CLIENT])
-        reply = Reply(req.model, calls, tuple(req.stop_sequences or ()))
+        reply = Reply(req.model, calls, tuple(req.stop_sequences or ()), plan.thinking)
         del req
         return await answer(request, plan, arrival, lambda p, finals: reply.whole(finals[0]),
                             lambda: MessageStream(request, reply))
@@ -73,8 +75,19 @@ async def _plan(req: AnthropicRequest, state: AppState, client: str) -> tuple[Co
         max_tokens=min(req.max_tokens, state.engine.max_model_len, state.config.max_request_tokens),
         max_completion_tokens=None, stream=bool(req.stream),
         temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p, top_k=req.top_k,
-        stop=list(req.stop_sequences or ()), seed=req.seed)
+        stop=list(req.stop_sequences or ()), seed=req.seed, separate_reasoning=None,
+        chat_template_kwargs={"enable_thinking": _thinks(req.thinking)})
     return await build_chat_plan(asked, state, client)
+
+
+def _thinks(thinking: dict[str, Any] | None) -> bool:
+    """Whether the request turns thinking on (Anthropic's default is off): the template option
+    Qwen3's template reads; a model that always thinks still does, and its reasoning comes back
+    as a thinking block either way."""
+    kind = (thinking or {}).get("type")
+    if kind not in (None, "enabled", "adaptive", "disabled"):
+        raise bad_request(f"thinking.type: {kind!r} is not one of enabled, adaptive, disabled", param="thinking")
+    return kind in ("enabled", "adaptive")
 
 
 def chat_messages(req: AnthropicCount) -> list[dict[str, Any]]:

@@ -61,5 +61,6 @@ class AnthropicRequest(AnthropicCount):
     top_k: Optional[int] = Field(None, ge=0)
     stop_sequences: Optional[list[str]] = Field(None, max_length=MAX_STOP)
     seed: Optional[int] = Field(None, description="Extension (not Anthropic's): reproducible sampling.")
-    thinking: Optional[dict[str, Any]] = Field(None, description="Ignored: the answer has no thinking blocks.")
+    thinking: Optional[dict[str, Any]] = Field(None, description="type enabled (or adaptive): a thinking model "
+                                               "thinks where its template can turn it on; budget_tokens is ignored.")
     output_config: Optional[OutputConfig] = None

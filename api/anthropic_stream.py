@@ -1,7 +1,9 @@
 """Anthropic's answers: a whole message, or its server-sent events (message_start, then per
 content block content_block_start / _delta / _stop, then message_delta with the stop reason and
 message_stop). Tool calls are tool_use blocks whose input is an object; streamed, each comes whole
-once the answer has ended (api/tool_calls.py HeldCalls), its input as one input_json_delta."""
+once the answer has ended (api/tool_calls.py HeldCalls), its input as one input_json_delta. A
+thinking model's reasoning is a thinking block before the text (api/reasoning.py); no signature is
+made (an empty one), and earlier turns' thinking blocks are not the model's to read again."""
 from __future__ import annotations
 
 import json
@@ -14,8 +16,9 @@ from aiohttp import web
 from engine.outputs import RequestOutput
 
 from api.errors import APIError
+from api.reasoning import Thinking
 from api.streaming import SSE_HEADERS, AnswerDeltas, OpenedOnWrite, OpensOnWrite
-from api.tool_calls import HeldCalls, ToolCall, ToolCalling
+from api.tool_calls import ToolCall, ToolCalling
 
 
 def event(kind: str, body: dict[str, Any]) -> bytes:
@@ -30,13 +33,13 @@ class Reply:
     model: str
     calls: ToolCalling | None = None
     stop_sequences: tuple[str, ...] = ()
+    thinking: Thinking | None = None  # a thinking model's answer: its reasoning is a thinking block
     id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex[:24]}")
 
     def whole(self, out: RequestOutput) -> dict[str, Any]:
-        text, made = out.outputs[0].text, []
-        if self.calls is not None:
-            text, made = HeldCalls(self.calls).add(text, finished=True)
-        content = ([{"type": "text", "text": text}] if text else []) + [tool_use(call) for call in made]
+        reasoning, text, made = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
+        content = ([{"type": "thinking", "thinking": reasoning, "signature": ""}] if reasoning else [])
+        content += ([{"type": "text", "text": text}] if text else []) + [tool_use(call) for call in made]
         return {**self.head(), "content": content, **self.ending(out, bool(made)),
                 "usage": {**input_usage(out), "output_tokens": len(out.outputs[0].token_ids)}}
 
@@ -72,38 +75,58 @@ class MessageStream(OpensOnWrite):
     request: web.Request
     reply: Reply
     _deltas: AnswerDeltas | None = None
-    _text_open: bool = False
+    _open: str | None = None  # the kind of the block open: "thinking", "text" or None
     _blocks: int = 0  # content blocks started
     _made: list[ToolCall] = field(default_factory=list)
     _last: RequestOutput | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, SSE_HEADERS)
-        self._deltas = AnswerDeltas(self.reply.calls)
+        self._deltas = AnswerDeltas(self.reply.calls, self.reply.thinking)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         first = self._last is None
         self._last = out
-        text, made = self._deltas.new(out.outputs[0])
+        reasoning, text, made = self._deltas.new(out.outputs[0])
         self._made += made
         data = b""
         if first:
             message = {**self.reply.head(), "content": [], "stop_reason": None, "stop_sequence": None,
                        "usage": {**input_usage(out), "output_tokens": 0}}
             data += event("message_start", {"message": message})
+        if reasoning:
+            data += self._in_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            data += event("content_block_delta", {"index": self._blocks - 1, "delta": {"type": "thinking_delta",
+                                                                                     "thinking": reasoning}})
         if text:
-            if not self._text_open:
-                data += event("content_block_start", {"index": self._blocks, "content_block": {"type": "text",
-                                                                                              "text": ""}})
-                self._text_open, self._blocks = True, self._blocks + 1
+            data += self._in_block("text", {"type": "text", "text": ""})
             data += event("content_block_delta", {"index": self._blocks - 1, "delta": {"type": "text_delta",
                                                                                      "text": text}})
         await self._out.write(data)
 
+    def _in_block(self, kind: str, start: dict[str, Any]) -> bytes:
+        """The events that close the open block unless it is of this kind, and open one of it."""
+        if self._open == kind:
+            return b""
+        data = self._closed()
+        self._open, self._blocks = kind, self._blocks + 1
+        return data + event("content_block_start", {"index": self._blocks - 1, "content_block": start})
+
+    def _closed(self) -> bytes:
+        """The events that close the open block (a thinking block's signature first), if one is open."""
+        if self._open is None:
+            return b""
+        data = b""
+        if self._open == "thinking":
+            data = event("content_block_delta", {"index": self._blocks - 1, "delta": {"type": "signature_delta",
+                                                                                    "signature": ""}})
+        self._open = None
+        return data + event("content_block_stop", {"index": self._blocks - 1})
+
     async def finish(self) -> None:
         if self._last is None:
             return
-        data = event("content_block_stop", {"index": self._blocks - 1}) if self._text_open else b""
+        data = self._closed()
         for call in self._made:
             index, self._blocks = self._blocks, self._blocks + 1
             block = {**tool_use(call), "input": {}}

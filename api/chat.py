@@ -19,6 +19,7 @@ from api.chat_template import ChatTemplate, ChatTemplateError
 from api.completions import CompletionPlan, build_plan
 from api.errors import bad_request
 from api.generation import CLIENT, answer, read_request, state_of
+from api.reasoning import CLOSE, OPEN, Thinking
 from api.schemas import SAMPLING_FIELDS, CompletionRequest
 from api.state import AppState
 from api.streaming import CompletionStream
@@ -65,8 +66,8 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     tokenizer = state.engine.tokenizer
     try:
         opening = calls.forced if calls is not None else ""
-        ids = await state.prompts.run(sum(map(len, texts)),
-                                      lambda: template.prompt_ids(tokenizer, messages, tools, opening))
+        text, ids = await state.prompts.run(sum(map(len, texts)), lambda: template.prompt(
+            tokenizer, messages, tools, opening, req.chat_template_kwargs))
     except ChatTemplateError as e:
         raise bad_request(f"The model's chat template refused the messages: {e}", param="messages",
                           code="invalid_messages") from None
@@ -81,8 +82,13 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)
     plan.request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    if calls is not None and calls.kept:  # the format's markers are special tokens: the text must show them
-        plan.params = dataclasses.replace(plan.params, special_texts=calls.kept)
+    if shape == "text" and template.thinks and req.separate_reasoning is not False:
+        plan.thinking = Thinking.of(text)
+    # Markers that are special tokens (a call format's, think tags where a tokenizer marks them so): the text must show them.
+    kept = (calls.kept if calls is not None else ()) + tuple(
+        (template.special_ids[tag], tag) for tag in (OPEN, CLOSE) if tag in template.special_ids)
+    if kept:
+        plan.params = dataclasses.replace(plan.params, special_texts=kept)
     if shape != "text":
         plan.params = constrained(plan.params, schema, "response_format")
     elif calls is not None and calls.forced:

@@ -14,6 +14,7 @@ from engine.outputs import RequestOutput
 from api.chat_schemas import (AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatResponse,
                               ChoiceLogprobs, TokenLogprob, TopLogprob)
 from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, usage
+from api.reasoning import ReasoningDeltas
 from api.schemas import Logprobs, Usage
 from api.streaming import sse
 from api.tool_calls import HeldCalls, ToolCalling
@@ -42,13 +43,15 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
             if c.logprobs is not None:
                 lp = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished,
                                                                        c.top_logprobs)
-            message, finish = AssistantMessage(content=c.text), finish_reason(c.finish_reason)
+            reasoning, text = plan.thinking.split(c.text) if plan.thinking is not None else (None, c.text)
+            message, finish = AssistantMessage(content=text, reasoning_content=reasoning), finish_reason(c.finish_reason)
             if calls is not None:
-                answer = calls.forced + c.text  # a forced opening is the answer's, call or not
-                message = AssistantMessage(content=answer)
+                answer = calls.forced + text  # a forced opening is the answer's, call or not
+                message = AssistantMessage(content=answer, reasoning_content=reasoning)
                 content, made = calls.parse(answer)
                 if made:
-                    message = AssistantMessage(content=content, tool_calls=[call.api() for call in made])
+                    message = AssistantMessage(content=content, reasoning_content=reasoning,
+                                               tool_calls=[call.api() for call in made])
                     finish = "tool_calls"
             choices.append(ChatChoice(index=i * plan.n + c.index, message=message,
                                       logprobs=chat_logprobs(lp, top_logprobs), finish_reason=finish))
@@ -59,18 +62,25 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
 @dataclass
 class ChatChunks:
     """chat.completion.chunk events: a choice's first chunk carries the role, each its new text.
+    A thinking model's reasoning goes in reasoning_content, the rest in content (api/reasoning.py).
     With tool calls (api/tool_calls.py), text that may be a call is held back until the choice
     finishes; its last chunk then carries the calls and whatever held-back text was not one."""
 
     top_logprobs: int = 0
     calls: ToolCalling | None = None
     _held: dict[int, HeldCalls] = field(default_factory=dict)  # with tool calls: each choice's text
+    _reasoning: dict[int, ReasoningDeltas] = field(default_factory=dict)  # a thinking model's: each choice's
 
     def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
                finish: str | None, first: bool) -> bytes:
         delta: dict = {}
+        if plan.thinking is not None:
+            reasoning, text = self._reasoning.setdefault(index, ReasoningDeltas(plan.thinking)).add(
+                text, finish is not None)
+            delta = {"reasoning_content": reasoning} if reasoning else {}
         if self.calls is not None:
-            text, delta, finish = self._with_calls(index, text, finish)
+            text, called, finish = self._with_calls(index, text, finish)
+            delta.update(called)
         # content always, "" included: Mistral's clients (Tabby's) read every chunk's delta.content
         delta = {"role": "assistant", "content": text, **delta} if first else {"content": text, **delta}
         chunk = ChatChunk(id=plan.request_id, created=plan.created, model=plan.model,

@@ -6,6 +6,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.chat_template import RESERVED_NAMES
 from api.schemas import MAX_LOGPROBS, RequestBody, SamplingRequest, TextPart, Usage
 
 MAX_MESSAGES = 4096
@@ -91,6 +92,20 @@ class ChatRequest(SamplingRequest):
     response_format: Optional[ResponseFormat] = Field(None, description="text; json_object: the answer is one JSON "
                                                       "object (each token chosen among those that keep it one); "
                                                       "json_schema: JSON its schema accepts, the same way.")
+    chat_template_kwargs: Optional[dict[str, Any]] = Field(
+        None, max_length=64, description="Further names the chat template reads (vLLM's and SGLang's extension), "
+                                         "e.g. {\"enable_thinking\": false} for Qwen3.")
+    separate_reasoning: Optional[bool] = Field(None, description="A thinking model's reasoning comes back in "
+                                               "reasoning_content (the default); false: left in content as written.")
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _options(cls, options):
+        for name in options or {}:
+            if not name.isidentifier() or name.startswith("_") or name in RESERVED_NAMES:
+                raise ValueError(f"{name!r} cannot be set: a template option is a name the template reads that is not "
+                                 f"one of {', '.join(sorted(RESERVED_NAMES))}, nor starts with an underscore")
+        return options
 
 
 # ---------------------------------------------------------------------- responses
@@ -116,6 +131,7 @@ class ChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    reasoning_content: Optional[str] = Field(None, description="A thinking model's reasoning (api/reasoning.py).")
     tool_calls: Optional[list[dict[str, Any]]] = None
 
 
@@ -138,7 +154,8 @@ class ChatResponse(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: dict[str, Any] = Field(description="content: the new text (\"\" in the last chunk); role in a "
-                                              "choice's first chunk; tool_calls in its last, where it made any.")
+                                              "choice's first chunk; tool_calls in its last, where it made any; "
+                                              "reasoning_content: a thinking model's new reasoning.")
     logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None
 

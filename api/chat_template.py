@@ -30,10 +30,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from engine.loader import read_folder_json
 from engine.tokenizer import Tokenizer
 
-from api import tool_calls
+from api import reasoning, tool_calls
 
 TEMPLATE_FILE = "chat_template.jinja"
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# Names a template sees that a request's own template options (chat_template_kwargs) may not replace.
+RESERVED_NAMES = frozenset({"messages", "tools", "documents", "add_generation_prompt", *NAMED_SPECIAL_TOKENS})
 
 # CodeLlama-Instruct (Llama 2 chat): <s>[INST] {system block}{user} [/INST] {assistant} </s><s>[INST] ...
 # The system message, when first, goes into the first user turn as "<<SYS>>\n{system}\n<</SYS>>\n\n";
@@ -147,13 +149,20 @@ class ChatTemplate:
         server reads."""
         return tool_calls.format_of(self.source)
 
+    @property
+    def thinks(self) -> bool:
+        """Whether the template's model writes its reasoning in think blocks (api/reasoning.py)."""
+        return reasoning.thinks(self.source)
+
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True,
-               tools: Sequence[dict] | None = None) -> str:
-        """The prompt text; ChatTemplateError when the template refuses the messages."""
+               tools: Sequence[dict] | None = None, options: dict[str, Any] | None = None) -> str:
+        """The prompt text; ChatTemplateError when the template refuses the messages. `options`:
+        further names the template reads (enable_thinking, ...; none of RESERVED_NAMES)."""
         chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
         try:
-            return self._compiled.render(messages=chat, tools=list(tools) if tools else None, documents=None,
-                                         add_generation_prompt=add_generation_prompt, **self.special_tokens)
+            return self._compiled.render(**(options or {}), messages=chat, tools=list(tools) if tools else None,
+                                         documents=None, add_generation_prompt=add_generation_prompt,
+                                         **self.special_tokens)
         except jinja2.exceptions.TemplateError as e:  # raise_exception, undefined names, sandbox refusals
             raise ChatTemplateError(str(e)) from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
@@ -168,7 +177,13 @@ class ChatTemplate:
     def prompt_ids(self, tokenizer: Tokenizer, messages: Sequence[dict],
                    tools: Sequence[dict] | None = None, opening: str = "") -> list[int]:
         """The prompt's ids; `opening`: the start of the answer, written for the model."""
-        return self.encode(tokenizer, self.render(messages, tools=tools) + opening)
+        return self.prompt(tokenizer, messages, tools, opening)[1]
+
+    def prompt(self, tokenizer: Tokenizer, messages: Sequence[dict], tools: Sequence[dict] | None = None,
+               opening: str = "", options: dict[str, Any] | None = None) -> tuple[str, list[int]]:
+        """The prompt's text and ids (prompt_ids; `options` as for render)."""
+        text = self.render(messages, tools=tools, options=options) + opening
+        return text, self.encode(tokenizer, text)
 
 
 def load_chat_template(tokenizer: Tokenizer) -> ChatTemplate | None:

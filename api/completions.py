@@ -24,6 +24,7 @@ from api.errors import APIError, bad_request
 from api.indent import dedent_limits
 from api.predictions import prediction_details, prediction_ids
 from api.prompts import PromptTokenizer
+from api.reasoning import Thinking
 from api.schemas import (CompletionChoice, CompletionRequest, CompletionResponse, Logprobs, PromptTokensDetails,
                          Usage)
 
@@ -53,6 +54,7 @@ class CompletionPlan:
     prompt_logprobs: bool = False  # echo only: with the prompts' own log probabilities
     prediction: list[int] | None = None  # the client's predicted output (token ids): drafts for every prompt
     stop_at_dedent: tuple[int | None, ...] = ()  # per prompt, where given (n_indent, Copilot's trim_by_indentation)
+    thinking: Thinking | None = None  # a thinking model's chat: how its answers hold reasoning (api/reasoning.py)
 
     @property
     def n(self) -> int:

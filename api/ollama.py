@@ -38,6 +38,7 @@ from api.ollama_lines import Answer, LineStream, created_at, line
 from api.ollama_schemas import (DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, OllamaChatRequest,
                                 OllamaGenerateRequest, OllamaGeneration, OllamaMessage, OllamaModelRequest,
                                 OllamaOptions)
+from api.reasoning import Thinking
 from api.schemas import CompletionRequest
 from api.state import AppState
 from engine.tokenizer import Tokenizer
@@ -72,7 +73,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     try:
         req = await read_request(request, OllamaGenerateRequest, check_model=False)
         served_name(state, req.model)
-        _refuse_unsupported(req, images=bool(req.images))
+        _refuse_unsupported(req, state, images=bool(req.images))
         if req.raw and (req.template or req.system or req.context):
             raise bad_request("raw mode does not support template, system, or context", param="raw")
         if req.template:
@@ -81,7 +82,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         if not req.prompt and not req.suffix:
             return _loaded(req, {"response": ""})
         plan = await _generate_plan(req, state, request[CLIENT])
-        return await _respond(request, plan, Answer(req.model, arrival, chat=False, context=not req.raw))
+        return await _respond(request, plan, Answer(req.model, arrival, chat=False, context=not req.raw,
+                                                    thinking=plan.thinking))
     finally:
         state.memory.after_request(request.content_length)
 
@@ -92,7 +94,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     try:
         req = await read_request(request, OllamaChatRequest, check_model=False)
         served_name(state, req.model)
-        _refuse_unsupported(req, images=any(m.images for m in req.messages))
+        _refuse_unsupported(req, state, images=any(m.images for m in req.messages))
         if not req.messages:
             return _loaded(req, {"message": {"role": "assistant", "content": ""}})
         num_predict = (req.options or OllamaOptions()).num_predict
@@ -101,10 +103,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
             tools=req.tools or None, tool_choice=None, parallel_tool_calls=None, logprobs=False, top_logprobs=None,
             response_format=_response_format(req.format),
             max_tokens=_at_most(num_predict, state), max_completion_tokens=None,
-            **sampling_fields(req))
+            chat_template_kwargs=_thinking_options(req), separate_reasoning=None, **sampling_fields(req))
         plan, calls = await build_chat_plan(asked, state, request[CLIENT])
         del asked
-        return await _respond(request, plan, Answer(req.model, arrival, chat=True, calls=calls))
+        return await _respond(request, plan, Answer(req.model, arrival, chat=True, calls=calls,
+                                                    thinking=plan.thinking))
     finally:
         state.memory.after_request(request.content_length)
 
@@ -125,8 +128,8 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
     state.prompts.check_length(texts, extra_tokens=len(req.context or ()))
     template = None if req.raw else _own_template(state)
     try:
-        ids = await state.prompts.run(sum(map(len, texts)),
-                                      lambda: prompt_ids(req, tokenizer, template, infill))
+        text, ids = await state.prompts.run(sum(map(len, texts)),
+                                            lambda: prompt(req, tokenizer, template, infill))
     except ChatTemplateError as e:
         raise bad_request(f"The model's chat template refused the prompt: {e}", param="prompt") from None
     state.prompts.check_ids(ids)
@@ -138,6 +141,8 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)
     shaped = _response_format(req.format)
+    if text is not None and shaped is None and template.thinks:
+        plan.thinking = Thinking.of(text)
     if shaped is not None:
         schema = await response_schema(shaped, state, "format") if shaped.type == "json_schema" else None
         plan.params = constrained(plan.params, schema, "format")
@@ -150,21 +155,29 @@ def _own_template(state: AppState) -> ChatTemplate | None:
     return template if template is not None and template.checkpoints_own else None
 
 
-def prompt_ids(req: OllamaGenerateRequest, tokenizer: Tokenizer, template: ChatTemplate | None,
-               infill: bool) -> list[int]:
-    """The ids /api/generate feeds the model (the rules in the module's docstring)."""
+def prompt(req: OllamaGenerateRequest, tokenizer: Tokenizer, template: ChatTemplate | None,
+           infill: bool) -> tuple[str | None, list[int]]:
+    """The ids /api/generate feeds the model (the rules in the module's docstring), and the text
+    the chat template rendered (None where it rendered none)."""
+    text = None
     if infill:
         ids = tokenizer.fim_prompt(req.prompt, req.suffix or "")
     elif template is None or any(marker in req.prompt for marker in tokenizer.markers):
         ids = tokenizer.encode_prompt(req.prompt)
     else:
         system = [{"role": "system", "content": req.system}] if req.system else []
-        ids = template.prompt_ids(tokenizer, [*system, {"role": "user", "content": req.prompt}])
+        text, ids = template.prompt(tokenizer, [*system, {"role": "user", "content": req.prompt}],
+                                    options=_thinking_options(req))
     if not req.context:
-        return ids
+        return text, ids
     if ids and ids[0] == tokenizer.bos_id:  # the context starts the text already
         ids = ids[1:]
-    return [*req.context, *ids]
+    return text, [*req.context, *ids]
+
+
+def _thinking_options(req: OllamaGeneration) -> dict[str, Any] | None:
+    """`think` as the template option Qwen3's template reads (absent: the template's default)."""
+    return None if req.think is None else {"enable_thinking": req.think}
 
 
 def sampling_fields(req: OllamaGeneration) -> dict[str, Any]:
@@ -190,12 +203,14 @@ def _or(value, default):
     return default if value is None else value
 
 
-def _refuse_unsupported(req: OllamaGeneration, images: bool) -> None:
+def _refuse_unsupported(req: OllamaGeneration, state: AppState, images: bool) -> None:
     if images:
         raise bad_request("images: this server runs text models only.", param="images")
-    if req.think not in (None, False):
-        raise bad_request(f"{req.model!r} does not support thinking here: the answer is not split into thinking "
-                          "and content (send think false or leave it out).", param="think")
+    if isinstance(req.think, str):
+        raise bad_request(f"think: levels ({req.think!r}) are not supported here; send true or false.", param="think")
+    if req.think and "thinking" not in capabilities(state):
+        raise bad_request(f"{req.model!r} does not support thinking (its chat template writes no think blocks).",
+                          param="think")
     if req.logprobs:
         raise bad_request("logprobs are not returned on Ollama's API here; /v1/completions and /v1/chat/completions "
                           "return them.", param="logprobs")
@@ -307,6 +322,7 @@ def capabilities(state: AppState) -> list[str]:
     caps = ["completion"]
     caps += ["insert"] if state.engine.tokenizer.fim is not None else []
     caps += ["tools"] if template is not None and template.tool_format is not None else []
+    caps += ["thinking"] if template is not None and template.thinks else []
     return caps
 
 

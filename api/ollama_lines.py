@@ -5,7 +5,8 @@ ends with a newline: Continue's and ollama-js's readers drop a last line without
 
 /api/generate writes its text in `response`, /api/chat in `message.content`; a chat answer's tool
 calls (arguments as objects, Ollama's shape) go out whole once the answer has ended
-(api/tool_calls.py HeldCalls). An error after the first line is one line {"error": ...}."""
+(api/tool_calls.py HeldCalls); a thinking model's reasoning goes in `thinking` (message.thinking in
+a chat), as Ollama's do. An error after the first line is one line {"error": ...}."""
 from __future__ import annotations
 
 import json
@@ -20,7 +21,8 @@ from engine.outputs import RequestOutput
 
 from api.errors import APIError
 from api.streaming import AnswerDeltas, OpenedOnWrite, OpensOnWrite
-from api.tool_calls import HeldCalls, ToolCall, ToolCalling
+from api.reasoning import Thinking
+from api.tool_calls import ToolCall, ToolCalling
 
 NDJSON_HEADERS = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -43,13 +45,16 @@ class Answer:
     chat: bool  # /api/chat (message) or /api/generate (response)
     calls: ToolCalling | None = None  # chat with tools: how calls are read from the text
     context: bool = False  # /api/generate without raw: the last line gives the ids to continue from
+    thinking: Thinking | None = None  # a thinking model's answer: its reasoning goes in `thinking`
 
-    def part(self, text: str, calls: list[ToolCall] = ()) -> dict[str, Any]:
+    def part(self, text: str, calls: list[ToolCall] = (), thinking: str = "") -> dict[str, Any]:
         """A line of text that is not the last (or a whole answer's body, before `last`)."""
         body: dict[str, Any] = {"model": self.model, "created_at": created_at()}
         if not self.chat:
-            return {**body, "response": text, "done": False}
+            return {**body, "response": text, **({"thinking": thinking} if thinking else {}), "done": False}
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
         if calls:
             message["tool_calls"] = [ollama_call(call, i) for i, call in enumerate(calls)]
         return {**body, "message": message, "done": False}
@@ -70,10 +75,8 @@ class Answer:
 
     def whole(self, out: RequestOutput) -> dict[str, Any]:
         """The answer as one object (stream false)."""
-        text, calls = out.outputs[0].text, []
-        if self.calls is not None:
-            text, calls = HeldCalls(self.calls).add(text, finished=True)
-        return self.last(out, self.part(text, calls))
+        thinking, text, calls = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
+        return self.last(out, self.part(text, calls, thinking))
 
 
 def ollama_call(call: ToolCall, index: int) -> dict[str, Any]:
@@ -97,12 +100,12 @@ class LineStream(OpensOnWrite):
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, NDJSON_HEADERS)
-        self._deltas = AnswerDeltas(self.answer.calls)
+        self._deltas = AnswerDeltas(self.answer.calls, self.answer.thinking)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         self._last = out
-        text, calls = self._deltas.new(out.outputs[0])
-        await self._out.write(line(self.answer.part(text, calls)) if text or calls else b"")
+        thinking, text, calls = self._deltas.new(out.outputs[0])
+        await self._out.write(line(self.answer.part(text, calls, thinking)) if text or calls or thinking else b"")
 
     async def finish(self) -> None:
         if self._last is not None:

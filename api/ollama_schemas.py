@@ -64,7 +64,10 @@ class OllamaGeneration(RequestBody):
                                                          "a JSON schema: JSON it accepts (engine/json_schema.py).")
     options: Optional[OllamaOptions] = None
     keep_alive: Optional[Union[int, float, str]] = Field(None, description="Ignored: the model stays loaded.")
-    think: Optional[Union[bool, str]] = Field(None, description="Only false or absent: thinking is not separated.")
+    think: Optional[Union[bool, str]] = Field(None, description="A thinking model (Qwen3, DeepSeek-R1): true or "
+                                              "false turns its thinking on or off where its template can (Qwen3's "
+                                              "enable_thinking); absent: the template's default. The reasoning "
+                                              "comes back in `thinking`. Levels (\"low\", ...) are a 400.")
     logprobs: Optional[bool] = Field(None, description="Only false or absent (400): use /v1/completions.")
 
 

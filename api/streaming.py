@@ -19,6 +19,7 @@ from engine.outputs import CompletionOutput, RequestOutput
 
 from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, new_logprobs, usage
 from api.errors import APIError
+from api.reasoning import ReasoningDeltas, Thinking
 from api.schemas import CompletionChoice, CompletionResponse, Logprobs, Usage
 from api.tool_calls import HeldCalls, ToolCall, ToolCalling
 
@@ -68,22 +69,32 @@ class OpensOnWrite:
 
 @dataclass
 class AnswerDeltas:
-    """One answer's new text at each output (what came since the last), with what may be a tool
-    call held back until the answer ends (api/tool_calls.py HeldCalls) where the request has tools."""
+    """One answer's new text at each output (what came since the last): a thinking model's
+    reasoning apart (api/reasoning.py), and what may be a tool call held back until the answer ends
+    (api/tool_calls.py HeldCalls) where the request has tools. Given a finished output first, the
+    whole answer."""
 
     calls: ToolCalling | None = None
+    thinking: Thinking | None = None
     _sent: int = 0
     _held: HeldCalls | None = None
+    _reasoning: ReasoningDeltas | None = None
 
     def __post_init__(self) -> None:
         if self.calls is not None:
             self._held = HeldCalls(self.calls)
+        if self.thinking is not None:
+            self._reasoning = ReasoningDeltas(self.thinking)
 
-    def new(self, c: CompletionOutput) -> tuple[str, list[ToolCall]]:
-        """(the text to send now, the calls made: only once the answer has finished)."""
+    def new(self, c: CompletionOutput) -> tuple[str, str, list[ToolCall]]:
+        """(the new reasoning, the text to send now, the calls made: only once the answer has finished)."""
         text = c.text[self._sent:]
         self._sent = max(self._sent, len(c.text))
-        return self._held.add(text, c.finished) if self._held is not None else (text, [])
+        reasoning = ""
+        if self._reasoning is not None:
+            reasoning, text = self._reasoning.add(text, c.finished)
+        text, made = self._held.add(text, c.finished) if self._held is not None else (text, [])
+        return reasoning, text, made
 
 
 class ChunkFormat(Protocol):

@@ -1,0 +1,88 @@
+"""A thinking model's reasoning apart from its answer. Qwen3, QwQ and DeepSeek-R1 (and their code
+distills) write their reasoning between <think> and </think>, then the answer; the APIs return the
+two apart (OpenAI's `reasoning_content` as vLLM names it, Ollama's `thinking`, Anthropic's thinking
+blocks), as the clients that show reasoning read them.
+
+Whether a model thinks is its chat template's: one that writes both tags (to open or close the
+block, or to leave earlier turns' reasoning out of the prompt). Where the answer starts is the
+prompt's: a generation prompt that ends inside an open block (DeepSeek-R1's, QwQ's) makes the
+model's text reasoning from its first token; otherwise (Qwen3's, which the model opens itself, or
+closes empty in the prompt when thinking is off) the text is reasoning only where it opens a block.
+The parts are cut as those templates cut an earlier turn: the reasoning without the newlines
+around it, the answer without the newlines before it. A text cut off before </think> is all
+reasoning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPEN, CLOSE = "<think>", "</think>"
+
+
+def thinks(template_source: str) -> bool:
+    """Whether a chat template's model writes its reasoning in think blocks."""
+    return OPEN in template_source and CLOSE in template_source
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """How one prompt's answers hold reasoning: `inside` where the prompt leaves them in an open block."""
+
+    inside: bool
+
+    @classmethod
+    def of(cls, prompt: str) -> "Thinking":
+        return cls(inside=prompt.rfind(OPEN) > prompt.rfind(CLOSE))
+
+    def split(self, text: str) -> tuple[str | None, str]:
+        """(the reasoning, None where there is none; the answer) of a finished text."""
+        return self.parts(text, final=True)
+
+    def parts(self, text: str, final: bool) -> tuple[str | None, str]:
+        """(reasoning, answer) as far as they can be shown: before the text ends (not `final`),
+        what may still turn out a tag, or newlines the cut would trim, is held back, and nothing is
+        shown while the text may still open a block."""
+        body = text
+        if not self.inside:
+            start = text.lstrip()
+            if not start.startswith(OPEN):
+                if not final and OPEN.startswith(start):
+                    return None, ""
+                return None, text
+            body = start[len(OPEN):]
+        end = body.find(CLOSE)
+        if end >= 0:
+            return body[:end].strip("\n"), body[end + len(CLOSE):].lstrip("\n")
+        if final:
+            return body.strip("\n"), ""
+        return _held(body).lstrip("\n"), ""
+
+
+def _held(body: str) -> str:
+    """An open block's text less what may still be trimmed: a start of the closing tag, and the
+    newlines before it."""
+    for n in range(min(len(CLOSE) - 1, len(body)), 0, -1):
+        if CLOSE.startswith(body[-n:]):
+            body = body[:-n]
+            break
+    return body.rstrip("\n")
+
+
+@dataclass
+class ReasoningDeltas:
+    """A streamed answer's new reasoning and new answer text at each piece of text."""
+
+    thinking: Thinking
+    _text: str = ""
+    _reasoning_sent: int = 0
+    _answer_sent: int = 0
+
+    def add(self, text: str, finished: bool) -> tuple[str, str]:
+        """(new reasoning, new answer text) once `text` is added; `finished`: the text has ended."""
+        self._text += text
+        reasoning, answer = self.thinking.parts(self._text, final=finished)
+        reasoning = reasoning or ""
+        new = reasoning[self._reasoning_sent:], answer[self._answer_sent:]
+        self._reasoning_sent, self._answer_sent = max(self._reasoning_sent, len(reasoning)), \
+            max(self._answer_sent, len(answer))
+        return new

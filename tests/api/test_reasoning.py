@@ -1,0 +1,272 @@
+"""A thinking model's reasoning apart from its answer (api/reasoning.py): the cut itself, streamed
+in any pieces, and over real HTTP on every chat API (OpenAI's reasoning_content with the `openai`
+client, Ollama's thinking, Anthropic's thinking blocks with the `anthropic` client), with the
+template options that turn thinking on and off. The embedded model never thinks, so the answers are
+written and replayed token by token through the engine; the templates are written like Qwen3's
+(the model opens the block; an empty block closes it in the prompt when enable_thinking is false)
+and DeepSeek-R1's (the prompt opens the block)."""
+from __future__ import annotations
+
+import json
+import random
+
+import anthropic
+import pytest
+import pytest_asyncio
+from openai import AsyncOpenAI
+
+from api.config import ServerConfig
+from api.reasoning import ReasoningDeltas, Thinking, thinks
+from api.server import build_engine
+from api.testing import running_server
+from engine import EngineConfig
+from tests.api.client import post
+
+over_http = pytest.mark.asyncio(loop_scope="module")
+
+QWEN3_LIKE = (
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}<|im_start|>assistant\n{{ m.content.split('</think>')[-1].lstrip('\\n') }}"
+    "<|im_end|>\n{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}{%- endif %}")
+R1_LIKE = ("{%- for m in messages %}{{ m.role }}: {{ m.content.split('</think>')[-1] }}\n{%- endfor %}"
+           "assistant: <think>\n")
+PLAIN = "{%- for m in messages %}{{ m.role }}: {{ m.content }}\n{%- endfor %}assistant: "
+HERMES_THINKING = QWEN3_LIKE.replace("{%- for m in messages %}", "{%- if tools %}<tools>{{ tools | tojson }}</tools>"
+                                     "Answer a call as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>"
+                                     "{% endif %}{%- for m in messages %}", 1)
+ASK = [{"role": "user", "content": "Add two numbers."}]
+THOUGHT = "<think>\nThe user wants a sum.\nKeep it short.\n</think>\n\ndef add(a, b):\n    return a + b"
+REASONING, ANSWER = "The user wants a sum.\nKeep it short.", "def add(a, b):\n    return a + b"
+
+
+# ---------------------------------------------------------------------- the cut
+
+@pytest.mark.parametrize("inside, text, expected", [
+    (False, THOUGHT, (REASONING, ANSWER)),
+    (False, "  <think>x</think>y", ("x", "y")),
+    (False, "def f(): pass", (None, "def f(): pass")),
+    (False, "<think>\ncut off before the end", ("cut off before the end", "")),
+    (False, "<thin", (None, "<thin")),
+    (False, "x <think>y</think>", (None, "x <think>y</think>")),  # not at the start: the answer's text
+    (True, "The user wants a sum.\n</think>\n\nx = 1", ("The user wants a sum.", "x = 1")),
+    (True, "never closed", ("never closed", "")),
+    (True, "", ("", "")),
+])
+def test_a_finished_text_is_cut_as_the_templates_cut_an_earlier_turn(inside, text, expected):
+    assert Thinking(inside).split(text) == expected
+
+
+def test_where_the_prompt_leaves_the_answer():
+    assert Thinking.of("<|im_start|>assistant\n").inside is False
+    assert Thinking.of("<|im_start|>assistant\n<think>\n\n</think>\n\n").inside is False
+    assert Thinking.of("earlier <think>a</think> turn\nassistant: <think>\n").inside is True
+    assert thinks(QWEN3_LIKE) and thinks(R1_LIKE) and not thinks(PLAIN)
+
+
+def test_streamed_in_any_pieces_the_deltas_add_up_to_the_cut():
+    """Whatever the pieces, what is sent never has to be taken back: a tag or newlines that may
+    still be cut are held until the text tells."""
+    rng = random.Random(7)
+    pieces = ["<think>", "</think>", "\n", "a", " ", "<", "</th", "ink>", "<thi", "b\n"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        for inside in (False, True):
+            deltas, reasoning, answer, at = ReasoningDeltas(Thinking(inside)), "", "", 0
+            for cut in sorted(rng.sample(range(len(text) + 1), min(3, len(text) + 1))) + [len(text)]:
+                r, a = deltas.add(text[at:cut], finished=False)
+                reasoning, answer, at = reasoning + r, answer + a, cut
+            r, a = deltas.add("", finished=True)
+            whole = Thinking(inside).split(text)
+            assert (reasoning + r, answer + a) == (whole[0] or "", whole[1]), (text, inside)
+
+
+def test_a_closing_tag_split_across_pieces_is_never_shown():
+    deltas = ReasoningDeltas(Thinking(False))
+    shown = [deltas.add(piece, finished=False) for piece in ["<think>\nab", "c\n</", "thi", "nk>\n\nd"]]
+    assert shown == [("ab", ""), ("c", ""), ("", ""), ("", "d")]
+
+
+# ---------------------------------------------------------------------- over HTTP
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def server():
+    engine = build_engine(EngineConfig(num_kv_blocks=512, block_size=16, max_num_seqs=8, max_num_batched_tokens=512))
+    async with running_server(engine, ServerConfig(served_model_names=("coder",), port=0)) as srv:
+        yield srv
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def client(server):
+    async with AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60) as c:
+        yield c
+
+
+def prompt_len(server, chat, messages, **options) -> int:
+    return len(chat.prompt(server.state.engine.tokenizer, messages, options=options or None)[1])
+
+
+@over_http
+async def test_openai_reasoning_content_whole_and_streamed(client, server, template, answers):
+    chat = template(QWEN3_LIKE)
+    answers(THOUGHT)
+    r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0)
+    message = r.choices[0].message
+    assert (message.reasoning_content, message.content) == (REASONING, ANSWER)
+    assert r.usage.prompt_tokens == prompt_len(server, chat, ASK)
+    stream = await client.chat.completions.create(model="coder", messages=ASK, temperature=0, stream=True, n=2)
+    chunks = [c async for c in stream]
+    for index in (0, 1):
+        deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].index == index]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == REASONING
+        contents = [d.content or "" for d in deltas]
+        assert "".join(contents) == ANSWER and not any("think>" in c for c in contents)
+
+
+@over_http
+async def test_template_options_reach_the_template(client, server, template, answers):
+    """chat_template_kwargs (vLLM's and SGLang's): enable_thinking false closes the block in the
+    prompt, and the model's answer is all content."""
+    chat = template(QWEN3_LIKE)
+    answers(ANSWER)
+    r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0,
+                                             extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert (r.choices[0].message.reasoning_content, r.choices[0].message.content) == (None, ANSWER)
+    assert r.usage.prompt_tokens == prompt_len(server, chat, ASK, enable_thinking=False) > prompt_len(server, chat, ASK)
+
+
+@over_http
+async def test_separate_reasoning_false_leaves_the_text_as_written(client, template, answers):
+    template(QWEN3_LIKE)
+    answers(THOUGHT)
+    r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0,
+                                             extra_body={"separate_reasoning": False})
+    assert (r.choices[0].message.reasoning_content, r.choices[0].message.content) == (None, THOUGHT)
+
+
+@over_http
+async def test_a_prompt_that_opens_the_block_and_an_answer_cut_off_inside_it(client, template, answers):
+    template(R1_LIKE)
+    answers("Two numbers.\n</think>\n\nx = 1")
+    r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0)
+    assert (r.choices[0].message.reasoning_content, r.choices[0].message.content) == ("Two numbers.", "x = 1")
+    cut = await client.chat.completions.create(model="coder", messages=ASK, temperature=0, max_tokens=3)
+    assert cut.choices[0].finish_reason == "length" and cut.choices[0].message.content == ""
+    assert "Two numbers.".startswith(cut.choices[0].message.reasoning_content.strip())
+
+
+@over_http
+@pytest.mark.parametrize("stream", [False, True])
+async def test_think_tags_that_are_special_tokens_are_still_cut(client, template, answers, stream):
+    """Where a tokenizer marks the tags special (decoding would drop them), the text keeps them.
+    The embedded tokenizer has no think tokens: two of its special tokens stand in for them."""
+    tags = {"<think>": 3, "</think>": 4}
+    template(QWEN3_LIKE, tags)
+    answers(THOUGHT, tags)
+    r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0, stream=stream)
+    if stream:
+        deltas = [c.choices[0].delta async for c in r if c.choices]
+        got = ("".join(getattr(d, "reasoning_content", None) or "" for d in deltas),
+               "".join(d.content or "" for d in deltas))
+    else:
+        got = (r.choices[0].message.reasoning_content, r.choices[0].message.content)
+    assert got == (REASONING, ANSWER)
+
+
+@over_http
+async def test_a_model_that_does_not_think_keeps_its_text(client, template, answers):
+    template(PLAIN)
+    answers(THOUGHT)
+    r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0)
+    assert (r.choices[0].message.reasoning_content, r.choices[0].message.content) == (None, THOUGHT)
+
+
+@over_http
+async def test_calls_after_the_reasoning(client, template, answers):
+    template(HERMES_THINKING)
+    answers('<think>\nThe weather tool.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
+            '{"city": "Paris"}}\n</tool_call>')
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    r = await client.chat.completions.create(model="coder", messages=ASK, tools=tools, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.reasoning_content == "The weather tool."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})]
+    stream = await client.chat.completions.create(model="coder", messages=ASK, tools=tools, temperature=0, stream=True)
+    deltas = [c.choices[0].delta async for c in stream if c.choices]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "The weather tool."
+    assert [tc.function.name for d in deltas for tc in (d.tool_calls or [])] == ["get_weather"]
+
+
+@over_http
+@pytest.mark.parametrize("options, name", [({"messages": []}, "messages"), ({"_secret": 1}, "_secret"),
+                                           ({"bos_token": "x"}, "bos_token")])
+async def test_template_options_that_would_replace_what_the_template_is_given_are_a_400(server, http, options, name):
+    body = {"model": "coder", "messages": ASK, "chat_template_kwargs": options}
+    error = (await post(http, f"{server.url}/v1/chat/completions", body, expect=400))["error"]
+    assert name in error["message"]
+
+
+@over_http
+async def test_ollama_thinking(server, http, template, answers):
+    chat = template(QWEN3_LIKE)
+    answers(THOUGHT)
+    url = f"{server.url}/api/chat"
+    body = {"model": "coder", "messages": ASK, "stream": False, "think": True}
+    got = await post(http, url, body)
+    assert (got["message"]["thinking"], got["message"]["content"]) == (REASONING, ANSWER)
+    assert got["prompt_eval_count"] == prompt_len(server, chat, ASK, enable_thinking=True)
+    async with http.post(url, json={**body, "stream": True}) as r:
+        lines = [json.loads(x) for x in (await r.text()).splitlines()]
+    assert "".join(x["message"].get("thinking", "") for x in lines) == REASONING
+    assert "".join(x["message"]["content"] for x in lines) == ANSWER
+    generated = await post(http, f"{server.url}/api/generate", {"model": "coder", "prompt": "Add.", "stream": False})
+    assert (generated["thinking"], generated["response"]) == (REASONING, ANSWER)
+    show = await post(http, f"{server.url}/api/show", {"model": "coder"})
+    assert "thinking" in show["capabilities"]
+
+
+@over_http
+async def test_ollama_think_false_turns_thinking_off_in_the_template(server, http, template, answers):
+    chat = template(QWEN3_LIKE)
+    answers(ANSWER)
+    got = await post(http, f"{server.url}/api/chat", {"model": "coder", "messages": ASK, "stream": False,
+                                                      "think": False})
+    assert "thinking" not in got["message"] and got["message"]["content"] == ANSWER
+    assert got["prompt_eval_count"] == prompt_len(server, chat, ASK, enable_thinking=False)
+
+
+@over_http
+async def test_ollama_think_a_model_cannot_do_is_a_400(server, http, template):
+    template(PLAIN)
+    body = {"model": "coder", "messages": ASK, "stream": False}
+    assert "does not support thinking" in (await post(http, f"{server.url}/api/chat", {**body, "think": True},
+                                                      expect=400))["error"]
+    template(QWEN3_LIKE)
+    assert "levels" in (await post(http, f"{server.url}/api/chat", {**body, "think": "high"}, expect=400))["error"]
+
+
+@over_http
+async def test_anthropic_thinking_blocks(server, template, answers):
+    chat = template(QWEN3_LIKE)
+    answers(THOUGHT)
+    async with anthropic.AsyncAnthropic(base_url=server.url, api_key="none", max_retries=0) as claude:
+        asked = dict(model="coder", max_tokens=256, messages=ASK, thinking={"type": "enabled", "budget_tokens": 1024})
+        message = await claude.messages.create(**asked)
+        assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content] == [
+            ("thinking", REASONING), ("text", ANSWER)]
+        assert read(message.usage) == prompt_len(server, chat, ASK, enable_thinking=True)
+        async with claude.messages.stream(**asked) as stream:
+            streamed = await stream.get_final_message()
+        assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in streamed.content] == [
+            ("thinking", REASONING), ("text", ANSWER)]
+        answers(ANSWER)  # thinking off (Anthropic's default): the template closes the block in the prompt
+        plain = await claude.messages.create(model="coder", max_tokens=256, messages=ASK)
+        assert [b.type for b in plain.content] == ["text"]
+        assert read(plain.usage) == prompt_len(server, chat, ASK, enable_thinking=False)
+
+
+def read(usage) -> int:
+    """The prompt's tokens, computed or taken from the prefix cache."""
+    return usage.input_tokens + usage.cache_read_input_tokens
