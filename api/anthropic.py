@@ -5,7 +5,8 @@ and the `anthropic` client. POST /v1/messages is /v1/chat/completions in Anthrop
 
 Messages reach the chat template as OpenAI's do: `system` first; a user turn's tool_result blocks
 as tool messages (named by the tool_use they answer), its text blocks as one user message; an
-assistant turn's tool_use blocks as its tool_calls (input objects as arguments). tool_choice auto,
+assistant turn's tool_use blocks as its tool_calls (input objects as arguments), its thinking
+blocks as its reasoning_content (Qwen3's template writes it back within a tool-calling turn). tool_choice auto,
 any (required), tool (a named function) and none map to OpenAI's. Sampling: temperature (default
 1), top_p, top_k, stop_sequences, and `seed` (an extension); output_config.format (a JSON schema) as response_format
 json_schema. `thinking` enabled turns a thinking model's thinking on where its template can (Qwen3's
@@ -98,7 +99,7 @@ def chat_messages(req: AnthropicCount) -> list[dict[str, Any]]:
     names: dict[str, str] = {}  # tool_use id -> the tool's name
     for i, m in enumerate(req.messages):
         blocks = [{"type": "text", "text": m.content}] if isinstance(m.content, str) else m.content
-        texts, calls, results = [], [], []
+        texts, calls, results, thoughts = [], [], [], []
         for block in blocks:
             kind = block.get("type")
             if kind == "text":
@@ -112,13 +113,16 @@ def chat_messages(req: AnthropicCount) -> list[dict[str, Any]]:
                 use = str(block.get("tool_use_id", ""))
                 results.append({"role": "tool", "tool_call_id": use, "name": names.get(use, ""),
                                 "content": _texts(block.get("content") or "", f"messages[{i}].tool_result")})
-            elif kind not in ("thinking", "redacted_thinking"):  # earlier reasoning: not the model's to see again
+            elif kind == "thinking" and m.role == "assistant":
+                thoughts.append(str(block.get("thinking") or ""))
+            elif kind != "redacted_thinking":
                 raise bad_request(f"messages[{i}]: a {m.role} content block of type {kind!r} is not supported here "
                                   "(text, tool_use in assistant turns, tool_result in user turns).", param="messages")
         if m.role == "user":
             out += results + ([{"role": "user", "content": "\n".join(texts)}] if texts else [])
         else:
-            out.append({"role": "assistant", "content": "".join(texts), **({"tool_calls": calls} if calls else {})})
+            out.append({"role": "assistant", "content": "".join(texts), **({"tool_calls": calls} if calls else {}),
+                        **({"reasoning_content": "\n".join(thoughts)} if thoughts else {})})
     return out
 
 

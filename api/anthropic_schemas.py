@@ -1,6 +1,6 @@
 """Bodies of Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens), as Claude
 Code and the `anthropic` client send them. Content blocks are read by api/anthropic.py (text,
-tool_use, tool_result; thinking blocks of earlier turns are left out; images and documents are a
+tool_use, tool_result, thinking as the assistant's reasoning_content; images and documents are a
 400). Unknown fields are ignored (metadata, cache_control, service_tier, ...)."""
 from __future__ import annotations
 

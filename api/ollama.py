@@ -230,12 +230,15 @@ def _response_format(fmt: str | dict | None) -> ResponseFormat | None:
 
 def _template_message(m: OllamaMessage, index: int) -> dict[str, Any]:
     """An Ollama message as the chat template reads an OpenAI one: its calls' arguments stay
-    objects (the templates write them out so), a tool's answer names its tool."""
+    objects (the templates write them out so), a tool's answer names its tool, its thinking is its
+    reasoning_content."""
     message: dict[str, Any] = {"role": m.role.lower(), "content": m.content or ""}
     if m.tool_calls:
         message["tool_calls"] = [_template_call(call, index) for call in m.tool_calls]
     if m.tool_name:
         message["name"] = m.tool_name
+    if m.thinking:
+        message["reasoning_content"] = m.thinking  # as OpenAI's clients send it back (Qwen3's template reads it)
     return message
 
 

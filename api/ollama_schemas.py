@@ -92,7 +92,8 @@ class OllamaMessage(RequestBody):
     tool_calls: Optional[list[dict[str, Any]]] = Field(None, description="An assistant's calls; arguments are "
                                                        "objects (JSON text accepted too).")
     tool_name: Optional[str] = Field(None, description="A tool message: the tool that answered.")
-    thinking: Optional[str] = Field(None, description="Ignored.")
+    thinking: Optional[str] = Field(None, description="An assistant's earlier reasoning: the template's "
+                                    "reasoning_content.")
 
 
 class OllamaChatRequest(OllamaGeneration):

@@ -270,3 +270,26 @@ async def test_anthropic_thinking_blocks(server, template, answers):
 def read(usage) -> int:
     """The prompt's tokens, computed or taken from the prefix cache."""
     return usage.input_tokens + usage.cache_read_input_tokens
+
+
+@over_http
+async def test_earlier_reasoning_sent_back_reaches_the_template(server, http, template, answers):
+    """A tool-calling turn's reasoning, as each API sends it back (OpenAI's reasoning_content,
+    Ollama's thinking, Anthropic's thinking block), is the template's reasoning_content."""
+    chat = template(QWEN3_LIKE.replace("<|im_start|>assistant\n{{", "<|im_start|>assistant\n"
+                                       "{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}{{"))
+    answers(ANSWER)
+    seen = [*ASK, {"role": "assistant", "content": "Sum.", "reasoning_content": "Add them."},
+            {"role": "user", "content": "Again."}]
+    expected = prompt_len(server, chat, seen)
+    assert expected > prompt_len(server, chat, [*ASK, {**seen[1], "reasoning_content": None}, seen[2]])
+    openai_body = {"model": "coder", "messages": seen}
+    assert (await post(http, f"{server.url}/v1/chat/completions", openai_body))["usage"]["prompt_tokens"] == expected
+    ollama_body = {"model": "coder", "stream": False, "messages": [
+        *ASK, {"role": "assistant", "content": "Sum.", "thinking": "Add them."}, seen[2]]}
+    assert (await post(http, f"{server.url}/api/chat", ollama_body))["prompt_eval_count"] == expected
+    async with anthropic.AsyncAnthropic(base_url=server.url, api_key="none", max_retries=0) as claude:
+        counted = await claude.messages.count_tokens(model="coder", messages=[
+            *ASK, {"role": "assistant", "content": [{"type": "thinking", "thinking": "Add them.", "signature": ""},
+                                                    {"type": "text", "text": "Sum."}]}, seen[2]])
+    assert counted.input_tokens == prompt_len(server, chat, seen, enable_thinking=False)  # Anthropic's default: off
