@@ -1,8 +1,8 @@
 """What holding the output to JSON costs: plain sampling, JSON mode (one JSON object) and a JSON
 schema, on the same prompts, in turn in one process, round after round.
 
-The embedded model writes code, not JSON: its own choice is often refused, and each refusal walks
-the row's preference order on the host (engine/sampler.py, engine/json_object.py,
+The embedded model writes code, not JSON: its own choice is often refused, and each refusal finds
+the first allowed token of the row's order on the host (engine/json_choice.py, engine/json_object.py,
 engine/json_schema.py). A model that follows the constraint is refused seldom and pays far less;
 this is the cost where the model fights it. Printed: seconds per 1,000 generated tokens (the
 median round), and each constrained mode over plain.

@@ -37,6 +37,7 @@ class FastPaths:
     # Triton RMSNorm, rotary, SiLU-and-mul and add+RMSNorm kernels (16-bit weights on a GPU)
     triton_norm_rope: bool = False
     triton_noise: bool = False  # the sampler's race noise from the Triton kernel (a GPU)
+    host_noise: bool = False  # the PyTorch sampling path's race noise in numpy's 32-bit arithmetic (a CPU)
     notes: tuple[str, ...] = ()  # why a fast path is off
 
     def describe(self) -> str:
@@ -72,7 +73,7 @@ def _cpu(config: EngineConfig) -> FastPaths:
     attention = _named(config, "cpu" if built else "torch")
     if attention == "triton":
         raise ValueError("the triton attention backend runs on CUDA devices only")
-    return FastPaths(attention, built, built, False, notes=notes)
+    return FastPaths(attention, built, built, False, host_noise=True, notes=notes)
 
 
 def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None,

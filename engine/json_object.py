@@ -175,11 +175,16 @@ class JsonTokens:
     texts: Sequence[str | None]
     eos_ids: frozenset[int]
 
+    @staticmethod
+    def machine(state):
+        """The automaton a state belongs to: a schema's, or this module's."""
+        return getattr(state, "machine", _ANY_OBJECT)
+
     def allows(self, state, token: int) -> bool:
         """Whether `token` may come after `state`."""
         if state is ANY:
             return True
-        machine = getattr(state, "machine", _ANY_OBJECT)
+        machine = self.machine(state)
         if token in self.eos_ids:
             return machine.complete(state)
         text = self.texts[token] if 0 <= token < len(self.texts) else None
@@ -192,7 +197,7 @@ class JsonTokens:
         inside a string, leaves it as it was); ANY where the token breaks the constraint."""
         if state is ANY or token in self.eos_ids:
             return state
-        machine = getattr(state, "machine", _ANY_OBJECT)
+        machine = self.machine(state)
         text = self.texts[token] if 0 <= token < len(self.texts) else None
         if text is None:
             return state if machine.in_string(state) else ANY

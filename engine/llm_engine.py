@@ -96,7 +96,7 @@ class LLMEngine:
         self.scheduler = Scheduler(limits, blocks, StopChecker(self.eos_ids, self.max_model_len))
         texts = self.tokenizer.plain_texts
         self.sampler = Sampler(self.eos_ids, use_kernels=self.runner.paths.cpu_sampler,
-                               triton_noise=self.runner.paths.triton_noise,
+                               triton_noise=self.runner.paths.triton_noise, host_noise=self.runner.paths.host_noise,
                                json_tokens=JsonTokens(texts, frozenset(self.eos_ids)) if texts is not None else None)
         self.proposer = proposer
         self.step_cost = StepCost(self.runner.cost_key(), step_cost_dir())

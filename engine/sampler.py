@@ -25,6 +25,7 @@ from typing import Sequence as Seq
 import numpy as np
 import torch
 
+from engine.json_choice import TokenMasks, first_allowed_greedy, first_allowed_sampled
 from engine.json_object import JsonTokens
 from engine.json_object import State as JsonState
 from engine.kernels import cpu as kernels
@@ -87,14 +88,16 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 class Sampler:
     def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False, triton_noise: bool = False,
-                 json_tokens: JsonTokens | None = None) -> None:
+                 json_tokens: JsonTokens | None = None, host_noise: bool = False) -> None:
         """`use_kernels`: the C filter-and-race (CPU); `triton_noise`: the PyTorch path's noise from
-        the Triton kernel (GPU). engine/fast_paths.py decides both. `json_tokens`: what each token
-        does to a JSON object's text (rows with a `json` state take only tokens it allows)."""
+        the Triton kernel (GPU); `host_noise`: from numpy (CPU). engine/fast_paths.py decides them.
+        `json_tokens`: what each token does to a JSON object's text (rows with a `json` state take
+        only tokens it allows)."""
         self.eos_ids = eos_ids
         self.json_tokens = json_tokens
+        self.json_masks = TokenMasks(json_tokens) if json_tokens is not None else None
         self.use_kernels = use_kernels
-        self.noise: Noise = row_noise
+        self.noise: Noise = host_row_noise if host_noise else row_noise
         if triton_noise:  # imported only here: triton may be absent where the flag is off
             from engine.kernels import triton_noise as noise_kernel
             self.noise = noise_kernel.uniform_hash
@@ -157,24 +160,36 @@ class Sampler:
         return tokens
 
     def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
-        """Rows held to a JSON object: the token chosen where the object allows it, else the first
-        it allows in the row's own order of preference (preferred)."""
+        """Rows held to JSON: the token chosen where the state allows it, else the first it allows
+        in the row's own order of preference (preferred's, found as engine/json_choice.py does)."""
         chosen = tokens.tolist()
         allows = self.json_tokens.allows
-        changed = False
-        for i, r in enumerate(rows):
-            if r.json is None or allows(r.json, chosen[i]):
+        refused = [i for i, r in enumerate(rows) if r.json is not None and not allows(r.json, chosen[i])]
+        if not refused:
+            return tokens
+        for greedy in (True, False):
+            where = [i for i in refused if rows[i].params.greedy == greedy]
+            if not where:
                 continue
-            for token in self.preferred(x[i], r):
-                if allows(r.json, token):
-                    chosen[i], changed = token, True
-                    break
-        return torch.tensor(chosen, dtype=torch.long, device=tokens.device) if changed else tokens
+            picked, states = [chosen[i] for i in where], [rows[i].json for i in where]
+            if greedy:
+                first_allowed_greedy(x[where], states, picked, allows, self.json_masks)
+            else:
+                sub = [rows[i] for i in where]
+                seeds = noise_seeds([r.noise_key for r in sub], [r.position for r in sub]) & np.uint64(_MASK32)
+                knobs = RowKnobs.of([r.params for r in sub], seeds, x.device)
+                kept = _filter(x[where], knobs)
+                racing = torch.isfinite(kept)
+                first_allowed_sampled(x[where], racing, kept_scores(kept, racing, knobs.seeds, self.noise), states,
+                                      picked, allows, self.json_masks)
+            for i, token in zip(where, picked):
+                chosen[i] = token
+        return torch.tensor(chosen, dtype=torch.long, device=tokens.device)
 
     def preferred(self, x: torch.Tensor, row: SamplingRow) -> Iterator[int]:
         """Every token of a row, the one the sampler picks first: greedy by logit; sampled by the
         race's score among what the filters keep, then the rest by logit (worked out only if
-        the caller reads that far)."""
+        the caller reads that far). The reference of _json_objects' choice."""
         if row.params.greedy:
             yield from _on_the_host(torch.sort(x, descending=True, stable=True).indices)
             return
@@ -313,6 +328,24 @@ def row_noise(seeds: torch.Tensor, token_ids: torch.Tensor | None, width: int) -
     return uniform_hash(seeds[:, None], token_ids)
 
 
+def host_row_noise(seeds: torch.Tensor, token_ids: torch.Tensor | None, width: int) -> torch.Tensor:
+    """row_noise for CPU tensors in numpy's uint32 arithmetic, which wraps as the hash's 32-bit
+    products do (torch's int64 has to emulate them): the same values, several times faster."""
+    s = seeds.numpy().astype(np.uint32)[:, None]
+    ids = np.arange(width, dtype=np.uint32)[None, :] if token_ids is None else token_ids.numpy().astype(np.uint32)
+    with np.errstate(over="ignore"):
+        h = _mix32_np(_mix32_np(s ^ (ids * np.uint32(0x9E3779B1))) ^ (s >> np.uint32(7)))
+    return torch.from_numpy(((h >> np.uint32(9)).astype(np.float32) + np.float32(0.5)) * np.float32(1.0 / (1 << 23)))
+
+
+def _mix32_np(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
 def race(x: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) -> torch.Tensor:
     """The exponential race: argmax over surviving tokens of w / E, w = exp(x - max) and
     E = -log(u) ~ Exp(1) with u hashed from (row seed, token id); a sample of softmax(x)."""
@@ -324,6 +357,18 @@ def race_scores(x: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) 
     w = torch.exp(x - x.max(dim=-1, keepdim=True).values)
     u = noise(seeds, None, x.shape[1])
     return torch.where(torch.isfinite(x), w / -torch.log(u), 0.0)
+
+
+def kept_scores(x: torch.Tensor, kept: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) -> torch.Tensor:
+    """race_scores, its noise drawn for the kept tokens only (`kept`: where x is finite): a
+    filtered row keeps few (where rows keep most of theirs, the whole rows' noise costs less)."""
+    rows, cols = kept.nonzero(as_tuple=True)
+    w = torch.exp(x - x.max(dim=-1, keepdim=True).values)
+    if 4 * rows.numel() > x.numel():
+        return torch.where(kept, w / -torch.log(noise(seeds, None, x.shape[1])), 0.0)
+    score = torch.zeros_like(x)
+    score[rows, cols] = w[rows, cols] / -torch.log(noise(seeds[rows], cols[:, None], 1)[:, 0])
+    return score
 
 
 PREFERRED_FIRST = 256  # json_object: the tokens of a row's order brought to the host before the rest

@@ -52,6 +52,11 @@ def test_the_sampling_noise_kernel_goes_by_its_own_check_alone(monkeypatch):
     assert not fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).triton_noise
 
 
+def test_the_host_noise_is_the_cpus_alone():
+    assert fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).host_noise
+    assert not fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16).host_noise
+
+
 def test_wide_heads_take_triton_after_a_check_at_their_width(monkeypatch):
     """DeepSeek-V2's latent attention runs over 576-dim rows: Triton attention (its wide tiles),
     checked at that width too, and graphs with the Triton experts; heads past the widest tile the

@@ -11,7 +11,8 @@ import torch
 from engine import rejection_sampler
 from engine.rejection_sampler import accepted_length, reference_speculative_sample
 from engine import sampler as sampler_module
-from engine.sampler import CANDIDATE_ROWS, RowKnobs, Sampler, SamplingRow, _filter, race, race_candidates, sample_key
+from engine.sampler import (CANDIDATE_ROWS, RowKnobs, Sampler, SamplingRow, _filter, host_row_noise, kept_scores,
+                            race, race_candidates, race_scores, row_noise, sample_key)
 from engine.sampling_params import SamplingParams
 
 V = 5  # vocabulary of the toy target
@@ -250,3 +251,23 @@ def test_a_large_batch_samples_what_each_row_samples_alone(monkeypatch):
     alone = [sampler(logits[i:i + 1], [SamplingRow(0, r.params, r.noise_key, r.position)]).tokens[0]
              for i, r in enumerate(rows)]
     assert together == alone
+
+
+@pytest.mark.parametrize("kept", [3, 200, 1000])
+def test_scores_of_the_kept_tokens_are_the_races_bit_for_bit(kept: int) -> None:
+    """kept_scores draws noise for the kept tokens only (few or most of a row's): the same scores."""
+    g = torch.Generator().manual_seed(kept)
+    x = torch.randn(5, 1024, generator=g) * 4
+    for row in x:
+        row[torch.randperm(1024, generator=g)[kept:]] = float("-inf")
+    x[0, 7] = 90.0  # the others' weights underflow to 0: kept, with a score of 0
+    seeds = torch.randint(0, 2**32, (5,), generator=g)
+    assert torch.equal(kept_scores(x, torch.isfinite(x), seeds), race_scores(x, seeds))
+
+
+def test_the_host_noise_is_the_reference_bit_for_bit() -> None:
+    g = torch.Generator().manual_seed(3)
+    seeds = torch.cat([torch.randint(0, 2**32, (6,), generator=g), torch.tensor([0, 2**32 - 1])])
+    assert torch.equal(host_row_noise(seeds, None, 4099), row_noise(seeds, None, 4099))
+    ids = torch.randint(0, 2**31, (8, 33), generator=g)
+    assert torch.equal(host_row_noise(seeds, ids, 0), row_noise(seeds, ids, 0))

@@ -1,0 +1,160 @@
+"""The token a row held to JSON takes where its own choice is refused: the first in its order of
+preference that the text's state allows. Sampler.preferred walks that order one token at a time
+(the reference); this finds the same token without walking it.
+
+The order is the sampler's: a greedy row's by logit; a sampled row's racing tokens (those its
+filters keep) by race score, then the others by logit; ties by the smaller id. For all refused rows
+at once, the CANDIDATES likeliest of each part of that order come to the host in one copy and are
+checked in turn. Where none of them is allowed, or a tie straddles the cut, the state's allowed
+tokens as a mask (TokenMasks: built once per state from a trie of the tokens' texts, the last
+MAX_STATES kept) give the first allowed by a masked argmax. A state whose mask is kept skips the
+checks. A row whose state allows no token keeps its choice, as the walk does.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import torch
+
+from engine.json_object import JsonTokens
+
+CANDIDATES = 32  # of each part of a row's order, checked one by one before a mask is built
+MAX_STATES = 256  # masks kept (each a byte per vocabulary entry)
+
+Allows = Callable[[object, int], bool]
+
+
+class TokenMasks:
+    """Per state, which tokens may come next, as a bool tensor over the logits' columns: what
+    JsonTokens.allows says of each, found by walking a trie of the tokens' texts (a prefix the
+    state refuses cuts off every token under it)."""
+
+    def __init__(self, tokens: JsonTokens) -> None:
+        self.tokens = tokens
+        self._trie: tuple[dict, list[int]] | None = None
+        self._kept: OrderedDict = OrderedDict()
+
+    def known(self, state) -> bool:
+        return state in self._kept
+
+    def allowed(self, state, width: int, device: torch.device) -> torch.Tensor:
+        mask = self._kept.get(state)
+        if mask is None or mask.shape[0] != width or mask.device != device:
+            mask = self._build(state, width, device)
+            self._kept[state] = mask
+            if len(self._kept) > MAX_STATES:
+                self._kept.popitem(last=False)
+        self._kept.move_to_end(state)
+        return mask
+
+    def _build(self, state, width: int, device: torch.device) -> torch.Tensor:
+        tokens = self.tokens
+        machine = tokens.machine(state)
+        ids = self._walk(machine, state)
+        if machine.in_string(state):  # pieces without text of their own may come inside a string
+            ids += [i for i, t in enumerate(tokens.texts[:width]) if t is None]
+            ids += range(len(tokens.texts), width)
+        mask = torch.zeros(width, dtype=torch.bool)
+        mask[torch.tensor(ids, dtype=torch.long)] = True
+        eos = [i for i in tokens.eos_ids if i < width]
+        mask[eos] = machine.complete(state)
+        return mask.to(device)
+
+    def _walk(self, machine, state) -> list[int]:
+        found: list[int] = []
+        stack = [(self._root(), state)]
+        while stack:
+            (children, _), at = stack.pop()
+            for ch, child in children.items():
+                after = machine.feed(at, ch)
+                if after is None:
+                    continue
+                found += child[1]
+                if child[0]:
+                    stack.append((child, after))
+        return found
+
+    def _root(self) -> tuple[dict, list[int]]:
+        """(children by character, the tokens whose text ends here): built on first use."""
+        if self._trie is None:
+            root: tuple[dict, list[int]] = ({}, [])
+            for i, text in enumerate(self.tokens.texts):
+                if not text:
+                    continue
+                node = root
+                for ch in text:
+                    node = node[0].setdefault(ch, ({}, []))
+                node[1].append(i)
+            self._trie = root
+        return self._trie
+
+
+def first_allowed_greedy(x: torch.Tensor, states: Sequence, chosen: list[int], allows: Allows,
+                         masks: TokenMasks) -> None:
+    """Greedy rows (x: their logits, one row each): chosen[i] becomes the likeliest token states[i] allows."""
+    vals, ids = _top(x)
+    for i, state in enumerate(states):
+        token, decided = (None, False) if masks.known(state) else _checked(vals[i], ids[i], x.shape[1], state, allows)
+        if not decided:
+            token = _best(x[i], masks.allowed(state, x.shape[1], x.device))
+        if token is not None:
+            chosen[i] = token
+
+
+def first_allowed_sampled(x: torch.Tensor, racing: torch.Tensor, score: torch.Tensor, states: Sequence,
+                          chosen: list[int], allows: Allows, masks: TokenMasks) -> None:
+    """Sampled rows: `racing` the tokens their filters keep, `score` their race scores; chosen[i]
+    becomes the first token states[i] allows among the racing ones by score, else among the rest
+    by logit."""
+    race_vals, race_ids = _top(torch.where(racing, score, -1.0))
+    rest_vals, rest_ids = _top(torch.where(racing, float("-inf"), x))
+    counts = racing.sum(dim=-1).tolist()
+    width = x.shape[1]
+    for i, state in enumerate(states):
+        token, decided = None, False
+        if not masks.known(state):
+            token, decided = _checked(race_vals[i][:counts[i]], race_ids[i][:counts[i]], counts[i], state, allows)
+            if decided and token is None:
+                token, decided = _checked(rest_vals[i], rest_ids[i], width - counts[i], state, allows)
+        if not decided:
+            allowed = masks.allowed(state, width, x.device)
+            token = _best(score[i], allowed & racing[i], floor=-1.0)  # racing scores are >= 0
+            if token is None:
+                token = _best(x[i], allowed)
+        if token is not None:
+            chosen[i] = token
+
+
+def _top(key: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+    """Each row's CANDIDATES largest keys and their ids, brought to the host in one copy."""
+    k = min(CANDIDATES, key.shape[1])
+    vals, ids = torch.topk(key, k, dim=-1)
+    both = torch.cat([vals.double(), ids.double()], dim=-1).tolist()
+    return [row[:k] for row in both], [[int(t) for t in row[k:]] for row in both]
+
+
+def _checked(vals: list[float], ids: list[int], total: int, state, allows: Allows) -> tuple[int | None, bool]:
+    """(token, decided) over the largest `vals` of a part of the order that has `total` tokens: the
+    first allowed in order (ties by id); (None, True) where the part has no allowed token; (None,
+    False) where that cannot be told from these (more tokens past them, or ties across the cut)."""
+    cut = vals[-1] if len(vals) < total else None
+    for value, token in sorted(zip(vals, ids), key=lambda p: (-p[0], p[1])):
+        if cut is not None and value <= cut:
+            return None, False
+        if allows(state, token):
+            return token, True
+    return None, True  # every token of the part checked (with a cut, the last candidate stops the loop)
+
+
+def _best(key: torch.Tensor, allowed: torch.Tensor, floor: float = float("-inf")) -> int | None:
+    """The allowed token with the largest key, the smallest id among equals; None where no allowed
+    token's key is above `floor` (-inf: where none is allowed, or only tokens at -inf, which come in
+    id order: the smallest allowed id)."""
+    masked = torch.where(allowed, key, floor)
+    best = masked.max()
+    if best > floor:
+        return int(torch.nonzero(masked == best)[0, 0])
+    if floor == float("-inf") and bool(allowed.any()):
+        return int(torch.nonzero(allowed)[0, 0])
+    return None

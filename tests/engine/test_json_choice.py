@@ -1,0 +1,114 @@
+"""engine/json_choice.py against its reference: for rows held to JSON whose own choice is refused,
+the token the sampler takes is the first its order of preference allows, as Sampler.preferred
+walks that order, whatever the cut between checked candidates and masks; and each mask is what
+JsonTokens.allows says of every token."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine import json_choice
+from engine.json_choice import TokenMasks
+from engine.json_object import ANY, START, JsonTokens
+from engine.json_schema import compile_schema
+from engine.sampler import Sampler, SamplingRow
+from engine.sampling_params import SamplingParams
+
+EOS = 2
+TEXTS = ["{", "}", None, "[", "]", '"', ":", ",", " ", "\n", "a", "b", "1", "0", "-", ".", "e", "true", "false",
+         "null", '{"', '":', '",', '"a"', ' "', "}\n", "ab", "12", None, '"b', "a\"", "\\", "\\n", "\\u00", "7",
+         "[1", "],", "x", "{}", " {", '" :', "nul", "fa", "1.5", "-0", "E+", '"city"', "C", "F", '": "']
+SCHEMA = compile_schema({"type": "object", "properties": {"city": {"type": "string", "maxLength": 3},
+                                                          "n": {"type": "integer"}, "u": {"enum": ["C", "F"]}},
+                         "required": ["city"], "additionalProperties": False})
+TOKENS = JsonTokens(TEXTS, frozenset({EOS}))
+
+
+def states(rng: random.Random, count: int) -> list:
+    """States of JSON objects and of the schema, reached by random allowed tokens."""
+    found = []
+    while len(found) < count:
+        state = rng.choice([START, SCHEMA.start])
+        for _ in range(rng.randint(0, 12)):
+            allowed = [t for t in range(len(TEXTS)) if t != EOS and TOKENS.allows(state, t)]
+            if not allowed:
+                break
+            state = TOKENS.after(state, rng.choice(allowed))
+        if state is not ANY:
+            found.append(state)
+    return found
+
+
+def params(rng: random.Random) -> SamplingParams:
+    if rng.random() < 0.3:
+        return SamplingParams(temperature=0.0, json_object=True)
+    return SamplingParams(temperature=rng.choice([0.5, 1.0, 2.0]), top_k=rng.choice([0, 1, 3, 20]),
+                          top_p=rng.choice([1.0, 0.9, 0.5]), min_p=rng.choice([0.0, 0.0, 0.2]), json_object=True)
+
+
+def logits(rng: random.Random, n: int) -> torch.Tensor:
+    """Rows with ties (values on a coarse grid), some banned tokens (-inf), some flat rows, some
+    with one token so far ahead that the others' race scores are 0, and some where every token but
+    one or two is banned (then the allowed ones may all be at -inf)."""
+    x = torch.tensor([[rng.choice([-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 3.0]) for _ in TEXTS] for _ in range(n)])
+    for row in x:
+        for t in rng.sample(range(len(TEXTS)), rng.randint(0, 6)):
+            row[t] = float("-inf")
+        kind = rng.random()
+        if kind < 0.1:
+            row[torch.isfinite(row)] = 0.25
+        elif kind < 0.2:
+            row[rng.randrange(len(TEXTS))] = 150.0
+        elif kind < 0.3:
+            keep = rng.sample(range(len(TEXTS)), 2)
+            row[[t for t in range(len(TEXTS)) if t not in keep]] = float("-inf")
+    return x
+
+
+def reference(sampler: Sampler, x: torch.Tensor, rows: list[SamplingRow], free: list[int]) -> list[int]:
+    """Each row's own choice where allowed, else the first allowed in Sampler.preferred's walk."""
+    out = []
+    for i, r in enumerate(rows):
+        token = free[i]
+        if not TOKENS.allows(r.json, token):
+            token = next((t for t in sampler.preferred(x[i].clone(), r) if TOKENS.allows(r.json, t)), token)
+        out.append(token)
+    return out
+
+
+@pytest.mark.parametrize("candidates", [1, 3, 32])
+def test_the_choice_is_the_first_allowed_in_the_rows_own_order(monkeypatch, candidates):
+    monkeypatch.setattr(json_choice, "CANDIDATES", candidates)
+    rng = random.Random(candidates)
+    plain, held = Sampler((EOS,)), Sampler((EOS,), json_tokens=TOKENS)
+    refused = 0
+    for step in range(60):
+        n = rng.randint(1, 8)
+        x, at = logits(rng, n), states(rng, n)
+        rows = [SamplingRow(i, params(rng), rng.getrandbits(60), rng.randint(0, 50), (), 0, None, at[i])
+                for i in range(n)]
+        free = plain(x.clone(), [r._replace(json=None) for r in rows]).tokens
+        expected = reference(plain, x, rows, free)
+        refused += sum(e != f for e, f in zip(expected, free))
+        assert held(x.clone(), rows).tokens == expected, step
+    assert refused > 60  # the walk was needed in many rows, not only the own choices kept
+
+
+def test_masks_say_what_allows_says_of_every_token():
+    masks = TokenMasks(TOKENS)
+    width = len(TEXTS) + 3  # columns past the texts: pieces without text (allowed inside a string only)
+    for state in states(random.Random(1), 200):
+        mask = masks.allowed(state, width, torch.device("cpu"))
+        assert mask.tolist() == [TOKENS.allows(state, t) for t in range(width)]
+        assert masks.known(state)
+
+
+def test_masks_kept_are_bounded(monkeypatch):
+    monkeypatch.setattr(json_choice, "MAX_STATES", 4)
+    masks = TokenMasks(TOKENS)
+    found = list(dict.fromkeys(states(random.Random(2), 40)))
+    for state in found:
+        masks.allowed(state, len(TEXTS), torch.device("cpu"))
+    assert len(masks._kept) == 4 and all(masks.known(s) for s in found[-4:]) and not masks.known(found[0])
