@@ -6,7 +6,7 @@ The order is the sampler's: a greedy row's by logit; a sampled row's racing toke
 filters keep) by race score, then the others by logit; ties by the smaller id. For all refused rows
 at once, the CANDIDATES likeliest of each part of that order come to the host in one copy and are
 checked in turn. Where none of them is allowed, or a tie straddles the cut, the state's allowed
-tokens as a mask (TokenMasks: built once per state from a trie of the tokens' texts, the last
+tokens as a mask (TokenMasks: built once per state by walking the tokens' sorted texts, the last
 MAX_STATES kept) give the first allowed by a masked argmax. A state whose mask is kept skips the
 checks. A row whose state allows no token keeps its choice, as the walk does.
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Callable, Sequence
+
+from bisect import bisect_right
 
 import torch
 
@@ -27,12 +29,12 @@ Allows = Callable[[object, int], bool]
 
 class TokenMasks:
     """Per state, which tokens may come next, as a bool tensor over the logits' columns: what
-    JsonTokens.allows says of each, found by walking a trie of the tokens' texts (a prefix the
-    state refuses cuts off every token under it)."""
+    JsonTokens.allows says of each, found by walking the tokens' texts in sorted order as a trie
+    (the texts that share a prefix are a range; a prefix the state refuses cuts off its range)."""
 
     def __init__(self, tokens: JsonTokens) -> None:
         self.tokens = tokens
-        self._trie: tuple[dict, list[int]] | None = None
+        self._sorted: tuple[list[str], list[int]] | None = None
         self._kept: OrderedDict = OrderedDict()
 
     def known(self, state) -> bool:
@@ -62,32 +64,30 @@ class TokenMasks:
         return mask.to(device)
 
     def _walk(self, machine, state) -> list[int]:
+        """The ids of the texted tokens the state allows."""
+        texts, ids = self._texts()
         found: list[int] = []
-        stack = [(self._root(), state)]
+        stack = [(0, len(texts), 0, state)]  # a range of texts sharing their first `depth` characters, and the state after them
         while stack:
-            (children, _), at = stack.pop()
-            for ch, child in children.items():
-                after = machine.feed(at, ch)
-                if after is None:
-                    continue
-                found += child[1]
-                if child[0]:
-                    stack.append((child, after))
+            lo, hi, depth, at = stack.pop()
+            while lo < hi and len(texts[lo]) == depth:  # the prefix itself: a token, allowed since `at` is a state
+                found.append(ids[lo])
+                lo += 1
+            while lo < hi:
+                prefix = texts[lo][:depth + 1]
+                end = bisect_right(texts, prefix + "\U0010ffff", lo, hi)
+                after = machine.feed(at, prefix[-1])
+                if after is not None:
+                    stack.append((lo, end, depth + 1, after))
+                lo = end
         return found
 
-    def _root(self) -> tuple[dict, list[int]]:
-        """(children by character, the tokens whose text ends here): built on first use."""
-        if self._trie is None:
-            root: tuple[dict, list[int]] = ({}, [])
-            for i, text in enumerate(self.tokens.texts):
-                if not text:
-                    continue
-                node = root
-                for ch in text:
-                    node = node[0].setdefault(ch, ({}, []))
-                node[1].append(i)
-            self._trie = root
-        return self._trie
+    def _texts(self) -> tuple[list[str], list[int]]:
+        """The texted tokens' texts in sorted order, and their ids: made on first use."""
+        if self._sorted is None:
+            pairs = sorted((text, i) for i, text in enumerate(self.tokens.texts) if text)
+            self._sorted = [text for text, _ in pairs], [i for _, i in pairs]
+        return self._sorted
 
 
 def first_allowed_greedy(x: torch.Tensor, states: Sequence, chosen: list[int], allows: Allows,
