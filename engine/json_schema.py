@@ -11,16 +11,18 @@ type list, $ref), each a stack of immutable frames, innermost last:
   ("A", node, phase, count)            in an array: v0 (after "["), v (after ","), a (after a value)
   ("S", node, count, escape)           in a string: characters so far; 1 after a backslash, 10 + n
                                        with n hex digits of a \\u escape left
-  ("N", integer, phase)                in a number (json_object's phases)
+  ("N", node, phase, text)             in a number (json_object's phases); `text` so far where the
+                                       node has bounds ("" otherwise: fewer states)
   ("L", node, prefix)                  in one of the node's exact texts (enum, const, true, false, null)
   ("D",)                               the value is complete: only the end of the text may follow
 
 What it enforces: type (and type lists), properties with required ones (each key at most once,
 in any order), additionalProperties (false, or absent beside properties: no other key; true, a
-schema, or absent without properties: any other key), items and prefixItems, minItems and maxItems, minLength and maxLength, enum and const (as
-their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
+schema, or absent without properties: any other key), items and prefixItems, minItems and maxItems, minLength and maxLength, minimum and maximum
+and their exclusive forms (a bounded number is written without an exponent, and each character
+must leave a value within the bounds reachable), enum and const (as their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
 definitions or "#" (recursion through objects and arrays included). Annotations (title, description, default, format, ...) are
-ignored; any other keyword (pattern, minimum, multipleOf, uniqueItems, ...) is refused, never
+ignored; any other keyword (pattern, multipleOf, uniqueItems, ...) is refused, never
 silently dropped. Keys are written without escapes. Whitespace between tokens is bounded as in
 json_object.
 """
@@ -28,17 +30,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 from engine.json_object import MAX_LEADING_WHITESPACE, MAX_WHITESPACE, _ESCAPES, _HEX, _WS, _number
 
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
                           "readOnly", "writeOnly", "format", "$defs", "definitions", "strict", "name", "nullable"})
 _KEYWORDS = {
     "object": {"type", "properties", "required", "additionalProperties"},
     "array": {"type", "items", "prefixItems", "minItems", "maxItems"},
     "string": {"type", "minLength", "maxLength"},
-    "integer": {"type"}, "number": {"type"}, "boolean": {"type"}, "null": {"type"},
+    "integer": {"type", *_BOUNDS}, "number": {"type", *_BOUNDS}, "boolean": {"type"}, "null": {"type"},
 }
 _NUMBER_START = "-0123456789"
 # Parses kept at once: text that leaves more apart (anyOf branches that never part, nested) is not
@@ -62,12 +66,18 @@ class Node:
     texts: frozenset[str] = frozenset()
     options: tuple["Node", ...] = ()
     ref: str = ""
+    # A number's bounds: None where unbounded on that side; `*_open` where the bound itself is excluded.
+    low: Fraction | None = None
+    high: Fraction | None = None
+    low_open: bool = False
+    high_open: bool = False
     # Looked up per character, so that a long enum or many properties cost no scan of them:
     prefixes: frozenset[str] = frozenset()  # every prefix of `texts`
     key_prefixes: dict[str, list[str]] = field(default_factory=dict)  # a prefix -> the props' names it starts
 
     def __post_init__(self) -> None:
         self.prefixes = frozenset(t[:i] for t in self.texts for i in range(1, len(t) + 1))
+        self.bounded = self.low is not None or self.high is not None
         for name in self.props:
             for i in range(1, len(name) + 1):
                 self.key_prefixes.setdefault(name[:i], []).append(name)
@@ -132,10 +142,14 @@ class JsonSchema:
         if kind == "O" and top[2] == "ks":  # a key's characters, whitespace too
             return [(s, 0) for s in self._object(stack, ch)]
         if kind == "N":
+            node = top[1]
             phase = _number(top[2], ch)
-            if phase is not None and not (top[1] and phase in ("dot", "e")):
-                return [(stack[:-1] + (("N", top[1], phase),), 0)]
-            return self._after_scalar(stack, top[2] in ("zero", "int", "frac", "exp"), ch)
+            if phase is not None and not (phase in ("dot", "e") and node.kind == "integer") and not (
+                    phase == "e" and node.bounded):
+                text = top[3] + ch if node.bounded else ""
+                if not node.bounded or _reachable(node, phase, text):
+                    return [(stack[:-1] + (("N", node, phase, text),), 0)]
+            return self._after_scalar(stack, _number_ends(top), ch)
         if kind == "L":
             grown = top[2] + ch
             if grown in top[1].prefixes:
@@ -248,9 +262,10 @@ def _start(rest: tuple, node: Node, ch: str) -> list[tuple]:
     if node.kind == "string":
         return [rest + (("S", node, 0, 0),)] if ch == '"' else []
     if node.kind in ("number", "integer"):
-        if ch not in _NUMBER_START:
+        phase = "minus" if ch == "-" else "zero" if ch == "0" else "int"
+        if ch not in _NUMBER_START or (node.bounded and not _reachable(node, phase, ch)):
             return []
-        return [rest + (("N", node.kind == "integer", "minus" if ch == "-" else "zero" if ch == "0" else "int"),)]
+        return [rest + (("N", node, phase, ch if node.bounded else ""),)]
     if node.kind == "literals":
         return [rest + (("L", node, ch),)] if ch in node.prefixes else []
     return []
@@ -266,8 +281,93 @@ def _ends(stack: tuple) -> bool:
     top = stack[-1]
     if len(stack) != 1:
         return False
-    return top[0] == "D" or (top[0] == "N" and top[2] in ("zero", "int", "frac", "exp")) or (
+    return top[0] == "D" or (top[0] == "N" and _number_ends(top)) or (
         top[0] == "L" and top[2] in top[1].texts)
+
+
+def _number_ends(top: tuple) -> bool:
+    """Whether the number of this ("N", ...) frame may end here: complete, and within its bounds."""
+    if top[2] not in ("zero", "int", "frac", "exp"):
+        return False
+    node = top[1]
+    return not node.bounded or _allows(node, Fraction(top[3]), Fraction(top[3]), False, False)
+
+
+def _reachable(node: Node, phase: str, text: str) -> bool:
+    """Whether a number of `node` that starts with `text` (in `phase`, no exponent) can still end
+    within the node's bounds. Its magnitude grows with each digit of the integer part: from a
+    leading D it is in [D * 10**k, (D + 1) * 10**k) for some k (integers: up to the end, less
+    one); a fraction narrows it to [text, text + a unit of its last place)."""
+    negative = text.startswith("-")
+    digits = text[1:] if negative else text
+    integer = node.kind == "integer"
+    if phase == "minus":
+        return _meets(node, negative, Fraction(0), None, integer)
+    if phase in ("dot", "frac"):
+        whole, _, fraction = digits.partition(".")
+        start = Fraction(f"{whole}.{fraction}") if fraction else Fraction(int(whole))
+        return _meets(node, negative, start, start + Fraction(1, 10 ** len(fraction)), False)
+    lead = int(digits)
+    if lead == 0:
+        return _meets(node, negative, Fraction(0), Fraction(1), integer)
+    far = node.low if negative else node.high  # the bound the magnitude grows towards
+    if far is None:
+        return True  # grown long enough, it passes the near bound, if there is one
+    k = max(0, len(str(abs(int(far)))) - len(digits) - 1)
+    while lead * 10 ** k <= abs(far) + 1:
+        if _meets(node, negative, Fraction(lead * 10 ** k), Fraction((lead + 1) * 10 ** k), integer):
+            return True
+        k += 1
+    return False
+
+
+def _meets(node: Node, negative: bool, start: Fraction, end: Fraction | None, integer: bool) -> bool:
+    """Whether a value whose magnitude is in [start, end) (end None: unbounded; an integer's: its
+    integers) with this sign is within the node's bounds."""
+    if integer:
+        last = None if end is None else end - 1
+        if negative:
+            return _allows(node, -last if last is not None else None, -start, False, False, integer=True)
+        return _allows(node, start, last, False, False, integer=True)
+    if negative:
+        return _allows(node, -end if end is not None else None, -start, True, False)
+    return _allows(node, start, end, False, True)
+
+
+def _allows(node: Node, low: Fraction | None, high: Fraction | None, low_open: bool, high_open: bool,
+            integer: bool = False) -> bool:
+    """Whether the interval (low, high) of values (None: unbounded; `*_open`: the end excluded;
+    `integer`: its integers only) meets the node's bounds."""
+    lo, lo_open = _tighter(low, low_open, node.low, node.low_open, max)
+    hi, hi_open = _tighter(high, high_open, node.high, node.high_open, min)
+    if lo is None or hi is None:
+        return True
+    if integer:
+        return _ceil(lo, lo_open) <= _floor(hi, hi_open)
+    return lo < hi or (lo == hi and not lo_open and not hi_open)
+
+
+def _tighter(a: Fraction | None, a_open: bool, b: Fraction | None, b_open: bool, pick) -> tuple[Fraction | None, bool]:
+    """The tighter of two ends of intervals on the same side (`pick`: max for low ends, min for high)."""
+    if a is None:
+        return b, b_open
+    if b is None or a != b and pick(a, b) == a:
+        return a, a_open
+    if a == b:
+        return a, a_open or b_open
+    return b, b_open
+
+
+def _ceil(x: Fraction, exclusive: bool) -> int:
+    """The least integer at or above x (above it where `exclusive` and x is one)."""
+    n = -(-x.numerator // x.denominator)
+    return n + 1 if exclusive and n == x else n
+
+
+def _floor(x: Fraction, exclusive: bool) -> int:
+    """The greatest integer at or below x (below it where `exclusive` and x is one)."""
+    n = x.numerator // x.denominator
+    return n - 1 if exclusive and n == x else n
 
 
 def _keys_left(node: Node, seen: frozenset[str]) -> bool:
@@ -409,7 +509,33 @@ def _node(schema: Any, where: str) -> Node:
         return Node("literals", texts=frozenset({"true", "false"}))
     if kind == "null":
         return Node("literals", texts=frozenset({"null"}))
-    return Node(kind)
+    return Node(kind, **_bounds(schema, where))
+
+
+def _bounds(schema: dict, where: str) -> dict[str, Any]:
+    """A number's bounds as Node fields: minimum/maximum, exclusiveMinimum/exclusiveMaximum as
+    numbers (or, draft 4's way, as true beside minimum/maximum); the tighter where both are given."""
+    out: dict[str, Any] = {}
+    for side, inclusive, exclusive in (("low", "minimum", "exclusiveMinimum"), ("high", "maximum", "exclusiveMaximum")):
+        pick = max if side == "low" else min
+        found: tuple[Fraction | None, bool] = (None, False)
+        if inclusive in schema:
+            found = (_bound(schema[inclusive], inclusive, where), schema.get(exclusive) is True)
+        if exclusive in schema and not isinstance(schema[exclusive], bool):
+            found = _tighter(found[0], found[1], _bound(schema[exclusive], exclusive, where), True, pick)
+        elif schema.get(exclusive) is True and inclusive not in schema:
+            raise ValueError(f"{where}: {exclusive} true needs {inclusive} beside it")
+        out[side], out[f"{side}_open"] = found
+    return out
+
+
+def _bound(value: Any, key: str, where: str) -> Fraction:
+    """A bound as an exact number: a float as the decimal it is written as (0.1 is 1/10, as the text
+    "0.1" reads), so that a value written as the bound meets it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+            float("inf"), float("-inf")):
+        raise ValueError(f"{where}: {key} must be a finite number")
+    return Fraction(value) if isinstance(value, int) else Fraction(repr(value))
 
 
 def _object_node(schema: dict, where: str) -> Node:
@@ -451,8 +577,8 @@ def _only(schema: dict, allowed: set[str], where: str) -> None:
     extra = sorted(set(schema) - allowed - _ANNOTATIONS)
     if extra:
         raise ValueError(f"{where}: {', '.join(extra)} cannot be enforced here (supported: type, properties, required, "
-                         "additionalProperties, items, prefixItems, minItems, maxItems, minLength, maxLength, enum, "
-                         "const, anyOf, oneOf, $ref)")
+                         "additionalProperties, items, prefixItems, minItems, maxItems, minLength, maxLength, minimum, "
+                         "maximum, exclusiveMinimum, exclusiveMaximum, enum, const, anyOf, oneOf, $ref)")
 
 
 _ANY_OBJECT = Node("object", extra=ANY_VALUE)

@@ -96,8 +96,10 @@ def test_the_automaton_accepts_what_jsonschema_validates(index):
 
 
 def test_what_cannot_be_enforced_is_refused_by_name():
-    for schema, word in (({"type": "string", "pattern": "^a"}, "pattern"), ({"type": "integer", "minimum": 0},
-                         "minimum"), ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+    for schema, word in (({"type": "string", "pattern": "^a"}, "pattern"), ({"type": "integer", "multipleOf": 2},
+                         "multipleOf"), ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+                         ({"type": "number", "minimum": "1"}, "finite number"),
+                         ({"type": "number", "exclusiveMaximum": True}, "needs maximum"),
                          ({"allOf": [{"type": "string"}, {"maxLength": 2}]}, "allOf"), ({"type": "date"}, "date"),
                          ({"properties": {"a\"b": {}}, "type": "object"}, "escapes"), (False, "false"),
                          ({"$ref": "#/$defs/none"}, "no such definition"),
@@ -185,3 +187,70 @@ def test_engine_output_follows_the_schema_and_drafting_changes_nothing(temperatu
     assert sum(sum(c.spec.drafted.values()) for o in drafting for c in o.outputs) > 0
     for e in engines:
         assert_no_leaks(e.engine)
+
+
+BOUNDED = [{"type": "integer", "minimum": 0, "maximum": 150}, {"type": "integer", "exclusiveMinimum": -3, "maximum": 7},
+           {"type": "integer", "minimum": 37}, {"type": "integer", "maximum": -12},
+           {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, {"type": "number", "minimum": -40.5,
+                                                                              "maximum": 60},
+           {"type": "number", "minimum": 0.1, "exclusiveMaximum": 0.25}, {"type": "number", "maximum": -2.5},
+           {"type": "number", "maximum": -1}]
+
+
+def number_text(rng: random.Random, schema: dict) -> str:
+    """A JSON number without an exponent: at the schema's bounds, near them, and far from them."""
+    integer = schema["type"] == "integer"
+    bounds = [v for k, v in schema.items() if k != "type"]
+    if rng.random() < 0.4:
+        near = rng.choice(bounds) + rng.choice([0, 0, -1, 1] if integer else [0, 0, -0.01, 0.01, -0.125, 0.125])
+        return json.dumps(round(near, 3)) if not integer else str(near)
+    whole = str(rng.choice([0, 0, 1, 2, 3, 6, 7, 12, 37, 40, 60, 150, 151, 1000, rng.randrange(10**6)]))
+    text = ("-" if rng.random() < 0.4 else "") + whole
+    if not integer and rng.random() < 0.6:
+        text += "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 4)))
+    return text
+
+
+@pytest.mark.parametrize("index", range(len(BOUNDED)))
+def test_bounds_are_the_validators(index):
+    """Whole numbers and every prefix of the valid ones, set against jsonschema; and no prefix the
+    automaton takes is a dead end: some digits (a point, a sign) still end it within the bounds."""
+    schema = BOUNDED[index]
+    machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
+    rng = random.Random(index)
+    seen = {True: 0, False: 0}
+    for _ in range(800):
+        text = number_text(rng, schema)
+        valid = validator.is_valid(json.loads(text))
+        assert accepts(machine, text) == valid, text
+        seen[valid] += 1
+        if valid:
+            assert all(machine.feed(machine.start, text[:end]) is not None for end in range(1, len(text)))
+    assert seen[True] > 20 and seen[False] > 20
+    for _ in range(300):
+        state, text = machine.start, ""
+        for _ in range(rng.randint(1, 6)):
+            options = [ch for ch in "-0123456789.eE+" if machine.feed(state, ch) is not None]
+            if not options:
+                break
+            ch = rng.choice(options)
+            state, text = machine.feed(state, ch), text + ch
+        assert completes(machine, state, 8), text
+
+
+def completes(machine, state, depth: int) -> bool:
+    if machine.complete(state):
+        return True
+    return depth > 0 and any(completes(machine, after, depth - 1) for after in (
+        machine.feed(state, ch) for ch in "0123456789.-") if after is not None)
+
+
+def test_bounds_inside_objects_and_draft4s_exclusive_flags():
+    machine = compile_schema({"type": "object", "properties": {"age": {"type": "integer", "minimum": 18}},
+                              "required": ["age"]})
+    assert accepts(machine, '{"age": 18}') and accepts(machine, '{"age":1234}') and not accepts(machine, '{"age": 17}')
+    assert machine.feed(machine.start, '{"age": -') is None and machine.feed(machine.start, '{"age": 1e') is None
+    draft4 = compile_schema({"type": "number", "minimum": 1, "exclusiveMinimum": True, "maximum": 2})
+    assert not accepts(draft4, "1") and accepts(draft4, "1.5") and accepts(draft4, "2")
+    tight = compile_schema({"type": "number", "minimum": 0.5, "exclusiveMinimum": 0.5})  # the tighter: exclusive
+    assert not accepts(tight, "0.5") and accepts(tight, "0.51")
