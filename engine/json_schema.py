@@ -9,8 +9,10 @@ type list, $ref), each a stack of immutable frames, innermost last:
   ("O", node, phase, seen, key)        in an object: k0 (after "{"), k (after ","), ks (in a key,
                                        `key` so far), ":" (after a key), a (after a value)
   ("A", node, phase, count)            in an array: v0 (after "["), v (after ","), a (after a value)
-  ("S", node, count, escape)           in a string: characters so far; 1 after a backslash, 10 + n
-                                       with n hex digits of a \\u escape left
+  ("S", node, count, escape, match)    in a string: characters so far (where its length is bounded);
+                                       1 after a backslash, 10 + n with n hex digits of a \\u escape
+                                       left; `match` where it has a pattern: (the pattern's state,
+                                       the \\u escape's hex digits so far), else None
   ("N", node, phase, text)             in a number (json_object's phases); `text` so far where the
                                        node has bounds ("" otherwise: fewer states)
   ("L", node, prefix)                  in one of the node's exact texts (enum, const, true, false, null)
@@ -18,11 +20,13 @@ type list, $ref), each a stack of immutable frames, innermost last:
 
 What it enforces: type (and type lists), properties with required ones (each key at most once,
 in any order), additionalProperties (false, or absent beside properties: no other key; true, a
-schema, or absent without properties: any other key), items and prefixItems, minItems and maxItems, minLength and maxLength, minimum and maximum
+schema, or absent without properties: any other key), items and prefixItems, minItems and maxItems, minLength and maxLength, pattern (engine/json_pattern.py; not beside a
+length; its string written without \\u escapes, so a pattern that needs a control character other
+than \\b \\f \\n \\r \\t can be left unfinished), format date, time, date-time, uuid, ipv4 and email (as patterns), minimum and maximum
 and their exclusive forms (a bounded number is written without an exponent, and each character
 must leave a value within the bounds reachable), enum and const (as their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
 definitions or "#" (recursion through objects and arrays included). Annotations (title, description, default, format, ...) are
-ignored; any other keyword (pattern, multipleOf, uniqueItems, ...) is refused, never
+ignored; any other keyword (multipleOf, uniqueItems, ...) is refused, never
 silently dropped. Keys are written without escapes. Whitespace between tokens is bounded as in
 json_object.
 """
@@ -34,6 +38,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 from engine.json_object import MAX_LEADING_WHITESPACE, MAX_WHITESPACE, _ESCAPES, _HEX, _WS, _number
+from engine.json_pattern import FORMATS, Pattern, compile_pattern
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
@@ -41,7 +46,7 @@ _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schem
 _KEYWORDS = {
     "object": {"type", "properties", "required", "additionalProperties"},
     "array": {"type", "items", "prefixItems", "minItems", "maxItems"},
-    "string": {"type", "minLength", "maxLength"},
+    "string": {"type", "minLength", "maxLength", "pattern"},
     "integer": {"type", *_BOUNDS}, "number": {"type", *_BOUNDS}, "boolean": {"type"}, "null": {"type"},
 }
 _NUMBER_START = "-0123456789"
@@ -66,6 +71,7 @@ class Node:
     texts: frozenset[str] = frozenset()
     options: tuple["Node", ...] = ()
     ref: str = ""
+    pattern: Pattern | None = None  # a string's
     # A number's bounds: None where unbounded on that side; `*_open` where the bound itself is excluded.
     low: Fraction | None = None
     high: Fraction | None = None
@@ -129,8 +135,8 @@ class JsonSchema:
 
     def in_string(self, state: SchemaState) -> bool:
         """Whether a piece without text of its own (a byte of a longer character) may come: inside a
-        free string only."""
-        return any(stack[-1][0] == "S" for stack, _ in state.alts)
+        free string only (not one with a pattern, which must see each character)."""
+        return any(stack[-1][0] == "S" and stack[-1][4] is None for stack, _ in state.alts)
 
     # ------------------------------------------------------------------ one character
     def _step(self, alt: tuple, ch: str) -> list[tuple]:
@@ -260,7 +266,8 @@ def _start(rest: tuple, node: Node, ch: str) -> list[tuple]:
     if node.kind == "array":
         return [rest + (("A", node, "v0", 0),)] if ch == "[" else []
     if node.kind == "string":
-        return [rest + (("S", node, 0, 0),)] if ch == '"' else []
+        match = None if node.pattern is None else (node.pattern.start, "")
+        return [rest + (("S", node, 0, 0, match),)] if ch == '"' else []
     if node.kind in ("number", "integer"):
         phase = "minus" if ch == "-" else "zero" if ch == "0" else "int"
         if ch not in _NUMBER_START or (node.bounded and not _reachable(node, phase, ch)):
@@ -375,25 +382,42 @@ def _keys_left(node: Node, seen: frozenset[str]) -> bool:
 
 
 def _string(stack: tuple, ch: str) -> list[tuple]:
-    _, node, count, escape = stack[-1]
+    _, node, count, escape, match = stack[-1]
     rest = stack[:-1]
     if escape == 1:
-        if ch == "u":
-            return [rest + (("S", node, count, 14),)]
-        return [rest + (("S", node, count + 1, 0),)] if ch in _ESCAPES and _room(node, count) else []
+        if ch == "u":  # not in a patterned string: the digits could lead to no character it takes
+            return [rest + (("S", node, count, 14, match),)] if match is None else []
+        return _character(rest, node, count, match, _UNESCAPED[ch]) if ch in _ESCAPES and _room(node, count) else []
     if escape > 10:
         if ch not in _HEX:
             return []
         if escape == 11:
-            return [rest + (("S", node, count + 1, 0),)] if _room(node, count) else []
-        return [rest + (("S", node, count, escape - 1),)]
+            code = int(match[1] + ch, 16) if match is not None else 0
+            return _character(rest, node, count, match, chr(code)) if _room(node, count) else []
+        return [rest + (("S", node, count, escape - 1, match and (match[0], match[1] + ch)),)]
     if ch == '"':
-        return [_pop(stack)] if count >= node.min_count else []
-    if ch == "\\":
-        return [rest + (("S", node, count, 1),)]
+        ends = count >= node.min_count and (match is None or node.pattern.accepts(match[0]))
+        return [_pop(stack)] if ends else []
+    if ch == "\\":  # only where an escaped character may come next
+        fits = _room(node, count) and (match is None or any(node.pattern.step(match[0], value) is not None
+                                                             for value in _UNESCAPED.values()))
+        return [rest + (("S", node, count, 1, match),)] if fits else []
     if ord(ch) < 0x20 or not _room(node, count):
         return []
-    return [rest + (("S", node, count + 1, 0),)]
+    return _character(rest, node, count, match, ch)
+
+
+_UNESCAPED = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _character(rest: tuple, node: Node, count: int, match: tuple | None, value: str) -> list[tuple]:
+    """The string's frame once `value` (one character of the string's value) is written: counted
+    where its length is bounded (else every count is one state), through its pattern if it has one."""
+    count = count + 1 if node.max_count is not None or node.min_count else count
+    if match is None:
+        return [rest + (("S", node, count, 0, None),)]
+    states = node.pattern.step(match[0], value)
+    return [rest + (("S", node, count, 0, (states, "")),)] if states is not None else []
 
 
 def _room(node: Node, count: int) -> bool:
@@ -504,7 +528,7 @@ def _node(schema: Any, where: str) -> Node:
     if kind == "array":
         return _array_node(schema, where)
     if kind == "string":
-        return Node("string", min_count=_count(schema, "minLength", 0), max_count=_count(schema, "maxLength", None))
+        return _string_node(schema, where)
     if kind == "boolean":
         return Node("literals", texts=frozenset({"true", "false"}))
     if kind == "null":
@@ -554,6 +578,20 @@ def _object_node(schema: dict, where: str) -> Node:
     extra = schema.get("additionalProperties", "properties" not in schema)
     return Node("object", props={name: _node(s, f"{where}/properties/{name}") for name, s in props.items()},
                 required=frozenset(required), extra=None if extra is False else _node(extra, f"{where}/additional"))
+
+
+def _string_node(schema: dict, where: str) -> Node:
+    """A string's lengths, and its pattern: `pattern`, else that of a `format` FORMATS knows (other
+    formats are annotations)."""
+    source = schema.get("pattern", FORMATS.get(schema.get("format")))
+    min_count, max_count = _count(schema, "minLength", 0), _count(schema, "maxLength", None)
+    if source is not None and (min_count or max_count is not None):
+        raise ValueError(f"{where}: a pattern (or format) beside minLength or maxLength cannot be enforced here")
+    try:
+        pattern = None if source is None else compile_pattern(source)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return Node("string", min_count=min_count, max_count=max_count, pattern=pattern)
 
 
 def _array_node(schema: dict, where: str) -> Node:

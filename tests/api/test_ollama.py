@@ -282,7 +282,7 @@ async def test_json_format_gives_one_object(server, http):
     ({"model": "codellama", "prompt": "x", "images": ["aGk="]}, 400, "images"),
     ({"model": "codellama", "prompt": "x", "think": True}, 400, "thinking"),
     ({"model": "codellama", "prompt": "x", "logprobs": True}, 400, "logprobs"),
-    ({"model": "codellama", "prompt": "x", "format": {"type": "string", "pattern": "a"}}, 400, "pattern"),
+    ({"model": "codellama", "prompt": "x", "format": {"type": "integer", "multipleOf": 2}}, 400, "multipleOf"),
     ({"model": "codellama", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
     ({"model": "codellama", "prompt": "x", "raw": True, "system": "s"}, 400, "raw mode"),
     ({"model": "codellama", "prompt": "x", "template": "{{ .Prompt }}"}, 400, "template"),

@@ -96,7 +96,9 @@ def test_the_automaton_accepts_what_jsonschema_validates(index):
 
 
 def test_what_cannot_be_enforced_is_refused_by_name():
-    for schema, word in (({"type": "string", "pattern": "^a"}, "pattern"), ({"type": "integer", "multipleOf": 2},
+    for schema, word in (({"type": "string", "pattern": "(?=a)"}, "lookaround"), ({"type": "string", "pattern": "(a)\\1"},
+                         "escape"), ({"type": "string", "pattern": "a", "maxLength": 3}, "beside"),
+                         ({"type": "string", "pattern": "a^"}, "anchor"), ({"type": "integer", "multipleOf": 2},
                          "multipleOf"), ({"type": "array", "uniqueItems": True}, "uniqueItems"),
                          ({"type": "number", "minimum": "1"}, "finite number"),
                          ({"type": "number", "exclusiveMaximum": True}, "needs maximum"),
@@ -108,7 +110,7 @@ def test_what_cannot_be_enforced_is_refused_by_name():
                          ({"type": "object", "properties": {"a": {}}, "required": ["x"]}, "required")):
         with pytest.raises(ValueError, match=word):
             compile_schema(schema)
-    assert accepts(compile_schema({"type": "string", "format": "date", "title": "t"}), '"x"')  # annotations
+    assert accepts(compile_schema({"type": "string", "format": "hostname", "title": "t"}), '"x"')  # annotations
     assert accepts(compile_schema({"type": "object"}), '{"any": [1, {"key": null}]}')  # no properties: any key
     assert not accepts(compile_schema({"type": "object", "properties": {"a": {}}}), '{"b": 1}')  # listed: only those
 
@@ -227,22 +229,37 @@ def test_bounds_are_the_validators(index):
         if valid:
             assert all(machine.feed(machine.start, text[:end]) is not None for end in range(1, len(text)))
     assert seen[True] > 20 and seen[False] > 20
+    no_dead_end(machine, "-0123456789.eE+", tuple("0123456789.-"), rng, steps=6, depth=8)
+
+
+def no_dead_end(machine, alphabet: str, pieces: tuple[str, ...], rng: random.Random, steps: int, depth: int) -> None:
+    """Texts written a character of `alphabet` at a time as the automaton allows: from every one,
+    some `pieces` (at most `depth`) still finish the text."""
     for _ in range(300):
         state, text = machine.start, ""
-        for _ in range(rng.randint(1, 6)):
-            options = [ch for ch in "-0123456789.eE+" if machine.feed(state, ch) is not None]
+        for _ in range(rng.randint(1, steps)):
+            options = [ch for ch in alphabet if machine.feed(state, ch) is not None]
             if not options:
                 break
             ch = rng.choice(options)
             state, text = machine.feed(state, ch), text + ch
-        assert completes(machine, state, 8), text
+        assert finishes(machine, state, pieces, depth), text
 
 
-def completes(machine, state, depth: int) -> bool:
+def finishes(machine, state, pieces: tuple[str, ...], depth: int) -> bool:
     if machine.complete(state):
         return True
-    return depth > 0 and any(completes(machine, after, depth - 1) for after in (
-        machine.feed(state, ch) for ch in "0123456789.-") if after is not None)
+    return depth > 0 and any(finishes(machine, after, pieces, depth - 1) for after in (
+        machine.feed(state, piece) for piece in pieces) if after is not None)
+
+
+@pytest.mark.parametrize("schema", [{"type": "string", "pattern": r"^[A-Z]{2}-\d{3}$"}, {"type": "string", "format": "date"},
+                                    {"type": "string", "pattern": "^a\"?b$"}, {"type": "string", "maxLength": 2}])
+def test_no_string_the_schema_takes_is_a_dead_end(schema):
+    """Written a character at a time (escapes and quotes too), every prefix the automaton takes of
+    a string with a pattern, a format or a length can still be closed."""
+    no_dead_end(compile_schema(schema), 'AZab09-"\\nu', ("0", "1", "2", "3", "A", "a", "b", "-", '"', "\\n", '\\"'),
+                random.Random(str(schema)), steps=14, depth=14)
 
 
 def test_bounds_inside_objects_and_draft4s_exclusive_flags():

@@ -1,0 +1,124 @@
+"""engine/json_pattern.py: patterns match what a regular-expression engine matches (Python's `re`
+read the ECMA way: ASCII classes, $ only at the very end), every state can still be finished, the
+formats accept only strings jsonschema's format checker passes, and what cannot be read is refused;
+through engine/json_schema.py the pattern holds the string's value, escapes decoded."""
+from __future__ import annotations
+
+import random
+import re
+
+import jsonschema
+import pytest
+
+from engine.json_pattern import FORMATS, compile_pattern
+from engine.json_schema import compile_schema
+
+PATTERNS = [r"^[a-z]+$", "abc", r"^\d{3}-\d{4}$", "^(foo|bar)+baz?$", r"^[^@\s]+@x\.com$", "a{2,3}", r"^\w*$",
+            "^.{0,3}$", "^(?:ab)*c$", r"^[\u00e9a-c-]+$", r"^[A-Z]{2}\d{2,}$", "x|y", r"^a\.b?$", "^[]a]$",
+            r"^\x41\u0042[\d\s]$", "^a+?b*?$", "^(a|)$", r"^[\\/]$", "{", "^a{x}$"]
+ALPHABET = "abcxyzABfo rAB0123456789-@.é\n_\\/{},]"
+
+
+def matches(pattern, text: str) -> bool:
+    states = pattern.start
+    for ch in text:
+        states = pattern.step(states, ch)
+        if states is None:
+            return False
+    return pattern.accepts(states)
+
+
+def python_reads(source: str) -> re.Pattern:
+    """The pattern as an ECMA engine reads it, in Python's syntax: ASCII classes, $ at the very end."""
+    return re.compile(re.sub(r"\$$", r"\\Z", source), re.ASCII)
+
+
+@pytest.mark.parametrize("source", PATTERNS)
+def test_a_pattern_matches_what_a_regex_engine_finds(source):
+    pattern, oracle = compile_pattern(source), python_reads(source)
+    rng = random.Random(source)
+    hits = 0
+    for _ in range(2000):
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 8)))
+        expected = oracle.search(text) is not None
+        assert matches(pattern, text) == expected, repr(text)
+        hits += expected
+    samples = [walk(pattern, rng) for _ in range(300)]  # strings the automaton writes: all found by the engine
+    assert all(oracle.search(text) for text in samples if text is not None)
+
+
+def walk(pattern, rng: random.Random) -> str | None:
+    """A string written one allowed character at a time until the pattern may end (None: it took too long).
+    Every state on the way can still be finished: some character always continues it, or it ends."""
+    alphabet = ALPHABET + "".join(sorted({ch for source in PATTERNS for ch in source}))
+    states, text = pattern.start, ""
+    for _ in range(40):
+        if pattern.accepts(states) and rng.random() < 0.3:
+            return text
+        options = [ch for ch in alphabet if pattern.step(states, ch) is not None]
+        assert options or pattern.accepts(states), text  # never a dead end
+        if not options:
+            return text
+        ch = rng.choice(options)
+        states, text = pattern.step(states, ch), text + ch
+    return text if pattern.accepts(states) else None
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_a_format_writes_only_what_its_checker_passes(name):
+    pattern = compile_pattern(FORMATS[name])
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    rng = random.Random(name)
+    alphabet = "0123456789abcdefABCDEFTtZz:+-.@_%"
+    written = 0
+    for _ in range(400):
+        states, text = pattern.start, ""
+        for _ in range(60):
+            if pattern.accepts(states) and rng.random() < 0.2:
+                break
+            options = [ch for ch in alphabet if pattern.step(states, ch) is not None]
+            if not options:
+                break
+            ch = rng.choice(options)
+            states, text = pattern.step(states, ch), text + ch
+        if pattern.accepts(states):
+            written += 1
+            assert checker.conforms(text, name), text
+    assert written > 40
+    valid = {"date": "2024-12-31", "time": "23:59:59.5+01:00", "date-time": "2024-02-28T00:00:00Z",
+             "uuid": "123e4567-e89b-12d3-a456-426614174000", "ipv4": "192.168.0.255", "email": "a.b@x-y.org"}
+    invalid = {"date": "0000-02-03", "time": "24:00:00Z", "date-time": "2024-01-01 00:00", "uuid": "123e4567",
+               "ipv4": "256.0.0.1", "email": "a@b"}
+    assert matches(pattern, valid[name]) and not matches(pattern, invalid[name])
+
+
+@pytest.mark.parametrize("source, word", [("(?=a)", "lookaround"), ("(?P<n>a)", "lookaround"), (r"(a)\1", "escape"),
+                                          (r"\bword", "escape"), ("a^b", "anchor"), ("a$b", "anchor"),
+                                          ("a{65}", "count"), ("a{3,2}", "count"), ("*a", "nothing to repeat"),
+                                          ("(ab", "unclosed group"), ("[ab", "unclosed class"), ("[z-a]", "range"),
+                                          ("ab)", "unbalanced"), (r"[\D]", "negated escape"), ("\\", "trailing"),
+                                          (r"\u12", "hex digits"), ("(a{64}){64}", "positions"),
+                                          ("x|^y", "anchor"), ("a{,2}", "lower bound")])
+def test_what_cannot_be_read_is_refused_by_name(source, word):
+    with pytest.raises(ValueError, match=word):
+        compile_pattern(source)
+
+
+def test_through_the_schema_the_pattern_holds_the_strings_value():
+    machine = compile_schema({"type": "object", "properties": {"code": {"type": "string", "pattern": r"^[A-Z]\n\d$"},
+                                                               "day": {"type": "string", "format": "date"}}})
+
+    def accepts(text: str) -> bool:
+        state = machine.feed(machine.start, text)
+        return state is not None and machine.complete(state)
+
+    assert accepts('{"code": "A\\n7"}')  # escapes decoded
+    assert not accepts('{"code": "a\\n7"}') and machine.feed(machine.start, '{"code": "A7') is None
+    assert machine.feed(machine.start, '{"code": "A\\n') is not None and not accepts('{"code": "A\\n"}')
+    assert accepts('{"day": "2024-01-31"}') and machine.feed(machine.start, '{"day": "2024-13') is None
+    # A backslash only where an escaped character may follow; no \\u escape (its digits could lead nowhere).
+    assert machine.feed(machine.start, '{"day": "2024-01-31\\') is None
+    assert machine.feed(machine.start, '{"code": "\\u0041') is None
+    free = compile_schema({"type": "string"})
+    assert free.in_string(free.feed(free.start, '"x')) and not machine.in_string(
+        machine.feed(machine.start, '{"code": "A'))  # a byte piece: not where the pattern must see the character
