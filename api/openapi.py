@@ -8,6 +8,7 @@ from api.chat_schemas import ChatChunk, ChatRequest, ChatResponse
 from api.infill_schemas import InfillRequest, InfillResponse
 from api.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaModelRequest
 from api.anthropic_schemas import AnthropicCount, AnthropicRequest
+from api.responses_schemas import ResponsesRequest
 from api.tokenize_schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, FimRequest, Health,
                          ModelList)
@@ -122,6 +123,9 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
         "/v1/messages/count_tokens": {"post": {"summary": "Anthropic's token count of a conversation",
                                                "operationId": "anthropicCountTokens",
                                                **_foreign(AnthropicCount, "{input_tokens}")}},
+        "/v1/responses": {"post": {"summary": "OpenAI's Responses API (the Codex CLI): function_call items, "
+                                              "streamed events", "operationId": "responses",
+                                   **_foreign(ResponsesRequest, "A response, or with stream=true its events")}},
         "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                   "responses": {"200": {"description": "OpenAPI document"}}}},
     }

@@ -14,6 +14,7 @@ from api.generation import CLIENT, answer, generation_error, read_request, state
 from api.metrics import CONTENT_TYPE_LATEST
 from api.ollama import add_ollama_routes
 from api.anthropic import add_anthropic_routes
+from api.responses import add_responses_routes
 from api.schemas import CompletionRequest, CopilotToken, Health, ModelCard, ModelList
 from api.streaming import CompletionStream
 
@@ -35,6 +36,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
     add_ollama_routes(app)
     add_anthropic_routes(app)
+    add_responses_routes(app)
 
 
 # ---------------------------------------------------------------------- completions

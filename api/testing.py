@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -63,4 +64,17 @@ def sse_events(body: str) -> list[str]:
     for block in body[:-2].split("\n\n"):
         assert block.startswith("data: ") and "\n" not in block, f"bad SSE event {block[:80]!r}"
         events.append(block[len("data: "):])
+    return events
+
+
+def typed_sse_events(body: str) -> list[dict]:
+    """The JSON data of each `event: NAME` server-sent event of a whole body (Anthropic's and the
+    Responses API's framing); checks that each names its data's type."""
+    assert body.endswith("\n\n"), f"an SSE body ends with a blank line: {body[-40:]!r}"
+    events = []
+    for block in body[:-2].split("\n\n"):
+        head, _, data = block.partition("\n")
+        assert data.startswith("data: ") and "\n" not in data, f"bad SSE event {block[:80]!r}"
+        events.append(json.loads(data[len("data: "):]))
+        assert head == f"event: {events[-1]['type']}", head
     return events

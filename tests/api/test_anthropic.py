@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from api.config import ServerConfig
 from api.server import build_engine
-from api.testing import running_server, wait_idle
+from api.testing import running_server, typed_sse_events, wait_idle
 from engine import EngineConfig
 from tests.api.test_chat_tools import ASK, HERMES, TWO_CALLS
 
@@ -52,12 +52,7 @@ async def raw_events(http, server, body: dict, headers: dict | None = None) -> l
     async with http.post(f"{server.url}/v1/messages", json=body, headers={"x-api-key": KEY, **(headers or {})}) as r:
         text = await r.text()
         assert r.status == 200 and r.content_type == "text/event-stream", text
-    events = []
-    for block in text[:-2].split("\n\n"):
-        head, data = block.split("\n")
-        events.append(json.loads(data.removeprefix("data: ")))
-        assert head == f"event: {events[-1]['type']}"
-    return events
+    return typed_sse_events(text)
 
 
 async def test_the_anthropic_client_gets_the_chat_answer(client, server, http):

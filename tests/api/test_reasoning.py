@@ -275,7 +275,8 @@ def read(usage) -> int:
 @over_http
 async def test_earlier_reasoning_sent_back_reaches_the_template(server, http, template, answers):
     """A tool-calling turn's reasoning, as each API sends it back (OpenAI's reasoning_content,
-    Ollama's thinking, Anthropic's thinking block), is the template's reasoning_content."""
+    Ollama's thinking, Anthropic's thinking block, a Responses API reasoning item), is the
+    template's reasoning_content."""
     chat = template(QWEN3_LIKE.replace("<|im_start|>assistant\n{{", "<|im_start|>assistant\n"
                                        "{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}{{"))
     answers(ANSWER)
@@ -288,6 +289,10 @@ async def test_earlier_reasoning_sent_back_reaches_the_template(server, http, te
     ollama_body = {"model": "coder", "stream": False, "messages": [
         *ASK, {"role": "assistant", "content": "Sum.", "thinking": "Add them."}, seen[2]]}
     assert (await post(http, f"{server.url}/api/chat", ollama_body))["prompt_eval_count"] == expected
+    responses_body = {"model": "coder", "input": [
+        *ASK, {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "Add them."}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sum."}]}, seen[2]]}
+    assert (await post(http, f"{server.url}/v1/responses", responses_body))["usage"]["input_tokens"] == expected
     async with anthropic.AsyncAnthropic(base_url=server.url, api_key="none", max_retries=0) as claude:
         counted = await claude.messages.count_tokens(model="coder", messages=[
             *ASK, {"role": "assistant", "content": [{"type": "thinking", "thinking": "Add them.", "signature": ""},
