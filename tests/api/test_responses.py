@@ -7,6 +7,7 @@ through the engine (the embedded model writes neither)."""
 from __future__ import annotations
 
 import json
+import random
 
 import jsonschema
 import openai
@@ -16,7 +17,7 @@ from openai import AsyncOpenAI
 
 from api.config import ServerConfig
 from api.server import build_engine
-from api.testing import running_server, typed_sse_events
+from api.testing import running_server, typed_sse_events, wait_idle
 from engine import EngineConfig
 from tests.api.test_chat_tools import HERMES
 from tests.api.test_reasoning import ANSWER, QWEN3_LIKE, REASONING, THOUGHT
@@ -168,3 +169,27 @@ async def test_a_json_schema_format_holds_the_answer(client):
 async def test_what_cannot_be_honoured_is_a_400(client, extra, word):
     with pytest.raises(openai.BadRequestError, match=word):
         await client.responses.create(**{"model": "coder", "input": "hi", **extra})
+
+
+async def test_junk_in_any_field_is_a_4xx_and_leaks_nothing(server, http, template):
+    """Codex's body with one field (or one input item's field) replaced by junk, many times: an answer
+    or a 4xx with an OpenAI error object, never a 500; afterwards every KV block is free."""
+    template(HERMES)
+    rng = random.Random(11)
+    junk = [None, 0, -1, 2 ** 70, 1.5, "", "x", [], [1], [None], {}, {"type": None}, {"type": "message"},
+            [{"type": "message", "role": "user", "content": [{"type": "input_text"}]}], True]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    statuses = set()
+    for _ in range(150):
+        body = json.loads(json.dumps({**CODEX, "stream": rng.random() < 0.3, "max_output_tokens": 4}))
+        if rng.random() < 0.5:
+            body[rng.choice(sorted(body))] = rng.choice(junk)
+        else:
+            item = rng.choice(body["input"])
+            item[rng.choice(sorted(item) + ["role", "call_id", "output", "arguments"])] = rng.choice(junk)
+        async with http.post(f"{server.url}/v1/responses", json=body, headers=headers) as r:
+            statuses.add(r.status)
+            text = await r.text()
+            assert r.status == 200 or (400 <= r.status < 500 and "message" in json.loads(text)["error"]), text
+    assert 200 in statuses and 400 in statuses
+    await wait_idle(http, server.url)
