@@ -44,7 +44,7 @@ from api.state import AppState
 from engine.tokenizer import Tokenizer
 
 # The Ollama release whose API these handlers follow (clients may gate features on it).
-OLLAMA_VERSION = "0.12.10"
+OLLAMA_VERSION = "0.12.11"
 LATEST = ":latest"
 FAR_FUTURE = "2318-01-01T00:00:00Z"  # /api/ps: the model is never unloaded
 
@@ -83,6 +83,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
             return _loaded(req, {"response": ""})
         plan = await _generate_plan(req, state, request[CLIENT])
         return await _respond(request, plan, Answer(req.model, arrival, chat=False, context=not req.raw,
+                                                    logprobs=_logprobs(req), engine=state.engine,
                                                     thinking=plan.thinking))
     finally:
         state.memory.after_request(request.content_length)
@@ -100,13 +101,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
         num_predict = (req.options or OllamaOptions()).num_predict
         asked = ChatRequest.model_construct(
             messages=[ChatMessage.model_validate(_template_message(m, i)) for i, m in enumerate(req.messages)],
-            tools=req.tools or None, tool_choice=None, parallel_tool_calls=None, logprobs=False, top_logprobs=None,
+            tools=req.tools or None, tool_choice=None, parallel_tool_calls=None, logprobs=bool(req.logprobs),
+            top_logprobs=req.top_logprobs if req.logprobs else None,
             response_format=_response_format(req.format),
             max_tokens=_at_most(num_predict, state), max_completion_tokens=None,
             chat_template_kwargs=_thinking_options(req), separate_reasoning=None, **sampling_fields(req))
         plan, calls = await build_chat_plan(asked, state, request[CLIENT])
         del asked
         return await _respond(request, plan, Answer(req.model, arrival, chat=True, calls=calls,
+                                                    logprobs=_logprobs(req), engine=state.engine,
                                                     thinking=plan.thinking))
     finally:
         state.memory.after_request(request.content_length)
@@ -137,7 +140,8 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
     room = max(1, min(state.engine.max_model_len - len(ids), state.config.max_request_tokens))
     completion = CompletionRequest.model_construct(
         prompt=ids, suffix=None, max_tokens=min(_at_most(num_predict, state) or room, room),
-        logprobs=None, best_of=None, echo=False, extra=None, **sampling_fields(req))
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None, best_of=None, echo=False, extra=None,
+        **sampling_fields(req))
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)
     shaped = _response_format(req.format)
@@ -173,6 +177,11 @@ def prompt(req: OllamaGenerateRequest, tokenizer: Tokenizer, template: ChatTempl
     if ids and ids[0] == tokenizer.bos_id:  # the context starts the text already
         ids = ids[1:]
     return text, [*req.context, *ids]
+
+
+def _logprobs(req: OllamaGeneration) -> int | None:
+    """The likeliest tokens each position's log probability comes with (None: no logprobs asked)."""
+    return (req.top_logprobs or 0) if req.logprobs else None
 
 
 def _thinking_options(req: OllamaGeneration) -> dict[str, Any] | None:
@@ -211,9 +220,6 @@ def _refuse_unsupported(req: OllamaGeneration, state: AppState, images: bool) ->
     if req.think and "thinking" not in capabilities(state):
         raise bad_request(f"{req.model!r} does not support thinking (its chat template writes no think blocks).",
                           param="think")
-    if req.logprobs:
-        raise bad_request("logprobs are not returned on Ollama's API here; /v1/completions and /v1/chat/completions "
-                          "return them.", param="logprobs")
 
 
 def _response_format(fmt: str | dict | None) -> ResponseFormat | None:

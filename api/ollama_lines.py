@@ -13,16 +13,21 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from engine.outputs import RequestOutput
 
+from api.chat_output import chat_logprobs
+from api.completions import LogprobsBuilder, new_logprobs
 from api.errors import APIError
 from api.streaming import AnswerDeltas, OpenedOnWrite, OpensOnWrite
 from api.reasoning import Thinking
 from api.tool_calls import ToolCall, ToolCalling
+
+if TYPE_CHECKING:
+    from engine.async_engine import AsyncEngine
 
 NDJSON_HEADERS = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -46,10 +51,15 @@ class Answer:
     calls: ToolCalling | None = None  # chat with tools: how calls are read from the text
     context: bool = False  # /api/generate without raw: the last line gives the ids to continue from
     thinking: Thinking | None = None  # a thinking model's answer: its reasoning goes in `thinking`
+    logprobs: int | None = None  # asked: the likeliest tokens that come with each token's log probability
+    engine: "AsyncEngine | None" = None  # whose tokenizer names the tokens of logprobs
 
-    def part(self, text: str, calls: list[ToolCall] = (), thinking: str = "") -> dict[str, Any]:
+    def part(self, text: str, calls: list[ToolCall] = (), thinking: str = "",
+             logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """A line of text that is not the last (or a whole answer's body, before `last`)."""
         body: dict[str, Any] = {"model": self.model, "created_at": created_at()}
+        if logprobs is not None:
+            body["logprobs"] = logprobs
         if not self.chat:
             return {**body, "response": text, **({"thinking": thinking} if thinking else {}), "done": False}
         message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -76,7 +86,17 @@ class Answer:
     def whole(self, out: RequestOutput) -> dict[str, Any]:
         """The answer as one object (stream false)."""
         thinking, text, calls = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
-        return self.last(out, self.part(text, calls, thinking))
+        return self.last(out, self.part(text, calls, thinking, self.token_logprobs(self.builder(out), out, 0)))
+
+    def builder(self, out: RequestOutput) -> LogprobsBuilder | None:
+        return LogprobsBuilder(self.engine, out.prompt_token_ids) if self.logprobs is not None else None
+
+    def token_logprobs(self, builder: LogprobsBuilder | None, out: RequestOutput, sent: int) -> list[dict] | None:
+        """The entries of the tokens past the first `sent`, as Ollama writes them (None: not asked)."""
+        if builder is None:
+            return None
+        lp = new_logprobs(builder, out.outputs[0], sent)
+        return [] if lp is None else [entry.model_dump() for entry in chat_logprobs(lp, self.logprobs).content]
 
 
 def ollama_call(call: ToolCall, index: int) -> dict[str, Any]:
@@ -97,15 +117,22 @@ class LineStream(OpensOnWrite):
     answer: Answer
     _deltas: AnswerDeltas | None = None
     _last: RequestOutput | None = field(default=None, repr=False)
+    _logprobs: LogprobsBuilder | None = None
+    _sent: int = 0  # tokens whose log probabilities went out
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, NDJSON_HEADERS)
         self._deltas = AnswerDeltas(self.answer.calls, self.answer.thinking)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
+        if self._last is None:
+            self._logprobs = self.answer.builder(out)
         self._last = out
         thinking, text, calls = self._deltas.new(out.outputs[0])
-        await self._out.write(line(self.answer.part(text, calls, thinking)) if text or calls or thinking else b"")
+        logprobs = self.answer.token_logprobs(self._logprobs, out, self._sent)
+        self._sent = len(out.outputs[0].token_ids)
+        if text or calls or thinking or logprobs:
+            await self._out.write(line(self.answer.part(text, calls, thinking, logprobs)))
 
     async def finish(self) -> None:
         if self._last is not None:

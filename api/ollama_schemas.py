@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 from pydantic import ConfigDict, Field, field_validator
 
 from api.chat_schemas import MAX_MESSAGES, MAX_TOOLS, Tool
-from api.schemas import MAX_STOP, RequestBody
+from api.schemas import MAX_LOGPROBS, MAX_STOP, RequestBody
 
 # Ollama's defaults (api/types.go DefaultOptions) where a request leaves an option out.
 DEFAULT_TEMPERATURE = 0.8
@@ -68,7 +68,9 @@ class OllamaGeneration(RequestBody):
                                               "false turns its thinking on or off where its template can (Qwen3's "
                                               "enable_thinking); absent: the template's default. The reasoning "
                                               "comes back in `thinking`. Levels (\"low\", ...) are a 400.")
-    logprobs: Optional[bool] = Field(None, description="Only false or absent (400): use /v1/completions.")
+    logprobs: Optional[bool] = Field(None, description="Each generated token's log probability in `logprobs`.")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS, description="With logprobs: that many likeliest "
+                                        "tokens at each position.")
 
 
 class OllamaGenerateRequest(OllamaGeneration):

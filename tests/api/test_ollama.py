@@ -278,10 +278,31 @@ async def test_json_format_gives_one_object(server, http):
         assert isinstance(json.loads(text), dict)
 
 
+async def test_logprobs_are_the_completions_endpoints(server, client, http):
+    """logprobs and top_logprobs (Ollama 0.12.11's), with the official client, whole and streamed: an
+    entry per generated token, its text the piece it added, its value and alternatives those of
+    /v1/completions for the same greedy request."""
+    asked = dict(model="codellama", prompt=PREFIX, raw=True, options=GREEDY)
+    whole = await client.generate(**asked, logprobs=True, top_logprobs=3)
+    reference = await completion(http, server, {"prompt": PREFIX, "max_tokens": 24, "temperature": 0, "logprobs": 3})
+    assert len(whole.logprobs) == whole.eval_count and "".join(e.token for e in whole.logprobs) == whole.response
+    assert [e.logprob for e in whole.logprobs] == pytest.approx(reference["logprobs"]["token_logprobs"])
+    assert [[a.token for a in e.top_logprobs] for e in whole.logprobs] == [
+        list(alternatives)[:3] for alternatives in reference["logprobs"]["top_logprobs"]]
+    streamed = [part async for part in await client.generate(**asked, logprobs=True, stream=True)]
+    entries = [e for part in streamed for e in part.logprobs or ()]
+    assert [(e.token, e.logprob) for e in entries] == [(e.token, e.logprob) for e in whole.logprobs]
+    assert all(not e.top_logprobs for e in entries)
+    chat = await client.chat(model="codellama", messages=[{"role": "user", "content": "Add."}], logprobs=True,
+                             options=GREEDY)
+    assert len(chat.logprobs) == chat.eval_count
+    assert (await client.generate(**asked)).logprobs is None  # not asked: not sent
+
+
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "codellama", "prompt": "x", "images": ["aGk="]}, 400, "images"),
     ({"model": "codellama", "prompt": "x", "think": True}, 400, "thinking"),
-    ({"model": "codellama", "prompt": "x", "logprobs": True}, 400, "logprobs"),
+    ({"model": "codellama", "prompt": "x", "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
     ({"model": "codellama", "prompt": "x", "format": {"type": "integer", "multipleOf": 2}}, 400, "multipleOf"),
     ({"model": "codellama", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
     ({"model": "codellama", "prompt": "x", "raw": True, "system": "s"}, 400, "raw mode"),
