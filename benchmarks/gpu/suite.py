@@ -49,6 +49,7 @@ import shapes  # noqa: E402
 from traces import load_workload, replay_params  # noqa: E402
 
 from engine import DEFAULT_MODEL, LLM, SamplingParams  # noqa: E402
+from engine.json_schema import compile_schema  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
 from fastcodellama.job.tasks import load_tasks  # noqa: E402
@@ -106,10 +107,38 @@ def correctness(args, device) -> dict:
     b = [[c.token_ids for c in o.outputs] for o in drafted.generate(prompts, sampled, use_tqdm=False)]
     out["sampled_drafting_equals_plain"] = a == b
     out["drafted_tokens"] = drafted.engine.stats().spec.total_drafted
+    out.update(_held_and_min_p(plain, drafted, prompts[:2], tokens))
     out["leaked_blocks"] = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free
                                for e in (plain, drafted))
     out.update(_backends_against_float32(args, device))
     print(f"[a] {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
+# A schema with a pattern, a format, bounds and an enum: every kind of constraint the sampler's
+# constrained choice (engine/json_choice.py) meets on the device.
+HELD_SCHEMA = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+                                                "day": {"type": "string", "format": "date"},
+                                                "n": {"type": "integer", "minimum": 1, "maximum": 99},
+                                                "unit": {"enum": ["C", "F"]}},
+               "required": ["code", "day", "n", "unit"], "additionalProperties": False}
+
+
+def _held_and_min_p(plain: LLM, drafted: LLM, prompts: list[str], tokens: int) -> dict:
+    """Output held to a JSON schema (sampled: the constrained choice's candidates, masks and race
+    on the device) and min-p sampling: drafting on equals off; the finished held outputs are
+    texts the schema's automaton accepts."""
+    schema = compile_schema(HELD_SCHEMA)
+    held = SamplingParams(n=4, temperature=0.8, max_tokens=8 * tokens, seed=5, json_object=True, json_schema=schema)
+    min_p = SamplingParams(n=4, temperature=1.0, min_p=0.1, max_tokens=tokens, seed=9, ignore_eos=True)
+    out = {}
+    for name, params in (("json_schema", held), ("min_p", min_p)):
+        runs = [[c for o in llm.generate(prompts, params, use_tqdm=False) for c in o.outputs] for llm in (plain, drafted)]
+        out[f"{name}_drafting_equals_plain"] = [c.token_ids for c in runs[0]] == [c.token_ids for c in runs[1]]
+        if name == "json_schema":
+            ended = [c.text for c in runs[0] if c.finish_reason == "stop"]
+            accepted = sum(bool((state := schema.feed(schema.start, text)) and schema.complete(state)) for text in ended)
+            out["json_schema_finished_accepted"] = f"{accepted}/{len(ended)}"
     return out
 
 
