@@ -2,9 +2,9 @@
 POST /v1/fim/completions (Mistral's FIM API answers as a chat completion)."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from api.chat_template import RESERVED_NAMES
 from api.schemas import MAX_LOGPROBS, RequestBody, SamplingRequest, TextPart, Usage
@@ -72,6 +72,20 @@ class ResponseFormat(RequestBody):
     json_schema: Optional[JsonSchemaFormat] = None
 
 
+def _template_options(options: dict[str, Any]) -> dict[str, Any]:
+    for name in options:
+        if not name.isidentifier() or name.startswith("_") or name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} cannot be set: a template option is a name the template reads that is not "
+                             f"one of {', '.join(sorted(RESERVED_NAMES))}, nor starts with an underscore")
+    return options
+
+
+TemplateOptions = Annotated[dict[str, Any], AfterValidator(_template_options)]
+TEMPLATE_OPTIONS = Field(None, max_length=64, description="Further names the chat template reads (vLLM's and "
+                                                          "SGLang's chat_template_kwargs), e.g. {\"enable_thinking\": "
+                                                          "false} for Qwen3.")
+
+
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
@@ -92,20 +106,9 @@ class ChatRequest(SamplingRequest):
     response_format: Optional[ResponseFormat] = Field(None, description="text; json_object: the answer is one JSON "
                                                       "object (each token chosen among those that keep it one); "
                                                       "json_schema: JSON its schema accepts, the same way.")
-    chat_template_kwargs: Optional[dict[str, Any]] = Field(
-        None, max_length=64, description="Further names the chat template reads (vLLM's and SGLang's extension), "
-                                         "e.g. {\"enable_thinking\": false} for Qwen3.")
+    chat_template_kwargs: Optional[TemplateOptions] = TEMPLATE_OPTIONS
     separate_reasoning: Optional[bool] = Field(None, description="A thinking model's reasoning comes back in "
                                                "reasoning_content (the default); false: left in content as written.")
-
-    @field_validator("chat_template_kwargs")
-    @classmethod
-    def _options(cls, options):
-        for name in options or {}:
-            if not name.isidentifier() or name.startswith("_") or name in RESERVED_NAMES:
-                raise ValueError(f"{name!r} cannot be set: a template option is a name the template reads that is not "
-                                 f"one of {', '.join(sorted(RESERVED_NAMES))}, nor starts with an underscore")
-        return options
 
 
 # ---------------------------------------------------------------------- responses

@@ -40,7 +40,8 @@ async def _chat_ids(state, req: TokenizeRequest) -> list[int]:
     messages = [m.template_dict() for m in req.messages]
     chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
     try:
-        text = template.render(messages, add_generation_prompt=req.add_generation_prompt)
+        text = template.render(messages, add_generation_prompt=req.add_generation_prompt,
+                               options=req.chat_template_kwargs)
     except ChatTemplateError as e:
         raise bad_request(f"The model's chat template refused the messages: {e}", param="messages",
                           code="invalid_messages") from None

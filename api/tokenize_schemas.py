@@ -5,7 +5,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, Field, model_validator
 
-from api.chat_schemas import ChatMessage
+from api.chat_schemas import TEMPLATE_OPTIONS, ChatMessage, TemplateOptions
 from api.schemas import RequestBody
 
 
@@ -15,6 +15,7 @@ class TokenizeRequest(RequestBody):
     content: Optional[str] = Field(None, description="The text (llama.cpp's field).")
     messages: Optional[list[ChatMessage]] = Field(None, description="A chat, rendered by the model's chat template.")
     add_generation_prompt: bool = Field(True, description="With messages: end with the assistant's turn opening.")
+    chat_template_kwargs: Optional[TemplateOptions] = TEMPLATE_OPTIONS
     add_special_tokens: Optional[bool] = Field(None, description="Put the tokenizer's BOS first (vLLM: default true).")
     add_special: Optional[bool] = Field(None, description="The same (llama.cpp: default false).")
     with_pieces: bool = Field(False, description="Each token as {id, piece} (llama.cpp).")

@@ -137,6 +137,18 @@ async def test_template_options_reach_the_template(client, server, template, ans
 
 
 @over_http
+async def test_tokenize_renders_with_the_same_template_options(server, http, template):
+    """/tokenize counts a chat as /v1/chat/completions renders it, template options included."""
+    chat = template(QWEN3_LIKE)
+    for options in (None, {"enable_thinking": False}):
+        body = {"messages": ASK, **({"chat_template_kwargs": options} if options else {})}
+        got = await post(http, f"{server.url}/tokenize", body)
+        assert got["count"] == prompt_len(server, chat, ASK, **(options or {}))
+    assert "_x" in (await post(http, f"{server.url}/tokenize", {"messages": ASK, "chat_template_kwargs": {"_x": 1}},
+                               expect=400))["error"]["message"]
+
+
+@over_http
 async def test_separate_reasoning_false_leaves_the_text_as_written(client, template, answers):
     template(QWEN3_LIKE)
     answers(THOUGHT)
