@@ -49,6 +49,8 @@ class FastPaths:
             parts.append("Triton RMSNorm/RoPE/SiLU on")
         if self.triton_noise:
             parts.append("Triton sampling noise on")
+        if self.host_noise:
+            parts.append("numpy sampling noise on")
         return ", ".join(parts) + "".join(f"; {note}" for note in self.notes)
 
 

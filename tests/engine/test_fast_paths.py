@@ -53,7 +53,8 @@ def test_the_sampling_noise_kernel_goes_by_its_own_check_alone(monkeypatch):
 
 
 def test_the_host_noise_is_the_cpus_alone():
-    assert fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).host_noise
+    cpu = fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32)
+    assert cpu.host_noise and "numpy sampling noise on" in cpu.describe()
     assert not fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16).host_noise
 
 
