@@ -22,6 +22,9 @@ import torch
 from engine.json_object import JsonTokens
 
 CANDIDATES = 32  # of each part of a row's order, checked one by one before a mask is built
+# Inside a string most tokens are allowed and a mask walks nearly every token's text: before one is
+# built there, this many are checked.
+TEXT_CANDIDATES = 1024
 MAX_STATES = 256  # masks kept (each a byte per vocabulary entry)
 
 Allows = Callable[[object, int], bool]
@@ -95,7 +98,8 @@ def first_allowed_greedy(x: torch.Tensor, states: Sequence, chosen: list[int], a
     """Greedy rows (x: their logits, one row each): chosen[i] becomes the likeliest token states[i] allows."""
     vals, ids = _top(x)
     for i, state in enumerate(states):
-        token, decided = (None, False) if masks.known(state) else _checked(vals[i], ids[i], x.shape[1], state, allows)
+        token, decided = (None, False) if masks.known(state) else _first(x[i], vals[i], ids[i], x.shape[1], state,
+                                                                          allows, masks)
         if not decided:
             token = _best(x[i], masks.allowed(state, x.shape[1], x.device))
         if token is not None:
@@ -107,16 +111,18 @@ def first_allowed_sampled(x: torch.Tensor, racing: torch.Tensor, score: torch.Te
     """Sampled rows: `racing` the tokens their filters keep, `score` their race scores; chosen[i]
     becomes the first token states[i] allows among the racing ones by score, else among the rest
     by logit."""
-    race_vals, race_ids = _top(torch.where(racing, score, -1.0))
-    rest_vals, rest_ids = _top(torch.where(racing, float("-inf"), x))
+    race_key, rest_key = torch.where(racing, score, -1.0), torch.where(racing, float("-inf"), x)
+    race_vals, race_ids = _top(race_key)
+    rest_vals, rest_ids = _top(rest_key)
     counts = racing.sum(dim=-1).tolist()
     width = x.shape[1]
     for i, state in enumerate(states):
         token, decided = None, False
         if not masks.known(state):
-            token, decided = _checked(race_vals[i][:counts[i]], race_ids[i][:counts[i]], counts[i], state, allows)
+            token, decided = _first(race_key[i], race_vals[i], race_ids[i], counts[i], state, allows, masks)
             if decided and token is None:
-                token, decided = _checked(rest_vals[i], rest_ids[i], width - counts[i], state, allows)
+                token, decided = _first(rest_key[i], rest_vals[i], rest_ids[i], width - counts[i], state, allows,
+                                        masks)
         if not decided:
             allowed = masks.allowed(state, width, x.device)
             token = _best(score[i], allowed & racing[i], floor=-1.0)  # racing scores are >= 0
@@ -126,9 +132,20 @@ def first_allowed_sampled(x: torch.Tensor, racing: torch.Tensor, score: torch.Te
             chosen[i] = token
 
 
-def _top(key: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
-    """Each row's CANDIDATES largest keys and their ids, brought to the host in one copy."""
-    k = min(CANDIDATES, key.shape[1])
+def _first(key: torch.Tensor, vals: list[float], ids: list[int], total: int, state, allows: Allows,
+           masks: TokenMasks) -> tuple[int | None, bool]:
+    """_checked over one part of a row's order (its largest `vals`, the first `total` of `key`'s
+    order), and inside a string over TEXT_CANDIDATES of it where those did not decide."""
+    token, decided = _checked(vals[:total], ids[:total], total, state, allows)
+    if not decided and masks.tokens.in_text(state):
+        more_vals, more_ids = _top(key[None], TEXT_CANDIDATES)
+        token, decided = _checked(more_vals[0][:total], more_ids[0][:total], total, state, allows)
+    return token, decided
+
+
+def _top(key: torch.Tensor, count: int | None = None) -> tuple[list[list[float]], list[list[int]]]:
+    """Each row's `count` (else CANDIDATES) largest keys and their ids, brought to the host in one copy."""
+    k = min(count or CANDIDATES, key.shape[1])
     vals, ids = torch.topk(key, k, dim=-1)
     both = torch.cat([vals.double(), ids.double()], dim=-1).tolist()
     return [row[:k] for row in both], [[int(t) for t in row[k:]] for row in both]

@@ -163,6 +163,10 @@ class _AnyObject:
     def in_string(state: State) -> bool:
         return state[1] == "str"
 
+    @staticmethod
+    def in_text(state: State) -> bool:
+        return state[1] in ("str", "esc", "uni")
+
 
 _ANY_OBJECT = _AnyObject()
 
@@ -191,6 +195,10 @@ class JsonTokens:
         if text is None:
             return machine.in_string(state)
         return machine.feed(state, text) is not None
+
+    def in_text(self, state) -> bool:
+        """Whether the state is inside a string (most tokens may come: a mask walks nearly all)."""
+        return state is not ANY and self.machine(state).in_text(state)
 
     def after(self, state, token: int):
         """The state once `token` is written (an end of text, or a piece without text of its own

@@ -16,10 +16,11 @@ can still be finished.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_REPEAT = 64  # the largest count a {n,m} may give (each copy is part of the automaton)
 MAX_POSITIONS = 4096  # an automaton larger than this is refused
+MAX_STEPS_KEPT = 1 << 16  # (state, character) -> next state, remembered: a mask's walk repeats most steps
 
 # A set of characters: (negated, ((first, last) code point ranges, ...)).
 CharSet = tuple[bool, tuple[tuple[int, int], ...]]
@@ -66,9 +67,19 @@ class Pattern:
     live: frozenset[int]  # positions from which the end can be reached
     end: int
     start: frozenset[int]
+    _steps: dict = field(default_factory=dict, compare=False, repr=False)
 
     def step(self, states: frozenset[int], ch: str) -> frozenset[int] | None:
         """The positions after `ch`; None where the string can no longer match."""
+        key = (states, ch)
+        if key in self._steps:
+            return self._steps[key]
+        if len(self._steps) >= MAX_STEPS_KEPT:
+            self._steps.clear()
+        after = self._steps[key] = self._step(states, ch)
+        return after
+
+    def _step(self, states: frozenset[int], ch: str) -> frozenset[int] | None:
         after: set[int] = set()
         for position in states:
             for chars, target in self.edges[position]:

@@ -133,6 +133,11 @@ class JsonSchema:
     def complete(self, state: SchemaState) -> bool:
         return any(_ends(stack) for stack, _ in state.alts)
 
+    def in_text(self, state: SchemaState) -> bool:
+        """Whether the text is inside a free string: a value's, or a key's where any key may come."""
+        return any(stack[-1][0] == "S" or (stack[-1][0] == "O" and stack[-1][2] == "ks" and stack[-1][1].extra)
+                   for stack, _ in state.alts)
+
     def in_string(self, state: SchemaState) -> bool:
         """Whether a piece without text of its own (a byte of a longer character) may come: inside a
         free string only (not one with a pattern, which must see each character)."""

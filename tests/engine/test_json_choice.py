@@ -78,9 +78,11 @@ def reference(sampler: Sampler, x: torch.Tensor, rows: list[SamplingRow], free: 
     return out
 
 
-@pytest.mark.parametrize("candidates", [1, 3, 32])
-def test_the_choice_is_the_first_allowed_in_the_rows_own_order(monkeypatch, candidates):
+@pytest.mark.parametrize("candidates, in_text", [(1, 2), (3, 1024), (32, 1024)])
+def test_the_choice_is_the_first_allowed_in_the_rows_own_order(monkeypatch, candidates, in_text):
+    """Whatever the numbers of candidates checked (inside strings too) before a mask decides."""
     monkeypatch.setattr(json_choice, "CANDIDATES", candidates)
+    monkeypatch.setattr(json_choice, "TEXT_CANDIDATES", in_text)
     rng = random.Random(candidates)
     plain, held = Sampler((EOS,)), Sampler((EOS,), json_tokens=TOKENS)
     refused = 0
@@ -103,6 +105,24 @@ def test_masks_say_what_allows_says_of_every_token():
         mask = masks.allowed(state, width, torch.device("cpu"))
         assert mask.tolist() == [TOKENS.allows(state, t) for t in range(width)]
         assert masks.known(state)
+
+
+def test_inside_a_string_where_no_racing_token_is_allowed_the_rest_go_by_logit(monkeypatch):
+    """The racing tokens (top-k 2: a newline and '}\\n', which no JSON string holds raw) are refused:
+    the likeliest allowed of the others comes next, not the smallest id, whichever check decides."""
+    monkeypatch.setattr(json_choice, "CANDIDATES", 1)
+    state = TOKENS.after(TOKENS.after(START, TEXTS.index('{"')), TEXTS.index("a"))
+    x = torch.zeros(1, len(TEXTS))
+    x[0, TEXTS.index("\n")], x[0, TEXTS.index("}\n")], x[0, TEXTS.index("ab")] = 9.0, 8.0, 5.0
+    row = SamplingRow(0, SamplingParams(temperature=1.0, top_k=2, json_object=True), 7, 0, (), 0, None, state)
+    assert Sampler((EOS,), json_tokens=TOKENS)(x, [row]).tokens == [TEXTS.index("ab")]
+
+
+def test_in_text_is_inside_free_strings():
+    assert TOKENS.in_text(TOKENS.after(START, TEXTS.index('{"'))) and not TOKENS.in_text(START)
+    inside = SCHEMA.feed(SCHEMA.start, '{"city": "a')
+    assert TOKENS.in_text(inside) and not TOKENS.in_text(SCHEMA.feed(SCHEMA.start, '{"ci'))  # keys listed: no
+    assert not TOKENS.in_text(SCHEMA.feed(SCHEMA.start, '{"u": "C')) and not TOKENS.in_text(ANY)
 
 
 def test_masks_kept_are_bounded(monkeypatch):
