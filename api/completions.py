@@ -228,6 +228,7 @@ def sampling_params(req: CompletionRequest, max_model_len: int, stop_token_ids: 
             stop_token_ids=stop_token_ids,
             logprobs=req.logprobs is not None,
             top_logprobs=req.logprobs or 0,
+            logit_bias=tuple((int(k), v) for k, v in (req.logit_bias or {}).items()),
         )
     except ValueError as e:
         raise engine_value_error(e) from None

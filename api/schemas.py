@@ -14,6 +14,7 @@ MAX_N = 128  # samples per prompt (n, best_of)
 MAX_PROMPTS = 128  # prompts in one request
 MAX_STOP = 16  # stop strings
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024  # entries of a logit_bias
 
 Prompt = Union[str, list[str], list[int], list[list[int]]]
 
@@ -75,6 +76,18 @@ class SamplingRequest(RequestBody):
                                              "it; the output is exactly what it would be without it.")
     n_indent: Optional[int] = Field(None, ge=0, description="Extension (llama.cpp's name): a new line indented "
                                     "by fewer columns ends the completion before that line.")
+    logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LOGIT_BIAS, description="Token id -> a bias in "
+                                                   "[-100, 100] added to its logit before sampling.")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, bias):
+        for key, value in (bias or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids, got {key!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"logit_bias values are in [-100, 100], got {value}")
+        return bias
 
     @field_validator("stop", mode="wrap")
     @classmethod

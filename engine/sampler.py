@@ -111,7 +111,7 @@ class Sampler:
             x = logits.index_select(0, torch.tensor(order, dtype=torch.long, device=logits.device)).float()
         kinds = _distinct(rows)
         raw_logprobs = torch.log_softmax(x, dim=-1) if any(p.logprobs for p in kinds) else None
-        if any(p.needs_penalties or p.min_tokens for p in kinds):
+        if any(p.needs_penalties or p.min_tokens or p.logit_bias for p in kinds):
             x = self.constrain(x, rows)
         tokens = self._choose(x, rows, kinds)
         if raw_logprobs is None:
@@ -204,8 +204,11 @@ class Sampler:
         yield from _on_the_host(by_logit[~racing[by_logit]])
 
     def constrain(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
-        """Penalties and min_tokens, on every row (in place)."""
+        """Logit biases, penalties and min_tokens, on every row (in place)."""
         for i, r in enumerate(rows):
+            if r.params.logit_bias:
+                ids, biases = zip(*r.params.logit_bias)
+                x[i, list(ids)] += torch.tensor(biases, dtype=x.dtype, device=x.device)
             if r.params.needs_penalties:
                 _apply_penalties(x[i], r)
             if r.position < r.params.min_tokens:

@@ -43,6 +43,9 @@ class SamplingParams:
     json_object: bool = False
     # With json_object: JSON this compiled schema accepts instead (engine/json_schema.py compile_schema).
     json_schema: object | None = field(default=None, repr=False)
+    # (token id, bias) pairs added to those tokens' logits before any filter (OpenAI's logit_bias):
+    # -100 bans a token in practice, +100 all but forces it.
+    logit_bias: tuple[tuple[int, float], ...] = ()
     # Special tokens written into the output text as the given text (which the detokenizer otherwise
     # leaves out): the chat server's tool-call markers, e.g. Mistral's [TOOL_CALLS].
     special_texts: tuple[tuple[int, str], ...] = ()
@@ -77,6 +80,9 @@ class SamplingParams:
                "json_schema needs json_object and a schema compiled by engine.json_schema.compile_schema")
         _check(not (self.json_object and self.ignore_eos), "json_object ends the output where the object closes: "
                "not with ignore_eos")
+        object.__setattr__(self, "logit_bias", tuple((int(i), float(b)) for i, b in self.logit_bias))
+        _check(all(i >= 0 and -100.0 <= b <= 100.0 for i, b in self.logit_bias),
+               "logit_bias: (token id >= 0, bias in [-100, 100]) pairs")
         object.__setattr__(self, "special_texts", tuple((int(i), str(t)) for i, t in self.special_texts))
         _check(all(i >= 0 and t for i, t in self.special_texts), "special_texts: (token id >= 0, non-empty text) pairs")
         # Read for every row of every step (engine/llm_engine.py): whether this request's rows are

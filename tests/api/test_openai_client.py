@@ -108,3 +108,22 @@ async def test_models_and_errors_through_the_client(client, server):
     wrong = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await wrong.completions.create(model="tiny", prompt="x", max_tokens=2)
+
+
+async def test_logit_bias_acts_as_the_engines(client, offline):
+    """OpenAI's logit_bias, on completions and chat: the engine's answer for the same bias (drafting
+    on in the server, off offline); +100 forces a token, -100 bans the greedy one; bad entries are 400s."""
+    plain = offline.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=8))[0].outputs[0].token_ids
+    banned = {str(plain[0]): -100}
+    r = await client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=8, temperature=0.7, seed=3,
+                                        logit_bias=banned)
+    expected = offline.generate([PROMPTS[0]], SamplingParams(temperature=0.7, max_tokens=8, seed=3,
+                                                             logit_bias=((plain[0], -100.0),)))[0].outputs[0]
+    assert r.choices[0].text == expected.text and expected.token_ids[0] != plain[0]
+    word = offline.tokenizer.encode(" return", add_bos=False)[-1]
+    forced = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                  max_tokens=4, temperature=0, logit_bias={str(word): 100})
+    assert forced.choices[0].message.content.split() == ["return"] * 4
+    for bad in ({"x": 1}, {"5": 101}, {str(10 ** 6): -1}):
+        with pytest.raises(openai.BadRequestError, match="logit_bias"):
+            await client.completions.create(model="tiny", prompt="x", max_tokens=2, logit_bias=bad)

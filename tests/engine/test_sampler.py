@@ -1,6 +1,7 @@
 """Sampling: filters, position-keyed noise, and the speculative rule's distribution."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
@@ -177,6 +178,26 @@ def test_penalties_push_seen_tokens_down():
     assert out[0].item() == pytest.approx(2.0 / 2.0 - 0.5 * 2)  # repeated twice in the output
     assert out[2].item() == pytest.approx(1.0)  # seen in the prompt only: repetition penalty alone
     assert out[1].item() == 2.0
+
+
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_a_logit_bias_draws_what_the_biased_logits_draw(use_kernels):
+    """Greedy and sampled rows (the C kernel's too): a biased row picks exactly what the same row
+    with the bias added to its logits picks; -100 bans the likeliest token, +100 forces a poor one."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 300, generator=g) * 3
+    best = int(x[0].argmax())
+    biases = [((best, -100.0),), ((7, 100.0),), ((3, 2.5), (11, -4.0))] * 2
+    params = [SamplingParams(temperature=t, top_p=0.9, logit_bias=b) for t, b in zip((0.0,) * 3 + (0.8,) * 3, biases)]
+    rows = [SamplingRow(i, p, 1234 + i, 5) for i, p in enumerate(params)]
+    shifted = x.clone()
+    for i, bias in enumerate(biases):
+        for token, value in bias:
+            shifted[i, token] += value
+    plain = [r._replace(params=dataclasses.replace(r.params, logit_bias=())) for r in rows]
+    got = Sampler((), use_kernels=use_kernels)(x.clone(), rows).tokens
+    assert got == Sampler((), use_kernels=use_kernels)(shifted, plain).tokens
+    assert got[0] != best and got[1] == 7 and got[4] == 7
 
 
 def _knobs(params: list[SamplingParams], seed: int) -> "RowKnobs":
