@@ -17,6 +17,7 @@ from api.chat_output import ChatChunks, chat_response
 from api.chat_schemas import ChatRequest, NamedToolChoice, ResponseFormat
 from api.chat_template import ChatTemplate, ChatTemplateError
 from api.completions import CompletionPlan, build_plan
+from api import guided
 from api.errors import bad_request
 from api.generation import CLIENT, answer, read_request, state_of
 from api.reasoning import CLOSE, OPEN, Thinking
@@ -58,6 +59,9 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     if shape != "text" and calls is not None:
         raise bad_request(f"response_format {shape} and tools cannot both shape the answer.",
                           param="response_format")
+    if guided.asked(req) and (shape != "text" or calls is not None):
+        raise bad_request("structured_outputs (guided_*) and response_format or tools cannot both shape the answer.",
+                          param="structured_outputs")
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if calls is not None else None
     messages = arguments_as_objects([m.template_dict() for m in req.messages])
     texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]

@@ -20,6 +20,7 @@ from engine.async_engine import AsyncEngine
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
+from api import guided
 from api.errors import APIError, bad_request
 from api.indent import dedent_limits
 from api.predictions import prediction_details, prediction_ids
@@ -95,6 +96,12 @@ async def build_plan(req: CompletionRequest, engine: AsyncEngine, tokens: Prompt
         check_request_tokens(len(prompts), params, max_request_tokens)
     if echo_only and req.prediction is not None:
         raise bad_request("prediction needs generation: max_tokens 0 generates nothing", param="prediction")
+    held = await guided.constraint(req, tokens)
+    if held is not None:
+        try:
+            params = replace(params, json_object=held[0], json_schema=held[1])
+        except ValueError as e:  # with ignore_eos
+            raise bad_request(str(e), param="structured_outputs") from None
     ids = await _prompt_ids(prompts, req.suffix if use_fim else None, engine, tokens)
     params = with_marked_stops(params, engine.tokenizer, ids)
     predicted = await prediction_ids(req.prediction, tokens, params.max_tokens)

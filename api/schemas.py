@@ -78,6 +78,13 @@ class SamplingRequest(RequestBody):
                                     "by fewer columns ends the completion before that line.")
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LOGIT_BIAS, description="Token id -> a bias in "
                                                    "[-100, 100] added to its logit before sampling.")
+    structured_outputs: Optional[dict[str, Any]] = Field(None, description="vLLM's: one of json (a schema), regex "
+                                                         "(the whole answer), choice (one of the strings), json_object "
+                                                         "(api/guided.py).")
+    guided_json: Optional[Union[dict[str, Any], str]] = Field(None, description="vLLM's older structured_outputs.json.")
+    guided_regex: Optional[str] = Field(None, description="vLLM's older structured_outputs.regex.")
+    guided_choice: Optional[list[str]] = Field(None, description="vLLM's older structured_outputs.choice.")
+    guided_grammar: Optional[str] = Field(None, description="Refused (400): no grammars here.")
 
     @field_validator("logit_bias")
     @classmethod

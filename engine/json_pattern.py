@@ -1,5 +1,5 @@
 """JSON schema's `pattern` (and the string formats written as patterns) as an automaton over a
-string's characters, for engine/json_schema.py.
+string's characters, for engine/json_schema.py; and a whole answer held to a pattern (PatternText).
 
 A pattern is a regular expression in the subset every engine reads alike: literals and escapes
 (\\d \\w \\s and their negations, \\t \\n \\r \\f \\v \\0 \\xHH \\uHHHH, escaped punctuation),
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_REPEAT = 64  # the largest count a {n,m} may give (each copy is part of the automaton)
-MAX_POSITIONS = 4096  # an automaton larger than this is refused
+MAX_POSITIONS = 16384  # an automaton larger than this is refused
 MAX_STEPS_KEPT = 1 << 16  # (state, character) -> next state, remembered: a mask's walk repeats most steps
 
 # A set of characters: (negated, ((first, last) code point ranges, ...)).
@@ -342,3 +343,45 @@ class _Builder:
                     seen.add(target)
                     todo.append(target)
         return frozenset(seen)
+
+
+class TextState(NamedTuple):
+    machine: "PatternText"
+    positions: frozenset[int]
+
+
+@dataclass(frozen=True, eq=False)
+class PatternText:
+    """A whole answer held to a pattern (vLLM's guided regex and choice): the machine JsonTokens
+    reads a constrained row's state through (feed, complete, in_string, in_text), as a compiled
+    JSON schema's. The pattern matches the whole answer, anchored or not; the answer may end (its
+    end of text) only where it matches, and ends there once nothing else may follow."""
+
+    pattern: Pattern
+
+    @classmethod
+    def of(cls, source: str) -> "PatternText":
+        body = source[1:] if source.startswith("^") else source
+        body = body[:-1] if body.endswith("$") and not _escaped_at(body, len(body) - 1) else body
+        return cls(compile_pattern(f"^(?:{body})$"))
+
+    @property
+    def start(self) -> TextState:
+        return TextState(self, self.pattern.start)
+
+    def feed(self, state: TextState, text: str) -> TextState | None:
+        positions = state.positions
+        for ch in text:
+            positions = self.pattern.step(positions, ch)
+            if positions is None:
+                return None
+        return TextState(self, positions)
+
+    def complete(self, state: TextState) -> bool:
+        return self.pattern.accepts(state.positions)
+
+    def in_string(self, state: TextState) -> bool:
+        return False  # a piece without text of its own could be any character: the pattern must see each
+
+    def in_text(self, state: TextState) -> bool:
+        return True

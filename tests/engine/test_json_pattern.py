@@ -9,8 +9,11 @@ import re
 
 import jsonschema
 import pytest
+import torch
 
-from engine.json_pattern import FORMATS, compile_pattern
+from engine.json_choice import TokenMasks
+from engine.json_object import JsonTokens
+from engine.json_pattern import FORMATS, PatternText, compile_pattern
 from engine.json_schema import compile_schema
 
 PATTERNS = [r"^[a-z]+$", "abc", r"^\d{3}-\d{4}$", "^(foo|bar)+baz?$", r"^[^@\s]+@x\.com$", "a{2,3}", r"^\w*$",
@@ -97,7 +100,7 @@ def test_a_format_writes_only_what_its_checker_passes(name):
                                           ("a{65}", "count"), ("a{3,2}", "count"), ("*a", "nothing to repeat"),
                                           ("(ab", "unclosed group"), ("[ab", "unclosed class"), ("[z-a]", "range"),
                                           ("ab)", "unbalanced"), (r"[\D]", "negated escape"), ("\\", "trailing"),
-                                          (r"\u12", "hex digits"), ("(a{64}){64}", "positions"),
+                                          (r"\u12", "hex digits"), ("((a{64}){64}){4}", "positions"),
                                           ("x|^y", "anchor"), ("a{,2}", "lower bound")])
 def test_what_cannot_be_read_is_refused_by_name(source, word):
     with pytest.raises(ValueError, match=word):
@@ -122,3 +125,18 @@ def test_through_the_schema_the_pattern_holds_the_strings_value():
     free = compile_schema({"type": "string"})
     assert free.in_string(free.feed(free.start, '"x')) and not machine.in_string(
         machine.feed(machine.start, '{"code": "A'))  # a byte piece: not where the pattern must see the character
+
+
+def test_a_whole_answer_held_to_a_pattern():
+    """PatternText: the pattern matches the whole answer, anchored or not; an end of text only where
+    it matches; no piece without text of its own; each state's mask is what allows says."""
+    for source in (r"\d{2}-x", r"^\d{2}-x$"):
+        text = PatternText.of(source)
+        assert text.complete(text.feed(text.start, "12-x")) and text.feed(text.start, "12-xy") is None
+        assert text.feed(text.start, "a") is None and not text.complete(text.feed(text.start, "12-"))
+    tokens = JsonTokens(["1", "2", "-", "x", "12", "-x", None, "3x"], frozenset({6}))
+    masks, machine = TokenMasks(tokens), PatternText.of(r"\d{2}-x")
+    for prefix in ("", "1", "12", "12-", "12-x"):
+        state = machine.feed(machine.start, prefix)
+        assert masks.allowed(state, 8, torch.device("cpu")).tolist() == [tokens.allows(state, t) for t in range(8)]
+    assert tokens.allows(machine.feed(machine.start, "12-x"), 6) and not tokens.allows(machine.start, 6)
