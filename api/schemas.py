@@ -78,6 +78,10 @@ class SamplingRequest(RequestBody):
                                     "by fewer columns ends the completion before that line.")
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LOGIT_BIAS, description="Token id -> a bias in "
                                                    "[-100, 100] added to its logit before sampling.")
+    ignore_eos: Optional[bool] = Field(None, description="vLLM's: go on past the end-of-text token, to max_tokens "
+                                       "(benchmark clients ask this for fixed lengths).")
+    stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP, description="vLLM's: token ids that end "
+                                                "the answer, besides the end of text.")
     structured_outputs: Optional[dict[str, Any]] = Field(None, description="vLLM's: one of json (a schema), regex "
                                                          "(the whole answer), choice (one of the strings), json_object "
                                                          "(api/guided.py).")

@@ -150,6 +150,8 @@ class LLMEngine:
             raise ValueError(f"special_texts: token ids out of range [0, {self.model_config.vocab_size})")
         if any(i >= self.model_config.vocab_size for i, _ in params.logit_bias):
             raise ValueError(f"logit_bias: token ids out of range [0, {self.model_config.vocab_size})")
+        if any(not 0 <= i < self.model_config.vocab_size for i in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids: token ids out of range [0, {self.model_config.vocab_size})")
         if params.json_object and (self.sampler.json_tokens is None or not self.eos_ids):
             raise ValueError("json_object needs a tokenizer whose pieces' texts are known and an end-of-text token")
         seed = params.seed if params.seed is not None else random.getrandbits(63)

@@ -127,3 +127,21 @@ async def test_logit_bias_acts_as_the_engines(client, offline):
     for bad in ({"x": 1}, {"5": 101}, {str(10 ** 6): -1}):
         with pytest.raises(openai.BadRequestError, match="logit_bias"):
             await client.completions.create(model="tiny", prompt="x", max_tokens=2, logit_bias=bad)
+
+
+async def test_vllms_ignore_eos_and_stop_token_ids(client, offline):
+    """What vLLM's benchmark clients send: ignore_eos gives max_tokens tokens; stop_token_ids end
+    the answer at the first of them (its text left out, as the end of text is); out of range: 400."""
+    eos = {str(offline.tokenizer.eos_ids[0]): 100}  # the end of text made the greedy choice at every step
+    ended = await client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=40, temperature=0,
+                                            logit_bias=eos)
+    assert ended.usage.completion_tokens == 1 and ended.choices[0].finish_reason == "stop"
+    r = await client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=40, temperature=0,
+                                        logit_bias=eos, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 40 and r.choices[0].finish_reason == "length"
+    ids = offline.generate([PROMPTS[1]], SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0].token_ids
+    stopped = await client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=12, temperature=0,
+                                              extra_body={"stop_token_ids": [ids[3]]})
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == ids.index(ids[3]) + 1
+    with pytest.raises(openai.BadRequestError, match="stop_token_ids"):
+        await client.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"stop_token_ids": [10 ** 7]})
