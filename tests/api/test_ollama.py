@@ -286,12 +286,16 @@ async def test_logprobs_are_the_completions_endpoints(server, client, http):
     whole = await client.generate(**asked, logprobs=True, top_logprobs=3)
     reference = await completion(http, server, {"prompt": PREFIX, "max_tokens": 24, "temperature": 0, "logprobs": 3})
     assert len(whole.logprobs) == whole.eval_count and "".join(e.token for e in whole.logprobs) == whole.response
-    assert [e.logprob for e in whole.logprobs] == pytest.approx(reference["logprobs"]["token_logprobs"])
+    # the same tokens; their values up to rounding (a prompt read from the prefix cache is not
+    # computed in the same chunks as one computed whole)
+    assert [e.logprob for e in whole.logprobs] == pytest.approx(reference["logprobs"]["token_logprobs"], rel=1e-4,
+                                                                abs=1e-5)
     assert [[a.token for a in e.top_logprobs] for e in whole.logprobs] == [
         list(alternatives)[:3] for alternatives in reference["logprobs"]["top_logprobs"]]
     streamed = [part async for part in await client.generate(**asked, logprobs=True, stream=True)]
     entries = [e for part in streamed for e in part.logprobs or ()]
-    assert [(e.token, e.logprob) for e in entries] == [(e.token, e.logprob) for e in whole.logprobs]
+    assert [e.token for e in entries] == [e.token for e in whole.logprobs]
+    assert [e.logprob for e in entries] == pytest.approx([e.logprob for e in whole.logprobs], rel=1e-4, abs=1e-5)
     assert all(not e.top_logprobs for e in entries)
     chat = await client.chat(model="codellama", messages=[{"role": "user", "content": "Add."}], logprobs=True,
                              options=GREEDY)
