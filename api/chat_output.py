@@ -44,14 +44,14 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
                 lp = LogprobsBuilder(engine, out.prompt_token_ids).add(c.token_ids, c.logprobs, c.finished,
                                                                        c.top_logprobs)
             reasoning, text = plan.thinking.split(c.text) if plan.thinking is not None else (None, c.text)
-            message, finish = AssistantMessage(content=text, reasoning_content=reasoning), finish_reason(c.finish_reason)
+            thought = {"reasoning_content": reasoning, "reasoning": reasoning}
+            message, finish = AssistantMessage(content=text, **thought), finish_reason(c.finish_reason)
             if calls is not None:
                 answer = calls.forced + text  # a forced opening is the answer's, call or not
-                message = AssistantMessage(content=answer, reasoning_content=reasoning)
+                message = AssistantMessage(content=answer, **thought)
                 content, made = calls.parse(answer)
                 if made:
-                    message = AssistantMessage(content=content, reasoning_content=reasoning,
-                                               tool_calls=[call.api() for call in made])
+                    message = AssistantMessage(content=content, **thought, tool_calls=[call.api() for call in made])
                     finish = "tool_calls"
             choices.append(ChatChoice(index=i * plan.n + c.index, message=message,
                                       logprobs=chat_logprobs(lp, top_logprobs), finish_reason=finish))
@@ -62,7 +62,8 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
 @dataclass
 class ChatChunks:
     """chat.completion.chunk events: a choice's first chunk carries the role, each its new text.
-    A thinking model's reasoning goes in reasoning_content, the rest in content (api/reasoning.py).
+    A thinking model's reasoning goes in reasoning_content and reasoning (the fields clients read:
+    DeepSeek's and the AI SDK's, vLLM's later one), the rest in content (api/reasoning.py).
     With tool calls (api/tool_calls.py), text that may be a call is held back until the choice
     finishes; its last chunk then carries the calls and whatever held-back text was not one."""
 
@@ -77,7 +78,7 @@ class ChatChunks:
         if plan.thinking is not None:
             reasoning, text = self._reasoning.setdefault(index, ReasoningDeltas(plan.thinking)).add(
                 text, finish is not None)
-            delta = {"reasoning_content": reasoning} if reasoning else {}
+            delta = {"reasoning_content": reasoning, "reasoning": reasoning} if reasoning else {}
         if self.calls is not None:
             text, called, finish = self._with_calls(index, text, finish)
             delta.update(called)

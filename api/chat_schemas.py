@@ -32,10 +32,14 @@ class ChatMessage(BaseModel):
         return content
 
     def template_dict(self) -> dict:
-        """The message as a chat template sees it: text parts joined by newlines into one string."""
+        """The message as a chat template sees it: text parts joined by newlines into one string;
+        an assistant's earlier reasoning as reasoning_content, whether a client sends it so or as
+        `reasoning` (vLLM's later name)."""
         message = self.model_dump(exclude_none=True)
         if isinstance(self.content, list):
             message["content"] = "\n".join(p.text or "" for p in self.content)
+        if "reasoning_content" not in message and isinstance(message.get("reasoning"), str):
+            message["reasoning_content"] = message["reasoning"]
         return message
 
 
@@ -135,6 +139,7 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
     reasoning_content: Optional[str] = Field(None, description="A thinking model's reasoning (api/reasoning.py).")
+    reasoning: Optional[str] = Field(None, description="The same (vLLM's later name, OpenRouter's).")
     tool_calls: Optional[list[dict[str, Any]]] = None
 
 
@@ -158,7 +163,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: dict[str, Any] = Field(description="content: the new text (\"\" in the last chunk); role in a "
                                               "choice's first chunk; tool_calls in its last, where it made any; "
-                                              "reasoning_content: a thinking model's new reasoning.")
+                                              "reasoning_content and reasoning: a thinking model's new reasoning.")
     logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None
 

@@ -113,13 +113,14 @@ async def test_openai_reasoning_content_whole_and_streamed(client, server, templ
     answers(THOUGHT)
     r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0)
     message = r.choices[0].message
-    assert (message.reasoning_content, message.content) == (REASONING, ANSWER)
+    assert (message.reasoning_content, message.reasoning, message.content) == (REASONING, REASONING, ANSWER)
     assert r.usage.prompt_tokens == prompt_len(server, chat, ASK)
     stream = await client.chat.completions.create(model="coder", messages=ASK, temperature=0, stream=True, n=2)
     chunks = [c async for c in stream]
     for index in (0, 1):
         deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].index == index]
         assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == REASONING
+        assert "".join(getattr(d, "reasoning", None) or "" for d in deltas) == REASONING
         contents = [d.content or "" for d in deltas]
         assert "".join(contents) == ANSWER and not any("think>" in c for c in contents)
 
@@ -296,8 +297,10 @@ async def test_earlier_reasoning_sent_back_reaches_the_template(server, http, te
             {"role": "user", "content": "Again."}]
     expected = prompt_len(server, chat, seen)
     assert expected > prompt_len(server, chat, [*ASK, {**seen[1], "reasoning_content": None}, seen[2]])
-    openai_body = {"model": "coder", "messages": seen}
-    assert (await post(http, f"{server.url}/v1/chat/completions", openai_body))["usage"]["prompt_tokens"] == expected
+    for name in ("reasoning_content", "reasoning"):  # DeepSeek's name, and vLLM's later one
+        sent = [*ASK, {"role": "assistant", "content": "Sum.", name: "Add them."}, seen[2]]
+        openai_body = {"model": "coder", "messages": sent}
+        assert (await post(http, f"{server.url}/v1/chat/completions", openai_body))["usage"]["prompt_tokens"] == expected
     ollama_body = {"model": "coder", "stream": False, "messages": [
         *ASK, {"role": "assistant", "content": "Sum.", "thinking": "Add them."}, seen[2]]}
     assert (await post(http, f"{server.url}/api/chat", ollama_body))["prompt_eval_count"] == expected
