@@ -95,9 +95,28 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
         plan.params = dataclasses.replace(plan.params, special_texts=kept)
     if shape != "text":
         plan.params = constrained(plan.params, schema, "response_format")
+        first = _think_first(template, tokenizer, text) if req.separate_reasoning is not False else None
+        if first is not None:
+            plan.params = dataclasses.replace(plan.params, think_first=first)
+            plan.thinking = Thinking.of(text)
     elif calls is not None and calls.forced:
         plan.params = await _held_to_call(plan.params, calls, req, state)
     return plan, calls
+
+
+def _think_first(template: ChatTemplate, tokenizer, prompt: str) -> tuple[bool, int | None, int] | None:
+    """A thinking model's structured answer: its reasoning first, then the constraint (as vLLM's
+    reasoning with structured outputs). Where the prompt leaves a think block open, or the block's
+    tags are single tokens the model may open it with; None otherwise (the constraint from the
+    first token, as for any model)."""
+    if not template.thinks:
+        return None
+    open_id, close_id = (template.special_ids.get(tag) if tokenizer.token_id(tag) is None else tokenizer.token_id(tag)
+                         for tag in (OPEN, CLOSE))
+    inside = Thinking.of(prompt).inside
+    if close_id is None or (not inside and open_id is None):
+        return None
+    return inside, open_id, close_id
 
 
 async def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatRequest,

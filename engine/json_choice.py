@@ -19,7 +19,7 @@ from bisect import bisect_right
 
 import torch
 
-from engine.json_object import JsonTokens
+from engine.json_object import JsonTokens, ThinkFirst
 
 CANDIDATES = 32  # of each part of a row's order, checked one by one before a mask is built
 # Inside a string most tokens are allowed and a mask walks nearly every token's text: before one is
@@ -54,6 +54,8 @@ class TokenMasks:
         return mask
 
     def _build(self, state, width: int, device: torch.device) -> torch.Tensor:
+        if type(state) is ThinkFirst:
+            return self._think_first(state, width, device)
         tokens = self.tokens
         machine = tokens.machine(state)
         ids = self._walk(machine, state)
@@ -65,6 +67,18 @@ class TokenMasks:
         eos = [i for i in tokens.eos_ids if i < width]
         mask[eos] = machine.complete(state)
         return mask.to(device)
+
+    def _think_first(self, state: ThinkFirst, width: int, device: torch.device) -> torch.Tensor:
+        """Inside the reasoning any token but an end of text; before it, its opening or what the
+        constraint's start allows."""
+        if state.inside:
+            mask = torch.ones(width, dtype=torch.bool)
+            mask[[i for i in self.tokens.eos_ids if i < width]] = False
+            return mask.to(device)
+        mask = self.allowed(state.then, width, device).clone()
+        if state.open_id is not None and state.open_id < width:
+            mask[state.open_id] = True
+        return mask
 
     def _walk(self, machine, state) -> list[int]:
         """The ids of the texted tokens the state allows."""

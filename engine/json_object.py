@@ -19,7 +19,7 @@ changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 MAX_WHITESPACE = 32
 MAX_LEADING_WHITESPACE = 4  # before the object: a piece's own space or a newline, not a page of them
@@ -171,6 +171,18 @@ class _AnyObject:
 _ANY_OBJECT = _AnyObject()
 
 
+class ThinkFirst(NamedTuple):
+    """A thinking model's constrained answer: its reasoning first, free, then the constraint from
+    `then` (its start state). The tags are single tokens, read by id (a tokenizer may give them no
+    plain text). `inside`: the block is open, and any token but an end of text may come until
+    `close_id`; else the block's opening (`open_id`) or the constraint's first token."""
+
+    inside: bool
+    open_id: int | None
+    close_id: int
+    then: object
+
+
 @dataclass(frozen=True)
 class JsonTokens:
     """What each token does to a constrained text (one JSON object, or JSON a schema accepts): the
@@ -188,6 +200,10 @@ class JsonTokens:
         """Whether `token` may come after `state`."""
         if state is ANY:
             return True
+        if type(state) is ThinkFirst:
+            if state.inside:
+                return token not in self.eos_ids
+            return token == state.open_id or self.allows(state.then, token)
         machine = self.machine(state)
         if token in self.eos_ids:
             return machine.complete(state)
@@ -198,11 +214,17 @@ class JsonTokens:
 
     def in_text(self, state) -> bool:
         """Whether the state is inside a string (most tokens may come: a mask walks nearly all)."""
+        if type(state) is ThinkFirst:
+            return state.inside or self.in_text(state.then)
         return state is not ANY and self.machine(state).in_text(state)
 
     def after(self, state, token: int):
         """The state once `token` is written (an end of text, or a piece without text of its own
         inside a string, leaves it as it was); ANY where the token breaks the constraint."""
+        if type(state) is ThinkFirst:
+            if state.inside:
+                return state.then if token == state.close_id else state
+            return state._replace(inside=True) if token == state.open_id else self.after(state.then, token)
         if state is ANY or token in self.eos_ids:
             return state
         machine = self.machine(state)

@@ -17,7 +17,7 @@ from engine.cost_sweep import StepCostPoints, measure_step_cost, seed
 from engine.config import EngineConfig
 from engine.gc_tuning import raise_young_threshold
 from engine.json_object import START as JSON_START
-from engine.json_object import JsonTokens
+from engine.json_object import JsonTokens, ThinkFirst
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, RequestOutput, SpecStats
@@ -150,6 +150,9 @@ class LLMEngine:
             raise ValueError(f"special_texts: token ids out of range [0, {self.model_config.vocab_size})")
         if any(i >= self.model_config.vocab_size for i, _ in params.logit_bias):
             raise ValueError(f"logit_bias: token ids out of range [0, {self.model_config.vocab_size})")
+        if params.think_first is not None and any(i is not None and not 0 <= i < self.model_config.vocab_size
+                                                  for i in params.think_first[1:]):
+            raise ValueError(f"think_first: token ids out of range [0, {self.model_config.vocab_size})")
         if any(not 0 <= i < self.model_config.vocab_size for i in params.stop_token_ids):
             raise ValueError(f"stop_token_ids: token ids out of range [0, {self.model_config.vocab_size})")
         if params.json_object and (self.sampler.json_tokens is None or not self.eos_ids):
@@ -162,6 +165,8 @@ class LLMEngine:
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids, kept=dict(params.special_texts))
             seq.json_state = None if not params.json_object else (
                 JSON_START if params.json_schema is None else params.json_schema.start)
+            if params.think_first is not None:
+                seq.json_state = ThinkFirst(*params.think_first, then=seq.json_state)
             seqs.append(seq)
         self.requests[request_id] = RequestState(request_id, text, ids, params, seqs,
                                                  arrival_time or time.monotonic(), client=client)

@@ -46,6 +46,10 @@ class SamplingParams:
     # (token id, bias) pairs added to those tokens' logits before any filter (OpenAI's logit_bias):
     # -100 bans a token in practice, +100 all but forces it.
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # With json_object, a thinking model's reasoning first: (inside, open id or None, close id): the
+    # constraint starts after the close token (engine/json_object.py ThinkFirst); `inside` where the
+    # prompt leaves the block open.
+    think_first: tuple[bool, int | None, int] | None = None
     # Special tokens written into the output text as the given text (which the detokenizer otherwise
     # leaves out): the chat server's tool-call markers, e.g. Mistral's [TOOL_CALLS].
     special_texts: tuple[tuple[int, str], ...] = ()
@@ -80,6 +84,8 @@ class SamplingParams:
                "json_schema needs json_object and a schema compiled by engine.json_schema.compile_schema")
         _check(not (self.json_object and self.ignore_eos), "json_object ends the output where the object closes: "
                "not with ignore_eos")
+        _check(self.think_first is None or (self.json_object and len(self.think_first) == 3),
+               "think_first needs json_object and (inside, open id or None, close id)")
         object.__setattr__(self, "logit_bias", tuple((int(i), float(b)) for i, b in self.logit_bias))
         _check(all(i >= 0 and -100.0 <= b <= 100.0 for i, b in self.logit_bias),
                "logit_bias: (token id >= 0, bias in [-100, 100]) pairs")

@@ -188,6 +188,29 @@ async def test_think_tags_that_are_special_tokens_are_still_cut(client, template
 
 
 @over_http
+async def test_a_structured_answer_comes_after_the_reasoning(client, template, answers):
+    """response_format on a thinking model: the reasoning first, free, the JSON after </think> (as
+    vLLM's reasoning with structured outputs; engine/json_object.py ThinkFirst, whose hold on the
+    JSON tests/engine/test_json_object.py checks). A written answer comes back cut there; the
+    embedded model, which never closes the block itself, reasons until max_tokens."""
+    tags = {"<think>": 3, "</think>": 4}
+    template(R1_LIKE, tags)
+    asked = dict(model="coder", messages=ASK, temperature=0.8, seed=3, response_format={"type": "json_object"})
+    answers('Two numbers.\n</think>\n\n{"sum": 3}', tags)
+    message = (await client.chat.completions.create(**asked, max_tokens=300)).choices[0].message
+    assert (message.reasoning_content, json.loads(message.content)) == ("Two numbers.", {"sum": 3})
+
+
+@over_http
+async def test_a_structured_answer_waits_for_the_reasoning_to_end(client, template):
+    template(R1_LIKE, {"<think>": 3, "</think>": 4})
+    asked = dict(model="coder", messages=ASK, temperature=0.8, seed=3, response_format={"type": "json_object"})
+    left = await client.chat.completions.create(**asked, max_tokens=12)
+    assert left.choices[0].finish_reason == "length" and left.choices[0].message.content == ""
+    assert left.choices[0].message.reasoning_content  # free text: no JSON before the block closes
+
+
+@over_http
 async def test_a_model_that_does_not_think_keeps_its_text(client, template, answers):
     template(PLAIN)
     answers(THOUGHT)

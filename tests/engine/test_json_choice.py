@@ -11,7 +11,7 @@ import torch
 
 from engine import json_choice
 from engine.json_choice import TokenMasks
-from engine.json_object import ANY, START, JsonTokens
+from engine.json_object import ANY, START, JsonTokens, ThinkFirst
 from engine.json_schema import compile_schema
 from engine.sampler import Sampler, SamplingRow
 from engine.sampling_params import SamplingParams
@@ -23,6 +23,8 @@ TEXTS = ["{", "}", None, "[", "]", '"', ":", ",", " ", "\n", "a", "b", "1", "0",
 SCHEMA = compile_schema({"type": "object", "properties": {"city": {"type": "string", "maxLength": 3},
                                                           "n": {"type": "integer"}, "u": {"enum": ["C", "F"]}},
                          "required": ["city"], "additionalProperties": False})
+TEXTS += [None, None]  # a thinking model's <think> and </think>: tokens without plain text, read by id
+OPEN, CLOSE = len(TEXTS) - 2, len(TEXTS) - 1
 TOKENS = JsonTokens(TEXTS, frozenset({EOS}))
 
 
@@ -38,6 +40,8 @@ def states(rng: random.Random, count: int) -> list:
             state = TOKENS.after(state, rng.choice(allowed))
         if state is not ANY:
             found.append(state)
+        if rng.random() < 0.2:  # the reasoning first: open, or before it may open
+            found[-1] = ThinkFirst(rng.random() < 0.5, rng.choice([OPEN, None]), CLOSE, found[-1])
     return found
 
 
@@ -132,3 +136,16 @@ def test_masks_kept_are_bounded(monkeypatch):
     for state in found:
         masks.allowed(state, len(TEXTS), torch.device("cpu"))
     assert len(masks._kept) == 4 and all(masks.known(s) for s in found[-4:]) and not masks.known(found[0])
+
+
+def test_a_thinking_models_reasoning_comes_first_free():
+    """Inside the block any token but an end of text, its close starting the constraint; before it,
+    its opening or the constraint's first tokens."""
+    inside = ThinkFirst(True, OPEN, CLOSE, START)
+    assert all(TOKENS.allows(inside, t) for t in range(len(TEXTS)) if t != EOS) and not TOKENS.allows(inside, EOS)
+    assert TOKENS.after(inside, TEXTS.index("x")) == inside and TOKENS.after(inside, CLOSE) == START
+    before = inside._replace(inside=False)
+    assert TOKENS.allows(before, OPEN) and TOKENS.allows(before, TEXTS.index("{")) and not TOKENS.allows(before, CLOSE)
+    assert TOKENS.after(before, OPEN) == inside and TOKENS.after(before, TEXTS.index("{")) == TOKENS.after(
+        START, TEXTS.index("{"))
+    assert TOKENS.in_text(inside) and not TOKENS.in_text(before)

@@ -138,3 +138,32 @@ def test_json_object_refuses_ignore_eos():
 
     with pytest.raises(ValueError, match="ignore_eos"):
         SamplingParams(json_object=True, ignore_eos=True)
+
+
+def test_a_thinking_models_reasoning_first_then_the_object(engines):
+    """ThinkFirst on the embedded model, its newline token standing in for </think> (read by id):
+    whatever comes before it is free, what follows is one JSON object; drafting changes nothing; no
+    block leaks."""
+    from engine import SamplingParams
+    from tests.engine.helpers import assert_no_leaks
+
+    newline = engines[0].tokenizer.encode("\n", add_bos=False)[-1]
+    params = SamplingParams(max_tokens=160, temperature=0.8, seed=11, n=4, json_object=True,
+                            think_first=(True, None, newline))
+    plain, drafting = (e.generate(PROMPTS, params) for e in engines)
+    ended = 0
+    for a, b in zip(plain, drafting):
+        assert [c.token_ids for c in a.outputs] == [c.token_ids for c in b.outputs]
+        for c in a.outputs:
+            if newline not in c.token_ids:
+                continue
+            at = c.token_ids.index(newline)
+            head = engines[0].tokenizer.decode(c.token_ids[:at])
+            rest = engines[0].tokenizer.decode(c.token_ids[at + 1:])
+            assert feed(START, rest) is not None, c.text
+            if c.finish_reason == "stop":
+                assert isinstance(json.loads(rest), dict) and head.strip(), c.text  # free text, then the object
+                ended += 1
+    assert ended > 0
+    for e in engines:
+        assert_no_leaks(e.engine)
