@@ -5,17 +5,17 @@ preference that the text's state allows. Sampler.preferred walks that order one 
 The order is the sampler's: a greedy row's by logit; a sampled row's racing tokens (those its
 filters keep) by race score, then the others by logit; ties by the smaller id. For all refused rows
 at once, the CANDIDATES likeliest of each part of that order come to the host in one copy and are
-checked in turn. Where none of them is allowed, or a tie straddles the cut, the state's allowed
+checked in turn (inside a string, where most tokens may come, TEXT_CANDIDATES of it after them).
+Where none of them is allowed, or a tie straddles the cut, the state's allowed
 tokens as a mask (TokenMasks: built once per state by walking the tokens' sorted texts, the last
 MAX_STATES kept) give the first allowed by a masked argmax. A state whose mask is kept skips the
 checks. A row whose state allows no token keeps its choice, as the walk does.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 from typing import Callable, Sequence
-
-from bisect import bisect_right
 
 import torch
 
