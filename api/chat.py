@@ -89,13 +89,12 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     if shape == "text" and template.thinks and req.separate_reasoning is not False:
         plan.thinking = Thinking.of(text)
     # Markers that are special tokens (a call format's, think tags where a tokenizer marks them so): the text must show them.
-    kept = (calls.kept if calls is not None else ()) + tuple(
-        (template.special_ids[tag], tag) for tag in (OPEN, CLOSE) if tag in template.special_ids)
+    kept = (calls.kept if calls is not None else ()) + shown_tags(template)
     if kept:
         plan.params = dataclasses.replace(plan.params, special_texts=kept)
     if shape != "text":
         plan.params = constrained(plan.params, schema, "response_format")
-        first = _think_first(template, tokenizer, text) if req.separate_reasoning is not False else None
+        first = think_first(template, tokenizer, text) if req.separate_reasoning is not False else None
         if first is not None:
             plan.params = dataclasses.replace(plan.params, think_first=first)
             plan.thinking = Thinking.of(text)
@@ -104,7 +103,13 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
     return plan, calls
 
 
-def _think_first(template: ChatTemplate, tokenizer, prompt: str) -> tuple[bool, int | None, int] | None:
+def shown_tags(template: ChatTemplate) -> tuple[tuple[int, str], ...]:
+    """Think tags that are special tokens where a tokenizer marks them so: (id, text) for the
+    engine's special_texts, since decoding would leave them out of the text the reasoning is cut from."""
+    return tuple((template.special_ids[tag], tag) for tag in (OPEN, CLOSE) if tag in template.special_ids)
+
+
+def think_first(template: ChatTemplate, tokenizer, prompt: str) -> tuple[bool, int | None, int] | None:
     """A thinking model's structured answer: its reasoning first, then the constraint (as vLLM's
     reasoning with structured outputs). Where the prompt leaves a think block open, or the block's
     tags are single tokens the model may open it with; None otherwise (the constraint from the

@@ -18,6 +18,7 @@ Names: a model name without a tag is name:latest, as Ollama's are. Errors are {"
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -28,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.chat import build_chat_plan, constrained, response_schema
+from api.chat import build_chat_plan, constrained, response_schema, shown_tags, think_first
 from api.chat_schemas import ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat
 from api.chat_template import ChatTemplate, ChatTemplateError
 from api.completions import CompletionPlan, build_plan
@@ -145,11 +146,16 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
     plan = await build_plan(completion, state.engine, state.prompts, state.config.model_name, client,
                             state.config.max_request_tokens)
     shaped = _response_format(req.format)
-    if text is not None and shaped is None and template.thinks:
-        plan.thinking = Thinking.of(text)
     if shaped is not None:
         schema = await response_schema(shaped, state, "format") if shaped.type == "json_schema" else None
         plan.params = constrained(plan.params, schema, "format")
+    first = think_first(template, tokenizer, text) if text is not None and shaped is not None else None
+    if first is not None:  # a thinking model's reasoning first, then the format, as in chat
+        plan.params = dataclasses.replace(plan.params, think_first=first)
+    if text is not None and template.thinks and (shaped is None or first is not None):
+        plan.thinking = Thinking.of(text)
+        if shown_tags(template):
+            plan.params = dataclasses.replace(plan.params, special_texts=shown_tags(template))
     return plan
 
 

@@ -202,6 +202,19 @@ async def test_a_structured_answer_comes_after_the_reasoning(client, template, a
 
 
 @over_http
+async def test_ollamas_format_comes_after_the_reasoning_too(server, http, template, answers):
+    tags = {"<think>": 3, "</think>": 4}
+    template(R1_LIKE, tags)
+    answers('Two numbers.\n</think>\n\n{"sum": 3}', tags)
+    body = {"model": "coder", "prompt": "Add.", "stream": False, "format": "json"}
+    got = await post(http, f"{server.url}/api/generate", body)
+    assert (got["thinking"], json.loads(got["response"])) == ("Two numbers.", {"sum": 3})
+    chat = await post(http, f"{server.url}/api/chat", {"model": "coder", "messages": ASK, "stream": False,
+                                                       "format": "json"})
+    assert (chat["message"]["thinking"], json.loads(chat["message"]["content"])) == ("Two numbers.", {"sum": 3})
+
+
+@over_http
 async def test_a_structured_answer_waits_for_the_reasoning_to_end(client, template):
     template(R1_LIKE, {"<think>": 3, "</think>": 4})
     asked = dict(model="coder", messages=ASK, temperature=0.8, seed=3, response_format={"type": "json_object"})
