@@ -77,18 +77,14 @@ class MessageStream(OpensOnWrite):
     _deltas: AnswerDeltas | None = None
     _open: str | None = None  # the kind of the block open: "thinking", "text" or None
     _blocks: int = 0  # content blocks started
-    _made: list[ToolCall] = field(default_factory=list)
-    _last: RequestOutput | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, SSE_HEADERS)
         self._deltas = AnswerDeltas(self.reply.calls, self.reply.thinking)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
-        first = self._last is None
-        self._last = out
-        reasoning, text, made = self._deltas.new(out.outputs[0])
-        self._made += made
+        first = self._deltas.last is None
+        reasoning, text, _ = self._deltas.take(out)
         data = b""
         if first:
             message = {**self.reply.head(), "content": [], "stop_reason": None, "stop_sequence": None,
@@ -124,19 +120,20 @@ class MessageStream(OpensOnWrite):
         return data + event("content_block_stop", {"index": self._blocks - 1})
 
     async def finish(self) -> None:
-        if self._last is None:
+        last, made = self._deltas.last, self._deltas.made
+        if last is None:
             return
         data = self._closed()
-        for call in self._made:
+        for call in made:
             index, self._blocks = self._blocks, self._blocks + 1
             block = {**tool_use(call), "input": {}}
             data += event("content_block_start", {"index": index, "content_block": block})
             data += event("content_block_delta", {"index": index, "delta": {
                 "type": "input_json_delta", "partial_json": json.dumps(tool_use(call)["input"], ensure_ascii=False)}})
             data += event("content_block_stop", {"index": index})
-        ending = self.reply.ending(self._last, bool(self._made))
+        ending = self.reply.ending(last, bool(made))
         data += event("message_delta", {"delta": ending,
-                                        "usage": {"output_tokens": len(self._last.outputs[0].token_ids)}})
+                                        "usage": {"output_tokens": len(last.outputs[0].token_ids)}})
         await self._out.write(data + event("message_stop", {}))
 
     async def fail(self, error: APIError) -> None:

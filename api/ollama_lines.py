@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +116,6 @@ class LineStream(OpensOnWrite):
     request: web.Request
     answer: Answer
     _deltas: AnswerDeltas | None = None
-    _last: RequestOutput | None = field(default=None, repr=False)
     _logprobs: LogprobsBuilder | None = None
     _sent: int = 0  # tokens whose log probabilities went out
 
@@ -125,18 +124,17 @@ class LineStream(OpensOnWrite):
         self._deltas = AnswerDeltas(self.answer.calls, self.answer.thinking)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
-        if self._last is None:
+        if self._deltas.last is None:
             self._logprobs = self.answer.builder(out)
-        self._last = out
-        thinking, text, calls = self._deltas.new(out.outputs[0])
+        thinking, text, calls = self._deltas.take(out)
         logprobs = self.answer.token_logprobs(self._logprobs, out, self._sent)
         self._sent = len(out.outputs[0].token_ids)
         if text or calls or thinking or logprobs:
             await self._out.write(line(self.answer.part(text, calls, thinking, logprobs)))
 
     async def finish(self) -> None:
-        if self._last is not None:
-            await self._out.write(line(self.answer.last(self._last, self.answer.part(""))))
+        if self._deltas.last is not None:
+            await self._out.write(line(self.answer.last(self._deltas.last, self.answer.part(""))))
 
     async def fail(self, error: APIError) -> None:
         await self._out.write(line({"error": error.message}))

@@ -118,8 +118,6 @@ class ResponseStream(OpensOnWrite):
     _open: str | None = None  # the kind of the item open: "reasoning", "message" or None
     _texts: dict[str, str] = field(default_factory=dict)  # each item's text so far, by kind
     _output: list[dict[str, Any]] = field(default_factory=list)  # the items done
-    _made: list[ToolCall] = field(default_factory=list)
-    _last: RequestOutput | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, SSE_HEADERS)
@@ -130,10 +128,8 @@ class ResponseStream(OpensOnWrite):
         return event(kind, self._number - 1, body)
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
-        first = self._last is None
-        self._last = out
-        reasoning, text, made = self._deltas.new(out.outputs[0])
-        self._made += made
+        first = self._deltas.last is None
+        reasoning, text, _ = self._deltas.take(out)
         data = b""
         if first:
             for kind in ("response.created", "response.in_progress"):
@@ -186,10 +182,11 @@ class ResponseStream(OpensOnWrite):
         return data
 
     async def finish(self) -> None:
-        if self._last is None:
+        last = self._deltas.last
+        if last is None:
             return
         data = self._closed()
-        for call in self._made:
+        for call in self._deltas.made:
             index = len(self._output)
             item_id = Items.call(call)["id"]
             data += self._event("response.output_item.added", {"output_index": index,
@@ -199,7 +196,7 @@ class ResponseStream(OpensOnWrite):
             data += self._event("response.function_call_arguments.done", {**where, "arguments": call.arguments})
             data += self._event("response.output_item.done", {"output_index": index, "item": Items.call(call)})
             self._output.append(Items.call(call))
-        response = self.outcome.head("completed", self._output, usage_of(self._last), self._last)
+        response = self.outcome.head("completed", self._output, usage_of(last), last)
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         await self._out.write(data + self._event(kind, {"response": response}))
 

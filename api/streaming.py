@@ -76,6 +76,8 @@ class AnswerDeltas:
 
     calls: ToolCalling | None = None
     thinking: Thinking | None = None
+    last: RequestOutput | None = field(default=None, repr=False)  # the output taken last (take)
+    made: list[ToolCall] = field(default_factory=list)  # the calls made so far (take)
     _sent: int = 0
     _held: HeldCalls | None = None
     _reasoning: ReasoningDeltas | None = None
@@ -94,6 +96,13 @@ class AnswerDeltas:
         if self._reasoning is not None:
             reasoning, text = self._reasoning.add(text, c.finished)
         text, made = self._held.add(text, c.finished) if self._held is not None else (text, [])
+        return reasoning, text, made
+
+    def take(self, out: RequestOutput) -> tuple[str, str, list[ToolCall]]:
+        """new() of a stream's output, kept as `last`, its calls added to `made`."""
+        self.last = out
+        reasoning, text, made = self.new(out.outputs[0])
+        self.made += made
         return reasoning, text, made
 
 
