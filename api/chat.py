@@ -116,12 +116,17 @@ def think_first(template: ChatTemplate, tokenizer, prompt: str) -> tuple[bool, i
     first token, as for any model)."""
     if not template.thinks:
         return None
-    open_id, close_id = (template.special_ids.get(tag) if tokenizer.token_id(tag) is None else tokenizer.token_id(tag)
-                         for tag in (OPEN, CLOSE))
+    open_id, close_id = (_tag_id(template, tokenizer, tag) for tag in (OPEN, CLOSE))
     inside = Thinking.of(prompt).inside
     if close_id is None or (not inside and open_id is None):
         return None
     return inside, open_id, close_id
+
+
+def _tag_id(template: ChatTemplate, tokenizer, tag: str) -> int | None:
+    """A think tag's token: the tokenizer's own piece, else a special token the template names."""
+    i = tokenizer.token_id(tag)
+    return template.special_ids.get(tag) if i is None else i
 
 
 async def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatRequest,

@@ -154,8 +154,9 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
         plan.params = dataclasses.replace(plan.params, think_first=first)
     if text is not None and template.thinks and (shaped is None or first is not None):
         plan.thinking = Thinking.of(text)
-        if shown_tags(template):
-            plan.params = dataclasses.replace(plan.params, special_texts=shown_tags(template))
+        tags = shown_tags(template)
+        if tags:
+            plan.params = dataclasses.replace(plan.params, special_texts=tags)
     return plan
 
 

@@ -365,10 +365,10 @@ def race_scores(x: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) 
 def kept_scores(x: torch.Tensor, kept: torch.Tensor, seeds: torch.Tensor, noise: Noise = row_noise) -> torch.Tensor:
     """race_scores, its noise drawn for the kept tokens only (`kept`: where x is finite): a
     filtered row keeps few (where rows keep most of theirs, the whole rows' noise costs less)."""
-    rows, cols = kept.nonzero(as_tuple=True)
     w = torch.exp(x - x.max(dim=-1, keepdim=True).values)
-    if 4 * rows.numel() > x.numel():
+    if 4 * int(kept.sum()) > x.numel():
         return torch.where(kept, w / -torch.log(noise(seeds, None, x.shape[1])), 0.0)
+    rows, cols = kept.nonzero(as_tuple=True)
     score = torch.zeros_like(x)
     score[rows, cols] = w[rows, cols] / -torch.log(noise(seeds[rows], cols[:, None], 1)[:, 0])
     return score
