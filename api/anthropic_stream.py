@@ -69,8 +69,8 @@ def tool_use(call: ToolCall) -> dict[str, Any]:
 
 @dataclass
 class MessageStream(OpensOnWrite):
-    """Writes a message's events to one client as the engine's outputs arrive (api/generation.py
-    Stream): headers with the first output, so a request the engine refuses still gets a 4xx."""
+    """A message's events, written to one client as the engine's outputs arrive (api/streaming.py
+    OpensOnWrite: the headers go with the first output)."""
 
     request: web.Request
     reply: Reply

@@ -110,8 +110,8 @@ def _ns(seconds: float) -> int:
 
 @dataclass
 class LineStream(OpensOnWrite):
-    """Writes an answer's lines to one client as the engine's outputs arrive (api/generation.py
-    Stream): headers with the first output, so a request the engine refuses still gets a 4xx."""
+    """An answer's lines, written to one client as the engine's outputs arrive (api/streaming.py
+    OpensOnWrite: the headers go with the first output)."""
 
     request: web.Request
     answer: Answer
