@@ -27,7 +27,12 @@ def test_peak_memory_sees_a_transient_allocation():
     with measure.PeakMemory(interval=0.002) as mem:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         block.sum()
-        time.sleep(0.05)  # the polling thread needs the interpreter lock once while the block lives
+        # The polling thread must run once while the block lives: on a busy machine (OpenMP workers
+        # spinning after the tests before) that can take longer than a fixed sleep. Wait for it, up to
+        # a bound: if it never sees the block, the assertion below fails.
+        deadline = time.monotonic() + 5.0
+        while mem.peak_rss - mem.start_rss < 40 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.01)
         del block
     assert mem.as_dict()["rss_growth_mb"] > 40
 
