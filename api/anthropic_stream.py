@@ -1,7 +1,8 @@
 """Anthropic's answers: a whole message, or its server-sent events (message_start, then per
 content block content_block_start / _delta / _stop, then message_delta with the stop reason and
-message_stop). Tool calls are tool_use blocks whose input is an object; streamed, each comes whole
-once the answer has ended (api/tool_calls.py HeldCalls), its input as one input_json_delta. A
+message_stop). Tool calls are tool_use blocks whose input is an object; streamed, each block opens once
+the call's name is written, its input going out as input_json_delta pieces as it is written
+(api/call_stream.py). A
 thinking model's reasoning is a thinking block before the text (api/reasoning.py); no signature is
 made (an empty one), and earlier turns' thinking blocks are not the model's to read again."""
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Reply:
     id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex[:24]}")
 
     def whole(self, out: RequestOutput) -> dict[str, Any]:
-        reasoning, text, made = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
+        reasoning, read = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
+        text, made = read.content, read.made
         content = ([{"type": "thinking", "thinking": reasoning, "signature": ""}] if reasoning else [])
         content += ([{"type": "text", "text": text}] if text else []) + [tool_use(call) for call in made]
         return {**self.head(), "content": content, **self.ending(out, bool(made)),
@@ -75,7 +77,7 @@ class MessageStream(OpensOnWrite):
     request: web.Request
     reply: Reply
     _deltas: AnswerDeltas | None = None
-    _open: str | None = None  # the kind of the block open: "thinking", "text" or None
+    _open: str | None = None  # the kind of the block open: "thinking", "text", "tool_use" or None
     _blocks: int = 0  # content blocks started
 
     def __post_init__(self) -> None:
@@ -84,7 +86,7 @@ class MessageStream(OpensOnWrite):
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         first = self._deltas.last is None
-        reasoning, text, _ = self._deltas.take(out)
+        reasoning, read = self._deltas.take(out)
         data = b""
         if first:
             message = {**self.reply.head(), "content": [], "stop_reason": None, "stop_sequence": None,
@@ -94,10 +96,16 @@ class MessageStream(OpensOnWrite):
             data += self._in_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
             data += event("content_block_delta", {"index": self._blocks - 1, "delta": {"type": "thinking_delta",
                                                                                      "thinking": reasoning}})
-        if text:
-            data += self._in_block("text", {"type": "text", "text": ""})
-            data += event("content_block_delta", {"index": self._blocks - 1, "delta": {"type": "text_delta",
-                                                                                     "text": text}})
+        for part in read.parts:
+            if isinstance(part, str):
+                data += self._in_block("text", {"type": "text", "text": ""})
+                delta = {"type": "text_delta", "text": part}
+            elif part.call is not None:
+                data += self._closed() + self._in_block("tool_use", {**tool_use(part.call), "input": {}})
+                continue
+            else:
+                delta = {"type": "input_json_delta", "partial_json": part.arguments}
+            data += event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
         await self._out.write(data)
 
     def _in_block(self, kind: str, start: dict[str, Any]) -> bytes:
@@ -124,13 +132,6 @@ class MessageStream(OpensOnWrite):
         if last is None:
             return
         data = self._closed()
-        for call in made:
-            index, self._blocks = self._blocks, self._blocks + 1
-            block = {**tool_use(call), "input": {}}
-            data += event("content_block_start", {"index": index, "content_block": block})
-            data += event("content_block_delta", {"index": index, "delta": {
-                "type": "input_json_delta", "partial_json": json.dumps(tool_use(call)["input"], ensure_ascii=False)}})
-            data += event("content_block_stop", {"index": index})
         ending = self.reply.ending(last, bool(made))
         data += event("message_delta", {"delta": ending,
                                         "usage": {"output_tokens": len(last.outputs[0].token_ids)}})

@@ -17,7 +17,8 @@ from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, usag
 from api.reasoning import ReasoningDeltas
 from api.schemas import Logprobs, Usage
 from api.streaming import sse
-from api.tool_calls import HeldCalls, ToolCalling
+from api.call_stream import CallDelta, CallStream, read_calls
+from api.tool_calls import ToolCalling
 
 
 def chat_logprobs(lp: Logprobs | None, top: int) -> ChoiceLogprobs | None:
@@ -49,7 +50,7 @@ def chat_response(plan: CompletionPlan, outputs: dict[int, RequestOutput], engin
             if calls is not None:
                 answer = calls.forced + text  # a forced opening is the answer's, call or not
                 message = AssistantMessage(content=answer, **thought)
-                content, made = calls.parse(answer)
+                content, made = read_calls(answer, calls)
                 if made:
                     message = AssistantMessage(content=content, **thought, tool_calls=[call.api() for call in made])
                     finish = "tool_calls"
@@ -64,12 +65,12 @@ class ChatChunks:
     """chat.completion.chunk events: a choice's first chunk carries the role, each its new text.
     A thinking model's reasoning goes in reasoning_content and reasoning (the fields clients read:
     DeepSeek's and the AI SDK's, vLLM's later one), the rest in content (api/reasoning.py).
-    With tool calls (api/tool_calls.py), text that may be a call is held back until the choice
-    finishes; its last chunk then carries the calls and whatever held-back text was not one."""
+    With tools, calls go out as they are written (api/call_stream.py): a call's first delta has
+    its id and name, the next ones more of its arguments."""
 
     top_logprobs: int = 0
     calls: ToolCalling | None = None
-    _held: dict[int, HeldCalls] = field(default_factory=dict)  # with tool calls: each choice's text
+    _calls: dict[int, CallStream] = field(default_factory=dict)  # with tool calls: each choice's
     _reasoning: dict[int, ReasoningDeltas] = field(default_factory=dict)  # a thinking model's: each choice's
 
     def choice(self, plan: CompletionPlan, index: int, text: str, logprobs: Logprobs | None,
@@ -91,12 +92,27 @@ class ChatChunks:
 
     def _with_calls(self, index: int, text: str, finish: str | None) -> tuple[str, dict, str | None]:
         """(the content to send now, the delta's tool calls, the finish reason) for a choice's new text."""
-        held = self._held.setdefault(index, HeldCalls(self.calls))
-        content, made = held.add(text, finish is not None)
-        if not made:
-            return content, {}, finish
-        return content, {"tool_calls": [call.api(i) for i, call in enumerate(made)]}, "tool_calls"
+        read = self._calls.setdefault(index, CallStream(self.calls)).add(text, finish is not None)
+        deltas = chat_call_deltas(read.deltas)
+        return read.content, {"tool_calls": deltas} if deltas else {}, "tool_calls" if read.made else finish
 
     def usage(self, plan: CompletionPlan, used: Usage) -> bytes:
         return sse(ChatChunk(id=plan.request_id, created=plan.created, model=plan.model, choices=[],
                              usage=used).model_dump_json())
+
+
+def chat_call_deltas(deltas: list[CallDelta]) -> list[dict]:
+    """Call deltas as a chat chunk's tool_calls: a call's opening (its id and name), and the
+    pieces of its arguments that follow it in this chunk, as one entry."""
+    out: list[dict] = []
+    for d in deltas:
+        if d.call is not None:
+            out.append({"index": d.index, "id": d.call.id, "type": "function",
+                        "function": {"name": d.call.name, "arguments": ""}})
+        elif out and out[-1]["index"] == d.index:
+            out[-1]["function"]["arguments"] += d.arguments
+            continue
+        else:
+            out.append({"index": d.index, "function": {"arguments": ""}})
+        out[-1]["function"]["arguments"] += d.arguments
+    return out

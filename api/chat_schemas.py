@@ -162,7 +162,8 @@ class ChatResponse(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: dict[str, Any] = Field(description="content: the new text (\"\" in the last chunk); role in a "
-                                              "choice's first chunk; tool_calls in its last, where it made any; "
+                                              "choice's first chunk; tool_calls as calls are written (a call's first "
+                                              "entry has its id and name, later ones more of its arguments); "
                                               "reasoning_content and reasoning: a thinking model's new reasoning.")
     logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None

@@ -4,8 +4,8 @@ generation ended, the token counts and the times in nanoseconds. Every line, the
 ends with a newline: Continue's and ollama-js's readers drop a last line without one.
 
 /api/generate writes its text in `response`, /api/chat in `message.content`; a chat answer's tool
-calls (arguments as objects, Ollama's shape) go out whole once the answer has ended
-(api/tool_calls.py HeldCalls); a thinking model's reasoning goes in `thinking` (message.thinking in
+calls (arguments as objects, Ollama's shape) go out whole once the answer has ended, the text
+around them as it is written (api/call_stream.py); a thinking model's reasoning goes in `thinking` (message.thinking in
 a chat), as Ollama's do. An error after the first line is one line {"error": ...}."""
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ class Answer:
 
     def whole(self, out: RequestOutput) -> dict[str, Any]:
         """The answer as one object (stream false)."""
-        thinking, text, calls = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
+        thinking, read = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
+        text, calls = read.content, read.made
         return self.last(out, self.part(text, calls, thinking, self.token_logprobs(self.builder(out), out, 0)))
 
     def builder(self, out: RequestOutput) -> LogprobsBuilder | None:
@@ -126,7 +127,8 @@ class LineStream(OpensOnWrite):
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         if self._deltas.last is None:
             self._logprobs = self.answer.builder(out)
-        thinking, text, calls = self._deltas.take(out)
+        thinking, read = self._deltas.take(out)
+        text, calls = read.content, read.made
         logprobs = self.answer.token_logprobs(self._logprobs, out, self._sent)
         self._sent = len(out.outputs[0].token_ids)
         if text or calls or thinking or logprobs:

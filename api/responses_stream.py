@@ -4,9 +4,9 @@ done events, output_item.done; then response.completed with the whole response, 
 response.incomplete where max_output_tokens cut it). Each event has its sequence_number.
 
 Output items, in order: a thinking model's reasoning (a reasoning item, its text as reasoning_text
-content, api/reasoning.py), the text (a message item with one output_text part), then the function
-calls (function_call items, each whole once the answer has ended, its arguments as one delta:
-api/tool_calls.py HeldCalls)."""
+content, api/reasoning.py), the text (a message item with one output_text part), and function calls
+(function_call items, each opened once its name is written, its arguments streamed as they are
+written: api/call_stream.py), in the order the answer has them."""
 from __future__ import annotations
 
 import json
@@ -66,10 +66,10 @@ class Outcome:
                 "output": output, "usage": usage, **self.settings}
 
     def whole(self, out: RequestOutput) -> dict[str, Any]:
-        reasoning, text, made = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
-        items = Items()
+        reasoning, read = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
+        items, text = Items(), read.content
         output = ([items.reasoning(reasoning, "completed")] if reasoning else []) + (
-            [items.message(text, "completed")] if text else []) + [items.call(call) for call in made]
+            [items.message(text, "completed")] if text else []) + [items.call(call) for call in read.made]
         return self.head("completed", output, usage_of(out), out)
 
 
@@ -115,7 +115,8 @@ class ResponseStream(OpensOnWrite):
     _items: Items = field(default_factory=Items)
     _deltas: AnswerDeltas | None = None
     _number: int = 0
-    _open: str | None = None  # the kind of the item open: "reasoning", "message" or None
+    _open: str | None = None  # the kind of the item open: "reasoning", "message", "call" or None
+    _call: ToolCall | None = None  # the function call open (its arguments so far: _texts["call"])
     _texts: dict[str, str] = field(default_factory=dict)  # each item's text so far, by kind
     _output: list[dict[str, Any]] = field(default_factory=list)  # the items done
 
@@ -129,21 +130,36 @@ class ResponseStream(OpensOnWrite):
 
     async def add(self, prompt_index: int, out: RequestOutput) -> None:
         first = self._deltas.last is None
-        reasoning, text, _ = self._deltas.take(out)
+        reasoning, read = self._deltas.take(out)
         data = b""
         if first:
             for kind in ("response.created", "response.in_progress"):
                 data += self._event(kind, {"response": self.outcome.head("in_progress", [])})
-        for kind, delta in (("reasoning", reasoning), ("message", text)):
-            if delta:
-                data += self._opened(kind) + self._delta(kind, delta)
+        if reasoning:
+            data += self._opened("reasoning") + self._delta("reasoning", reasoning)
+        for part in read.parts:
+            if isinstance(part, str):
+                data += self._opened("message") + self._delta("message", part)
+            elif part.call is not None:
+                data += self._closed() + self._call_opened(part.call)
+            else:
+                self._texts["call"] += part.arguments
+                data += self._event("response.function_call_arguments.delta",
+                                    {**self._where("call"), "delta": part.arguments})
         await self._out.write(data)
+
+    def _call_opened(self, call: ToolCall) -> bytes:
+        self._open, self._call, self._texts["call"] = "call", call, ""
+        return self._event("response.output_item.added", {"output_index": len(self._output),
+                                                          "item": Items.call(call, "in_progress", "")})
 
     def _opened(self, kind: str) -> bytes:
         """The events that close the open item unless it is of this kind, and open one of it."""
         if self._open == kind:
             return b""
         data = self._closed()
+        if kind == "message" and kind in self._texts:  # a message after a call: an item of its own
+            self._items.message_id = f"msg_{uuid.uuid4().hex}"
         self._open, self._texts[kind] = kind, ""
         index = len(self._output)
         item = self._items.reasoning(None, "in_progress") if kind == "reasoning" else self._items.message(
@@ -153,6 +169,8 @@ class ResponseStream(OpensOnWrite):
         return data + self._event("response.content_part.added", {**self._where(kind), "part": part})
 
     def _where(self, kind: str) -> dict[str, Any]:
+        if kind == "call":
+            return {"item_id": Items.call(self._call)["id"], "output_index": len(self._output)}
         item_id = self._items.reasoning_id if kind == "reasoning" else self._items.message_id
         return {"item_id": item_id, "output_index": len(self._output), "content_index": 0}
 
@@ -168,7 +186,10 @@ class ResponseStream(OpensOnWrite):
         if kind is None:
             return b""
         text, where = self._texts[kind], self._where(kind)
-        if kind == "reasoning":
+        if kind == "call":
+            item = Items.call(self._call, arguments=text)
+            data = self._event("response.function_call_arguments.done", {**where, "arguments": text})
+        elif kind == "reasoning":
             item = self._items.reasoning(text, "completed")
             data = self._event("response.reasoning_text.done", {**where, "text": text})
             data += self._event("response.content_part.done", {**where, "part": item["content"][0]})
@@ -186,16 +207,6 @@ class ResponseStream(OpensOnWrite):
         if last is None:
             return
         data = self._closed()
-        for call in self._deltas.made:
-            index = len(self._output)
-            item_id = Items.call(call)["id"]
-            data += self._event("response.output_item.added", {"output_index": index,
-                                                               "item": Items.call(call, "in_progress", "")})
-            where = {"item_id": item_id, "output_index": index}
-            data += self._event("response.function_call_arguments.delta", {**where, "delta": call.arguments})
-            data += self._event("response.function_call_arguments.done", {**where, "arguments": call.arguments})
-            data += self._event("response.output_item.done", {"output_index": index, "item": Items.call(call)})
-            self._output.append(Items.call(call))
         response = self.outcome.head("completed", self._output, usage_of(last), last)
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         await self._out.write(data + self._event(kind, {"response": response}))

@@ -21,7 +21,8 @@ from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, new_
 from api.errors import APIError
 from api.reasoning import ReasoningDeltas, Thinking
 from api.schemas import CompletionChoice, CompletionResponse, Logprobs, Usage
-from api.tool_calls import HeldCalls, ToolCall, ToolCalling
+from api.call_stream import CallStream, Read, read_calls
+from api.tool_calls import ToolCall, ToolCalling
 
 if TYPE_CHECKING:
     from engine.async_engine import AsyncEngine
@@ -70,40 +71,46 @@ class OpensOnWrite:
 @dataclass
 class AnswerDeltas:
     """One answer's new text at each output (what came since the last): a thinking model's
-    reasoning apart (api/reasoning.py), and what may be a tool call held back until the answer ends
-    (api/tool_calls.py HeldCalls) where the request has tools. Given a finished output first, the
-    whole answer."""
+    reasoning apart (api/reasoning.py), and where the request has tools, its calls read as they are
+    written (api/call_stream.py). Given a finished output first, the whole answer (read_calls)."""
 
     calls: ToolCalling | None = None
     thinking: Thinking | None = None
     last: RequestOutput | None = field(default=None, repr=False)  # the output taken last (take)
-    made: list[ToolCall] = field(default_factory=list)  # the calls made so far (take)
+    made: list[ToolCall] = field(default_factory=list)  # the calls made (take): once the answer has finished
     _sent: int = 0
-    _held: HeldCalls | None = None
+    _stream: CallStream | None = None
     _reasoning: ReasoningDeltas | None = None
 
     def __post_init__(self) -> None:
         if self.calls is not None:
-            self._held = HeldCalls(self.calls)
+            self._stream = CallStream(self.calls)
         if self.thinking is not None:
             self._reasoning = ReasoningDeltas(self.thinking)
 
-    def new(self, c: CompletionOutput) -> tuple[str, str, list[ToolCall]]:
-        """(the new reasoning, the text to send now, the calls made: only once the answer has finished)."""
+    def new(self, c: CompletionOutput, streamed: bool = False) -> tuple[str, Read]:
+        """(the new reasoning, the answer's new content and call deltas; its calls once it has
+        finished). A finished output given first is read whole unless `streamed`: a stream's events
+        are built from the call deltas, which reading it whole does not give."""
+        whole = self._sent == 0 and c.finished and not streamed
         text = c.text[self._sent:]
         self._sent = max(self._sent, len(c.text))
         reasoning = ""
         if self._reasoning is not None:
             reasoning, text = self._reasoning.add(text, c.finished)
-        text, made = self._held.add(text, c.finished) if self._held is not None else (text, [])
-        return reasoning, text, made
+        if self._stream is None:
+            return reasoning, Read([text] if text else [])
+        if whole:
+            content, made = read_calls(self.calls.forced + text, self.calls)
+            return reasoning, Read([content] if content else [], made)
+        return reasoning, self._stream.add(text, c.finished)
 
-    def take(self, out: RequestOutput) -> tuple[str, str, list[ToolCall]]:
+    def take(self, out: RequestOutput) -> tuple[str, Read]:
         """new() of a stream's output, kept as `last`, its calls added to `made`."""
         self.last = out
-        reasoning, text, made = self.new(out.outputs[0])
-        self.made += made
-        return reasoning, text, made
+        reasoning, read = self.new(out.outputs[0], streamed=True)
+        self.made += read.made
+        return reasoning, read
 
 
 class ChunkFormat(Protocol):

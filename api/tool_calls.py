@@ -21,9 +21,7 @@ Formats (the template's own text says which one the model was trained on):
 A template that writes none of these has no format this server reads, and a request with tools for it
 is refused. Text that does not parse as calls stays the message's content, as generated.
 
-Streaming: text that may turn out to be a call is held back (from `<tool_call>`, or a piece of
-it at the end; for llama3 an answer that starts with `{`) until the choice finishes; then the
-calls go out in one delta, and whatever held-back text was not a call as content.
+Reading the calls out of an answer, whole or as it streams: api/call_stream.py.
 
 tool_choice `required` or a named function: the answer is started with the opening of a call in
 the model's format (`forced_opening`), written after the chat template's generation prompt, so
@@ -37,7 +35,6 @@ its text back as content.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import secrets
@@ -50,7 +47,6 @@ Format = Literal["hermes", "qwen3_coder", "llama3", "mistral", "mistral_args"]
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
 _ID_CHARS = string.ascii_letters + string.digits
-_HERMES_BLOCK = re.compile(re.escape(HERMES_OPEN) + r"(.*?)(?:" + re.escape(HERMES_CLOSE) + r"|\Z)", re.DOTALL)
 _FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)(?:</function>\s*|\Z)", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
 Schemas = dict[str, dict[str, Any]]  # tool name -> its parameters' JSON schema properties
@@ -66,11 +62,6 @@ class ToolCalling:
     forced: str = ""  # the answer's opening written for the model (tool_choice required or named)
     kept: tuple[tuple[int, str], ...] = ()  # the format's special tokens (id, text) the text must show
 
-    def parse(self, answer: str) -> tuple[str | None, list[ToolCall]]:
-        """The calls of an answer: the forced opening (if any), then what the model generated."""
-        content, calls = parse(answer, self.format, self.schemas)
-        return content, calls if self.parallel else calls[:1]
-
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -81,7 +72,7 @@ class ToolCall:
     @classmethod
     def new(cls, name: str, arguments: str) -> "ToolCall":
         """A call with an id of its own."""
-        return cls(name, arguments, f"call_{uuid.uuid4().hex[:24]}")
+        return cls(name, arguments, call_id("hermes"))
 
     def argument_object(self) -> dict[str, Any]:
         """The arguments as an object, as Ollama's and Anthropic's APIs carry them ({} where they are not one)."""
@@ -98,28 +89,12 @@ class ToolCall:
         return body if index is None else {"index": index, **body}
 
 
-@dataclass
-class HeldCalls:
-    """One answer's text as it streams: what may be a tool call is held back until the answer
-    ends, when the calls are read from what was held (the forced opening is held from the start)."""
-
-    calls: ToolCalling
-    text: str = ""
-    sent: int = 0  # how much of `text` went out as content
-
-    def __post_init__(self) -> None:
-        self.text = self.text or self.calls.forced
-
-    def add(self, new: str, finished: bool) -> tuple[str, list[ToolCall]]:
-        """(the content to send now, the calls made: only once the answer has finished)."""
-        self.text += new
-        sent = self.sent
-        if not finished:
-            self.sent = max(sent, held_from(self.text, self.calls.format, sent))
-            return self.text[sent:self.sent], []
-        self.sent = len(self.text)
-        content, made = self.calls.parse(self.text[sent:])
-        return (content or "", made) if made else (self.text[sent:], [])
+def call_id(fmt: Format) -> str:
+    """A new call's id: 9 letters and digits in Mistral's formats (the only ids their templates
+    take back), else OpenAI's kind."""
+    if fmt in ("mistral", "mistral_args"):
+        return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def markers(fmt: Format) -> tuple[str, ...]:
@@ -182,86 +157,7 @@ def format_of(template_source: str) -> Format | None:
     return None
 
 
-def parse(text: str, fmt: Format, schemas: Schemas | None = None) -> tuple[str | None, list[ToolCall]]:
-    """(content, calls): the calls in `text` and the text outside them (None where nothing but
-    whitespace is left); no calls, and `text` as it is, where none parses."""
-    if fmt == "llama3":
-        calls, content = _llama3(text)
-    elif fmt in ("mistral", "mistral_args"):
-        calls, content = _mistral(text)
-        calls = [dataclasses.replace(c, id="".join(secrets.choice(_ID_CHARS) for _ in range(9))) for c in calls]
-    else:
-        calls, content = _blocks(text, (lambda raw: _call(raw, "arguments")) if fmt == "hermes"
-                                 else (lambda raw: _xml_call(raw, schemas or {})))
-    if not calls:
-        return text, []
-    return (content if content.strip() else None), calls
-
-
-def _blocks(text: str, read) -> tuple[list[ToolCall], str]:
-    """The calls of every <tool_call> block that `read` makes one of, and the text around them."""
-    calls, kept, at = [], [], 0
-    for m in _HERMES_BLOCK.finditer(text):
-        call = read(m.group(1))
-        if call is None:
-            continue  # not a call: stays in the content
-        calls.append(call)
-        kept.append(text[at:m.start()])
-        at = m.end()
-    kept.append(text[at:])
-    return calls, "".join(kept).strip()
-
-
-def _llama3(text: str) -> tuple[list[ToolCall], str]:
-    body = text.strip()
-    if not body.startswith("{"):
-        return [], text
-    calls = [_call_of(obj, "parameters") for obj in _json_objects(body)]
-    if not calls or any(c is None for c in calls):
-        return [], text
-    return calls, ""
-
-
-def _mistral(text: str) -> tuple[list[ToolCall], str]:
-    """The calls after `[TOOL_CALLS]` (each a JSON list of calls, or `NAME[ARGS]{...}`), and the
-    text before it; none where any part does not parse."""
-    at = text.find(MISTRAL_CALLS)
-    if at < 0:
-        return [], text
-    calls: list[ToolCall | None] = []
-    for part in text[at + len(MISTRAL_CALLS):].split(MISTRAL_CALLS):
-        if MISTRAL_ARGS in part:
-            name, _, args = part.partition(MISTRAL_ARGS)
-            try:
-                calls.append(_call_of({"name": name.strip(), "arguments": json.loads(args)}, "arguments"))
-            except ValueError:
-                calls.append(None)
-            continue
-        values = _json_objects(part.strip())
-        calls += [_call_of(v, "arguments") for value in values for v in (value if isinstance(value, list) else [value])]
-        if not values:
-            calls.append(None)
-    if not calls or any(c is None for c in calls):
-        return [], text
-    return calls, text[:at].strip()
-
-
-def _json_objects(body: str) -> list[Any]:
-    """`body` as JSON values joined by `;` (each may hold `;` in its strings), decoded."""
-    decoder, parts, at = json.JSONDecoder(), [], 0
-    while at < len(body):
-        try:
-            obj, end = decoder.raw_decode(body, at)
-        except ValueError:
-            return []
-        parts.append(obj)
-        at = end
-        while at < len(body) and body[at] in " \t\r\n;":
-            at += 1
-    return parts
-
-
-def _call(raw: str, arguments_key: str) -> ToolCall | None:
+def read_call(raw: str, arguments_key: str) -> ToolCall | None:
     """A call from its JSON: a name and its arguments (an object, or JSON text of one)."""
     try:
         obj = json.loads(raw)
@@ -288,7 +184,7 @@ def _call_of(obj: Any, arguments_key: str) -> ToolCall | None:
     return ToolCall.new(obj["name"], text)
 
 
-def _xml_call(raw: str, schemas: Schemas) -> ToolCall | None:
+def read_xml_call(raw: str, schemas: Schemas) -> ToolCall | None:
     """Qwen3-Coder's call: `<function=NAME>` and its `<parameter=KEY>VALUE</parameter>`s."""
     m = _FUNCTION.fullmatch(raw.strip())
     if m is None or not m.group(1).strip():
@@ -298,16 +194,16 @@ def _xml_call(raw: str, schemas: Schemas) -> ToolCall | None:
     args = {}
     for p in _PARAMETER.finditer(m.group(2)):
         key = p.group(1).strip()
-        args[key] = _typed(_strip_newline(p.group(2)), (types.get(key) or {}).get("type"))
+        args[key] = typed_value(strip_newline(p.group(2)), (types.get(key) or {}).get("type"))
     return ToolCall.new(name, json.dumps(args, ensure_ascii=False))
 
 
-def _strip_newline(value: str) -> str:
+def strip_newline(value: str) -> str:
     value = value[1:] if value.startswith("\n") else value
     return value[:-1] if value.endswith("\n") else value
 
 
-def _typed(value: str, kind: Any) -> Any:
+def typed_value(value: str, kind: Any) -> Any:
     """A parameter's value as its schema types it; untyped, JSON where it parses, else the text."""
     if kind == "string":
         return value
@@ -320,27 +216,6 @@ def _typed(value: str, kind: Any) -> Any:
     if kind in ("integer", "number") and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
         return parsed
     return value
-
-
-def held_from(text: str, fmt: Format, since: int = 0) -> int:
-    """Where in a choice's text so far streaming must stop until the choice finishes: the start
-    of what may be (the beginning of) a call; len(text) where nothing may be. `since`: how much
-    of it went out already (nothing there starts a call), so a stream scans only what is new."""
-    if fmt in ("mistral", "mistral_args"):  # the marker arrives whole: a special token
-        at = text.find(MISTRAL_CALLS, since)
-        return at if at >= 0 else len(text)
-    if fmt == "llama3":
-        if since > 0:
-            return len(text)
-        stripped = text.lstrip()
-        return 0 if not stripped or stripped.startswith("{") else len(text)
-    at = text.find(HERMES_OPEN, since)
-    if at >= 0:
-        return at
-    for k in range(min(len(HERMES_OPEN) - 1, len(text)), 0, -1):  # a piece of the marker at the end
-        if HERMES_OPEN.startswith(text[-k:]):
-            return len(text) - k
-    return len(text)
 
 
 def arguments_as_objects(messages: list[dict]) -> list[dict]:

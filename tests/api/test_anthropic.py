@@ -122,11 +122,17 @@ async def test_tool_use_blocks_and_results(server, client, http, template, answe
     events = await raw_events(http, server, {"model": "codellama", "max_tokens": 200, "messages": ASK,
                                              "tools": [WEATHER, CLOCK], "stream": True})
     starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
-    partial = [e["delta"]["partial_json"] for e in events
+    partial = [(e["index"], e["delta"]["partial_json"]) for e in events
                if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta"]
     assert [s["type"] for s in starts] == ["text", "tool_use", "tool_use"]
-    assert [json.loads(p) for p in partial] == [{"city": "Paris"}, {}]
+    assert [json.loads("".join(p for i, p in partial if i == block)) for block in (1, 2)] == [{"city": "Paris"}, {}]
+    assert len([p for i, p in partial if i == 1]) > 1  # the input went out as it was written
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
+    async with client.messages.stream(model="codellama", max_tokens=200, messages=ASK,
+                                      tools=[WEATHER, CLOCK]) as stream:  # the client's own accumulator
+        streamed = await stream.get_final_message()
+    assert [(b.name, b.input) for b in streamed.content if b.type == "tool_use"] == [
+        ("get_weather", {"city": "Paris"}), ("now", {})]
     # The next turn as Claude Code sends it: the assistant's blocks back, then tool_result blocks.
     answers("It is sunny.")
     turn = ASK + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in r.content]},

@@ -210,8 +210,8 @@ async def test_json_schema_answers_follow_the_schema(client):
             jsonschema.validate(json.loads(c.message.content), schema)
             finished += 1
     assert finished > 0
-    bad = {**fmt, "json_schema": {"name": "x", "schema": {"type": "integer", "multipleOf": 2}}}
-    with pytest.raises(openai.BadRequestError, match="multipleOf"):
+    bad = {**fmt, "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(openai.BadRequestError, match="uniqueItems"):
         await client.chat.completions.create(model="codellama", messages=[{"role": "user", "content": "x"}],
                                              max_tokens=4, response_format=bad)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import openai
 import pytest
@@ -50,6 +51,20 @@ TWO_CALLS = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {
              '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>')
 
 
+def assembled(deltas: list) -> list[SimpleNamespace]:
+    """A stream's calls put together from its choice's deltas, as clients do: by index, the id and
+    name from a call's first entry, its arguments the entries' pieces in order."""
+    calls: dict[int, SimpleNamespace] = {}
+    for d in deltas:
+        for tc in d.delta.tool_calls or []:
+            if tc.id:
+                assert tc.index not in calls and tc.function.name
+                calls[tc.index] = SimpleNamespace(id=tc.id, function=SimpleNamespace(name=tc.function.name,
+                                                                                       arguments=""))
+            calls[tc.index].function.arguments += tc.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def server():
     engine = build_engine(EngineConfig(num_kv_blocks=512, block_size=16, max_num_seqs=8, max_num_batched_tokens=512))
@@ -80,7 +95,7 @@ async def test_calls_come_back_as_tool_calls(client, server, template, answers):
     assert [c.function.name for c in one.choices[0].message.tool_calls] == ["get_weather"]
 
 
-async def test_streamed_calls_arrive_whole_in_the_last_delta(client, template, answers):
+async def test_streamed_calls_go_out_as_they_are_written(client, template, answers):
     template(HERMES)
     answers(TWO_CALLS)
     stream = await client.chat.completions.create(model="coder", messages=ASK, tools=[WEATHER, CLOCK], stream=True,
@@ -90,10 +105,32 @@ async def test_streamed_calls_arrive_whole_in_the_last_delta(client, template, a
         deltas = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
         content = "".join(d.delta.content or "" for d in deltas)
         assert "<tool" not in content and content.strip() == "Let me check."
-        calls = [tc for d in deltas for tc in (d.delta.tool_calls or [])]
-        assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [
-            (0, "get_weather", {"city": "Paris"}), (1, "now", {})]
-        assert deltas[-1].finish_reason == "tool_calls" and deltas[-1].delta.tool_calls
+        entries = [(i, tc) for i, d in enumerate(deltas) for tc in (d.delta.tool_calls or [])]
+        openings = [(tc.index, tc.id, tc.function.name) for _, tc in entries if tc.id]
+        assert [(i, name) for i, _, name in openings] == [(0, "get_weather"), (1, "now")]
+        arguments = ["".join(tc.function.arguments or "" for _, tc in entries if tc.index == i) for i in (0, 1)]
+        assert [json.loads(a) for a in arguments] == [{"city": "Paris"}, {}]
+        # the first call's arguments came over several chunks, before the answer ended
+        first = {i for i, tc in entries if tc.index == 0 and tc.function.arguments}
+        assert len(first) > 1 and max(first) < len(deltas) - 1
+        assert deltas[-1].finish_reason == "tool_calls"
+
+
+async def test_the_openai_clients_stream_helper_assembles_the_calls(client, template, answers):
+    """The client's own accumulator (client.chat.completions.stream) gets the calls whole."""
+    template(HERMES)
+    answers(TWO_CALLS)
+    async with client.chat.completions.stream(model="coder", messages=ASK, tools=[WEATHER, CLOCK],
+                                              temperature=0) as stream:
+        argument_events = [e async for e in stream if e.type == "tool_calls.function.arguments.delta"]
+        final = await stream.get_final_completion()
+    message = final.choices[0].message
+    assert final.choices[0].finish_reason == "tool_calls" and message.content.strip() == "Let me check."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+        ("get_weather", {"city": "Paris"}), ("now", {})]
+    assert len({c.id for c in message.tool_calls}) == 2
+    for i, call in enumerate(message.tool_calls):  # the pieces the helper saw add up to each call's arguments
+        assert "".join(e.arguments_delta for e in argument_events if e.index == i) == call.function.arguments
 
 
 async def test_a_conversation_with_calls_and_results_reaches_the_template(client, server, template, answers):
@@ -126,7 +163,7 @@ async def test_qwen3_coder_calls_typed_by_the_tool_schemas(client, template, ans
                                                  stream=stream)
         if stream:
             deltas = [c.choices[0] for c in [c async for c in r] if c.choices]
-            calls = [tc for d in deltas for tc in (d.delta.tool_calls or [])]
+            calls = assembled(deltas)
             assert "".join(d.delta.content or "" for d in deltas) == "" and deltas[-1].finish_reason == "tool_calls"
         else:
             calls = r.choices[0].message.tool_calls
@@ -167,7 +204,7 @@ async def test_a_named_tool_choice_opens_the_answer_with_that_call(client, serve
         chunks = [c async for c in r]
         deltas = [c.choices[0] for c in chunks if c.choices]
         assert "".join(d.delta.content or "" for d in deltas) == "" and deltas[-1].finish_reason == "tool_calls"
-        calls, used = [tc for d in deltas for tc in (d.delta.tool_calls or [])], chunks[-1].usage
+        calls, used = assembled(deltas), chunks[-1].usage
     else:
         assert r.choices[0].message.content is None and r.choices[0].finish_reason == "tool_calls"
         calls, used = r.choices[0].message.tool_calls, r.usage
@@ -245,8 +282,8 @@ async def test_what_cannot_be_honoured_is_a_clear_400(client, template):
         assert code is None or e.value.code == code
     with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, response_format={
-            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "number", "multipleOf": 2}}})
-    assert e.value.code == "schema_unsupported" and "multipleOf" in str(e.value)
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}})
+    assert e.value.code == "schema_unsupported" and "uniqueItems" in str(e.value)
     with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model="coder", messages=ASK, max_tokens=4, response_format={
             "type": "json_schema", "json_schema": {"name": "x"}})
@@ -296,7 +333,7 @@ async def test_mistral_calls_after_the_special_token(client, template, answers, 
     if stream:
         deltas = [c.choices[0] for c in [c async for c in r] if c.choices]
         content = "".join(d.delta.content or "" for d in deltas)
-        calls = [tc for d in deltas for tc in (d.delta.tool_calls or [])]
+        calls = assembled(deltas)
         finish = deltas[-1].finish_reason
     else:
         content, calls, finish = r.choices[0].message.content, r.choices[0].message.tool_calls, r.choices[0].finish_reason

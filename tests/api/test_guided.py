@@ -71,7 +71,7 @@ async def test_a_schema_holds_a_chat_answer(client, body):
     ({"guided_choice": ["a"], "guided_regex": "b"}, "one structured output"),
     ({"guided_regex": "(?=a)"}, "lookaround"),
     ({"guided_choice": []}, "choice"),
-    ({"guided_json": {"type": "integer", "multipleOf": 2}}, "multipleOf"),
+    ({"guided_json": {"type": "array", "uniqueItems": True}}, "uniqueItems"),
     ({"guided_json": "{not json"}, "structured output json"),
     ({"guided_regex": "a", "response_format": {"type": "json_object"}}, "response_format"),
 ])

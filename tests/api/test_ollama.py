@@ -307,7 +307,7 @@ async def test_logprobs_are_the_completions_endpoints(server, client, http):
     ({"model": "codellama", "prompt": "x", "images": ["aGk="]}, 400, "images"),
     ({"model": "codellama", "prompt": "x", "think": True}, 400, "thinking"),
     ({"model": "codellama", "prompt": "x", "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
-    ({"model": "codellama", "prompt": "x", "format": {"type": "integer", "multipleOf": 2}}, 400, "multipleOf"),
+    ({"model": "codellama", "prompt": "x", "format": {"type": "array", "uniqueItems": True}}, 400, "uniqueItems"),
     ({"model": "codellama", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
     ({"model": "codellama", "prompt": "x", "raw": True, "system": "s"}, 400, "raw mode"),
     ({"model": "codellama", "prompt": "x", "template": "{{ .Prompt }}"}, 400, "template"),

@@ -99,8 +99,13 @@ async def test_codex_calls_come_back_as_function_call_items(server, http, templa
     if stream:
         events = typed_sse_events(body)
         done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
-        arguments = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
-        assert json.loads(arguments) == {"command": ["ls", "-la"]}
+        pieces = [e for e in events if e["type"] == "response.function_call_arguments.delta"]
+        assert json.loads("".join(e["delta"] for e in pieces)) == {"command": ["ls", "-la"]}
+        # the call's item opens once its name is written, its arguments going out as they are written
+        kinds = [e["type"] for e in events]
+        opened = kinds.index("response.output_item.added", kinds.index("response.output_text.done"))
+        assert opened < events.index(pieces[0]) and len(pieces) > 1
+        assert {e["item_id"] for e in pieces} == {done[1]["id"]} and kinds.count("response.output_item.done") == 2
         response = events[-1]["response"]
         assert events[-1]["type"] == "response.completed" and response["output"] == done
     else:
@@ -163,8 +168,8 @@ async def test_a_json_schema_format_holds_the_answer(client):
      "input_image"),
     ({"input": [{"type": "local_shell_call", "call_id": "c"}]}, "local_shell_call"),
     ({"input": [{"type": "message", "role": "robot", "content": "hi"}]}, "role"),
-    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "integer", "multipleOf": 2}}}},
-     "multipleOf"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "array", "uniqueItems": True}}}},
+     "uniqueItems"),
     ({"tool_choice": {"type": "function", "name": "missing"}, "tools": [SHELL]}, "missing")])
 async def test_what_cannot_be_honoured_is_a_400(client, extra, word):
     with pytest.raises(openai.BadRequestError, match=word):

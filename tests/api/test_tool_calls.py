@@ -1,5 +1,5 @@
-"""Tool-call formats read from chat templates, calls parsed out of generated text, and what a
-stream holds back (api/tool_calls.py)."""
+"""Tool-call formats read from chat templates, and calls read out of whole answers
+(api/tool_calls.py, api/call_stream.py read_calls; streamed answers: test_call_stream.py)."""
 from __future__ import annotations
 
 import json
@@ -7,52 +7,46 @@ import json
 import pytest
 
 from api import tool_calls
+from api.call_stream import read_calls
 from api.tool_calls import ToolCalling, forced_opening
 from tests.api.test_chat_tools import HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, QWEN3_CODER, TWO_CALLS
+
+
+def parse(text: str, fmt: str, schemas: dict | None = None):
+    return read_calls(text, ToolCalling(fmt, schemas=schemas))
 
 
 def test_formats_are_read_from_the_templates_and_parsed():
     assert tool_calls.format_of(HERMES) == "hermes" and tool_calls.format_of(LLAMA3) == "llama3"
     assert tool_calls.format_of(QWEN3_CODER) == "qwen3_coder"
     assert tool_calls.format_of("{{ messages }}") is None
-    content, calls = tool_calls.parse(TWO_CALLS, "hermes")
+    content, calls = parse(TWO_CALLS, "hermes")
     assert content == "Let me check."
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"}), ("now", {})]
     assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
     # a block that is not a call stays text; an unclosed last block (the model stopped) is a call
-    assert tool_calls.parse("<tool_call>{not json}</tool_call>", "hermes") == ("<tool_call>{not json}</tool_call>", [])
-    assert tool_calls.parse('<tool_call>{"name": "now"}', "hermes")[1][0].arguments == "{}"
-    content, calls = tool_calls.parse(' {"name": "f", "parameters": {"q": "a;b"}}; {"name": "g", "parameters": {}}',
+    assert parse("<tool_call>{not json}</tool_call>", "hermes") == ("<tool_call>{not json}</tool_call>", [])
+    assert parse('<tool_call>{"name": "now"}', "hermes")[1][0].arguments == "{}"
+    content, calls = parse(' {"name": "f", "parameters": {"q": "a;b"}}; {"name": "g", "parameters": {}}',
                                       "llama3")
     assert content is None and [(c.name, c.arguments) for c in calls] == [("f", '{"q": "a;b"}'), ("g", "{}")]
-    assert tool_calls.parse('{"no": "name"}', "llama3") == ('{"no": "name"}', [])
-    assert tool_calls.parse("The answer is {1}.", "llama3") == ("The answer is {1}.", [])
-
-
-def test_streams_hold_back_only_what_may_be_a_call():
-    assert tool_calls.held_from("Sure <tool_call>{", "hermes") == 5
-    assert tool_calls.held_from("Sure <tool", "hermes") == 5  # the start of the marker
-    assert tool_calls.held_from("a < b", "hermes") == 5  # '<' then more text: not the marker
-    assert tool_calls.held_from("Sure", "hermes") == 4
-    assert tool_calls.held_from("  {\"na", "llama3") == 0 and tool_calls.held_from("Hello", "llama3") == 5
-    # what went out already is not scanned again
-    assert tool_calls.held_from("Sure <tool_call>{", "hermes", since=5) == 5
-    assert tool_calls.held_from("Hi {\"name", "llama3", since=2) == 9
+    assert parse('{"no": "name"}', "llama3") == ('{"no": "name"}', [])
+    assert parse("The answer is {1}.", "llama3") == ("The answer is {1}.", [])
 
 
 def test_qwen3_coder_parameters_are_typed_by_the_schema_or_as_json():
     text = ("Running it.\n<tool_call>\n<function=run>\n<parameter=command>\nls -la\n</parameter>\n"
             "<parameter=n>\n30\n</parameter>\n<parameter=flag>\ntrue\n</parameter>\n</function>\n</tool_call>")
     schemas = {"run": {"command": {"type": "string"}, "n": {"type": "string"}, "flag": {"type": "boolean"}}}
-    content, calls = tool_calls.parse(text, "qwen3_coder", schemas)
+    content, calls = parse(text, "qwen3_coder", schemas)
     assert content == "Running it." and calls[0].name == "run"
     assert json.loads(calls[0].arguments) == {"command": "ls -la", "n": "30", "flag": True}
-    assert json.loads(tool_calls.parse(text, "qwen3_coder")[1][0].arguments) == {"command": "ls -la", "n": 30,
+    assert json.loads(parse(text, "qwen3_coder")[1][0].arguments) == {"command": "ls -la", "n": 30,
                                                                                   "flag": True}
     # a call cut off by max_tokens keeps what it has; a block with no function is text
-    cut = tool_calls.parse("<tool_call>\n<function=f>\n<parameter=x>\nabc", "qwen3_coder")[1][0]
+    cut = parse("<tool_call>\n<function=f>\n<parameter=x>\nabc", "qwen3_coder")[1][0]
     assert (cut.name, json.loads(cut.arguments)) == ("f", {"x": "abc"})
-    assert tool_calls.parse('<tool_call>{"name": "f"}</tool_call>', "qwen3_coder")[1] == []
+    assert parse('<tool_call>{"name": "f"}</tool_call>', "qwen3_coder")[1] == []
 
 
 @pytest.mark.parametrize("fmt,named,written", [
@@ -68,7 +62,7 @@ def test_qwen3_coder_parameters_are_typed_by_the_schema_or_as_json():
     ("mistral_args", False, 'get_weather[ARGS]{"city": "Paris"}')])
 def test_a_forced_opening_and_what_follows_it_read_as_the_call(fmt, named, written):
     calling = ToolCalling(fmt, forced=forced_opening(fmt, "get_weather" if named else None))
-    content, calls = calling.parse(calling.forced + written)
+    content, calls = read_calls(calling.forced + written, calling)
     assert content is None and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
     assert not calling.forced.endswith((" ", '"'))  # the model writes the next value's first token itself
 
@@ -78,11 +72,8 @@ def test_mistral_calls_need_their_marker_and_valid_json():
     for fmt in ("mistral", "mistral_args"):
         for text in ('[{"name": "f", "arguments": {}}]',  # no [TOOL_CALLS]: an answer, not a call
                      'Sure.[TOOL_CALLS] [{"name": "f", "arguments": {]', "[TOOL_CALLS]f[ARGS]{nope"):
-            assert tool_calls.parse(text, fmt) == (text, [])
-        assert tool_calls.held_from("Sure. [TOOL", fmt) == len("Sure. [TOOL")  # the marker comes whole
-        assert tool_calls.held_from("Sure.[TOOL_CALLS] [", fmt, since=2) == len("Sure.")
-    content, calls = tool_calls.parse('ok[TOOL_CALLS] [{"name": "f", "arguments": {"a": 1}}][TOOL_CALLS]g[ARGS]{}',
-                                      "mistral")
+            assert parse(text, fmt) == (text, [])
+    content, calls = parse('ok[TOOL_CALLS] [{"name": "f", "arguments": {"a": 1}}][TOOL_CALLS]g[ARGS]{}', "mistral")
     assert content == "ok" and [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 1}), ("g", {})]
 
 
@@ -104,7 +95,7 @@ def test_a_forced_call_is_json_its_schema_continues_from_the_opening(fmt, name, 
     assert state is not None and machine.complete(state)
     assert machine.feed(machine.start, rest.replace("Paris", "1").replace('"1"', "1")) is None or name is None
     text = forced_opening(fmt, name) + rest
-    assert tool_calls.parse(text, fmt)[1], text  # and it reads back as a call
+    assert parse(text, fmt)[1], text  # and it reads back as a call
 
 
 def test_calls_that_are_not_one_json_value_are_not_held():
