@@ -142,7 +142,11 @@ async def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatReq
     except (ValueError, RecursionError) as e:
         log.info("tool call not constrained: %s", e)
         return params
-    return dataclasses.replace(params, json_object=True, json_schema=machine)
+    try:
+        return dataclasses.replace(params, json_object=True, json_schema=machine)
+    except ValueError as e:  # ignore_eos: the held call ends where it closes
+        raise bad_request(f"tool_choice {'required' if name is None else 'of a named function'}: {e}",
+                          param="tool_choice") from None
 
 
 async def response_schema(response_format: ResponseFormat, state: AppState,

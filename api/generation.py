@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
-from typing import AsyncIterator, Callable, Protocol, TypeVar
+from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
 
 import pydantic
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from engine.async_engine import EngineDeadError
 from engine.outputs import RequestOutput
@@ -20,6 +22,7 @@ from api import errors
 from api.completions import CompletionPlan, deadline, engine_value_error, merged_outputs
 from api.errors import APIError, bad_request
 from api.metrics import GenerationTracker
+from api.schemas import strict_json
 from api.state import STATE, AppState
 
 log = logging.getLogger(__name__)
@@ -138,19 +141,52 @@ async def read_json(request: web.Request, timeout: float | None = None) -> dict:
             raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge -> 413
     except (TimeoutError, asyncio.TimeoutError):  # one class from 3.11 on
         raise APIError(408, f"The request body did not arrive within {timeout:g} s.", code="body_timeout") from None
+    except RequestPayloadError as e:  # e.g. a Content-Encoding the body is not in; the connection cannot go on
+        reason = str(e).split("message:", 1)[-1].strip()
+        raise APIError(400, f"The request body could not be read: {reason}", code="invalid_encoding",
+                       headers={"Connection": "close"}) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise bad_request(f"The request body is not valid UTF-8 ({e.reason} at byte {e.start}).",
                           code="invalid_encoding") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = strict_json(text)
     except (ValueError, RecursionError) as e:
         raise bad_request(f"The request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    where = _unpaired_surrogate(body)
+    if where is not None:
+        raise bad_request(f"The request body is not valid Unicode: {where} holds an unpaired surrogate "
+                          "(a \\ud800-\\udfff escape that is not half of a pair).",
+                          param=re.split(r"[.\[]", where)[0], code="invalid_encoding")
     return body
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a valid JSON number")
+def _unpaired_surrogate(body: Any) -> str | None:
+    """Where a decoded body's first string (or key) that is not valid Unicode lies, as a path
+    (`messages[0].content`); None where every one is. JSON may escape half a surrogate pair, which
+    decodes to a string that nothing downstream (the tokenizer, a template, the output) can take."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not _encodes(value):
+                return path or "the body"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _encodes(key):
+                    return f"{path}.<key>" if path else "<key>"
+                stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            stack += [(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -15,7 +15,7 @@ from engine.json_schema import compile_schema
 
 from api.errors import bad_request
 from api.prompts import PromptTokenizer
-from api.schemas import CompletionRequest
+from api.schemas import CompletionRequest, strict_json
 
 _KINDS = ("json", "regex", "choice", "json_object")
 _REFUSED = ("grammar", "structural_tag")
@@ -56,7 +56,7 @@ async def constraint(req: CompletionRequest, prompts: PromptTokenizer) -> tuple[
 
 def _compiled(kind: str, value: Any) -> object:
     if kind == "json":
-        return compile_schema(json.loads(value) if isinstance(value, str) else value)
+        return compile_schema(strict_json(value) if isinstance(value, str) else value)
     if kind == "regex":
         if not isinstance(value, str):
             raise ValueError("regex must be a string")

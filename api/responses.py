@@ -97,8 +97,11 @@ def chat_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             out.append({"role": "tool", "tool_call_id": use, "name": names.get(use, ""),
                         "content": _text(item.get("output"), i)})
         elif kind == "reasoning":
-            parts = (item.get("content") or []) + (item.get("summary") or [])
-            thought += [str(p.get("text", "")) for p in parts if isinstance(p, dict)]
+            parts = [item.get("content") or [], item.get("summary") or []]
+            if not all(isinstance(p, list) for p in parts):
+                raise bad_request(f"input[{i}]: a reasoning item's content and summary are lists of parts",
+                                  param="input")
+            thought += [str(p.get("text", "")) for p in parts[0] + parts[1] if isinstance(p, dict)]
         else:
             raise bad_request(f"input[{i}]: an item of type {kind!r} is not supported here (message, function_call, "
                               "function_call_output, reasoning).", param="input")

@@ -6,6 +6,8 @@ Nullable fields mean "the default" when null, as OpenAI's API does.
 """
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,6 +20,23 @@ MAX_LOGIT_BIAS = 1024  # entries of a logit_bias
 
 Prompt = Union[str, list[str], list[int], list[list[int]]]
 
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the API takes it: NaN and Infinity are no numbers, nor one beyond a double's range
+    (1e999), which Python's parser would read as infinite (ValueError for each)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a number")
+    return value
 
 class RequestBody(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)

@@ -31,6 +31,16 @@ CASES = [
     ("Infinity", "POST", CT, b'{"prompt": "x", "max_tokens": Infinity}', 400, None),
     ("deep nesting", "POST", CT, b'{"prompt": ' + b"[" * 20000 + b"]" * 20000 + b"}", 400, None),
     ("lone surrogate", "POST", CT, b'{"prompt": "a\\ud800b"}', 400, "prompt"),
+    ("lone surrogate in a chat message", "POST", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "\\udc00"}]}', 400, "messages"),
+    ("lone surrogate in a prediction", "POST", CT, b'{"prompt": "x", "prediction": {"content": "\\ud800"}}', 400,
+     "prediction"),
+    ("lone surrogate in an infill prefix", "POST", "/infill", b'{"input_prefix": "\\ud800", "n_predict": 2}', 400,
+     "input_prefix"),
+    ("lone surrogate in a key", "POST", CT, b'{"prompt": "x", "logit_bias": {"\\ud800": 1}}', 400, "logit_bias"),
+    ("number out of range", "POST", "/infill", b'{"input_prefix": "a", "temperature": 1e999}', 400, None),
+    ("guided_json text with Infinity", "POST", CT, js(prompt="x", guided_json='{"const": Infinity}'), 400,
+     "structured_outputs"),
     ("no prompt", "POST", CT, js(max_tokens=3), 400, "prompt"),
     ("prompt wrong type", "POST", CT, js(prompt=1), 400, "prompt"),
     ("prompt mixed list", "POST", CT, js(prompt=["a", 3]), 400, "prompt"),
@@ -124,3 +134,13 @@ async def test_copilots_default_engine_names_are_served_and_others_are_told_the_
     async with http.post(f"{server.url}/v1/engines/davinci/completions", json={"prompt": "x"}) as r:
         message = (await r.json())["error"]["message"]
     assert r.status == 404 and "--served-model-name tiny davinci" in message
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_400_that_closes_the_connection(server, http):
+    """Content-Encoding gzip on a body that is not: the body cannot be read, nor the connection go on."""
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with http.post(server.url + CT, data=js(prompt="a", max_tokens=2), headers=headers) as r:
+        assert r.status == 400 and r.headers.get("Connection", "").lower() == "close"
+        assert (await r.json())["error"]["code"] == "invalid_encoding"
+    async with http.post(server.url + CT, json={"prompt": "def f():", "max_tokens": 2}) as r:
+        assert r.status == 200

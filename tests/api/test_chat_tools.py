@@ -274,7 +274,8 @@ async def test_what_cannot_be_honoured_is_a_clear_400(client, template):
     cases = [({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nowhere"}}}, None),
              ({"tool_choice": "required"}, None),
              ({"tools": [{"type": "retrieval"}]}, None),
-             ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, None)]
+             ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, None),
+             ({"tools": [WEATHER], "tool_choice": "required", "extra_body": {"ignore_eos": True}}, None)]
     template(HERMES)
     for extra, code in cases:
         with pytest.raises(openai.BadRequestError) as e:

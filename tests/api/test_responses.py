@@ -170,7 +170,9 @@ async def test_a_json_schema_format_holds_the_answer(client):
     ({"input": [{"type": "message", "role": "robot", "content": "hi"}]}, "role"),
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "array", "uniqueItems": True}}}},
      "uniqueItems"),
-    ({"tool_choice": {"type": "function", "name": "missing"}, "tools": [SHELL]}, "missing")])
+    ({"tool_choice": {"type": "function", "name": "missing"}, "tools": [SHELL]}, "missing"),
+    ({"input": [{"type": "reasoning", "content": "x"}, {"role": "user", "content": "hi"}]}, "reasoning"),
+    ({"input": [{"type": "reasoning", "summary": 5}, {"role": "user", "content": "hi"}]}, "reasoning")])
 async def test_what_cannot_be_honoured_is_a_400(client, extra, word):
     with pytest.raises(openai.BadRequestError, match=word):
         await client.responses.create(**{"model": "coder", "input": "hi", **extra})
