@@ -21,6 +21,10 @@ from typing import NamedTuple
 
 MAX_REPEAT = 64  # the largest count a {n,m} may give (each copy is part of the automaton)
 MAX_POSITIONS = 16384  # an automaton larger than this is refused
+# Nor one whose positions' closures over empty edges hold more than this in all: nested optional
+# repeats ((.{0,64}){0,64}) make each closure hold most positions, and building and stepping such an
+# automaton takes seconds of the thread every request's prompt waits on.
+MAX_CLOSURES = 1 << 19
 MAX_STEPS_KEPT = 1 << 16  # (state, character) -> next state, remembered: a mask's walk repeats most steps
 
 # A set of characters: (negated, ((first, last) code point ranges, ...)).
@@ -319,7 +323,13 @@ class _Builder:
         return entry, exit_
 
     def pattern(self, source: str, entry: int, end: int) -> Pattern:
-        closures = tuple(self._closure(p) for p in range(len(self.chars)))
+        closures, held = [], 0
+        for p in range(len(self.chars)):
+            closures.append(self._closure(p))
+            held += len(closures[-1])
+            if held > MAX_CLOSURES:
+                raise ValueError(f"pattern {source!r} is too complex to hold: its optional repeats nest too deep")
+        closures = tuple(closures)
         reaching: dict[int, set[int]] = {}
         for p in range(len(self.chars)):
             for target in [t for _, t in self.chars[p]] + self.empty[p]:

@@ -101,7 +101,8 @@ def test_a_format_writes_only_what_its_checker_passes(name):
                                           ("(ab", "unclosed group"), ("[ab", "unclosed class"), ("[z-a]", "range"),
                                           ("ab)", "unbalanced"), (r"[\D]", "negated escape"), ("\\", "trailing"),
                                           (r"\u12", "hex digits"), ("((a{64}){64}){4}", "positions"),
-                                          ("x|^y", "anchor"), ("a{,2}", "lower bound")])
+                                          ("x|^y", "anchor"), ("a{,2}", "lower bound"),
+                                          ("(.{0,64}){0,64}x", "too complex"), (r"(\w{1,64}){1,64}", "too complex")])
 def test_what_cannot_be_read_is_refused_by_name(source, word):
     with pytest.raises(ValueError, match=word):
         compile_pattern(source)
