@@ -18,6 +18,7 @@ changes nothing.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -190,6 +191,23 @@ class JsonTokens:
 
     texts: Sequence[str | None]
     eos_ids: frozenset[int]
+
+    @functools.cached_property
+    def first_chars(self) -> frozenset[str]:
+        """Every character a token's text starts with."""
+        return frozenset(t[0] for t in self.texts if t)
+
+    def can_begin(self, state) -> bool:
+        """Whether some token can be written from `state`, by its first character (a cheap test
+        for a constraint this vocabulary cannot begin to write: one whose text needs characters
+        no token has)."""
+        machine = self.machine(state)
+        return machine.complete(state) or any(machine.feed(state, ch) is not None for ch in sorted(self.first_chars))
+
+    @property
+    def end_id(self) -> int | None:
+        """The end of text a row takes where its state allows no token (the smallest end id)."""
+        return min(self.eos_ids) if self.eos_ids else None
 
     @staticmethod
     def machine(state):

@@ -157,6 +157,8 @@ class LLMEngine:
             raise ValueError(f"stop_token_ids: token ids out of range [0, {self.model_config.vocab_size})")
         if params.json_object and (self.sampler.json_tokens is None or not self.eos_ids):
             raise ValueError("json_object needs a tokenizer whose pieces' texts are known and an end-of-text token")
+        if params.json_schema is not None and not self.sampler.json_tokens.can_begin(params.json_schema.start):
+            raise ValueError("the constraint accepts no answer that a token of this model's vocabulary can begin")
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         seqs = []
         for i in range(params.n):

@@ -161,7 +161,9 @@ class Sampler:
 
     def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
         """Rows held to JSON: the token chosen where the state allows it, else the first it allows
-        in the row's own order of preference (preferred's, found as engine/json_choice.py does)."""
+        in the row's own order of preference (preferred's, found as engine/json_choice.py does);
+        where it allows none (a constraint this vocabulary cannot finish), the end of the text:
+        what went out stays a prefix of what the constraint accepts, never text it refuses."""
         chosen = tokens.tolist()
         allows = self.json_tokens.allows
         refused = [i for i, r in enumerate(rows) if r.json is not None and not allows(r.json, chosen[i])]
@@ -184,6 +186,10 @@ class Sampler:
                                       picked, allows, self.json_masks)
             for i, token in zip(where, picked):
                 chosen[i] = token
+        end = self.json_tokens.end_id
+        for i in refused:  # a state no token of the vocabulary can go on from: the row ends there
+            if end is not None and not allows(rows[i].json, chosen[i]):
+                chosen[i] = end
         return torch.tensor(chosen, dtype=torch.long, device=tokens.device)
 
     def preferred(self, x: torch.Tensor, row: SamplingRow) -> Iterator[int]:

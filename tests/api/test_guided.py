@@ -74,6 +74,9 @@ async def test_a_schema_holds_a_chat_answer(client, body):
     ({"guided_json": {"type": "array", "uniqueItems": True}}, "uniqueItems"),
     ({"guided_json": "{not json"}, "structured output json"),
     ({"guided_regex": "a", "response_format": {"type": "json_object"}}, "response_format"),
+    ({"guided_regex": "\u0000"}, "no answer that a token"),  # characters no token of the vocabulary has
+    ({"guided_choice": ["\u2603"]}, "no answer that a token"),
+    ({"guided_regex": "(.{0,64}){0,64}x"}, "too complex"),
 ])
 async def test_what_cannot_be_honoured_is_a_400(client, body, word):
     with pytest.raises(openai.BadRequestError, match=word):

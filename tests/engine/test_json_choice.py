@@ -72,12 +72,13 @@ def logits(rng: random.Random, n: int) -> torch.Tensor:
 
 
 def reference(sampler: Sampler, x: torch.Tensor, rows: list[SamplingRow], free: list[int]) -> list[int]:
-    """Each row's own choice where allowed, else the first allowed in Sampler.preferred's walk."""
+    """Each row's own choice where allowed, else the first allowed in Sampler.preferred's walk,
+    else (nothing allowed) the end of text."""
     out = []
     for i, r in enumerate(rows):
         token = free[i]
         if not TOKENS.allows(r.json, token):
-            token = next((t for t in sampler.preferred(x[i].clone(), r) if TOKENS.allows(r.json, t)), token)
+            token = next((t for t in sampler.preferred(x[i].clone(), r) if TOKENS.allows(r.json, t)), TOKENS.end_id)
         out.append(token)
     return out
 

@@ -141,3 +141,22 @@ def test_a_whole_answer_held_to_a_pattern():
         state = machine.feed(machine.start, prefix)
         assert masks.allowed(state, 8, torch.device("cpu")).tolist() == [tokens.allows(state, t) for t in range(8)]
     assert tokens.allows(machine.feed(machine.start, "12-x"), 6) and not tokens.allows(machine.start, 6)
+
+
+def test_a_constraint_the_vocabulary_cannot_write_is_refused_or_ends_the_answer():
+    """A pattern no token can begin (a character no token has) is refused when the request comes; one
+    that a token can begin but none can go on with ends the answer where it stands: the output stays
+    a prefix of what the pattern accepts, never free text."""
+    from engine import DEFAULT_MODEL, LLM, SamplingParams
+
+    llm = LLM(DEFAULT_MODEL, num_kv_blocks=64, max_num_seqs=2)
+    tokens = llm.engine.sampler.json_tokens
+    assert not tokens.can_begin(PatternText.of("\x00").start) and tokens.can_begin(PatternText.of("a").start)
+    with pytest.raises(ValueError, match="no answer that a token"):
+        llm.generate(["x = "], SamplingParams(max_tokens=4, json_object=True, json_schema=PatternText.of("\x00")))
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(max_tokens=8, temperature=temperature, seed=3, json_object=True,
+                                json_schema=PatternText.of("(ab|a)\x00"))
+        out = llm.generate(["x = "], params, use_tqdm=False)[0].outputs[0]
+        assert out.text in ("a", "ab") and out.finish_reason == "stop"
+    assert llm.engine.block_manager.num_free == llm.engine.block_manager.num_blocks
