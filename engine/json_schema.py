@@ -7,28 +7,35 @@ type list, $ref), each a stack of immutable frames, innermost last:
 
   ("V", node)                          a value of `node` is next
   ("O", node, phase, seen, key)        in an object: k0 (after "{"), k (after ","), ks (in a key,
-                                       `key` so far), ":" (after a key), a (after a value)
+                                       `key` so far), ":" (after a key), a (after a value); `seen`:
+                                       the keys written (their number is the properties' count)
   ("A", node, phase, count)            in an array: v0 (after "["), v (after ","), a (after a value)
   ("S", node, count, escape, match)    in a string: characters so far (where its length is bounded);
                                        1 after a backslash, 10 + n with n hex digits of a \\u escape
                                        left; `match` where it has a pattern: (the pattern's state,
                                        the \\u escape's hex digits so far), else None
   ("N", node, phase, text)             in a number (json_object's phases); `text` so far where the
-                                       node has bounds ("" otherwise: fewer states)
+                                       node has bounds or multipleOf ("" otherwise: fewer states)
   ("L", node, prefix)                  in one of the node's exact texts (enum, const, true, false, null)
   ("D",)                               the value is complete: only the end of the text may follow
 
 What it enforces: type (and type lists), properties with required ones (each key at most once,
 in any order), additionalProperties (false, or absent beside properties: no other key; true, a
-schema, or absent without properties: any other key), items and prefixItems, minItems and maxItems, minLength and maxLength, pattern (engine/json_pattern.py; not beside a
+schema, or absent without properties: any other key), minProperties and maxProperties (once the
+missing required keys fill what maxProperties leaves, only they may come), items and prefixItems,
+minItems and maxItems, minLength and maxLength, pattern (engine/json_pattern.py; not beside a
 length; its string written without \\u escapes, so a pattern that needs a control character other
-than \\b \\f \\n \\r \\t can be left unfinished), format date, time, date-time, uuid, ipv4 and email (as patterns), minimum and maximum
-and their exclusive forms (a bounded number is written without an exponent, and each character
-must leave a value within the bounds reachable), enum and const (as their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
-definitions or "#" (recursion through objects and arrays included). Annotations (title, description, default, format, ...) are
-ignored; any other keyword (multipleOf, uniqueItems, ...) is refused, never
-silently dropped. Keys are written without escapes. Whitespace between tokens is bounded as in
-json_object.
+than \\b \\f \\n \\r \\t can be left unfinished), format date, time, date-time, uuid, ipv4 and
+email (as patterns), minimum and maximum and their exclusive forms, and multipleOf a whole number
+(such a number is written without an exponent, a multiple's point followed by zeros only, and each
+character must leave a value within the bounds, and a multiple, reachable), enum and const (as
+their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
+definitions or "#" (recursion through objects and arrays included). Annotations (title,
+description, default, format, ...) are ignored; any other keyword (uniqueItems,
+patternProperties, ...) is refused, never silently dropped, and so are a fractional multipleOf (a
+validator's floating point disagrees with its exact multiples) and counts or bounds that no value
+meets (they would be a dead end). Keys are written without escapes. Whitespace between tokens is
+bounded as in json_object.
 """
 from __future__ import annotations
 
@@ -44,10 +51,11 @@ _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
                           "readOnly", "writeOnly", "format", "$defs", "definitions", "strict", "name", "nullable"})
 _KEYWORDS = {
-    "object": {"type", "properties", "required", "additionalProperties"},
+    "object": {"type", "properties", "required", "additionalProperties", "minProperties", "maxProperties"},
     "array": {"type", "items", "prefixItems", "minItems", "maxItems"},
     "string": {"type", "minLength", "maxLength", "pattern"},
-    "integer": {"type", *_BOUNDS}, "number": {"type", *_BOUNDS}, "boolean": {"type"}, "null": {"type"},
+    "integer": {"type", "multipleOf", *_BOUNDS}, "number": {"type", "multipleOf", *_BOUNDS}, "boolean": {"type"},
+    "null": {"type"},
 }
 _NUMBER_START = "-0123456789"
 # Parses kept at once: text that leaves more apart (anyOf branches that never part, nested) is not
@@ -66,7 +74,7 @@ class Node:
     extra: "Node | None" = None  # the schema of keys not among props (None: none allowed)
     items: "Node | None" = None
     prefix: tuple["Node", ...] = ()
-    min_count: int = 0
+    min_count: int = 0  # an array's items, a string's characters, an object's properties
     max_count: int | None = None
     texts: frozenset[str] = frozenset()
     options: tuple["Node", ...] = ()
@@ -77,14 +85,17 @@ class Node:
     high: Fraction | None = None
     low_open: bool = False
     high_open: bool = False
+    multiple: int | None = None  # a number's multipleOf (a whole number: its values are integers)
     # Looked up per character, so that a long enum or many properties cost no scan of them:
     prefixes: frozenset[str] = frozenset()  # every prefix of `texts`
-    key_prefixes: dict[str, list[str]] = field(default_factory=dict)  # a prefix -> the props' names it starts
+    # A prefix -> the names it starts, of the props and the required keys:
+    key_prefixes: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.prefixes = frozenset(t[:i] for t in self.texts for i in range(1, len(t) + 1))
-        self.bounded = self.low is not None or self.high is not None
-        for name in self.props:
+        # Its text kept and checked a character at a time (written without an exponent):
+        self.bounded = self.low is not None or self.high is not None or self.multiple is not None
+        for name in (*self.props, *(self.required - self.props.keys())):
             for i in range(1, len(name) + 1):
                 self.key_prefixes.setdefault(name[:i], []).append(name)
 
@@ -135,8 +146,7 @@ class JsonSchema:
 
     def in_text(self, state: SchemaState) -> bool:
         """Whether the text is inside a free string: a value's, or a key's where any key may come."""
-        return any(stack[-1][0] == "S" or (stack[-1][0] == "O" and stack[-1][2] == "ks" and stack[-1][1].extra)
-                   for stack, _ in state.alts)
+        return any(_in_text(stack[-1]) for stack, _ in state.alts)
 
     def in_string(self, state: SchemaState) -> bool:
         """Whether a piece without text of its own (a byte of a longer character) may come: inside a
@@ -212,30 +222,27 @@ class JsonSchema:
         _, node, phase, seen, key = stack[-1]
         rest = stack[:-1]
         if phase in ("k0", "k"):
-            if ch == '"' and _keys_left(node, seen):
+            if ch == '"' and _key_may_come(node, seen):
                 return [rest + (("O", node, "ks", seen, ""),)]
-            if ch == "}" and phase == "k0" and node.required <= seen:
+            if ch == "}" and phase == "k0" and _may_close(node, seen):
                 return [_pop(stack)]
             return []
         if phase == "ks":
             if ch == '"':
-                ok = key not in seen and (key in node.props or node.extra is not None)
-                return [rest + (("O", node, ":", seen, key),)] if ok else []
+                return [rest + (("O", node, ":", seen, key),)] if _key_fits(node, seen, key, whole=True) else []
             if ch == "\\" or ord(ch) < 0x20:
                 return []
             grown = key + ch
-            if node.extra is None and all(name in seen for name in node.key_prefixes.get(grown, ())):
-                return []
-            return [rest + (("O", node, "ks", seen, grown),)]
+            return [rest + (("O", node, "ks", seen, grown),)] if _key_fits(node, seen, grown, whole=False) else []
         if phase == ":":
             if ch != ":":
                 return []
             value = node.props.get(key, node.extra)
             return [rest + (("O", node, "a", seen | {key}, ""), ("V", value))]
         if phase == "a":
-            if ch == "," and _keys_left(node, seen):
+            if ch == "," and _key_may_come(node, seen):
                 return [rest + (("O", node, "k", seen, ""),)]
-            if ch == "}" and node.required <= seen:
+            if ch == "}" and _may_close(node, seen):
                 return [_pop(stack)]
         return []
 
@@ -298,25 +305,33 @@ def _ends(stack: tuple) -> bool:
 
 
 def _number_ends(top: tuple) -> bool:
-    """Whether the number of this ("N", ...) frame may end here: complete, and within its bounds."""
+    """Whether the number of this ("N", ...) frame may end here: complete, within its bounds, and a
+    multiple where it must be one."""
     if top[2] not in ("zero", "int", "frac", "exp"):
         return False
     node = top[1]
-    return not node.bounded or _allows(node, Fraction(top[3]), Fraction(top[3]), False, False)
+    if not node.bounded:
+        return True
+    value = Fraction(top[3])
+    return _allows(node, value, value, False, False) and (node.multiple is None or value % node.multiple == 0)
 
 
 def _reachable(node: Node, phase: str, text: str) -> bool:
     """Whether a number of `node` that starts with `text` (in `phase`, no exponent) can still end
     within the node's bounds. Its magnitude grows with each digit of the integer part: from a
     leading D it is in [D * 10**k, (D + 1) * 10**k) for some k (integers: up to the end, less
-    one); a fraction narrows it to [text, text + a unit of its last place)."""
+    one); a fraction narrows it to [text, text + a unit of its last place). A multiple of a whole
+    number is an integer: after a point only zeros keep one reachable."""
     negative = text.startswith("-")
     digits = text[1:] if negative else text
-    integer = node.kind == "integer"
+    integer = node.kind == "integer" or node.multiple is not None
     if phase == "minus":
         return _meets(node, negative, Fraction(0), None, integer)
     if phase in ("dot", "frac"):
         whole, _, fraction = digits.partition(".")
+        if node.multiple is not None:
+            value = Fraction(int(whole))
+            return fraction.strip("0") == "" and _meets(node, negative, value, value + 1, True)
         start = Fraction(f"{whole}.{fraction}") if fraction else Fraction(int(whole))
         return _meets(node, negative, start, start + Fraction(1, 10 ** len(fraction)), False)
     lead = int(digits)
@@ -355,7 +370,7 @@ def _allows(node: Node, low: Fraction | None, high: Fraction | None, low_open: b
     if lo is None or hi is None:
         return True
     if integer:
-        return _ceil(lo, lo_open) <= _floor(hi, hi_open)
+        return _first_multiple(node, _ceil(lo, lo_open)) <= _floor(hi, hi_open)
     return lo < hi or (lo == hi and not lo_open and not hi_open)
 
 
@@ -370,6 +385,12 @@ def _tighter(a: Fraction | None, a_open: bool, b: Fraction | None, b_open: bool,
     return b, b_open
 
 
+def _first_multiple(node: Node, n: int) -> int:
+    """The least integer at or above n that the node's multipleOf (if any) divides."""
+    step = node.multiple or 1
+    return -(-n // step) * step
+
+
 def _ceil(x: Fraction, exclusive: bool) -> int:
     """The least integer at or above x (above it where `exclusive` and x is one)."""
     n = -(-x.numerator // x.denominator)
@@ -382,8 +403,39 @@ def _floor(x: Fraction, exclusive: bool) -> int:
     return n - 1 if exclusive and n == x else n
 
 
-def _keys_left(node: Node, seen: frozenset[str]) -> bool:
+def _in_text(top: tuple) -> bool:
+    """A value's string, or a key where any key may come."""
+    if top[0] == "S":
+        return True
+    return top[0] == "O" and top[2] == "ks" and top[1].extra is not None and not _required_only(top[1], top[3])
+
+
+def _key_may_come(node: Node, seen: frozenset[str]) -> bool:
+    """Whether another key may start: one is left, and maxProperties leaves room for it."""
+    if node.max_count is not None and len(seen) >= node.max_count:
+        return False
     return node.extra is not None or any(p not in seen for p in node.props)
+
+
+def _may_close(node: Node, seen: frozenset[str]) -> bool:
+    return node.required <= seen and len(seen) >= node.min_count
+
+
+def _required_only(node: Node, seen: frozenset[str]) -> bool:
+    """Whether maxProperties leaves room for the missing required keys alone (it never leaves
+    less: a key that is not required comes only while there is room to spare)."""
+    return node.max_count is not None and len(seen) + len(node.required - seen) >= node.max_count
+
+
+def _key_fits(node: Node, seen: frozenset[str], text: str, whole: bool) -> bool:
+    """Whether `text` is (`whole`) or starts (else) a key that may come next: one not written yet,
+    of the props or any other where those are allowed; a missing required one where only those fit."""
+    if _required_only(node, seen):
+        names = (text,) if whole else node.key_prefixes.get(text, ())
+        return any(name in node.required and name not in seen for name in names)
+    if whole:
+        return text not in seen and (text in node.props or node.extra is not None)
+    return node.extra is not None or any(name not in seen for name in node.key_prefixes.get(text, ()))
 
 
 def _string(stack: tuple, ch: str) -> list[tuple]:
@@ -538,7 +590,22 @@ def _node(schema: Any, where: str) -> Node:
         return Node("literals", texts=frozenset({"true", "false"}))
     if kind == "null":
         return Node("literals", texts=frozenset({"null"}))
-    return Node(kind, **_bounds(schema, where))
+    node = Node(kind, **_bounds(schema, where), multiple=_multiple(schema, where))
+    if not _allows(node, None, None, False, False, integer=kind == "integer" or node.multiple is not None):
+        raise ValueError(f"{where}: no {kind} meets its bounds{' and multipleOf' if node.multiple else ''}")
+    return node
+
+
+def _multiple(schema: dict, where: str) -> int | None:
+    """multipleOf, a whole number only: a fraction's multiples (0.01) are not what a validator's
+    floating point division finds (0.07 / 0.01 is not a whole number there)."""
+    if "multipleOf" not in schema:
+        return None
+    value = _bound(schema["multipleOf"], "multipleOf", where)
+    if value <= 0 or value.denominator != 1:
+        raise ValueError(f"{where}: multipleOf {schema['multipleOf']!r} cannot be enforced here "
+                         "(a whole number > 0 can)")
+    return int(value)
 
 
 def _bounds(schema: dict, where: str) -> dict[str, Any]:
@@ -581,8 +648,22 @@ def _object_node(schema: dict, where: str) -> Node:
     # Absent additionalProperties: no other key where properties are listed (what a schema written for
     # a model means), any key where none are.
     extra = schema.get("additionalProperties", "properties" not in schema)
+    min_count, max_count = _property_counts(schema, len(set(required)), len(props) if extra is False else None, where)
     return Node("object", props={name: _node(s, f"{where}/properties/{name}") for name, s in props.items()},
-                required=frozenset(required), extra=None if extra is False else _node(extra, f"{where}/additional"))
+                required=frozenset(required), extra=None if extra is False else _node(extra, f"{where}/additional"),
+                min_count=min_count, max_count=max_count)
+
+
+def _property_counts(schema: dict, required: int, limit: int | None, where: str) -> tuple[int, int | None]:
+    """minProperties and maxProperties, refused where no object meets them beside `required` keys and
+    at most `limit` keys in all (None: any number): the automaton would reach a dead end."""
+    low, high = _count(schema, "minProperties", 0), _count(schema, "maxProperties", None)
+    if high is not None and high < max(low, required):
+        raise ValueError(f"{where}: maxProperties {high} is below minProperties {low} or the {required} "
+                         "required properties")
+    if limit is not None and low > limit:
+        raise ValueError(f"{where}: minProperties {low} is more than the {limit} properties the object may have")
+    return low, high
 
 
 def _string_node(schema: dict, where: str) -> Node:
@@ -620,8 +701,9 @@ def _only(schema: dict, allowed: set[str], where: str) -> None:
     extra = sorted(set(schema) - allowed - _ANNOTATIONS)
     if extra:
         raise ValueError(f"{where}: {', '.join(extra)} cannot be enforced here (supported: type, properties, required, "
-                         "additionalProperties, items, prefixItems, minItems, maxItems, minLength, maxLength, minimum, "
-                         "maximum, exclusiveMinimum, exclusiveMaximum, enum, const, anyOf, oneOf, $ref)")
+                         "additionalProperties, minProperties, maxProperties, items, prefixItems, minItems, maxItems, "
+                         "minLength, maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum, "
+                         "multipleOf, enum, const, anyOf, oneOf, allOf, $ref)")
 
 
 _ANY_OBJECT = Node("object", extra=ANY_VALUE)

@@ -98,8 +98,9 @@ def test_the_automaton_accepts_what_jsonschema_validates(index):
 def test_what_cannot_be_enforced_is_refused_by_name():
     for schema, word in (({"type": "string", "pattern": "(?=a)"}, "lookaround"), ({"type": "string", "pattern": "(a)\\1"},
                          "escape"), ({"type": "string", "pattern": "a", "maxLength": 3}, "beside"),
-                         ({"type": "string", "pattern": "a^"}, "anchor"), ({"type": "integer", "multipleOf": 2},
-                         "multipleOf"), ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+                         ({"type": "string", "pattern": "a^"}, "anchor"),
+                         ({"type": "integer", "multipleOf": 0.5}, "multipleOf"),
+                         ({"type": "array", "uniqueItems": True}, "uniqueItems"),
                          ({"type": "number", "minimum": "1"}, "finite number"),
                          ({"type": "number", "exclusiveMaximum": True}, "needs maximum"),
                          ({"allOf": [{"type": "string"}, {"maxLength": 2}]}, "allOf"), ({"type": "date"}, "date"),
@@ -271,3 +272,185 @@ def test_bounds_inside_objects_and_draft4s_exclusive_flags():
     assert not accepts(draft4, "1") and accepts(draft4, "1.5") and accepts(draft4, "2")
     tight = compile_schema({"type": "number", "minimum": 0.5, "exclusiveMinimum": 0.5})  # the tighter: exclusive
     assert not accepts(tight, "0.5") and accepts(tight, "0.51")
+
+
+# ---------------------------------------------------------------------- property counts and multiples
+
+COUNTED = [
+    {"type": "object", "minProperties": 2, "maxProperties": 3},
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}, "c": {"type": "boolean"}},
+     "required": ["a"], "minProperties": 2, "maxProperties": 2, "additionalProperties": False},
+    {"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 3}, "b": {"type": "null"}},
+     "required": ["a", "b"], "maxProperties": 3,
+     "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9}},
+    {"type": "object", "required": ["x"], "maxProperties": 1},  # a required key that is not listed: any key else
+    {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 5,
+                                                                       "exclusiveMinimum": -12, "maximum": 40}},
+                                "minProperties": 1, "additionalProperties": {"type": "boolean"}}, "maxItems": 3},
+]
+MULTIPLES = [{"type": "integer", "multipleOf": 7, "minimum": -50, "exclusiveMaximum": 50},
+             {"type": "integer", "multipleOf": 4, "minimum": 10}, {"type": "integer", "multipleOf": 3, "maximum": -5},
+             {"type": "integer", "multipleOf": 6}, {"type": "number", "multipleOf": 5, "exclusiveMinimum": -12.5,
+                                                    "maximum": 100.25},
+             {"type": "integer", "multipleOf": 1000, "minimum": -1000000, "maximum": 1000000},
+             {"type": "number", "multipleOf": 2.0, "minimum": 0.5}, {"type": "integer", "multipleOf": 25, "minimum": 30,
+                                                                     "maximum": 160}]
+JSON_CHARACTERS = '{}[],:" -.+0123456789abcxeEtrufsln'
+
+
+def walk(machine, alphabet: str, rng: random.Random, limit: int = 2000) -> str:
+    """A text written a random allowed character at a time until it is complete (past a few
+    characters, closing ones first where allowed, so that it ends): it never meets a dead end."""
+    state, text = machine.start, ""
+    while not (machine.complete(state) and rng.random() < 0.5):
+        options = [ch for ch in alphabet if machine.feed(state, ch) is not None]
+        if not options:
+            assert machine.complete(state), text  # nothing may follow: the text must be able to end
+            break
+        if len(text) > 20:
+            options = [ch for ch in options if ch in '}]"'] or [ch for ch in options if ch in ",:"] or options
+        ch = rng.choice(options)
+        state, text = machine.feed(state, ch), text + ch
+        assert len(text) < limit, text
+    return text
+
+
+@pytest.mark.parametrize("index", range(len(COUNTED + MULTIPLES)))
+def test_random_walks_write_what_jsonschema_validates(index):
+    """Character by character, any allowed choice: every walk ends in a document the validator
+    takes, so no prefix the automaton allows is a dead end."""
+    schema = (COUNTED + MULTIPLES)[index]
+    machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
+    alphabet = JSON_CHARACTERS if schema in COUNTED else "-0123456789.eE+"
+    rng = random.Random(str(schema))
+    for _ in range(120):
+        text = walk(machine, alphabet, rng)
+        assert validator.is_valid(json.loads(text)), text
+
+
+def multiple_text(rng: random.Random, schema: dict) -> str:
+    """A multiple of the schema's multipleOf, or one off it; a number's sometimes with a point."""
+    value = int(schema["multipleOf"]) * rng.randint(-40, 40) + rng.choice([0, 0, 0, 1, -1])
+    point = rng.choice(["", "", ".0", ".00", ".5"]) if schema["type"] == "number" else ""
+    text = str(value) + point
+    return "-" + text if value == 0 and rng.random() < 0.5 else text  # -0 too
+
+
+@pytest.mark.parametrize("index", range(len(MULTIPLES)))
+def test_multiples_are_the_validators(index):
+    """As test_bounds_are_the_validators, with multipleOf beside the bounds."""
+    schema = MULTIPLES[index]
+    machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
+    rng = random.Random(index)
+    seen = {True: 0, False: 0}
+    for _ in range(800):
+        text = multiple_text(rng, schema) if rng.random() < 0.6 else number_text(rng, schema)
+        valid = validator.is_valid(json.loads(text))
+        assert accepts(machine, text) == valid, text
+        seen[valid] += 1
+        if valid:
+            assert all(machine.feed(machine.start, text[:end]) is not None for end in range(1, len(text)))
+    assert seen[True] > 10 and seen[False] > 20, seen
+    no_dead_end(machine, "-0123456789.eE+", tuple("0123456789.-"), rng, steps=6, depth=8)
+
+
+COUNTED_VALUES = {"a": [3, 5, 6, 10, -10, 45, -15, 2.5, "s"], "b": [None, "s", None], "c": [True, False, 7],
+                  "x": [1, 9, 10, True, False], "y": [0, 3, True, "s"]}
+
+
+def counted_value(rng: random.Random, schema: dict):
+    """A value meant to follow one of COUNTED's schemas (keys mostly its own), often breaking a
+    count or a multiple."""
+    if rng.random() < 0.3:
+        return [counted_value(rng, schema) for _ in range(rng.choice([0, 1, 2, 3, 4]))] if rng.random() < 0.5 else 3
+    own = list(dict.fromkeys([*schema.get("properties", {}), *schema.get("required", [])]))
+    names = own if own and rng.random() < 0.5 else list(COUNTED_VALUES)
+    keys = rng.sample(names, min(len(names), rng.choice([0, 1, 2, 2, 2, 3, 3, 4, 5])))
+    return {k: rng.choice(COUNTED_VALUES[k]) for k in keys}
+
+
+@pytest.mark.parametrize("index", range(len(COUNTED)))
+def test_property_counts_are_the_validators(index):
+    schema = COUNTED[index]
+    machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
+    rng = random.Random(index)
+    seen = {True: 0, False: 0}
+    for _ in range(1500):
+        value = counted_value(rng, schema)
+        text = json.dumps(value, separators=rng.choice([None, (",", ":")]))
+        valid = validator.is_valid(value)
+        assert accepts(machine, text) == valid, (text, valid)
+        seen[valid] += 1
+        if valid:
+            assert all(machine.feed(machine.start, text[:end]) is not None for end in range(len(text)))
+    assert seen[True] > 25 and seen[False] > 25, seen
+
+
+def test_property_counts_steer_the_keys():
+    machine = compile_schema({"type": "object", "properties": {"a": {}, "b": {}, "c": {}}, "required": ["c"],
+                              "minProperties": 2, "maxProperties": 2, "additionalProperties": False})
+    for broken in ('{"c":1}', '{"a":1,"b"', '{"a":1,"c":2,', '{"c":1,"a":2,"b"', "{}"):
+        assert not accepts(machine, broken) and machine.feed(machine.start, broken) is None, broken
+    assert accepts(machine, '{"a":1,"c":2}') and accepts(machine, '{"c":1,"b":2}')
+    assert machine.feed(machine.start, '{"a":1,"') is not None and machine.feed(machine.start, '{"a":1,"b') is None
+    free = compile_schema({"type": "object", "required": ["id"], "maxProperties": 2})
+    assert free.in_text(free.feed(free.start, '{"x'))  # any key may come, while there is room for "id"
+    state = free.feed(free.start, '{"x":1,"')
+    assert not free.in_text(state) and free.feed(state, 'i') is not None and free.feed(state, 'x') is None
+    assert accepts(free, '{"x":1,"id":2}') and not accepts(free, '{"x":1,"y":2}') and not accepts(free, '{"x":1}')
+
+
+def test_multiples_steer_the_digits():
+    machine = compile_schema({"type": "integer", "multipleOf": 5, "minimum": -12, "maximum": 12})
+    for prefix, ok in (("-", True), ("-1", True), ("-2", False), ("1", True), ("13", False), ("-0", True),
+                       ("00", False), ("2", False), ("10", True), ("105", False)):
+        assert (machine.feed(machine.start, prefix) is not None) == ok, prefix
+    assert [n for n in range(-20, 21) if accepts(machine, str(n))] == [-10, -5, 0, 5, 10]
+    assert accepts(machine, "-0") and not accepts(machine, "1")
+    big = compile_schema({"type": "integer", "multipleOf": 10 ** 20, "minimum": 10 ** 21})
+    assert accepts(big, str(10 ** 40)) and not accepts(big, str(10 ** 40 + 1)) and not accepts(big, str(10 ** 20))
+    assert big.feed(big.start, "-") is None and big.feed(big.start, str(10 ** 20 + 1)) is not None  # ... then zeros
+    number = compile_schema({"type": "number", "multipleOf": 2, "maximum": 7})
+    assert accepts(number, "4.0") and accepts(number, "-2.00") and accepts(number, "-0.0") and accepts(number, "6")
+    assert number.feed(number.start, "4.5") is None and number.feed(number.start, "4e") is None
+    assert number.feed(number.start, "8") is None and not accepts(number, "3.0")
+
+
+def test_texts_that_break_counts_or_multiples_are_refused():
+    cases = [(COUNTED[0], ['{"a":1}', "{}", '{"a":1,"b":2,"c":3,"d":4}']),
+             (COUNTED[1], ['{"a":1}', '{"b":"s","c":true}', '{"a":1,"b":"s","c":true}']),
+             (COUNTED[2], ['{"a":3,"b":null,"x":1,"y":2}', '{"a":4,"b":null}', '{"a":3,"b":null,"x":10}']),
+             (COUNTED[3], ['{"y":1}', '{"x":1,"y":2}', "{}"]), (COUNTED[4], ["[{}]", '[{"a":-15}]', '[{"a":7}]']),
+             (MULTIPLES[0], ["8", "-56", "56", "-1"]), (MULTIPLES[4], ["101", "-15", "7.5", "-0.5"]),
+             (MULTIPLES[5], ["1001", "2000000", "-999"])]
+    for schema, texts in cases:
+        machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
+        for text in texts:
+            assert not accepts(machine, text) and not validator.is_valid(json.loads(text)), text
+    # Valid, but written otherwise here: an integer without a point, a multiple without an exponent.
+    assert not accepts(compile_schema(MULTIPLES[0]), "7.0") and not accepts(compile_schema(MULTIPLES[4]), "5e1")
+
+
+def test_schemas_no_value_meets_are_refused():
+    for schema, word in (({"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a", "b"],
+                           "maxProperties": 1}, "maxProperties 1 is below"),
+                         ({"type": "object", "minProperties": 3, "maxProperties": 2}, "maxProperties 2 is below"),
+                         ({"type": "object", "properties": {"a": {}}, "minProperties": 2}, "minProperties 2 is more"),
+                         ({"type": "object", "properties": {"o": {"type": "object", "properties": {"a": {}},
+                                                                  "additionalProperties": False, "minProperties": 2}}},
+                          "#/properties/o: minProperties"),
+                         ({"type": "object", "maxProperties": -1}, "maxProperties must be"),
+                         ({"type": "integer", "multipleOf": 5, "minimum": 1, "maximum": 4}, "multipleOf"),
+                         ({"type": "number", "multipleOf": 5, "exclusiveMinimum": 0, "exclusiveMaximum": 5},
+                          "multipleOf"),
+                         ({"type": "integer", "minimum": 5, "maximum": 3}, "no integer"),
+                         ({"type": "number", "exclusiveMinimum": 1, "maximum": 1}, "no number"),
+                         ({"type": "number", "multipleOf": 0.01}, "multipleOf"), ({"type": "integer", "multipleOf": 0},
+                                                                                 "multipleOf"),
+                         ({"type": "integer", "multipleOf": -3}, "multipleOf"),
+                         ({"type": "integer", "multipleOf": True}, "multipleOf")):
+        with pytest.raises(ValueError, match=word):
+            compile_schema(schema)
+    assert accepts(compile_schema({"type": "integer", "multipleOf": 5, "minimum": 5, "maximum": 5}), "5")
+    assert accepts(compile_schema({"type": "object", "properties": {"a": {}}, "required": ["a"], "minProperties": 1,
+                                   "maxProperties": 1, "additionalProperties": False}), '{"a": null}')
