@@ -30,12 +30,16 @@ email (as patterns), minimum and maximum and their exclusive forms, and multiple
 (such a number is written without an exponent, a multiple's point followed by zeros only, and each
 character must leave a value within the bounds, and a multiple, reachable), enum and const (as
 their compact JSON texts), anyOf and oneOf (as anyOf), allOf of one schema, $ref into $defs or
-definitions or "#" (recursion through objects and arrays included). Annotations (title,
+definitions or "#" (recursion through objects and arrays included), false. A schema that accepts no
+value (false, an empty anyOf, oneOf, enum or type list, or one that needs such a value: a required
+property's, a first minItems item's, every option's, or itself again at every level) is refused
+where a value of it is needed, and never started where it is optional (that key may not come, the
+array ends before that item, the anyOf goes without that option). Annotations (title,
 description, default, format, ...) are ignored; any other keyword (uniqueItems,
 patternProperties, ...) is refused, never silently dropped, and so are a fractional multipleOf (a
-validator's floating point disagrees with its exact multiples) and counts or bounds that no value
-meets (they would be a dead end). Keys are written without escapes. Whitespace between tokens is
-bounded as in json_object.
+validator's floating point disagrees with its exact multiples) and counts, lengths or bounds that
+no value meets, wherever they are (they would be a dead end). Keys are written without escapes.
+Whitespace between tokens is bounded as in json_object.
 """
 from __future__ import annotations
 
@@ -90,14 +94,24 @@ class Node:
     prefixes: frozenset[str] = frozenset()  # every prefix of `texts`
     # A prefix -> the names it starts, of the props and the required keys:
     key_prefixes: dict[str, list[str]] = field(default_factory=dict)
+    # Keys an object may not have though others may come: their schemas accept no value.
+    barred: frozenset[str] = frozenset()
+    where: str = ""  # the schema's location, for messages
+    why: str = ""  # of a schema that accepts nothing by itself (false, an empty anyOf): what it is
 
     def __post_init__(self) -> None:
         self.prefixes = frozenset(t[:i] for t in self.texts for i in range(1, len(t) + 1))
         # Its text kept and checked a character at a time (written without an exponent):
         self.bounded = self.low is not None or self.high is not None or self.multiple is not None
-        for name in (*self.props, *(self.required - self.props.keys())):
-            for i in range(1, len(name) + 1):
-                self.key_prefixes.setdefault(name[:i], []).append(name)
+        self.key_prefixes = _key_prefixes(self)
+
+
+def _key_prefixes(node: Node) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name in (*node.props, *(node.required - node.props.keys())):
+        for i in range(1, len(name) + 1):
+            found.setdefault(name[:i], []).append(name)
+    return found
 
 
 ANY_VALUE = Node("any")
@@ -434,7 +448,7 @@ def _key_fits(node: Node, seen: frozenset[str], text: str, whole: bool) -> bool:
         names = (text,) if whole else node.key_prefixes.get(text, ())
         return any(name in node.required and name not in seen for name in names)
     if whole:
-        return text not in seen and (text in node.props or node.extra is not None)
+        return text not in seen and text not in node.barred and (text in node.props or node.extra is not None)
     return node.extra is not None or any(name not in seen for name in node.key_prefixes.get(text, ()))
 
 
@@ -497,24 +511,36 @@ def compile_schema(schema: Any) -> JsonSchema:
             raw_defs.update({f"#/{key}/{name}": value for name, value in defs.items()})
     compiled = {ref: _node(value, ref) for ref, value in raw_defs.items()}
     compiled["#"] = root = _node(schema, "#")
-    _check_refs(root, compiled)
+    nodes = _all_nodes(root, compiled)
+    _check_refs(root, compiled, nodes)
+    satisfiable = _satisfiable(nodes, compiled)
+    if id(root) not in satisfiable:
+        raise ValueError(_why_empty(root, compiled, satisfiable))
+    for node in nodes:
+        _prune(node, satisfiable)
     return JsonSchema(root, compiled)
 
 
-def _check_refs(root: Node, defs: dict[str, Node]) -> None:
+def _all_nodes(root: Node, defs: dict[str, Node]) -> list[Node]:
+    """Every node of the schema and its definitions, once each (a $ref's target is a definition)."""
+    seen: set[int] = set()
+    found, todo = [], [root, *defs.values()]
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            found.append(node)
+            todo += [*node.props.values(), *node.prefix, *node.options] + [n for n in (node.extra, node.items) if n]
+    return found
+
+
+def _check_refs(root: Node, defs: dict[str, Node], nodes: list[Node]) -> None:
     """Every $ref names a definition (or "#", the whole schema), and no chain of $ref and anyOf
     comes back to where it started without an object or array between (it would never end).
     Linear in the schema's size: each node is walked once."""
-    seen: set[int] = set()
-    todo = [root, *defs.values()]
-    while todo:
-        node = todo.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in nodes:
         if node.kind == "ref" and node.ref not in defs:
             raise ValueError(f"$ref {node.ref!r}: no such definition (refs point into $defs or definitions)")
-        todo += [*node.props.values(), *node.prefix, *node.options] + [n for n in (node.extra, node.items) if n]
     done: set[int] = set()
     for start in (root, *defs.values()):
         if id(start) not in done:
@@ -544,25 +570,108 @@ def _edges(node: Node, defs: dict[str, Node]) -> tuple[Node, ...]:
     return (defs[node.ref],) if node.kind == "ref" else node.options
 
 
+# A node's conditions for a value of it to exist: all its gates met, a gate (need, [(child, weight)])
+# met once the weights of its children known to accept a value add up to `need`.
+Gate = tuple[int, list[tuple[Node, int]]]
+
+
+def _satisfiable(nodes: list[Node], defs: dict[str, Node]) -> set[int]:
+    """The ids of the nodes that accept some finite value: the least fixed point, found as in
+    Horn satisfiability (each child, once known, counts down its parents' gates), so linear in the
+    schema's size; a recursion needed at every level never counts itself down and stays out."""
+    left: dict[int, list[int]] = {}
+    parents: dict[int, list[tuple[Node, int, int]]] = {}
+    known, todo = set(), []
+    for node in nodes:
+        gates = _gates(node, defs)
+        left[id(node)] = [need for need, _ in gates]
+        for index, (_, children) in enumerate(gates):
+            for child, weight in children:
+                parents.setdefault(id(child), []).append((node, index, weight))
+        if all(need <= 0 for need in left[id(node)]):
+            known.add(id(node))
+            todo.append(node)
+    while todo:
+        for parent, index, weight in parents.get(id(todo.pop()), ()):
+            gates = left[id(parent)]
+            gates[index] -= weight
+            if id(parent) not in known and all(need <= 0 for need in gates):
+                known.add(id(parent))
+                todo.append(parent)
+    return known
+
+
+def _gates(node: Node, defs: dict[str, Node]) -> list[Gate]:
+    """What a value of `node` needs of its children's: its $ref's target; one of its options; an
+    object's required properties, and enough others to make minProperties (any other key counts
+    as all it lacks); an array's first minItems items."""
+    if node.kind == "ref":
+        return [(1, [(defs[node.ref], 1)])]
+    if node.kind == "any_of":
+        return [(1, [(option, 1) for option in node.options])]
+    if node.kind == "object":
+        needed = [node.props.get(name, node.extra) for name in node.required]
+        lacking = node.min_count - len(node.required)
+        others = [(child, 1) for name, child in node.props.items() if name not in node.required]
+        others += [(node.extra, max(lacking, 1))] if node.extra is not None else []
+        return [(len(needed), [(child, 1) for child in needed if child is not None]), (lacking, others)]
+    if node.kind == "array":
+        needed = list(node.prefix[:node.min_count])
+        needed += [node.items] if node.min_count > len(node.prefix) else []
+        return [(len(needed), [(child, 1) for child in needed if child is not None])]
+    return []
+
+
+def _why_empty(root: Node, defs: dict[str, Node], satisfiable: set[int]) -> str:
+    """Why `root` accepts no value: down the children it needs that accept none, to the first
+    that accepts none by itself, or to a $ref back into the way there (a recursion without end)."""
+    node, path, needer = root, set(), ""
+    while True:
+        path.add(id(node))
+        if node.kind == "ref" and id(defs[node.ref]) in path:
+            why = f"$ref {node.ref!r} needs itself again at every level, so no finite value ends it"
+            break
+        if node.kind == "ref":
+            node = defs[node.ref]
+            continue
+        if node.kind == "any_of":
+            why = node.why or "none of its options accepts one"
+            break
+        (_, needed), *_ = _gates(node, defs)
+        empty = next((child for child, _ in needed if id(child) not in satisfiable), None)
+        if empty is None:
+            why = f"minProperties {node.min_count}: too few of its keys have a schema that accepts one"
+            break
+        node, needer = empty, node.where
+    return f"{node.where}: accepts no value ({why})" + (f", and {needer} needs one" if needer else "")
+
+
 def _node(schema: Any, where: str) -> Node:
     if schema is True or schema == {}:
         return ANY_VALUE
+    if schema is False:
+        return _nothing(where, "false")
     if not isinstance(schema, dict):
-        raise ValueError(f"{where}: a schema must be an object (false matches nothing)")
+        raise ValueError(f"{where}: a schema must be an object or a boolean")
     if "$ref" in schema:
         _only(schema, {"$ref"}, where)
-        return Node("ref", ref=str(schema["$ref"]))
+        return Node("ref", ref=str(schema["$ref"]), where=where)
     if "enum" in schema or "const" in schema:
         values = schema["enum"] if "enum" in schema else [schema["const"]]
         _only(schema, {"enum", "const", "type"}, where)
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}: enum must be a non-empty list")
+        if not isinstance(values, list):
+            raise ValueError(f"{where}: enum must be a list")
+        if not values:
+            return _nothing(where, "an empty enum")
         return Node("literals", texts=frozenset(json.dumps(v, ensure_ascii=False, separators=(",", ":"))
                                                 for v in values))
     for key in ("anyOf", "oneOf"):
         if key in schema:
             _only(schema, {key}, where)
-            return Node("any_of", options=tuple(_node(s, f"{where}/{key}/{i}") for i, s in enumerate(schema[key])))
+            if not schema[key]:
+                return _nothing(where, f"an empty {key}")
+            return Node("any_of", options=tuple(_node(s, f"{where}/{key}/{i}") for i, s in enumerate(schema[key])),
+                        where=where)
     if "allOf" in schema:
         parts = schema["allOf"]
         if not isinstance(parts, list) or len(parts) != 1:
@@ -576,7 +685,9 @@ def _node(schema: Any, where: str) -> Node:
             _only(schema, set(), where)
             return ANY_VALUE
     if isinstance(kind, list):
-        return Node("any_of", options=tuple(_node({**schema, "type": k}, where) for k in kind))
+        if not kind:
+            return _nothing(where, "an empty type list")
+        return Node("any_of", options=tuple(_node({**schema, "type": k}, where) for k in kind), where=where)
     if kind not in _KEYWORDS:
         raise ValueError(f"{where}: unknown type {kind!r}")
     _only(schema, _KEYWORDS[kind], where)
@@ -594,6 +705,30 @@ def _node(schema: Any, where: str) -> Node:
     if not _allows(node, None, None, False, False, integer=kind == "integer" or node.multiple is not None):
         raise ValueError(f"{where}: no {kind} meets its bounds{' and multipleOf' if node.multiple else ''}")
     return node
+
+
+def _nothing(where: str, why: str) -> Node:
+    """A schema that accepts no value: refused where a value of it is needed, else never started."""
+    return Node("any_of", where=where, why=why)
+
+
+def _prune(node: Node, satisfiable: set[int]) -> None:
+    """Take out of `node` the schemas that accept no value where they are optional, so that the
+    automaton never starts one (a dead end): options dropped, keys barred, items capped."""
+    if node.kind == "any_of":
+        node.options = tuple(option for option in node.options if id(option) in satisfiable)
+    elif node.kind == "object":
+        barred = frozenset(name for name, child in node.props.items() if id(child) not in satisfiable)
+        if node.extra is not None and id(node.extra) not in satisfiable:
+            node.extra = None
+        if barred:
+            node.props = {name: child for name, child in node.props.items() if name not in barred}
+            node.barred, node.key_prefixes = barred, _key_prefixes(node)
+    elif node.kind == "array":
+        items = (*node.prefix, node.items)
+        cap = next((i for i, item in enumerate(items) if item is not None and id(item) not in satisfiable), None)
+        if cap is not None:
+            node.max_count = cap if node.max_count is None else min(node.max_count, cap)
 
 
 def _multiple(schema: dict, where: str) -> int | None:
@@ -650,8 +785,9 @@ def _object_node(schema: dict, where: str) -> Node:
     extra = schema.get("additionalProperties", "properties" not in schema)
     min_count, max_count = _property_counts(schema, len(set(required)), len(props) if extra is False else None, where)
     return Node("object", props={name: _node(s, f"{where}/properties/{name}") for name, s in props.items()},
-                required=frozenset(required), extra=None if extra is False else _node(extra, f"{where}/additional"),
-                min_count=min_count, max_count=max_count)
+                required=frozenset(required),
+                extra=None if extra is False else _node(extra, f"{where}/additionalProperties"),
+                min_count=min_count, max_count=max_count, where=where)
 
 
 def _property_counts(schema: dict, required: int, limit: int | None, where: str) -> tuple[int, int | None]:
@@ -671,6 +807,8 @@ def _string_node(schema: dict, where: str) -> Node:
     formats are annotations)."""
     source = schema.get("pattern", FORMATS.get(schema.get("format")))
     min_count, max_count = _count(schema, "minLength", 0), _count(schema, "maxLength", None)
+    if max_count is not None and min_count > max_count:
+        raise ValueError(f"{where}: accepts no value (minLength {min_count} is above maxLength {max_count})")
     if source is not None and (min_count or max_count is not None):
         raise ValueError(f"{where}: a pattern (or format) beside minLength or maxLength cannot be enforced here")
     try:
@@ -683,11 +821,16 @@ def _string_node(schema: dict, where: str) -> Node:
 def _array_node(schema: dict, where: str) -> Node:
     prefix = tuple(_node(s, f"{where}/prefixItems/{i}") for i, s in enumerate(schema.get("prefixItems", [])))
     items = schema.get("items", True)
-    max_count = _count(schema, "maxItems", None)
+    min_count, max_count = _count(schema, "minItems", 0), _count(schema, "maxItems", None)
+    if max_count is not None and min_count > max_count:
+        raise ValueError(f"{where}: accepts no value (minItems {min_count} is above maxItems {max_count})")
+    if items is False and min_count > len(prefix):
+        raise ValueError(f"{where}: accepts no value (minItems {min_count} is more than the {len(prefix)} "
+                         "prefixItems that items false leaves)")
     if items is False:
         max_count = len(prefix) if max_count is None else min(max_count, len(prefix))
     return Node("array", items=None if items is False else _node(items, f"{where}/items"), prefix=prefix,
-                min_count=_count(schema, "minItems", 0), max_count=max_count)
+                min_count=min_count, max_count=max_count, where=where)
 
 
 def _count(schema: dict, key: str, default: int | None) -> int | None:

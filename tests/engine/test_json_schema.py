@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import jsonschema
 import pytest
@@ -454,3 +455,108 @@ def test_schemas_no_value_meets_are_refused():
     assert accepts(compile_schema({"type": "integer", "multipleOf": 5, "minimum": 5, "maximum": 5}), "5")
     assert accepts(compile_schema({"type": "object", "properties": {"a": {}}, "required": ["a"], "minProperties": 1,
                                    "maxProperties": 1, "additionalProperties": False}), '{"a": null}')
+
+
+# ---------------------------------------------------------------------- schemas that accept no value
+
+NEEDS_ITSELF = {"$defs": {"a": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "required": ["x"]}},
+                "$ref": "#/$defs/a"}
+EMPTY = [({"anyOf": []}, "#: accepts no value \\(an empty anyOf"), ({"oneOf": []}, "#: accepts no value"),
+         ({"type": []}, "empty type list"), ({"enum": []}, "empty enum"), (False, "#: accepts no value \\(false"),
+         ({"type": "string", "minLength": 5, "maxLength": 2}, "minLength 5 is above maxLength 2"),
+         ({"type": "array", "minItems": 3, "maxItems": 1}, "minItems 3 is above maxItems 1"),
+         ({"type": "array", "items": False, "minItems": 1}, "minItems 1 is more than the 0 prefixItems"),
+         ({"type": "array", "prefixItems": [{}, {}], "items": False, "minItems": 3}, "more than the 2 prefixItems"),
+         ({"type": "object", "properties": {"s": {"type": "string", "minLength": 2, "maxLength": 1}}},
+          "#/properties/s: accepts no value"),  # contradictory keywords: refused even where optional
+         # Propagated: a required property, a needed item, every option, accepts no value.
+         ({"type": "object", "properties": {"x": {"anyOf": []}}, "required": ["x"]},
+          "#/properties/x: accepts no value \\(an empty anyOf\\), and # needs one"),
+         ({"type": "object", "properties": {"o": {"type": "object", "properties": {"y": False}, "required": ["y"]}},
+           "required": ["o"]}, "#/properties/o/properties/y: accepts no value"),
+         ({"type": "object", "required": ["y"], "additionalProperties": {"type": []}},
+          "#/additionalProperties: accepts no value"),
+         ({"type": "object", "properties": {"a": False, "b": {}}, "minProperties": 2, "additionalProperties": False},
+          "minProperties 2: too few"),
+         ({"type": "array", "items": {"enum": []}, "minItems": 1}, "#/items: accepts no value"),
+         ({"type": "array", "prefixItems": [{}, False], "minItems": 2}, "#/prefixItems/1: accepts no value"),
+         ({"type": "array", "prefixItems": [{}], "items": {"anyOf": []}, "minItems": 2}, "#/items: accepts no value"),
+         ({"anyOf": [False, {"type": []}, {"type": "object", "properties": {"x": False}, "required": ["x"]}]},
+          "#: accepts no value \\(none of its options"),
+         ({"type": ["array"], "items": {"enum": []}, "minItems": 1}, "#: accepts no value \\(none of its options"),
+         # A recursion needed at every level: no finite value, refused rather than walked forever.
+         (NEEDS_ITSELF, "#/\\$defs/a/properties/x: accepts no value \\(\\$ref '#/\\$defs/a' needs itself"),
+         ({"type": "object", "properties": {"x": {"$ref": "#"}}, "required": ["x"]}, "needs itself"),
+         ({"$defs": {"a": {"type": "array", "items": {"$ref": "#/$defs/b"}, "minItems": 1},
+                     "b": {"anyOf": [{"$ref": "#/$defs/a"}, False]}}, "$ref": "#/$defs/b"},
+          "#/\\$defs/b: accepts no value \\(none of its options")]
+
+
+def test_schemas_that_accept_no_value_are_refused():
+    """Refused by location and reason at compile time: the automaton would take whitespace alone,
+    or a start that nothing finishes."""
+    for schema, word in EMPTY:
+        with pytest.raises(ValueError, match=word):
+            compile_schema(schema)
+    # Each definition needs the next and the last the first: seen at once, however long the ring.
+    ring = {f"d{i}": {"type": "object", "properties": {"x": {"$ref": f"#/$defs/d{(i + 1) % 3000}"}}, "required": ["x"]}
+            for i in range(3000)}
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="needs itself"):
+        compile_schema({"$defs": ring, "$ref": "#/$defs/d0"})
+    assert time.perf_counter() - started < 5
+
+
+# Look-alikes that some value meets: what accepts nothing is left out where it is optional.
+SATISFIABLE = [
+    {"anyOf": [{"anyOf": []}, {"type": "integer", "minimum": 0, "maximum": 9}]},
+    {"anyOf": [{"type": "object", "properties": {"x": False}, "required": ["x"]},  # starts with "{" too
+               {"type": "object", "properties": {"a": {"type": "null"}}, "required": ["a"]}]},
+    {"type": "object", "properties": {"x": False, "b": {"type": "boolean"}}},  # x: a key that may not come
+    {"type": "object", "properties": {"x": {"anyOf": []}, "c": {"type": "null"}},
+     "additionalProperties": {"type": "null"}},
+    {"type": "object", "properties": {"a": {"type": "null"}}, "additionalProperties": {"type": []}},
+    {"type": "object", "properties": {"a": {"type": "null"}, "b": False, "c": {"type": "null"}}, "minProperties": 2,
+     "additionalProperties": False},
+    {"type": "object", "properties": {"x": NEEDS_ITSELF, "a": {"type": "null"}}, "$defs": NEEDS_ITSELF["$defs"]},
+    {"$defs": {"t": {"type": "object", "properties": {"n": {"type": "integer"}, "c": {"type": "array",
+                                                                                 "items": {"$ref": "#/$defs/t"}}},
+                     "required": ["n"], "additionalProperties": False}}, "$ref": "#/$defs/t"},  # a tree
+    # b is reached first through a, which needs b: a walk that took b for empty there would be wrong.
+    {"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/b"}, {"type": "null"}]},
+               "b": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "required": ["x"],
+                     "additionalProperties": False}}, "$ref": "#/$defs/a"},
+    {"type": "array", "items": False}, {"type": "array", "prefixItems": [{"type": "null"}], "items": False},
+    {"type": "array", "items": {"enum": []}},
+    {"type": "array", "prefixItems": [{"type": "null"}, False, {}], "minItems": 1},
+    {"type": "array", "items": {"anyOf": [NEEDS_ITSELF, {"type": "boolean"}]}, "$defs": NEEDS_ITSELF["$defs"]},
+]
+
+
+@pytest.mark.parametrize("index", range(len(SATISFIABLE)))
+def test_look_alikes_that_accept_a_value_compile_without_dead_ends(index):
+    """Every random walk through the automaton ends in a document the validator takes."""
+    schema = SATISFIABLE[index]
+    machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
+    rng = random.Random(index)
+    for _ in range(150):
+        text = walk(machine, JSON_CHARACTERS, rng)
+        assert validator.is_valid(json.loads(text)), text
+
+
+def test_what_accepts_no_value_is_never_started():
+    assert accepts(compile_schema(SATISFIABLE[1]), '{"a": null}')
+    assert compile_schema(SATISFIABLE[1]).feed(compile_schema(SATISFIABLE[1]).start, '{"x"') is None
+    optional = compile_schema(SATISFIABLE[2])
+    assert optional.feed(optional.start, '{"x') is None and accepts(optional, '{"b": true}')
+    barred = compile_schema(SATISFIABLE[3])  # any other key, but not x
+    assert barred.feed(barred.start, '{"x"') is None and accepts(barred, '{"xy": null, "c": null}')
+    assert not accepts(compile_schema(SATISFIABLE[4]), '{"z": null}')
+    assert not accepts(compile_schema(SATISFIABLE[6]), '{"x": {}}') and accepts(compile_schema(SATISFIABLE[6]), "{}")
+    tree = compile_schema(SATISFIABLE[7])
+    assert accepts(tree, '{"n": 1, "c": [{"n": 2, "c": [{"n": 3}]}, {"n": 4, "c": []}]}')
+    loop = compile_schema(SATISFIABLE[8])
+    assert accepts(loop, '{"x": {"x": null}}') and accepts(loop, "null")
+    assert accepts(compile_schema(SATISFIABLE[9]), "[]") and not accepts(compile_schema(SATISFIABLE[9]), "[1]")
+    capped = compile_schema(SATISFIABLE[12])
+    assert accepts(capped, "[null]") and capped.feed(capped.start, "[null,") is None
