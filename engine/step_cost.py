@@ -196,6 +196,18 @@ class StepCost:
             self._memo[key] = self._plain(key[1])
         return self._memo[key]
 
+    def measured(self, seqs: int) -> bool:
+        """Whether this run has measured plain steps of about as many sequences (within 2x): what a
+        drafting step costs is read against them. Until then the drafting policy runs plain steps,
+        whatever a file seeded: one written while other work shared the machine reads plain steps
+        dear, and the drafting steps set against them then make draft rows look free."""
+        key = ("measured", bucket_of(SEQ_GRID, seqs))
+        if key not in self._memo:
+            x = SEQ_GRID[key[1]]
+            self._memo[key] = any(r == 0 and b.live and x / 2 <= SEQ_GRID[n] <= 2 * x
+                                  for (n, r), b in self._buckets.items())
+        return self._memo[key]
+
     def _plain(self, n: int) -> float | None:
         own = self._plain_at(n)
         if own is not None:

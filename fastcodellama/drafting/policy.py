@@ -81,6 +81,9 @@ class Cost(Protocol):
 
     def extra(self, seqs: int, draft_rows: int) -> float | None: ...
 
+    def measured(self, seqs: int) -> bool:
+        """Whether plain steps of about as many sequences were measured in this run."""
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -162,8 +165,8 @@ class DraftPolicy:
             state = self._budgets[_batch_bucket(n)] = _Budget()
         state.step += 1
         plain = cost.plain(n)
-        if plain is None:
-            return _NO_SEARCH  # first measure plain steps at this batch: the baseline
+        if plain is None or not cost.measured(n):
+            return _NO_SEARCH  # first measure plain steps at this batch, in this run: the baseline
         if state.verdict is None or state.step - state.verdict_step >= VERDICT_STEPS:
             state.verdict = self._could_pay(n, budget, cost, plain, search_s, sources)
             state.verdict_step = state.step

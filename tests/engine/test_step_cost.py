@@ -267,6 +267,18 @@ def test_a_seeded_plain_cost_this_run_never_measured_is_scaled_like_its_nearest_
     assert second.extra(60, 16) == pytest.approx(2.0)
 
 
+def test_plain_steps_count_as_measured_once_this_run_has_seen_some_of_about_as_many_sequences(tmp_path):
+    """A file's plain costs are read (seeded), but not measured: the policy drafts against plain steps
+    of this run only, within 2x of the batch."""
+    first = StepCost(KEY, str(tmp_path))
+    first.observe(192, 0, 80.0)
+    first.save()
+    second = StepCost(KEY, str(tmp_path))
+    assert second.plain(200) == pytest.approx(80.0) and not second.measured(200)
+    second.observe(128, 0, 25.0)
+    assert second.measured(200) and second.measured(64) and not second.measured(32)
+
+
 def test_answers_kept_between_observations_are_what_a_fresh_reading_gives(tmp_path):
     """The estimates are kept until an observation changes one: after every observation of a
     random run (seeded buckets turning live included), each answer equals a reading that keeps

@@ -20,6 +20,7 @@ class LinearCost:
 
     per_row: float | None = 0.0
     known_plain: bool = True
+    live_plain: bool = True  # plain steps measured in this run (else only seeded by a file)
 
     def plain(self, seqs: int) -> float | None:
         return float(seqs) if self.known_plain else None
@@ -28,6 +29,9 @@ class LinearCost:
         if draft_rows <= 0:
             return 0.0
         return None if self.per_row is None else self.per_row * draft_rows
+
+    def measured(self, seqs: int) -> bool:
+        return self.known_plain and self.live_plain
 
 
 def cand(model: AcceptanceModel, limit: int, source: str = "self", match_len: int = 4, a: float | None = None) -> Candidate:
@@ -127,6 +131,7 @@ def test_budget_and_limits_hold_for_random_inputs() -> None:
 def test_no_search_before_the_plain_cost_is_known_nor_when_nothing_could_pay() -> None:
     pol = fresh_policy()
     assert not pol.decide(4, 100, LinearCost(0.0, known_plain=False), 0.0).search
+    assert not pol.decide(4, 100, LinearCost(0.0, live_plain=False), 0.0).search  # only a file's: measure first
     assert pol.decide(4, 100, LinearCost(0.0), 0.0).search
     assert not pol.decide(4, 0, LinearCost(0.0), 0.0).search
 

@@ -21,6 +21,9 @@ class FreeCost:
     def extra(self, seqs: int, draft_rows: int) -> float:
         return 0.0
 
+    def measured(self, seqs: int) -> bool:
+        return True
+
 
 FREE = FreeCost()
 
