@@ -661,8 +661,14 @@ def _node(schema: Any, where: str) -> Node:
         _only(schema, {"enum", "const", "type"}, where)
         if not isinstance(values, list):
             raise ValueError(f"{where}: enum must be a list")
+        if "enum" in schema and "const" in schema:  # both must hold
+            values = [v for v in values if _same(v, schema["const"])]
+        if "type" in schema:
+            kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+            values = [v for v in values if any(_of_type(v, kind) for kind in kinds)]
         if not values:
-            return _nothing(where, "an empty enum")
+            return _nothing(where, "an empty enum" if "type" not in schema and "const" not in schema
+                            else "no value of its enum or const meets the rest")
         return Node("literals", texts=frozenset(json.dumps(v, ensure_ascii=False, separators=(",", ":"))
                                                 for v in values))
     for key in ("anyOf", "oneOf"):
@@ -705,6 +711,21 @@ def _node(schema: Any, where: str) -> Node:
     if not _allows(node, None, None, False, False, integer=kind == "integer" or node.multiple is not None):
         raise ValueError(f"{where}: no {kind} meets its bounds{' and multipleOf' if node.multiple else ''}")
     return node
+
+
+def _of_type(value: Any, kind: Any) -> bool:
+    """Whether a JSON value is of a schema type (1.0 is an integer, as JSON schema reads it; true is not)."""
+    if isinstance(value, bool):
+        return kind == "boolean"
+    if isinstance(value, (int, float)):
+        return kind == "number" or (kind == "integer" and float(value).is_integer())
+    return {str: "string", type(None): "null", list: "array", dict: "object"}.get(type(value)) == kind
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: 1 and 1.0 are equal, true and 1 are not."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) or (
+        _of_type(a, "number") and _of_type(b, "number") and a == b)
 
 
 def _nothing(where: str, why: str) -> Node:

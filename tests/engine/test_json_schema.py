@@ -560,3 +560,18 @@ def test_what_accepts_no_value_is_never_started():
     assert accepts(compile_schema(SATISFIABLE[9]), "[]") and not accepts(compile_schema(SATISFIABLE[9]), "[1]")
     capped = compile_schema(SATISFIABLE[12])
     assert accepts(capped, "[null]") and capped.feed(capped.start, "[null,") is None
+
+
+def test_an_enum_or_const_keeps_only_the_values_the_rest_of_its_schema_allows():
+    """A type beside an enum, or a const beside one, narrows it: the automaton never writes a value
+    that jsonschema refuses for the keyword next to it; where nothing is left, the schema is refused."""
+    values = ["1", '"a"', "2", "1.0", "1.5", "true", "null", "3"]
+    for schema in ({"type": "string", "enum": [1, "a"]}, {"enum": [1, 2], "const": 2},
+                   {"type": "integer", "enum": [1.0, 1.5]}, {"type": "boolean", "enum": [1, True]},
+                   {"type": ["null", "string"], "enum": [None, 3]}):
+        machine = compile_schema(schema)
+        written = [v for v in values if accepts(machine, v)]
+        assert written and all(jsonschema.Draft202012Validator(schema).is_valid(json.loads(v)) for v in written)
+    for schema in ({"type": "string", "enum": [1]}, {"enum": [1], "const": 2}):
+        with pytest.raises(ValueError, match="accepts no value"):
+            compile_schema(schema)
