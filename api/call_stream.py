@@ -52,10 +52,12 @@ Part = Union[str, CallDelta]
 
 @dataclass
 class Read:
-    """What an addition to the answer brings, in order: content text and call deltas; once the
-    answer has finished, every call (`made`)."""
+    """What an addition to the answer brings, in order: content text and call deltas; the calls it
+    completed (`ended`: for APIs that send a call whole, as soon as it is); once the answer has
+    finished, every call (`made`, a call the answer cut short included)."""
 
     parts: list[Part] = field(default_factory=list)
+    ended: list[ToolCall] = field(default_factory=list)  # the calls whose arguments were completed by it
     made: list[ToolCall] = field(default_factory=list)
 
     @property
@@ -174,7 +176,13 @@ class CallStream:
 
     def _whole(self, call: ToolCall) -> None:
         """A call read whole: it goes out at once."""
-        self._arguments(self._open(call.name), call.arguments)
+        opened = self._open(call.name)
+        self._arguments(opened, call.arguments)
+        self._ended(opened)
+
+    def _ended(self, call: _Call) -> None:
+        if call.shown:
+            self._read.ended.append(ToolCall(call.name, "".join(call.arguments), call.id))
 
     # ------------------------------------------------------------------ modes: each returns whether it moved on
     def _m_done(self, finished: bool) -> bool:
@@ -296,6 +304,7 @@ class CallStream:
                 self._mode = "done"  # cut short: the arguments as written
             return False
         self._pos = end
+        self._ended(self._call)
         if self._args_form:
             self._mode = "content"
         else:
@@ -417,6 +426,7 @@ class CallStream:
         if close < 0 and not finished:
             return False
         self._arguments(self._call, "}" if self._params else "{}")
+        self._ended(self._call)
         self._pos = len(text) if close < 0 else close + len("</function>") * text.startswith("</function>", close)
         self._mode = "after_object"
         return True

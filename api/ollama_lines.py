@@ -4,14 +4,14 @@ generation ended, the token counts and the times in nanoseconds. Every line, the
 ends with a newline: Continue's and ollama-js's readers drop a last line without one.
 
 /api/generate writes its text in `response`, /api/chat in `message.content`; a chat answer's tool
-calls (arguments as objects, Ollama's shape) go out whole once the answer has ended, the text
-around them as it is written (api/call_stream.py); a thinking model's reasoning goes in `thinking` (message.thinking in
+calls (arguments as objects, Ollama's shape) go out each as soon as it is whole, as Ollama's do,
+the text around them as it is written (api/call_stream.py); a thinking model's reasoning goes in `thinking` (message.thinking in
 a chat), as Ollama's do. An error after the first line is one line {"error": ...}."""
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +55,9 @@ class Answer:
     engine: "AsyncEngine | None" = None  # whose tokenizer names the tokens of logprobs
 
     def part(self, text: str, calls: list[ToolCall] = (), thinking: str = "",
-             logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """A line of text that is not the last (or a whole answer's body, before `last`)."""
+             logprobs: list[dict[str, Any]] | None = None, first_call: int = 0) -> dict[str, Any]:
+        """A line of text that is not the last (or a whole answer's body, before `last`); `calls`
+        from the answer's call `first_call` on."""
         body: dict[str, Any] = {"model": self.model, "created_at": created_at()}
         if logprobs is not None:
             body["logprobs"] = logprobs
@@ -66,7 +67,7 @@ class Answer:
         if thinking:
             message["thinking"] = thinking
         if calls:
-            message["tool_calls"] = [ollama_call(call, i) for i, call in enumerate(calls)]
+            message["tool_calls"] = [ollama_call(call, i) for i, call in enumerate(calls, first_call)]
         return {**body, "message": message, "done": False}
 
     def last(self, out: RequestOutput, body: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +120,8 @@ class LineStream(OpensOnWrite):
     _deltas: AnswerDeltas | None = None
     _logprobs: LogprobsBuilder | None = None
     _sent: int = 0  # tokens whose log probabilities went out
+    _ended: list[ToolCall] = field(default_factory=list)  # the calls completed so far
+    _calls_sent: int = 0
 
     def __post_init__(self) -> None:
         self._out = OpenedOnWrite(self.request, NDJSON_HEADERS)
@@ -128,11 +131,14 @@ class LineStream(OpensOnWrite):
         if self._deltas.last is None:
             self._logprobs = self.answer.builder(out)
         thinking, read = self._deltas.take(out)
-        text, calls = read.content, read.made
+        self._ended += read.ended
+        every = read.made or self._ended  # each call as soon as it is whole, as Ollama sends them
+        calls, first = every[self._calls_sent:], self._calls_sent
+        self._calls_sent = len(every)
         logprobs = self.answer.token_logprobs(self._logprobs, out, self._sent)
         self._sent = len(out.outputs[0].token_ids)
-        if text or calls or thinking or logprobs:
-            await self._out.write(line(self.answer.part(text, calls, thinking, logprobs)))
+        if read.content or calls or thinking or logprobs:
+            await self._out.write(line(self.answer.part(read.content, calls, thinking, logprobs, first)))
 
     async def finish(self) -> None:
         if self._deltas.last is not None:

@@ -102,7 +102,7 @@ class AnswerDeltas:
             return reasoning, Read([text] if text else [])
         if whole:
             content, made = read_calls(self.calls.forced + text, self.calls)
-            return reasoning, Read([content] if content else [], made)
+            return reasoning, Read([content] if content else [], ended=made, made=made)
         return reasoning, self._stream.add(text, c.finished)
 
     def take(self, out: RequestOutput) -> tuple[str, Read]:

@@ -33,8 +33,9 @@ ANSWERS = [
 
 
 def streamed(calling: ToolCalling, pieces: list[str]) -> tuple[str, list[tuple[str, str, str]], list]:
-    """(the content, each call's (id, name, arguments) put together from its deltas, the calls made)."""
-    stream, content, calls = CallStream(calling), "", {}
+    """(the content, each call's (id, name, arguments) put together from its deltas, the calls made);
+    each call said to have ended is as made, and ended once."""
+    stream, content, calls, ended = CallStream(calling), "", {}, []
     for i, piece in enumerate(pieces):
         read = stream.add(piece, finished=i == len(pieces) - 1)
         content += read.content
@@ -43,6 +44,9 @@ def streamed(calling: ToolCalling, pieces: list[str]) -> tuple[str, list[tuple[s
                 assert d.index == len(calls) and not d.arguments
                 calls[d.index] = [d.call.id, d.call.name, ""]
             calls[d.index][2] += d.arguments
+        ended += read.ended  # whole by now, as the deltas so far have them
+        assert all((c.id, c.name, c.arguments) == tuple(calls[j]) for j, c in enumerate(ended))
+    assert ended == read.made[:len(ended)] and len(read.made) - len(ended) <= 1  # at most the last cut short
     return content, [tuple(calls[i]) for i in sorted(calls)], read.made
 
 
