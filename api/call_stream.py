@@ -229,7 +229,7 @@ class CallStream:
             return False
         self._start = call_at
         if self.calling.format == "llama3":
-            self._mode = "json_header"
+            self._start, self._mode = self._pos, "json_header"  # the whitespace before it is the answer's too
         elif self.calling.format in ("mistral", "mistral_args"):
             self._pos, self._mode = call_at + len(MISTRAL_CALLS), "mistral"
         else:
@@ -338,9 +338,9 @@ class CallStream:
             self._mode = "done" if finished else self._mode
             return False
         if fmt == "llama3":
-            self._pos, self._mode = at, "json_header" if text[at] == "{" else "content"
+            self._pos, self._start, self._mode = at, at, "json_header" if text[at] == "{" else "content"
         elif text[at] == ",":
-            self._pos, self._mode = at + 1, "json_header"
+            self._pos, self._start, self._mode = at + 1, at + 1, "json_header"
         else:
             self._pos, self._mode = at + (text[at] == "]"), "content"
         return True
@@ -400,8 +400,8 @@ class CallStream:
         return True
 
     def _not_a_call(self) -> bool:
-        """What was taken for a call is none: it and all that follows are content."""
-        self._mode = "plain"
+        """What was taken for a call is none: it (from its marker) and all that follows are content."""
+        self._pos, self._mode = self._start, "plain"
         return True
 
     def _m_plain(self, finished: bool) -> bool:

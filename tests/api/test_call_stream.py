@@ -129,3 +129,28 @@ def test_a_stream_whose_first_output_has_finished_still_gets_its_call_deltas():
     assert [c.name for c in streamed_read.made] == ["get_weather", "now"]
     whole = AnswerDeltas(ToolCalling("hermes")).new(done.outputs[0])[1]
     assert whole.content == "Let me check." and [c.name for c in whole.made] == ["get_weather", "now"]
+
+
+FRAGMENTS = ["<tool_call>", "</tool_call>", "<tool_c", "all>", "\n", " ", '{"name": "f", "arguments": ',
+             '{"name": "g", "parameters": ', '{"a": 1}', '{"s": "x\\"}"}', "}", "{", "[", "]", ",", ";", '"', "\\",
+             "[TOOL_CALLS]", "[ARGS]", "f", "<function=run>", "<parameter=command>", "</parameter>", "<parameter=n>",
+             "</function>", "42", "é☃", "<", "text ", '{"name": "f"}', '"arguments": {"x": [1, {"y": "]"}]}}', "😀"]
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder", "llama3", "mistral", "mistral_args"])
+def test_random_answers_in_random_pieces(fmt):
+    """Answers put together from the formats' markers and JSON pieces at random, cut at random: the
+    deltas add up to the calls made, the calls said to have ended are those made (less at most one
+    cut short), a whole reading that finds calls finds the same with the same content, and an answer
+    without calls comes back as it is, every character of it."""
+    rng = random.Random(fmt)
+    for _ in range(1500):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 14)))
+        calling = ToolCalling(fmt, parallel=rng.random() < 0.8, schemas=RUN)
+        content, deltas, made = streamed(calling, cut(text, rng))
+        whole_content, whole = read_calls(text, calling)
+        if whole:
+            assert [(c.name, c.arguments) for c in whole] == [(c.name, c.arguments) for c in made], text
+            assert (content.strip() or None) == whole_content, text
+        elif not made:
+            assert content == text
