@@ -28,7 +28,8 @@ def asked(req: CompletionRequest) -> dict[str, Any]:
         value = getattr(req, f"guided_{kind}", None)
         if value is not None:
             given[kind] = value
-    return {k: v for k, v in given.items() if v is not None and v is not False}
+    # json_object false asks for nothing; a json schema false accepts nothing (a 400 where compiled)
+    return {k: v for k, v in given.items() if v is not None and not (k == "json_object" and v is False)}
 
 
 async def constraint(req: CompletionRequest, prompts: PromptTokenizer) -> tuple[bool, object | None] | None:

@@ -77,8 +77,15 @@ async def test_a_schema_holds_a_chat_answer(client, body):
     ({"guided_regex": "\u0000"}, "no answer that a token"),  # characters no token of the vocabulary has
     ({"guided_choice": ["\u2603"]}, "no answer that a token"),
     ({"guided_regex": "(.{0,64}){0,64}x"}, "too complex"),
+    ({"structured_outputs": {"json": False}}, "accepts no value"),
 ])
 async def test_what_cannot_be_honoured_is_a_400(client, body, word):
     with pytest.raises(openai.BadRequestError, match=word):
         await client.chat.completions.create(model="codemodel", messages=[{"role": "user", "content": "x"}],
                                              max_tokens=4, extra_body=body)
+
+
+async def test_json_object_false_asks_for_nothing(client):
+    r = await client.chat.completions.create(model="codemodel", messages=[{"role": "user", "content": "x"}],
+                                             max_tokens=4, extra_body={"structured_outputs": {"json_object": False}})
+    assert r.choices[0].finish_reason in ("stop", "length")
