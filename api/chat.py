@@ -24,7 +24,7 @@ from api.reasoning import CLOSE, OPEN, Thinking
 from api.schemas import SAMPLING_FIELDS, CompletionRequest
 from api.state import AppState
 from api.streaming import CompletionStream
-from api.tool_calls import ToolCalling, arguments_as_objects, call_schema, forced_opening, markers
+from api.tool_calls import ToolCalling, arguments_as_objects, call_schema, forced_opening, markers, xml_call
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +131,18 @@ def _tag_id(template: ChatTemplate, tokenizer, tag: str) -> int | None:
 
 async def _held_to_call(params: SamplingParams, calls: ToolCalling, req: ChatRequest,
                         state: AppState) -> SamplingParams:
-    """A forced call held to its function's parameters where they can be enforced (tool_calls.call_schema);
-    else as it was: an opening the model goes on from freely."""
+    """A forced call held to its function's parameters where they can be enforced (tool_calls.call_schema,
+    or xml_call for Qwen3-Coder's); else as it was: an opening the model goes on from freely."""
     name = req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
-    shaped = call_schema(calls.format, {t.function.name: t.function.parameters for t in req.tools}, name)
-    if shaped is None:
+    parameters = {t.function.name: t.function.parameters for t in req.tools}
+    shaped = call_schema(calls.format, parameters, name)
+    if shaped is None and calls.format != "qwen3_coder":
         return params
     try:
-        machine = (await _compiled(shaped[0], state)).after(shaped[1])
+        if shaped is None:
+            machine = await state.prompts.run(len(json.dumps(parameters)), lambda: xml_call(parameters, name))
+        else:
+            machine = (await _compiled(shaped[0], state)).after(shaped[1])
     except (ValueError, RecursionError) as e:
         log.info("tool call not constrained: %s", e)
         return params

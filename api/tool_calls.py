@@ -29,9 +29,10 @@ that the model goes on with a call (of that function); the opening is part of th
 read for calls. Where the call is one JSON value (Hermes, Llama 3.1, Mistral's formats) and the
 functions' parameter schemas can be enforced (engine/json_schema.py), the rest of the call is held
 to them (`call_schema`): the function's name among the tools, its arguments as its schema says, and
-the answer ends where the call's JSON closes. Otherwise (Qwen3-Coder's XML, a schema keyword that
-cannot be enforced) nothing constrains what follows: a model that writes no valid call there gets
-its text back as content.
+the answer ends where the call's JSON closes. Qwen3-Coder's XML call is held as
+engine/xml_call.py says (xml_call). Otherwise (a schema keyword that cannot be enforced, a string
+parameter with constraints on its text) nothing constrains what follows: a model that writes no
+valid call there gets its text back as content.
 """
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from engine.json_schema import compile_schema
+from engine.xml_call import XmlCall, XmlFunction
+
 Format = Literal["hermes", "qwen3_coder", "llama3", "mistral", "mistral_args"]
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
 _ID_CHARS = string.ascii_letters + string.digits
 _FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)(?:</function>\s*|\Z)", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
+_STRING_NOTES = frozenset({"type", "description", "title", "default", "examples"})  # what a raw string honours
 Schemas = dict[str, dict[str, Any]]  # tool name -> its parameters' JSON schema properties
 
 
@@ -142,6 +147,32 @@ def call_schema(fmt: Format, parameters: dict[str, dict | None], name: str | Non
     if fmt == "mistral":
         return {"type": "array", "prefixItems": [call], "items": False, "$defs": defs}, opening[len(MISTRAL_CALLS):]
     return {**call, "$defs": defs}, opening.removeprefix(f"{HERMES_OPEN}\n")
+
+
+def xml_call(parameters: dict[str, dict | None], name: str | None) -> XmlCall:
+    """A forced Qwen3-Coder call as engine/xml_call.py holds it, for the function `name` or (None)
+    any of `parameters`' (name -> its parameters' schema): a string parameter is raw text (as the
+    call is read back, api/call_stream.py), any other's value JSON its compiled schema accepts.
+    ValueError where that cannot be enforced: a string parameter with constraints on its text (raw
+    text is not held to them), a schema compile_schema refuses, a required parameter not listed."""
+    functions = {}
+    for function, schema in parameters.items():
+        schema = schema or {}
+        props, defs = schema.get("properties") or {}, schema.get("$defs") or {}
+        required = frozenset(schema.get("required") or ())
+        if not required <= props.keys():
+            raise ValueError(f"{function}: a required parameter is not among its properties")
+        params = {}
+        for key, prop in props.items():
+            if isinstance(prop, dict) and prop.get("type") == "string":
+                if set(prop) - _STRING_NOTES:
+                    raise ValueError(f"{function}.{key}: a string parameter's text is raw, not held to "
+                                     f"{', '.join(sorted(set(prop) - _STRING_NOTES))}")
+                params[key] = None
+            else:
+                params[key] = compile_schema({**prop, "$defs": defs} if isinstance(prop, dict) and defs else prop)
+        functions[function] = XmlFunction(params, required)
+    return XmlCall(functions if name is None else {name: functions[name]}, opening=f"{name}>" if name else "")
 
 
 def format_of(template_source: str) -> Format | None:

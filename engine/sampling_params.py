@@ -41,7 +41,9 @@ class SamplingParams:
     speculate: bool | None = None
     # The output is one JSON object (OpenAI's response_format json_object): engine/json_object.py.
     json_object: bool = False
-    # With json_object: JSON this compiled schema accepts instead (engine/json_schema.py compile_schema).
+    # With json_object: what this machine accepts instead: JSON a compiled schema does (engine/json_schema.py
+    # compile_schema), a whole answer a pattern matches (engine/json_pattern.py), a Qwen3-Coder call
+    # (engine/xml_call.py).
     json_schema: object | None = field(default=None, repr=False)
     # (token id, bias) pairs added to those tokens' logits before any filter (OpenAI's logit_bias):
     # -100 bans a token in practice, +100 all but forces it.

@@ -248,27 +248,37 @@ FORECAST = {"type": "function", "function": {"name": "forecast", "parameters": {
     "required": ["city", "units"]}}}
 
 
-@pytest.mark.parametrize("source", [HERMES, LLAMA3])
-async def test_a_forced_call_is_held_to_its_functions_parameters(client, template, source):
+PICK = {"type": "function", "function": {"name": "pick", "parameters": {
+    "type": "object", "properties": {"units": {"enum": ["C", "F"]}, "days": {"type": "integer", "minimum": 1,
+                                                                            "maximum": 7},
+                                     "metric": {"type": "boolean"}},
+    "required": ["units", "days"]}}}
+
+
+@pytest.mark.parametrize("source, tool, seed, max_tokens", [(HERMES, FORECAST, 4, 200), (LLAMA3, FORECAST, 4, 200),
+                                                        (QWEN3_CODER, PICK, 5, 120)])
+async def test_a_forced_call_is_held_to_its_functions_parameters(client, template, source, tool, seed, max_tokens):
     """Not replayed: the demo model itself writes the call, held to the schema of the function's
     parameters (a named function) or of any tool's (required); a call that ends comes back whole
-    (one cut by max_tokens comes back as text)."""
+    (one cut by max_tokens comes back as text). Qwen3-Coder's XML call too: each parameter's value
+    held to its schema, the required ones all written, the answer ending at </tool_call>."""
     import jsonschema
 
     template(source)
-    for choice in ({"type": "function", "function": {"name": "forecast"}}, "required"):
-        r = await client.chat.completions.create(model="coder", messages=ASK, tools=[FORECAST, CLOCK],
-                                                 tool_choice=choice, temperature=0.8, seed=4, n=4, max_tokens=200)
+    name = tool["function"]["name"]
+    for choice in ({"type": "function", "function": {"name": name}}, "required"):
+        r = await client.chat.completions.create(model="coder", messages=ASK, tools=[tool, CLOCK], tool_choice=choice,
+                                                 temperature=0.8, seed=seed, n=4, max_tokens=max_tokens)
         assert sum(c.finish_reason == "tool_calls" for c in r.choices) >= 2
         for c in r.choices:
             assert c.finish_reason in ("tool_calls", "length"), c.message.content
             if c.finish_reason == "length":
                 continue
-            call = c.message.tool_calls[0]
+            (call,) = c.message.tool_calls
             arguments = json.loads(call.function.arguments)
-            if choice != "required" or call.function.name == "forecast":
-                assert call.function.name == "forecast"
-                jsonschema.validate(arguments, FORECAST["function"]["parameters"])
+            if choice != "required" or call.function.name == name:
+                assert call.function.name == name
+                jsonschema.validate(arguments, tool["function"]["parameters"])
             else:
                 assert (call.function.name, arguments) == ("now", {})
 

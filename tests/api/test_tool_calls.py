@@ -105,3 +105,40 @@ def test_calls_that_are_not_one_json_value_are_not_held():
     assert call_schema("mistral_args", {"run": None}, None) is None
     clash = {"a": {"$defs": {"x": {"type": "null"}}}, "b": {"$defs": {"x": {"type": "string"}}}}
     assert call_schema("hermes", clash, None) is None
+
+
+def test_a_held_qwen3_coder_call_reads_back_as_a_call_its_schema_accepts():
+    """Random walks through tool_calls.xml_call, read back as api/call_stream.py reads Qwen3-Coder's
+    calls: each is a call of one of the tools, its arguments valid under that tool's parameters."""
+    import random
+
+    import jsonschema
+
+    tools = {"run": {"type": "object", "properties": {"command": {"type": "string"}, "n": {"type": "integer",
+                                                                                           "minimum": 1}},
+                     "required": ["command"]},
+             "pick": {"type": "object", "properties": {"units": {"enum": ["C", "F"]}, "on": {"type": "boolean"}},
+                      "required": ["units", "on"]}}
+    rng = random.Random(5)
+    alphabet = list("abcdefghijklmnopqrstuvwxyz_<>/=\n \"0123456789CF") + [
+        "<parameter=", "</parameter>", "</function>", "</tool_call>", "command>", "n>", "units>", "on>", '"C"']
+    for name in (None, "run", "pick"):
+        machine = tool_calls.xml_call(tools, name)
+        for _ in range(100):
+            state, text = machine.start, machine.opening
+            while not machine.complete(state):
+                options = [p for p in alphabet if machine.feed(state, p) is not None]
+                closing = [p for p in options if p.startswith("</") or p.endswith(">") or p == '"C"']
+                piece = rng.choice(closing if closing and rng.random() < 0.4 else options)
+                state, text = machine.feed(state, piece), text + piece
+            calling = ToolCalling("qwen3_coder", schemas={n: t["properties"] for n, t in tools.items()})
+            _, (call,) = read_calls(forced_opening("qwen3_coder", None) + text, calling)
+            assert name in (None, call.name)
+            jsonschema.validate(json.loads(call.arguments), tools[call.name])
+
+
+def test_what_a_held_qwen3_coder_call_cannot_enforce_is_refused():
+    with pytest.raises(ValueError, match="maxLength"):
+        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "maxLength": 3}}}}, None)
+    with pytest.raises(ValueError, match="required"):
+        tool_calls.xml_call({"f": {"properties": {}, "required": ["x"]}}, None)
