@@ -31,7 +31,7 @@ functions' parameter schemas can be enforced (engine/json_schema.py), the rest o
 to them (`call_schema`): the function's name among the tools, its arguments as its schema says, and
 the answer ends where the call's JSON closes. Qwen3-Coder's XML call is held as
 engine/xml_call.py says (xml_call). Otherwise (a schema keyword that cannot be enforced, a string
-parameter with constraints on its text) nothing constrains what follows: a model that writes no
+parameter with a pattern or format) nothing constrains what follows: a model that writes no
 valid call there gets its text back as content.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engine.json_schema import compile_schema
-from engine.xml_call import XmlCall, XmlFunction
+from engine.xml_call import RawText, XmlCall, XmlFunction
 
 Format = Literal["hermes", "qwen3_coder", "llama3", "mistral", "mistral_args"]
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
@@ -152,9 +152,9 @@ def call_schema(fmt: Format, parameters: dict[str, dict | None], name: str | Non
 def xml_call(parameters: dict[str, dict | None], name: str | None) -> XmlCall:
     """A forced Qwen3-Coder call as engine/xml_call.py holds it, for the function `name` or (None)
     any of `parameters`' (name -> its parameters' schema): a string parameter is raw text (as the
-    call is read back, api/call_stream.py), any other's value JSON its compiled schema accepts.
-    ValueError where that cannot be enforced: a string parameter with constraints on its text (raw
-    text is not held to them), a schema compile_schema refuses, a required parameter not listed."""
+    call is read back, api/call_stream.py; held to its enum and lengths), any other's value JSON its
+    compiled schema accepts. ValueError where that cannot be enforced: a string parameter with a
+    pattern or format, a schema compile_schema refuses, a required parameter not listed."""
     functions = {}
     for function, schema in parameters.items():
         schema = schema or {}
@@ -165,14 +165,28 @@ def xml_call(parameters: dict[str, dict | None], name: str | None) -> XmlCall:
         params = {}
         for key, prop in props.items():
             if isinstance(prop, dict) and prop.get("type") == "string":
-                if set(prop) - _STRING_NOTES:
-                    raise ValueError(f"{function}.{key}: a string parameter's text is raw, not held to "
-                                     f"{', '.join(sorted(set(prop) - _STRING_NOTES))}")
-                params[key] = None
+                params[key] = _raw_text(prop, f"{function}.{key}")
             else:
                 params[key] = compile_schema({**prop, "$defs": defs} if isinstance(prop, dict) and defs else prop)
         functions[function] = XmlFunction(params, required)
     return XmlCall(functions if name is None else {name: functions[name]}, opening=f"{name}>" if name else "")
+
+
+def _raw_text(prop: dict, where: str) -> RawText | None:
+    """A string parameter as raw text: free (None), or held to its enum and lengths (RawText)."""
+    extra = set(prop) - _STRING_NOTES - {"enum", "minLength", "maxLength"}
+    if extra:
+        raise ValueError(f"{where}: a string parameter's raw text is not held to {', '.join(sorted(extra))}")
+    values = prop.get("enum")
+    if values is not None and not (isinstance(values, list) and values
+                                   and all(isinstance(v, str) and "<" not in v for v in values)):
+        raise ValueError(f"{where}: an enum of a raw string parameter lists strings without '<'")
+    low, high = prop.get("minLength", 0), prop.get("maxLength")
+    if not (type(low) is int and low >= 0 and (high is None or (type(high) is int and high >= low))):
+        raise ValueError(f"{where}: minLength and maxLength must be counts, the first at most the second")
+    if values is None and low == 0 and high is None:
+        return None
+    return RawText(None if values is None else frozenset(values), low, high)
 
 
 def format_of(template_source: str) -> Format | None:

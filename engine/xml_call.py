@@ -12,8 +12,9 @@ formats are held by engine/json_schema.py (tool_choice required, or a named func
 
 NAME is one of the functions; each KEY one of its parameters, at most once, its required ones all
 before </function>; a string parameter's VALUE is raw text (any character, but not the tags that
-would end it early as api/call_stream.py reads it), any other's is JSON its schema accepts (its
-compiled automaton steps inside). Whitespace between tags is bounded. The call ends at
+would end it early as api/call_stream.py reads it; where its enum or lengths hold it, a newline,
+the text, a newline, and no "<"), any other's is JSON its schema accepts (its compiled automaton
+steps inside). Whitespace between tags is bounded. The call ends at
 </tool_call>: then only the end of the text may follow. The machine reads text as JsonTokens reads
 a schema's (feed, complete, in_string, in_text on the state's machine).
 """
@@ -32,16 +33,28 @@ _WS = " \t\r\n"
 
 
 @dataclass(frozen=True)
-class XmlFunction:
-    """A function's parameters: name -> its value's compiled schema (None: a string, raw text)."""
+class RawText:
+    """A string parameter's value held as raw text: one newline, the text (one of `values`, and of
+    `low` to `high` characters), one newline, then </parameter>: the reader strips one newline at
+    either end, so the text is the value. It holds no "<" (a tag could start there)."""
 
-    params: dict[str, JsonSchema | None]
+    values: frozenset[str] | None = None
+    low: int = 0
+    high: int | None = None
+
+
+@dataclass(frozen=True)
+class XmlFunction:
+    """A function's parameters: name -> its value's compiled schema, None (a string, raw text, free),
+    or RawText (a string whose text is held)."""
+
+    params: dict[str, JsonSchema | RawText | None]
     required: frozenset[str] = frozenset()
 
 
 class XmlState(NamedTuple):
     machine: "XmlCall"
-    phase: str  # name, gap, tag, key, string, json, after_json, end, done
+    phase: str  # name, gap, tag, key, string, raw, json, after_json, end, done
     name: str = ""  # the function's name (so far, in phase name)
     seen: frozenset[str] = frozenset()  # the parameters written
     text: str = ""  # the tag, key or string's possible end tag so far; before a tag, the whitespace
@@ -84,6 +97,8 @@ class XmlCall:
         return state.phase == "string" and not state.text
 
     def in_text(self, state: XmlState) -> bool:
+        if state.phase == "raw":
+            return state.inner.values is None
         return state.phase == "string" or (state.phase == "json" and state.inner.machine.in_text(state.inner))
 
     # ------------------------------------------------------------------ one character
@@ -124,6 +139,8 @@ class XmlCall:
             seen = s.seen | {s.text}
             if value is None:
                 return s._replace(phase="string", seen=seen, text="")
+            if isinstance(value, RawText):
+                return s._replace(phase="raw", seen=seen, text="", inner=value)
             return s._replace(phase="json", seen=seen, text="", inner=value.start)
         grown = s.text + ch
         return s._replace(text=grown) if any(k.startswith(grown) and k not in s.seen for k in params) else None
@@ -136,6 +153,26 @@ class XmlCall:
         if any(tag.startswith(grown) for tag in _VALUE_ENDS):
             return None if grown in _VALUE_ENDS else s._replace(text=grown)
         return s._replace(text="<" if ch == "<" else "")
+
+    def _raw(self, s: XmlState, ch: str) -> XmlState | None:
+        """A held string: `text` is its first newline, the value written so far, and a newline at
+        the end that may be the last one (the end tag follows that one) or the value's."""
+        held: RawText = s.inner
+        if not s.text:
+            return s._replace(text=ch) if ch == "\n" else None
+        pending = len(s.text) > 1 and s.text.endswith("\n")
+        value = s.text[1:-1] if pending else s.text[1:]
+        if ch == "<":
+            return s._replace(phase="after_json", text="<") if pending and _ends(held, value) else None
+        if pending:
+            value += "\n"  # the newline before was the value's
+            if not _may_grow(held, value):
+                return None
+        if ch == "\n":
+            ok = _ends(held, value) or _may_grow(held, value + "\n")
+            return s._replace(text="\n" + value + "\n") if ok else None
+        value += ch
+        return s._replace(text="\n" + value) if _may_grow(held, value) else None
 
     def _json(self, s: XmlState, ch: str) -> XmlState | None:
         inner = s.inner.machine.feed(s.inner, ch)
@@ -170,3 +207,15 @@ def _then(s: XmlState, ch: str, tag: str, phase: str) -> XmlState | None:
     if grown == tag:
         return s._replace(phase=phase, text="")
     return s._replace(text=grown) if tag.startswith(grown) else None
+
+
+def _ends(held: RawText, value: str) -> bool:
+    """Whether a held string's text may end as `value`."""
+    return held.low <= len(value) and _may_grow(held, value) and (held.values is None or value in held.values)
+
+
+def _may_grow(held: RawText, value: str) -> bool:
+    """Whether `value` can still be (the start of) a held string's text."""
+    if held.high is not None and len(value) > held.high:
+        return False
+    return held.values is None or any(v.startswith(value) for v in held.values)

@@ -117,11 +117,14 @@ def test_a_held_qwen3_coder_call_reads_back_as_a_call_its_schema_accepts():
     tools = {"run": {"type": "object", "properties": {"command": {"type": "string"}, "n": {"type": "integer",
                                                                                            "minimum": 1}},
                      "required": ["command"]},
-             "pick": {"type": "object", "properties": {"units": {"enum": ["C", "F"]}, "on": {"type": "boolean"}},
-                      "required": ["units", "on"]}}
+             "pick": {"type": "object", "properties": {"units": {"enum": ["C", "F"]}, "on": {"type": "boolean"},
+                                                       "mode": {"type": "string", "enum": ["r", "rw"]},
+                                                       "city": {"type": "string", "minLength": 1, "maxLength": 4}},
+                      "required": ["units", "on", "mode"]}}
     rng = random.Random(5)
     alphabet = list("abcdefghijklmnopqrstuvwxyz_<>/=\n \"0123456789CF") + [
-        "<parameter=", "</parameter>", "</function>", "</tool_call>", "command>", "n>", "units>", "on>", '"C"']
+        "<parameter=", "</parameter>", "</function>", "</tool_call>", "command>", "n>", "units>", "on>", '"C"',
+        "mode>", "city>"]
     for name in (None, "run", "pick"):
         machine = tool_calls.xml_call(tools, name)
         for _ in range(100):
@@ -138,7 +141,9 @@ def test_a_held_qwen3_coder_call_reads_back_as_a_call_its_schema_accepts():
 
 
 def test_what_a_held_qwen3_coder_call_cannot_enforce_is_refused():
-    with pytest.raises(ValueError, match="maxLength"):
-        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "maxLength": 3}}}}, None)
+    with pytest.raises(ValueError, match="pattern"):
+        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "pattern": "a"}}}}, None)
+    with pytest.raises(ValueError, match="enum"):
+        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "enum": ["<b>"]}}}}, None)
     with pytest.raises(ValueError, match="required"):
         tool_calls.xml_call({"f": {"properties": {}, "required": ["x"]}}, None)

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from engine.json_schema import compile_schema
-from engine.xml_call import XmlCall, XmlFunction
+from engine.xml_call import RawText, XmlCall, XmlFunction
 
 FUNCTIONS = {
     "run": XmlFunction({"command": None, "n": compile_schema({"type": "integer", "minimum": 1, "maximum": 99})},
@@ -16,7 +16,10 @@ FUNCTIONS = {
     "pick": XmlFunction({"units": compile_schema({"enum": ["C", "F"]}),
                          "opts": compile_schema({"type": "object", "properties": {"a": {"type": "boolean"}}})},
                         frozenset({"units"})),
+    "go": XmlFunction({"mode": RawText(frozenset({"read", "re", "a\nb"})), "city": RawText(None, 2, 5)},
+                      frozenset({"mode"})),
 }
+END = "</function>\n</tool_call>"
 RUN = "run>\n<parameter=command>\nls -la\n</parameter>\n<parameter=n>\n30\n</parameter>\n</function>\n</tool_call>"
 
 
@@ -37,6 +40,15 @@ def takes(machine: XmlCall, text: str) -> bool:
     ("run>\n<parameter=command>\nx\n</parameter>\n<parameter=command>\ny\n</parameter>\n</function>", False),  # twice
     ("pick>\n<parameter=units>\nC\n</parameter>\n</function>\n</tool_call>", False),  # not JSON
     ("ran>", False), ("run>\n<parameter=cmd>", False), (RUN + " ", False),
+    ("go>\n<parameter=mode>\nread\n</parameter>\n" + END, True),  # a held string: one of its enum
+    ("go>\n<parameter=mode>\nre\n</parameter>\n" + END, True),
+    ("go>\n<parameter=mode>\na\nb\n</parameter>\n" + END, True),
+    ("go>\n<parameter=mode>\nrea\n</parameter>\n" + END, False),
+    ("go>\n<parameter=mode>read</parameter>\n" + END, False),  # its newlines
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=city>\nParis\n</parameter>\n" + END, True),
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=city>\nab\n\n</parameter>\n" + END, True),
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=city>\nP\n</parameter>\n" + END, False),  # lengths
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=city>\nParis!\n</parameter>\n" + END, False),
 ])
 def test_what_a_call_may_be(text, ok):
     assert takes(XmlCall(FUNCTIONS), text) is ok
@@ -54,7 +66,8 @@ def test_random_walks_never_meet_a_dead_end():
     end): every state reached allows some character, or is complete."""
     machine, rng = XmlCall(FUNCTIONS), random.Random(3)
     alphabet = list("abcdefghijklmnopqrstuvwxyz_<>/=\n \"{}:,0123456789CF") + ["<parameter=", "</parameter>", "</function>",
-                                                                 "</tool_call>", "command>", "n>", "units>", "opts>"]
+                                                                 "</tool_call>", "command>", "n>", "units>", "opts>",
+                                                                 "mode>", "city>", "read"]
     for _ in range(300):
         state, steps = machine.start, 0
         while not machine.complete(state):
