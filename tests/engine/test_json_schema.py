@@ -215,6 +215,19 @@ def number_text(rng: random.Random, schema: dict) -> str:
     return text
 
 
+def against_validator(machine, validator, samples) -> dict[bool, int]:
+    """Each (text, value) of `samples`: the automaton takes the text exactly when jsonschema
+    validates the value, and every prefix of a valid one; how many were valid and not."""
+    seen = {True: 0, False: 0}
+    for text, value in samples:
+        valid = validator.is_valid(value)
+        assert accepts(machine, text) == valid, (text, valid)
+        seen[valid] += 1
+        if valid:
+            assert all(machine.feed(machine.start, text[:end]) is not None for end in range(1, len(text)))
+    return seen
+
+
 @pytest.mark.parametrize("index", range(len(BOUNDED)))
 def test_bounds_are_the_validators(index):
     """Whole numbers and every prefix of the valid ones, set against jsonschema; and no prefix the
@@ -222,14 +235,8 @@ def test_bounds_are_the_validators(index):
     schema = BOUNDED[index]
     machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
     rng = random.Random(index)
-    seen = {True: 0, False: 0}
-    for _ in range(800):
-        text = number_text(rng, schema)
-        valid = validator.is_valid(json.loads(text))
-        assert accepts(machine, text) == valid, text
-        seen[valid] += 1
-        if valid:
-            assert all(machine.feed(machine.start, text[:end]) is not None for end in range(1, len(text)))
+    texts = (number_text(rng, schema) for _ in range(800))
+    seen = against_validator(machine, validator, ((text, json.loads(text)) for text in texts))
     assert seen[True] > 20 and seen[False] > 20
     no_dead_end(machine, "-0123456789.eE+", tuple("0123456789.-"), rng, steps=6, depth=8)
 
@@ -343,14 +350,8 @@ def test_multiples_are_the_validators(index):
     schema = MULTIPLES[index]
     machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
     rng = random.Random(index)
-    seen = {True: 0, False: 0}
-    for _ in range(800):
-        text = multiple_text(rng, schema) if rng.random() < 0.6 else number_text(rng, schema)
-        valid = validator.is_valid(json.loads(text))
-        assert accepts(machine, text) == valid, text
-        seen[valid] += 1
-        if valid:
-            assert all(machine.feed(machine.start, text[:end]) is not None for end in range(1, len(text)))
+    texts = (multiple_text(rng, schema) if rng.random() < 0.6 else number_text(rng, schema) for _ in range(800))
+    seen = against_validator(machine, validator, ((text, json.loads(text)) for text in texts))
     assert seen[True] > 10 and seen[False] > 20, seen
     no_dead_end(machine, "-0123456789.eE+", tuple("0123456789.-"), rng, steps=6, depth=8)
 
@@ -375,15 +376,9 @@ def test_property_counts_are_the_validators(index):
     schema = COUNTED[index]
     machine, validator = compile_schema(schema), jsonschema.Draft202012Validator(schema)
     rng = random.Random(index)
-    seen = {True: 0, False: 0}
-    for _ in range(1500):
-        value = counted_value(rng, schema)
-        text = json.dumps(value, separators=rng.choice([None, (",", ":")]))
-        valid = validator.is_valid(value)
-        assert accepts(machine, text) == valid, (text, valid)
-        seen[valid] += 1
-        if valid:
-            assert all(machine.feed(machine.start, text[:end]) is not None for end in range(len(text)))
+    values = (counted_value(rng, schema) for _ in range(1500))
+    samples = ((json.dumps(value, separators=rng.choice([None, (",", ":")])), value) for value in values)
+    seen = against_validator(machine, validator, samples)
     assert seen[True] > 25 and seen[False] > 25, seen
 
 
