@@ -148,7 +148,6 @@ async def _prompt_ids(prompts: list[str | list[int]], suffix: str | None, engine
     """Each prompt's token ids (infilling ones when `suffix` is given), tokenized off the event
     loop after the length bound has turned away texts too long for the context."""
     if suffix is not None:
-        _check_text(suffix, "suffix")
         texts = [str(p) for p in prompts]
         for p in texts:
             tokens.check_length([p, suffix], extra_tokens=3)
@@ -191,16 +190,7 @@ def _prompt_list(prompt) -> list[str | list[int]]:
     for p in prompts:
         if isinstance(p, list) and not p:
             raise bad_request("prompt is empty (no token ids)", param="prompt", code="empty_prompt")
-        if isinstance(p, str):
-            _check_text(p, "prompt")
     return prompts
-
-
-def _check_text(text: str, param: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad_request(f"{param} is not valid Unicode (unpaired surrogate)", param=param) from None
 
 
 def _fim_prompts(engine: AsyncEngine, prefixes: list[str], suffix: str) -> list[list[int]]:
