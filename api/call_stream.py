@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from api.tool_calls import (HERMES_CLOSE, HERMES_OPEN, MISTRAL_ARGS, MISTRAL_CALLS, ToolCall, ToolCalling,
-                            call_id, read_call, read_xml_call, strip_newline, typed_value)
+                            call_id, call_of, read_call, read_xml_call, strip_newline, typed_value)
 
 # An opening longer than this without the call's name and the start of its arguments is read whole.
 HEADER_LIMIT = 512
@@ -365,8 +365,7 @@ class CallStream:
         end = len(self.text) if nxt < 0 else nxt
         name, sep, args = self.text[self._pos:end].partition(MISTRAL_ARGS)
         try:
-            call = read_call(json.dumps({"name": name.strip(), "arguments": json.loads(args)}), "arguments") if (
-                sep) else None
+            call = call_of({"name": name.strip(), "arguments": json.loads(args)}, "arguments") if sep else None
         except ValueError:
             call = None
         return self._read_whole(call, end)

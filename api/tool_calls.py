@@ -208,10 +208,10 @@ def read_call(raw: str, arguments_key: str) -> ToolCall | None:
         obj = json.loads(raw)
     except ValueError:
         return None
-    return _call_of(obj, arguments_key)
+    return call_of(obj, arguments_key)
 
 
-def _call_of(obj: Any, arguments_key: str) -> ToolCall | None:
+def call_of(obj: Any, arguments_key: str) -> ToolCall | None:
     """A call from its decoded JSON."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None

@@ -193,16 +193,16 @@ class JsonTokens:
     eos_ids: frozenset[int]
 
     @functools.cached_property
-    def first_chars(self) -> frozenset[str]:
-        """Every character a token's text starts with."""
-        return frozenset(t[0] for t in self.texts if t)
+    def first_chars(self) -> tuple[str, ...]:
+        """Every character a token's text starts with, in order."""
+        return tuple(sorted({t[0] for t in self.texts if t}))
 
     def can_begin(self, state) -> bool:
         """Whether some token can be written from `state`, by its first character (a cheap test
         for a constraint this vocabulary cannot begin to write: one whose text needs characters
         no token has)."""
         machine = self.machine(state)
-        return machine.complete(state) or any(machine.feed(state, ch) is not None for ch in sorted(self.first_chars))
+        return machine.complete(state) or any(machine.feed(state, ch) is not None for ch in self.first_chars)
 
     @property
     def end_id(self) -> int | None:
