@@ -75,11 +75,12 @@ def use(chosen: list[Swap], which: str) -> None:
 
 
 def run(batch: int, drafting: bool, chosen: list[Swap], blocks: int, block: int, warmup: int,
-        requests=None, tokenizer: Tokenizer | None = None, logits: str = "host") -> dict[str, list[float]]:
+        requests=None, tokenizer: Tokenizer | None = None, logits: str = "host",
+        fixed_k: int | None = None) -> dict[str, list[float]]:
     """Per variant, each measured step's CPU seconds less the sampler and the stub's forward."""
     tokenizer = tokenizer or Tokenizer(DEFAULT_MODEL)
     requests = requests or host_overhead.busy_requests(load_workload("passk", tokenizer), batch)
-    engine = host_overhead.build_engine(batch, drafting, tokenizer, logits)
+    engine = host_overhead.build_engine(batch, drafting, tokenizer, logits, fixed_k)
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
     left_out = [0.0]
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--base", required=True, help="the other checkout's root (e.g. a git worktree)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--drafting", action="store_true")
+    ap.add_argument("--fixed-k", type=int, default=None,
+                    help="with --drafting: the fixed policy, drafting up to K tokens a copy at every step")
     ap.add_argument("--blocks", type=int, default=60, help="blocks of steps, alternating base and new")
     ap.add_argument("--block", type=int, default=5, help="steps per block")
     ap.add_argument("--warmup", type=int, default=30)
@@ -126,11 +129,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="as benchmarks/host_overhead.py: full rows on the host (a CPU), or one column (a GPU)")
     args = ap.parse_args(argv)
     times = run(args.batch, args.drafting, swaps(args.base, args.targets), args.blocks, args.block, args.warmup,
-                logits=args.logits)
+                logits=args.logits, fixed_k=args.fixed_k)
     if not times["base"] or not times["new"]:
         raise SystemExit("the run ended before both variants were timed: fewer --blocks or a larger --batch")
     base, new = (statistics.median(times[k]) for k in ("base", "new"))
-    print(f"batch {args.batch} {'drafting' if args.drafting else 'plain'}: base {1e3 * base:.3f} ms, "
+    print(f"batch {args.batch} {host_overhead.system_name(args.drafting, args.fixed_k)}: base {1e3 * base:.3f} ms, "
           f"new {1e3 * new:.3f} ms, new / base {new / base:.3f} (median step CPU time without the sampler "
           f"and the stub's forward; {len(times['base'])} and {len(times['new'])} steps)")
     return {"base_ms": 1e3 * base, "new_ms": 1e3 * new, "ratio": new / base}

@@ -3,8 +3,12 @@
 The model is engine.models.stub.StubModel (fixed logits, no layers); the tokens come from the real
 traces (pass@10 of CodeLlama-7B-Instruct, replayed), so scheduling, the step's batch, sampling
 rows, the sampler, verification, the proposer, detokenization and outputs all do their real work.
-At each number of running sequences the engine runs plain and with copy drafting, and the mean
-time of a step is split by phase. On a GPU this is the time the device would wait on Python.
+At each number of running sequences the engine runs plain, with copy drafting as its adaptive
+policy decides here, and drafting at every step (the fixed policy, --fixed-k): the stub's steps
+cost next to nothing, so the adaptive policy drafts as this machine's costs say, while on a GPU,
+where draft rows are nearly free, it drafts at most steps of a large batch, and the host then pays
+for the search, the verification and the proposer's feedback of every sequence every step. The
+mean time of a step is split by phase. On a GPU this is the time the device would wait on Python.
 
 Every figure is taken on two clocks: wall time, and the process's CPU time (time.process_time:
 all its threads, so the sampler's OpenMP threads count; another process on the same cores does
@@ -17,6 +21,7 @@ sampler runs on the device, on a CPU it is host time.
     python benchmarks/host_overhead.py --batches 256 --steps 200
     python benchmarks/host_overhead.py --collect finished    # outputs as the HumanEval job takes them
     python benchmarks/host_overhead.py --logits device       # the host of a GPU: no logits rows on it
+    python benchmarks/host_overhead.py --fixed-k 0           # plain and adaptive drafting only
 
 --collect: "all" (the default) builds every step an output of every request that changed, as a
 server streaming to its clients does; "finished" only of the requests that ended, as the
@@ -115,10 +120,13 @@ def busy_requests(requests: list, batch: int) -> list:
     return requests[: max(2, -(-4 * batch // 10))]
 
 
-def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer, logits: str = "host") -> LLMEngine:
+def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer, logits: str = "host",
+                 fixed_k: int | None = None) -> LLMEngine:
+    """`fixed_k`: drafting with the fixed policy (every copy found, up to k tokens, every step)."""
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192)
     model = StubModel(read_model_config(DEFAULT_MODEL), columns=LOGITS_COLUMNS[logits])
-    proposer = build_proposer(SpecConfig()) if drafting else None
+    spec = SpecConfig() if fixed_k is None else SpecConfig(policy="fixed", k=fixed_k)
+    proposer = build_proposer(spec) if drafting else None
     return LLMEngine(config, proposer=proposer, model=model, tokenizer=tokenizer)
 
 
@@ -135,9 +143,13 @@ def instrument(engine: LLMEngine, timer: PhaseTimer) -> None:
     timer.wrap(engine, "_outputs", "outputs")
 
 
+def system_name(drafting: bool, fixed_k: int | None) -> str:
+    return "plain" if not drafting else "drafting" if fixed_k is None else f"every step, k={fixed_k}"
+
+
 def run(batch: int, drafting: bool, requests, tokenizer: Tokenizer, steps: int, warmup: int,
-        collect: str = "all", logits: str = "host") -> dict:
-    engine = build_engine(batch, drafting, tokenizer, logits)
+        collect: str = "all", logits: str = "host", fixed_k: int | None = None) -> dict:
+    engine = build_engine(batch, drafting, tokenizer, logits, fixed_k)
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
     timer = PhaseTimer()
@@ -156,7 +168,7 @@ def run(batch: int, drafting: bool, requests, tokenizer: Tokenizer, steps: int, 
                 step_s[c].append(clock() - t0[c])
     n = max(1, len(step_s["wall"]))
     spec = engine.stats().spec
-    row = {"batch": batch, "drafting": drafting, "steps": len(step_s["wall"]),
+    row = {"batch": batch, "drafting": drafting, "system": system_name(drafting, fixed_k), "steps": len(step_s["wall"]),
            "drafted": spec.total_drafted, "accepted": spec.total_accepted}
     for c in CLOCKS:
         phases = {k: 1e3 * v / n for k, v in timer.seconds[c].items()}
@@ -177,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="outputs of every changed request each step (a server), or of finished ones (the job)")
     ap.add_argument("--logits", choices=tuple(LOGITS_COLUMNS), default="host",
                     help="full logits rows in host memory, sampled there (a CPU), or one column (a GPU's stay on it)")
+    ap.add_argument("--fixed-k", type=int, default=1,
+                    help="also draft at every step with the fixed policy, up to K tokens a copy (0: not)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     tokenizer = Tokenizer(DEFAULT_MODEL)
@@ -184,8 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         chosen = busy_requests(requests, batch)
-        for drafting in (False, True):
-            row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup, args.collect, args.logits)
+        for drafting, fixed_k in ((False, None), (True, None), *([(True, args.fixed_k)] if args.fixed_k else [])):
+            row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup, args.collect, args.logits, fixed_k)
             rows.append(row)
             print(summary_line(row), flush=True)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "rows": rows}
@@ -195,14 +209,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 def summary_line(row: dict) -> str:
     w, c = row["wall"], row["cpu"]
-    return (f"batch {row['batch']:4d} {'drafting' if row['drafting'] else 'plain   '}: "
+    return (f"batch {row['batch']:4d} {row['system']:>15}: "
             f"host {w['host_ms']:.3f} ms/step wall, {c['host_ms']:.3f} cpu; w/o sampler {w['host_without_sampler_ms']:.3f} "
             f"wall, {c['host_without_sampler_ms']:.3f} cpu (target {TARGET_MS.get(row['batch'], '-')})")
 
 
 def write(results: dict, out_dir: str) -> None:
     rows = results["rows"]
-    system = lambda r: "drafting" if r["drafting"] else "plain"  # noqa: E731
+    system = lambda r: r.get("system") or ("drafting" if r["drafting"] else "plain")  # noqa: E731
     collect, logits = results["args"]["collect"], results["args"].get("logits", "host")
     lines = [f"# Host overhead per step ({results['date']})", "", f"machine: {results['machine']}",
              "model: engine.models.stub.StubModel (a forward that costs nothing), pass@10 traces replayed",

@@ -61,3 +61,17 @@ def test_device_logits_keep_one_column_and_replay_the_same_tokens(drafting):
     assert set(widths) == {1}
     assert got == _replayed(host, requests)
     assert [tuple(ids) for ids in got["r0"]] == [c + (device.eos_id,) for c in requests[0].continuations]
+
+
+def test_drafting_every_step_drafts_one_token_a_copy_where_the_adaptive_policy_may_not():
+    """--fixed-k: the host's cost of a step where every sequence with a copy drafts (a GPU's large
+    batch), not only of what this machine's costs make the adaptive policy draft."""
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    engine = host_overhead.build_engine(4, True, tokenizer, "device", fixed_k=1)
+    drafts = []
+    propose = engine._propose
+    engine._propose = lambda: drafts.append(propose()) or drafts[-1]
+    _replayed(engine, _requests(tokenizer))
+    assert any(drafts) and all(len(d.tokens) == 1 for step in drafts for d in step.values())
+    row = host_overhead.run(4, True, _requests(tokenizer), tokenizer, steps=6, warmup=2, logits="device", fixed_k=1)
+    assert row["system"] == "every step, k=1" and row["drafted"] > 0
