@@ -123,10 +123,9 @@ class Scheduler:
         """The next step's work; `drafts` by sequence id, for decoding sequences."""
         self._all_decoding = False
         self._rebalance()
-        if not drafts:
-            out = self._decode_only()
-            if out is not None:
-                return out
+        out = self._decode_only(drafts or {})
+        if out is not None:
+            return out
         plan, chosen = self._plan_running(drafts or {})
         preempted = self._allocate_running(plan, chosen)
         budget = self.limits.max_num_batched_tokens - sum(plan.values()) - sum(len(d) for d in chosen.values())
@@ -136,30 +135,42 @@ class Scheduler:
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, preempted)
 
-    def _decode_only(self) -> SchedulerOutput | None:
-        """schedule() of a step without drafts where every running sequence decodes one token (most
-        steps of a long job), in one pass, then admits who fits as the general path does; None
-        where that does not hold or blocks run short (the general path then plans it: prefill
-        chunks, preemption)."""
+    def _decode_only(self, drafts: Mapping[int, Draft]) -> SchedulerOutput | None:
+        """schedule() of a step where every running sequence decodes one token and the draft it
+        was given (most steps of a long job), in one pass, then admits who fits as the general
+        path does; None where that does not hold or blocks run short even without a draft (the
+        general path then plans it: prefill chunks, preemption). Drafts take the step's token
+        budget in the order of `running`, as the general path gives it them."""
         limits, running = self.limits, self.running
-        if len(running) > limits.max_num_batched_tokens:
+        budget = limits.max_num_batched_tokens - len(running)
+        if budget < 0:
             return None
         blocks = self.blocks
-        block_size = blocks.block_size
+        block_size, max_len = blocks.block_size, limits.max_model_len
         scheduled = []
         for seq in running:
             end = len(seq.prompt_token_ids) + len(seq.output_token_ids)  # num_tokens, inline: the hot loop
             start = seq.num_computed_tokens
             if end - start != 1:
                 return None
-            if end > len(seq.block_table) * block_size:
-                if not blocks.can_hold(seq, end):
-                    return None
-                blocks.allocate(seq, end)
-            scheduled.append(ScheduledSeq(seq, start, [seq.last_token], (), 1, True))
+            found = drafts.get(seq.seq_id) if drafts else None
+            draft = found.tokens[:max(0, min(budget, max_len - end))] if found is not None else ()
+            budget -= len(draft)  # taken even where blocks then run short, as the general path plans it
+            need = end + len(draft)
+            if need > len(seq.block_table) * block_size:
+                if draft and not blocks.can_hold(seq, need):
+                    draft, need = (), end  # a draft is dropped before anyone waits for blocks
+                if need > len(seq.block_table) * block_size:
+                    if not blocks.can_hold(seq, need):
+                        return None
+                    blocks.allocate(seq, need)
+            if draft:
+                scheduled.append(ScheduledSeq(seq, start, [seq.last_token, *draft], draft, 1, True))
+            else:
+                scheduled.append(ScheduledSeq(seq, start, [seq.last_token], (), 1, True))
         admitted: dict[Sequence, int] = {}
         if self._waiting and len(running) < limits.max_num_seqs:
-            self._admit(admitted, limits.max_num_batched_tokens - len(scheduled))
+            self._admit(admitted, budget)
             scheduled += [_scheduled(seq, n, ()) for seq, n in admitted.items()]
         self._all_decoding = not admitted
         copies, self._copies = self._copies, []
@@ -404,15 +415,17 @@ class Scheduler:
             logprobs = logprobs[:m + 1] if logprobs else None
             top = top[:m + 1] if top else None
         self.stops.append(seq, tokens, logprobs, top)
-        seq.num_computed_tokens = min(s.start + s.num_real + m, seq.num_tokens)
+        num_tokens = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+        seq.num_computed_tokens = min(s.start + s.num_real + m, num_tokens)
+        blocks, block_size = self.blocks, self.blocks.block_size
         if first:
-            self.blocks.cache_prompt_tail(seq)
-        else:
-            self.blocks.cache_full_blocks(seq)
+            blocks.cache_prompt_tail(seq)
+        elif seq.num_computed_tokens >= (len(seq.block_chain) + 1) * block_size:
+            blocks.cache_full_blocks(seq)  # a block became full
         if seq.is_finished:
             self._stop_running(seq)
-        else:  # blocks were allocated for the whole draft: those past the accepted part go
-            self.blocks.truncate(seq, seq.num_tokens)
+        elif len(seq.block_table) * block_size >= num_tokens + block_size:
+            blocks.truncate(seq, num_tokens)  # blocks were allocated for the whole draft: those past the accepted part go
         return SeqUpdate(seq, seq.output_token_ids[before:], s.draft, m)
 
 

@@ -163,18 +163,19 @@ def test_a_block_is_cached_in_the_step_it_becomes_full():
 def _trace(decode_lane: bool, seed: int) -> tuple[list, int]:
     """Every step's plan, with the one-pass decode lane or without it (the general path), of a
     workload that fills the cache: samples sharing prompts, late arrivals, drafts on some steps,
-    preemption, clients; and how many steps the lane planned with admissions."""
+    preemption, clients; and how many steps the lane planned with admissions, and with drafts."""
     rng = random.Random(seed)
     sched = _scheduler(num_blocks=20, block_size=4, max_seqs=6, budget=24)
-    lane, admitting = sched._decode_only, [0]
+    lane, admitting = sched._decode_only, [0, 0]
 
-    def counted():
+    def counted(drafts):
         before = len(sched.running)
-        out = lane()
+        out = lane(drafts)
         admitting[0] += out is not None and len(out.scheduled) > before
+        admitting[1] += out is not None and any(s.draft for s in out.scheduled)
         return out
 
-    sched._decode_only = counted if decode_lane else (lambda: None)
+    sched._decode_only = counted if decode_lane else (lambda drafts: None)
     ids = iter(range(10_000))
     pending = []
     for i in range(8):
@@ -191,18 +192,19 @@ def _trace(decode_lane: bool, seed: int) -> tuple[list, int]:
                 sched.add(seq)
         if not sched.has_work and step > 30:
             break
-        drafts = {s.seq_id: Draft((7, 7, 8)) for s in sched.decoding()} if step % 4 == 3 else None
+        drafts = {s.seq_id: Draft((7, 7, 8, 8, 9)) for s in sched.decoding()} if step % 4 == 3 else None
         out = _step(sched, drafts)
         assert sched.decoding() == [s for s in sched.running if not s.is_prefilling]
         trace.append([(s.seq.seq_id, s.start, tuple(s.token_ids), s.draft, s.num_real, s.samples,
                        tuple(s.seq.block_table)) for s in out.scheduled]
                      + [out.num_preempted, tuple(out.block_copies)])
     assert not sched.has_work and sched.blocks.num_free == sched.blocks.num_blocks
-    return trace, admitting[0]
+    return trace, admitting
 
 
 def test_the_decode_lane_plans_every_step_as_the_general_path_does():
     for seed in range(3):
-        (lane, admitting), (general, _) = _trace(True, seed), _trace(False, seed)
+        (lane, (admitting, drafting)), (general, _) = _trace(True, seed), _trace(False, seed)
         assert lane == general
-        assert admitting > 0  # the lane admitted sequences itself, not only left such steps to the general path
+        # the lane admitted sequences and planned drafts itself, not only left such steps to the general path
+        assert admitting > 0 and drafting > 0
