@@ -280,6 +280,10 @@ class LLMEngine:
         p = seq.params
         position, prompt_len = len(seq.output_token_ids), len(seq.prompt_token_ids)
         count = len(draft) + 1
+        if not p.row_by_row and p.replay_token_ids is None:  # a draft's rows, nothing else: plain tuples
+            key = seq.noise_key
+            return [_new_tuple(SamplingRow, (logits_row + j, p, key, position + j, (), prompt_len, None, None))
+                    for j in range(count)]
         forced = [self._forced(seq, i) for i in range(position, position + count)]
         states = self._json_states(seq, draft)
         if not p.needs_penalties:
@@ -311,24 +315,28 @@ class LLMEngine:
 
     def _account(self, updates: list[SeqUpdate]) -> None:
         """Counters, and what the proposer learns from the step."""
-        proposer = self.proposer
+        proposer, sources = self.proposer, self._sources
+        generated = 0
         for update in updates:
-            seq = update.seq
-            self._generated += len(update.new_tokens)
+            seq, new_tokens = update.seq, update.new_tokens
+            generated += len(new_tokens)
             if seq.json_state is not None:
                 after = self.sampler.json_tokens.after
-                for token in update.new_tokens:
+                for token in new_tokens:
                     seq.json_state = after(seq.json_state, token)
-            seq.spec.decode_steps += 1 if update.new_tokens else 0
+            spec = seq.spec
+            if new_tokens:
+                spec.decode_steps += 1
             if update.draft:
-                source = self._sources.pop(seq.seq_id, "self")
-                seq.spec.verify_steps += 1
-                seq.spec.drafted[source] = seq.spec.drafted.get(source, 0) + len(update.draft)
-                seq.spec.accepted[source] = seq.spec.accepted.get(source, 0) + update.accepted
+                source = sources.pop(seq.seq_id, "self")
+                spec.verify_steps += 1
+                spec.drafted[source] = spec.drafted.get(source, 0) + len(update.draft)
+                spec.accepted[source] = spec.accepted.get(source, 0) + update.accepted
                 if proposer is not None:
                     proposer.record(seq.seq_id, Draft(update.draft, source), update.accepted)
             if seq.is_finished:
                 self._retired(seq, aborted=False)
+        self._generated += generated
 
     def _retired(self, seq: Sequence, aborted: bool) -> None:
         self._spec.add(seq.spec)

@@ -187,7 +187,10 @@ class AcceptanceModel:
 
     def expected(self, source: str, match_len: int, a: float, length: int) -> float:
         """Expected accepted tokens among the first `length` of a draft whose first token has probability a."""
-        key = (source, ml_bucket(match_len))
+        return self.expected_at((source, ml_bucket(match_len)), a, length)
+
+    def expected_at(self, key: tuple[str, int], a: float, length: int) -> float:
+        """expected() of the bucket key (source, ml_bucket(match_len))."""
         cum = self.cumulative[key]
         if length < len(cum):
             return a * cum[length]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
-from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel
+from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel, ml_bucket
 from fastcodellama.drafting.config import SOURCES, SpecConfig
 from fastcodellama.drafting.ngram_index import GroupIndex, NgramTables, OtherPool, check_token_ids
 from fastcodellama.drafting.ngram_tables import table_factory
@@ -78,6 +78,15 @@ class _Hit:
     end: int           # the copy starts at text[end]
     avail: int         # tokens the text holds after `end`
     match_len: int     # matched tokens before `end` (measured up to MATCH_CAP)
+    bucket: tuple[str, int]  # the acceptance model's (source, match-length bucket)
+
+
+def _longest(found: tuple[int, str, Sequence[int], int]) -> tuple[int, int]:
+    return found[0], -_TRUST[found[1]]
+
+
+def _adaptive_rank(hit: _Hit) -> tuple[int, int]:
+    return hit.match_len - _HANDICAP[hit.source], -_TRUST[hit.source]
 
 
 class CopyProposer:
@@ -202,19 +211,21 @@ class CopyProposer:
         recent.append(per_query)
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
-        if len(draft) == 0:
+        tokens = draft.tokens
+        n = len(tokens)
+        if n == 0:
             return
-        accepted = max(0, min(int(num_accepted), len(draft)))
+        accepted = max(0, min(int(num_accepted), n))
         pending = self._pending.pop(seq_id, None)
         match_len, predicted = 1, None
-        if pending is not None and pending[0].tokens[:len(draft)] == draft.tokens:
+        if pending is not None and pending[0].tokens[:n] == tokens:
             match_len, predicted = pending[1], pending[2]
         source = draft.source if draft.source in SOURCES else "self"
         self._drafts[source] += 1
-        self._drafted[source] += len(draft)
+        self._drafted[source] += n
         self._accepted[source] += accepted
         running = seq_id in self._seqs           # per-sequence statistics only for live sequences
-        self.model.record(source, match_len, len(draft), accepted, seq_id if running else None, predicted)
+        self.model.record(source, match_len, n, accepted, seq_id if running else None, predicted)
 
     def finish(self, seq_id: int, aborted: bool = False) -> None:
         st = self._seqs.pop(seq_id, None)
@@ -244,27 +255,29 @@ class CopyProposer:
     def _search(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, decision: Decision) -> list[Draft]:
         """The drafts: each query's best copy, lengths from the policy. A sequence sitting out
         its back-off costs a lookup of its state and nothing more."""
-        self.model.refresh()
+        model = self.model
+        model.refresh()
         adaptive = self.config.policy == "adaptive"
         may_skip = adaptive and len(queries) >= SKIP_FROM
-        get = self._seqs.get
+        get, best_hit, k = self._seqs.get, self._best_hit, self.config.k
+        first_rate, survival, seq_factor = model.first_rate, model.survival, model.seq_factor
         looked_up: list[tuple[int, _Seq, _Hit | None]] = []  # (query index, state, its best copy)
         cands: list[Candidate | None] = [None] * len(queries)
-        for i, q in enumerate(queries):
-            st = get(q.seq_id)
+        for i, (seq_id, max_len) in enumerate(queries):
+            st = get(seq_id)
             if st is None:
                 continue
             if may_skip and st.skip > 0:
                 st.skip -= 1
                 continue
-            hit = self._best_hit(st, adaptive) if q.max_len > 0 else None
+            hit = best_hit(st, adaptive) if max_len > 0 else None
             looked_up.append((i, st, hit))
-            if hit is not None:
-                a = self.model.first_prob(hit.source, hit.match_len, self.model.seq_factor(q.seq_id))
-                cands[i] = Candidate(a, min(hit.avail, self.config.k, q.max_len),
-                                     self.model.survival_of(hit.source, hit.match_len))
+            if hit is not None:  # AcceptanceModel.first_prob and survival_of, their bucket found once
+                a = first_rate[hit.bucket] * seq_factor(seq_id)
+                cands[i] = Candidate(0.99 if a > 0.99 else a, min(hit.avail, k, max_len), survival[hit.bucket])
         lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)), decision)
         drafts = [EMPTY_DRAFT] * len(queries)
+        pending, expected = self._pending, model.expected_at
         for i, st, hit in looked_up:
             d = lens[i]
             if may_skip:
@@ -272,8 +285,7 @@ class CopyProposer:
             if d <= 0:
                 continue
             draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
-            self._pending[queries[i].seq_id] = (draft, hit.match_len,
-                                                self.model.expected(hit.source, hit.match_len, cands[i].a, d))
+            pending[queries[i].seq_id] = (draft, hit.match_len, expected(hit.bucket, cands[i].a, d))
             drafts[i] = draft
         return drafts
 
@@ -304,46 +316,45 @@ class CopyProposer:
     def candidates(self, seq_id: int) -> list[_Hit]:
         """Each source's longest match for the sequence now (for diagnostics and fitting priors)."""
         self._index_all()
-        return self._find(self._seqs[seq_id], first_only=False)
+        st = self._seqs[seq_id]
+        toks = st.group.texts[st.member]
+        return [self._hit(toks, *f) for f in self._find(st)]
 
     def _best_hit(self, st: _Seq, adaptive: bool) -> _Hit | None:
-        """Fixed: the first hit of _find. Adaptive: each source's longest match, measured past
-        max_match; the longest wins, by trust at equal length, and "other" needs
-        OTHER_HANDICAP more matched tokens (see the module docstring)."""
-        found = self._find(st, first_only=not adaptive)
+        """Fixed: the longest match m of _find, the most trusted at equal length. Adaptive: each
+        source's longest match, measured past max_match; the longest wins, by trust at equal
+        length, and "other" needs OTHER_HANDICAP more matched tokens (see the module docstring).
+        Found in order of trust, so the first of equals wins."""
+        found = self._find(st)
+        toks = st.group.texts[st.member]
         if len(found) <= 1:
-            return found[0] if found else None
-        return max(found, key=lambda h: (h.match_len - _HANDICAP[h.source], -_TRUST[h.source]))
+            return self._hit(toks, *found[0]) if found else None
+        if not adaptive:
+            return self._hit(toks, *max(found, key=_longest))
+        hits = [self._hit(toks, *f) for f in found]
+        return max(hits, key=_adaptive_rank)
 
-    def _find(self, st: _Seq, first_only: bool) -> list[_Hit]:
-        """Each source's longest match (m from max_match down to n), by trust.
-        first_only: only the longest of them, the most trusted at equal length."""
+    def _find(self, st: _Seq) -> list[tuple[int, str, Sequence[int], int]]:
+        """Each source's longest match (m from max_match down to n), by trust: (m, source, text,
+        end), the copy starting at text[end]."""
         group, member, pool = st.group, st.member, self._pool
         toks = group.texts[member]
-        L = len(toks)
-        found: list[tuple[int, _Hit]] = []
-        if st.prediction is not None and (r := st.prediction.tables.longest(toks, L)) is not None:
-            m, e = r
-            text = st.prediction.tokens
-            found.append((m, _Hit("prediction", text, e, len(text) - e, self._match_len(toks, L, text, e, m))))
+        found = []
+        if st.prediction is not None and (r := st.prediction.tables.longest(toks, len(toks))) is not None:
+            found.append((r[0], "prediction", st.prediction.tokens, r[1]))
         if self._use_self and (r := group.longest_self(member)) is not None:
-            m, e = r
-            found.append((m, _Hit("self", toks, e, L - e, self._match_len(toks, L, toks, e, m))))
+            found.append((r[0], "self", toks, r[1]))
         if group.siblings and (r := group.longest_sibling(member)) is not None:
-            m, text, e = r
-            found.append((m, _Hit("sibling", text, e, len(text) - e, self._match_len(toks, L, text, e, m))))
-        if pool is not None and (r := pool.longest(toks, L)) is not None:
-            m, text, e, _ = r
-            found.append((m, _Hit("other", text, e, len(text) - e, self._match_len(toks, L, text, e, m))))
-        if first_only and len(found) > 1:
-            found = [max(found, key=lambda f: (f[0], -_TRUST[f[1].source]))]
-        return [hit for _, hit in found]
+            found.append((r[0], "sibling", r[1], r[2]))
+        if pool is not None and (r := pool.longest(toks, len(toks))) is not None:
+            found.append((r[0], "other", r[1], r[2]))
+        return found
 
-    def _match_len(self, toks: Sequence[int], L: int, text: Sequence[int], e: int, m: int) -> int:
-        """How far back the match goes: m, or more (up to MATCH_CAP) when m is max_match."""
-        if m < self.config.max_match:
-            return m
-        limit = min(MATCH_CAP, L, e)
-        while m < limit and toks[L - 1 - m] == text[e - 1 - m]:
-            m += 1
-        return m
+    def _hit(self, toks: Sequence[int], m: int, source: str, text: Sequence[int], e: int) -> _Hit:
+        """A match as a hit: how far back it goes is m, or more (up to MATCH_CAP) when m is max_match."""
+        if m >= self.config.max_match:
+            L = len(toks)
+            limit = min(MATCH_CAP, L, e)
+            while m < limit and toks[L - 1 - m] == text[e - 1 - m]:
+                m += 1
+        return _Hit(source, text, e, len(text) - e, m, (source, ml_bucket(m)))
