@@ -24,6 +24,8 @@ ML_BUCKETS = ("1", "2", "3", "4", "5-7", "8-15", "16+")
 
 
 def ml_bucket(match_len: int) -> int:
+    if 1 <= match_len <= MATCH_CAP:  # every match the proposer measures: no min/max calls
+        return _ML_BUCKET[match_len]
     return _ML_BUCKET[min(max(match_len, 1), MATCH_CAP)]
 
 
