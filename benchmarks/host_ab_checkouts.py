@@ -1,0 +1,145 @@
+"""The host step's time of two checkouts' whole engines, stepped in turn in one process.
+
+benchmarks/host_ab.py swaps single methods; a change that spans the scheduler, the engine and the
+proposer at once cannot be swapped that way, and two runs of benchmarks/host_overhead.py minutes
+apart on this shared VM differ by more than such a change moves (10-30%). Here the other
+checkout's `engine` and `fastcodellama` packages are copied under names of their own
+(`engine_base`, `fastcodellama_base`, their imports rewritten), and one engine of each, on the stub
+forward of benchmarks/host_overhead.py with the same pass@10 requests, step in turn. Each step's
+CPU time less the sampler and the stub's forward is kept; the medians are compared. Both engines
+must produce the same tokens and draft as much (the change is to the host's work, not to what it
+decides).
+
+    git worktree add /tmp/base HEAD~3
+    python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 1
+    python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 0    # plain
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
+
+import host_overhead  # noqa: E402
+from traces import load_workload, replay_params  # noqa: E402
+
+PACKAGES = ("engine", "fastcodellama")
+_IMPORT = re.compile(r"\b(from|import) (engine|fastcodellama)\b")
+
+
+def copy_base(base_root: str, into: str) -> None:
+    """The base checkout's packages under `into`, renamed PACKAGE_base, their own imports rewritten."""
+    for pkg in PACKAGES:
+        target = os.path.join(into, f"{pkg}_base")
+        shutil.copytree(os.path.join(base_root, pkg), target, ignore=shutil.ignore_patterns("__pycache__"))
+        for folder, _, files in os.walk(target):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    with open(path) as f:
+                        text = f.read()
+                    with open(path, "w") as f:
+                        f.write(_IMPORT.sub(lambda m: f"{m.group(1)} {m.group(2)}_base", text))
+
+
+def _module(name: str, suffix: str):
+    """engine.llm_engine as engine_base.llm_engine where suffix is "_base"."""
+    top, dot, rest = name.partition(".")
+    return importlib.import_module(top + suffix + dot + rest)
+
+
+class Timed:
+    """One engine (its packages' names end in `suffix`) with the requests, and each step's CPU time
+    less the sampler and the stub's forward."""
+
+    def __init__(self, suffix: str, batch: int, fixed_k: int, requests: list) -> None:
+        mod = functools.partial(_module, suffix=suffix)
+        eng_pkg, drafting = mod("engine"), mod("fastcodellama.drafting")
+        config = eng_pkg.EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch),
+                                      num_kv_blocks=8192)
+        model = mod("engine.models.stub").StubModel(
+            mod("engine.models.registry").read_model_config(eng_pkg.DEFAULT_MODEL), columns=1)
+        proposer = drafting.build_proposer(drafting.SpecConfig(policy="fixed", k=fixed_k)) if fixed_k > 0 else None
+        self.engine = mod("engine.llm_engine").LLMEngine(
+            config, proposer=proposer, model=model, tokenizer=mod("engine.tokenizer").Tokenizer(eng_pkg.DEFAULT_MODEL))
+        for i, r in enumerate(requests):
+            self.engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
+        self.left_out = 0.0
+        self.steps: list[float] = []
+        self.tokens: dict[str, list[list[int]]] = {}
+        self.engine.sampler = self._excluded(self.engine.sampler)
+        self.engine.runner.model.forward = self._excluded(self.engine.runner.model.forward)
+
+    def _excluded(self, f):
+        def call(*args, **kwargs):
+            t0 = time.process_time()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                self.left_out += time.process_time() - t0
+        return call
+
+    def step(self, keep: bool) -> None:
+        self.left_out = 0.0
+        t0 = time.process_time()
+        done = self.engine.step(collect="finished")
+        if keep:
+            self.steps.append(time.process_time() - t0 - self.left_out)
+        for out in done:
+            self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
+
+
+def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="host_ab_checkouts_") as into:
+        copy_base(base_root, into)
+        sys.path.insert(0, into)
+        try:
+            from engine import DEFAULT_MODEL
+            from engine.tokenizer import Tokenizer
+
+            requests = host_overhead.busy_requests(load_workload("passk", Tokenizer(DEFAULT_MODEL)), batch)
+            sides = {"base": Timed("_base", batch, fixed_k, requests), "new": Timed("", batch, fixed_k, requests)}
+            for i in range(warmup + steps):
+                for name in (("base", "new") if i % 2 else ("new", "base")):  # neither always second
+                    if sides[name].engine.has_unfinished():
+                        sides[name].step(i >= warmup)
+        finally:
+            sys.path.remove(into)
+            for name in [m for m in sys.modules if m.split(".")[0] in {f"{p}_base" for p in PACKAGES}]:
+                del sys.modules[name]
+    base, new = (statistics.median(sides[k].steps) for k in ("base", "new"))
+    stats = {k: s.engine.stats() for k, s in sides.items()}
+    return {"batch": batch, "fixed_k": fixed_k, "base_ms": 1e3 * base, "new_ms": 1e3 * new, "ratio": new / base,
+            "steps": min(len(s.steps) for s in sides.values()),
+            "same_tokens": sides["base"].tokens == sides["new"].tokens,
+            "drafted": {k: s.spec.total_drafted for k, s in stats.items()}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="the other checkout's root (e.g. a git worktree)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--fixed-k", type=int, default=1, help="draft up to K tokens a copy at every step (0: plain)")
+    ap.add_argument("--steps", type=int, default=200, help="steps timed per engine (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=30)
+    args = ap.parse_args(argv)
+    row = run(args.base, args.batch, args.fixed_k, args.steps, args.warmup)
+    print(f"batch {row['batch']} {host_overhead.system_name(args.fixed_k > 0, args.fixed_k or None)}: "
+          f"base {row['base_ms']:.3f} ms, new {row['new_ms']:.3f} ms, new / base {row['ratio']:.3f} (median step CPU "
+          f"time without the sampler and the stub's forward, {row['steps']} steps each); same tokens "
+          f"{row['same_tokens']}, drafted {row['drafted']['base']} / {row['drafted']['new']}")
+    return row
+
+
+if __name__ == "__main__":
+    main()
