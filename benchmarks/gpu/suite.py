@@ -48,6 +48,7 @@ import measure  # noqa: E402
 import shapes  # noqa: E402
 from traces import load_workload, replay_params  # noqa: E402
 
+from api.tool_calls import forced_opening, xml_call  # noqa: E402
 from engine import DEFAULT_MODEL, LLM, SamplingParams  # noqa: E402
 from engine.json_schema import compile_schema  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
@@ -124,21 +125,33 @@ HELD_SCHEMA = {"type": "object", "properties": {"code": {"type": "string", "patt
                "required": ["code", "day", "n", "unit"], "additionalProperties": False}
 
 
+# Two tools for a forced Qwen3-Coder call (engine/xml_call.py): raw text, held text, JSON values.
+HELD_TOOLS = {"run": {"type": "object", "properties": {"command": {"type": "string"},
+                                                       "n": {"type": "integer", "minimum": 1, "maximum": 99}},
+                      "required": ["command"]},
+              "pick": {"type": "object", "properties": {"unit": {"type": "string", "enum": ["C", "F"]},
+                                                        "on": {"type": "boolean"}},
+                       "required": ["unit", "on"]}}
+
+
 def _held_and_min_p(plain: LLM, drafted: LLM, prompts: list[str], tokens: int) -> dict:
-    """Output held to a JSON schema (sampled: the constrained choice's candidates, masks and race
-    on the device) and min-p sampling: drafting on equals off; the finished held outputs are
-    texts the schema's automaton accepts."""
-    schema = compile_schema(HELD_SCHEMA)
+    """Output held to a JSON schema and a forced Qwen3-Coder call held to its tools (sampled: the
+    constrained choice's candidates, masks and race on the device) and min-p sampling: drafting on
+    equals off; the finished held outputs are texts their automaton accepts."""
+    schema, call = compile_schema(HELD_SCHEMA), xml_call(HELD_TOOLS, None)
     held = SamplingParams(n=4, temperature=0.8, max_tokens=8 * tokens, seed=5, json_object=True, json_schema=schema)
+    called = SamplingParams(n=4, temperature=0.8, max_tokens=8 * tokens, seed=11, json_object=True, json_schema=call)
     min_p = SamplingParams(n=4, temperature=1.0, min_p=0.1, max_tokens=tokens, seed=9, ignore_eos=True)
+    opening = forced_opening("qwen3_coder", None)
     out = {}
-    for name, params in (("json_schema", held), ("min_p", min_p)):
-        runs = [[c for o in llm.generate(prompts, params, use_tqdm=False) for c in o.outputs] for llm in (plain, drafted)]
+    for name, params, machine, asked in (("json_schema", held, schema, prompts), ("min_p", min_p, None, prompts),
+                                         ("xml_call", called, call, [p + opening for p in prompts])):
+        runs = [[c for o in llm.generate(asked, params, use_tqdm=False) for c in o.outputs] for llm in (plain, drafted)]
         out[f"{name}_drafting_equals_plain"] = [c.token_ids for c in runs[0]] == [c.token_ids for c in runs[1]]
-        if name == "json_schema":
+        if machine is not None:
             ended = [c.text for c in runs[0] if c.finish_reason == "stop"]
-            accepted = sum(bool((state := schema.feed(schema.start, text)) and schema.complete(state)) for text in ended)
-            out["json_schema_finished_accepted"] = f"{accepted}/{len(ended)}"
+            accepted = sum(bool((state := machine.feed(machine.start, text)) and machine.complete(state)) for text in ended)
+            out[f"{name}_finished_accepted"] = f"{accepted}/{len(ended)}"
     return out
 
 

@@ -26,8 +26,10 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
     assert a["greedy_equals_hf"] == "4/4" and a["greedy_drafting_equals_plain"] and a["sampled_drafting_equals_plain"]
     assert a["drafted_tokens"] > 0 and a["leaked_blocks"] == 0
     assert a["json_schema_drafting_equals_plain"] and a["min_p_drafting_equals_plain"]
-    done, ended = map(int, a["json_schema_finished_accepted"].split("/"))
-    assert done == ended > 0
+    assert a["xml_call_drafting_equals_plain"]
+    for held in ("json_schema", "xml_call"):
+        done, ended = map(int, a[f"{held}_finished_accepted"].split("/"))
+        assert done == ended > 0, held
     # the fast backend (the C kernels here) and the reference, each against float32: equal up to rounding
     assert a["cpu_vs_float32_max_abs"] < 1e-4 * a["logits_max_abs"] and a["torch_vs_float32_max_abs"] < 1e-4 * a["logits_max_abs"]
     assert a["cpu_argmax_equals_float32"] == a["torch_argmax_equals_float32"] == f"{a['rows']}/{a['rows']}"
