@@ -59,6 +59,8 @@ class Read:
     parts: list[Part] = field(default_factory=list)
     ended: list[ToolCall] = field(default_factory=list)  # the calls whose arguments were completed by it
     made: list[ToolCall] = field(default_factory=list)
+    # A whole answer's texts (stripped, none empty) and calls in the order written (read_whole).
+    written: list[Union[str, ToolCall]] = field(default_factory=list)
 
     @property
     def content(self) -> str:
@@ -500,8 +502,25 @@ def read_calls(answer: str, calling: ToolCalling) -> tuple[str | None, list[Tool
     """(content, calls) of a whole answer, the forced opening included: the text outside the calls
     (None where only whitespace is left), and the calls; `answer` as it is where it holds none, or
     a call whose arguments are not JSON (streamed, such a call went out before that was known)."""
+    read = read_whole(answer, calling)
+    return (read.content or None, read.made) if read.made else (answer, [])
+
+
+def read_whole(answer: str, calling: ToolCalling) -> Read:
+    """A whole answer as read_calls reads it: `content` the text outside the calls, stripped,
+    `made` the calls, `written` the texts between them and the calls in the order written (an
+    API that lists them as items keeps that order); no calls where read_calls finds none."""
     read = CallStream(dataclasses.replace(calling, forced="")).add(answer, finished=True)
     if not read.made or not all(_is_json(call.arguments) for call in read.made):
-        return answer, []
+        return Read([answer] if answer else [], written=[answer.strip()] if answer.strip() else [])
+    written: list[Union[str, ToolCall]] = []
+    calls, text = iter(read.made), ""
+    for part in read.parts:
+        if isinstance(part, str):
+            text += part
+        elif part.call is not None:
+            written += [text.strip(), next(calls)] if text.strip() else [next(calls)]
+            text = ""
+    written += [text.strip()] if text.strip() else []
     content = read.content.strip()
-    return content or None, read.made
+    return Read([content] if content else [], ended=read.made, made=read.made, written=written)

@@ -66,10 +66,21 @@ class Outcome:
                 "output": output, "usage": usage, **self.settings}
 
     def whole(self, out: RequestOutput) -> dict[str, Any]:
+        """The whole response: its items in the order the answer wrote them, as a stream gives them
+        (text after a call is a message of its own)."""
         reasoning, read = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
-        items, text = Items(), read.content
-        output = ([items.reasoning(reasoning, "completed")] if reasoning else []) + (
-            [items.message(text, "completed")] if text else []) + [items.call(call) for call in read.made]
+        items = Items()
+        output = [items.reasoning(reasoning, "completed")] if reasoning else []
+        if not read.made:
+            text = read.content
+            output += [items.message(text, "completed")] if text else []
+        for piece in read.written if read.made else ():
+            if isinstance(piece, ToolCall):
+                output.append(items.call(piece))
+                continue
+            if any(item["type"] == "message" for item in output):
+                items.message_id = f"msg_{uuid.uuid4().hex}"
+            output.append(items.message(piece, "completed"))
         return self.head("completed", output, usage_of(out), out)
 
 

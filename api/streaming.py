@@ -21,7 +21,7 @@ from api.completions import CompletionPlan, LogprobsBuilder, finish_reason, new_
 from api.errors import APIError
 from api.reasoning import ReasoningDeltas, Thinking
 from api.schemas import CompletionChoice, CompletionResponse, Logprobs, Usage
-from api.call_stream import CallStream, Read, read_calls
+from api.call_stream import CallStream, Read, read_whole
 from api.tool_calls import ToolCall, ToolCalling
 
 if TYPE_CHECKING:
@@ -101,8 +101,7 @@ class AnswerDeltas:
         if self._stream is None:
             return reasoning, Read([text] if text else [])
         if whole:
-            content, made = read_calls(self.calls.forced + text, self.calls)
-            return reasoning, Read([content] if content else [], ended=made, made=made)
+            return reasoning, read_whole(self.calls.forced + text, self.calls)
         return reasoning, self._stream.add(text, c.finished)
 
     def take(self, out: RequestOutput) -> tuple[str, Read]:

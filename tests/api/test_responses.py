@@ -117,6 +117,32 @@ async def test_codex_calls_come_back_as_function_call_items(server, http, templa
     assert call["call_id"].startswith("call_") and call["status"] == "completed"
 
 
+async def test_the_whole_response_keeps_the_order_the_answer_was_written_in_as_a_stream_does(
+        server, http, template, answers):
+    """Text, a call, more text, a call: four items in that order, streamed or whole."""
+    template(HERMES)
+    second = CALL.replace('"ls", "-la"', '"pwd"')
+    answers("Listing.\n" + CALL + "\nThen where.\n" + second)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    outputs = []
+    for stream in (False, True):
+        body = {**CODEX, "stream": stream, "parallel_tool_calls": True}
+        async with http.post(f"{server.url}/v1/responses", json=body, headers=headers) as r:
+            assert r.status == 200
+            text = await r.text()
+        outputs.append(typed_sse_events(text)[-1]["response"]["output"] if stream else json.loads(text)["output"])
+
+    def shown(item: dict) -> tuple:
+        if item["type"] == "message":
+            return "message", item["content"][0]["text"].strip()
+        return item["type"], item["name"], json.loads(item["arguments"])
+
+    whole, streamed = ([shown(item) for item in output] for output in outputs)
+    assert whole == streamed == [("message", "Listing."), ("function_call", "shell", {"command": ["ls", "-la"]}),
+                                 ("message", "Then where."), ("function_call", "shell", {"command": ["pwd"]})]
+    assert len({item["id"] for item in outputs[0]}) == 4  # each item an id of its own
+
+
 async def test_a_conversation_with_calls_and_outputs_reaches_the_template(client, server, template, answers):
     chat = template(HERMES)
     answers("Done.")
