@@ -152,6 +152,7 @@ class StepCost:
         self.key = key
         self.path = os.path.join(cache_dir, key.file_name()) if key is not None and cache_dir else None
         self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self._rows_of: dict[int, list[int]] = {}  # sequence bucket -> its row buckets that have a bucket, in order
         self._unsaved = 0
         self._saved_at = time.monotonic()
         self.observations = 0
@@ -172,11 +173,18 @@ class StepCost:
             if level is None:
                 return  # nothing to set it against yet
             seconds -= level
-        if self._buckets.setdefault(cell, _Bucket()).add(seconds):
+        if self._bucket(cell).add(seconds):
             self._memo.clear()
         self._unsaved += 1
         if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
             self.save()
+
+    def _bucket(self, cell: tuple[int, int]) -> _Bucket:
+        bucket = self._buckets.get(cell)
+        if bucket is None:
+            bucket = self._buckets[cell] = _Bucket()
+            bisect.insort(self._rows_of.setdefault(cell[0], []), cell[1])
+        return bucket
 
     def _level(self, n: int) -> float | None:
         """Where plain steps of bucket n stand now: the least of its latest ones, else its seeded
@@ -191,10 +199,7 @@ class StepCost:
         """A step of `seqs` sequences without drafts: its bucket, else linear between the nearest
         measured batches around it, else the nearest one within 2x (a plain step's cost is smooth
         in its sequences; a batch that only ever runs beside a prefill is never measured alone)."""
-        key = ("plain", bucket_of(SEQ_GRID, seqs))
-        if key not in self._memo:
-            self._memo[key] = self._plain(key[1])
-        return self._memo[key]
+        return self._plain_memo(bucket_of(SEQ_GRID, seqs))
 
     def measured(self, seqs: int) -> bool:
         """Whether this run has measured plain steps of about as many sequences (within 2x): what a
@@ -223,6 +228,13 @@ class StepCost:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
         near = lower or upper
         return near[1] if near is not None else None
+
+    def _plain_memo(self, n: int) -> float | None:
+        """_plain of bucket n, kept with the other answers until an estimate changes."""
+        key = ("plain", n)
+        if key not in self._memo:
+            self._memo[key] = self._plain(n)
+        return self._memo[key]
 
     def _plain_at(self, n: int) -> float | None:
         """Bucket n's plain estimate: as measured where this run measured it, else as seeded,
@@ -257,7 +269,7 @@ class StepCost:
     def _extra(self, n: int, draft_rows: int) -> float | None:
         r = bucket_of(ROW_GRID, draft_rows)
         for near in _nearest_drafting(n):
-            if self._plain(near) is None:
+            if self._plain_memo(near) is None:
                 continue
             known = self._drafting_at(near, r)
             if known is None:
@@ -327,8 +339,8 @@ class StepCost:
         key = ("rows", n)
         if key not in self._memo:
             known = [(0, 0.0)] if self._at(n, 0) is not None else []
-            self._memo[key] = known + [(ROW_GRID[r], e) for r in range(1, len(ROW_GRID))
-                                       if (e := self._drafting_at(n, r)) is not None]
+            self._memo[key] = known + [(ROW_GRID[r], e) for r in self._rows_of.get(n, ())
+                                       if r > 0 and (e := self._drafting_at(n, r)) is not None]
         return self._memo[key]
 
     # ------------------------------------------------------------------ the cache file
@@ -365,7 +377,7 @@ class StepCost:
 
     def _load(self) -> None:
         for cell, seconds in self._read().items():
-            self._buckets.setdefault(cell, _Bucket()).seeded = seconds
+            self._bucket(cell).seeded = seconds
 
     def _read(self) -> dict[tuple[int, int], float]:
         """The file's cells for this key (none where there is no file yet, a torn one, or another
