@@ -30,8 +30,8 @@ read for calls. Where the call is one JSON value (Hermes, Llama 3.1, Mistral's f
 functions' parameter schemas can be enforced (engine/json_schema.py), the rest of the call is held
 to them (`call_schema`): the function's name among the tools, its arguments as its schema says, and
 the answer ends where the call's JSON closes. Qwen3-Coder's XML call is held as
-engine/xml_call.py says (xml_call). Otherwise (a schema keyword that cannot be enforced, a string
-parameter with a pattern or format) nothing constrains what follows: a model that writes no
+engine/xml_call.py says (xml_call). Otherwise (a schema keyword that cannot be enforced, a raw
+string parameter's pattern beside lengths or one that could need a "<") nothing constrains what follows: a model that writes no
 valid call there gets its text back as content.
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from engine.json_pattern import FORMATS, Pattern, compile_pattern
 from engine.json_schema import compile_schema
 from engine.xml_call import RawText, XmlCall, XmlFunction
 
@@ -152,9 +153,10 @@ def call_schema(fmt: Format, parameters: dict[str, dict | None], name: str | Non
 def xml_call(parameters: dict[str, dict | None], name: str | None) -> XmlCall:
     """A forced Qwen3-Coder call as engine/xml_call.py holds it, for the function `name` or (None)
     any of `parameters`' (name -> its parameters' schema): a string parameter is raw text (as the
-    call is read back, api/call_stream.py; held to its enum and lengths), any other's value JSON its
-    compiled schema accepts. ValueError where that cannot be enforced: a string parameter with a
-    pattern or format, a schema compile_schema refuses, a required parameter not listed."""
+    call is read back, api/call_stream.py; held to its enum, lengths, and pattern or format), any
+    other's value JSON its compiled schema accepts. ValueError where that cannot be enforced: a
+    string parameter whose pattern sits beside lengths or may need a "<", a schema compile_schema
+    refuses, a required parameter not listed."""
     functions = {}
     for function, schema in parameters.items():
         schema = schema or {}
@@ -173,8 +175,9 @@ def xml_call(parameters: dict[str, dict | None], name: str | None) -> XmlCall:
 
 
 def _raw_text(prop: dict, where: str) -> RawText | None:
-    """A string parameter as raw text: free (None), or held to its enum and lengths (RawText)."""
-    extra = set(prop) - _STRING_NOTES - {"enum", "minLength", "maxLength"}
+    """A string parameter as raw text: free (None), or held to its enum, lengths, and pattern (a
+    `format` JSON schema holds names its pattern; others are annotations, as there) (RawText)."""
+    extra = set(prop) - _STRING_NOTES - {"enum", "minLength", "maxLength", "pattern", "format"}
     if extra:
         raise ValueError(f"{where}: a string parameter's raw text is not held to {', '.join(sorted(extra))}")
     values = prop.get("enum")
@@ -184,9 +187,40 @@ def _raw_text(prop: dict, where: str) -> RawText | None:
     low, high = prop.get("minLength", 0), prop.get("maxLength")
     if not (type(low) is int and low >= 0 and (high is None or (type(high) is int and high >= low))):
         raise ValueError(f"{where}: minLength and maxLength must be counts, the first at most the second")
-    if values is None and low == 0 and high is None:
+    pattern = _raw_pattern(prop, where, low != 0 or high is not None)
+    if pattern is not None and values is not None:  # the enum holds it: the values the pattern takes
+        values = [v for v in values if _matches(pattern, v)]
+        if not values:
+            raise ValueError(f"{where}: no value of its enum matches its pattern")
+        pattern = None
+    if values is None and low == 0 and high is None and pattern is None:
         return None
-    return RawText(None if values is None else frozenset(values), low, high)
+    return RawText(None if values is None else frozenset(values), low, high, pattern)
+
+
+def _raw_pattern(prop: dict, where: str, bounded: bool) -> Pattern | None:
+    """A raw string's pattern (its own, else its format's), where raw text can always go on to
+    match it: not beside lengths (a pattern's state may need more characters than are left), and
+    with no "<" it could need (raw text holds none)."""
+    source = prop.get("pattern", FORMATS.get(prop.get("format")))
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        raise ValueError(f"{where}: pattern must be a string")
+    if bounded:
+        raise ValueError(f"{where}: a pattern (or format) beside minLength or maxLength cannot be held in raw text")
+    if any(lt in source.lower() for lt in ("<", "\\x3c", "\\u003c")):
+        raise ValueError(f"{where}: a pattern that may need '<' cannot be held in raw text")
+    return compile_pattern(source)
+
+
+def _matches(pattern: Pattern, text: str) -> bool:
+    states: frozenset[int] | None = pattern.start
+    for ch in text:
+        states = pattern.step(states, ch)
+        if states is None:
+            return False
+    return pattern.accepts(states)
 
 
 def format_of(template_source: str) -> Format | None:

@@ -12,8 +12,8 @@ formats are held by engine/json_schema.py (tool_choice required, or a named func
 
 NAME is one of the functions; each KEY one of its parameters, at most once, its required ones all
 before </function>; a string parameter's VALUE is raw text (any character, but not the tags that
-would end it early as api/call_stream.py reads it; where its enum or lengths hold it, a newline,
-the text, a newline, and no "<"), any other's is JSON its schema accepts (its compiled automaton
+would end it early as api/call_stream.py reads it; where its enum, lengths or pattern hold it, a
+newline, the text, a newline, and no "<"), any other's is JSON its schema accepts (its compiled automaton
 steps inside). Whitespace between tags is bounded. The call ends at
 </tool_call>: then only the end of the text may follow. The machine reads text as JsonTokens reads
 a schema's (feed, complete, in_string, in_text on the state's machine).
@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from engine.json_pattern import Pattern
 from engine.json_schema import JsonSchema
 
 PARAMETER, PARAMETER_END, FUNCTION_END, CALL_END = "<parameter=", "</parameter>", "</function>", "</tool_call>"
@@ -34,13 +35,15 @@ _WS = " \t\r\n"
 
 @dataclass(frozen=True)
 class RawText:
-    """A string parameter's value held as raw text: one newline, the text (one of `values`, and of
-    `low` to `high` characters), one newline, then </parameter>: the reader strips one newline at
-    either end, so the text is the value. It holds no "<" (a tag could start there)."""
+    """A string parameter's value held as raw text: one newline, the text (one of `values`, of
+    `low` to `high` characters, matching `pattern`), one newline, then </parameter>: the reader
+    strips one newline at either end, so the text is the value. It holds no "<" (a tag could start
+    there): a pattern must be one that text without "<" can always go on to match."""
 
     values: frozenset[str] | None = None
     low: int = 0
     high: int | None = None
+    pattern: Pattern | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ class XmlState(NamedTuple):
     name: str = ""  # the function's name (so far, in phase name)
     seen: frozenset[str] = frozenset()  # the parameters written
     text: str = ""  # the tag, key or string's possible end tag so far; before a tag, the whitespace
-    inner: object = None  # a JSON value's state, in phase json
+    inner: object = None  # a JSON value's state, in phase json; the RawText, in phase raw
+    match: frozenset[int] | None = None  # in phase raw, a held pattern's states after the text (a last newline left out)
 
 
 @dataclass(eq=False)
@@ -98,7 +102,7 @@ class XmlCall:
 
     def in_text(self, state: XmlState) -> bool:
         if state.phase == "raw":
-            return state.inner.values is None
+            return state.inner.values is None and state.inner.pattern is None
         return state.phase == "string" or (state.phase == "json" and state.inner.machine.in_text(state.inner))
 
     # ------------------------------------------------------------------ one character
@@ -140,7 +144,8 @@ class XmlCall:
             if value is None:
                 return s._replace(phase="string", seen=seen, text="")
             if isinstance(value, RawText):
-                return s._replace(phase="raw", seen=seen, text="", inner=value)
+                match = None if value.pattern is None else value.pattern.start
+                return s._replace(phase="raw", seen=seen, text="", inner=value, match=match)
             return s._replace(phase="json", seen=seen, text="", inner=value.start)
         grown = s.text + ch
         return s._replace(text=grown) if any(k.startswith(grown) and k not in s.seen for k in params) else None
@@ -162,17 +167,20 @@ class XmlCall:
             return s._replace(text=ch) if ch == "\n" else None
         pending = len(s.text) > 1 and s.text.endswith("\n")
         value = s.text[1:-1] if pending else s.text[1:]
+        match = s.match
         if ch == "<":
-            return s._replace(phase="after_json", text="<") if pending and _ends(held, value) else None
+            return s._replace(phase="after_json", text="<") if pending and _ends(held, value, match) else None
         if pending:
             value += "\n"  # the newline before was the value's
-            if not _may_grow(held, value):
+            match = _matched(held, match, "\n")
+            if not _may_grow(held, value, match):
                 return None
         if ch == "\n":
-            ok = _ends(held, value) or _may_grow(held, value + "\n")
-            return s._replace(text="\n" + value + "\n") if ok else None
+            ok = _ends(held, value, match) or _may_grow(held, value + "\n", _matched(held, match, "\n"))
+            return s._replace(text="\n" + value + "\n", match=match) if ok else None
         value += ch
-        return s._replace(text="\n" + value) if _may_grow(held, value) else None
+        match = _matched(held, match, ch)
+        return s._replace(text="\n" + value, match=match) if _may_grow(held, value, match) else None
 
     def _json(self, s: XmlState, ch: str) -> XmlState | None:
         inner = s.inner.machine.feed(s.inner, ch)
@@ -209,13 +217,21 @@ def _then(s: XmlState, ch: str, tag: str, phase: str) -> XmlState | None:
     return s._replace(text=grown) if tag.startswith(grown) else None
 
 
-def _ends(held: RawText, value: str) -> bool:
-    """Whether a held string's text may end as `value`."""
-    return held.low <= len(value) and _may_grow(held, value) and (held.values is None or value in held.values)
+def _ends(held: RawText, value: str, match: frozenset[int] | None) -> bool:
+    """Whether a held string's text may end as `value` (`match`: its pattern's states after it)."""
+    return (held.low <= len(value) and _may_grow(held, value, match) and (held.values is None or value in held.values)
+            and (held.pattern is None or held.pattern.accepts(match)))
 
 
-def _may_grow(held: RawText, value: str) -> bool:
+def _may_grow(held: RawText, value: str, match: frozenset[int] | None) -> bool:
     """Whether `value` can still be (the start of) a held string's text."""
     if held.high is not None and len(value) > held.high:
         return False
+    if held.pattern is not None and match is None:
+        return False
     return held.values is None or any(v.startswith(value) for v in held.values)
+
+
+def _matched(held: RawText, match: frozenset[int] | None, ch: str) -> frozenset[int] | None:
+    """A held pattern's states after one more character (None: it can no longer match)."""
+    return None if held.pattern is None or match is None else held.pattern.step(match, ch)

@@ -255,8 +255,15 @@ PICK = {"type": "function", "function": {"name": "pick", "parameters": {
     "required": ["units", "days"]}}}
 
 
+BOOK = {"type": "function", "function": {"name": "book", "parameters": {
+    "type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+                                     "day": {"type": "string", "format": "date"}},
+    "required": ["code", "day"]}}}
+
+
 @pytest.mark.parametrize("source, tool, seed, max_tokens", [(HERMES, FORECAST, 4, 200), (LLAMA3, FORECAST, 4, 200),
-                                                        (QWEN3_CODER, PICK, 5, 120), (QWEN3_CODER, FORECAST, 5, 120)])
+                                                        (QWEN3_CODER, PICK, 5, 120), (QWEN3_CODER, FORECAST, 5, 120),
+                                                        (QWEN3_CODER, BOOK, 5, 160)])
 async def test_a_forced_call_is_held_to_its_functions_parameters(client, template, source, tool, seed, max_tokens):
     """Not replayed: the demo model itself writes the call, held to the schema of the function's
     parameters (a named function) or of any tool's (required); a call that ends comes back whole

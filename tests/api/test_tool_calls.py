@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from api import tool_calls
 from api.call_stream import read_calls
 from api.tool_calls import ToolCalling, forced_opening
+from engine.json_pattern import FORMATS
 from tests.api.test_chat_tools import HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, QWEN3_CODER, TWO_CALLS
 
 
@@ -115,16 +117,19 @@ def test_a_held_qwen3_coder_call_reads_back_as_a_call_its_schema_accepts():
     import jsonschema
 
     tools = {"run": {"type": "object", "properties": {"command": {"type": "string"}, "n": {"type": "integer",
-                                                                                           "minimum": 1}},
+                                                                                           "minimum": 1},
+                                                      "day": {"type": "string", "format": "date"}},
                      "required": ["command"]},
              "pick": {"type": "object", "properties": {"units": {"enum": ["C", "F"]}, "on": {"type": "boolean"},
                                                        "mode": {"type": "string", "enum": ["r", "rw"]},
-                                                       "city": {"type": "string", "minLength": 1, "maxLength": 4}},
+                                                       "city": {"type": "string", "minLength": 1, "maxLength": 4},
+                                                       "code": {"type": "string", "pattern": "^[CF]{2}-[0-9]+$"}},
                       "required": ["units", "on", "mode"]}}
     rng = random.Random(5)
-    alphabet = list("abcdefghijklmnopqrstuvwxyz_<>/=\n \"0123456789CF") + [
+    alphabet = list("abcdefghijklmnopqrstuvwxyz_<>/=\n \"0123456789CF-") + [
         "<parameter=", "</parameter>", "</function>", "</tool_call>", "command>", "n>", "units>", "on>", '"C"',
-        "mode>", "city>"]
+        "mode>", "city>", "code>", "day>"]
+    held = 0
     for name in (None, "run", "pick"):
         machine = tool_calls.xml_call(tools, name)
         for _ in range(100):
@@ -137,12 +142,41 @@ def test_a_held_qwen3_coder_call_reads_back_as_a_call_its_schema_accepts():
             calling = ToolCalling("qwen3_coder", schemas={n: t["properties"] for n, t in tools.items()})
             _, (call,) = read_calls(forced_opening("qwen3_coder", None) + text, calling)
             assert name in (None, call.name)
-            jsonschema.validate(json.loads(call.arguments), tools[call.name])
+            arguments = json.loads(call.arguments)
+            jsonschema.validate(arguments, tools[call.name])  # the pattern included
+            if "day" in arguments:
+                assert re.search(FORMATS["date"], arguments["day"])
+            held += "day" in arguments or "code" in arguments
+    assert held > 20  # the walks wrote held patterns, not only left them out
+
+
+def test_a_held_qwen3_coder_string_follows_its_pattern_or_format():
+    def takes(schema: dict, value: str) -> bool:
+        machine = tool_calls.xml_call({"f": {"properties": {"s": schema}}}, None)
+        state = machine.feed(machine.start, f"f>\n<parameter=s>\n{value}\n</parameter>\n</function>\n</tool_call>")
+        return state is not None and machine.complete(state)
+
+    code = {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"}
+    assert takes(code, "AB-123") and not takes(code, "AB-12") and not takes(code, "ab-123")
+    assert not takes(code, "AB-1234") and not takes(code, "AB-123\n")
+    assert takes({"type": "string", "pattern": "x"}, "a x b") and not takes({"type": "string", "pattern": "x"}, "ab")
+    day = {"type": "string", "format": "date"}
+    assert takes(day, "2026-12-06") and not takes(day, "2026-13-06") and not takes(day, "06/12/2026")
+    assert takes({"type": "string", "format": "uri"}, "any text")  # a format without a pattern: an annotation
+    # an enum beside a pattern: the values the pattern takes
+    assert takes({"type": "string", "enum": ["AB-123", "x"], "pattern": "^[A-Z]"}, "AB-123")
+    assert not takes({"type": "string", "enum": ["AB-123", "x"], "pattern": "^[A-Z]"}, "x")
 
 
 def test_what_a_held_qwen3_coder_call_cannot_enforce_is_refused():
-    with pytest.raises(ValueError, match="pattern"):
-        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "pattern": "a"}}}}, None)
+    with pytest.raises(ValueError, match="minLength"):
+        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "pattern": "a", "maxLength": 3}}}}, None)
+    with pytest.raises(ValueError, match="'<'"):
+        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "pattern": "^a<b$"}}}}, None)
+    with pytest.raises(ValueError, match="'<'"):
+        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "pattern": "^a\\x3Cb$"}}}}, None)
+    with pytest.raises(ValueError, match="no value of its enum"):
+        tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "enum": ["a"], "pattern": "^b"}}}}, None)
     with pytest.raises(ValueError, match="enum"):
         tool_calls.xml_call({"f": {"properties": {"s": {"type": "string", "enum": ["<b>"]}}}}, None)
     with pytest.raises(ValueError, match="required"):

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from engine.json_pattern import compile_pattern
 from engine.json_schema import compile_schema
 from engine.xml_call import RawText, XmlCall, XmlFunction
 
@@ -16,7 +17,8 @@ FUNCTIONS = {
     "pick": XmlFunction({"units": compile_schema({"enum": ["C", "F"]}),
                          "opts": compile_schema({"type": "object", "properties": {"a": {"type": "boolean"}}})},
                         frozenset({"units"})),
-    "go": XmlFunction({"mode": RawText(frozenset({"read", "re", "a\nb"})), "city": RawText(None, 2, 5)},
+    "go": XmlFunction({"mode": RawText(frozenset({"read", "re", "a\nb"})), "city": RawText(None, 2, 5),
+                       "code": RawText(pattern=compile_pattern("^[a-c]+-[0-9]{2}$"))},
                       frozenset({"mode"})),
 }
 END = "</function>\n</tool_call>"
@@ -49,6 +51,10 @@ def takes(machine: XmlCall, text: str) -> bool:
     ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=city>\nab\n\n</parameter>\n" + END, True),
     ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=city>\nP\n</parameter>\n" + END, False),  # lengths
     ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=city>\nParis!\n</parameter>\n" + END, False),
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=code>\nab-12\n</parameter>\n" + END, True),  # a pattern
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=code>\nab-1\n</parameter>\n" + END, False),
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=code>\nab-123\n</parameter>\n" + END, False),
+    ("go>\n<parameter=mode>\nre\n</parameter>\n<parameter=code>\nab-12\n\n</parameter>\n" + END, False),
 ])
 def test_what_a_call_may_be(text, ok):
     assert takes(XmlCall(FUNCTIONS), text) is ok
@@ -67,7 +73,7 @@ def test_random_walks_never_meet_a_dead_end():
     machine, rng = XmlCall(FUNCTIONS), random.Random(3)
     alphabet = list("abcdefghijklmnopqrstuvwxyz_<>/=\n \"{}:,0123456789CF") + ["<parameter=", "</parameter>", "</function>",
                                                                  "</tool_call>", "command>", "n>", "units>", "opts>",
-                                                                 "mode>", "city>", "read"]
+                                                                 "mode>", "city>", "read", "code>", "-"]
     for _ in range(300):
         state, steps = machine.start, 0
         while not machine.complete(state):
