@@ -13,6 +13,7 @@ decides).
     git worktree add /tmp/base HEAD~3
     python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 1
     python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 0    # plain
+    python benchmarks/host_ab_checkouts.py --base /tmp/base --fixed-k 0 --collect all  # as a server takes outputs
 """
 from __future__ import annotations
 
@@ -89,17 +90,18 @@ class Timed:
                 self.left_out += time.process_time() - t0
         return call
 
-    def step(self, keep: bool) -> None:
+    def step(self, keep: bool, collect: str) -> None:
         self.left_out = 0.0
         t0 = time.process_time()
-        done = self.engine.step(collect="finished")
+        done = self.engine.step(collect=collect)
         if keep:
             self.steps.append(time.process_time() - t0 - self.left_out)
         for out in done:
-            self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
+            if out.finished:
+                self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
 
 
-def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int) -> dict:
+def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, collect: str = "finished") -> dict:
     with tempfile.TemporaryDirectory(prefix="host_ab_checkouts_") as into:
         copy_base(base_root, into)
         sys.path.insert(0, into)
@@ -112,14 +114,14 @@ def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int) -> di
             for i in range(warmup + steps):
                 for name in (("base", "new") if i % 2 else ("new", "base")):  # neither always second
                     if sides[name].engine.has_unfinished():
-                        sides[name].step(i >= warmup)
+                        sides[name].step(i >= warmup, collect)
         finally:
             sys.path.remove(into)
             for name in [m for m in sys.modules if m.split(".")[0] in {f"{p}_base" for p in PACKAGES}]:
                 del sys.modules[name]
     base, new = (statistics.median(sides[k].steps) for k in ("base", "new"))
     stats = {k: s.engine.stats() for k, s in sides.items()}
-    return {"batch": batch, "fixed_k": fixed_k, "base_ms": 1e3 * base, "new_ms": 1e3 * new, "ratio": new / base,
+    return {"batch": batch, "fixed_k": fixed_k, "collect": collect, "base_ms": 1e3 * base, "new_ms": 1e3 * new, "ratio": new / base,
             "steps": min(len(s.steps) for s in sides.values()),
             "same_tokens": sides["base"].tokens == sides["new"].tokens,
             "drafted": {k: s.spec.total_drafted for k, s in stats.items()}}
@@ -132,9 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fixed-k", type=int, default=1, help="draft up to K tokens a copy at every step (0: plain)")
     ap.add_argument("--steps", type=int, default=200, help="steps timed per engine (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--collect", choices=tuple(host_overhead.COLLECT), default="finished",
+                    help="outputs of finished requests only (the HumanEval job), or of every request that changed "
+                         "every step (a server streaming)")
     args = ap.parse_args(argv)
-    row = run(args.base, args.batch, args.fixed_k, args.steps, args.warmup)
-    print(f"batch {row['batch']} {host_overhead.system_name(args.fixed_k > 0, args.fixed_k or None)}: "
+    row = run(args.base, args.batch, args.fixed_k, args.steps, args.warmup, args.collect)
+    print(f"batch {row['batch']} {host_overhead.system_name(args.fixed_k > 0, args.fixed_k or None)}, "
+          f"--collect {args.collect}: "
           f"base {row['base_ms']:.3f} ms, new {row['new_ms']:.3f} ms, new / base {row['ratio']:.3f} (median step CPU "
           f"time without the sampler and the stub's forward, {row['steps']} steps each); same tokens "
           f"{row['same_tokens']}, drafted {row['drafted']['base']} / {row['drafted']['new']}")
