@@ -12,7 +12,11 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      leaked KV block;
   b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
      graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth);
-  c  the cost of a verify step with k draft tokens per sequence, by k, at batch 1, 16, 64;
+  c  the cost of a verify step with k draft tokens per sequence, by k, at batch 1, 16, 64, and 256
+     (k up to 4 there);
+  h  the host's part of a step on this machine's CPU (benchmarks/host_overhead.py: the engine around
+     a forward that costs nothing, pass@10 traces), plain and drafting at every step (k=1), at 1 and
+     256 running: what the device waits on, beside b's and c's step times;
   d  trace replay of the real traces on the 7B shape (random weights; the recorded tokens are
      taken wherever the engine picks one): plain against copy drafting (the adaptive policy, and a
      fixed k=8), greedy at batch 1, all 164 greedy at once, pass@10 at 16, 64 and the whole 1,640
@@ -265,6 +269,11 @@ def decode_run(engine, batch: int, args, device) -> dict:
     return {"batch": seqs, "steps": len(steps), "step_ms": 1000 * step_s, "decode_tokens_per_s": seqs / step_s}
 
 
+# At a large batch a verify step of 16 draft tokens a sequence holds thousands of rows and takes the
+# device a good part of a second; the policy drafts a token or two a sequence there.
+LARGE_VERIFY_BATCH, LARGE_VERIFY_K = 256, 4
+
+
 def decode_and_verify(args, device, model) -> dict:
     bw = shapes.copy_bandwidth(device, (256 if args.quick else 2048) * 2**20)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -287,7 +296,7 @@ def decode_and_verify(args, device, model) -> dict:
         if graphs or device.type != "cuda":
             plain = {r["batch"]: r["step_ms"] for r in out["decode"] if r["graphs"] == graphs}
             for b in args.verify_batches:
-                for k in args.verify_k:
+                for k in (k for k in args.verify_k if b < LARGE_VERIFY_BATCH or k <= LARGE_VERIFY_K):
                     engine.proposer = shapes.AlwaysDrafts(k)
                     row = decode_run(engine, b, args, device)
                     engine.proposer = None
@@ -356,6 +365,27 @@ def replay(args, device, model) -> dict:
 
 
 # ---------------------------------------------------------------------- e: Hugging Face
+
+def host_side(args) -> list[dict]:
+    """The host's part of a step on this machine (benchmarks/host_overhead.py, its logits left off
+    the host as on a GPU, outputs as the HumanEval job takes them): plain, and drafting at every
+    step as a GPU's policy does at a large batch."""
+    import host_overhead
+
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    requests = load_workload("passk", tokenizer)
+    steps, warmup = (6, 2) if args.quick else (200, 30)
+    rows = []
+    for batch in args.host_batches:
+        chosen = host_overhead.busy_requests(requests, batch)
+        for drafting, k in ((False, None), (True, 1)):
+            row = host_overhead.run(batch, drafting, chosen, tokenizer, steps, warmup, "finished", "device", k)
+            rows.append({"batch": batch, "system": row["system"], "steps": row["steps"], "drafted": row["drafted"],
+                         "host_ms": row["wall"]["host_without_sampler_ms"], "sampler_ms": row["wall"]["phases_ms"].get(
+                             host_overhead.SAMPLER, 0.0), "target_ms": host_overhead.TARGET_MS.get(batch)})
+            print(f"[h] {host_overhead.summary_line(row)}", file=sys.stderr, flush=True)
+    return rows
+
 
 def hf_generate(args, device) -> list[dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -461,6 +491,12 @@ def markdown(results: dict) -> str:
         lines += measure.markdown_table(["batch", "k", "rows", "step ms", "plain ms", "cost ratio"],
                                         [[v["batch"], v["k"], v["rows"], fmt(v["step_ms"], 2), fmt(v["plain_step_ms"], 2),
                                           f"{v['cost_ratio']:.2f}x" if v["cost_ratio"] else ""] for v in b["verify"]])
+    if results.get("h"):
+        lines += ["", "## h. the host's part of a step (this machine's CPU, a forward that costs nothing)", ""]
+        lines += measure.markdown_table(["running", "system", "host ms (w/o sampler)", "sampler ms",
+                                         "drafted (finished samples)", "target"],
+                                        [[r["batch"], r["system"], fmt(r["host_ms"], 3), fmt(r["sampler_ms"], 3),
+                                          r["drafted"], r["target_ms"] or ""] for r in results["h"]])
     d = results.get("d")
     if d:
         lines += ["", "## d. trace replay (7B shape)", ""]
@@ -497,14 +533,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(shapes.DTYPES))
     ap.add_argument("--batches", type=_ints, default=[1, 16, 64, 256])
     ap.add_argument("--eager-batches", type=_ints, default=[1, 256], help="decode without graphs at these")
-    ap.add_argument("--verify-batches", type=_ints, default=[1, 16, 64])
+    ap.add_argument("--verify-batches", type=_ints, default=[1, 16, 64, 256])
     ap.add_argument("--verify-k", type=_ints, default=[1, 2, 4, 8, 16])
     ap.add_argument("--hf-batches", type=_ints, default=[1, 64])
+    ap.add_argument("--host-batches", type=_ints, default=[1, 256], help="part h's running sequences")
     ap.add_argument("--prompt-len", type=int, default=160)
     ap.add_argument("--gen-len", type=int, default=128)
     ap.add_argument("--kv-cache-gb", type=float, default=None,
                     help="the KV cache's size (default 60 on a GPU, 1 on the CPU, whose cache is host memory)")
-    ap.add_argument("--parts", default="a,b,c,d,e,f", help="c runs with b")
+    ap.add_argument("--parts", default="a,b,c,h,d,e,f", help="c runs with b")
     ap.add_argument("--budget-s", type=float, default=450.0, help="skip the remaining parts after this")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=measure.RESULTS)
@@ -522,6 +559,8 @@ def main(argv: list[str] | None = None) -> dict:
     if parts & {"b", "c"}:
         suite.part("b", lambda: decode_and_verify(args, device, model))
         suite.results["cost_table_ms"] = cost_table(suite.results.get("b", {}))
+    if "h" in parts:
+        suite.part("h", lambda: host_side(args))
     if "d" in parts:
         suite.part("d", lambda: replay(args, device, model))
     del model

@@ -19,9 +19,9 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
     os.makedirs(tmp_path / "out")
     import suite
 
-    results = suite.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--quick", "--parts", "a,b,f",
+    results = suite.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--quick", "--parts", "a,b,h,f",
                           "--batches", "1,2", "--verify-batches", "1", "--verify-k", "2", "--gen-len", "4",
-                          "--prompt-len", "8", "--kv-cache-gb", "0.2", "--out", str(tmp_path)])
+                          "--prompt-len", "8", "--kv-cache-gb", "0.2", "--host-batches", "2", "--out", str(tmp_path)])
     a, b = results["a"], results["b"]
     assert a["greedy_equals_hf"] == "4/4" and a["greedy_drafting_equals_plain"] and a["sampled_drafting_equals_plain"]
     assert a["drafted_tokens"] > 0 and a["leaked_blocks"] == 0
@@ -39,6 +39,9 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
                for f in results["f"].values())
     assert [r["batch"] for r in b["decode"]] == [1, 2] and b["verify"][0]["rows"] == 3
     assert results["cost_table_ms"][0][:2] == [1, 1] and not results["errors"]
+    host = results["h"]  # the host's part: plain, and drafting at every step
+    assert [(r["batch"], r["system"]) for r in host] == [(2, "plain"), (2, "every step, k=1")]
+    assert all(r["host_ms"] > 0 and r["steps"] == 6 for r in host)
     written = json.loads(next(p for p in (tmp_path / "out").iterdir() if p.suffix == ".json").read_text())
     assert written["b"]["decode"] and (tmp_path / "out" / "gpu_suite.md").exists()
     sys.modules.pop("suite", None)
