@@ -31,8 +31,8 @@ functions' parameter schemas can be enforced (engine/json_schema.py), the rest o
 to them (`call_schema`): the function's name among the tools, its arguments as its schema says, and
 the answer ends where the call's JSON closes. Qwen3-Coder's XML call is held as
 engine/xml_call.py says (xml_call). Otherwise (a schema keyword that cannot be enforced, a raw
-string parameter's pattern beside lengths or one that could need a "<") nothing constrains what follows: a model that writes no
-valid call there gets its text back as content.
+string parameter's pattern beside lengths or one that could need a "<") nothing constrains what
+follows: a model that writes no valid call there gets its text back as content.
 """
 from __future__ import annotations
 

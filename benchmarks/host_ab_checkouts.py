@@ -121,7 +121,8 @@ def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, colle
                 del sys.modules[name]
     base, new = (statistics.median(sides[k].steps) for k in ("base", "new"))
     stats = {k: s.engine.stats() for k, s in sides.items()}
-    return {"batch": batch, "fixed_k": fixed_k, "collect": collect, "base_ms": 1e3 * base, "new_ms": 1e3 * new, "ratio": new / base,
+    return {"batch": batch, "fixed_k": fixed_k, "collect": collect, "base_ms": 1e3 * base, "new_ms": 1e3 * new,
+            "ratio": new / base,
             "steps": min(len(s.steps) for s in sides.values()),
             "same_tokens": sides["base"].tokens == sides["new"].tokens,
             "drafted": {k: s.spec.total_drafted for k, s in stats.items()}}

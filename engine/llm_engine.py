@@ -288,8 +288,8 @@ class LLMEngine:
         states = self._json_states(seq, draft)
         if not p.needs_penalties:
             key = seq.noise_key
-            return [_new_tuple(SamplingRow, (logits_row + j, p, key, position + j, (), prompt_len, forced[j], states[j]))
-                    for j in range(count)]
+            return [_new_tuple(SamplingRow, (logits_row + j, p, key, position + j, (), prompt_len, forced[j],
+                                             states[j])) for j in range(count)]
         history = seq.prompt_token_ids + seq.output_token_ids
         return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, history + list(draft[:j]), prompt_len,
                             forced[j], states[j]) for j in range(count)]

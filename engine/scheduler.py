@@ -425,7 +425,7 @@ class Scheduler:
         if seq.is_finished:
             self._stop_running(seq)
         elif len(seq.block_table) * block_size >= num_tokens + block_size:
-            blocks.truncate(seq, num_tokens)  # blocks were allocated for the whole draft: those past the accepted part go
+            blocks.truncate(seq, num_tokens)  # blocks for the whole draft: those past the accepted part go
         return SeqUpdate(seq, seq.output_token_ids[before:], s.draft, m)
 
 

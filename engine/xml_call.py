@@ -62,7 +62,7 @@ class XmlState(NamedTuple):
     seen: frozenset[str] = frozenset()  # the parameters written
     text: str = ""  # the tag, key or string's possible end tag so far; before a tag, the whitespace
     inner: object = None  # a JSON value's state, in phase json; the RawText, in phase raw
-    match: frozenset[int] | None = None  # in phase raw, a held pattern's states after the text (a last newline left out)
+    match: frozenset[int] | None = None  # phase raw: a held pattern's states after the text (a last newline left out)
 
 
 @dataclass(eq=False)
