@@ -16,7 +16,8 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      (k up to 4 there);
   h  the host's part of a step on this machine's CPU (benchmarks/host_overhead.py: the engine around
      a forward that costs nothing, pass@10 traces), plain and drafting at every step (k=1), at 1 and
-     256 running: what the device waits on, beside b's and c's step times;
+     256 running: what the device waits on, beside b's and c's step times; and the proposer's search
+     cost per query (what the simulated device should be told for this host);
   d  trace replay of the real traces on the 7B shape (random weights; the recorded tokens are
      taken wherever the engine picks one): plain against copy drafting (the adaptive policy, and a
      fixed k=8), greedy at batch 1, all 164 greedy at once, pass@10 at 16, 64 and the whole 1,640
@@ -382,7 +383,8 @@ def host_side(args) -> list[dict]:
             row = host_overhead.run(batch, drafting, chosen, tokenizer, steps, warmup, "finished", "device", k)
             rows.append({"batch": batch, "system": row["system"], "steps": row["steps"], "drafted": row["drafted"],
                          "host_ms": row["wall"]["host_without_sampler_ms"], "sampler_ms": row["wall"]["phases_ms"].get(
-                             host_overhead.SAMPLER, 0.0), "target_ms": host_overhead.TARGET_MS.get(batch)})
+                             host_overhead.SAMPLER, 0.0), "target_ms": host_overhead.TARGET_MS.get(batch),
+                         "search_us_per_query": row.get("search_us_per_query")})
             print(f"[h] {host_overhead.summary_line(row)}", file=sys.stderr, flush=True)
     return rows
 
@@ -494,9 +496,12 @@ def markdown(results: dict) -> str:
     if results.get("h"):
         lines += ["", "## h. the host's part of a step (this machine's CPU, a forward that costs nothing)", ""]
         lines += measure.markdown_table(["running", "system", "host ms (w/o sampler)", "sampler ms",
-                                         "drafted (finished samples)", "target"],
+                                         "drafted (finished samples)", "search us/query", "target"],
                                         [[r["batch"], r["system"], fmt(r["host_ms"], 3), fmt(r["sampler_ms"], 3),
-                                          r["drafted"], r["target_ms"] or ""] for r in results["h"]])
+                                          r["drafted"], fmt(r.get("search_us_per_query")), r["target_ms"] or ""]
+                                         for r in results["h"]])
+        lines += ["", "The search's us per query here is what `benchmarks/simulated_device.py --search-us` "
+                  "should tell the policy for this machine's host."]
     d = results.get("d")
     if d:
         lines += ["", "## d. trace replay (7B shape)", ""]

@@ -42,6 +42,7 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
     host = results["h"]  # the host's part: plain, and drafting at every step
     assert [(r["batch"], r["system"]) for r in host] == [(2, "plain"), (2, "every step, k=1")]
     assert all(r["host_ms"] > 0 and r["steps"] == 6 for r in host)
+    assert host[0]["search_us_per_query"] is None and host[1]["search_us_per_query"] > 0
     written = json.loads(next(p for p in (tmp_path / "out").iterdir() if p.suffix == ".json").read_text())
     assert written["b"]["decode"] and (tmp_path / "out" / "gpu_suite.md").exists()
     sys.modules.pop("suite", None)
