@@ -189,7 +189,7 @@ def _raw_text(prop: dict, where: str) -> RawText | None:
         raise ValueError(f"{where}: minLength and maxLength must be counts, the first at most the second")
     pattern = _raw_pattern(prop, where, low != 0 or high is not None)
     if pattern is not None and values is not None:  # the enum holds it: the values the pattern takes
-        values = [v for v in values if _matches(pattern, v)]
+        values = [v for v in values if pattern.matches(v)]
         if not values:
             raise ValueError(f"{where}: no value of its enum matches its pattern")
         pattern = None
@@ -212,15 +212,6 @@ def _raw_pattern(prop: dict, where: str, bounded: bool) -> Pattern | None:
     if any(lt in source.lower() for lt in ("<", "\\x3c", "\\u003c")):
         raise ValueError(f"{where}: a pattern that may need '<' cannot be held in raw text")
     return compile_pattern(source)
-
-
-def _matches(pattern: Pattern, text: str) -> bool:
-    states: frozenset[int] | None = pattern.start
-    for ch in text:
-        states = pattern.step(states, ch)
-        if states is None:
-            return False
-    return pattern.accepts(states)
 
 
 def format_of(template_source: str) -> Format | None:

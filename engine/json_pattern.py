@@ -96,6 +96,19 @@ class Pattern:
     def accepts(self, states: frozenset[int]) -> bool:
         return self.end in states
 
+    def feed(self, states: frozenset[int], text: str) -> frozenset[int] | None:
+        """The positions after `text`, a character at a time; None where it can no longer match."""
+        for ch in text:
+            states = self.step(states, ch)
+            if states is None:
+                return None
+        return states
+
+    def matches(self, text: str) -> bool:
+        """Whether the whole of `text` is a string the pattern takes."""
+        states = self.feed(self.start, text)
+        return states is not None and self.accepts(states)
+
 
 def compile_pattern(source: str) -> Pattern:
     """ValueError naming what it cannot read (the module's docstring lists what it can)."""
@@ -380,12 +393,8 @@ class PatternText:
         return TextState(self, self.pattern.start)
 
     def feed(self, state: TextState, text: str) -> TextState | None:
-        positions = state.positions
-        for ch in text:
-            positions = self.pattern.step(positions, ch)
-            if positions is None:
-                return None
-        return TextState(self, positions)
+        positions = self.pattern.feed(state.positions, text)
+        return None if positions is None else TextState(self, positions)
 
     def complete(self, state: TextState) -> bool:
         return self.pattern.accepts(state.positions)
