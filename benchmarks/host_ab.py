@@ -83,20 +83,7 @@ def run(batch: int, drafting: bool, chosen: list[Swap], blocks: int, block: int,
     engine = host_overhead.build_engine(batch, drafting, tokenizer, logits, fixed_k)
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
-    left_out = [0.0]
-
-    def excluded(f):
-        def call(*args, **kwargs):
-            t0 = time.process_time()
-            try:
-                return f(*args, **kwargs)
-            finally:
-                left_out[0] += time.process_time() - t0
-        return call
-
-    engine.sampler = excluded(engine.sampler)
-    engine.runner.model.forward = excluded(engine.runner.model.forward)
-    engine.runner.model.compute_logits = excluded(engine.runner.model.compute_logits)
+    left_out = host_overhead.LeftOut(engine)
     times: dict[str, list[float]] = {"base": [], "new": []}
     try:
         for i in range(warmup + blocks * block):
@@ -104,11 +91,11 @@ def run(batch: int, drafting: bool, chosen: list[Swap], blocks: int, block: int,
                 break
             which = "new" if (i - warmup) // block % 2 else "base"
             use(chosen, which)
-            left_out[0] = 0.0
+            left_out.seconds = 0.0
             t0 = time.process_time()
             engine.step()
             if i >= warmup:
-                times[which].append(time.process_time() - t0 - left_out[0])
+                times[which].append(time.process_time() - t0 - left_out.seconds)
     finally:
         use(chosen, "new")
     return times

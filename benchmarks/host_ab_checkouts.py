@@ -6,7 +6,7 @@ apart on this shared VM differ by more than such a change moves (10-30%). Here t
 checkout's `engine` and `fastcodellama` packages are copied under names of their own
 (`engine_base`, `fastcodellama_base`, their imports rewritten), and one engine of each, on the stub
 forward of benchmarks/host_overhead.py with the same pass@10 requests, step in turn. Each step's
-CPU time less the sampler and the stub's forward is kept; the medians are compared. Both engines
+CPU time less the sampler and the stub's forward and logits is kept; the medians are compared. Both engines
 must produce the same tokens and draft as much (the change is to the host's work, not to what it
 decides).
 
@@ -61,7 +61,7 @@ def _module(name: str, suffix: str):
 
 class Timed:
     """One engine (its packages' names end in `suffix`) with the requests, and each step's CPU time
-    less the sampler and the stub's forward."""
+    less the sampler and the stub's forward and logits."""
 
     def __init__(self, suffix: str, batch: int, fixed_k: int, requests: list) -> None:
         mod = functools.partial(_module, suffix=suffix)
@@ -75,27 +75,16 @@ class Timed:
             config, proposer=proposer, model=model, tokenizer=mod("engine.tokenizer").Tokenizer(eng_pkg.DEFAULT_MODEL))
         for i, r in enumerate(requests):
             self.engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
-        self.left_out = 0.0
+        self.left_out = host_overhead.LeftOut(self.engine)
         self.steps: list[float] = []
         self.tokens: dict[str, list[list[int]]] = {}
-        self.engine.sampler = self._excluded(self.engine.sampler)
-        self.engine.runner.model.forward = self._excluded(self.engine.runner.model.forward)
-
-    def _excluded(self, f):
-        def call(*args, **kwargs):
-            t0 = time.process_time()
-            try:
-                return f(*args, **kwargs)
-            finally:
-                self.left_out += time.process_time() - t0
-        return call
 
     def step(self, keep: bool, collect: str) -> None:
-        self.left_out = 0.0
+        self.left_out.seconds = 0.0
         t0 = time.process_time()
         done = self.engine.step(collect=collect)
         if keep:
-            self.steps.append(time.process_time() - t0 - self.left_out)
+            self.steps.append(time.process_time() - t0 - self.left_out.seconds)
         for out in done:
             if out.finished:
                 self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
@@ -143,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"batch {row['batch']} {host_overhead.system_name(args.fixed_k > 0, args.fixed_k or None)}, "
           f"--collect {args.collect}: "
           f"base {row['base_ms']:.3f} ms, new {row['new_ms']:.3f} ms, new / base {row['ratio']:.3f} (median step CPU "
-          f"time without the sampler and the stub's forward, {row['steps']} steps each); same tokens "
+          f"time without the sampler and the stub's forward and logits, {row['steps']} steps each); same tokens "
           f"{row['same_tokens']}, drafted {row['drafted']['base']} / {row['drafted']['new']}")
     return row
 

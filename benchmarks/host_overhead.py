@@ -100,6 +100,26 @@ class PhaseTimer:
         setattr(owner, name, self.timed(getattr(owner, name), phase))
 
 
+class LeftOut:
+    """The CPU seconds an engine's steps spend in its sampler and its model (the stub's forward and
+    logits): what benchmarks/host_ab*.py take off a step's time. Wraps them in place."""
+
+    def __init__(self, engine) -> None:
+        self.seconds = 0.0
+        model = engine.runner.model
+        engine.sampler = self._counted(engine.sampler)
+        model.forward, model.compute_logits = self._counted(model.forward), self._counted(model.compute_logits)
+
+    def _counted(self, f):
+        def call(*args, **kwargs):
+            t0 = time.process_time()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                self.seconds += time.process_time() - t0
+        return call
+
+
 class TimedCall:
     """A callable's calls timed into a phase (special methods are looked up on the type, so an
     instance's __call__ cannot be wrapped in place)."""
