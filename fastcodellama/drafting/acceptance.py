@@ -181,7 +181,11 @@ class AcceptanceModel:
         return best
 
     def first_prob(self, source: str, match_len: int, factor: float = 1.0) -> float:
-        a = self.first_rate[(source, ml_bucket(match_len))] * factor
+        return self.first_prob_at((source, ml_bucket(match_len)), factor)
+
+    def first_prob_at(self, key: tuple[str, int], factor: float = 1.0) -> float:
+        """first_prob() of the bucket key (source, ml_bucket(match_len))."""
+        a = self.first_rate[key] * factor
         return 0.99 if a > 0.99 else a
 
     def survival_of(self, source: str, match_len: int) -> list[float]:

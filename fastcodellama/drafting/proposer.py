@@ -260,7 +260,7 @@ class CopyProposer:
         adaptive = self.config.policy == "adaptive"
         may_skip = adaptive and len(queries) >= SKIP_FROM
         get, best_hit, k = self._seqs.get, self._best_hit, self.config.k
-        first_rate, survival, seq_factor = model.first_rate, model.survival, model.seq_factor
+        first_prob, survival, seq_factor = model.first_prob_at, model.survival, model.seq_factor
         looked_up: list[tuple[int, _Seq, _Hit | None]] = []  # (query index, state, its best copy)
         cands: list[Candidate | None] = [None] * len(queries)
         for i, (seq_id, max_len) in enumerate(queries):
@@ -273,8 +273,8 @@ class CopyProposer:
             hit = best_hit(st, adaptive) if max_len > 0 else None
             looked_up.append((i, st, hit))
             if hit is not None:  # AcceptanceModel.first_prob and survival_of, their bucket found once
-                a = first_rate[hit.bucket] * seq_factor(seq_id)
-                cands[i] = Candidate(0.99 if a > 0.99 else a, min(hit.avail, k, max_len), survival[hit.bucket])
+                cands[i] = Candidate(first_prob(hit.bucket, seq_factor(seq_id)), min(hit.avail, k, max_len),
+                                     survival[hit.bucket])
         lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)), decision)
         drafts = [EMPTY_DRAFT] * len(queries)
         pending, expected = self._pending, model.expected_at
