@@ -4,10 +4,13 @@ The model is engine.models.stub.StubModel (fixed logits, no layers); the tokens 
 traces (pass@10 of CodeLlama-7B-Instruct, replayed), so scheduling, the step's batch, sampling
 rows, the sampler, verification, the proposer, detokenization and outputs all do their real work.
 At each number of running sequences the engine runs plain, with copy drafting as its adaptive
-policy decides here, and drafting at every step (the fixed policy, --fixed-k): the stub's steps
-cost next to nothing, so the adaptive policy drafts as this machine's costs say, while on a GPU,
-where draft rows are nearly free, it drafts at most steps of a large batch, and the host then pays
-for the search, the verification and the proposer's feedback of every sequence every step. The
+policy decides here, drafting at every step (the fixed policy, --fixed-k), and with the adaptive
+policy told each step's time from a GPU's cost table (--table, simulated_device.py's clock): the
+stub's steps cost next to nothing, so the adaptive policy drafts as this machine's costs say, while
+on a GPU, where draft rows are nearly free, it drafts at most steps of a large batch, and the host
+then pays for the search, the verification and the proposer's feedback of the sequences it drafts
+for. Drafting at every step is the most a step can cost; "GPU costs" is what the policy's own
+choices cost the host beside that GPU (this host's search time is what the policy weighs). The
 mean time of a step is split by phase. On a GPU this is the time the device would wait on Python.
 
 Every figure is taken on two clocks: wall time, and the process's CPU time (time.process_time:
@@ -56,7 +59,10 @@ from engine.models.registry import read_model_config  # noqa: E402
 from engine.models.stub import StubModel  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
+from simulated_device import SimClock, load_table  # noqa: E402
 
+# The H200's measured step costs (benchmarks/gpu/suite.py, the reference path with its cost table).
+GPU_TABLE = os.path.join(measure.RESULTS, "gpu_suite_20261204T171846.json")
 TARGET_MS = {1: 0.5, 256: 3.0}  # issue #20: at most 0.5 ms per step at batch 1 and 3 ms at 256
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 COLLECT = {"all": "every request that changed, every step (a server streaming to its clients)",
@@ -141,13 +147,16 @@ def busy_requests(requests: list, batch: int) -> list:
 
 
 def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer, logits: str = "host",
-                 fixed_k: int | None = None) -> LLMEngine:
-    """`fixed_k`: drafting with the fixed policy (every copy found, up to k tokens, every step)."""
+                 fixed_k: int | None = None, table: str | None = None) -> LLMEngine:
+    """`fixed_k`: drafting with the fixed policy (every copy found, up to k tokens, every step);
+    `table`: the engine is told each step's time from that cost table (simulated_device.py), so
+    that the adaptive policy drafts as on that device."""
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192)
     model = StubModel(read_model_config(DEFAULT_MODEL), columns=LOGITS_COLUMNS[logits])
     spec = SpecConfig() if fixed_k is None else SpecConfig(policy="fixed", k=fixed_k)
     proposer = build_proposer(spec) if drafting else None
-    return LLMEngine(config, proposer=proposer, model=model, tokenizer=tokenizer)
+    timer = {} if table is None else {"step_timer": SimClock(load_table(table)[0])}
+    return LLMEngine(config, proposer=proposer, model=model, tokenizer=tokenizer, **timer)
 
 
 def instrument(engine: LLMEngine, timer: PhaseTimer) -> None:
@@ -163,13 +172,15 @@ def instrument(engine: LLMEngine, timer: PhaseTimer) -> None:
     timer.wrap(engine, "_outputs", "outputs")
 
 
-def system_name(drafting: bool, fixed_k: int | None) -> str:
+def system_name(drafting: bool, fixed_k: int | None, table: str | None = None) -> str:
+    if table is not None:
+        return "drafting, GPU costs"
     return "plain" if not drafting else "drafting" if fixed_k is None else f"every step, k={fixed_k}"
 
 
 def run(batch: int, drafting: bool, requests, tokenizer: Tokenizer, steps: int, warmup: int,
-        collect: str = "all", logits: str = "host", fixed_k: int | None = None) -> dict:
-    engine = build_engine(batch, drafting, tokenizer, logits, fixed_k)
+        collect: str = "all", logits: str = "host", fixed_k: int | None = None, table: str | None = None) -> dict:
+    engine = build_engine(batch, drafting, tokenizer, logits, fixed_k, table)
     for i, r in enumerate(requests):
         engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
     timer = PhaseTimer()
@@ -188,7 +199,7 @@ def run(batch: int, drafting: bool, requests, tokenizer: Tokenizer, steps: int, 
                 step_s[c].append(clock() - t0[c])
     n = max(1, len(step_s["wall"]))
     spec = engine.stats().spec
-    row = {"batch": batch, "drafting": drafting, "system": system_name(drafting, fixed_k), "steps": len(step_s["wall"]),
+    row = {"batch": batch, "drafting": drafting, "system": system_name(drafting, fixed_k, table), "steps": len(step_s["wall"]),
            "drafted": spec.total_drafted, "accepted": spec.total_accepted}
     if engine.proposer is not None:  # what the policy is told a search costs (simulated_device.py --search-us)
         row["search_us_per_query"] = engine.proposer.stats()["search_us_per_query"]
@@ -213,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="full logits rows in host memory, sampled there (a CPU), or one column (a GPU's stay on it)")
     ap.add_argument("--fixed-k", type=int, default=1,
                     help="also draft at every step with the fixed policy, up to K tokens a copy (0: not)")
+    ap.add_argument("--table", default=GPU_TABLE,
+                    help="also draft with the adaptive policy told each step's time from this cost table "
+                         "(a benchmarks/gpu/ result): as it drafts on that GPU ('': not)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     tokenizer = Tokenizer(DEFAULT_MODEL)
@@ -220,8 +234,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         chosen = busy_requests(requests, batch)
-        for drafting, fixed_k in ((False, None), (True, None), *([(True, args.fixed_k)] if args.fixed_k else [])):
-            row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup, args.collect, args.logits, fixed_k)
+        systems = [(False, None, None), (True, None, None)]
+        systems += [(True, args.fixed_k, None)] if args.fixed_k else []
+        systems += [(True, None, args.table)] if args.table else []
+        for drafting, fixed_k, table in systems:
+            row = run(batch, drafting, chosen, tokenizer, args.steps, args.warmup, args.collect, args.logits,
+                      fixed_k, table)
             rows.append(row)
             print(summary_line(row), flush=True)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "rows": rows}
@@ -243,6 +261,8 @@ def write(results: dict, out_dir: str) -> None:
     lines = [f"# Host overhead per step ({results['date']})", "", f"machine: {results['machine']}",
              "model: engine.models.stub.StubModel (a forward that costs nothing), pass@10 traces replayed",
              f"outputs (--collect {collect}): " + COLLECT[collect], f"logits (--logits {logits}): " + LOGITS[logits],
+             *([f"drafting, GPU costs: the adaptive policy, the engine told each step's time from "
+                f"{os.path.basename(table)} (--table): it drafts as on that GPU"] if (table := results["args"].get("table")) else []),
              "",
              "ms per step, mean. host: the step less the stub's forward; w/o sampler: also less the sampler "
              "(a GPU samples on the device). cpu: the process's CPU time (all threads).", ""]

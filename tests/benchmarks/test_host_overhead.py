@@ -75,3 +75,19 @@ def test_drafting_every_step_drafts_one_token_a_copy_where_the_adaptive_policy_m
     assert any(drafts) and all(len(d.tokens) == 1 for step in drafts for d in step.values())
     row = host_overhead.run(4, True, _requests(tokenizer), tokenizer, steps=6, warmup=2, logits="device", fixed_k=1)
     assert row["system"] == "every step, k=1" and row["drafted"] > 0
+
+
+def test_gpu_costs_tell_the_engine_each_steps_time_from_the_table():
+    """--table: the adaptive policy learns the GPU's step costs (not this host's clock), so it drafts
+    as on that GPU; the host's time of those steps is what the row reports."""
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    engine = host_overhead.build_engine(4, True, tokenizer, "device", table=host_overhead.GPU_TABLE)
+    told = []
+    observe = engine.step_cost.observe
+    engine.step_cost.observe = lambda seqs, rows, seconds: told.append((seqs, rows, seconds)) or observe(seqs, rows, seconds)
+    _replayed(engine, _requests(tokenizer))
+    table = host_overhead.load_table(host_overhead.GPU_TABLE)[0]
+    assert told and all(seconds == pytest.approx(table(seqs, seqs + rows, 0.0)) for seqs, rows, seconds in told)
+    row = host_overhead.run(4, True, _requests(tokenizer), tokenizer, steps=6, warmup=2, logits="device",
+                            table=host_overhead.GPU_TABLE)
+    assert row["system"] == "drafting, GPU costs" and row["steps"] == 6
