@@ -106,7 +106,7 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self._drafts: dict[int, Draft] = {}  # for the next step, by sequence id
         self._step_out: SchedulerOutput | None = None  # the step being run (who a failure concerns)
-        self._sources: dict[int, str] = {}  # the source of each sequence's draft in flight
+        self._in_flight: dict[int, Draft] = {}  # each sequence's draft in flight, as proposed
         self._next_seq_id = 0
         self._steps = 0
         self._generated = 0
@@ -316,7 +316,7 @@ class LLMEngine:
 
     def _account(self, updates: list[SeqUpdate]) -> None:
         """Counters, and what the proposer learns from the step."""
-        proposer, sources = self.proposer, self._sources
+        proposer, in_flight = self.proposer, self._in_flight
         generated = 0
         for update in updates:
             seq, new_tokens = update.seq, update.new_tokens
@@ -329,19 +329,22 @@ class LLMEngine:
             if new_tokens:
                 spec.decode_steps += 1
             if update.draft:
-                source = sources.pop(seq.seq_id, "self")
+                draft = in_flight.pop(seq.seq_id, None)
+                if draft is None or draft.tokens is not update.draft:  # cut short by the scheduler
+                    draft = Draft(update.draft, draft.source if draft is not None else "self")
+                source = draft.source
                 spec.verify_steps += 1
                 spec.drafted[source] = spec.drafted.get(source, 0) + len(update.draft)
                 spec.accepted[source] = spec.accepted.get(source, 0) + update.accepted
                 if proposer is not None:
-                    proposer.record(seq.seq_id, Draft(update.draft, source), update.accepted)
+                    proposer.record(seq.seq_id, draft, update.accepted)
             if seq.is_finished:
                 self._retired(seq, aborted=False)
         self._generated += generated
 
     def _retired(self, seq: Sequence, aborted: bool) -> None:
         self._spec.add(seq.spec)
-        self._sources.pop(seq.seq_id, None)
+        self._in_flight.pop(seq.seq_id, None)
         if self.proposer is not None:
             self.proposer.finish(seq.seq_id, aborted=aborted)
 
@@ -356,7 +359,7 @@ class LLMEngine:
         for seq, draft in zip(seqs, drafts):
             if draft.tokens:
                 chosen[seq.seq_id] = draft
-                self._sources[seq.seq_id] = draft.source
+                self._in_flight[seq.seq_id] = draft
         return chosen
 
     # ------------------------------------------------------------------ outputs
