@@ -162,10 +162,12 @@ class CopyProposer:
             st.indexed = len(out)
 
     def _index_all(self) -> None:
-        """Before a search: every running sequence's new tokens, its siblings' copies included."""
+        """Before a search: every sequence's new tokens, its siblings' copies included. A job adds
+        all its sequences at once and most of them wait with nothing new: the test is inline."""
         index = self._index
         for st in self._seqs.values():
-            index(st)
+            if len(st.output) > st.indexed:
+                index(st)
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()
@@ -218,7 +220,7 @@ class CopyProposer:
         accepted = max(0, min(int(num_accepted), n))
         pending = self._pending.pop(seq_id, None)
         match_len, predicted = 1, None
-        if pending is not None and pending[0].tokens[:n] == tokens:
+        if pending is not None and (pending[0] is draft or pending[0].tokens[:n] == tokens):
             match_len, predicted = pending[1], pending[2]
         source = draft.source if draft.source in SOURCES else "self"
         self._drafts[source] += 1
