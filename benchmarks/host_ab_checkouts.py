@@ -14,6 +14,7 @@ decides).
     python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 1
     python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 0    # plain
     python benchmarks/host_ab_checkouts.py --base /tmp/base --fixed-k 0 --collect all  # as a server takes outputs
+    python benchmarks/host_ab_checkouts.py --base /tmp/base --gpu-costs 25     # as the policy drafts beside an H200
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
 
 import host_overhead  # noqa: E402
+from simulated_device import SimClock, load_table  # noqa: E402
 from traces import load_workload, replay_params  # noqa: E402
 
 PACKAGES = ("engine", "fastcodellama")
@@ -63,16 +65,25 @@ class Timed:
     """One engine (its packages' names end in `suffix`) with the requests, and each step's CPU time
     less the sampler and the stub's forward and logits."""
 
-    def __init__(self, suffix: str, batch: int, fixed_k: int, requests: list) -> None:
+    def __init__(self, suffix: str, batch: int, fixed_k: int, requests: list, search_us: float | None = None) -> None:
+        """`search_us`: the adaptive policy instead of a fixed k, told each step's time from the
+        GPU's cost table (host_overhead.GPU_TABLE) and that a search costs this much a query, so
+        that both sides decide alike whatever their searches take."""
         mod = functools.partial(_module, suffix=suffix)
         eng_pkg, drafting = mod("engine"), mod("fastcodellama.drafting")
         config = eng_pkg.EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch),
                                       num_kv_blocks=8192)
         model = mod("engine.models.stub").StubModel(
             mod("engine.models.registry").read_model_config(eng_pkg.DEFAULT_MODEL), columns=1)
-        proposer = drafting.build_proposer(drafting.SpecConfig(policy="fixed", k=fixed_k)) if fixed_k > 0 else None
+        proposer, timer = None, {}
+        if search_us is not None:
+            proposer = drafting.build_proposer(drafting.SpecConfig(), search_us * 1e-6)
+            timer = {"step_timer": SimClock(load_table(host_overhead.GPU_TABLE)[0])}
+        elif fixed_k > 0:
+            proposer = drafting.build_proposer(drafting.SpecConfig(policy="fixed", k=fixed_k))
         self.engine = mod("engine.llm_engine").LLMEngine(
-            config, proposer=proposer, model=model, tokenizer=mod("engine.tokenizer").Tokenizer(eng_pkg.DEFAULT_MODEL))
+            config, proposer=proposer, model=model, tokenizer=mod("engine.tokenizer").Tokenizer(eng_pkg.DEFAULT_MODEL),
+            **timer)
         for i, r in enumerate(requests):
             self.engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
         self.left_out = host_overhead.LeftOut(self.engine)
@@ -90,7 +101,8 @@ class Timed:
                 self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
 
 
-def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, collect: str = "finished") -> dict:
+def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, collect: str = "finished",
+        search_us: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="host_ab_checkouts_") as into:
         copy_base(base_root, into)
         sys.path.insert(0, into)
@@ -99,7 +111,8 @@ def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, colle
             from engine.tokenizer import Tokenizer
 
             requests = host_overhead.busy_requests(load_workload("passk", Tokenizer(DEFAULT_MODEL)), batch)
-            sides = {"base": Timed("_base", batch, fixed_k, requests), "new": Timed("", batch, fixed_k, requests)}
+            sides = {"base": Timed("_base", batch, fixed_k, requests, search_us),
+                     "new": Timed("", batch, fixed_k, requests, search_us)}
             for i in range(warmup + steps):
                 for name in (("base", "new") if i % 2 else ("new", "base")):  # neither always second
                     if sides[name].engine.has_unfinished():
@@ -110,7 +123,7 @@ def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, colle
                 del sys.modules[name]
     base, new = (statistics.median(sides[k].steps) for k in ("base", "new"))
     stats = {k: s.engine.stats() for k, s in sides.items()}
-    return {"batch": batch, "fixed_k": fixed_k, "collect": collect, "base_ms": 1e3 * base, "new_ms": 1e3 * new,
+    return {"batch": batch, "fixed_k": fixed_k, "gpu_costs_search_us": search_us, "collect": collect, "base_ms": 1e3 * base, "new_ms": 1e3 * new,
             "ratio": new / base,
             "steps": min(len(s.steps) for s in sides.values()),
             "same_tokens": sides["base"].tokens == sides["new"].tokens,
@@ -127,9 +140,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--collect", choices=tuple(host_overhead.COLLECT), default="finished",
                     help="outputs of finished requests only (the HumanEval job), or of every request that changed "
                          "every step (a server streaming)")
+    ap.add_argument("--gpu-costs", type=float, default=None, metavar="SEARCH_US",
+                    help="the adaptive policy as it drafts beside the H200 of host_overhead.GPU_TABLE (in place "
+                         "of --fixed-k), told that a search costs SEARCH_US a query")
     args = ap.parse_args(argv)
-    row = run(args.base, args.batch, args.fixed_k, args.steps, args.warmup, args.collect)
-    print(f"batch {row['batch']} {host_overhead.system_name(args.fixed_k > 0, args.fixed_k or None)}, "
+    row = run(args.base, args.batch, args.fixed_k, args.steps, args.warmup, args.collect, args.gpu_costs)
+    gpu = args.gpu_costs is not None
+    system = host_overhead.system_name(gpu or args.fixed_k > 0, None if gpu else args.fixed_k or None,
+                                       host_overhead.GPU_TABLE if gpu else None)
+    print(f"batch {row['batch']} {system}, "
           f"--collect {args.collect}: "
           f"base {row['base_ms']:.3f} ms, new {row['new_ms']:.3f} ms, new / base {row['ratio']:.3f} (median step CPU "
           f"time without the sampler and the stub's forward and logits, {row['steps']} steps each); same tokens "

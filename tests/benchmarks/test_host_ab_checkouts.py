@@ -32,3 +32,17 @@ def test_the_copies_import_their_own_packages(tmp_path):
     host_ab_checkouts.copy_base(ROOT, str(tmp_path))
     text = (tmp_path / "engine_base" / "llm_engine.py").read_text()
     assert "from engine_base." in text and "from engine." not in text and "from fastcodellama." not in text
+
+
+def test_gpu_costs_run_the_adaptive_policy_on_the_tables_clock_with_the_search_cost_it_is_told(tmp_path, monkeypatch):
+    """--gpu-costs: both sides decide from the GPU's table and the same search cost, not from how
+    long their own searches took, so that they draft alike."""
+    for pkg in host_ab_checkouts.PACKAGES:
+        shutil.copytree(os.path.join(ROOT, pkg), tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(host_overhead, "busy_requests", lambda requests, batch: _requests(Tokenizer(DEFAULT_MODEL)))
+    told = []
+    sim_clock = host_ab_checkouts.SimClock
+    monkeypatch.setattr(host_ab_checkouts, "SimClock", lambda table: told.append(table) or sim_clock(table))
+    row = host_ab_checkouts.run(str(tmp_path), batch=4, fixed_k=0, steps=20, warmup=2, search_us=7.0)
+    assert len(told) == 2 and row["gpu_costs_search_us"] == 7.0
+    assert row["same_tokens"] and row["drafted"]["base"] == row["drafted"]["new"] > 0
