@@ -85,10 +85,6 @@ def _longest(found: tuple[int, str, Sequence[int], int]) -> tuple[int, int]:
     return found[0], -_TRUST[found[1]]
 
 
-def _adaptive_rank(hit: _Hit) -> tuple[int, int]:
-    return hit.match_len - _HANDICAP[hit.source], -_TRUST[hit.source]
-
-
 class CopyProposer:
     """Implements engine.proposer.Proposer; see the module docstring."""
 
@@ -326,15 +322,23 @@ class CopyProposer:
         """Fixed: the longest match m of _find, the most trusted at equal length. Adaptive: each
         source's longest match, measured past max_match; the longest wins, by trust at equal
         length, and "other" needs OTHER_HANDICAP more matched tokens (see the module docstring).
-        Found in order of trust, so the first of equals wins."""
+        Found in order of trust, so the first of equals wins; only the winner becomes a hit."""
         found = self._find(st)
+        if not found:
+            return None
         toks = st.group.texts[st.member]
-        if len(found) <= 1:
-            return self._hit(toks, *found[0]) if found else None
-        if not adaptive:
-            return self._hit(toks, *max(found, key=_longest))
-        hits = [self._hit(toks, *f) for f in found]
-        return max(hits, key=_adaptive_rank)
+        reach = self._reach
+        if len(found) == 1 or not adaptive:
+            best = found[0] if len(found) == 1 else max(found, key=_longest)
+            m = reach(toks, best[0], best[2], best[3])
+        else:
+            best, m, rank = None, 0, -1
+            for f in found:
+                reached = reach(toks, f[0], f[2], f[3])
+                if reached - _HANDICAP[f[1]] > rank:
+                    best, m, rank = f, reached, reached - _HANDICAP[f[1]]
+        source, text, e = best[1], best[2], best[3]
+        return _Hit(source, text, e, len(text) - e, m, (source, ml_bucket(m)))
 
     def _find(self, st: _Seq) -> list[tuple[int, str, Sequence[int], int]]:
         """Each source's longest match (m from max_match down to n), by trust: (m, source, text,
@@ -353,10 +357,22 @@ class CopyProposer:
         return found
 
     def _hit(self, toks: Sequence[int], m: int, source: str, text: Sequence[int], e: int) -> _Hit:
-        """A match as a hit: how far back it goes is m, or more (up to MATCH_CAP) when m is max_match."""
-        if m >= self.config.max_match:
-            L = len(toks)
-            limit = min(MATCH_CAP, L, e)
-            while m < limit and toks[L - 1 - m] == text[e - 1 - m]:
-                m += 1
+        m = self._reach(toks, m, text, e)
         return _Hit(source, text, e, len(text) - e, m, (source, ml_bucket(m)))
+
+    def _reach(self, toks: Sequence[int], m: int, text: Sequence[int], e: int) -> int:
+        """How far back a match of m tokens before text[e] goes: m, or more (up to MATCH_CAP) when
+        m is max_match. Most that go on at all run to the cap: one slice comparison first."""
+        if m < self.config.max_match:
+            return m
+        L = len(toks)
+        limit = min(MATCH_CAP, L, e)
+        if m >= limit or toks[L - 1 - m] != text[e - 1 - m]:
+            return m
+        ours, theirs = toks[L - limit:L - m], text[e - limit:e - m]
+        if ours == (theirs if type(theirs) is type(ours) else type(ours)(theirs)):
+            return limit
+        m += 1
+        while m < limit and toks[L - 1 - m] == text[e - 1 - m]:
+            m += 1
+        return m

@@ -8,7 +8,8 @@ import pytest
 
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery, Proposer
 from fastcodellama.drafting.ngram_tables import load_extension
-from fastcodellama.drafting.proposer import SEARCH_WINDOW, CopyProposer
+from fastcodellama.drafting.acceptance import MATCH_CAP
+from fastcodellama.drafting.proposer import OTHER_HANDICAP, SEARCH_WINDOW, CopyProposer
 from fastcodellama.drafting import SpecConfig, build_proposer
 
 
@@ -429,3 +430,60 @@ def test_the_believed_search_cost_is_what_recent_searches_cost_on_average() -> N
     for i in range(4 * SEARCH_WINDOW):
         prop._note_search_time(128, 128 * (20e-6 if i % 3 == 0 else 2e-6))
     assert prop._search_s(128) == pytest.approx(128 * 8e-6)
+
+
+def _reference_best(prop: CopyProposer, st, adaptive: bool):
+    """Every source's match measured back one token at a time (up to MATCH_CAP from max_match on),
+    ranked as the module docstring says: (source, text, end, match length)."""
+    toks = st.group.texts[st.member]
+    trust = {"prediction": 0, "self": 1, "sibling": 2, "other": 3}
+    hits = []
+    for m, source, text, e in prop._find(st):
+        if m >= prop.config.max_match:
+            while m < min(MATCH_CAP, len(toks), e) and toks[len(toks) - 1 - m] == text[e - 1 - m]:
+                m += 1
+        hits.append((source, text, e, m))
+    if not hits:
+        return None
+    if not adaptive:
+        m0 = max(prop._find(st), key=lambda f: (f[0], -trust[f[1]]))
+        return next(h for h in hits if h[0] == m0[1])
+    return max(hits, key=lambda h: (h[3] - (OTHER_HANDICAP if h[0] == "other" else 0), -trust[h[0]]))
+
+
+@pytest.mark.parametrize("policy", ["fixed", "adaptive"])
+def test_the_best_hit_is_the_reference_ranking_of_every_sources_match(policy: str) -> None:
+    """_best_hit measures matches past max_match with a slice comparison and builds only the
+    winner: the same copy as measuring each source's match token by token and ranking them all,
+    with repetitive texts (matches that run to the cap, stop short of it, or hit a text's start)
+    and finished texts of other requests (tuples) among the sources."""
+    rng = random.Random(7)
+    prop = build_proposer(SpecConfig(policy=policy, other_pool_tokens=10_000))
+    unit = [rng.randrange(6) for _ in range(5)]
+    for r in range(6):
+        prompt = unit * rng.randrange(1, 4) + [rng.randrange(6)]
+        for i in range(3):
+            sid = 3 * r + i
+            prop.add_sequence(sid, f"g{r}", prompt)
+            noise = (0.0, 0.1, 0.5)[i]  # runs of the unit long enough to reach the cap, and shorter ones
+            prop.extend(sid, [rng.randrange(6) if rng.random() < noise else unit[j % 5]
+                              for j in range(rng.randrange(4, 40))])
+        if r % 2:
+            prop.finish(3 * r)
+    prop.add_sequence(99, "alone", [6, 7])  # no sibling, nothing of its own to copy: a finished text's copy wins
+    prop.extend(99, [unit[j % 5] for j in range(7)])
+    prop.add_sequence(98, "alone too", [6, 7])  # a match of exactly max_match: the token before it differs
+    prop.extend(98, [8, *unit[:4]])
+    prop._index_all()
+    checked, reached = 0, set()
+    for st in list(prop._seqs.values()):
+        hit, want = prop._best_hit(st, policy == "adaptive"), _reference_best(prop, st, policy == "adaptive")
+        assert (hit is None) == (want is None)
+        if hit is not None:
+            assert (hit.source, hit.text, hit.end, hit.match_len) == want
+            checked += 1
+            reached.add((hit.source, hit.match_len))
+    assert checked >= 10
+    lengths = {m for _, m in reached}
+    assert {prop.config.max_match, MATCH_CAP} <= lengths and any(prop.config.max_match < m < MATCH_CAP for m in lengths)
+    assert any(s == "other" for s, _ in reached)
