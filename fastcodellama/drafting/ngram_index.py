@@ -239,6 +239,13 @@ class OtherPool:
             return
         self.tables.evict(text, self.n, len(text), tid << POS_BITS)
 
+    def synced(self) -> tuple[list, OrderedDict[int, tuple[int, ...]]]:
+        """Every text indexed: the tables by suffix length and the texts by id, for a search that
+        reads them itself (ngram_tables.c's best_copies)."""
+        if self._unindexed:
+            self._sync()
+        return self.tables.maps, self.texts
+
     def longest(self, tokens: Sequence[int], end: int) -> tuple[int, tuple[int, ...], int, str] | None:
         """(m, text, e, group id) for the longest m whose last m tokens before `end` occur in
         the pool, at the newest occurrence."""

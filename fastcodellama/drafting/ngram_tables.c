@@ -271,8 +271,190 @@ static PyObject *py_longest(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+/* The longest m in [n, top] whose key is in maps (a list indexed by m; second/member as in
+ * longest), its value in *val; 0 where none, -1 on error. Only the lengths tried are unpacked. */
+static Py_ssize_t longest_in(PyObject *maps, PyObject *second, long long member, const uint64_t *keys,
+                             Py_ssize_t n, Py_ssize_t top, int64_t *val) {
+    for (Py_ssize_t m = top; m >= n; m--) {
+        Table *t = as_table(PyList_GET_ITEM(maps, m));
+        if (!t) return -1;
+        int64_t v = table_get(t, keys[m]);
+        if (second != NULL && v >= 0 && (v >> 32) == member) {
+            Table *s = as_table(PyList_GET_ITEM(second, m));
+            if (!s) return -1;
+            v = table_get(s, keys[m]);
+        }
+        if (v >= 0) {
+            *val = v;
+            return m;
+        }
+    }
+    return 0;
+}
+
+/* How far back a match of m tokens before text[e] goes: m, or more (up to cap) when m >= mm. */
+static Py_ssize_t reach(PyObject **toks, Py_ssize_t L, PyObject *text, Py_ssize_t e, Py_ssize_t m,
+                        Py_ssize_t mm, Py_ssize_t cap) {
+    if (m < mm) return m;
+    PyObject **their = PySequence_Fast_ITEMS(text);
+    Py_ssize_t limit = cap < L ? cap : L;
+    if (e < limit) limit = e;
+    while (m < limit) {
+        PyObject *a = toks[L - 1 - m], *b = their[e - 1 - m];
+        if (a != b && PyLong_AsLongLong(a) != PyLong_AsLongLong(b)) break;
+        m++;
+    }
+    return m;
+}
+
+typedef struct { Py_ssize_t m; PyObject *text; Py_ssize_t end; } Found;
+
+/* Whether obj is None or a list of tables indexed by suffix length up to mm (else an error set). */
+static int maps_ok(PyObject *obj, Py_ssize_t mm) {
+    if (obj == Py_None || (PyList_Check(obj) && PyList_GET_SIZE(obj) > mm)) return 1;
+    PyErr_SetString(PyExc_TypeError, "tables must be a list indexed by suffix length");
+    return 0;
+}
+
+/* best_copies(items, n, max_match, cap, adaptive, handicap, pool_maps, pool_texts, names): for each
+ * item, CopyProposer._best_hit's copy as (source, text, end, match length), the source named by
+ * names[0..3] (prediction, self, sibling, other); None where no source has one, or the item is
+ * None. An item is (toks, pred_maps, pred_tokens, own_maps, prompt_maps, top_maps, second_maps,
+ * member, texts), None for a source it lacks; every table is synced by the caller. `handicap`: the
+ * matched tokens "other" needs beyond the others (adaptive); pool_maps/pool_texts: the pool of
+ * other requests' finished texts, or None. */
+static PyObject *py_best_copies(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) return PyErr_Format(PyExc_TypeError, "best_copies takes 9 arguments");
+    PyObject *items = args[0], *pool_maps = args[6], *pool_texts = args[7], *names = args[8];
+    if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) != 4)
+        return PyErr_Format(PyExc_TypeError, "names must be a tuple of 4");
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]), mm = PyLong_AsSsize_t(args[2]), cap = PyLong_AsSsize_t(args[3]);
+    int adaptive = PyObject_IsTrue(args[4]);
+    Py_ssize_t handicap = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (!PyList_Check(items)) return PyErr_Format(PyExc_TypeError, "items must be a list");
+    if (n < 1 || mm < n || mm > MAX_MATCH) return PyErr_Format(PyExc_ValueError, "need 1 <= n <= max_match <= 8");
+    if (!maps_ok(pool_maps, mm)) return NULL;
+    if (pool_maps != Py_None && !PyDict_Check(pool_texts)) return PyErr_Format(PyExc_TypeError, "pool texts: a dict");
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(count);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *it = PyList_GET_ITEM(items, i);
+        if (it == Py_None) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(out, i, Py_None);
+            continue;
+        }
+        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 9) {
+            PyErr_SetString(PyExc_TypeError, "an item is a tuple of 9");
+            goto fail;
+        }
+        PyObject *toks_obj = PyTuple_GET_ITEM(it, 0);
+        if (!PyList_Check(toks_obj)) {
+            PyErr_SetString(PyExc_TypeError, "an item's tokens are a list");
+            goto fail;
+        }
+        PyObject **toks = PySequence_Fast_ITEMS(toks_obj);
+        Py_ssize_t L = PyList_GET_SIZE(toks_obj);
+        uint64_t keys[MAX_MATCH + 1];
+        Py_ssize_t top = roll_keys(toks, L, mm, keys);
+        if (top < 0) goto fail;
+        Found found[4] = {{0}};
+        int64_t v;
+        Py_ssize_t m;
+        PyObject *pred = PyTuple_GET_ITEM(it, 1), *own = PyTuple_GET_ITEM(it, 3), *prompt = PyTuple_GET_ITEM(it, 4);
+        PyObject *tables_top = PyTuple_GET_ITEM(it, 5), *texts = PyTuple_GET_ITEM(it, 8);
+        if (!maps_ok(pred, mm) || !maps_ok(own, mm) || !maps_ok(prompt, mm) || !maps_ok(tables_top, mm)) goto fail;
+        if (tables_top != Py_None && (PyTuple_GET_ITEM(it, 6) == Py_None || !maps_ok(PyTuple_GET_ITEM(it, 6), mm) ||
+                                      !PyDict_Check(texts))) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "siblings need second tables and a dict of texts");
+            goto fail;
+        }
+        if (pred != Py_None && !PyList_Check(PyTuple_GET_ITEM(it, 2)) && !PyTuple_Check(PyTuple_GET_ITEM(it, 2))) {
+            PyErr_SetString(PyExc_TypeError, "a prediction's tokens are a list or tuple");
+            goto fail;
+        }
+        long long member = PyLong_AsLongLong(PyTuple_GET_ITEM(it, 7));
+        if (member == -1 && PyErr_Occurred()) goto fail;
+        if (pred != Py_None) {
+            if ((m = longest_in(pred, NULL, 0, keys, n, top, &v)) < 0) goto fail;
+            if (m) found[0] = (Found){m, PyTuple_GET_ITEM(it, 2), (Py_ssize_t)v};
+        }
+        if (own != Py_None) {
+            if ((m = longest_in(own, NULL, 0, keys, n, top, &v)) < 0) goto fail;
+            if (m) found[1] = (Found){m, toks_obj, (Py_ssize_t)v};
+            if (prompt != Py_None && m < mm) {  /* the shared prompt's keys, at equal m after the output's */
+                Py_ssize_t pm = longest_in(prompt, NULL, 0, keys, n, top, &v);
+                if (pm < 0) goto fail;
+                if (pm > m) found[1] = (Found){pm, toks_obj, (Py_ssize_t)v};
+            }
+        }
+        if (tables_top != Py_None) {
+            if ((m = longest_in(tables_top, PyTuple_GET_ITEM(it, 6), member, keys, n, top, &v)) < 0) goto fail;
+            if (m) {
+                PyObject *key = PyLong_FromLongLong(v >> 32);
+                PyObject *text = key ? PyDict_GetItemWithError(texts, key) : NULL;
+                Py_XDECREF(key);
+                if (!text) {
+                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "a sibling's text is gone");
+                    goto fail;
+                }
+                found[2] = (Found){m, text, (Py_ssize_t)(v & 0xFFFFFFFFLL)};
+            }
+        }
+        if (pool_maps != Py_None) {
+            if ((m = longest_in(pool_maps, NULL, 0, keys, n, top, &v)) < 0) goto fail;
+            if (m) {
+                PyObject *key = PyLong_FromLongLong(v >> 32);
+                PyObject *text = key ? PyDict_GetItemWithError(pool_texts, key) : NULL;
+                Py_XDECREF(key);
+                if (!text) {
+                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "a pool text is gone");
+                    goto fail;
+                }
+                found[3] = (Found){m, text, (Py_ssize_t)(v & 0xFFFFFFFFLL)};
+            }
+        }
+        /* In order of trust: the first of equals wins. */
+        int best = -1;
+        Py_ssize_t best_m = 0, best_rank = 0;
+        for (int s = 0; s < 4; s++) {
+            if (!found[s].m) continue;
+            if (!PyList_Check(found[s].text) && !PyTuple_Check(found[s].text)) {
+                PyErr_SetString(PyExc_TypeError, "a text is a list or tuple");
+                goto fail;
+            }
+            Py_ssize_t r = adaptive ? reach(toks, L, found[s].text, found[s].end, found[s].m, mm, cap) : found[s].m;
+            if (PyErr_Occurred()) goto fail;
+            Py_ssize_t rank = adaptive ? r - (s == 3 ? handicap : 0) : r;
+            if (best < 0 || rank > best_rank) {
+                best = s;
+                best_m = r;
+                best_rank = rank;
+            }
+        }
+        if (best < 0) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(out, i, Py_None);
+            continue;
+        }
+        if (!adaptive) best_m = reach(toks, L, found[best].text, found[best].end, best_m, mm, cap);
+        if (PyErr_Occurred()) goto fail;
+        PyObject *hit = Py_BuildValue("OOnn", PyTuple_GET_ITEM(names, best), found[best].text, found[best].end, best_m);
+        if (!hit) goto fail;
+        PyList_SET_ITEM(out, i, hit);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"longest", (PyCFunction)(void (*)(void))py_longest, METH_FASTCALL, "See ngram_tables.DictTables.longest."},
+    {"best_copies", (PyCFunction)(void (*)(void))py_best_copies, METH_FASTCALL,
+     "See CopyProposer._best_hit: one call for a whole search."},
     {"new", py_new, METH_NOARGS, "An empty table."},
     {"get", (PyCFunction)(void (*)(void))py_get, METH_FASTCALL, "get(table, key): the value, or None."},
     {"size", py_size, METH_O, "size(table): the number of entries."},

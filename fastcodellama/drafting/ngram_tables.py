@@ -160,6 +160,12 @@ def load_extension():
         return None
 
 
+def batch_search(factory: Callable[[int, int], DictTables | CTables]) -> Callable | None:
+    """ngram_tables.c's best_copies (a whole search's lookups in one call) where `factory` makes C
+    tables; None for dicts (the proposer then looks each sequence up in Python)."""
+    return factory.keywords["module"].best_copies if isinstance(factory, functools.partial) else None
+
+
 def table_factory(kind: str = "auto") -> Callable[[int, int], DictTables | CTables]:
     """kind: "c", "dict", or "auto" (C when it builds)."""
     if kind not in ("auto", "c", "dict"):

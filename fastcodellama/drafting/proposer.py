@@ -25,7 +25,7 @@ from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
 from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel, ml_bucket
 from fastcodellama.drafting.config import SOURCES, SpecConfig
 from fastcodellama.drafting.ngram_index import GroupIndex, NgramTables, OtherPool, check_token_ids
-from fastcodellama.drafting.ngram_tables import table_factory
+from fastcodellama.drafting.ngram_tables import batch_search, table_factory
 from fastcodellama.drafting.policy import Candidate, Cost, Decision, DraftPolicy
 
 # Selection among sources (adaptive policy), from the replay of every source's candidate at every
@@ -59,6 +59,7 @@ class _Seq:
     output: list[int]  # the accepted output: the engine's own list, or the proposer's (see extend)
     owns_output: bool
     indexed: int = 0   # output tokens handed to the group's index
+    item: tuple | None = None  # its sources as ngram_tables.c's best_copies reads them (C tables only)
     idle: int = 0  # searches in a row that gave it no draft
     skip: int = 0  # searches it sits out before it is looked up again
 
@@ -81,6 +82,11 @@ class _Hit:
     bucket: tuple[str, int]  # the acceptance model's (source, match-length bucket)
 
 
+# A sequence's best copy: (source, text, end, match length), the copy starting at text[end].
+Copy = tuple[str, Sequence[int], int, int]
+_NAMES = ("prediction", "self", "sibling", "other")  # best_copies' sources, in order of trust
+
+
 def _longest(found: tuple[int, str, Sequence[int], int]) -> tuple[int, int]:
     return found[0], -_TRUST[found[1]]
 
@@ -98,6 +104,7 @@ class CopyProposer:
         self._next_member: dict[str, int] = {}
         self._use_self = "self" in cfg.sources
         self._tables = table_factory(cfg.index_tables)
+        self._best_copies = batch_search(self._tables)
         self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens, self._tables)
                       if "other" in cfg.sources and cfg.other_pool_tokens > 0 else None)
         self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
@@ -138,8 +145,20 @@ class CopyProposer:
         member = self._next_member[group_id]
         self._next_member[group_id] = member + 1
         group.add_member(member, prompt_token_ids)
-        self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids), self._predictions.get(group_id),
-                                  [] if output is None else output, output is None)
+        st = self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids),
+                                       self._predictions.get(group_id), [] if output is None else output, output is None)
+        if self._best_copies is not None:
+            st.item = self._item(st)
+
+    def _item(self, st: _Seq) -> tuple:
+        """The sequence's sources as best_copies reads them (each None where it has none)."""
+        group, member, pred = st.group, st.member, st.prediction
+        own = group.own[member].tables.maps if self._use_self else None
+        prompt = group.prompt_tables.tables.maps if self._use_self and group.shares_prompt[member] else None
+        sib = group.siblings
+        return (group.texts[member], pred.tables.maps if pred else None, pred.tokens if pred else None, own, prompt,
+                group.top.maps if sib else None, group.second.maps if sib else None, member,
+                group.texts if sib else None)
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> None:
         # Unchecked, unlike prompts and predictions: the engine's tokens are the model's own ids.
@@ -164,6 +183,9 @@ class CopyProposer:
         for st in self._seqs.values():
             if len(st.output) > st.indexed:
                 index(st)
+        if self._best_copies is not None:  # best_copies reads the tables as they are: no lazy sync there
+            for group in self._groups.values():
+                group.sync()
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()
@@ -257,10 +279,8 @@ class CopyProposer:
         model.refresh()
         adaptive = self.config.policy == "adaptive"
         may_skip = adaptive and len(queries) >= SKIP_FROM
-        get, best_hit, k = self._seqs.get, self._best_hit, self.config.k
-        first_prob, survival, seq_factor = model.first_prob_at, model.survival, model.seq_factor
-        looked_up: list[tuple[int, _Seq, _Hit | None]] = []  # (query index, state, its best copy)
-        cands: list[Candidate | None] = [None] * len(queries)
+        get = self._seqs.get
+        looked_up: list[tuple[int, _Seq, int]] = []  # (query index, state, max_len)
         for i, (seq_id, max_len) in enumerate(queries):
             st = get(seq_id)
             if st is None:
@@ -268,24 +288,43 @@ class CopyProposer:
             if may_skip and st.skip > 0:
                 st.skip -= 1
                 continue
-            hit = best_hit(st, adaptive) if max_len > 0 else None
-            looked_up.append((i, st, hit))
-            if hit is not None:  # AcceptanceModel.first_prob and survival_of, their bucket found once
-                cands[i] = Candidate(first_prob(hit.bucket, seq_factor(seq_id)), min(hit.avail, k, max_len),
-                                     survival[hit.bucket])
+            looked_up.append((i, st, max_len))
+        copies = self._copies(looked_up, adaptive)
+        k, first_prob, survival, seq_factor = self.config.k, model.first_prob_at, model.survival, model.seq_factor
+        cands: list[Candidate | None] = [None] * len(queries)
+        buckets: list[tuple[str, int] | None] = [None] * len(looked_up)
+        for j, (i, _, max_len) in enumerate(looked_up):
+            copy = copies[j]
+            if copy is not None:  # AcceptanceModel.first_prob and survival_of, their bucket found once
+                source, text, end, m = copy
+                bucket = buckets[j] = (source, ml_bucket(m))
+                cands[i] = Candidate(first_prob(bucket, seq_factor(queries[i].seq_id)), min(len(text) - end, k, max_len),
+                                     survival[bucket])
         lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)), decision)
         drafts = [EMPTY_DRAFT] * len(queries)
         pending, expected = self._pending, model.expected_at
-        for i, st, hit in looked_up:
+        for j, (i, st, _) in enumerate(looked_up):
             d = lens[i]
             if may_skip:
                 st.note_search(d > 0)
             if d <= 0:
                 continue
-            draft = Draft(tuple(hit.text[hit.end:hit.end + d]), hit.source)
-            pending[queries[i].seq_id] = (draft, hit.match_len, expected(hit.bucket, cands[i].a, d))
+            source, text, end, m = copies[j]
+            draft = Draft(tuple(text[end:end + d]), source)
+            pending[queries[i].seq_id] = (draft, m, expected(buckets[j], cands[i].a, d))
             drafts[i] = draft
         return drafts
+
+    def _copies(self, looked_up: list[tuple[int, _Seq, int]], adaptive: bool) -> list[Copy | None]:
+        """Each looked-up sequence's best copy (None where it has none, or may not draft): in one C
+        call where the tables are C's, else _best_hit's Python (the reference it is tested against)."""
+        if self._best_copies is None:
+            best_hit = self._best_hit
+            return [best_hit(st, adaptive) if max_len > 0 else None for _, st, max_len in looked_up]
+        cfg = self.config
+        pool_maps, pool_texts = self._pool.synced() if self._pool is not None else (None, None)
+        return self._best_copies([st.item if max_len > 0 else None for _, st, max_len in looked_up], cfg.n,
+                                 cfg.max_match, MATCH_CAP, adaptive, OTHER_HANDICAP, pool_maps, pool_texts, _NAMES)
 
     # ------------------------------------------------------------------ extras
 
@@ -318,7 +357,7 @@ class CopyProposer:
         toks = st.group.texts[st.member]
         return [self._hit(toks, *f) for f in self._find(st)]
 
-    def _best_hit(self, st: _Seq, adaptive: bool) -> _Hit | None:
+    def _best_hit(self, st: _Seq, adaptive: bool) -> Copy | None:
         """Fixed: the longest match m of _find, the most trusted at equal length. Adaptive: each
         source's longest match, measured past max_match; the longest wins, by trust at equal
         length, and "other" needs OTHER_HANDICAP more matched tokens (see the module docstring).
@@ -337,8 +376,7 @@ class CopyProposer:
                 reached = reach(toks, f[0], f[2], f[3])
                 if reached - _HANDICAP[f[1]] > rank:
                     best, m, rank = f, reached, reached - _HANDICAP[f[1]]
-        source, text, e = best[1], best[2], best[3]
-        return _Hit(source, text, e, len(text) - e, m, (source, ml_bucket(m)))
+        return best[1], best[2], best[3], m
 
     def _find(self, st: _Seq) -> list[tuple[int, str, Sequence[int], int]]:
         """Each source's longest match (m from max_match down to n), by trust: (m, source, text,

@@ -452,13 +452,15 @@ def _reference_best(prop: CopyProposer, st, adaptive: bool):
 
 
 @pytest.mark.parametrize("policy", ["fixed", "adaptive"])
-def test_the_best_hit_is_the_reference_ranking_of_every_sources_match(policy: str) -> None:
-    """_best_hit measures matches past max_match with a slice comparison and builds only the
-    winner: the same copy as measuring each source's match token by token and ranking them all,
-    with repetitive texts (matches that run to the cap, stop short of it, or hit a text's start)
-    and finished texts of other requests (tuples) among the sources."""
+def test_the_best_copy_is_the_reference_ranking_of_every_sources_match(policy: str) -> None:
+    """_best_hit (Python) and ngram_tables.c's best_copies (one call for a whole search) give the
+    same copy as measuring each source's match token by token and ranking them all, with repetitive
+    texts (matches that run to the cap, stop short of it, or hit a text's start), predictions, and
+    finished texts of other requests (tuples) among the sources."""
+    if load_extension() is None:
+        pytest.skip("the n-gram tables' C extension does not build here")
     rng = random.Random(7)
-    prop = build_proposer(SpecConfig(policy=policy, other_pool_tokens=10_000))
+    prop = build_proposer(SpecConfig(policy=policy, other_pool_tokens=10_000, index_tables="c"))
     unit = [rng.randrange(6) for _ in range(5)]
     for r in range(6):
         prompt = unit * rng.randrange(1, 4) + [rng.randrange(6)]
@@ -474,16 +476,21 @@ def test_the_best_hit_is_the_reference_ranking_of_every_sources_match(policy: st
     prop.extend(99, [unit[j % 5] for j in range(7)])
     prop.add_sequence(98, "alone too", [6, 7])  # a match of exactly max_match: the token before it differs
     prop.extend(98, [8, *unit[:4]])
+    prop.add_sequence(97, "predicted", [6, 7], prediction=[8, *unit, 9])
+    prop.extend(97, [8, *unit[:3]])
     prop._index_all()
     checked, reached = 0, set()
-    for st in list(prop._seqs.values()):
-        hit, want = prop._best_hit(st, policy == "adaptive"), _reference_best(prop, st, policy == "adaptive")
-        assert (hit is None) == (want is None)
+    states = list(prop._seqs.values())
+    adaptive = policy == "adaptive"
+    in_c = prop._copies([(0, st, 100) for st in states], adaptive)
+    assert prop._copies([(0, states[0], 0)], adaptive) == [None]  # a sequence that may not draft
+    for st, c in zip(states, in_c):
+        hit, want = prop._best_hit(st, adaptive), _reference_best(prop, st, adaptive)
+        assert hit == want and c == want
         if hit is not None:
-            assert (hit.source, hit.text, hit.end, hit.match_len) == want
             checked += 1
-            reached.add((hit.source, hit.match_len))
+            reached.add((hit[0], hit[3]))
     assert checked >= 10
     lengths = {m for _, m in reached}
     assert {prop.config.max_match, MATCH_CAP} <= lengths and any(prop.config.max_match < m < MATCH_CAP for m in lengths)
-    assert any(s == "other" for s, _ in reached)
+    assert {"prediction", "self", "sibling", "other"} == {s for s, _ in reached}
