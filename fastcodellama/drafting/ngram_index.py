@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Callable, Sequence
 
-from fastcodellama.drafting.ngram_tables import POS_BITS, DictTables, CTables, table_factory, tail_keys
+from fastcodellama.drafting.ngram_tables import POS_BITS, DictTables, CTables, batch_index, table_factory, tail_keys
 
 __all__ = ["MAX_TOKEN_ID", "GroupIndex", "NgramTables", "OtherPool", "check_token_ids", "tail_keys"]
 
@@ -58,6 +58,15 @@ class NgramTables:
             self.tables.index(self.tokens, self.next_end, end)
             self.next_end = end
 
+    def take_run(self) -> tuple | None:
+        """What sync would index, as a run (Tables.run), taken as indexed; None where nothing is new."""
+        end = len(self.tokens)
+        if end <= self.next_end:
+            return None
+        run = self.tables.run(self.tokens, self.next_end, end)
+        self.next_end = end
+        return run
+
     def get(self, m: int, key: int) -> int | None:
         return self.tables.get(m, key)
 
@@ -73,6 +82,7 @@ class GroupIndex:
                  tables: TableFactory | None = None) -> None:
         self.n, self.max_match, self.siblings = n, max_match, siblings
         self._new = tables or table_factory()
+        self._index_runs = batch_index(self._new)
         self.prompt = list(prompt)
         self.prompt_tables = NgramTables(self.prompt, n, max_match, tables=self._new)
         self.texts: dict[int, list[int]] = {}       # member -> prompt + output so far
@@ -108,16 +118,26 @@ class GroupIndex:
     def sync(self) -> None:
         """Indexes what members appended since the last sync (in the order they appended)."""
         if self._dirty:
-            for member in self._dirty:
-                self._index(member)
-            self._dirty.clear()
+            runs: list[tuple] = []
+            self.take_runs(runs)
+            self._index_runs(runs)
 
-    def _index(self, member: int) -> None:
-        own = self.own.get(member)
-        if own is not None:  # a finished member's text stays readable by its siblings only
-            own.sync()
-        if self.siblings and len(self.texts) > 1:
-            self._sync_cross(member)
+    def take_runs(self, runs: list[tuple]) -> None:
+        """sync as runs appended to `runs` (Tables.run, in the order sync indexes them), taken as
+        indexed: a caller indexes many groups' runs in one call (ngram_tables.batch_index)."""
+        if not self._dirty:
+            return
+        cross = self.siblings and len(self.texts) > 1
+        for member in self._dirty:
+            own = self.own.get(member)  # a finished member's text stays readable by its siblings only
+            if own is not None and (run := own.take_run()) is not None:
+                runs.append(run)
+            if cross:
+                toks, start = self.texts[member], self.sib_next[member]
+                if len(toks) > start:
+                    runs.append(self.top.run(toks, start, len(toks), member << POS_BITS, self.second, member))
+                    self.sib_next[member] = len(toks)
+        self._dirty.clear()
 
     def _sync_cross(self, member: int) -> None:
         toks, start = self.texts[member], self.sib_next[member]

@@ -185,6 +185,23 @@ static Py_ssize_t roll_keys(PyObject **items, Py_ssize_t e, Py_ssize_t mm, uint6
     return last;
 }
 
+/* The keys of every end of the run into tables (and an old value of another member into second). */
+static int index_run(Table **tables, Table **second, long long member, const Run *r) {
+    uint64_t keys[MAX_MATCH + 1];
+    for (Py_ssize_t e = r->start; e < r->end; e++) {
+        Py_ssize_t last = roll_keys(r->items, e, r->mm, keys);
+        if (last < 0) return -1;
+        for (Py_ssize_t m = r->n; m <= last; m++) {
+            if (second) {
+                int64_t old = table_get(tables[m], keys[m]);
+                if (old >= 0 && (old >> 32) != member && table_set(second[m], keys[m], old) < 0) return -1;
+            }
+            if (table_set(tables[m], keys[m], r->tag | e) < 0) return -1;
+        }
+    }
+    return 0;
+}
+
 /* index(tables, tokens, start, end, n, max_match, tag, second, member): for every end e in
  * [start, end) and m in [n, min(max_match, e)], tables[m][key] = tag | e. With `second` (a list
  * like tables, or None) an old value of another member (old >> 32 != member) moves there first. */
@@ -199,23 +216,23 @@ static PyObject *py_index(PyObject *self, PyObject *const *args, Py_ssize_t narg
         Py_DECREF(r.seq);
         return NULL;
     }
-    uint64_t keys[MAX_MATCH + 1];
-    for (Py_ssize_t e = r.start; e < r.end; e++) {
-        Py_ssize_t last = roll_keys(r.items, e, r.mm, keys);
-        if (last < 0) goto fail;
-        for (Py_ssize_t m = r.n; m <= last; m++) {
-            if (cross) {
-                int64_t old = table_get(tables[m], keys[m]);
-                if (old >= 0 && (old >> 32) != member && table_set(second[m], keys[m], old) < 0) goto fail;
-            }
-            if (table_set(tables[m], keys[m], r.tag | e) < 0) goto fail;
-        }
-    }
+    int ok = index_run(tables, cross ? second : NULL, member, &r) == 0;
     Py_DECREF(r.seq);
+    if (!ok) return NULL;
     Py_RETURN_NONE;
-fail:
-    Py_DECREF(r.seq);
-    return NULL;
+}
+
+/* index_runs(runs): index(*run) for each run in order, a run being the 9 arguments of index. */
+static PyObject *py_index_runs(PyObject *self, PyObject *runs) {
+    if (!PyList_Check(runs)) return PyErr_Format(PyExc_TypeError, "runs must be a list");
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(runs); i++) {
+        PyObject *run = PyList_GET_ITEM(runs, i);
+        if (!PyTuple_Check(run) || PyTuple_GET_SIZE(run) != 9) return PyErr_Format(PyExc_TypeError, "a run is a tuple of 9");
+        PyObject *done = py_index(self, ((PyTupleObject *)run)->ob_item, 9);
+        if (!done) return NULL;
+        Py_DECREF(done);
+    }
+    Py_RETURN_NONE;
 }
 
 /* evict(tables, tokens, start, end, n, max_match, tag): deletes every entry still equal to tag | e. */
@@ -460,6 +477,7 @@ static PyMethodDef methods[] = {
     {"size", py_size, METH_O, "size(table): the number of entries."},
     {"index", (PyCFunction)(void (*)(void))py_index, METH_FASTCALL, "See ngram_tables.DictTables.index."},
     {"evict", (PyCFunction)(void (*)(void))py_evict, METH_FASTCALL, "See ngram_tables.DictTables.evict."},
+    {"index_runs", py_index_runs, METH_O, "index(*run) for each run of a list, in order."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -94,6 +94,11 @@ class DictTables:
                 return m, v
         return None
 
+    def run(self, tokens: Sequence[int], start: int, end: int, tag: int = 0, second: "DictTables | None" = None,
+            member: int = -1) -> tuple:
+        """index's arguments as one run for index_runs (batch_index), which indexes many in one call."""
+        return self, tokens, start, end, self.n, self.max_match, tag, second, member
+
     def evict(self, tokens: Sequence[int], start: int, end: int, tag: int) -> None:
         """Deletes every entry still equal to tag | e for the ends e in [start, end)."""
         maps, n, mm = self.maps, self.n, self.max_match
@@ -126,6 +131,11 @@ class CTables:
               second: "CTables | None" = None, member: int = -1) -> None:
         self._c.index(self.maps, tokens, start, end, self.n, self.max_match, tag,
                       second.maps if second is not None else None, member)
+
+    def run(self, tokens: Sequence[int], start: int, end: int, tag: int = 0, second: "CTables | None" = None,
+            member: int = -1) -> tuple:
+        return (self.maps, tokens, start, end, self.n, self.max_match, tag,
+                second.maps if second is not None else None, member)
 
     def longest(self, tokens: Sequence[int], end: int, second: "CTables | None" = None,
                 member: int = -1) -> tuple[int, int] | None:
@@ -164,6 +174,16 @@ def batch_search(factory: Callable[[int, int], DictTables | CTables]) -> Callabl
     """ngram_tables.c's best_copies (a whole search's lookups in one call) where `factory` makes C
     tables; None for dicts (the proposer then looks each sequence up in Python)."""
     return factory.keywords["module"].best_copies if isinstance(factory, functools.partial) else None
+
+
+def batch_index(factory: Callable[[int, int], DictTables | CTables]) -> Callable[[list[tuple]], None]:
+    """What indexes a list of runs (Tables.run) in order: one C call where `factory` makes C tables."""
+    return factory.keywords["module"].index_runs if isinstance(factory, functools.partial) else _index_dict_runs
+
+
+def _index_dict_runs(runs: list[tuple]) -> None:
+    for tables, tokens, start, end, _, _, tag, second, member in runs:
+        tables.index(tokens, start, end, tag, second, member)
 
 
 def table_factory(kind: str = "auto") -> Callable[[int, int], DictTables | CTables]:

@@ -25,7 +25,7 @@ from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
 from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel, ml_bucket
 from fastcodellama.drafting.config import SOURCES, SpecConfig
 from fastcodellama.drafting.ngram_index import GroupIndex, NgramTables, OtherPool, check_token_ids
-from fastcodellama.drafting.ngram_tables import batch_search, table_factory
+from fastcodellama.drafting.ngram_tables import batch_index, batch_search, table_factory
 from fastcodellama.drafting.policy import Candidate, Cost, Decision, DraftPolicy
 
 # Selection among sources (adaptive policy), from the replay of every source's candidate at every
@@ -105,6 +105,7 @@ class CopyProposer:
         self._use_self = "self" in cfg.sources
         self._tables = table_factory(cfg.index_tables)
         self._best_copies = batch_search(self._tables)
+        self._index_runs = batch_index(self._tables)
         self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens, self._tables)
                       if "other" in cfg.sources and cfg.other_pool_tokens > 0 else None)
         self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
@@ -183,9 +184,10 @@ class CopyProposer:
         for st in self._seqs.values():
             if len(st.output) > st.indexed:
                 index(st)
-        if self._best_copies is not None:  # best_copies reads the tables as they are: no lazy sync there
-            for group in self._groups.values():
-                group.sync()
+        runs: list[tuple] = []  # every group's new keys, indexed in one call (no lazy sync at the lookups)
+        for group in self._groups.values():
+            group.take_runs(runs)
+        self._index_runs(runs)
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from fastcodellama.drafting.ngram_tables import POS_BITS, DictTables, load_extension, table_factory, tail_keys
+from fastcodellama.drafting.ngram_tables import (POS_BITS, DictTables, batch_index, load_extension, table_factory,
+                                                 tail_keys)
 
 pytestmark = pytest.mark.skipif(load_extension() is None, reason="the C extension does not build here")
 
@@ -81,3 +82,28 @@ def test_a_bad_token_raises_and_the_ends_before_it_stay() -> None:
         table_factory("c")(1, 9)
     with pytest.raises(ValueError):
         table_factory("python")
+
+
+def test_runs_indexed_in_one_call_agree_with_the_dicts_run_by_run() -> None:
+    """batch_index: the runs of many texts (cross tables among them) in one C call, in their order,
+    leave the tables the dicts' index calls leave; a malformed run is an error, not a crash."""
+    rng = random.Random(3)
+    ctables = table_factory("c")
+    c_own, c_top, c_second = ctables(1, 4), ctables(1, 4), ctables(1, 4)
+    d_own, d_top, d_second = DictTables(1, 4), DictTables(1, 4), DictTables(1, 4)
+    texts = [[rng.randrange(5) for _ in range(rng.randrange(1, 80))] for _ in range(6)]
+    c_runs, d_runs, done = [], [], [1] * len(texts)
+    for _ in range(40):
+        member = rng.randrange(len(texts))
+        start, end = done[member], min(len(texts[member]), done[member] + rng.choice((1, 3, 20)))
+        done[member] = end
+        for own, top, second, runs in ((c_own, c_top, c_second, c_runs), (d_own, d_top, d_second, d_runs)):
+            runs.append(own.run(texts[member], start, end))
+            runs.append(top.run(texts[member], start, end, member << POS_BITS, second, member))
+    batch_index(ctables)(c_runs)
+    batch_index(DictTables)(d_runs)
+    for c, d in ((c_own, d_own), (c_top, d_top), (c_second, d_second)):
+        assert_same(c, d)
+    assert d_top.num_entries() > 50 and d_second.num_entries() > 10
+    with pytest.raises(TypeError):
+        batch_index(ctables)([(c_own.maps, texts[0])])
