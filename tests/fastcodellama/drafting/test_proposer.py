@@ -494,3 +494,48 @@ def test_the_best_copy_is_the_reference_ranking_of_every_sources_match(policy: s
     lengths = {m for _, m in reached}
     assert {prop.config.max_match, MATCH_CAP} <= lengths and any(prop.config.max_match < m < MATCH_CAP for m in lengths)
     assert {"prediction", "self", "sibling", "other"} == {s for s, _ in reached}
+
+
+@pytest.mark.parametrize("cfg", [
+    SpecConfig(policy="adaptive", other_pool_tokens=300),
+    SpecConfig(policy="fixed", n=2, max_match=3, k=5),
+    SpecConfig(policy="adaptive", n=1, max_match=1, sources=("sibling", "other")),
+    SpecConfig(policy="adaptive", max_match=8, sources=("prediction", "self"), other_pool_tokens=0),
+], ids=["adaptive", "fixed-n2", "no-self", "no-siblings"])
+def test_the_c_search_drafts_what_the_python_search_drafts(cfg: SpecConfig) -> None:
+    """A proposer on C tables (one best_copies call a search) and one on the reference dicts (a
+    Python lookup per sequence), given the same sequences, tokens, predictions and feedback, draft
+    the same tokens from the same source at every step, whatever the sources and lengths."""
+    if load_extension() is None:
+        pytest.skip("the n-gram tables' C extension does not build here")
+    rng = random.Random(11)
+    c = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "c"}), search_time=1e-6)
+    py = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "dict"}), search_time=1e-6)
+    assert c._best_copies is not None and py._best_copies is None
+    running, drafted = [], 0
+    for sid in range(60):
+        gid = f"g{sid % 7}"
+        prompt = [rng.randrange(4) for _ in range(rng.randrange(1, 9))] if sid % 5 == 0 else [1, 2, 3, 1]
+        prediction = [rng.randrange(4) for _ in range(rng.randrange(0, 12))]
+        for prop in (c, py):
+            prop.add_sequence(sid, gid, prompt, prediction)
+        running.append(sid)
+        for _ in range(6):
+            for s in rng.sample(running, min(len(running), 5)):
+                toks = [rng.randrange(4) for _ in range(rng.choice((1, 2, 4)))]
+                for prop in (c, py):
+                    prop.extend(s, toks)
+            queries = [DraftQuery(s, rng.randrange(0, 12)) for s in running]
+            budget = rng.choice((3, 40, 10_000))
+            got = c.propose(queries, budget, FREE)
+            assert got == py.propose(queries, budget, FREE)
+            for q, d in zip(queries, got):
+                accepted = rng.randrange(0, len(d) + 1)
+                for prop in (c, py):
+                    prop.record(q.seq_id, d, accepted)
+                drafted += len(d)
+        if rng.random() < 0.4:
+            done, aborted = running.pop(rng.randrange(len(running))), rng.random() < 0.3
+            for prop in (c, py):
+                prop.finish(done, aborted)
+    assert drafted > 100
