@@ -6,9 +6,10 @@ apart on this shared VM differ by more than such a change moves (10-30%). Here t
 checkout's `engine` and `fastcodellama` packages are copied under names of their own
 (`engine_base`, `fastcodellama_base`, their imports rewritten), and one engine of each, on the stub
 forward of benchmarks/host_overhead.py with the same pass@10 requests, step in turn. Each step's
-CPU time less the sampler and the stub's forward and logits is kept; the medians are compared. Both engines
-must produce the same tokens and draft as much (the change is to the host's work, not to what it
-decides).
+CPU time less the sampler and the stub's forward and logits is kept; the medians are compared, and
+the means (where only some steps search, as with --gpu-costs at a large batch, the median is a step
+that did not). Both engines must produce the same tokens and draft as much (the change is to the
+host's work, not to what it decides).
 
     git worktree add /tmp/base HEAD~3
     python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 1
@@ -122,9 +123,11 @@ def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, colle
             for name in [m for m in sys.modules if m.split(".")[0] in {f"{p}_base" for p in PACKAGES}]:
                 del sys.modules[name]
     base, new = (statistics.median(sides[k].steps) for k in ("base", "new"))
+    base_mean, new_mean = (statistics.fmean(sides[k].steps) for k in ("base", "new"))
     stats = {k: s.engine.stats() for k, s in sides.items()}
     return {"batch": batch, "fixed_k": fixed_k, "gpu_costs_search_us": search_us, "collect": collect, "base_ms": 1e3 * base, "new_ms": 1e3 * new,
-            "ratio": new / base,
+            "ratio": new / base, "base_mean_ms": 1e3 * base_mean, "new_mean_ms": 1e3 * new_mean,
+            "mean_ratio": new_mean / base_mean,
             "steps": min(len(s.steps) for s in sides.values()),
             "same_tokens": sides["base"].tokens == sides["new"].tokens,
             "drafted": {k: s.spec.total_drafted for k, s in stats.items()}}
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"batch {row['batch']} {system}, "
           f"--collect {args.collect}: "
           f"base {row['base_ms']:.3f} ms, new {row['new_ms']:.3f} ms, new / base {row['ratio']:.3f} (median step CPU "
-          f"time without the sampler and the stub's forward and logits, {row['steps']} steps each); same tokens "
+          f"time without the sampler and the stub's forward and logits, {row['steps']} steps each; the means "
+          f"{row['base_mean_ms']:.3f} and {row['new_mean_ms']:.3f} ms, {row['mean_ratio']:.3f}); same tokens "
           f"{row['same_tokens']}, drafted {row['drafted']['base']} / {row['drafted']['new']}")
     return row
 
