@@ -326,6 +326,20 @@ static Py_ssize_t reach(PyObject **toks, Py_ssize_t L, PyObject *text, Py_ssize_
 
 typedef struct { Py_ssize_t m; PyObject *text; Py_ssize_t end; } Found;
 
+/* A packed value (text id << 32 | end) of m matched tokens as the text it points into, from `texts`
+ * (a dict by id, borrowed); -1 with an error set where the text is gone. */
+static int text_at(PyObject *texts, int64_t v, Py_ssize_t m, Found *out) {
+    PyObject *key = PyLong_FromLongLong(v >> 32);
+    PyObject *text = key ? PyDict_GetItemWithError(texts, key) : NULL;
+    Py_XDECREF(key);
+    if (!text) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "a copy's text is gone");
+        return -1;
+    }
+    *out = (Found){m, text, (Py_ssize_t)(v & 0xFFFFFFFFLL)};
+    return 0;
+}
+
 /* Whether obj is None or a list of tables indexed by suffix length up to mm (else an error set). */
 static int maps_ok(PyObject *obj, Py_ssize_t mm) {
     if (obj == Py_None || (PyList_Check(obj) && PyList_GET_SIZE(obj) > mm)) return 1;
@@ -409,29 +423,11 @@ static PyObject *py_best_copies(PyObject *self, PyObject *const *args, Py_ssize_
         }
         if (tables_top != Py_None) {
             if ((m = longest_in(tables_top, PyTuple_GET_ITEM(it, 6), member, keys, n, top, &v)) < 0) goto fail;
-            if (m) {
-                PyObject *key = PyLong_FromLongLong(v >> 32);
-                PyObject *text = key ? PyDict_GetItemWithError(texts, key) : NULL;
-                Py_XDECREF(key);
-                if (!text) {
-                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "a sibling's text is gone");
-                    goto fail;
-                }
-                found[2] = (Found){m, text, (Py_ssize_t)(v & 0xFFFFFFFFLL)};
-            }
+            if (m && text_at(texts, v, m, &found[2]) < 0) goto fail;
         }
         if (pool_maps != Py_None) {
             if ((m = longest_in(pool_maps, NULL, 0, keys, n, top, &v)) < 0) goto fail;
-            if (m) {
-                PyObject *key = PyLong_FromLongLong(v >> 32);
-                PyObject *text = key ? PyDict_GetItemWithError(pool_texts, key) : NULL;
-                Py_XDECREF(key);
-                if (!text) {
-                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "a pool text is gone");
-                    goto fail;
-                }
-                found[3] = (Found){m, text, (Py_ssize_t)(v & 0xFFFFFFFFLL)};
-            }
+            if (m && text_at(pool_texts, v, m, &found[3]) < 0) goto fail;
         }
         /* In order of trust: the first of equals wins. */
         int best = -1;
