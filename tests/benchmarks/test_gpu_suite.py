@@ -39,8 +39,9 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
                for f in results["f"].values())
     assert [r["batch"] for r in b["decode"]] == [1, 2] and b["verify"][0]["rows"] == 3
     assert results["cost_table_ms"][0][:2] == [1, 1] and not results["errors"]
-    host = results["h"]  # the host's part: plain, and drafting at every step
-    assert [(r["batch"], r["system"]) for r in host] == [(2, "plain"), (2, "every step, k=1")]
+    host = results["h"]  # the host's part: plain, drafting at every step, and as beside the H200
+    assert [(r["batch"], r["system"]) for r in host] == [(2, "plain"), (2, "every step, k=1"),
+                                                          (2, "drafting, GPU costs")]
     assert all(r["host_ms"] > 0 and r["steps"] == 6 for r in host)
     assert host[0]["search_us_per_query"] is None and host[1]["search_us_per_query"] > 0
     written = json.loads(next(p for p in (tmp_path / "out").iterdir() if p.suffix == ".json").read_text())
