@@ -397,6 +397,7 @@ class CopyProposer:
         return found
 
     def _hit(self, toks: Sequence[int], m: int, source: str, text: Sequence[int], e: int) -> _Hit:
+        """A match as a hit (candidates' diagnostics), measured as far back as _reach goes."""
         m = self._reach(toks, m, text, e)
         return _Hit(source, text, e, len(text) - e, m, (source, ml_bucket(m)))
 
