@@ -16,6 +16,7 @@ host's work, not to what it decides).
     python benchmarks/host_ab_checkouts.py --base /tmp/base --batch 256 --fixed-k 0    # plain
     python benchmarks/host_ab_checkouts.py --base /tmp/base --fixed-k 0 --collect all  # as a server takes outputs
     python benchmarks/host_ab_checkouts.py --base /tmp/base --gpu-costs 25     # as the policy drafts beside an H200
+    python benchmarks/host_ab_checkouts.py --base /tmp/base --fixed-k 1 --search 6   # and the search alone
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class Timed:
         """`search_us`: the adaptive policy instead of a fixed k, told each step's time from the
         GPU's cost table (host_overhead.GPU_TABLE) and that a search costs this much a query, so
         that both sides decide alike whatever their searches take."""
-        mod = functools.partial(_module, suffix=suffix)
+        self.mod = mod = functools.partial(_module, suffix=suffix)
         eng_pkg, drafting = mod("engine"), mod("fastcodellama.drafting")
         config = eng_pkg.EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch),
                                       num_kv_blocks=8192)
@@ -91,6 +92,23 @@ class Timed:
         self.steps: list[float] = []
         self.tokens: dict[str, list[list[int]]] = {}
 
+    def search_s(self, searches: int) -> float:
+        """CPU seconds of one search for copies over every decoding sequence, each looked up (no
+        back-off), nothing new to index, its drafts thrown away: the mean of `searches`."""
+        engine, proposers = self.engine, self.mod("fastcodellama.drafting.proposer")
+        queries = self.mod("engine.llm_engine")._Queries(engine.scheduler.decoding(), engine.max_model_len)
+        list(queries)
+        engine.proposer._index_all()
+        decision = self.mod("fastcodellama.drafting.policy").Decision(True)
+        skip_from, proposers.SKIP_FROM = proposers.SKIP_FROM, 1 << 30
+        try:
+            t0 = time.process_time()
+            for _ in range(searches):
+                engine.proposer._search(queries, 1 << 20, engine.step_cost, decision)
+            return (time.process_time() - t0) / searches
+        finally:
+            proposers.SKIP_FROM = skip_from
+
     def step(self, keep: bool, collect: str) -> None:
         self.left_out.seconds = 0.0
         t0 = time.process_time()
@@ -103,7 +121,9 @@ class Timed:
 
 
 def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, collect: str = "finished",
-        search_us: float | None = None) -> dict:
+        search_us: float | None = None, search_rounds: int = 0) -> dict:
+    """`search_rounds`: after the steps, rounds of 20 searches over the running batch (both sides in
+    the same state), in turn; each side's least round is kept."""
     with tempfile.TemporaryDirectory(prefix="host_ab_checkouts_") as into:
         copy_base(base_root, into)
         sys.path.insert(0, into)
@@ -118,6 +138,10 @@ def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, colle
                 for name in (("base", "new") if i % 2 else ("new", "base")):  # neither always second
                     if sides[name].engine.has_unfinished():
                         sides[name].step(i >= warmup, collect)
+            searched: dict[str, list[float]] = {"base": [], "new": []}
+            for i in range(search_rounds if sides["new"].engine.proposer is not None else 0):
+                for name in (("base", "new") if i % 2 else ("new", "base")):
+                    searched[name].append(sides[name].search_s(20))
         finally:
             sys.path.remove(into)
             for name in [m for m in sys.modules if m.split(".")[0] in {f"{p}_base" for p in PACKAGES}]:
@@ -130,7 +154,9 @@ def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, colle
             "mean_ratio": new_mean / base_mean,
             "steps": min(len(s.steps) for s in sides.values()),
             "same_tokens": sides["base"].tokens == sides["new"].tokens,
-            "drafted": {k: s.spec.total_drafted for k, s in stats.items()}}
+            "drafted": {k: s.spec.total_drafted for k, s in stats.items()},
+            "search_queries": len(sides["new"].engine.scheduler.decoding()),
+            **({f"{k}_search_ms": 1e3 * min(v) for k, v in searched.items()} if searched["new"] else {})}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,11 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--collect", choices=tuple(host_overhead.COLLECT), default="finished",
                     help="outputs of finished requests only (the HumanEval job), or of every request that changed "
                          "every step (a server streaming)")
+    ap.add_argument("--search", type=int, default=0, metavar="ROUNDS",
+                    help="also time the search for copies alone over the running batch after the steps, "
+                         "ROUNDS rounds of 20 searches, the two sides in turn")
     ap.add_argument("--gpu-costs", type=float, default=None, metavar="SEARCH_US",
                     help="the adaptive policy as it drafts beside the H200 of host_overhead.GPU_TABLE (in place "
                          "of --fixed-k), told that a search costs SEARCH_US a query")
     args = ap.parse_args(argv)
-    row = run(args.base, args.batch, args.fixed_k, args.steps, args.warmup, args.collect, args.gpu_costs)
+    row = run(args.base, args.batch, args.fixed_k, args.steps, args.warmup, args.collect, args.gpu_costs, args.search)
     gpu = args.gpu_costs is not None
     system = host_overhead.system_name(gpu or args.fixed_k > 0, None if gpu else args.fixed_k or None,
                                        host_overhead.GPU_TABLE if gpu else None)
@@ -157,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"time without the sampler and the stub's forward and logits, {row['steps']} steps each; the means "
           f"{row['base_mean_ms']:.3f} and {row['new_mean_ms']:.3f} ms, {row['mean_ratio']:.3f}); same tokens "
           f"{row['same_tokens']}, drafted {row['drafted']['base']} / {row['drafted']['new']}")
+    if "new_search_ms" in row:
+        q = max(1, row["search_queries"])
+        print(f"a search over {q} running: base {1e3 * row['base_search_ms'] / q:.2f} us a query, new "
+              f"{1e3 * row['new_search_ms'] / q:.2f}, new / base {row['new_search_ms'] / row['base_search_ms']:.3f}")
     return row
 
 

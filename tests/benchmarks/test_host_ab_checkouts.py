@@ -44,6 +44,7 @@ def test_gpu_costs_run_the_adaptive_policy_on_the_tables_clock_with_the_search_c
     told = []
     sim_clock = host_ab_checkouts.SimClock
     monkeypatch.setattr(host_ab_checkouts, "SimClock", lambda table: told.append(table) or sim_clock(table))
-    row = host_ab_checkouts.run(str(tmp_path), batch=4, fixed_k=0, steps=20, warmup=2, search_us=7.0)
+    row = host_ab_checkouts.run(str(tmp_path), batch=4, fixed_k=0, steps=12, warmup=2, search_us=7.0, search_rounds=2)
     assert len(told) == 2 and row["gpu_costs_search_us"] == 7.0
+    assert row["search_queries"] > 0 and row["base_search_ms"] > 0 and row["new_search_ms"] > 0  # --search
     assert row["same_tokens"] and row["drafted"]["base"] == row["drafted"]["new"] > 0
