@@ -139,17 +139,11 @@ class GroupIndex:
                     self.sib_next[member] = len(toks)
         self._dirty.clear()
 
-    def _sync_cross(self, member: int) -> None:
-        toks, start = self.texts[member], self.sib_next[member]
-        if len(toks) > start:
-            self.top.index(toks, start, len(toks), member << POS_BITS, self.second, member)
-            self.sib_next[member] = len(toks)
-
     def sync_all_cross(self) -> None:
-        """Index what earlier members wrote before a sibling existed (once, when one joins)."""
+        """Index what earlier members wrote before a sibling existed (once, when one joins): every
+        member goes through sync, after those already waiting for it."""
+        self._dirty.update(dict.fromkeys(self.texts))
         self.sync()
-        for member in self.texts:
-            self._sync_cross(member)
 
     def finish(self, member: int) -> list[int]:
         """The member stops asking for drafts; its text stays readable by its siblings."""

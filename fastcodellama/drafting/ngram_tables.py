@@ -170,15 +170,22 @@ def load_extension():
         return None
 
 
+def _c_module(factory: Callable[[int, int], DictTables | CTables]):
+    """The compiled module behind a factory of C tables (table_factory's partial), else None."""
+    return factory.keywords["module"] if isinstance(factory, functools.partial) else None
+
+
 def batch_search(factory: Callable[[int, int], DictTables | CTables]) -> Callable | None:
     """ngram_tables.c's best_copies (a whole search's lookups in one call) where `factory` makes C
     tables; None for dicts (the proposer then looks each sequence up in Python)."""
-    return factory.keywords["module"].best_copies if isinstance(factory, functools.partial) else None
+    module = _c_module(factory)
+    return module.best_copies if module is not None else None
 
 
 def batch_index(factory: Callable[[int, int], DictTables | CTables]) -> Callable[[list[tuple]], None]:
     """What indexes a list of runs (Tables.run) in order: one C call where `factory` makes C tables."""
-    return factory.keywords["module"].index_runs if isinstance(factory, functools.partial) else _index_dict_runs
+    module = _c_module(factory)
+    return module.index_runs if module is not None else _index_dict_runs
 
 
 def _index_dict_runs(runs: list[tuple]) -> None:

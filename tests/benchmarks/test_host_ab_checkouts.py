@@ -25,7 +25,7 @@ def test_the_base_engine_is_the_other_checkouts_and_both_give_the_same_tokens(tm
     row = host_ab_checkouts.run(str(tmp_path), batch=4, fixed_k=1, steps=6, warmup=2)
     assert row["drafted"]["base"] == 0 and row["drafted"]["new"] > 0
     assert row["same_tokens"] and row["steps"] == 6 and row["base_ms"] > 0 and row["new_ms"] > 0
-    assert row["mean_ratio"] == row["new_mean_ms"] / row["base_mean_ms"] and row["base_mean_ms"] >= row["base_ms"] / 6
+    assert row["mean_ratio"] == row["new_mean_ms"] / row["base_mean_ms"]
     assert not [m for m in sys.modules if m.split(".")[0] in ("engine_base", "fastcodellama_base")]
 
 
