@@ -70,14 +70,15 @@ class Suite:
         self.results: dict = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args),
                               "skipped": [], "errors": {}}
 
-    def part(self, name: str, fn) -> None:
+    def part(self, name: str, fn, *args) -> None:
+        """Runs fn(*args) as part `name`, unless past the time budget."""
         if time.monotonic() > self.deadline:
             self.results["skipped"].append(name)
             print(f"[{name}] skipped: past the time budget", file=sys.stderr, flush=True)
             return
         start = time.monotonic()
         try:
-            self.results[name] = fn()
+            self.results[name] = fn(*args)
         except Exception as e:  # noqa: BLE001 - one part failing must not lose the others' results
             self.results["errors"][name] = f"{type(e).__name__}: {e}"
             print(f"[{name}] failed: {e}", file=sys.stderr, flush=True)
@@ -561,21 +562,21 @@ def main(argv: list[str] | None = None) -> dict:
     device = suite.device
     parts = set(args.parts.split(","))
     if "a" in parts:
-        suite.part("a", lambda: correctness(args, device))
+        suite.part("a", correctness, args, device)
     model = shapes.random_model(args.shape, shapes.DTYPES[args.dtype], device) if parts & {"b", "c", "d"} else None
     if parts & {"b", "c"}:
-        suite.part("b", lambda: decode_and_verify(args, device, model))
+        suite.part("b", decode_and_verify, args, device, model)
         suite.results["cost_table_ms"] = cost_table(suite.results.get("b", {}))
     if "h" in parts:
-        suite.part("h", lambda: host_side(args))
+        suite.part("h", host_side, args)
     if "d" in parts:
-        suite.part("d", lambda: replay(args, device, model))
+        suite.part("d", replay, args, device, model)
     del model
     shapes.free(device)
     if "e" in parts:
-        suite.part("e", lambda: hf_generate(args, device))
+        suite.part("e", hf_generate, args, device)
     if "f" in parts:  # last: the time budget skips it before anything the issue's targets need
-        suite.part("f", lambda: families(args, device))
+        suite.part("f", families, args, device)
     text = markdown(suite.results)
     measure.write_results(args.out, "gpu_suite", suite.results, text)
     if os.environ.get("OUT"):

@@ -9,8 +9,6 @@ from engine.proposer import Draft, DraftQuery
 
 
 def hf_greedy(model_dir: str, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    from transformers import AutoModelForCausalLM
-
     hf = _hf_model(model_dir)
     out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                       do_sample=False, pad_token_id=0)

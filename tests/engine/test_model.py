@@ -86,7 +86,7 @@ def test_paged_attention_equals_dense_attention(backend_name):
     ctx = [7, 1, 12, 30]
     new = [3, 1, 12, 1]  # verify-like, decode, prefill, decode
     perm = torch.randperm(num_blocks).tolist()  # scattered, non-contiguous blocks
-    tables, chunks, full_k, full_v = [], [], [], []
+    chunks, full_k, full_v = [], [], []
     for i, (c, n) in enumerate(zip(ctx, new)):
         nb = (c + bs - 1) // bs
         table = tuple(perm[:nb]); perm = perm[nb:]
