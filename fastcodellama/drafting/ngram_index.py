@@ -58,15 +58,6 @@ class NgramTables:
             self.tables.index(self.tokens, self.next_end, end)
             self.next_end = end
 
-    def take_run(self) -> tuple | None:
-        """What sync would index, as a run (Tables.run), taken as indexed; None where nothing is new."""
-        end = len(self.tokens)
-        if end <= self.next_end:
-            return None
-        run = self.tables.run(self.tokens, self.next_end, end)
-        self.next_end = end
-        return run
-
     def get(self, m: int, key: int) -> int | None:
         return self.tables.get(m, key)
 
@@ -86,14 +77,16 @@ class GroupIndex:
         self.prompt = list(prompt)
         self.prompt_tables = NgramTables(self.prompt, n, max_match, tables=self._new)
         self.texts: dict[int, list[int]] = {}       # member -> prompt + output so far
-        self.own: dict[int, NgramTables] = {}       # running members only
+        self.own: dict[int, Tables] = {}            # running members only: the keys of their own text
+        # member -> [next end of its own keys, next end of its keys in the cross tables]: lists,
+        # so that ngram_tables.c's index_members advances them where a proposer indexes in C.
+        self.cursors: dict[int, list[int]] = {}
         self.shares_prompt: dict[int, bool] = {}
         self.live: set[int] = set()
         # Cross-member tables: top[m][key] = member << POS_BITS | end of the latest occurrence;
         # second[m][key] = the latest occurrence in a member other than top's.
         self.top = self._new(n, max_match)
         self.second = self._new(n, max_match)
-        self.sib_next: dict[int, int] = {}          # member -> next end to index in the cross tables
         self._dirty: dict[int, None] = {}           # members with tokens not yet indexed, in order
 
     def add_member(self, member: int, prompt: Sequence[int]) -> list[int]:
@@ -102,12 +95,14 @@ class GroupIndex:
         first_end = len(tokens) if shared else 1
         self.texts[member] = tokens
         self.shares_prompt[member] = shared
-        self.own[member] = NgramTables(tokens, self.n, self.max_match, first_end, tables=self._new)
+        own = self.own[member] = self._new(self.n, self.max_match)
+        cursor = self.cursors[member] = [max(first_end, self.n), max(len(tokens), self.n)]
+        if len(tokens) > cursor[0]:  # a prompt of its own: its keys are the member's own
+            own.index(tokens, cursor[0], len(tokens))
+            cursor[0] = len(tokens)
         self.live.add(member)
-        if self.siblings:
-            self.sib_next[member] = max(len(tokens), self.n)
-            if len(self.texts) == 2:
-                self.sync_all_cross()
+        if self.siblings and len(self.texts) == 2:
+            self.sync_all_cross()
         return tokens
 
     def extend(self, member: int, token_ids: Sequence[int]) -> None:
@@ -129,14 +124,15 @@ class GroupIndex:
             return
         cross = self.siblings and len(self.texts) > 1
         for member in self._dirty:
+            text, cursor = self.texts[member], self.cursors[member]
+            end = len(text)
             own = self.own.get(member)  # a finished member's text stays readable by its siblings only
-            if own is not None and (run := own.take_run()) is not None:
-                runs.append(run)
-            if cross:
-                toks, start = self.texts[member], self.sib_next[member]
-                if len(toks) > start:
-                    runs.append(self.top.run(toks, start, len(toks), member << POS_BITS, self.second, member))
-                    self.sib_next[member] = len(toks)
+            if own is not None and end > cursor[0]:
+                runs.append(own.run(text, cursor[0], end))
+                cursor[0] = end
+            if cross and end > cursor[1]:
+                runs.append(self.top.run(text, cursor[1], end, member << POS_BITS, self.second, member))
+                cursor[1] = end
         self._dirty.clear()
 
     def sync_all_cross(self) -> None:
@@ -157,7 +153,7 @@ class GroupIndex:
         if self._dirty:
             self.sync()
         toks = self.texts[member]
-        hit = self.own[member].tables.longest(toks, len(toks))
+        hit = self.own[member].longest(toks, len(toks))
         if self.shares_prompt[member] and (hit is None or hit[0] < self.max_match):
             in_prompt = self.prompt_tables.tables.longest(toks, len(toks))
             if in_prompt is not None and (hit is None or in_prompt[0] > hit[0]):
@@ -181,7 +177,7 @@ class GroupIndex:
     def lookup_self(self, member: int, m: int, key: int) -> int | None:
         if self._dirty:
             self.sync()
-        e = self.own[member].tables.get(m, key)
+        e = self.own[member].get(m, key)
         if e is None and self.shares_prompt[member]:
             e = self.prompt_tables.tables.get(m, key)
         return e

@@ -235,6 +235,82 @@ static PyObject *py_index_runs(PyObject *self, PyObject *runs) {
     Py_RETURN_NONE;
 }
 
+/* A cursor (a list of 2 ints)'s entry i, or -1 with an error set. */
+static Py_ssize_t cursor_at(PyObject *cursor, Py_ssize_t i) {
+    return PyLong_AsSsize_t(PyList_GET_ITEM(cursor, i));
+}
+
+static int cursor_set(PyObject *cursor, Py_ssize_t i, Py_ssize_t value) {
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (!v) return -1;
+    return PyList_SetItem(cursor, i, v);  /* steals v, drops the old value */
+}
+
+/* Indexes [cursor[i], end) of text into tables (and second, for the cross tables) and moves the
+ * cursor to end. */
+static int index_from(PyObject *text, PyObject *cursor, Py_ssize_t i, PyObject *maps, PyObject *second_maps,
+                      long long member, int64_t tag, Py_ssize_t n, Py_ssize_t mm) {
+    Py_ssize_t start = cursor_at(cursor, i), end = PyList_GET_SIZE(text);
+    if (start < 0 && PyErr_Occurred()) return -1;
+    if (end <= start) return 0;
+    Table *tables[MAX_MATCH + 1] = {0}, *second[MAX_MATCH + 1] = {0};
+    if (unpack_tables(maps, n, mm, tables) < 0) return -1;
+    if (second_maps && unpack_tables(second_maps, n, mm, second) < 0) return -1;
+    Run r = {text, PySequence_Fast_ITEMS(text), start < 1 ? 1 : start, end, n, mm, tag};
+    if (index_run(tables, second_maps ? second : NULL, member, &r) < 0) return -1;
+    return cursor_set(cursor, i, end);
+}
+
+/* index_members(members, n, max_match): for each running member of a group, what CopyProposer's
+ * _index and GroupIndex.take_runs do in Python: its text (prompt + output so far) gains what its
+ * output gained, its own keys are indexed from cursor[0] and, where its group has more than one
+ * text, its keys in the cross tables from cursor[1]; both cursors move to the text's end. A
+ * member is (output, text, prompt_len, cursor, own_maps, texts, top_maps, second_maps, member),
+ * texts/top_maps/second_maps None for a group without siblings. In the order given (within a
+ * group, the cross tables keep the latest end of the last member indexed). */
+static PyObject *py_index_members(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) return PyErr_Format(PyExc_TypeError, "index_members takes 3 arguments");
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]), mm = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (n < 1 || mm < n || mm > MAX_MATCH) return PyErr_Format(PyExc_ValueError, "need 1 <= n <= max_match <= 8");
+    PyObject *members = PySequence_Fast(args[0], "members must be iterable");
+    if (!members) return NULL;
+    PyObject **items = PySequence_Fast_ITEMS(members);
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(members); i++) {
+        PyObject *it = items[i];
+        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 9) {
+            PyErr_SetString(PyExc_TypeError, "a member is a tuple of 9");
+            goto fail;
+        }
+        PyObject *output = PyTuple_GET_ITEM(it, 0), *text = PyTuple_GET_ITEM(it, 1), *cursor = PyTuple_GET_ITEM(it, 3);
+        PyObject *texts = PyTuple_GET_ITEM(it, 5);
+        if (!PyList_Check(output) || !PyList_Check(text) || !PyList_Check(cursor) || PyList_GET_SIZE(cursor) != 2 ||
+            (texts != Py_None && !PyDict_Check(texts))) {
+            PyErr_SetString(PyExc_TypeError, "a member's output, text and cursor are lists (a cursor of 2), its texts a dict");
+            goto fail;
+        }
+        Py_ssize_t prompt_len = PyLong_AsSsize_t(PyTuple_GET_ITEM(it, 2));
+        long long member = PyLong_AsLongLong(PyTuple_GET_ITEM(it, 8));
+        if (PyErr_Occurred()) goto fail;
+        Py_ssize_t have = PyList_GET_SIZE(text) - prompt_len, total = PyList_GET_SIZE(output);
+        if (have < 0) {
+            PyErr_SetString(PyExc_ValueError, "a member's text is shorter than its prompt");
+            goto fail;
+        }
+        for (Py_ssize_t j = have; j < total; j++)  /* PyList_Append takes its own reference */
+            if (PyList_Append(text, PyList_GET_ITEM(output, j)) < 0) goto fail;
+        if (index_from(text, cursor, 0, PyTuple_GET_ITEM(it, 4), NULL, -1, 0, n, mm) < 0) goto fail;
+        if (texts != Py_None && PyDict_GET_SIZE(texts) > 1 &&
+            index_from(text, cursor, 1, PyTuple_GET_ITEM(it, 6), PyTuple_GET_ITEM(it, 7), member,
+                       (int64_t)member << 32, n, mm) < 0) goto fail;
+    }
+    Py_DECREF(members);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(members);
+    return NULL;
+}
+
 /* evict(tables, tokens, start, end, n, max_match, tag): deletes every entry still equal to tag | e. */
 static PyObject *py_evict(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) return PyErr_Format(PyExc_TypeError, "evict takes 7 arguments");
@@ -474,6 +550,8 @@ static PyMethodDef methods[] = {
     {"index", (PyCFunction)(void (*)(void))py_index, METH_FASTCALL, "See ngram_tables.DictTables.index."},
     {"evict", (PyCFunction)(void (*)(void))py_evict, METH_FASTCALL, "See ngram_tables.DictTables.evict."},
     {"index_runs", py_index_runs, METH_O, "index(*run) for each run of a list, in order."},
+    {"index_members", (PyCFunction)(void (*)(void))py_index_members, METH_FASTCALL,
+     "CopyProposer._index and GroupIndex.take_runs for every running member, in one call."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -188,6 +188,14 @@ def batch_index(factory: Callable[[int, int], DictTables | CTables]) -> Callable
     return module.index_runs if module is not None else _index_dict_runs
 
 
+def member_index(factory: Callable[[int, int], DictTables | CTables]) -> Callable | None:
+    """ngram_tables.c's index_members (every running member's new tokens into its group's tables
+    in one call) where `factory` makes C tables; None for dicts (the proposer then indexes each
+    member in Python)."""
+    module = _c_module(factory)
+    return module.index_members if module is not None else None
+
+
 def _index_dict_runs(runs: list[tuple]) -> None:
     for tables, tokens, start, end, _, _, tag, second, member in runs:
         tables.index(tokens, start, end, tag, second, member)

@@ -25,7 +25,7 @@ from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
 from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel, ml_bucket
 from fastcodellama.drafting.config import SOURCES, SpecConfig
 from fastcodellama.drafting.ngram_index import GroupIndex, NgramTables, OtherPool, check_token_ids
-from fastcodellama.drafting.ngram_tables import batch_index, batch_search, table_factory
+from fastcodellama.drafting.ngram_tables import batch_index, batch_search, member_index, table_factory
 from fastcodellama.drafting.policy import Candidate, Cost, Decision, DraftPolicy
 
 # Selection among sources (adaptive policy), from the replay of every source's candidate at every
@@ -58,7 +58,7 @@ class _Seq:
     prediction: NgramTables | None
     output: list[int]  # the accepted output: the engine's own list, or the proposer's (see extend)
     owns_output: bool
-    indexed: int = 0   # output tokens handed to the group's index
+    text: list[int]    # the group's text of it: prompt + the output handed to the index so far
     item: tuple | None = None  # its sources as ngram_tables.c's best_copies reads them (C tables only)
     idle: int = 0  # searches in a row that gave it no draft
     skip: int = 0  # searches it sits out before it is looked up again
@@ -106,6 +106,8 @@ class CopyProposer:
         self._tables = table_factory(cfg.index_tables)
         self._best_copies = batch_search(self._tables)
         self._index_runs = batch_index(self._tables)
+        self._index_members = member_index(self._tables)
+        self._members: dict[int, tuple] = {}  # seq_id -> what index_members reads of it (C tables only)
         self._pool = (OtherPool(cfg.n, cfg.max_match, cfg.other_pool_tokens, self._tables)
                       if "other" in cfg.sources and cfg.other_pool_tokens > 0 else None)
         self.model = AcceptanceModel(cfg.sources, max_draft=cfg.k + 1)
@@ -145,16 +147,22 @@ class CopyProposer:
                 self._predictions[group_id] = NgramTables(text, cfg.n, cfg.max_match, tables=self._tables)
         member = self._next_member[group_id]
         self._next_member[group_id] = member + 1
-        group.add_member(member, prompt_token_ids)
+        text = group.add_member(member, prompt_token_ids)
         st = self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids),
-                                       self._predictions.get(group_id), [] if output is None else output, output is None)
+                                       self._predictions.get(group_id), [] if output is None else output, output is None,
+                                       text)
         if self._best_copies is not None:
             st.item = self._item(st)
+        if self._index_members is not None:
+            sib = group.siblings
+            self._members[seq_id] = (st.output, text, st.prompt_len, group.cursors[member], group.own[member].maps,
+                                     group.texts if sib else None, group.top.maps if sib else None,
+                                     group.second.maps if sib else None, member)
 
     def _item(self, st: _Seq) -> tuple:
         """The sequence's sources as best_copies reads them (each None where it has none)."""
         group, member, pred = st.group, st.member, st.prediction
-        own = group.own[member].tables.maps if self._use_self else None
+        own = group.own[member].maps if self._use_self else None
         prompt = group.prompt_tables.tables.maps if self._use_self and group.shares_prompt[member] else None
         sib = group.siblings
         return (group.texts[member], pred.tables.maps if pred else None, pred.tokens if pred else None, own, prompt,
@@ -172,22 +180,26 @@ class CopyProposer:
     @staticmethod
     def _index(st: _Seq) -> None:
         """Hands the group's index what the sequence's output gained since the last time."""
-        out = st.output
-        if len(out) > st.indexed:
-            st.group.extend(st.member, out[st.indexed:])
-            st.indexed = len(out)
+        out, have = st.output, len(st.text) - st.prompt_len
+        if len(out) > have:
+            st.group.extend(st.member, out[have:])
 
     def _index_all(self) -> None:
         """Before a search: every sequence's new tokens, its siblings' copies included. A job adds
-        all its sequences at once and most of them wait with nothing new: the test is inline."""
-        index = self._index
-        for st in self._seqs.values():
-            if len(st.output) > st.indexed:
-                index(st)
+        all its sequences at once and most of them wait with nothing new: the test is inline.
+        With C tables, in one call (index_members) after what groups hold already (a member
+        extended through extend, a finished one, a join); in Python its reference."""
+        if self._index_members is None:
+            index = self._index
+            for st in self._seqs.values():
+                if len(st.output) > len(st.text) - st.prompt_len:
+                    index(st)
         runs: list[tuple] = []  # every group's new keys, indexed in one call (no lazy sync at the lookups)
         for group in self._groups.values():
             group.take_runs(runs)
         self._index_runs(runs)
+        if self._index_members is not None:
+            self._index_members(self._members.values(), self.config.n, self.config.max_match)
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()
@@ -254,6 +266,7 @@ class CopyProposer:
         if st is None:
             return
         self._pending.pop(seq_id, None)
+        self._members.pop(seq_id, None)
         self.model.forget(seq_id)
         self._index(st)
         text = st.group.finish(st.member)

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from fastcodellama.drafting.ngram_tables import (POS_BITS, DictTables, batch_index, load_extension, table_factory,
-                                                 tail_keys)
+from fastcodellama.drafting.ngram_tables import (POS_BITS, DictTables, batch_index, load_extension, member_index,
+                                                 table_factory, tail_keys)
 
 pytestmark = pytest.mark.skipif(load_extension() is None, reason="the C extension does not build here")
 
@@ -107,3 +107,23 @@ def test_runs_indexed_in_one_call_agree_with_the_dicts_run_by_run() -> None:
     assert d_top.num_entries() > 50 and d_second.num_entries() > 10
     with pytest.raises(TypeError):
         batch_index(ctables)([(c_own.maps, texts[0])])
+
+
+def test_a_malformed_member_is_an_error_and_what_came_before_it_stays() -> None:
+    """member_index (the proposer's indexing of every running member in one call): a member that
+    is not (output, text, prompt_len, cursor of 2, ...) with lists where lists belong, or whose
+    text is shorter than its prompt, raises; the members before it are indexed."""
+    index_members = member_index(table_factory("c"))
+    own = table_factory("c")(1, 4)
+    output, text, cursor = [3, 4, 5], [1, 2], [2, 2]
+    good = (output, text, 2, cursor, own.maps, None, None, None, 0)
+    bad = [(output,), (tuple(output), *good[1:]), (output, text, 2, [2], *good[4:]),
+           (output, text, 2, cursor, own.maps, [], None, None, 0), (output, [1], 2, *good[3:])]
+    for member in bad:
+        with pytest.raises((TypeError, ValueError)):
+            index_members([member], 1, 4)
+    with pytest.raises(TypeError):
+        index_members([good, bad[0]], 1, 4)
+    assert text == [1, 2, 3, 4, 5] and cursor == [5, 2] and own.get(1, tail_keys(text, 4, 1, 4)[1]) == 4
+    with pytest.raises(ValueError):
+        index_members([], 0, 4)

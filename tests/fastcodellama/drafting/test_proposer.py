@@ -502,9 +502,11 @@ def test_the_best_copy_is_the_reference_ranking_of_every_sources_match(policy: s
     SpecConfig(policy="adaptive", n=1, max_match=1, sources=("sibling", "other")),
     SpecConfig(policy="adaptive", max_match=8, sources=("prediction", "self"), other_pool_tokens=0),
 ], ids=["adaptive", "fixed-n2", "no-self", "no-siblings"])
-def test_the_c_search_drafts_what_the_python_search_drafts(cfg: SpecConfig) -> None:
-    """A proposer on C tables (one best_copies call a search) and one on the reference dicts (a
-    Python lookup per sequence), given the same sequences, tokens, predictions and feedback, draft
+@pytest.mark.parametrize("engine_lists", [False, True], ids=["extend", "engine-lists"])
+def test_the_c_search_drafts_what_the_python_search_drafts(cfg: SpecConfig, engine_lists: bool) -> None:
+    """A proposer on C tables (one best_copies call a search; with the engine's output lists, their
+    new tokens indexed in one index_members call) and one on the reference dicts (a Python lookup
+    and indexing per sequence), given the same sequences, tokens, predictions and feedback, draft
     the same tokens from the same source at every step, whatever the sources and lengths."""
     if load_extension() is None:
         pytest.skip("the n-gram tables' C extension does not build here")
@@ -512,17 +514,22 @@ def test_the_c_search_drafts_what_the_python_search_drafts(cfg: SpecConfig) -> N
     c = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "c"}), search_time=1e-6)
     py = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "dict"}), search_time=1e-6)
     assert c._best_copies is not None and py._best_copies is None
-    running, drafted = [], 0
+    assert c._index_members is not None and py._index_members is None
+    running, drafted, outputs = [], 0, {}
     for sid in range(60):
         gid = f"g{sid % 7}"
         prompt = [rng.randrange(4) for _ in range(rng.randrange(1, 9))] if sid % 5 == 0 else [1, 2, 3, 1]
         prediction = [rng.randrange(4) for _ in range(rng.randrange(0, 12))]
+        outputs[sid] = [] if engine_lists else None  # the engine's list, read by both proposers
         for prop in (c, py):
-            prop.add_sequence(sid, gid, prompt, prediction)
+            prop.add_sequence(sid, gid, prompt, prediction, outputs[sid])
         running.append(sid)
         for _ in range(6):
             for s in rng.sample(running, min(len(running), 5)):
                 toks = [rng.randrange(4) for _ in range(rng.choice((1, 2, 4)))]
+                if engine_lists:
+                    outputs[s] += toks
+                    continue
                 for prop in (c, py):
                     prop.extend(s, toks)
             queries = [DraftQuery(s, rng.randrange(0, 12)) for s in running]
