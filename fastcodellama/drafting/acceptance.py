@@ -119,20 +119,32 @@ class AcceptanceModel:
 
     def record(self, source: str, match_len: int, drafted: int, accepted: int,
                seq_id: int | None = None, predicted: float | None = None) -> None:
-        if drafted <= 0:
-            return
-        d, b = self.decay, (source, ml_bucket(match_len))
-        self.first[b].add(1.0 if accepted > 0 else 0.0, d)
-        cont = self.cont[b]
-        for i in range(1, min(accepted, drafted - 1) + 1):   # positions reached after the first
-            cont[min(i, POSITIONS - 1)].add(1.0 if i < accepted else 0.0, d)
+        if drafted > 0:
+            self.record_at((source, ml_bucket(match_len)), drafted, accepted, seq_id, predicted)
+
+    def record_at(self, key: tuple[str, int], drafted: int, accepted: int,
+                  seq_id: int | None = None, predicted: float | None = None) -> None:
+        """record() of the bucket key (source, ml_bucket(match_len)) of a draft of drafted > 0
+        tokens (a proposer keeps the key of each draft it made: one record a drafted sequence a step)."""
+        d = self.decay
+        first = self.first[key]  # _Bucket.add, inline
+        first.num = first.num * d + (1.0 if accepted > 0 else 0.0)
+        first.den = first.den * d + 1.0
+        if accepted > 0:
+            cont = self.cont[key]
+            for i in range(1, min(accepted, drafted - 1) + 1):  # positions reached after the first
+                cont[i if i < POSITIONS else POSITIONS - 1].add(1.0 if i < accepted else 0.0, d)
+            self._dirty[key] = True  # survival too
+        elif key not in self._dirty:
+            self._dirty[key] = False
         if seq_id is not None and predicted is not None:
-            st = self.seq.setdefault(seq_id, [0.0, 0.0])
+            st = self.seq.get(seq_id)
+            if st is None:
+                st = self.seq[seq_id] = [0.0, 0.0]
             st[0] = st[0] * SEQ_DECAY + accepted
             st[1] = st[1] * SEQ_DECAY + predicted
-        self._dirty[b] = self._dirty.get(b, False) or accepted > 0
-        if source in self.sources:
-            self._stale_gains.add(b)
+        if key[0] in self.sources:
+            self._stale_gains.add(key)
         self._best_age += 1
 
     def forget(self, seq_id: int) -> None:

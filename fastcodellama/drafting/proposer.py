@@ -115,7 +115,8 @@ class CopyProposer:
         # predicted output (assumed mostly right) only while a request has one.
         self._sources_without_prediction = tuple(s for s in cfg.sources if s != "prediction")
         self.policy = DraftPolicy(self.model, adaptive=cfg.policy == "adaptive")
-        self._pending: dict[int, tuple[Draft, int, float]] = {}   # seq_id -> (draft, match_len, predicted)
+        # seq_id -> (draft, its acceptance model bucket, expected accepted tokens)
+        self._pending: dict[int, tuple[Draft, tuple[str, int], float]] = {}
         self._drafted = dict.fromkeys(SOURCES, 0)
         self._accepted = dict.fromkeys(SOURCES, 0)
         self._drafts = dict.fromkeys(SOURCES, 0)
@@ -250,16 +251,17 @@ class CopyProposer:
         if n == 0:
             return
         accepted = max(0, min(int(num_accepted), n))
-        pending = self._pending.pop(seq_id, None)
-        match_len, predicted = 1, None
-        if pending is not None and (pending[0] is draft or pending[0].tokens[:n] == tokens):
-            match_len, predicted = pending[1], pending[2]
         source = draft.source if draft.source in SOURCES else "self"
+        pending = self._pending.pop(seq_id, None)
+        if pending is not None and (pending[0] is draft or pending[0].tokens[:n] == tokens):
+            bucket, predicted = pending[1], pending[2]
+        else:  # not a draft of this proposer's (or cut otherwise than short): a match of one token
+            bucket, predicted = (source, ml_bucket(1)), None
         self._drafts[source] += 1
         self._drafted[source] += n
         self._accepted[source] += accepted
         running = seq_id in self._seqs           # per-sequence statistics only for live sequences
-        self.model.record(source, match_len, n, accepted, seq_id if running else None, predicted)
+        self.model.record_at(bucket, n, accepted, seq_id if running else None, predicted)
 
     def finish(self, seq_id: int, aborted: bool = False) -> None:
         st = self._seqs.pop(seq_id, None)
@@ -324,9 +326,9 @@ class CopyProposer:
                 st.note_search(d > 0)
             if d <= 0:
                 continue
-            source, text, end, m = copies[j]
+            source, text, end, _ = copies[j]
             draft = Draft(tuple(text[end:end + d]), source)
-            pending[queries[i].seq_id] = (draft, m, expected(buckets[j], cands[i].a, d))
+            pending[queries[i].seq_id] = (draft, buckets[j], expected(buckets[j], cands[i].a, d))
             drafts[i] = draft
         return drafts
 
