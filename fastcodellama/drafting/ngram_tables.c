@@ -13,9 +13,14 @@
 #define MAX_MATCH 8
 #define CAPSULE "fastcodellama.ngram_table"
 
+/* A slot holds its key beside its value: a probe reads one cache line, not one in each of two arrays. */
 typedef struct {
-    uint64_t *keys;
-    int64_t *vals;
+    uint64_t key;
+    int64_t val;
+} Slot;
+
+typedef struct {
+    Slot *slots;
     uint64_t mask;
     Py_ssize_t size;
 } Table;
@@ -23,33 +28,31 @@ typedef struct {
 static inline uint64_t slot_of(const Table *t, uint64_t key) { return (key ^ (key >> 29)) & t->mask; }
 
 static int table_alloc(Table *t, uint64_t capacity) {
-    t->keys = PyMem_Malloc(capacity * sizeof(uint64_t));
-    t->vals = PyMem_Malloc(capacity * sizeof(int64_t));
-    if (!t->keys || !t->vals) {
-        PyMem_Free(t->keys);
-        PyMem_Free(t->vals);
+    t->slots = PyMem_Malloc(capacity * sizeof(Slot));
+    if (!t->slots) {
         PyErr_NoMemory();
         return -1;
     }
-    for (uint64_t i = 0; i < capacity; i++) t->vals[i] = -1;
+    for (uint64_t i = 0; i < capacity; i++) t->slots[i].val = -1;
     t->mask = capacity - 1;
     t->size = 0;
     return 0;
 }
 
-static inline int64_t table_get(const Table *t, uint64_t key) {
-    for (uint64_t i = slot_of(t, key);; i = (i + 1) & t->mask) {
-        if (t->vals[i] < 0) return -1;
-        if (t->keys[i] == key) return t->vals[i];
-    }
+/* The slot of key, or the empty slot where it would go. */
+static inline Slot *find(const Table *t, uint64_t key) {
+    uint64_t i = slot_of(t, key);
+    while (t->slots[i].val >= 0 && t->slots[i].key != key) i = (i + 1) & t->mask;
+    return &t->slots[i];
 }
 
+static inline int64_t table_get(const Table *t, uint64_t key) { return find(t, key)->val; }
+
 static inline void put(Table *t, uint64_t key, int64_t val) {
-    uint64_t i = slot_of(t, key);
-    while (t->vals[i] >= 0 && t->keys[i] != key) i = (i + 1) & t->mask;
-    if (t->vals[i] < 0) t->size++;
-    t->keys[i] = key;
-    t->vals[i] = val;
+    Slot *s = find(t, key);
+    if (s->val < 0) t->size++;
+    s->key = key;
+    s->val = val;
 }
 
 static int grow(Table *t) {
@@ -59,41 +62,53 @@ static int grow(Table *t) {
         return -1;
     }
     for (uint64_t i = 0; i <= old.mask; i++)
-        if (old.vals[i] >= 0) put(t, old.keys[i], old.vals[i]);
-    PyMem_Free(old.keys);
-    PyMem_Free(old.vals);
+        if (old.slots[i].val >= 0) put(t, old.slots[i].key, old.slots[i].val);
+    PyMem_Free(old.slots);
     return 0;
 }
 
+static inline int room_for_one(Table *t) {
+    return (uint64_t)(t->size + 1) * 2 > t->mask + 1 ? grow(t) : 0;
+}
+
 static inline int table_set(Table *t, uint64_t key, int64_t val) {
-    if ((uint64_t)(t->size + 1) * 2 > t->mask + 1 && grow(t) < 0) return -1;
+    if (room_for_one(t) < 0) return -1;
     put(t, key, val);
     return 0;
 }
 
+/* table_set that returns the value it replaced (-1: none, -2: out of memory), in one probe. */
+static inline int64_t table_exchange(Table *t, uint64_t key, int64_t val) {
+    if (room_for_one(t) < 0) return -2;
+    Slot *s = find(t, key);
+    int64_t old = s->val;
+    if (old < 0) t->size++;
+    s->key = key;
+    s->val = val;
+    return old;
+}
+
 /* Deletes key if it maps to val; later entries of its probe run shift back into the hole. */
 static void table_del_if(Table *t, uint64_t key, int64_t val) {
-    uint64_t i = slot_of(t, key);
-    while (t->vals[i] >= 0 && t->keys[i] != key) i = (i + 1) & t->mask;
-    if (t->vals[i] != val) return;
-    for (uint64_t j = (i + 1) & t->mask; t->vals[j] >= 0; j = (j + 1) & t->mask) {
-        uint64_t home = slot_of(t, t->keys[j]);
+    Slot *slots = t->slots;
+    uint64_t i = find(t, key) - slots;
+    if (slots[i].val != val) return;
+    for (uint64_t j = (i + 1) & t->mask; slots[j].val >= 0; j = (j + 1) & t->mask) {
+        uint64_t home = slot_of(t, slots[j].key);
         /* Entry j may move to i unless its home lies cyclically in (i, j]. */
         if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
-            t->keys[i] = t->keys[j];
-            t->vals[i] = t->vals[j];
+            slots[i] = slots[j];
             i = j;
         }
     }
-    t->vals[i] = -1;
+    slots[i].val = -1;
     t->size--;
 }
 
 static void capsule_free(PyObject *capsule) {
     Table *t = PyCapsule_GetPointer(capsule, CAPSULE);
     if (t) {
-        PyMem_Free(t->keys);
-        PyMem_Free(t->vals);
+        PyMem_Free(t->slots);
         PyMem_Free(t);
     }
 }
@@ -109,8 +124,7 @@ static PyObject *py_new(PyObject *self, PyObject *unused) {
     }
     PyObject *capsule = PyCapsule_New(t, CAPSULE, capsule_free);
     if (!capsule) {
-        PyMem_Free(t->keys);
-        PyMem_Free(t->vals);
+        PyMem_Free(t->slots);
         PyMem_Free(t);
     }
     return capsule;
@@ -192,11 +206,13 @@ static int index_run(Table **tables, Table **second, long long member, const Run
         Py_ssize_t last = roll_keys(r->items, e, r->mm, keys);
         if (last < 0) return -1;
         for (Py_ssize_t m = r->n; m <= last; m++) {
-            if (second) {
-                int64_t old = table_get(tables[m], keys[m]);
-                if (old >= 0 && (old >> 32) != member && table_set(second[m], keys[m], old) < 0) return -1;
+            if (!second) {
+                if (table_set(tables[m], keys[m], r->tag | e) < 0) return -1;
+                continue;
             }
-            if (table_set(tables[m], keys[m], r->tag | e) < 0) return -1;
+            int64_t old = table_exchange(tables[m], keys[m], r->tag | e);
+            if (old == -2) return -1;
+            if (old >= 0 && (old >> 32) != member && table_set(second[m], keys[m], old) < 0) return -1;
         }
     }
     return 0;
