@@ -18,8 +18,10 @@ long, with the best expected throughput.
 A search that finds nothing worth drafting costs its time for nothing. Each search's outcome (the
 gain of what it drafted, net of the search; minus the search's cost where it drafted nothing) is
 kept as a decayed mean per batch size. While that mean is not positive, the gate's "could pay"
-searches only every ceil(c / SEARCH_SHARE) steps (c: a search's cost in plain steps), so fruitless
-searches cost about SEARCH_SHARE of the time, and one that finds copies worth drafting reopens it.
+searches less often: 1, 2, 4 ... steps after each fruitless one, up to every ceil(c / SEARCH_SHARE)
+steps (c: a search's cost in plain steps), so that searches that keep finding nothing cost about
+SEARCH_SHARE of the time, one that merely came early (samples a few tokens in) is soon tried again,
+and one that finds copies worth drafting reopens it.
 
 Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
   - while drafting is believed to pay, a step now and then runs without drafts (a control step),
@@ -122,11 +124,20 @@ class _Budget:
     gain: float = 0.0  # believed throughput gain of drafting over plain steps (0.5: 1.5x), decayed mean
     outcome: float | None = None  # what a search brings, net of its cost (decayed mean; None: none yet)
     last_search: int = 0
+    fruitless: int = 0  # searches in a row that drafted nothing
 
 
 def _control_every(gain: float) -> int:
     """Steps between control steps: a control step forgoes gain / (1 + gain) of a step's tokens."""
     return max(CONTROL_EVERY, math.ceil(gain / (1.0 + gain) / CONTROL_SHARE))
+
+
+def _throttle(search_cost: float, fruitless: int) -> int:
+    """Steps from one throttled search to the next: ceil(c / SEARCH_SHARE) for a search that costs
+    c plain steps, reached by doubling from 1 over the fruitless searches in a row, so that one
+    that came too early (samples that have written a few tokens have little to copy yet) is tried
+    again soon, and only searches that keep finding nothing fall to SEARCH_SHARE of the time."""
+    return min(math.ceil(search_cost / SEARCH_SHARE), 1 << min(fruitless, 30))
 
 
 def _batch_bucket(n: int) -> int:
@@ -179,7 +190,7 @@ class DraftPolicy:
                 state.last_control = state.step
                 return _NO_SEARCH
             if (state.outcome is not None and state.outcome <= 0.0
-                    and state.step - state.last_search < math.ceil(search_s / plain / SEARCH_SHARE)):
+                    and state.step - state.last_search < _throttle(search_s / plain, state.fruitless)):
                 state.last_control = state.step  # a plain step anyway
                 return _NO_SEARCH  # recent searches found nothing worth drafting: not every step
             state.last_search = state.step
@@ -222,6 +233,7 @@ class DraftPolicy:
         if state is None or plain is None or plain <= 0:
             return
         outcome = gain if drafted > 0 else -search_s / plain
+        state.fruitless = 0 if drafted > 0 else state.fruitless + 1
         if state.outcome is None or (drafted > 0 and state.outcome <= 0.0):
             state.outcome = outcome  # the first, or a throttled search that found copies: searches resume at once
         else:

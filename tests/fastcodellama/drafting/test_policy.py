@@ -224,8 +224,9 @@ def test_while_drafting_pays_probes_draft_twice_the_believed_best_and_back_off()
 
 def test_searches_that_find_nothing_worth_drafting_are_throttled_until_one_does() -> None:
     """Draft rows are free, so the gate says copies could pay; but the searches find nothing (or
-    nothing likely enough), each costing a twentieth of a step. They come every
-    ceil(0.05 / SEARCH_SHARE) steps until one finds copies worth drafting; then every step again."""
+    nothing likely enough), each costing a twentieth of a step. After each the next waits twice as
+    long (1, 2, 4 steps: an early one may only have come too soon), up to every
+    ceil(0.05 / SEARCH_SHARE) steps, until one finds copies worth drafting; then every step again."""
     pol = fresh_policy()
     n, cost, search_s = 8, LinearCost(0.0), 0.4  # plain(8) = 8 s: a search costs 5% of a step
     every = math.ceil(search_s / cost.plain(n) / pol_mod.SEARCH_SHARE)
@@ -243,10 +244,14 @@ def test_searches_that_find_nothing_worth_drafting_are_throttled_until_one_does(
         return out
 
     idle = searched(nothing, 100) + [100 + i for i in searched(unlikely, 100)]
-    assert every >= 2 and 200 // every - 2 <= len(idle) <= 200 // every + 2
-    assert {b - a for a, b in zip(idle[1:], idle[2:])} <= {every, every + 1}  # + 1: a control step came first
+    gaps = [b - a for a, b in zip(idle, idle[1:])]
+    doubling = math.ceil(math.log2(every))  # fruitless searches before the gaps reach `every`
+    assert every >= 3 and gaps[0] < every and gaps[:doubling] == sorted(gaps[:doubling])
+    assert set(gaps[doubling:]) <= {every, every + 1}  # + 1: a control step came first
+    assert 200 // every - 2 <= len(idle) <= 200 // every + doubling + 2
     busy = searched(likely, 100)
     assert busy[0] < every and len(busy) > 100 - every - 100 // pol_mod.CONTROL_EVERY - 2
+    assert pol._budgets[n.bit_length()].fruitless == 0  # the next fruitless one waits 1 step again
 
 
 def test_an_exploring_step_costs_a_bounded_share_of_a_plain_one_where_costs_are_known() -> None:
