@@ -127,9 +127,7 @@ class AcceptanceModel:
         """record() of the bucket key (source, ml_bucket(match_len)) of a draft of drafted > 0
         tokens (a proposer keeps the key of each draft it made: one record a drafted sequence a step)."""
         d = self.decay
-        first = self.first[key]  # _Bucket.add, inline
-        first.num = first.num * d + (1.0 if accepted > 0 else 0.0)
-        first.den = first.den * d + 1.0
+        self.first[key].add(1.0 if accepted > 0 else 0.0, d)
         if accepted > 0:
             cont = self.cont[key]
             for i in range(1, min(accepted, drafted - 1) + 1):  # positions reached after the first

@@ -38,18 +38,17 @@ def check_token_ids(token_ids: Sequence[int]) -> None:
 
 
 class NgramTables:
-    """Most recent end of every m-gram of one text, for ends in [first_end, len(tokens) - 1].
+    """Most recent end of every m-gram of one text, for ends in [n, len(tokens) - 1].
 
     `tokens` is the caller's list (it grows in place); `sync()` indexes what was appended.
     """
 
     __slots__ = ("tokens", "tables", "next_end")
 
-    def __init__(self, tokens: list[int], n: int, max_match: int, first_end: int = 1,
-                 tables: TableFactory | None = None) -> None:
+    def __init__(self, tokens: list[int], n: int, max_match: int, tables: TableFactory | None = None) -> None:
         self.tokens = tokens
         self.tables = (tables or table_factory())(n, max_match)
-        self.next_end = max(first_end, n)
+        self.next_end = n
         self.sync()
 
     def sync(self) -> None:

@@ -48,11 +48,14 @@ static inline Slot *find(const Table *t, uint64_t key) {
 
 static inline int64_t table_get(const Table *t, uint64_t key) { return find(t, key)->val; }
 
-static inline void put(Table *t, uint64_t key, int64_t val) {
+/* Sets key to val (the table has room); returns the value it replaced, -1 for none. */
+static inline int64_t put(Table *t, uint64_t key, int64_t val) {
     Slot *s = find(t, key);
-    if (s->val < 0) t->size++;
+    int64_t old = s->val;
+    if (old < 0) t->size++;
     s->key = key;
     s->val = val;
+    return old;
 }
 
 static int grow(Table *t) {
@@ -79,13 +82,7 @@ static inline int table_set(Table *t, uint64_t key, int64_t val) {
 
 /* table_set that returns the value it replaced (-1: none, -2: out of memory), in one probe. */
 static inline int64_t table_exchange(Table *t, uint64_t key, int64_t val) {
-    if (room_for_one(t) < 0) return -2;
-    Slot *s = find(t, key);
-    int64_t old = s->val;
-    if (old < 0) t->size++;
-    s->key = key;
-    s->val = val;
-    return old;
+    return room_for_one(t) < 0 ? -2 : put(t, key, val);
 }
 
 /* Deletes key if it maps to val; later entries of its probe run shift back into the hole. */

@@ -58,7 +58,6 @@ class _Seq:
     prediction: NgramTables | None
     output: list[int]  # the accepted output: the engine's own list, or the proposer's (see extend)
     owns_output: bool
-    text: list[int]    # the group's text of it: prompt + the output handed to the index so far
     item: tuple | None = None  # its sources as ngram_tables.c's best_copies reads them (C tables only)
     idle: int = 0  # searches in a row that gave it no draft
     skip: int = 0  # searches it sits out before it is looked up again
@@ -150,8 +149,7 @@ class CopyProposer:
         self._next_member[group_id] = member + 1
         text = group.add_member(member, prompt_token_ids)
         st = self._seqs[seq_id] = _Seq(group_id, group, member, len(prompt_token_ids),
-                                       self._predictions.get(group_id), [] if output is None else output, output is None,
-                                       text)
+                                       self._predictions.get(group_id), [] if output is None else output, output is None)
         if self._best_copies is not None:
             st.item = self._item(st)
         if self._index_members is not None:
@@ -181,20 +179,18 @@ class CopyProposer:
     @staticmethod
     def _index(st: _Seq) -> None:
         """Hands the group's index what the sequence's output gained since the last time."""
-        out, have = st.output, len(st.text) - st.prompt_len
+        out, have = st.output, len(st.group.texts[st.member]) - st.prompt_len
         if len(out) > have:
             st.group.extend(st.member, out[have:])
 
     def _index_all(self) -> None:
-        """Before a search: every sequence's new tokens, its siblings' copies included. A job adds
-        all its sequences at once and most of them wait with nothing new: the test is inline.
-        With C tables, in one call (index_members) after what groups hold already (a member
-        extended through extend, a finished one, a join); in Python its reference."""
+        """Before a search: every sequence's new tokens, its siblings' copies included. With C
+        tables in one call (index_members), after what groups hold already (a member extended
+        through extend, a finished one, a join); with dicts a call a sequence, its reference."""
         if self._index_members is None:
             index = self._index
             for st in self._seqs.values():
-                if len(st.output) > len(st.text) - st.prompt_len:
-                    index(st)
+                index(st)
         runs: list[tuple] = []  # every group's new keys, indexed in one call (no lazy sync at the lookups)
         for group in self._groups.values():
             group.take_runs(runs)
