@@ -3,7 +3,9 @@ and the `anthropic` client. POST /v1/messages is /v1/chat/completions in Anthrop
 (api/anthropic_schemas.py: what is read; api/anthropic_stream.py: the answers); POST
 /v1/messages/count_tokens gives the prompt's length.
 
-Messages reach the chat template as OpenAI's do: `system` first; a user turn's tool_result blocks
+Messages reach the chat template as OpenAI's do: `system` first; a system message within the
+conversation (Claude Code's, beta mid-conversation-system) as a system message where it stands (a
+template that takes a system message only first refuses it: a 400); a user turn's tool_result blocks
 as tool messages (named by the tool_use they answer), its text blocks as one user message; an
 assistant turn's tool_use blocks as its tool_calls (input objects as arguments), its thinking
 blocks as its reasoning_content (Qwen3's template writes it back within a tool-calling turn). tool_choice auto,
@@ -98,6 +100,9 @@ def chat_messages(req: AnthropicCount) -> list[dict[str, Any]]:
         out.append({"role": "system", "content": _texts(req.system, "system")})
     names: dict[str, str] = {}  # tool_use id -> the tool's name
     for i, m in enumerate(req.messages):
+        if m.role == "system":
+            out.append({"role": "system", "content": _texts(m.content, f"messages[{i}]")})
+            continue
         blocks = [{"type": "text", "text": m.content}] if isinstance(m.content, str) else m.content
         texts, calls, results, thoughts = [], [], [], []
         for block in blocks:

@@ -13,7 +13,8 @@ from api.schemas import MAX_STOP, RequestBody
 
 
 class AnthropicMessage(RequestBody):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"] = Field(description="system: a system message within the "
+                                                         "conversation (Claude Code sends them so), text only.")
     content: Union[str, list[dict[str, Any]]]
 
 

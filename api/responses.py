@@ -8,9 +8,12 @@ system message; a message item by its role (developer as system), its text parts
 function_call item as a call of the assistant turn before it (or of a turn of its own), its
 function_call_output as a tool message naming that call's function; a reasoning item's text as
 the next assistant turn's reasoning_content (Qwen3's template writes it back within a
-tool-calling turn). Images, files and the hosted tools are a 400; nothing is stored, so
-previous_response_id is a 400 too. Function tools, tool_choice (auto, none, required, a named
-function), parallel_tool_calls, text.format (text, json_object, json_schema), max_output_tokens
+tool-calling turn). Images and files are a 400; nothing is stored, so previous_response_id is a
+400 too. Function tools, and the function tools of a namespace (the Codex CLI sends its sub-agent
+tools so), which the model calls as "namespace.name" and whose calls come back as function_call
+items naming both; OpenAI's hosted tools (web_search, file_search, ...) are left out of what the
+model is offered, as they run on OpenAI's servers (the Codex CLI sends web_search with every turn).
+tool_choice (auto, none, required, a named function), parallel_tool_calls, text.format (text, json_object, json_schema), max_output_tokens
 as a bound, temperature, top_p and `seed` (an extension) act as in chat.
 """
 from __future__ import annotations
@@ -22,14 +25,20 @@ from typing import Any
 from aiohttp import web
 
 from api.chat import build_chat_plan
-from api.chat_schemas import ChatMessage, ChatRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormat, Tool
+from api.chat_schemas import (MAX_TOOLS, ChatMessage, ChatRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormat,
+                              Tool)
 from api.completions import CompletionPlan
 from api.errors import bad_request
 from api.generation import CLIENT, answer, read_request, state_of
-from api.responses_schemas import ResponsesRequest, TextFormat
+from api.responses_schemas import ResponsesRequest, ResponsesTool, TextFormat
 from api.responses_stream import Outcome, ResponseStream
 from api.state import AppState
 from api.tool_calls import ToolCalling
+
+
+# OpenAI's hosted tools: they run on OpenAI's servers, so none is offered to the model here.
+HOSTED = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11",
+                    "file_search", "code_interpreter", "image_generation", "mcp", "tool_search"})
 
 
 def add_responses_routes(app: web.Application) -> None:
@@ -41,8 +50,9 @@ async def responses(request: web.Request) -> web.StreamResponse:
     arrival = time.monotonic()
     try:
         req = await read_request(request, ResponsesRequest)
-        plan, calls = await _plan(req, state, request[CLIENT])
-        outcome = Outcome.of(req, plan, calls, arrival)
+        tools, namespaced = offered_tools(req.tools)
+        plan, calls = await _plan(req, tools, state, request[CLIENT])
+        outcome = Outcome.of(req, plan, calls, arrival, namespaced)
         del req
         return await answer(request, plan, arrival, lambda p, finals: outcome.whole(finals[0]),
                             lambda: ResponseStream(request, outcome))
@@ -50,13 +60,14 @@ async def responses(request: web.Request) -> web.StreamResponse:
         state.memory.after_request(request.content_length)
 
 
-async def _plan(req: ResponsesRequest, state: AppState, client: str) -> tuple[CompletionPlan, ToolCalling | None]:
+async def _plan(req: ResponsesRequest, tools: list[Tool], state: AppState,
+                client: str) -> tuple[CompletionPlan, ToolCalling | None]:
     if req.previous_response_id:
         raise bad_request("previous_response_id: no response is stored here; send the whole conversation in input.",
                           param="previous_response_id")
     asked = ChatRequest.model_construct(
         messages=[ChatMessage.model_validate(m) for m in chat_messages(req)],
-        tools=[_tool(t, i) for i, t in enumerate(req.tools)] if req.tools else None,
+        tools=tools or None,
         tool_choice=_tool_choice(req.tool_choice), parallel_tool_calls=req.parallel_tool_calls, logprobs=False,
         top_logprobs=None, n=1, response_format=_response_format(req.text.format if req.text else None),
         max_tokens=min(req.max_output_tokens or state.engine.max_model_len, state.engine.max_model_len,
@@ -126,25 +137,54 @@ def _text(content: Any, index: int) -> str:
 
 
 def _call(item: dict, index: int) -> dict[str, Any]:
-    name, arguments = item.get("name"), item.get("arguments", "{}")
-    if not isinstance(name, str) or not isinstance(arguments, str):
+    name, arguments, namespace = item.get("name"), item.get("arguments", "{}"), item.get("namespace")
+    if not isinstance(name, str) or not isinstance(arguments, str) or not isinstance(namespace, (str, type(None))):
         raise bad_request(f"input[{index}]: a function_call needs a name and its arguments as JSON text", param="input")
+    name = f"{namespace}.{name}" if namespace else name
     call_id = str(item.get("call_id") or item.get("id") or f"call_{uuid.uuid4().hex[:8]}")
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _tool(tool, index: int) -> Tool:
+def offered_tools(tools: list[ResponsesTool] | None) -> tuple[list[Tool], dict[str, tuple[str, str]]]:
+    """The function tools the model is offered, and the (namespace, name) of each namespaced one by
+    the name the model calls it by (the module's docstring)."""
+    offered: list[Tool] = []
+    namespaced: dict[str, tuple[str, str]] = {}
+    for i, tool in enumerate(tools or ()):
+        if tool.type in HOSTED:
+            continue
+        if tool.type != "namespace":
+            offered.append(_function(tool, tool.name, f"tools[{i}]"))
+            continue
+        if not tool.name or not tool.tools:
+            raise bad_request(f"tools[{i}]: a namespace needs a name and its tools", param="tools")
+        for j, inner in enumerate(tool.tools):
+            called = f"{tool.name}.{inner.name}"
+            offered.append(_function(inner, called, f"tools[{i}].tools[{j}]"))
+            namespaced[called] = (tool.name, inner.name)
+    names = [t.function.name for t in offered]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise bad_request(f"tools: more than one tool is called {', '.join(map(repr, twice))}", param="tools")
+    if len(offered) > MAX_TOOLS:
+        raise bad_request(f"tools: at most {MAX_TOOLS} function tools, namespaces' included", param="tools")
+    return offered, namespaced
+
+
+def _function(tool: ResponsesTool, name: str | None, where: str) -> Tool:
     if tool.type != "function" or not tool.name:
-        raise bad_request(f"tools[{index}]: a tool of type {tool.type!r} does not run here; only function tools "
-                          "with a name (the client runs them).", param="tools")
+        raise bad_request(f"{where}: a tool of type {tool.type!r} does not run here; only function tools with a "
+                          "name (the client runs them), namespaces of them, and OpenAI's hosted tools (left out).",
+                          param="tools")
     return Tool.model_validate({"type": "function", "function": {
-        "name": tool.name, "description": tool.description, "parameters": tool.parameters}})
+        "name": name, "description": tool.description, "parameters": tool.parameters}})
 
 
 def _tool_choice(choice) -> Any:
     if choice is None or isinstance(choice, str):
         return choice
-    return NamedToolChoice.model_validate({"type": "function", "function": {"name": choice.name}})
+    name = f"{choice.namespace}.{choice.name}" if choice.namespace else choice.name
+    return NamedToolChoice.model_validate({"type": "function", "function": {"name": name}})
 
 
 def _response_format(fmt: TextFormat | None) -> ResponseFormat | None:

@@ -14,16 +14,20 @@ MAX_ITEMS = 4 * MAX_MESSAGES  # messages, and the calls and their outputs betwee
 
 
 class ResponsesTool(RequestBody):
-    type: str = Field(description="function; the hosted tools (web_search, file_search, ...) are refused.")
+    type: str = Field(description="function, or namespace (function tools under a shared name, as the Codex CLI "
+                      "sends its sub-agent tools); OpenAI's hosted tools (web_search, file_search, ...) are left "
+                      "out of what the model is offered; other types are refused.")
     name: Optional[str] = Field(None, max_length=256)
     description: Optional[str] = None
     parameters: Optional[dict[str, Any]] = Field(None, description="A JSON schema of its arguments.")
     strict: Optional[bool] = None
+    tools: Optional[list["ResponsesTool"]] = Field(None, max_length=MAX_TOOLS, description="namespace: its tools.")
 
 
 class NamedFunctionChoice(RequestBody):
     type: Literal["function"]
     name: str
+    namespace: Optional[str] = None
 
 
 class TextFormat(RequestBody):

@@ -42,9 +42,11 @@ class Outcome:
     settings: dict[str, Any]  # the request's fields a response object repeats
     calls: ToolCalling | None = None
     thinking: Thinking | None = None
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)  # a call's name -> (namespace, name)
 
     @classmethod
-    def of(cls, req: ResponsesRequest, plan: CompletionPlan, calls: ToolCalling | None, arrival: float) -> "Outcome":
+    def of(cls, req: ResponsesRequest, plan: CompletionPlan, calls: ToolCalling | None, arrival: float,
+           namespaced: dict[str, tuple[str, str]] | None = None) -> "Outcome":
         fmt = req.text.format.model_dump(by_alias=True, exclude_none=True) if req.text and req.text.format else None
         settings = {
             "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
@@ -54,7 +56,7 @@ class Outcome:
                 req.tool_choice or "auto"),
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or ()], "reasoning": req.reasoning,
             "text": {"format": fmt or {"type": "text"}}, "store": False, "truncation": "disabled", "metadata": {}}
-        return cls(plan.request_id, req.model, int(time.time()), settings, calls, plan.thinking)
+        return cls(plan.request_id, req.model, int(time.time()), settings, calls, plan.thinking, namespaced or {})
 
     def head(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
              out: RequestOutput | None = None) -> dict[str, Any]:
@@ -69,7 +71,7 @@ class Outcome:
         """The whole response: its items in the order the answer wrote them, as a stream gives them
         (text after a call is a message of its own)."""
         reasoning, read = AnswerDeltas(self.calls, self.thinking).new(out.outputs[0])
-        items = Items()
+        items = Items(self.namespaced)
         output = [items.reasoning(reasoning, "completed")] if reasoning else []
         if not read.made:
             text = read.content
@@ -95,6 +97,7 @@ def usage_of(out: RequestOutput) -> dict[str, Any]:
 class Items:
     """One response's output items, each with an id of its own that its events repeat."""
 
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)  # Outcome.namespaced
     reasoning_id: str = field(default_factory=lambda: f"rs_{uuid.uuid4().hex}")
     message_id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
 
@@ -106,10 +109,12 @@ class Items:
         content = [] if text is None else [output_text(text)]
         return {"type": "message", "id": self.message_id, "status": status, "role": "assistant", "content": content}
 
-    @staticmethod
-    def call(call: ToolCall, status: str = "completed", arguments: str | None = None) -> dict[str, Any]:
+    def call(self, call: ToolCall, status: str = "completed", arguments: str | None = None) -> dict[str, Any]:
+        """A function_call item; a namespaced function's names its namespace and its own name."""
+        namespace, name = self.namespaced.get(call.name, (None, call.name))
         return {"type": "function_call", "id": f"fc_{call.id.removeprefix('call_')}", "call_id": call.id,
-                "name": call.name, "arguments": call.arguments if arguments is None else arguments, "status": status}
+                "name": name, **({"namespace": namespace} if namespace else {}),
+                "arguments": call.arguments if arguments is None else arguments, "status": status}
 
 
 def output_text(text: str) -> dict[str, Any]:
@@ -123,7 +128,7 @@ class ResponseStream(OpensOnWrite):
 
     request: web.Request
     outcome: Outcome
-    _items: Items = field(default_factory=Items)
+    _items: Items = field(init=False)
     _deltas: AnswerDeltas | None = None
     _number: int = 0
     _open: str | None = None  # the kind of the item open: "reasoning", "message", "call" or None
@@ -132,6 +137,7 @@ class ResponseStream(OpensOnWrite):
     _output: list[dict[str, Any]] = field(default_factory=list)  # the items done
 
     def __post_init__(self) -> None:
+        self._items = Items(self.outcome.namespaced)
         self._out = OpenedOnWrite(self.request, SSE_HEADERS)
         self._deltas = AnswerDeltas(self.outcome.calls, self.outcome.thinking)
 
@@ -162,7 +168,7 @@ class ResponseStream(OpensOnWrite):
     def _call_opened(self, call: ToolCall) -> bytes:
         self._open, self._call, self._texts["call"] = "call", call, ""
         return self._event("response.output_item.added", {"output_index": len(self._output),
-                                                          "item": Items.call(call, "in_progress", "")})
+                                                          "item": self._items.call(call, "in_progress", "")})
 
     def _opened(self, kind: str) -> bytes:
         """The events that close the open item unless it is of this kind, and open one of it."""
@@ -181,7 +187,7 @@ class ResponseStream(OpensOnWrite):
 
     def _where(self, kind: str) -> dict[str, Any]:
         if kind == "call":
-            return {"item_id": Items.call(self._call)["id"], "output_index": len(self._output)}
+            return {"item_id": self._items.call(self._call)["id"], "output_index": len(self._output)}
         item_id = self._items.reasoning_id if kind == "reasoning" else self._items.message_id
         return {"item_id": item_id, "output_index": len(self._output), "content_index": 0}
 
@@ -198,7 +204,7 @@ class ResponseStream(OpensOnWrite):
             return b""
         text, where = self._texts[kind], self._where(kind)
         if kind == "call":
-            item = Items.call(self._call, arguments=text)
+            item = self._items.call(self._call, arguments=text)
             data = self._event("response.function_call_arguments.done", {**where, "arguments": text})
         elif kind == "reasoning":
             item = self._items.reasoning(text, "completed")

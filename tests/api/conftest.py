@@ -1,21 +1,43 @@
 """What the API tests share: one HTTP client session per test module; a chat template and answers
-made for a test module's `server` (the embedded model never writes a tool call)."""
+made for a test module's `server` (the embedded model never writes a tool call); a copy of the
+embedded model that takes agents' long requests."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import shutil
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
 from api.chat_template import ChatTemplate
+from engine import DEFAULT_MODEL
+
+# Agents' requests (their instructions and tools) run to thousands of tokens, past the embedded
+# model's context: a copy of it told it takes this many serves them (its rotary positions go on).
+LONG_CONTEXT = 65536
+# An agent's turn (tool_turn): the command the model asks for prints TOOL_WORD, and once its output is
+# in the prompt the model answers TOOL_ANSWER.
+TOOL_WORD = "fastcodellama-tool-ran"
+TOOL_ANSWER = f"The command printed {TOOL_WORD}."
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def http():
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory) -> str:
+    """A copy of the embedded model whose context is LONG_CONTEXT tokens."""
+    model = tmp_path_factory.mktemp("long") / "codemodel"
+    shutil.copytree(DEFAULT_MODEL, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": LONG_CONTEXT}))
+    return str(model)
 
 
 @pytest.fixture
@@ -49,3 +71,34 @@ def answers(server, monkeypatch):
 
         monkeypatch.setattr(engine, "generate", generate)
     return write
+
+
+def hermes_call(name: str, arguments: dict) -> str:
+    """A call as a Hermes template's model writes it."""
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(arguments)}}}\n</tool_call>'
+
+
+class Prompts(list):
+    """The prompts the engine got, as text; `first`: the model's answer until the command's output
+    is in the prompt (TOOL_ANSWER then)."""
+
+    first = ""
+
+
+@pytest.fixture
+def tool_turn(server, template, monkeypatch) -> Prompts:
+    """An agent's turn with a Hermes template: the model writes `first` (a hermes_call), then the answer."""
+    from tests.api.test_chat_tools import HERMES
+    template(HERMES)
+    engine, seen = server.state.engine, Prompts()
+    real = engine.generate
+
+    def generate(prompt, params, request_id, **kwargs):
+        text = engine.tokenizer.decode(prompt)
+        seen.append(text)
+        answer = TOOL_ANSWER if TOOL_WORD in text else seen.first
+        ids = tuple(engine.tokenizer.encode(answer, add_bos=False))
+        return real(prompt, dataclasses.replace(params, replay_token_ids=(ids,) * params.n), request_id, **kwargs)
+
+    monkeypatch.setattr(engine, "generate", generate)
+    return seen

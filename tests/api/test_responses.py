@@ -189,7 +189,7 @@ async def test_a_json_schema_format_holds_the_answer(client):
 
 @pytest.mark.parametrize("extra, word", [
     ({"previous_response_id": "resp_1"}, "previous_response_id"),
-    ({"tools": [{"type": "web_search"}]}, "web_search"),
+    ({"tools": [{"type": "local_shell"}]}, "local_shell"),
     ({"input": [{"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input_image"),
     ({"input": [{"type": "local_shell_call", "call_id": "c"}]}, "local_shell_call"),

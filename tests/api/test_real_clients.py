@@ -1,0 +1,73 @@
+"""The real Codex CLI and Claude Code against a live server, each through a whole agent turn: the
+model asks for a shell command (a call written in Hermes' format, replayed through the engine:
+the embedded model writes none), the client runs it and sends its output back, and the model's
+answer is what the client prints. Run where the clients' binaries are: FASTCODELLAMA_REAL_CLIENTS
+names a folder with `codex` and `claude` in it (`npm install @openai/codex @anthropic-ai/claude-code`
+then node_modules/.bin); skipped elsewhere, as in CI, where the bodies those clients sent are
+replayed instead (tests/api/test_client_bodies.py)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import pytest
+import pytest_asyncio
+
+from api.config import ServerConfig
+from api.server import build_engine
+from api.testing import running_server
+from engine import EngineConfig
+from tests.api.conftest import LONG_CONTEXT, TOOL_ANSWER as ANSWER, TOOL_WORD as WORD, hermes_call as call
+
+BIN = os.environ.get("FASTCODELLAMA_REAL_CLIENTS", "")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"),
+              pytest.mark.skipif(not BIN, reason="FASTCODELLAMA_REAL_CLIENTS names no folder with the clients")]
+
+KEY = "real-client-key"
+ASK = "Run a shell command that prints a word, then tell me the word."
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def server(long_model):
+    engine = build_engine(EngineConfig(model=long_model, num_kv_blocks=8192, block_size=16, max_num_seqs=4,
+                                       max_num_batched_tokens=4096))
+    config = ServerConfig(served_model_names=("coder",), port=0, api_key=KEY, max_request_tokens=LONG_CONTEXT)
+    async with running_server(engine, config) as srv:
+        yield srv
+
+
+async def run(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env={**os.environ, **env},
+                                                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=600)
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
+async def test_the_codex_cli_runs_a_command_and_answers(server, tool_turn, tmp_path):
+    tool_turn.first = call("exec_command", {"cmd": f"echo {WORD}"})
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        'model = "coder"\nmodel_provider = "local"\n[model_providers.local]\nname = "fastcodellama"\n'
+        f'base_url = "{server.url}/v1"\nwire_api = "responses"\nenv_key = "LOCAL_KEY"\n')
+    code, out = await run([os.path.join(BIN, "codex"), "exec", "--skip-git-repo-check",
+                           "--dangerously-bypass-approvals-and-sandbox", ASK],
+                          {"CODEX_HOME": str(home), "LOCAL_KEY": KEY}, str(tmp_path))
+    assert code == 0, out
+    assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
+
+
+async def test_claude_code_runs_a_command_and_answers(server, tool_turn, tmp_path):
+    tool_turn.first = call("Bash", {"command": f"echo {WORD}", "description": "Print a word"})
+    env = {"HOME": str(tmp_path), "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": KEY,
+           "DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+    code, out = await run([os.path.join(BIN, "claude"), "-p", ASK, "--model", "coder", "--allowedTools", "Bash"],
+                          env, str(tmp_path))
+    assert code == 0, out
+    assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
+
+
+async def test_the_clients_are_where_the_variable_says():
+    assert all(shutil.which(name, path=BIN) for name in ("codex", "claude")), BIN
