@@ -1,8 +1,10 @@
-"""The requests the real Codex CLI (0.171.0) and Claude Code (2.1.197) sent in a whole agent turn
-(tests/api/test_real_clients.py, 2026-12-06), replayed over real HTTP with the headers they sent:
-the first asks for a shell command, the second carries its output; the clients' own long texts are
-cut from them (tests/data/README.md). Codex offers function tools, its sub-agents' tools in a
-namespace and OpenAI's web search; Claude Code puts a system message within the conversation."""
+"""The requests the real Codex CLI (0.171.0), Claude Code (2.1.197), Qwen Code (0.15.10) and
+opencode (1.18.33) sent in a whole agent turn (tests/api/test_real_clients.py, 2026-12-06),
+replayed over real HTTP with the headers they sent: the first asks for a shell command, the next
+carries its output (opencode first asks for a title); the clients' own long texts are cut from them
+(tests/data/README.md). Codex offers function tools, its sub-agents' tools in a namespace and
+OpenAI's web search; Claude Code puts a system message within the conversation; Qwen Code and
+opencode speak OpenAI's chat completions."""
 from __future__ import annotations
 
 import json
@@ -13,7 +15,7 @@ import pytest_asyncio
 
 from api.config import ServerConfig
 from api.server import build_engine
-from api.testing import running_server, typed_sse_events, wait_idle
+from api.testing import running_server, sse_events, typed_sse_events, wait_idle
 from engine import EngineConfig
 from tests.api.conftest import LONG_CONTEXT, TOOL_ANSWER as ANSWER, TOOL_WORD as WORD, hermes_call as call
 from tests.api.test_chat_tools import HERMES
@@ -30,6 +32,7 @@ def bodies(name: str) -> list[dict]:
 
 
 CODEX, CLAUDE = bodies("codex_cli_0.171.0.json"), bodies("claude_code_2.1.197.json")
+CHAT_AGENTS = {"qwen_code_0.15.10.json": "run_shell_command", "opencode_1.18.33.json": "bash"}
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -41,14 +44,26 @@ async def server(long_model):
         yield srv
 
 
-async def post(server, http, request: dict) -> list[dict]:
-    """The captured request sent as the client sent it; its answer's events."""
+async def post_text(server, http, request: dict) -> str:
+    """The captured request sent as the client sent it; its answer's stream."""
     headers = {**request["headers"], "Authorization": f"Bearer {KEY}", "x-api-key": KEY}
     async with http.post(f"{server.url}{request['path']}", data=json.dumps(request["body"]), headers=headers) as r:
         text = await r.text()
         assert r.status == 200, text
         assert r.headers["Content-Type"].startswith("text/event-stream")
-    return typed_sse_events(text)
+    return text
+
+
+def chat_chunks(text: str) -> list[dict]:
+    """A chat completion stream's chunks; it ends with [DONE]."""
+    *events, done = sse_events(text)
+    assert done == "[DONE]"
+    return [json.loads(e) for e in events]
+
+
+async def post(server, http, request: dict) -> list[dict]:
+    """post_text's events, typed (the Responses and Messages APIs)."""
+    return typed_sse_events(await post_text(server, http, request))
 
 
 async def test_codex_gets_its_call_then_its_answer(server, http, tool_turn):
@@ -126,3 +141,19 @@ async def test_a_tool_of_a_type_the_client_runs_but_this_server_cannot_offer_is_
         {"type": "function", "name": "n.f"}, {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "f"}]}]}
     async with http.post(f"{server.url}/v1/responses", json=twice, headers={"Authorization": f"Bearer {KEY}"}) as r:
         assert r.status == 400 and "'n.f'" in (await r.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_AGENTS))
+async def test_chat_completion_agents_get_their_call_then_their_answer(server, http, tool_turn, name):
+    tool_turn.first = call(CHAT_AGENTS[name], {"command": f"echo {WORD}"})
+    *asks, last = bodies(name)
+    for request in asks:
+        chunks = chat_chunks(await post_text(server, http, request))
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    assert calls[0]["function"]["name"] == CHAT_AGENTS[name]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+    assert chunks[-1]["usage"]["prompt_tokens"] > 1000  # stream_options include_usage (opencode)
+    chunks = chat_chunks(await post_text(server, http, last))
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == ANSWER
+    await wait_idle(http, server.url)

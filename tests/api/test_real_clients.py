@@ -1,13 +1,15 @@
-"""The real Codex CLI and Claude Code against a live server, each through a whole agent turn: the
+"""The real Codex CLI, Claude Code, Qwen Code and opencode against a live server, each through a whole agent turn: the
 model asks for a shell command (a call written in Hermes' format, replayed through the engine:
 the embedded model writes none), the client runs it and sends its output back, and the model's
 answer is what the client prints. Run where the clients' binaries are: FASTCODELLAMA_REAL_CLIENTS
-names a folder with `codex` and `claude` in it (`npm install @openai/codex @anthropic-ai/claude-code`
-then node_modules/.bin); skipped elsewhere, as in CI, where the bodies those clients sent are
-replayed instead (tests/api/test_client_bodies.py)."""
+names a folder with `codex`, `claude`, `qwen` and `opencode` in it (`npm install @openai/codex
+@anthropic-ai/claude-code @qwen-code/qwen-code opencode-ai`, then node_modules/.bin); skipped
+elsewhere, as in CI, where the bodies those clients sent are replayed instead
+(tests/api/test_client_bodies.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 
@@ -69,5 +71,26 @@ async def test_claude_code_runs_a_command_and_answers(server, tool_turn, tmp_pat
     assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
 
 
+async def test_qwen_code_runs_a_command_and_answers(server, tool_turn, tmp_path):
+    tool_turn.first = call("run_shell_command", {"command": f"echo {WORD}"})
+    env = {"HOME": str(tmp_path), "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": f"{server.url}/v1", "OPENAI_MODEL": "coder"}
+    code, out = await run([os.path.join(BIN, "qwen"), "-p", ASK, "--yolo", "--auth-type", "openai"], env, str(tmp_path))
+    assert code == 0, out
+    assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
+
+
+async def test_opencode_runs_a_command_and_answers(server, tool_turn, tmp_path):
+    tool_turn.first = call("bash", {"command": f"echo {WORD}", "description": "Print a word"})
+    config = tmp_path / ".config" / "opencode"
+    config.mkdir(parents=True)
+    (config / "opencode.json").write_text(json.dumps({"provider": {"local": {
+        "npm": "@ai-sdk/openai-compatible", "name": "fastcodellama",
+        "options": {"baseURL": f"{server.url}/v1", "apiKey": KEY}, "models": {"coder": {"name": "coder"}}}}}))
+    code, out = await run([os.path.join(BIN, "opencode"), "run", "--model", "local/coder", ASK],
+                          {"HOME": str(tmp_path), "OPENCODE_DISABLE_AUTOUPDATE": "1"}, str(tmp_path))
+    assert code == 0, out
+    assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
+
+
 async def test_the_clients_are_where_the_variable_says():
-    assert all(shutil.which(name, path=BIN) for name in ("codex", "claude")), BIN
+    assert all(shutil.which(name, path=BIN) for name in ("codex", "claude", "qwen", "opencode")), BIN
