@@ -181,7 +181,10 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda if available
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: from kv_cache_memory_gb
-    kv_cache_memory_gb: float = 2.0
+    # None: on a GPU, what gpu_memory_utilization leaves once the weights and a step's activations
+    # are counted; on the CPU, 2 (engine/kv_budget.py).
+    kv_cache_memory_gb: float | None = None
+    gpu_memory_utilization: float = 0.9  # the share of the GPU's memory the engine may hold, all told
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None: the model's max_position_embeddings
@@ -207,6 +210,8 @@ class EngineConfig:
         _check(self.max_num_batched_tokens >= self.max_num_seqs,
                "max_num_batched_tokens must be >= max_num_seqs (every running sequence needs a token per step)")
         _check(self.num_kv_blocks is None or self.num_kv_blocks >= 1, "num_kv_blocks must be >= 1")
+        _check(self.kv_cache_memory_gb is None or self.kv_cache_memory_gb > 0, "kv_cache_memory_gb must be > 0")
+        _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]")
         _check(self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1")
         _check(self.cuda_graph_max_rows >= 1, "cuda_graph_max_rows must be >= 1")
 

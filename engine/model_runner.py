@@ -14,6 +14,7 @@ from engine import fast_paths
 from engine.attention import get_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.kernels import cpu as cpu_kernels
+from engine.kv_budget import kv_cache_bytes
 from engine.loader import iter_checkpoint_tensors
 from engine.models.llama import LlamaForCausalLM
 from engine.models.registry import model_class
@@ -46,7 +47,7 @@ class ModelRunner:
         fast_paths.report(self.paths, packed, self.model.cpu_stack is not None)
         self.backend = get_backend(self.paths.attention, self.device.type, model_config.backend_window,
                                    model_config.head_dim)
-        self.num_blocks = config.num_kv_blocks or self._blocks_for_memory(config.kv_cache_memory_gb)
+        self.num_blocks = config.num_kv_blocks or self._blocks_for_memory()
         mc = model_config
         # One block more than the scheduler hands out: padding rows of static steps write there.
         shape = (mc.num_layers, self._planes(), self.num_blocks + 1, mc.num_kv_heads, config.block_size, mc.head_dim)
@@ -88,11 +89,17 @@ class ModelRunner:
         the key and the value of every head (engine/models/mla.py)."""
         return 1 if self.model_config.latent_attention is not None else 2
 
-    def _blocks_for_memory(self, gigabytes: float) -> int:
+    def _blocks_for_memory(self) -> int:
+        """The blocks engine/kv_budget.py's bytes hold; said in the log (a GPU's share is measured)."""
         mc = self.model_config
-        per_block = self._planes() * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim
-        per_block *= torch.tensor([], dtype=self.dtype).element_size()
-        return max(1, int(gigabytes * 2**30) // per_block)
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        per_block = self._planes() * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim * element
+        gpu = torch.cuda.mem_get_info(self.device) if self.device.type == "cuda" else None
+        blocks = max(1, kv_cache_bytes(self.config, mc, element, gpu) // per_block)
+        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)%s", blocks, self.config.block_size,
+                 blocks * per_block / 2**30, "" if self.config.kv_cache_memory_gb is not None or gpu is None else
+                 f", what {self.config.gpu_memory_utilization:.2f} of the GPU's memory leaves")
+        return blocks
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> torch.Tensor:

@@ -8,6 +8,7 @@ import time
 import torch
 
 from engine import DEFAULT_MODEL, EngineConfig
+from engine.config import ModelConfig
 from engine.llm_engine import LLMEngine
 from engine.models.registry import model_class, model_config
 from engine.proposer import Draft
@@ -49,10 +50,14 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 10) -> floa
     return 2 * nbytes * repeats / seconds
 
 
+def shape_config(shape: str) -> ModelConfig:
+    return model_config(dict(SHAPES[shape], architectures=["LlamaForCausalLM"], model_type="llama"))
+
+
 def random_model(shape: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     """The engine's Llama in `shape` with random weights, made and filled on the device (filling
     7B weights on the host takes minutes)."""
-    cfg = model_config(dict(SHAPES[shape], architectures=["LlamaForCausalLM"], model_type="llama"))
+    cfg = shape_config(shape)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in the target dtype: no float32 copy of the weights
     try:

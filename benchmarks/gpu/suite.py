@@ -55,7 +55,8 @@ import shapes  # noqa: E402
 from traces import load_workload, replay_params  # noqa: E402
 
 from api.tool_calls import forced_opening, xml_call  # noqa: E402
-from engine import DEFAULT_MODEL, LLM, SamplingParams  # noqa: E402
+from engine import DEFAULT_MODEL, LLM, EngineConfig, SamplingParams  # noqa: E402
+from engine.kv_budget import kv_cache_bytes  # noqa: E402
 from engine.json_schema import compile_schema  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
@@ -281,7 +282,8 @@ def decode_and_verify(args, device, model) -> dict:
     bw = shapes.copy_bandwidth(device, (256 if args.quick else 2048) * 2**20)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {"copy_bandwidth_gbs": bw / 1e9, "weight_gb": weight_bytes / 1e9,
-           "roofline_b1_tokens_per_s": bw / weight_bytes, "decode": [], "verify": []}
+           "roofline_b1_tokens_per_s": bw / weight_bytes, "decode": [], "verify": [],
+           "auto_kv_cache_gb": auto_kv_cache_gb(args, device)}
     max_len = args.prompt_len + args.gen_len + 32
     for graphs in ((True, False) if device.type == "cuda" else (False,)):
         start = time.perf_counter()
@@ -311,6 +313,16 @@ def decode_and_verify(args, device, model) -> dict:
         del engine
         shapes.free(device)
     return out
+
+
+def auto_kv_cache_gb(args, device) -> float | None:
+    """The KV cache a user's engine would get on this GPU with the weights on it (engine/kv_budget.py,
+    defaults); the suite's own engines take --kv-cache-gb."""
+    if device.type != "cuda":
+        return None
+    element = torch.tensor([], dtype=shapes.DTYPES[args.dtype]).element_size()
+    return kv_cache_bytes(EngineConfig(dtype=args.dtype), shapes.shape_config(args.shape), element,
+                          torch.cuda.mem_get_info(device)) / 1e9
 
 
 def cost_table(part: dict) -> list[list[float]]:
@@ -487,7 +499,8 @@ def markdown(results: dict) -> str:
     b = results.get("b")
     if b:
         lines += ["## b. decode", "", f"copy bandwidth {b['copy_bandwidth_gbs']:.0f} GB/s, weights {b['weight_gb']:.2f} GB, "
-                  f"batch-1 roofline {b['roofline_b1_tokens_per_s']:.1f} tokens/s; {b.get('graph_capture', '')}", ""]
+                  f"batch-1 roofline {b['roofline_b1_tokens_per_s']:.1f} tokens/s; {b.get('graph_capture', '')}; "
+                  f"a user's engine's KV cache here (defaults): {fmt(b.get('auto_kv_cache_gb'), 1)} GB", ""]
         lines += measure.markdown_table(["batch", "graphs", "decode tok/s", "step ms", "of roofline"],
                                         [[r["batch"], r["graphs"], fmt(r["decode_tokens_per_s"]), fmt(r["step_ms"], 2),
                                           f"{r['share_of_roofline']:.0%}" if r["share_of_roofline"] else ""]

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from fastcodellama.cli.values import non_negative_int, positive_float, positive_int
+from fastcodellama.cli.values import non_negative_int, positive_float, positive_int, probability
 from fastcodellama.job.types import ReplicaSpec
 from fastcodellama.ray_cluster import LOCAL, RayConfig
 
@@ -101,7 +101,11 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
     g.add_argument("--num-kv-blocks", type=positive_int, default=d("num_kv_blocks"),
                    help="KV-cache blocks (overrides --kv-cache-memory-gb)")
     g.add_argument("--kv-cache-memory-gb", type=positive_float, default=d("kv_cache_memory_gb"),
-                   help="default %(default)s")
+                   help="the KV cache's size (default: on a GPU, what --gpu-memory-utilization leaves after the "
+                        "weights and a step's activations; 2 on the CPU)")
+    g.add_argument("--gpu-memory-utilization", type=probability, default=d("gpu_memory_utilization"),
+                   help="the share of the GPU's memory the engine may hold: weights, KV cache, activations "
+                        "(default %(default)s)")
     g.add_argument("--max-num-seqs", type=positive_int, default=d("max_num_seqs"),
                    help="sequences running at once (default %(default)s)")
     g.add_argument("--max-num-batched-tokens", type=positive_int, default=d("max_num_batched_tokens"),

@@ -1,6 +1,7 @@
 """Loading a checkpoint into the runner: the model's storage, and what start-up imports."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -55,7 +56,6 @@ def test_the_cpu_kv_cache_is_zeros_that_take_memory_only_where_written():
 
 
 def test_a_capture_that_fails_leaves_eager_steps_and_says_why(monkeypatch):
-    import dataclasses
 
     from engine import LLM, SamplingParams
     from engine.model_runner import ModelRunner
@@ -95,8 +95,10 @@ def test_latent_attention_caches_one_plane_seen_as_keys_and_values(tmp_path, mon
     caches = runner.kv_caches
     assert caches.shape[1] == 2 and runner.kv_planes.shape[1] == 1
     assert caches[:, 0].data_ptr() == caches[:, 1].data_ptr() and caches.abs().sum() > 0
-    one_plane = runner._blocks_for_memory(0.01)
+    monkeypatch.setattr(runner, "config", dataclasses.replace(runner.config, kv_cache_memory_gb=0.01))
+    one_plane = runner._blocks_for_memory()
     monkeypatch.setattr(ModelRunner, "_planes", lambda self: 2)
     two_planes, twice = run()
     assert twice == tokens and two_planes.kv_planes.shape[1] == 2
-    assert one_plane // 2 <= two_planes._blocks_for_memory(0.01) <= one_plane // 2 + 1
+    monkeypatch.setattr(two_planes, "config", runner.config)
+    assert one_plane // 2 <= two_planes._blocks_for_memory() <= one_plane // 2 + 1
