@@ -56,7 +56,6 @@ def test_the_cpu_kv_cache_is_zeros_that_take_memory_only_where_written():
 
 
 def test_a_capture_that_fails_leaves_eager_steps_and_says_why(monkeypatch):
-
     from engine import LLM, SamplingParams
     from engine.model_runner import ModelRunner
 
