@@ -78,8 +78,12 @@ async def test_streams_never_split_a_character_and_stop_strings_cut_exactly(serv
         if wide:
             break
     assert wide, "no sample had a multi-byte character"
-    streamed, chunks = await streamed_text(http, url, {**body, "seed": seed})
-    assert streamed == text and len(chunks) > 2
+    for _ in range(5):  # a busy machine may hand a stream out in two chunks: the property needs more
+        streamed, chunks = await streamed_text(http, url, {**body, "seed": seed})
+        assert streamed == text
+        if len(chunks) > 2:
+            break
+    assert len(chunks) > 2
     for stop in (wide[0], text[text.index(wide[0]) - 1:text.index(wide[0]) + 1]):
         cut = text[:text.index(stop)]
         whole = await post(http, url, {**body, "seed": seed, "stop": [stop]})
