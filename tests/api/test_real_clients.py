@@ -21,6 +21,7 @@ from api.server import build_engine
 from api.testing import running_server
 from engine import EngineConfig
 from tests.api.conftest import LONG_CONTEXT, TOOL_ANSWER as ANSWER, TOOL_WORD as WORD, hermes_call as call
+from tests.api.test_chat_tools import HERMES
 
 BIN = os.environ.get("FASTCODELLAMA_REAL_CLIENTS", "")
 pytestmark = [pytest.mark.asyncio(loop_scope="module"),
@@ -47,8 +48,15 @@ async def run(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, str]
     return proc.returncode, out.decode("utf-8", "replace")
 
 
-async def test_the_codex_cli_runs_a_command_and_answers(server, tool_turn, tmp_path):
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_the_codex_cli_runs_a_command_and_answers(server, tool_turn, template, tmp_path, thinking):
+    """Thinking, the model's reasoning goes out as a reasoning item, and Codex sends it back."""
     tool_turn.first = call("exec_command", {"cmd": f"echo {WORD}"})
+    if thinking:
+        template(HERMES.replace("{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant",
+                                "{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant"
+                                "{%- if m.reasoning_content %}\n<think>\n{{ m.reasoning_content }}\n</think>{%- endif %}"))
+        tool_turn.first = "<think>\nI should run it.\n</think>\n\n" + tool_turn.first
     home = tmp_path / "codex-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -59,6 +67,7 @@ async def test_the_codex_cli_runs_a_command_and_answers(server, tool_turn, tmp_p
                           {"CODEX_HOME": str(home), "LOCAL_KEY": KEY}, str(tmp_path))
     assert code == 0, out
     assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
+    assert not thinking or "I should run it." in tool_turn[-1]  # the reasoning item, back in the conversation
 
 
 async def test_claude_code_runs_a_command_and_answers(server, tool_turn, tmp_path):
