@@ -25,8 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from api.chat import build_chat_plan
-from api.chat_schemas import (MAX_TOOLS, ChatMessage, ChatRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormat,
-                              Tool)
+from api.chat_schemas import ChatMessage, ChatRequest, JsonSchemaFormat, NamedToolChoice, ResponseFormat, Tool
 from api.completions import CompletionPlan
 from api.errors import bad_request
 from api.generation import CLIENT, answer, read_request, state_of
@@ -166,8 +165,6 @@ def offered_tools(tools: list[ResponsesTool] | None) -> tuple[list[Tool], dict[s
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise bad_request(f"tools: more than one tool is called {', '.join(map(repr, twice))}", param="tools")
-    if len(offered) > MAX_TOOLS:
-        raise bad_request(f"tools: at most {MAX_TOOLS} function tools, namespaces' included", param="tools")
     return offered, namespaced
 
 

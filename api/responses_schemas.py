@@ -72,6 +72,16 @@ class ResponsesRequest(RequestBody):
             raise ValueError(f"at most {MAX_ITEMS} input items")
         return value
 
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _few_tools(cls, value):
+        """Counted before they are read: namespaces of namespaces' worth of tools would take seconds."""
+        if isinstance(value, list):
+            inner = sum(len(t["tools"]) for t in value if isinstance(t, dict) and isinstance(t.get("tools"), list))
+            if len(value) + inner > MAX_TOOLS:
+                raise ValueError(f"at most {MAX_TOOLS} tools, namespaces' included")
+        return value
+
     def items(self) -> list[dict[str, Any]]:
         if isinstance(self.input, str):
             return [{"type": "message", "role": "user", "content": self.input}]

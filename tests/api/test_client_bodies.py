@@ -141,6 +141,11 @@ async def test_a_tool_of_a_type_the_client_runs_but_this_server_cannot_offer_is_
         {"type": "function", "name": "n.f"}, {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "f"}]}]}
     async with http.post(f"{server.url}/v1/responses", json=twice, headers={"Authorization": f"Bearer {KEY}"}) as r:
         assert r.status == 400 and "'n.f'" in (await r.json())["error"]["message"]
+    # Tools are counted before they are read: a namespace's count with the rest.
+    many = {"model": "coder", "input": "hi", "tools": [
+        {"type": "namespace", "name": f"n{i}", "tools": [{"type": "function", "name": "f"}] * 300} for i in range(2)]}
+    async with http.post(f"{server.url}/v1/responses", json=many, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status == 400 and "at most 512 tools" in (await r.json())["error"]["message"]
 
 
 @pytest.mark.parametrize("name", sorted(CHAT_AGENTS))
