@@ -10,8 +10,8 @@ from api.ollama_schemas import OllamaChatRequest, OllamaGenerateRequest, OllamaM
 from api.anthropic_schemas import AnthropicCount, AnthropicRequest
 from api.responses_schemas import ResponsesRequest
 from api.tokenize_schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, ErrorResponse, FimRequest, Health,
-                         ModelList)
+from api.schemas import (CompletionRequest, CompletionResponse, CopilotToken, CopilotUser, ErrorResponse, FimRequest,
+                         Health, ModelList)
 
 _REF = "#/components/schemas/{model}"
 
@@ -64,6 +64,7 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
               (ChatRequest, "validation"), (ChatResponse, "serialization"), (ChatChunk, "serialization"),
               (FimRequest, "validation"), (InfillRequest, "validation"), (InfillResponse, "serialization"),
               (ModelList, "serialization"), (Health, "serialization"), (CopilotToken, "serialization"),
+              (CopilotUser, "serialization"),
               (TokenizeRequest, "validation"), (TokenizeResponse, "serialization"),
               (DetokenizeRequest, "validation"), (DetokenizeResponse, "serialization"),
               (ErrorResponse, "serialization"), (OllamaGenerateRequest, "validation"),
@@ -109,6 +110,8 @@ def build_openapi(title: str, version: str, auth: bool) -> dict:
                                            **_errors(401)}}},
         "/copilot_internal/v2/token": {"get": {"summary": "Copilot session token", "operationId": "copilotToken",
                                                "responses": {"200": _json(CopilotToken, "Token"), **_errors(401)}}},
+        "/copilot_internal/user": {"get": {"summary": "Copilot's signed-in user", "operationId": "copilotUser",
+                                           "responses": {"200": _json(CopilotUser, "User"), **_errors(401)}}},
         "/api/generate": {"post": {"summary": "Ollama's generate (raw, suffix, context; options)",
                                    "operationId": "ollamaGenerate", **_ollama(OllamaGenerateRequest)}},
         "/api/chat": {"post": {"summary": "Ollama's chat (tools: calls with object arguments)",

@@ -15,7 +15,7 @@ from api.metrics import CONTENT_TYPE_LATEST
 from api.ollama import add_ollama_routes
 from api.anthropic import add_anthropic_routes
 from api.responses import add_responses_routes
-from api.schemas import CompletionRequest, CopilotToken, Health, ModelCard, ModelList
+from api.schemas import CompletionRequest, CopilotToken, CopilotUser, Health, ModelCard, ModelList
 from api.streaming import CompletionStream
 
 TEN_YEARS = 10 * 365 * 24 * 3600
@@ -33,6 +33,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/copilot_internal/v2/token", copilot_token)
+    app.router.add_get("/copilot_internal/user", copilot_user)
     app.router.add_get("/openapi.json", openapi)
     add_ollama_routes(app)
     add_anthropic_routes(app)
@@ -48,6 +49,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 # The engine names Copilot and the common FauxPilot recipe ask for: served whatever the model's name.
 COPILOT_ENGINES = ("codegen", "copilot-codex")
+
+
+def is_copilot_engine(name: str) -> bool:
+    """The engine names Copilot's clients pick themselves (copilot-codex; its language server's model
+    of the day, gpt-4o-copilot, gpt-41-copilot, ...) and FauxPilot's codegen: each is the served model."""
+    return name in COPILOT_ENGINES or name.startswith("copilot-") or name.endswith("-copilot")
 
 
 async def engine_completions(request: web.Request) -> web.StreamResponse:
@@ -66,7 +73,7 @@ async def _complete_request(request: web.Request, engine_name: str | None) -> we
     state = state_of(request)
     arrival = time.monotonic()
     names = list(state.config.served_model_names)
-    if engine_name is not None and engine_name not in names and engine_name not in COPILOT_ENGINES:
+    if engine_name is not None and engine_name not in names and not is_copilot_engine(engine_name):
         request[CLIENT] = state.clients.client_of(request.headers.get("Authorization"), request.remote)
         raise APIError(404, f"The engine {engine_name!r} does not exist; this server serves {names[0]!r}: restart "
                             f"it with --served-model-name {names[0]} {engine_name}", param="engine",
@@ -122,8 +129,26 @@ async def copilot_token(request: web.Request) -> web.Response:
     # With keys, the caller passed auth with one of them: that one is its session token.
     given = request.headers.get("Authorization", "").partition(" ")[2].strip()
     token = given if state.config.api_keys else f"fastcodellama-{secrets.token_hex(16)}"
-    body = CopilotToken(token=token, expires_at=int(time.time()) + TEN_YEARS, refresh_in=1500)
-    return web.Response(text=body.model_dump_json(), content_type="application/json")
+    body = CopilotToken(token=token, expires_at=int(time.time()) + TEN_YEARS, refresh_in=1500,
+                        endpoints=_copilot_endpoints(request))
+    return _as_github(body.model_dump_json())
+
+
+async def copilot_user(request: web.Request) -> web.Response:
+    """The signed-in user as Copilot's language server asks after its token (a plan, where its
+    requests go)."""
+    return _as_github(CopilotUser(endpoints=_copilot_endpoints(request)).model_dump_json())
+
+
+def _copilot_endpoints(request: web.Request) -> dict[str, str]:
+    base = f"{request.scheme}://{request.host}"
+    return {"api": base, "proxy": base}
+
+
+def _as_github(text: str) -> web.Response:
+    """A JSON answer with the request-id header every GitHub API answer has: Copilot's language
+    server takes an answer without it for a proxy's and refuses it."""
+    return web.Response(text=text, content_type="application/json", headers={"x-github-request-id": secrets.token_hex(8)})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -260,6 +260,17 @@ class CopilotToken(BaseModel):
     token: str
     expires_at: int
     refresh_in: int
+    # Where the client sends what it asks of Copilot ("api", "proxy": completions): this server.
+    endpoints: dict[str, str] = {}
+
+
+class CopilotUser(BaseModel):
+    """The signed-in user, as Copilot's language server asks after its token."""
+
+    login: str = "fastcodellama"
+    copilot_plan: str = "individual"
+    chat_enabled: bool = False
+    endpoints: dict[str, str] = {}
 
 
 class ErrorObject(BaseModel):

@@ -1,10 +1,12 @@
 """The requests the real Codex CLI (0.171.0), Claude Code (2.1.197), Qwen Code (0.15.10) and
-opencode (1.18.33) sent in a whole agent turn (tests/api/test_real_clients.py, 2026-12-06),
-replayed over real HTTP with the headers they sent: the first asks for a shell command, the next
-carries its output (opencode first asks for a title); the clients' own long texts are cut from them
+opencode (1.18.33) sent in a whole agent turn, and GitHub Copilot's language server (1.539.0) for
+an inline completion (tests/api/test_real_clients.py, 2026-12-06), replayed over real HTTP with the
+headers they sent: an agent's first request asks for a shell command, the next carries its output
+(opencode first asks for a title); the clients' own long texts are cut from them
 (tests/data/README.md). Codex offers function tools, its sub-agents' tools in a namespace and
 OpenAI's web search; Claude Code puts a system message within the conversation; Qwen Code and
-opencode speak OpenAI's chat completions."""
+opencode speak OpenAI's chat completions; Copilot's language server takes its token and user
+from the server before it asks for a completion of its model of the day."""
 from __future__ import annotations
 
 import json
@@ -162,3 +164,23 @@ async def test_chat_completion_agents_get_their_call_then_their_answer(server, h
     chunks = chat_chunks(await post_text(server, http, last))
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == ANSWER
     await wait_idle(http, server.url)
+
+
+async def test_copilots_language_server_gets_its_token_user_and_completion(server, http, answers):
+    """Its token and user answers must carry GitHub's request-id header (it takes an answer
+    without one for a proxy's) and name this server as where completions go."""
+    answers("    if n < 2:\n        return n\n")
+    token, user, complete = bodies("copilot_language_server_1.539.0.json")
+    auth = {"Authorization": f"token {KEY}"}
+    for request in (token, user):
+        async with http.get(f"{server.url}{request['path']}", headers={**request["headers"], **auth}) as r:
+            assert r.status == 200 and r.headers["x-github-request-id"]
+            assert (await r.json())["endpoints"] == {"api": server.url, "proxy": server.url}
+    async with http.get(f"{server.url}{token['path']}", headers={**token["headers"], **auth}) as r:
+        session = (await r.json())["token"]
+    request = {**complete, "headers": {**complete["headers"], "Authorization": f"Bearer {session}"}}
+    assert request["path"] == "/v1/engines/gpt-41-copilot/completions"  # not a served name: Copilot's own
+    chunks = chat_chunks(await post_text(server, http, request))
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "    if n < 2:\n        return n\n"
+    async with http.post(f"{server.url}/v1/engines/gpt-41/completions", json=complete["body"], headers=auth) as r:
+        assert r.status == 404  # an engine name that is neither served nor Copilot's

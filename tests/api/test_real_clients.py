@@ -1,9 +1,11 @@
-"""The real Codex CLI, Claude Code, Qwen Code and opencode against a live server, each through a whole agent turn: the
+"""The real Codex CLI, Claude Code, Qwen Code and opencode against a live server, each through a
+whole agent turn, and GitHub Copilot's language server through an inline completion: the
 model asks for a shell command (a call written in Hermes' format, replayed through the engine:
 the embedded model writes none), the client runs it and sends its output back, and the model's
 answer is what the client prints. Run where the clients' binaries are: FASTCODELLAMA_REAL_CLIENTS
-names a folder with `codex`, `claude`, `qwen` and `opencode` in it (`npm install @openai/codex
-@anthropic-ai/claude-code @qwen-code/qwen-code opencode-ai`, then node_modules/.bin); skipped
+names a folder with `codex`, `claude`, `qwen`, `opencode` and `copilot-language-server` in it
+(`npm install @openai/codex @anthropic-ai/claude-code @qwen-code/qwen-code opencode-ai
+@github/copilot-language-server`, then node_modules/.bin); skipped
 elsewhere, as in CI, where the bodies those clients sent are replayed instead
 (tests/api/test_client_bodies.py)."""
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 
 import pytest
 import pytest_asyncio
@@ -101,5 +104,79 @@ async def test_opencode_runs_a_command_and_answers(server, tool_turn, tmp_path):
     assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
 
 
+class LanguageServer:
+    """A language server over stdio (JSON-RPC with Content-Length frames), as an editor drives it;
+    its requests to the editor get empty answers."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc, self.next_id, self.waiting = proc, 0, {}
+        self.reader = asyncio.ensure_future(self._read())
+
+    def _send(self, message: dict) -> None:
+        data = json.dumps({"jsonrpc": "2.0", **message}).encode()
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(data) + data)
+
+    def notify(self, method: str, params: dict) -> None:
+        self._send({"method": method, "params": params})
+
+    async def request(self, method: str, params: dict) -> dict:
+        self.next_id += 1
+        self.waiting[self.next_id] = answer = asyncio.get_running_loop().create_future()
+        self._send({"id": self.next_id, "method": method, "params": params})
+        return await asyncio.wait_for(answer, 120)
+
+    async def _read(self) -> None:
+        while True:
+            length = 0
+            while (line := await self.proc.stdout.readline()).strip():
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if not length:
+                return
+            message = json.loads(await self.proc.stdout.readexactly(length))
+            if "method" not in message:
+                self.waiting.pop(message["id"]).set_result(message)
+            elif "id" in message:  # the server asks the editor (configuration, progress): nothing to give
+                params = message.get("params")
+                items = params.get("items") if isinstance(params, dict) else None
+                self._send({"id": message["id"], "result": [{}] * len(items) if isinstance(items, list) else None})
+
+
+async def test_github_copilots_language_server_completes_a_line(server, answers, tmp_path):
+    """The language server that Copilot's editor plugins run (Neovim, Vim, Zed, JetBrains, ...),
+    signed in by environment variables whose API URL is this server: it takes its token and user
+    here, then asks this server for the inline completion."""
+    answers("if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n")
+    env = {"HOME": str(tmp_path), "GH_COPILOT_TOKEN": KEY, "GH_COPILOT_API_URL": server.url,
+           "GH_COPILOT_SERVER_URL": server.url}
+    proc = await asyncio.create_subprocess_exec(os.path.join(BIN, "copilot-language-server"), "--stdio",
+                                                env={**os.environ, **env}, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                                                start_new_session=True)  # its workers go with it
+    ls = LanguageServer(proc)
+    try:
+        editor = {"editorInfo": {"name": "Neovim", "version": "0.10.0"},
+                  "editorPluginInfo": {"name": "test-plugin", "version": "1.0.0"}}
+        await ls.request("initialize", {"processId": os.getpid(), "capabilities": {"workspace": {"configuration": True}},
+                                        "rootUri": None, "workspaceFolders": None, "initializationOptions": editor})
+        ls.notify("initialized", {})
+        ls.notify("workspace/didChangeConfiguration", {"settings": {}})  # it answers completions after it has some
+        assert (await ls.request("checkStatus", {}))["result"]["status"] == "OK"
+        uri = (tmp_path / "fib.py").as_uri()
+        ls.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
+                                                            "text": "def fibonacci(n):\n    "}})
+        got = await ls.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri, "version": 1}, "position": {"line": 1, "character": 4},
+            "context": {"triggerKind": 2}, "formattingOptions": {"tabSize": 4, "insertSpaces": True}})
+        items = got["result"]["items"]
+        # The model's answer, cut where Copilot cuts a suggestion (the first block).
+        assert items and "if n < 2:\n        return n" in items[0]["insertText"], got
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        ls.reader.cancel()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
 async def test_the_clients_are_where_the_variable_says():
-    assert all(shutil.which(name, path=BIN) for name in ("codex", "claude", "qwen", "opencode")), BIN
+    names = ("codex", "claude", "qwen", "opencode", "copilot-language-server")
+    assert all(shutil.which(name, path=BIN) for name in names), BIN
