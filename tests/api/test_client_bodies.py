@@ -1,11 +1,11 @@
-"""The requests the real Codex CLI (0.171.0), Claude Code (2.1.197), Qwen Code (0.15.10) and
-opencode (1.18.33) sent in a whole agent turn, and GitHub Copilot's language server (1.539.0) for
+"""The requests the real Codex CLI (0.171.0), Claude Code (2.1.197), Qwen Code (0.15.10), opencode
+(1.18.33) and the Continue CLI (1.5.47) sent in a whole agent turn, and GitHub Copilot's language server (1.539.0) for
 an inline completion (tests/api/test_real_clients.py, 2026-12-06), replayed over real HTTP with the
 headers they sent: an agent's first request asks for a shell command, the next carries its output
 (opencode first asks for a title); the clients' own long texts are cut from them
 (tests/data/README.md). Codex offers function tools, its sub-agents' tools in a namespace and
-OpenAI's web search; Claude Code puts a system message within the conversation; Qwen Code and
-opencode speak OpenAI's chat completions; Copilot's language server takes its token and user
+OpenAI's web search; Claude Code puts a system message within the conversation; Qwen Code, opencode
+and Continue speak OpenAI's chat completions; Copilot's language server takes its token and user
 from the server before it asks for a completion of its model of the day."""
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def bodies(name: str) -> list[dict]:
 
 
 CODEX, CLAUDE = bodies("codex_cli_0.171.0.json"), bodies("claude_code_2.1.197.json")
-CHAT_AGENTS = {"qwen_code_0.15.10.json": "run_shell_command", "opencode_1.18.33.json": "bash"}
+CHAT_AGENTS = {"qwen_code_0.15.10.json": "run_shell_command", "opencode_1.18.33.json": "bash",
+               "continue_cli_1.5.47.json": "Bash"}
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -1,11 +1,11 @@
-"""The real Codex CLI, Claude Code, Qwen Code and opencode against a live server, each through a
-whole agent turn, and GitHub Copilot's language server through an inline completion: the
+"""The real Codex CLI, Claude Code, Qwen Code, opencode and the Continue CLI against a live server,
+each through a whole agent turn, and GitHub Copilot's language server through an inline completion: the
 model asks for a shell command (a call written in Hermes' format, replayed through the engine:
 the embedded model writes none), the client runs it and sends its output back, and the model's
 answer is what the client prints. Run where the clients' binaries are: FASTCODELLAMA_REAL_CLIENTS
-names a folder with `codex`, `claude`, `qwen`, `opencode` and `copilot-language-server` in it
+names a folder with `codex`, `claude`, `qwen`, `opencode`, `cn` and `copilot-language-server` in it
 (`npm install @openai/codex @anthropic-ai/claude-code @qwen-code/qwen-code opencode-ai
-@github/copilot-language-server`, then node_modules/.bin); skipped
+@continuedev/cli @github/copilot-language-server`, then node_modules/.bin); skipped
 elsewhere, as in CI, where the bodies those clients sent are replayed instead
 (tests/api/test_client_bodies.py)."""
 from __future__ import annotations
@@ -177,6 +177,17 @@ async def test_github_copilots_language_server_completes_a_line(server, answers,
         await asyncio.wait_for(proc.wait(), 30)
 
 
+async def test_the_continue_cli_runs_a_command_and_answers(server, tool_turn, tmp_path):
+    tool_turn.first = call("Bash", {"command": f"echo {WORD}"})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"name: local\nversion: 1.0.0\nschema: v1\nmodels:\n  - name: coder\n    provider: openai\n"
+                      f"    model: coder\n    apiBase: {server.url}/v1\n    apiKey: {KEY}\n    roles: [chat, edit, apply]\n")
+    code, out = await run([os.path.join(BIN, "cn"), "-p", ASK, "--config", str(config), "--auto"],
+                          {"HOME": str(tmp_path)}, str(tmp_path))
+    assert code == 0, out
+    assert ANSWER in out and any(WORD in p for p in tool_turn[1:]), out
+
+
 async def test_the_clients_are_where_the_variable_says():
-    names = ("codex", "claude", "qwen", "opencode", "copilot-language-server")
+    names = ("codex", "claude", "qwen", "opencode", "cn", "copilot-language-server")
     assert all(shutil.which(name, path=BIN) for name in names), BIN
