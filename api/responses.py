@@ -13,8 +13,9 @@ tool-calling turn). Images and files are a 400; nothing is stored, so previous_r
 tools so), which the model calls as "namespace.name" and whose calls come back as function_call
 items naming both; OpenAI's hosted tools (web_search, file_search, ...) are left out of what the
 model is offered, as they run on OpenAI's servers (the Codex CLI sends web_search with every turn).
-tool_choice (auto, none, required, a named function), parallel_tool_calls, text.format (text, json_object, json_schema), max_output_tokens
-as a bound, temperature, top_p and `seed` (an extension) act as in chat.
+tool_choice (auto, none, required, a named function), parallel_tool_calls, text.format (text,
+json_object, json_schema), max_output_tokens as a bound, temperature, top_p and `seed` (an
+extension) act as in chat.
 """
 from __future__ import annotations
 

@@ -148,7 +148,8 @@ def _copilot_endpoints(request: web.Request) -> dict[str, str]:
 def _as_github(text: str) -> web.Response:
     """A JSON answer with the request-id header every GitHub API answer has: Copilot's language
     server takes an answer without it for a proxy's and refuses it."""
-    return web.Response(text=text, content_type="application/json", headers={"x-github-request-id": secrets.token_hex(8)})
+    return web.Response(text=text, content_type="application/json",
+                        headers={"x-github-request-id": secrets.token_hex(8)})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -141,7 +141,8 @@ async def test_a_tool_of_a_type_the_client_runs_but_this_server_cannot_offer_is_
         async with http.post(f"{server.url}/v1/responses", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
             assert r.status == 400 and word in (await r.json())["error"]["message"]
     twice = {"model": "coder", "input": "hi", "tools": [
-        {"type": "function", "name": "n.f"}, {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "f"}]}]}
+        {"type": "function", "name": "n.f"},
+        {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "f"}]}]}
     async with http.post(f"{server.url}/v1/responses", json=twice, headers={"Authorization": f"Bearer {KEY}"}) as r:
         assert r.status == 400 and "'n.f'" in (await r.json())["error"]["message"]
     # Tools are counted before they are read: a namespace's count with the rest.

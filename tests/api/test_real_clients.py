@@ -56,9 +56,9 @@ async def test_the_codex_cli_runs_a_command_and_answers(server, tool_turn, templ
     """Thinking, the model's reasoning goes out as a reasoning item, and Codex sends it back."""
     tool_turn.first = call("exec_command", {"cmd": f"echo {WORD}"})
     if thinking:
-        template(HERMES.replace("{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant",
-                                "{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant"
-                                "{%- if m.reasoning_content %}\n<think>\n{{ m.reasoning_content }}\n</think>{%- endif %}"))
+        turn = "{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant"
+        template(HERMES.replace(turn, turn + "{%- if m.reasoning_content %}\n<think>\n{{ m.reasoning_content }}\n"
+                                             "</think>{%- endif %}"))
         tool_turn.first = "<think>\nI should run it.\n</think>\n\n" + tool_turn.first
     home = tmp_path / "codex-home"
     home.mkdir()
@@ -157,8 +157,9 @@ async def test_github_copilots_language_server_completes_a_line(server, answers,
     try:
         editor = {"editorInfo": {"name": "Neovim", "version": "0.10.0"},
                   "editorPluginInfo": {"name": "test-plugin", "version": "1.0.0"}}
-        await ls.request("initialize", {"processId": os.getpid(), "capabilities": {"workspace": {"configuration": True}},
-                                        "rootUri": None, "workspaceFolders": None, "initializationOptions": editor})
+        await ls.request("initialize", {"processId": os.getpid(), "rootUri": None, "workspaceFolders": None,
+                                        "capabilities": {"workspace": {"configuration": True}},
+                                        "initializationOptions": editor})
         ls.notify("initialized", {})
         ls.notify("workspace/didChangeConfiguration", {"settings": {}})  # it answers completions after it has some
         assert (await ls.request("checkStatus", {}))["result"]["status"] == "OK"
@@ -181,7 +182,8 @@ async def test_the_continue_cli_runs_a_command_and_answers(server, tool_turn, tm
     tool_turn.first = call("Bash", {"command": f"echo {WORD}"})
     config = tmp_path / "config.yaml"
     config.write_text(f"name: local\nversion: 1.0.0\nschema: v1\nmodels:\n  - name: coder\n    provider: openai\n"
-                      f"    model: coder\n    apiBase: {server.url}/v1\n    apiKey: {KEY}\n    roles: [chat, edit, apply]\n")
+                      f"    model: coder\n    apiBase: {server.url}/v1\n    apiKey: {KEY}\n"
+                      "    roles: [chat, edit, apply]\n")
     code, out = await run([os.path.join(BIN, "cn"), "-p", ASK, "--config", str(config), "--auto"],
                           {"HOME": str(tmp_path)}, str(tmp_path))
     assert code == 0, out
