@@ -19,6 +19,7 @@ extension) act as in chat.
 """
 from __future__ import annotations
 
+import collections
 import time
 import uuid
 from typing import Any
@@ -162,9 +163,9 @@ def offered_tools(tools: list[ResponsesTool] | None) -> tuple[list[Tool], dict[s
             called = f"{tool.name}.{inner.name}"
             offered.append(_function(inner, called, f"tools[{i}].tools[{j}]"))
             namespaced[called] = (tool.name, inner.name)
-    names = [t.function.name for t in offered]
-    if len(set(names)) < len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
+    counts = collections.Counter(t.function.name for t in offered)
+    if len(counts) < len(offered):
+        twice = sorted(name for name, n in counts.items() if n > 1)
         raise bad_request(f"tools: more than one tool is called {', '.join(map(repr, twice))}", param="tools")
     return offered, namespaced
 

@@ -3,17 +3,22 @@ made for a test module's `server` (the embedded model never writes a tool call);
 embedded model that takes agents' long requests."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
 import shutil
+from typing import AsyncIterator
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
 from api.chat_template import ChatTemplate
-from engine import DEFAULT_MODEL
+from api.config import ServerConfig
+from api.server import build_engine
+from api.testing import RunningServer, running_server
+from engine import DEFAULT_MODEL, EngineConfig
 
 # Agents' requests (their instructions and tools) run to thousands of tokens, past the embedded
 # model's context: a copy of it told it takes this many serves them (its rotary positions go on).
@@ -38,6 +43,16 @@ def long_model(tmp_path_factory) -> str:
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": LONG_CONTEXT}))
     return str(model)
+
+
+@contextlib.asynccontextmanager
+async def agent_server(long_model: str, key: str, kv_blocks: int) -> AsyncIterator[RunningServer]:
+    """A server of the long-context copy, served as "coder", for agents' requests."""
+    engine = build_engine(EngineConfig(model=long_model, num_kv_blocks=kv_blocks, block_size=16, max_num_seqs=4,
+                                       max_num_batched_tokens=4096))
+    config = ServerConfig(served_model_names=("coder",), port=0, api_key=key, max_request_tokens=LONG_CONTEXT)
+    async with running_server(engine, config) as srv:
+        yield srv
 
 
 @pytest.fixture

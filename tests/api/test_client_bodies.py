@@ -15,11 +15,8 @@ import os
 import pytest
 import pytest_asyncio
 
-from api.config import ServerConfig
-from api.server import build_engine
-from api.testing import running_server, sse_events, typed_sse_events, wait_idle
-from engine import EngineConfig
-from tests.api.conftest import LONG_CONTEXT, TOOL_ANSWER as ANSWER, TOOL_WORD as WORD, hermes_call as call
+from api.testing import sse_events, typed_sse_events, wait_idle
+from tests.api.conftest import TOOL_ANSWER as ANSWER, TOOL_WORD as WORD, agent_server, hermes_call as call
 from tests.api.test_chat_tools import HERMES
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -40,10 +37,7 @@ CHAT_AGENTS = {"qwen_code_0.15.10.json": "run_shell_command", "opencode_1.18.33.
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def server(long_model):
-    engine = build_engine(EngineConfig(model=long_model, num_kv_blocks=2048, block_size=16, max_num_seqs=4,
-                                       max_num_batched_tokens=2048))
-    config = ServerConfig(served_model_names=("coder",), port=0, api_key=KEY, max_request_tokens=LONG_CONTEXT)
-    async with running_server(engine, config) as srv:
+    async with agent_server(long_model, KEY, kv_blocks=2048) as srv:
         yield srv
 
 

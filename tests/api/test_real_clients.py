@@ -19,11 +19,7 @@ import signal
 import pytest
 import pytest_asyncio
 
-from api.config import ServerConfig
-from api.server import build_engine
-from api.testing import running_server
-from engine import EngineConfig
-from tests.api.conftest import LONG_CONTEXT, TOOL_ANSWER as ANSWER, TOOL_WORD as WORD, hermes_call as call
+from tests.api.conftest import TOOL_ANSWER as ANSWER, TOOL_WORD as WORD, agent_server, hermes_call as call
 from tests.api.test_chat_tools import HERMES
 
 BIN = os.environ.get("FASTCODELLAMA_REAL_CLIENTS", "")
@@ -36,10 +32,7 @@ ASK = "Run a shell command that prints a word, then tell me the word."
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def server(long_model):
-    engine = build_engine(EngineConfig(model=long_model, num_kv_blocks=8192, block_size=16, max_num_seqs=4,
-                                       max_num_batched_tokens=4096))
-    config = ServerConfig(served_model_names=("coder",), port=0, api_key=KEY, max_request_tokens=LONG_CONTEXT)
-    async with running_server(engine, config) as srv:
+    async with agent_server(long_model, KEY, kv_blocks=8192) as srv:
         yield srv
 
 

@@ -2,6 +2,7 @@
 its memory leaves, with the arithmetic checked on a CodeLlama-7B shape and an 80 GB card."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -18,7 +19,6 @@ CODELLAMA_7B = dict(vocab_size=32016, hidden_size=4096, intermediate_size=11008,
 
 @pytest.fixture
 def shape_7b():
-    import dataclasses
     return dataclasses.replace(read_model_config(DEFAULT_MODEL), **CODELLAMA_7B)
 
 
