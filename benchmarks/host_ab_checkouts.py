@@ -96,8 +96,8 @@ class Timed:
         """CPU seconds of one search for copies over every decoding sequence, each looked up (no
         back-off), nothing new to index, its drafts thrown away: the mean of `searches`."""
         engine, proposers = self.engine, self.mod("fastcodellama.drafting.proposer")
-        queries = self.mod("engine.llm_engine")._Queries(engine.scheduler.decoding(), engine.max_model_len)
-        list(queries)
+        room, query = self.mod("engine.llm_engine")._room, self.mod("engine.proposer").DraftQuery
+        queries = [query(seq.seq_id, room(seq, engine.max_model_len)) for seq in engine.scheduler.decoding()]
         engine.proposer._index_all()
         decision = self.mod("fastcodellama.drafting.policy").Decision(True)
         skip_from, proposers.SKIP_FROM = proposers.SKIP_FROM, 1 << 30

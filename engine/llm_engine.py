@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, RequestOutput, SpecStats
 from engine.paths import step_cost_dir
-from engine.proposer import Draft, DraftQuery, Proposer
+from engine.proposer import Draft, DraftQueries, Proposer
 from engine.sampler import Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
@@ -354,7 +353,9 @@ class LLMEngine:
             return {}
         budget = max(0, self.config.max_num_batched_tokens - len(self.scheduler.running))
         seqs = self.scheduler.decoding()
-        drafts = self.proposer.propose(_Queries(seqs, self.max_model_len), budget, self.step_cost)
+        max_model_len = self.max_model_len
+        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: _room(seqs[i], max_model_len))
+        drafts = self.proposer.propose(queries, budget, self.step_cost)
         chosen = {}
         for seq, draft in zip(seqs, drafts):
             if draft.tokens:
@@ -408,32 +409,6 @@ class LLMEngine:
 
 
 _new_tuple = tuple.__new__
-
-
-class _Queries(abc.Sequence):
-    """The next step's draft queries, one per decoding sequence (max_len 0 where it may not draft),
-    built when the proposer first reads them: one that decides not to draft this step (most steps
-    of a large batch on a CPU) never pays for them."""
-
-    __slots__ = ("_seqs", "_max_model_len", "_items")
-
-    def __init__(self, seqs: list[Sequence], max_model_len: int) -> None:
-        self._seqs, self._max_model_len = seqs, max_model_len
-        self._items: list[DraftQuery] | None = None
-
-    def __len__(self) -> int:
-        return len(self._seqs)
-
-    def __getitem__(self, i):
-        return self._built()[i]
-
-    def __iter__(self):
-        return iter(self._built())
-
-    def _built(self) -> list[DraftQuery]:
-        if self._items is None:
-            self._items = [_new_tuple(DraftQuery, (seq.seq_id, _room(seq, self._max_model_len))) for seq in self._seqs]
-        return self._items
 
 
 def _room(seq: Sequence, max_model_len: int) -> int:

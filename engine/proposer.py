@@ -9,8 +9,9 @@ that the proposer decides in one place whether and how much to draft. `fastcodel
 """
 from __future__ import annotations
 
+from collections import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, Sequence
 
 if TYPE_CHECKING:
     from engine.step_cost import StepCost
@@ -22,6 +23,43 @@ class DraftQuery(NamedTuple):
 
     seq_id: int
     max_len: int  # the engine's own cap: tokens left before max_tokens / the context end
+
+
+class DraftQueries(abc.Sequence):
+    """A step's queries as the engine hands them over: the sequences' ids at once, each one's
+    max_len computed when first read. At a large batch most sequences sit out a search (their
+    back-off), and a proposer that decides not to search reads none: neither pays for them."""
+
+    __slots__ = ("seq_ids", "_max_len", "_lens")
+
+    def __init__(self, seq_ids: list[int], max_len: Callable[[int], int]) -> None:
+        """`max_len(i)`: the i-th query's max_len."""
+        self.seq_ids = seq_ids
+        self._max_len = max_len
+        self._lens: dict[int, int] = {}
+
+    @classmethod
+    def of(cls, queries: Sequence[DraftQuery]) -> "DraftQueries":
+        """Any sequence of queries (a list of them, in tests) as DraftQueries."""
+        if isinstance(queries, DraftQueries):
+            return queries
+        return cls([q.seq_id for q in queries], lambda i: queries[i].max_len)
+
+    def max_len(self, i: int) -> int:
+        n = self._lens.get(i)
+        if n is None:
+            n = self._lens[i] = self._max_len(i)
+        return n
+
+    def __len__(self) -> int:
+        return len(self.seq_ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return DraftQuery(self.seq_ids[i], self.max_len(i))
 
 
 @dataclass(frozen=True)
@@ -57,5 +95,5 @@ class Proposer(Protocol):
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: "StepCost") -> list[Draft]:
         """One draft per query (empty ones included), each at most `query.max_len`, all together
         at most `budget`. Called once after every step. `queries` holds every decoding sequence
-        (max_len 0 where it may not draft); its length is known at once, its items are built when
-        first read, so a proposer that decides from the length not to draft skips building them."""
+        (max_len 0 where it may not draft): from the engine a DraftQueries, whose ids are known at
+        once and whose max_len is computed when first read."""

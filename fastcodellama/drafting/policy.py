@@ -48,6 +48,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+import numpy as np
+
 from engine.step_cost import ROW_GRID
 from fastcodellama.drafting.acceptance import AcceptanceModel
 
@@ -71,6 +73,8 @@ EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 EXPLORE_ROWS = (2.0, 1.0, 4.0, 0.5)
 EXPLORE_FLOOR = 4
 EXPLORE_EXTRA = 0.5  # where its cost is known, an exploring step costs at most 1.5x a plain one
+# Candidate tokens from which the allocation ranks them in numpy rather than Python (a large batch).
+NUMPY_FROM = 128
 # The gate's verdict (could any copy pay at this batch?) is kept for this many steps of its batch
 # size: costs and acceptance drift slowly, and at a large batch the gate reads dozens of costs.
 VERDICT_STEPS = 8
@@ -269,30 +273,37 @@ class DraftPolicy:
             return [0] * n
         if not self.adaptive:
             return self._fixed(cands, budget)
-        gains, owner = self._ranked(cands)
-        if owner and owner[0] == owner[-1]:  # one query's tokens (batch 1): ranked already
-            order: Sequence[int] = range(min(len(gains), budget))
-            ranked = gains[:budget]
-        else:
-            order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
-            ranked = [gains[i] for i in order]
+        ranked, owners = self._ranking(cands, budget)
         if explore is not None and explore.explore:
-            take = self._explore_size(n, len(order), explore.rows_per_seq, cost)
+            take = self._explore_size(n, len(ranked), explore.rows_per_seq, cost)
             if take > 0:
                 self._explored(n)
         else:
             best, gain = self._best_prefix(n, ranked, cost, search_s)
-            take = min(len(order), 2 * best) if explore is not None and explore.probe else best
+            take = min(len(ranked), 2 * best) if explore is not None and explore.probe else best
             self._note_gain(n, gain)
             self._note_outcome(n, best, gain, search_s, cost.plain(n))
             if take > best:
                 self._explored(n)
         if take == 0:
             self._plain_step(n)
-        lens = [0] * n
-        for idx in order[:take]:
-            lens[owner[idx]] += 1
-        return lens
+        return _counts(owners, take, n)
+
+    @staticmethod
+    def _ranking(cands: Sequence[Candidate | None], budget: int,
+                 every: bool = False) -> tuple[Sequence[float], Sequence[int]]:
+        """The `budget` likeliest candidate tokens, likeliest first (ties in query order), and
+        each one's query: from _ranked, sorted, or in numpy (_ranked_array) where the candidates
+        are many (a large batch), whose fixed cost per call would dominate a small one."""
+        if sum(c.limit for c in cands if c is not None) >= NUMPY_FROM:
+            gains, owner = _ranked_array(cands, every)
+            order = np.argsort(-gains, kind="stable")[:budget]
+            return gains[order], owner[order]
+        gains, owner = DraftPolicy._ranked(cands, every)
+        if owner and owner[0] == owner[-1]:  # one query's tokens (batch 1): ranked already
+            return gains[:budget], owner[:budget]
+        order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
+        return [gains[i] for i in order], [owner[i] for i in order]
 
     @staticmethod
     def _explore_size(n: int, available: int, rows_per_seq: float, cost: Cost) -> int:
@@ -313,12 +324,8 @@ class DraftPolicy:
         lens = [c.limit if c is not None else 0 for c in cands]
         if sum(lens) <= budget:
             return lens
-        gains, owner = self._ranked(cands, every=True)
-        order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
-        lens = [0] * len(cands)
-        for idx in order:
-            lens[owner[idx]] += 1
-        return lens
+        _, owners = self._ranking(cands, budget, every=True)
+        return _counts(owners, budget, len(cands))
 
     @staticmethod
     def _ranked(cands: Sequence[Candidate | None], every: bool = False) -> tuple[list[float], list[int]]:
@@ -339,23 +346,67 @@ class DraftPolicy:
                 owner.append(qi)
         return gains, owner
 
-    def _best_prefix(self, n: int, ranked: list[float], cost: Cost, search_s: float) -> tuple[int, float]:
+    def _best_prefix(self, n: int, ranked: Sequence[float], cost: Cost, search_s: float) -> tuple[int, float]:
         """The number of top-ranked tokens with the best expected throughput (0: plain is best),
         and the throughput gain over plain steps without a search it is expected to bring (below 0
         where the draft does not make up for the search)."""
         plain = cost.plain(n)
-        if plain is None or not ranked:
+        if plain is None or not len(ranked):
             return 0, 0.0
-        cum = [0.0]
-        for g in ranked:
-            cum.append(cum[-1] + g)
+        cum = _cumulative(ranked)
         # The search is paid by now, drafted or not: the draft is judged against a step that pays it too.
         best_t, best = 0, n / (plain + search_s) * (1.0 + self._margin(n))
         for t in _probe_points(len(ranked)):
             extra = cost.extra(n, t)
             if extra is None:
                 continue
-            value = (n + cum[t]) / (plain + extra + search_s)
+            value = (n + float(cum[t])) / (plain + extra + search_s)
             if value > best:
                 best_t, best = t, value
         return best_t, (best * plain / n - 1.0 if best_t > 0 else 0.0)
+
+
+def _ranked_array(cands: Sequence[Candidate | None], every: bool) -> tuple[np.ndarray, np.ndarray]:
+    """DraftPolicy._ranked in numpy: the same gains in the same order, and their queries."""
+    rows: dict[int, int] = {}  # id(survival) -> its row (candidates of one bucket share their list)
+    survivals: list[list[float]] = []
+    a, limit, row = [], [], []
+    for c in cands:
+        if c is None:
+            a.append(0.0), limit.append(0), row.append(0)
+            continue
+        r = rows.get(id(c.survival))
+        if r is None:
+            r = rows[id(c.survival)] = len(survivals)
+            survivals.append(c.survival)
+        a.append(c.a), limit.append(c.limit), row.append(r)
+    if not survivals:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    width = max(max(limit), 1)
+    table = np.array([(s + s[-1:] * width)[:width] for s in survivals])  # the last position repeats
+    a_col = np.array(a)[:, None]
+    gains = a_col * table[np.array(row)]
+    keep = np.arange(width)[None, :] < np.array(limit)[:, None]
+    if not every:  # a query's tokens stop at the first below MIN_GAIN, and at a first probability of 0
+        keep &= np.logical_and.accumulate(gains >= MIN_GAIN, axis=1) & (a_col > 0.0)
+    return gains[keep], np.nonzero(keep)[0]
+
+
+def _cumulative(ranked: Sequence[float]) -> Sequence[float]:
+    """[t] = the sum of the first t gains, summed in order (numpy's cumsum adds in order too)."""
+    if isinstance(ranked, np.ndarray):
+        return np.concatenate(([0.0], np.cumsum(ranked)))
+    cum = [0.0]
+    for g in ranked:
+        cum.append(cum[-1] + g)
+    return cum
+
+
+def _counts(owners: Sequence[int], take: int, n: int) -> list[int]:
+    """Draft lengths: how many of the first `take` ranked tokens each of the n queries owns."""
+    if isinstance(owners, np.ndarray):
+        return np.bincount(owners[:take], minlength=n).tolist()
+    lens = [0] * n
+    for q in owners[:take]:
+        lens[q] += 1
+    return lens

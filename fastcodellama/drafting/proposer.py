@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.proposer import EMPTY_DRAFT, Draft, DraftQuery
+from engine.proposer import EMPTY_DRAFT, Draft, DraftQueries, DraftQuery
 from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel, ml_bucket
 from fastcodellama.drafting.config import SOURCES, SpecConfig
 from fastcodellama.drafting.ngram_index import GroupIndex, NgramTables, OtherPool, check_token_ids
@@ -293,15 +293,17 @@ class CopyProposer:
         adaptive = self.config.policy == "adaptive"
         may_skip = adaptive and len(queries) >= SKIP_FROM
         get = self._seqs.get
+        queries = DraftQueries.of(queries)
+        ids, max_len_of = queries.seq_ids, queries.max_len
         looked_up: list[tuple[int, _Seq, int]] = []  # (query index, state, max_len)
-        for i, (seq_id, max_len) in enumerate(queries):
+        for i, seq_id in enumerate(ids):
             st = get(seq_id)
             if st is None:
                 continue
             if may_skip and st.skip > 0:
                 st.skip -= 1
                 continue
-            looked_up.append((i, st, max_len))
+            looked_up.append((i, st, max_len_of(i)))
         copies = self._copies(looked_up, adaptive)
         k, first_prob, survival, seq_factor = self.config.k, model.first_prob_at, model.survival, model.seq_factor
         cands: list[Candidate | None] = [None] * len(queries)
@@ -311,7 +313,7 @@ class CopyProposer:
             if copy is not None:  # AcceptanceModel.first_prob and survival_of, their bucket found once
                 source, text, end, m = copy
                 bucket = buckets[j] = (source, ml_bucket(m))
-                cands[i] = Candidate(first_prob(bucket, seq_factor(queries[i].seq_id)), min(len(text) - end, k, max_len),
+                cands[i] = Candidate(first_prob(bucket, seq_factor(ids[i])), min(len(text) - end, k, max_len),
                                      survival[bucket])
         lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)), decision)
         drafts = [EMPTY_DRAFT] * len(queries)
@@ -324,7 +326,7 @@ class CopyProposer:
                 continue
             source, text, end, _ = copies[j]
             draft = Draft(tuple(text[end:end + d]), source)
-            pending[queries[i].seq_id] = (draft, buckets[j], expected(buckets[j], cands[i].a, d))
+            pending[ids[i]] = (draft, buckets[j], expected(buckets[j], cands[i].a, d))
             drafts[i] = draft
         return drafts
 

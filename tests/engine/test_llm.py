@@ -191,7 +191,7 @@ def test_the_proposer_sees_every_decoding_sequence_and_reads_its_queries_only_to
     llm = LLM(tiny_model_dir, proposer=proposer, num_kv_blocks=64, block_size=4)
     llm.generate([PROMPTS[0], PROMPTS[1]], [greedy(8), greedy(8, speculate=False)])
     assert len(proposer.read) >= 3 and all(len(q) == 2 for q in proposer.unread)
-    assert all(q._items is None for q in proposer.unread)
+    assert all(not q._lens for q in proposer.unread)
     assert all(lens[0] == 0 for lens in proposer.read)  # the request without drafts
     assert proposer.read[0][1] > 0  # the other may draft up to its max_tokens
 

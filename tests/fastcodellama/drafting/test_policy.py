@@ -398,3 +398,37 @@ def test_a_few_sequences_draft_for_a_smaller_promised_gain() -> None:
     assert pol._best_prefix(pol_mod.SMALL_BATCH, [0.3], free, 0.0)[0] == 1
     assert pol._best_prefix(16, [0.15] * 4, free, 0.0)[0] == 0
     assert pol._best_prefix(16, [0.3] * 4, free, 0.0)[0] == 4  # 7.5%: past MARGIN
+
+
+@pytest.mark.parametrize("every", [False, True])
+def test_the_numpy_ranking_equals_the_python_one(every: bool, monkeypatch) -> None:
+    """A large batch ranks its candidate tokens in numpy: the same tokens, the same order (ties
+    in query order), the same lengths, whatever the candidates (shared and own survival lists,
+    equal gains, first probabilities of 0, limits of 0 or past the survival table, gains that
+    fall below MIN_GAIN and rise again)."""
+    rng = random.Random(7)
+    model = AcceptanceModel()
+    model.refresh()
+    shared = [model.survival_of(s, m) for s in ("self", "sibling", "other") for m in (1, 4, 16)]
+    for trial in range(40):
+        cands: list[Candidate | None] = []
+        for _ in range(rng.randint(1, 60)):
+            kind = rng.random()
+            if kind < 0.15:
+                cands.append(None)
+                continue
+            if kind < 0.25:
+                survival = [1.0, 0.5, 1e-5, 0.9, 0.9]  # below MIN_GAIN at the third token only
+            else:
+                survival = rng.choice(shared)
+            a = rng.choice([0.0, 0.5, 0.5, rng.random()])
+            cands.append(Candidate(a, rng.choice([0, 1, 3, 8, 20, 80]), survival))
+        budget = rng.choice([1, 7, 50, 10_000])
+        monkeypatch.setattr(pol_mod, "NUMPY_FROM", 10**9)
+        ranked, owners = DraftPolicy._ranking(cands, budget, every)
+        python = DraftPolicy(model, adaptive=not every)
+        lens = python.allocate(cands, budget, LinearCost(0.01), 0.0)
+        monkeypatch.setattr(pol_mod, "NUMPY_FROM", 0)
+        ranked_np, owners_np = DraftPolicy._ranking(cands, budget, every)
+        assert list(map(float, ranked_np)) == ranked and owners_np.tolist() == owners, trial
+        assert DraftPolicy(model, adaptive=not every).allocate(cands, budget, LinearCost(0.01), 0.0) == lens
