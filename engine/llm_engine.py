@@ -19,7 +19,7 @@ from engine.json_object import START as JSON_START
 from engine.json_object import JsonTokens, ThinkFirst
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
-from engine.outputs import CompletionOutput, RequestOutput, SpecStats
+from engine.outputs import CompletionOutput, Prefix, RequestOutput, SpecStats
 from engine.paths import step_cost_dir
 from engine.proposer import Draft, DraftQueries, Proposer
 from engine.sampler import Sampler, SamplingRow, sample_key
@@ -424,9 +424,9 @@ def _room(seq: Sequence, max_model_len: int) -> int:
 def _completion(seq: Sequence) -> CompletionOutput:
     p = seq.params
     text = _shown_text(seq) if (p.stop or p.stop_at_dedent) and not seq.is_finished else seq.text
-    return CompletionOutput(seq.sample_index, text, list(seq.output_token_ids), seq.finish_reason,
-                            list(seq.logprobs) if p.logprobs else None, seq.stop_reason, seq.spec,
-                            list(seq.top_logprobs) if p.top_logprobs else None)
+    return CompletionOutput(seq.sample_index, text, Prefix(seq.output_token_ids), seq.finish_reason,
+                            Prefix(seq.logprobs) if p.logprobs else None, seq.stop_reason, seq.spec,
+                            Prefix(seq.top_logprobs) if p.top_logprobs else None)
 
 
 def _shown_text(seq: Sequence) -> str:

@@ -1,7 +1,50 @@
 """What the engine hands back: one RequestOutput per request, one CompletionOutput per sample."""
 from __future__ import annotations
 
+import itertools
+from collections import abc
 from dataclasses import dataclass, field
+from typing import Any
+
+
+class Prefix(abc.Sequence):
+    """The first n items of a list that only ever grows (a sample's tokens, their logprobs): a
+    snapshot taken for nothing. A stream's output is built anew at every step, and a copy of the
+    list there would cost each stream its whole length per token. Reads as a list (slices are
+    lists, equal to lists), and pickles as one."""
+
+    __slots__ = ("_items", "_n")
+    __hash__ = None  # type: ignore[assignment]  # as a list's
+
+    def __init__(self, items: list, n: int | None = None) -> None:
+        self._items, self._n = items, len(items) if n is None else n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._n)
+            if step == 1:
+                return self._items[start:max(start, stop)]
+            return [self._items[j] for j in range(start, stop, step)]
+        if not -self._n <= i < self._n:
+            raise IndexError("index out of range")
+        return self._items[i % self._n]
+
+    def __iter__(self):
+        return itertools.islice(self._items, self._n)
+
+    def __eq__(self, other: Any) -> bool:
+        if isinstance(other, (list, Prefix)):
+            return len(other) == self._n and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    def __reduce__(self):
+        return list, (list(self),)
 
 
 @dataclass
@@ -40,15 +83,17 @@ class SpecStats:
 
 @dataclass
 class CompletionOutput:
+    """One sample now. Its lists are read-only: the engine's are Prefix snapshots."""
+
     index: int
     text: str
-    token_ids: list[int]
+    token_ids: abc.Sequence[int]
     finish_reason: str | None  # "stop", "length", "abort" or None while running
-    logprobs: list[float] | None = None
+    logprobs: abc.Sequence[float] | None = None
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     spec: SpecStats = field(default_factory=SpecStats)
     # Per token, the likeliest tokens and their log probabilities (params.top_logprobs > 0).
-    top_logprobs: list[tuple[tuple[int, float], ...]] | None = None
+    top_logprobs: abc.Sequence[tuple[tuple[int, float], ...]] | None = None
 
     @property
     def finished(self) -> bool:
