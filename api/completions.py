@@ -266,12 +266,20 @@ async def merged_outputs(engine: AsyncEngine, plan: CompletionPlan,
     generator (or cancelling its consumer) cancels every engine request that has not finished,
     so the engine frees their KV blocks at its next step boundary.
     """
+    jobs = jobs if jobs is not None else plan_jobs(plan)
+    extra = {"prediction": plan.prediction} if plan.prediction is not None else {}
+    if len(jobs) == 1:  # most requests: the engine's outputs as they come, no task between
+        prompt, params = jobs[0]
+        async with contextlib.aclosing(engine.generate(prompt, params, f"{plan.request_id}-0", client=plan.client,
+                                                       **extra)) as gen:
+            async for out in gen:
+                yield 0, out
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, prompt: list[int], params: SamplingParams) -> None:
         request_id = f"{plan.request_id}-{i}"
         try:
-            extra = {"prediction": plan.prediction} if plan.prediction is not None else {}
             generation = engine.generate(prompt, params, request_id, client=plan.client, **extra)
             async with contextlib.aclosing(generation) as gen:
                 async for out in gen:
@@ -281,7 +289,7 @@ async def merged_outputs(engine: AsyncEngine, plan: CompletionPlan,
             queue.put_nowait((i, e))
 
     tasks = [asyncio.create_task(pump(i, p, params), name=f"{plan.request_id}-{i}")
-             for i, (p, params) in enumerate(jobs if jobs is not None else plan_jobs(plan))]
+             for i, (p, params) in enumerate(jobs)]
     try:
         remaining = len(tasks)
         while remaining:

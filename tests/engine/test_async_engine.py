@@ -95,3 +95,22 @@ async def test_a_step_that_raises_fails_only_its_own_requests(tiny_model_dir):
         assert engine.stats().num_blocks_free == engine.stats().num_blocks_total
     finally:
         await engine.shutdown()
+
+
+async def test_the_engine_steps_on_while_the_event_loop_is_busy_and_a_late_reader_gets_the_latest(engine):
+    """The engine's thread never waits on the event loop: while the loop is held (a consumer's
+    synchronous work, hundreds of streams' sockets) the request runs to its end, and its consumer
+    then reads the latest output, the whole of what it missed in one."""
+    import time
+
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    seen = []
+    async for out in engine.generate("def f():", params, "late"):
+        seen.append(out)
+        if len(seen) == 1:
+            deadline = time.monotonic() + 30
+            while engine.engine.has_unfinished() and time.monotonic() < deadline:
+                time.sleep(0.01)  # holds the event loop
+            assert not engine.engine.has_unfinished()
+    assert len(seen) == 2 and seen[-1].finished and len(seen[-1].outputs[0].token_ids) == 40
+    assert_no_leaks(engine.engine)
