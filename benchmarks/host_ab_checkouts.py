@@ -117,7 +117,7 @@ class Timed:
             self.steps.append(time.process_time() - t0 - self.left_out.seconds)
         for out in done:
             if out.finished:
-                self.tokens[out.request_id] = [c.token_ids for c in out.outputs]
+                self.tokens[out.request_id] = [list(c.token_ids) for c in out.outputs]
 
 
 def run(base_root: str, batch: int, fixed_k: int, steps: int, warmup: int, collect: str = "finished",

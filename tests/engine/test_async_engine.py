@@ -114,3 +114,23 @@ async def test_the_engine_steps_on_while_the_event_loop_is_busy_and_a_late_reade
             assert not engine.engine.has_unfinished()
     assert len(seen) == 2 and seen[-1].finished and len(seen[-1].outputs[0].token_ids) == 40
     assert_no_leaks(engine.engine)
+
+
+async def test_a_dead_engine_thread_fails_every_stream_and_every_later_request(tiny_model_dir):
+    """Should the engine's thread itself stop (outside a step, which fails only its requests), no
+    stream waits forever: each ends with EngineDeadError, as does every request after it."""
+    from engine.async_engine import EngineDeadError
+
+    engine = AsyncEngine(EngineConfig(model=tiny_model_dir, num_kv_blocks=128, block_size=4))
+
+    def broken():
+        raise RuntimeError("the thread broke")
+
+    engine._step = broken
+    try:
+        with pytest.raises(EngineDeadError, match="the thread broke"):
+            await asyncio.wait_for(_collect(engine, "def f():", SamplingParams(max_tokens=4), "a"), 30)
+        with pytest.raises(EngineDeadError, match="stopped"):
+            await _collect(engine, "def f():", SamplingParams(max_tokens=4), "b")
+    finally:
+        await engine.shutdown()
