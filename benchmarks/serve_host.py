@@ -73,18 +73,19 @@ def serve(port: int, streams: int, tokens: int) -> None:
                 access_log=None)
 
 
-async def _one(port: int, request: bytes) -> tuple[int, float]:
-    """One stream: its events, and when its first came."""
+async def _one(port: int, request: bytes) -> tuple[int, float, bool]:
+    """One stream: its events, when its first came, and whether it ended at its length."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
-    events, first = 0, 0.0
+    events, first, ended = 0, 0.0, False
     while line := await reader.readline():
         if line.startswith(b"data: {"):
             events += 1
             first = first or time.perf_counter()
+            ended = ended or b'"finish_reason":"length"' in line
     writer.close()
-    return events, first
+    return events, first, ended
 
 
 async def load(port: int, streams: int, tokens: int, route: str) -> dict:
@@ -96,8 +97,8 @@ async def load(port: int, streams: int, tokens: int, route: str) -> dict:
     done = await asyncio.gather(*[_one(port, request) for _ in range(streams)])
     seconds = time.perf_counter() - t0
     # Tokens from the first event on: the streams' prompts are admitted over several steps.
-    start = min(first for _, first in done)
-    return {"seconds": seconds, "events": sum(e for e, _ in done),
+    start = min(first for _, first, _ in done)
+    return {"seconds": seconds, "events": sum(e for e, _, _ in done), "ended": sum(end for _, _, end in done),
             "server_tokens_per_s": streams * tokens / (t0 + seconds - start)}
 
 
