@@ -11,6 +11,8 @@ g_j = a * prod_{i=1..j} cont[b][i], non-increasing in j.
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -163,14 +165,11 @@ class AcceptanceModel:
             self.first_rate[key] = self.first[key].rate
             if not cont_changed:
                 continue
-            surv, cum, p, c = [], [0.0], 1.0, 0.0
-            for i, b in enumerate(self.cont[key][:n]):
-                if i > 0:
-                    p *= b.num / b.den if b.den > 0 else 0.0
-                surv.append(p)
-                c += p
-                cum.append(c)
-            self.survival[key], self.cumulative[key] = surv, cum
+            # survival[j] = the product of the rates of positions 1..j, cumulative its running sum
+            # (itertools' C loops: the same products and sums, in the same order, as a Python loop).
+            rates = [1.0] + [b.num / b.den if b.den > 0 else 0.0 for b in self.cont[key][1:n]]
+            surv = list(itertools.accumulate(rates, operator.mul))
+            self.survival[key], self.cumulative[key] = surv, list(itertools.accumulate(surv, initial=0.0))
         self._dirty.clear()
         if not self._gains or self._best_age >= 16:  # every 16 drafts: a gate, not an estimate
             for key in self._stale_gains:

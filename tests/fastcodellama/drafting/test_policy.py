@@ -432,3 +432,19 @@ def test_the_numpy_ranking_equals_the_python_one(every: bool, monkeypatch) -> No
         ranked_np, owners_np = DraftPolicy._ranking(cands, budget, every)
         assert list(map(float, ranked_np)) == ranked and owners_np.tolist() == owners, trial
         assert DraftPolicy(model, adaptive=not every).allocate(cands, budget, LinearCost(0.01), 0.0) == lens
+
+
+def test_survival_is_the_product_of_the_continuation_rates_and_cumulative_its_running_sum() -> None:
+    """After recorded drafts of every kind: survival[j] = cont rate 1 x ... x cont rate j of the
+    bucket, cumulative[j] = survival[0] + ... + survival[j-1]."""
+    model = AcceptanceModel(max_draft=20)
+    rng = random.Random(3)
+    for _ in range(2000):
+        drafted = rng.randint(1, 20)
+        model.record(rng.choice(["self", "sibling", "other"]), rng.randint(1, 16), drafted, rng.randint(0, drafted))
+    model.refresh()
+    for key, survival in model.survival.items():
+        rates = [b.rate for b in model.cont[key][1:model.table_len]]
+        assert survival == pytest.approx([math.prod(rates[:j]) for j in range(model.table_len)], rel=1e-12)
+        assert model.cumulative[key] == pytest.approx([sum(survival[:j]) for j in range(model.table_len + 1)],
+                                                      rel=1e-12)
