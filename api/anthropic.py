@@ -5,7 +5,8 @@ and the `anthropic` client. POST /v1/messages is /v1/chat/completions in Anthrop
 
 Messages reach the chat template as OpenAI's do: `system` first; a system message within the
 conversation (Claude Code's, beta mid-conversation-system) as a system message where it stands (a
-template that takes a system message only first refuses it: a 400); a user turn's tool_result blocks
+template that takes a system message only first gets it in the next user turn: fold_late_system in
+api/chat_template.py); a user turn's tool_result blocks
 as tool messages (named by the tool_use they answer), its text blocks as one user message; an
 assistant turn's tool_use blocks as its tool_calls (input objects as arguments), its thinking
 blocks as its reasoning_content (Qwen3's template writes it back within a tool-calling turn). tool_choice auto,

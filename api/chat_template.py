@@ -160,6 +160,22 @@ class ChatTemplate:
         further names the template reads (enable_thinking, ...; none of RESERVED_NAMES)."""
         chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
         try:
+            return self._render(chat, add_generation_prompt, tools, options)
+        except ChatTemplateError as refused:
+            # Many templates (CodeLlama-Instruct's, Mistral's) take a system message only first,
+            # while agents send more within the conversation (Claude Code's reminders): those go
+            # into the user turn after them where that is what the template refused.
+            folded = fold_late_system(chat)
+            if folded is None:
+                raise
+            try:
+                return self._render(folded, add_generation_prompt, tools, options)
+            except ChatTemplateError:
+                raise refused from None
+
+    def _render(self, chat: list[dict], add_generation_prompt: bool, tools: Sequence[dict] | None,
+                options: dict[str, Any] | None) -> str:
+        try:
             return self._compiled.render(**(options or {}), messages=chat, tools=list(tools) if tools else None,
                                          documents=None, add_generation_prompt=add_generation_prompt,
                                          **self.special_tokens)
@@ -184,6 +200,33 @@ class ChatTemplate:
         """The prompt's text and ids (prompt_ids; `options` as for render)."""
         text = self.render(messages, tools=tools, options=options) + opening
         return text, self.encode(tokenizer, text)
+
+
+def fold_late_system(messages: Sequence[dict]) -> list[dict] | None:
+    """The messages with every system message after the conversation's start joined to the text
+    of the next user turn, before it (to the last user turn, after it, where none follows), so
+    that only the leading system messages remain; None where there is none to fold or one cannot
+    be (a content that is not text, no user turn to take it)."""
+    start = next((i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+    if not any(m.get("role") == "system" for m in messages[start:]):
+        return None
+    out, pending = list(messages[:start]), []
+    for m in messages[start:]:
+        role, content = m.get("role"), m.get("content")
+        if role == "system" or (role == "user" and pending):
+            if not isinstance(content, str):
+                return None
+            if role == "system":
+                pending.append(content)
+                continue
+            m, pending = {**m, "content": "\n\n".join([*pending, content])}, []
+        out.append(m)
+    if pending:
+        last = next((i for i in range(len(out) - 1, start - 1, -1) if out[i].get("role") == "user"), None)
+        if last is None or not isinstance(out[last].get("content"), str):
+            return None
+        out[last] = {**out[last], "content": "\n\n".join([out[last]["content"], *pending])}
+    return out
 
 
 def load_chat_template(tokenizer: Tokenizer) -> ChatTemplate | None:

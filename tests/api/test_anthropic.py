@@ -231,3 +231,17 @@ async def test_a_client_that_leaves_mid_stream_frees_its_blocks(server, http):
     async with http.post(f"{server.url}/v1/messages", json=body, headers={"x-api-key": KEY}) as r:
         assert (await r.content.readline()).startswith(b"event: message_start")
     await wait_idle(http, server.url)
+
+
+async def test_a_system_message_within_the_conversation_reaches_a_template_that_takes_one_only_first(
+        client, server, http):
+    """Claude Code sends system messages within the conversation; CodeLlama-Instruct's template
+    (the embedded model's) takes one only first: the later one goes into the next user turn, and
+    the answer is the chat answer to that conversation."""
+    turns = [{"role": "user", "content": "Write a stack class."}, {"role": "assistant", "content": "class Stack: pass"}]
+    r = await client.messages.create(model="codellama", max_tokens=12, system="Answer in Python.", extra_body=GREEDY,
+                                     messages=[*turns, {"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": "Add push."}])
+    folded = await chat_text(http, server, [{"role": "system", "content": "Answer in Python."}, *turns,
+                                            {"role": "user", "content": "Be brief.\n\nAdd push."}], max_tokens=12)
+    assert r.content[0].text == folded["choices"][0]["message"]["content"]

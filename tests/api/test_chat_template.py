@@ -115,3 +115,33 @@ def test_codellama_instruct_default(tiny_model_dir):
                 [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]):
         with pytest.raises(ChatTemplateError):
             template.render(bad)
+
+
+def test_a_template_that_takes_a_system_message_only_first_gets_later_ones_in_the_next_user_turn(tiny_model_dir):
+    """CodeLlama-Instruct's template refuses a system message within the conversation (agents
+    send them: Claude Code's reminders); it gets each in the text of the user turn after it, or of
+    the last user turn where none follows. A template that takes them keeps them where they stand."""
+    template = load_chat_template(Tokenizer(tiny_model_dir))
+    messages = [{"role": "system", "content": "Answer in Python."}, {"role": "user", "content": "Add two numbers."},
+                {"role": "assistant", "content": "def add(a, b): return a + b"},
+                {"role": "system", "content": "Be brief."}, {"role": "system", "content": "No tests."},
+                {"role": "user", "content": "Now three."}]
+    assert template.render(messages) == template.render(
+        messages[:3] + [{"role": "user", "content": "Be brief.\n\nNo tests.\n\nNow three."}])
+    last = messages[:3] + [messages[5], messages[3]]
+    assert template.render(last) == template.render(messages[:3] + [{"role": "user", "content": "Now three.\n\nBe brief."}])
+    with pytest.raises(ChatTemplateError, match="optional first system"):  # folding cannot mend the rest: its refusal
+        template.render(messages[:2] + [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])
+    chatml = load_chat_template(Tokenizer(_chatml(tiny_model_dir)))
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in chatml.render(messages)
+
+
+def _chatml(tiny_model_dir: str) -> str:
+    """The tiny model's tokenizer folder with the ChatML template above."""
+    folder = os.path.join(os.path.dirname(tiny_model_dir), "chatml_for_late_system")
+    if not os.path.isdir(folder):
+        shutil.copytree(tiny_model_dir, folder)
+        path = os.path.join(folder, "tokenizer_config.json")
+        config = json.load(open(path)) if os.path.exists(path) else {}
+        json.dump({**config, "chat_template": CHATML}, open(path, "w"))
+    return folder
