@@ -37,8 +37,9 @@ ROUTES = {
 }
 
 
-def serve(port: int, streams: int, tokens: int) -> None:
-    """The server's process: the engine alone first (its tokens/s on stdout), then the server."""
+def serve(port: int, streams: int, tokens: int, device_ms: float = 0.0) -> None:
+    """The server's process: the engine alone first (its tokens/s on stdout), then the server.
+    `device_ms`: each forward also waits this long with the GIL released, as a GPU's step does."""
     from aiohttp import web
 
     from api.config import ServerConfig
@@ -56,6 +57,14 @@ def serve(port: int, streams: int, tokens: int) -> None:
         config = EngineConfig(max_num_seqs=streams, max_num_batched_tokens=max(2048, streams),
                               num_kv_blocks=streams * (tokens + 64) // 16 + 64)
         model = StubModel(read_model_config(DEFAULT_MODEL), favourite=tokenizer.encode("x")[-1])
+        if device_ms > 0:
+            forward = model.forward
+
+            def on_the_device(*args, **kwargs):
+                time.sleep(device_ms / 1e3)  # the host thread waits for the device, the GIL released
+                return forward(*args, **kwargs)
+
+            model.forward = on_the_device
         return LLMEngine(config, model=model, tokenizer=tokenizer)
 
     alone = engine()
@@ -108,10 +117,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(streams: int, tokens: int, route: str) -> dict:
+def run(streams: int, tokens: int, route: str, device_ms: float = 0.0) -> dict:
     port = _free_port()
     server = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(port), "--streams",
-                               str(streams), "--tokens", str(tokens)], stdout=subprocess.PIPE, text=True)
+                               str(streams), "--tokens", str(tokens), "--device-ms", str(device_ms)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         engine = json.loads(server.stdout.readline())
         for _ in range(600):  # the server's start
@@ -125,7 +135,7 @@ def run(streams: int, tokens: int, route: str) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    row.update(engine, streams=streams, tokens=tokens, route=route)
+    row.update(engine, streams=streams, tokens=tokens, route=route, device_ms=device_ms)
     row["server_over_engine"] = row["server_tokens_per_s"] / row["engine_tokens_per_s"]
     return row
 
@@ -135,17 +145,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--route", choices=tuple(ROUTES), default="completions")
+    ap.add_argument("--device-ms", type=float, default=0.0,
+                    help="each forward also waits this long with the GIL released, as a GPU's step (0: not)")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server's process, on this port
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.streams, args.tokens)
+        serve(args.serve, args.streams, args.tokens, args.device_ms)
         return {}
-    row = run(args.streams, args.tokens, args.route)
+    row = run(args.streams, args.tokens, args.route, args.device_ms)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "row": row}
     md = "\n".join([
         f"# The server's host cost ({results['date']})", "", f"machine: {results['machine']}", "",
-        f"{row['streams']} streamed {row['route']} of {row['tokens']} tokens at once on loopback, stub forward "
+        f"{row['streams']} streamed {row['route']} of {row['tokens']} tokens at once on loopback, stub forward"
+        + (f" waiting {row['device_ms']} ms a step as a device would" if row["device_ms"] else "") + " "
         "(the server in its own process; the engine alone stepped in that process before it served)", "",
         "| engine alone, tokens/s | server, tokens/s | server / engine |", "|---|---|---|",
         f"| {row['engine_tokens_per_s']:.0f} | {row['server_tokens_per_s']:.0f} | {row['server_over_engine']:.2f} |"])
