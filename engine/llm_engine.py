@@ -402,7 +402,7 @@ class LLMEngine:
         s = self.scheduler
         return EngineStats(
             num_blocks_total=self.block_manager.num_blocks, num_blocks_free=self.block_manager.num_free,
-            num_running=len(s.running), num_waiting=len(s.waiting), steps=self._steps,
+            num_running=len(s.running), num_waiting=s.num_waiting, steps=self._steps,
             generated_tokens=self._generated, forward_time=self._forward_time, propose_time=self._propose_time,
             preemptions=s.num_preemptions, spec=self._spec, prompt_tokens_computed=s.num_prompt_tokens_computed,
             tokens_cached=self.block_manager.hit_tokens)

@@ -97,6 +97,12 @@ class Scheduler:
         return [s for queue in self._waiting.values() for s in queue]
 
     @property
+    def num_waiting(self) -> int:
+        """How many sequences wait; safe to read from another thread while the engine steps (the
+        server's /metrics and /health do): no iteration over what a step may change meanwhile."""
+        return sum(map(len, list(self._waiting.values())))
+
+    @property
     def has_work(self) -> bool:
         return bool(self.running or self._waiting)
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+import threading
+import time
 
 import pytest
 
-from engine import LLM, SamplingParams
+from engine import LLM, EngineConfig, SamplingParams
 from engine.proposer import Draft
 from engine.llm_engine import LLMEngine
 from tests.engine.helpers import ScriptedProposer, assert_no_leaks, hf_greedy
@@ -338,3 +341,31 @@ def test_bad_prompts_raise_and_leave_nothing(llm):
     with pytest.raises(TypeError, match="unknown engine options"):
         LLM(None, no_such_option=1)
     assert_no_leaks(llm.engine)
+
+
+def test_stats_can_be_read_while_another_thread_changes_the_queues(tiny_model_dir):
+    """The server reads the engine's stats on its event loop (/metrics, /health) while the engine's
+    thread adds and aborts requests: a read must never meet a queue changing under it."""
+    engine = LLMEngine(EngineConfig(model=tiny_model_dir, num_kv_blocks=64, block_size=4, max_num_seqs=1))
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            engine.add_request(f"r{i}", [1, 2, 3], greedy(1), client=f"c{i % 40}")
+            if i % 2:
+                engine.abort(f"r{i - 1}")
+            i += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns as often as they can
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            assert engine.stats().num_waiting >= 0
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
