@@ -40,11 +40,11 @@ class _Add:
 
 @dataclass
 class _Stream:
-    """One request's mailbox on the event loop: whether the engine took it, its latest output
-    (the outputs of steps its consumer has not read yet replaced by the latest), or its error."""
+    """One request's mailbox on the event loop: its latest output (the outputs of steps its
+    consumer has not read yet replaced by the latest), or its error; `ready` is set as either
+    comes, and when the engine takes the request."""
 
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    accepted: bool = False
     latest: RequestOutput | None = None
     error: BaseException | None = None
 
@@ -168,7 +168,6 @@ class AsyncEngine:
         for request_id, error in accepted:
             stream = self._streams.get(request_id)
             if stream is not None:
-                stream.accepted = True
                 stream.error = error
                 stream.ready.set()
         for item in results:
