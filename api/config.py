@@ -26,6 +26,10 @@ class ServerConfig:
     Fair use: one request may ask for at most max_request_tokens tokens (prompts x n x max_tokens);
     one client may hold at most client_share of the admission capacity (then 429 for that client
     only); /metrics names at most max_client_labels clients, the rest count as "other".
+
+    stream_interval: a streamed answer sends an event once its samples have written at least this
+        many tokens since its last one (its first and its last go out at once): fewer, larger events
+        for many streams at once, where each costs the host its socket write.
     """
 
     served_model_names: tuple[str, ...]
@@ -47,6 +51,7 @@ class ServerConfig:
     max_request_tokens: int = 65536
     client_share: float = 0.5
     max_client_labels: int = 32
+    stream_interval: int = 1
 
     def __post_init__(self) -> None:
         if not self.served_model_names or not all(self.served_model_names):
@@ -71,6 +76,8 @@ class ServerConfig:
             raise ValueError("client_share must be in (0, 1]")
         if self.max_client_labels < 0:
             raise ValueError("max_client_labels must be >= 0")
+        if self.stream_interval < 1:
+            raise ValueError("stream_interval must be >= 1")
 
     @property
     def model_name(self) -> str:

@@ -103,12 +103,16 @@ async def _full(state: AppState, plan: CompletionPlan, tracker: GenerationTracke
 
 async def _stream(state: AppState, plan: CompletionPlan, tracker: GenerationTracker, stream: Stream,
                   source: Callable[[], Outputs]) -> web.StreamResponse:
+    interval, sent = state.config.stream_interval, {}  # tokens each prompt's output had at its last event
     try:
         async with deadline(state.config.request_timeout):
             async with contextlib.aclosing(source()) as outputs:
                 async for i, out in outputs:
                     tracker.observe(i, out, time.monotonic())
-                    await stream.add(i, out)
+                    tokens = out.num_generated_tokens
+                    if out.finished or i not in sent or tokens - sent[i] >= interval:
+                        sent[i] = tokens
+                        await stream.add(i, out)
         await stream.finish()
     except ConnectionError:
         log.info("%s: client went away", plan.request_id)  # the engine requests are already aborted

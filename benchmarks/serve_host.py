@@ -37,7 +37,7 @@ ROUTES = {
 }
 
 
-def serve(port: int, streams: int, tokens: int, device_ms: float = 0.0) -> None:
+def serve(port: int, streams: int, tokens: int, device_ms: float = 0.0, stream_interval: int = 1) -> None:
     """The server's process: the engine alone first (its tokens/s on stdout), then the server.
     `device_ms`: each forward also waits this long with the GIL released, as a GPU's step does."""
     from aiohttp import web
@@ -77,7 +77,7 @@ def serve(port: int, streams: int, tokens: int, device_ms: float = 0.0) -> None:
         made += sum(len(c.token_ids) for o in alone.step(collect="all") if o.finished for c in o.outputs)
     print(json.dumps({"engine_tokens_per_s": made / (time.perf_counter() - t0)}), flush=True)
     config = ServerConfig(served_model_names=("stub",), max_connections=4 * streams + 64,
-                          max_connections_per_client=4 * streams + 64)
+                          max_connections_per_client=4 * streams + 64, stream_interval=stream_interval)
     web.run_app(create_app(AsyncEngine(engine=engine()), config), host="127.0.0.1", port=port, print=None,
                 access_log=None)
 
@@ -117,10 +117,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(streams: int, tokens: int, route: str, device_ms: float = 0.0) -> dict:
+def run(streams: int, tokens: int, route: str, device_ms: float = 0.0, stream_interval: int = 1) -> dict:
     port = _free_port()
     server = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(port), "--streams",
-                               str(streams), "--tokens", str(tokens), "--device-ms", str(device_ms)],
+                               str(streams), "--tokens", str(tokens), "--device-ms", str(device_ms),
+                               "--stream-interval", str(stream_interval)],
                               stdout=subprocess.PIPE, text=True)
     try:
         engine = json.loads(server.stdout.readline())
@@ -135,7 +136,8 @@ def run(streams: int, tokens: int, route: str, device_ms: float = 0.0) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    row.update(engine, streams=streams, tokens=tokens, route=route, device_ms=device_ms)
+    row.update(engine, streams=streams, tokens=tokens, route=route, device_ms=device_ms,
+               stream_interval=stream_interval)
     row["server_over_engine"] = row["server_tokens_per_s"] / row["engine_tokens_per_s"]
     return row
 
@@ -147,18 +149,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--route", choices=tuple(ROUTES), default="completions")
     ap.add_argument("--device-ms", type=float, default=0.0,
                     help="each forward also waits this long with the GIL released, as a GPU's step (0: not)")
+    ap.add_argument("--stream-interval", type=int, default=1, help="the server's --stream-interval")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server's process, on this port
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.streams, args.tokens, args.device_ms)
+        serve(args.serve, args.streams, args.tokens, args.device_ms, args.stream_interval)
         return {}
-    row = run(args.streams, args.tokens, args.route, args.device_ms)
+    row = run(args.streams, args.tokens, args.route, args.device_ms, args.stream_interval)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "row": row}
     md = "\n".join([
         f"# The server's host cost ({results['date']})", "", f"machine: {results['machine']}", "",
         f"{row['streams']} streamed {row['route']} of {row['tokens']} tokens at once on loopback, stub forward"
-        + (f" waiting {row['device_ms']} ms a step as a device would" if row["device_ms"] else "") + " "
+        + (f" waiting {row['device_ms']} ms a step as a device would" if row["device_ms"] else "")
+        + (f", --stream-interval {row['stream_interval']}" if row["stream_interval"] > 1 else "") + " "
         "(the server in its own process; the engine alone stepped in that process before it served)", "",
         "| engine alone, tokens/s | server, tokens/s | server / engine |", "|---|---|---|",
         f"| {row['engine_tokens_per_s']:.0f} | {row['server_tokens_per_s']:.0f} | {row['server_over_engine']:.2f} |"])

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "a client past it gets 429 while others still get in")
     conn.add_argument("--max-client-labels", type=int, default=d.max_client_labels,
                       help="clients named in /metrics; the rest count as 'other'")
+    conn.add_argument("--stream-interval", type=int, default=d.stream_interval, metavar="TOKENS",
+                      help="a streamed answer's events carry at least this many new tokens (its first and "
+                           "last at once): fewer socket writes with many streams")
     net.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     net.add_argument("--no-access-log", action="store_true", help="do not log each request")
     add_engine_args(parser)
@@ -80,7 +83,7 @@ def configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerConfig, SpecC
         max_connections_per_client=args.max_connections_per_client, header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout, body_timeout=args.body_timeout,
         max_request_tokens=args.max_request_tokens, client_share=args.client_share,
-        max_client_labels=args.max_client_labels)
+        max_client_labels=args.max_client_labels, stream_interval=args.stream_interval)
     return engine, server, spec_config(args)
 
 

@@ -227,3 +227,21 @@ async def test_replay_cannot_be_switched_on_over_http(server, http, offline):
     replayed = offline.generate(prompt, SamplingParams(temperature=0, max_tokens=6, replay_token_ids=forced))[0]
     assert r.status == 200 and body["choices"][0]["text"] == own.text
     assert replayed.outputs[0].token_ids == forced[0] and own.token_ids != forced[0]
+
+
+async def test_a_stream_interval_sends_events_of_that_many_tokens_but_its_first_and_last(tiny_model_dir, http):
+    """--stream-interval 4: every event of a stream between its first and its last carries at least
+    4 new tokens; the tokens and the text add up to the whole answer, as without it."""
+    body = {"prompt": "def f(x):", "max_tokens": 24, "temperature": 0, "ignore_eos": True, "logprobs": 1}
+    answers = {}
+    for interval in (1, 4):
+        engine = build_engine(EngineConfig(model=tiny_model_dir, **ENGINE), spec=None)
+        config = ServerConfig(served_model_names=("tiny",), port=0, stream_interval=interval)
+        async with running_server(engine, config) as srv:
+            async with http.post(f"{srv.url}/v1/completions", json={**body, "stream": True}) as r:
+                events = [json.loads(e) for e in sse_events(await r.text()) if e != "[DONE]"]
+        counts = [len(e["choices"][0]["logprobs"]["tokens"]) for e in events]
+        answers[interval] = ("".join(e["choices"][0]["text"] for e in events), sum(counts))
+        if interval == 4:
+            assert all(n >= 4 for n in counts[1:-1]) and len(events) <= 2 + 24 // 4
+    assert answers[1] == answers[4] and answers[4][1] == 24

@@ -154,9 +154,12 @@ def test_serve_flags_reach_the_server_config(tmp_path, monkeypatch):
     args = parser.parse_args([
         "serve", "--model", str(tmp_path), "--api-key", "k1", "--api-key", "k2", "--max-connections", "100",
         "--max-connections-per-client", "10", "--header-timeout", "3", "--keepalive-timeout", "4",
-        "--body-timeout", "5", "--max-request-tokens", "999", "--client-share", "0.25", "--max-client-labels", "7"])
+        "--body-timeout", "5", "--max-request-tokens", "999", "--client-share", "0.25", "--max-client-labels", "7",
+        "--stream-interval", "4"])
     _, server, _ = serve_cmd.configs(args)
     assert server.api_keys == ("k1", "k2")
     assert (server.max_connections, server.max_connections_per_client, server.header_timeout,
             server.keepalive_timeout, server.body_timeout, server.max_request_tokens, server.client_share,
-            server.max_client_labels) == (100, 10, 3.0, 4.0, 5.0, 999, 0.25, 7)
+            server.max_client_labels, server.stream_interval) == (100, 10, 3.0, 4.0, 5.0, 999, 0.25, 7, 4)
+    with pytest.raises(ValueError, match="stream_interval"):
+        serve_cmd.configs(parser.parse_args(["serve", "--model", str(tmp_path), "--stream-interval", "0"]))
