@@ -370,25 +370,25 @@ def _ranked_array(cands: Sequence[Candidate | None], every: bool) -> tuple[np.nd
     """DraftPolicy._ranked in numpy: the same gains in the same order, and their queries."""
     rows: dict[int, int] = {}  # id(survival) -> its row (candidates of one bucket share their list)
     survivals: list[list[float]] = []
-    a, limit, row = [], [], []
+    queries: list[tuple[float, int, int]] = []  # (first-token probability, limit, survival row) per query
     for c in cands:
         if c is None:
-            a.append(0.0), limit.append(0), row.append(0)
+            queries.append((0.0, 0, 0))
             continue
         r = rows.get(id(c.survival))
         if r is None:
             r = rows[id(c.survival)] = len(survivals)
-            survivals.append(c.survival)
-        a.append(c.a), limit.append(c.limit), row.append(r)
+            survivals.append(list(c.survival))
+        queries.append((c.a, c.limit, r))
     if not survivals:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    width = max(max(limit), 1)
+    a, limit, row = (np.array(column) for column in zip(*queries))
+    width = max(int(limit.max()), 1)
     table = np.array([(s + s[-1:] * width)[:width] for s in survivals])  # the last position repeats
-    a_col = np.array(a)[:, None]
-    gains = a_col * table[np.array(row)]
-    keep = np.arange(width)[None, :] < np.array(limit)[:, None]
+    gains = a[:, None] * table[row]
+    keep = np.arange(width)[None, :] < limit[:, None]
     if not every:  # a query's tokens stop at the first below MIN_GAIN, and at a first probability of 0
-        keep &= np.logical_and.accumulate(gains >= MIN_GAIN, axis=1) & (a_col > 0.0)
+        keep &= np.logical_and.accumulate(gains >= MIN_GAIN, axis=1) & (a[:, None] > 0.0)
     return gains[keep], np.nonzero(keep)[0]
 
 
