@@ -47,14 +47,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _complete(request, engine_name=None)
 
 
-# The engine names Copilot and the common FauxPilot recipe ask for: served whatever the model's name.
-COPILOT_ENGINES = ("codegen", "copilot-codex")
+# The engine the common FauxPilot recipe asks for, served whatever the model's name (Copilot's
+# are told by their names' pattern: is_copilot_engine).
+FAUXPILOT_ENGINE = "codegen"
 
 
 def is_copilot_engine(name: str) -> bool:
     """The engine names Copilot's clients pick themselves (copilot-codex; its language server's model
     of the day, gpt-4o-copilot, gpt-41-copilot, ...) and FauxPilot's codegen: each is the served model."""
-    return name in COPILOT_ENGINES or name.startswith("copilot-") or name.endswith("-copilot")
+    return name == FAUXPILOT_ENGINE or name.startswith("copilot-") or name.endswith("-copilot")
 
 
 async def engine_completions(request: web.Request) -> web.StreamResponse:

@@ -44,6 +44,7 @@ either direction.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -291,14 +292,14 @@ class DraftPolicy:
 
     @staticmethod
     def _ranking(cands: Sequence[Candidate | None], budget: int,
-                 every: bool = False) -> tuple[Sequence[float], Sequence[int]]:
+                 every: bool = False) -> tuple[list[float], list[int]]:
         """The `budget` likeliest candidate tokens, likeliest first (ties in query order), and
         each one's query: from _ranked, sorted, or in numpy (_ranked_array) where the candidates
         are many (a large batch), whose fixed cost per call would dominate a small one."""
         if sum(c.limit for c in cands if c is not None) >= NUMPY_FROM:
             gains, owner = _ranked_array(cands, every)
             order = np.argsort(-gains, kind="stable")[:budget]
-            return gains[order], owner[order]
+            return gains[order].tolist(), owner[order].tolist()
         gains, owner = DraftPolicy._ranked(cands, every)
         if owner and owner[0] == owner[-1]:  # one query's tokens (batch 1): ranked already
             return gains[:budget], owner[:budget]
@@ -346,21 +347,21 @@ class DraftPolicy:
                 owner.append(qi)
         return gains, owner
 
-    def _best_prefix(self, n: int, ranked: Sequence[float], cost: Cost, search_s: float) -> tuple[int, float]:
+    def _best_prefix(self, n: int, ranked: list[float], cost: Cost, search_s: float) -> tuple[int, float]:
         """The number of top-ranked tokens with the best expected throughput (0: plain is best),
         and the throughput gain over plain steps without a search it is expected to bring (below 0
         where the draft does not make up for the search)."""
         plain = cost.plain(n)
-        if plain is None or not len(ranked):
+        if plain is None or not ranked:
             return 0, 0.0
-        cum = _cumulative(ranked)
+        cum = list(itertools.accumulate(ranked, initial=0.0))  # [t]: the first t gains, summed in order
         # The search is paid by now, drafted or not: the draft is judged against a step that pays it too.
         best_t, best = 0, n / (plain + search_s) * (1.0 + self._margin(n))
         for t in _probe_points(len(ranked)):
             extra = cost.extra(n, t)
             if extra is None:
                 continue
-            value = (n + float(cum[t])) / (plain + extra + search_s)
+            value = (n + cum[t]) / (plain + extra + search_s)
             if value > best:
                 best_t, best = t, value
         return best_t, (best * plain / n - 1.0 if best_t > 0 else 0.0)
@@ -392,20 +393,8 @@ def _ranked_array(cands: Sequence[Candidate | None], every: bool) -> tuple[np.nd
     return gains[keep], np.nonzero(keep)[0]
 
 
-def _cumulative(ranked: Sequence[float]) -> Sequence[float]:
-    """[t] = the sum of the first t gains, summed in order (numpy's cumsum adds in order too)."""
-    if isinstance(ranked, np.ndarray):
-        return np.concatenate(([0.0], np.cumsum(ranked)))
-    cum = [0.0]
-    for g in ranked:
-        cum.append(cum[-1] + g)
-    return cum
-
-
-def _counts(owners: Sequence[int], take: int, n: int) -> list[int]:
+def _counts(owners: list[int], take: int, n: int) -> list[int]:
     """Draft lengths: how many of the first `take` ranked tokens each of the n queries owns."""
-    if isinstance(owners, np.ndarray):
-        return np.bincount(owners[:take], minlength=n).tolist()
     lens = [0] * n
     for q in owners[:take]:
         lens[q] += 1
