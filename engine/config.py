@@ -9,6 +9,7 @@ import torch
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "codemodel")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GRAPH_CAPTURE = ("start-up", "first-use")  # EngineConfig.cuda_graph_capture
 
 
 def _check(ok: bool, message: str) -> None:
@@ -200,6 +201,10 @@ class EngineConfig:
     # this many rows (sequences plus their draft tokens) in a step.
     cuda_graphs: bool = True
     cuda_graph_max_rows: int = 512
+    # When the graphs are captured: "start-up" (every bucket before the first step: no step waits
+    # on a capture, what a server wants) or "first-use" (the largest and the smallest at start-up,
+    # each other bucket at the first step that needs it: a job pays for the buckets it uses only).
+    cuda_graph_capture: str = "first-use"
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -214,6 +219,8 @@ class EngineConfig:
         _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]")
         _check(self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1")
         _check(self.cuda_graph_max_rows >= 1, "cuda_graph_max_rows must be >= 1")
+        _check(self.cuda_graph_capture in GRAPH_CAPTURE,
+               f"cuda_graph_capture must be {' or '.join(GRAPH_CAPTURE)}, got {self.cuda_graph_capture!r}")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -244,8 +244,8 @@ class LLMEngine:
     def _observe(self, out: SchedulerOutput, seconds: float) -> None:
         """The step's time through the step timer (a simulated device reads it off a table), and
         what it teaches the step cost: decode and verify steps only (a prefill chunk's rows cost
-        differently from draft rows)."""
-        if not out.scheduled:
+        differently from draft rows), and none that captured a CUDA graph first."""
+        if not out.scheduled or self.runner.step_captured:
             return
         seqs, rows = len(out.scheduled), out.num_tokens
         seconds = self.step_timer(seqs, rows, seconds)

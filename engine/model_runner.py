@@ -55,6 +55,7 @@ class ModelRunner:
         # [layers, 2 (keys, values), ...] whatever the planes: one plane is seen as both.
         self.kv_caches = self.kv_planes.expand(shape[0], 2, *shape[2:])
         self.graphs = self._graphs() if self.paths.cuda_graphs else None
+        self.step_captured = False  # whether the last step captured a graph first (its time is no step's cost)
 
     def _graphs(self) -> StepGraphs | None:
         """The captured graphs; None, with the reason in the fast paths and the log, where capture
@@ -73,7 +74,8 @@ class ModelRunner:
         static = StaticStep(config.max_num_seqs, min(config.max_num_batched_tokens, config.cuda_graph_max_rows),
                             -(-max_len // config.block_size), config.block_size, self.num_blocks, mc.vocab_size,
                             self.device)
-        graphs = StepGraphs(self.model, self.kv_caches, self.backend, static, capture=True)
+        graphs = StepGraphs(self.model, self.kv_caches, self.backend, static, capture=True,
+                            first_use=config.cuda_graph_capture == "first-use")
         graphs.capture_all()
         return graphs
 
@@ -109,6 +111,7 @@ class ModelRunner:
         chunks = self.chunks(out)
         if self.graphs is not None:
             logits = self.graphs.run(chunks)
+            self.step_captured = self.graphs.captured_now
             if logits is not None:
                 return logits
         batch = StepBatch.build(chunks, self.config.block_size, self.device)

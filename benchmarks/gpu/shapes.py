@@ -82,7 +82,9 @@ def randomize(model: torch.nn.Module, device: torch.device, seed: int = 0) -> No
 
 def engine_for(model: torch.nn.Module, device: str, dtype: str, max_seqs: int, batched_tokens: int,
                max_model_len: int, kv_cache_gb: float, proposer=None, **options) -> LLMEngine:
-    """An engine over `model`; the embedded model's tokenizer only turns ids into text."""
+    """An engine over `model`; the embedded model's tokenizer only turns ids into text. Its CUDA
+    graphs are all captured at start-up unless `options` say otherwise: no timed step captures."""
+    options = {"cuda_graph_capture": "start-up", **options}
     config = EngineConfig(model=DEFAULT_MODEL, dtype=dtype, device=device, max_num_seqs=max_seqs,
                           max_num_batched_tokens=max(batched_tokens, max_seqs), kv_cache_memory_gb=kv_cache_gb,
                           max_model_len=max_model_len, **options)

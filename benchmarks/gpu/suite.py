@@ -285,6 +285,14 @@ def decode_and_verify(args, device, model) -> dict:
            "roofline_b1_tokens_per_s": bw / weight_bytes, "decode": [], "verify": [],
            "auto_kv_cache_gb": auto_kv_cache_gb(args, device)}
     max_len = args.prompt_len + args.gen_len + 32
+    if device.type == "cuda":  # what a job's engine starts in, capturing the rest as steps first need them
+        start = time.perf_counter()
+        engine = shapes.engine_for(model, args.device, args.dtype, max(args.batches), max(args.batches) * 17,
+                                   max_len, args.kv_cache_gb, cuda_graph_capture="first-use")
+        out["engine_start_s"] = {"graphs, first use": time.perf_counter() - start}
+        out["graph_capture_first_use"] = engine.runner.graphs.report.describe() if engine.runner.graphs else None
+        del engine
+        shapes.free(device)
     for graphs in ((True, False) if device.type == "cuda" else (False,)):
         start = time.perf_counter()
         engine = shapes.engine_for(model, args.device, args.dtype, max(args.batches), max(args.batches) * 17,
@@ -501,6 +509,9 @@ def markdown(results: dict) -> str:
         lines += ["## b. decode", "", f"copy bandwidth {b['copy_bandwidth_gbs']:.0f} GB/s, weights {b['weight_gb']:.2f} GB, "
                   f"batch-1 roofline {b['roofline_b1_tokens_per_s']:.1f} tokens/s; {b.get('graph_capture', '')}; "
                   f"a user's engine's KV cache here (defaults): {fmt(b.get('auto_kv_cache_gb'), 1)} GB", ""]
+        if b.get("engine_start_s"):
+            lines += ["engine start, s: " + ", ".join(f"{k} {v:.1f}" for k, v in b["engine_start_s"].items())
+                      + (f" ({b['graph_capture_first_use']})" if b.get("graph_capture_first_use") else ""), ""]
         lines += measure.markdown_table(["batch", "graphs", "decode tok/s", "step ms", "of roofline"],
                                         [[r["batch"], r["graphs"], fmt(r["decode_tokens_per_s"]), fmt(r["step_ms"], 2),
                                           f"{r['share_of_roofline']:.0%}" if r["share_of_roofline"] else ""]

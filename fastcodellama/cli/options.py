@@ -75,6 +75,12 @@ def _dtypes() -> tuple[str, ...]:
     return ("auto", *DTYPES)
 
 
+def _graph_captures() -> tuple[str, ...]:
+    from engine.config import GRAPH_CAPTURE
+
+    return GRAPH_CAPTURE
+
+
 def _backends() -> tuple[str, ...]:
     from engine.attention import BACKENDS
 
@@ -87,7 +93,9 @@ def _policies() -> tuple[str, ...]:
     return POLICIES
 
 
-def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...] = ("--model",)) -> None:
+def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...] = ("--model",),
+                    graph_capture: str | None = None) -> None:
+    """`graph_capture`: the command's own default of --cuda-graph-capture (else EngineConfig's)."""
     d = _engine_default
     g = parser.add_argument_group("engine")
     g.add_argument(*model_flags, dest="model", default=embedded_model(), metavar="DIR",
@@ -125,6 +133,10 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
                         "learned from the steps run, and kept per machine)")
     g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=d("cuda_graphs"),
                    help="on a GPU, run decode and verify steps eagerly instead of replaying CUDA graphs")
+    g.add_argument("--cuda-graph-capture", default=graph_capture or d("cuda_graph_capture"),
+                   choices=LazyChoices(_graph_captures), metavar="WHEN",
+                   help="%(choices)s: capture every CUDA graph before the first step, or each when a step first "
+                        "needs it (default %(default)s)")
 
 
 def add_spec_args(parser: argparse.ArgumentParser, default_on: bool = True) -> None:

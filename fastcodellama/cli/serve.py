@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "last at once): fewer socket writes with many streams")
     net.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     net.add_argument("--no-access-log", action="store_true", help="do not log each request")
-    add_engine_args(parser)
+    add_engine_args(parser, graph_capture="start-up")  # no request waits on a capture
     add_spec_args(parser)
 
 

@@ -28,6 +28,13 @@ def test_buckets_and_the_smallest_that_holds_a_step():
     assert bucket_for(all_buckets, 65, 65) is None and bucket_for(all_buckets, 1, 1000) is None
 
 
+def test_graphs_are_captured_on_first_use_unless_a_config_says_at_start_up():
+    assert EngineConfig().cuda_graph_capture == "first-use"
+    assert EngineConfig(cuda_graph_capture="start-up").cuda_graph_capture == "start-up"
+    with pytest.raises(ValueError, match="cuda_graph_capture must be start-up or first-use"):
+        EngineConfig(cuda_graph_capture="later")
+
+
 def _runner(model_dir: str) -> ModelRunner:
     config = EngineConfig(model=model_dir, num_kv_blocks=64, block_size=BS, attention_backend="torch")
     return ModelRunner(config, read_model_config(model_dir))

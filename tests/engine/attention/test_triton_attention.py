@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -351,6 +352,118 @@ def test_static_steps_with_triton_metadata_equal_the_eager_reference(tiny_model_
     assert len(static.metas) == (0 if meta_in_graph else 2) and graphs.replays == 3
 
 
+class _RecordedCapture:
+    """Stands for engine.cuda_graphs.CudaCapture on the CPU: a capture records the step function,
+    and its graph's replay runs it (what a CUDA graph replays: the same static buffers, and the
+    metadata built from them inside the step). `fail`: the captures, counted from 1, that raise."""
+
+    def __init__(self, fail: tuple[int, ...] = ()) -> None:
+        self.captures, self.fail = 0, fail
+
+    def free_bytes(self) -> int:
+        return 0
+
+    def __call__(self, step):
+        self.captures += 1
+        if self.captures in self.fail:
+            raise RuntimeError("CUDA out of memory")
+        return SimpleNamespace(replay=step)
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _graphed_runner(model_dir: str, first_use: bool, capture: _RecordedCapture):
+    from engine.config import EngineConfig
+    from engine.cuda_graphs import StepGraphs
+    from engine.model_runner import ModelRunner
+    from engine.models.registry import read_model_config
+    from engine.static_step import StaticStep
+
+    config = EngineConfig(model=model_dir, num_kv_blocks=64, block_size=4, attention_backend="torch")
+    runner = ModelRunner(config, read_model_config(model_dir))
+    static = StaticStep(8, 32, 16, 4, runner.num_blocks, runner.model_config.vocab_size, runner.device)
+    runner.graphs = StepGraphs(runner.model, runner.kv_caches, TritonBackend(), static, capture=True,
+                               first_use=first_use, capturer=lambda device: capture)
+    return runner
+
+
+def test_graphs_captured_on_first_use_replay_the_eager_steps(tiny_model_dir, caplog):
+    """With first_use, start-up captures the largest and the smallest bucket only (both checked
+    against eager steps); a step in another bucket captures it first, then replays it, and the
+    bucket's later steps only replay; a bucket whose capture fails runs eagerly and is not tried
+    again, the others replaying as before. Every replayed step equals the eager reference."""
+    capture = _RecordedCapture(fail=(4,))
+    runner = _graphed_runner(tiny_model_dir, True, capture)
+    graphs = runner.graphs
+    report = graphs.capture_all()
+    assert (report.graphs, report.deferred, capture.captures) == (2, len(graphs.static.buckets) - 2, 2)
+    assert "23 more when first used" in report.describe()
+    torch.manual_seed(0)
+    start = torch.randn_like(runner.kv_caches)
+    prompt = (3, 4)
+    three = [SeqChunk((7,), 8, prompt + (10, 11), 0), SeqChunk((8, 9, 10), 9, prompt + (12, 13), 0),
+             SeqChunk((9,), 15, (20, 21, 22, 23), 0)]
+    three_again = [SeqChunk((5,), 9, prompt + (10, 11), 0), SeqChunk((6, 7, 8), 10, prompt + (12, 13), 0),
+                   SeqChunk((1,), 16, (20, 21, 22, 23, 24), 0)]
+    one = [SeqChunk((2,), 6, prompt + (10,), 0)]
+    for chunks, captured in ((three, True), (three_again, False), (one, False)):
+        runner.kv_caches.copy_(start)
+        batch = StepBatch.build(chunks, 4, runner.device)
+        eager = runner.model.compute_logits(runner.model(batch, runner.kv_caches, runner.backend))
+        runner.kv_caches.copy_(start)
+        torch.testing.assert_close(graphs.run(chunks), eager, rtol=1e-4, atol=1e-4)
+        assert graphs.captured_now == captured
+    assert (capture.captures, graphs.late_captures, graphs.replays) == (3, 1, 3)
+    two = [SeqChunk((7,), 8, prompt + (10, 11), 0), SeqChunk((8, 9), 9, prompt + (12, 13), 0)]
+    with caplog.at_level("WARNING", logger="engine"):
+        assert graphs.run(two) is None and not graphs.captured_now  # the fourth capture fails
+    assert "2 sequences, 4 rows not captured (RuntimeError: CUDA out of memory)" in caplog.text
+    assert graphs.run(two) is None and capture.captures == 4  # not tried again
+    assert graphs.run(three) is not None and graphs.replays == 4
+
+
+def test_graphs_captured_at_start_up_take_every_bucket(tiny_model_dir):
+    capture = _RecordedCapture()
+    runner = _graphed_runner(tiny_model_dir, False, capture)
+    report = runner.graphs.capture_all()
+    assert report.graphs == capture.captures == len(runner.graphs.static.buckets) and report.deferred == 0
+    assert runner.graphs.run([SeqChunk((7,), 8, (3, 4, 10, 11), 0)] * 3) is not None
+    assert not runner.graphs.captured_now and capture.captures == report.graphs
+
+
+def test_a_step_that_captures_a_graph_teaches_the_step_cost_nothing(tiny_model_dir):
+    """The engine on graphs captured on first use: the tokens of eager steps, and a step that
+    captured its bucket first is no observation of a step's cost (it took a capture's time too)."""
+    from engine import LLM, SamplingParams
+
+    params = SamplingParams(n=2, temperature=0.0, max_tokens=5, ignore_eos=True)
+    prompts = ["def add(a, b):\n    return", "import os\n"]
+    eager = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4, attention_backend="torch")
+    want = [[c.token_ids for c in o.outputs] for o in eager.generate(prompts, params, use_tqdm=False)]
+    llm = LLM(tiny_model_dir, num_kv_blocks=64, block_size=4, attention_backend="torch")
+    engine = llm.engine
+    engine.runner.graphs = _graphed_runner(tiny_model_dir, True, _RecordedCapture()).graphs
+    engine.runner.graphs.kv_caches = engine.runner.kv_caches
+    engine.runner.graphs.model = engine.runner.model
+    engine.runner.graphs.capture_all()
+    observed, captured = [], []
+    real = engine.step_cost.observe
+    engine.step_cost.observe = lambda *a: (observed.append(engine._steps), real(*a))
+    step = engine.step
+
+    def stepped(*a, **k):
+        out = step(*a, **k)
+        if engine.runner.step_captured:
+            captured.append(engine._steps)
+        return out
+
+    engine.step = stepped
+    got = [[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert got == want and captured and engine.runner.graphs.replays > len(captured)
+    assert not set(captured) & set(observed) and observed
+
+
 @pytest.mark.parametrize("family,overrides,prefix_tile", [
     ("deepseek_v2", {"kv_lora_rank": 280}, 16),  # latent rows of 288: the wide tiles
     ("gemma3", {}, 32),  # a window on one layer of two
@@ -392,18 +505,22 @@ def test_static_steps_of_other_families_equal_the_eager_reference(tmp_path, fami
 
 @pytest.mark.gpu
 @requires_cuda
-def test_captured_graphs_hold_the_metadata_and_replay_the_eager_steps(tiny_model_dir):
-    """On CUDA: every bucket is captured with its attention metadata inside (the start-up check
-    replays a step the graph was not captured with), and replays equal eager steps."""
+@pytest.mark.parametrize("when", ["start-up", "first-use"])
+def test_captured_graphs_hold_the_metadata_and_replay_the_eager_steps(tiny_model_dir, when):
+    """On CUDA: the buckets are captured with their attention metadata inside (the start-up check
+    replays a step the graph was not captured with), at start-up or when first used, and replays
+    equal eager steps."""
     from engine.config import EngineConfig
     from engine.cuda_graphs import META_INSIDE
     from engine.model_runner import ModelRunner
     from engine.models.registry import read_model_config
 
     config = EngineConfig(model=tiny_model_dir, num_kv_blocks=64, block_size=4, device="cuda", dtype="float32",
-                          attention_backend="triton", cuda_graphs=True, max_num_seqs=8, cuda_graph_max_rows=32)
+                          attention_backend="triton", cuda_graphs=True, max_num_seqs=8, cuda_graph_max_rows=32,
+                          cuda_graph_capture=when)
     runner = ModelRunner(config, read_model_config(tiny_model_dir))
     assert runner.graphs is not None and runner.graphs.report.metadata == META_INSIDE
+    assert runner.graphs.report.graphs == (2 if when == "first-use" else len(runner.graphs.static.buckets))
     prompt = (3, 4)
     for chunks in ([SeqChunk((7,), 8, prompt + (10, 11), 0), SeqChunk((8, 9, 10), 9, prompt + (12, 13), 0)],
                    [SeqChunk((9,), 15, (20, 21, 22, 23), 0)]):

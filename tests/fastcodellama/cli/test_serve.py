@@ -23,6 +23,10 @@ def test_defaults_are_local_and_use_the_embedded_model(monkeypatch):
     engine, server, spec = serve_cmd.configs(args)
     assert server.api_key is None and server.cors_origins == () and spec is not None
     assert server.model_name == "codemodel" and engine.enable_prefix_caching
+    assert engine.cuda_graph_capture == "start-up"  # no request waits on a capture (jobs: first-use)
+    assert serve_cmd.configs(parse(["--cuda-graph-capture", "first-use"]))[0].cuda_graph_capture == "first-use"
+    with pytest.raises(SystemExit):
+        parse(["--cuda-graph-capture", "later"])
 
 
 def test_engine_and_server_options(tmp_path):
