@@ -181,6 +181,13 @@ class StepGraphs:
                   seconds)
         return graph
 
+    def summary(self) -> str:
+        """The graphs captured so far, at start-up and on first use, and the seconds they took."""
+        start = f"{self.report.graphs} at start-up in {self.report.seconds:.1f} s" if self.report else "none at start-up"
+        later = f", {self.late_captures} on first use in {self.late_seconds:.1f} s" if self.first_use else ""
+        failed = f", {len(self._failed)} failed (run eagerly)" if self._failed else ""
+        return start + later + failed
+
     def _check_replay(self, bucket: Bucket) -> None:
         """Replays a step the graph was not captured with (other positions and contexts, two
         sequences sharing their block where the bucket holds two) against the same step run

@@ -73,6 +73,7 @@ class EngineStats:
     spec: SpecStats = field(default_factory=SpecStats)
     prompt_tokens_computed: int = 0  # prompt positions the model ran
     tokens_cached: int = 0  # positions taken from the prefix cache instead of computed
+    cuda_graphs: str | None = None  # the graphs captured so far (None: no graphs)
 
 
 class LLMEngine:
@@ -405,7 +406,8 @@ class LLMEngine:
             num_running=len(s.running), num_waiting=s.num_waiting, steps=self._steps,
             generated_tokens=self._generated, forward_time=self._forward_time, propose_time=self._propose_time,
             preemptions=s.num_preemptions, spec=self._spec, prompt_tokens_computed=s.num_prompt_tokens_computed,
-            tokens_cached=self.block_manager.hit_tokens)
+            tokens_cached=self.block_manager.hit_tokens,
+            cuda_graphs=self.runner.graphs.summary() if self.runner.graphs is not None else None)
 
 
 _new_tuple = tuple.__new__

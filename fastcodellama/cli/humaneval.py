@@ -174,7 +174,8 @@ def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams
         llm.engine.step_cost.keep_nothing()  # steps timed beside the sandboxes' load: not for later runs
     stats = generate_samples(llm, tasks, params_for, args.output_data_fn,
                              on_written=_starter(early, problems) if beside else None)
-    return stats, [], time.perf_counter()
+    graphs = llm.engine.stats().cuda_graphs
+    return stats, [("CUDA graphs", graphs)] if graphs is not None else [], time.perf_counter()
 
 
 def _build_extensions(cpu: bool, drafts: bool) -> None:

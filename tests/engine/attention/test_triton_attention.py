@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -421,6 +422,8 @@ def test_graphs_captured_on_first_use_replay_the_eager_steps(tiny_model_dir, cap
     assert "2 sequences, 4 rows not captured (RuntimeError: CUDA out of memory)" in caplog.text
     assert graphs.run(two) is None and capture.captures == 4  # not tried again
     assert graphs.run(three) is not None and graphs.replays == 4
+    assert re.fullmatch(r"2 at start-up in [0-9.]+ s, 1 on first use in [0-9.]+ s, 1 failed \(run eagerly\)",
+                        graphs.summary())
 
 
 def test_graphs_captured_at_start_up_take_every_bucket(tiny_model_dir):
@@ -462,6 +465,7 @@ def test_a_step_that_captures_a_graph_teaches_the_step_cost_nothing(tiny_model_d
     got = [[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params, use_tqdm=False)]
     assert got == want and captured and engine.runner.graphs.replays > len(captured)
     assert not set(captured) & set(observed) and observed
+    assert f", {len(captured)} on first use in " in engine.stats().cuda_graphs
 
 
 @pytest.mark.parametrize("family,overrides,prefix_tile", [
