@@ -1,6 +1,7 @@
 """The sandbox's end of a check, and the plain-data codec that both ends use.
 
-Runs inside the sandbox as `python -I -S -c <this file> PROGRAM_PATH`, with fd 3 the reply pipe (to
+Runs inside the sandbox as `python -I -S -c <this file> PROGRAM_PATH` would (the sandbox's runner
+runs it in the interpreter the setup started, sandbox_setup._run_harness), with fd 3 the reply pipe (to
 the evaluator) and fd 4 the request pipe (from it); it may import nothing outside the standard
 library, and imports as little as it can, since every check pays for it. It executes the program
 (prompt + completion) and then answers the evaluator's requests: call a function of the program

@@ -1,4 +1,4 @@
-"""The sandbox's setup program: confines itself, then execs the harness that runs the check's program.
+"""The sandbox's setup program: confines itself, then runs the harness that runs the check's program.
 
 The evaluator runs `python -I -S -c "import sandbox_setup ...; main()" KEY=VALUE...` (imported
 from this directory, so that its cached bytecode is used; it also runs as a script) with the program
@@ -6,8 +6,9 @@ on stdin, the reply pipe and the request pipe open (see `Config`). Process tree:
 
     setup (the evaluator's uid): joins the check's cgroup, unshares namespaces, forks
       └─ init: PID 1 of the new PID namespace; builds the private root, forks, reaps
-           └─ runner: limits, identity, no_new_privs, Landlock, seccomp; execs the harness
-              (`python -I -S -c <harness.py> /sandbox/program.py`), which runs the program
+           └─ runner: limits, identity, no_new_privs, Landlock, seccomp; then the harness
+              (harness.py, in this interpreter, as `python -I -S -c <harness.py> /sandbox/program.py`
+              would run it: a second interpreter's start was a third of a check), which runs the program
 
 The private root holds only what a check needs, read-only, nosuid and nodev: /usr, /etc, the
 /bin, /sbin and /lib* links or trees, the interpreter and the libraries it has loaded, a fresh
@@ -21,8 +22,8 @@ drops every capability it holds there before exec, so nothing can remount, unloc
 way out (seccomp refuses those calls too). Landlock then restricts file access to exactly the
 paths above, TCP, and signals and abstract sockets across the sandbox's boundary.
 
-Everything before the exec is trusted: its messages ("isolation", "refused", "setup-error") come
-before the harness's "start". Where a required part is missing (namespaces, the private root, an
+Everything before the harness is trusted: its messages ("isolation", "refused", "setup-error") come
+before the harness's "start"; nothing of the setup's state is secret (the program may read it all). Where a required part is missing (namespaces, the private root, an
 unprivileged identity, seccomp), the setup refuses with the reason, unless the evaluator passed
 unsafe=1 (the --unsafe-no-sandbox flag), which runs with whatever is left and says so.
 
@@ -408,7 +409,9 @@ def _confine(config: Config, trees: list[str], in_root: bool) -> list[str]:
 
 
 def _run_harness(config: Config, namespaces: list[str], trees: list[str], cgroup: str, in_root: bool) -> None:
-    """In the forked runner: descriptors, limits, identity, confinement, then the harness."""
+    """In the forked runner: descriptors, limits, identity, confinement, then the harness in this
+    interpreter, with what an exec of `python -I -S -c <harness.py> PROGRAM MARKER` would give it:
+    its environment and arguments, and descriptors 0-4 only (closed above)."""
     import fcntl
 
     reply, request = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (config.reply_fd, config.request_fd))
@@ -417,21 +420,28 @@ def _run_harness(config: Config, namespaces: list[str], trees: list[str], cgroup
         os.dup2(null, fd)
     os.dup2(reply, 3)
     os.dup2(request, 4)
-    os.closerange(5, 1 << 16)
+    os.closerange(5, max(1 << 16, os.sysconf("SC_OPEN_MAX")))  # no exec follows to close the CLOEXEC ones
     config.reply_fd, config.request_fd = 3, 4  # where a refusal below goes (see _fork_and_reap)
     _set_limits(config)
     home = "/tmp" if in_root else os.path.join(config.workdir, "work")
     program = CHECK_DIR + "/program.py" if in_root else os.path.join(config.workdir, "program.py")
     identity = _identity(config, namespaces, _uid_drop_blocker(in_root))
     _prctl(_PR_SET_PDEATHSIG, 9)  # after the uid change, which clears it; a PID namespace implies it anyway
+    _prctl(_PR_SET_DUMPABLE, 1)  # as an exec would leave it (init's 0, the uid change's): its own /proc entries
     labels = _confine(config, trees, in_root)
     parts = [f"namespaces({','.join(namespaces)})" if namespaces else "UNCONFINED(no namespaces)", identity]
     _send(3, "isolation", "+".join(parts + labels + [cgroup]))
     os.chdir(home)
-    exe = os.path.realpath(sys.executable)
     env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
            "OMP_NUM_THREADS": "1"}
-    os.execve(exe, [exe, "-I", "-S", "-c", config.harness, program, config.marker], env)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["-c", program, config.marker]
+    try:
+        exec(compile(config.harness, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    except BaseException:  # noqa: BLE001 - the program's to raise: it ends as `python -c` would, not as the setup
+        os._exit(1)
+    os._exit(0)
 
 
 def _init(config: Config, program: bytes, namespaces: list[str], cgroup: str) -> int:

@@ -223,6 +223,30 @@ def test_the_check_has_no_capabilities_here():
     assert (report["NoNewPrivs"], report["Seccomp"]) == ("1", "2")
 
 
+HARNESS_STATE = """
+r['environ'] = dict(os.environ)
+r['proc environ'] = sorted(open('/proc/self/environ', 'rb').read().decode().split('\\0'))
+r['argv'] = sys.argv[1:]
+r['cwd'] = os.getcwd()
+r['fds'] = sorted(int(fd) for fd in os.listdir('/proc/self/fd'))
+r['flags'] = [sys.flags.isolated, sys.flags.no_site]
+"""
+
+
+def test_the_harness_runs_as_an_exec_of_its_own_interpreter_would():
+    """The runner runs the harness in the interpreter the setup started (no second start): what
+    the program finds is what `python -I -S -c harness.py PROGRAM MARKER` would have given it
+    (its own environment, arguments and home, descriptors 0-4 and those it opened, the flags),
+    and its own /proc entries read as after an exec."""
+    report = probe(HARNESS_STATE)
+    assert report["environ"] == {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+                                 "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    assert report["argv"][0] == "/sandbox/program.py" and report["argv"][1].startswith("fcl-sandbox-of-")
+    assert report["cwd"] == "/tmp" and report["flags"] == [1, 1]
+    assert report["fds"][:5] == [0, 1, 2, 3, 4] and len(report["fds"]) <= 6  # and the listing's own
+    assert report["proc environ"]  # readable: dumpable, as after an exec
+
+
 LANDLOCK = """
 r['listdir /'] = attempt(lambda: os.listdir('/') and None)
 r['read /etc/hostname'] = attempt(lambda: open('/etc/hostname').read() and None)
