@@ -23,7 +23,10 @@ decisions cost, judged without the noise they were made in.
 The one thing still read off this host is the proposer's own search time, which the policy weighs
 against the gain of a draft: runs of one code can differ by a few percent through it. With
 --search-us US the policy is told US microseconds per query instead, and a run repeats exactly:
-the way to compare two versions of the policy or the step cost.
+the way to compare two versions of the policy or the step cost. A search has a fixed part, so a
+query costs far more at one sequence than among hundreds: --search-us 80@1,8@256 tells it per
+batch size (between the points, linear in the logarithm of the batch; beyond them, the nearest),
+as a host measured it (benchmarks/host_overhead.py and the GPU suite's part h print that figure).
 A table's points are (sequences, rows, ms); between them the cost is interpolated: the plain step
 by sequences, the draft rows' extra cost by rows at the nearest measured batches.
 
@@ -152,11 +155,12 @@ class SimClock:
 
 
 def run(table: CostTable, workload: str, requests, batch: int, spec: SpecConfig | None, tokenizer,
-        noise: int | None = None, search_us: float | None = None) -> dict:
-    """`search_us`: the search time per query the policy is told (None: measured on this host)."""
+        noise: int | None = None, search_us: list[tuple[int, float]] | None = None) -> dict:
+    """`search_us`: the search time per query the policy is told, by batch size (--search-us's
+    points; None: measured on this host)."""
     clock = SimClock(table, BusyMachine(noise) if noise is not None else None)
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 24 * batch), num_kv_blocks=16384)
-    search_time = search_us * 1e-6 if search_us is not None else None
+    search_time = None if search_us is None else (lambda n: 1e-6 * _interp_log(search_us, n))
     engine = LLMEngine(config, proposer=build_proposer(spec, search_time) if spec else None,
                        model=StubModel(read_model_config(DEFAULT_MODEL), columns=1), tokenizer=tokenizer,
                        step_timer=clock)  # the tokens are replayed: no row of logits needs the vocabulary
@@ -181,6 +185,27 @@ def run(table: CostTable, workload: str, requests, batch: int, spec: SpecConfig 
             "tokens_per_forward": tokens / max(1, stats.spec.decode_steps)}
 
 
+def search_points(text: str) -> list[tuple[int, float]]:
+    """--search-us: "US" (at every batch) or "US@N,US@N,...": (sequences, us per query), by sequences."""
+    points = []
+    for part in text.split(","):
+        us, _, n = part.partition("@")
+        points.append((int(n) if n else 1, float(us)))
+    if any(n < 1 or us < 0 or not math.isfinite(us) for n, us in points):
+        raise argparse.ArgumentTypeError(f"{text!r}: microseconds >= 0 at batches >= 1")
+    return sorted(points)
+
+
+def _interp_log(points: list[tuple[int, float]], n: int) -> float:
+    """The points' value at n: linear in log n between them, the nearest beyond them."""
+    if n <= points[0][0]:
+        return points[0][1]
+    for (n0, y0), (n1, y1) in zip(points, points[1:]):
+        if n <= n1:
+            return y0 + (y1 - y0) * math.log(n / n0) / math.log(n1 / n0)
+    return points[-1][1]
+
+
 def policies(k_max: int = 20) -> list[tuple[str, SpecConfig | None]]:
     return ([("plain", None), ("adaptive", SpecConfig())]
             + [(f"fixed k={k}", SpecConfig(policy="fixed", k=k)) for k in FIXED_K if k <= k_max])
@@ -201,9 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pass100-tasks", type=int, default=8)
     ap.add_argument("--noise", type=int, default=None, metavar="SEED",
                     help="the engine learns from the times of a busy machine (see above)")
-    ap.add_argument("--search-us", type=float, default=None, metavar="US",
-                    help="tell the policy a search costs US microseconds per query instead of timing it: "
-                         "the run then repeats exactly (see above)")
+    ap.add_argument("--search-us", type=search_points, default=None, metavar="US[@N,...]",
+                    help="tell the policy a search costs US microseconds per query (at N sequences) instead of "
+                         "timing it: the run then repeats exactly (see above)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
     # Each run learns from its own steps only: a cache file would carry one table's (or one
@@ -213,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.noise is not None:
         described += f"; the engine learns from a busy machine's times (--noise {args.noise})"
     if args.search_us is not None:
-        described += f"; the policy is told a search costs {args.search_us:g} us per query (--search-us)"
+        told = ", ".join(f"{us:g} us at {n}" for n, us in args.search_us)
+        described += f"; the policy is told a search costs per query: {told} (--search-us)"
     tokenizer = Tokenizer(DEFAULT_MODEL)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "table": described, "args": vars(args),
                "rows": []}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQueries, DraftQuery
 from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel, ml_bucket
@@ -93,9 +93,11 @@ def _longest(found: tuple[int, str, Sequence[int], int]) -> tuple[int, int]:
 class CopyProposer:
     """Implements engine.proposer.Proposer; see the module docstring."""
 
-    def __init__(self, config: SpecConfig | None = None, search_time: float | None = None) -> None:
-        """`search_time`: the seconds per query the policy is told a search costs, fixed (a
-        simulated device sets it, so that its runs repeat exactly); None: measured."""
+    def __init__(self, config: SpecConfig | None = None,
+                 search_time: Callable[[int], float] | None = None) -> None:
+        """`search_time`: the seconds per query the policy is told a search of n queries costs, a
+        function of n fixed in advance (a simulated device sets it, so that its runs repeat
+        exactly); None: measured."""
         self.config = cfg = config or SpecConfig()
         self._seqs: dict[int, _Seq] = {}
         self._groups: dict[str, GroupIndex] = {}
@@ -211,8 +213,7 @@ class CopyProposer:
         self._index_all()
         drafts = self._search(queries, budget, cost, decision)
         elapsed = time.perf_counter() - t0
-        if self._search_fixed is None:
-            self._note_search_time(n, elapsed)
+        self._note_search_time(n, elapsed)
         self._propose_s += elapsed
         self._searches += 1
         self._explorations += decision.explore
@@ -220,14 +221,14 @@ class CopyProposer:
         return drafts
 
     def _search_s(self, n: int) -> float:
-        """What a search for n queries is believed to cost, in seconds."""
+        """What a search for n queries is believed to cost, in seconds: as told, else as measured."""
+        if self._search_fixed is not None:
+            return self._search_fixed(n) * n
         return self._search_per_query(self._search_recent_by_size.get(n.bit_length())) * n
 
     def _search_per_query(self, recent: deque[float] | None = None) -> float:
-        """Seconds per query: the fixed figure, else the mean of `recent` (or of the latest searches of
-        any size where that batch size has none)."""
-        if self._search_fixed is not None:
-            return self._search_fixed
+        """Measured seconds per query: the mean of `recent` (or of the latest searches of any size
+        where that batch size has none)."""
         recent = recent or self._search_recent
         return sum(recent) / len(recent) if recent else 0.0
 

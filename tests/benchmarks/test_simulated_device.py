@@ -66,3 +66,20 @@ def test_a_run_scores_device_time_alone_and_with_this_hosts_time(tmp_path):
     device, host = result["device_s"], result["host_step_s"] + result["propose_s"]
     assert result["tokens_per_s"] == pytest.approx(result["tokens"] / device)
     assert result["tokens_per_s_with_host"] == pytest.approx(result["tokens"] / (device + host))
+
+
+def test_the_search_time_told_by_batch_size_is_read_off_its_points():
+    """--search-us: one figure for every batch, or points by batch size, linear in the logarithm of
+    the batch between them and the nearest beyond them; nonsense is refused."""
+    import argparse
+
+    from simulated_device import _interp_log, search_points
+
+    assert search_points("80") == [(1, 80.0)]
+    points = search_points("8@256,80@1")
+    assert points == [(1, 80.0), (256, 8.0)]
+    assert _interp_log(points, 1) == 80.0 and _interp_log(points, 512) == 8.0
+    assert _interp_log(points, 16) == pytest.approx(44.0)  # half way in log2: 4 of 8 doublings... to 256
+    for bad in ("-1", "80@0", "x", "nan@4"):
+        with pytest.raises((argparse.ArgumentTypeError, ValueError)):
+            search_points(bad)

@@ -389,6 +389,8 @@ def test_a_fixed_search_time_is_what_the_policy_weighs_whatever_the_search_took(
                 prop.extend(i, [3, 1, 2][step % 3:step % 3 + 1])
     assert told["fixed"] == [pytest.approx(4 * 2.5e-4)] * 6
     assert told["measured"][0] == 0.0 and 0.0 < told["measured"][-1] < 4 * 2.5e-4 * 100
+    by_batch = build_proposer(SpecConfig(sources=("self",)), lambda n: 1e-4 if n < 4 else 1e-5)
+    assert by_batch._search_s(2) == pytest.approx(2e-4) and by_batch._search_s(4) == pytest.approx(4e-5)
 
 
 def test_the_measured_search_time_is_kept_by_batch_size() -> None:
@@ -511,8 +513,8 @@ def test_the_c_search_drafts_what_the_python_search_drafts(cfg: SpecConfig, engi
     if load_extension() is None:
         pytest.skip("the n-gram tables' C extension does not build here")
     rng = random.Random(11)
-    c = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "c"}), search_time=1e-6)
-    py = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "dict"}), search_time=1e-6)
+    c = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "c"}), search_time=lambda n: 1e-6)
+    py = CopyProposer(SpecConfig(**{**cfg.__dict__, "index_tables": "dict"}), search_time=lambda n: 1e-6)
     assert c._best_copies is not None and py._best_copies is None
     assert c._index_members is not None and py._index_members is None
     running, drafted, outputs = [], 0, {}
