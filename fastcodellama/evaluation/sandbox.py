@@ -1,7 +1,7 @@
 """Runs one untrusted program in a fresh, confined interpreter; the check's verdict is reached outside it.
 
     evaluator (trusted): leases a uid, creates the check's cgroup, runs the test (verdict.py)
-      └─ setup: `python -I -S -c "import sandbox_setup..."`: namespaces, private read-only root, then
+      └─ setup (forked from a waiting `python -I -S`, setup_forks.py): namespaces, private read-only root, then
            └─ init (PID 1 of the check) └─ harness (harness.py): runs the program, answers calls
 
 A check is a `Check`: the program (prompt + completion) runs in the sandbox; its test runs here
@@ -33,13 +33,12 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from fastcodellama.evaluation import cgroup, harness, verdict
+from fastcodellama.evaluation import cgroup, harness, setup_forks, verdict
 from fastcodellama.evaluation.verdict import SandboxBroke, SandboxTimeout
 
 # Each concurrent check on the machine gets its own uid from this range (no passwd entries needed):
@@ -49,11 +48,6 @@ SANDBOX_UID_BASE = 1_900_000_000
 SANDBOX_UID_COUNT = 64
 _UID_RETRY_S = 0.05  # wait before trying the range again when every uid is leased
 _MAX_MESSAGE = 32 << 20  # bytes of one message from the sandbox that the evaluator reads
-_HERE = os.path.dirname(os.path.abspath(__file__))
-# The setup imported as a module from this directory (its cached bytecode: a script is compiled
-# afresh at every start, and every check pays for the setup's start-up), its siblings beside it.
-_SETUP = ("import sys; sys.path.insert(0, %r); import sandbox_setup; del sys.path[0]; "
-          "sys.exit(sandbox_setup.main(sys.argv[1:]))" % _HERE)
 
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
 
@@ -252,18 +246,9 @@ class _Box:
                   f"marker=fcl-sandbox-of-{os.getpid()}"]
         if group is not None:
             config += [f"cgroup={path}" for path in group.procs_files] + [f"cgroup_label={group.label}"]
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _SETUP, *config], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, pass_fds=(reply_w, request_r), start_new_session=True, env=_clean_env(),
-                cwd="/")
-        except BaseException:
-            for fd in (reply_r, request_w):
-                os.close(fd)
-            raise
-        finally:
-            os.close(reply_w)
-            os.close(request_r)
+        with setup_forks.handed_over(keep=(reply_r, request_w), give=(reply_w, request_r)):
+            self.proc = setup_forks.spawn_setup(config, (reply_w, request_r), _clean_env(),
+                                                f"marker=fcl-sandbox-of-{os.getpid()}")
         self.reply, self.request = reply_r, request_w
         os.set_blocking(self.request, False)
         try:

@@ -1,8 +1,10 @@
 """The sandbox's setup program: confines itself, then runs the harness that runs the check's program.
 
-The evaluator runs `python -I -S -c "import sandbox_setup ...; main()" KEY=VALUE...` (imported
-from this directory, so that its cached bytecode is used; it also runs as a script) with the program
-on stdin, the reply pipe and the request pipe open (see `Config`). Process tree:
+The evaluator runs `main(KEY=VALUE...)` in a process forked from its waiting `python -I -S`
+interpreter (setup_forks.py), or where that cannot be, `python -I -S -c "import sandbox_setup ...;
+main()" KEY=VALUE...` (imported from this directory, so that its cached bytecode is used; it also
+runs as a script), with the program on stdin, the reply pipe and the request pipe open (see
+`Config`). Process tree:
 
     setup (the evaluator's uid): joins the check's cgroup, unshares namespaces, forks
       └─ init: PID 1 of the new PID namespace; builds the private root, forks, reaps
@@ -156,6 +158,12 @@ def _prctl(option: int, value: int) -> None:
 
 
 # --- setup: cgroup and namespaces ---------------------------------------------------------------
+
+def die_with_parent() -> None:
+    """The parent-death signal: when the evaluator (or the interpreter that forked this setup) dies,
+    so does the check."""
+    _prctl(_PR_SET_PDEATHSIG, 9)
+
 
 def _join_cgroup(config: Config) -> str:
     """Moves this process (and so all the check will start) into the check's cgroup; its label, or
@@ -501,7 +509,7 @@ def main(argv: list[str]) -> int:
     config = Config(argv)
     program = sys.stdin.buffer.read()
     os.umask(0o022)
-    _prctl(_PR_SET_PDEATHSIG, 9)  # the evaluator died: so does the check
+    die_with_parent()
     cgroup = _join_cgroup(config)
     try:
         namespaces = _unshare()

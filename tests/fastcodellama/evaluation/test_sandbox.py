@@ -18,10 +18,11 @@ import time
 
 import pytest
 
-from fastcodellama.evaluation import sandbox
+from fastcodellama.evaluation import sandbox, setup_forks
 from fastcodellama.evaluation.evaluate import problem_check
 from fastcodellama.evaluation.problems import Problem
 from fastcodellama.evaluation.sandbox import check_program
+from tests.fastcodellama.evaluation.helpers import marked_processes
 
 ADD = Problem("t/add", "def add(a, b):\n", "def check(candidate):\n    assert candidate(2, 3) == 5, 'add(2, 3)'\n"
               "    assert candidate(-1, 1) == 0\n", "add")
@@ -49,17 +50,10 @@ def needs(level: str, *features: str) -> None:
 
 def sandbox_processes() -> list[int]:
     """Processes of this test process's checks: the sandbox's setup and harness carry a marker with
-    our pid in their command line, and forks keep it (other sessions' checks on the machine do not)."""
-    marker = f"fcl-sandbox-of-{os.getpid()}".encode()
-    found = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                if marker in f.read():
-                    found.append(int(cmdline.split("/")[2]))
-        except OSError:
-            continue
-    return found
+    our pid in their command line, and forks keep it (other sessions' checks on the machine do not).
+    The interpreter that forks the setups carries it too (they are its forks): it is no check's."""
+    forking = setup_forks.forking_pid()
+    return [pid for pid in marked_processes(f"fcl-sandbox-of-{os.getpid()}".encode()) if pid != forking]
 
 
 def assert_contained(before_dirs: set[str]) -> None:
