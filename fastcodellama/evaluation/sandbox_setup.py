@@ -454,6 +454,7 @@ def _run_harness(config: Config, namespaces: list[str], trees: list[str], cgroup
 
 def _init(config: Config, program: bytes, namespaces: list[str], cgroup: str) -> int:
     """As PID 1 of the new namespaces (or in the setup itself, without them): the root, then the runner."""
+    die_with_parent()  # a fork's is cleared: when the setup dies, so does PID 1, and the namespace with it
     in_root = bool(namespaces)
     trees: list[str] = []
     if in_root:

@@ -14,8 +14,9 @@ The evaluator's end (`SetupForks`, `ForkedSetup`) keeps Popen's surface for sand
 (a process group of its own to kill), stdin and stderr, poll() and wait(), the exit status. A child
 is reaped only when the evaluator asks (its pid cannot be reused before), through a pidfd that
 says when it exited. The forking interpreter exits when the evaluator's end of the socket closes;
-its children die with it (the setup's parent-death signal). Where it cannot run (no pidfd, it
-died), it is started again, or checks start their setup afresh (`spawn_setup`).
+its children die with it (the setup's parent-death signal, and the check's PID 1's with the
+setup). Where it died it is started again; where it cannot run (no pidfd), checks start their
+setup afresh (`spawn_setup`).
 """
 from __future__ import annotations
 

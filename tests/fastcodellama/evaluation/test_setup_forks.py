@@ -36,10 +36,9 @@ def test_checks_are_forked_from_one_preloaded_interpreter():
     assert forking is not None and setup_forks.forking_pid() == forking
 
 
-def test_a_forking_interpreter_that_died_comes_back_and_its_checks_run_to_their_verdict():
+def test_a_forking_interpreter_that_died_comes_back_and_takes_its_checks_down_with_it():
     """Killed between checks, it is started again for the next; killed during one, that check's
-    processes go on (a session of their own, which the evaluator kills at the check's end) and it
-    gets its verdict."""
+    setup dies with it, and its PID 1 and the namespace with that: the check fails at once."""
     _available()
     assert check_program("x = 1", 10.0).passed
     os.kill(setup_forks.forking_pid(), signal.SIGKILL)
@@ -48,10 +47,36 @@ def test_a_forking_interpreter_that_died_comes_back_and_its_checks_run_to_their_
     forking = setup_forks.forking_pid()
     killer = threading.Timer(0.5, os.kill, (forking, signal.SIGKILL))
     killer.start()
-    result = run_program("import time\ntime.sleep(1.5)\n__output__ = 'done'", 10.0)
+    started = time.monotonic()
+    result = run_program("import time\ntime.sleep(20)\n__output__ = 'done'", 30.0)
     killer.join()
-    assert (result.status, result.output) == ("passed", "done"), result
+    assert result.status == "failed" and time.monotonic() - started < 10, result
     assert check_program("x = 1", 10.0).passed and setup_forks.forking_pid() not in (None, forking)
+
+
+def test_an_evaluator_killed_during_a_check_leaves_nothing_of_it():
+    """SIGKILL to the evaluator: its forking interpreter reads the end of its socket and ends, the
+    setup dies with it, PID 1 with the setup, and every process of the check with PID 1 (before,
+    PID 1 and the program outlived the setup until the program ended)."""
+    _available()
+    script = textwrap.dedent("""
+        import os
+        from fastcodellama.evaluation.sandbox import check_program
+        print(os.getpid(), flush=True)
+        check_program("import time\\ntime.sleep(60)", 120.0)
+    """)
+    evaluator = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    marker = f"fcl-sandbox-of-{evaluator.stdout.readline().strip()}".encode()
+    deadline = time.monotonic() + 10
+    while len(marked_processes(marker)) < 3 and time.monotonic() < deadline:  # forking, setup, PID 1, program
+        time.sleep(0.05)
+    assert len(marked_processes(marker)) >= 3
+    evaluator.kill()
+    evaluator.wait()
+    deadline = time.monotonic() + 10
+    while marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marked_processes(marker) == []
 
 
 def test_checks_start_afresh_where_setups_cannot_be_forked(monkeypatch):
