@@ -10,7 +10,7 @@ runs as a script), with the program on stdin, the reply pipe and the request pip
       └─ init: PID 1 of the new PID namespace; builds the private root, forks, reaps
            └─ runner: limits, identity, no_new_privs, Landlock, seccomp; then the harness
               (harness.py, in this interpreter, as `python -I -S -c <harness.py> /sandbox/program.py`
-              would run it: a second interpreter's start was a third of a check), which runs the program
+              would run it: a second interpreter's start was much of a check's cost), which runs the program
 
 The private root holds only what a check needs, read-only, nosuid and nodev: /usr, /etc, the
 /bin, /sbin and /lib* links or trees, the interpreter and the libraries it has loaded, a fresh
