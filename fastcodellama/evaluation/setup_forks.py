@@ -1,15 +1,14 @@
 """The sandbox's setups forked from one waiting interpreter instead of each started afresh.
 
 A check's setup (sandbox_setup.py) used to be a new `python -I -S` process: an interpreter's start,
-the setup's imports (ctypes) and the program's own `from typing import ...` (most HumanEval
-prompts) were most of a check's cost (benchmarks/results/sandbox_setup_forks_ab_20261206.md).
-Here one interpreter per evaluator process (started as the setup was: `-I -S`, a clean
-environment, its own session) imports all that once and then forks a child per check, which runs
-sandbox_setup.main exactly as a fresh setup would: its stdin (the program), stderr and the reply
-and request pipes arrive over a Unix socket (SCM_RIGHTS); it starts a session of its own. The
-interpreter holds nothing of any check
-(programs and pipes go to the children only), and nothing secret: a check's program can read what
-it preloaded, as it could the setup's.
+the setup's imports (ctypes) and the program's own `from typing import ...` (most HumanEval prompts)
+were most of a check's cost (benchmarks/results/sandbox_setup_forks_ab_20261206.md). Here one
+interpreter per evaluator process (started as the setup was: `-I -S`, a clean environment, its own
+session) imports all that once and then forks a child per check, which runs sandbox_setup.main
+exactly as a fresh setup would: its stdin (the program), stderr and the reply and request pipes
+arrive over a Unix socket (SCM_RIGHTS); it starts a session of its own. The interpreter holds
+nothing of any check (programs and pipes go to the children only), and nothing secret: a check's
+program can read what it preloaded, as it could the setup's.
 
 The evaluator's end (`SetupForks`, `ForkedSetup`) keeps Popen's surface for sandbox.py: the pid
 (a process group of its own to kill), stdin and stderr, poll() and wait(), the exit status. A child
