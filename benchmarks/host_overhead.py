@@ -202,7 +202,7 @@ def run(batch: int, drafting: bool, requests, tokenizer: Tokenizer, steps: int, 
     row = {"batch": batch, "drafting": drafting, "system": system_name(drafting, fixed_k, table), "steps": len(step_s["wall"]),
            "drafted": spec.total_drafted, "accepted": spec.total_accepted}
     if engine.proposer is not None:  # what the policy is told a search costs (simulated_device.py --search-us)
-        row["search_us_per_query"] = engine.proposer.stats()["search_us_per_query"]
+        row["search_us_per_query"] = engine.proposer.search_us_at(batch)
     for c in CLOCKS:
         phases = {k: 1e3 * v / n for k, v in timer.seconds[c].items()}
         mean = 1e3 * statistics.fmean(step_s[c]) if step_s[c] else 0.0

@@ -226,6 +226,15 @@ class CopyProposer:
             return self._search_fixed(n) * n
         return self._search_per_query(self._search_recent_by_size.get(n.bit_length())) * n
 
+    def search_us_at(self, n: int) -> float:
+        """Measured microseconds per query of searches of about n queries (those of n's size, else
+        of the nearest size searched): what `simulated_device.py --search-us US@N` should be told."""
+        sizes = [size for size, recent in self._search_recent_by_size.items() if recent]
+        if not sizes:
+            return 1e6 * self._search_per_query()
+        nearest = min(sizes, key=lambda size: (abs(size - n.bit_length()), -size))
+        return 1e6 * self._search_per_query(self._search_recent_by_size[nearest])
+
     def _search_per_query(self, recent: deque[float] | None = None) -> float:
         """Measured seconds per query: the mean of `recent` (or of the latest searches of any size
         where that batch size has none)."""

@@ -405,6 +405,9 @@ def test_the_measured_search_time_is_kept_by_batch_size() -> None:
     assert prop._search_s(64) == pytest.approx(64 * 20e-6, rel=1e-3)
     assert prop._search_s(100) == pytest.approx(100 * 20e-6, rel=1e-3)  # same size bucket as 64
     assert 20e-6 * 16 < prop._search_s(16) < 200e-6 * 16  # never searched: what searches of any size cost
+    # What a benchmark reports for --search-us US@N: each size's own, the nearest size's where unsearched.
+    assert (prop.search_us_at(1), prop.search_us_at(64), prop.search_us_at(256)) == pytest.approx((200, 20, 20))
+    assert prop.search_us_at(2) == pytest.approx(200) and build_proposer().search_us_at(8) == 0.0
 
 
 def test_a_batch_sizes_first_search_is_not_believed() -> None:
