@@ -197,13 +197,9 @@ def search_points(text: str) -> list[tuple[int, float]]:
 
 
 def _interp_log(points: list[tuple[int, float]], n: int) -> float:
-    """The points' value at n: linear in log n between them, the nearest beyond them."""
-    if n <= points[0][0]:
-        return points[0][1]
-    for (n0, y0), (n1, y1) in zip(points, points[1:]):
-        if n <= n1:
-            return y0 + (y1 - y0) * math.log(n / n0) / math.log(n1 / n0)
-    return points[-1][1]
+    """The points' value at n: linear in log n between them (_interp), the nearest beyond them."""
+    n = min(max(n, points[0][0]), points[-1][0])
+    return _interp([(math.log(x), y) for x, y in points], math.log(n))
 
 
 def policies(k_max: int = 20) -> list[tuple[str, SpecConfig | None]]:

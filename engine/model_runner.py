@@ -55,7 +55,6 @@ class ModelRunner:
         # [layers, 2 (keys, values), ...] whatever the planes: one plane is seen as both.
         self.kv_caches = self.kv_planes.expand(shape[0], 2, *shape[2:])
         self.graphs = self._graphs() if self.paths.cuda_graphs else None
-        self.step_captured = False  # whether the last step captured a graph first (its time is no step's cost)
 
     def _graphs(self) -> StepGraphs | None:
         """The captured graphs; None, with the reason in the fast paths and the log, where capture
@@ -78,6 +77,11 @@ class ModelRunner:
                             first_use=config.cuda_graph_capture == "first-use")
         graphs.capture_all()
         return graphs
+
+    @property
+    def step_captured(self) -> bool:
+        """Whether the last step captured a graph first (its time is no step's cost)."""
+        return self.graphs is not None and self.graphs.captured_now
 
     def cost_key(self) -> CostKey:
         """What this runner's step costs depend on besides a step's shape (engine/step_cost.py)."""
@@ -111,7 +115,6 @@ class ModelRunner:
         chunks = self.chunks(out)
         if self.graphs is not None:
             logits = self.graphs.run(chunks)
-            self.step_captured = self.graphs.captured_now
             if logits is not None:
                 return logits
         batch = StepBatch.build(chunks, self.config.block_size, self.device)

@@ -434,7 +434,7 @@ def _run_harness(config: Config, namespaces: list[str], trees: list[str], cgroup
     home = "/tmp" if in_root else os.path.join(config.workdir, "work")
     program = CHECK_DIR + "/program.py" if in_root else os.path.join(config.workdir, "program.py")
     identity = _identity(config, namespaces, _uid_drop_blocker(in_root))
-    _prctl(_PR_SET_PDEATHSIG, 9)  # after the uid change, which clears it; a PID namespace implies it anyway
+    die_with_parent()  # after the uid change, which clears it; a PID namespace implies it anyway
     _prctl(_PR_SET_DUMPABLE, 1)  # as an exec would leave it (init's 0, the uid change's): its own /proc entries
     labels = _confine(config, trees, in_root)
     parts = [f"namespaces({','.join(namespaces)})" if namespaces else "UNCONFINED(no namespaces)", identity]

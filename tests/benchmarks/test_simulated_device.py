@@ -79,7 +79,7 @@ def test_the_search_time_told_by_batch_size_is_read_off_its_points():
     points = search_points("8@256,80@1")
     assert points == [(1, 80.0), (256, 8.0)]
     assert _interp_log(points, 1) == 80.0 and _interp_log(points, 512) == 8.0
-    assert _interp_log(points, 16) == pytest.approx(44.0)  # half way in log2: 4 of 8 doublings... to 256
+    assert _interp_log(points, 16) == pytest.approx(44.0)  # 4 of the 8 doublings from 1 to 256: half way
     for bad in ("-1", "80@0", "x", "nan@4"):
         with pytest.raises((argparse.ArgumentTypeError, ValueError)):
             search_points(bad)
