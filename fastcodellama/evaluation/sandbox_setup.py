@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import os
+import resource
 import sys
 
 if __name__ in ("__main__", "sandbox_setup"):
@@ -90,8 +92,35 @@ class Config:
         self.marker = values["marker"]  # in every process's command line, so that tests can find them
         self.cgroup_procs = [value for key, value in items if key == "cgroup"]
         self.cgroup_label = values.get("cgroup_label", "")
+        self.harness = harness_code()  # now: the private root will not have harness.py
+
+
+# What does not change while an interpreter lives, found once in it: a forking interpreter
+# (setup_forks.py) finds it before its first fork, and every check's setup inherits it.
+_harness: list = []  # harness.py, compiled as `python -c <its text>` would compile it
+_mapped_dirs: dict[str, str | None] = {}  # a mapped file's path -> its real directory (None: not a file)
+_real: dict[str, str] = {}  # os.path.realpath, of the interpreter's own paths
+
+
+def harness_code():
+    """harness.py compiled as `python -I -S -c <harness.py>` compiles it."""
+    if not _harness:
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py"), encoding="utf-8") as f:
-            self.harness = f.read()  # now: the private root will not have this file
+            _harness.append(compile(f.read(), "<string>", "exec"))
+    return _harness[0]
+
+
+def _realpath(path: str) -> str:
+    real = _real.get(path)
+    if real is None:
+        real = _real[path] = os.path.realpath(path)
+    return real
+
+
+def warm() -> None:
+    """Finds now what every check's setup needs (see above): for a forking interpreter, once."""
+    harness_code()
+    _interpreter_trees()
 
 
 class Refused(Exception):
@@ -216,13 +245,16 @@ def _unshare() -> list[str]:
 def _interpreter_trees() -> list[str]:
     """The interpreter's install trees and the directories of every file it has mapped (its shared
     libraries, wherever the build put them)."""
-    exe, prefix = os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
+    exe, prefix = _realpath(sys.executable), _realpath(sys.base_prefix)
     trees = [prefix] if exe.startswith(prefix + "/") else [prefix, os.path.dirname(exe)]
-    with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith("/") and os.path.isfile(fields[5].strip()):
-                trees.append(os.path.dirname(os.path.realpath(fields[5].strip())))
+    with open("/proc/self/maps") as f:  # each file several times (one line per mapped range)
+        paths = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in f)
+                 if len(fields) == 6 and fields[5].startswith("/")}
+    for path in paths:
+        if path not in _mapped_dirs:
+            _mapped_dirs[path] = os.path.dirname(os.path.realpath(path)) if os.path.isfile(path) else None
+        if _mapped_dirs[path] is not None:
+            trees.append(_mapped_dirs[path])
     return trees
 
 
@@ -300,9 +332,6 @@ def _pivot(root: str) -> None:
 # --- runner: from the setup's state to the harness ------------------------------------------------
 
 def _set_limits(config: Config) -> None:
-    import math  # here, not at the top: only the runner needs these
-    import resource
-
     mib, cpu_s = 1 << 20, math.ceil(config.timeout) + 1
     for res, value in ((resource.RLIMIT_AS, config.memory_mb * mib), (resource.RLIMIT_CPU, cpu_s),
                        (resource.RLIMIT_FSIZE, config.file_size_mb * mib), (resource.RLIMIT_NOFILE, config.open_files),
@@ -315,7 +344,7 @@ def _set_limits(config: Config) -> None:
 def _closed_to_others(trees: list[str]) -> str:
     """"" where another uid can run the interpreter, else what stops it. Only directories inside
     `trees` count: the private root recreates those above them, open to all."""
-    exe = os.path.realpath(sys.executable)
+    exe = _realpath(sys.executable)
     for path, bit, what in ((exe, 0o001, "execute"), (os.__file__, 0o004, "read")):
         mode = os.stat(path).st_mode
         if not mode & bit:
@@ -357,7 +386,7 @@ def _uid_drop_blocker(in_root: bool) -> str:
     """Why a root evaluator's check cannot run as the sandbox uid ("" where it can, or when not root)."""
     if os.geteuid() != 0:
         return ""
-    interpreter = [os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))]
+    interpreter = [_realpath(sys.base_prefix), os.path.dirname(_realpath(sys.executable))]
     return _closed_to_others(interpreter if in_root else ["/"])
 
 
@@ -446,7 +475,7 @@ def _run_harness(config: Config, namespaces: list[str], trees: list[str], cgroup
     os.environ.update(env)
     sys.argv = ["-c", program, config.marker]
     try:
-        exec(compile(config.harness, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        exec(config.harness, {"__name__": "__main__", "__builtins__": __builtins__})
     except BaseException:  # noqa: BLE001 - the program's to raise: it ends as `python -c` would, not as the setup
         os._exit(1)
     os._exit(0)

@@ -51,6 +51,7 @@ def serve(fd: int) -> None:
             __import__(name)
     finally:
         del sys.path[0]
+    sys.modules["sandbox_setup"].warm()
     sock = socket.socket(fileno=fd)
     while True:
         try:
