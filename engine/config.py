@@ -12,6 +12,13 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 GRAPH_CAPTURE = ("start-up", "first-use")  # EngineConfig.cuda_graph_capture
 
 
+def _device_type(device: str) -> str | None:
+    try:
+        return torch.device(device).type
+    except RuntimeError:
+        return None
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -221,11 +228,22 @@ class EngineConfig:
         _check(self.cuda_graph_max_rows >= 1, "cuda_graph_max_rows must be >= 1")
         _check(self.cuda_graph_capture in GRAPH_CAPTURE,
                f"cuda_graph_capture must be {' or '.join(GRAPH_CAPTURE)}, got {self.cuda_graph_capture!r}")
+        _check(self.device == "auto" or _device_type(self.device) in ("cpu", "cuda"),
+               f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def torch_device(self) -> torch.device:
+        """The device the model runs on; raises ValueError where this machine has no such device
+        (checked here, not when configured: a Ray driver configures its GPU workers from a CPU)."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+                raise ValueError(f"device {self.device}: no GPU is visible to this torch ({torch.__version__}, {build})")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ValueError(f"device {self.device}: this machine has {torch.cuda.device_count()} visible GPU(s)")
+        return device
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":

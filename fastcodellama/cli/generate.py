@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         from engine import SamplingParams
     checks.model_architecture(args.model)
     try:
-        engine_config(args), spec_config(args)
+        engine_config(args).torch_device(), spec_config(args)  # a GPU where torch sees none: one line now
         params = SamplingParams(n=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                                 top_k=args.top_k, max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop))
     except ValueError as e:

@@ -154,6 +154,8 @@ def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams
     checks.model_architecture(args.model)
     try:
         config, spec = engine_config(args), spec_config(args)
+        if args.ray is None:  # a Ray driver configures GPU workers from wherever it runs
+            config.torch_device()  # a GPU asked for where torch sees none: one line now
     except ValueError as e:
         raise CliError(str(e)) from None
     if args.ray is not None:

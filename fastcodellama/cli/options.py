@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from fastcodellama.cli.values import non_negative_int, positive_float, positive_int, probability
+from fastcodellama.cli.values import device, non_negative_int, positive_float, positive_int, probability
 from fastcodellama.job.types import ReplicaSpec
 from fastcodellama.ray_cluster import LOCAL, RayConfig
 
@@ -102,7 +102,7 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
                    help="Hugging Face checkpoint folder (default: the embedded demo model)")
     g.add_argument("--dtype", default=d("dtype"), choices=LazyChoices(_dtypes), metavar="DTYPE",
                    help="%(choices)s (default %(default)s: float32 on the CPU, bfloat16 on a GPU)")
-    g.add_argument("--device", default=d("device"),
+    g.add_argument("--device", type=device, default=d("device"),
                    help="auto, cpu, cuda, cuda:1 ... (default %(default)s: cuda if available)")
     g.add_argument("--block-size", type=positive_int, default=d("block_size"),
                    help="tokens per KV-cache block (default %(default)s)")

@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerConfig, SpecConfig | None]:
     engine = engine_config(args)
+    engine.torch_device()  # a GPU asked for where torch sees none: refused before the server starts
     names = tuple(args.served_model_name or (os.path.basename(os.path.normpath(args.model)),))
     keys = tuple(args.api_key or filter(None, [os.environ.get("FASTCODELLAMA_API_KEY")]))
     server = ServerConfig(

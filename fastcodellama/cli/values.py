@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 
@@ -40,3 +41,11 @@ non_negative_float = _number(float, 0, name="non_negative_float")
 probability = _number(float, 0, 1, low_open=True, name="probability")  # (0, 1], like top_p
 fraction = _number(float, 0, 1, name="fraction")  # [0, 1]
 port = _number(int, 0, 65535, name="port")
+
+
+def device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N, as engine.EngineConfig takes it (whether this machine has it is
+    known only once torch loads)."""
+    if not re.fullmatch(r"auto|(cpu|cuda)(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"wants auto, cpu, cuda or cuda:N, got {text!r}")
+    return text

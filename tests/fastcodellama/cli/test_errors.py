@@ -84,6 +84,8 @@ def test_parsing_loads_no_torch():
     (["humaneval", "--kv-cache-memory-gb", "nan"], "--kv-cache-memory-gb"),
     (["humaneval", "--k", "-1"], "--k"),
     (["humaneval", "--replicas", "0"], "--replicas"),
+    (["humaneval", "--device", "gpu"], "--device"),
+    (["serve", "--device", "cuda:x"], "--device"),
     (["generate", "x", "--num-samples", "0"], "--num-samples"),
     (["evaluate", "s.jsonl", "--k", "0"], "--k"),
     (["evaluate", "s.jsonl", "--workers", "0"], "--workers"),
@@ -105,6 +107,14 @@ def test_model_folder_mistakes(model_folders, tmp_path):
     assert "no config.json" in line
     line = one_line_error(cli("serve", "--model", model_folders["missing"]))
     assert "does not exist" in line
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_asked_for_where_torch_sees_none(tmp_path):
+    line = one_line_error(cli("generate", "def f():", "--device", "cuda", "--max-tokens", "2"), after_phases=True)
+    assert "device cuda: no GPU is visible to this torch" in line
+    line = one_line_error(cli("humaneval", "--device", "cuda:1", "--limit", "1", cwd=str(tmp_path)), after_phases=True)
+    assert "device cuda:1" in line and "no GPU" in line
 
 
 @pytest.mark.slow
