@@ -11,17 +11,26 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 
 
-@pytest.mark.slow
-def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypatch):
+def run_suite(parts: str, tmp_path, monkeypatch) -> dict:
+    """suite.main at tiny sizes on the CPU, its results also written under tmp_path/out ($OUT)."""
     monkeypatch.syspath_prepend(os.path.join(BENCH, "gpu"))
     monkeypatch.syspath_prepend(BENCH)
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     os.makedirs(tmp_path / "out")
     import suite
 
-    results = suite.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--quick", "--parts", "a,b,h,f",
-                          "--batches", "1,2", "--verify-batches", "1", "--verify-k", "2", "--gen-len", "4",
-                          "--prompt-len", "8", "--kv-cache-gb", "0.2", "--host-batches", "2", "--out", str(tmp_path)])
+    try:
+        return suite.main(["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--quick", "--parts", parts,
+                           "--batches", "1,2", "--verify-batches", "1", "--verify-k", "2", "--gen-len", "4",
+                           "--prompt-len", "8", "--kv-cache-gb", "0.2", "--host-batches", "2", "--hf-batches", "1",
+                           "--out", str(tmp_path)])
+    finally:
+        sys.modules.pop("suite", None)
+
+
+@pytest.mark.slow
+def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypatch):
+    results = run_suite("a,b,h,f", tmp_path, monkeypatch)
     a, b = results["a"], results["b"]
     assert a["greedy_equals_hf"] == "4/4" and a["greedy_drafting_equals_plain"] and a["sampled_drafting_equals_plain"]
     assert a["drafted_tokens"] > 0 and a["leaked_blocks"] == 0
@@ -46,4 +55,17 @@ def test_the_suite_runs_on_the_cpu_and_checks_what_it_claims(tmp_path, monkeypat
     assert host[0]["search_us_per_query"] is None and host[1]["search_us_per_query"] > 0
     written = json.loads(next(p for p in (tmp_path / "out").iterdir() if p.suffix == ".json").read_text())
     assert written["b"]["decode"] and (tmp_path / "out" / "gpu_suite.md").exists()
-    sys.modules.pop("suite", None)
+
+
+@pytest.mark.slow
+def test_the_suites_other_parts_run_on_the_cpu(tmp_path, monkeypatch):
+    """Verify steps' costs (c), trace replay on the model's shape (d) and Hugging Face generate() (e)."""
+    results = run_suite("c,d,e", tmp_path, monkeypatch)
+    assert not results["errors"] and not results["skipped"]
+    assert [(v["batch"], v["k"], v["rows"]) for v in results["b"]["verify"]] == [(1, 2, 3)]
+    replays = results["d"]["rows"]
+    assert {(r["workload"], r["max_running"]) for r in replays} == {("greedy", 1), ("greedy", 164), ("passk", 16),
+                                                                     ("passk", 64), ("passk", 256)}
+    assert {r["policy"] for r in replays} == {"plain", "adaptive", "fixed k=8"}
+    assert all(r["exact"] and r["leaked"] == 0 and r["tokens"] > 0 for r in replays)
+    assert [r["batch"] for r in results["e"]] == [1] and results["e"][0]["decode_tokens_per_s"] > 0
