@@ -5,8 +5,9 @@ issues one by one, at a few microseconds each, while the device waits: their cou
 a step's host time that this CPU can measure exactly. The engine runs here as a GPU host runs it:
 a forward that costs nothing (engine.models.stub.StubModel, whose own ops are not counted), the
 PyTorch sampler (not the CPU's C kernel) over the vocabulary's logits, greedy and sampled (T 0.8,
-top-p 0.95: pass@10's), with the race noise from the reference or from the Triton kernel (one
-launch; under the Triton interpreter here, whose own tensor work is not counted).
+top-p 0.95: pass@10's): the reference's torch ops, the race's noise from the Triton kernel, or that
+and the race over each row's likeliest tokens from the other Triton kernel (a launch each; under
+the Triton interpreter here, whose own tensor work is not counted).
 
     python benchmarks/device_ops.py                    # 1, 16, 64, 256 running
     python benchmarks/device_ops.py --batches 1,64 --steps 10
@@ -39,6 +40,10 @@ from engine.tokenizer import Tokenizer  # noqa: E402
 
 PROMPT = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n"
 SAMPLING = {"greedy": dict(temperature=0.0), "sampled": dict(temperature=0.8, top_p=0.95)}
+# The sampler's Triton kernels in use: none (the reference), the noise's, the noise's and the race's.
+KERNELS = {"torch": (), "noise": ("noise",), "noise+race": ("noise", "race")}
+_KERNEL_OF = {"noise": ("engine.kernels.triton_noise", "_uniform_hash_kernel"),
+              "race": ("engine.kernels.triton_race", "_race_kernel")}
 UNCOUNTED = "forward (stub)"
 
 
@@ -82,11 +87,14 @@ class _CountedKernel:
         return counted
 
 
-def run(batch: int, sampling: str, triton_noise: bool, steps: int, tokenizer: Tokenizer) -> dict:
+def run(batch: int, sampling: str, kernels: str, steps: int, tokenizer: Tokenizer) -> dict:
+    """`kernels`: which of the sampler's Triton kernels it uses (a key of KERNELS)."""
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192)
     engine = LLMEngine(config, model=StubModel(read_model_config(DEFAULT_MODEL)), tokenizer=tokenizer)
     counter = OpCounter()
-    engine.sampler = counter.within("sampler", Sampler(engine.eos_ids, use_kernels=False, triton_noise=triton_noise))
+    used = KERNELS[kernels]
+    sampler = Sampler(engine.eos_ids, use_kernels=False, triton_noise="noise" in used, triton_race="race" in used)
+    engine.sampler = counter.within("sampler", sampler)
     engine.runner.model.forward = counter.within(UNCOUNTED, engine.runner.model.forward)
     engine.runner.model.compute_logits = counter.within(UNCOUNTED, engine.runner.model.compute_logits)
     engine.runner.execute = counter.within("step inputs", engine.runner.execute)
@@ -95,21 +103,21 @@ def run(batch: int, sampling: str, triton_noise: bool, steps: int, tokenizer: To
     for _ in range(4):  # the prefill and the first decodes: only decode steps are counted
         engine.step(collect="finished")
     counter.launches = 0
-    kernels = importlib.import_module("engine.kernels.triton_noise") if triton_noise else None  # needs triton
-    kernel = kernels._uniform_hash_kernel if kernels else None
-    if kernels:
-        kernels._uniform_hash_kernel = _CountedKernel(kernel, counter)
+    saved = [(importlib.import_module(module), name) for module, name in map(_KERNEL_OF.get, used)]  # needs triton
+    originals = [getattr(module, name) for module, name in saved]
+    for (module, name), kernel in zip(saved, originals):
+        setattr(module, name, _CountedKernel(kernel, counter))
     try:
         with counter:
             for _ in range(steps):
                 counter.within("other", engine.step)(collect="finished")
     finally:
-        if kernels:
-            kernels._uniform_hash_kernel = kernel
+        for (module, name), kernel in zip(saved, originals):
+            setattr(module, name, kernel)
     per_step = {phase: n / steps for phase, n in counter.ops.items()}
-    return {"batch": batch, "sampling": sampling, "triton_noise": triton_noise, "steps": steps,
+    return {"batch": batch, "sampling": sampling, "kernels": kernels, "steps": steps,
             "ops_per_step": per_step, "total_per_step": sum(per_step.values()),
-            "noise_launches_per_step": counter.launches / steps}
+            "kernel_launches_per_step": counter.launches / steps}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -122,12 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for sampling in SAMPLING:
-            for triton_noise in ((False, True) if sampling == "sampled" else (False,)):
-                row = run(batch, sampling, triton_noise, args.steps, tokenizer)
+            for kernels in (KERNELS if sampling == "sampled" else ("torch",)):
+                row = run(batch, sampling, kernels, args.steps, tokenizer)
                 rows.append(row)
-                print(f"batch {batch:4d} {sampling:8s} noise {'triton' if triton_noise else 'torch '}: "
-                      f"{row['total_per_step']:.1f} ops a step, {row['noise_launches_per_step']:.1f} noise kernels",
-                      flush=True)
+                print(f"batch {batch:4d} {sampling:8s} {kernels:10s}: {row['total_per_step']:.1f} ops a step, "
+                      f"{row['kernel_launches_per_step']:.1f} Triton kernels", flush=True)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "rows": rows}
     write(results, args.out)
     return results
@@ -139,12 +146,12 @@ def write(results: dict, out_dir: str) -> None:
     lines = [f"# Torch ops a step dispatches outside the forward ({results['date']})", "",
              f"machine: {results['machine']}", "",
              "A stub forward (not counted); the PyTorch sampler; on a GPU each op is a launch or a copy. "
-             "Noise: the race's from the reference's torch ops, or from the Triton kernel (one launch, "
-             "not among the ops).", ""]
+             "Triton kernels: none (the reference's torch ops), the race's noise (noise), or that and "
+             "the race over each row's likeliest tokens (noise+race); a launch each, not among the ops.", ""]
     lines += measure.markdown_table(
-        ["running", "sampling", "noise", "ops a step", *phases, "noise kernels"],
-        [[r["batch"], r["sampling"], "triton" if r["triton_noise"] else "torch", f"{r['total_per_step']:.1f}",
-          *(f"{r['ops_per_step'].get(p, 0.0):.1f}" for p in phases), f"{r['noise_launches_per_step']:.1f}"]
+        ["running", "sampling", "Triton kernels", "ops a step", *phases, "kernel launches"],
+        [[r["batch"], r["sampling"], r["kernels"], f"{r['total_per_step']:.1f}",
+          *(f"{r['ops_per_step'].get(p, 0.0):.1f}" for p in phases), f"{r['kernel_launches_per_step']:.1f}"]
          for r in rows])
     measure.write_results(out_dir, "device_ops", results, "\n".join(lines) + "\n")
 

@@ -8,7 +8,8 @@ used (a mismatch, or no Triton, leaves the reference), CUDA graphs for decode an
 with 16-bit weights the Triton RMSNorm, rotary, SiLU-and-mul, residual-add-RMSNorm and
 mixture-of-experts kernels (checked the same way; a mixture's reference cannot be captured, so
 without them such a model runs without graphs), and the sampler's race noise from one Triton
-kernel (checked to equal its reference bit for bit; whatever the attention and dtype). A capture that
+kernel (checked to equal its reference bit for bit; whatever the attention and dtype), and its race
+over each row's likeliest tokens from another (checked to give the reference's tokens). A capture that
 fails leaves eager steps (engine/model_runner.py), and the reason in what is reported.
 Anything else, and whatever is switched off, runs the PyTorch reference each fast path is tested
 against.
@@ -18,11 +19,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.config import EngineConfig
 from engine.kernels import cpu as cpu_kernels
-from engine.sampler import row_noise
+from engine.sampler import CANDIDATES, RowKnobs, race_candidates, row_noise
+from engine.sampling_params import SamplingParams
 
 log = logging.getLogger("engine")
 TRITON_MAX_HEAD_DIM = 1024  # the widest heads the Triton attention's tiles are sized and compiled for
@@ -37,6 +40,7 @@ class FastPaths:
     # Triton RMSNorm, rotary, SiLU-and-mul and add+RMSNorm kernels (16-bit weights on a GPU)
     triton_norm_rope: bool = False
     triton_noise: bool = False  # the sampler's race noise from the Triton kernel (a GPU)
+    triton_race: bool = False  # the sampler's race over each row's likeliest tokens in one Triton kernel (a GPU)
     host_noise: bool = False  # the PyTorch sampling path's race noise in numpy's 32-bit arithmetic (a CPU)
     notes: tuple[str, ...] = ()  # why a fast path is off
 
@@ -49,6 +53,8 @@ class FastPaths:
             parts.append("Triton RMSNorm/RoPE/SiLU on")
         if self.triton_noise:
             parts.append("Triton sampling noise on")
+        if self.triton_race:
+            parts.append("Triton sampling race on")
         if self.host_noise:
             parts.append("numpy sampling noise on")
         return ", ".join(parts) + "".join(f"; {note}" for note in self.notes)
@@ -109,7 +115,11 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
     problem = noise_problem(device)
     if problem is not None:
         notes.append(f"Triton sampling noise off ({problem})")
-    return FastPaths(attention, False, False, graphs, fused, triton_noise=problem is None, notes=tuple(notes))
+    race = race_problem(device)
+    if race is not None:
+        notes.append(f"Triton sampling race off ({race})")
+    return FastPaths(attention, False, False, graphs, fused, triton_noise=problem is None, triton_race=race is None,
+                     notes=tuple(notes))
 
 
 def _named(config: EngineConfig, auto: str) -> str:
@@ -180,6 +190,52 @@ def noise_problem(device: torch.device) -> str | None:
     except Exception as e:  # noqa: BLE001 - a kernel that does not build here leaves the reference
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def race_problem(device: torch.device) -> str | None:
+    """None when the Triton race gives race_candidates' tokens and coverage on the device, over rows
+    with and without top-k, top-p and min-p, ties, dropped tokens and rows the candidates cannot
+    cover, at a vocabulary of many blocks, and in a batch without min-p (the kernel's other
+    variant: both compile now, not at a job's first sampled step); else what went wrong."""
+    try:
+        from engine.kernels import triton_race
+    except ImportError as e:  # no triton
+        return f"triton is not importable: {e}"
+    try:
+        x, knobs = race_check_rows(device)
+    except Exception as e:  # noqa: BLE001 - a device that cannot take the rows leaves the reference
+        return f"{type(e).__name__}: {e}"
+    for batch in (knobs, knobs._replace(log_min_p=None, any_min_p=False)):
+        try:
+            want = race_candidates(x, batch)
+            tokens, covered = race_candidates(x, batch, kernel=triton_race.race)
+        except Exception as e:  # noqa: BLE001 - a kernel that does not build here leaves the reference
+            return f"{type(e).__name__}: {e}"
+        if not torch.equal(covered, want[1]):
+            return "which rows the candidates cover differs from the reference"
+        if not torch.equal(tokens[covered], want[0][covered]):
+            return "a token differs from the reference"
+    return None
+
+
+def race_check_rows(device: torch.device) -> tuple[torch.Tensor, RowKnobs]:
+    """Rows for the race's check: 64 of a 5,000-token vocabulary, peaked, flat, tied (across the
+    candidates' end, and across the top-p cut: rows 20-29), some tokens dropped (-inf), each with
+    a temperature, top-k, top-p and min-p of its own."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn((64, 5000), generator=gen) * torch.rand((64, 1), generator=gen) * 8
+    x[1:8, :1200] = 1.5  # ties across the candidates' end
+    x[8:12] = torch.randint(0, 3, (4, 5000), generator=gen).float()
+    x[12:16, 40:] = float("-inf")
+    x[16:20] *= 0.01  # flat: not covered
+    params = [SamplingParams(temperature=(0.3, 0.8, 1.0, 1.6)[i % 4], top_p=(1.0, 0.95, 0.5, 0.1, 0.999)[i % 5],
+                             top_k=(0, 0, 3, 40, CANDIDATES, CANDIDATES + 1)[i % 6], min_p=(0.0, 0.0, 0.05)[i % 3])
+              for i in range(64)]
+    x[20:30] = torch.randn((10, 5000), generator=gen) - 12.0
+    x[20:30, :11] = torch.tensor([5.0] + [4.0] * 10)  # ten equal tokens, the cut among them
+    params[20:30] = [SamplingParams(temperature=1.0, top_p=0.5)] * 10
+    seeds = torch.randint(0, 2**32, (64,), generator=gen).numpy().astype(np.uint64)
+    return x.to(device), RowKnobs.of(params, seeds, device)
 
 
 def _fused_kernel_errors(device: torch.device, dtype: torch.dtype) -> dict[str, float]:

@@ -13,7 +13,9 @@ On the CPU, temperature, top-k, top-p and the race run in one C kernel per row
 here is its reference. Elsewhere (a GPU) a
 batch of many rows races each row's likeliest tokens only (race_candidates), where that gives
 the reference's tokens; the other rows take the reference over the whole vocabulary; the race's
-noise there comes from one Triton kernel (engine/kernels/triton_noise.py) where it passed its check.
+noise there comes from one Triton kernel (engine/kernels/triton_noise.py), and the race over the
+likeliest tokens after their top-k from another (engine/kernels/triton_race.py), where each passed
+its check.
 """
 from __future__ import annotations
 
@@ -88,9 +90,10 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 class Sampler:
     def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False, triton_noise: bool = False,
-                 json_tokens: JsonTokens | None = None, host_noise: bool = False) -> None:
+                 json_tokens: JsonTokens | None = None, host_noise: bool = False, triton_race: bool = False) -> None:
         """`use_kernels`: the C filter-and-race (CPU); `triton_noise`: the PyTorch path's noise from
-        the Triton kernel (GPU); `host_noise`: from numpy (CPU). engine/fast_paths.py decides them.
+        the Triton kernel (GPU); `host_noise`: from numpy (CPU); `triton_race`: race_candidates' work
+        after its top-k in one Triton kernel (GPU). engine/fast_paths.py decides them.
         `json_tokens`: what each token does to a JSON object's text (rows with a `json` state take
         only tokens it allows)."""
         self.eos_ids = eos_ids
@@ -101,6 +104,10 @@ class Sampler:
         if triton_noise:  # imported only here: triton may be absent where the flag is off
             from engine.kernels import triton_noise as noise_kernel
             self.noise = noise_kernel.uniform_hash
+        self.race_kernel: RaceKernel | None = None
+        if triton_race:
+            from engine.kernels import triton_race as race_kernel
+            self.race_kernel = race_kernel.race
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: Seq[SamplingRow]) -> SampleResult:
@@ -248,7 +255,8 @@ class Sampler:
                 torch.tensor([p.top_k for p in params], dtype=torch.int64),
                 torch.tensor([p.top_p for p in params], dtype=torch.float64), torch.from_numpy(seeds.astype(np.int64)))
         knobs = RowKnobs.of(params, seeds, x.device)
-        found = race_candidates(x, knobs, noise=self.noise) if len(rows) >= CANDIDATE_ROWS else None
+        found = race_candidates(x, knobs, noise=self.noise, kernel=self.race_kernel) \
+            if len(rows) >= CANDIDATE_ROWS else None
         if found is None:
             return race(_filter(x, knobs), knobs.seeds, self.noise)
         tokens, covered = found
@@ -387,20 +395,28 @@ CANDIDATES = 1024  # the likeliest tokens of a row that race_candidates filters 
 CANDIDATE_ROWS = 16
 
 
-def race_candidates(x: torch.Tensor, knobs: RowKnobs, count: int = CANDIDATES,
-                    noise: Noise = row_noise) -> tuple[torch.Tensor, torch.Tensor] | None:
+# What race_candidates does after its top-k, in one kernel (engine/kernels/triton_race.py race):
+# (scaled logits, candidates' values, their ids, top_k, top_p, log_min_p or None, seeds) -> (tokens, covered)
+RaceKernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def race_candidates(x: torch.Tensor, knobs: RowKnobs, count: int = CANDIDATES, noise: Noise = row_noise,
+                    kernel: RaceKernel | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """race(_filter(x, knobs), knobs.seeds) over each row's `count` likeliest tokens instead of the
     vocabulary (no sort, no noise for tokens that cannot win): (tokens, covered), the tokens right
     where `covered`, i.e. where the row's filter keeps only tokens among the candidates, because its
     top-k ends strictly above the last of them, or (without top-k) the weight strictly above the
     last reaches its top-p of the total, or its min-p floor is above the last. A flat row, or a
     top-k past `count`, is not covered. None when no row filters at all (every token may win) or
-    the vocabulary is no larger than `count`."""
+    the vocabulary is no larger than `count`. `kernel`: what follows the top-k, in one kernel
+    (`count` a power of two; its noise is uniform_hash's)."""
     vocab = x.shape[1]
     if count >= vocab or not (knobs.largest_k > 0 or knobs.any_top_p or knobs.any_min_p):
         return None
     x = x / knobs.temperature[:, None]
     vals, idx = torch.topk(x, count, dim=-1)  # descending
+    if kernel is not None:
+        return kernel(x, vals, idx, knobs.top_k, knobs.top_p, knobs.log_min_p, knobs.seeds)
     floor = vals[:, 0] + knobs.log_min_p if knobs.any_min_p else None  # min-p: nothing below it stays
     by_k = knobs.top_k > 0
     kth = vals.gather(1, (knobs.top_k.clamp(1, count) - 1)[:, None])[:, 0]

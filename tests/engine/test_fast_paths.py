@@ -52,6 +52,19 @@ def test_the_sampling_noise_kernel_goes_by_its_own_check_alone(monkeypatch):
     assert not fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).triton_noise
 
 
+def test_the_sampling_race_kernel_goes_by_its_own_check_alone(monkeypatch):
+    """Beside the noise kernel's, whatever the attention backend; never on the CPU."""
+    monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: "differs from the torch reference by 0.5")
+    monkeypatch.setattr(fast_paths, "noise_problem", lambda device: "the noise over the vocabulary differs")
+    monkeypatch.setattr(fast_paths, "race_problem", lambda device: None)
+    paths = fast_paths.choose(EngineConfig(), CUDA, torch.float32)
+    assert paths.triton_race and not paths.triton_noise and "Triton sampling race on" in paths.describe()
+    monkeypatch.setattr(fast_paths, "race_problem", lambda device: "a token differs from the reference")
+    paths = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
+    assert not paths.triton_race and "Triton sampling race off (a token differs from the reference)" in paths.notes
+    assert not fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32).triton_race
+
+
 def test_the_host_noise_is_the_cpus_alone():
     cpu = fast_paths.choose(EngineConfig(), torch.device("cpu"), torch.float32)
     assert cpu.host_noise and "numpy sampling noise on" in cpu.describe()

@@ -8,7 +8,7 @@ backend and the fused kernels run on CPU tensors at model shapes, in bf16 and fp
 at model vocabularies and batch sizes; each kernel launch is recorded instead of run, and its
 arguments give the signature to compile (a tensor's dtype, an int's width). The two arguments a
 CUDA launch sets from the device are given as a GPU gives them: tensor-core tiles for 16-bit
-attention (LOW_PRECISION) and libdevice's exp in SiLU-and-mul (LIBDEVICE).
+attention (LOW_PRECISION) and libdevice's exp in SiLU-and-mul and the sampler's race (LIBDEVICE).
 
     python -m tests.engine.kernels.gpu_compile      # prints what it compiled; exits 1 on a failure
 
@@ -32,6 +32,7 @@ from engine.attention.triton_meta import LaunchConfig
 from engine.kernels import triton_fused as tf
 from engine.kernels import triton_moe as tm
 from engine.kernels import triton_noise as tn
+from engine.kernels import triton_race as tr
 from engine.sampler import Sampler, SamplingRow
 from engine.sampling_params import SamplingParams
 from engine.step_batch import SeqChunk, StepBatch
@@ -40,8 +41,9 @@ ATTENTION_KERNELS = ("_write_kv_kernel", "_own_kernel", "_prefix_kernel", "_merg
 FUSED_KERNELS = ("_rms_norm_kernel", "_rope_kernel", "_add_rms_norm_kernel", "_silu_mul_kernel")
 MOE_KERNELS = ("_grouped_kernel",)
 NOISE_KERNELS = ("_uniform_hash_kernel",)
+RACE_KERNELS = ("_race_kernel",)
 _POINTER = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
-            torch.int64: "*i64", torch.bool: "*i1"}
+            torch.int64: "*i64", torch.int8: "*i8", torch.bool: "*i1"}
 BLOCK = 16
 # (query heads, kv heads, head dim, sliding window): CodeLlama-7B, GQA (Qwen2.5-Coder-7B-like), a
 # window (Mistral-7B-v0.1, StarCoder2), 6 query heads per kv head (Codestral-22B), multi-query
@@ -146,26 +148,28 @@ def _launches_of_fused(dtype: torch.dtype) -> None:
 def _launches_of_noise() -> None:
     """The sampler's race noise at CodeLlama's and Qwen2.5's vocabularies: fewer rows than
     CANDIDATE_ROWS race the whole vocabulary (the noise of 0..vocab-1); more race their likeliest
-    tokens (the noise of given ids), and a flat row, which they cannot cover, the whole vocabulary."""
-    sampler = Sampler((), triton_noise=True)
-    params = SamplingParams(temperature=0.8, top_p=0.95)
-    for vocab in (32016, 152064):
-        for rows in (1, 9, 64, 256):
-            x = torch.zeros(rows, vocab)
-            x[1:, 7] = 30.0  # every row but the first peaked: covered by the candidates
-            sampler._sample(x, [SamplingRow(i, params, i, 0) for i in range(rows)])
+    tokens (the race kernel, with and without min-p rows), and a flat row, which they cannot cover,
+    the whole vocabulary (the noise of given ids)."""
+    sampler = Sampler((), triton_noise=True, triton_race=True)
+    for params in (SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=0.8, min_p=0.05)):
+        for vocab in (32016, 152064):
+            for rows in (1, 9, 64, 256):
+                x = torch.zeros(rows, vocab)
+                x[1:, 7] = 30.0  # every row but the first peaked: covered by the candidates
+                sampler._sample(x, [SamplingRow(i, params, i, 0) for i in range(rows)])
 
 
 def record() -> Launches:
     """Every distinct launch the engine makes at the shapes above."""
     launches = Launches()
-    modules = ((ta, ATTENTION_KERNELS), (tf, FUSED_KERNELS), (tm, MOE_KERNELS), (tn, NOISE_KERNELS))
+    modules = ((ta, ATTENTION_KERNELS), (tf, FUSED_KERNELS), (tm, MOE_KERNELS), (tn, NOISE_KERNELS),
+               (tr, RACE_KERNELS))
     saved = {(m, n): getattr(m, n) for m, names in modules for n in names}
     try:
         for dtype in (torch.bfloat16, torch.float16):
             for (module, name), kernel in saved.items():
                 gpu = {"LOW_PRECISION": True} if name in ("_own_kernel", "_prefix_kernel", "_grouped_kernel") else \
-                    {"LIBDEVICE": True} if name == "_silu_mul_kernel" else {}
+                    {"LIBDEVICE": True} if name in ("_silu_mul_kernel", "_race_kernel") else {}
                 setattr(module, name, launches.recorder(kernel, gpu))
             shapes = SHAPES if dtype == torch.bfloat16 else SHAPES[1:2]  # fp16: one shape
             for shape in shapes:

@@ -24,4 +24,4 @@ def test_every_kernel_compiles_for_gpu_targets():
     if "ImportError" in run.stderr or "ModuleNotFoundError" in run.stderr:
         pytest.skip(f"this triton cannot compile ahead of time: {run.stderr.strip().splitlines()[-1]}")
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    assert " 0 failed" in run.stdout and "10 kernels" in run.stdout, run.stdout
+    assert " 0 failed" in run.stdout and "11 kernels" in run.stdout, run.stdout
