@@ -202,7 +202,7 @@ def race_problem(device: torch.device) -> str | None:
     except ImportError as e:  # no triton
         return f"triton is not importable: {e}"
     try:
-        x, knobs = race_check_rows(device)
+        x, knobs = _race_check_rows(device)
     except Exception as e:  # noqa: BLE001 - a device that cannot take the rows leaves the reference
         return f"{type(e).__name__}: {e}"
     for batch in (knobs, knobs._replace(log_min_p=None, any_min_p=False)):
@@ -218,7 +218,7 @@ def race_problem(device: torch.device) -> str | None:
     return None
 
 
-def race_check_rows(device: torch.device) -> tuple[torch.Tensor, RowKnobs]:
+def _race_check_rows(device: torch.device) -> tuple[torch.Tensor, RowKnobs]:
     """Rows for the race's check: 64 of a 5,000-token vocabulary, peaked, flat, tied (across the
     candidates' end, and across the top-p cut: rows 20-29), some tokens dropped (-inf), each with
     a temperature, top-k, top-p and min-p of its own."""
@@ -228,11 +228,11 @@ def race_check_rows(device: torch.device) -> tuple[torch.Tensor, RowKnobs]:
     x[8:12] = torch.randint(0, 3, (4, 5000), generator=gen).float()
     x[12:16, 40:] = float("-inf")
     x[16:20] *= 0.01  # flat: not covered
+    x[20:30] = torch.randn((10, 5000), generator=gen) - 12.0
+    x[20:30, :11] = torch.tensor([5.0] + [4.0] * 10)  # ten equal tokens, the top-p cut among them
     params = [SamplingParams(temperature=(0.3, 0.8, 1.0, 1.6)[i % 4], top_p=(1.0, 0.95, 0.5, 0.1, 0.999)[i % 5],
                              top_k=(0, 0, 3, 40, CANDIDATES, CANDIDATES + 1)[i % 6], min_p=(0.0, 0.0, 0.05)[i % 3])
               for i in range(64)]
-    x[20:30] = torch.randn((10, 5000), generator=gen) - 12.0
-    x[20:30, :11] = torch.tensor([5.0] + [4.0] * 10)  # ten equal tokens, the cut among them
     params[20:30] = [SamplingParams(temperature=1.0, top_p=0.5)] * 10
     seeds = torch.randint(0, 2**32, (64,), generator=gen).numpy().astype(np.uint64)
     return x.to(device), RowKnobs.of(params, seeds, device)
