@@ -1,7 +1,8 @@
 """A Triton kernel for the sampler's race over each row's likeliest tokens on a GPU: after the top-k
 of the temperature-scaled logits, one kernel does what race_candidates (engine/sampler.py) does in
-about fifty PyTorch kernels: top-k, top-p and min-p over the candidates, whether they cover what the
-row's filters keep, the race's noise and scores, and the winner.
+dozens of PyTorch kernels (benchmarks/device_ops.py counts them): top-k, top-p and min-p over the
+candidates, whether they cover what the row's filters keep, the race's noise and scores, and the
+winner.
 
 Its reference is race_candidates, which it equals where the arithmetic is the same: float32 where
 the reference is float32 (exp and log from libdevice on a GPU, the functions PyTorch's CUDA exp and
