@@ -34,13 +34,14 @@ WRITE_TREE = (READ | WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_DIR | MAKE_REG
               | TRUNCATE)
 DEVICE = READ_FILE | WRITE_FILE | IOCTL_DEV
 _FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV  # what a rule on a non-directory may grant
+# libc's syscall(), looked up once: each CDLL makes a class of its own, and a check makes dozens of calls.
+_syscall_fn = ctypes.CDLL(None, use_errno=True).syscall
 
 
 def abi_version() -> int:
     """The kernel's Landlock ABI version; 0 where it has none (or it is disabled at boot)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    version = libc.syscall(ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
-                           ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    version = _syscall_fn(ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
+                          ctypes.c_uint32(_CREATE_RULESET_VERSION))
     return max(0, version)
 
 
@@ -53,8 +54,7 @@ def _handled_fs(abi: int) -> int:
 
 
 def _syscall(number: int, *args: object) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    result = libc.syscall(ctypes.c_long(number), *args)
+    result = _syscall_fn(ctypes.c_long(number), *args)
     if result < 0:
         code = ctypes.get_errno()
         raise OSError(code, f"landlock syscall {number}: {errno.errorcode.get(code, code)}")

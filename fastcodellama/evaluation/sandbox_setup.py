@@ -121,6 +121,8 @@ def warm() -> None:
     """Finds now what every check's setup needs (see above): for a forking interpreter, once."""
     harness_code()
     _interpreter_trees()
+    for name in _LIBC_CALLS:  # ctypes makes each function's object at its first use, then keeps it
+        getattr(_libc, name)
 
 
 class Refused(Exception):
@@ -138,6 +140,7 @@ def _send(fd: int, kind: str, text: str) -> None:
 # --- system calls --------------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_LIBC_CALLS = ("mount", "syscall", "prctl", "unshare", "umount2", "capset")  # what _call calls
 
 
 def _call(name: str, *args: object) -> int:

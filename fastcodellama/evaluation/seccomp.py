@@ -162,6 +162,7 @@ class _SockFprog(ctypes.Structure):
 
 
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
+_prctl_fn = ctypes.CDLL(None, use_errno=True).prctl  # looked up once (a CDLL makes a class of its own)
 
 
 def set_no_new_privs() -> None:
@@ -177,8 +178,7 @@ def install(program: bytes) -> None:
 
 
 def _prctl(option: int, *args: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
     values = [ctypes.c_ulong(a) for a in args] + [ctypes.c_ulong(0)] * (4 - len(args))
-    if libc.prctl(ctypes.c_int(option), *values) != 0:
+    if _prctl_fn(ctypes.c_int(option), *values) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"prctl({option}): {errno.errorcode.get(code, code)}")
