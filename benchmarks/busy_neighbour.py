@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import RESULTS, cpu_model, fmt, markdown_table, utc_now, write_results  # noqa: E402
+from measure import RESULTS, busy_cpu_seconds, cpu_model, fmt, markdown_table, utc_now, write_results  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,6 @@ class Run:
     generation_s: float
     tokens_per_s: float
     others_cpus: float  # CPUs that processes other than the job and the neighbour kept busy, on average
-
-
-def busy_cpu_seconds(pid: int | None = None) -> float:
-    """CPU seconds the whole machine (or process `pid`) has been busy, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    if pid is not None:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / tick
 
 
 def neighbour(cpu: int) -> subprocess.Popen:

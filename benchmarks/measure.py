@@ -46,6 +46,18 @@ def machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads){load}")
 
 
+def busy_cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds the whole machine (or process `pid`) has been busy, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if pid is not None:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / tick
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

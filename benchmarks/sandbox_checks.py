@@ -46,19 +46,12 @@ def checks_of(problems: int, samples: str | None) -> list[Check]:
     return [problem_check(p, completion) for p in chosen for completion in (p.canonical_solution, WRONG)]
 
 
-def busy_seconds() -> float:
-    """The machine's CPU time so far (all cores: user, nice, system, irq, softirq), in seconds."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
-
-
 def run(checks: list[Check], workers: int, timeout: float) -> dict:
     check_program(checks[0], timeout)  # the evaluator's forking interpreter starts here, not in the timing
-    busy, start = busy_seconds(), time.perf_counter()
+    busy, start = measure.busy_cpu_seconds(), time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda c: check_program(c, timeout), checks))
-    wall, busy = time.perf_counter() - start, busy_seconds() - busy
+    wall, busy = time.perf_counter() - start, measure.busy_cpu_seconds() - busy
     return {"workers": workers, "checks": len(checks), "wall_s": wall, "checks_per_s": len(checks) / wall,
             "cpu_ms_per_check": 1e3 * busy / len(checks), "statuses": dict(Counter(r.status for r in results))}
 
