@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+# torch is imported by the methods that need it, not here: the command line reads these names and
+# EngineConfig's defaults for its --help without loading torch (seconds of a start).
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "codemodel")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # EngineConfig.dtype, besides "auto": torch's names
 GRAPH_CAPTURE = ("start-up", "first-use")  # EngineConfig.cuda_graph_capture
-
-
-def _device_type(device: str) -> str | None:
-    try:
-        return torch.device(device).type
-    except RuntimeError:
-        return None
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")  # EngineConfig.attention_backend
+DEVICE = re.compile(r"auto|(cpu|cuda)(:\d+)?")  # EngineConfig.device
 
 
 def _check(ok: bool, message: str) -> None:
@@ -228,12 +228,14 @@ class EngineConfig:
         _check(self.cuda_graph_max_rows >= 1, "cuda_graph_max_rows must be >= 1")
         _check(self.cuda_graph_capture in GRAPH_CAPTURE,
                f"cuda_graph_capture must be {' or '.join(GRAPH_CAPTURE)}, got {self.cuda_graph_capture!r}")
-        _check(self.device == "auto" or _device_type(self.device) in ("cpu", "cuda"),
+        _check(isinstance(self.device, str) and DEVICE.fullmatch(self.device) is not None,
                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def torch_device(self) -> torch.device:
         """The device the model runs on; raises ValueError where this machine has no such device
         (checked here, not when configured: a Ray driver configures its GPU workers from a CPU)."""
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         device = torch.device(self.device)
@@ -246,6 +248,8 @@ class EngineConfig:
         return device
 
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         if self.dtype == "auto":
             return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
-        return DTYPES[self.dtype]
+        return getattr(torch, self.dtype)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from engine.attention.base import AttentionBackend
 from engine.attention.torch_ref import TorchRefBackend
-
-BACKENDS = ("auto", "torch", "cpu", "triton")
+from engine.config import ATTENTION_BACKENDS as BACKENDS
 
 
 def get_backend(name: str, device_type: str, sliding_window: int | None = None,

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("a prompt is empty; give the prompt text as an argument or on stdin")
     phases = Phases()
     with phases("loading torch and the engine"):
+        import engine.llm  # noqa: F401  (seconds: torch)
         from engine import SamplingParams
     checks.model_architecture(args.model)
     try:

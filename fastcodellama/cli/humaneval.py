@@ -149,7 +149,7 @@ def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams
         return JobStats(resumed=done), [], time.perf_counter()
     phases = Phases()
     with phases("loading torch and the engine"):
-        import engine  # noqa: F401  (seconds: torch)
+        import engine.llm  # noqa: F401  (seconds: torch)
         from fastcodellama.job.runner import generate_samples
     checks.model_architecture(args.model)
     try:

@@ -82,9 +82,9 @@ def _graph_captures() -> tuple[str, ...]:
 
 
 def _backends() -> tuple[str, ...]:
-    from engine.attention import BACKENDS
+    from engine.config import ATTENTION_BACKENDS
 
-    return BACKENDS
+    return ATTENTION_BACKENDS
 
 
 def _policies() -> tuple[str, ...]:

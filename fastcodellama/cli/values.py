@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Callable
+
+from engine.config import DEVICE
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -46,6 +47,6 @@ port = _number(int, 0, 65535, name="port")
 def device(text: str) -> str:
     """auto, cpu, cuda or cuda:N, as engine.EngineConfig takes it (whether this machine has it is
     known only once torch loads)."""
-    if not re.fullmatch(r"auto|(cpu|cuda)(:\d+)?", text):
+    if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"wants auto, cpu, cuda or cuda:N, got {text!r}")
     return text

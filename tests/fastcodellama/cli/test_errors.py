@@ -66,6 +66,18 @@ def test_parsing_loads_no_torch():
     assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr
 
 
+@pytest.mark.parametrize("command", ["humaneval", "generate", "serve"])
+def test_help_loads_no_torch(command):
+    """--help shows the engine's defaults and choices, read from its configuration, without torch."""
+    done = cli(command, "--help", prelude=NOTES_TORCH)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "torch loaded: False"
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    assert "auto, torch, cpu, triton (default auto)" in text  # --attention-backend's choices
+    assert "auto, float32, float16, bfloat16" in text  # --dtype's
+    assert "tokens per KV-cache block (default 16)" in text  # EngineConfig's default
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["humaneval", "--passk", "0"], "--passk"),
     (["humaneval", "--passk", "-3"], "--passk"),
