@@ -13,14 +13,13 @@ __all__ = [
 
 # Imported when first asked for: they load torch, which the configuration, the outputs and the
 # sampling parameters do not (the command line parses and shows --help without it).
-_LAZY = {"LLM": "engine.llm", "LLMEngine": "engine.llm_engine", "EngineStats": "engine.llm_engine",
-         "AsyncEngine": "engine.async_engine"}
+_LAZY = {"LLM": ".llm", "LLMEngine": ".llm_engine", "EngineStats": ".llm_engine", "AsyncEngine": ".async_engine"}
 
 
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module, __name__), name)
