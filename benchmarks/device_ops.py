@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import measure  # noqa: E402
+from host_overhead import wrap_sampler  # noqa: E402
 
 from engine import DEFAULT_MODEL, EngineConfig, SamplingParams  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
@@ -93,8 +94,8 @@ def run(batch: int, sampling: str, kernels: str, steps: int, tokenizer: Tokenize
     engine = LLMEngine(config, model=StubModel(read_model_config(DEFAULT_MODEL)), tokenizer=tokenizer)
     counter = OpCounter()
     used = KERNELS[kernels]
-    sampler = Sampler(engine.eos_ids, use_kernels=False, triton_noise="noise" in used, triton_race="race" in used)
-    engine.sampler = counter.within("sampler", sampler)
+    engine.sampler = Sampler(engine.eos_ids, use_kernels=False, triton_noise="noise" in used, triton_race="race" in used)
+    wrap_sampler(engine, lambda f: counter.within("sampler", f))
     engine.runner.model.forward = counter.within(UNCOUNTED, engine.runner.model.forward)
     engine.runner.model.compute_logits = counter.within(UNCOUNTED, engine.runner.model.compute_logits)
     engine.runner.execute = counter.within("step inputs", engine.runner.execute)

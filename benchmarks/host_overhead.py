@@ -106,6 +106,23 @@ class PhaseTimer:
         setattr(owner, name, self.timed(getattr(owner, name), phase))
 
 
+def wrap_sampler(engine, wrap) -> None:
+    """Wraps the sampler's work with `wrap` (a function of a function), in place: its launch and
+    its result's read-back (Sampler.launch, Sampled.result), or, in a checkout from before them,
+    its call."""
+    sampler = engine.sampler
+    if not hasattr(sampler, "launch"):
+        engine.sampler = wrap(sampler)
+        return
+    launch = wrap(sampler.launch)
+
+    def launched(*args, **kwargs):
+        sampled = launch(*args, **kwargs)
+        sampled.result = wrap(sampled.result)
+        return sampled
+    sampler.launch = launched
+
+
 class LeftOut:
     """The CPU seconds an engine's steps spend in its sampler and its model (the stub's forward and
     logits): what benchmarks/host_ab*.py take off a step's time. Wraps them in place."""
@@ -113,7 +130,7 @@ class LeftOut:
     def __init__(self, engine) -> None:
         self.seconds = 0.0
         model = engine.runner.model
-        engine.sampler = self._counted(engine.sampler)
+        wrap_sampler(engine, self._counted)
         model.forward, model.compute_logits = self._counted(model.forward), self._counted(model.compute_logits)
 
     def _counted(self, f):
@@ -124,21 +141,6 @@ class LeftOut:
             finally:
                 self.seconds += time.process_time() - t0
         return call
-
-
-class TimedCall:
-    """A callable's calls timed into a phase (special methods are looked up on the type, so an
-    instance's __call__ cannot be wrapped in place)."""
-
-    def __init__(self, inner, timer: PhaseTimer, phase: str) -> None:
-        self.inner = inner
-        self._call = timer.timed(inner, phase)
-
-    def __call__(self, *args, **kwargs):
-        return self._call(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
 
 
 def busy_requests(requests: list, batch: int) -> list:
@@ -165,7 +167,7 @@ def instrument(engine: LLMEngine, timer: PhaseTimer) -> None:
     timer.wrap(engine.runner.model, "forward", STUB_FORWARD)
     timer.wrap(engine.runner.model, "compute_logits", STUB_FORWARD)
     timer.wrap(engine, "_sampling_rows", "sampling rows")
-    engine.sampler = TimedCall(engine.sampler, timer, SAMPLER)
+    wrap_sampler(engine, lambda f: timer.timed(f, SAMPLER))
     timer.wrap(engine.scheduler, "postprocess", "verify + append + KV")
     timer.wrap(engine, "_account", "proposer feedback")
     timer.wrap(engine, "_propose", "propose")

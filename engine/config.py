@@ -17,6 +17,7 @@ DTYPES = ("float32", "float16", "bfloat16")  # EngineConfig.dtype, besides "auto
 GRAPH_CAPTURE = ("start-up", "first-use")  # EngineConfig.cuda_graph_capture
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")  # EngineConfig.attention_backend
 DEVICE = re.compile(r"auto|(cpu|cuda)(:\d+)?")  # EngineConfig.device
+OVERLAP = ("auto", "on", "off")  # EngineConfig.overlap_steps
 
 
 def _check(ok: bool, message: str) -> None:
@@ -212,6 +213,10 @@ class EngineConfig:
     # on a capture, what a server wants) or "first-use" (the largest and the smallest at start-up,
     # each other bucket at the first step that needs it: a job pays for the buckets it uses only).
     cuda_graph_capture: str = "first-use"
+    # Whether a plain decode step is queued on the device before the host has the previous step's
+    # tokens, the host then applying those while the device runs (engine/llm_engine.py): "auto"
+    # on a GPU only (a CPU's forward holds the cores the host would use).
+    overlap_steps: str = "auto"
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -228,6 +233,7 @@ class EngineConfig:
         _check(self.cuda_graph_max_rows >= 1, "cuda_graph_max_rows must be >= 1")
         _check(self.cuda_graph_capture in GRAPH_CAPTURE,
                f"cuda_graph_capture must be {' or '.join(GRAPH_CAPTURE)}, got {self.cuda_graph_capture!r}")
+        _check(self.overlap_steps in OVERLAP, f"overlap_steps must be auto, on or off, got {self.overlap_steps!r}")
         _check(isinstance(self.device, str) and DEVICE.fullmatch(self.device) is not None,
                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

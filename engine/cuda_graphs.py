@@ -219,9 +219,10 @@ class StepGraphs:
             return None
         return launch_for_bucket(bucket, self.backend.query_tile, self.backend.prefix_tile)
 
-    def run(self, chunks: Sequence[SeqChunk]) -> torch.Tensor | None:
+    def run(self, chunks: Sequence[SeqChunk], feed: torch.Tensor | None = None) -> torch.Tensor | None:
         """Logits of the step's rows through its bucket, or None when no bucket takes the step
-        (nor a graph: one that failed to capture)."""
+        (nor a graph: one that failed to capture). `feed`: the first rows' token ids on the device, in
+        place of the chunks' (a step queued before the tokens it feeds reached the host)."""
         self.captured_now = False
         bucket = self.static.bucket(chunks)
         if bucket is None:
@@ -229,7 +230,9 @@ class StepGraphs:
         rows = sum(len(c.token_ids) for c in chunks)
         if not self.capture:
             self.replays += 1
-            return self._step_function(bucket, chunks)()[:rows]
+            step = self._step_function(bucket, chunks)
+            self._feed(feed)
+            return step()[:rows]
         graph = self._graphs.get(bucket)
         if graph is None and (graph := self._capture_late(bucket)) is None:
             return None
@@ -238,5 +241,10 @@ class StepGraphs:
             self.static.fill(chunks, bucket)
         else:
             prepared(self.backend, self.static.fill(chunks, bucket), self.static.metas, bucket, self._launch_of(bucket))
+        self._feed(feed)
         graph.replay()
         return self.static.logits[:rows]
+
+    def _feed(self, feed: torch.Tensor | None) -> None:
+        if feed is not None:
+            self.static.input_ids[:len(feed)].copy_(feed)

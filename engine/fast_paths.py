@@ -42,6 +42,7 @@ class FastPaths:
     triton_noise: bool = False  # the sampler's race noise from the Triton kernel (a GPU)
     triton_race: bool = False  # the sampler's race over each row's likeliest tokens in one Triton kernel (a GPU)
     host_noise: bool = False  # the PyTorch sampling path's race noise in numpy's 32-bit arithmetic (a CPU)
+    overlap: bool = False  # plain decode steps queued before the previous step's tokens reach the host
     notes: tuple[str, ...] = ()  # why a fast path is off
 
     def describe(self) -> str:
@@ -57,6 +58,8 @@ class FastPaths:
             parts.append("Triton sampling race on")
         if self.host_noise:
             parts.append("numpy sampling noise on")
+        if self.overlap:
+            parts.append("overlapped steps on")
         return ", ".join(parts) + "".join(f"; {note}" for note in self.notes)
 
 
@@ -70,7 +73,8 @@ def choose(config: EngineConfig, device: torch.device, dtype: torch.dtype,
         return _cpu(config)
     if device.type == "cuda":
         return _cuda(config, device, dtype, sliding_window, routed, head_dim)
-    return FastPaths(_named(config, "torch"), False, False, False, notes=(f"no fast paths on {device.type}",))
+    return FastPaths(_named(config, "torch"), False, False, False, overlap=config.overlap_steps == "on",
+                     notes=(f"no fast paths on {device.type}",))
 
 
 def _cpu(config: EngineConfig) -> FastPaths:
@@ -81,7 +85,8 @@ def _cpu(config: EngineConfig) -> FastPaths:
     attention = _named(config, "cpu" if built else "torch")
     if attention == "triton":
         raise ValueError("the triton attention backend runs on CUDA devices only")
-    return FastPaths(attention, built, built, False, host_noise=True, notes=notes)
+    return FastPaths(attention, built, built, False, host_noise=True, overlap=config.overlap_steps == "on",
+                     notes=notes)
 
 
 def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None,
@@ -119,7 +124,7 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
     if race is not None:
         notes.append(f"Triton sampling race off ({race})")
     return FastPaths(attention, False, False, graphs, fused, triton_noise=problem is None, triton_race=race is None,
-                     notes=tuple(notes))
+                     overlap=config.overlap_steps != "off", notes=tuple(notes))
 
 
 def _named(config: EngineConfig, auto: str) -> str:

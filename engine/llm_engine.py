@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
 from engine.block_manager import BlockManager
 from engine.cost_sweep import StepCostPoints, measure_step_cost, seed
 from engine.config import EngineConfig
@@ -22,7 +24,7 @@ from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, Prefix, RequestOutput, SpecStats
 from engine.paths import step_cost_dir
 from engine.proposer import Draft, DraftQueries, Proposer
-from engine.sampler import Sampler, SamplingRow, sample_key
+from engine.sampler import Sampled, Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
@@ -74,6 +76,19 @@ class EngineStats:
     prompt_tokens_computed: int = 0  # prompt positions the model ran
     tokens_cached: int = 0  # positions taken from the prefix cache instead of computed
     cuda_graphs: str | None = None  # the graphs captured so far (None: no graphs)
+    overlapped_steps: int = 0  # steps queued on the device before the previous step's tokens reached the host
+
+
+@dataclass(slots=True)
+class _Launched:
+    """A step queued on the device whose tokens have not reached the host yet."""
+
+    out: SchedulerOutput
+    sampled: Sampled | None
+    start: float  # when it was planned (time.perf_counter)
+    ahead: bool = False  # planned before the previous step's tokens reached the host
+    captured: bool = False  # its forward captured a CUDA graph first (its time is no step's cost)
+    dropped: set[int] = field(default_factory=set)  # sequences it fed a token that was not theirs
 
 
 class LLMEngine:
@@ -106,10 +121,13 @@ class LLMEngine:
             self.sweep_step_cost()
         self.requests: dict[str, RequestState] = {}
         self._drafts: dict[int, Draft] = {}  # for the next step, by sequence id
-        self._step_out: SchedulerOutput | None = None  # the step being run (who a failure concerns)
+        self._step_outs: tuple[SchedulerOutput, ...] = ()  # the steps being run (who a failure concerns)
+        self._launched: _Launched | None = None  # a step queued ahead, its tokens not yet applied
+        self._finished_at = 0.0  # when the last step's tokens were applied (time.perf_counter)
         self._in_flight: dict[int, Draft] = {}  # each sequence's draft in flight, as proposed
         self._next_seq_id = 0
         self._steps = 0
+        self._ahead_steps = 0
         self._generated = 0
         self._forward_time = 0.0
         self._propose_time = 0.0
@@ -119,7 +137,7 @@ class LLMEngine:
     @property
     def step_requests(self) -> set[str]:
         """The requests of the step being run (or last run): who a failure in it concerns."""
-        return {s.seq.request_id for s in self._step_out.scheduled} if self._step_out is not None else set()
+        return {s.seq.request_id for out in self._step_outs for s in out.scheduled}
 
     @property
     def block_manager(self) -> BlockManager:
@@ -218,39 +236,120 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ the step
     def step(self, collect: str = "all") -> list[RequestOutput]:
-        """One engine step. `collect`: 'all' returns every request that changed, 'finished' only those done."""
-        start = time.perf_counter()
-        out = self.scheduler.schedule(self._drafts)
-        self._drafts = {}
-        self._step_out = out
-        result = None
+        """One engine step: the outputs of one step's tokens. `collect`: 'all' returns every
+        request that changed, 'finished' only those done. With overlapped steps (fast_paths), the
+        next plain decode step is queued on the device before this one's tokens are applied, and
+        the next call applies its tokens (a step's outputs may come one call later)."""
+        try:
+            launched = self._launched
+            if launched is None:
+                start = time.perf_counter()
+                out = self.scheduler.schedule(self._drafts)
+                self._drafts = {}
+                self._step_outs = (out,)
+                launched = self._launch(out, start)
+            else:
+                self._step_outs = (launched.out,)
+            self._launched = self._ahead(launched) if self.runner.paths.overlap else None
+            outputs = self._finish(launched, collect)
+        except BaseException:
+            # A step queued ahead is dropped with whatever failed: it applied nothing, and its
+            # sequences are planned again from what was applied.
+            self._launched = None
+            raise
+        if self._launched is None:
+            t1 = time.perf_counter()
+            self._drafts = self._propose()
+            self._propose_time += time.perf_counter() - t1
+        return outputs
+
+    def _launch(self, out: SchedulerOutput, start: float, feed: torch.Tensor | None = None,
+                ahead: bool = False) -> _Launched:
+        """Queues the step's forward and sampling (`feed`: its token ids on the device)."""
+        sampled = None
         if out.scheduled:
-            logits = self.runner.execute(out)
+            logits = self.runner.execute(out, feed)
             rows = self._sampling_rows(out)
-            result = self.sampler(logits, rows) if rows else None
+            sampled = self.sampler.launch(logits, rows) if rows else None
             self._steps += 1
         self._forward_time += time.perf_counter() - start
-        updates = self.scheduler.postprocess(out, result)
+        return _Launched(out, sampled, start, ahead, self.runner.step_captured)
+
+    def _ahead(self, prev: _Launched) -> _Launched | None:
+        """The next step queued behind `prev` before prev's tokens reach the host, each sequence
+        fed prev's token from the device (Scheduler.schedule_ahead); None where it cannot be (the
+        next step is then planned once they have), or where the proposer means to search for
+        drafts next step (drafts follow the tokens)."""
+        if prev.sampled is None or prev.dropped:
+            return None
+        # Asked first: a plan is not to be dropped once made (admissions, their blocks' copies).
+        if self.proposer is not None and self._proposer_searches(len(self.scheduler.running)):
+            return None
+        start = time.perf_counter()
+        out = self.scheduler.schedule_ahead(prev.out)
+        if out is None:
+            return None
+        prev_seqs, rows, i = prev.out.scheduled, [], 0
+        for s in out.scheduled[:out.fed]:  # prev's row of each (the same order, some left out)
+            while prev_seqs[i].seq is not s.seq:
+                i += 1
+            rows.append(i)
+            i += 1
+        tokens = prev.sampled.tokens
+        feed = tokens if len(rows) == len(tokens) else \
+            tokens[torch.tensor(rows, dtype=torch.long, device=tokens.device)] if rows else None
+        self._ahead_steps += 1
+        self._step_outs = (prev.out, out)
+        return self._launch(out, start, feed, ahead=True)
+
+    def _proposer_searches(self, n: int) -> bool:
+        """Whether the proposer will search for drafts at the next step (asked only where it can
+        tell beforehand: Proposer.will_search; one that cannot is taken to search)."""
+        will_search = getattr(self.proposer, "will_search", None)
+        if will_search is None:
+            return True
+        budget = max(0, self.config.max_num_batched_tokens - len(self.scheduler.running))
+        return will_search(n, budget, self.step_cost)
+
+    def _finish(self, launched: _Launched, collect: str) -> list[RequestOutput]:
+        """Applies a launched step's tokens: verification, stops, the proposer's feedback, outputs."""
+        t0 = time.perf_counter()
+        sampled, out = launched.sampled, launched.out
+        result = sampled.result() if sampled is not None else None
+        self._forward_time += time.perf_counter() - t0
+        if sampled is not None and sampled.changed and self._launched is not None:
+            # The step queued behind this one fed these rows' sequences their tokens before a
+            # redraw changed them (a decode step: row i is sequence i).
+            self._launched.dropped.update(out.scheduled[i].seq.seq_id for i in sampled.changed)
+        dropped = launched.dropped
+        updates = self.scheduler.postprocess(out, result, frozenset(dropped)) if dropped else \
+            self.scheduler.postprocess(out, result)
         if not out.scheduled and not updates and self.scheduler.has_work:
             raise RuntimeError("no sequence could be scheduled although some wait: a bug in the scheduler")
         self._account(updates)
         outputs = self._outputs(updates, collect)
-        self._observe(out, time.perf_counter() - start)
+        # A step queued ahead ran beside the host's work on the step before it: what it costs is
+        # the time from that step's end to its own (what drafting, which is never queued ahead, forgoes).
+        now = time.perf_counter()
+        if updates:  # (a step queued ahead of sequences that all ended meanwhile ran for nothing)
+            self._observe(out, launched, now - (self._finished_at if launched.ahead else launched.start))
+        self._finished_at = now
         if not self.requests:
             self.step_cost.flush()  # idle: the next run (or request) starts from what this one learned
-        t1 = time.perf_counter()
-        self._drafts = self._propose()
-        self._propose_time += time.perf_counter() - t1
         return outputs
 
-    def _observe(self, out: SchedulerOutput, seconds: float) -> None:
+    def _observe(self, out: SchedulerOutput, launched: _Launched, seconds: float) -> None:
         """The step's time through the step timer (a simulated device reads it off a table), and
         what it teaches the step cost: decode and verify steps only (a prefill chunk's rows cost
-        differently from draft rows), and none that captured a CUDA graph first."""
-        if not out.scheduled or self.runner.step_captured:
+        differently from draft rows), and none that captured a CUDA graph first. With overlapped
+        steps, what a plain step costs is what one queued ahead costs: a plain step run otherwise
+        (after a search for drafts) teaches nothing, or drafting would be weighed against it."""
+        if not out.scheduled or launched.captured:
             return
         seqs, rows = len(out.scheduled), out.num_tokens
         seconds = self.step_timer(seqs, rows, seconds)
+        if rows == seqs and self.runner.paths.overlap and not launched.ahead:
+            return
         if all(s.num_real == 1 for s in out.scheduled):
             self.step_cost.observe(seqs, rows - seqs, seconds)
 
@@ -268,8 +367,9 @@ class LLMEngine:
                 logits_row += len(s.draft) + 1
                 continue
             # One row without history (most rows of most steps), built as a plain tuple: a
-            # NamedTuple's own __new__ is a Python call per row.
-            position = len(seq.output_token_ids)
+            # NamedTuple's own __new__ is a Python call per row. Its position from the step's (a
+            # step queued ahead feeds a token not yet in the output).
+            position = s.start + s.num_real - len(seq.prompt_token_ids)
             forced = None if p.replay_token_ids is None else self._forced(seq, position)
             rows.append(_new_tuple(SamplingRow, (logits_row, p, seq.noise_key, position, (),
                                                  len(seq.prompt_token_ids), forced, None)))
@@ -408,7 +508,8 @@ class LLMEngine:
             generated_tokens=self._generated, forward_time=self._forward_time, propose_time=self._propose_time,
             preemptions=s.num_preemptions, spec=self._spec, prompt_tokens_computed=s.num_prompt_tokens_computed,
             tokens_cached=self.block_manager.hit_tokens,
-            cuda_graphs=self.runner.graphs.summary() if self.runner.graphs is not None else None)
+            cuda_graphs=self.runner.graphs.summary() if self.runner.graphs is not None else None,
+            overlapped_steps=self._ahead_steps)
 
 
 _new_tuple = tuple.__new__

@@ -108,16 +108,20 @@ class ModelRunner:
         return blocks
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Runs the step's forward; returns float32 logits of the rows that need them, in order."""
+    def execute(self, out: SchedulerOutput, feed: torch.Tensor | None = None) -> torch.Tensor:
+        """Runs the step's forward; returns float32 logits of the rows that need them, in order.
+        `feed`: the first rows' token ids on the device, in place of the scheduled ones (a step
+        queued behind the one that samples them: engine/llm_engine.py's overlap)."""
         for src, dst in out.block_copies:
             self.kv_planes[:, :, dst].copy_(self.kv_planes[:, :, src])
         chunks = self.chunks(out)
         if self.graphs is not None:
-            logits = self.graphs.run(chunks)
+            logits = self.graphs.run(chunks, feed)
             if logits is not None:
                 return logits
         batch = StepBatch.build(chunks, self.config.block_size, self.device)
+        if feed is not None:  # the first rows: the sequences fed the previous step's tokens
+            batch.input_ids[:len(feed)].copy_(feed)
         hidden = self.model(batch, self.kv_caches, self.backend)
         return self.model.compute_logits(hidden)
 

@@ -96,4 +96,11 @@ class Proposer(Protocol):
         """One draft per query (empty ones included), each at most `query.max_len`, all together
         at most `budget`. Called once after every step. `queries` holds every decoding sequence
         (max_len 0 where it may not draft): from the engine a DraftQueries, whose ids are known at
-        once and whose max_len is computed when first read."""
+        once and whose max_len is computed when first read.
+
+        A proposer may also offer `will_search(n, budget, cost) -> bool`: whether it will search
+        for drafts at the next step of n decoding sequences, decided before that step's tokens
+        are known. Where it says no, the engine may queue that step on the device ahead of them
+        (overlapped steps, engine/llm_engine.py) and skips its propose(); where it says yes, the
+        propose() that follows keeps that decision. A proposer without it is taken to search at
+        every step."""

@@ -109,8 +109,14 @@ class Sampler:
             from engine.kernels import triton_race as race_kernel
             self.race_kernel = race_kernel.race
 
-    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: Seq[SamplingRow]) -> SampleResult:
+        return self.launch(logits, rows).result()
+
+    @torch.inference_mode()
+    def launch(self, logits: torch.Tensor, rows: Seq[SamplingRow]) -> "Sampled":
+        """The rows' tokens chosen on the logits' device, not yet read back: on a GPU nothing here
+        waits for the forward, so a next step can be queued behind this one (Sampled.result reads
+        them back)."""
         order = [r.logits_row for r in rows]
         if order == list(range(logits.shape[0])):  # one row per logits row: no gather
             x = logits.float()
@@ -120,51 +126,40 @@ class Sampler:
         raw_logprobs = torch.log_softmax(x, dim=-1) if any(p.logprobs for p in kinds) else None
         if any(p.needs_penalties or p.min_tokens or p.logit_bias for p in kinds):
             x = self.constrain(x, rows)
-        tokens = self._choose(x, rows, kinds)
-        if raw_logprobs is None:
-            return SampleResult(tokens.tolist(), None)
-        # Tokens, their logprobs and the likeliest alternatives come back to the host in one copy
-        # (token ids are exact in float64).
-        chosen = raw_logprobs.gather(1, tokens[:, None])[:, 0]
-        k = min(max(p.top_logprobs for p in kinds), raw_logprobs.shape[1])
-        parts = [tokens.double(), chosen.double()]
-        if k:
-            values, ids = raw_logprobs.topk(k, dim=-1)
-            parts += [ids.double().flatten(), values.double().flatten()]
-        host = torch.cat(parts).tolist()
-        n = len(rows)
-        result_tokens = [int(t) for t in host[:n]]
-        if not k:
-            return SampleResult(result_tokens, host[n:2 * n])
-        ids_at, values_at = 2 * n, 2 * n + n * k
-        top = [tuple((int(host[ids_at + i * k + j]), host[values_at + i * k + j])
-                     for j in range(min(r.params.top_logprobs, k))) for i, r in enumerate(rows)]
-        return SampleResult(result_tokens, host[n:2 * n], top)
+        tokens, redraw = self._choose(x, rows, kinds)
+        return Sampled(tokens, rows, kinds, raw_logprobs, redraw, self.noise)
 
-    def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams]) -> torch.Tensor:
+    def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow],
+                kinds: list[SamplingParams]) -> tuple[torch.Tensor, "Redraw | None"]:
         """Every row's token, on x's device: argmax for greedy rows, the race for sampled ones,
-        the recorded token where one is forced (trace replay). `kinds`: the rows' distinct params."""
+        the recorded token where one is forced (trace replay). `kinds`: the rows' distinct params.
+        Where neither a JSON constraint nor a recorded token follows the race, the rows its
+        candidates may have missed are drawn again only once read back (the Redraw)."""
+        forced = [r.forced for r in rows]
+        json_rows = self.json_tokens is not None and any(p.json_object for p in kinds)
+        defer = not json_rows and all(f is None for f in forced)
+        redraw = None
         if all(p.greedy for p in kinds):
             tokens = torch.argmax(x, dim=-1)
         elif not any(p.greedy for p in kinds):
-            tokens = self._sample(x, rows).to(x.device)
+            tokens, redraw = self._draw(x, rows, defer)
+            tokens = tokens.to(x.device)
         else:
             greedy = [i for i, r in enumerate(rows) if r.params.greedy]
             sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
-            drawn = self._sample(x[sampled], [rows[i] for i in sampled]).to(x.device)
+            drawn, redraw = self._draw(x[sampled], [rows[i] for i in sampled], defer, sampled)
             tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
             index = torch.tensor(greedy, device=x.device)
             tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
-            tokens[torch.tensor(sampled, device=x.device)] = drawn
-        if self.json_tokens is not None and any(p.json_object for p in kinds):
+            tokens[torch.tensor(sampled, device=x.device)] = drawn.to(x.device)
+        if json_rows:
             tokens = self._json_objects(x, rows, tokens)
-        forced = [r.forced for r in rows]
         if None not in forced:  # every row replays (trace replay): the recorded tokens, in one copy
-            return torch.tensor(forced, dtype=torch.long, device=x.device)
+            return torch.tensor(forced, dtype=torch.long, device=x.device), None
         where = [i for i, f in enumerate(forced) if f is not None]
         if where:
             tokens[torch.tensor(where, device=x.device)] = torch.tensor([forced[i] for i in where], device=x.device)
-        return tokens
+        return tokens, redraw
 
     def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
         """Rows held to JSON: the token chosen where the state allows it, else the first it allows
@@ -247,25 +242,125 @@ class Sampler:
 
     def _sample(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
         """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
+        return self._draw(x, rows, defer=False)[0]
+
+    def _draw(self, x: torch.Tensor, rows: Seq[SamplingRow], defer: bool,
+              at: list[int] | None = None) -> tuple[torch.Tensor, "Redraw | None"]:
+        """_sample; with `defer`, the rows the candidates' race may have missed come back as a
+        Redraw (`at`: each row's index among the step's rows) instead of being raced again now,
+        after a read-back."""
         seeds = noise_seeds([r.noise_key for r in rows], [r.position for r in rows]) & np.uint64(_MASK32)
         params = [r.params for r in rows]
         if self.use_kernels and not any(p.min_p for p in params):  # engine/fast_paths.py: the C kernel
             return kernels.sample_rows(
                 x, torch.tensor([p.temperature for p in params], dtype=torch.float32),
                 torch.tensor([p.top_k for p in params], dtype=torch.int64),
-                torch.tensor([p.top_p for p in params], dtype=torch.float64), torch.from_numpy(seeds.astype(np.int64)))
+                torch.tensor([p.top_p for p in params], dtype=torch.float64),
+                torch.from_numpy(seeds.astype(np.int64))), None
         knobs = RowKnobs.of(params, seeds, x.device)
         found = race_candidates(x, knobs, noise=self.noise, kernel=self.race_kernel) \
             if len(rows) >= CANDIDATE_ROWS else None
         if found is None:
-            return race(_filter(x, knobs), knobs.seeds, self.noise)
+            return race(_filter(x, knobs), knobs.seeds, self.noise), None
         tokens, covered = found
+        if defer:  # its own logits: a CUDA graph's next replay writes the buffer `x` may view
+            return tokens, Redraw(x.clone(), knobs, params, covered, at)
+        redraw = Redraw(x, knobs, params, covered, at)
         rest_index = (~covered).nonzero()[:, 0]
-        rest = rest_index.tolist()  # the one read-back
-        if rest:  # rows whose filter may keep a token past the candidates: the whole vocabulary
-            sub = knobs.take(rest_index, [params[i] for i in rest])
-            tokens[rest_index] = race(_filter(x[rest_index], sub), sub.seeds, self.noise)
-        return tokens
+        rest = rest_index.tolist()  # a read-back
+        if rest:
+            tokens[rest_index] = torch.tensor(redraw.tokens(rest, self.noise), device=tokens.device)
+        return tokens, None
+
+
+class Redraw(NamedTuple):
+    """Sampled rows whose candidates' race may not have covered them (race_candidates), to be
+    raced again over the whole vocabulary once the host knows which."""
+
+    x: torch.Tensor  # the sampled rows' logits (constrained)
+    knobs: "RowKnobs"
+    params: list[SamplingParams]
+    covered: torch.Tensor  # [m] bool, on the device
+    at: list[int] | None  # each sampled row's index among the step's rows (None: the same)
+
+    def tokens(self, rest: list[int], noise: "Noise") -> list[int]:
+        """The tokens of sampled rows `rest` (not covered), raced over the whole vocabulary."""
+        index = torch.tensor(rest, device=self.x.device)
+        sub = self.knobs.take(index, [self.params[i] for i in rest])
+        return race(_filter(self.x[index], sub), sub.seeds, noise).tolist()
+
+    def step_rows(self, rest: list[int]) -> list[int]:
+        return rest if self.at is None else [self.at[i] for i in rest]
+
+
+class Sampled:
+    """A step's tokens chosen on the device (`tokens`), before they come back to the host.
+    result() reads them back in one copy (with their logprobs, and which rows the candidates'
+    race covered); a row it did not cover is raced again over the whole vocabulary, and where
+    that changes its token the row is listed in `changed`: a step already fed `tokens` fed that
+    row's sequence a token that is not its own."""
+
+    def __init__(self, tokens: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams],
+                 raw_logprobs: torch.Tensor | None, redraw: Redraw | None, noise: "Noise") -> None:
+        self.tokens, self.rows, self.kinds = tokens, rows, kinds
+        self._raw_logprobs, self._redraw, self._noise = raw_logprobs, redraw, noise
+        self.changed: list[int] = []
+        self._result: SampleResult | None = None
+
+    @torch.inference_mode()
+    def result(self) -> SampleResult:
+        if self._result is None:
+            self._result = self._read_back()
+        return self._result
+
+    def _read_back(self) -> SampleResult:
+        tokens, rows, raw_logprobs, redraw = self.tokens, self.rows, self._raw_logprobs, self._redraw
+        n = len(rows)
+        # Tokens, which rows were covered, the logprobs and the likeliest alternatives come back to
+        # the host in one copy (token ids are exact in float64).
+        parts = [tokens.double()]
+        if redraw is not None:
+            parts.append(redraw.covered.double())
+        k = 0
+        if raw_logprobs is not None:
+            parts.append(raw_logprobs.gather(1, tokens[:, None])[:, 0].double())
+            k = min(max(p.top_logprobs for p in self.kinds), raw_logprobs.shape[1])
+            if k:
+                values, ids = raw_logprobs.topk(k, dim=-1)
+                parts += [ids.double().flatten(), values.double().flatten()]
+        if len(parts) == 1:
+            host = tokens.tolist()
+            result_tokens = host
+        else:
+            host = torch.cat(parts).tolist()
+            result_tokens = [int(t) for t in host[:n]]
+        at = n
+        if redraw is not None:
+            m = len(redraw.params)
+            rest = [j for j, c in enumerate(host[at:at + m]) if not c]
+            at += m
+            if rest:
+                self._redrawn(result_tokens, redraw.step_rows(rest), redraw.tokens(rest, self._noise))
+        if raw_logprobs is None:
+            return SampleResult(result_tokens, None)
+        logprobs = host[at:at + n]
+        if self.changed:
+            index = torch.tensor(self.changed, device=raw_logprobs.device)
+            chosen = torch.tensor([result_tokens[i] for i in self.changed], device=raw_logprobs.device)
+            for i, value in zip(self.changed, raw_logprobs[index, chosen].tolist()):
+                logprobs[i] = value
+        if not k:
+            return SampleResult(result_tokens, logprobs)
+        ids_at, values_at = at + n, at + n + n * k
+        top = [tuple((int(host[ids_at + i * k + j]), host[values_at + i * k + j])
+                     for j in range(min(r.params.top_logprobs, k))) for i, r in enumerate(rows)]
+        return SampleResult(result_tokens, logprobs, top)
+
+    def _redrawn(self, tokens: list[int], rows: list[int], drawn: list[int]) -> None:
+        for i, token in zip(rows, drawn):
+            if tokens[i] != token:
+                tokens[i] = token
+                self.changed.append(i)
 
 
 class RowKnobs(NamedTuple):

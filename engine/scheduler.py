@@ -53,6 +53,8 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq]
     block_copies: list[tuple[int, int]] = field(default_factory=list)
     num_preempted: int = 0
+    # The first `fed` sequences feed the previous step's token, not yet on the host (schedule_ahead).
+    fed: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -182,6 +184,51 @@ class Scheduler:
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, 0)
 
+    def schedule_ahead(self, prev: SchedulerOutput) -> SchedulerOutput | None:
+        """The step after `prev`, planned before prev's tokens reach the host: each sequence prev
+        sampled feeds prev's token (the engine feeds it from the device) at the next position,
+        then waiting sequences are admitted as schedule() admits them. Only where every running
+        sequence sampled one token in prev (a decode, or the last chunk of its prompt), no waiting
+        client is owed a slot, and blocks suffice without preempting; None otherwise (the engine
+        then waits for prev's tokens and schedules as usual). A sequence that prev's token ends
+        by length is left out; one that it ends otherwise (an end-of-text token, a stop string)
+        or that is aborted meanwhile has its row dropped by postprocess."""
+        if not prev.scheduled or self._unfair() is not None:
+            return None
+        blocks, limits = self.blocks, self.limits
+        block_size = blocks.block_size
+        live = 0
+        scheduled = []
+        for s in prev.scheduled:
+            seq = s.seq
+            if seq.is_finished:
+                continue
+            p = seq.params
+            if not s.samples or s.draft or p.row_by_row:
+                return None
+            live += 1
+            made = len(seq.output_token_ids) + 1  # with prev's token
+            if made >= p.max_tokens or made >= limits.max_model_len - len(seq.prompt_token_ids):
+                continue  # prev's token ends it
+            start = s.start + s.num_real
+            if start + 1 > len(seq.block_table) * block_size:
+                if not blocks.can_hold(seq, start + 1):
+                    return None
+                blocks.allocate(seq, start + 1)
+            scheduled.append(ScheduledSeq(seq, start, [0], (), 1, True))  # the id: fed from the device
+        if live != len(self.running):
+            return None
+        fed = len(scheduled)
+        if self._waiting and len(self.running) < limits.max_num_seqs:
+            admitted: dict[Sequence, int] = {}
+            self._admit(admitted, limits.max_num_batched_tokens - fed)
+            scheduled += [_scheduled(seq, n, ()) for seq, n in admitted.items()]
+        if not scheduled:
+            return None
+        self._all_decoding = False
+        copies, self._copies = self._copies, []
+        return SchedulerOutput(scheduled, copies, 0, fed)
+
     def _plan_running(self, drafts: Mapping[int, Draft]) -> tuple[dict[Sequence, int], dict[Sequence, tuple[int, ...]]]:
         budget = self.limits.max_num_batched_tokens
         plan: dict[Sequence, int] = {}
@@ -243,13 +290,19 @@ class Scheduler:
         less one gets a slot from it: the heaviest's newest sequence is preempted (what it computed
         stays in the prefix cache). A few per step, so that shares converge without thrashing."""
         for _ in range(1 + self.limits.max_num_seqs // 8):
-            if len(self.running) < self.limits.max_num_seqs or not self._waiting:
-                return
-            lightest = min(self._running_by_client.get(c, 0) for c in self._waiting)
-            heaviest = max(self._running_by_client, key=lambda c: self._running_by_client[c])
-            if self._running_by_client[heaviest] <= lightest + 1:
+            heaviest = self._unfair()
+            if heaviest is None:
                 return
             self.preempt(max((s for s in self.running if s.client == heaviest), key=lambda s: s.seq_id))
+
+    def _unfair(self) -> str | None:
+        """With every slot taken, the client to give one up for a waiting client that runs fewer
+        sequences than it less one; None where there is none."""
+        if len(self.running) < self.limits.max_num_seqs or not self._waiting:
+            return None
+        lightest = min(self._running_by_client.get(c, 0) for c in self._waiting)
+        heaviest = max(self._running_by_client, key=lambda c: self._running_by_client[c])
+        return heaviest if self._running_by_client[heaviest] > lightest + 1 else None
 
     def _victim(self) -> Sequence:
         """The newest running sequence of the client that runs most."""
@@ -368,9 +421,12 @@ class Scheduler:
         self.blocks.free(seq)
 
     # ------------------------------------------------------------------ after the forward
-    def postprocess(self, out: SchedulerOutput, result: SampleResult | None) -> list[SeqUpdate]:
+    def postprocess(self, out: SchedulerOutput, result: SampleResult | None,
+                    dropped: frozenset[int] = frozenset()) -> list[SeqUpdate]:
         """Applies the step's sampled tokens (rows in the order of the scheduled sequences that
-        sample: 1 + draft rows each); returns what happened to each sequence."""
+        sample: 1 + draft rows each); returns what happened to each sequence. Rows of sequences
+        that ended since the step was planned, and of those in `dropped` (by id: fed a token that
+        was not theirs), are left as if not computed."""
         self.blocks.copies_done()
         updates = [SeqUpdate(seq, []) for seq in self._ended]
         self._ended = []
@@ -379,6 +435,9 @@ class Scheduler:
         row = 0
         for s in out.scheduled:
             seq = s.seq
+            if seq.is_finished or seq.seq_id in dropped:  # planned ahead of what ended it, or fed another's token
+                row += len(s.draft) + 1 if s.samples else 0
+                continue
             if s.start < len(seq.prompt_token_ids):
                 self.num_prompt_tokens_computed += min(s.start + s.num_real, len(seq.prompt_token_ids)) - s.start
             if not s.samples:  # a prefill chunk short of the last known token

@@ -81,6 +81,12 @@ def _graph_captures() -> tuple[str, ...]:
     return GRAPH_CAPTURE
 
 
+def _overlaps() -> tuple[str, ...]:
+    from engine.config import OVERLAP
+
+    return OVERLAP
+
+
 def _backends() -> tuple[str, ...]:
     from engine.config import ATTENTION_BACKENDS
 
@@ -137,6 +143,9 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
                    choices=LazyChoices(_graph_captures), metavar="WHEN",
                    help="%(choices)s: capture every CUDA graph before the first step, or each when a step first "
                         "needs it (default %(default)s)")
+    g.add_argument("--overlap-steps", default=d("overlap_steps"), choices=LazyChoices(_overlaps), metavar="WHEN",
+                   help="%(choices)s: queue a plain decode step on the device before the previous step's tokens "
+                        "reach the host, which applies them meanwhile (default %(default)s: on a GPU)")
 
 
 def add_spec_args(parser: argparse.ArgumentParser, default_on: bool = True) -> None:

@@ -128,6 +128,7 @@ class CopyProposer:
         self._search_recent_by_size: dict[int, deque[float]] = {}
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
+        self._decided: Decision | None = None  # will_search's decision to search, for the propose() after it
 
     # ------------------------------------------------------------------ Proposer protocol
 
@@ -200,13 +201,25 @@ class CopyProposer:
         if self._index_members is not None:
             self._index_members(self._members.values(), self.config.n, self.config.max_match)
 
+    def will_search(self, n: int, budget: int, cost: Cost) -> bool:
+        """The policy's decision for the next step, made now (before its tokens are known): where
+        it is to search, the propose() that follows keeps it; where not, no propose() follows."""
+        decision = self._decide(n, self._budget(n, budget), cost)
+        self._decided = decision if decision.search else None
+        return decision.search
+
+    def _decide(self, n: int, budget: int, cost: Cost) -> Decision:
+        sources = self.config.sources if self._predictions else self._sources_without_prediction
+        return self.policy.decide(n, budget, cost, self._search_s(n), sources)
+
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()
         n = len(queries)
         self._propose_calls += 1
         budget = self._budget(n, budget)
-        sources = self.config.sources if self._predictions else self._sources_without_prediction
-        decision = self.policy.decide(n, budget, cost, self._search_s(n), sources)
+        decision, self._decided = self._decided, None
+        if decision is None or n == 0 or budget <= 0:  # will_search's, unless no sequence is left to draft for
+            decision = self._decide(n, budget, cost)
         if not decision.search:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n

@@ -274,6 +274,34 @@ def test_a_large_batch_samples_what_each_row_samples_alone(monkeypatch):
     assert together == alone
 
 
+@pytest.mark.parametrize("greedy_rows", [False, True])
+def test_rows_the_candidates_missed_are_raced_again_when_read_back(greedy_rows: bool):
+    """launch() leaves the rows the candidates' race did not cover as they were raced there; result()
+    races them again over the whole vocabulary, lists those whose token changed, and gives the
+    tokens and logprobs the sampler gives when it races them again at once (each row alone), from
+    the logits as they were at launch."""
+    sampler = Sampler(eos_ids=())
+    n = CANDIDATE_ROWS + 4
+    torch.manual_seed(6)
+    logits = torch.randn(n, 4000) * 2
+    logits[:, :20] += 6
+    logits[2:12] = torch.randn(10, 4000) * 0.01  # nearly flat: past the candidates under top-p
+    params = [SamplingParams(temperature=1.0, top_p=0.95, logprobs=1, top_logprobs=2),
+              SamplingParams(temperature=0.0, logprobs=1, top_logprobs=2)]  # greedy rows among them
+    rows = [SamplingRow(i, params[int(greedy_rows and i % 5 == 4)], sample_key(3, i), i) for i in range(n)]
+    kept = logits.clone()
+    sampled = sampler.launch(logits, rows)
+    launched = sampled.tokens.tolist()
+    logits.normal_()  # the next step's logits, where a CUDA graph writes them: read back after that
+    result = sampled.result()
+    alone = [sampler(kept[i:i + 1], [SamplingRow(0, r.params, r.noise_key, r.position)]) for i, r in enumerate(rows)]
+    assert result.tokens == [a.tokens[0] for a in alone]
+    assert result.logprobs == pytest.approx([a.logprobs[0] for a in alone])
+    assert result.top == [a.top[0] for a in alone]
+    assert sampled.changed and sampled.changed == [i for i in range(n) if launched[i] != result.tokens[i]]
+    assert all(2 <= i < 12 for i in sampled.changed)
+
+
 @pytest.mark.parametrize("kept", [3, 200, 1000])
 def test_scores_of_the_kept_tokens_are_the_races_bit_for_bit(kept: int) -> None:
     """kept_scores draws noise for the kept tokens only (few or most of a row's): the same scores."""

@@ -305,6 +305,21 @@ def test_disabled_or_empty_budget_gives_plain_decoding() -> None:
     assert len(prop.propose([DraftQuery(0, 10)], 100, FREE)[0]) == 2
 
 
+def test_will_search_decides_the_next_step_once() -> None:
+    """will_search is the policy's decision for the next step, made before its tokens: yes is kept
+    for the propose() after it; no means no propose() (the step goes on without drafts)."""
+    prop = build_proposer(SpecConfig(policy="fixed", sources=("self",)))
+    prop.add_sequence(0, "r", [5, 6, 7, 5, 6])
+    assert prop.will_search(1, 10, FREE)
+    assert prop.propose([DraftQuery(0, 10)], 10, FREE) == [Draft((7, 5, 6), "self")]
+    assert not build_proposer(SpecConfig(enabled=False)).will_search(1, 10, FREE)
+    # Its sequences ended meanwhile: nothing to search for, whatever was decided.
+    prop.finish(0)
+    for _ in range(3):
+        assert prop.will_search(1, 10, FREE)
+        assert prop.propose([], 10, FREE) == []
+
+
 def test_config_is_validated() -> None:
     for bad in (dict(n=0), dict(n=3, max_match=2), dict(max_match=9), dict(k=-1), dict(sources=("web",)),
                 dict(policy="greedy"), dict(budget=-1),

@@ -1,0 +1,105 @@
+"""The engine's step with overlapped steps (EngineConfig.overlap_steps "on", which a GPU gets by
+default): a plain decode step is queued before the previous step's tokens reach the host, fed
+them from the device. Everything must come out as from the synchronous step."""
+from __future__ import annotations
+
+import pytest
+
+from engine import LLM, EngineConfig, SamplingParams
+from engine.config import DEFAULT_MODEL
+from fastcodellama.drafting import build_proposer
+from tests.engine.helpers import assert_no_leaks
+
+PROMPTS = ["def fib(n):\n    ", "import os\nimport sys\n\n", "class Stack:\n    def __init__(self):\n", "x = 1"]
+
+
+def _run(model: str, overlap: str, params: SamplingParams, drafting: bool = False, max_num_seqs: int = 4,
+         torch_sampler: bool = False) -> tuple[list, LLM]:
+    llm = LLM(EngineConfig(model=model, overlap_steps=overlap, num_kv_blocks=256, block_size=4,
+                           max_num_batched_tokens=64, max_num_seqs=max_num_seqs),
+              proposer=build_proposer() if drafting else None)
+    if torch_sampler:  # the PyTorch path a GPU samples with, its candidates' race and redraws
+        llm.engine.sampler.use_kernels = False
+    outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    return [[(c.token_ids, c.text, c.finish_reason) for c in o.outputs] for o in outs], llm, outs
+
+
+def _logprobs(outs) -> list:
+    return [c.logprobs for o in outs for c in o.outputs]
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
+    SamplingParams(n=3, temperature=0.8, seed=7, max_tokens=20, stop=["\n\n", "):"]),
+    SamplingParams(n=2, temperature=1.0, top_p=0.9, top_k=50, seed=3, max_tokens=16, logprobs=2),
+], ids=["greedy", "sampled-stops", "logprobs"])
+@pytest.mark.parametrize("drafting", [False, True], ids=["plain", "drafting"])
+def test_overlapped_steps_give_the_synchronous_outputs(tiny_model_dir, params, drafting):
+    # Four prompts on at most four running sequences: admissions wait for slots while others decode.
+    synchronous, _, sync_outs = _run(tiny_model_dir, "off", params, drafting)
+    overlapped, llm, outs = _run(tiny_model_dir, "on", params, drafting)
+    assert overlapped == synchronous
+    # A token's logprob from a verify row and from a decode row may part in the last bits, and the
+    # two engines need not draft alike.
+    for got, want in zip(_logprobs(outs), _logprobs(sync_outs)):
+        assert got == want if not drafting or want is None else got == pytest.approx(want, abs=1e-4)
+    assert_no_leaks(llm.engine)
+    stats = llm.engine.stats()
+    assert stats.overlapped_steps > 0 if not drafting else stats.overlapped_steps >= 0
+    if not drafting:
+        assert stats.overlapped_steps >= stats.steps // 3  # most decode steps went ahead
+
+
+def test_overlap_is_a_gpu_default(tiny_model_dir):
+    assert not LLM(EngineConfig(model=tiny_model_dir, num_kv_blocks=64)).engine.runner.paths.overlap
+    assert LLM(EngineConfig(model=tiny_model_dir, num_kv_blocks=64, overlap_steps="on")).engine.runner.paths.overlap
+    with pytest.raises(ValueError, match="overlap_steps must be auto, on or off"):
+        EngineConfig(overlap_steps="yes")
+
+
+def test_a_sequence_that_ends_while_the_next_step_is_queued(tiny_model_dir):
+    """A stop token ends a sequence at a step whose successor already fed it that token: its row
+    there is dropped, its blocks come back, the others go on as without overlap."""
+    plain, _, _ = _run(tiny_model_dir, "off", SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True))
+    stop = plain[0][0][0][5]  # the sixth token of the first prompt's greedy output
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop_token_ids=[stop])
+    synchronous, _, _ = _run(tiny_model_dir, "off", params)
+    overlapped, llm, _ = _run(tiny_model_dir, "on", params)
+    assert overlapped == synchronous
+    assert synchronous[0][0][2] == "stop" and len(synchronous[0][0][0]) <= 6
+    assert_no_leaks(llm.engine)
+
+
+def test_redrawn_rows_drop_what_the_queued_step_fed_them():
+    """The PyTorch sampler races each row's likeliest tokens and races a row it could not cover
+    again over the whole vocabulary once read back (the demo model's rows are flat: many are not
+    covered): a step queued behind it was fed the first token, and its row for that sequence is
+    dropped and computed again. 16 sequences sample (the candidates' race needs as many)."""
+    params = SamplingParams(n=4, temperature=1.0, top_p=0.95, seed=11, max_tokens=12)
+    synchronous, _, _ = _run(DEFAULT_MODEL, "off", params, max_num_seqs=16, torch_sampler=True)
+    overlapped, llm, _ = _run(DEFAULT_MODEL, "on", params, max_num_seqs=16, torch_sampler=True)
+    assert overlapped == synchronous
+    assert_no_leaks(llm.engine)
+    assert llm.engine.stats().overlapped_steps > 0
+
+
+def test_abort_while_a_step_is_queued(tiny_model_dir):
+    params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    synchronous, _, _ = _run(tiny_model_dir, "off", params)
+    llm = LLM(EngineConfig(model=tiny_model_dir, overlap_steps="on", num_kv_blocks=256, block_size=4,
+                           max_num_batched_tokens=64, max_num_seqs=4))
+    engine = llm.engine
+    for i, prompt in enumerate(PROMPTS):
+        engine.add_request(f"r{i}", prompt, params)
+    while engine._launched is None or engine._launched.out.scheduled[0].start < 12:
+        engine.step()
+    assert engine.abort("r1")
+    done = {}
+    while engine.has_unfinished():
+        for out in engine.step(collect="finished"):
+            done[out.request_id] = out
+    assert sorted(done) == ["r0", "r2", "r3"]
+    for i in (0, 2, 3):
+        assert done[f"r{i}"].outputs[0].token_ids == synchronous[i][0][0]
+    engine.step()  # whatever was still queued for the aborted sequence is applied to nothing
+    assert_no_leaks(engine)
