@@ -11,7 +11,9 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      against the reference's; drafting == plain (embedded model, greedy and seeded sampling); no
      leaked KV block;
   b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
-     graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth);
+     graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth); with graphs,
+     also the steps as a job sees them (no synchronization between steps), overlapped steps
+     (EngineConfig.overlap_steps) off and on;
   c  the cost of a verify step with k draft tokens per sequence, by k, at batch 1, 16, 64, and 256
      (k up to 4 there);
   h  the host's part of a step on this machine's CPU (benchmarks/host_overhead.py: the engine around
@@ -37,6 +39,7 @@ The step costs of b and c are also written as a cost table the simulated device 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -244,30 +247,38 @@ def _prefill_and_greedy(model, dtype: str, backend: str, prompts: list[list[int]
 
 # ---------------------------------------------------------------------- b, c: decode and verify
 
-def timed(engine, prompts: list[list[int]], samples: int, max_tokens: int, device) -> list[float]:
+def timed(engine, prompts: list[list[int]], samples: int, max_tokens: int, device, synced: bool = True) -> list[float]:
     """Seconds of every step of a run (each step ends in the copy of its sampled ids to the host,
-    so the host clock sees the device's time)."""
+    so the host clock sees the device's time). With `synced` the device is also idle at each
+    step's start; without, a step is the time between two returns of engine.step(), as a job
+    sees them (with overlapped steps one is queued while the host applies the one before)."""
     params = SamplingParams(n=samples, temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     engine.scheduler.blocks.clear_cache()
     for i, prompt in enumerate(prompts):
         engine.add_request(f"r{time.monotonic_ns()}-{i}", list(prompt), params)
     steps = []
+    shapes.sync(device)
+    last = time.perf_counter()
     while engine.has_unfinished():
-        shapes.sync(device)
-        start = time.perf_counter()
+        if synced:
+            shapes.sync(device)
+            last = time.perf_counter()
         engine.step()
-        shapes.sync(device)
-        steps.append(time.perf_counter() - start)
+        if synced:
+            shapes.sync(device)
+        now = time.perf_counter()
+        steps.append(now - last)
+        last = now
     return steps
 
 
-def decode_run(engine, batch: int, args, device) -> dict:
+def decode_run(engine, batch: int, args, device, synced: bool = True) -> dict:
     """A decode step's time: the median step of a run of gen_len tokens (its one or two prefill
     steps are outliers the median ignores), after a warm-up run of the same shape."""
     samples = min(10, batch)
     prompts = shapes.random_prompts(max(1, batch // samples), args.prompt_len, 8000, seed=batch)
-    timed(engine, prompts, samples, 8, device)
-    steps = timed(engine, prompts, samples, args.gen_len, device)
+    timed(engine, prompts, samples, 8, device, synced)
+    steps = timed(engine, prompts, samples, args.gen_len, device, synced)
     seqs = len(prompts) * samples
     step_s = statistics.median(steps)
     return {"batch": seqs, "steps": len(steps), "step_ms": 1000 * step_s, "decode_tokens_per_s": seqs / step_s}
@@ -306,6 +317,8 @@ def decode_and_verify(args, device, model) -> dict:
             out["decode"].append(row)
             print(f"[b] graphs {graphs} batch {b}: {row['decode_tokens_per_s']:.1f} tok/s, step {row['step_ms']:.2f} ms",
                   file=sys.stderr, flush=True)
+        if graphs and device.type == "cuda":
+            out["overlap"] = overlap_runs(engine, args, device)
         if graphs or device.type != "cuda":
             plain = {r["batch"]: r["step_ms"] for r in out["decode"] if r["graphs"] == graphs}
             for b in args.verify_batches:
@@ -321,6 +334,23 @@ def decode_and_verify(args, device, model) -> dict:
         del engine
         shapes.free(device)
     return out
+
+
+def overlap_runs(engine, args, device) -> list[dict]:
+    """Decode steps as a job sees them (no synchronization between steps), the next plain step
+    queued before the previous one's tokens reach the host (overlapped, the GPU's default) and not."""
+    default, rows = engine.runner.paths, []
+    for b in args.batches:
+        for overlap in (False, True):
+            engine.runner.paths = dataclasses.replace(default, overlap=overlap)
+            before = engine.stats().overlapped_steps
+            row = {"overlap": overlap, **decode_run(engine, b, args, device, synced=False)}
+            row["overlapped_steps"] = engine.stats().overlapped_steps - before
+            rows.append(row)
+            print(f"[b] overlap {overlap} batch {b}: {row['decode_tokens_per_s']:.1f} tok/s, "
+                  f"step {row['step_ms']:.2f} ms", file=sys.stderr, flush=True)
+    engine.runner.paths = default
+    return rows
 
 
 def auto_kv_cache_gb(args, device) -> float | None:
@@ -516,6 +546,11 @@ def markdown(results: dict) -> str:
                                         [[r["batch"], r["graphs"], fmt(r["decode_tokens_per_s"]), fmt(r["step_ms"], 2),
                                           f"{r['share_of_roofline']:.0%}" if r["share_of_roofline"] else ""]
                                          for r in b["decode"]])
+        if b.get("overlap"):
+            lines += ["", "Steps as a job sees them (no synchronization between them), overlapped steps off and on:", ""]
+            lines += measure.markdown_table(["batch", "overlap", "decode tok/s", "step ms", "steps overlapped"],
+                                            [[r["batch"], r["overlap"], fmt(r["decode_tokens_per_s"]),
+                                              fmt(r["step_ms"], 2), r["overlapped_steps"]] for r in b["overlap"]])
         lines += ["", "## c. verify steps", ""]
         lines += measure.markdown_table(["batch", "k", "rows", "step ms", "plain ms", "cost ratio"],
                                         [[v["batch"], v["k"], v["rows"], fmt(v["step_ms"], 2), fmt(v["plain_step_ms"], 2),

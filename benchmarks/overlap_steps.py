@@ -1,0 +1,177 @@
+"""Overlapped steps against synchronous ones, beside a simulated GPU: what queuing the next plain
+decode step before the previous step's tokens reach the host saves (EngineConfig.overlap_steps).
+
+The engine runs its real host side (scheduling, the step's inputs, sampling rows, applying tokens,
+the proposer, outputs) around engine.models.stub.StubModel, the pass@10 traces replayed, and a
+simulated device stands in for the GPU: each step's forward is queued on it and takes the time a
+cost table gives for its shape (default: the H200 suite's step times, benchmarks/host_overhead.py's
+GPU_TABLE, whose figures hold that machine's host time too: the device's part is taken as the
+whole, which makes the host's share, and what overlapping it saves, look smaller than it is); the
+device runs one step at a time, and reading a step's tokens back waits (in time.sleep, the GIL
+released, as a CUDA read-back does) until the device has finished it. The engine's own clock
+sees it all, so the drafting policy learns its costs as beside a GPU.
+
+At each number of running sequences the same requests run with overlap off and on, in turns
+(--rounds), plain decoding and copy drafting (the adaptive policy); reported: ms per step
+(wall), tokens per second, the overlapped steps' share, and on / off.
+
+    python benchmarks/overlap_steps.py                          # 1, 16, 64, 256 running
+    python benchmarks/overlap_steps.py --batches 256 --rounds 3 --steps 200
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")  # nothing learned before steers this run
+
+import measure  # noqa: E402
+from host_overhead import GPU_TABLE, busy_requests  # noqa: E402
+from simulated_device import load_table  # noqa: E402
+from traces import load_workload, replay_params  # noqa: E402
+
+from engine import DEFAULT_MODEL, EngineConfig  # noqa: E402
+from engine.llm_engine import LLMEngine  # noqa: E402
+from engine.models.registry import read_model_config  # noqa: E402
+from engine.models.stub import StubModel  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
+from fastcodellama.drafting import build_proposer  # noqa: E402
+
+
+class SimulatedDevice:
+    """One stream: a queued step starts when the previous one ends (or at its launch, if later)
+    and takes the table's time; a read-back waits for its step's end."""
+
+    def __init__(self, table) -> None:
+        self.table, self.free_at = table, 0.0
+
+    def queue(self, seqs: int, rows: int) -> float:
+        """Queues a step; returns when it ends."""
+        self.free_at = max(time.perf_counter(), self.free_at) + self.table(seqs, rows, 0.0)
+        return self.free_at
+
+    @staticmethod
+    def wait_until(t: float) -> None:
+        left = t - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+
+
+class _Queued:
+    """A step's Sampled whose read-back waits for the simulated device to finish the step."""
+
+    def __init__(self, sampled, ready_at: float) -> None:
+        self._sampled, self._ready_at = sampled, ready_at
+
+    def result(self):
+        SimulatedDevice.wait_until(self._ready_at)
+        return self._sampled.result()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sampled, name)
+
+
+def on_device(engine: LLMEngine, device: SimulatedDevice) -> None:
+    """Queues each forward the engine runs on `device`, and makes its read-backs wait for it."""
+    execute, launch = engine.runner.execute, engine.sampler.launch
+    ends: list[float] = []
+
+    def queued_execute(out, feed=None):
+        logits = execute(out, feed)
+        ends.append(device.queue(len(out.scheduled), out.num_tokens))
+        return logits
+
+    def queued_launch(logits, rows):
+        return _Queued(launch(logits, rows), ends[-1])
+
+    engine.runner.execute = queued_execute
+    engine.sampler.launch = queued_launch
+
+
+def run(batch: int, drafting: bool, overlap: str, requests, tokenizer: Tokenizer, table, steps: int,
+        warmup: int) -> dict:
+    config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192,
+                          overlap_steps=overlap)
+    engine = LLMEngine(config, proposer=build_proposer() if drafting else None,
+                       model=StubModel(read_model_config(DEFAULT_MODEL), columns=1), tokenizer=tokenizer)
+    on_device(engine, SimulatedDevice(table))
+    for i, r in enumerate(requests):
+        engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
+    for _ in range(warmup):
+        engine.step(collect="finished")
+    before = engine.stats()
+    start = time.perf_counter()
+    done = 0
+    while done < steps and engine.has_unfinished():
+        engine.step(collect="finished")
+        done += 1
+    seconds = time.perf_counter() - start
+    after = engine.stats()
+    tokens = after.generated_tokens - before.generated_tokens
+    return {"batch": batch, "drafting": drafting, "overlap": overlap, "steps": done, "seconds": seconds,
+            "ms_per_step": 1e3 * seconds / max(done, 1), "tokens_per_s": tokens / seconds,
+            "overlapped": after.overlapped_steps - before.overlapped_steps,
+            "drafted": after.spec.total_drafted - before.spec.total_drafted}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,16,64,256")
+    ap.add_argument("--steps", type=int, default=150, help="steps timed per run (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2, help="off and on in turns, this many times each")
+    ap.add_argument("--table", default=GPU_TABLE, help="the device's step costs (a benchmarks/gpu/ result)")
+    ap.add_argument("--out", default=measure.RESULTS)
+    args = ap.parse_args(argv)
+    table, described = load_table(args.table)
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    requests = load_workload("passk", tokenizer)
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        for drafting in (False, True):
+            runs = {"off": [], "on": []}
+            for r in range(args.rounds):
+                for overlap in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    runs[overlap].append(run(batch, drafting, overlap, busy_requests(requests, batch), tokenizer,
+                                             table, args.steps, args.warmup))
+            row = summary(batch, drafting, runs)
+            rows.append(row)
+            print(f"batch {batch:4d} {'drafting' if drafting else 'plain':>8}: {row['off_ms']:.2f} -> "
+                  f"{row['on_ms']:.2f} ms a step, tokens/s on/off {row['speedup']:.3f}", flush=True)
+    results = {"machine": measure.machine(), "date": measure.utc_now(), "args": vars(args), "table": described,
+               "rows": rows}
+    write(results, args.out)
+    return results
+
+
+def summary(batch: int, drafting: bool, runs: dict[str, list[dict]]) -> dict:
+    med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+    ms = {k: statistics.median(r["ms_per_step"] for r in v) for k, v in runs.items()}
+    on = runs["on"]
+    return {"batch": batch, "drafting": drafting, "off_ms": ms["off"], "on_ms": ms["on"],
+            "off_tokens_per_s": med["off"], "on_tokens_per_s": med["on"], "speedup": med["on"] / med["off"],
+            "overlapped_share": statistics.fmean(r["overlapped"] / max(r["steps"], 1) for r in on),
+            "pairs": [b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(runs["off"], on)],
+            "runs": runs}
+
+
+def write(results: dict, out_dir: str) -> None:
+    lines = [f"# Overlapped steps beside a simulated device ({results['date']})", "",
+             f"machine: {results['machine']}", f"device: each step's time from {results['table']}",
+             "model: engine.models.stub.StubModel, pass@10 traces replayed; plain, and copy drafting (adaptive)", "",
+             "ms per step and tokens per second: medians of the rounds; on / off: tokens per second, and each "
+             "round's pair; overlapped: the share of the timed steps queued ahead (overlap on).", ""]
+    lines += measure.markdown_table(
+        ["running", "system", "off ms/step", "on ms/step", "off tok/s", "on tok/s", "on / off", "pairs", "overlapped"],
+        [[r["batch"], "drafting" if r["drafting"] else "plain", f"{r['off_ms']:.2f}", f"{r['on_ms']:.2f}",
+          f"{r['off_tokens_per_s']:.0f}", f"{r['on_tokens_per_s']:.0f}", f"{r['speedup']:.3f}",
+          " ".join(f"{p:.3f}" for p in r["pairs"]), f"{r['overlapped_share']:.0%}"] for r in results["rows"]])
+    measure.write_results(out_dir, "overlap_steps", results, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

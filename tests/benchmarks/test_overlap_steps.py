@@ -1,0 +1,37 @@
+"""benchmarks/overlap_steps.py: the simulated device runs one step at a time for the table's time,
+a read-back waits for its step, and with overlap on the engine queues steps ahead beside it."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import overlap_steps
+from engine import DEFAULT_MODEL
+from engine.tokenizer import Tokenizer
+from tests.benchmarks.test_host_overhead import _requests
+
+STEP_S = 0.004
+
+
+def _table(seqs: int, rows: int, measured_s: float) -> float:
+    return STEP_S
+
+
+def test_the_device_runs_one_step_at_a_time_and_a_read_back_waits_for_its_step():
+    device = overlap_steps.SimulatedDevice(_table)
+    start = time.perf_counter()
+    first, second = device.queue(1, 1), device.queue(1, 1)  # the second waits for the first
+    assert second - first == pytest.approx(STEP_S) and first >= start + STEP_S
+    overlap_steps.SimulatedDevice.wait_until(second)
+    assert time.perf_counter() >= start + 2 * STEP_S
+
+
+def test_overlapped_runs_queue_steps_ahead_and_keep_the_device_busy():
+    tokenizer = Tokenizer(DEFAULT_MODEL)
+    rows = {overlap: overlap_steps.run(4, False, overlap, _requests(tokenizer), tokenizer, _table, steps=8, warmup=2)
+            for overlap in ("off", "on")}
+    assert rows["off"]["overlapped"] == 0 and rows["on"]["overlapped"] > 0
+    for row in rows.values():
+        assert row["steps"] == 8 and row["tokens_per_s"] > 0
+        assert row["ms_per_step"] >= 1e3 * STEP_S  # no step outruns the device
