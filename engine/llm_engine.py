@@ -280,8 +280,8 @@ class LLMEngine:
         fed prev's token from the device (Scheduler.schedule_ahead); None where it cannot be (the
         next step is then planned once they have), or where the proposer means to search for
         drafts next step (drafts follow the tokens)."""
-        if prev.sampled is None or prev.dropped:
-            return None
+        if prev.sampled is None or prev.dropped or any(s.draft or not s.samples for s in prev.out.scheduled):
+            return None  # (schedule_ahead would say so too; the proposer is not asked for nothing)
         # Asked first: a plan is not to be dropped once made (admissions, their blocks' copies).
         if self.proposer is not None and self._proposer_searches(len(self.scheduler.running)):
             return None

@@ -88,7 +88,7 @@ class ModelRunner:
         kernels = cpu_kernels.build_id() if self.device.type == "cpu" and cpu_kernels.available() else "none"
         model = f"{type(self.model).__name__}:{os.path.realpath(self.config.model)}"
         return CostKey(model, device_name(self.device), str(self.dtype), torch.get_num_threads(), self.backend.name,
-                       kernels)
+                       kernels, self.paths.overlap)
 
     def _planes(self) -> int:
         """Cache planes: keys and values, or one for latent attention, whose cached row is both

@@ -11,12 +11,13 @@ sequences just before it (the least of the last few): a plain step's cost drifts
 and the machine's load changes, and a drafting step set against plain steps from another part of
 the run would read that drift as the cost of its rows. An unseen bucket is estimated from what is
 known: the same sequences with fewer or more draft rows, else what as many more sequences add to
-a plain step (this run's plain steps only, and not far past the most sequences measured), else
+a plain step (this run's plain steps only, and not far past the most sequences measured; not
+where plain steps are queued ahead, whose cost hides the host's work that a drafting step pays), else
 the same from the nearest batch within 2x (or, at most SMALL_BATCH sequences, from any batch that
 small), else nothing (None): the drafting policy then explores instead of trusting a guess.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
-kernels) in a small JSON file, so a second run starts informed; its values only seed the buckets
+kernels, overlapped steps) in a small JSON file, so a second run starts informed; its values only seed the buckets
 and give way to fresh observations. A seeded plain bucket is read scaled by the live plain cost
 over the seeded one at the nearest batch that has both, so that a machine or a workload whose
 steps cost more or less than when the file was written does not make plain steps look cheap or
@@ -80,6 +81,9 @@ class CostKey:
     threads: int
     attention: str
     kernels: str
+    # Plain steps queued ahead (EngineConfig.overlap_steps): their cost hides the host's, which a
+    # drafting step's does not.
+    overlap: bool = False
 
     def file_name(self) -> str:
         digest = hashlib.sha1(repr(self).encode()).hexdigest()[:16]
@@ -274,8 +278,8 @@ class StepCost:
             known = self._drafting_at(near, r)
             if known is None:
                 known = self._from_rows(near, draft_rows)
-            if known is None:
-                known = self._from_plain(near, draft_rows)
+            if known is None and not (self.key is not None and self.key.overlap):
+                known = self._from_plain(near, draft_rows)  # rows cost as sequences do: not beside queued plain steps
             if known is not None:
                 return max(0.0, known)
         return None

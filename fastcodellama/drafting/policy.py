@@ -15,13 +15,14 @@ against n / (plain(n) + search) * (1 + margin(n)): all candidate tokens are rank
 acceptance probability g_j, and the policy takes the prefix of that ranking, at most `budget`
 long, with the best expected throughput.
 
-A search that finds nothing worth drafting costs its time for nothing. Each search's outcome (the
-gain of what it drafted, net of the search; minus the search's cost where it drafted nothing) is
+A search that finds nothing worth drafting costs its time for nothing. Each search's outcome (what
+its step brought over a plain step without a search, from the tokens accepted and the step cost's
+learned costs, once its drafts are verified; minus the search's cost where it drafted nothing) is
 kept as a decayed mean per batch size. While that mean is not positive, the gate's "could pay"
 searches less often: 1, 2, 4 ... steps after each fruitless one, up to every ceil(c / SEARCH_SHARE)
 steps (c: a search's cost in plain steps), so that searches that keep finding nothing cost about
 SEARCH_SHARE of the time, one that merely came early (samples a few tokens in) is soon tried again,
-and one that finds copies worth drafting reopens it.
+and one whose drafts paid reopens it.
 
 Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
   - while drafting is believed to pay, a step now and then runs without drafts (a control step),
@@ -166,6 +167,8 @@ class DraftPolicy:
     margin: float = MARGIN
     small_margin: float = SMALL_MARGIN
     _budgets: dict[int, _Budget] = field(default_factory=dict)
+    # The last search that drafted, (sequences, draft tokens, its seconds), until its outcome is known.
+    _drafting: tuple[int, int, float] | None = None
 
     # ------------------------------------------------------------------ before the search
     def decide(self, n: int, budget: int, cost: Cost, search_s: float,
@@ -233,14 +236,28 @@ class DraftPolicy:
         if state is not None:
             state.gain = GAIN_DECAY * state.gain + (1.0 - GAIN_DECAY) * gain
 
-    def _note_outcome(self, n: int, drafted: int, gain: float, search_s: float, plain: float | None) -> None:
-        state = self._state(n)
-        if state is None or plain is None or plain <= 0:
+    def realize(self, accepted: int, cost: Cost) -> None:
+        """The outcome of the last search that drafted, once its drafts are verified (`accepted`:
+        the tokens of them the model took): the throughput its step brought over a plain step
+        without a search, from the step cost's learned costs and what was accepted. Not the gain
+        expected when drafting: ranking many candidates by estimated probability and drafting the
+        likeliest reads their probability high."""
+        pending, self._drafting = self._drafting, None
+        if pending is None:
             return
-        outcome = gain if drafted > 0 else -search_s / plain
-        state.fruitless = 0 if drafted > 0 else state.fruitless + 1
-        if state.outcome is None or (drafted > 0 and state.outcome <= 0.0):
-            state.outcome = outcome  # the first, or a throttled search that found copies: searches resume at once
+        n, drafted, search_s = pending
+        plain, extra = cost.plain(n), cost.extra(n, drafted)
+        if plain is not None and extra is not None and plain > 0:
+            self._note_outcome(n, (n + accepted) / (plain + extra + search_s) * plain / n - 1.0)
+
+    def _note_outcome(self, n: int, outcome: float) -> None:
+        """A search's outcome: what its step brought net of it (below 0: it did not pay)."""
+        state = self._state(n)
+        if state is None:
+            return
+        state.fruitless = 0 if outcome > 0.0 else state.fruitless + 1
+        if state.outcome is None or (outcome > 0.0 and state.outcome <= 0.0):
+            state.outcome = outcome  # the first, or a search that paid after throttled ones: searches resume at once
         else:
             state.outcome = OUTCOME_DECAY * state.outcome + (1.0 - OUTCOME_DECAY) * outcome
 
@@ -283,7 +300,11 @@ class DraftPolicy:
             best, gain = self._best_prefix(n, ranked, cost, search_s)
             take = min(len(ranked), 2 * best) if explore is not None and explore.probe else best
             self._note_gain(n, gain)
-            self._note_outcome(n, best, gain, search_s, cost.plain(n))
+            plain = cost.plain(n)
+            if best > 0:
+                self._drafting = (n, take, search_s)  # its outcome: once its drafts are verified (realize)
+            elif plain:
+                self._note_outcome(n, -search_s / plain)
             if take > best:
                 self._explored(n)
         if take == 0:

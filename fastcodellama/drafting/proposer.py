@@ -129,6 +129,7 @@ class CopyProposer:
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
         self._decided: Decision | None = None  # will_search's decision to search, for the propose() after it
+        self._accepted_since = 0  # draft tokens accepted since the last decision (the policy's realized outcome)
 
     # ------------------------------------------------------------------ Proposer protocol
 
@@ -204,6 +205,7 @@ class CopyProposer:
     def will_search(self, n: int, budget: int, cost: Cost) -> bool:
         """The policy's decision for the next step, made now (before its tokens are known): where
         it is to search, the propose() that follows keeps it; where not, no propose() follows."""
+        self._realize(cost)
         decision = self._decide(n, self._budget(n, budget), cost)
         self._decided = decision if decision.search else None
         return decision.search
@@ -212,10 +214,16 @@ class CopyProposer:
         sources = self.config.sources if self._predictions else self._sources_without_prediction
         return self.policy.decide(n, budget, cost, self._search_s(n), sources)
 
+    def _realize(self, cost: Cost) -> None:
+        """What the last step's drafts brought, to the policy (their feedback has all come in)."""
+        self.policy.realize(self._accepted_since, cost)
+        self._accepted_since = 0
+
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         t0 = time.perf_counter()
         n = len(queries)
         self._propose_calls += 1
+        self._realize(cost)
         budget = self._budget(n, budget)
         decision, self._decided = self._decided, None
         if decision is None or n == 0 or budget <= 0:  # will_search's, unless no sequence is left to draft for
@@ -279,6 +287,7 @@ class CopyProposer:
         self._drafts[source] += 1
         self._drafted[source] += n
         self._accepted[source] += accepted
+        self._accepted_since += accepted
         running = seq_id in self._seqs           # per-sequence statistics only for live sequences
         self.model.record_at(bucket, n, accepted, seq_id if running else None, predicted)
 

@@ -103,6 +103,18 @@ def test_unknown_shapes_are_unknown_unless_a_plain_step_of_as_many_rows_was_seen
     assert cost.extra(192, 181) == pytest.approx(20.0 / 64 * 181)
 
 
+def test_beside_queued_plain_steps_rows_are_not_read_as_sequences():
+    """With overlapped steps a plain step's cost hides the host's work, and a drafting step (never
+    queued ahead) pays it: draft rows are read off drafting steps only, here at 256 sequences."""
+    cost = StepCost(CostKey("m", "cuda", "bfloat16", 16, "triton", "none", overlap=True))
+    cost.observe(192, 0, 24.0)
+    cost.observe(256, 0, 25.0)
+    assert cost.extra(192, 64) is None  # not 1.0: the queued plain steps' slope
+    cost.observe(256, 64, 25.0 + 8.0)
+    assert cost.extra(192, 64) == pytest.approx(8.0)
+    assert StepCost(KEY).key.file_name() != cost.key.file_name()
+
+
 def test_the_plain_steps_slope_is_not_carried_far_past_the_most_sequences_measured():
     """On a CPU plain steps can cost about the same from 128 to 192 sequences and rise only past
     that, where each draft row adds a tenth of a plain step. The flat slope carried to 128 + 400

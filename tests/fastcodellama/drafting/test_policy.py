@@ -75,20 +75,27 @@ def test_drafts_shrink_as_rows_get_dearer() -> None:
     assert lens == sorted(lens, reverse=True) and lens[0] > lens[-1]
 
 
-def test_a_search_is_paid_drafted_or_not_but_a_dear_one_records_that_searching_lost() -> None:
+def test_a_search_is_paid_drafted_or_not_but_one_that_did_not_pay_records_a_loss() -> None:
     """Once the search has run, a copy is judged against a step that paid for the search too: one
     that cost a whole step still drafts what free rows carry (at a batch of a few sequences, the
-    search's share of a step would otherwise veto every draft), and records a loss, which is what
-    throttles such searches."""
+    search's share of a step would otherwise veto every draft). Its outcome is what its step
+    brought once its drafts are verified: a loss where the tokens accepted did not make up for the
+    search (what throttles such searches), whatever was expected of them."""
+    cost = LinearCost(0.0)  # a plain step of 1 sequence takes 1 s, draft rows are free
     pol = fresh_policy()
     c = [cand(pol.model, 20, match_len=2)]
-    assert pol.decide(1, 100, LinearCost(0.0), 1.0).search
-    assert pol.allocate(c, 100, LinearCost(0.0), search_s=1.0)[0] > 0
-    assert pol._budgets[pol_mod._batch_bucket(1)].outcome < 0
+    assert pol.decide(1, 100, cost, 1.0).search
+    drafted = pol.allocate(c, 100, cost, search_s=1.0)[0]
+    assert drafted > 0 and pol._budgets[pol_mod._batch_bucket(1)].outcome is None  # not yet verified
+    pol.realize(0, cost)  # nothing accepted: 1 token in the time of 2
+    assert pol._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx(-0.5)
     cheap = fresh_policy()
-    assert cheap.decide(1, 100, LinearCost(0.0), 0.01).search
-    assert cheap.allocate(c, 100, LinearCost(0.0), search_s=0.01)[0] > 0
-    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome > 0
+    assert cheap.decide(1, 100, cost, 0.01).search
+    drafted = cheap.allocate(c, 100, cost, search_s=0.01)[0]
+    cheap.realize(drafted, cost)  # all of them accepted
+    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx((1 + drafted) / 1.01 - 1)
+    cheap.realize(drafted, cost)  # no draft pending: nothing to note
+    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx((1 + drafted) / 1.01 - 1)
 
 
 def test_unknown_costs_are_not_trusted_but_exploration_drafts_a_bounded_amount() -> None:
@@ -235,11 +242,13 @@ def test_searches_that_find_nothing_worth_drafting_are_throttled_until_one_does(
     likely = [cand(pol.model, 20, match_len=16) for _ in range(n)]
 
     def searched(cands, steps: int) -> list[int]:
-        out = []
+        out, drafted = [], 0
         for i in range(steps):
+            pol.realize(drafted, cost)  # every drafted token accepted
             decision = pol.decide(n, 1000, cost, search_s)
+            drafted = 0
             if decision.search:
-                pol.allocate(cands, 1000, cost, search_s, decision)
+                drafted = sum(pol.allocate(cands, 1000, cost, search_s, decision))
                 out.append(i)
         return out
 
@@ -252,6 +261,23 @@ def test_searches_that_find_nothing_worth_drafting_are_throttled_until_one_does(
     busy = searched(likely, 100)
     assert busy[0] < every and len(busy) > 100 - every - 100 // pol_mod.CONTROL_EVERY - 2
     assert pol._budgets[n.bit_length()].fruitless == 0  # the next fruitless one waits 1 step again
+
+
+def test_searches_whose_drafts_do_not_pay_are_throttled_however_likely_the_copies_looked() -> None:
+    """Copies the acceptance model rates likely, drafted every time, none accepted: each search's
+    step brought less than a plain step without it, and searches fall to the throttle's pace."""
+    pol = fresh_policy()
+    n, cost, search_s = 8, LinearCost(0.0), 0.4
+    every = math.ceil(search_s / cost.plain(n) / pol_mod.SEARCH_SHARE)
+    likely = [cand(pol.model, 20, match_len=16) for _ in range(n)]
+    searches = 0
+    for _ in range(100):
+        pol.realize(0, cost)
+        decision = pol.decide(n, 1000, cost, search_s)
+        if decision.search:
+            assert sum(pol.allocate(likely, 1000, cost, search_s, decision)) > 0
+            searches += 1
+    assert searches <= 100 // every + math.ceil(math.log2(every)) + 2
 
 
 def test_an_exploring_step_costs_a_bounded_share_of_a_plain_one_where_costs_are_known() -> None:
