@@ -176,8 +176,11 @@ def _generate(args: argparse.Namespace, tasks: list[dict], params_for: JobParams
         llm.engine.step_cost.keep_nothing()  # steps timed beside the sandboxes' load: not for later runs
     stats = generate_samples(llm, tasks, params_for, args.output_data_fn,
                              on_written=_starter(early, problems) if beside else None)
-    graphs = llm.engine.stats().cuda_graphs
-    return stats, [("CUDA graphs", graphs)] if graphs is not None else [], time.perf_counter()
+    engine_stats = llm.engine.stats()
+    rows = [("CUDA graphs", engine_stats.cuda_graphs)] if engine_stats.cuda_graphs is not None else []
+    if llm.engine.runner.paths.overlap:
+        rows.append(("steps queued ahead (overlapped)", f"{engine_stats.overlapped_steps} of {engine_stats.steps}"))
+    return stats, rows, time.perf_counter()
 
 
 def _build_extensions(cpu: bool, drafts: bool) -> None:

@@ -28,6 +28,19 @@ def test_samples_file_has_every_sample_once(tiny_model_dir, tmp_path, capsys):
     assert "tokens/s" in capsys.readouterr().out
 
 
+def test_overlapped_steps_write_the_same_samples_and_say_how_many_went_ahead(tiny_model_dir, tmp_path, capsys):
+    runs = {}
+    for overlap in ("off", "on"):
+        out = tmp_path / f"{overlap}.jsonl"
+        assert _job(tiny_model_dir, str(out), "--seed", "5", "--type", "base", "--overlap-steps", overlap) == 0
+        runs[overlap] = ([json.loads(line)["completion"] for line in _lines(out)], capsys.readouterr().out)
+    assert runs["on"][0] == runs["off"][0]
+    assert "steps queued ahead" not in runs["off"][1]
+    line = next(x for x in runs["on"][1].splitlines() if "steps queued ahead" in x)
+    ahead, steps = (int(v) for v in line.split("|")[2].split(" of "))
+    assert 0 < ahead < steps
+
+
 def test_resume_after_a_crash_redoes_nothing_and_loses_nothing(tiny_model_dir, tmp_path):
     out = tmp_path / "samples.jsonl"
     assert _job(tiny_model_dir, str(out)) == 0
