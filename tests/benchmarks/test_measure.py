@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import time
 
 import numpy as np
@@ -25,15 +26,17 @@ def test_summarize_and_empty():
 
 def test_peak_memory_sees_a_transient_allocation():
     with measure.PeakMemory(interval=0.002) as mem:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        block.sum()
+        # 256 MiB of fresh pages, written: resident whatever the heap held before, and far more than
+        # what the threads earlier tests left behind may free meanwhile.
+        block = mmap.mmap(-1, 256 * 2**20)
+        np.frombuffer(block, dtype=np.uint8)[:] = 1
         # The polling thread must run once while the block lives: on a busy machine (OpenMP workers
         # spinning after the tests before) that can take longer than a fixed sleep. Wait for it, up to
         # a bound: if it never sees the block, the assertion below fails.
         deadline = time.monotonic() + 5.0
         while mem.peak_rss - mem.start_rss < 40 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.01)
-        del block
+        block.close()
     assert mem.as_dict()["rss_growth_mb"] > 40
 
 
