@@ -45,7 +45,6 @@ def test_overlapped_steps_give_the_synchronous_outputs(tiny_model_dir, params, d
         assert got == want if not drafting or want is None else got == pytest.approx(want, abs=1e-4)
     assert_no_leaks(llm.engine)
     stats = llm.engine.stats()
-    assert stats.overlapped_steps > 0 if not drafting else stats.overlapped_steps >= 0
     if not drafting:
         assert stats.overlapped_steps >= stats.steps // 3  # most decode steps went ahead
 
