@@ -82,6 +82,9 @@ class CurveCost:
     def measured(self, seqs: int) -> bool:
         return True
 
+    def forgone(self, seqs: int) -> float:
+        return 0.0  # replayed steps are never queued ahead
+
 
 CURVES = {"cpu": CurveCost(CPU_POINTS), "h100": CurveCost(H100_POINTS)}
 MAX_NEW = {"file1": 300, "file2": 512, "file3": 300}   # the runs' max_new_tokens: the engine's max_len cap

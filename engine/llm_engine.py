@@ -343,14 +343,17 @@ class LLMEngine:
         what it teaches the step cost: decode and verify steps only (a prefill chunk's rows cost
         differently from draft rows), and none that captured a CUDA graph first. With overlapped
         steps, what a plain step costs is what one queued ahead costs: a plain step run otherwise
-        (after a search for drafts) teaches nothing, or drafting would be weighed against it."""
+        (after a search for drafts) is kept apart, as what the overlap a search forgoes is worth
+        (StepCost.forgone); drafting is weighed against queued ones."""
         if not out.scheduled or launched.captured:
             return
         seqs, rows = len(out.scheduled), out.num_tokens
-        seconds = self.step_timer(seqs, rows, seconds)
-        if rows == seqs and self.runner.paths.overlap and not launched.ahead:
+        seconds = self.step_timer(seqs, rows, seconds)  # (every step: a simulated clock sums them)
+        if not all(s.num_real == 1 for s in out.scheduled):
             return
-        if all(s.num_real == 1 for s in out.scheduled):
+        if rows == seqs and self.runner.paths.overlap and not launched.ahead:
+            self.step_cost.observe_sync(seqs, seconds)
+        else:
             self.step_cost.observe(seqs, rows - seqs, seconds)
 
     def _sampling_rows(self, out: SchedulerOutput) -> list[SamplingRow]:

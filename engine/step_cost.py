@@ -16,6 +16,11 @@ where plain steps are queued ahead, whose cost hides the host's work that a draf
 the same from the nearest batch within 2x (or, at most SMALL_BATCH sequences, from any batch that
 small), else nothing (None): the drafting policy then explores instead of trusting a guess.
 
+Where plain steps are queued ahead, a plain step run otherwise (the engine waited on its tokens
+before planning the next: a search for drafts, or the step after a drafting step) is kept apart:
+what it costs beyond a queued one is the overlap a search forgoes (`forgone`), learned in each run
+and not kept in the file.
+
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels, overlapped steps) in a small JSON file, so a second run starts informed; its values only seed the buckets
 and give way to fresh observations. A seeded plain bucket is read scaled by the live plain cost
@@ -157,6 +162,7 @@ class StepCost:
         self.path = os.path.join(cache_dir, key.file_name()) if key is not None and cache_dir else None
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self._rows_of: dict[int, list[int]] = {}  # sequence bucket -> its row buckets that have a bucket, in order
+        self._sync: dict[int, _Bucket] = {}  # sequence bucket -> plain steps not queued ahead (see forgone)
         self._unsaved = 0
         self._saved_at = time.monotonic()
         self.observations = 0
@@ -182,6 +188,18 @@ class StepCost:
         self._unsaved += 1
         if self.path is not None and self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at > MIN_SAVE_S:
             self.save()
+
+    def observe_sync(self, seqs: int, seconds: float) -> None:
+        """A plain step not queued ahead where plain steps otherwise are: the host planned it
+        after the previous step's tokens came back, and the device waited meanwhile."""
+        if seqs <= 0 or seconds <= 0:
+            return
+        n = bucket_of(SEQ_GRID, seqs)
+        bucket = self._sync.get(n)
+        if bucket is None:
+            bucket = self._sync[n] = _Bucket()
+        if bucket.add(seconds):
+            self._memo.clear()
 
     def _bucket(self, cell: tuple[int, int]) -> _Bucket:
         bucket = self._buckets.get(cell)
@@ -215,6 +233,20 @@ class StepCost:
             x = SEQ_GRID[key[1]]
             self._memo[key] = any(r == 0 and b.live and x / 2 <= SEQ_GRID[n] <= 2 * x
                                   for (n, r), b in self._buckets.items())
+        return self._memo[key]
+
+    def forgone(self, seqs: int) -> float:
+        """What a plain step not queued ahead costs beyond one that is (observe_sync), at the
+        nearest batch within 2x that measured both in this run: the overlap lost where the engine
+        waits on a step's tokens to search for drafts. 0.0 where none is known (or steps are never
+        queued ahead)."""
+        key = ("forgone", bucket_of(SEQ_GRID, seqs))
+        if key not in self._memo:
+            n = key[1]
+            x = SEQ_GRID[n]
+            both = sorted((abs(i - n), sync.estimate() - plain) for i, sync in self._sync.items()
+                          if sync.live and x / 2 <= SEQ_GRID[i] <= 2 * x and (plain := self._live(i)) is not None)
+            self._memo[key] = max(0.0, both[0][1]) if both else 0.0
         return self._memo[key]
 
     def _plain(self, n: int) -> float | None:

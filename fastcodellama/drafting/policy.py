@@ -6,7 +6,10 @@ pay when
     (n + expected accepted) / (plain(n) + extra(n, t) + search) > n / plain(n) * (1 + margin(n))
 
 with plain and extra the engine's learned step cost (engine.step_cost.StepCost), t the draft
-tokens, `search` the proposer's own measured time to find them, and the expected accepted
+tokens, `search` the proposer's own measured time to find them (where plain steps are queued on
+the device ahead of the previous step's tokens, plus the overlap a search forgoes: the engine waits
+on those tokens to look copies up, and the step after a draft is not queued ahead either:
+Cost.forgone, asked by the proposer), and the expected accepted
 tokens from the acceptance model (fastcodellama.drafting.acceptance). Before any search the policy
 asks whether even the likeliest copies the model knows of could pay so at this batch; if not, no
 search (at large batch on a CPU, looking copies up for hundreds of sequences costs a step several
@@ -15,14 +18,20 @@ against n / (plain(n) + search) * (1 + margin(n)): all candidate tokens are rank
 acceptance probability g_j, and the policy takes the prefix of that ranking, at most `budget`
 long, with the best expected throughput.
 
-A search that finds nothing worth drafting costs its time for nothing. Each search's outcome (what
-its step brought over a plain step without a search, from the tokens accepted and the step cost's
-learned costs, once its drafts are verified; minus the search's cost where it drafted nothing) is
-kept as a decayed mean per batch size. While that mean is not positive, the gate's "could pay"
-searches less often: 1, 2, 4 ... steps after each fruitless one, up to every ceil(c / SEARCH_SHARE)
-steps (c: a search's cost in plain steps), so that searches that keep finding nothing cost about
-SEARCH_SHARE of the time, one that merely came early (samples a few tokens in) is soon tried again,
-and one whose drafts paid reopens it.
+A search that finds nothing worth drafting costs its time for nothing, and one whose drafts are
+accepted less than they cost loses more. Each search's outcome, in plain steps of time gained
+(once its drafts are verified: the tokens accepted, at the plain step's rate per sequence, less
+the draft rows' and the search's learned costs; a search that drafted nothing: minus its cost),
+is kept as a decayed mean per batch size. While that mean is not positive, the gate's "could pay"
+searches only every ceil(c / SEARCH_SHARE) steps (c: what a search loses, in plain steps), so that
+losing searches cost about SEARCH_SHARE of the time. Searches that found nothing may only have come
+early (samples a few tokens in): c is then the search's own time, the interval is reached by
+doubling from 1 with each search since the mean turned, and the first search whose drafts pay sets
+the mean to its outcome (searching resumes at once). Beside plain steps queued ahead, each search
+also forgoes their overlap, a loss no draft length avoids: once LOSING_AFTER searches have drafted
+there and their own mean says drafts lose at this batch (at a large batch), c is the mean's loss,
+at least the search's whole cost, every search waits the whole interval, and one whose drafts
+barely paid among them only enters the mean.
 
 Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
   - while drafting is believed to pay, a step now and then runs without drafts (a control step),
@@ -68,7 +77,14 @@ CONTROL_EVERY = 16   # the most frequent control steps, where drafting is believ
 CONTROL_SHARE = 0.01  # control steps forgo at most this share of the throughput drafting is believed to give
 GAIN_DECAY = 0.9     # the believed gain that sets the control interval: a decayed mean over searched steps
 SEARCH_SHARE = 0.01  # while searches find nothing worth drafting, they cost at most about this share of the time
-OUTCOME_DECAY = 0.8  # what recent searches brought (net gain, or minus their cost): a decayed mean
+# What recent searches brought (net gain, or minus their cost): a decayed mean, weighted alike from
+# the first. Long: at one sequence most searches lose a tenth of a step and one in several gains ten,
+# and a short mean dipped below 0 between those, throttling the searches that pay most.
+OUTCOME_DECAY = 0.95
+LOSING_AFTER = 3  # searches that drafted before their mean outcome can say drafts lose at a batch size
+# The decay of that mean (of searches that drafted), likewise weighted alike from the first: one bad
+# start must not outweigh the next two.
+DRAFTED_DECAY = 0.9
 EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 # Draft tokens per sequence on exploring steps, in turn (plus a floor for small batches): the cost
 # of several draft sizes gets measured, not only the one a stale belief would pick.
@@ -91,6 +107,10 @@ class Cost(Protocol):
 
     def measured(self, seqs: int) -> bool:
         """Whether plain steps of about as many sequences were measured in this run."""
+
+    def forgone(self, seqs: int) -> float:
+        """What a plain step costs beyond one queued ahead of the previous step's tokens (0.0
+        where steps are not queued ahead): the overlap a search for drafts forgoes."""
 
 
 @dataclass(slots=True)
@@ -128,9 +148,18 @@ class _Budget:
     verdict_step: int = 0
     last_control: int = 0
     gain: float = 0.0  # believed throughput gain of drafting over plain steps (0.5: 1.5x), decayed mean
-    outcome: float | None = None  # what a search brings, net of its cost (decayed mean; None: none yet)
+    outcome_sum: float = 0.0  # plain steps searches gained, net of their cost: a decayed sum ...
+    outcome_weight: float = 0.0  # ... and its weight (their decayed count)
     last_search: int = 0
-    fruitless: int = 0  # searches in a row that drafted nothing
+    fruitless: int = 0  # searches since the mean outcome last was positive
+    drafted_sum: float = 0.0  # the outcomes of the searches that drafted, a decayed sum (its sign: their mean's)
+    drafted_searches: int = 0
+    losing: bool = False  # that sum is not positive: drafts lose here, searches did not merely come early
+
+    @property
+    def outcome(self) -> float | None:
+        """What a search gains, net of its cost, in plain steps: the decayed mean (None: none yet)."""
+        return self.outcome_sum / self.outcome_weight if self.outcome_weight else None
 
 
 def _control_every(gain: float) -> int:
@@ -138,16 +167,21 @@ def _control_every(gain: float) -> int:
     return max(CONTROL_EVERY, math.ceil(gain / (1.0 + gain) / CONTROL_SHARE))
 
 
-def _throttle(search_cost: float, fruitless: int) -> int:
-    """Steps from one throttled search to the next: ceil(c / SEARCH_SHARE) for a search that costs
-    c plain steps, reached by doubling from 1 over the fruitless searches in a row, so that one
-    that came too early (samples that have written a few tokens have little to copy yet) is tried
-    again soon, and only searches that keep finding nothing fall to SEARCH_SHARE of the time."""
-    return min(math.ceil(search_cost / SEARCH_SHARE), 1 << min(fruitless, 30))
+def _throttle(search_cost: float, fruitless: int, losing: bool = False) -> int:
+    """Steps from one throttled search to the next: ceil(c / SEARCH_SHARE) for a search that loses
+    c plain steps; unless drafts are `losing`, reached by doubling from 1 over the searches since
+    the mean turned, so that one that came too early (samples that have written a few tokens have
+    little to copy yet) is tried again soon, and only searches that keep finding nothing fall to
+    SEARCH_SHARE of the time."""
+    every = math.ceil(search_cost / SEARCH_SHARE)
+    return every if losing else min(every, 1 << min(fruitless, 30))
 
 
 def _batch_bucket(n: int) -> int:
-    return n.bit_length()
+    """n's batch-size bucket: the nearest power of two (in its logarithm), so that a batch held at
+    a power of two (max_num_seqs 64, 256), a few sequences short of it at most steps, keeps one
+    state instead of two taking turns."""
+    return round(math.log2(max(n, 1)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -169,12 +203,16 @@ class DraftPolicy:
     _budgets: dict[int, _Budget] = field(default_factory=dict)
     # The last search that drafted, (sequences, draft tokens, its seconds), until its outcome is known.
     _drafting: tuple[int, int, float] | None = None
+    # Whether searches forgo the overlap of plain steps queued ahead (a decision was told of some):
+    # only then does a search carry a loss no draft length avoids, and drafts can be found losing.
+    _forgoes: bool = False
 
     # ------------------------------------------------------------------ before the search
     def decide(self, n: int, budget: int, cost: Cost, search_s: float,
-               sources: Sequence[str] | None = None) -> Decision:
+               sources: Sequence[str] | None = None, forgone: float = 0.0) -> Decision:
         """Whether to search for copies this step (and whether that is exploration); `sources`:
-        those a copy can come from now (default: all the acceptance model knows)."""
+        those a copy can come from now (default: all the acceptance model knows); `forgone`: the
+        overlap a search would forgo besides its own time (Cost.forgone), in seconds."""
         if n <= 0 or budget <= 0:
             return _NO_SEARCH
         if not self.adaptive:
@@ -183,11 +221,12 @@ class DraftPolicy:
         if state is None:
             state = self._budgets[_batch_bucket(n)] = _Budget()
         state.step += 1
+        self._forgoes = self._forgoes or forgone > 0.0
         plain = cost.plain(n)
         if plain is None or not cost.measured(n):
             return _NO_SEARCH  # first measure plain steps at this batch, in this run: the baseline
         if state.verdict is None or state.step - state.verdict_step >= VERDICT_STEPS:
-            state.verdict = self._could_pay(n, budget, cost, plain, search_s, sources)
+            state.verdict = self._could_pay(n, budget, cost, plain, search_s + forgone, sources)
             state.verdict_step = state.step
         if state.verdict != state.believed:  # the belief turned: explore from the shortest interval again
             state.believed, state.last_explore, state.interval = state.verdict, state.step, EXPLORE_MIN
@@ -197,8 +236,8 @@ class DraftPolicy:
             if state.step - state.last_control >= _control_every(state.gain):
                 state.last_control = state.step
                 return _NO_SEARCH
-            if (state.outcome is not None and state.outcome <= 0.0
-                    and state.step - state.last_search < _throttle(search_s / plain, state.fruitless)):
+            if (state.outcome is not None and state.outcome <= 0.0 and state.step - state.last_search
+                    < _throttle(self._search_loss(state, plain, search_s, forgone), state.fruitless, state.losing)):
                 state.last_control = state.step  # a plain step anyway
                 return _NO_SEARCH  # recent searches found nothing worth drafting: not every step
             state.last_search = state.step
@@ -209,6 +248,17 @@ class DraftPolicy:
             return Decision(True, explore=True,
                             rows_per_seq=EXPLORE_ROWS[(state.explorations + 1) % len(EXPLORE_ROWS)])
         return _NO_SEARCH
+
+    @staticmethod
+    def _search_loss(state: _Budget, plain: float, search_s: float, forgone: float) -> float:
+        """What a throttled search is taken to lose, in plain steps: where drafts lose, the mean
+        loss of searches, at least the search's whole cost (its time and the overlap it forgoes);
+        else its own time only: searches that found nothing may only have come early, and the
+        copies the gate expects are worth far more than the overlap (at one sequence, a tenth of a
+        step against several)."""
+        if state.losing:
+            return max((search_s + forgone) / plain, -state.outcome)
+        return search_s / plain
 
     def _margin(self, n: int) -> float:
         return self.small_margin if n <= SMALL_BATCH else self.margin
@@ -238,8 +288,9 @@ class DraftPolicy:
 
     def realize(self, accepted: int, cost: Cost) -> None:
         """The outcome of the last search that drafted, once its drafts are verified (`accepted`:
-        the tokens of them the model took): the throughput its step brought over a plain step
-        without a search, from the step cost's learned costs and what was accepted. Not the gain
+        the tokens of them the model took): the plain steps of time its step gained, from what was
+        accepted (a plain step brings one token per sequence) and the step cost's learned costs
+        of its draft rows and of the search. Not the gain
         expected when drafting: ranking many candidates by estimated probability and drafting the
         likeliest reads their probability high."""
         pending, self._drafting = self._drafting, None
@@ -248,18 +299,23 @@ class DraftPolicy:
         n, drafted, search_s = pending
         plain, extra = cost.plain(n), cost.extra(n, drafted)
         if plain is not None and extra is not None and plain > 0:
-            self._note_outcome(n, (n + accepted) / (plain + extra + search_s) * plain / n - 1.0)
+            self._note_outcome(n, accepted / n - (extra + search_s) / plain, drafted=True)
 
-    def _note_outcome(self, n: int, outcome: float) -> None:
-        """A search's outcome: what its step brought net of it (below 0: it did not pay)."""
+    def _note_outcome(self, n: int, outcome: float, drafted: bool = False) -> None:
+        """A search's outcome: the plain steps it gained net of its cost (below 0: it did not pay)."""
         state = self._state(n)
         if state is None:
             return
-        state.fruitless = 0 if outcome > 0.0 else state.fruitless + 1
-        if state.outcome is None or (outcome > 0.0 and state.outcome <= 0.0):
-            state.outcome = outcome  # the first, or a search that paid after throttled ones: searches resume at once
+        if outcome > 0.0 and state.outcome_sum <= 0.0 and not state.losing:
+            state.outcome_sum, state.outcome_weight = outcome, 1.0  # drafts that paid after searches that found nothing: resume at once
         else:
-            state.outcome = OUTCOME_DECAY * state.outcome + (1.0 - OUTCOME_DECAY) * outcome
+            state.outcome_sum = OUTCOME_DECAY * state.outcome_sum + outcome
+            state.outcome_weight = OUTCOME_DECAY * state.outcome_weight + 1.0
+        if drafted:
+            state.drafted_sum = DRAFTED_DECAY * state.drafted_sum + outcome
+            state.drafted_searches += 1
+        state.losing = self._forgoes and state.drafted_searches >= LOSING_AFTER and state.drafted_sum <= 0.0
+        state.fruitless = 0 if state.outcome_sum > 0.0 else state.fruitless + 1
 
     def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float,
                    sources: Sequence[str] | None) -> bool:

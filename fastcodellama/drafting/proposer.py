@@ -128,7 +128,8 @@ class CopyProposer:
         self._search_recent_by_size: dict[int, deque[float]] = {}
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
-        self._decided: Decision | None = None  # will_search's decision to search, for the propose() after it
+        # will_search's decision to search, for the propose() after it, and the overlap it forgoes (seconds)
+        self._decided: tuple[Decision, float] | None = None
         self._accepted_since = 0  # draft tokens accepted since the last decision (the policy's realized outcome)
 
     # ------------------------------------------------------------------ Proposer protocol
@@ -204,15 +205,18 @@ class CopyProposer:
 
     def will_search(self, n: int, budget: int, cost: Cost) -> bool:
         """The policy's decision for the next step, made now (before its tokens are known): where
-        it is to search, the propose() that follows keeps it; where not, no propose() follows."""
+        it is to search, the propose() that follows keeps it; where not, no propose() follows.
+        Asked only where the next step could be queued ahead of those tokens: a search forgoes
+        that overlap (Cost.forgone), which the policy counts as part of the search's cost."""
         self._realize(cost)
-        decision = self._decide(n, self._budget(n, budget), cost)
-        self._decided = decision if decision.search else None
+        forgone = cost.forgone(n)
+        decision = self._decide(n, self._budget(n, budget), cost, forgone)
+        self._decided = (decision, forgone) if decision.search else None
         return decision.search
 
-    def _decide(self, n: int, budget: int, cost: Cost) -> Decision:
+    def _decide(self, n: int, budget: int, cost: Cost, forgone: float = 0.0) -> Decision:
         sources = self.config.sources if self._predictions else self._sources_without_prediction
-        return self.policy.decide(n, budget, cost, self._search_s(n), sources)
+        return self.policy.decide(n, budget, cost, self._search_s(n), sources, forgone)
 
     def _realize(self, cost: Cost) -> None:
         """What the last step's drafts brought, to the policy (their feedback has all come in)."""
@@ -225,14 +229,15 @@ class CopyProposer:
         self._propose_calls += 1
         self._realize(cost)
         budget = self._budget(n, budget)
-        decision, self._decided = self._decided, None
+        decided, self._decided = self._decided, None
+        decision, forgone = decided if decided is not None else (None, 0.0)
         if decision is None or n == 0 or budget <= 0:  # will_search's, unless no sequence is left to draft for
-            decision = self._decide(n, budget, cost)
+            decision, forgone = self._decide(n, budget, cost), 0.0
         if not decision.search:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n
         self._index_all()
-        drafts = self._search(queries, budget, cost, decision)
+        drafts = self._search(queries, budget, cost, decision, forgone)
         elapsed = time.perf_counter() - t0
         self._note_search_time(n, elapsed)
         self._propose_s += elapsed
@@ -317,9 +322,11 @@ class CopyProposer:
             budget = min(budget, cfg.budget)
         return min(budget, cfg.k * n)
 
-    def _search(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, decision: Decision) -> list[Draft]:
-        """The drafts: each query's best copy, lengths from the policy. A sequence sitting out
-        its back-off costs a lookup of its state and nothing more."""
+    def _search(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, decision: Decision,
+                forgone: float = 0.0) -> list[Draft]:
+        """The drafts: each query's best copy, lengths from the policy (`forgone`: the overlap the
+        search cost besides its own time). A sequence sitting out its back-off costs a lookup of
+        its state and nothing more."""
         model = self.model
         model.refresh()
         adaptive = self.config.policy == "adaptive"
@@ -347,7 +354,7 @@ class CopyProposer:
                 bucket = buckets[j] = (source, ml_bucket(m))
                 cands[i] = Candidate(first_prob(bucket, seq_factor(ids[i])), min(len(text) - end, k, max_len),
                                      survival[bucket])
-        lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)), decision)
+        lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)) + forgone, decision)
         drafts = [EMPTY_DRAFT] * len(queries)
         pending, expected = self._pending, model.expected_at
         for j, (i, st, _) in enumerate(looked_up):

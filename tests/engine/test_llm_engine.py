@@ -102,3 +102,33 @@ def test_abort_while_a_step_is_queued(tiny_model_dir):
         assert done[f"r{i}"].outputs[0].token_ids == synchronous[i][0][0]
     engine.step()  # whatever was still queued for the aborted sequence is applied to nothing
     assert_no_leaks(engine)
+
+
+@pytest.mark.parametrize("overlap", ["off", "on"])
+def test_plain_steps_not_queued_ahead_price_the_overlap_not_plain_steps(tiny_model_dir, overlap, monkeypatch):
+    """With overlap on, the plain cost drafting is weighed against is a queued step's: a plain
+    step run otherwise (the first, one after a search or a draft) goes to StepCost.observe_sync,
+    what a search forgoes. Without overlap every plain step is a plain step's cost."""
+    llm = LLM(EngineConfig(model=tiny_model_dir, overlap_steps=overlap, num_kv_blocks=256, block_size=4,
+                           max_num_batched_tokens=64, max_num_seqs=4), proposer=build_proposer())
+    engine, seen = llm.engine, {"plain": 0, "sync": 0}
+    observe, observe_sync = engine.step_cost.observe, engine.step_cost.observe_sync
+
+    def counted(seqs, rows, seconds):
+        seen["plain"] += rows == 0
+        observe(seqs, rows, seconds)
+
+    def counted_sync(seqs, seconds):
+        seen["sync"] += 1
+        observe_sync(seqs, seconds)
+
+    monkeypatch.setattr(engine.step_cost, "observe", counted)
+    monkeypatch.setattr(engine.step_cost, "observe_sync", counted_sync)
+    llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True), use_tqdm=False)
+    stats = engine.stats()
+    if overlap == "on":
+        assert 0 < seen["plain"] <= stats.overlapped_steps and seen["sync"] > 0
+        assert engine.step_cost.forgone(4) >= 0.0
+    else:
+        assert seen["plain"] > 0 and seen["sync"] == 0 and engine.step_cost.forgone(4) == 0.0
+    assert_no_leaks(engine)

@@ -115,6 +115,23 @@ def test_beside_queued_plain_steps_rows_are_not_read_as_sequences():
     assert StepCost(KEY).key.file_name() != cost.key.file_name()
 
 
+def test_the_overlap_a_search_forgoes_is_what_a_plain_step_not_queued_ahead_costs_more():
+    """Plain steps run without being queued ahead (after a search, after drafts) are kept apart:
+    what they cost beyond queued ones is the overlap a search forgoes, at the nearest batch within
+    2x that measured both; nothing known reads 0.0, and they never price plain steps."""
+    cost = StepCost(CostKey("m", "cuda", "bfloat16", 16, "triton", "none", overlap=True))
+    assert cost.forgone(256) == 0.0
+    cost.observe_sync(256, 29.0)
+    assert cost.forgone(256) == 0.0 and cost.plain(256) is None  # no queued step to set it against
+    cost.observe(256, 0, 25.0)
+    assert cost.forgone(256) == pytest.approx(4.0) and cost.plain(256) == pytest.approx(25.0)
+    assert cost.forgone(150) == pytest.approx(4.0)  # the nearest within 2x
+    assert cost.forgone(64) == 0.0
+    for _ in range(WINDOW):
+        cost.observe_sync(256, 24.0)  # a sync step that read cheaper (noise): no overlap is worth less than none
+    assert cost.forgone(256) == 0.0
+
+
 def test_the_plain_steps_slope_is_not_carried_far_past_the_most_sequences_measured():
     """On a CPU plain steps can cost about the same from 128 to 192 sequences and rise only past
     that, where each draft row adds a tenth of a plain step. The flat slope carried to 128 + 400

@@ -33,6 +33,9 @@ class LinearCost:
     def measured(self, seqs: int) -> bool:
         return self.known_plain and self.live_plain
 
+    def forgone(self, seqs: int) -> float:
+        return 0.0
+
 
 def cand(model: AcceptanceModel, limit: int, source: str = "self", match_len: int = 4, a: float | None = None) -> Candidate:
     model.refresh()
@@ -80,22 +83,24 @@ def test_a_search_is_paid_drafted_or_not_but_one_that_did_not_pay_records_a_loss
     that cost a whole step still drafts what free rows carry (at a batch of a few sequences, the
     search's share of a step would otherwise veto every draft). Its outcome is what its step
     brought once its drafts are verified: a loss where the tokens accepted did not make up for the
-    search (what throttles such searches), whatever was expected of them."""
+    search (what throttles such searches), whatever was expected of them; in plain steps of time
+    gained: the tokens accepted at a plain step's rate per sequence, less the rows' and the
+    search's cost."""
     cost = LinearCost(0.0)  # a plain step of 1 sequence takes 1 s, draft rows are free
     pol = fresh_policy()
     c = [cand(pol.model, 20, match_len=2)]
     assert pol.decide(1, 100, cost, 1.0).search
     drafted = pol.allocate(c, 100, cost, search_s=1.0)[0]
     assert drafted > 0 and pol._budgets[pol_mod._batch_bucket(1)].outcome is None  # not yet verified
-    pol.realize(0, cost)  # nothing accepted: 1 token in the time of 2
-    assert pol._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx(-0.5)
+    pol.realize(0, cost)  # nothing accepted: 1 token in the time of 2, a plain step lost
+    assert pol._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx(-1.0)
     cheap = fresh_policy()
     assert cheap.decide(1, 100, cost, 0.01).search
     drafted = cheap.allocate(c, 100, cost, search_s=0.01)[0]
     cheap.realize(drafted, cost)  # all of them accepted
-    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx((1 + drafted) / 1.01 - 1)
+    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx(drafted - 0.01)
     cheap.realize(drafted, cost)  # no draft pending: nothing to note
-    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx((1 + drafted) / 1.01 - 1)
+    assert cheap._budgets[pol_mod._batch_bucket(1)].outcome == pytest.approx(drafted - 0.01)
 
 
 def test_unknown_costs_are_not_trusted_but_exploration_drafts_a_bounded_amount() -> None:
@@ -213,7 +218,7 @@ def test_an_exploration_with_nothing_to_copy_is_tried_again_at_the_next_step() -
     nothing, something = [None], [cand(pol.model, 20, match_len=8)]
     assert all(step(pol, 1, LinearCost(None), nothing) == [0] for _ in range(5))
     assert sum(step(pol, 1, LinearCost(None), something)) > 0
-    assert pol._budgets[1].explorations == 1
+    assert pol._state(1).explorations == 1
 
 
 def test_while_drafting_pays_probes_draft_twice_the_believed_best_and_back_off() -> None:
@@ -260,7 +265,7 @@ def test_searches_that_find_nothing_worth_drafting_are_throttled_until_one_does(
     assert 200 // every - 2 <= len(idle) <= 200 // every + doubling + 2
     busy = searched(likely, 100)
     assert busy[0] < every and len(busy) > 100 - every - 100 // pol_mod.CONTROL_EVERY - 2
-    assert pol._budgets[n.bit_length()].fruitless == 0  # the next fruitless one waits 1 step again
+    assert pol._state(n).fruitless == 0  # the next fruitless one waits 1 step again
 
 
 def test_searches_whose_drafts_do_not_pay_are_throttled_however_likely_the_copies_looked() -> None:
@@ -278,6 +283,60 @@ def test_searches_whose_drafts_do_not_pay_are_throttled_however_likely_the_copie
             assert sum(pol.allocate(likely, 1000, cost, search_s, decision)) > 0
             searches += 1
     assert searches <= 100 // every + math.ceil(math.log2(every)) + 2
+
+
+def _losing_searches(pol: DraftPolicy, forgone: float) -> list[tuple[int, int]]:
+    """300 steps at 8 sequences of likely copies whose drafts the model mostly refuses: the steps
+    that searched, and what each drafted. Every fourth search's drafts pay for themselves and the
+    search, barely; the others' nothing."""
+    n, cost, search_s = 8, LinearCost(0.01), 0.4  # a search costs 5% of a step, 100 draft rows an eighth
+    likely = [cand(pol.model, 20, match_len=16) for _ in range(n)]
+    searched, accepted = [], 0
+    for i in range(300):
+        pol.realize(accepted, cost)
+        decision = pol.decide(n, 1000, cost, search_s, forgone=forgone)
+        accepted = 0
+        if decision.search:
+            drafted = sum(pol.allocate(likely, 1000, cost, search_s + forgone, decision))
+            paid = math.ceil(n * (cost.extra(n, drafted) + search_s + forgone) / cost.plain(n)) + 1
+            accepted = min(drafted, paid) if len(searched) % 4 == 3 else 0
+            searched.append((i, drafted))
+    return searched
+
+
+def test_once_drafts_are_seen_to_lose_searches_wait_the_full_interval_and_one_that_barely_paid_changes_nothing() -> None:
+    """Beside plain steps queued ahead, each search forgoes their overlap, a loss no draft length
+    avoids. Searches that found nothing may only have come early (the doubling tries again soon);
+    once LOSING_AFTER searches have drafted and their mean outcome is a loss, drafting itself loses
+    at this batch: each search waits the whole interval its loss allows, and a search whose drafts
+    barely paid among them neither reopens searching nor restarts the doubling. Where no step is
+    queued ahead, the same searches keep the doubling (the allocation and exploration correct what
+    drafts cost there)."""
+    n, cost, search_s, forgone = 8, LinearCost(0.01), 0.4, 0.4
+    pol = fresh_policy()
+    searched = _losing_searches(pol, forgone)
+    state = pol._state(n)
+    assert state.losing and state.outcome < 0.0
+    starts = [i for i, drafted in searched if drafted]
+    assert len(starts) >= pol_mod.LOSING_AFTER
+    gaps = [b - a for a, b in zip(starts, starts[1:])][pol_mod.LOSING_AFTER - 1:]  # from the LOSING_AFTER-th on
+    # What a search that drafted in vain loses, in plain steps:
+    loss = (cost.extra(n, searched[0][1]) + search_s + forgone) / cost.plain(n)
+    # Past the first losses the mean outcome lies between half that loss and all of it: each gap
+    # is at least what half of it allows (and 1, 2, 4 ... never come back).
+    assert gaps and min(gaps) >= math.ceil(0.5 * loss / pol_mod.SEARCH_SHARE)
+    assert len(searched) <= 300 * loss / pol_mod.SEARCH_SHARE / 2 + pol_mod.LOSING_AFTER + 3
+    never_queued = fresh_policy()
+    assert len(_losing_searches(never_queued, 0.0)) > 2 * len(searched) and not never_queued._state(n).losing
+
+
+def test_a_batch_held_at_a_power_of_two_keeps_one_state() -> None:
+    """A batch capped at 256 runs 250-256 sequences: one bucket, not two taking turns."""
+    pol = fresh_policy()
+    for n in (256, 250, 241, 256):
+        pol.decide(n, 100, LinearCost(1.0), 0.0)
+    assert len(pol._budgets) == 1 and pol._state(200) is pol._state(256)
+    assert pol._state(128) is None and pol._state(64) is None
 
 
 def test_an_exploring_step_costs_a_bounded_share_of_a_plain_one_where_costs_are_known() -> None:
@@ -411,7 +470,7 @@ def test_decide_counts_steps_per_batch_size(n: int) -> None:
     pol = fresh_policy()
     for _ in range(5):
         pol.decide(n, 100, LinearCost(1.0), 0.0)
-    assert pol._budgets[n.bit_length()].step == 5 and len(pol._budgets) == 1
+    assert pol._state(n).step == 5 and len(pol._budgets) == 1
 
 
 def test_a_few_sequences_draft_for_a_smaller_promised_gain() -> None:

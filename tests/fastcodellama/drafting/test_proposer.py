@@ -25,6 +25,9 @@ class FreeCost:
     def measured(self, seqs: int) -> bool:
         return True
 
+    def forgone(self, seqs: int) -> float:
+        return 0.0
+
 
 FREE = FreeCost()
 
@@ -318,6 +321,31 @@ def test_will_search_decides_the_next_step_once() -> None:
     for _ in range(3):
         assert prop.will_search(1, 10, FREE)
         assert prop.propose([], 10, FREE) == []
+
+
+class Forgoing(FreeCost):
+    """Draft rows free, but a plain step not queued ahead costs `lost` steps more than a queued one."""
+
+    def __init__(self, lost: float) -> None:
+        self.lost = lost
+
+    def forgone(self, seqs: int) -> float:
+        return self.lost
+
+
+def test_a_search_that_forgoes_the_overlap_counts_it_in_its_cost() -> None:
+    """will_search is asked where the next step could be queued ahead: searching forgoes that
+    overlap, counted as part of the search's cost (here 100 plain steps: never worth it). A
+    propose() not preceded by will_search (the step after a draft, never queued ahead) pays no
+    such cost."""
+    def proposer():
+        prop = build_proposer(SpecConfig(sources=("self",)))
+        prop.add_sequence(0, "r", [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7])
+        return prop
+
+    assert proposer().will_search(1, 10, Forgoing(0.0))
+    assert not proposer().will_search(1, 10, Forgoing(100.0))
+    assert proposer().propose([DraftQuery(0, 10)], 10, Forgoing(100.0))[0].tokens
 
 
 def test_config_is_validated() -> None:
