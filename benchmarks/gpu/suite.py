@@ -391,9 +391,12 @@ def replay(args, device, model) -> dict:
             if label.startswith("fixed") and batch == 256 and not args.quick:
                 continue  # the largest run is the longest: plain and the default policy only
             engine.proposer = build_proposer(spec) if spec else None
-            engine.step_cost = type(engine.step_cost)()  # each run learns its costs afresh
+            # Each run learns its costs afresh (no file), under the engine's key: whether plain steps
+            # are queued ahead changes what the step cost may read off them.
+            engine.step_cost = type(engine.step_cost)(engine.step_cost.key)
             engine.scheduler.blocks.clear_cache()
             start_tokens, start_steps = engine.stats().generated_tokens, engine.stats().steps
+            start_ahead = engine.stats().overlapped_steps
             shapes.sync(device)
             start = time.perf_counter()
             for i, r in enumerate(requests):
@@ -410,6 +413,7 @@ def replay(args, device, model) -> dict:
             rows.append({"workload": name, "max_running": batch, "sequences": sum(len(r.continuations) for r in requests),
                          "policy": label, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
                          "steps": engine.stats().steps - start_steps, "exact": exact,
+                         "steps_queued_ahead": engine.stats().overlapped_steps - start_ahead,
                          "leaked": engine.stats().num_blocks_total - engine.stats().num_blocks_free})
             print(f"[d] {name} {batch} {label}: {tokens / wall:.1f} tok/s exact {exact}", file=sys.stderr, flush=True)
     del engine
