@@ -102,5 +102,5 @@ class Proposer(Protocol):
         for drafts at the next step of n decoding sequences, decided before that step's tokens
         are known. Where it says no, the engine may queue that step on the device ahead of them
         (overlapped steps, engine/llm_engine.py) and skips its propose(); where it says yes, the
-        propose() that follows keeps that decision. A proposer without it is taken to search at
-        every step."""
+        propose() that follows keeps that decision, and the step waits on those tokens: what that
+        costs is `cost.forgone(n)`. A proposer without it is taken to search at every step."""
