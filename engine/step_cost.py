@@ -244,9 +244,10 @@ class StepCost:
         if key not in self._memo:
             n = key[1]
             x = SEQ_GRID[n]
-            both = sorted((abs(i - n), sync.estimate() - plain) for i, sync in self._sync.items()
-                          if sync.live and x / 2 <= SEQ_GRID[i] <= 2 * x and (plain := self._live(i)) is not None)
-            self._memo[key] = max(0.0, both[0][1]) if both else 0.0
+            nearest = min(((abs(i - n), sync.estimate() - plain) for i, sync in self._sync.items()
+                           if sync.live and x / 2 <= SEQ_GRID[i] <= 2 * x and (plain := self._live(i)) is not None),
+                          default=None)
+            self._memo[key] = max(0.0, nearest[1]) if nearest is not None else 0.0
         return self._memo[key]
 
     def _plain(self, n: int) -> float | None:

@@ -152,14 +152,21 @@ class _Budget:
     outcome_weight: float = 0.0  # ... and its weight (their decayed count)
     last_search: int = 0
     fruitless: int = 0  # searches since the mean outcome last was positive
-    drafted_sum: float = 0.0  # the outcomes of the searches that drafted, a decayed sum (its sign: their mean's)
+    # The outcomes of the searches that drafted beside plain steps queued ahead, a decayed sum (its
+    # sign: their mean's), and their number.
+    drafted_sum: float = 0.0
     drafted_searches: int = 0
-    losing: bool = False  # that sum is not positive: drafts lose here, searches did not merely come early
 
     @property
     def outcome(self) -> float | None:
         """What a search gains, net of its cost, in plain steps: the decayed mean (None: none yet)."""
         return self.outcome_sum / self.outcome_weight if self.outcome_weight else None
+
+    @property
+    def losing(self) -> bool:
+        """Drafts lose here (not merely searches that came early): LOSING_AFTER searches drafted
+        beside queued plain steps, and their mean outcome is not positive."""
+        return self.drafted_searches >= LOSING_AFTER and self.drafted_sum <= 0.0
 
 
 def _control_every(gain: float) -> int:
@@ -311,10 +318,9 @@ class DraftPolicy:
         else:
             state.outcome_sum = OUTCOME_DECAY * state.outcome_sum + outcome
             state.outcome_weight = OUTCOME_DECAY * state.outcome_weight + 1.0
-        if drafted:
+        if drafted and self._forgoes:
             state.drafted_sum = DRAFTED_DECAY * state.drafted_sum + outcome
             state.drafted_searches += 1
-        state.losing = self._forgoes and state.drafted_searches >= LOSING_AFTER and state.drafted_sum <= 0.0
         state.fruitless = 0 if state.outcome_sum > 0.0 else state.fruitless + 1
 
     def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float,
