@@ -28,6 +28,7 @@ from engine.sampler import Sampled, Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
+from engine.step_batch import on_device
 from engine.step_cost import StepCost, StepTimer, measured
 from engine.stop_checker import StopChecker, compiled_stops, undecided_line_start
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -297,7 +298,7 @@ class LLMEngine:
             i += 1
         tokens = prev.sampled.tokens
         feed = tokens if len(rows) == len(tokens) else \
-            tokens[torch.tensor(rows, dtype=torch.long, device=tokens.device)] if rows else None
+            tokens[on_device(torch.tensor(rows, dtype=torch.long), tokens.device)] if rows else None
         self._ahead_steps += 1
         self._step_outs = (prev.out, out)
         return self._launch(out, start, feed, ahead=True)

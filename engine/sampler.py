@@ -32,6 +32,7 @@ from engine.json_object import JsonTokens
 from engine.json_object import State as JsonState
 from engine.kernels import cpu as kernels
 from engine.sampling_params import SamplingParams
+from engine.step_batch import on_device
 
 _MASK64 = (1 << 64) - 1
 _MASK32 = (1 << 32) - 1
@@ -121,7 +122,7 @@ class Sampler:
         if order == list(range(logits.shape[0])):  # one row per logits row: no gather
             x = logits.float()
         else:
-            x = logits.index_select(0, torch.tensor(order, dtype=torch.long, device=logits.device)).float()
+            x = logits.index_select(0, on_device(torch.tensor(order, dtype=torch.long), logits.device)).float()
         kinds = _distinct(rows)
         raw_logprobs = torch.log_softmax(x, dim=-1) if any(p.logprobs for p in kinds) else None
         if any(p.needs_penalties or p.min_tokens or p.logit_bias for p in kinds):
@@ -149,16 +150,17 @@ class Sampler:
             sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
             drawn, redraw = self._draw(x[sampled], [rows[i] for i in sampled], defer, sampled)
             tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
-            index = torch.tensor(greedy, device=x.device)
+            index = on_device(torch.tensor(greedy), x.device)
             tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
-            tokens[torch.tensor(sampled, device=x.device)] = drawn.to(x.device)
+            tokens[on_device(torch.tensor(sampled), x.device)] = drawn.to(x.device)
         if json_rows:
             tokens = self._json_objects(x, rows, tokens)
         if None not in forced:  # every row replays (trace replay): the recorded tokens, in one copy
-            return torch.tensor(forced, dtype=torch.long, device=x.device), None
+            return on_device(torch.tensor(forced, dtype=torch.long), x.device), None
         where = [i for i, f in enumerate(forced) if f is not None]
         if where:
-            tokens[torch.tensor(where, device=x.device)] = torch.tensor([forced[i] for i in where], device=x.device)
+            tokens[on_device(torch.tensor(where), x.device)] = on_device(torch.tensor([forced[i] for i in where]),
+                                                                         x.device)
         return tokens, redraw
 
     def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
@@ -392,10 +394,7 @@ class RowKnobs(NamedTuple):
         if flags[2]:
             with np.errstate(divide="ignore"):  # min_p 0: log 0 = -inf, every token stays
                 host[4] = np.log(np.array([p.min_p for p in params], dtype=np.float64)).astype(np.float32)
-        packed = torch.from_numpy(host)
-        if device.type == "cuda":
-            packed = packed.pin_memory()
-        packed = packed.to(device, non_blocking=True)
+        packed = on_device(torch.from_numpy(host), device)
         return cls(packed[0].float(), packed[1].long(), packed[2].float(), packed[3].long(),
                    packed[4].float() if flags[2] else None, *flags)
 

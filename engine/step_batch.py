@@ -21,6 +21,15 @@ class SeqChunk(NamedTuple):
     logits_from: int  # first index within the chunk whose logits are needed (len = none)
 
 
+def on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor copied to `device` without waiting for the work queued there: a CUDA copy out
+    of pageable memory waits for its whole stream, so a step queued ahead of the one in flight
+    would wait for that one to end."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 class HostStep(NamedTuple):
     """A step's inputs on the host, unpadded: int64 fields packed in `longs` (ids, positions,
     slots, logits rows, tables), int32 ones in `ints` (cu_seqlens, context lengths), so that a
@@ -185,8 +194,8 @@ class StepBatch:
         # Two host tensors (and two copies to the device), split into the fields by one call
         # each: every small tensor op costs a fixed overhead that a short step feels.
         t, n, b = h.num_tokens, h.num_logits, len(chunks)
-        ids, positions, slots, rows, tables = torch.from_numpy(h.longs).to(device).split_with_sizes(
+        ids, positions, slots, rows, tables = on_device(torch.from_numpy(h.longs), device).split_with_sizes(
             [t, t, t, n, b * h.width])
-        cu, context = torch.from_numpy(h.ints).to(device).split_with_sizes([b + 1, b])
+        cu, context = on_device(torch.from_numpy(h.ints), device).split_with_sizes([b + 1, b])
         return cls(ids, positions, slots, tables.view(b, h.width), h.query_lens_host, h.context_lens_host,
                    cu, context, rows, block_size)
