@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from engine.static_step import Bucket, StaticStep, launch_for_bucket, prepared
-from engine.step_batch import SeqChunk
+from engine.step_batch import Feed, SeqChunk
 
 log = logging.getLogger("engine")
 
@@ -219,10 +219,10 @@ class StepGraphs:
             return None
         return launch_for_bucket(bucket, self.backend.query_tile, self.backend.prefix_tile)
 
-    def run(self, chunks: Sequence[SeqChunk], feed: torch.Tensor | None = None) -> torch.Tensor | None:
+    def run(self, chunks: Sequence[SeqChunk], feed: Feed | None = None) -> torch.Tensor | None:
         """Logits of the step's rows through its bucket, or None when no bucket takes the step
-        (nor a graph: one that failed to capture). `feed`: the first rows' token ids on the device, in
-        place of the chunks' (a step queued before the tokens it feeds reached the host)."""
+        (nor a graph: one that failed to capture). `feed`: token ids on the device in place of
+        some of the chunks' (a step queued before the tokens it feeds reached the host)."""
         self.captured_now = False
         bucket = self.static.bucket(chunks)
         if bucket is None:
@@ -245,6 +245,6 @@ class StepGraphs:
         graph.replay()
         return self.static.logits[:rows]
 
-    def _feed(self, feed: torch.Tensor | None) -> None:
+    def _feed(self, feed: Feed | None) -> None:
         if feed is not None:
-            self.static.input_ids[:len(feed)].copy_(feed)
+            feed.into(self.static.input_ids)

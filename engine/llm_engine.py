@@ -28,7 +28,7 @@ from engine.sampler import Sampled, Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
-from engine.step_batch import on_device
+from engine.step_batch import Feed, on_device
 from engine.step_cost import StepCost, StepTimer, measured
 from engine.stop_checker import StopChecker, compiled_stops, undecided_line_start
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -125,7 +125,9 @@ class LLMEngine:
         self._step_outs: tuple[SchedulerOutput, ...] = ()  # the steps being run (who a failure concerns)
         self._launched: _Launched | None = None  # a step queued ahead, its tokens not yet applied
         self._finished_at = 0.0  # when the last step's tokens were applied (time.perf_counter)
-        self._in_flight: dict[int, Draft] = {}  # each sequence's draft in flight, as proposed
+        # Each sequence's draft in flight: as scheduled, and as proposed where that began with the
+        # token of the step before it (a draft found ahead of that token, _drafts_ahead), else None.
+        self._in_flight: dict[int, tuple[Draft, Draft | None]] = {}
         self._next_seq_id = 0
         self._steps = 0
         self._ahead_steps = 0
@@ -264,9 +266,9 @@ class LLMEngine:
             self._propose_time += time.perf_counter() - t1
         return outputs
 
-    def _launch(self, out: SchedulerOutput, start: float, feed: torch.Tensor | None = None,
+    def _launch(self, out: SchedulerOutput, start: float, feed: Feed | None = None,
                 ahead: bool = False) -> _Launched:
-        """Queues the step's forward and sampling (`feed`: its token ids on the device)."""
+        """Queues the step's forward and sampling (`feed`: token ids of it on the device)."""
         sampled = None
         if out.scheduled:
             logits = self.runner.execute(out, feed)
@@ -278,30 +280,56 @@ class LLMEngine:
 
     def _ahead(self, prev: _Launched) -> _Launched | None:
         """The next step queued behind `prev` before prev's tokens reach the host, each sequence
-        fed prev's token from the device (Scheduler.schedule_ahead); None where it cannot be (the
-        next step is then planned once they have), or where the proposer means to search for
-        drafts next step (drafts follow the tokens)."""
-        if prev.sampled is None or prev.dropped or any(s.draft or not s.samples for s in prev.out.scheduled):
-            return None  # (schedule_ahead would say so too; the proposer is not asked for nothing)
-        # Asked first: a plan is not to be dropped once made (admissions, their blocks' copies).
-        if self.proposer is not None and self._proposer_searches(len(self.scheduler.running)):
+        fed prev's token from the device (Scheduler.schedule_ahead), and the drafts the proposer
+        finds now, ahead of that token (_drafts_ahead); None where it cannot be (the next step is
+        then planned once they have)."""
+        if prev.sampled is None or prev.dropped or not self.scheduler.can_plan_ahead(prev.out):
             return None
+        drafts = None
+        if self.proposer is not None and self._proposer_searches(len(self.scheduler.running)):
+            if not hasattr(self.proposer, "propose_ahead"):
+                return None  # it drafts from the tokens: wait for them
+            t0 = time.perf_counter()
+            drafts = self._drafts_ahead()
+            self._propose_time += time.perf_counter() - t0
         start = time.perf_counter()
-        out = self.scheduler.schedule_ahead(prev.out)
+        out = self.scheduler.schedule_ahead(prev.out, drafts and {i: fed for i, (fed, _) in drafts.items()})
         if out is None:
             return None
         prev_seqs, rows, i = prev.out.scheduled, [], 0
+        dst, at, drafted = [], 0, False
         for s in out.scheduled[:out.fed]:  # prev's row of each (the same order, some left out)
             while prev_seqs[i].seq is not s.seq:
                 i += 1
             rows.append(i)
             i += 1
+            dst.append(at)
+            at += len(s.token_ids)
+            if s.draft:
+                drafted = True
+                self._in_flight[s.seq.seq_id] = drafts[s.seq.seq_id]
         tokens = prev.sampled.tokens
-        feed = tokens if len(rows) == len(tokens) else \
-            tokens[on_device(torch.tensor(rows, dtype=torch.long), tokens.device)] if rows else None
+        device = tokens.device
+        ids = tokens if len(rows) == len(tokens) else \
+            tokens[on_device(torch.tensor(rows, dtype=torch.long), device)] if rows else None
+        feed = None if ids is None else \
+            Feed(ids, on_device(torch.tensor(dst, dtype=torch.long), device) if drafted else None)
         self._ahead_steps += 1
         self._step_outs = (prev.out, out)
         return self._launch(out, start, feed, ahead=True)
+
+    def _drafts_ahead(self) -> dict[int, tuple[Draft, Draft]]:
+        """Drafts for the step queued ahead, by sequence id: the proposer's (propose_ahead) begin
+        with the token it expects the step in flight to sample; each sequence feeds the rest after
+        the token it gets. Returned as (what is fed, what was proposed)."""
+        seqs = self.scheduler.running
+        budget = max(0, self.config.max_num_batched_tokens - len(seqs))
+        max_model_len = self.max_model_len
+        # Room for one token fewer: the one in flight comes first.
+        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: max(0, _room(seqs[i], max_model_len) - 1))
+        found = self.proposer.propose_ahead(queries, budget, self.step_cost)
+        return {seq.seq_id: (Draft(draft.tokens[1:], draft.source), draft)
+                for seq, draft in zip(seqs, found) if len(draft.tokens) > 1}
 
     def _proposer_searches(self, n: int) -> bool:
         """Whether the proposer will search for drafts at the next step (asked only where it can
@@ -344,7 +372,7 @@ class LLMEngine:
         what it teaches the step cost: decode and verify steps only (a prefill chunk's rows cost
         differently from draft rows), and none that captured a CUDA graph first. With overlapped
         steps, what a plain step costs is what one queued ahead costs: a plain step run otherwise
-        (after a search for drafts) is kept apart, as what the overlap a search forgoes is worth
+        (after a drafting step) is kept apart, as what the overlap a draft forgoes is worth
         (StepCost.forgone); drafting is weighed against queued ones."""
         if not out.scheduled or launched.captured:
             return
@@ -354,8 +382,13 @@ class LLMEngine:
             return
         if rows == seqs and self.runner.paths.overlap and not launched.ahead:
             self.step_cost.observe_sync(seqs, seconds)
-        else:
-            self.step_cost.observe(seqs, rows - seqs, seconds)
+            return
+        if rows > seqs and launched.ahead:
+            # Kept as a drafting step the engine waited on: what it forgoes is the overlap of the
+            # step after it, which is not queued ahead; drafting steps planned after their
+            # tokens (one after another) cost the same, that overlap within their own time.
+            seconds += self.step_cost.forgone(seqs)
+        self.step_cost.observe(seqs, rows - seqs, seconds)
 
     def _sampling_rows(self, out: SchedulerOutput) -> list[SamplingRow]:
         """The rows to sample, in order: for each sequence that reaches its end, one per draft
@@ -366,24 +399,25 @@ class LLMEngine:
             if not s.samples:
                 continue
             seq, p = s.seq, s.seq.params
+            # Its position from the step's (a step queued ahead feeds a token not yet in the output).
+            position = s.start + s.num_real - len(seq.prompt_token_ids)
             if s.draft or p.row_by_row:
-                rows += self._seq_rows(seq, logits_row, s.draft)
+                rows += self._seq_rows(seq, logits_row, s.draft, position)
                 logits_row += len(s.draft) + 1
                 continue
             # One row without history (most rows of most steps), built as a plain tuple: a
-            # NamedTuple's own __new__ is a Python call per row. Its position from the step's (a
-            # step queued ahead feeds a token not yet in the output).
-            position = s.start + s.num_real - len(seq.prompt_token_ids)
+            # NamedTuple's own __new__ is a Python call per row.
             forced = None if p.replay_token_ids is None else self._forced(seq, position)
             rows.append(_new_tuple(SamplingRow, (logits_row, p, seq.noise_key, position, (),
                                                  len(seq.prompt_token_ids), forced, None)))
             logits_row += 1
         return rows
 
-    def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...]) -> list[SamplingRow]:
-        """One sequence's rows: row j picks the token after the first j draft tokens."""
+    def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...], position: int) -> list[SamplingRow]:
+        """One sequence's rows: row j picks the token after the first j draft tokens, the output's
+        `position` + j-th (row by row: only in steps planned after the output's last token)."""
         p = seq.params
-        position, prompt_len = len(seq.output_token_ids), len(seq.prompt_token_ids)
+        prompt_len = len(seq.prompt_token_ids)
         count = len(draft) + 1
         if not p.row_by_row and p.replay_token_ids is None:  # a draft's rows, nothing else: plain tuples
             key = seq.noise_key
@@ -434,7 +468,7 @@ class LLMEngine:
             if new_tokens:
                 spec.decode_steps += 1
             if update.draft:
-                draft = in_flight.pop(seq.seq_id, None)
+                draft, found = in_flight.pop(seq.seq_id, (None, None))
                 if draft is None or draft.tokens is not update.draft:  # cut short by the scheduler
                     draft = Draft(update.draft, draft.source if draft is not None else "self")
                 source = draft.source
@@ -442,10 +476,22 @@ class LLMEngine:
                 spec.drafted[source] = spec.drafted.get(source, 0) + len(update.draft)
                 spec.accepted[source] = spec.accepted.get(source, 0) + update.accepted
                 if proposer is not None:
-                    proposer.record(seq.seq_id, draft, update.accepted)
+                    if found is None:
+                        proposer.record(seq.seq_id, draft, update.accepted)
+                    else:  # as proposed: from the token it expected the step before to sample
+                        self._record_ahead(seq, update, found)
             if seq.is_finished:
                 self._retired(seq, aborted=False)
         self._generated += generated
+
+    def _record_ahead(self, seq: Sequence, update: SeqUpdate, found: Draft) -> None:
+        """How a draft found ahead fared, as the proposer proposed it: the token it began with
+        (the one the step before sampled) then what was verified after it; nothing of it where
+        that first token was not the sequence's."""
+        n = len(update.draft) + 1
+        proposed = found if len(found.tokens) == n else Draft(found.tokens[:n], found.source)
+        before = seq.output_token_ids[len(seq.output_token_ids) - len(update.new_tokens) - 1]
+        self.proposer.record(seq.seq_id, proposed, 1 + update.accepted if before == found.tokens[0] else 0)
 
     def _retired(self, seq: Sequence, aborted: bool) -> None:
         self._spec.add(seq.spec)
@@ -466,7 +512,7 @@ class LLMEngine:
         for seq, draft in zip(seqs, drafts):
             if draft.tokens:
                 chosen[seq.seq_id] = draft
-                self._in_flight[seq.seq_id] = draft
+                self._in_flight[seq.seq_id] = (draft, None)
         return chosen
 
     # ------------------------------------------------------------------ outputs

@@ -87,20 +87,28 @@ class Proposer(Protocol):
         sequence added without its output list."""
 
     def record(self, seq_id: int, draft: Draft, num_accepted: int) -> None:
-        """Feedback: how many tokens of the draft the model accepted."""
+        """Feedback: how many tokens of the draft the model accepted (a draft of propose_ahead's:
+        as proposed, its first token accepted where the step before sampled it, and then what was
+        verified after it; none where that step sampled another)."""
 
     def finish(self, seq_id: int, aborted: bool = False) -> None:
         """The sequence is done; a finished one may stay as text for others to copy from."""
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: "StepCost") -> list[Draft]:
         """One draft per query (empty ones included), each at most `query.max_len`, all together
-        at most `budget`. Called once after every step. `queries` holds every decoding sequence
+        at most `budget`. Called once after every step whose tokens the engine waited on. `queries` holds every decoding sequence
         (max_len 0 where it may not draft): from the engine a DraftQueries, whose ids are known at
         once and whose max_len is computed when first read.
 
-        A proposer may also offer `will_search(n, budget, cost) -> bool`: whether it will search
-        for drafts at the next step of n decoding sequences, decided before that step's tokens
-        are known. Where it says no, the engine may queue that step on the device ahead of them
-        (overlapped steps, engine/llm_engine.py) and skips its propose(); where it says yes, the
-        propose() that follows keeps that decision, and the step waits on those tokens: what that
-        costs is `cost.forgone(n)`. A proposer without it is taken to search at every step."""
+        A proposer may also offer `will_search(n, budget, cost) -> bool` and
+        `propose_ahead(queries, budget, cost) -> list[Draft]`. will_search: whether it will search
+        for drafts at the next step of n decoding sequences, decided before the tokens of the step
+        in flight are known, where the engine could queue the next step on the device ahead of
+        them (overlapped steps, engine/llm_engine.py). Where it says no, that step is queued
+        without drafts and no propose follows; where it says yes, propose_ahead follows, keeping
+        that decision: drafts from the text without those tokens, each beginning with the token
+        it expects the step in flight to sample (which is not fed: the engine feeds the sequence's
+        own, then the rest), each query's max_len counting the tokens after it; the step is queued
+        with them, and the step after it waits on its tokens (what that forgoes is
+        `cost.forgone(n)`). A proposer without them is asked propose() after every step's tokens,
+        and no step is queued ahead where it could draft."""

@@ -164,14 +164,10 @@ class Scheduler:
             found = drafts.get(seq.seq_id) if drafts else None
             draft = found.tokens[:max(0, min(budget, max_len - end))] if found is not None else ()
             budget -= len(draft)  # taken even where blocks then run short, as the general path plans it
-            need = end + len(draft)
-            if need > len(seq.block_table) * block_size:
-                if draft and not blocks.can_hold(seq, need):
-                    draft, need = (), end  # a draft is dropped before anyone waits for blocks
-                if need > len(seq.block_table) * block_size:
-                    if not blocks.can_hold(seq, need):
-                        return None
-                    blocks.allocate(seq, need)
+            if end + len(draft) > len(seq.block_table) * block_size:
+                draft = self._hold(seq, end, draft)
+                if draft is None:
+                    return None
             if draft:
                 scheduled.append(ScheduledSeq(seq, start, [seq.last_token, *draft], draft, 1, True))
             else:
@@ -184,50 +180,79 @@ class Scheduler:
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, 0)
 
-    def schedule_ahead(self, prev: SchedulerOutput) -> SchedulerOutput | None:
-        """The step after `prev`, planned before prev's tokens reach the host: each sequence prev
-        sampled feeds prev's token (the engine feeds it from the device) at the next position,
-        then waiting sequences are admitted as schedule() admits them. Only where every running
-        sequence sampled one token in prev (a decode, or the last chunk of its prompt), no waiting
-        client is owed a slot, and blocks suffice without preempting; None otherwise (the engine
-        then waits for prev's tokens and schedules as usual). A sequence that prev's token ends
-        by length is left out; one that it ends otherwise (an end-of-text token, a stop string)
-        or that is aborted meanwhile has its row dropped by postprocess."""
+    def can_plan_ahead(self, prev: SchedulerOutput) -> bool:
+        """Whether the step after `prev` may be planned before prev's tokens reach the host (blocks
+        aside): every running sequence sampled one token in prev (a decode without a draft, or the
+        last chunk of its prompt), none samples row by row, and no waiting client is owed a slot."""
         if not prev.scheduled or self._unfair() is not None:
+            return False
+        live = 0
+        for s in prev.scheduled:
+            if s.seq.is_finished:
+                continue
+            if not s.samples or s.draft or s.seq.params.row_by_row:
+                return False
+            live += 1
+        return live == len(self.running)
+
+    def schedule_ahead(self, prev: SchedulerOutput,
+                       drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput | None:
+        """The step after `prev`, planned before prev's tokens reach the host: each sequence prev
+        sampled feeds prev's token (the engine feeds it from the device) at the next position, then
+        its draft (`drafts`, by sequence id: found from the text without that token, so it may
+        follow a token the sequence does not get; verification is lossless whatever it follows),
+        then waiting sequences are admitted as schedule() admits them. None where can_plan_ahead
+        says no or blocks run short even without drafts (the engine then waits for prev's tokens
+        and schedules as usual). A sequence that prev's token ends by length is left out; one that
+        it ends otherwise (an end-of-text token, a stop string) or that is aborted meanwhile has its
+        rows dropped by postprocess."""
+        if not self.can_plan_ahead(prev):
             return None
         blocks, limits = self.blocks, self.limits
-        block_size = blocks.block_size
-        live = 0
+        block_size, max_len = blocks.block_size, limits.max_model_len
+        budget = limits.max_num_batched_tokens - len(self.running)
         scheduled = []
         for s in prev.scheduled:
             seq = s.seq
             if seq.is_finished:
                 continue
-            p = seq.params
-            if not s.samples or s.draft or p.row_by_row:
-                return None
-            live += 1
             made = len(seq.output_token_ids) + 1  # with prev's token
-            if made >= p.max_tokens or made >= limits.max_model_len - len(seq.prompt_token_ids):
+            if made >= seq.params.max_tokens or made >= max_len - len(seq.prompt_token_ids):
                 continue  # prev's token ends it
             start = s.start + s.num_real
-            if start + 1 > len(seq.block_table) * block_size:
-                if not blocks.can_hold(seq, start + 1):
+            found = drafts.get(seq.seq_id) if drafts else None
+            draft = found.tokens[:max(0, min(budget, max_len - start - 1))] if found is not None else ()
+            budget -= len(draft)  # taken even where blocks then run short, as schedule() plans it
+            if start + 1 + len(draft) > len(seq.block_table) * block_size:
+                draft = self._hold(seq, start + 1, draft)
+                if draft is None:
                     return None
-                blocks.allocate(seq, start + 1)
-            scheduled.append(ScheduledSeq(seq, start, [0], (), 1, True))  # the id: fed from the device
-        if live != len(self.running):
-            return None
+            # The first id is fed from the device.
+            scheduled.append(ScheduledSeq(seq, start, [0, *draft] if draft else [0], draft, 1, True))
         fed = len(scheduled)
         if self._waiting and len(self.running) < limits.max_num_seqs:
             admitted: dict[Sequence, int] = {}
-            self._admit(admitted, limits.max_num_batched_tokens - fed)
+            self._admit(admitted, limits.max_num_batched_tokens - sum(len(s.token_ids) for s in scheduled))
             scheduled += [_scheduled(seq, n, ()) for seq, n in admitted.items()]
         if not scheduled:
             return None
         self._all_decoding = False
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, 0, fed)
+
+    def _hold(self, seq: Sequence, end: int, draft: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Allocates blocks for the sequence's first `end` positions and the draft after them: the
+        draft, or () where blocks do not hold it (a draft is dropped before anyone waits for
+        blocks); None where they do not hold even those positions."""
+        blocks = self.blocks
+        need = end + len(draft)
+        if draft and not blocks.can_hold(seq, need):
+            draft, need = (), end
+        if need > len(seq.block_table) * blocks.block_size:
+            if not blocks.can_hold(seq, need):
+                return None
+            blocks.allocate(seq, need)
+        return draft
 
     def _plan_running(self, drafts: Mapping[int, Draft]) -> tuple[dict[Sequence, int], dict[Sequence, tuple[int, ...]]]:
         budget = self.limits.max_num_batched_tokens

@@ -30,6 +30,21 @@ def on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+class Feed(NamedTuple):
+    """Token ids already on the device that a step feeds in place of the scheduled ones (a step
+    queued before the tokens it feeds reached the host): into its first len(tokens) rows, or where
+    sequences carry drafts after them, into `rows`."""
+
+    tokens: torch.Tensor
+    rows: torch.Tensor | None = None
+
+    def into(self, input_ids: torch.Tensor) -> None:
+        if self.rows is None:
+            input_ids[:len(self.tokens)].copy_(self.tokens)
+        else:
+            input_ids.index_copy_(0, self.rows, self.tokens)
+
+
 class HostStep(NamedTuple):
     """A step's inputs on the host, unpadded: int64 fields packed in `longs` (ids, positions,
     slots, logits rows, tables), int32 ones in `ints` (cu_seqlens, context lengths), so that a

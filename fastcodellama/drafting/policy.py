@@ -7,9 +7,10 @@ pay when
 
 with plain and extra the engine's learned step cost (engine.step_cost.StepCost), t the draft
 tokens, `search` the proposer's own measured time to find them (where plain steps are queued on
-the device ahead of the previous step's tokens, plus the overlap a search forgoes: the engine waits
-on those tokens to look copies up, and the step after a draft is not queued ahead either:
-Cost.forgone, asked by the proposer), and the expected accepted
+the device ahead of the previous step's tokens, plus the overlap a draft forgoes: the step after a
+drafting step is not queued ahead, Cost.forgone, asked by the proposer; a search made ahead of the
+token in flight runs beside the device and forgoes nothing unless it drafts, but the gate and the
+throttle count it as before), and the expected accepted
 tokens from the acceptance model (fastcodellama.drafting.acceptance). Before any search the policy
 asks whether even the likeliest copies the model knows of could pay so at this batch; if not, no
 search (at large batch on a CPU, looking copies up for hundreds of sequences costs a step several
@@ -28,7 +29,7 @@ losing searches cost about SEARCH_SHARE of the time. Searches that found nothing
 early (samples a few tokens in): c is then the search's own time, the interval is reached by
 doubling from 1 with each search since the mean turned, and the first search whose drafts pay sets
 the mean to its outcome (searching resumes at once). Beside plain steps queued ahead, each search
-also forgoes their overlap, a loss no draft length avoids: once LOSING_AFTER searches have drafted
+is taken to forgo their overlap too, a loss no draft length avoids: once LOSING_AFTER searches have drafted
 there and their own mean says drafts lose at this batch (at a large batch), c is the mean's loss,
 at least the search's whole cost, every search waits the whole interval, and one whose drafts
 barely paid among them only enters the mean.
@@ -110,7 +111,8 @@ class Cost(Protocol):
 
     def forgone(self, seqs: int) -> float:
         """What a plain step costs beyond one queued ahead of the previous step's tokens (0.0
-        where steps are not queued ahead): the overlap a search for drafts forgoes."""
+        where steps are not queued ahead): the overlap a draft forgoes (the step after it waits
+        on its tokens)."""
 
 
 @dataclass(slots=True)

@@ -86,6 +86,21 @@ Copy = tuple[str, Sequence[int], int, int]
 _NAMES = ("prediction", "self", "sibling", "other")  # best_copies' sources, in order of trust
 
 
+class _AfterFirst(dict):
+    """AcceptanceModel.survival as seen from a draft's second token (a draft found ahead, whose
+    first token is not drafted): survival[j + 1] / survival[1], one list per bucket per search."""
+
+    def __init__(self, survival: dict[tuple[str, int], list[float]]) -> None:
+        super().__init__()
+        self._survival = survival
+
+    def __missing__(self, bucket: tuple[str, int]) -> list[float]:
+        surv = self._survival[bucket]
+        first = surv[1] if len(surv) > 1 else 0.0
+        shifted = self[bucket] = [p / first for p in surv[1:]] if first > 0.0 else [0.0]
+        return shifted
+
+
 def _longest(found: tuple[int, str, Sequence[int], int]) -> tuple[int, int]:
     return found[0], -_TRUST[found[1]]
 
@@ -116,8 +131,8 @@ class CopyProposer:
         # predicted output (assumed mostly right) only while a request has one.
         self._sources_without_prediction = tuple(s for s in cfg.sources if s != "prediction")
         self.policy = DraftPolicy(self.model, adaptive=cfg.policy == "adaptive")
-        # seq_id -> (draft, its acceptance model bucket, expected accepted tokens)
-        self._pending: dict[int, tuple[Draft, tuple[str, int], float]] = {}
+        # seq_id -> (draft, its acceptance model bucket, expected accepted tokens, found ahead)
+        self._pending: dict[int, tuple[Draft, tuple[str, int], float, bool]] = {}
         self._drafted = dict.fromkeys(SOURCES, 0)
         self._accepted = dict.fromkeys(SOURCES, 0)
         self._drafts = dict.fromkeys(SOURCES, 0)
@@ -205,9 +220,9 @@ class CopyProposer:
 
     def will_search(self, n: int, budget: int, cost: Cost) -> bool:
         """The policy's decision for the next step, made now (before its tokens are known): where
-        it is to search, the propose() that follows keeps it; where not, no propose() follows.
-        Asked only where the next step could be queued ahead of those tokens: a search forgoes
-        that overlap (Cost.forgone), which the policy counts as part of the search's cost."""
+        it is to search, the propose_ahead() that follows keeps it; where not, no propose follows.
+        Asked only where the next step could be queued ahead of those tokens: the step after a
+        draft is not, and that overlap (Cost.forgone) counts in the gate's verdict."""
         self._realize(cost)
         forgone = cost.forgone(n)
         decision = self._decide(n, self._budget(n, budget), cost, forgone)
@@ -224,20 +239,31 @@ class CopyProposer:
         self._accepted_since = 0
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
+        return self._propose(queries, budget, cost, ahead=False)
+
+    def propose_ahead(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
+        """propose() for the step queued behind the one in flight, from the text without that
+        step's token: each draft begins with the token its copy says that step samples, which the
+        sequence is not fed (it gets its own), and each query's max_len counts the tokens after
+        it. The search runs beside the step in flight: only a draft costs the device (its rows,
+        and the overlap of the step after it, Cost.extra of a drafting step)."""
+        return self._propose(queries, budget, cost, ahead=True)
+
+    def _propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, ahead: bool) -> list[Draft]:
         t0 = time.perf_counter()
         n = len(queries)
         self._propose_calls += 1
         self._realize(cost)
         budget = self._budget(n, budget)
         decided, self._decided = self._decided, None
-        decision, forgone = decided if decided is not None else (None, 0.0)
+        decision, forgone = decided if decided is not None and ahead else (None, 0.0)
         if decision is None or n == 0 or budget <= 0:  # will_search's, unless no sequence is left to draft for
             decision, forgone = self._decide(n, budget, cost), 0.0
         if not decision.search:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n
         self._index_all()
-        drafts = self._search(queries, budget, cost, decision, forgone)
+        drafts = self._search(queries, budget, cost, decision, 0.0 if ahead else self._search_s(n) + forgone, ahead)
         elapsed = time.perf_counter() - t0
         self._note_search_time(n, elapsed)
         self._propose_s += elapsed
@@ -286,13 +312,14 @@ class CopyProposer:
         source = draft.source if draft.source in SOURCES else "self"
         pending = self._pending.pop(seq_id, None)
         if pending is not None and (pending[0] is draft or pending[0].tokens[:n] == tokens):
-            bucket, predicted = pending[1], pending[2]
+            bucket, predicted, ahead = pending[1], pending[2], pending[3]
         else:  # not a draft of this proposer's (or cut otherwise than short): a match of one token
-            bucket, predicted = (source, ml_bucket(1)), None
+            bucket, predicted, ahead = (source, ml_bucket(1)), None, False
         self._drafts[source] += 1
         self._drafted[source] += n
         self._accepted[source] += accepted
-        self._accepted_since += accepted
+        # A draft found ahead began with the token the step before sampled anyway: no gain.
+        self._accepted_since += accepted - 1 if ahead and accepted else accepted
         running = seq_id in self._seqs           # per-sequence statistics only for live sequences
         self.model.record_at(bucket, n, accepted, seq_id if running else None, predicted)
 
@@ -323,10 +350,11 @@ class CopyProposer:
         return min(budget, cfg.k * n)
 
     def _search(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, decision: Decision,
-                forgone: float = 0.0) -> list[Draft]:
-        """The drafts: each query's best copy, lengths from the policy (`forgone`: the overlap the
-        search cost besides its own time). A sequence sitting out its back-off costs a lookup of
-        its state and nothing more."""
+                sunk: float, ahead: bool = False) -> list[Draft]:
+        """The drafts: each query's best copy, lengths from the policy (`sunk`: what the search
+        cost whatever is drafted, in seconds). `ahead`: each draft begins with its copy's next
+        token, not counted in its length, and is weighed by the tokens after it (propose_ahead).
+        A sequence sitting out its back-off costs a lookup of its state and nothing more."""
         model = self.model
         model.refresh()
         adaptive = self.config.policy == "adaptive"
@@ -344,17 +372,21 @@ class CopyProposer:
                 continue
             looked_up.append((i, st, max_len_of(i)))
         copies = self._copies(looked_up, adaptive)
-        k, first_prob, survival, seq_factor = self.config.k, model.first_prob_at, model.survival, model.seq_factor
+        k, first_prob, seq_factor = self.config.k, model.first_prob_at, model.seq_factor
+        survival = model.survival if not ahead else _AfterFirst(model.survival)
         cands: list[Candidate | None] = [None] * len(queries)
+        firsts: list[float] = [0.0] * len(looked_up)
         buckets: list[tuple[str, int] | None] = [None] * len(looked_up)
         for j, (i, _, max_len) in enumerate(looked_up):
             copy = copies[j]
             if copy is not None:  # AcceptanceModel.first_prob and survival_of, their bucket found once
                 source, text, end, m = copy
                 bucket = buckets[j] = (source, ml_bucket(m))
-                cands[i] = Candidate(first_prob(bucket, seq_factor(ids[i])), min(len(text) - end, k, max_len),
-                                     survival[bucket])
-        lens = self.policy.allocate(cands, budget, cost, self._search_s(len(queries)) + forgone, decision)
+                a = firsts[j] = first_prob(bucket, seq_factor(ids[i]))
+                if ahead:  # the first token is not drafted: the candidate starts at the second
+                    a *= model.survival[bucket][1]
+                cands[i] = Candidate(a, min(len(text) - end - ahead, k, max_len), survival[bucket])
+        lens = self.policy.allocate(cands, budget, cost, sunk, decision)
         drafts = [EMPTY_DRAFT] * len(queries)
         pending, expected = self._pending, model.expected_at
         for j, (i, st, _) in enumerate(looked_up):
@@ -364,8 +396,9 @@ class CopyProposer:
             if d <= 0:
                 continue
             source, text, end, _ = copies[j]
+            d += ahead
             draft = Draft(tuple(text[end:end + d]), source)
-            pending[ids[i]] = (draft, buckets[j], expected(buckets[j], cands[i].a, d))
+            pending[ids[i]] = (draft, buckets[j], expected(buckets[j], firsts[j], d), ahead)
             drafts[i] = draft
         return drafts
 

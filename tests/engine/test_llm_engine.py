@@ -7,6 +7,8 @@ import pytest
 
 from engine import LLM, EngineConfig, SamplingParams
 from engine.config import DEFAULT_MODEL
+from engine.proposer import EMPTY_DRAFT, Draft
+from engine.step_cost import StepCost
 from fastcodellama.drafting import build_proposer
 from tests.engine.helpers import assert_no_leaks
 
@@ -14,10 +16,10 @@ PROMPTS = ["def fib(n):\n    ", "import os\nimport sys\n\n", "class Stack:\n    
 
 
 def _run(model: str, overlap: str, params: SamplingParams, drafting: bool = False, max_num_seqs: int = 4,
-         torch_sampler: bool = False) -> tuple[list, LLM]:
+         torch_sampler: bool = False, proposer=None) -> tuple[list, LLM]:
     llm = LLM(EngineConfig(model=model, overlap_steps=overlap, num_kv_blocks=256, block_size=4,
                            max_num_batched_tokens=64, max_num_seqs=max_num_seqs),
-              proposer=build_proposer() if drafting else None)
+              proposer=proposer or (build_proposer() if drafting else None))
     if torch_sampler:  # the PyTorch path a GPU samples with, its candidates' race and redraws
         llm.engine.sampler.use_kernels = False
     outs = llm.generate(PROMPTS, params, use_tqdm=False)
@@ -131,4 +133,74 @@ def test_plain_steps_not_queued_ahead_price_the_overlap_not_plain_steps(tiny_mod
         assert engine.step_cost.forgone(4) >= 0.0
     else:
         assert seen["plain"] > 0 and seen["sync"] == 0 and engine.step_cost.forgone(4) == 0.0
+    assert_no_leaks(engine)
+
+
+class _Foresight:
+    """A proposer that knows each request's greedy output: at every step it can queue ahead it
+    drafts ahead of the token in flight, beginning with that token (or, every other draft, a token
+    the sequence does not get) and then the two true tokens after it."""
+
+    def __init__(self, truth: dict[tuple[int, ...], list[int]]) -> None:
+        self.truth, self.outputs, self.proposed, self.records = truth, {}, 0, []  # truth: by prompt
+
+    def add_sequence(self, seq_id, group_id, prompt_token_ids, prediction=(), output=None) -> None:
+        self.outputs[seq_id] = (self.truth[tuple(prompt_token_ids)], output)
+
+    def extend(self, seq_id, token_ids) -> None:
+        raise AssertionError("the engine hands its own output lists")
+
+    def record(self, seq_id, draft, num_accepted) -> None:
+        self.records.append((draft.tokens, num_accepted))
+
+    def finish(self, seq_id, aborted=False) -> None:
+        self.outputs.pop(seq_id)
+
+    def will_search(self, n, budget, cost) -> bool:
+        return True
+
+    def propose(self, queries, budget, cost) -> list[Draft]:
+        return [EMPTY_DRAFT] * len(queries)
+
+    def propose_ahead(self, queries, budget, cost) -> list[Draft]:
+        drafts = []
+        for query in queries:
+            truth, output = self.outputs[query.seq_id]
+            ahead = truth[len(output):len(output) + 3]  # the token in flight, then two
+            if query.max_len < 2 or len(ahead) < 3:
+                drafts.append(EMPTY_DRAFT)
+                continue
+            self.proposed += 1
+            first = ahead[0] if self.proposed % 2 else ahead[0] + 1
+            drafts.append(Draft((first, *ahead[1:])))
+        return drafts
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
+    SamplingParams(temperature=0.8, seed=5, max_tokens=24, ignore_eos=True),  # noise keyed by position
+], ids=["greedy", "sampled"])
+def test_drafts_found_ahead_of_the_token_in_flight_are_fed_after_it(tiny_model_dir, params, monkeypatch):
+    """A step queued ahead carries drafts found before the previous step's token reached the
+    host: each sequence is fed its own token, then the draft's tokens after the one the proposer
+    expected; they are verified like any draft (the outputs are plain decoding's), and the
+    proposer hears how the whole draft fared: nothing of it where the expected token was not the
+    sequence's, although what followed was accepted. The step cost keeps such a step as one the
+    engine waited on: with the overlap the step after it forgoes."""
+    plain, _, outs = _run(tiny_model_dir, "off", params)
+    proposer = _Foresight({tuple(o.prompt_token_ids): o.outputs[0].token_ids for o in outs})
+    observed = []
+    monkeypatch.setattr(StepCost, "forgone", lambda self, seqs: 100.0)
+    monkeypatch.setattr(StepCost, "observe", lambda self, seqs, rows, seconds: observed.append((rows, seconds)))
+    foresight, llm, _ = _run(tiny_model_dir, "on", params, proposer=proposer)
+    assert foresight == plain
+    drafting = [seconds for rows, seconds in observed if rows > 0]
+    assert drafting and all(seconds > 100.0 for seconds in drafting)
+    assert all(seconds < 100.0 for rows, seconds in observed if rows == 0)
+    engine = llm.engine
+    records = set(proposer.records)
+    assert {n for _, n in records} == {0, 3}  # the expected token wrong (then 2 accepted after it), or right
+    assert all(len(tokens) == 3 for tokens, _ in records)
+    spec = engine.stats().spec
+    assert spec.total_drafted == 2 * len(proposer.records) and spec.total_accepted == spec.total_drafted
     assert_no_leaks(engine)

@@ -208,3 +208,31 @@ def test_the_decode_lane_plans_every_step_as_the_general_path_does():
         assert lane == general
         # the lane admitted sequences and planned drafts itself, not only left such steps to the general path
         assert admitting > 0 and drafting > 0
+
+
+def test_a_step_planned_ahead_feeds_each_draft_after_the_token_in_flight():
+    """schedule_ahead plans the step after one whose tokens are not on the host yet: each sequence
+    feeds that token (fed from the device: a placeholder here) at the next position, then its
+    draft, cut to the step's token budget; once both steps' tokens are applied the draft was
+    verified as any draft, and blocks past what was accepted went back."""
+    sched = _scheduler(block_size=4, budget=8)
+    a, b = _seqs([1, 2, 3], max_tokens=20)[0], _seqs([4, 5, 6, 7], max_tokens=20)[0]
+    sched.add(a)
+    sched.add(b)
+    prev = sched.schedule()  # both prompts, each sampling its first token
+    assert not sched.can_plan_ahead(SchedulerOutput([]))
+    ahead = sched.schedule_ahead(prev, {a.seq_id: Draft((7, 8, 7)), b.seq_id: Draft((7, 7, 7, 7, 7))})
+    sa, sb = ahead.scheduled
+    assert ahead.fed == 2 and (sa.seq, sb.seq) == (a, b)
+    assert (sa.start, sa.token_ids[1:], sa.draft, sa.num_real) == (3, [7, 8, 7], (7, 8, 7), 1)
+    assert (sb.start, sb.draft) == (4, (7, 7, 7))  # the budget: 8 tokens, 2 of them the fed ones
+    assert not sched.can_plan_ahead(ahead)  # a step with drafts: the next one waits for its tokens
+    sched.postprocess(prev, SampleResult([7, 7], None))
+    sched.postprocess(ahead, SampleResult([7] * 8, None))  # the model picks 7: a's 8 is rejected
+    assert a.output_token_ids == [7, 7, 7] and a.num_computed_tokens == 3 + 2
+    assert b.output_token_ids == [7] * 5 and b.num_computed_tokens == 4 + 4
+    for seq in (a, b):
+        blocks = sched.blocks.blocks_for
+        assert blocks(seq.num_computed_tokens) <= len(seq.block_table) <= blocks(seq.num_tokens)
+    _run_to_end(sched)
+    assert sched.blocks.num_free == sched.blocks.num_blocks

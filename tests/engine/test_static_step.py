@@ -113,8 +113,11 @@ def test_prefill_chunks_and_oversized_steps_run_eagerly(tiny_model_dir):
     assert graphs.replays == 0
 
 
-@pytest.mark.parametrize("draft,meta_in_graph", [(False, True), (True, True), (True, False)])
-def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_dir, draft, meta_in_graph):
+@pytest.mark.parametrize("draft,meta_in_graph,overlap", [(False, True, "off"), (True, True, "off"),
+                                                          (True, False, "off"), (True, True, "on")])
+def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_dir, draft, meta_in_graph, overlap):
+    """Overlap on: steps queued ahead feed their ids into the static buffers, drafts found ahead
+    after them (the fixed policy searches before every step it can queue)."""
     from fastcodellama.drafting import SpecConfig, build_proposer
 
     params = SamplingParams(n=3, temperature=0.8, top_p=0.95, max_tokens=20, seed=4, ignore_eos=True)
@@ -122,12 +125,14 @@ def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_di
     outs = []
     for static in (False, True):
         proposer = build_proposer(SpecConfig(policy="fixed")) if draft else None
-        llm = LLM(tiny_model_dir, proposer=proposer, num_kv_blocks=128, block_size=BS, attention_backend="torch")
+        llm = LLM(tiny_model_dir, proposer=proposer, num_kv_blocks=128, block_size=BS, attention_backend="torch",
+                  overlap_steps=overlap if static else "off")
         if static:
             llm.engine.runner.graphs = _static(llm.engine.runner, max_seqs=8, max_rows=96, meta_in_graph=meta_in_graph)
         outs.append([[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params)])
         if static:
             assert llm.engine.runner.graphs.replays > 10
+            assert (llm.engine.stats().overlapped_steps > 0) == (overlap == "on")
         assert_no_leaks(llm.engine)
     assert outs[0] == outs[1]
 

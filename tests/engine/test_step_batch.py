@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from engine.step_batch import SeqChunk, StepBatch, host_step_arrays, host_step_small
+from engine.step_batch import Feed, SeqChunk, StepBatch, host_step_arrays, host_step_small
+
+
+def test_fed_ids_go_to_the_first_rows_or_to_the_rows_named():
+    """A step queued ahead feeds ids from the device: into its first rows, or where its
+    sequences carry drafts after them, into each sequence's first row."""
+    ids = torch.tensor([0, 0, 5, 6, 0, 7])
+    Feed(torch.tensor([1, 2])).into(ids)
+    assert ids.tolist() == [1, 2, 5, 6, 0, 7]
+    Feed(torch.tensor([3, 4]), torch.tensor([1, 4])).into(ids)
+    assert ids.tolist() == [1, 3, 5, 6, 4, 7]
 
 
 def test_fields_follow_the_chunks():

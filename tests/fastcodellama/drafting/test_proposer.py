@@ -310,17 +310,57 @@ def test_disabled_or_empty_budget_gives_plain_decoding() -> None:
 
 def test_will_search_decides_the_next_step_once() -> None:
     """will_search is the policy's decision for the next step, made before its tokens: yes is kept
-    for the propose() after it; no means no propose() (the step goes on without drafts)."""
+    for the propose_ahead() after it; no means no propose (the step goes on without drafts)."""
     prop = build_proposer(SpecConfig(policy="fixed", sources=("self",)))
     prop.add_sequence(0, "r", [5, 6, 7, 5, 6])
     assert prop.will_search(1, 10, FREE)
-    assert prop.propose([DraftQuery(0, 10)], 10, FREE) == [Draft((7, 5, 6), "self")]
+    assert prop.propose_ahead([DraftQuery(0, 10)], 10, FREE) == [Draft((7, 5, 6), "self")]
     assert not build_proposer(SpecConfig(enabled=False)).will_search(1, 10, FREE)
     # Its sequences ended meanwhile: nothing to search for, whatever was decided.
     prop.finish(0)
     for _ in range(3):
         assert prop.will_search(1, 10, FREE)
-        assert prop.propose([], 10, FREE) == []
+        assert prop.propose_ahead([], 10, FREE) == []
+
+
+def test_a_draft_found_ahead_begins_with_the_token_in_flight() -> None:
+    """propose_ahead searches the text without the token the step in flight samples: each draft
+    begins with the copy's next token (the one that step is expected to sample, which is not
+    fed), and each query's max_len counts the tokens after it."""
+    prop = build_proposer(SpecConfig(policy="fixed", sources=("self",)))
+    prop.add_sequence(0, "r", [5, 6, 7, 8, 5, 6])
+    assert prop.propose_ahead([DraftQuery(0, 1)], 10, FREE)[0].tokens == (7, 8)
+    assert prop.propose_ahead([DraftQuery(0, 10)], 10, FREE)[0].tokens == (7, 8, 5, 6)
+    assert prop.propose_ahead([DraftQuery(0, 10)], 2, FREE)[0].tokens == (7, 8, 5)  # the budget: fed tokens
+    assert prop.propose([DraftQuery(0, 10)], 10, FREE)[0].tokens == (7, 8, 5, 6)
+
+
+def test_a_draft_found_ahead_is_weighed_and_credited_by_its_tokens_after_the_first(monkeypatch) -> None:
+    """An adaptive propose_ahead ranks a copy from its second token (the first is the one in
+    flight): its first candidate token is accepted with the probability of the copy's first two,
+    later ones as the survival after the second; once verified, the policy is credited with the
+    accepted tokens after the first only, while the acceptance model learns the whole draft."""
+    def proposer() -> tuple[CopyProposer, list]:
+        prop = build_proposer(SpecConfig(sources=("self",)))
+        prop.add_sequence(0, "r", [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7])
+        seen = []
+        allocate = prop.policy.allocate
+        monkeypatch.setattr(prop.policy, "allocate", lambda cands, *a, **kw: seen.append(cands) or allocate(cands, *a, **kw))
+        return prop, seen
+
+    (sync, sync_seen), (ahead, ahead_seen) = proposer(), proposer()
+    sync.propose([DraftQuery(0, 10)], 10, FREE)
+    draft = ahead.propose_ahead([DraftQuery(0, 10)], 10, FREE)[0]
+    (c,), (c_ahead,) = sync_seen[-1], ahead_seen[-1]
+    surv = c.survival
+    assert c_ahead.a == pytest.approx(c.a * surv[1])
+    assert c_ahead.survival == pytest.approx([p / surv[1] for p in surv[1:]])
+    assert c_ahead.limit == c.limit - 1 and draft.tokens[0] == 8
+    credited = []
+    monkeypatch.setattr(ahead.policy, "realize", lambda accepted, cost: credited.append(accepted))
+    ahead.record(0, draft, 3)  # the token in flight came as expected, and two after it
+    ahead.will_search(1, 10, FREE)
+    assert credited == [2] and ahead.stats()["accepted"] == 3
 
 
 class Forgoing(FreeCost):
