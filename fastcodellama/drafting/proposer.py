@@ -143,8 +143,8 @@ class CopyProposer:
         self._search_recent_by_size: dict[int, deque[float]] = {}
         self._propose_s = 0.0
         self._propose_calls = self._searches = self._explorations = self._queries = 0
-        # will_search's decision to search, for the propose() after it, and the overlap it forgoes (seconds)
-        self._decided: tuple[Decision, float] | None = None
+        # will_search's decision to search, for the propose_ahead() after it
+        self._decided: Decision | None = None
         self._accepted_since = 0  # draft tokens accepted since the last decision (the policy's realized outcome)
 
     # ------------------------------------------------------------------ Proposer protocol
@@ -226,7 +226,7 @@ class CopyProposer:
         self._realize(cost)
         forgone = cost.forgone(n)
         decision = self._decide(n, self._budget(n, budget), cost, forgone)
-        self._decided = (decision, forgone) if decision.search else None
+        self._decided = decision if decision.search else None
         return decision.search
 
     def _decide(self, n: int, budget: int, cost: Cost, forgone: float = 0.0) -> Decision:
@@ -256,14 +256,14 @@ class CopyProposer:
         self._realize(cost)
         budget = self._budget(n, budget)
         decided, self._decided = self._decided, None
-        decision, forgone = decided if decided is not None and ahead else (None, 0.0)
+        decision = decided if ahead else None
         if decision is None or n == 0 or budget <= 0:  # will_search's, unless no sequence is left to draft for
-            decision, forgone = self._decide(n, budget, cost), 0.0
+            decision = self._decide(n, budget, cost)
         if not decision.search:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n
         self._index_all()
-        drafts = self._search(queries, budget, cost, decision, 0.0 if ahead else self._search_s(n) + forgone, ahead)
+        drafts = self._search(queries, budget, cost, decision, 0.0 if ahead else None, ahead)
         elapsed = time.perf_counter() - t0
         self._note_search_time(n, elapsed)
         self._propose_s += elapsed
@@ -350,11 +350,12 @@ class CopyProposer:
         return min(budget, cfg.k * n)
 
     def _search(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, decision: Decision,
-                sunk: float, ahead: bool = False) -> list[Draft]:
+                sunk: float | None = None, ahead: bool = False) -> list[Draft]:
         """The drafts: each query's best copy, lengths from the policy (`sunk`: what the search
-        cost whatever is drafted, in seconds). `ahead`: each draft begins with its copy's next
-        token, not counted in its length, and is weighed by the tokens after it (propose_ahead).
-        A sequence sitting out its back-off costs a lookup of its state and nothing more."""
+        cost whatever is drafted, in seconds; None: its own believed time). `ahead`: each draft
+        begins with its copy's next token, not counted in its length, and is weighed by the tokens
+        after it (propose_ahead). A sequence sitting out its back-off costs a lookup of its state
+        and nothing more."""
         model = self.model
         model.refresh()
         adaptive = self.config.policy == "adaptive"
@@ -386,6 +387,8 @@ class CopyProposer:
                 if ahead:  # the first token is not drafted: the candidate starts at the second
                     a *= model.survival[bucket][1]
                 cands[i] = Candidate(a, min(len(text) - end - ahead, k, max_len), survival[bucket])
+        if sunk is None:
+            sunk = self._search_s(len(queries))
         lens = self.policy.allocate(cands, budget, cost, sunk, decision)
         drafts = [EMPTY_DRAFT] * len(queries)
         pending, expected = self._pending, model.expected_at

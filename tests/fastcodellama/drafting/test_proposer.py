@@ -345,7 +345,12 @@ def test_a_draft_found_ahead_is_weighed_and_credited_by_its_tokens_after_the_fir
         prop.add_sequence(0, "r", [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7])
         seen = []
         allocate = prop.policy.allocate
-        monkeypatch.setattr(prop.policy, "allocate", lambda cands, *a, **kw: seen.append(cands) or allocate(cands, *a, **kw))
+
+        def allocate_seen(cands, *args, **kwargs):
+            seen.append(cands)
+            return allocate(cands, *args, **kwargs)
+
+        monkeypatch.setattr(prop.policy, "allocate", allocate_seen)
         return prop, seen
 
     (sync, sync_seen), (ahead, ahead_seen) = proposer(), proposer()
