@@ -125,9 +125,9 @@ class LLMEngine:
         self._step_outs: tuple[SchedulerOutput, ...] = ()  # the steps being run (who a failure concerns)
         self._launched: _Launched | None = None  # a step queued ahead, its tokens not yet applied
         self._finished_at = 0.0  # when the last step's tokens were applied (time.perf_counter)
-        # Each sequence's draft in flight: as scheduled, and as proposed where that began with the
-        # token of the step before it (a draft found ahead of that token, _drafts_ahead), else None.
-        self._in_flight: dict[int, tuple[Draft, Draft | None]] = {}
+        # Each sequence's draft in flight as proposed, and whether it was found ahead of the token
+        # of the step before it (_drafts_ahead: it begins with the token it expected there).
+        self._in_flight: dict[int, tuple[Draft, bool]] = {}
         self._next_seq_id = 0
         self._steps = 0
         self._ahead_steps = 0
@@ -293,7 +293,7 @@ class LLMEngine:
             drafts = self._drafts_ahead()
             self._propose_time += time.perf_counter() - t0
         start = time.perf_counter()
-        out = self.scheduler.schedule_ahead(prev.out, drafts and {i: fed for i, (fed, _) in drafts.items()})
+        out = self.scheduler.schedule_ahead(prev.out, drafts)
         if out is None:
             return None
         prev_seqs, rows, i = prev.out.scheduled, [], 0
@@ -307,7 +307,7 @@ class LLMEngine:
             at += len(s.token_ids)
             if s.draft:
                 drafted = True
-                self._in_flight[s.seq.seq_id] = drafts[s.seq.seq_id]
+                self._in_flight[s.seq.seq_id] = (drafts[s.seq.seq_id], True)
         tokens = prev.sampled.tokens
         device = tokens.device
         ids = tokens if len(rows) == len(tokens) else \
@@ -318,18 +318,17 @@ class LLMEngine:
         self._step_outs = (prev.out, out)
         return self._launch(out, start, feed, ahead=True)
 
-    def _drafts_ahead(self) -> dict[int, tuple[Draft, Draft]]:
-        """Drafts for the step queued ahead, by sequence id: the proposer's (propose_ahead) begin
-        with the token it expects the step in flight to sample; each sequence feeds the rest after
-        the token it gets. Returned as (what is fed, what was proposed)."""
+    def _drafts_ahead(self) -> dict[int, Draft]:
+        """Drafts for the step queued ahead, by sequence id: the proposer's (propose_ahead), each
+        beginning with the token it expects the step in flight to sample; the sequence is fed the
+        rest after the token it gets."""
         seqs = self.scheduler.running
         budget = max(0, self.config.max_num_batched_tokens - len(seqs))
         max_model_len = self.max_model_len
         # Room for one token fewer: the one in flight comes first.
         queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: max(0, _room(seqs[i], max_model_len) - 1))
         found = self.proposer.propose_ahead(queries, budget, self.step_cost)
-        return {seq.seq_id: (Draft(draft.tokens[1:], draft.source), draft)
-                for seq, draft in zip(seqs, found) if len(draft.tokens) > 1}
+        return {seq.seq_id: draft for seq, draft in zip(seqs, found) if len(draft.tokens) > 1}
 
     def _proposer_searches(self, n: int) -> bool:
         """Whether the proposer will search for drafts at the next step (asked only where it can
@@ -468,18 +467,17 @@ class LLMEngine:
             if new_tokens:
                 spec.decode_steps += 1
             if update.draft:
-                draft, found = in_flight.pop(seq.seq_id, (None, None))
-                if draft is None or draft.tokens is not update.draft:  # cut short by the scheduler
-                    draft = Draft(update.draft, draft.source if draft is not None else "self")
-                source = draft.source
+                proposed, ahead = in_flight.pop(seq.seq_id, (None, False))
+                source = proposed.source if proposed is not None else "self"
                 spec.verify_steps += 1
                 spec.drafted[source] = spec.drafted.get(source, 0) + len(update.draft)
                 spec.accepted[source] = spec.accepted.get(source, 0) + update.accepted
-                if proposer is not None:
-                    if found is None:
-                        proposer.record(seq.seq_id, draft, update.accepted)
-                    else:  # as proposed: from the token it expected the step before to sample
-                        self._record_ahead(seq, update, found)
+                if proposer is not None and ahead:  # as proposed: from the token it expected before it
+                    self._record_ahead(seq, update, proposed)
+                elif proposer is not None:
+                    if proposed is None or proposed.tokens is not update.draft:  # cut short by the scheduler
+                        proposed = Draft(update.draft, source)
+                    proposer.record(seq.seq_id, proposed, update.accepted)
             if seq.is_finished:
                 self._retired(seq, aborted=False)
         self._generated += generated
@@ -512,7 +510,7 @@ class LLMEngine:
         for seq, draft in zip(seqs, drafts):
             if draft.tokens:
                 chosen[seq.seq_id] = draft
-                self._in_flight[seq.seq_id] = (draft, None)
+                self._in_flight[seq.seq_id] = (draft, False)
         return chosen
 
     # ------------------------------------------------------------------ outputs

@@ -199,9 +199,10 @@ class Scheduler:
                        drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput | None:
         """The step after `prev`, planned before prev's tokens reach the host: each sequence prev
         sampled feeds prev's token (the engine feeds it from the device) at the next position, then
-        its draft (`drafts`, by sequence id: found from the text without that token, so it may
-        follow a token the sequence does not get; verification is lossless whatever it follows),
-        then waiting sequences are admitted as schedule() admits them. None where can_plan_ahead
+        its draft (`drafts`, by sequence id, found from the text without that token: each begins
+        with the token it expects prev to sample, which is not fed, and the rest may follow a
+        token the sequence does not get; verification is lossless whatever it follows), then
+        waiting sequences are admitted as schedule() admits them. None where can_plan_ahead
         says no or blocks run short even without drafts (the engine then waits for prev's tokens
         and schedules as usual). A sequence that prev's token ends by length is left out; one that
         it ends otherwise (an end-of-text token, a stop string) or that is aborted meanwhile has its
@@ -221,7 +222,7 @@ class Scheduler:
                 continue  # prev's token ends it
             start = s.start + s.num_real
             found = drafts.get(seq.seq_id) if drafts else None
-            draft = found.tokens[:max(0, min(budget, max_len - start - 1))] if found is not None else ()
+            draft = found.tokens[1:1 + max(0, min(budget, max_len - start - 1))] if found is not None else ()
             budget -= len(draft)  # taken even where blocks then run short, as schedule() plans it
             if start + 1 + len(draft) > len(seq.block_table) * block_size:
                 draft = self._hold(seq, start + 1, draft)

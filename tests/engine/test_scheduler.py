@@ -213,15 +213,17 @@ def test_the_decode_lane_plans_every_step_as_the_general_path_does():
 def test_a_step_planned_ahead_feeds_each_draft_after_the_token_in_flight():
     """schedule_ahead plans the step after one whose tokens are not on the host yet: each sequence
     feeds that token (fed from the device: a placeholder here) at the next position, then its
-    draft, cut to the step's token budget; once both steps' tokens are applied the draft was
-    verified as any draft, and blocks past what was accepted went back."""
+    draft after the token it expected there, cut to the step's token budget; once both steps'
+    tokens are applied the draft was verified as any draft (whatever it expected), and blocks
+    past what was accepted went back."""
     sched = _scheduler(block_size=4, budget=8)
     a, b = _seqs([1, 2, 3], max_tokens=20)[0], _seqs([4, 5, 6, 7], max_tokens=20)[0]
     sched.add(a)
     sched.add(b)
     prev = sched.schedule()  # both prompts, each sampling its first token
     assert not sched.can_plan_ahead(SchedulerOutput([]))
-    ahead = sched.schedule_ahead(prev, {a.seq_id: Draft((7, 8, 7)), b.seq_id: Draft((7, 7, 7, 7, 7))})
+    # Each draft begins with the token it expects prev to sample (not fed).
+    ahead = sched.schedule_ahead(prev, {a.seq_id: Draft((5, 7, 8, 7)), b.seq_id: Draft((7, 7, 7, 7, 7, 7))})
     sa, sb = ahead.scheduled
     assert ahead.fed == 2 and (sa.seq, sb.seq) == (a, b)
     assert (sa.start, sa.token_ids[1:], sa.draft, sa.num_real) == (3, [7, 8, 7], (7, 8, 7), 1)
