@@ -84,16 +84,21 @@ def test_redrawn_rows_drop_what_the_queued_step_fed_them():
     assert llm.engine.stats().overlapped_steps > 0
 
 
-def test_abort_while_a_step_is_queued(tiny_model_dir):
+@pytest.mark.parametrize("drafts_ahead", [False, True])
+def test_abort_while_a_step_is_queued(tiny_model_dir, drafts_ahead):
+    """drafts_ahead: the queued steps carry drafts found ahead (the aborted sequence's too)."""
     params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
-    synchronous, _, _ = _run(tiny_model_dir, "off", params)
+    synchronous, _, outs = _run(tiny_model_dir, "off", params)
+    proposer = _Foresight({tuple(o.prompt_token_ids): o.outputs[0].token_ids for o in outs}) if drafts_ahead else None
     llm = LLM(EngineConfig(model=tiny_model_dir, overlap_steps="on", num_kv_blocks=256, block_size=4,
-                           max_num_batched_tokens=64, max_num_seqs=4))
+                           max_num_batched_tokens=64, max_num_seqs=4), proposer=proposer)
     engine = llm.engine
     for i, prompt in enumerate(PROMPTS):
         engine.add_request(f"r{i}", prompt, params)
     while engine._launched is None or engine._launched.out.scheduled[0].start < 12:
         engine.step()
+    queued = {s.seq.request_id: s.draft for s in engine._launched.out.scheduled}
+    assert bool(queued["r1"]) == drafts_ahead
     assert engine.abort("r1")
     done = {}
     while engine.has_unfinished():
@@ -104,6 +109,7 @@ def test_abort_while_a_step_is_queued(tiny_model_dir):
         assert done[f"r{i}"].outputs[0].token_ids == synchronous[i][0][0]
     engine.step()  # whatever was still queued for the aborted sequence is applied to nothing
     assert_no_leaks(engine)
+    assert not drafts_ahead or proposer.records
 
 
 @pytest.mark.parametrize("overlap", ["off", "on"])
