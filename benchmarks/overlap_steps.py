@@ -172,7 +172,8 @@ def write(results: dict, out_dir: str) -> None:
           " ".join(f"{p:.3f}" for p in r["pairs"]), f"{r['overlapped_share']:.0%}"] for r in results["rows"]])
     lines += ["", "Drafting over plain decoding at each batch (tokens per second, medians of the rounds): what "
               "turning drafting on gives with overlap on and with it off.", ""]
-    lines += measure.markdown_table(["running", "with overlap", "without overlap"], drafting_over_plain(results["rows"]))
+    lines += measure.markdown_table(["running", "with overlap", "without overlap"],
+                                    drafting_over_plain(results["rows"]))
     measure.write_results(out_dir, "overlap_steps", results, "\n".join(lines) + "\n")
 
 

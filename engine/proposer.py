@@ -4,8 +4,10 @@ The engine owns sequences and the KV cache; a proposer only sees token ids. It h
 each sequence's output list, which it only ever appends accepted tokens to (drafts that were
 rolled back never reach it): the proposer reads what was appended when it needs to, so that a
 step that drafts nothing costs no call per sequence. After every step the engine tells the
-proposer how each draft fared, then asks it once for the next step's drafts, handing it the step cost it learns from its own steps (engine.step_cost.StepCost), so
-that the proposer decides in one place whether and how much to draft. `fastcodellama` implements it.
+proposer how each draft fared, then asks it once for the next step's drafts (or, where it queues
+that step before the tokens come back, asks beforehand: will_search, propose_ahead), handing it the
+step cost it learns from its own steps (engine.step_cost.StepCost), so that the proposer decides in
+one place whether and how much to draft. `fastcodellama` implements it.
 """
 from __future__ import annotations
 
@@ -96,9 +98,10 @@ class Proposer(Protocol):
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: "StepCost") -> list[Draft]:
         """One draft per query (empty ones included), each at most `query.max_len`, all together
-        at most `budget`. Called once after every step whose tokens the engine waited on. `queries` holds every decoding sequence
-        (max_len 0 where it may not draft): from the engine a DraftQueries, whose ids are known at
-        once and whose max_len is computed when first read.
+        at most `budget`. Called once after every step whose tokens the engine waited on.
+        `queries` holds every decoding sequence (max_len 0 where it may not draft): from the
+        engine a DraftQueries, whose ids are known at once and whose max_len is computed when
+        first read.
 
         A proposer may also offer `will_search(n, budget, cost) -> bool` and
         `propose_ahead(queries, budget, cost) -> list[Draft]`. will_search: whether it will search
