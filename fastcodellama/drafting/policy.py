@@ -347,9 +347,12 @@ class DraftPolicy:
 
     # ------------------------------------------------------------------ after the search
     def allocate(self, cands: Sequence[Candidate | None], budget: int, cost: Cost, search_s: float,
-                 explore: Decision | None = None) -> list[int]:
+                 explore: Decision | None = None, spent: float | None = None) -> list[int]:
         """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget;
-        `explore`: an exploring decision, whose size is drafted whatever the costs say."""
+        `search_s`: what the search cost the device, paid whatever is drafted; `explore`: an
+        exploring decision, whose size is drafted whatever the costs say; `spent`: what a search
+        that drafts nothing is counted to lose (default search_s: a search beside the device's
+        step costs it nothing, but its host time is not free where the host is what a step waits on)."""
         n = len(cands)
         if budget <= 0 or n == 0:
             return [0] * n
@@ -368,7 +371,7 @@ class DraftPolicy:
             if best > 0:
                 self._drafting = (n, take, search_s)  # its outcome: once its drafts are verified (realize)
             elif plain:
-                self._note_outcome(n, -search_s / plain)
+                self._note_outcome(n, -(search_s if spent is None else spent) / plain)
             if take > best:
                 self._explored(n)
         if take == 0:

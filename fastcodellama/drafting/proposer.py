@@ -387,9 +387,8 @@ class CopyProposer:
                 if ahead:  # the first token is not drafted: the candidate starts at the second
                     a *= model.survival[bucket][1]
                 cands[i] = Candidate(a, min(len(text) - end - ahead, k, max_len), survival[bucket])
-        if sunk is None:
-            sunk = self._search_s(len(queries))
-        lens = self.policy.allocate(cands, budget, cost, sunk, decision)
+        own = self._search_s(len(queries))
+        lens = self.policy.allocate(cands, budget, cost, own if sunk is None else sunk, decision, own)
         drafts = [EMPTY_DRAFT] * len(queries)
         pending, expected = self._pending, model.expected_at
         for j, (i, st, _) in enumerate(looked_up):

@@ -639,3 +639,15 @@ def test_the_c_search_drafts_what_the_python_search_drafts(cfg: SpecConfig, engi
             for prop in (c, py):
                 prop.finish(done, aborted)
     assert drafted > 100
+
+
+def test_a_search_ahead_that_drafts_nothing_counts_its_own_time(monkeypatch) -> None:
+    """A search beside the step in flight costs the device nothing, but one that drafts nothing is
+    counted to lose its own time, as a search the engine waited on: searches that keep finding
+    nothing are throttled either way (the host's time is not free where a step waits on it)."""
+    prop = CopyProposer(SpecConfig(sources=("self",)), search_time=lambda n: 0.01)
+    prop.add_sequence(0, "r", [1, 2, 3, 4, 5])  # nothing to copy
+    noted = []
+    monkeypatch.setattr(prop.policy, "_note_outcome", lambda n, outcome, drafted=False: noted.append(outcome))
+    assert prop.propose_ahead([DraftQuery(0, 10)], 10, FREE) == [EMPTY_DRAFT]
+    assert noted == [pytest.approx(-0.01)]
