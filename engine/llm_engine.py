@@ -6,6 +6,7 @@ learns what was accepted and drafts for the next step -> outputs.
 """
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from dataclasses import dataclass, field
@@ -284,7 +285,7 @@ class LLMEngine:
         finds now, ahead of that token (_drafts_ahead); None where it cannot be (the next step is
         then planned once they have)."""
         if prev.sampled is None or prev.dropped or not self.scheduler.can_plan_ahead(prev.out):
-            return None
+            return None  # (asked before the proposer: a search is not to be made for nothing)
         drafts = None
         if self.proposer is not None and self._proposer_searches(len(self.scheduler.running)):
             if not hasattr(self.proposer, "propose_ahead"):
@@ -296,24 +297,25 @@ class LLMEngine:
         out = self.scheduler.schedule_ahead(prev.out, drafts)
         if out is None:
             return None
+        fed = out.scheduled[:out.fed]
         prev_seqs, rows, i = prev.out.scheduled, [], 0
-        dst, at, drafted = [], 0, False
-        for s in out.scheduled[:out.fed]:  # prev's row of each (the same order, some left out)
+        for s in fed:  # prev's row of each (the same order, some left out)
             while prev_seqs[i].seq is not s.seq:
                 i += 1
             rows.append(i)
             i += 1
-            dst.append(at)
-            at += len(s.token_ids)
-            if s.draft:
-                drafted = True
-                self._in_flight[s.seq.seq_id] = (drafts[s.seq.seq_id], True)
+        dst = None
+        if drafts:  # each fed id goes to its sequence's first row, its draft after it
+            for s in fed:
+                if s.draft:
+                    self._in_flight[s.seq.seq_id] = (drafts[s.seq.seq_id], True)
+            dst = [0, *itertools.accumulate(len(s.token_ids) for s in fed[:-1])]
         tokens = prev.sampled.tokens
         device = tokens.device
         ids = tokens if len(rows) == len(tokens) else \
             tokens[on_device(torch.tensor(rows, dtype=torch.long), device)] if rows else None
         feed = None if ids is None else \
-            Feed(ids, on_device(torch.tensor(dst, dtype=torch.long), device) if drafted else None)
+            Feed(ids, on_device(torch.tensor(dst, dtype=torch.long), device) if dst is not None else None)
         self._ahead_steps += 1
         self._step_outs = (prev.out, out)
         return self._launch(out, start, feed, ahead=True)
@@ -357,7 +359,7 @@ class LLMEngine:
         self._account(updates)
         outputs = self._outputs(updates, collect)
         # A step queued ahead ran beside the host's work on the step before it: what it costs is
-        # the time from that step's end to its own (what drafting, which is never queued ahead, forgoes).
+        # the time from that step's end to its own (what the step after a drafting step forgoes).
         now = time.perf_counter()
         if updates:  # (a step queued ahead of sequences that all ended meanwhile ran for nothing)
             self._observe(out, launched, now - (self._finished_at if launched.ahead else launched.start))

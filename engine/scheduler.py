@@ -202,13 +202,12 @@ class Scheduler:
         its draft (`drafts`, by sequence id, found from the text without that token: each begins
         with the token it expects prev to sample, which is not fed, and the rest may follow a
         token the sequence does not get; verification is lossless whatever it follows), then
-        waiting sequences are admitted as schedule() admits them. None where can_plan_ahead
-        says no or blocks run short even without drafts (the engine then waits for prev's tokens
-        and schedules as usual). A sequence that prev's token ends by length is left out; one that
+        waiting sequences are admitted as schedule() admits them. Planned only where
+        can_plan_ahead(prev) says yes (the engine asks it before any search for drafts); None where
+        blocks run short even without drafts (the engine then waits for prev's tokens and
+        schedules as usual). A sequence that prev's token ends by length is left out; one that
         it ends otherwise (an end-of-text token, a stop string) or that is aborted meanwhile has its
         rows dropped by postprocess."""
-        if not self.can_plan_ahead(prev):
-            return None
         blocks, limits = self.blocks, self.limits
         block_size, max_len = blocks.block_size, limits.max_model_len
         budget = limits.max_num_batched_tokens - len(self.running)

@@ -16,10 +16,10 @@ where plain steps are queued ahead, whose cost hides the host's work that a draf
 the same from the nearest batch within 2x (or, at most SMALL_BATCH sequences, from any batch that
 small), else nothing (None): the drafting policy then explores instead of trusting a guess.
 
-Where plain steps are queued ahead, a plain step run otherwise (the engine waited on its tokens
-before planning the next: a search for drafts, or the step after a drafting step) is kept apart:
-what it costs beyond a queued one is the overlap a search forgoes (`forgone`), learned in each run
-and not kept in the file.
+Where plain steps are queued ahead, a plain step run otherwise (the engine waited on the tokens of
+the step before it: the first, or the step after a drafting step) is kept apart: what it costs
+beyond a queued one is the overlap a draft forgoes (`forgone`), learned in each run and not kept in
+the file.
 
 What was learned is kept per machine and build (model, device, dtype, threads, attention backend,
 kernels, overlapped steps) in a small JSON file, so a second run starts informed; its values only seed the buckets
@@ -238,8 +238,8 @@ class StepCost:
     def forgone(self, seqs: int) -> float:
         """What a plain step not queued ahead costs beyond one that is (observe_sync), at the
         nearest batch within 2x that measured both in this run: the overlap lost where the engine
-        waits on a step's tokens to search for drafts. 0.0 where none is known (or steps are never
-        queued ahead)."""
+        waits on a drafting step's tokens to plan the next. 0.0 where none is known (or steps are
+        never queued ahead)."""
         key = ("forgone", bucket_of(SEQ_GRID, seqs))
         if key not in self._memo:
             n = key[1]

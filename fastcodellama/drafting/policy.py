@@ -29,8 +29,8 @@ losing searches cost about SEARCH_SHARE of the time. Searches that found nothing
 early (samples a few tokens in): c is then the search's own time, the interval is reached by
 doubling from 1 with each search since the mean turned, and the first search whose drafts pay sets
 the mean to its outcome (searching resumes at once). Beside plain steps queued ahead, each search
-is taken to forgo their overlap too, a loss no draft length avoids: once LOSING_AFTER searches have drafted
-there and their own mean says drafts lose at this batch (at a large batch), c is the mean's loss,
+is taken to forgo their overlap too, a loss no draft length avoids: once LOSING_AFTER searches
+have drafted there and their own mean says drafts lose at this batch (at a large batch), c is the mean's loss,
 at least the search's whole cost, every search waits the whole interval, and one whose drafts
 barely paid among them only enters the mean.
 

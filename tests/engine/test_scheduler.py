@@ -221,7 +221,7 @@ def test_a_step_planned_ahead_feeds_each_draft_after_the_token_in_flight():
     sched.add(a)
     sched.add(b)
     prev = sched.schedule()  # both prompts, each sampling its first token
-    assert not sched.can_plan_ahead(SchedulerOutput([]))
+    assert not sched.can_plan_ahead(SchedulerOutput([])) and sched.can_plan_ahead(prev)
     # Each draft begins with the token it expects prev to sample (not fed).
     ahead = sched.schedule_ahead(prev, {a.seq_id: Draft((5, 7, 8, 7)), b.seq_id: Draft((7, 7, 7, 7, 7, 7))})
     sa, sb = ahead.scheduled
