@@ -88,13 +88,13 @@ def on_device(engine: LLMEngine, device: SimulatedDevice) -> SimulatedDevice:
     execute, launch = engine.runner.execute, engine.sampler.launch
     ends: list[float] = []
 
-    def queued_execute(out, feed=None):
-        logits = execute(out, feed)
+    def queued_execute(out, *fed):
+        logits = execute(out, *fed)
         ends.append(device.queue(len(out.scheduled), out.num_tokens))
         return logits
 
-    def queued_launch(logits, rows):
-        return _Queued(launch(logits, rows), ends[-1])
+    def queued_launch(logits, rows, *shift):
+        return _Queued(launch(logits, rows, *shift), ends[-1])
 
     engine.runner.execute = queued_execute
     engine.sampler.launch = queued_launch

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from engine.static_step import Bucket, StaticStep, launch_for_bucket, prepared
-from engine.step_batch import Feed, SeqChunk
+from engine.step_batch import Feed, SeqChunk, Shift, StepBatch
 
 log = logging.getLogger("engine")
 
@@ -203,10 +203,11 @@ class StepGraphs:
             diff = (replayed - eager).abs().max().item()
             raise GraphMismatch(f"bucket {bucket}: a replay differs from the eager step by up to {diff:.3g}")
 
-    def _step_function(self, bucket: Bucket, chunks: Sequence[SeqChunk]) -> Callable[[], torch.Tensor]:
+    def _step_function(self, bucket: Bucket, chunks: Sequence[SeqChunk], feed: Feed | None = None,
+                       shift: Shift | None = None) -> Callable[[], torch.Tensor]:
         """The bucket's step over the static buffers, with these chunks written into them (and,
         with the metadata outside, their metadata into the bucket's static copy)."""
-        batch = self.static.fill(chunks, bucket)
+        batch = self._fill(chunks, bucket, feed, shift)
         launch = self._launch_of(bucket)
         if self.meta_in_graph:
             return lambda: self.static.run_from_inputs(self.model, self.kv_caches, self.backend, batch, launch)
@@ -219,10 +220,11 @@ class StepGraphs:
             return None
         return launch_for_bucket(bucket, self.backend.query_tile, self.backend.prefix_tile)
 
-    def run(self, chunks: Sequence[SeqChunk], feed: Feed | None = None) -> torch.Tensor | None:
+    def run(self, chunks: Sequence[SeqChunk], feed: Feed | None = None, shift: Shift | None = None) -> torch.Tensor | None:
         """Logits of the step's rows through its bucket, or None when no bucket takes the step
         (nor a graph: one that failed to capture). `feed`: token ids on the device in place of
-        some of the chunks' (a step queued before the tokens it feeds reached the host)."""
+        some of the chunks', `shift`: sequences whose rows the device moves (a step queued before
+        the tokens it feeds, and the accepted drafts before them, reached the host)."""
         self.captured_now = False
         bucket = self.static.bucket(chunks)
         if bucket is None:
@@ -230,21 +232,23 @@ class StepGraphs:
         rows = sum(len(c.token_ids) for c in chunks)
         if not self.capture:
             self.replays += 1
-            step = self._step_function(bucket, chunks)
-            self._feed(feed)
-            return step()[:rows]
+            return self._step_function(bucket, chunks, feed, shift)()[:rows]
         graph = self._graphs.get(bucket)
         if graph is None and (graph := self._capture_late(bucket)) is None:
             return None
         self.replays += 1
-        if self.meta_in_graph:
-            self.static.fill(chunks, bucket)
-        else:
-            prepared(self.backend, self.static.fill(chunks, bucket), self.static.metas, bucket, self._launch_of(bucket))
-        self._feed(feed)
+        batch = self._fill(chunks, bucket, feed, shift)
+        if not self.meta_in_graph:
+            prepared(self.backend, batch, self.static.metas, bucket, self._launch_of(bucket))
         graph.replay()
         return self.static.logits[:rows]
 
-    def _feed(self, feed: Feed | None) -> None:
+    def _fill(self, chunks: Sequence[SeqChunk], bucket: Bucket, feed: Feed | None = None,
+              shift: Shift | None = None) -> StepBatch:
+        """The static buffers filled with the step, the fed ids and the moved rows; its view."""
+        batch = self.static.fill(chunks, bucket)
         if feed is not None:
             feed.into(self.static.input_ids)
+        if shift is not None:
+            batch = shift.apply(batch, self.backend.host_lengths)
+        return batch

@@ -23,13 +23,14 @@ from engine.json_object import JsonTokens, ThinkFirst
 from engine.model_runner import ModelRunner
 from engine.models.registry import read_model_config
 from engine.outputs import CompletionOutput, Prefix, RequestOutput, SpecStats
+from engine.overlap_choice import OverlapChoice
 from engine.paths import step_cost_dir
 from engine.proposer import Draft, DraftQueries, Proposer
-from engine.sampler import Sampled, Sampler, SamplingRow, sample_key
+from engine.sampler import RowShift, Sampled, Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
-from engine.step_batch import Feed, on_device
+from engine.step_batch import Feed, Shift, on_device
 from engine.step_cost import StepCost, StepTimer, measured
 from engine.stop_checker import StopChecker, compiled_stops, undecided_line_start
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -91,6 +92,9 @@ class _Launched:
     ahead: bool = False  # planned before the previous step's tokens reached the host
     captured: bool = False  # its forward captured a CUDA graph first (its time is no step's cost)
     dropped: set[int] = field(default_factory=set)  # sequences it fed a token that was not theirs
+    # The drafts it verifies as proposed, by sequence id, and whether each was found ahead of the
+    # token of the step before it (_drafts_ahead: it begins with the token it expected there).
+    drafts: dict[int, tuple[Draft, bool]] = field(default_factory=dict)
 
 
 class LLMEngine:
@@ -126,9 +130,7 @@ class LLMEngine:
         self._step_outs: tuple[SchedulerOutput, ...] = ()  # the steps being run (who a failure concerns)
         self._launched: _Launched | None = None  # a step queued ahead, its tokens not yet applied
         self._finished_at = 0.0  # when the last step's tokens were applied (time.perf_counter)
-        # Each sequence's draft in flight as proposed, and whether it was found ahead of the token
-        # of the step before it (_drafts_ahead: it begins with the token it expected there).
-        self._in_flight: dict[int, tuple[Draft, bool]] = {}
+        self._after_drafts = OverlapChoice()  # whether a drafting step's successor is queued ahead
         self._next_seq_id = 0
         self._steps = 0
         self._ahead_steps = 0
@@ -248,10 +250,10 @@ class LLMEngine:
             launched = self._launched
             if launched is None:
                 start = time.perf_counter()
-                out = self.scheduler.schedule(self._drafts)
-                self._drafts = {}
+                drafts, self._drafts = self._drafts, {}
+                out = self.scheduler.schedule(drafts)
                 self._step_outs = (out,)
-                launched = self._launch(out, start)
+                launched = self._launch(out, start, drafts={i: (d, False) for i, d in drafts.items()})
             else:
                 self._step_outs = (launched.out,)
             self._launched = self._ahead(launched) if self.runner.paths.overlap else None
@@ -267,69 +269,122 @@ class LLMEngine:
             self._propose_time += time.perf_counter() - t1
         return outputs
 
-    def _launch(self, out: SchedulerOutput, start: float, feed: Feed | None = None,
-                ahead: bool = False) -> _Launched:
-        """Queues the step's forward and sampling (`feed`: token ids of it on the device)."""
+    def _launch(self, out: SchedulerOutput, start: float, feed: Feed | None = None, shift: Shift | None = None,
+                ahead: bool = False, drafts: dict[int, tuple[Draft, bool]] | None = None) -> _Launched:
+        """Queues the step's forward and sampling (`feed`: token ids of it on the device; `shift`:
+        sequences whose rows the device moves; `drafts`: those it verifies, as proposed)."""
         sampled = None
         if out.scheduled:
-            logits = self.runner.execute(out, feed)
+            logits = self.runner.execute(out, feed, shift)
             rows = self._sampling_rows(out)
-            sampled = self.sampler.launch(logits, rows) if rows else None
+            if not rows:
+                sampled = None
+            elif shift is not None:
+                sampled = self.sampler.launch(logits, rows, self._row_shift(out, shift))
+            else:
+                sampled = self.sampler.launch(logits, rows)
             self._steps += 1
         self._forward_time += time.perf_counter() - start
-        return _Launched(out, sampled, start, ahead, self.runner.step_captured)
+        return _Launched(out, sampled, start, ahead, self.runner.step_captured, drafts=drafts or {})
 
     def _ahead(self, prev: _Launched) -> _Launched | None:
         """The next step queued behind `prev` before prev's tokens reach the host, each sequence
-        fed prev's token from the device (Scheduler.schedule_ahead), and the drafts the proposer
-        finds now, ahead of that token (_drafts_ahead); None where it cannot be (the next step is
-        then planned once they have)."""
-        if prev.sampled is None or prev.dropped or not self.scheduler.can_plan_ahead(prev.out):
+        fed its token from the device (Scheduler.schedule_ahead: after a draft, the token after
+        the part of it accepted, its rows moved by as many, both found on the device: _accepted),
+        and the drafts the proposer finds now, ahead of those tokens (_drafts_ahead); None where it
+        cannot be (the next step is then planned once they have)."""
+        if prev.sampled is None or prev.dropped or not self.scheduler.can_plan_ahead(prev.out, shifts=True):
             return None  # (asked before the proposer: a search is not to be made for nothing)
+        if prev.drafts and not self._after_drafts.ahead(len(self.scheduler.running)):
+            return None  # waiting on the draft's tokens pays here (OverlapChoice)
         drafts = None
         if self.proposer is not None and self._proposer_searches(len(self.scheduler.running)):
             if not hasattr(self.proposer, "propose_ahead"):
                 return None  # it drafts from the tokens: wait for them
             t0 = time.perf_counter()
-            drafts = self._drafts_ahead()
+            drafts = self._drafts_ahead(prev)
             self._propose_time += time.perf_counter() - t0
         start = time.perf_counter()
         out = self.scheduler.schedule_ahead(prev.out, drafts)
         if out is None:
             return None
         fed = out.scheduled[:out.fed]
-        prev_seqs, rows, i = prev.out.scheduled, [], 0
-        for s in fed:  # prev's row of each (the same order, some left out)
-            while prev_seqs[i].seq is not s.seq:
-                i += 1
-            rows.append(i)
-            i += 1
-        dst = None
-        if drafts:  # each fed id goes to its sequence's first row, its draft after it
-            for s in fed:
-                if s.draft:
-                    self._in_flight[s.seq.seq_id] = (drafts[s.seq.seq_id], True)
-            dst = [0, *itertools.accumulate(len(s.token_ids) for s in fed[:-1])]
+        first_rows, row = {}, 0  # prev's first sampling row of each sequence (all sample: can_plan_ahead)
+        for s in prev.out.scheduled:
+            first_rows[s.seq] = row
+            row += len(s.draft) + 1
+        rows = [first_rows[s.seq] for s in fed]
         tokens = prev.sampled.tokens
         device = tokens.device
-        ids = tokens if len(rows) == len(tokens) else \
-            tokens[on_device(torch.tensor(rows, dtype=torch.long), device)] if rows else None
+        shifted = [i for i, s in enumerate(fed) if s.shift]
+        shift = None
+        if shifted:
+            by = self._accepted(prev, [fed[i] for i in shifted], [rows[i] for i in shifted])
+            shift = Shift(shifted, [fed[i].shift for i in shifted], by)
+            index = on_device(torch.tensor(rows, dtype=torch.long), device)
+            ids = tokens.index_select(0, index.index_add(0, on_device(torch.tensor(shifted), device), by))
+        else:
+            ids = tokens if len(rows) == len(tokens) else \
+                tokens[on_device(torch.tensor(rows, dtype=torch.long), device)] if rows else None
+        dst = None
+        if drafts:  # each fed id goes to its sequence's first row, its draft after it
+            dst = [0, *itertools.accumulate(len(s.token_ids) for s in fed[:-1])]
         feed = None if ids is None else \
             Feed(ids, on_device(torch.tensor(dst, dtype=torch.long), device) if dst is not None else None)
         self._ahead_steps += 1
         self._step_outs = (prev.out, out)
-        return self._launch(out, start, feed, ahead=True)
+        found = {s.seq.seq_id: (drafts[s.seq.seq_id], True) for s in fed if s.draft} if drafts else None
+        return self._launch(out, start, feed, shift, ahead=True, drafts=found)
 
-    def _drafts_ahead(self) -> dict[int, Draft]:
+    @staticmethod
+    def _accepted(prev: _Launched, seqs: list, first_rows: list[int]) -> torch.Tensor:
+        """On the device, how many of each sequence's draft tokens in `prev` its sampled tokens
+        accept (the longest agreeing prefix, as Scheduler.postprocess finds it on the host); the
+        sequences' ScheduledSeq in the step after prev (shift: their draft's length there)."""
+        tokens = prev.sampled.tokens
+        device = tokens.device
+        width = max(s.shift for s in seqs)
+        drafts = {s.seq: s.draft for s in prev.out.scheduled}
+        rows = [[first + min(j, len(drafts[s.seq]) - 1) for j in range(width)] for s, first in zip(seqs, first_rows)]
+        wanted = [[*drafts[s.seq], *(-1,) * (width - len(drafts[s.seq]))] for s in seqs]
+        sampled = tokens[on_device(torch.tensor(rows, dtype=torch.long), device)]
+        agree = sampled == on_device(torch.tensor(wanted, dtype=torch.long), device)
+        return agree.long().cumprod(1).sum(1)
+
+    def _row_shift(self, out: SchedulerOutput, shift: Shift) -> RowShift:
+        """The sampling rows of the sequences `shift` moves, each by its sequence's amount; in trace
+        replay, each row's recorded token at every position it may have."""
+        first, row = [], 0
+        for s in out.scheduled:
+            first.append(row)
+            row += len(s.draft) + 1 if s.samples else 0
+        rows, owner, forced, replay = [], [], [], False
+        for j, i in enumerate(shift.seqs):
+            s = out.scheduled[i]
+            seq, count = s.seq, len(s.draft) + 1
+            rows += range(first[i], first[i] + count)
+            owner += [j] * count
+            if seq.params.replay_token_ids is None:
+                forced += [None] * count
+                continue
+            replay, position = True, s.start + s.num_real - len(seq.prompt_token_ids)
+            forced += [tuple(self._forced(seq, position + k + b) for b in range(s.shift + 1)) for k in range(count)]
+        by = shift.by.index_select(0, on_device(torch.tensor(owner, dtype=torch.long), shift.by.device))
+        return RowShift(rows, [shift.limits[j] for j in owner], by, forced if replay else None)
+
+    def _drafts_ahead(self, prev: _Launched) -> dict[int, Draft]:
         """Drafts for the step queued ahead, by sequence id: the proposer's (propose_ahead), each
-        beginning with the token it expects the step in flight to sample; the sequence is fed the
-        rest after the token it gets."""
+        beginning with the token it expects the step in flight to sample (after a draft there, the
+        token after it); the sequence is fed the rest after the token it gets."""
         seqs = self.scheduler.running
         budget = max(0, self.config.max_num_batched_tokens - len(seqs))
         max_model_len = self.max_model_len
-        # Room for one token fewer: the one in flight comes first.
-        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: max(0, _room(seqs[i], max_model_len) - 1))
-        found = self.proposer.propose_ahead(queries, budget, self.step_cost)
+        in_flight = {s.seq.seq_id: len(s.draft) for s in prev.out.scheduled if s.draft} if prev.drafts else {}
+        # Room for the tokens in flight: the one after them comes first.
+        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: max(
+            0, _room(seqs[i], max_model_len) - 1 - in_flight.get(seqs[i].seq_id, 0)))
+        covered = {i: (d, in_flight[i] + ahead) for i, (d, ahead) in prev.drafts.items() if i in in_flight}
+        found = self.proposer.propose_ahead(queries, budget, self.step_cost, covered)
         return {seq.seq_id: draft for seq, draft in zip(seqs, found) if len(draft.tokens) > 1}
 
     def _proposer_searches(self, n: int) -> bool:
@@ -347,22 +402,30 @@ class LLMEngine:
         sampled, out = launched.sampled, launched.out
         result = sampled.result() if sampled is not None else None
         self._forward_time += time.perf_counter() - t0
-        if sampled is not None and sampled.changed and self._launched is not None:
-            # The step queued behind this one fed these rows' sequences their tokens before a
-            # redraw changed them (a decode step: row i is sequence i).
-            self._launched.dropped.update(out.scheduled[i].seq.seq_id for i in sampled.changed)
-        dropped = launched.dropped
-        updates = self.scheduler.postprocess(out, result, frozenset(dropped)) if dropped else \
-            self.scheduler.postprocess(out, result)
+        behind = self._launched
+        if sampled is not None and sampled.changed and behind is not None:
+            # The step queued behind this one fed these rows' sequences their tokens (or moved
+            # their rows by drafts accepted) before a redraw changed them.
+            owners = [s.seq.seq_id for s in out.scheduled if s.samples for _ in range(len(s.draft) + 1)]
+            behind.dropped.update(owners[i] for i in sampled.changed)
+        if behind is not None and launched.drafts:  # queued after this step's drafts: its rows moved by them
+            updates = self.scheduler.postprocess(out, result, frozenset(launched.dropped), behind.out)
+        elif launched.dropped:
+            updates = self.scheduler.postprocess(out, result, frozenset(launched.dropped))
+        else:
+            updates = self.scheduler.postprocess(out, result)
         if not out.scheduled and not updates and self.scheduler.has_work:
             raise RuntimeError("no sequence could be scheduled although some wait: a bug in the scheduler")
-        self._account(updates)
+        generated = self._generated
+        self._account(updates, launched.drafts)
         outputs = self._outputs(updates, collect)
         # A step queued ahead ran beside the host's work on the step before it: what it costs is
         # the time from that step's end to its own (what the step after a drafting step forgoes).
         now = time.perf_counter()
         if updates:  # (a step queued ahead of sequences that all ended meanwhile ran for nothing)
             self._observe(out, launched, now - (self._finished_at if launched.ahead else launched.start))
+            if self.proposer is not None and self.runner.paths.overlap and self._finished_at:
+                self._after_drafts.observe(len(out.scheduled), self._generated - generated, now - self._finished_at)
         self._finished_at = now
         if not self.requests:
             self.step_cost.flush()  # idle: the next run (or request) starts from what this one learned
@@ -384,9 +447,9 @@ class LLMEngine:
         if rows == seqs and self.runner.paths.overlap and not launched.ahead:
             self.step_cost.observe_sync(seqs, seconds)
             return
-        if rows > seqs and launched.ahead:
+        if rows > seqs and launched.ahead and self._launched is None:
             # Kept as a drafting step the engine waited on: what it forgoes is the overlap of the
-            # step after it, which is not queued ahead; drafting steps planned after their
+            # step after it, which was not queued ahead; drafting steps planned after their
             # tokens (one after another) cost the same, that overlap within their own time.
             seconds += self.step_cost.forgone(seqs)
         self.step_cost.observe(seqs, rows - seqs, seconds)
@@ -454,9 +517,10 @@ class LLMEngine:
         tokens = replay[seq.sample_index]
         return tokens[position] if position < len(tokens) else self.eos_id
 
-    def _account(self, updates: list[SeqUpdate]) -> None:
-        """Counters, and what the proposer learns from the step."""
-        proposer, in_flight = self.proposer, self._in_flight
+    def _account(self, updates: list[SeqUpdate], in_flight: dict[int, tuple[Draft, bool]]) -> None:
+        """Counters, and what the proposer learns from the step (`in_flight`: the drafts it
+        verified, as proposed, by sequence id, and whether each was found ahead)."""
+        proposer = self.proposer
         generated = 0
         for update in updates:
             seq, new_tokens = update.seq, update.new_tokens
@@ -469,7 +533,7 @@ class LLMEngine:
             if new_tokens:
                 spec.decode_steps += 1
             if update.draft:
-                proposed, ahead = in_flight.pop(seq.seq_id, (None, False))
+                proposed, ahead = in_flight.get(seq.seq_id, (None, False))
                 source = proposed.source if proposed is not None else "self"
                 spec.verify_steps += 1
                 spec.drafted[source] = spec.drafted.get(source, 0) + len(update.draft)
@@ -495,7 +559,6 @@ class LLMEngine:
 
     def _retired(self, seq: Sequence, aborted: bool) -> None:
         self._spec.add(seq.spec)
-        self._in_flight.pop(seq.seq_id, None)
         if self.proposer is not None:
             self.proposer.finish(seq.seq_id, aborted=aborted)
 
@@ -508,12 +571,7 @@ class LLMEngine:
         max_model_len = self.max_model_len
         queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: _room(seqs[i], max_model_len))
         drafts = self.proposer.propose(queries, budget, self.step_cost)
-        chosen = {}
-        for seq, draft in zip(seqs, drafts):
-            if draft.tokens:
-                chosen[seq.seq_id] = draft
-                self._in_flight[seq.seq_id] = (draft, False)
-        return chosen
+        return {seq.seq_id: draft for seq, draft in zip(seqs, drafts) if draft.tokens}
 
     # ------------------------------------------------------------------ outputs
     def _outputs(self, updates: list[SeqUpdate], collect: str) -> list[RequestOutput]:

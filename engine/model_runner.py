@@ -21,7 +21,7 @@ from engine.models.registry import model_class
 from engine.scheduler import SchedulerOutput
 from engine.cuda_graphs import StepGraphs
 from engine.static_step import StaticStep
-from engine.step_batch import Feed, SeqChunk, StepBatch
+from engine.step_batch import Feed, SeqChunk, Shift, StepBatch
 from engine.step_cost import CostKey
 
 
@@ -108,20 +108,23 @@ class ModelRunner:
         return blocks
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, feed: Feed | None = None) -> torch.Tensor:
+    def execute(self, out: SchedulerOutput, feed: Feed | None = None, shift: Shift | None = None) -> torch.Tensor:
         """Runs the step's forward; returns float32 logits of the rows that need them, in order.
-        `feed`: token ids on the device in place of some scheduled ones (a step queued behind the
-        one that samples them: engine/llm_engine.py's overlap)."""
+        `feed`: token ids on the device in place of some scheduled ones, `shift`: sequences whose
+        rows the device moves (a step queued behind the one that samples those tokens and accepts
+        its drafts: engine/llm_engine.py's overlap)."""
         for src, dst in out.block_copies:
             self.kv_planes[:, :, dst].copy_(self.kv_planes[:, :, src])
         chunks = self.chunks(out)
         if self.graphs is not None:
-            logits = self.graphs.run(chunks, feed)
+            logits = self.graphs.run(chunks, feed, shift)
             if logits is not None:
                 return logits
         batch = StepBatch.build(chunks, self.config.block_size, self.device)
         if feed is not None:  # the sequences fed the previous step's tokens
             feed.into(batch.input_ids)
+        if shift is not None:
+            batch = shift.apply(batch, self.backend.host_lengths)
         hidden = self.model(batch, self.kv_caches, self.backend)
         return self.model.compute_logits(hidden)
 

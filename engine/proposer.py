@@ -104,14 +104,17 @@ class Proposer(Protocol):
         first read.
 
         A proposer may also offer `will_search(n, budget, cost) -> bool` and
-        `propose_ahead(queries, budget, cost) -> list[Draft]`. will_search: whether it will search
-        for drafts at the next step of n decoding sequences, decided before the tokens of the step
-        in flight are known, where the engine could queue the next step on the device ahead of
-        them (overlapped steps, engine/llm_engine.py). Where it says no, that step is queued
-        without drafts and no propose follows; where it says yes, propose_ahead follows, keeping
-        that decision: drafts from the text without those tokens, each beginning with the token
-        it expects the step in flight to sample (which is not fed: the engine feeds the sequence's
-        own, then the rest), each query's max_len counting the tokens after it; the step is queued
-        with them, and the step after it waits on its tokens (what that forgoes is
-        `cost.forgone(n)`). A proposer without them is asked propose() after every step's tokens,
-        and no step is queued ahead where it could draft."""
+        `propose_ahead(queries, budget, cost, in_flight) -> list[Draft]`. will_search: whether it
+        will search for drafts at the next step of n decoding sequences, decided before the tokens
+        of the step in flight are known, where the engine could queue the next step on the device
+        ahead of them (overlapped steps, engine/llm_engine.py). Where it says no, that step is
+        queued without drafts and no propose follows; where it says yes, propose_ahead follows,
+        keeping that decision: drafts from the text without those tokens, each beginning with the
+        token it expects the step in flight to give the sequence next (which is not fed: the
+        engine feeds the sequence's own, then the rest), each query's max_len counting the tokens
+        after it; the step is queued with them. `in_flight`, by sequence id: a draft the step in
+        flight verifies, as proposed, and how many of its tokens that step covers (its fed tokens,
+        and the first of a draft found ahead); the token such a sequence gets next follows the part
+        of it accepted, and a draft for it begins with the token expected after all of them. A
+        proposer without them is asked propose() after every step's tokens, and no step is queued
+        ahead where it could draft."""

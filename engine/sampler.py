@@ -55,6 +55,57 @@ class SamplingRow(NamedTuple):
 TopLogprobs = tuple[tuple[int, float], ...]  # (token, log probability), likeliest first
 
 
+class RowShift(NamedTuple):
+    """Rows whose output position is `by` more than the row says (a step planned before the
+    accepted draft tokens of the step in flight were known: step_batch.Shift), `by` known on the
+    device only: their noise seeds and recorded tokens are chosen there, among those of every
+    position they may have."""
+
+    rows: list[int]  # indices among the step's rows
+    limits: list[int]  # the most each row's `by` may be
+    by: torch.Tensor  # [len(rows)] long, on the device
+    # trace replay: each row's recorded token at position + 0..limit (None: a row that replays nothing)
+    forced: list[tuple[int, ...] | None] | None = None
+
+    def resolved(self, rows: Seq[SamplingRow]) -> list[SamplingRow]:
+        """The rows at their true positions, `by` read back (for a host that samples them itself)."""
+        out = list(rows)
+        for j, (i, by) in enumerate(zip(self.rows, self.by.tolist())):
+            recorded = self.forced[j] if self.forced is not None else None
+            forced = recorded[by] if recorded is not None else out[i].forced
+            out[i] = out[i]._replace(position=out[i].position + by, forced=forced)
+        return out
+
+    def seeds(self, knobs: "RowKnobs", rows: Seq[SamplingRow], at: Seq[int] | None) -> "RowKnobs":
+        """`knobs` of `rows` (each at step row at[i], or i) with the shifted rows' seeds chosen on
+        the device among those of the positions they may have."""
+        local = {r: i for i, r in enumerate(at if at is not None else range(len(rows)))}
+        mine = [(local[r], j) for j, r in enumerate(self.rows) if r in local]
+        if not mine:
+            return knobs
+        width = max(self.limits) + 1
+        keys = np.repeat([rows[i].noise_key for i, _ in mine], width)
+        positions = (np.array([rows[i].position for i, _ in mine])[:, None] + np.arange(width)).ravel()
+        every = (noise_seeds(keys, positions) & np.uint64(_MASK32)).astype(np.int64).reshape(len(mine), width)
+        device = knobs.seeds.device
+        by = self.by.index_select(0, on_device(torch.tensor([j for _, j in mine]), device))
+        chosen = on_device(torch.from_numpy(every), device).gather(1, by[:, None])[:, 0]
+        seeds = knobs.seeds.clone()
+        seeds[on_device(torch.tensor([i for i, _ in mine]), device)] = chosen
+        return knobs._replace(seeds=seeds)
+
+    def force(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens` with each shifted row's recorded token at its true position (trace replay)."""
+        mine = [j for j, f in enumerate(self.forced) if f is not None]
+        width = max(self.limits) + 1
+        every = [(*f, *(f[-1:] * (width - len(f)))) for f in (self.forced[j] for j in mine)]
+        device = tokens.device
+        by = self.by.index_select(0, on_device(torch.tensor(mine, dtype=torch.long), device))
+        chosen = on_device(torch.tensor(every, dtype=torch.long), device).gather(1, by[:, None])[:, 0]
+        tokens[on_device(torch.tensor([self.rows[j] for j in mine]), device)] = chosen
+        return tokens
+
+
 @dataclass(frozen=True)
 class SampleResult:
     tokens: list[int]
@@ -114,10 +165,13 @@ class Sampler:
         return self.launch(logits, rows).result()
 
     @torch.inference_mode()
-    def launch(self, logits: torch.Tensor, rows: Seq[SamplingRow]) -> "Sampled":
+    def launch(self, logits: torch.Tensor, rows: Seq[SamplingRow], shift: RowShift | None = None) -> "Sampled":
         """The rows' tokens chosen on the logits' device, not yet read back: on a GPU nothing here
         waits for the forward, so a next step can be queued behind this one (Sampled.result reads
-        them back)."""
+        them back). `shift`: rows whose positions are known on the device only (the C kernel,
+        which takes the host's seeds, reads them back: a CPU, where that costs nothing)."""
+        if shift is not None and self.use_kernels:
+            rows, shift = shift.resolved(rows), None
         order = [r.logits_row for r in rows]
         if order == list(range(logits.shape[0])):  # one row per logits row: no gather
             x = logits.float()
@@ -127,11 +181,11 @@ class Sampler:
         raw_logprobs = torch.log_softmax(x, dim=-1) if any(p.logprobs for p in kinds) else None
         if any(p.needs_penalties or p.min_tokens or p.logit_bias for p in kinds):
             x = self.constrain(x, rows)
-        tokens, redraw = self._choose(x, rows, kinds)
+        tokens, redraw = self._choose(x, rows, kinds, shift)
         return Sampled(tokens, rows, kinds, raw_logprobs, redraw, self.noise)
 
-    def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow],
-                kinds: list[SamplingParams]) -> tuple[torch.Tensor, "Redraw | None"]:
+    def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams],
+                shift: RowShift | None = None) -> tuple[torch.Tensor, "Redraw | None"]:
         """Every row's token, on x's device: argmax for greedy rows, the race for sampled ones,
         the recorded token where one is forced (trace replay). `kinds`: the rows' distinct params.
         Where neither a JSON constraint nor a recorded token follows the race, the rows its
@@ -143,12 +197,12 @@ class Sampler:
         if all(p.greedy for p in kinds):
             tokens = torch.argmax(x, dim=-1)
         elif not any(p.greedy for p in kinds):
-            tokens, redraw = self._draw(x, rows, defer)
+            tokens, redraw = self._draw(x, rows, defer, shift=shift)
             tokens = tokens.to(x.device)
         else:
             greedy = [i for i, r in enumerate(rows) if r.params.greedy]
             sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
-            drawn, redraw = self._draw(x[sampled], [rows[i] for i in sampled], defer, sampled)
+            drawn, redraw = self._draw(x[sampled], [rows[i] for i in sampled], defer, sampled, shift)
             tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
             index = on_device(torch.tensor(greedy), x.device)
             tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
@@ -156,11 +210,14 @@ class Sampler:
         if json_rows:
             tokens = self._json_objects(x, rows, tokens)
         if None not in forced:  # every row replays (trace replay): the recorded tokens, in one copy
-            return on_device(torch.tensor(forced, dtype=torch.long), x.device), None
-        where = [i for i, f in enumerate(forced) if f is not None]
-        if where:
-            tokens[on_device(torch.tensor(where), x.device)] = on_device(torch.tensor([forced[i] for i in where]),
-                                                                         x.device)
+            tokens, redraw = on_device(torch.tensor(forced, dtype=torch.long), x.device), None
+        else:
+            where = [i for i, f in enumerate(forced) if f is not None]
+            if where:
+                tokens[on_device(torch.tensor(where), x.device)] = on_device(torch.tensor([forced[i] for i in where]),
+                                                                             x.device)
+        if shift is not None and shift.forced is not None:
+            tokens = shift.force(tokens)
         return tokens, redraw
 
     def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
@@ -246,8 +303,8 @@ class Sampler:
         """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
         return self._draw(x, rows, defer=False)[0]
 
-    def _draw(self, x: torch.Tensor, rows: Seq[SamplingRow], defer: bool,
-              at: list[int] | None = None) -> tuple[torch.Tensor, "Redraw | None"]:
+    def _draw(self, x: torch.Tensor, rows: Seq[SamplingRow], defer: bool, at: list[int] | None = None,
+              shift: RowShift | None = None) -> tuple[torch.Tensor, "Redraw | None"]:
         """_sample; with `defer`, the rows the candidates' race may have missed come back as a
         Redraw (`at`: each row's index among the step's rows) instead of being raced again now,
         after a read-back."""
@@ -260,6 +317,8 @@ class Sampler:
                 torch.tensor([p.top_p for p in params], dtype=torch.float64),
                 torch.from_numpy(seeds.astype(np.int64))), None
         knobs = RowKnobs.of(params, seeds, x.device)
+        if shift is not None:
+            knobs = shift.seeds(knobs, rows, at)
         found = race_candidates(x, knobs, noise=self.noise, kernel=self.race_kernel) \
             if len(rows) >= CANDIDATE_ROWS else None
         if found is None:

@@ -46,6 +46,10 @@ class ScheduledSeq:
     draft: tuple[int, ...]
     num_real: int  # known tokens fed (token_ids less the draft)
     samples: bool  # this step reaches the end of the sequence's known tokens
+    # Planned before the step in flight's accepted draft tokens were known (schedule_ahead): the
+    # rows sit up to `shift` positions later than `start` says, by what that step accepts (the
+    # device moves them); postprocess of that step sets `start` and this to 0.
+    shift: int = 0
 
 
 @dataclass
@@ -180,17 +184,22 @@ class Scheduler:
         copies, self._copies = self._copies, []
         return SchedulerOutput(scheduled, copies, 0)
 
-    def can_plan_ahead(self, prev: SchedulerOutput) -> bool:
+    def can_plan_ahead(self, prev: SchedulerOutput, shifts: bool = False) -> bool:
         """Whether the step after `prev` may be planned before prev's tokens reach the host (blocks
-        aside): every running sequence sampled one token in prev (a decode without a draft, or the
-        last chunk of its prompt), none samples row by row, and no waiting client is owed a slot."""
+        aside): every running sequence sampled in prev (a decode, or the last chunk of its prompt)
+        one token, or with `shifts` a draft's rows too (where the next rows go is then known on the
+        device only: none before min_tokens, which the host applies by position), none samples row
+        by row, and no waiting client is owed a slot."""
         if not prev.scheduled or self._unfair() is not None:
             return False
         live = 0
         for s in prev.scheduled:
-            if s.seq.is_finished:
+            seq = s.seq
+            if seq.is_finished:
                 continue
-            if not s.samples or s.draft or s.seq.params.row_by_row:
+            if not s.samples or seq.params.row_by_row or s.shift:
+                return False
+            if s.draft and (not shifts or len(seq.output_token_ids) < seq.params.min_tokens):
                 return False
             live += 1
         return live == len(self.running)
@@ -202,12 +211,15 @@ class Scheduler:
         its draft (`drafts`, by sequence id, found from the text without that token: each begins
         with the token it expects prev to sample, which is not fed, and the rest may follow a
         token the sequence does not get; verification is lossless whatever it follows), then
-        waiting sequences are admitted as schedule() admits them. Planned only where
-        can_plan_ahead(prev) says yes (the engine asks it before any search for drafts); None where
-        blocks run short even without drafts (the engine then waits for prev's tokens and
-        schedules as usual). A sequence that prev's token ends by length is left out; one that
-        it ends otherwise (an end-of-text token, a stop string) or that is aborted meanwhile has its
-        rows dropped by postprocess."""
+        waiting sequences are admitted as schedule() admits them. A sequence that drafted in prev
+        is planned at the position after its last known token, shifted by up to its draft's length
+        (ScheduledSeq.shift; the engine moves its rows on the device by what prev accepts, and
+        postprocess(prev, behind=this step) tells the host), its blocks held for the farthest.
+        Planned only where can_plan_ahead(prev) says yes (the engine asks it before any search for
+        drafts); None where blocks run short even without drafts (the engine then waits for prev's
+        tokens and schedules as usual). A sequence that prev's token ends by length is left out;
+        one that prev ends otherwise (an end-of-text token, a stop string, accepted tokens that
+        reach its length) or that is aborted meanwhile has its rows dropped by postprocess."""
         blocks, limits = self.blocks, self.limits
         block_size, max_len = blocks.block_size, limits.max_model_len
         budget = limits.max_num_batched_tokens - len(self.running)
@@ -219,16 +231,16 @@ class Scheduler:
             made = len(seq.output_token_ids) + 1  # with prev's token
             if made >= seq.params.max_tokens or made >= max_len - len(seq.prompt_token_ids):
                 continue  # prev's token ends it
-            start = s.start + s.num_real
+            start, shift = s.start + s.num_real, len(s.draft)
             found = drafts.get(seq.seq_id) if drafts else None
-            draft = found.tokens[1:1 + max(0, min(budget, max_len - start - 1))] if found is not None else ()
+            draft = found.tokens[1:1 + max(0, min(budget, max_len - start - shift - 1))] if found is not None else ()
             budget -= len(draft)  # taken even where blocks then run short, as schedule() plans it
-            if start + 1 + len(draft) > len(seq.block_table) * block_size:
-                draft = self._hold(seq, start + 1, draft)
+            if start + shift + 1 + len(draft) > len(seq.block_table) * block_size:
+                draft = self._hold(seq, start + shift + 1, draft)
                 if draft is None:
                     return None
             # The first id is fed from the device.
-            scheduled.append(ScheduledSeq(seq, start, [0, *draft] if draft else [0], draft, 1, True))
+            scheduled.append(ScheduledSeq(seq, start, [0, *draft] if draft else [0], draft, 1, True, shift))
         fed = len(scheduled)
         if self._waiting and len(self.running) < limits.max_num_seqs:
             admitted: dict[Sequence, int] = {}
@@ -447,12 +459,15 @@ class Scheduler:
 
     # ------------------------------------------------------------------ after the forward
     def postprocess(self, out: SchedulerOutput, result: SampleResult | None,
-                    dropped: frozenset[int] = frozenset()) -> list[SeqUpdate]:
+                    dropped: frozenset[int] = frozenset(), behind: SchedulerOutput | None = None) -> list[SeqUpdate]:
         """Applies the step's sampled tokens (rows in the order of the scheduled sequences that
         sample: 1 + draft rows each); returns what happened to each sequence. Rows of sequences
         that ended since the step was planned, and of those in `dropped` (by id: fed a token that
-        was not theirs), are left as if not computed."""
+        was not theirs), are left as if not computed. `behind`: the step queued after this one
+        before its tokens were known (schedule_ahead): its shifted sequences learn where their rows
+        went, and keep the blocks those rows write."""
         self.blocks.copies_done()
+        shifted = {s.seq: s for s in behind.scheduled[:behind.fed] if s.shift} if behind is not None else None
         updates = [SeqUpdate(seq, []) for seq in self._ended]
         self._ended = []
         if result is not None:
@@ -475,8 +490,11 @@ class Scheduler:
                 row += 1
                 continue
             n = len(s.draft) + 1
+            after = shifted.get(seq) if shifted else None
             updates.append(self._apply(s, sampled[row:row + n], logprobs[row:row + n] if logprobs else None,
-                                       top[row:row + n] if top else None))
+                                       top[row:row + n] if top else None, len(after.draft) if after else 0))
+            if after is not None:  # its rows went where the accepted tokens end: at the last known token
+                after.start, after.shift = seq.num_tokens - 1, 0
             row += n
         return updates
 
@@ -495,7 +513,9 @@ class Scheduler:
         return SeqUpdate(seq, [token])
 
     def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None,
-               top: list[TopLogprobs] | None = None) -> SeqUpdate:
+               top: list[TopLogprobs] | None = None, held: int = 0) -> SeqUpdate:
+        """A sequence with a draft: its longest agreeing prefix and the token after it. `held`:
+        draft rows of the step queued behind this one, after the new last token, whose blocks stay."""
         seq = s.seq
         m = accepted_length(tokens, s.draft)
         first = not seq.output_token_ids
@@ -514,8 +534,8 @@ class Scheduler:
             blocks.cache_full_blocks(seq)  # a block became full
         if seq.is_finished:
             self._stop_running(seq)
-        elif len(seq.block_table) * block_size >= num_tokens + block_size:
-            blocks.truncate(seq, num_tokens)  # blocks for the whole draft: those past the accepted part go
+        elif len(seq.block_table) * block_size >= num_tokens + held + block_size:
+            blocks.truncate(seq, num_tokens + held)  # blocks for the whole draft: those past the accepted part go
         return SeqUpdate(seq, seq.output_token_ids[before:], s.draft, m)
 
 

@@ -1,6 +1,7 @@
 """The per-step batch description: built once per step, handed to every layer."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import chain
 from typing import NamedTuple
@@ -43,6 +44,41 @@ class Feed(NamedTuple):
             input_ids[:len(self.tokens)].copy_(self.tokens)
         else:
             input_ids.index_copy_(0, self.rows, self.tokens)
+
+
+class Shift(NamedTuple):
+    """Sequences of a step planned before the step in flight's accepted draft tokens reached the
+    host (engine/llm_engine.py's overlap): sequence seqs[i]'s rows sit by[i] positions later than
+    planned, 0 <= by[i] <= limits[i], `by` known on the device only."""
+
+    seqs: list[int]  # indices among the step's sequences
+    limits: list[int]
+    by: torch.Tensor  # [len(seqs)] long, on the device
+
+    def apply(self, batch: "StepBatch", exact: bool) -> "StepBatch":
+        """Moves the sequences' rows in the batch's tensors, in place: positions, the slots their
+        keys and values go to, context lengths. The host's context lengths become the farthest
+        (`exact`: the true ones, read back, for backends that attend by them on the host)."""
+        device = batch.positions.device
+        cu = np.cumsum((0, *batch.query_lens))
+        rows = np.concatenate([np.arange(cu[i], cu[i + 1]) for i in self.seqs])
+        owner = np.repeat(np.arange(len(self.seqs)), [batch.query_lens[i] for i in self.seqs])
+        rows_t, owner_t = (on_device(torch.from_numpy(a), device) for a in (rows, owner))
+        seqs_t = on_device(torch.tensor(self.seqs, dtype=torch.long), device)
+        positions = batch.positions.index_select(0, rows_t) + self.by.index_select(0, owner_t)
+        batch.positions.index_copy_(0, rows_t, positions)
+        size = batch.block_size
+        blocks = batch.block_tables[seqs_t.index_select(0, owner_t), positions // size]
+        batch.slot_mapping.index_copy_(0, rows_t, blocks * size + positions % size)
+        batch.context_lens_t.index_add_(0, seqs_t, self.by.to(batch.context_lens_t.dtype))
+        if exact:
+            context = tuple(batch.context_lens_t.tolist())
+        else:
+            context = list(batch.context_lens)
+            for i, limit in zip(self.seqs, self.limits):
+                context[i] += limit
+            context = tuple(context)
+        return dataclasses.replace(batch, context_lens=context)
 
 
 class HostStep(NamedTuple):

@@ -10,6 +10,9 @@ from engine.step_batch import StepBatch
 
 class AttentionBackend(Protocol):
     name: str
+    # Whether the step's context lengths are read on the host to attend (not only to size a
+    # launch): a step whose rows the device moves (step_batch.Shift) then reads them back.
+    host_lengths: bool
 
     def prepare(self, batch: StepBatch) -> Any:
         """Backend metadata for this step (index tensors, masks), built once."""

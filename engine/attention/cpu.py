@@ -29,6 +29,7 @@ _NO_LONG = torch_ref.TorchMeta(None, ())
 
 class CpuBackend:
     name = "cpu"
+    host_lengths = True  # attends by the step's lengths on the host (AttentionBackend)
 
     def __init__(self) -> None:
         self._reference = torch_ref.TorchRefBackend()

@@ -42,6 +42,7 @@ class TorchMeta:
 
 class TorchRefBackend:
     name = "torch"
+    host_lengths = True  # attends by the step's lengths on the host (AttentionBackend)
 
     def __init__(self, sliding_window: int | None = None) -> None:
         self.sliding_window = sliding_window

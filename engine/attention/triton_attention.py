@@ -359,6 +359,7 @@ class TritonBackend:
     a CUDA-graph layer passes its bucket's fixed `LaunchConfig` to `prepare` instead."""
 
     name = "triton"
+    host_lengths = False  # the host's lengths only size the launch: the farthest will do (AttentionBackend)
 
     def __init__(self, sliding_window: int | None = None, query_tile: int = 16, prefix_tile: int = 32,
                  key_tile: int = 64, max_rows: int = 128, num_splits: int | None = None,

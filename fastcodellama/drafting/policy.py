@@ -210,8 +210,9 @@ class DraftPolicy:
     margin: float = MARGIN
     small_margin: float = SMALL_MARGIN
     _budgets: dict[int, _Budget] = field(default_factory=dict)
-    # The last search that drafted, (sequences, draft tokens, its seconds), until its outcome is known.
-    _drafting: tuple[int, int, float] | None = None
+    # The searches that drafted, (sequences, draft tokens, their seconds), by the key allocate was
+    # given, until their outcome is known (two are in flight where drafting steps are queued back to back).
+    _drafting: dict[object, tuple[int, int, float]] = field(default_factory=dict)
     # Whether searches forgo the overlap of plain steps queued ahead (a decision was told of some):
     # only then does a search carry a loss no draft length avoids, and drafts can be found losing.
     _forgoes: bool = False
@@ -295,14 +296,14 @@ class DraftPolicy:
         if state is not None:
             state.gain = GAIN_DECAY * state.gain + (1.0 - GAIN_DECAY) * gain
 
-    def realize(self, accepted: int, cost: Cost) -> None:
-        """The outcome of the last search that drafted, once its drafts are verified (`accepted`:
-        the tokens of them the model took): the plain steps of time its step gained, from what was
+    def realize(self, accepted: int, cost: Cost, key: object = None) -> None:
+        """The outcome of the search that drafted under `key` (allocate's), once its drafts are
+        verified (`accepted`: the tokens of them the model took): the plain steps of time its step gained, from what was
         accepted (a plain step brings one token per sequence) and the step cost's learned costs
         of its draft rows and of the search. Not the gain
         expected when drafting: ranking many candidates by estimated probability and drafting the
         likeliest reads their probability high."""
-        pending, self._drafting = self._drafting, None
+        pending = self._drafting.pop(key, None)
         if pending is None:
             return
         n, drafted, search_s = pending
@@ -347,12 +348,13 @@ class DraftPolicy:
 
     # ------------------------------------------------------------------ after the search
     def allocate(self, cands: Sequence[Candidate | None], budget: int, cost: Cost, search_s: float,
-                 explore: Decision | None = None, spent: float | None = None) -> list[int]:
+                 explore: Decision | None = None, spent: float | None = None, key: object = None) -> list[int]:
         """Draft lengths, one per query (None = nothing to copy), each <= its limit, summing <= budget;
         `search_s`: what the search cost the device, paid whatever is drafted; `explore`: an
         exploring decision, whose size is drafted whatever the costs say; `spent`: what a search
         that drafts nothing is counted to lose (default search_s: a search beside the device's
-        step costs it nothing, but its host time is not free where the host is what a step waits on)."""
+        step costs it nothing, but its host time is not free where the host is what a step waits on);
+        `key`: the search's, which realize() is given with its outcome."""
         n = len(cands)
         if budget <= 0 or n == 0:
             return [0] * n
@@ -369,7 +371,7 @@ class DraftPolicy:
             self._note_gain(n, gain)
             plain = cost.plain(n)
             if best > 0:
-                self._drafting = (n, take, search_s)  # its outcome: once its drafts are verified (realize)
+                self._drafting[key] = (n, take, search_s)  # its outcome: once its drafts are verified (realize)
             elif plain:
                 self._note_outcome(n, -(search_s if spent is None else spent) / plain)
             if take > best:

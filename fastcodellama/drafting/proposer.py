@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from engine.proposer import EMPTY_DRAFT, Draft, DraftQueries, DraftQuery
 from fastcodellama.drafting.acceptance import MATCH_CAP, AcceptanceModel, ml_bucket
@@ -86,6 +86,16 @@ Copy = tuple[str, Sequence[int], int, int]
 _NAMES = ("prediction", "self", "sibling", "other")  # best_copies' sources, in order of trust
 
 
+def _survival_after(surv: list[float], offset: int) -> list[float]:
+    """AcceptanceModel.survival as seen from a copy's token `offset` (its later positions share the
+    last): surv[offset + j] / surv[offset]."""
+    last = len(surv) - 1
+    base = surv[min(offset, last)]
+    if base <= 0.0:
+        return [0.0]
+    return [p / base for p in surv[min(offset, last):]]
+
+
 class _AfterFirst(dict):
     """AcceptanceModel.survival as seen from a draft's second token (a draft found ahead, whose
     first token is not drafted): survival[j + 1] / survival[1], one list per bucket per search."""
@@ -96,9 +106,30 @@ class _AfterFirst(dict):
 
     def __missing__(self, bucket: tuple[str, int]) -> list[float]:
         surv = self._survival[bucket]
-        first = surv[1] if len(surv) > 1 else 0.0
-        shifted = self[bucket] = [p / first for p in surv[1:]] if first > 0.0 else [0.0]
+        shifted = self[bucket] = _survival_after(surv, 1) if len(surv) > 1 else [0.0]
         return shifted
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A draft given out and not yet heard of (record): what the policy and the model learn from it."""
+
+    draft: Draft
+    bucket: tuple[str, int]  # its copy's, in the acceptance model
+    expected: float  # accepted tokens the model expected
+    ahead: bool  # found ahead: its first token is the one the step before was expected to give
+    first: float  # the model's probability of the copy's first token
+    text: Sequence[int]  # the copy: draft.tokens == text[end:end + len(draft.tokens)]
+    end: int
+    search: int  # the search that gave it
+    # Where draft.tokens[0] is in its copy, counted from the token `first` is the chance of: past
+    # 0 for a copy's continuation past a draft in flight (then not the model's evidence).
+    offset: int = 0
+    # A continuation's: the draft it continues, and how many of that one's tokens had to be the
+    # sequence's (its premise); a draft's own: what it got, once heard of.
+    parent: "_Pending | None" = None
+    premise: int = 0
+    heard: int | None = None
 
 
 def _longest(found: tuple[int, str, Sequence[int], int]) -> tuple[int, int]:
@@ -131,8 +162,9 @@ class CopyProposer:
         # predicted output (assumed mostly right) only while a request has one.
         self._sources_without_prediction = tuple(s for s in cfg.sources if s != "prediction")
         self.policy = DraftPolicy(self.model, adaptive=cfg.policy == "adaptive")
-        # seq_id -> (draft, its acceptance model bucket, expected accepted tokens, found ahead)
-        self._pending: dict[int, tuple[Draft, tuple[str, int], float, bool]] = {}
+        # seq_id -> the drafts given out and not yet heard of, oldest first (two where drafting
+        # steps are queued back to back)
+        self._pending: dict[int, list[_Pending]] = {}
         self._drafted = dict.fromkeys(SOURCES, 0)
         self._accepted = dict.fromkeys(SOURCES, 0)
         self._drafts = dict.fromkeys(SOURCES, 0)
@@ -145,7 +177,11 @@ class CopyProposer:
         self._propose_calls = self._searches = self._explorations = self._queries = 0
         # will_search's decision to search, for the propose_ahead() after it
         self._decided: Decision | None = None
-        self._accepted_since = 0  # draft tokens accepted since the last decision (the policy's realized outcome)
+        # Searches whose drafts are out, by serial: [drafts not yet heard of, tokens credited to
+        # the policy]; once all are heard of (or a later search's are), the policy's realized outcome.
+        self._serial = 0
+        self._open: dict[int, list[int]] = {}
+        self._heard: list[tuple[int, int]] = []  # (serial, credited) of searches heard of in full
 
     # ------------------------------------------------------------------ Proposer protocol
 
@@ -221,11 +257,12 @@ class CopyProposer:
     def will_search(self, n: int, budget: int, cost: Cost) -> bool:
         """The policy's decision for the next step, made now (before its tokens are known): where
         it is to search, the propose_ahead() that follows keeps it; where not, no propose follows.
-        Asked only where the next step could be queued ahead of those tokens: the step after a
-        draft is not, and that overlap (Cost.forgone) counts in the gate's verdict."""
+        Asked only where the next step is queued ahead of those tokens; the step after a draft
+        is too, unless the engine finds waiting for its tokens pays (engine/overlap_choice.py),
+        and then the drafting step's cost carries the overlap forgone (engine/step_cost.py): the
+        decision counts none."""
         self._realize(cost)
-        forgone = cost.forgone(n)
-        decision = self._decide(n, self._budget(n, budget), cost, forgone)
+        decision = self._decide(n, self._budget(n, budget), cost)
         self._decided = decision if decision.search else None
         return decision.search
 
@@ -234,22 +271,40 @@ class CopyProposer:
         return self.policy.decide(n, budget, cost, self._search_s(n), sources, forgone)
 
     def _realize(self, cost: Cost) -> None:
-        """What the last step's drafts brought, to the policy (their feedback has all come in)."""
-        self.policy.realize(self._accepted_since, cost)
-        self._accepted_since = 0
+        """What the drafts of searches heard of in full brought, to the policy."""
+        for serial, credited in self._heard:
+            self.policy.realize(credited, cost, serial)
+        self._heard.clear()
+
+    def _heard_of(self, serial: int, credited: int) -> None:
+        """One draft of search `serial` heard of (or gone with its sequence), `credited` tokens to
+        the policy's account. Steps are applied in order: the searches before it are heard of too."""
+        entry = self._open.get(serial)
+        if entry is None:
+            return
+        entry[0] -= 1
+        entry[1] += credited
+        for older in [s for s in self._open if s < serial]:
+            self._heard.append((older, self._open.pop(older)[1]))
+        if entry[0] <= 0:
+            self._heard.append((serial, self._open.pop(serial)[1]))
 
     def propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
         return self._propose(queries, budget, cost, ahead=False)
 
-    def propose_ahead(self, queries: Sequence[DraftQuery], budget: int, cost: Cost) -> list[Draft]:
+    def propose_ahead(self, queries: Sequence[DraftQuery], budget: int, cost: Cost,
+                      in_flight: Mapping[int, tuple[Draft, int]] | None = None) -> list[Draft]:
         """propose() for the step queued behind the one in flight, from the text without that
-        step's token: each draft begins with the token its copy says that step samples, which the
-        sequence is not fed (it gets its own), and each query's max_len counts the tokens after
-        it. The search runs beside the step in flight: only a draft costs the device (its rows,
-        and the overlap of the step after it, Cost.extra of a drafting step)."""
-        return self._propose(queries, budget, cost, ahead=True)
+        step's tokens: each draft begins with the token its copy says the sequence gets next,
+        which it is not fed (it gets its own), and each query's max_len counts the tokens after
+        it. A sequence whose draft of this proposer's is in flight (`in_flight`: as proposed, and
+        how many of its tokens that step covers) is given the copy's continuation after them, not
+        looked up: its next token follows the part of that draft accepted, which only the device
+        knows yet. The search runs beside the step in flight: only a draft costs the device."""
+        return self._propose(queries, budget, cost, ahead=True, in_flight=in_flight)
 
-    def _propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, ahead: bool) -> list[Draft]:
+    def _propose(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, ahead: bool,
+                 in_flight: Mapping[int, tuple[Draft, int]] | None = None) -> list[Draft]:
         t0 = time.perf_counter()
         n = len(queries)
         self._propose_calls += 1
@@ -263,7 +318,7 @@ class CopyProposer:
             self._propose_s += time.perf_counter() - t0
             return [EMPTY_DRAFT] * n
         self._index_all()
-        drafts = self._search(queries, budget, cost, decision, 0.0 if ahead else None, ahead)
+        drafts = self._search(queries, budget, cost, decision, 0.0 if ahead else None, ahead, in_flight)
         elapsed = time.perf_counter() - t0
         self._note_search_time(n, elapsed)
         self._propose_s += elapsed
@@ -310,24 +365,46 @@ class CopyProposer:
             return
         accepted = max(0, min(int(num_accepted), n))
         source = draft.source if draft.source in SOURCES else "self"
-        pending = self._pending.pop(seq_id, None)
-        if pending is not None and (pending[0] is draft or pending[0].tokens[:n] == tokens):
-            bucket, predicted, ahead = pending[1], pending[2], pending[3]
-        else:  # not a draft of this proposer's (or cut otherwise than short): a match of one token
-            bucket, predicted, ahead = (source, ml_bucket(1)), None, False
+        pending = self._heard_pending(seq_id, draft)
         self._drafts[source] += 1
         self._drafted[source] += n
         self._accepted[source] += accepted
-        # A draft found ahead began with the token the step before sampled anyway: no gain.
-        self._accepted_since += accepted - 1 if ahead and accepted else accepted
-        running = seq_id in self._seqs           # per-sequence statistics only for live sequences
-        self.model.record_at(bucket, n, accepted, seq_id if running else None, predicted)
+        if pending is None:  # not a draft of this proposer's (or cut otherwise than short): a match of one token
+            self.model.record_at((source, ml_bucket(1)), n, accepted, seq_id if seq_id in self._seqs else None, None)
+            return
+        pending.heard = accepted
+        # A draft found ahead began with the token the step before gave anyway: no gain.
+        self._heard_of(pending.search, accepted - 1 if pending.ahead and accepted else accepted)
+        if not pending.offset:  # (a continuation's positions are not its copy's first: not the model's evidence)
+            running = seq_id in self._seqs  # per-sequence statistics only for live sequences
+            self.model.record_at(pending.bucket, n, accepted, seq_id if running else None, pending.expected)
+
+    def _heard_pending(self, seq_id: int, draft: Draft) -> _Pending | None:
+        """The sequence's pending draft that `draft` is (or its prefix: cut by the scheduler), out
+        of the pending list with those before it (given out, never verified: their step was dropped)."""
+        entries = self._pending.get(seq_id)
+        if not entries:
+            return None
+        n = len(draft.tokens)
+        i = next((i for i, entry in enumerate(entries) if entry.draft is draft), None)
+        if i is None:
+            i = next((i for i, entry in enumerate(entries) if entry.draft.tokens[:n] == draft.tokens), None)
+        if i is None:
+            return None
+        entry = entries[i]
+        for stale in entries[:i]:
+            self._heard_of(stale.search, 0)
+        del entries[:i + 1]
+        if not entries:
+            del self._pending[seq_id]
+        return entry
 
     def finish(self, seq_id: int, aborted: bool = False) -> None:
         st = self._seqs.pop(seq_id, None)
         if st is None:
             return
-        self._pending.pop(seq_id, None)
+        for entry in self._pending.pop(seq_id, ()):
+            self._heard_of(entry.search, 0)
         self._members.pop(seq_id, None)
         self.model.forget(seq_id)
         self._index(st)
@@ -350,12 +427,14 @@ class CopyProposer:
         return min(budget, cfg.k * n)
 
     def _search(self, queries: Sequence[DraftQuery], budget: int, cost: Cost, decision: Decision,
-                sunk: float | None = None, ahead: bool = False) -> list[Draft]:
+                sunk: float | None = None, ahead: bool = False,
+                in_flight: Mapping[int, tuple[Draft, int]] | None = None) -> list[Draft]:
         """The drafts: each query's best copy, lengths from the policy (`sunk`: what the search
         cost whatever is drafted, in seconds; None: its own believed time). `ahead`: each draft
         begins with its copy's next token, not counted in its length, and is weighed by the tokens
-        after it (propose_ahead). A sequence sitting out its back-off costs a lookup of its state
-        and nothing more."""
+        after it (propose_ahead); a sequence with a draft `in_flight` continues that draft's copy
+        (_continued). A sequence sitting out its back-off costs a lookup of its state and nothing
+        more."""
         model = self.model
         model.refresh()
         adaptive = self.config.policy == "adaptive"
@@ -364,9 +443,10 @@ class CopyProposer:
         queries = DraftQueries.of(queries)
         ids, max_len_of = queries.seq_ids, queries.max_len
         looked_up: list[tuple[int, _Seq, int]] = []  # (query index, state, max_len)
+        continued, unknown = self._continued(ids, in_flight) if ahead and in_flight else ({}, ())
         for i, seq_id in enumerate(ids):
             st = get(seq_id)
-            if st is None:
+            if st is None or i in continued or i in unknown:
                 continue
             if may_skip and st.skip > 0:
                 st.skip -= 1
@@ -387,10 +467,18 @@ class CopyProposer:
                 if ahead:  # the first token is not drafted: the candidate starts at the second
                     a *= model.survival[bucket][1]
                 cands[i] = Candidate(a, min(len(text) - end - ahead, k, max_len), survival[bucket])
+        for i, (parent, covered) in continued.items():
+            surv = model.survival[parent.bucket]
+            after = parent.offset + covered + 1  # the continuation's first fed token, in its copy
+            limit = min(len(parent.text) - parent.end - covered - 1, k, max_len_of(i))
+            if limit > 0:
+                cands[i] = Candidate(parent.first * surv[min(after, len(surv) - 1)], limit,
+                                     _survival_after(surv, after))
         own = self._search_s(len(queries))
-        lens = self.policy.allocate(cands, budget, cost, own if sunk is None else sunk, decision, own)
+        serial = self._serial = self._serial + 1
+        lens = self.policy.allocate(cands, budget, cost, own if sunk is None else sunk, decision, own, serial)
         drafts = [EMPTY_DRAFT] * len(queries)
-        pending, expected = self._pending, model.expected_at
+        given, expected = 0, model.expected_at
         for j, (i, st, _) in enumerate(looked_up):
             d = lens[i]
             if may_skip:
@@ -399,10 +487,60 @@ class CopyProposer:
                 continue
             source, text, end, _ = copies[j]
             d += ahead
-            draft = Draft(tuple(text[end:end + d]), source)
-            pending[ids[i]] = (draft, buckets[j], expected(buckets[j], firsts[j], d), ahead)
-            drafts[i] = draft
+            draft = drafts[i] = Draft(tuple(text[end:end + d]), source)
+            self._give(ids[i], _Pending(draft, buckets[j], expected(buckets[j], firsts[j], d), ahead, firsts[j],
+                                        text, end, serial))
+            given += 1
+        for i, (parent, covered) in continued.items():
+            parent.parent = None  # its own premise was looked at: no chain of drafts is kept
+            if lens[i] > 0:
+                end = parent.end + covered
+                draft = drafts[i] = Draft(tuple(parent.text[end:end + lens[i] + 1]), parent.draft.source)
+                self._give(ids[i], _Pending(draft, parent.bucket, 0.0, True, parent.first, parent.text, end, serial,
+                                            parent.offset + covered, parent, covered))
+                given += 1
+        if given:
+            self._open[serial] = [given, 0]
         return drafts
+
+    def _give(self, seq_id: int, pending: _Pending) -> None:
+        self._pending.setdefault(seq_id, []).append(pending)
+
+    def _continued(self, ids: Sequence[int], in_flight: Mapping[int, tuple[Draft, int]]
+                   ) -> tuple[dict[int, tuple[_Pending, int]], set[int]]:
+        """By query index, the sequences whose draft of this proposer's is in flight: its pending
+        entry and how many of its copy's tokens the step in flight covers. Each is given its copy
+        after those (the token expected next, then the draft), not looked up again: that text
+        continues the draft's only if the whole draft is accepted and the copy's next token is
+        the sequence's (each continued token is weighed so: the copy's first tokens' chances
+        carry on through the draft), and a lookup now, short of the step's tokens, would match
+        against text the sequence may never have. Not where the draft in flight continues a draft
+        whose premise is known to have failed (not all of it accepted, or the sequence's token
+        after it another): that one gives the sequence its first row's token only, and the
+        sequence is looked up as before a step with no draft. Also returned: the query indices
+        neither continued nor looked up (a draft in flight not this proposer's: where the sequence
+        goes on is not known)."""
+        out, unknown = {}, set()
+        for i, seq_id in enumerate(ids):
+            flying = in_flight.get(seq_id)
+            if flying is None:
+                continue
+            entry = next((p for p in self._pending.get(seq_id, ()) if p.draft is flying[0]), None)
+            if entry is None:
+                unknown.add(i)
+            elif not self._failed(entry, seq_id):
+                out[i] = (entry, flying[1])
+        return out, unknown
+
+    def _failed(self, entry: _Pending, seq_id: int) -> bool:
+        """Whether a continuation's premise is known to have failed: the draft it continues was
+        heard of, and not all of what it covered was accepted, or the token the sequence got after
+        it is not the one the continuation began with."""
+        parent = entry.parent
+        if parent is None or parent.heard is None:
+            return False
+        output = self._seqs[seq_id].output
+        return parent.heard < entry.premise or not output or output[-1] != entry.draft.tokens[0]
 
     def _copies(self, looked_up: list[tuple[int, _Seq, int]], adaptive: bool) -> list[Copy | None]:
         """Each looked-up sequence's best copy (None where it has none, or may not draft): in one C

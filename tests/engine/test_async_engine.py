@@ -75,10 +75,10 @@ async def test_a_step_that_raises_fails_only_its_own_requests(tiny_model_dir):
     engine = AsyncEngine(EngineConfig(model=tiny_model_dir, num_kv_blocks=128, block_size=4, max_num_seqs=1))
     execute = engine.engine.runner.execute
 
-    def flaky(out, feed=None):
+    def flaky(out, *fed):
         if any(s.seq.request_id == "doomed" for s in out.scheduled):
             raise RuntimeError("injected")
-        return execute(out, feed)
+        return execute(out, *fed)
 
     engine.engine.runner.execute = flaky
     params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)

@@ -7,6 +7,7 @@ import pytest
 
 from engine import LLM, EngineConfig, SamplingParams
 from engine.config import DEFAULT_MODEL
+from engine.overlap_choice import OverlapChoice
 from engine.proposer import EMPTY_DRAFT, Draft
 from engine.step_cost import StepCost
 from fastcodellama.drafting import build_proposer
@@ -113,10 +114,12 @@ def test_abort_while_a_step_is_queued(tiny_model_dir, drafts_ahead):
 
 
 @pytest.mark.parametrize("overlap", ["off", "on"])
-def test_plain_steps_not_queued_ahead_price_the_overlap_not_plain_steps(tiny_model_dir, overlap, monkeypatch):
-    """With overlap on, the plain cost drafting is weighed against is a queued step's: a plain
-    step run otherwise (the first, one after a search or a draft) goes to StepCost.observe_sync,
-    what a search forgoes. Without overlap every plain step is a plain step's cost."""
+def test_with_overlap_steps_after_drafting_ones_are_queued_ahead_too(tiny_model_dir, overlap, monkeypatch):
+    """With overlap on, every step after the first is queued ahead of its predecessor's tokens, the
+    step after a drafting step too (its rows moved on the device by what the draft got): no plain
+    decode step is run otherwise, and none is priced as the overlap a draft forgoes
+    (StepCost.observe_sync). Without overlap every plain step is a plain step's cost."""
+    monkeypatch.setattr(OverlapChoice, "ahead", lambda self, seqs: True)
     llm = LLM(EngineConfig(model=tiny_model_dir, overlap_steps=overlap, num_kv_blocks=256, block_size=4,
                            max_num_batched_tokens=64, max_num_seqs=4), proposer=build_proposer())
     engine, seen = llm.engine, {"plain": 0, "sync": 0}
@@ -134,9 +137,9 @@ def test_plain_steps_not_queued_ahead_price_the_overlap_not_plain_steps(tiny_mod
     monkeypatch.setattr(engine.step_cost, "observe_sync", counted_sync)
     llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True), use_tqdm=False)
     stats = engine.stats()
+    assert stats.spec.total_drafted > 0
     if overlap == "on":
-        assert 0 < seen["plain"] <= stats.overlapped_steps and seen["sync"] > 0
-        assert engine.step_cost.forgone(4) >= 0.0
+        assert 0 < seen["plain"] <= stats.overlapped_steps == stats.steps - 1 and seen["sync"] == 0
     else:
         assert seen["plain"] > 0 and seen["sync"] == 0 and engine.step_cost.forgone(4) == 0.0
     assert_no_leaks(engine)
@@ -149,6 +152,7 @@ class _Foresight:
 
     def __init__(self, truth: dict[tuple[int, ...], list[int]]) -> None:
         self.truth, self.outputs, self.proposed, self.records = truth, {}, 0, []  # truth: by prompt
+        self.at = {}  # id of each draft proposed -> where its first token is in the output
 
     def add_sequence(self, seq_id, group_id, prompt_token_ids, prediction=(), output=None) -> None:
         self.outputs[seq_id] = (self.truth[tuple(prompt_token_ids)], output)
@@ -168,31 +172,41 @@ class _Foresight:
     def propose(self, queries, budget, cost) -> list[Draft]:
         return [EMPTY_DRAFT] * len(queries)
 
-    def propose_ahead(self, queries, budget, cost) -> list[Draft]:
+    def propose_ahead(self, queries, budget, cost, in_flight) -> list[Draft]:
         drafts = []
         for query in queries:
             truth, output = self.outputs[query.seq_id]
-            ahead = truth[len(output):len(output) + 3]  # the token in flight, then two
+            # The token in flight, or where a draft of its own is in flight, the one after the
+            # tokens it covers (all right but the first, which may not be); then two.
+            flying = in_flight.get(query.seq_id)
+            at = len(output) if flying is None else self.at[id(flying[0])] + flying[1]
+            ahead = truth[at:at + 3]
             if query.max_len < 2 or len(ahead) < 3:
                 drafts.append(EMPTY_DRAFT)
                 continue
             self.proposed += 1
             first = ahead[0] if self.proposed % 2 else ahead[0] + 1
             drafts.append(Draft((first, *ahead[1:])))
+            self.at[id(drafts[-1])] = at
         return drafts
 
 
+@pytest.mark.parametrize("after_drafts", ["ahead", "wait"])
 @pytest.mark.parametrize("params", [
     SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
     SamplingParams(temperature=0.8, seed=5, max_tokens=24, ignore_eos=True),  # noise keyed by position
 ], ids=["greedy", "sampled"])
-def test_drafts_found_ahead_of_the_token_in_flight_are_fed_after_it(tiny_model_dir, params, monkeypatch):
+def test_drafts_found_ahead_of_the_token_in_flight_are_fed_after_it(tiny_model_dir, params, after_drafts,
+                                                                   monkeypatch):
     """A step queued ahead carries drafts found before the previous step's token reached the
     host: each sequence is fed its own token, then the draft's tokens after the one the proposer
     expected; they are verified like any draft (the outputs are plain decoding's), and the
     proposer hears how the whole draft fared: nothing of it where the expected token was not the
-    sequence's, although what followed was accepted. The step cost keeps such a step as one the
-    engine waited on: with the overlap the step after it forgoes."""
+    sequence's, although what followed was accepted. The step after a drafting step is queued
+    ahead too (the proposer drafts from the token after the draft in flight) where OverlapChoice
+    says so: then no step forgoes the overlap, and the step cost keeps each at its own time; where
+    it says to wait, a drafting step is kept with the overlap the step after it forgoes."""
+    monkeypatch.setattr(OverlapChoice, "ahead", lambda self, seqs: after_drafts == "ahead")
     plain, _, outs = _run(tiny_model_dir, "off", params)
     proposer = _Foresight({tuple(o.prompt_token_ids): o.outputs[0].token_ids for o in outs})
     observed = []
@@ -201,12 +215,42 @@ def test_drafts_found_ahead_of_the_token_in_flight_are_fed_after_it(tiny_model_d
     foresight, llm, _ = _run(tiny_model_dir, "on", params, proposer=proposer)
     assert foresight == plain
     drafting = [seconds for rows, seconds in observed if rows > 0]
-    assert drafting and all(seconds > 100.0 for seconds in drafting)
-    assert all(seconds < 100.0 for rows, seconds in observed if rows == 0)
+    assert drafting and all(seconds < 100.0 for rows, seconds in observed if rows == 0)
+    assert all((seconds < 100.0) == (after_drafts == "ahead") for seconds in drafting)
     engine = llm.engine
+    assert (engine.stats().overlapped_steps == engine.stats().steps - 1) == (after_drafts == "ahead")
     records = set(proposer.records)
     assert {n for _, n in records} == {0, 3}  # the expected token wrong (then 2 accepted after it), or right
     assert all(len(tokens) == 3 for tokens, _ in records)
     spec = engine.stats().spec
     assert spec.total_drafted == 2 * len(proposer.records) and spec.total_accepted == spec.total_drafted
     assert_no_leaks(engine)
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_trace_replay_through_steps_queued_after_drafts_gives_the_recorded_tokens(tiny_model_dir, greedy,
+                                                                                 monkeypatch):
+    """Trace replay forces each position's recorded token: in a step queued behind a drafting step,
+    a row's position is known on the device only, and its recorded token is chosen there (with the
+    C sampler, after reading the amount back; with the PyTorch one, on the device)."""
+    monkeypatch.setattr(OverlapChoice, "ahead", lambda self, seqs: True)
+    recorded = [[(7 * i + 3 * j) % 200 + 5 for j in range(20)] for i in range(len(PROMPTS))]
+    for use_kernels in (True, False):
+        llm = LLM(EngineConfig(model=tiny_model_dir, overlap_steps="on", num_kv_blocks=256, block_size=4,
+                               max_num_batched_tokens=64, max_num_seqs=4))
+        engine = llm.engine
+        engine.sampler.use_kernels = use_kernels
+        truth = {tuple(engine.tokenizer.encode(p)): r for p, r in zip(PROMPTS, recorded)}
+        engine.proposer = proposer = _Foresight(truth)
+        for i, prompt in enumerate(PROMPTS):
+            params = SamplingParams(temperature=0.0 if greedy else 0.9, seed=1, max_tokens=20, ignore_eos=True,
+                                    replay_token_ids=[recorded[i]])
+            engine.add_request(f"r{i}", prompt, params)
+        done = {}
+        while engine.has_unfinished():
+            for out in engine.step(collect="finished"):
+                done[out.request_id] = out.outputs[0].token_ids
+        assert [done[f"r{i}"] for i in range(len(PROMPTS))] == recorded
+        stats = engine.stats()
+        assert proposer.records and stats.spec.total_accepted > 0 and stats.overlapped_steps == stats.steps - 1
+        assert_no_leaks(engine)

@@ -12,8 +12,8 @@ import torch
 from engine import rejection_sampler
 from engine.rejection_sampler import accepted_length, reference_speculative_sample
 from engine import sampler as sampler_module
-from engine.sampler import (CANDIDATE_ROWS, RowKnobs, Sampler, SamplingRow, _filter, host_row_noise, kept_scores,
-                            race, race_candidates, race_scores, row_noise, sample_key)
+from engine.sampler import (CANDIDATE_ROWS, RowKnobs, RowShift, Sampler, SamplingRow, _filter, host_row_noise,
+                            kept_scores, race, race_candidates, race_scores, row_noise, sample_key)
 from engine.sampling_params import SamplingParams
 
 V = 5  # vocabulary of the toy target
@@ -272,6 +272,37 @@ def test_a_large_batch_samples_what_each_row_samples_alone(monkeypatch):
     alone = [sampler(logits[i:i + 1], [SamplingRow(0, r.params, r.noise_key, r.position)]).tokens[0]
              for i, r in enumerate(rows)]
     assert together == alone
+
+
+@pytest.mark.parametrize("use_kernels", [False, True])
+@pytest.mark.parametrize("n", [6, CANDIDATE_ROWS + 4])
+def test_shifted_rows_sample_what_rows_at_their_true_positions_sample(use_kernels: bool, n: int):
+    """Rows planned before the accepted draft tokens ahead of them were known (RowShift): their
+    noise is keyed by the position they went to, chosen on the device (or, for the C kernel,
+    read back first); greedy rows among them, the candidates' race from CANDIDATE_ROWS rows."""
+    sampler = Sampler(eos_ids=(), use_kernels=use_kernels)
+    torch.manual_seed(7)
+    logits = torch.randn(n, 500) * 2
+    params = [SamplingParams(temperature=0.9, top_p=0.95), SamplingParams(temperature=0.0),
+              SamplingParams(temperature=1.0, top_k=30)]
+    rows = [SamplingRow(i, params[i % 3], sample_key(4, i % 2), 10 + i) for i in range(n)]
+    moved = {0: 2, 1: 4, 2: 0, 3: 5, 5: 3, n - 1: 1}
+    shift = RowShift(list(moved), [5] * len(moved), torch.tensor(list(moved.values())))
+    shifted = sampler.launch(logits, rows, shift).result().tokens
+    true = [r._replace(position=r.position + moved.get(i, 0)) for i, r in enumerate(rows)]
+    assert shifted == sampler(logits, true).tokens
+    assert shifted != sampler(logits, rows).tokens  # (where they were planned, other tokens)
+
+
+def test_shifted_rows_replay_the_recorded_token_of_their_true_position():
+    sampler = Sampler(eos_ids=())
+    params = SamplingParams(temperature=0.0)
+    rows = [SamplingRow(0, params, 0, 3, forced=11), SamplingRow(1, params, 0, 4, forced=12),
+            SamplingRow(2, params, 0, 7, forced=13), SamplingRow(3, params, 0, 2)]
+    logits = torch.zeros(4, 40)
+    logits[3, 5] = 1.0
+    shift = RowShift([0, 1, 3], [2, 2, 2], torch.tensor([2, 1, 2]), forced=[(11, 21, 31), (12, 22, 32), None])
+    assert sampler.launch(logits, rows, shift).result().tokens == [31, 22, 13, 5]  # the last replays nothing
 
 
 @pytest.mark.parametrize("greedy_rows", [False, True])

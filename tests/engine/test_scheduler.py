@@ -238,3 +238,53 @@ def test_a_step_planned_ahead_feeds_each_draft_after_the_token_in_flight():
         assert blocks(seq.num_computed_tokens) <= len(seq.block_table) <= blocks(seq.num_tokens)
     _run_to_end(sched)
     assert sched.blocks.num_free == sched.blocks.num_blocks
+
+
+def test_a_step_planned_ahead_of_a_drafting_step_shifts_by_what_it_accepts():
+    """After a step with drafts, the next may be planned before its tokens (can_plan_ahead with
+    shifts): each drafted sequence is planned at the position after its last known token, to move
+    by up to its draft's length (ScheduledSeq.shift), blocks held for the farthest; once the
+    drafting step's tokens are applied with the queued step behind it, the queued step knows where
+    its rows went, and keeps the blocks they write."""
+    sched = _scheduler(block_size=4, budget=16)
+    a, b = _seqs([1, 2, 3], max_tokens=30)[0], _seqs([4, 5, 6, 7], max_tokens=30)[0]
+    sched.add(a)
+    sched.add(b)
+    sched.postprocess(sched.schedule(), SampleResult([7, 7], None))
+    drafting = sched.schedule({a.seq_id: Draft((7, 7, 8)), b.seq_id: Draft((9,))})
+    assert [s.draft for s in drafting.scheduled] == [(7, 7, 8), (9,)]
+    assert not sched.can_plan_ahead(drafting) and sched.can_plan_ahead(drafting, shifts=True)
+    # a's next draft begins with the token expected after its draft in flight (not fed)
+    ahead = sched.schedule_ahead(drafting, {a.seq_id: Draft((5, 7, 7))})
+    sa, sb = ahead.scheduled
+    assert (sa.start, sa.shift, sa.draft, sa.token_ids) == (4, 3, (7, 7), [0, 7, 7])
+    assert (sb.start, sb.shift, sb.draft) == (5, 1, ())
+    assert len(a.block_table) * 4 >= 4 + 3 + 3  # the farthest: 3 accepted, then its 3 rows
+    assert not sched.can_plan_ahead(ahead, shifts=True)  # where its rows are is not known yet
+    # The model picks 7 everywhere: a accepts 7, 7 (then 7 where 8 was drafted), b accepts nothing.
+    sched.postprocess(drafting, SampleResult([7, 7, 7, 7, 7, 7], None), behind=ahead)
+    assert a.output_token_ids == [7, 7, 7, 7] and b.output_token_ids == [7, 7]
+    assert (sa.start, sa.shift, sb.start, sb.shift) == (3 + 3, 0, 4 + 1, 0)
+    assert len(a.block_table) * 4 >= sa.start + len(sa.token_ids)  # its queued rows' blocks stayed
+    sched.postprocess(ahead, SampleResult([7, 7, 7, 7], None))  # a's draft 7, 7 accepted
+    assert a.output_token_ids == [7] * 7 and a.num_computed_tokens == 3 + 6
+    assert b.output_token_ids == [7] * 3 and b.num_computed_tokens == 4 + 2
+    _run_to_end(sched)
+    assert sched.blocks.num_free == sched.blocks.num_blocks
+
+
+def test_no_step_is_planned_ahead_of_a_draft_before_min_tokens():
+    """The host applies min_tokens by each row's position: a drafted sequence short of it waits
+    for its draft's tokens before the next step is planned."""
+    sched = _scheduler(block_size=4)
+    params = SamplingParams(max_tokens=30, min_tokens=5, ignore_eos=True)
+    seq = Sequence(next(_ids), "r", 0, [1, 2, 3], params, 0)
+    seq.detokenizer = _Silent()
+    sched.add(seq)
+    sched.postprocess(sched.schedule(), SampleResult([7], None))
+    drafting = sched.schedule({seq.seq_id: Draft((7, 7))})
+    assert not sched.can_plan_ahead(drafting, shifts=True)
+    sched.postprocess(drafting, SampleResult([7, 7, 7], None))
+    sched.postprocess(sched.schedule({seq.seq_id: Draft((7,))}), SampleResult([7, 7], None))
+    assert len(seq.output_token_ids) == 6
+    assert sched.can_plan_ahead(sched.schedule({seq.seq_id: Draft((7,))}), shifts=True)

@@ -114,12 +114,18 @@ def test_prefill_chunks_and_oversized_steps_run_eagerly(tiny_model_dir):
 
 
 @pytest.mark.parametrize("draft,meta_in_graph,overlap", [(False, True, "off"), (True, True, "off"),
-                                                          (True, False, "off"), (True, True, "on")])
-def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_dir, draft, meta_in_graph, overlap):
+                                                          (True, False, "off"), (True, True, "on"),
+                                                          (True, False, "on")])
+def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_dir, draft, meta_in_graph, overlap,
+                                                                   monkeypatch):
     """Overlap on: steps queued ahead feed their ids into the static buffers, drafts found ahead
-    after them (the fixed policy searches before every step it can queue)."""
+    after them (the fixed policy searches before every step it can queue), and after a drafting
+    step the rows it moves by what the draft got are moved there, before the metadata is built
+    from them (inside the graph or out)."""
+    from engine.overlap_choice import OverlapChoice
     from fastcodellama.drafting import SpecConfig, build_proposer
 
+    monkeypatch.setattr(OverlapChoice, "ahead", lambda self, seqs: True)
     params = SamplingParams(n=3, temperature=0.8, top_p=0.95, max_tokens=20, seed=4, ignore_eos=True)
     prompts = ["def add(a, b):\n    return", "import os\n\n"]
     outs = []
@@ -135,6 +141,30 @@ def test_the_engine_on_static_steps_gives_the_eager_engines_tokens(tiny_model_di
             assert (llm.engine.stats().overlapped_steps > 0) == (overlap == "on")
         assert_no_leaks(llm.engine)
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("meta_in_graph", [True, False])
+def test_rows_moved_by_accepted_drafts_are_moved_in_the_static_buffers(tiny_model_dir, meta_in_graph, monkeypatch):
+    """Static steps queued behind drafting steps whose drafts are accepted (a proposer that knows
+    the greedy outputs): the rows move in the static buffers, before the metadata is built from
+    them; the tokens are the eager engine's."""
+    from engine.overlap_choice import OverlapChoice
+    from tests.engine.test_llm_engine import _Foresight
+
+    monkeypatch.setattr(OverlapChoice, "ahead", lambda self, seqs: True)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    prompts = ["def add(a, b):\n    return", "import os\n\n"]
+    eager = LLM(tiny_model_dir, num_kv_blocks=128, block_size=BS, attention_backend="torch").generate(prompts, params)
+    proposer = _Foresight({tuple(o.prompt_token_ids): o.outputs[0].token_ids for o in eager})
+    llm = LLM(tiny_model_dir, proposer=proposer, num_kv_blocks=128, block_size=BS, attention_backend="torch",
+              overlap_steps="on")
+    llm.engine.runner.graphs = _static(llm.engine.runner, max_seqs=8, max_rows=96, meta_in_graph=meta_in_graph)
+    outs = llm.generate(prompts, params)
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in eager]
+    stats = llm.engine.stats()
+    assert stats.spec.total_accepted > 0 and stats.overlapped_steps == stats.steps - 1
+    assert llm.engine.runner.graphs.replays > 5
+    assert_no_leaks(llm.engine)
 
 
 def test_a_failed_capture_with_the_metadata_inside_captures_again_with_it_outside(tiny_model_dir, monkeypatch):

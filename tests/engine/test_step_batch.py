@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.step_batch import Feed, SeqChunk, StepBatch, host_step_arrays, host_step_small
+from engine.step_batch import Feed, SeqChunk, Shift, StepBatch, host_step_arrays, host_step_small
 
 
 def test_fed_ids_go_to_the_first_rows_or_to_the_rows_named():
@@ -19,6 +19,27 @@ def test_fed_ids_go_to_the_first_rows_or_to_the_rows_named():
     assert ids.tolist() == [1, 2, 5, 6, 0, 7]
     Feed(torch.tensor([3, 4]), torch.tensor([1, 4])).into(ids)
     assert ids.tolist() == [1, 3, 5, 6, 4, 7]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_shifted_rows_read_as_if_planned_where_they_went(exact):
+    """A step planned before the accepted draft tokens ahead of it were known: the device moves
+    each shifted sequence's rows (positions, the slots they write, its context length); the batch
+    then reads as one planned at those positions. The host's context lengths are the true ones
+    (read back) or, where a backend only sizes a launch by them, the farthest."""
+    block = 4
+    tables = [(3, 8, 5), (1,), (2, 6, 9, 4)]
+    planned = [SeqChunk((5,), 6, tables[0], 0), SeqChunk((8,), 1, tables[1], 0), SeqChunk((1, 2, 3), 7, tables[2], 0)]
+    by = [2, 0, 3]
+    moved = [c._replace(start=c.start + b) for c, b in zip(planned, by)]
+    batch = StepBatch.build(planned, block, torch.device("cpu"))
+    shifted = Shift([0, 2], [3, 4], torch.tensor([2, 3])).apply(batch, exact)
+    want = StepBatch.build(moved, block, torch.device("cpu"))
+    for field in ("input_ids", "positions", "slot_mapping", "block_tables", "cu_seqlens_q", "context_lens_t",
+                  "logits_indices"):
+        assert torch.equal(getattr(shifted, field), getattr(want, field)), field
+    assert shifted.query_lens == want.query_lens
+    assert shifted.context_lens == (want.context_lens if exact else (6 + 1 + 3, 2, 7 + 3 + 4))
 
 
 def test_fields_follow_the_chunks():

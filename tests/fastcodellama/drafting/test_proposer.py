@@ -362,7 +362,7 @@ def test_a_draft_found_ahead_is_weighed_and_credited_by_its_tokens_after_the_fir
     assert c_ahead.survival == pytest.approx([p / surv[1] for p in surv[1:]])
     assert c_ahead.limit == c.limit - 1 and draft.tokens[0] == 8
     credited = []
-    monkeypatch.setattr(ahead.policy, "realize", lambda accepted, cost: credited.append(accepted))
+    monkeypatch.setattr(ahead.policy, "realize", lambda accepted, cost, key=None: credited.append(accepted))
     ahead.record(0, draft, 3)  # the token in flight came as expected, and two after it
     ahead.will_search(1, 10, FREE)
     assert credited == [2] and ahead.stats()["accepted"] == 3
@@ -378,19 +378,14 @@ class Forgoing(FreeCost):
         return self.lost
 
 
-def test_a_search_that_forgoes_the_overlap_counts_it_in_its_cost() -> None:
-    """will_search is asked where the next step could be queued ahead: searching forgoes that
-    overlap, counted as part of the search's cost (here 100 plain steps: never worth it). A
-    propose() not preceded by will_search (the step after a draft, never queued ahead) pays no
-    such cost."""
-    def proposer():
-        prop = build_proposer(SpecConfig(sources=("self",)))
-        prop.add_sequence(0, "r", [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7])
-        return prop
-
-    assert proposer().will_search(1, 10, Forgoing(0.0))
-    assert not proposer().will_search(1, 10, Forgoing(100.0))
-    assert proposer().propose([DraftQuery(0, 10)], 10, Forgoing(100.0))[0].tokens
+def test_a_search_ahead_forgoes_no_overlap() -> None:
+    """will_search is asked where the next step is queued ahead, and the step after a draft is
+    queued ahead too (its rows moved on the device): what a plain step not queued ahead would
+    cost more (here 100 plain steps) is no part of a search's or a draft's cost."""
+    prop = build_proposer(SpecConfig(sources=("self",)))
+    prop.add_sequence(0, "r", [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7])
+    assert prop.will_search(1, 10, Forgoing(100.0))
+    assert prop.propose_ahead([DraftQuery(0, 10)], 10, Forgoing(100.0))[0].tokens
 
 
 def test_config_is_validated() -> None:
@@ -651,3 +646,53 @@ def test_a_search_ahead_that_drafts_nothing_counts_its_own_time(monkeypatch) -> 
     monkeypatch.setattr(prop.policy, "_note_outcome", lambda n, outcome, drafted=False: noted.append(outcome))
     assert prop.propose_ahead([DraftQuery(0, 10)], 10, FREE) == [EMPTY_DRAFT]
     assert noted == [pytest.approx(-0.01)]
+
+
+def test_a_sequence_whose_draft_is_in_flight_is_given_its_copys_continuation() -> None:
+    """propose_ahead for the step queued behind a drafting step: a sequence whose draft of this
+    proposer's is in flight is not looked up (its next token follows the part of the draft
+    accepted, which only the device knows); it gets the copy after the tokens in flight, beginning
+    with the one the copy expects next (not fed). Once the draft it continues is heard of and its
+    premise failed (here the token after the whole draft was another), the sequence is looked up
+    again, from the tokens it got; a draft in flight not of this proposer's gets no draft."""
+    prop = build_proposer(SpecConfig(policy="fixed", sources=("self",)))
+    prop.add_sequence(0, "r", [1, 2, 3, 4, 5, 6, 7, 8, 5, 9, 30, 31, 1, 2])
+    flying = prop.propose([DraftQuery(0, 3)], 10, FREE)[0]
+    assert flying.tokens == (3, 4, 5)
+    assert prop.will_search(1, 10, FREE)
+    continued = prop.propose_ahead([DraftQuery(0, 3)], 10, FREE, {0: (flying, 3)})[0]
+    assert continued.tokens == (6, 7, 8, 5)  # the copy after 3, 4, 5: 6 expected, then the draft
+    prop.record(0, flying, 3)
+    prop.extend(0, [3, 4, 5, 9])  # all of it accepted, then 9 where the copy has 6
+    assert prop.will_search(1, 10, FREE)
+    again = prop.propose_ahead([DraftQuery(0, 2)], 10, FREE, {0: (continued, 4)})[0]
+    assert again.tokens == (30, 31, 1)  # looked up after ..., 5, 9: the copy at 5, 9, 30, 31
+    assert prop.will_search(1, 10, FREE)
+    assert prop.propose_ahead([DraftQuery(0, 2)], 10, FREE, {0: (Draft((7, 7)), 2)})[0] == EMPTY_DRAFT
+
+
+def test_a_continuation_is_weighed_through_the_draft_it_continues_and_credited_not_learned(monkeypatch) -> None:
+    """A continuation's first fed token is accepted with the chance of its copy's tokens up to it
+    (through the draft in flight, and the token expected after it), later ones by the survival
+    after it; once heard of, the policy is credited with what it got after its first token, and
+    the acceptance model learns nothing from it (its positions are not its copy's first)."""
+    prop = build_proposer(SpecConfig(sources=("self",)))
+    prop.add_sequence(0, "r", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2])
+    seen, recorded, credited = [], [], []
+    allocate, record_at = prop.policy.allocate, prop.model.record_at
+    monkeypatch.setattr(prop.policy, "allocate", lambda cands, *a, **k: seen.append(cands) or allocate(cands, *a, **k))
+    monkeypatch.setattr(prop.model, "record_at", lambda *a, **k: recorded.append(a) or record_at(*a, **k))
+    monkeypatch.setattr(prop.policy, "realize", lambda accepted, cost, key=None: credited.append(accepted))
+    flying = prop.propose([DraftQuery(0, 3)], 10, FREE)[0]
+    (first,) = seen[-1]
+    assert len(flying.tokens) == 3
+    prop.will_search(1, 10, FREE)
+    continued = prop.propose_ahead([DraftQuery(0, 10)], 10, FREE, {0: (flying, 3)})[0]
+    (c,) = seen[-1]
+    surv = first.survival
+    assert c.a == pytest.approx(first.a * surv[4]) and c.survival == pytest.approx([p / surv[4] for p in surv[4:]])
+    assert continued.tokens[0] == 6
+    prop.record(0, flying, 3)
+    prop.record(0, continued, 3)  # its first token as expected, two after it
+    prop.will_search(1, 10, FREE)
+    assert len(recorded) == 1 and credited == [3, 2]
