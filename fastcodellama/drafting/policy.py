@@ -6,12 +6,10 @@ pay when
     (n + expected accepted) / (plain(n) + extra(n, t) + search) > n / plain(n) * (1 + margin(n))
 
 with plain and extra the engine's learned step cost (engine.step_cost.StepCost), t the draft
-tokens, `search` the proposer's own measured time to find them (where plain steps are queued on
-the device ahead of the previous step's tokens, plus the overlap a draft forgoes: the step after a
-drafting step is not queued ahead, Cost.forgone, asked by the proposer; a search made ahead of the
-token in flight runs beside the device and forgoes nothing unless it drafts, but the gate and the
-throttle count it as before), and the expected accepted
-tokens from the acceptance model (fastcodellama.drafting.acceptance). Before any search the policy
+tokens, `search` the proposer's own measured time to find them (a search made ahead of the token
+in flight runs beside the device, but the gate and the throttle count it as any; where the engine
+waits on a drafting step's tokens, the overlap that forgoes is in the drafting step's learned cost,
+engine/step_cost.py), and the expected accepted tokens from the acceptance model (fastcodellama.drafting.acceptance). Before any search the policy
 asks whether even the likeliest copies the model knows of could pay so at this batch; if not, no
 search (at large batch on a CPU, looking copies up for hundreds of sequences costs a step several
 percent). Once the search has run its time is spent whatever is drafted, so a draft is judged
@@ -28,11 +26,7 @@ searches only every ceil(c / SEARCH_SHARE) steps (c: what a search loses, in pla
 losing searches cost about SEARCH_SHARE of the time. Searches that found nothing may only have come
 early (samples a few tokens in): c is then the search's own time, the interval is reached by
 doubling from 1 with each search since the mean turned, and the first search whose drafts pay sets
-the mean to its outcome (searching resumes at once). Beside plain steps queued ahead, each search
-is taken to forgo their overlap too, a loss no draft length avoids: once LOSING_AFTER searches
-have drafted there and their own mean says drafts lose at this batch (at a large batch), c is the mean's loss,
-at least the search's whole cost, every search waits the whole interval, and one whose drafts
-barely paid among them only enters the mean.
+the mean to its outcome (searching resumes at once).
 
 Beliefs are corrected by an explicit exploration budget, per batch size (a bucket of n):
   - while drafting is believed to pay, a step now and then runs without drafts (a control step),
@@ -82,10 +76,6 @@ SEARCH_SHARE = 0.01  # while searches find nothing worth drafting, they cost at 
 # the first. Long: at one sequence most searches lose a tenth of a step and one in several gains ten,
 # and a short mean dipped below 0 between those, throttling the searches that pay most.
 OUTCOME_DECAY = 0.95
-LOSING_AFTER = 3  # searches that drafted before their mean outcome can say drafts lose at a batch size
-# The decay of that mean (of searches that drafted), likewise weighted alike from the first: one bad
-# start must not outweigh the next two.
-DRAFTED_DECAY = 0.9
 EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 # Draft tokens per sequence on exploring steps, in turn (plus a floor for small batches): the cost
 # of several draft sizes gets measured, not only the one a stale belief would pick.
@@ -108,11 +98,6 @@ class Cost(Protocol):
 
     def measured(self, seqs: int) -> bool:
         """Whether plain steps of about as many sequences were measured in this run."""
-
-    def forgone(self, seqs: int) -> float:
-        """What a plain step costs beyond one queued ahead of the previous step's tokens (0.0
-        where steps are not queued ahead): the overlap a draft forgoes (the step after it waits
-        on its tokens)."""
 
 
 @dataclass(slots=True)
@@ -154,21 +139,11 @@ class _Budget:
     outcome_weight: float = 0.0  # ... and its weight (their decayed count)
     last_search: int = 0
     fruitless: int = 0  # searches since the mean outcome last was positive
-    # The outcomes of the searches that drafted beside plain steps queued ahead, a decayed sum (its
-    # sign: their mean's), and their number.
-    drafted_sum: float = 0.0
-    drafted_searches: int = 0
 
     @property
     def outcome(self) -> float | None:
         """What a search gains, net of its cost, in plain steps: the decayed mean (None: none yet)."""
         return self.outcome_sum / self.outcome_weight if self.outcome_weight else None
-
-    @property
-    def losing(self) -> bool:
-        """Drafts lose here (not merely searches that came early): LOSING_AFTER searches drafted
-        beside queued plain steps, and their mean outcome is not positive."""
-        return self.drafted_searches >= LOSING_AFTER and self.drafted_sum <= 0.0
 
 
 def _control_every(gain: float) -> int:
@@ -176,14 +151,12 @@ def _control_every(gain: float) -> int:
     return max(CONTROL_EVERY, math.ceil(gain / (1.0 + gain) / CONTROL_SHARE))
 
 
-def _throttle(search_cost: float, fruitless: int, losing: bool = False) -> int:
+def _throttle(search_cost: float, fruitless: int) -> int:
     """Steps from one throttled search to the next: ceil(c / SEARCH_SHARE) for a search that loses
-    c plain steps; unless drafts are `losing`, reached by doubling from 1 over the searches since
-    the mean turned, so that one that came too early (samples that have written a few tokens have
-    little to copy yet) is tried again soon, and only searches that keep finding nothing fall to
-    SEARCH_SHARE of the time."""
-    every = math.ceil(search_cost / SEARCH_SHARE)
-    return every if losing else min(every, 1 << min(fruitless, 30))
+    c plain steps, reached by doubling from 1 over the searches since the mean turned, so that one
+    that came too early (samples that have written a few tokens have little to copy yet) is tried
+    again soon, and only searches that keep finding nothing fall to SEARCH_SHARE of the time."""
+    return min(math.ceil(search_cost / SEARCH_SHARE), 1 << min(fruitless, 30))
 
 
 def _batch_bucket(n: int) -> int:
@@ -213,16 +186,12 @@ class DraftPolicy:
     # The searches that drafted, (sequences, draft tokens, their seconds), by the key allocate was
     # given, until their outcome is known (two are in flight where drafting steps are queued back to back).
     _drafting: dict[object, tuple[int, int, float]] = field(default_factory=dict)
-    # Whether searches forgo the overlap of plain steps queued ahead (a decision was told of some):
-    # only then does a search carry a loss no draft length avoids, and drafts can be found losing.
-    _forgoes: bool = False
 
     # ------------------------------------------------------------------ before the search
     def decide(self, n: int, budget: int, cost: Cost, search_s: float,
-               sources: Sequence[str] | None = None, forgone: float = 0.0) -> Decision:
+               sources: Sequence[str] | None = None) -> Decision:
         """Whether to search for copies this step (and whether that is exploration); `sources`:
-        those a copy can come from now (default: all the acceptance model knows); `forgone`: the
-        overlap a search would forgo besides its own time (Cost.forgone), in seconds."""
+        those a copy can come from now (default: all the acceptance model knows)."""
         if n <= 0 or budget <= 0:
             return _NO_SEARCH
         if not self.adaptive:
@@ -231,12 +200,11 @@ class DraftPolicy:
         if state is None:
             state = self._budgets[_batch_bucket(n)] = _Budget()
         state.step += 1
-        self._forgoes = self._forgoes or forgone > 0.0
         plain = cost.plain(n)
         if plain is None or not cost.measured(n):
             return _NO_SEARCH  # first measure plain steps at this batch, in this run: the baseline
         if state.verdict is None or state.step - state.verdict_step >= VERDICT_STEPS:
-            state.verdict = self._could_pay(n, budget, cost, plain, search_s + forgone, sources)
+            state.verdict = self._could_pay(n, budget, cost, plain, search_s, sources)
             state.verdict_step = state.step
         if state.verdict != state.believed:  # the belief turned: explore from the shortest interval again
             state.believed, state.last_explore, state.interval = state.verdict, state.step, EXPLORE_MIN
@@ -247,7 +215,7 @@ class DraftPolicy:
                 state.last_control = state.step
                 return _NO_SEARCH
             if (state.outcome is not None and state.outcome <= 0.0 and state.step - state.last_search
-                    < _throttle(self._search_loss(state, plain, search_s, forgone), state.fruitless, state.losing)):
+                    < _throttle(search_s / plain, state.fruitless)):
                 state.last_control = state.step  # a plain step anyway
                 return _NO_SEARCH  # recent searches found nothing worth drafting: not every step
             state.last_search = state.step
@@ -258,17 +226,6 @@ class DraftPolicy:
             return Decision(True, explore=True,
                             rows_per_seq=EXPLORE_ROWS[(state.explorations + 1) % len(EXPLORE_ROWS)])
         return _NO_SEARCH
-
-    @staticmethod
-    def _search_loss(state: _Budget, plain: float, search_s: float, forgone: float) -> float:
-        """What a throttled search is taken to lose, in plain steps: where drafts lose, the mean
-        loss of searches, at least the search's whole cost (its time and the overlap it forgoes);
-        else its own time only: searches that found nothing may only have come early, and the
-        copies the gate expects are worth far more than the overlap (at one sequence, a tenth of a
-        step against several)."""
-        if state.losing:
-            return max((search_s + forgone) / plain, -state.outcome)
-        return search_s / plain
 
     def _margin(self, n: int) -> float:
         return self.small_margin if n <= SMALL_BATCH else self.margin
@@ -309,21 +266,18 @@ class DraftPolicy:
         n, drafted, search_s = pending
         plain, extra = cost.plain(n), cost.extra(n, drafted)
         if plain is not None and extra is not None and plain > 0:
-            self._note_outcome(n, accepted / n - (extra + search_s) / plain, drafted=True)
+            self._note_outcome(n, accepted / n - (extra + search_s) / plain)
 
-    def _note_outcome(self, n: int, outcome: float, drafted: bool = False) -> None:
+    def _note_outcome(self, n: int, outcome: float) -> None:
         """A search's outcome: the plain steps it gained net of its cost (below 0: it did not pay)."""
         state = self._state(n)
         if state is None:
             return
-        if outcome > 0.0 and state.outcome_sum <= 0.0 and not state.losing:
+        if outcome > 0.0 and state.outcome_sum <= 0.0:
             state.outcome_sum, state.outcome_weight = outcome, 1.0  # drafts that paid after searches that found nothing: resume at once
         else:
             state.outcome_sum = OUTCOME_DECAY * state.outcome_sum + outcome
             state.outcome_weight = OUTCOME_DECAY * state.outcome_weight + 1.0
-        if drafted and self._forgoes:
-            state.drafted_sum = DRAFTED_DECAY * state.drafted_sum + outcome
-            state.drafted_searches += 1
         state.fruitless = 0 if state.outcome_sum > 0.0 else state.fruitless + 1
 
     def _could_pay(self, n: int, budget: int, cost: Cost, plain: float, search_s: float,

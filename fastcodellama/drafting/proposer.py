@@ -266,9 +266,9 @@ class CopyProposer:
         self._decided = decision if decision.search else None
         return decision.search
 
-    def _decide(self, n: int, budget: int, cost: Cost, forgone: float = 0.0) -> Decision:
+    def _decide(self, n: int, budget: int, cost: Cost) -> Decision:
         sources = self.config.sources if self._predictions else self._sources_without_prediction
-        return self.policy.decide(n, budget, cost, self._search_s(n), sources, forgone)
+        return self.policy.decide(n, budget, cost, self._search_s(n), sources)
 
     def _realize(self, cost: Cost) -> None:
         """What the drafts of searches heard of in full brought, to the policy."""

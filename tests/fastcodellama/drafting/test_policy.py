@@ -285,51 +285,6 @@ def test_searches_whose_drafts_do_not_pay_are_throttled_however_likely_the_copie
     assert searches <= 100 // every + math.ceil(math.log2(every)) + 2
 
 
-def _losing_searches(pol: DraftPolicy, forgone: float) -> list[tuple[int, int]]:
-    """300 steps at 8 sequences of likely copies whose drafts the model mostly refuses: the steps
-    that searched, and what each drafted. Every fourth search's drafts pay for themselves and the
-    search, barely; the others' nothing."""
-    n, cost, search_s = 8, LinearCost(0.01), 0.4  # a search costs 5% of a step, 100 draft rows an eighth
-    likely = [cand(pol.model, 20, match_len=16) for _ in range(n)]
-    searched, accepted = [], 0
-    for i in range(300):
-        pol.realize(accepted, cost)
-        decision = pol.decide(n, 1000, cost, search_s, forgone=forgone)
-        accepted = 0
-        if decision.search:
-            drafted = sum(pol.allocate(likely, 1000, cost, search_s + forgone, decision))
-            paid = math.ceil(n * (cost.extra(n, drafted) + search_s + forgone) / cost.plain(n)) + 1
-            accepted = min(drafted, paid) if len(searched) % 4 == 3 else 0
-            searched.append((i, drafted))
-    return searched
-
-
-def test_once_drafts_are_seen_to_lose_searches_wait_the_full_interval_and_one_that_barely_paid_changes_nothing() -> None:
-    """Beside plain steps queued ahead, each search forgoes their overlap, a loss no draft length
-    avoids. Searches that found nothing may only have come early (the doubling tries again soon);
-    once LOSING_AFTER searches have drafted and their mean outcome is a loss, drafting itself loses
-    at this batch: each search waits the whole interval its loss allows, and a search whose drafts
-    barely paid among them neither reopens searching nor restarts the doubling. Where no step is
-    queued ahead, the same searches keep the doubling (the allocation and exploration correct what
-    drafts cost there)."""
-    n, cost, search_s, forgone = 8, LinearCost(0.01), 0.4, 0.4
-    pol = fresh_policy()
-    searched = _losing_searches(pol, forgone)
-    state = pol._state(n)
-    assert state.losing and state.outcome < 0.0
-    starts = [i for i, drafted in searched if drafted]
-    assert len(starts) >= pol_mod.LOSING_AFTER
-    gaps = [b - a for a, b in zip(starts, starts[1:])][pol_mod.LOSING_AFTER - 1:]  # from the LOSING_AFTER-th on
-    # What a search that drafted in vain loses, in plain steps:
-    loss = (cost.extra(n, searched[0][1]) + search_s + forgone) / cost.plain(n)
-    # Past the first losses the mean outcome lies between half that loss and all of it: each gap
-    # is at least what half of it allows (and 1, 2, 4 ... never come back).
-    assert gaps and min(gaps) >= math.ceil(0.5 * loss / pol_mod.SEARCH_SHARE)
-    assert len(searched) <= 300 * loss / pol_mod.SEARCH_SHARE / 2 + pol_mod.LOSING_AFTER + 3
-    never_queued = fresh_policy()
-    assert len(_losing_searches(never_queued, 0.0)) > 2 * len(searched) and not never_queued._state(n).losing
-
-
 def test_a_batch_held_at_a_power_of_two_keeps_one_state() -> None:
     """A batch capped at 256 runs 250-256 sequences: one bucket, not two taking turns."""
     pol = fresh_policy()

@@ -643,7 +643,7 @@ def test_a_search_ahead_that_drafts_nothing_counts_its_own_time(monkeypatch) -> 
     prop = CopyProposer(SpecConfig(sources=("self",)), search_time=lambda n: 0.01)
     prop.add_sequence(0, "r", [1, 2, 3, 4, 5])  # nothing to copy
     noted = []
-    monkeypatch.setattr(prop.policy, "_note_outcome", lambda n, outcome, drafted=False: noted.append(outcome))
+    monkeypatch.setattr(prop.policy, "_note_outcome", lambda n, outcome: noted.append(outcome))
     assert prop.propose_ahead([DraftQuery(0, 10)], 10, FREE) == [EMPTY_DRAFT]
     assert noted == [pytest.approx(-0.01)]
 
