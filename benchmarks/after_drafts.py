@@ -15,7 +15,6 @@ for each, medians of the rounds.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")  # nothing learned befo
 
 import measure  # noqa: E402
 import overlap_steps  # noqa: E402
-from host_overhead import GPU_TABLE, busy_requests  # noqa: E402
+from host_overhead import busy_requests  # noqa: E402
 from simulated_device import load_table  # noqa: E402
 from traces import load_workload  # noqa: E402
 
@@ -47,14 +46,7 @@ def run(batch: int, way: str, requests, tokenizer: Tokenizer, table, steps: int,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", default="1,16,64,256")
-    ap.add_argument("--steps", type=int, default=150, help="steps timed per run (after the warm-up)")
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=2, help="every way in turns, this many times")
-    ap.add_argument("--table", default=GPU_TABLE, help="the device's step costs (a benchmarks/gpu/ result)")
-    ap.add_argument("--out", default=measure.RESULTS)
-    args = ap.parse_args(argv)
+    args = overlap_steps.arguments(__doc__, "every way in turns, this many times").parse_args(argv)
     table, described = load_table(args.table)
     tokenizer = Tokenizer(DEFAULT_MODEL)
     workload = load_workload("passk", tokenizer)

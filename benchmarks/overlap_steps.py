@@ -128,15 +128,20 @@ def run(batch: int, drafting: bool, overlap: str, requests, tokenizer: Tokenizer
             "drafted": after.spec.total_drafted - before.spec.total_drafted, "device_busy": device.busy(start, end)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, rounds: str) -> argparse.ArgumentParser:
+    """The options of a run beside the simulated device (this script's and benchmarks/after_drafts.py's)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,16,64,256")
     ap.add_argument("--steps", type=int, default=150, help="steps timed per run (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=2, help="off and on in turns, this many times each")
+    ap.add_argument("--rounds", type=int, default=2, help=rounds)
     ap.add_argument("--table", default=GPU_TABLE, help="the device's step costs (a benchmarks/gpu/ result)")
     ap.add_argument("--out", default=measure.RESULTS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(__doc__, "off and on in turns, this many times each").parse_args(argv)
     table, described = load_table(args.table)
     tokenizer = Tokenizer(DEFAULT_MODEL)
     requests = load_workload("passk", tokenizer)
