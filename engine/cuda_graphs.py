@@ -220,7 +220,8 @@ class StepGraphs:
             return None
         return launch_for_bucket(bucket, self.backend.query_tile, self.backend.prefix_tile)
 
-    def run(self, chunks: Sequence[SeqChunk], feed: Feed | None = None, shift: Shift | None = None) -> torch.Tensor | None:
+    def run(self, chunks: Sequence[SeqChunk], feed: Feed | None = None,
+            shift: Shift | None = None) -> torch.Tensor | None:
         """Logits of the step's rows through its bucket, or None when no bucket takes the step
         (nor a graph: one that failed to capture). `feed`: token ids on the device in place of
         some of the chunks', `shift`: sequences whose rows the device moves (a step queued before

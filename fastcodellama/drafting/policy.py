@@ -9,10 +9,10 @@ with plain and extra the engine's learned step cost (engine.step_cost.StepCost),
 tokens, `search` the proposer's own measured time to find them (a search made ahead of the token
 in flight runs beside the device, but the gate and the throttle count it as any; where the engine
 waits on a drafting step's tokens, the overlap that forgoes is in the drafting step's learned cost,
-engine/step_cost.py), and the expected accepted tokens from the acceptance model (fastcodellama.drafting.acceptance). Before any search the policy
-asks whether even the likeliest copies the model knows of could pay so at this batch; if not, no
-search (at large batch on a CPU, looking copies up for hundreds of sequences costs a step several
-percent). Once the search has run its time is spent whatever is drafted, so a draft is judged
+engine/step_cost.py), and the expected accepted tokens from the acceptance model
+(fastcodellama.drafting.acceptance). Before any search the policy asks whether even the
+likeliest copies the model knows of could pay so at this batch; if not, no search (at large batch
+on a CPU, looking copies up for hundreds of sequences costs a step several percent). Once the search has run its time is spent whatever is drafted, so a draft is judged
 against n / (plain(n) + search) * (1 + margin(n)): all candidate tokens are ranked by their
 acceptance probability g_j, and the policy takes the prefix of that ranking, at most `budget`
 long, with the best expected throughput.

@@ -47,5 +47,6 @@ def test_overlapped_runs_queue_steps_ahead():
 def test_drafting_is_set_against_plain_decoding_at_each_batch_on_both_sides():
     rows = [{"batch": 4, "drafting": False, "on_tokens_per_s": 100.0, "off_tokens_per_s": 90.0, "on_busy": 1.0},
             {"batch": 4, "drafting": True, "on_tokens_per_s": 150.0, "off_tokens_per_s": 180.0, "on_busy": 0.75},
-            {"batch": 8, "drafting": True, "on_tokens_per_s": 1.0, "off_tokens_per_s": 1.0, "on_busy": 1.0}]  # no plain run
+            {"batch": 8, "drafting": True, "on_tokens_per_s": 1.0, "off_tokens_per_s": 1.0,
+             "on_busy": 1.0}]  # no plain run: left out
     assert overlap_steps.drafting_over_plain(rows) == [[4, "1.500", "2.000", "2.000"]]
