@@ -72,12 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def write(results: dict, out_dir: str) -> None:
-    lines = [f"# After a drafting step: queued ahead, waiting, or learned ({results['date']})", "",
-             f"machine: {results['machine']}", f"device: each step's time from {results['table']}",
-             "model: engine.models.stub.StubModel, pass@10 traces replayed; overlap on, copy drafting (adaptive)", "",
-             "Drafting over plain decoding with overlap (tokens per second, medians of the rounds; plain: one run "
-             "per batch), the step after a drafting step queued ahead, waiting for its tokens, or as "
-             "engine/overlap_choice.py learns; in brackets, the share of the steps queued ahead.", ""]
+    lines = overlap_steps.header("After a drafting step: queued ahead, waiting, or learned", results,
+                                 "overlap on, copy drafting (adaptive)")
+    lines += ["Drafting over plain decoding with overlap (tokens per second, medians of the rounds; plain: one run "
+              "per batch), the step after a drafting step queued ahead, waiting for its tokens, or as "
+              "engine/overlap_choice.py learns; in brackets, the share of the steps queued ahead.", ""]
     lines += measure.markdown_table(
         ["running", "plain tok/s", *(way for way in WAYS)],
         [[r["batch"], f"{r['plain_tokens_per_s']:.0f}",

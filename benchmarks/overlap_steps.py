@@ -176,13 +176,18 @@ def summary(batch: int, drafting: bool, runs: dict[str, list[dict]]) -> dict:
             "runs": runs}
 
 
+def header(title: str, results: dict, systems: str) -> list[str]:
+    """A results file's first lines beside the simulated device (this script's and after_drafts.py's)."""
+    return [f"# {title} ({results['date']})", "", f"machine: {results['machine']}",
+            f"device: each step's time from {results['table']}",
+            f"model: engine.models.stub.StubModel, pass@10 traces replayed; {systems}", ""]
+
+
 def write(results: dict, out_dir: str) -> None:
-    lines = [f"# Overlapped steps beside a simulated device ({results['date']})", "",
-             f"machine: {results['machine']}", f"device: each step's time from {results['table']}",
-             "model: engine.models.stub.StubModel, pass@10 traces replayed; plain, and copy drafting (adaptive)", "",
-             "ms per step and tokens per second: medians of the rounds; on / off: tokens per second, and each "
-             "round's pair; overlapped: the share of the timed steps queued ahead (overlap on); busy: the share "
-             "of the time the device ran steps (the rest it waited on the host), mean of the rounds.", ""]
+    lines = header("Overlapped steps beside a simulated device", results, "plain, and copy drafting (adaptive)")
+    lines += ["ms per step and tokens per second: medians of the rounds; on / off: tokens per second, and each "
+              "round's pair; overlapped: the share of the timed steps queued ahead (overlap on); busy: the share "
+              "of the time the device ran steps (the rest it waited on the host), mean of the rounds.", ""]
     lines += measure.markdown_table(
         ["running", "system", "off ms/step", "on ms/step", "off tok/s", "on tok/s", "on / off", "pairs", "overlapped",
          "busy off", "busy on"],

@@ -28,7 +28,7 @@ from engine.paths import step_cost_dir
 from engine.proposer import Draft, DraftQueries, Proposer
 from engine.sampler import RowShift, Sampled, Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
+from engine.scheduler import ScheduledSeq, Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
 from engine.step_batch import Feed, Shift, on_device
 from engine.step_cost import StepCost, StepTimer, measured
@@ -297,29 +297,30 @@ class LLMEngine:
             return None  # (asked before the proposer: a search is not to be made for nothing)
         if prev.drafts and not self._after_drafts.ahead(len(self.scheduler.running)):
             return None  # waiting on the draft's tokens pays here (OverlapChoice)
+        # prev's first sampling row of each sequence (all sample: can_plan_ahead), and what it fed
+        sampled_at, row = {}, 0
+        for s in prev.out.scheduled:
+            sampled_at[s.seq] = (row, s)
+            row += len(s.draft) + 1
         drafts = None
         if self.proposer is not None and self._proposer_searches(len(self.scheduler.running)):
             if not hasattr(self.proposer, "propose_ahead"):
                 return None  # it drafts from the tokens: wait for them
             t0 = time.perf_counter()
-            drafts = self._drafts_ahead(prev)
+            drafts = self._drafts_ahead(prev, sampled_at)
             self._propose_time += time.perf_counter() - t0
         start = time.perf_counter()
         out = self.scheduler.schedule_ahead(prev.out, drafts)
         if out is None:
             return None
         fed = out.scheduled[:out.fed]
-        first_rows, row = {}, 0  # prev's first sampling row of each sequence (all sample: can_plan_ahead)
-        for s in prev.out.scheduled:
-            first_rows[s.seq] = row
-            row += len(s.draft) + 1
-        rows = [first_rows[s.seq] for s in fed]
+        rows = [sampled_at[s.seq][0] for s in fed]
         tokens = prev.sampled.tokens
         device = tokens.device
         shifted = [i for i, s in enumerate(fed) if s.shift]
         shift = None
         if shifted:
-            by = self._accepted(prev, [fed[i] for i in shifted], [rows[i] for i in shifted])
+            by = _accepted(tokens, [sampled_at[fed[i].seq] for i in shifted])
             shift = Shift(shifted, [fed[i].shift for i in shifted], by)
             index = on_device(torch.tensor(rows, dtype=torch.long), device)
             ids = tokens.index_select(0, index.index_add(0, on_device(torch.tensor(shifted), device), by))
@@ -335,21 +336,6 @@ class LLMEngine:
         self._step_outs = (prev.out, out)
         found = {s.seq.seq_id: (drafts[s.seq.seq_id], True) for s in fed if s.draft} if drafts else None
         return self._launch(out, start, feed, shift, ahead=True, drafts=found)
-
-    @staticmethod
-    def _accepted(prev: _Launched, seqs: list, first_rows: list[int]) -> torch.Tensor:
-        """On the device, how many of each sequence's draft tokens in `prev` its sampled tokens
-        accept (the longest agreeing prefix, as Scheduler.postprocess finds it on the host); the
-        sequences' ScheduledSeq in the step after prev (shift: their draft's length there)."""
-        tokens = prev.sampled.tokens
-        device = tokens.device
-        width = max(s.shift for s in seqs)
-        drafts = {s.seq: s.draft for s in prev.out.scheduled}
-        rows = [[first + min(j, len(drafts[s.seq]) - 1) for j in range(width)] for s, first in zip(seqs, first_rows)]
-        wanted = [[*drafts[s.seq], *(-1,) * (width - len(drafts[s.seq]))] for s in seqs]
-        sampled = tokens[on_device(torch.tensor(rows, dtype=torch.long), device)]
-        agree = sampled == on_device(torch.tensor(wanted, dtype=torch.long), device)
-        return agree.long().cumprod(1).sum(1)
 
     def _row_shift(self, out: SchedulerOutput, shift: Shift) -> RowShift:
         """The sampling rows of the sequences `shift` moves, each by its sequence's amount; in trace
@@ -372,14 +358,16 @@ class LLMEngine:
         by = shift.by.index_select(0, on_device(torch.tensor(owner, dtype=torch.long), shift.by.device))
         return RowShift(rows, [shift.limits[j] for j in owner], by, forced if replay else None)
 
-    def _drafts_ahead(self, prev: _Launched) -> dict[int, Draft]:
+    def _drafts_ahead(self, prev: _Launched,
+                      sampled_at: dict[Sequence, tuple[int, ScheduledSeq]]) -> dict[int, Draft]:
         """Drafts for the step queued ahead, by sequence id: the proposer's (propose_ahead), each
         beginning with the token it expects the step in flight to sample (after a draft there, the
-        token after it); the sequence is fed the rest after the token it gets."""
+        token after it); the sequence is fed the rest after the token it gets. `sampled_at`: what
+        prev fed each sequence (_ahead)."""
         seqs = self.scheduler.running
         budget = max(0, self.config.max_num_batched_tokens - len(seqs))
         max_model_len = self.max_model_len
-        in_flight = {s.seq.seq_id: len(s.draft) for s in prev.out.scheduled if s.draft} if prev.drafts else {}
+        in_flight = {seq.seq_id: len(s.draft) for seq, (_, s) in sampled_at.items() if s.draft} if prev.drafts else {}
         # Room for the tokens in flight: the one after them comes first.
         queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: max(
             0, _room(seqs[i], max_model_len) - 1 - in_flight.get(seqs[i].seq_id, 0)))
@@ -621,6 +609,19 @@ class LLMEngine:
 
 
 _new_tuple = tuple.__new__
+
+
+def _accepted(tokens: torch.Tensor, drafted: list[tuple[int, ScheduledSeq]]) -> torch.Tensor:
+    """On the device, how many of each drafted sequence's draft tokens its sampled `tokens`
+    accept (the longest agreeing prefix, as Scheduler.postprocess finds it on the host); `drafted`:
+    each sequence's first sampling row and what the step fed it (its draft)."""
+    device = tokens.device
+    width = max(len(s.draft) for _, s in drafted)
+    rows = [[first + min(j, len(s.draft) - 1) for j in range(width)] for first, s in drafted]
+    wanted = [[*s.draft, *(-1,) * (width - len(s.draft))] for _, s in drafted]
+    sampled = tokens[on_device(torch.tensor(rows, dtype=torch.long), device)]
+    agree = sampled == on_device(torch.tensor(wanted, dtype=torch.long), device)
+    return agree.long().cumprod(1).sum(1)
 
 
 def _room(seq: Sequence, max_model_len: int) -> int:
