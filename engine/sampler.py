@@ -354,10 +354,32 @@ class Redraw(NamedTuple):
         return rest if self.at is None else [self.at[i] for i in rest]
 
 
+class HostCopy:
+    """A device tensor's copy to the host, queued now and waited for when read. A read-back
+    (`tolist`) queued later waits for all the work queued before it on the device: that of a
+    step queued ahead of these tokens' reaching the host too, which then cannot overlap the
+    host's work on them. On a CPU the values are computed already: kept as they are now."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self._event = None
+        if values.device.type != "cuda":
+            self._host = values.clone()
+            return
+        self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        self._host.copy_(values, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record(torch.cuda.current_stream(values.device))
+
+    def values(self) -> list:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
+
+
 class Sampled:
     """A step's tokens chosen on the device (`tokens`), before they come back to the host.
-    result() reads them back in one copy (with their logprobs, and which rows the candidates'
-    race covered); a row it did not cover is raced again over the whole vocabulary, and where
+    Their copy back is queued as they are chosen, one copy with their logprobs and which rows the
+    candidates' race covered (HostCopy), and result() waits for it; a row it did not cover is raced again over the whole vocabulary, and where
     that changes its token the row is listed in `changed`: a step already fed `tokens` fed that
     row's sequence a token that is not its own."""
 
@@ -367,6 +389,24 @@ class Sampled:
         self._raw_logprobs, self._redraw, self._noise = raw_logprobs, redraw, noise
         self.changed: list[int] = []
         self._result: SampleResult | None = None
+        self._top = 0 if raw_logprobs is None else min(max(p.top_logprobs for p in kinds), raw_logprobs.shape[1])
+        self._copy = HostCopy(self._parts())
+
+    def _parts(self) -> torch.Tensor:
+        """What comes back to the host, in one tensor: the tokens, which rows the race covered,
+        the logprobs and the likeliest alternatives (token ids are exact in float64)."""
+        tokens, redraw, raw_logprobs = self.tokens, self._redraw, self._raw_logprobs
+        if redraw is None and raw_logprobs is None:
+            return tokens
+        parts = [tokens.double()]
+        if redraw is not None:
+            parts.append(redraw.covered.double())
+        if raw_logprobs is not None:
+            parts.append(raw_logprobs.gather(1, tokens[:, None])[:, 0].double())
+            if self._top:
+                values, ids = raw_logprobs.topk(self._top, dim=-1)
+                parts += [ids.double().flatten(), values.double().flatten()]
+        return torch.cat(parts)
 
     @torch.inference_mode()
     def result(self) -> SampleResult:
@@ -375,26 +415,10 @@ class Sampled:
         return self._result
 
     def _read_back(self) -> SampleResult:
-        tokens, rows, raw_logprobs, redraw = self.tokens, self.rows, self._raw_logprobs, self._redraw
+        rows, raw_logprobs, redraw, k = self.rows, self._raw_logprobs, self._redraw, self._top
         n = len(rows)
-        # Tokens, which rows were covered, the logprobs and the likeliest alternatives come back to
-        # the host in one copy (token ids are exact in float64).
-        parts = [tokens.double()]
-        if redraw is not None:
-            parts.append(redraw.covered.double())
-        k = 0
-        if raw_logprobs is not None:
-            parts.append(raw_logprobs.gather(1, tokens[:, None])[:, 0].double())
-            k = min(max(p.top_logprobs for p in self.kinds), raw_logprobs.shape[1])
-            if k:
-                values, ids = raw_logprobs.topk(k, dim=-1)
-                parts += [ids.double().flatten(), values.double().flatten()]
-        if len(parts) == 1:
-            host = tokens.tolist()
-            result_tokens = host
-        else:
-            host = torch.cat(parts).tolist()
-            result_tokens = [int(t) for t in host[:n]]
+        host = self._copy.values()
+        result_tokens = host if redraw is None and raw_logprobs is None else [int(t) for t in host[:n]]
         at = n
         if redraw is not None:
             m = len(redraw.params)

@@ -9,7 +9,7 @@ Parts (each writes its results as soon as it ends; past --budget-s the rest is s
      float32: logits of every prompt row after a prefill (largest and mean error, rows whose argmax
      agrees, and agrees where float32's winner is clear), and Triton's greedy ids over 64 tokens
      against the reference's; drafting == plain (embedded model, greedy and seeded sampling); no
-     leaked KV block;
+     leaked KV block; reading a step's tokens back does not wait for the work queued behind it;
   b  decode tokens/s at batch 1, 16, 64, 256 (prompts of 160 tokens, 128 made per sequence), CUDA
      graphs on and off, against the copy-bandwidth roofline (weight bytes / bandwidth); with graphs,
      also the steps as a job sees them (no synchronization between steps), overlapped steps
@@ -60,6 +60,7 @@ from traces import load_workload, replay_params  # noqa: E402
 from api.tool_calls import forced_opening, xml_call  # noqa: E402
 from engine import DEFAULT_MODEL, LLM, EngineConfig, SamplingParams  # noqa: E402
 from engine.kv_budget import kv_cache_bytes  # noqa: E402
+from engine.sampler import Sampler, SamplingRow  # noqa: E402
 from engine.json_schema import compile_schema  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 from fastcodellama.drafting import SpecConfig, build_proposer  # noqa: E402
@@ -123,8 +124,24 @@ def correctness(args, device) -> dict:
     out["leaked_blocks"] = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free
                                for e in (plain, drafted))
     out.update(_backends_against_float32(args, device))
+    out["read_back_waits_for_work_behind_it"] = _read_back_waits(device)
     print(f"[a] {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
+
+
+def _read_back_waits(device) -> bool | str:
+    """Whether reading a step's tokens back waits for the work queued behind it (it must not: a
+    step queued ahead would then never run beside the host's work on the one before)."""
+    if device.type != "cuda":
+        return "not a CUDA device"
+    sampler = Sampler(eos_ids=())
+    logits = torch.randn(4, 1000, device=device)
+    sampled = sampler.launch(logits, [SamplingRow(i, SamplingParams(temperature=0.0), 0, i) for i in range(4)])
+    torch.cuda._sleep(2_000_000_000)  # about a second of the device's time
+    sampled.result()
+    waited = torch.cuda.current_stream(device).query()
+    torch.cuda.synchronize(device)
+    return waited
 
 
 # A schema with a pattern, a format, bounds and an enum: every kind of constraint the sampler's

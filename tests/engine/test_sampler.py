@@ -333,6 +333,40 @@ def test_rows_the_candidates_missed_are_raced_again_when_read_back(greedy_rows: 
     assert all(2 <= i < 12 for i in sampled.changed)
 
 
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_what_comes_back_is_copied_as_the_tokens_are_chosen(logprobs: bool):
+    """launch() queues the copy back to the host: what the device does after it (a step queued
+    ahead, writing where this step's tokens and logits were) is not in what result() reads."""
+    sampler = Sampler(eos_ids=())
+    torch.manual_seed(8)
+    logits = torch.randn(6, 300)
+    params = SamplingParams(temperature=0.0, logprobs=int(logprobs), top_logprobs=2 if logprobs else 0)
+    rows = [SamplingRow(i, params, 0, i) for i in range(6)]
+    want = sampler(logits.clone(), rows)
+    sampled = sampler.launch(logits, rows)
+    with torch.inference_mode():
+        sampled.tokens.fill_(0)
+        logits.fill_(0)
+    got = sampled.result()
+    assert (got.tokens, got.logprobs, got.top) == (want.tokens, want.logprobs, want.top)
+    assert len(set(got.tokens)) > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reading_a_step_back_does_not_wait_for_the_work_queued_behind_it():
+    """On a GPU the step queued ahead runs while the host applies the step before it: reading
+    that step's tokens back waits for that step only."""
+    sampler = Sampler(eos_ids=())
+    logits = torch.randn(4, 1000, device="cuda")
+    sampled = sampler.launch(logits, [SamplingRow(i, SamplingParams(temperature=0.0), 0, i) for i in range(4)])
+    torch.cuda._sleep(2_000_000_000)  # about a second of the device's time, queued behind the step
+    tokens = sampled.result().tokens
+    assert not torch.cuda.current_stream().query()  # the work behind it still runs
+    torch.cuda.synchronize()
+    assert tokens == logits.argmax(dim=-1).tolist()
+
+
 @pytest.mark.parametrize("kept", [3, 200, 1000])
 def test_scores_of_the_kept_tokens_are_the_races_bit_for_bit(kept: int) -> None:
     """kept_scores draws noise for the kept tokens only (few or most of a row's): the same scores."""
