@@ -109,8 +109,11 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
         if problem is not None:
             notes.append(f"Triton RMSNorm/RoPE/SiLU off ({problem})")
             fused = False
-    # The reference's metadata is not static; nor is the reference mixture of experts' routing.
-    graphs = config.cuda_graphs and attention == "triton" and (fused or not routed)
+    # The reference's metadata is not static; nor is the reference mixture of experts' routing:
+    # both are read back every step, so no graph can hold them, nor can a step queued ahead run
+    # while its host builds the next.
+    host_free = attention == "triton" and (fused or not routed)
+    graphs = config.cuda_graphs and host_free
     if not config.cuda_graphs:
         notes.append("CUDA graphs switched off")
     elif attention != "triton":
@@ -123,8 +126,11 @@ def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, slidin
     race = race_problem(device)
     if race is not None:
         notes.append(f"Triton sampling race off ({race})")
+    overlap = config.overlap_steps == "on" or (config.overlap_steps == "auto" and host_free)
+    if config.overlap_steps == "auto" and not host_free:
+        notes.append("overlapped steps off (the reference attention or experts read back every step)")
     return FastPaths(attention, False, False, graphs, fused, triton_noise=problem is None, triton_race=race is None,
-                     overlap=config.overlap_steps != "off", notes=tuple(notes))
+                     overlap=overlap, notes=tuple(notes))
 
 
 def _named(config: EngineConfig, auto: str) -> str:

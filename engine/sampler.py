@@ -188,11 +188,11 @@ class Sampler:
                 shift: RowShift | None = None) -> tuple[torch.Tensor, "Redraw | None"]:
         """Every row's token, on x's device: argmax for greedy rows, the race for sampled ones,
         the recorded token where one is forced (trace replay). `kinds`: the rows' distinct params.
-        Where neither a JSON constraint nor a recorded token follows the race, the rows its
-        candidates may have missed are drawn again only once read back (the Redraw)."""
+        Where no JSON constraint follows the race, the rows its candidates may have missed are
+        drawn again only once read back (the Redraw; never a row whose token is recorded)."""
         forced = [r.forced for r in rows]
         json_rows = self.json_tokens is not None and any(p.json_object for p in kinds)
-        defer = not json_rows and all(f is None for f in forced)
+        defer = not json_rows
         redraw = None
         if all(p.greedy for p in kinds):
             tokens = torch.argmax(x, dim=-1)
@@ -202,11 +202,12 @@ class Sampler:
         else:
             greedy = [i for i, r in enumerate(rows) if r.params.greedy]
             sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
-            drawn, redraw = self._draw(x[sampled], [rows[i] for i in sampled], defer, sampled, shift)
+            at = on_device(torch.tensor(sampled), x.device)  # (a list index would copy it blocking)
+            drawn, redraw = self._draw(x.index_select(0, at), [rows[i] for i in sampled], defer, sampled, shift)
             tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
             index = on_device(torch.tensor(greedy), x.device)
             tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
-            tokens[on_device(torch.tensor(sampled), x.device)] = drawn.to(x.device)
+            tokens[at] = drawn.to(x.device)
         if json_rows:
             tokens = self._json_objects(x, rows, tokens)
         if None not in forced:  # every row replays (trace replay): the recorded tokens, in one copy
@@ -216,6 +217,8 @@ class Sampler:
             if where:
                 tokens[on_device(torch.tensor(where), x.device)] = on_device(torch.tensor([forced[i] for i in where]),
                                                                              x.device)
+                if redraw is not None:
+                    redraw = redraw.covering(where)
         if shift is not None and shift.forced is not None:
             tokens = shift.force(tokens)
         return tokens, redraw
@@ -271,19 +274,27 @@ class Sampler:
         yield from _on_the_host(by_logit[~racing[by_logit]])
 
     def constrain(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
-        """Logit biases, penalties and min_tokens, on every row (in place)."""
+        """Logit biases, penalties and min_tokens, on every row (in place). Each kind is one op
+        over the flat logits, its indices brought to the device without waiting for it (a list
+        index would copy them blocking): a step queued ahead of the one in flight runs this too."""
+        vocab, flat = x.shape[1], x.view(-1)
+        biased, biases = [], []
         for i, r in enumerate(rows):
-            if r.params.logit_bias:
-                ids, biases = zip(*r.params.logit_bias)
-                x[i, list(ids)] += torch.tensor(biases, dtype=x.dtype, device=x.device)
+            for token, bias in r.params.logit_bias or ():
+                biased.append(i * vocab + token)
+                biases.append(bias)
+        if biased:
+            flat.index_add_(0, on_device(torch.tensor(biased), x.device),
+                            on_device(torch.tensor(biases, dtype=x.dtype), x.device))
+        banned = []
+        for i, r in enumerate(rows):
             if r.params.needs_penalties:
                 _apply_penalties(x[i], r)
             if r.position < r.params.min_tokens:
-                banned = list(r.params.stop_token_ids)
-                if not r.params.ignore_eos:
-                    banned.extend(self.eos_ids)
-                if banned:
-                    x[i, banned] = float("-inf")
+                ids = [*r.params.stop_token_ids, *(() if r.params.ignore_eos else self.eos_ids)]
+                banned += [i * vocab + token for token in ids]
+        if banned:
+            flat.index_fill_(0, on_device(torch.tensor(banned), x.device), float("-inf"))
         return x
 
     def process(self, x: torch.Tensor, rows: Seq[SamplingRow]) -> torch.Tensor:
@@ -352,6 +363,16 @@ class Redraw(NamedTuple):
 
     def step_rows(self, rest: list[int]) -> list[int]:
         return rest if self.at is None else [self.at[i] for i in rest]
+
+    def covering(self, step_rows: list[int]) -> "Redraw":
+        """The same, these step rows counted as covered (their tokens are recorded)."""
+        local = {r: j for j, r in enumerate(self.at if self.at is not None else range(len(self.params)))}
+        mine = [local[r] for r in step_rows if r in local]
+        if not mine:
+            return self
+        covered = self.covered.clone()
+        covered[on_device(torch.tensor(mine), covered.device)] = True
+        return self._replace(covered=covered)
 
 
 class HostCopy:
@@ -673,12 +694,11 @@ def _top_p(x: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
 
 def _apply_penalties(row: torch.Tensor, r: SamplingRow) -> None:
     p = r.params
-    history = torch.tensor(list(r.history), dtype=torch.long, device=row.device)
+    history = on_device(torch.tensor(list(r.history), dtype=torch.long), row.device)
     if p.repetition_penalty != 1.0 and len(history):
-        seen = torch.unique(history)
-        vals = row[seen]
-        row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        seen = torch.zeros(row.shape[0], dtype=torch.bool, device=row.device).index_fill_(0, history, True)
+        row.copy_(torch.where(seen, torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty), row))
     output = history[r.output_start:]
     if (p.presence_penalty or p.frequency_penalty) and len(output):
-        counts = torch.bincount(output, minlength=row.shape[0]).to(row.dtype)
+        counts = torch.zeros_like(row).index_add_(0, output, torch.ones(len(output), dtype=row.dtype, device=row.device))
         row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)

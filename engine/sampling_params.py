@@ -88,7 +88,8 @@ class SamplingParams:
                "not with ignore_eos")
         _check(self.think_first is None or (self.json_object and len(self.think_first) == 3),
                "think_first needs json_object and (inside, open id or None, close id)")
-        object.__setattr__(self, "logit_bias", tuple((int(i), float(b)) for i, b in self.logit_bias))
+        # One bias a token, the last given (JSON keys "5" and "05" name one token).
+        object.__setattr__(self, "logit_bias", tuple(dict((int(i), float(b)) for i, b in self.logit_bias).items()))
         _check(all(i >= 0 and -100.0 <= b <= 100.0 for i, b in self.logit_bias),
                "logit_bias: (token id >= 0, bias in [-100, 100]) pairs")
         object.__setattr__(self, "special_texts", tuple((int(i), str(t)) for i, t in self.special_texts))

@@ -230,6 +230,7 @@ class StepBatch:
     context_lens_t: torch.Tensor  # [B] int32
     logits_indices: torch.Tensor  # [R] long: rows of the packed batch whose logits are computed
     block_size: int
+    first_blocks: np.ndarray | None = None  # [B] each table's first block, on the host (None: not there)
 
     @property
     def num_seqs(self) -> int:
@@ -249,4 +250,4 @@ class StepBatch:
             [t, t, t, n, b * h.width])
         cu, context = on_device(torch.from_numpy(h.ints), device).split_with_sizes([b + 1, b])
         return cls(ids, positions, slots, tables.view(b, h.width), h.query_lens_host, h.context_lens_host,
-                   cu, context, rows, block_size)
+                   cu, context, rows, block_size, h.block_tables[:, 0])

@@ -355,7 +355,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
 
 class TritonBackend:
     """Triton kernels over the paged cache. Launch parameters left None are chosen per step
-    from host-side sizes in `prepare` (the cascade from one scalar read of the step's groups);
+    from host-side sizes in `prepare` (the cascade from the host's first blocks);
     a CUDA-graph layer passes its bucket's fixed `LaunchConfig` to `prepare` instead."""
 
     name = "triton"
@@ -384,14 +384,15 @@ class TritonBackend:
         return triton_meta.build(batch, launch or self.launch_for(batch, groups), groups)
 
     def launch_for(self, batch: StepBatch, groups: triton_meta.Groups | None) -> LaunchConfig:
-        """The launch parameters this backend picks for a step (host sizes only, plus one
-        scalar read of whether any group shares a prefix when the cascade is automatic)."""
+        """The launch parameters this backend picks for a step, from the host's sizes and tables
+        only: reading the groups back would wait for the step before it (a step queued ahead is
+        launched while that one runs)."""
         longest_query = max(batch.query_lens, default=1) or 1
         query_tile = min(triton.next_power_of_2(longest_query), self.query_tile)
         splits = self.num_splits or _splits_for(batch, query_tile)
         cascade = self.cascade
         if cascade is None:
-            cascade = groups is not None and bool((groups.prefix > 0).any())
+            cascade = groups is not None and _may_share(batch)
         return LaunchConfig(query_tile, self.prefix_tile, splits, bool(cascade))
 
     def forward(self, q, k, v, k_cache, v_cache, batch: StepBatch, meta: TritonMeta) -> torch.Tensor:
@@ -406,6 +407,16 @@ SPLIT_TARGET_PROGRAMS = 64
 SPLIT_MIN_KEYS = 256
 SPLIT_MAX = 16
 SPLIT_MAX_ROWS = 4096  # new tokens x splits
+
+
+def _may_share(batch: StepBatch) -> bool:
+    """Whether shared_groups finds a prefix: two sequences with new tokens and keys in the cache
+    that begin with one block (from the host's first blocks; where the host has none, whether
+    two sequences could, as a CUDA graph's bucket decides it)."""
+    if batch.first_blocks is None:
+        return batch.num_seqs >= 2
+    active = [f for f, q, c in zip(batch.first_blocks.tolist(), batch.query_lens, batch.context_lens) if q and c]
+    return len(set(active)) < len(active)
 
 
 def _splits_for(batch: StepBatch, query_tile: int) -> int:

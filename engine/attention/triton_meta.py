@@ -8,7 +8,7 @@ For CUDA graphs, what must stay static across replays of one captured bucket:
   rows T, block table width) and the launch config: pad a step to its bucket (sequences of no
   new tokens, rows with slot -1 after the last sequence's, tables to the bucket's width);
 - the tensors themselves: with an explicit launch config `backend.prepare(padded_batch, launch)`
-  reads nothing back (the backend's automatic choice of the cascade reads one scalar) and only
+  reads nothing back (nor does the backend's automatic choice of the cascade) and only
   reads the batch's device tensors, so a graph captures it with the forward (engine/cuda_graphs.py);
   where that capture fails, each step's metadata is built outside the graph and `copy_to` the
   static metadata the graph was captured with.

@@ -1,9 +1,11 @@
 """Helpers shared by engine tests."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.proposer import Draft, DraftQuery
 
@@ -77,3 +79,44 @@ class ScriptedProposer:
 
     def finish(self, seq_id: int, aborted: bool = False) -> None:
         self.finished.add(seq_id)
+
+
+# Ops whose result the host must wait for on a GPU: a scalar read (item, bool), a shape that
+# depends on the data (nonzero, unique, bincount, masked indexing).
+_WAITING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim",
+            "aten::unique_consecutive", "aten::bincount", "aten::masked_select", "aten::repeat_interleave"}
+
+
+class _ReadBacks(TorchDispatchMode):
+    def __init__(self, seen: list[str]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in _WAITING or (name in ("aten::index", "aten::index_put_", "aten::index_put") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def read_backs() -> Iterator[list[str]]:
+    """The read-backs made inside the block, as a GPU host would wait for them: scalar reads
+    (item, bool, int), ops of data-dependent shapes, tolist(). On a CPU nothing waits, so this is
+    how a test sees that code meant to run while the device works (or inside a CUDA graph) does
+    not make the host wait for it; a list index or a copy from pageable memory, which wait on a
+    GPU too, it cannot see."""
+    seen: list[str] = []
+    real = torch.Tensor.tolist
+
+    def tolist(self):
+        seen.append("tolist")
+        return real(self)
+
+    torch.Tensor.tolist = tolist
+    try:
+        with _ReadBacks(seen):
+            yield seen
+    finally:
+        torch.Tensor.tolist = real

@@ -15,9 +15,9 @@ def test_dense_models_get_graphs_and_the_kernels(monkeypatch):
     monkeypatch.setattr(fast_paths, "triton_problem", lambda *args: None)
     monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: None)
     dense = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
-    assert (dense.attention, dense.cuda_graphs, dense.triton_norm_rope) == ("triton", True, True)
+    assert (dense.attention, dense.cuda_graphs, dense.triton_norm_rope, dense.overlap) == ("triton", True, True, True)
     off = fast_paths.choose(EngineConfig(cuda_graphs=False), CUDA, torch.bfloat16, routed=True)
-    assert not off.cuda_graphs and "switched off" in off.describe()
+    assert not off.cuda_graphs and "switched off" in off.describe() and off.overlap
 
 
 def test_a_failed_triton_check_leaves_the_reference_and_no_graphs(monkeypatch):
@@ -25,6 +25,9 @@ def test_a_failed_triton_check_leaves_the_reference_and_no_graphs(monkeypatch):
     paths = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16)
     assert (paths.attention, paths.cuda_graphs, paths.triton_norm_rope) == ("torch", False, False)
     assert "Triton attention off" in paths.describe()
+    # The reference reads back every step: no step is queued ahead unless asked for.
+    assert not paths.overlap and "overlapped steps off" in paths.describe()
+    assert fast_paths.choose(EngineConfig(overlap_steps="on"), CUDA, torch.bfloat16).overlap
 
 
 def test_routed_models_get_graphs_with_the_triton_experts_only(monkeypatch):
@@ -34,6 +37,7 @@ def test_routed_models_get_graphs_with_the_triton_experts_only(monkeypatch):
     monkeypatch.setattr(fast_paths, "norm_rope_problem", lambda *args: "mixture of experts differs by 0.5")
     off = fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16, routed=True)
     assert not off.cuda_graphs and not off.triton_norm_rope and "route on the host" in off.describe()
+    assert not off.overlap
     assert fast_paths.choose(EngineConfig(), CUDA, torch.bfloat16).cuda_graphs  # dense: graphs whatever the kernels
     fp32 = fast_paths.choose(EngineConfig(), CUDA, torch.float32, routed=True)  # no 16-bit kernels: no experts'
     assert not fp32.cuda_graphs and not fp32.triton_norm_rope

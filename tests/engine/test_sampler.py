@@ -352,6 +352,48 @@ def test_what_comes_back_is_copied_as_the_tokens_are_chosen(logprobs: bool):
     assert len(set(got.tokens)) > 1
 
 
+def _launch_rows(case: str, n: int) -> list[SamplingRow]:
+    sampled = SamplingParams(temperature=0.8, top_p=0.95)
+    params = {"mixed": [sampled, SamplingParams(temperature=0.0)],
+              "biased": [dataclasses.replace(sampled, logit_bias=((5, 3.0), (8, -2.0)))],
+              "min_tokens": [dataclasses.replace(sampled, max_tokens=64, min_tokens=50, stop_token_ids=(9,))],
+              "penalties": [dataclasses.replace(sampled, repetition_penalty=1.3, frequency_penalty=0.4)]}
+    kinds = params.get(case, [sampled])
+    rows = [SamplingRow(i, kinds[i % len(kinds)], sample_key(2, i), i, history=(5, i, 7, 7), output_start=1)
+            for i in range(n)]
+    if case in ("replayed", "partly replayed"):
+        rows = [r._replace(forced=40 + i) if case == "replayed" or i % 2 else r for i, r in enumerate(rows)]
+    return rows
+
+
+@pytest.mark.parametrize("case", ["plain", "mixed", "replayed", "partly replayed", "biased", "min_tokens",
+                                  "penalties"])
+def test_launch_waits_for_nothing_and_samples_what_each_row_samples_alone(case: str):
+    """launch() runs while the device works on the step before (a step queued ahead): it reads
+    nothing back, from CANDIDATE_ROWS rows with rows past the candidates' race too, whatever the
+    rows ask for; result() then gives each row the token it gets alone (a recorded one where
+    there is one: a row past the candidates that replays is not drawn again)."""
+    from tests.engine.helpers import read_backs
+
+    sampler = Sampler(eos_ids=(2,))
+    n = CANDIDATE_ROWS + 4
+    torch.manual_seed(3)
+    logits = torch.randn(n, 3000) * 2
+    logits[:, :20] += 6
+    logits[:4] = torch.randn(4, 3000) * 0.01  # nearly flat: past the candidates under top-p
+    rows = _launch_rows(case, n)
+    with read_backs() as seen:
+        launched = sampler.launch(logits.clone(), rows)
+    assert seen == []
+    alone = [sampler(logits[i:i + 1].clone(), [r._replace(logits_row=0)]).tokens[0] for i, r in enumerate(rows)]
+    got = launched.result().tokens
+    assert got == alone
+    if case in ("replayed", "partly replayed"):
+        assert all(rows[i].forced is None for i in launched.changed)
+        assert [got[i] for i, r in enumerate(rows) if r.forced is not None] == \
+            [r.forced for r in rows if r.forced is not None]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_reading_a_step_back_does_not_wait_for_the_work_queued_behind_it():

@@ -3,7 +3,6 @@ under the Triton interpreter on the CPU (slow: small shapes); the `gpu` tests re
 checks at model-like shapes on CUDA."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import random
@@ -22,6 +21,7 @@ from engine.attention.torch_ref import TorchRefBackend
 from engine.attention.triton_attention import LaunchConfig, TritonBackend, write_kv
 from engine.kernels.cpu import SharedGroups
 from engine.step_batch import SeqChunk, StepBatch
+from tests.engine.helpers import read_backs
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -90,9 +90,10 @@ def _check(families: list[Family], block_size: int, heads: int, kv_heads: int, h
     q, k, v, k_cache, v_cache = _inputs(padded, heads, kv_heads, head_dim, dtype, seed)
     rows = batch.num_tokens
     want, want_k, want_v = _reference(batch, q[:rows], k[:rows], v[:rows], k_cache, v_cache, window)
-    meta = backend.prepare(padded, launch)
-    with _no_read_back():
+    with read_backs() as seen:  # nothing a CUDA graph could not replay, nor a step queued ahead wait for
+        meta = backend.prepare(padded, launch)
         out = backend.forward(q, k, v, k_cache, v_cache, padded, meta)
+    assert seen == []
     assert out.dtype == dtype and out.shape == q.shape
     assert torch.equal(k_cache.float(), want_k) and torch.equal(v_cache.float(), want_v)  # pad rows: not written
     tol = 1e-5 if dtype == torch.float32 else 1e-2
@@ -200,6 +201,20 @@ def test_random_steps_auto_launch():
     assert meta.launch.cascade
 
 
+def test_the_automatic_cascade_is_decided_from_the_hosts_tables():
+    """Left to the backend, the shared-prefix pass is on where two sequences with new tokens begin
+    with one block (the host's first blocks, not the groups read back: _check), off where none
+    do; where the host has no tables (a graph bucket's view), wherever two sequences could."""
+    lone = [(0, [(30, 1, 0)]), (0, [(12, 4, 0)]), (0, [(50, 1, 0)]), (0, [(0, 0, 0)])]
+    meta = _check(lone, 8, heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, backend=_small(num_splits=1))
+    assert meta.launch.direct
+    meta = _check(MIXED, 8, heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, backend=_small(num_splits=1))
+    assert meta.launch.cascade
+    batch, _ = _step(lone, 8, seed=0)
+    groups = triton_meta.shared_groups(batch.block_tables, batch.context_lens_t, batch.cu_seqlens_q.diff(), 8)
+    assert _small(num_splits=1).launch_for(dataclasses.replace(batch, first_blocks=None), groups).cascade
+
+
 def test_static_metadata_has_fixed_shapes_and_copies():
     """Two steps of one bucket (as many sequences and rows, other lengths and groups) give
     metadata of the same shapes under one launch config, and copy_to fills a static copy."""
@@ -218,24 +233,6 @@ def test_static_metadata_has_fixed_shapes_and_copies():
         assert a == b if f.name == "launch" else torch.equal(a, b)
     with pytest.raises(ValueError):
         backend.prepare(second, LaunchConfig(4, 8, 1, True)).copy_to(static)
-
-
-@contextlib.contextmanager
-def _no_read_back():
-    """Fails on any tensor-to-host read (what a CUDA graph cannot replay)."""
-    names = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
-    saved = {name: getattr(torch.Tensor, name) for name in names}
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("forward read a tensor back to the host")
-
-    for name in names:
-        setattr(torch.Tensor, name, refuse)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, fn)
 
 
 # ---------------------------------------------------------------- GPU, model-like shapes
@@ -301,9 +298,10 @@ def test_latent_rows_one_cache_for_keys_and_values(launch):
     ref = TorchRefBackend()
     want = ref.forward(q[:rows], k[:rows], k[:rows], ref_cache, ref_cache, batch, ref.prepare(batch))
     backend = TritonBackend(head_dim=576)
-    meta = backend.prepare(padded, launch)
-    with _no_read_back():
+    with read_backs() as seen:
+        meta = backend.prepare(padded, launch)
         out = backend.forward(q, k, k, cache, cache, padded, meta)
+    assert seen == []
     assert torch.equal(cache, ref_cache)
     torch.testing.assert_close(out[:rows], want, atol=1e-5, rtol=1e-5)
 
