@@ -192,7 +192,7 @@ class Sampler:
         drawn again only once read back (the Redraw; never a row whose token is recorded)."""
         forced = [r.forced for r in rows]
         json_rows = self.json_tokens is not None and any(p.json_object for p in kinds)
-        defer = not json_rows
+        defer = None if None not in forced else not json_rows  # (None: every token is replaced below)
         redraw = None
         if all(p.greedy for p in kinds):
             tokens = torch.argmax(x, dim=-1)
@@ -314,11 +314,11 @@ class Sampler:
         """Filter and race: the C kernel on the CPU, else the PyTorch reference (same tokens)."""
         return self._draw(x, rows, defer=False)[0]
 
-    def _draw(self, x: torch.Tensor, rows: Seq[SamplingRow], defer: bool, at: list[int] | None = None,
+    def _draw(self, x: torch.Tensor, rows: Seq[SamplingRow], defer: bool | None, at: list[int] | None = None,
               shift: RowShift | None = None) -> tuple[torch.Tensor, "Redraw | None"]:
         """_sample; with `defer`, the rows the candidates' race may have missed come back as a
         Redraw (`at`: each row's index among the step's rows) instead of being raced again now,
-        after a read-back."""
+        after a read-back; with None, they are left as raced (the caller replaces every token)."""
         seeds = noise_seeds([r.noise_key for r in rows], [r.position for r in rows]) & np.uint64(_MASK32)
         params = [r.params for r in rows]
         if self.use_kernels and not any(p.min_p for p in params):  # engine/fast_paths.py: the C kernel
@@ -335,6 +335,8 @@ class Sampler:
         if found is None:
             return race(_filter(x, knobs), knobs.seeds, self.noise), None
         tokens, covered = found
+        if defer is None:
+            return tokens, None
         if defer:  # its own logits: a CUDA graph's next replay writes the buffer `x` may view
             return tokens, Redraw(x.clone(), knobs, params, covered, at)
         redraw = Redraw(x, knobs, params, covered, at)
