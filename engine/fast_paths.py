@@ -64,15 +64,17 @@ class FastPaths:
 
 
 def choose(config: EngineConfig, device: torch.device, dtype: torch.dtype,
-           sliding_window: int | None = None, routed: bool = False, head_dim: int = 128) -> FastPaths:
+           sliding_window: int | None = None, routed: bool = False, head_dim: int = 128,
+           heads: tuple[int, int] | None = None) -> FastPaths:
     """`routed`: the model has mixture-of-experts layers, whose reference reads the routing back
     to the host every layer (engine/models/moe.py): no CUDA graph can capture that, only the
     Triton experts' kernels (engine/kernels/triton_moe.py, on with the other Triton kernels).
-    `head_dim`: what attention runs over (the cached latent's width for DeepSeek-V2)."""
+    `head_dim`: what attention runs over (the cached latent's width for DeepSeek-V2); `heads`: the
+    model's query and cached heads, which the Triton attention's check runs at too."""
     if device.type == "cpu":
         return _cpu(config)
     if device.type == "cuda":
-        return _cuda(config, device, dtype, sliding_window, routed, head_dim)
+        return _cuda(config, device, dtype, sliding_window, routed, head_dim, heads)
     return FastPaths(_named(config, "torch"), False, False, False, overlap=config.overlap_steps == "on",
                      notes=(f"no fast paths on {device.type}",))
 
@@ -90,14 +92,14 @@ def _cpu(config: EngineConfig) -> FastPaths:
 
 
 def _cuda(config: EngineConfig, device: torch.device, dtype: torch.dtype, sliding_window: int | None,
-          routed: bool, head_dim: int) -> FastPaths:
+          routed: bool, head_dim: int, heads: tuple[int, int] | None = None) -> FastPaths:
     notes: list[str] = []
     attention = _named(config, "triton")
     if attention == "triton":
         if head_dim > TRITON_MAX_HEAD_DIM:  # a head's tile no longer fits a block's registers and shared memory
             problem = f"heads of {head_dim} dims, past the kernel's {TRITON_MAX_HEAD_DIM}"
         else:
-            problem = triton_problem(device, dtype, sliding_window, head_dim)
+            problem = triton_problem(device, dtype, sliding_window, head_dim, heads, config.block_size)
         if problem is not None:
             if config.attention_backend == "triton":
                 raise ValueError(f"the triton attention backend cannot run here: {problem}")
@@ -138,17 +140,23 @@ def _named(config: EngineConfig, auto: str) -> str:
 
 
 def triton_problem(device: torch.device, dtype: torch.dtype, sliding_window: int | None,
-                   head_dim: int = 128) -> str | None:
+                   head_dim: int = 128, heads: tuple[int, int] | None = None, block_size: int = 16) -> str | None:
     """None when the Triton kernels compile here and agree with the torch reference on a small mixed
-    step (prefill chunk, decode, a verify with shared prompt blocks), and for heads wider than the
-    default tiles take (DeepSeek-V2's latent rows), on that step at the model's width under
-    multi-query attention as well; else what went wrong."""
+    step (prefill chunk, decode, a verify with shared prompt blocks), and on that step at the
+    model's own heads (`heads`: query and cached heads), width and cache block size as well (the
+    kernels compile for those: one that failed only there would fail at the first step); for heads
+    wider than the default tiles take (DeepSeek-V2's latent rows) and no `heads`, at that width
+    under multi-query attention; else what went wrong."""
     try:
         from engine.attention.self_check import compare_with_reference
         from engine.attention.triton_attention import WIDE_HEAD
     except ImportError as e:  # no triton
         return f"triton is not importable: {e}"
-    shapes = [{}] if head_dim <= WIDE_HEAD else [{}, {"heads": 16, "kv_heads": 1, "head_dim": head_dim}]
+    shapes = [{}]
+    if heads is not None:
+        shapes.append({"heads": heads[0], "kv_heads": heads[1], "head_dim": head_dim, "block": block_size})
+    elif head_dim > WIDE_HEAD:
+        shapes.append({"heads": 16, "kv_heads": 1, "head_dim": head_dim})
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     for shape in shapes:
         try:

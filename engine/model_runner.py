@@ -40,7 +40,8 @@ class ModelRunner:
             model = load_model(config.model, model_config, self.dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.paths = fast_paths.choose(config, self.device, self.dtype, model_config.sliding_window,
-                                       routed=model_config.num_experts > 0, head_dim=model_config.head_dim)
+                                       routed=model_config.num_experts > 0, head_dim=model_config.head_dim,
+                                       heads=(model_config.num_heads, model_config.num_kv_heads))
         packed = self.model.pack_for_cpu() if self.paths.cpu_kernels else 0
         if self.paths.triton_norm_rope:
             self.model.use_triton_kernels()

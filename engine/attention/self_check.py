@@ -13,17 +13,24 @@ HEADS, KV_HEADS, HEAD_DIM = 4, 2, 64
 
 
 def compare_with_reference(device: torch.device, dtype: torch.dtype, sliding_window: int | None = None,
-                           heads: int = HEADS, kv_heads: int = KV_HEADS, head_dim: int = HEAD_DIM) -> float:
+                           heads: int = HEADS, kv_heads: int = KV_HEADS, head_dim: int = HEAD_DIM,
+                           block: int = BLOCK) -> float:
     """The largest absolute difference between the two backends' outputs on one step: a prefill
-    chunk, two siblings sharing prompt blocks (a decode and a 1 + 4 verify), a long decode."""
+    chunk, two siblings sharing prompt blocks (a decode and a 1 + 4 verify), a long decode; at
+    the given heads and cache block size (the model's own compile other kernels)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    prompt = (1, 2, 3)
-    chunks = [SeqChunk(tuple(range(37)), 20, (4, 5, 6, 7), 0),
-              SeqChunk((0,), 52, prompt + (8,), 0),
-              SeqChunk(tuple(range(5)), 50, prompt + (9,), 0),
-              SeqChunk((0,), 300, tuple(range(10, 29)), 0)]
-    batch = StepBatch.build(chunks, BLOCK, device)
-    shape = (32, kv_heads, BLOCK, head_dim)
+    # (tokens in the cache after the step, new tokens); the two siblings share a 48-token prompt.
+    steps = [(57, 37), (53, 1), (55, 5), (301, 1)]
+    shared = 48 // block
+    prompt = tuple(range(shared))
+    chunks, used = [], shared
+    for i, (context, new) in enumerate(steps):
+        own = prompt if i in (1, 2) else ()
+        need = -(-context // block) - len(own)
+        chunks.append(SeqChunk(tuple(range(new)), context - new, own + tuple(range(used, used + need)), 0))
+        used += need
+    batch = StepBatch.build(chunks, block, device)
+    shape = (used, kv_heads, block, head_dim)
     k_cache = torch.randn(shape, generator=gen).to(device, dtype)
     v_cache = torch.randn(shape, generator=gen).to(device, dtype)
     rows = batch.num_tokens

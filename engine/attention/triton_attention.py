@@ -150,7 +150,7 @@ def _store_partial(part_lse, part_o, slot, token, head, row_ok, m, l, acc, strid
     seen = l > 0
     lse = tl.where(seen, m + tl.log2(tl.where(seen, l, 1.0)), float("-inf"))
     o = acc / tl.where(seen, l, 1.0)[:, None]
-    row = slot * stride_ps + token * stride_pt + head
+    row = (slot * stride_ps + token * stride_pt + head).to(tl.int64)  # x head_dim may pass 2**31
     tl.store(part_lse + row, lse, mask=row_ok)
     tl.store(part_o + row[:, None] * head_dim + d[None, :], o, mask=row_ok[:, None] & (d[None, :] < head_dim))
 
@@ -237,7 +237,7 @@ def _merge_kernel(out, part_lse, part_o, tile_seq, tile_q0, cu_seqlens, context_
     prefix_ok = row_ok & (tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(own_start + seq) > 0)
     d = tl.arange(0, BLOCK_D)
     o_mask = row_ok[:, None] & (d[None, :] < head_dim)
-    row = token * stride_pt + head
+    row = (token * stride_pt + head).to(tl.int64)  # (s * stride_ps + row) * head_dim may pass 2**31
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for s in tl.static_range(PARTS):
         ok = row_ok if s < NUM_SPLITS else prefix_ok  # slots past NUM_SPLITS: the prefix's
@@ -265,12 +265,13 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     if tokens == 0:
         return
     block_h = triton.next_power_of_2(kv_heads)
-    block_t = max(1, WRITE_ROWS // block_h)
+    block_d = triton.next_power_of_2(head_dim)
+    block_t = max(1, WRITE_ROWS * 128 // max(128, block_d) // block_h)  # a tile of at most WRITE_ROWS x 128
     _write_kv_kernel[(triton.cdiv(tokens, block_t),)](
         k, v, k_cache, v_cache, slot_mapping, tokens, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), kv_heads, head_dim, BLOCK_SIZE=k_cache.shape[2], BLOCK_T=block_t, BLOCK_H=block_h,
-        BLOCK_D=triton.next_power_of_2(head_dim))
+        BLOCK_D=block_d)
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -318,7 +319,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
     if not launch.direct:
         part_lse = torch.empty((parts, tokens, num_heads), dtype=torch.float32, device=q.device)
         part_o = torch.empty((parts, tokens, num_heads, head_dim), dtype=torch.float32, device=q.device)
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot: >= 16 on GPUs (lanes past head_dim masked)
     # bf16/fp16 tiles go to tl.dot as they are (tensor cores); float32, and everything under
     # the interpreter, in IEEE float32.
     low_precision = q.is_cuda and q.dtype != torch.float32 and k_cache.dtype == q.dtype

@@ -88,8 +88,9 @@ def _grouped_kernel(a, w, out, scale, rows, tile_expert, pairs, n, k, stride_a, 
 def _grouped(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, aligned: Alignment, top_k: int,
              gather: bool, scale: torch.Tensor | None) -> None:
     experts, n, k = w.shape
-    block_n = min(64, triton.next_power_of_2(n))
-    block_k = min(64, triton.next_power_of_2(k))
+    # tl.dot wants every dimension >= 16 on GPUs (the interpreter takes any; lanes past n and k are masked).
+    block_n = max(16, min(64, triton.next_power_of_2(n)))
+    block_k = max(16, min(64, triton.next_power_of_2(k)))
     grid = (aligned.tile_expert.shape[0], triton.cdiv(n, block_n))
     _grouped_kernel[grid](a, w, out, scale if scale is not None else out, aligned.rows, aligned.tile_expert,
                           out.shape[0], n, k, a.stride(0), w.stride(0), w.stride(1), out.stride(0), TOP_K=top_k,

@@ -306,6 +306,29 @@ def test_latent_rows_one_cache_for_keys_and_values(launch):
     torch.testing.assert_close(out[:rows], want, atol=1e-5, rtol=1e-5)
 
 
+def test_heads_narrower_than_a_dot_tile():
+    """Heads of 8 dims: the tiles are 16 wide (tl.dot's least on a GPU), the lanes past the head masked."""
+    _check(MIXED, 8, heads=4, kv_heads=2, head_dim=8, dtype=torch.float32, backend=_small(num_splits=2, cascade=True))
+
+
+@pytest.mark.parametrize("block", [8, 32])
+def test_the_start_up_check_runs_at_the_models_heads_and_block_size(monkeypatch, block):
+    """fast_paths checks the Triton backend at the model's own heads, width and cache block size
+    too (its kernels compile for those): a kernel off only there is caught, and named."""
+    from engine import fast_paths
+    from engine.attention import self_check, triton_attention
+
+    assert self_check.compare_with_reference(DEVICE, torch.float32, heads=28, kv_heads=4, head_dim=32,
+                                             block=block) < 1e-4
+    real = triton_attention.TritonBackend.forward
+    monkeypatch.setattr(triton_attention.TritonBackend, "forward",
+                        lambda self, q, *args: real(self, q, *args) * (1.01 if q.shape[1] == 28 else 1.0))
+    assert fast_paths.triton_problem(DEVICE, torch.float32, None, 32) is None
+    assert fast_paths.triton_problem(DEVICE, torch.float32, None, 32, heads=(32, 8), block_size=block) is None
+    problem = fast_paths.triton_problem(DEVICE, torch.float32, None, 32, heads=(28, 4), block_size=block)
+    assert "at heads of 32" in problem
+
+
 def test_the_start_up_check_of_wide_heads_runs_at_their_width(monkeypatch):
     """fast_paths checks wide heads at the model's width as well: a kernel that is only off there
     is caught."""

@@ -50,7 +50,8 @@ BLOCK = 16
 # (StarCoder-15B), heads of 256 (CodeGemma-7B, and CodeGemma-2B's multi-query), DeepSeek-Coder-V2-Lite's
 # latent rows (16 heads over one 576-wide row: the wide tiles).
 SHAPES = ((32, 32, 128, None), (32, 8, 128, None), (32, 8, 128, 4096), (48, 8, 128, None), (48, 1, 128, None),
-          (16, 16, 256, None), (8, 1, 256, None), (16, 1, 576, None))
+          (16, 16, 256, None), (8, 1, 256, None), (16, 1, 576, None),
+          (4, 2, 8, None))  # heads narrower than tl.dot's 16 (tiles padded to it)
 # Shared memory a block may use (bytes): past it a launch fails on the device, not the compile.
 SHARED_LIMIT = {80: 166912, 90: 232448}
 
@@ -143,6 +144,10 @@ def _launches_of_fused(dtype: torch.dtype) -> None:
         chosen = torch.randint(0, experts, (tokens, top_k), generator=torch.Generator().manual_seed(tokens))
         tm.moe(x, torch.ones(tokens, top_k, dtype=dtype), chosen, torch.zeros(experts, 2 * width, hidden, dtype=dtype),
                torch.zeros(experts, hidden, width, dtype=dtype))
+    # Experts narrower than tl.dot's 16 (tiles padded to it).
+    x = torch.zeros(5, 8, dtype=dtype)
+    chosen = torch.randint(0, 4, (5, 2), generator=torch.Generator().manual_seed(1))
+    tm.moe(x, torch.ones(5, 2, dtype=dtype), chosen, torch.zeros(4, 16, 8, dtype=dtype), torch.zeros(4, 8, 8, dtype=dtype))
 
 
 def _launches_of_noise() -> None:

@@ -46,6 +46,17 @@ def test_grouped_kernels_equal_the_reference(tokens, experts, top_k, renormalize
     assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
 
 
+def test_experts_narrower_than_a_dot_tile():
+    """Widths of 8: the tiles are 16 wide (tl.dot's least on a GPU), the lanes past them masked."""
+    moe = _moe(4, 2, 8, 8, True, seed=2)
+    x = torch.randn(5, 8, device=DEVICE)
+    weights, chosen = moe.route(x)
+    with torch.no_grad():
+        got = triton_moe.moe(x, weights, chosen, moe.experts_gate_up.view(4, 16, 8), moe.experts_down.view(4, 8, 8))
+        expected = moe(x)
+    assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
+
+
 def test_alignment_groups_rows_by_expert_in_whole_tiles():
     chosen = torch.tensor([[2, 0], [2, 1], [0, 2], [2, 0]], device=DEVICE)
     aligned = triton_moe.align(chosen, num_experts=4)
