@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -121,11 +122,11 @@ def correctness(args, device) -> dict:
     out["sampled_drafting_equals_plain"] = a == b
     out["drafted_tokens"] = drafted.engine.stats().spec.total_drafted
     out.update(_held_and_min_p(plain, drafted, prompts[:2], tokens))
+    out["waits_launching_a_step_ahead"] = _or_error(_ahead_waits, plain, drafted, device)
     out["leaked_blocks"] = sum(e.engine.stats().num_blocks_total - e.engine.stats().num_blocks_free
                                for e in (plain, drafted))
     out.update(_backends_against_float32(args, device))
     out["read_back_waits_for_work_behind_it"] = _or_error(_read_back_waits, device)
-    out["waits_launching_a_step_ahead"] = _or_error(_ahead_waits, args, device)
     print(f"[a] {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
 
@@ -138,37 +139,43 @@ def _or_error(fn, *args):
         return f"{type(e).__name__}: {e}"
 
 
-def _ahead_traffic(prompts: list[str]) -> dict[str, tuple[list[str], list[SamplingParams]]]:
-    """Kinds of requests whose steps are queued ahead, each as (prompts, their params): samples
-    of two prompts (16 rows: the sampler's race over the likeliest tokens), and samples of six
-    of different lengths, more than run at once (admitted while others decode)."""
+def _ahead_traffic() -> dict[str, list[SamplingParams]]:
+    """Kinds of requests whose steps are queued ahead, each as the params of two prompts' samples
+    (16 rows: the sampler's race over the likeliest tokens)."""
     greedy = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     sampled = SamplingParams(n=8, temperature=0.8, top_p=0.95, max_tokens=24, seed=1, ignore_eos=True)
     replayed = dataclasses.replace(sampled, replay_token_ids=tuple(tuple(range(100 + i, 124 + i)) for i in range(8)))
-    lengths = [dataclasses.replace(sampled, n=4, max_tokens=12 + 4 * i) for i in range(len(prompts))]
-    two = prompts[:2]
-    return {"greedy": (two, [greedy] * 2), "sampled": (two, [sampled] * 2), "greedy beside sampled": (two, [greedy, sampled]),
-            "logit_bias": (two, [dataclasses.replace(sampled, logit_bias=((13, 2.0),))] * 2),
-            "min_tokens": (two, [dataclasses.replace(sampled, min_tokens=12, stop_token_ids=(13,))] * 2),
-            "replayed": (two, [replayed] * 2), "admitted while others decode": (prompts, lengths)}
+    return {"greedy": [greedy] * 2, "sampled": [sampled] * 2, "greedy beside sampled": [greedy, sampled],
+            "logit_bias": [dataclasses.replace(sampled, logit_bias=((13, 2.0),))] * 2,
+            "min_tokens": [dataclasses.replace(sampled, min_tokens=12, stop_token_ids=(13,))] * 2,
+            "replayed": [replayed] * 2}
 
 
-def _ahead_waits(args, device) -> dict | str:
+def _two_waves(engine, prompts: list[str], params: list[SamplingParams], tag: str) -> None:
+    """The first prompt's request, then, four steps later, the second's (admitted while the first
+    decodes), stepped until both end."""
+    engine.add_request(f"{tag}-0", prompts[0], params[0])
+    for step in itertools.count():
+        if step == 4:
+            engine.add_request(f"{tag}-1", prompts[1], params[1])
+        elif not engine.has_unfinished():
+            return
+        engine.step(collect="finished")
+
+
+def _ahead_waits(plain: LLM, drafted: LLM, device) -> dict | str:
     """Where launching a step queued ahead makes the host wait for the device (it must not: the
     step in flight would then end before the next is queued), by kind of request, plain and
-    with copy drafting: the synchronizations CUDA's sync debug mode reports inside
-    LLMEngine._ahead, on a second pass (the first compiles kernels and captures graphs), and how
-    many steps were queued ahead."""
+    with copy drafting (a request arriving while another decodes, each time): the
+    synchronizations CUDA's sync debug mode reports inside LLMEngine._ahead, on a second pass
+    (the first compiles kernels and captures graphs), and how many steps were queued ahead."""
     if device.type != "cuda":
         return "not a CUDA device"
     import warnings
 
-    prompts = [t["prompt"] for t in load_tasks(None, 6)]
+    prompts = [t["prompt"] for t in load_tasks(None, 2)]
     out = {}
-    for drafting in (False, True):
-        proposer = build_proposer(SpecConfig(policy="fixed")) if drafting else None
-        llm = LLM(DEFAULT_MODEL, device=args.device, dtype="float32", num_kv_blocks=1024, max_num_seqs=16,
-                  proposer=proposer)
+    for llm in (plain, drafted):
         engine, real, waits = llm.engine, llm.engine._ahead, []
 
         def checked(prev, real=real, waits=waits):
@@ -181,12 +188,14 @@ def _ahead_waits(args, device) -> dict | str:
                 torch.cuda.set_sync_debug_mode("default")
                 waits += [str(w.message).splitlines()[0] for w in caught]
 
-        for name, (texts, params) in _ahead_traffic(prompts).items():
-            llm.generate(texts, params, use_tqdm=False)
+        for name, params in _ahead_traffic().items():
+            _two_waves(engine, prompts, params, f"warm-{name}")
             engine._ahead, before, waits[:] = checked, engine.stats().overlapped_steps, []
-            llm.generate(texts, params, use_tqdm=False)
-            engine._ahead = real
-            out[f"{name}{', drafting' if drafting else ''}"] = {
+            try:
+                _two_waves(engine, prompts, params, f"check-{name}")
+            finally:
+                engine._ahead = real
+            out[f"{name}{', drafting' if llm is drafted else ''}"] = {
                 "queued_ahead": engine.stats().overlapped_steps - before, "waits": len(waits),
                 **({"first": waits[0]} if waits else {})}
     return out
