@@ -700,13 +700,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=160)
     ap.add_argument("--gen-len", type=int, default=128)
     ap.add_argument("--kv-cache-gb", type=float, default=None,
-                    help="the KV cache's size (default 60 on a GPU, 1 on the CPU, whose cache is host memory)")
+                    help="the KV cache's size, GiB (default on a GPU 60, or less where a user's engine would get "
+                         "less with the weights on it, e.g. an 80 GB card; 1 on the CPU, whose cache is host memory)")
     ap.add_argument("--parts", default="a,b,c,h,d,e,f", help="c runs with b")
     ap.add_argument("--budget-s", type=float, default=450.0, help="skip the remaining parts after this")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
-    if args.kv_cache_gb is None:
+    given_kv = args.kv_cache_gb is not None
+    if not given_kv:
         args.kv_cache_gb = 60.0 if args.device.startswith("cuda") else 1.0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --device cpu --shape tiny --quick for a smoke run")
@@ -716,6 +718,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "a" in parts:
         suite.part("a", correctness, args, device)
     model = shapes.random_model(args.shape, shapes.DTYPES[args.dtype], device) if parts & {"b", "c", "d"} else None
+    if model is not None and not given_kv and device.type == "cuda":
+        # 60 GiB beside a 7B model's weights and its graphs leaves an 80 GB card next to nothing.
+        shapes.free(device)
+        args.kv_cache_gb = min(args.kv_cache_gb, auto_kv_cache_gb(args, device) * 1e9 / 2**30)
     if parts & {"b", "c"}:
         suite.part("b", decode_and_verify, args, device, model)
         suite.results["cost_table_ms"] = cost_table(suite.results.get("b", {}))
