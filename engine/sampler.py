@@ -338,6 +338,7 @@ class Sampler:
         if defer is None:
             return tokens, None
         if defer:  # its own logits: a CUDA graph's next replay writes the buffer `x` may view
+            tokens, covered = self._redraw_some(x, knobs, params, tokens, covered)
             return tokens, Redraw(x.clone(), knobs, params, covered, at)
         redraw = Redraw(x, knobs, params, covered, at)
         rest_index = (~covered).nonzero()[:, 0]
@@ -345,6 +346,22 @@ class Sampler:
         if rest:
             tokens[rest_index] = torch.tensor(redraw.tokens(rest, self.noise), device=tokens.device)
         return tokens, None
+
+    def _redraw_some(self, x: torch.Tensor, knobs: "RowKnobs", params: list[SamplingParams], tokens: torch.Tensor,
+                     covered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to REDRAWN_AT_ONCE rows the candidates did not cover raced again over the whole
+        vocabulary now, which rows they are found on the device (no read-back): a step queued
+        ahead is fed their right tokens, and only a step that missed more leaves a Redraw to
+        read back (behind the queued step). Returns the tokens and the rows now covered."""
+        pick = torch.argsort(covered.to(torch.uint8), stable=True)[:REDRAWN_AT_ONCE]  # the missed first
+        sub = knobs.take(pick, params)  # (the flags of all the rows: those of any of them)
+        drawn = race(_filter(x.index_select(0, pick), sub), sub.seeds, self.noise)
+        missed = ~covered.index_select(0, pick)
+        tokens = tokens.index_copy(0, pick, torch.where(missed, drawn, tokens.index_select(0, pick)))
+        return tokens, covered.index_fill(0, pick, True)
+
+
+REDRAWN_AT_ONCE = 8  # rows the race's candidates missed that are raced again at launch, on the device
 
 
 class Redraw(NamedTuple):

@@ -12,7 +12,7 @@ import torch
 from engine import rejection_sampler
 from engine.rejection_sampler import accepted_length, reference_speculative_sample
 from engine import sampler as sampler_module
-from engine.sampler import (CANDIDATE_ROWS, RowKnobs, RowShift, Sampler, SamplingRow, _filter, host_row_noise,
+from engine.sampler import (CANDIDATE_ROWS, REDRAWN_AT_ONCE, RowKnobs, RowShift, Sampler, SamplingRow, _filter, host_row_noise,
                             kept_scores, race, race_candidates, race_scores, row_noise, sample_key)
 from engine.sampling_params import SamplingParams
 
@@ -307,16 +307,17 @@ def test_shifted_rows_replay_the_recorded_token_of_their_true_position():
 
 @pytest.mark.parametrize("greedy_rows", [False, True])
 def test_rows_the_candidates_missed_are_raced_again_when_read_back(greedy_rows: bool):
-    """launch() leaves the rows the candidates' race did not cover as they were raced there; result()
-    races them again over the whole vocabulary, lists those whose token changed, and gives the
-    tokens and logprobs the sampler gives when it races them again at once (each row alone), from
-    the logits as they were at launch."""
+    """launch() races REDRAWN_AT_ONCE of the rows the candidates' race did not cover again on the
+    device and leaves the rest as they were raced there; result() races those again over the whole
+    vocabulary, lists those whose token changed, and gives the tokens and logprobs the sampler
+    gives when it races them again at once (each row alone), from the logits as they were at
+    launch."""
     sampler = Sampler(eos_ids=())
-    n = CANDIDATE_ROWS + 4
+    n = CANDIDATE_ROWS + 16
     torch.manual_seed(6)
     logits = torch.randn(n, 4000) * 2
     logits[:, :20] += 6
-    logits[2:12] = torch.randn(10, 4000) * 0.01  # nearly flat: past the candidates under top-p
+    logits[2:24] = torch.randn(22, 4000) * 0.01  # nearly flat: past the candidates under top-p
     params = [SamplingParams(temperature=1.0, top_p=0.95, logprobs=1, top_logprobs=2),
               SamplingParams(temperature=0.0, logprobs=1, top_logprobs=2)]  # greedy rows among them
     rows = [SamplingRow(i, params[int(greedy_rows and i % 5 == 4)], sample_key(3, i), i) for i in range(n)]
@@ -330,7 +331,9 @@ def test_rows_the_candidates_missed_are_raced_again_when_read_back(greedy_rows: 
     assert result.logprobs == pytest.approx([a.logprobs[0] for a in alone])
     assert result.top == [a.top[0] for a in alone]
     assert sampled.changed and sampled.changed == [i for i in range(n) if launched[i] != result.tokens[i]]
-    assert all(2 <= i < 12 for i in sampled.changed)
+    assert all(2 <= i < 24 for i in sampled.changed)
+    missed = [i for i in range(2, 24) if not greedy_rows or i % 5 != 4]  # (greedy rows are not raced)
+    assert not set(missed[:REDRAWN_AT_ONCE]) & set(sampled.changed)  # raced again at launch
 
 
 @pytest.mark.parametrize("logprobs", [False, True])
@@ -371,8 +374,9 @@ def _launch_rows(case: str, n: int) -> list[SamplingRow]:
 def test_launch_waits_for_nothing_and_samples_what_each_row_samples_alone(case: str):
     """launch() runs while the device works on the step before (a step queued ahead): it reads
     nothing back, from CANDIDATE_ROWS rows with rows past the candidates' race too, whatever the
-    rows ask for; result() then gives each row the token it gets alone (a recorded one where
-    there is one: a row past the candidates that replays is not drawn again)."""
+    rows ask for, and those few rows are raced again there: the tokens a step queued ahead is fed
+    are the rows' own (none changes when read back), each the token it gets alone (a recorded one
+    where there is one)."""
     from tests.engine.helpers import read_backs
 
     sampler = Sampler(eos_ids=(2,))
@@ -386,8 +390,10 @@ def test_launch_waits_for_nothing_and_samples_what_each_row_samples_alone(case: 
         launched = sampler.launch(logits.clone(), rows)
     assert seen == []
     alone = [sampler(logits[i:i + 1].clone(), [r._replace(logits_row=0)]).tokens[0] for i, r in enumerate(rows)]
+    at_launch = launched.tokens.tolist()
     got = launched.result().tokens
     assert got == alone
+    assert launched.changed == [] and (at_launch == got or case in ("replayed", "partly replayed"))
     if case in ("replayed", "partly replayed"):
         assert all(rows[i].forced is None for i in launched.changed)
         assert [got[i] for i, r in enumerate(rows) if r.forced is not None] == \
