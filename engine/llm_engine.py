@@ -118,7 +118,7 @@ class LLMEngine:
         texts = self.tokenizer.plain_texts
         self.sampler = Sampler(self.eos_ids, use_kernels=self.runner.paths.cpu_sampler,
                                triton_noise=self.runner.paths.triton_noise, host_noise=self.runner.paths.host_noise,
-                               triton_race=self.runner.paths.triton_race,
+                               triton_race=self.runner.paths.triton_race, redraw_at_launch=self.runner.paths.overlap,
                                json_tokens=JsonTokens(texts, frozenset(self.eos_ids)) if texts is not None else None)
         self.proposer = proposer
         self.step_cost = StepCost(self.runner.cost_key(), step_cost_dir())

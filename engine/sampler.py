@@ -142,16 +142,20 @@ def sample_key(seed: int, sample_index: int) -> int:
 
 class Sampler:
     def __init__(self, eos_ids: tuple[int, ...], use_kernels: bool = False, triton_noise: bool = False,
-                 json_tokens: JsonTokens | None = None, host_noise: bool = False, triton_race: bool = False) -> None:
+                 json_tokens: JsonTokens | None = None, host_noise: bool = False, triton_race: bool = False,
+                 redraw_at_launch: bool = False) -> None:
         """`use_kernels`: the C filter-and-race (CPU); `triton_noise`: the PyTorch path's noise from
         the Triton kernel (GPU); `host_noise`: from numpy (CPU); `triton_race`: race_candidates' work
-        after its top-k in one Triton kernel (GPU). engine/fast_paths.py decides them.
+        after its top-k in one Triton kernel (GPU); `redraw_at_launch`: a few rows the candidates
+        missed raced again at launch (_redraw_some), where steps are queued ahead of the read-back.
+        engine/fast_paths.py decides them.
         `json_tokens`: what each token does to a JSON object's text (rows with a `json` state take
         only tokens it allows)."""
         self.eos_ids = eos_ids
         self.json_tokens = json_tokens
         self.json_masks = TokenMasks(json_tokens) if json_tokens is not None else None
         self.use_kernels = use_kernels
+        self.redraw_at_launch = redraw_at_launch
         self.noise: Noise = host_row_noise if host_noise else row_noise
         if triton_noise:  # imported only here: triton may be absent where the flag is off
             from engine.kernels import triton_noise as noise_kernel
@@ -338,7 +342,8 @@ class Sampler:
         if defer is None:
             return tokens, None
         if defer:  # its own logits: a CUDA graph's next replay writes the buffer `x` may view
-            tokens, covered = self._redraw_some(x, knobs, params, tokens, covered)
+            if self.redraw_at_launch:
+                tokens, covered = self._redraw_some(x, knobs, params, tokens, covered)
             return tokens, Redraw(x.clone(), knobs, params, covered, at)
         redraw = Redraw(x, knobs, params, covered, at)
         rest_index = (~covered).nonzero()[:, 0]

@@ -305,14 +305,15 @@ def test_shifted_rows_replay_the_recorded_token_of_their_true_position():
     assert sampler.launch(logits, rows, shift).result().tokens == [31, 22, 13, 5]  # the last replays nothing
 
 
+@pytest.mark.parametrize("at_launch", [False, True])
 @pytest.mark.parametrize("greedy_rows", [False, True])
-def test_rows_the_candidates_missed_are_raced_again_when_read_back(greedy_rows: bool):
+def test_rows_the_candidates_missed_are_raced_again_when_read_back(greedy_rows: bool, at_launch: bool):
     """launch() races REDRAWN_AT_ONCE of the rows the candidates' race did not cover again on the
-    device and leaves the rest as they were raced there; result() races those again over the whole
+    device (`at_launch`: where steps are queued ahead) and leaves the rest as they were raced there; result() races those again over the whole
     vocabulary, lists those whose token changed, and gives the tokens and logprobs the sampler
     gives when it races them again at once (each row alone), from the logits as they were at
     launch."""
-    sampler = Sampler(eos_ids=())
+    sampler = Sampler(eos_ids=(), redraw_at_launch=at_launch)
     n = CANDIDATE_ROWS + 16
     torch.manual_seed(6)
     logits = torch.randn(n, 4000) * 2
@@ -333,7 +334,7 @@ def test_rows_the_candidates_missed_are_raced_again_when_read_back(greedy_rows: 
     assert sampled.changed and sampled.changed == [i for i in range(n) if launched[i] != result.tokens[i]]
     assert all(2 <= i < 24 for i in sampled.changed)
     missed = [i for i in range(2, 24) if not greedy_rows or i % 5 != 4]  # (greedy rows are not raced)
-    assert not set(missed[:REDRAWN_AT_ONCE]) & set(sampled.changed)  # raced again at launch
+    assert bool(set(missed[:REDRAWN_AT_ONCE]) & set(sampled.changed)) == (not at_launch)  # raced again at launch
 
 
 @pytest.mark.parametrize("logprobs", [False, True])
@@ -379,7 +380,7 @@ def test_launch_waits_for_nothing_and_samples_what_each_row_samples_alone(case: 
     where there is one)."""
     from tests.engine.helpers import read_backs
 
-    sampler = Sampler(eos_ids=(2,))
+    sampler = Sampler(eos_ids=(2,), redraw_at_launch=True)
     n = CANDIDATE_ROWS + 4
     torch.manual_seed(3)
     logits = torch.randn(n, 3000) * 2
