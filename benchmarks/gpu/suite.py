@@ -485,14 +485,14 @@ def overlap_runs(engine, args, device) -> list[dict]:
     return rows
 
 
-def auto_kv_cache_gb(args, device) -> float | None:
+def auto_kv_cache_gb(args, device, batched_tokens: int | None = None) -> float | None:
     """The KV cache a user's engine would get on this GPU with the weights on it (engine/kv_budget.py,
-    defaults); the suite's own engines take --kv-cache-gb."""
+    defaults, or steps of `batched_tokens` rows); the suite's own engines take --kv-cache-gb."""
     if device.type != "cuda":
         return None
     element = torch.tensor([], dtype=shapes.DTYPES[args.dtype]).element_size()
-    return kv_cache_bytes(EngineConfig(dtype=args.dtype), shapes.shape_config(args.shape), element,
-                          torch.cuda.mem_get_info(device)) / 1e9
+    config = EngineConfig(dtype=args.dtype, **({"max_num_batched_tokens": batched_tokens} if batched_tokens else {}))
+    return kv_cache_bytes(config, shapes.shape_config(args.shape), element, torch.cuda.mem_get_info(device)) / 1e9
 
 
 def cost_table(part: dict) -> list[list[float]]:
@@ -797,7 +797,9 @@ def main(argv: list[str] | None = None) -> dict:
     if model is not None and not given_kv and device.type == "cuda":
         # 60 GiB beside a 7B model's weights and its graphs leaves an 80 GB card next to nothing.
         shapes.free(device)
-        args.kv_cache_gb = min(args.kv_cache_gb, auto_kv_cache_gb(args, device) * 1e9 / 2**30)
+        # (as large steps as the suite's engines take: b's verify steps, d's admissions)
+        rows = max(4096, max(args.batches) * 17)
+        args.kv_cache_gb = min(args.kv_cache_gb, auto_kv_cache_gb(args, device, rows) * 1e9 / 2**30)
     if parts & {"b", "c"}:
         suite.part("b", decode_and_verify, args, device, model)
         suite.results["cost_table_ms"] = cost_table(suite.results.get("b", {}))
