@@ -94,8 +94,8 @@ def run(batch: int, sampling: str, kernels: str, steps: int, tokenizer: Tokenize
     engine = LLMEngine(config, model=StubModel(read_model_config(DEFAULT_MODEL)), tokenizer=tokenizer)
     counter = OpCounter()
     used = KERNELS[kernels]
-    engine.sampler = Sampler(engine.eos_ids, use_kernels=False, triton_noise="noise" in used, triton_race="race" in used,
-                             redraw_at_launch=True)  # as on a GPU, whose steps are queued ahead
+    engine.sampler = Sampler(engine.eos_ids, use_kernels=False, triton_noise="noise" in used,
+                             triton_race="race" in used, redraw_at_launch=True)  # as a GPU's queued steps
     wrap_sampler(engine, lambda f: counter.within("sampler", f))
     engine.runner.model.forward = counter.within(UNCOUNTED, engine.runner.model.forward)
     engine.runner.model.compute_logits = counter.within(UNCOUNTED, engine.runner.model.compute_logits)
