@@ -17,10 +17,17 @@ At each number of running sequences the same requests run with overlap off and o
 
     python benchmarks/overlap_steps.py                          # 1, 16, 64, 256 running
     python benchmarks/overlap_steps.py --batches 256 --rounds 3 --steps 200
+    python benchmarks/overlap_steps.py --batches 64 --penalized 1    # one request of ten samples with a penalty
+
+--penalized K: the first K requests carry a repetition penalty, as a client may send: their rows
+are sampled row by row, each needing its last token on the host (Scheduler.can_plan_ahead). The
+stub's rows then hold the whole vocabulary (a penalty reads its history's ids there), which this
+host samples: its share of a step grows, as does what overlapping it saves.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -102,14 +109,18 @@ def on_device(engine: LLMEngine, device: SimulatedDevice) -> SimulatedDevice:
 
 
 def run(batch: int, drafting: bool, overlap: str, requests, tokenizer: Tokenizer, table, steps: int,
-        warmup: int) -> dict:
+        warmup: int, penalized: int = 0) -> dict:
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(2048, 8 * batch), num_kv_blocks=8192,
                           overlap_steps=overlap)
     engine = LLMEngine(config, proposer=build_proposer() if drafting else None,
-                       model=StubModel(read_model_config(DEFAULT_MODEL), columns=1), tokenizer=tokenizer)
+                       # (a penalty reads the history's ids in the row: the rows are the vocabulary's then)
+                       model=StubModel(read_model_config(DEFAULT_MODEL), columns=None if penalized else 1),
+                       tokenizer=tokenizer)
     device = on_device(engine, SimulatedDevice(table))
     for i, r in enumerate(requests):
-        engine.add_request(f"r{i}", r.prompt, replay_params("passk", r))
+        params = replay_params("passk", r)
+        engine.add_request(f"r{i}", r.prompt, dataclasses.replace(params, repetition_penalty=1.1) if i < penalized
+                           else params)
     for _ in range(warmup):
         engine.step(collect="finished")
     before = engine.stats()
@@ -136,6 +147,7 @@ def arguments(doc: str, rounds: str) -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2, help=rounds)
     ap.add_argument("--table", default=GPU_TABLE, help="the device's step costs (a benchmarks/gpu/ result)")
+    ap.add_argument("--penalized", type=int, default=0, help="requests with a repetition penalty (row by row)")
     ap.add_argument("--out", default=measure.RESULTS)
     return ap
 
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
             for r in range(args.rounds):
                 for overlap in (("off", "on") if r % 2 == 0 else ("on", "off")):
                     runs[overlap].append(run(batch, drafting, overlap, busy_requests(requests, batch), tokenizer,
-                                             table, args.steps, args.warmup))
+                                             table, args.steps, args.warmup, args.penalized))
             row = summary(batch, drafting, runs)
             rows.append(row)
             print(f"batch {batch:4d} {'drafting' if drafting else 'plain':>8}: {row['off_ms']:.2f} -> "
@@ -185,6 +197,9 @@ def header(title: str, results: dict, systems: str) -> list[str]:
 
 def write(results: dict, out_dir: str) -> None:
     lines = header("Overlapped steps beside a simulated device", results, "plain, and copy drafting (adaptive)")
+    if results["args"].get("penalized"):
+        lines += [f"the first {results['args']['penalized']} requests (of 10 samples each) carry a repetition "
+                  "penalty: sampled row by row", ""]
     lines += ["ms per step and tokens per second: medians of the rounds; on / off: tokens per second, and each "
               "round's pair; overlapped: the share of the timed steps queued ahead (overlap on); busy: the share "
               "of the time the device ran steps (the rest it waited on the host), mean of the rounds.", ""]

@@ -368,8 +368,9 @@ class LLMEngine:
         budget = max(0, self.config.max_num_batched_tokens - len(seqs))
         max_model_len = self.max_model_len
         in_flight = {seq.seq_id: len(s.draft) for seq, (_, s) in sampled_at.items() if s.draft} if prev.drafts else {}
-        # Room for the tokens in flight: the one after them comes first.
-        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: max(
+        # Room for the tokens in flight: the one after them comes first. None for a sequence
+        # sampled row by row: it sits the step out (Scheduler.can_plan_ahead).
+        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: 0 if seqs[i].params.row_by_row else max(
             0, _room(seqs[i], max_model_len) - 1 - in_flight.get(seqs[i].seq_id, 0)))
         covered = {i: (d, in_flight[i] + ahead) for i, (d, ahead) in prev.drafts.items() if i in in_flight}
         found = self.proposer.propose_ahead(queries, budget, self.step_cost, covered)

@@ -29,6 +29,10 @@ from engine.sequence import Sequence, SequenceStatus
 from engine.stop_checker import StopChecker
 
 KV_CACHE_FULL = "kv_cache_full"  # stop_reason of a sequence that outgrew the whole KV cache
+# Sequences sampled row by row sit every other step out so that the rest are queued ahead
+# (can_plan_ahead) while they are at most this share of those running: each step they sit out
+# costs them a token, and where they are many that outweighs the host time the others save.
+SIT_OUT_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -188,21 +192,42 @@ class Scheduler:
         """Whether the step after `prev` may be planned before prev's tokens reach the host (blocks
         aside): every running sequence sampled in prev (a decode, or the last chunk of its prompt)
         one token, or with `shifts` a draft's rows too (where the next rows go is then known on the
-        device only: none before min_tokens, which the host applies by position), none samples row
-        by row, and no waiting client is owed a slot."""
+        device only: none before min_tokens, which the host applies by position), and no waiting
+        client is owed a slot. A sequence sampled row by row (penalties, JSON: its row needs its
+        last token on the host) sits the planned step out, and one that sat prev out rejoins with
+        its token known; so each decodes every other step while the others keep theirs queued
+        ahead, as long as they are at most SIT_OUT_SHARE of those running (else no step is
+        planned ahead, and every sequence waits for its tokens each step)."""
         if not prev.scheduled or self._unfair() is not None:
             return False
-        live = 0
+        live = sitting = 0
         for s in prev.scheduled:
             seq = s.seq
             if seq.is_finished:
                 continue
-            if not s.samples or seq.params.row_by_row or s.shift:
+            if not s.samples or s.shift:
                 return False
-            if s.draft and (not shifts or len(seq.output_token_ids) < seq.params.min_tokens):
+            if seq.params.row_by_row:
+                sitting += 1
+            elif s.draft and (not shifts or len(seq.output_token_ids) < seq.params.min_tokens):
                 return False
             live += 1
-        return live == len(self.running)
+        if live < len(self.running):
+            rejoining = self._rejoining(prev)
+            if rejoining is None:
+                return False
+            live, sitting = live + len(rejoining), sitting + len(rejoining)
+        return live == len(self.running) and sitting <= SIT_OUT_SHARE * live
+
+    def _rejoining(self, prev: SchedulerOutput) -> list[Sequence] | None:
+        """The running sequences prev left out that may join the step after it: each sampled row
+        by row and sat prev out with its last token known (can_plan_ahead); None where another
+        is left out (a prompt short of its chunk: the next step is planned as usual)."""
+        planned = {s.seq for s in prev.scheduled}
+        rejoining = [seq for seq in self.running if seq not in planned]
+        if any(not seq.params.row_by_row or seq.num_tokens - seq.num_computed_tokens != 1 for seq in rejoining):
+            return None
+        return rejoining
 
     def schedule_ahead(self, prev: SchedulerOutput,
                        drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput | None:
@@ -223,10 +248,13 @@ class Scheduler:
         blocks, limits = self.blocks, self.limits
         block_size, max_len = blocks.block_size, limits.max_model_len
         budget = limits.max_num_batched_tokens - len(self.running)
-        scheduled = []
+        scheduled, planned = [], 0
         for s in prev.scheduled:
             seq = s.seq
             if seq.is_finished:
+                continue
+            planned += 1
+            if seq.params.row_by_row:  # sits this step out
                 continue
             made = len(seq.output_token_ids) + 1  # with prev's token
             if made >= seq.params.max_tokens or made >= max_len - len(seq.prompt_token_ids):
@@ -242,6 +270,10 @@ class Scheduler:
             # The first id is fed from the device.
             scheduled.append(ScheduledSeq(seq, start, [0, *draft] if draft else [0], draft, 1, True, shift))
         fed = len(scheduled)
+        for seq in self._rejoining(prev) or () if planned < len(self.running) else ():  # sat prev out
+            if self._hold(seq, seq.num_tokens, ()) is None:
+                return None
+            scheduled.append(_scheduled(seq, 1, ()))
         if self._waiting and len(self.running) < limits.max_num_seqs:
             admitted: dict[Sequence, int] = {}
             self._admit(admitted, limits.max_num_batched_tokens - sum(len(s.token_ids) for s in scheduled))

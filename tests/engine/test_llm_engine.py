@@ -254,3 +254,29 @@ def test_trace_replay_through_steps_queued_after_drafts_gives_the_recorded_token
         stats = engine.stats()
         assert proposer.records and stats.spec.total_accepted > 0 and stats.overlapped_steps == stats.steps - 1
         assert_no_leaks(engine)
+
+
+@pytest.mark.parametrize("odd", [SamplingParams(temperature=0.8, seed=5, max_tokens=20, repetition_penalty=1.3,
+                                                presence_penalty=0.5),
+                                 SamplingParams(temperature=0.0, max_tokens=20, json_object=True)],
+                         ids=["penalties", "json"])
+def test_one_request_sampled_row_by_row_does_not_hold_the_others_steps_back(odd):
+    """Among seven plain sequences, one whose rows need its last token on the host sits every
+    other queued step out (Scheduler.can_plan_ahead): the others' steps are still queued ahead
+    (before, not one was), and every output is the synchronous engine's."""
+    plain = SamplingParams(n=7, temperature=0.8, seed=3, max_tokens=20, ignore_eos=True)
+    outputs = {}
+    for overlap in ("off", "on"):
+        llm = LLM(EngineConfig(model=DEFAULT_MODEL, overlap_steps=overlap, num_kv_blocks=256, block_size=4,
+                               max_num_seqs=8))
+        engine = llm.engine
+        engine.add_request("plain", PROMPTS[0], plain)
+        engine.add_request("odd", PROMPTS[1], odd)
+        done = {}
+        while engine.has_unfinished():
+            done.update((o.request_id, [(c.token_ids, c.text) for c in o.outputs]) for o in engine.step("finished"))
+        outputs[overlap] = done
+        assert_no_leaks(engine)
+    assert outputs["on"] == outputs["off"]
+    stats = engine.stats()
+    assert stats.overlapped_steps >= stats.steps // 2

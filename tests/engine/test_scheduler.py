@@ -288,3 +288,37 @@ def test_no_step_is_planned_ahead_of_a_draft_before_min_tokens():
     sched.postprocess(sched.schedule({seq.seq_id: Draft((7,))}), SampleResult([7, 7], None))
     assert len(seq.output_token_ids) == 6
     assert sched.can_plan_ahead(sched.schedule({seq.seq_id: Draft((7,))}), shifts=True)
+
+
+def test_a_sequence_sampled_row_by_row_sits_every_other_step_planned_ahead_out():
+    """A sequence whose rows need its last token on the host (penalties, JSON) is left out of a
+    step planned ahead of that token and rejoins the one after, its token known, while the others
+    are fed theirs from the device at every step; where such sequences are more than SIT_OUT_SHARE
+    of those running, no step is planned ahead."""
+    sched = _scheduler(block_size=4, budget=32)
+    plain = [_seqs([i, 2, 3], max_tokens=20)[0] for i in range(10, 13)]
+    penalized = Sequence(next(_ids), "p", 0, [4, 5, 6], SamplingParams(max_tokens=20, ignore_eos=True,
+                                                                        repetition_penalty=1.2), 0)
+    penalized.detokenizer = _Silent()
+    for seq in (*plain, penalized):
+        sched.add(seq)
+    prev = sched.schedule()
+    assert sched.can_plan_ahead(prev)  # one of four: a quarter
+    ahead = sched.schedule_ahead(prev)
+    assert [s.seq for s in ahead.scheduled] == plain and ahead.fed == 3  # the penalized one sits out
+    sched.postprocess(prev, SampleResult([7] * 4, None))
+    assert sched.can_plan_ahead(ahead)
+    after = sched.schedule_ahead(ahead)  # planned before ahead's tokens: the penalized one rejoins
+    assert [s.seq for s in after.scheduled] == [*plain, penalized] and after.fed == 3
+    rejoined = after.scheduled[3]
+    assert (rejoined.start, rejoined.token_ids, rejoined.samples) == (3, [7], True)
+    sched.postprocess(ahead, SampleResult([8] * 3, None))
+    sched.postprocess(after, SampleResult([9] * 4, None))
+    assert [s.output_token_ids for s in plain] == [[7, 8, 9]] * 3 and penalized.output_token_ids == [7, 9]
+    assert penalized.num_computed_tokens == 3 + 1
+    another = Sequence(next(_ids), "q", 0, [8, 9], penalized.params, 0)
+    another.detokenizer = _Silent()
+    sched.add(another)
+    assert not sched.can_plan_ahead(sched.schedule())  # two of five sampled row by row: none ahead
+    _run_to_end(sched)
+    assert sched.blocks.num_free == sched.blocks.num_blocks
