@@ -184,7 +184,11 @@ def _ahead_traffic() -> dict[str, list[SamplingParams]]:
     return {"greedy": [greedy] * 2, "sampled": [sampled] * 2, "greedy beside sampled": [greedy, sampled],
             "logit_bias": [dataclasses.replace(sampled, logit_bias=((13, 2.0),))] * 2,
             "min_tokens": [dataclasses.replace(sampled, min_tokens=12, stop_token_ids=(13,))] * 2,
-            "replayed": [replayed] * 2}
+            "replayed": [replayed] * 2,
+            # one sequence sampled row by row beside eight: it rejoins every other queued step
+            "penalties beside sampled": [sampled, SamplingParams(temperature=0.8, max_tokens=24, seed=2,
+                                                                 ignore_eos=True, repetition_penalty=1.2)],
+            "json beside sampled": [sampled, SamplingParams(temperature=0.8, max_tokens=24, seed=2, json_object=True)]}
 
 
 def _two_waves(engine, prompts: list[str], params: list[SamplingParams], tag: str) -> None:
