@@ -130,6 +130,7 @@ class LLMEngine:
         self._step_outs: tuple[SchedulerOutput, ...] = ()  # the steps being run (who a failure concerns)
         self._launched: _Launched | None = None  # a step queued ahead, its tokens not yet applied
         self._finished_at = 0.0  # when the last step's tokens were applied (time.perf_counter)
+        self._drafted_last: bool | None = None  # whether the last step applied verified drafts (None: no step yet)
         self._after_drafts = OverlapChoice()  # whether a drafting step's successor is queued ahead
         self._next_seq_id = 0
         self._steps = 0
@@ -415,7 +416,7 @@ class LLMEngine:
             self._observe(out, launched, now - (self._finished_at if launched.ahead else launched.start))
             if self.proposer is not None and self.runner.paths.overlap and self._finished_at:
                 self._after_drafts.observe(len(out.scheduled), self._generated - generated, now - self._finished_at)
-        self._finished_at = now
+        self._finished_at, self._drafted_last = now, bool(launched.drafts)
         if not self.requests:
             self.step_cost.flush()  # idle: the next run (or request) starts from what this one learned
         return outputs
@@ -435,7 +436,11 @@ class LLMEngine:
             return
         if rows == seqs and self.runner.paths.overlap and not launched.ahead:
             self.step_cost.observe_sync(seqs, seconds)
-            return
+            if self._drafted_last is not False:
+                return
+            # After a plain step it was not queued ahead either (sequences sampled row by row
+            # beyond SIT_OUT_SHARE, a client owed a slot, blocks short): where that lasts, no plain
+            # step is, and drafting is weighed against these (else against none: it never drafts).
         if rows > seqs and launched.ahead and self._launched is None:
             # Kept as a drafting step the engine waited on: what it forgoes is the overlap of the
             # step after it, which was not queued ahead; drafting steps planned after their

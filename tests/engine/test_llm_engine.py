@@ -280,3 +280,18 @@ def test_one_request_sampled_row_by_row_does_not_hold_the_others_steps_back(odd)
     assert outputs["on"] == outputs["off"]
     stats = engine.stats()
     assert stats.overlapped_steps >= stats.steps // 2
+
+
+def test_where_no_step_can_be_queued_ahead_drafting_is_weighed_against_the_plain_steps_run():
+    """With overlapped steps a plain step is costed as one queued ahead; where none can be (here
+    every sequence has a penalty, sampled row by row), the plain steps run after plain steps are
+    the baseline the policy weighs drafting against. Before, nothing was: it never searched."""
+    llm = LLM(EngineConfig(model=DEFAULT_MODEL, overlap_steps="on", num_kv_blocks=256, block_size=4, max_num_seqs=8),
+              proposer=build_proposer())
+    params = SamplingParams(n=4, temperature=0.8, seed=1, max_tokens=40, ignore_eos=True, repetition_penalty=1.1)
+    llm.generate(PROMPTS[:2], params, use_tqdm=False)
+    engine = llm.engine
+    assert engine.stats().overlapped_steps == 0
+    assert engine.step_cost.measured(8) and engine.step_cost.plain(8) is not None
+    assert engine.proposer.stats()["searches"] > 0
+    assert_no_leaks(engine)
