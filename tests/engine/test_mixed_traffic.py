@@ -31,6 +31,7 @@ VARIANTS = {
     "copy drafts, steps ahead": (ROOMY, "fixed", False, "on"),
     "copy drafts, steps ahead, torch sampler": (ROOMY, "fixed", True, "on"),
     "adaptive policy, steps ahead, preempted": (TIGHT, "adaptive", True, "on"),
+    "copy drafts, steps ahead, preempted": (TIGHT, "fixed", True, "on"),
     "random drafts": (ROOMY, "random", False, "off"),  # (it cannot draft ahead: steps wait for it)
     "plain, steps ahead": (ROOMY, None, False, "on"),
 }
