@@ -235,8 +235,10 @@ class Scheduler:
         sampled feeds prev's token (the engine feeds it from the device) at the next position, then
         its draft (`drafts`, by sequence id, found from the text without that token: each begins
         with the token it expects prev to sample, which is not fed, and the rest may follow a
-        token the sequence does not get; verification is lossless whatever it follows), then
-        waiting sequences are admitted as schedule() admits them. A sequence that drafted in prev
+        token the sequence does not get; verification is lossless whatever it follows), then the
+        sequences sampled row by row that sat prev out, their tokens the host's (one that prev
+        sampled sits this step out: can_plan_ahead), then waiting sequences are admitted as
+        schedule() admits them. A sequence that drafted in prev
         is planned at the position after its last known token, shifted by up to its draft's length
         (ScheduledSeq.shift; the engine moves its rows on the device by what prev accepts, and
         postprocess(prev, behind=this step) tells the host), its blocks held for the farthest.
@@ -270,7 +272,8 @@ class Scheduler:
             # The first id is fed from the device.
             scheduled.append(ScheduledSeq(seq, start, [0, *draft] if draft else [0], draft, 1, True, shift))
         fed = len(scheduled)
-        for seq in self._rejoining(prev) or () if planned < len(self.running) else ():  # sat prev out
+        rejoining = self._rejoining(prev) if planned < len(self.running) else None  # sat prev out
+        for seq in rejoining or ():
             if self._hold(seq, seq.num_tokens, ()) is None:
                 return None
             scheduled.append(_scheduled(seq, 1, ()))
