@@ -16,12 +16,13 @@ import pytest
 
 from engine import LLM, EngineConfig, SamplingParams
 from engine.config import DEFAULT_MODEL
+from engine.models.registry import read_model_config
 from fastcodellama.drafting import SpecConfig, build_proposer
 from fastcodellama.job.tasks import load_tasks
 from tests.engine.helpers import ScriptedProposer, assert_no_leaks
 
 PROMPTS = tuple(t["prompt"] for t in load_tasks(None, 8))
-VOCAB = LLM(EngineConfig(model=DEFAULT_MODEL, num_kv_blocks=8)).engine.model_config.vocab_size
+VOCAB = read_model_config(DEFAULT_MODEL).vocab_size
 ROOMY = dict(num_kv_blocks=400, block_size=4, max_num_batched_tokens=96, max_num_seqs=8)
 TIGHT = dict(num_kv_blocks=90, block_size=4, max_num_batched_tokens=64, max_num_seqs=12)  # preempts
 # name: (engine limits, proposer, PyTorch sampler (a GPU's), overlapped steps)
