@@ -1,14 +1,15 @@
 """Mixed traffic, every feature at once: requests drawn at random (greedy and seeded sampling,
 samples per request, penalties, min_tokens, stop strings and stop ids, logit bias, JSON mode,
 logprobs, a dedent stop, predicted outputs, prompts sharing prefixes, arrivals and aborts at
-random steps) go through engines that draft, roll back, preempt, chunk prompts and queue steps
-ahead, and each request must come out as it does from a plain engine with room to spare: the
-same tokens, text and finish reason, logprobs within rounding, no KV block kept. The features are
-tested one by one elsewhere; this is where they meet. Each workload's seed is fixed, so a failure
-repeats; python -c "from tests.engine.test_mixed_traffic import soak; soak(range(100))" runs
-more of them."""
+random steps) go through engines that draft, roll back, preempt, chunk prompts, queue steps
+ahead and run the static step function CUDA graphs replay, and each request must come out as it
+does from a plain engine with room to spare: the same tokens, text and finish reason, logprobs
+within rounding, no KV block kept. The features are tested one by one elsewhere; this is where
+they meet. Each workload's seed is fixed, so a failure repeats;
+python -c "from tests.engine.test_mixed_traffic import soak; soak(range(100))" runs more of them."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 
@@ -16,7 +17,9 @@ import pytest
 
 from engine import LLM, EngineConfig, SamplingParams
 from engine.config import DEFAULT_MODEL
+from engine.cuda_graphs import StepGraphs
 from engine.models.registry import read_model_config
+from engine.static_step import StaticStep
 from fastcodellama.drafting import SpecConfig, build_proposer
 from fastcodellama.job.tasks import load_tasks
 from tests.engine.helpers import ScriptedProposer, assert_no_leaks
@@ -25,16 +28,27 @@ PROMPTS = tuple(t["prompt"] for t in load_tasks(None, 8))
 VOCAB = read_model_config(DEFAULT_MODEL).vocab_size
 ROOMY = dict(num_kv_blocks=400, block_size=4, max_num_batched_tokens=96, max_num_seqs=8)
 TIGHT = dict(num_kv_blocks=90, block_size=4, max_num_batched_tokens=64, max_num_seqs=12)  # preempts
-# name: (engine limits, proposer, PyTorch sampler (a GPU's), overlapped steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    limits: dict
+    proposer: str | None  # "fixed", "adaptive" (SpecConfig.policy), "random" (ScriptedProposer), None
+    torch_sampler: bool = False  # the sampler a GPU runs, not the C kernel
+    overlap: str = "off"
+    static: bool = False  # decode and verify steps through the static step function CUDA graphs replay
+
+
 VARIANTS = {
-    "copy drafts": (ROOMY, "fixed", False, "off"),
-    "copy drafts, preempted": (TIGHT, "fixed", False, "off"),
-    "copy drafts, steps ahead": (ROOMY, "fixed", False, "on"),
-    "copy drafts, steps ahead, torch sampler": (ROOMY, "fixed", True, "on"),
-    "adaptive policy, steps ahead, preempted": (TIGHT, "adaptive", True, "on"),
-    "copy drafts, steps ahead, preempted": (TIGHT, "fixed", True, "on"),
-    "random drafts": (ROOMY, "random", False, "off"),  # (it cannot draft ahead: steps wait for it)
-    "plain, steps ahead": (ROOMY, None, False, "on"),
+    "copy drafts": Variant(ROOMY, "fixed"),
+    "copy drafts, preempted": Variant(TIGHT, "fixed"),
+    "copy drafts, steps ahead": Variant(ROOMY, "fixed", overlap="on"),
+    "copy drafts, steps ahead, torch sampler": Variant(ROOMY, "fixed", True, "on"),
+    "adaptive policy, steps ahead, preempted": Variant(TIGHT, "adaptive", True, "on"),
+    "copy drafts, steps ahead, preempted": Variant(TIGHT, "fixed", True, "on"),
+    "copy drafts, static steps, steps ahead": Variant(ROOMY, "fixed", True, "on", static=True),
+    "random drafts": Variant(ROOMY, "random"),  # (it cannot draft ahead: steps wait for it)
+    "plain, steps ahead": Variant(ROOMY, None, overlap="on"),
 }
 SEEDS = (0, 2, 4, 7, 10)
 
@@ -81,13 +95,20 @@ def workload(seed: int) -> tuple[tuple, ...]:
     return tuple(requests)
 
 
-def run(requests, limits: dict, proposer=None, torch_sampler: bool = False, overlap: str = "off"):
+def run(requests, variant: Variant):
     """Steps the engine through the workload: the finished requests' outputs by id, the ids
     aborted before they ended, and the engine (checked for leaks)."""
-    llm = LLM(EngineConfig(model=DEFAULT_MODEL, overlap_steps=overlap, **limits), proposer=proposer)
+    backend = dict(attention_backend="torch") if variant.static else {}
+    llm = LLM(EngineConfig(model=DEFAULT_MODEL, overlap_steps=variant.overlap, **variant.limits, **backend),
+              proposer=_proposer(variant.proposer))
     engine = llm.engine
-    if torch_sampler:
+    if variant.torch_sampler:
         engine.sampler.use_kernels = False
+    if variant.static:
+        runner, limits = engine.runner, variant.limits
+        static = StaticStep(limits["max_num_seqs"], limits["max_num_batched_tokens"], 128, limits["block_size"],
+                            runner.num_blocks, runner.model_config.vocab_size, runner.device)
+        runner.graphs = StepGraphs(runner.model, runner.kv_caches, runner.backend, static, capture=False)
     pending = sorted(requests, key=lambda r: r[3])
     aborts = {r[0]: r[4] for r in requests if r[4] is not None}
     done, aborted, step = {}, set(), 0
@@ -111,7 +132,8 @@ def run(requests, limits: dict, proposer=None, torch_sampler: bool = False, over
 
 @functools.lru_cache(maxsize=None)
 def reference(seed: int):
-    return run(workload(seed), dict(num_kv_blocks=2000, block_size=16, max_num_batched_tokens=2048, max_num_seqs=64))
+    return run(workload(seed), Variant(dict(num_kv_blocks=2000, block_size=16, max_num_batched_tokens=2048,
+                                            max_num_seqs=64), None))
 
 
 def _proposer(kind: str | None):
@@ -122,9 +144,8 @@ def _proposer(kind: str | None):
 
 def check(seed: int, variant: str) -> dict:
     """Runs one workload through one variant against the reference; returns what it exercised."""
-    limits, kind, torch_sampler, overlap = VARIANTS[variant]
     want, want_aborted, _ = reference(seed)
-    got, aborted, engine = run(workload(seed), limits, _proposer(kind), torch_sampler, overlap)
+    got, aborted, engine = run(workload(seed), VARIANTS[variant])
     compared = sorted(set(want) - aborted)  # a request aborted in either run is compared in neither
     assert sorted(set(got) - want_aborted) == compared
     for request_id in compared:
@@ -133,20 +154,23 @@ def check(seed: int, variant: str) -> dict:
             if theirs[3] is not None:  # a verify row's logprob may part from a decode row's in the last bits
                 assert mine[3] == pytest.approx(theirs[3], abs=1e-4), f"{request_id}, sample {i}"
     stats = engine.stats()
+    graphs = engine.runner.graphs
     return {"compared": len(compared), "drafted": stats.spec.total_drafted, "accepted": stats.spec.total_accepted,
-            "preempted": engine.scheduler.num_preemptions, "ahead": stats.overlapped_steps}
+            "preempted": engine.scheduler.num_preemptions, "ahead": stats.overlapped_steps,
+            "static": graphs.replays if graphs is not None else 0}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_mixed_traffic_comes_out_as_from_a_plain_engine(seed, variant):
     seen = check(seed, variant)
-    limits, kind, _, overlap = VARIANTS[variant]
+    v = VARIANTS[variant]
     # What each variant is there for happened in each of these workloads.
     assert seen["compared"] > 0
-    assert seen["drafted"] > 0 or kind in (None, "adaptive")
-    assert seen["preempted"] > 0 or limits is not TIGHT
-    assert seen["ahead"] > 0 or overlap == "off"
+    assert seen["drafted"] > 0 or v.proposer in (None, "adaptive")
+    assert seen["preempted"] > 0 or v.limits is not TIGHT
+    assert seen["ahead"] > 0 or v.overlap == "off"
+    assert seen["static"] > 0 or not v.static
 
 
 def soak(seeds) -> None:
