@@ -106,7 +106,8 @@ def run(requests, variant: Variant):
         engine.sampler.use_kernels = False
     if variant.static:
         runner, limits = engine.runner, variant.limits
-        static = StaticStep(limits["max_num_seqs"], limits["max_num_batched_tokens"], 128, limits["block_size"],
+        widest = -(-engine.max_model_len // limits["block_size"])  # a block table as long as any sequence's
+        static = StaticStep(limits["max_num_seqs"], limits["max_num_batched_tokens"], widest, limits["block_size"],
                             runner.num_blocks, runner.model_config.vocab_size, runner.device)
         runner.graphs = StepGraphs(runner.model, runner.kv_caches, runner.backend, static, capture=False)
     pending = sorted(requests, key=lambda r: r[3])
