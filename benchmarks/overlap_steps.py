@@ -20,9 +20,10 @@ At each number of running sequences the same requests run with overlap off and o
     python benchmarks/overlap_steps.py --batches 64 --penalized 1    # one request of ten samples with a penalty
 
 --penalized K: the first K requests carry a repetition penalty, as a client may send: their rows
-are sampled row by row, each needing its last token on the host (Scheduler.can_plan_ahead). The
-stub's rows then hold the whole vocabulary (a penalty reads its history's ids there), which this
-host samples: its share of a step grows, as does what overlapping it saves.
+are sampled row by row, each penalized by a history that ends, in a step queued ahead, in tokens
+on the device (LLMEngine._device_tails). The stub's rows then hold the whole vocabulary (a penalty
+reads its history's ids there), which this host samples: its share of a step grows (on a GPU
+those rows are sampled on the device), as does what overlapping it saves.
 """
 from __future__ import annotations
 
@@ -199,7 +200,7 @@ def write(results: dict, out_dir: str) -> None:
     lines = header("Overlapped steps beside a simulated device", results, "plain, and copy drafting (adaptive)")
     if results["args"].get("penalized"):
         lines += [f"the first {results['args']['penalized']} requests (of 10 samples each) carry a repetition "
-                  "penalty: sampled row by row", ""]
+                  "penalty: sampled row by row, their rows' whole vocabulary on this host", ""]
     lines += ["ms per step and tokens per second: medians of the rounds; on / off: tokens per second, and each "
               "round's pair; overlapped: the share of the timed steps queued ahead (overlap on); busy: the share "
               "of the time the device ran steps (the rest it waited on the host), mean of the rounds.", ""]

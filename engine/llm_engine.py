@@ -26,7 +26,7 @@ from engine.outputs import CompletionOutput, Prefix, RequestOutput, SpecStats
 from engine.overlap_choice import OverlapChoice
 from engine.paths import step_cost_dir
 from engine.proposer import Draft, DraftQueries, Proposer
-from engine.sampler import RowShift, Sampled, Sampler, SamplingRow, sample_key
+from engine.sampler import DeviceHistory, RowShift, Sampled, Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
@@ -271,13 +271,15 @@ class LLMEngine:
         return outputs
 
     def _launch(self, out: SchedulerOutput, start: float, feed: Feed | None = None, shift: Shift | None = None,
-                ahead: bool = False, drafts: dict[int, tuple[Draft, bool]] | None = None) -> _Launched:
+                ahead: bool = False, drafts: dict[int, tuple[Draft, bool]] | None = None,
+                tails: dict[int, DeviceHistory] | None = None) -> _Launched:
         """Queues the step's forward and sampling (`feed`: token ids of it on the device; `shift`:
-        sequences whose rows the device moves; `drafts`: those it verifies, as proposed)."""
+        sequences whose rows the device moves; `drafts`: those it verifies, as proposed; `tails`:
+        penalized sequences' tokens of the step before, on the device: _device_tails)."""
         sampled = None
         if out.scheduled:
             logits = self.runner.execute(out, feed, shift)
-            rows = self._sampling_rows(out)
+            rows = self._sampling_rows(out, tails)
             if not rows:
                 sampled = None
             elif shift is not None:
@@ -336,7 +338,8 @@ class LLMEngine:
         self._ahead_steps += 1
         self._step_outs = (prev.out, out)
         found = {s.seq.seq_id: (drafts[s.seq.seq_id], True) for s in fed if s.draft} if drafts else None
-        return self._launch(out, start, feed, shift, ahead=True, drafts=found)
+        tails = _device_tails(fed, tokens, sampled_at, ids, shift)
+        return self._launch(out, start, feed, shift, ahead=True, drafts=found, tails=tails)
 
     def _row_shift(self, out: SchedulerOutput, shift: Shift) -> RowShift:
         """The sampling rows of the sequences `shift` moves, each by its sequence's amount; in trace
@@ -370,8 +373,8 @@ class LLMEngine:
         max_model_len = self.max_model_len
         in_flight = {seq.seq_id: len(s.draft) for seq, (_, s) in sampled_at.items() if s.draft} if prev.drafts else {}
         # Room for the tokens in flight: the one after them comes first. None for a sequence
-        # sampled row by row: it sits the step out (Scheduler.can_plan_ahead).
-        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: 0 if seqs[i].params.row_by_row else max(
+        # held to JSON: it sits the step out (Scheduler.can_plan_ahead).
+        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: 0 if seqs[i].params.json_object else max(
             0, _room(seqs[i], max_model_len) - 1 - in_flight.get(seqs[i].seq_id, 0)))
         covered = {i: (d, in_flight[i] + ahead) for i, (d, ahead) in prev.drafts.items() if i in in_flight}
         found = self.proposer.propose_ahead(queries, budget, self.step_cost, covered)
@@ -448,19 +451,21 @@ class LLMEngine:
             seconds += self.step_cost.forgone(seqs)
         self.step_cost.observe(seqs, rows - seqs, seconds)
 
-    def _sampling_rows(self, out: SchedulerOutput) -> list[SamplingRow]:
+    def _sampling_rows(self, out: SchedulerOutput, tails: dict[int, DeviceHistory] | None = None
+                       ) -> list[SamplingRow]:
         """The rows to sample, in order: for each sequence that reaches its end, one per draft
-        prefix (the verification rows) and one after the whole draft."""
+        prefix (the verification rows) and one after the whole draft. `tails`: by index in the
+        step, the tokens penalized sequences got from the step before, on the device only."""
         rows: list[SamplingRow] = []
         logits_row = 0
-        for s in out.scheduled:
+        for i, s in enumerate(out.scheduled):
             if not s.samples:
                 continue
             seq, p = s.seq, s.seq.params
             # Its position from the step's (a step queued ahead feeds a token not yet in the output).
             position = s.start + s.num_real - len(seq.prompt_token_ids)
             if s.draft or p.row_by_row:
-                rows += self._seq_rows(seq, logits_row, s.draft, position)
+                rows += self._seq_rows(seq, logits_row, s.draft, position, tails.get(i) if tails else None)
                 logits_row += len(s.draft) + 1
                 continue
             # One row without history (most rows of most steps), built as a plain tuple: a
@@ -471,9 +476,11 @@ class LLMEngine:
             logits_row += 1
         return rows
 
-    def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...], position: int) -> list[SamplingRow]:
+    def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...], position: int,
+                  tail: DeviceHistory | None = None) -> list[SamplingRow]:
         """One sequence's rows: row j picks the token after the first j draft tokens, the output's
-        `position` + j-th (row by row: only in steps planned after the output's last token)."""
+        `position` + j-th (`tail`: the tokens the step before gave it, known on the device only,
+        after its output and before the draft; a penalized row's history ends in them there)."""
         p = seq.params
         prompt_len = len(seq.prompt_token_ids)
         count = len(draft) + 1
@@ -488,7 +495,16 @@ class LLMEngine:
             return [_new_tuple(SamplingRow, (logits_row + j, p, key, position + j, (), prompt_len, forced[j],
                                              states[j])) for j in range(count)]
         history = seq.prompt_token_ids + seq.output_token_ids
-        return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, history + list(draft[:j]), prompt_len,
+        if tail is None:
+            histories = [history + list(draft[:j]) for j in range(count)]
+        else:
+            device, known = tail.tokens.device, len(history) + len(tail.tokens)
+            tokens = torch.cat([on_device(torch.tensor(history, dtype=torch.long), device), tail.tokens.long(),
+                                on_device(torch.tensor(draft, dtype=torch.long), device)])
+            weights = torch.cat([torch.ones(len(history), device=device), tail.weights,
+                                 torch.ones(len(draft), device=device)])
+            histories = [DeviceHistory(tokens[:known + j], weights[:known + j]) for j in range(count)]
+        return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, histories[j], prompt_len,
                             forced[j], states[j]) for j in range(count)]
 
     def _json_states(self, seq: Sequence, draft: tuple[int, ...]) -> list:
@@ -628,6 +644,30 @@ def _accepted(tokens: torch.Tensor, drafted: list[tuple[int, ScheduledSeq]]) -> 
     sampled = tokens[on_device(torch.tensor(rows, dtype=torch.long), device)]
     agree = sampled == on_device(torch.tensor(wanted, dtype=torch.long), device)
     return agree.long().cumprod(1).sum(1)
+
+
+def _device_tails(fed: list[ScheduledSeq], tokens: torch.Tensor, sampled_at: dict[Sequence, tuple[int, ScheduledSeq]],
+                  ids: torch.Tensor | None, shift: Shift | None) -> dict[int, DeviceHistory] | None:
+    """By index in a step queued ahead, the tokens each penalized sequence it feeds got from
+    the step in flight (`tokens`, that step's sampled rows), on the device: the token fed
+    (`ids`), or after a draft that step's rows of it, counted as far as it accepts (`shift`:
+    its draft's sequences and what each accepts). The rows' penalties read them there."""
+    if not any(s.seq.params.row_by_row for s in fed):  # (row_by_row: a flag; needs_penalties: a property)
+        return None
+    moved = dict(zip(shift.seqs, range(len(shift.seqs)))) if shift is not None else {}
+    tails = {}
+    for i, s in enumerate(fed):
+        if not s.seq.params.needs_penalties:
+            continue
+        k = moved.get(i)
+        if k is None:
+            tails[i] = DeviceHistory(ids[i:i + 1], torch.ones(1, device=tokens.device))
+            continue
+        first, before = sampled_at[s.seq]
+        n = len(before.draft) + 1
+        counted = torch.arange(n, device=tokens.device) <= shift.by[k]
+        tails[i] = DeviceHistory(tokens[first:first + n], counted.float())
+    return tails
 
 
 def _room(seq: Sequence, max_model_len: int) -> int:

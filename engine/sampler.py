@@ -46,13 +46,23 @@ class SamplingRow(NamedTuple):
     params: SamplingParams
     noise_key: int
     position: int  # index of the output token chosen here (0 = first generated)
-    history: Seq[int] = ()  # prompt + output + draft prefix, only filled when penalties apply
+    # prompt + output + draft prefix, only filled when penalties apply (on the device where it
+    # ends in tokens only the device knows: a step queued ahead of the one sampling them)
+    history: "Seq[int] | DeviceHistory" = ()
     output_start: int = 0  # where the output begins in `history`
     forced: int | None = None  # replay mode: the recorded token
     json: JsonState | None = None  # json_object: the text's state before this row's token
 
 
 TopLogprobs = tuple[tuple[int, float], ...]  # (token, log probability), likeliest first
+
+
+class DeviceHistory(NamedTuple):
+    """A penalized row's history, on the device: its tokens and whether each counts (1.0; 0.0 for
+    a slot of a draft in flight past what that draft's step accepts, known there only)."""
+
+    tokens: torch.Tensor  # int64
+    weights: torch.Tensor  # float32
 
 
 class RowShift(NamedTuple):
@@ -718,11 +728,19 @@ def _top_p(x: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
 
 def _apply_penalties(row: torch.Tensor, r: SamplingRow) -> None:
     p = r.params
-    history = on_device(torch.tensor(list(r.history), dtype=torch.long), row.device)
+    if isinstance(r.history, DeviceHistory):
+        history, weights = r.history
+    else:
+        history, weights = on_device(torch.tensor(list(r.history), dtype=torch.long), row.device), None
     if p.repetition_penalty != 1.0 and len(history):
-        seen = torch.zeros(row.shape[0], dtype=torch.bool, device=row.device).index_fill_(0, history, True)
+        if weights is None:
+            seen = torch.zeros(row.shape[0], dtype=torch.bool, device=row.device).index_fill_(0, history, True)
+        else:
+            seen = torch.zeros(row.shape[0], dtype=weights.dtype, device=row.device).index_add_(0, history, weights) > 0
         row.copy_(torch.where(seen, torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty), row))
     output = history[r.output_start:]
     if (p.presence_penalty or p.frequency_penalty) and len(output):
-        counts = torch.zeros_like(row).index_add_(0, output, torch.ones(len(output), dtype=row.dtype, device=row.device))
+        counted = torch.ones(len(output), dtype=row.dtype, device=row.device) if weights is None else \
+            weights[r.output_start:].to(row.dtype)
+        counts = torch.zeros_like(row).index_add_(0, output, counted)
         row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)

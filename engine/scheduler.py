@@ -29,7 +29,7 @@ from engine.sequence import Sequence, SequenceStatus
 from engine.stop_checker import StopChecker
 
 KV_CACHE_FULL = "kv_cache_full"  # stop_reason of a sequence that outgrew the whole KV cache
-# Sequences sampled row by row sit every other step out so that the rest are queued ahead
+# Sequences held to JSON sit every other step out so that the rest are queued ahead
 # (can_plan_ahead) while they are at most this share of those running: each step they sit out
 # costs them a token, and where they are many that outweighs the host time the others save.
 SIT_OUT_SHARE = 0.25
@@ -193,11 +193,12 @@ class Scheduler:
         aside): every running sequence sampled in prev (a decode, or the last chunk of its prompt)
         one token, or with `shifts` a draft's rows too (where the next rows go is then known on the
         device only: none before min_tokens, which the host applies by position), and no waiting
-        client is owed a slot. A sequence sampled row by row (penalties, JSON: its row needs its
-        last token on the host) sits the planned step out, and one that sat prev out rejoins with
-        its token known; so each decodes every other step while the others keep theirs queued
+        client is owed a slot. A sequence held to JSON (its row needs the constraint's state after
+        its last token, on the host) sits the planned step out, and one that sat prev out rejoins
+        with its token known; so each decodes every other step while the others keep theirs queued
         ahead, as long as they are at most SIT_OUT_SHARE of those running (else no step is
-        planned ahead, and every sequence waits for its tokens each step)."""
+        planned ahead, and every sequence waits for its tokens each step). A penalized row reads
+        the tokens it follows on the device (LLMEngine._device_tails)."""
         if not prev.scheduled or self._unfair() is not None:
             return False
         live = sitting = 0
@@ -207,7 +208,7 @@ class Scheduler:
                 continue
             if not s.samples or s.shift:
                 return False
-            if seq.params.row_by_row:
+            if seq.params.json_object:
                 sitting += 1
             elif s.draft and (not shifts or len(seq.output_token_ids) < seq.params.min_tokens):
                 return False
@@ -220,12 +221,12 @@ class Scheduler:
         return live == len(self.running) and sitting <= SIT_OUT_SHARE * live
 
     def _rejoining(self, prev: SchedulerOutput) -> list[Sequence] | None:
-        """The running sequences prev left out that may join the step after it: each sampled row
-        by row and sat prev out with its last token known (can_plan_ahead); None where another
-        is left out (a prompt short of its chunk: the next step is planned as usual)."""
+        """The running sequences prev left out that may join the step after it: each held to JSON
+        and sat prev out with its last token known (can_plan_ahead); None where another is left
+        out (a prompt short of its chunk: the next step is planned as usual)."""
         planned = {s.seq for s in prev.scheduled}
         rejoining = [seq for seq in self.running if seq not in planned]
-        if any(not seq.params.row_by_row or seq.num_tokens - seq.num_computed_tokens != 1 for seq in rejoining):
+        if any(not seq.params.json_object or seq.num_tokens - seq.num_computed_tokens != 1 for seq in rejoining):
             return None
         return rejoining
 
@@ -236,8 +237,8 @@ class Scheduler:
         its draft (`drafts`, by sequence id, found from the text without that token: each begins
         with the token it expects prev to sample, which is not fed, and the rest may follow a
         token the sequence does not get; verification is lossless whatever it follows), then the
-        sequences sampled row by row that sat prev out, their tokens the host's (one that prev
-        sampled sits this step out: can_plan_ahead), then waiting sequences are admitted as
+        sequences held to JSON that sat prev out, their tokens the host's (one that prev sampled
+        sits this step out: can_plan_ahead), then waiting sequences are admitted as
         schedule() admits them. A sequence that drafted in prev
         is planned at the position after its last known token, shifted by up to its draft's length
         (ScheduledSeq.shift; the engine moves its rows on the device by what prev accepts, and
@@ -256,7 +257,7 @@ class Scheduler:
             if seq.is_finished:
                 continue
             planned += 1
-            if seq.params.row_by_row:  # sits this step out
+            if seq.params.json_object:  # sits this step out
                 continue
             made = len(seq.output_token_ids) + 1  # with prev's token
             if made >= seq.params.max_tokens or made >= max_len - len(seq.prompt_token_ids):

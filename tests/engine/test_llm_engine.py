@@ -261,9 +261,11 @@ def test_trace_replay_through_steps_queued_after_drafts_gives_the_recorded_token
                                  SamplingParams(temperature=0.0, max_tokens=20, json_object=True)],
                          ids=["penalties", "json"])
 def test_one_request_sampled_row_by_row_does_not_hold_the_others_steps_back(odd):
-    """Among seven plain sequences, one whose rows need its last token on the host sits every
-    other queued step out (Scheduler.can_plan_ahead): the others' steps are still queued ahead
-    (before, not one was), and every output is the synchronous engine's."""
+    """Among seven plain sequences, one with penalties or held to JSON (sampled row by row): the
+    steps are still queued ahead (before, not one was), every one where the odd one has penalties
+    (its rows read the token fed them on the device), every other at least where it is held to
+    JSON (it sits queued steps out: its rows need its last token on the host), and every output
+    is the synchronous engine's."""
     plain = SamplingParams(n=7, temperature=0.8, seed=3, max_tokens=20, ignore_eos=True)
     outputs = {}
     for overlap in ("off", "on"):
@@ -280,15 +282,42 @@ def test_one_request_sampled_row_by_row_does_not_hold_the_others_steps_back(odd)
     assert outputs["on"] == outputs["off"]
     stats = engine.stats()
     assert stats.overlapped_steps >= stats.steps // 2
+    assert (stats.overlapped_steps == stats.steps - 1) == odd.needs_penalties
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, repetition_penalty=1.3, frequency_penalty=0.4),
+    SamplingParams(n=2, temperature=0.9, seed=4, max_tokens=24, ignore_eos=True, presence_penalty=0.8,
+                   repetition_penalty=0.9),
+], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("torch_sampler", [False, True], ids=["c-sampler", "torch-sampler"])
+def test_penalized_sequences_are_queued_ahead_after_their_drafts_too(tiny_model_dir, params, torch_sampler,
+                                                                     monkeypatch):
+    """Every sequence penalized, drafts partly wrong: the steps are queued ahead,
+    each penalized row's history ending in the tokens the step in flight gives its sequence, on
+    the device (after a draft, its rows counted as far as it accepts), and the outputs are the
+    synchronous engine's. Before, such sequences sat queued steps out, and where they were more
+    than a quarter of those running, no step was queued ahead."""
+    monkeypatch.setattr(OverlapChoice, "ahead", lambda self, seqs: True)
+    synchronous, _, outs = _run(tiny_model_dir, "off", params, torch_sampler=torch_sampler)
+    proposer = _Foresight({tuple(o.prompt_token_ids): o.outputs[0].token_ids for o in outs})
+    overlapped, llm, _ = _run(tiny_model_dir, "on", params, proposer=proposer, torch_sampler=torch_sampler)
+    assert overlapped == synchronous
+    stats = llm.engine.stats()
+    assert stats.steps - stats.overlapped_steps <= 2  # the first, and one whose tokens end every sequence by length
+    accepted = [n for _, n in proposer.records]
+    assert 0 in accepted and 3 in accepted  # drafts in flight rejected and accepted whole
+    assert_no_leaks(llm.engine)
 
 
 def test_where_no_step_can_be_queued_ahead_drafting_is_weighed_against_the_plain_steps_run():
     """With overlapped steps a plain step is costed as one queued ahead; where none can be (here
-    every sequence has a penalty, sampled row by row), the plain steps run after plain steps are
-    the baseline the policy weighs drafting against. Before, nothing was: it never searched."""
+    every sequence is held to JSON, whose rows need their last tokens on the host), the plain
+    steps run after plain steps are the baseline the policy weighs drafting against. Before,
+    nothing was: it never searched."""
     llm = LLM(EngineConfig(model=DEFAULT_MODEL, overlap_steps="on", num_kv_blocks=256, block_size=4, max_num_seqs=8),
               proposer=build_proposer())
-    params = SamplingParams(n=4, temperature=0.8, seed=1, max_tokens=40, ignore_eos=True, repetition_penalty=1.1)
+    params = SamplingParams(n=4, temperature=0.8, seed=1, max_tokens=40, json_object=True)
     llm.generate(PROMPTS[:2], params, use_tqdm=False)
     engine = llm.engine
     assert engine.stats().overlapped_steps == 0

@@ -12,8 +12,9 @@ import torch
 from engine import rejection_sampler
 from engine.rejection_sampler import accepted_length, reference_speculative_sample
 from engine import sampler as sampler_module
-from engine.sampler import (CANDIDATE_ROWS, REDRAWN_AT_ONCE, RowKnobs, RowShift, Sampler, SamplingRow, _filter, host_row_noise,
-                            kept_scores, race, race_candidates, race_scores, row_noise, sample_key)
+from engine.sampler import (CANDIDATE_ROWS, REDRAWN_AT_ONCE, DeviceHistory, RowKnobs, RowShift, Sampler, SamplingRow,
+                            _filter, host_row_noise, kept_scores, race, race_candidates, race_scores, row_noise,
+                            sample_key)
 from engine.sampling_params import SamplingParams
 
 V = 5  # vocabulary of the toy target
@@ -399,6 +400,30 @@ def test_launch_waits_for_nothing_and_samples_what_each_row_samples_alone(case: 
         assert all(rows[i].forced is None for i in launched.changed)
         assert [got[i] for i, r in enumerate(rows) if r.forced is not None] == \
             [r.forced for r in rows if r.forced is not None]
+
+
+def test_a_history_on_the_device_penalizes_as_its_counted_tokens_do_on_the_host():
+    """In a step queued ahead a penalized row's history ends in tokens only the device knows, some
+    not counted (a draft's rows past what its step accepts): the row is penalized as by the
+    counted tokens alone, and launch reads nothing back."""
+    from tests.engine.helpers import read_backs
+
+    sampler = Sampler(eos_ids=(2,), redraw_at_launch=True)
+    params = SamplingParams(temperature=0.8, repetition_penalty=1.5, frequency_penalty=0.7, presence_penalty=0.3)
+    torch.manual_seed(5)
+    logits = torch.randn(3, 500) * 2
+    tokens, weights = torch.tensor([5, 9, 9, 11, 40, 41, 40]), torch.tensor([1.0, 1, 1, 1, 1, 0, 0])
+    on_device = [SamplingRow(i, params, sample_key(1, 0), i, DeviceHistory(tokens[:5 + i], weights[:5 + i]), 1)
+                 for i in range(3)]
+    on_host = [r._replace(history=[t for t, w in zip(tokens[:5 + i].tolist(), weights.tolist()) if w])
+               for i, r in enumerate(on_device)]
+    counted_all = [r._replace(history=tokens[:5 + i].tolist()) for i, r in enumerate(on_device)]
+    assert torch.equal(sampler.process(logits.clone(), on_device), sampler.process(logits.clone(), on_host))
+    assert not torch.equal(sampler.process(logits.clone(), on_device), sampler.process(logits.clone(), counted_all))
+    with read_backs() as seen:
+        launched = sampler.launch(logits.clone(), on_device)
+    assert seen == []
+    assert launched.result().tokens == sampler(logits.clone(), on_host).tokens
 
 
 @pytest.mark.gpu

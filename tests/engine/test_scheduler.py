@@ -290,35 +290,46 @@ def test_no_step_is_planned_ahead_of_a_draft_before_min_tokens():
     assert sched.can_plan_ahead(sched.schedule({seq.seq_id: Draft((7,))}), shifts=True)
 
 
-def test_a_sequence_sampled_row_by_row_sits_every_other_step_planned_ahead_out():
-    """A sequence whose rows need its last token on the host (penalties, JSON) is left out of a
-    step planned ahead of that token and rejoins the one after, its token known, while the others
-    are fed theirs from the device at every step; where such sequences are more than SIT_OUT_SHARE
-    of those running, no step is planned ahead."""
-    sched = _scheduler(block_size=4, budget=32)
+def _odd(name: str, prompt: list[int], **params) -> Sequence:
+    seq = Sequence(next(_ids), name, 0, prompt, SamplingParams(max_tokens=20, **params), 0)
+    seq.detokenizer = _Silent()
+    return seq
+
+
+def test_a_sequence_held_to_json_sits_every_other_step_planned_ahead_out():
+    """A sequence held to JSON (its row needs the constraint's state after its last token, on the
+    host) is left out of a step planned ahead of that token and rejoins the one after, its token
+    known, while the others are fed theirs from the device at every step, a penalized one too (the
+    engine ends its row's history with those tokens on the device), after a draft as well. Where
+    the sequences sitting out are more than SIT_OUT_SHARE of those running, no step is planned
+    ahead."""
+    sched = _scheduler(block_size=4, budget=32, max_seqs=12)
     plain = [_seqs([i, 2, 3], max_tokens=20)[0] for i in range(10, 13)]
-    penalized = Sequence(next(_ids), "p", 0, [4, 5, 6], SamplingParams(max_tokens=20, ignore_eos=True,
-                                                                        repetition_penalty=1.2), 0)
-    penalized.detokenizer = _Silent()
-    for seq in (*plain, penalized):
+    penalized = _odd("p", [4, 5, 6], ignore_eos=True, repetition_penalty=1.2)
+    json = _odd("j", [20, 21, 22], json_object=True)
+    for seq in (*plain, penalized, json):
         sched.add(seq)
     prev = sched.schedule()
-    assert sched.can_plan_ahead(prev)  # one of four: a quarter
+    assert sched.can_plan_ahead(prev)  # one of five sits out
     ahead = sched.schedule_ahead(prev)
-    assert [s.seq for s in ahead.scheduled] == plain and ahead.fed == 3  # the penalized one sits out
-    sched.postprocess(prev, SampleResult([7] * 4, None))
+    assert [s.seq for s in ahead.scheduled] == [*plain, penalized] and ahead.fed == 4
+    sched.postprocess(prev, SampleResult([7] * 5, None))
     assert sched.can_plan_ahead(ahead)
-    after = sched.schedule_ahead(ahead)  # planned before ahead's tokens: the penalized one rejoins
-    assert [s.seq for s in after.scheduled] == [*plain, penalized] and after.fed == 3
-    rejoined = after.scheduled[3]
+    after = sched.schedule_ahead(ahead)  # planned before ahead's tokens: the JSON one rejoins
+    assert [s.seq for s in after.scheduled] == [*plain, penalized, json] and after.fed == 4
+    rejoined = after.scheduled[4]
     assert (rejoined.start, rejoined.token_ids, rejoined.samples) == (3, [7], True)
-    sched.postprocess(ahead, SampleResult([8] * 3, None))
-    sched.postprocess(after, SampleResult([9] * 4, None))
-    assert [s.output_token_ids for s in plain] == [[7, 8, 9]] * 3 and penalized.output_token_ids == [7, 9]
-    assert penalized.num_computed_tokens == 3 + 1
-    another = Sequence(next(_ids), "q", 0, [8, 9], penalized.params, 0)
-    another.detokenizer = _Silent()
-    sched.add(another)
-    assert not sched.can_plan_ahead(sched.schedule())  # two of five sampled row by row: none ahead
+    sched.postprocess(ahead, SampleResult([8] * 4, None))
+    sched.postprocess(after, SampleResult([9] * 5, None))
+    assert [s.output_token_ids for s in (*plain, penalized)] == [[7, 8, 9]] * 4 and json.output_token_ids == [7, 9]
+    assert json.num_computed_tokens == 3 + 1
+    drafting = sched.schedule({penalized.seq_id: Draft((5, 6))})
+    assert sched.can_plan_ahead(drafting, shifts=True)
+    ahead = sched.schedule_ahead(drafting)
+    assert [s.seq for s in ahead.scheduled] == [*plain, penalized] and ahead.scheduled[3].shift == 2
+    sched.postprocess(drafting, SampleResult([9] * 7, None), behind=ahead)
+    sched.postprocess(ahead, SampleResult([9] * 4, None))
+    sched.add(_odd("k", [8, 9], json_object=True))
+    assert not sched.can_plan_ahead(sched.schedule())  # two of six sit out: none ahead
     _run_to_end(sched)
     assert sched.blocks.num_free == sched.blocks.num_blocks
