@@ -398,9 +398,11 @@ class LLMEngine:
         behind = self._launched
         if sampled is not None and sampled.changed and behind is not None:
             # The step queued behind this one fed these rows' sequences their tokens (or moved
-            # their rows by drafts accepted) before a redraw changed them.
+            # their rows by drafts accepted) before a redraw changed them (of those it fed: one
+            # that sits it out, as one held to JSON does, was fed nothing).
             owners = [s.seq.seq_id for s in out.scheduled if s.samples for _ in range(len(s.draft) + 1)]
-            behind.dropped.update(owners[i] for i in sampled.changed)
+            fed = {s.seq.seq_id for s in behind.out.scheduled[:behind.out.fed]}
+            behind.dropped.update(owners[i] for i in sampled.changed if owners[i] in fed)
         if behind is not None and launched.drafts:  # queued after this step's drafts: its rows moved by them
             updates = self.scheduler.postprocess(out, result, frozenset(launched.dropped), behind.out)
         elif launched.dropped:

@@ -196,17 +196,29 @@ class Sampler:
         if any(p.needs_penalties or p.min_tokens or p.logit_bias for p in kinds):
             x = self.constrain(x, rows)
         tokens, redraw = self._choose(x, rows, kinds, shift)
-        return Sampled(tokens, rows, kinds, raw_logprobs, redraw, self.noise)
+        return Sampled(tokens, rows, kinds, raw_logprobs, redraw, self.noise, self._held(x, rows, kinds))
+
+    def _held(self, x: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams]) -> "HeldRows | None":
+        """The rows held to JSON (none recorded), their logits copied (a CUDA graph's next replay
+        writes the buffer `x` may view): their choice is checked against the constraint once read
+        back (Sampled.result), so that nothing here waits for the device. No step feeds such a
+        row's token from the device (Scheduler.can_plan_ahead: such sequences sit those steps out)."""
+        if self.json_tokens is None or not any(p.json_object for p in kinds):
+            return None
+        at = [i for i, r in enumerate(rows) if r.json is not None and r.forced is None]
+        if not at:
+            return None
+        return HeldRows(at, x.index_select(0, on_device(torch.tensor(at), x.device)), self._json_objects)
 
     def _choose(self, x: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams],
                 shift: RowShift | None = None) -> tuple[torch.Tensor, "Redraw | None"]:
         """Every row's token, on x's device: argmax for greedy rows, the race for sampled ones,
         the recorded token where one is forced (trace replay). `kinds`: the rows' distinct params.
-        Where no JSON constraint follows the race, the rows its candidates may have missed are
-        drawn again only once read back (the Redraw; never a row whose token is recorded)."""
+        The rows its candidates may have missed are drawn again only once read back (the Redraw;
+        never a row whose token is recorded); a row held to JSON is checked against it then too
+        (_held): its token here is its own choice, unconstrained."""
         forced = [r.forced for r in rows]
-        json_rows = self.json_tokens is not None and any(p.json_object for p in kinds)
-        defer = None if None not in forced else not json_rows  # (None: every token is replaced below)
+        defer = None if None not in forced else True  # (None: every token is replaced below)
         redraw = None
         if all(p.greedy for p in kinds):
             tokens = torch.argmax(x, dim=-1)
@@ -222,8 +234,6 @@ class Sampler:
             index = on_device(torch.tensor(greedy), x.device)
             tokens[index] = torch.argmax(x.index_select(0, index), dim=-1)
             tokens[at] = drawn.to(x.device)
-        if json_rows:
-            tokens = self._json_objects(x, rows, tokens)
         if None not in forced:  # every row replays (trace replay): the recorded tokens, in one copy
             tokens, redraw = on_device(torch.tensor(forced, dtype=torch.long), x.device), None
         else:
@@ -237,16 +247,17 @@ class Sampler:
             tokens = shift.force(tokens)
         return tokens, redraw
 
-    def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], tokens: torch.Tensor) -> torch.Tensor:
-        """Rows held to JSON: the token chosen where the state allows it, else the first it allows
-        in the row's own order of preference (preferred's, found as engine/json_choice.py does);
-        where it allows none (a constraint this vocabulary cannot finish), the end of the text:
-        what went out stays a prefix of what the constraint accepts, never text it refuses."""
-        chosen = tokens.tolist()
+    def _json_objects(self, x: torch.Tensor, rows: Seq[SamplingRow], chosen: list[int]) -> list[int]:
+        """Rows held to JSON (x: their logits, constrained; `chosen`: their own choices, read back):
+        the token chosen where the state allows it, else the first it allows in the row's own order
+        of preference (preferred's, found as engine/json_choice.py does); where it allows none (a
+        constraint this vocabulary cannot finish), the end of the text: what went out stays a
+        prefix of what the constraint accepts, never text it refuses."""
+        chosen = list(chosen)
         allows = self.json_tokens.allows
-        refused = [i for i, r in enumerate(rows) if r.json is not None and not allows(r.json, chosen[i])]
+        refused = [i for i, r in enumerate(rows) if not allows(r.json, chosen[i])]
         if not refused:
-            return tokens
+            return chosen
         for greedy in (True, False):
             where = [i for i in refused if rows[i].params.greedy == greedy]
             if not where:
@@ -268,7 +279,7 @@ class Sampler:
         for i in refused:  # a state no token of the vocabulary can go on from: the row ends there
             if end is not None and not allows(rows[i].json, chosen[i]):
                 chosen[i] = end
-        return torch.tensor(chosen, dtype=torch.long, device=tokens.device)
+        return chosen
 
     def preferred(self, x: torch.Tensor, row: SamplingRow) -> Iterator[int]:
         """Every token of a row, the one the sampler picks first: greedy by logit; sampled by the
@@ -431,17 +442,29 @@ class HostCopy:
         return self._host.tolist()
 
 
+class HeldRows(NamedTuple):
+    """Rows held to JSON, checked against their constraint once their tokens are read back."""
+
+    at: list[int]  # their indices among the step's rows
+    x: torch.Tensor  # their logits (constrained), a copy of their own
+    choose: Callable[[torch.Tensor, list[SamplingRow], list[int]], list[int]]  # Sampler._json_objects
+
+
 class Sampled:
     """A step's tokens chosen on the device (`tokens`), before they come back to the host.
     Their copy back is queued as they are chosen, one copy with their logprobs and which rows the
-    candidates' race covered (HostCopy), and result() waits for it; a row it did not cover is raced again over the whole vocabulary, and where
-    that changes its token the row is listed in `changed`: a step already fed `tokens` fed that
-    row's sequence a token that is not its own."""
+    candidates' race covered (HostCopy), and result() waits for it; a row it did not cover is
+    raced again over the whole vocabulary, and where that changes its token the row is listed in
+    `changed`: a step already fed `tokens` fed that row's sequence a token that is not its own.
+    A row held to JSON is then checked against its constraint (HeldRows: `tokens` holds its own
+    choice; only where the constraint refuses it does that check make device work, behind
+    whatever is queued by then)."""
 
     def __init__(self, tokens: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams],
-                 raw_logprobs: torch.Tensor | None, redraw: Redraw | None, noise: "Noise") -> None:
+                 raw_logprobs: torch.Tensor | None, redraw: Redraw | None, noise: "Noise",
+                 held: HeldRows | None = None) -> None:
         self.tokens, self.rows, self.kinds = tokens, rows, kinds
-        self._raw_logprobs, self._redraw, self._noise = raw_logprobs, redraw, noise
+        self._raw_logprobs, self._redraw, self._noise, self._held = raw_logprobs, redraw, noise, held
         self.changed: list[int] = []
         self._result: SampleResult | None = None
         self._top = 0 if raw_logprobs is None else min(max(p.top_logprobs for p in kinds), raw_logprobs.shape[1])
@@ -481,13 +504,15 @@ class Sampled:
             at += m
             if rest:
                 self._redrawn(result_tokens, redraw.step_rows(rest), redraw.tokens(rest, self._noise))
+        constrained = self._constrained(result_tokens) if self._held is not None else []
         if raw_logprobs is None:
             return SampleResult(result_tokens, None)
         logprobs = host[at:at + n]
-        if self.changed:
-            index = torch.tensor(self.changed, device=raw_logprobs.device)
-            chosen = torch.tensor([result_tokens[i] for i in self.changed], device=raw_logprobs.device)
-            for i, value in zip(self.changed, raw_logprobs[index, chosen].tolist()):
+        if self.changed or constrained:
+            moved = sorted({*self.changed, *constrained})
+            index = torch.tensor(moved, device=raw_logprobs.device)
+            chosen = torch.tensor([result_tokens[i] for i in moved], device=raw_logprobs.device)
+            for i, value in zip(moved, raw_logprobs[index, chosen].tolist()):
                 logprobs[i] = value
         if not k:
             return SampleResult(result_tokens, logprobs)
@@ -495,6 +520,17 @@ class Sampled:
         top = [tuple((int(host[ids_at + i * k + j]), host[values_at + i * k + j])
                      for j in range(min(r.params.top_logprobs, k))) for i, r in enumerate(rows)]
         return SampleResult(result_tokens, logprobs, top)
+
+    def _constrained(self, tokens: list[int]) -> list[int]:
+        """The rows held to JSON given the tokens their constraint allows (in place); returns
+        those whose token that changed (no step was fed them: not `changed`)."""
+        at, x, choose = self._held
+        moved = []
+        for i, token in zip(at, choose(x, [self.rows[i] for i in at], [tokens[i] for i in at])):
+            if tokens[i] != token:
+                tokens[i] = token
+                moved.append(i)
+        return moved
 
     def _redrawn(self, tokens: list[int], rows: list[int], drawn: list[int]) -> None:
         for i, token in zip(rows, drawn):

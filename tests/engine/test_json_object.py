@@ -133,6 +133,44 @@ def test_the_sampler_takes_the_first_allowed_token_in_its_own_order():
         assert chosen == (free if free in (1, 2) else order[0])
 
 
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["c-sampler", "torch-sampler"])
+def test_rows_held_to_json_are_checked_once_read_back_and_launch_waits_for_nothing(use_kernels):
+    """A step queued ahead launches its sampling while the step before it runs: rows held to
+    JSON make it read nothing back (their check waits for the read-back, where no step was fed
+    their tokens); what comes back is each row's first allowed token in its own order, with that
+    token's logprob, as the rows give alone."""
+    import torch
+
+    from engine import SamplingParams
+    from engine.sampler import CANDIDATE_ROWS, Sampler, SamplingRow
+    from tests.engine.helpers import read_backs
+
+    texts = ["{", "}", '"a"', ":", "1", "x", None] + [f"y{i}" for i in range(57)]  # 6: the end of text
+    json_tokens = JsonTokens(texts, frozenset({6}))
+    sampler = Sampler((6,), use_kernels=use_kernels, json_tokens=json_tokens, redraw_at_launch=True)
+    torch.manual_seed(2)
+    logits = torch.randn(CANDIDATE_ROWS, len(texts)) * 3  # rows enough for the candidates' race
+    greedy = SamplingParams(temperature=0.0, json_object=True, logprobs=1)
+    sampled = SamplingParams(temperature=1.0, seed=1, json_object=True, logprobs=1)
+    free = SamplingParams(temperature=0.9, seed=4, logprobs=1)
+    states = [START, feed(START, "{"), feed(START, "{}"), feed(START, '{"a"')]
+    rows = [SamplingRow(i, (greedy, sampled, free)[i % 3], 5 + i, i, json=None if i % 3 == 2 else states[i % 4])
+            for i in range(CANDIDATE_ROWS)]
+    with read_backs() as seen:
+        launched = sampler.launch(logits.clone(), rows)
+    assert seen == []
+    got = launched.result()
+    alone = [sampler(logits[i:i + 1].clone(), [r._replace(logits_row=0)]) for i, r in enumerate(rows)]
+    assert got.tokens == [a.tokens[0] for a in alone]
+    assert got.logprobs == pytest.approx([a.logprobs[0] for a in alone], abs=1e-6)
+    for i, r in enumerate(rows):
+        if r.json is not None:
+            first = next(t for t in sampler.preferred(logits[i].clone(), r) if json_tokens.allows(r.json, t))
+            assert got.tokens[i] == first
+    assert launched.changed == []
+    assert any(launched.tokens[i] != got.tokens[i] for i in range(len(rows)))  # some rows were refused
+
+
 def test_json_object_refuses_ignore_eos():
     from engine import SamplingParams
 
