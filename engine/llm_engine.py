@@ -6,6 +6,7 @@ learns what was accepted and drafts for the next step -> outputs.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import time
@@ -26,7 +27,7 @@ from engine.outputs import CompletionOutput, Prefix, RequestOutput, SpecStats
 from engine.overlap_choice import OverlapChoice
 from engine.paths import step_cost_dir
 from engine.proposer import Draft, DraftQueries, Proposer
-from engine.sampler import DeviceHistory, RowShift, Sampled, Sampler, SamplingRow, sample_key
+from engine.sampler import DeviceHistory, LateState, RowShift, Sampled, Sampler, SamplingRow, sample_key
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledSeq, Scheduler, SchedulerLimits, SchedulerOutput, SeqUpdate
 from engine.sequence import Sequence
@@ -372,9 +373,8 @@ class LLMEngine:
         budget = max(0, self.config.max_num_batched_tokens - len(seqs))
         max_model_len = self.max_model_len
         in_flight = {seq.seq_id: len(s.draft) for seq, (_, s) in sampled_at.items() if s.draft} if prev.drafts else {}
-        # Room for the tokens in flight: the one after them comes first. None for a sequence
-        # held to JSON: it sits the step out (Scheduler.can_plan_ahead).
-        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: 0 if seqs[i].params.json_object else max(
+        # Room for the tokens in flight: the one after them comes first.
+        queries = DraftQueries([seq.seq_id for seq in seqs], lambda i: max(
             0, _room(seqs[i], max_model_len) - 1 - in_flight.get(seqs[i].seq_id, 0)))
         covered = {i: (d, in_flight[i] + ahead) for i, (d, ahead) in prev.drafts.items() if i in in_flight}
         found = self.proposer.propose_ahead(queries, budget, self.step_cost, covered)
@@ -398,13 +398,14 @@ class LLMEngine:
         behind = self._launched
         if sampled is not None and sampled.changed and behind is not None:
             # The step queued behind this one fed these rows' sequences their tokens (or moved
-            # their rows by drafts accepted) before a redraw changed them (of those it fed: one
-            # that sits it out, as one held to JSON does, was fed nothing).
+            # their rows by drafts accepted) before a redraw or a JSON constraint changed them
+            # (of those it fed: one that prev's token ended by length was left out).
             owners = [s.seq.seq_id for s in out.scheduled if s.samples for _ in range(len(s.draft) + 1)]
             fed = {s.seq.seq_id for s in behind.out.scheduled[:behind.out.fed]}
             behind.dropped.update(owners[i] for i in sampled.changed if owners[i] in fed)
         if behind is not None and launched.drafts:  # queued after this step's drafts: its rows moved by them
-            updates = self.scheduler.postprocess(out, result, frozenset(launched.dropped), behind.out)
+            updates = self.scheduler.postprocess(out, result, frozenset(launched.dropped), behind.out,
+                                                 frozenset(behind.dropped))
         elif launched.dropped:
             updates = self.scheduler.postprocess(out, result, frozenset(launched.dropped))
         else:
@@ -443,8 +444,8 @@ class LLMEngine:
             self.step_cost.observe_sync(seqs, seconds)
             if self._drafted_last is not False:
                 return
-            # After a plain step it was not queued ahead either (sequences sampled row by row
-            # beyond SIT_OUT_SHARE, a client owed a slot, blocks short): where that lasts, no plain
+            # After a plain step it was not queued ahead either (a client owed a slot, blocks
+            # short, a row dropped for a token it was fed wrongly): where that lasts, no plain
             # step is, and drafting is weighed against these (else against none: it never drafts).
         if rows > seqs and launched.ahead and self._launched is None:
             # Kept as a drafting step the engine waited on: what it forgoes is the overlap of the
@@ -457,7 +458,8 @@ class LLMEngine:
                        ) -> list[SamplingRow]:
         """The rows to sample, in order: for each sequence that reaches its end, one per draft
         prefix (the verification rows) and one after the whole draft. `tails`: by index in the
-        step, the tokens penalized sequences got from the step before, on the device only."""
+        step, the tokens penalized sequences got from the step before, on the device only (the
+        first out.fed sequences of a step queued ahead follow such tokens)."""
         rows: list[SamplingRow] = []
         logits_row = 0
         for i, s in enumerate(out.scheduled):
@@ -467,7 +469,8 @@ class LLMEngine:
             # Its position from the step's (a step queued ahead feeds a token not yet in the output).
             position = s.start + s.num_real - len(seq.prompt_token_ids)
             if s.draft or p.row_by_row:
-                rows += self._seq_rows(seq, logits_row, s.draft, position, tails.get(i) if tails else None)
+                rows += self._seq_rows(seq, logits_row, s.draft, position, tails.get(i) if tails else None,
+                                       i < out.fed)
                 logits_row += len(s.draft) + 1
                 continue
             # One row without history (most rows of most steps), built as a plain tuple: a
@@ -479,10 +482,10 @@ class LLMEngine:
         return rows
 
     def _seq_rows(self, seq: Sequence, logits_row: int, draft: tuple[int, ...], position: int,
-                  tail: DeviceHistory | None = None) -> list[SamplingRow]:
+                  tail: DeviceHistory | None = None, late: bool = False) -> list[SamplingRow]:
         """One sequence's rows: row j picks the token after the first j draft tokens, the output's
-        `position` + j-th (`tail`: the tokens the step before gave it, known on the device only,
-        after its output and before the draft; a penalized row's history ends in them there)."""
+        `position` + j-th (`late`: after tokens of the step before that the host does not have
+        yet; `tail`: those, on the device, where a penalized row's history ends in them)."""
         p = seq.params
         prompt_len = len(seq.prompt_token_ids)
         count = len(draft) + 1
@@ -491,7 +494,7 @@ class LLMEngine:
             return [_new_tuple(SamplingRow, (logits_row + j, p, key, position + j, (), prompt_len, None, None))
                     for j in range(count)]
         forced = [self._forced(seq, i) for i in range(position, position + count)]
-        states = self._json_states(seq, draft)
+        states = self._json_states(seq, draft, late)
         if not p.needs_penalties:
             key = seq.noise_key
             return [_new_tuple(SamplingRow, (logits_row + j, p, key, position + j, (), prompt_len, forced[j],
@@ -509,17 +512,27 @@ class LLMEngine:
         return [SamplingRow(logits_row + j, p, seq.noise_key, position + j, histories[j], prompt_len,
                             forced[j], states[j]) for j in range(count)]
 
-    def _json_states(self, seq: Sequence, draft: tuple[int, ...]) -> list:
+    def _json_states(self, seq: Sequence, draft: tuple[int, ...], late: bool = False) -> list:
         """A json_object sequence's state before each of its rows: after its output, then after
-        each draft prefix (None for every row of a sequence without the constraint)."""
+        each draft prefix (None for every row of a sequence without the constraint). `late`: its
+        output lacks the step before's tokens: each state is read when its row is read back, by
+        then after them (LateState)."""
         state = seq.json_state
         if state is None:
             return [None] * (len(draft) + 1)
+        if late:
+            return [LateState(functools.partial(self._json_after, seq, draft[:j])) for j in range(len(draft) + 1)]
         states = [state]
         for token in draft:
             state = self.sampler.json_tokens.after(state, token)
             states.append(state)
         return states
+
+    def _json_after(self, seq: Sequence, tokens: tuple[int, ...]):
+        state, after = seq.json_state, self.sampler.json_tokens.after
+        for token in tokens:
+            state = after(state, token)
+        return state
 
     def _forced(self, seq: Sequence, position: int) -> int | None:
         """Trace replay: the recorded token at this output position (EOS past its end); else None."""

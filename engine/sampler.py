@@ -51,10 +51,17 @@ class SamplingRow(NamedTuple):
     history: "Seq[int] | DeviceHistory" = ()
     output_start: int = 0  # where the output begins in `history`
     forced: int | None = None  # replay mode: the recorded token
-    json: JsonState | None = None  # json_object: the text's state before this row's token
+    json: "JsonState | LateState | None" = None  # json_object: the text's state before this row's token
 
 
 TopLogprobs = tuple[tuple[int, float], ...]  # (token, log probability), likeliest first
+
+
+class LateState(NamedTuple):
+    """A JSON row's state where it follows tokens the host does not have yet (a step queued ahead
+    of the step sampling them): read when the row is read back, once those are applied."""
+
+    read: Callable[[], JsonState]
 
 
 class DeviceHistory(NamedTuple):
@@ -201,8 +208,8 @@ class Sampler:
     def _held(self, x: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams]) -> "HeldRows | None":
         """The rows held to JSON (none recorded), their logits copied (a CUDA graph's next replay
         writes the buffer `x` may view): their choice is checked against the constraint once read
-        back (Sampled.result), so that nothing here waits for the device. No step feeds such a
-        row's token from the device (Scheduler.can_plan_ahead: such sequences sit those steps out)."""
+        back (Sampled.result), so that nothing here waits for the device, and a row that follows
+        tokens not read back yet is checked with them known (LateState)."""
         if self.json_tokens is None or not any(p.json_object for p in kinds):
             return None
         at = [i for i, r in enumerate(rows) if r.json is not None and r.forced is None]
@@ -458,7 +465,7 @@ class Sampled:
     `changed`: a step already fed `tokens` fed that row's sequence a token that is not its own.
     A row held to JSON is then checked against its constraint (HeldRows: `tokens` holds its own
     choice; only where the constraint refuses it does that check make device work, behind
-    whatever is queued by then)."""
+    whatever is queued by then), and where that changes its token it is listed in `changed` too."""
 
     def __init__(self, tokens: torch.Tensor, rows: Seq[SamplingRow], kinds: list[SamplingParams],
                  raw_logprobs: torch.Tensor | None, redraw: Redraw | None, noise: "Noise",
@@ -503,16 +510,16 @@ class Sampled:
             rest = [j for j, c in enumerate(host[at:at + m]) if not c]
             at += m
             if rest:
-                self._redrawn(result_tokens, redraw.step_rows(rest), redraw.tokens(rest, self._noise))
-        constrained = self._constrained(result_tokens) if self._held is not None else []
+                self._changed_to(result_tokens, redraw.step_rows(rest), redraw.tokens(rest, self._noise))
+        if self._held is not None:
+            self._constrained(result_tokens)
         if raw_logprobs is None:
             return SampleResult(result_tokens, None)
         logprobs = host[at:at + n]
-        if self.changed or constrained:
-            moved = sorted({*self.changed, *constrained})
-            index = torch.tensor(moved, device=raw_logprobs.device)
-            chosen = torch.tensor([result_tokens[i] for i in moved], device=raw_logprobs.device)
-            for i, value in zip(moved, raw_logprobs[index, chosen].tolist()):
+        if self.changed:
+            index = torch.tensor(self.changed, device=raw_logprobs.device)
+            chosen = torch.tensor([result_tokens[i] for i in self.changed], device=raw_logprobs.device)
+            for i, value in zip(self.changed, raw_logprobs[index, chosen].tolist()):
                 logprobs[i] = value
         if not k:
             return SampleResult(result_tokens, logprobs)
@@ -521,18 +528,14 @@ class Sampled:
                      for j in range(min(r.params.top_logprobs, k))) for i, r in enumerate(rows)]
         return SampleResult(result_tokens, logprobs, top)
 
-    def _constrained(self, tokens: list[int]) -> list[int]:
-        """The rows held to JSON given the tokens their constraint allows (in place); returns
-        those whose token that changed (no step was fed them: not `changed`)."""
+    def _constrained(self, tokens: list[int]) -> None:
+        """The rows held to JSON given the tokens their constraint allows (in place)."""
         at, x, choose = self._held
-        moved = []
-        for i, token in zip(at, choose(x, [self.rows[i] for i in at], [tokens[i] for i in at])):
-            if tokens[i] != token:
-                tokens[i] = token
-                moved.append(i)
-        return moved
+        rows = [self.rows[i] for i in at]
+        rows = [r._replace(json=r.json.read()) if type(r.json) is LateState else r for r in rows]
+        self._changed_to(tokens, at, choose(x, rows, [tokens[i] for i in at]))
 
-    def _redrawn(self, tokens: list[int], rows: list[int], drawn: list[int]) -> None:
+    def _changed_to(self, tokens: list[int], rows: list[int], drawn: list[int]) -> None:
         for i, token in zip(rows, drawn):
             if tokens[i] != token:
                 tokens[i] = token

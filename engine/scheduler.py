@@ -29,10 +29,6 @@ from engine.sequence import Sequence, SequenceStatus
 from engine.stop_checker import StopChecker
 
 KV_CACHE_FULL = "kv_cache_full"  # stop_reason of a sequence that outgrew the whole KV cache
-# Sequences held to JSON sit every other step out so that the rest are queued ahead
-# (can_plan_ahead) while they are at most this share of those running: each step they sit out
-# costs them a token, and where they are many that outweighs the host time the others save.
-SIT_OUT_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -193,42 +189,23 @@ class Scheduler:
         aside): every running sequence sampled in prev (a decode, or the last chunk of its prompt)
         one token, or with `shifts` a draft's rows too (where the next rows go is then known on the
         device only: none before min_tokens, which the host applies by position), and no waiting
-        client is owed a slot. A sequence held to JSON (its row needs the constraint's state after
-        its last token, on the host) sits the planned step out, and one that sat prev out rejoins
-        with its token known; so each decodes every other step while the others keep theirs queued
-        ahead, as long as they are at most SIT_OUT_SHARE of those running (else no step is
-        planned ahead, and every sequence waits for its tokens each step). A penalized row reads
-        the tokens it follows on the device (LLMEngine._device_tails)."""
+        client is owed a slot. A row whose sampling reads the tokens before it reads prev's where
+        they are: a penalized row's history ends in them on the device (LLMEngine._device_tails),
+        a row held to JSON is checked against the constraint's state after them once read back,
+        when prev's are applied (sampler.LateState)."""
         if not prev.scheduled or self._unfair() is not None:
             return False
-        live = sitting = 0
+        live = 0
         for s in prev.scheduled:
             seq = s.seq
             if seq.is_finished:
                 continue
             if not s.samples or s.shift:
                 return False
-            if seq.params.json_object:
-                sitting += 1
-            elif s.draft and (not shifts or len(seq.output_token_ids) < seq.params.min_tokens):
+            if s.draft and (not shifts or len(seq.output_token_ids) < seq.params.min_tokens):
                 return False
             live += 1
-        if live < len(self.running):
-            rejoining = self._rejoining(prev)
-            if rejoining is None:
-                return False
-            live, sitting = live + len(rejoining), sitting + len(rejoining)
-        return live == len(self.running) and sitting <= SIT_OUT_SHARE * live
-
-    def _rejoining(self, prev: SchedulerOutput) -> list[Sequence] | None:
-        """The running sequences prev left out that may join the step after it: each held to JSON
-        and sat prev out with its last token known (can_plan_ahead); None where another is left
-        out (a prompt short of its chunk: the next step is planned as usual)."""
-        planned = {s.seq for s in prev.scheduled}
-        rejoining = [seq for seq in self.running if seq not in planned]
-        if any(not seq.params.json_object or seq.num_tokens - seq.num_computed_tokens != 1 for seq in rejoining):
-            return None
-        return rejoining
+        return live == len(self.running)
 
     def schedule_ahead(self, prev: SchedulerOutput,
                        drafts: Mapping[int, Draft] | None = None) -> SchedulerOutput | None:
@@ -236,10 +213,8 @@ class Scheduler:
         sampled feeds prev's token (the engine feeds it from the device) at the next position, then
         its draft (`drafts`, by sequence id, found from the text without that token: each begins
         with the token it expects prev to sample, which is not fed, and the rest may follow a
-        token the sequence does not get; verification is lossless whatever it follows), then the
-        sequences held to JSON that sat prev out, their tokens the host's (one that prev sampled
-        sits this step out: can_plan_ahead), then waiting sequences are admitted as
-        schedule() admits them. A sequence that drafted in prev
+        token the sequence does not get; verification is lossless whatever it follows), then
+        waiting sequences are admitted as schedule() admits them. A sequence that drafted in prev
         is planned at the position after its last known token, shifted by up to its draft's length
         (ScheduledSeq.shift; the engine moves its rows on the device by what prev accepts, and
         postprocess(prev, behind=this step) tells the host), its blocks held for the farthest.
@@ -251,13 +226,10 @@ class Scheduler:
         blocks, limits = self.blocks, self.limits
         block_size, max_len = blocks.block_size, limits.max_model_len
         budget = limits.max_num_batched_tokens - len(self.running)
-        scheduled, planned = [], 0
+        scheduled = []
         for s in prev.scheduled:
             seq = s.seq
             if seq.is_finished:
-                continue
-            planned += 1
-            if seq.params.json_object:  # sits this step out
                 continue
             made = len(seq.output_token_ids) + 1  # with prev's token
             if made >= seq.params.max_tokens or made >= max_len - len(seq.prompt_token_ids):
@@ -273,11 +245,6 @@ class Scheduler:
             # The first id is fed from the device.
             scheduled.append(ScheduledSeq(seq, start, [0, *draft] if draft else [0], draft, 1, True, shift))
         fed = len(scheduled)
-        rejoining = self._rejoining(prev) if planned < len(self.running) else None  # sat prev out
-        for seq in rejoining or ():
-            if self._hold(seq, seq.num_tokens, ()) is None:
-                return None
-            scheduled.append(_scheduled(seq, 1, ()))
         if self._waiting and len(self.running) < limits.max_num_seqs:
             admitted: dict[Sequence, int] = {}
             self._admit(admitted, limits.max_num_batched_tokens - sum(len(s.token_ids) for s in scheduled))
@@ -495,13 +462,17 @@ class Scheduler:
 
     # ------------------------------------------------------------------ after the forward
     def postprocess(self, out: SchedulerOutput, result: SampleResult | None,
-                    dropped: frozenset[int] = frozenset(), behind: SchedulerOutput | None = None) -> list[SeqUpdate]:
+                    dropped: frozenset[int] = frozenset(), behind: SchedulerOutput | None = None,
+                    dropped_behind: frozenset[int] = frozenset()) -> list[SeqUpdate]:
         """Applies the step's sampled tokens (rows in the order of the scheduled sequences that
         sample: 1 + draft rows each); returns what happened to each sequence. Rows of sequences
         that ended since the step was planned, and of those in `dropped` (by id: fed a token that
         was not theirs), are left as if not computed. `behind`: the step queued after this one
         before its tokens were known (schedule_ahead): its shifted sequences learn where their rows
-        went, and keep the blocks those rows write."""
+        went, and keep the blocks those rows write; of those in `dropped_behind` (their rows there
+        to be dropped), the rows were moved by what the device found accepted, which was not what
+        this step accepts: they may have written over tokens it accepts, computed again from where
+        behind planned them."""
         self.blocks.copies_done()
         shifted = {s.seq: s for s in behind.scheduled[:behind.fed] if s.shift} if behind is not None else None
         updates = [SeqUpdate(seq, []) for seq in self._ended]
@@ -527,8 +498,9 @@ class Scheduler:
                 continue
             n = len(s.draft) + 1
             after = shifted.get(seq) if shifted else None
+            redo = after.start if after is not None and seq.seq_id in dropped_behind else None
             updates.append(self._apply(s, sampled[row:row + n], logprobs[row:row + n] if logprobs else None,
-                                       top[row:row + n] if top else None, len(after.draft) if after else 0))
+                                       top[row:row + n] if top else None, len(after.draft) if after else 0, redo))
             if after is not None:  # its rows went where the accepted tokens end: at the last known token
                 after.start, after.shift = seq.num_tokens - 1, 0
             row += n
@@ -549,9 +521,10 @@ class Scheduler:
         return SeqUpdate(seq, [token])
 
     def _apply(self, s: ScheduledSeq, tokens: list[int], logprobs: list[float] | None,
-               top: list[TopLogprobs] | None = None, held: int = 0) -> SeqUpdate:
+               top: list[TopLogprobs] | None = None, held: int = 0, redo: int | None = None) -> SeqUpdate:
         """A sequence with a draft: its longest agreeing prefix and the token after it. `held`:
-        draft rows of the step queued behind this one, after the new last token, whose blocks stay."""
+        draft rows of the step queued behind this one, after the new last token, whose blocks stay;
+        `redo`: the first position that step may have written over (computed again from there)."""
         seq = s.seq
         m = accepted_length(tokens, s.draft)
         first = not seq.output_token_ids
@@ -563,6 +536,8 @@ class Scheduler:
         self.stops.append(seq, tokens, logprobs, top)
         num_tokens = len(seq.prompt_token_ids) + len(seq.output_token_ids)
         seq.num_computed_tokens = min(s.start + s.num_real + m, num_tokens)
+        if redo is not None:
+            seq.num_computed_tokens = min(seq.num_computed_tokens, redo)
         blocks, block_size = self.blocks, self.blocks.block_size
         if first:
             blocks.cache_prompt_tail(seq)

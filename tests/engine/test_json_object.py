@@ -136,9 +136,9 @@ def test_the_sampler_takes_the_first_allowed_token_in_its_own_order():
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["c-sampler", "torch-sampler"])
 def test_rows_held_to_json_are_checked_once_read_back_and_launch_waits_for_nothing(use_kernels):
     """A step queued ahead launches its sampling while the step before it runs: rows held to
-    JSON make it read nothing back (their check waits for the read-back, where no step was fed
-    their tokens); what comes back is each row's first allowed token in its own order, with that
-    token's logprob, as the rows give alone."""
+    JSON make it read nothing back (their check waits for the read-back); what comes back is each
+    row's first allowed token in its own order, with that token's logprob, as the rows give alone,
+    and the rows whose own choice was refused are `changed` (a step fed it is to drop them)."""
     import torch
 
     from engine import SamplingParams
@@ -167,8 +167,28 @@ def test_rows_held_to_json_are_checked_once_read_back_and_launch_waits_for_nothi
         if r.json is not None:
             first = next(t for t in sampler.preferred(logits[i].clone(), r) if json_tokens.allows(r.json, t))
             assert got.tokens[i] == first
-    assert launched.changed == []
-    assert any(launched.tokens[i] != got.tokens[i] for i in range(len(rows)))  # some rows were refused
+    refused = [i for i in range(len(rows)) if launched.tokens[i] != got.tokens[i]]
+    assert refused and launched.changed == refused  # a step queued behind that fed them fed the refused tokens
+
+
+def test_a_rows_late_state_is_read_when_the_row_is_read_back():
+    """In a step queued ahead a JSON row follows a token the host does not have yet: its state is
+    read once the row is read back (LateState), by then after that token."""
+    import torch
+
+    from engine import SamplingParams
+    from engine.sampler import LateState, Sampler, SamplingRow
+
+    texts = ["{", "}", '"a"', ":", "1", "x", None]
+    sampler = Sampler((6,), json_tokens=JsonTokens(texts, frozenset({6})))
+    logits = torch.tensor([[0.0, 1.0, 3.0, 0.0, 0.0, 5.0, 0.0]])  # x, then "a", then }
+    state = {"now": START}
+    row = SamplingRow(0, SamplingParams(temperature=0.0, json_object=True), 1, 1,
+                      json=LateState(lambda: state["now"]))
+    launched = sampler.launch(logits.clone(), [row])
+    state["now"] = feed(START, "{")  # the step before applied: its token was {
+    assert launched.result().tokens == [2]  # after {: "a"; at the start it would have been {
+    assert sampler(logits.clone(), [row._replace(json=START)]).tokens == [0]
 
 
 def test_json_object_refuses_ignore_eos():

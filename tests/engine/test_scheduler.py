@@ -273,6 +273,28 @@ def test_a_step_planned_ahead_of_a_drafting_step_shifts_by_what_it_accepts():
     assert sched.blocks.num_free == sched.blocks.num_blocks
 
 
+def test_a_sequence_dropped_from_the_step_behind_its_draft_is_computed_again_from_where_it_was_planned():
+    """The step queued behind a drafting step moves the sequence's rows by what the device found
+    accepted; where a token changed once read back (a redraw, a JSON constraint), that count may
+    not be the host's, and those rows may have been written over tokens the host accepts: the
+    sequence's rows there are dropped, and its tokens from where that step planned them are
+    computed again (before, the keys and values of accepted tokens could stay overwritten)."""
+    sched = _scheduler(block_size=4)
+    seq = _seqs([1, 2, 3], max_tokens=30)[0]
+    sched.add(seq)
+    sched.postprocess(sched.schedule(), SampleResult([7], None))
+    drafting = sched.schedule({seq.seq_id: Draft((7, 7))})
+    ahead = sched.schedule_ahead(drafting)
+    assert (ahead.scheduled[0].start, ahead.scheduled[0].shift) == (4, 2)
+    sched.postprocess(drafting, SampleResult([7, 7, 7], None), behind=ahead, dropped_behind=frozenset({seq.seq_id}))
+    assert seq.output_token_ids == [7, 7, 7, 7] and seq.num_computed_tokens == 4  # not 6: 4 and 5 may be overwritten
+    sched.postprocess(ahead, SampleResult([9], None), dropped=frozenset({seq.seq_id}))
+    again = sched.schedule()
+    assert (again.scheduled[0].start, again.scheduled[0].token_ids) == (4, [7, 7, 7])
+    _run_to_end(sched)
+    assert sched.blocks.num_free == sched.blocks.num_blocks
+
+
 def test_no_step_is_planned_ahead_of_a_draft_before_min_tokens():
     """The host applies min_tokens by each row's position: a drafted sequence short of it waits
     for its draft's tokens before the next step is planned."""
@@ -296,40 +318,29 @@ def _odd(name: str, prompt: list[int], **params) -> Sequence:
     return seq
 
 
-def test_a_sequence_held_to_json_sits_every_other_step_planned_ahead_out():
-    """A sequence held to JSON (its row needs the constraint's state after its last token, on the
-    host) is left out of a step planned ahead of that token and rejoins the one after, its token
-    known, while the others are fed theirs from the device at every step, a penalized one too (the
-    engine ends its row's history with those tokens on the device), after a draft as well. Where
-    the sequences sitting out are more than SIT_OUT_SHARE of those running, no step is planned
-    ahead."""
-    sched = _scheduler(block_size=4, budget=32, max_seqs=12)
-    plain = [_seqs([i, 2, 3], max_tokens=20)[0] for i in range(10, 13)]
+def test_sequences_with_penalties_or_held_to_json_are_planned_ahead_like_any_other():
+    """Rows that read the tokens before them (penalties, a JSON constraint's state) do not keep a
+    step from being planned ahead of those tokens: the engine gives them prev's where they are
+    (on the device, or once read back). Before, such a sequence sat every other such step out,
+    and where they were more than a quarter of those running, no step was planned ahead."""
+    sched = _scheduler(block_size=4, budget=32)
+    plain = _seqs([10, 2, 3], max_tokens=20)[0]
     penalized = _odd("p", [4, 5, 6], ignore_eos=True, repetition_penalty=1.2)
     json = _odd("j", [20, 21, 22], json_object=True)
-    for seq in (*plain, penalized, json):
+    for seq in (plain, penalized, json):
         sched.add(seq)
     prev = sched.schedule()
-    assert sched.can_plan_ahead(prev)  # one of five sits out
+    assert sched.can_plan_ahead(prev)
     ahead = sched.schedule_ahead(prev)
-    assert [s.seq for s in ahead.scheduled] == [*plain, penalized] and ahead.fed == 4
-    sched.postprocess(prev, SampleResult([7] * 5, None))
-    assert sched.can_plan_ahead(ahead)
-    after = sched.schedule_ahead(ahead)  # planned before ahead's tokens: the JSON one rejoins
-    assert [s.seq for s in after.scheduled] == [*plain, penalized, json] and after.fed == 4
-    rejoined = after.scheduled[4]
-    assert (rejoined.start, rejoined.token_ids, rejoined.samples) == (3, [7], True)
-    sched.postprocess(ahead, SampleResult([8] * 4, None))
-    sched.postprocess(after, SampleResult([9] * 5, None))
-    assert [s.output_token_ids for s in (*plain, penalized)] == [[7, 8, 9]] * 4 and json.output_token_ids == [7, 9]
-    assert json.num_computed_tokens == 3 + 1
-    drafting = sched.schedule({penalized.seq_id: Draft((5, 6))})
+    assert [s.seq for s in ahead.scheduled] == [plain, penalized, json] and ahead.fed == 3
+    sched.postprocess(prev, SampleResult([7] * 3, None))
+    sched.postprocess(ahead, SampleResult([8] * 3, None))
+    drafting = sched.schedule({penalized.seq_id: Draft((5, 6)), json.seq_id: Draft((5,))})
     assert sched.can_plan_ahead(drafting, shifts=True)
-    ahead = sched.schedule_ahead(drafting)
-    assert [s.seq for s in ahead.scheduled] == [*plain, penalized] and ahead.scheduled[3].shift == 2
-    sched.postprocess(drafting, SampleResult([9] * 7, None), behind=ahead)
-    sched.postprocess(ahead, SampleResult([9] * 4, None))
-    sched.add(_odd("k", [8, 9], json_object=True))
-    assert not sched.can_plan_ahead(sched.schedule())  # two of six sit out: none ahead
+    after = sched.schedule_ahead(drafting)
+    assert [(s.seq, s.shift) for s in after.scheduled] == [(plain, 0), (penalized, 2), (json, 1)]
+    sched.postprocess(drafting, SampleResult([9] * 6, None), behind=after)
+    sched.postprocess(after, SampleResult([9] * 3, None))
+    assert [s.output_token_ids for s in (plain, penalized, json)] == [[7, 8, 9, 9]] * 3
     _run_to_end(sched)
     assert sched.blocks.num_free == sched.blocks.num_blocks
