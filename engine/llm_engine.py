@@ -529,10 +529,14 @@ class LLMEngine:
         return states
 
     def _json_after(self, seq: Sequence, tokens: tuple[int, ...]):
+        """LateState's read: the sequence's state after its output and `tokens`, and the output
+        position of the row after them; None once it ended."""
+        if seq.is_finished:
+            return None
         state, after = seq.json_state, self.sampler.json_tokens.after
         for token in tokens:
             state = after(state, token)
-        return state
+        return state, len(seq.output_token_ids) + len(tokens)
 
     def _forced(self, seq: Sequence, position: int) -> int | None:
         """Trace replay: the recorded token at this output position (EOS past its end); else None."""

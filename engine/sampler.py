@@ -59,9 +59,11 @@ TopLogprobs = tuple[tuple[int, float], ...]  # (token, log probability), likelie
 
 class LateState(NamedTuple):
     """A JSON row's state where it follows tokens the host does not have yet (a step queued ahead
-    of the step sampling them): read when the row is read back, once those are applied."""
+    of the step sampling them): read when the row is read back, once those are applied, with the
+    row's output position (a draft in flight moved it by what it accepted); None where the
+    sequence ended meanwhile (its row is dropped: no check)."""
 
-    read: Callable[[], JsonState]
+    read: Callable[[], "tuple[JsonState, int] | None"]
 
 
 class DeviceHistory(NamedTuple):
@@ -531,9 +533,20 @@ class Sampled:
     def _constrained(self, tokens: list[int]) -> None:
         """The rows held to JSON given the tokens their constraint allows (in place)."""
         at, x, choose = self._held
-        rows = [self.rows[i] for i in at]
-        rows = [r._replace(json=r.json.read()) if type(r.json) is LateState else r for r in rows]
-        self._changed_to(tokens, at, choose(x, rows, [tokens[i] for i in at]))
+        rows, kept = [], []
+        for j, i in enumerate(at):
+            row = self.rows[i]
+            if type(row.json) is LateState:
+                late = row.json.read()
+                if late is None:
+                    continue
+                row = row._replace(json=late[0], position=late[1])
+            rows.append(row)
+            kept.append(j)
+        if len(kept) < len(at):
+            at, x = [at[j] for j in kept], x[kept] if kept else x[:0]
+        if at:
+            self._changed_to(tokens, at, choose(x, rows, [tokens[i] for i in at]))
 
     def _changed_to(self, tokens: list[int], rows: list[int], drawn: list[int]) -> None:
         for i, token in zip(rows, drawn):

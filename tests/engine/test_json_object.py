@@ -173,7 +173,8 @@ def test_rows_held_to_json_are_checked_once_read_back_and_launch_waits_for_nothi
 
 def test_a_rows_late_state_is_read_when_the_row_is_read_back():
     """In a step queued ahead a JSON row follows a token the host does not have yet: its state is
-    read once the row is read back (LateState), by then after that token."""
+    read once the row is read back (LateState), by then after that token; a row whose sequence
+    ended meanwhile (read: None) is left as it is."""
     import torch
 
     from engine import SamplingParams
@@ -184,11 +185,13 @@ def test_a_rows_late_state_is_read_when_the_row_is_read_back():
     logits = torch.tensor([[0.0, 1.0, 3.0, 0.0, 0.0, 5.0, 0.0]])  # x, then "a", then }
     state = {"now": START}
     row = SamplingRow(0, SamplingParams(temperature=0.0, json_object=True), 1, 1,
-                      json=LateState(lambda: state["now"]))
+                      json=LateState(lambda: state["now"] and (state["now"], 1)))
     launched = sampler.launch(logits.clone(), [row])
     state["now"] = feed(START, "{")  # the step before applied: its token was {
     assert launched.result().tokens == [2]  # after {: "a"; at the start it would have been {
     assert sampler(logits.clone(), [row._replace(json=START)]).tokens == [0]
+    state["now"] = None  # ended
+    assert sampler.launch(logits.clone(), [row]).result().tokens == [5]  # its own choice, unchecked
 
 
 def test_json_object_refuses_ignore_eos():

@@ -331,7 +331,9 @@ def test_where_no_step_can_be_queued_ahead_drafting_is_weighed_against_the_plain
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
-def test_sequences_held_to_json_are_queued_ahead_and_their_refused_choices_dropped(temperature, monkeypatch):
+@pytest.mark.parametrize("torch_sampler", [False, True], ids=["c-sampler", "torch-sampler"])
+def test_sequences_held_to_json_are_queued_ahead_and_their_refused_choices_dropped(temperature, torch_sampler,
+                                                                                   monkeypatch):
     """Every sequence held to JSON, drafts partly wrong: steps are queued ahead of their tokens,
     each row checked against its constraint once read back with its state after the tokens
     before it; where the constraint refuses a row's own choice, the step queued behind fed that
@@ -345,11 +347,12 @@ def test_sequences_held_to_json_are_queued_ahead_and_their_refused_choices_dropp
         dropped.append((len(dropped_here), sum(s.seq.seq_id in dropped_behind for s in out.scheduled if s.draft)))
         return postprocess(self, out, result, dropped_here, behind, dropped_behind)
     monkeypatch.setattr(Scheduler, "postprocess", counted)
-    params = SamplingParams(n=2, temperature=temperature, seed=6, max_tokens=24, json_object=True)
+    params = SamplingParams(n=2, temperature=temperature, seed=7, max_tokens=24, json_object=True)
     outputs, truth = {}, None
     for overlap in ("off", "on"):
         llm = LLM(EngineConfig(model=DEFAULT_MODEL, overlap_steps=overlap, num_kv_blocks=256, block_size=4,
                                max_num_seqs=8))
+        llm.engine.sampler.use_kernels = not torch_sampler  # (the PyTorch sampler moves rows on the device)
         if truth is not None:  # the synchronous engine's first samples
             llm.engine.proposer = _Foresight(truth)
         outs = llm.generate(PROMPTS, params, use_tqdm=False)
