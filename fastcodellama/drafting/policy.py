@@ -82,8 +82,9 @@ EXPLORE_MIN, EXPLORE_MAX = 32, 1024
 EXPLORE_ROWS = (2.0, 1.0, 4.0, 0.5)
 EXPLORE_FLOOR = 4
 EXPLORE_EXTRA = 0.5  # where its cost is known, an exploring step costs at most 1.5x a plain one
-# Candidate tokens from which the allocation ranks them in numpy rather than Python (a large batch).
-NUMPY_FROM = 128
+# Candidate tokens from which the allocation ranks them in numpy rather than Python: numpy's fixed
+# cost per call outweighs its speed below several hundred (benchmarks/draft_ranking.py).
+NUMPY_FROM = 768
 # The gate's verdict (could any copy pay at this batch?) is kept for this many steps of its batch
 # size: costs and acceptance drift slowly, and at a large batch the gate reads dozens of costs.
 VERDICT_STEPS = 8
