@@ -324,6 +324,7 @@ def _backends_against_float32(args, device) -> dict:
     for backend in (fast, "torch"):
         runs[backend], logits[backend] = _prefill_and_greedy(model, args.dtype, backend, prompts, tokens, device)
     model.float()  # the same weights, exactly, in float32
+    model.rebuild_after_meta()  # its rotary tables too: the engines' cast left them rounded to the run's dtype
     _, reference = _prefill_and_greedy(model, "float32", "torch", prompts, 0, device)
     del model
     shapes.free(device)

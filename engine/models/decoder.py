@@ -155,8 +155,9 @@ class DecoderForCausalLM(nn.Module):
         self._windowed: dict[int, tuple[AttentionBackend, AttentionBackend]] = {}
 
     def rebuild_after_meta(self) -> None:
-        """Recomputes what `to_empty` leaves uninitialized and the dtype cast must not touch: the
-        rotary tables (kept float32); re-ties the head."""
+        """Recomputes what `to_empty` leaves uninitialized: the rotary tables, in float32 (an
+        engine's dtype cast then rounds them to its dtype, as Hugging Face rounds its cos and sin
+        to the activations'; a model cast back to float32 needs them rebuilt); re-ties the head."""
         self.rotary = _rotary(self.config)
         self.local_rotary = _local_rotary(self.config)
         if self.config.tie_word_embeddings:

@@ -71,6 +71,38 @@ def test_the_suites_other_parts_run_on_the_cpu(tmp_path, monkeypatch):
     assert [r["batch"] for r in results["e"]] == [1] and results["e"][0]["decode_tokens_per_s"] > 0
 
 
+def test_the_float32_reference_of_a_bfloat16_run_has_float32_rotary_tables(monkeypatch):
+    """Part a's reference reuses the run's weights in float32: an engine in bfloat16 rounded the
+    model's rotary tables (buffers) to bfloat16, and casting back does not undo that, so the
+    reference must build them again, or both backends' errors against it read too small."""
+    import argparse
+
+    import torch
+
+    monkeypatch.syspath_prepend(os.path.join(BENCH, "gpu"))
+    monkeypatch.syspath_prepend(BENCH)
+    import shapes
+    import suite
+
+    try:
+        seen = {}
+        prefill = suite._prefill_and_greedy
+
+        def recording(model, dtype, backend, prompts, tokens, device):
+            seen[dtype] = model.rotary.cos.detach().clone()
+            return prefill(model, dtype, backend, prompts, min(tokens, 2), device)
+
+        monkeypatch.setattr(suite, "_prefill_and_greedy", recording)
+        args = argparse.Namespace(shape="tiny", dtype="bfloat16", quick=True)
+        out = suite._backends_against_float32(args, torch.device("cpu"))
+        exact = shapes.random_model("tiny", torch.float32, torch.device("cpu")).rotary.cos
+        assert torch.equal(seen["float32"].float(), exact)
+        assert not torch.equal(seen["bfloat16"].float(), exact)  # what the run itself used: rounded
+        assert out["torch_vs_float32_max_abs"] > 0
+    finally:
+        sys.modules.pop("suite", None)
+
+
 def test_the_checkouts_copies_of_the_data_are_the_originals():
     """A GPU machine gets only the checkout: benchmarks/gpu/data holds the problems and traces the
     suite reads there, byte for byte the package's and shared/'s."""
