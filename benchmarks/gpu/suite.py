@@ -242,18 +242,37 @@ def _ahead_waits(plain: LLM, drafted: LLM, device) -> dict | str:
     return out
 
 
-def _read_back_waits(device) -> bool | str:
-    """Whether reading a step's tokens back waits for the work queued behind it (it must not: a
-    step queued ahead would then never run beside the host's work on the one before)."""
+# Rows of each kind a step samples (pass@k's are sampled): reading any of them back must not wait.
+READ_BACK_KINDS = {
+    "greedy": SamplingParams(temperature=0.0),
+    "sampled": SamplingParams(temperature=0.8, top_p=0.95, seed=1),
+    "sampled, top_logprobs": SamplingParams(temperature=0.8, top_p=0.95, seed=1, logprobs=True, top_logprobs=2),
+    "sampled, penalized": SamplingParams(temperature=0.8, top_k=50, seed=1, repetition_penalty=1.1),
+}
+
+
+def read_back_rows(kind: str) -> list[SamplingRow]:
+    """Four rows of a kind of READ_BACK_KINDS (a penalized row's history: 8 prompt and 4 output ids)."""
+    params = READ_BACK_KINDS[kind]
+    history = list(range(12)) if params.needs_penalties else ()
+    return [SamplingRow(i, params, i, 4 + i, history, 8 if history else 0) for i in range(4)]
+
+
+def _read_back_waits(device) -> dict[str, bool] | str:
+    """By kind of row, whether reading a step's tokens back waits for the work queued behind it
+    (it must not: a step queued ahead would then never run beside the host's work on the one
+    before)."""
     if device.type != "cuda":
         return "not a CUDA device"
     sampler = Sampler(eos_ids=())
-    logits = torch.randn(4, 1000, device=device)
-    sampled = sampler.launch(logits, [SamplingRow(i, SamplingParams(temperature=0.0), 0, i) for i in range(4)])
-    torch.cuda._sleep(2_000_000_000)  # about a second of the device's time
-    sampled.result()
-    waited = torch.cuda.current_stream(device).query()
-    torch.cuda.synchronize(device)
+    waited = {}
+    for kind in READ_BACK_KINDS:
+        logits = torch.randn(4, 1000, device=device)
+        sampled = sampler.launch(logits, read_back_rows(kind))
+        torch.cuda._sleep(2_000_000_000)  # about a second of the device's time
+        sampled.result()
+        waited[kind] = torch.cuda.current_stream(device).query()
+        torch.cuda.synchronize(device)
     return waited
 
 

@@ -103,6 +103,33 @@ def test_the_float32_reference_of_a_bfloat16_run_has_float32_rotary_tables(monke
         sys.modules.pop("suite", None)
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+def test_the_rows_whose_read_back_part_a_times_sample_with_either_sampler(monkeypatch, kernels):
+    """Part a times reading back each kind of row (on a GPU only): each kind must sample here,
+    with the C sampler and with the PyTorch one a GPU runs, what its parameters ask for."""
+    import torch
+
+    monkeypatch.syspath_prepend(os.path.join(BENCH, "gpu"))
+    monkeypatch.syspath_prepend(BENCH)
+    import suite
+
+    from engine.sampler import Sampler
+
+    try:
+        assert suite._read_back_waits(torch.device("cpu")) == "not a CUDA device"
+        for kind, params in suite.READ_BACK_KINDS.items():
+            sampler = Sampler(eos_ids=())
+            sampler.use_kernels = kernels
+            logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+            result = sampler.launch(logits, suite.read_back_rows(kind)).result()
+            assert len(result.tokens) == 4, kind
+            assert (result.top is not None) == (params.top_logprobs > 0), kind
+            if params.temperature == 0.0:
+                assert result.tokens == logits.argmax(-1).tolist()
+    finally:
+        sys.modules.pop("suite", None)
+
+
 def test_the_checkouts_copies_of_the_data_are_the_originals():
     """A GPU machine gets only the checkout: benchmarks/gpu/data holds the problems and traces the
     suite reads there, byte for byte the package's and shared/'s."""
