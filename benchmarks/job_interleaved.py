@@ -9,8 +9,9 @@ process's CPU time), so both see the same moments of the machine. Start-up is no
 whole_process.py covers that. Every sample must come out the same from both engines (drafting is
 lossless), and no KV block may stay held.
 
-Learned step costs are read from and written to the user's cache, as by the command; the first
-round of a machine that has none learns them.
+Learned step costs are read from and written to the user's cache, as by the command (the fixed
+draft lengths only read it: measure.hindsight_baseline); the first round of a machine that has
+none learns them.
 
     python benchmarks/job_interleaved.py                            # the jobs of whole_process.py
     python benchmarks/job_interleaved.py --jobs pass10-20 --rounds 5
@@ -51,6 +52,8 @@ class TimedJob(TimedSteps):
         args = build_parser().parse_args(["humaneval", *job_args, "--type", kind, *extra])
         args.speculate = kind != "base"
         super().__init__(build_llm(args).engine)
+        if fixed_k is not None:
+            measure.hindsight_baseline(self.engine)
         self.engine: LLMEngine
         self.kind = kind if fixed_k is None else f"fixed k={fixed_k}"
         self.tokens: dict[str, list[list[int]]] = {}

@@ -18,6 +18,14 @@ from typing import Callable, Sequence
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def hindsight_baseline(engine) -> None:
+    """An engine drafting with a fixed length, run as the best fixed policy in hindsight: it reads
+    the step-cost file but writes nothing to it. It drafts at nearly every step, so its drafting
+    steps are set against plain steps from long before them, and cells written from them would
+    seed the adaptive engine under test (the same file, the same key) with what it never measured."""
+    engine.step_cost.keep_nothing()
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

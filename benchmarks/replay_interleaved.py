@@ -43,6 +43,8 @@ class TimedEngine(TimedSteps):
         proposer = build_proposer(spec or SpecConfig()) if drafting else None
         super().__init__(LLM(model, proposer=proposer, max_num_seqs=batch,
                              max_num_batched_tokens=max(2048, batch * 8)).engine)
+        if spec is not None:
+            measure.hindsight_baseline(self.engine)
         self.engine: LLMEngine
         self.drafting = drafting
         self.spec = spec

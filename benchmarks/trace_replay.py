@@ -49,6 +49,8 @@ def run(model: str, requests: list[Request], name: str, batch: int, drafting: bo
     proposer = build_proposer(spec or SpecConfig()) if drafting else None
     llm = LLM(model, proposer=proposer, max_num_seqs=batch, max_num_batched_tokens=max(2048, batch * 8))
     engine = llm.engine
+    if spec is not None and spec.policy == "fixed":
+        measure.hindsight_baseline(engine)
     start, cpu_start = time.perf_counter(), time.process_time()
     outs = llm.generate([r.prompt for r in requests], [replay_params(name, r) for r in requests], use_tqdm=False)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -36,3 +36,17 @@ def test_fixed_draft_lengths_step_in_the_same_turns():
     assert row["fixed"]["fixed k=4"]["drafted"] > 0
     fixed_engine = job_interleaved.TimedJob(JOB, "fastcodellama", 2).engine
     assert fixed_engine.proposer.config.policy == "fixed" and fixed_engine.proposer.config.k == 2
+
+
+def test_a_fixed_draft_length_leaves_the_users_step_cost_file_alone(monkeypatch, tmp_path):
+    """The job's engines read and write the user's step-cost file, as the command does; a fixed
+    draft length, a baseline in hindsight, only reads it."""
+    monkeypatch.setenv("FASTCODELLAMA_STEP_COST_DIR", str(tmp_path))
+    fixed = job_interleaved.TimedJob(JOB, "fastcodellama", 2)
+    while not fixed.done:
+        fixed.step()
+    assert list(tmp_path.iterdir()) == []
+    fast = job_interleaved.TimedJob(JOB, "fastcodellama")
+    while not fast.done:
+        fast.step()
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import replay_interleaved
 from engine import DEFAULT_MODEL
 from engine.tokenizer import Tokenizer
+from fastcodellama.drafting import SpecConfig
 from tests.benchmarks.in_turn_recording import record_steps
 from tests.benchmarks.test_host_overhead import _requests
 
@@ -36,3 +37,18 @@ def test_fixed_draft_lengths_step_in_the_same_turns_and_set_the_best_in_hindsigh
     assert set(rates) == {"plain", "fixed k=2", "fixed k=5"} and rates["plain"] == plain["tokens_per_s"]
     assert rates[draft["best_fixed"]] == max(rates.values())
     assert draft["vs_best_fixed"] == draft["tokens_per_s"] / max(rates.values())
+
+
+def test_a_fixed_draft_length_reads_the_step_cost_file_but_never_writes_it(monkeypatch, tmp_path):
+    """The fixed lengths are baselines in hindsight: what their steps teach must not seed the
+    adaptive engine under test, which shares their file. The adaptive engine writes its own."""
+    monkeypatch.setenv("FASTCODELLAMA_STEP_COST_DIR", str(tmp_path))
+    requests = _requests(Tokenizer(DEFAULT_MODEL))
+    fixed = replay_interleaved.TimedEngine(DEFAULT_MODEL, requests, "greedy", 2, True, SpecConfig(policy="fixed", k=2))
+    while not fixed.done:
+        fixed.step()
+    assert fixed.engine.stats().spec.total_drafted > 0 and list(tmp_path.iterdir()) == []
+    adaptive = replay_interleaved.TimedEngine(DEFAULT_MODEL, requests, "greedy", 2, True)
+    while not adaptive.done:
+        adaptive.step()
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # written once it ran out of work
