@@ -4,9 +4,9 @@ real search gives, at each number of candidate tokens: where policy.NUMPY_FROM s
 An engine drafts over the stub forward of benchmarks/host_overhead.py (pass@10 traces replayed,
 the adaptive policy told each step's time from the H200 suite's table, as it drafts beside that
 GPU) at --batch running sequences; every ranking it asks for is kept. Each kept call is then
-ranked by both paths (DraftPolicy._ranked then a sort; _ranked_array then an argsort), on its
-first 16, 32, 64, ... candidates, in turns, --repeats times; the fastest mean of each is
-reported, with both paths' answers checked equal.
+ranked by DraftPolicy._ranking down each of its paths (Python; numpy), on its first 16, 32,
+64, ... candidates, in turns, --repeats times; the fastest mean of each is reported, with both
+paths' answers checked equal.
 
     python benchmarks/draft_ranking.py --batch 256
 """
@@ -23,7 +23,6 @@ os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
 
 import host_overhead  # noqa: E402
 import measure  # noqa: E402
-import numpy as np  # noqa: E402
 from traces import load_workload, replay_params  # noqa: E402
 
 from engine import DEFAULT_MODEL  # noqa: E402
@@ -55,23 +54,17 @@ def captured(batch: int, steps: int) -> list[tuple[list, int]]:
     return calls
 
 
-def in_python(cands, budget: int) -> tuple[list[float], list[int]]:
-    gains, owner = policy.DraftPolicy._ranked(cands)
-    order = sorted(range(len(gains)), key=gains.__getitem__, reverse=True)[:budget]
-    return [gains[i] for i in order], [owner[i] for i in order]
-
-
-def in_numpy(cands, budget: int) -> tuple[list[float], list[int]]:
-    gains, owner = policy._ranked_array(cands, False)
-    order = np.argsort(-gains, kind="stable")[:budget]
-    return gains[order].tolist(), owner[order].tolist()
-
-
-def timed(path, calls: list[tuple[list, int]]) -> float:
-    start = time.perf_counter()
-    for cands, budget in calls:
-        path(cands, budget)
-    return (time.perf_counter() - start) / len(calls)
+def ranked(numpy: bool, calls: list[tuple[list, int]]) -> tuple[float, list]:
+    """Seconds per ranking of `calls` by DraftPolicy._ranking itself, made to take one path (its
+    threshold moved out of the way), and the rankings."""
+    saved = policy.NUMPY_FROM
+    policy.NUMPY_FROM = 0 if numpy else 1 << 62
+    try:
+        start = time.perf_counter()
+        out = [policy.DraftPolicy._ranking(cands, budget) for cands, budget in calls]
+        return (time.perf_counter() - start) / len(calls), out
+    finally:
+        policy.NUMPY_FROM = saved
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,9 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     size = 16
     while True:
         cut = [(cands[:size], budget) for cands, budget in calls]
-        equal = all(in_python(*c) == in_numpy(*c) for c in cut)
-        py = min(timed(in_python, cut) for _ in range(args.repeats))
-        np_ = min(timed(in_numpy, cut) for _ in range(args.repeats))
+        equal = ranked(False, cut)[1] == ranked(True, cut)[1]
+        py = min(ranked(False, cut)[0] for _ in range(args.repeats))
+        np_ = min(ranked(True, cut)[0] for _ in range(args.repeats))
         tokens = statistics.fmean(len(policy.DraftPolicy._ranked(c)[0]) for c, _ in cut)
         rows.append({"candidates": size, "tokens": tokens, "python_ms": 1e3 * py, "numpy_ms": 1e3 * np_,
                      "equal": equal})
