@@ -9,11 +9,15 @@ the same moments of the machine. Every output is checked against its trace, as i
 
 With --fixed-k, an engine per fixed draft length k steps in the same turns, and the drafting
 engine's adaptive policy is set against the best of plain and every fixed k in hindsight, all
-measured in the same moments.
+measured in the same moments. The best of several noisy rates reads high, so a policy that drafts
+exactly as the best fixed one reads below 1.0 against it: --control K steps a second engine of
+fixed k=K in the same turns and sets it against the same best (itself left out), which is what
+the adaptive engine's figure is to be read beside.
 
     python benchmarks/replay_interleaved.py                          # greedy and pass@10 at 4, 64, 256
     python benchmarks/replay_interleaved.py --workloads pass100 --batches 64
     python benchmarks/replay_interleaved.py --batches 1,16 --fixed-k 1,2,4,8,16,20
+    python benchmarks/replay_interleaved.py --workloads greedy --batches 4 --fixed-k 1,2 --control 1
 """
 from __future__ import annotations
 
@@ -59,12 +63,14 @@ class TimedEngine(TimedSteps):
 
 
 def run(model: str, requests: list[Request], name: str, batch: int,
-        fixed_k: tuple[int, ...] = ()) -> tuple[dict, dict]:
-    """Plain, drafting and each fixed k, stepped in turn (in_turn.step_in_turn); the plain and
-    drafting rows as trace_replay.run gives them, the drafting row with the best fixed policy in
-    hindsight where there are fixed ones."""
+        fixed_k: tuple[int, ...] = (), control: int | None = None) -> tuple[dict, dict]:
+    """Plain, drafting, each fixed k and the control (a second engine of fixed k=control), stepped
+    in turn (in_turn.step_in_turn); the plain and drafting rows as trace_replay.run gives them, the
+    drafting row with the best fixed policy in hindsight where there are fixed ones, and the
+    control's tokens per second over that same best (control_vs_best_fixed)."""
+    fixed = (*fixed_k, *(() if control is None else (control,)))
     engines = [TimedEngine(model, requests, name, batch, drafting) for drafting in (False, True)]
-    engines += [TimedEngine(model, requests, name, batch, True, SpecConfig(policy="fixed", k=k)) for k in fixed_k]
+    engines += [TimedEngine(model, requests, name, batch, True, SpecConfig(policy="fixed", k=k)) for k in fixed]
     step_in_turn(engines)
     rows = [with_rates({"batch": batch, "drafting": e.drafting,
                         **outcome(e.engine, requests, [o for o in e.outputs if o is not None])}, e.wall, e.cpu)
@@ -73,6 +79,9 @@ def run(model: str, requests: list[Request], name: str, batch: int,
     if fixed_k:
         against_best_fixed(draft, plain, {k: r["tokens_per_s"] for k, r in zip(fixed_k, rows[2:])})
         draft["fixed_exact"] = all(r["replay_exact"] and r["leaked_blocks"] == 0 for r in rows[2:])
+    if control is not None:
+        best = draft["fixed_tokens_per_s"][draft["best_fixed"]]
+        draft["control_k"], draft["control_vs_best_fixed"] = control, rows[-1]["tokens_per_s"] / best
     return plain, draft
 
 
@@ -86,19 +95,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pass100-tasks", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per case")
     ap.add_argument("--fixed-k", default="", help="also step fixed draft lengths in turn (e.g. 1,2,4,8,16,20)")
+    ap.add_argument("--control", type=int, default=None,
+                    help="also a second engine of this fixed k (one of --fixed-k), set against the same best")
     ap.add_argument("--out", default=measure.RESULTS)
     args = ap.parse_args(argv)
+    fixed_k = tuple(int(k) for k in args.fixed_k.split(",") if k.strip())
+    if args.control is not None and args.control not in fixed_k:
+        ap.error(f"--control {args.control} must be one of --fixed-k ({args.fixed_k or 'none given'})")
     if "FASTCODELLAMA_STEP_COST_DIR" not in os.environ:  # as trace_replay: learned costs kept within this invocation
         os.environ["FASTCODELLAMA_STEP_COST_DIR"] = tempfile.mkdtemp(prefix="fastcodellama_step_cost_")
     tokenizer = LLM(args.model).tokenizer
-    fixed_k = tuple(int(k) for k in args.fixed_k.split(",") if k.strip())
     rows = []
     for name in args.workloads.split(","):
         requests = load_workload(name, tokenizer, args.traces, args.pass100_tasks)
         for batch in (int(b) for b in args.batches.split(",")):
             chosen = subset(requests, batch, args.min_sequences)
             for _ in range(args.repeats):
-                plain, draft = run(args.model, chosen, name, batch, fixed_k)
+                plain, draft = run(args.model, chosen, name, batch, fixed_k, args.control)
                 row = {"workload": name, "batch": batch, "requests": len(chosen), "plain": plain, "drafting": draft,
                        "ratio": draft["tokens_per_s"] / plain["tokens_per_s"],
                        "cpu_ratio": draft["tokens_per_cpu_s"] / plain["tokens_per_cpu_s"]}
@@ -106,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name} batch {batch}: {len(chosen)} requests, drafting / plain {row['ratio']:.3f} "
                       f"(CPU time {row['cpu_ratio']:.3f}), {draft['tokens_per_forward']:.3f} tokens/forward, "
                       f"exact {plain['replay_exact'] and draft['replay_exact']}"
-                      + (f", {draft['vs_best_fixed']:.3f} of the best fixed ({draft['best_fixed']})" if fixed_k else ""),
+                      + (f", {draft['vs_best_fixed']:.3f} of the best fixed ({draft['best_fixed']})" if fixed_k else "")
+                      + (f"; the control (fixed k={args.control}) {draft['control_vs_best_fixed']:.3f}"
+                         if args.control is not None else ""),
                       flush=True)
     results = {"machine": measure.machine(), "date": measure.utc_now(), "model": args.model, "args": vars(args),
                "rows": rows}
@@ -119,13 +134,19 @@ def write(results: dict, out_dir: str) -> None:
              f"machine: {results['machine']}", f"model: {results['model']}", "",
              "Each engine's tokens per second of its own steps (the two stepped in turn in one process).", ""]
     fixed = any("best_fixed" in r["drafting"] for r in results["rows"])
+    control = any("control_vs_best_fixed" in r["drafting"] for r in results["rows"])
     if fixed:
         lines += ["Fixed draft lengths stepped in the same turns; vs best fixed: the drafting engine's tokens "
                   "per second over the best of plain and every fixed k.", ""]
+    if control:
+        lines += ["Control: a second engine of one fixed k in the same turns, over the same best (itself left "
+                  "out): what a policy drafting exactly as that fixed one reads (the best of noisy rates reads "
+                  "high).", ""]
     lines += measure.markdown_table(
         ["workload", "max running", "requests", "plain tok/s", "drafting tok/s", "drafting / plain",
          "in CPU time", "tokens/forward", "drafted", "accepted", "exact", "leaked"]
-        + (["best fixed", "vs best fixed", "fixed k tok/s"] if fixed else []),
+        + (["best fixed", "vs best fixed", "fixed k tok/s"] if fixed else [])
+        + (["control vs best fixed"] if control else []),
         [[r["workload"], r["batch"], r["requests"], f"{r['plain']['tokens_per_s']:.1f}",
           f"{r['drafting']['tokens_per_s']:.1f}", f"{r['ratio']:.3f}", f"{r['cpu_ratio']:.3f}",
           f"{r['drafting']['tokens_per_forward']:.3f}", sum(r["drafting"]["drafted"].values()),
@@ -135,6 +156,7 @@ def write(results: dict, out_dir: str) -> None:
          + ([r["drafting"]["best_fixed"], f"{r['drafting']['vs_best_fixed']:.3f}",
              " ".join(f"{k.removeprefix('fixed k=')}: {v:.0f}" for k, v in r["drafting"]["fixed_tokens_per_s"].items()
                       if k != "plain")] if fixed else [])
+         + ([f"k={r['drafting']['control_k']}: {r['drafting']['control_vs_best_fixed']:.3f}"] if control else [])
          for r in results["rows"]])
     measure.write_results(out_dir, "replay_interleaved", results, "\n".join(lines) + "\n")
 

@@ -3,6 +3,7 @@ samples stepping in turn; each output equals its trace, no block is left held, a
 time is its own steps' time."""
 from __future__ import annotations
 
+import pytest
 import replay_interleaved
 from engine import DEFAULT_MODEL
 from engine.tokenizer import Tokenizer
@@ -52,3 +53,22 @@ def test_a_fixed_draft_length_reads_the_step_cost_file_but_never_writes_it(monke
     while not adaptive.done:
         adaptive.step()
     assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # written once it ran out of work
+
+
+def test_the_control_is_a_second_fixed_engine_set_against_the_same_best_without_itself(monkeypatch):
+    kinds = record_steps(monkeypatch, replay_interleaved.TimedEngine,
+                         lambda e: "plain" if not e.drafting else f"k={e.spec.k}" if e.spec else "adaptive")
+    requests = _requests(Tokenizer(DEFAULT_MODEL))
+    plain, draft = replay_interleaved.run(DEFAULT_MODEL, requests, "greedy", 2, fixed_k=(2,), control=2)
+    assert kinds[:4] == ["plain", "adaptive", "k=2", "k=2"]  # the control steps in the same turns
+    assert draft["fixed_exact"]  # its outputs checked like every fixed engine's
+    rates = draft["fixed_tokens_per_s"]
+    assert set(rates) == {"plain", "fixed k=2"}  # the best is chosen without the control
+    assert draft["control_k"] == 2
+    assert 0.0 < draft["control_vs_best_fixed"] != draft["vs_best_fixed"]
+
+
+def test_the_control_must_be_one_of_the_fixed_lengths(capsys):
+    with pytest.raises(SystemExit):
+        replay_interleaved.main(["--fixed-k", "1,2", "--control", "4"])
+    assert "--control 4 must be one of --fixed-k" in capsys.readouterr().err
