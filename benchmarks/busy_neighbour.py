@@ -30,7 +30,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 from measure import RESULTS, busy_cpu_seconds, cpu_model, fmt, markdown_table, utc_now, write_results  # noqa: E402
 
 

@@ -25,7 +25,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 

@@ -25,7 +25,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
 
 import host_overhead  # noqa: E402

@@ -46,7 +46,8 @@ import sys
 import time
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 # Steps of this run teach nothing to later runs, and nothing learned before steers this one's drafting.
 os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")
 

@@ -34,7 +34,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 os.environ.setdefault("FASTCODELLAMA_STEP_COST_DIR", "")  # nothing learned before steers this run
 
 import measure  # noqa: E402

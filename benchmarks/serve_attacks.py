@@ -36,7 +36,8 @@ from typing import Awaitable, Callable, Iterator
 
 import aiohttp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 
 import measure  # noqa: E402
 from serve_load import check_loopback, free_port  # noqa: E402

@@ -45,7 +45,8 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 
 import measure  # noqa: E402
 from traces import WORKLOADS, load_workload, replay_params  # noqa: E402

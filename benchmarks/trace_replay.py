@@ -29,14 +29,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 
 import measure  # noqa: E402
 from traces import TRACES, Request, load_workload, replay_params  # noqa: E402
 from engine import DEFAULT_MODEL, LLM
 from fastcodellama.drafting import SpecConfig, build_proposer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = measure.RESULTS
 # shared/measurements/copy_ceiling_real_traces.md (tokens per verify forward, k=20, proxy tokenizer).
 CEILING = {"greedy": ("self, n=1", 1.92), "passk": ("self + 10 siblings side by side", 2.17),
