@@ -69,6 +69,8 @@ def run(model: str, requests: list[Request], name: str, batch: int,
     in turn (in_turn.step_in_turn); the plain and drafting rows as trace_replay.run gives them, the
     drafting row with the best fixed policy in hindsight where there are fixed ones, and the
     control's tokens per second over that same best (control_vs_best_fixed)."""
+    if control is not None and control not in fixed_k:
+        raise ValueError(f"the control ({control}) must be one of the fixed draft lengths {fixed_k}")
     fixed = (*fixed_k, *(() if control is None else (control,)))
     engines = [TimedEngine(model, requests, name, batch, drafting) for drafting in (False, True)]
     engines += [TimedEngine(model, requests, name, batch, True, SpecConfig(policy="fixed", k=k)) for k in fixed]

@@ -72,3 +72,5 @@ def test_the_control_must_be_one_of_the_fixed_lengths(capsys):
     with pytest.raises(SystemExit):
         replay_interleaved.main(["--fixed-k", "1,2", "--control", "4"])
     assert "--control 4 must be one of --fixed-k" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must be one of the fixed draft lengths"):
+        replay_interleaved.run(DEFAULT_MODEL, [], "greedy", 2, fixed_k=(), control=1)
