@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
+import sys
 import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 
 from fastcodellama.evaluation.problems import load_problems, read_jsonl
 

@@ -15,10 +15,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
 
 import torch
 

@@ -19,10 +19,11 @@ SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(BENCHMARKS,
 
 
 def _runs_engine(name: str) -> bool:
-    """A script (it has a main) that imports the engine as it starts."""
+    """A script (it has a main) that imports the engine or the job's package as it starts."""
     text = open(os.path.join(BENCHMARKS, name)).read()
     return '__name__ == "__main__"' in text and any(
-        line.startswith(("from engine", "import engine")) for line in text.splitlines())
+        line.startswith(("from engine", "import engine", "from fastcodellama", "import fastcodellama"))
+        for line in text.splitlines())
 
 
 def test_every_script_that_puts_its_folder_on_the_path_puts_its_checkout_there_too():
@@ -39,8 +40,9 @@ def test_a_script_in_another_checkout_imports_that_checkouts_engine(name, tmp_pa
     """A copy of the script beside an `engine` package of its own, which says so when imported:
     run from there, the script reaches it (before this repository's installed engine)."""
     shutil.copytree(BENCHMARKS, tmp_path / "benchmarks", ignore=shutil.ignore_patterns("results", "gpu", "__pycache__"))
-    (tmp_path / "engine").mkdir()
-    (tmp_path / "engine" / "__init__.py").write_text('raise ImportError("the engine of the other checkout")\n')
+    for package in ("engine", "fastcodellama"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text('raise ImportError("the engine of the other checkout")\n')
     run = subprocess.run([sys.executable, str(tmp_path / "benchmarks" / name), "--help"], cwd=tmp_path.parent,
                          capture_output=True, text=True, timeout=120)
     assert "the engine of the other checkout" in run.stderr, (run.returncode, run.stderr[-2000:])
