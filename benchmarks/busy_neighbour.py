@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # and this checkout's engine, not whichever is installed
-from measure import RESULTS, busy_cpu_seconds, cpu_model, fmt, markdown_table, utc_now, write_results  # noqa: E402
+from measure import RESULTS, busy_cpu_seconds, checkout_env, cpu_model, fmt, markdown_table, utc_now, write_results  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def neighbour(cpu: int) -> subprocess.Popen:
 
 def run_job(setting: Setting, job: list[str], output: str, beside: int | None = None) -> Run:
     """Generation time and tokens/s of one run of the job (`beside`: the neighbour's pid)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in checkout_env().items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     env.update(setting.env)
     cmd = [sys.executable, "-m", "fastcodellama", "humaneval", *job, "--no-evaluate", "--overwrite",
            "--output_data_fn", output, *setting.args]

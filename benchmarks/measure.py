@@ -16,6 +16,14 @@ from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkout_env() -> dict[str, str]:
+    """The environment for a command a benchmark starts (`python -m fastcodellama ...`): this
+    checkout's packages first, as its scripts put them, whichever ones are installed and wherever
+    the benchmark was started from."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")])))
 
 
 def hindsight_baseline(engine) -> None:

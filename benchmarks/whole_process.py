@@ -50,7 +50,7 @@ def run_once(job: str, side: str, args: list[str], workdir: str) -> float:
     cmd = [sys.executable, "-m", "fastcodellama", "humaneval", *JOBS[job], *args,
            "--output_data_fn", out, "--overwrite"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=measure.checkout_env())
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")

@@ -46,3 +46,18 @@ def test_a_script_in_another_checkout_imports_that_checkouts_engine(name, tmp_pa
     run = subprocess.run([sys.executable, str(tmp_path / "benchmarks" / name), "--help"], cwd=tmp_path.parent,
                          capture_output=True, text=True, timeout=120)
     assert "the engine of the other checkout" in run.stderr, (run.returncode, run.stderr[-2000:])
+
+
+def test_the_commands_a_benchmark_starts_run_its_checkouts_packages_wherever_it_was_started(tmp_path):
+    """whole_process.py times `python -m fastcodellama humaneval ...`: started from outside the
+    other checkout, its commands must still run that checkout's package (here one that says so)."""
+    shutil.copytree(BENCHMARKS, tmp_path / "other" / "benchmarks",
+                    ignore=shutil.ignore_patterns("results", "gpu", "__pycache__"))
+    (tmp_path / "other" / "fastcodellama").mkdir()
+    (tmp_path / "other" / "fastcodellama" / "__main__.py").write_text(
+        'raise SystemExit("the job of the other checkout")\n')
+    (tmp_path / "other" / "fastcodellama" / "__init__.py").write_text("")
+    run = subprocess.run([sys.executable, str(tmp_path / "other" / "benchmarks" / "whole_process.py"), "--jobs",
+                          "readme", "--rounds", "1", "--out", str(tmp_path)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0 and "the job of the other checkout" in run.stderr, run.stderr[-2000:]
