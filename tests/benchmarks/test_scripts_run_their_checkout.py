@@ -37,8 +37,8 @@ def test_every_script_that_puts_its_folder_on_the_path_puts_its_checkout_there_t
 @pytest.mark.parametrize("name", [os.path.basename(p) for p in sorted(glob.glob(os.path.join(BENCHMARKS, "*.py")))
                                   if _runs_engine(os.path.basename(p))])
 def test_a_script_in_another_checkout_imports_that_checkouts_engine(name, tmp_path):
-    """A copy of the script beside an `engine` package of its own, which says so when imported:
-    run from there, the script reaches it (before this repository's installed engine)."""
+    """A copy of the script beside `engine` and `fastcodellama` packages of its own, which say so
+    when imported: run from there, the script reaches them (before this repository's installed ones)."""
     shutil.copytree(BENCHMARKS, tmp_path / "benchmarks", ignore=shutil.ignore_patterns("results", "gpu", "__pycache__"))
     for package in ("engine", "fastcodellama"):
         (tmp_path / package).mkdir()
