@@ -221,6 +221,12 @@ FAMILY_MODELS = {
                 dict(embedding_multiplier=3.0, attention_multiplier=0.1, residual_multiplier=0.5, logits_scaling=2.0,
                      rms_norm_eps=1e-5)),
     "mistral": ("MistralConfig", "MistralForCausalLM", "deepseek", dict(sliding_window=8, rms_norm_eps=1e-5)),
+    # sandwich norms under GLM's names, GPT-J-style rotary over half of each head, q/k/v biases
+    "glm4": ("Glm4Config", "Glm4ForCausalLM", "qwen", dict(head_dim=16, partial_rotary_factor=0.5, rms_norm_eps=1e-5,
+                                                           attention_bias=True, pad_token_id=0)),
+    # q/k/v biases and one on the output projection
+    "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", "qwen", dict(head_dim=16, attention_bias=True,
+                                                                     attention_out_bias=True, rms_norm_eps=1e-6)),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", "starcoder",
                    dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, use_bias=True)),
     "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", "starcoder",

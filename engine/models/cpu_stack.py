@@ -72,6 +72,6 @@ def plain_llama(cfg: "ModelConfig") -> bool:
     """The only variant the kernel computes."""
     return (cfg.norm == "rms" and cfg.gated_mlp and cfg.activation == "silu" and cfg.rotary_style == "neox"
             and cfg.rotary_dim == cfg.head_dim and not cfg.parallel_residual and cfg.sliding_window is None
-            and not cfg.qk_norm and not cfg.num_experts and not cfg.norm_weight_offset and cfg.embed_scale == 1.0
-            and cfg.attention_scale is None and cfg.residual_scale == 1.0
+            and not cfg.qk_norm and not cfg.sandwich_norms and not cfg.num_experts and not cfg.norm_weight_offset
+            and cfg.embed_scale == 1.0 and cfg.attention_scale is None and cfg.residual_scale == 1.0
             and not (cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias or cfg.lm_head_bias))

@@ -246,7 +246,7 @@ class DecoderForCausalLM(nn.Module):
             moe.fused = triton_moe.moe
             count += 1
         for layer in self.layers:
-            norm = None if layer.parallel else layer.post_attention_layernorm
+            norm = None if layer.parallel or layer.sandwich else layer.post_attention_layernorm
             if isinstance(norm, RMSNorm) and not norm.offset:
                 layer.add_norm = triton_fused.add_rms_norm
                 count += 1

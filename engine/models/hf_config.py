@@ -85,6 +85,28 @@ def gemma3(cfg: dict) -> dict[str, Any]:
                 attention_scale=float(cfg.get("query_pre_attn_scalar") or fields["head_dim"]) ** -0.5)
 
 
+def glm4(cfg: dict) -> dict[str, Any]:
+    """GLM-4 (the 0414 checkpoints: GLM-4-9B, GLM-4-32B, GLM-Z1): Llama with a bias on q, k and v
+    (attention_bias; none on the output projection), each block's output normed before its residual
+    add and the MLP's input by a norm of its own (Gemma 3's sandwich, without the 1 + weight), and
+    GPT-J-style rotary over the first partial_rotary_factor of each head (half where unsaid, as
+    transformers defaults it); gate and up fused in the checkpoint itself."""
+    fields = llama(dict(cfg, attention_bias=False))
+    factor = (cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor")
+              or 0.5)
+    rotary = int(fields["head_dim"] * float(factor))
+    return dict(fields, qkv_bias=bool(cfg.get("attention_bias", True)), sandwich_norms=True,
+                rotary_dim=rotary - rotary % 2, rotary_style="gptj")
+
+
+def seed_oss(cfg: dict) -> dict[str, Any]:
+    """Seed-OSS (ByteDance's Seed-OSS-36B): Llama with a bias on q, k and v (attention_bias), on the
+    output projection only where attention_out_bias says so, head_dim from the config."""
+    fields = llama(dict(cfg, attention_bias=False))
+    return dict(fields, qkv_bias=bool(cfg.get("attention_bias", True)),
+                o_bias=bool(cfg.get("attention_out_bias", False)))
+
+
 def gemma3_text_of_multimodal(cfg: dict) -> dict[str, Any]:
     """The language model of Gemma 3's multimodal checkpoints (4B, 12B, 27B), from text_config:
     text in, text out (images are not read)."""

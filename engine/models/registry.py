@@ -17,6 +17,7 @@ from engine.models.codegen import CodeGenForCausalLM
 from engine.models.decoder import DecoderForCausalLM
 from engine.models.deepseek_v2 import DeepseekV2ForCausalLM
 from engine.models.gemma3 import Gemma3TextOfMultimodal
+from engine.models.glm4 import Glm4ForCausalLM
 from engine.models.gpt_bigcode import GPTBigCodeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.phi3 import Phi3ForCausalLM
@@ -47,6 +48,8 @@ FAMILIES = (
            hf_config.gemma3_text_of_multimodal),
     Family("phi3", ("Phi3ForCausalLM",), ("phi3",), Phi3ForCausalLM, hf_config.phi3),
     Family("granite", ("GraniteForCausalLM",), ("granite",), LlamaForCausalLM, hf_config.granite),
+    Family("glm4", ("Glm4ForCausalLM",), ("glm4",), Glm4ForCausalLM, hf_config.glm4),
+    Family("seed_oss", ("SeedOssForCausalLM",), ("seed_oss",), LlamaForCausalLM, hf_config.seed_oss),
     Family("mistral", ("MistralForCausalLM",), ("mistral",), LlamaForCausalLM, hf_config.mistral),
     Family("starcoder2", ("Starcoder2ForCausalLM",), ("starcoder2",), Starcoder2ForCausalLM, hf_config.starcoder2),
     Family("gpt_bigcode", ("GPTBigCodeForCausalLM",), ("gpt_bigcode",), GPTBigCodeForCausalLM,

@@ -24,7 +24,7 @@ one batched forward, so the output is exactly what plain decoding gives).
 Without --model it runs the embedded 6.8M-parameter demo model on the CPU; it writes
 Python-looking code but solves almost no HumanEval problem: point --model at a checkpoint
 folder (CodeLlama, Qwen2.5-Coder, Qwen3, Qwen3-Coder, DeepSeek-Coder, Codestral, CodeGemma, Phi-4,
-StarCoder, WizardCoder, CodeGen) for real pass@k."""
+GLM-4, Seed-OSS, StarCoder, WizardCoder, CodeGen) for real pass@k."""
 
 EXAMPLES = """\
 examples:

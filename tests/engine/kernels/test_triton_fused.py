@@ -250,3 +250,36 @@ def test_the_device_check_names_a_mixture_that_differs(monkeypatch) -> None:
     assert norm_rope_problem(DEVICE, torch.bfloat16) is None  # a dense model never runs the experts' check
     problem = norm_rope_problem(DEVICE, torch.bfloat16, routed=True)
     assert problem is not None and problem.startswith("mixture of experts differs from the reference")
+
+
+def test_a_model_with_sandwich_norms_takes_the_norm_kernels_but_no_fused_add(monkeypatch) -> None:
+    """GLM-4's layers norm each block's output before its residual add: every RMSNorm takes the
+    kernel, the residual add stays unfused (the add-then-norm kernel computes another order), its
+    half-head GPT-J rotary stays the reference's; the hidden states stay within a few rounding
+    steps of the reference modules'."""
+    from engine.attention.torch_ref import TorchRefBackend
+    from engine.models.registry import model_class, model_config
+    from engine.step_batch import SeqChunk, StepBatch
+
+    dtype = torch.float16
+    cfg = model_config(dict(vocab_size=128, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                            rms_norm_eps=1e-5, partial_rotary_factor=0.5, attention_bias=True,
+                            architectures=["Glm4ForCausalLM"], model_type="glm4"))
+    torch.manual_seed(0)
+    model = model_class(cfg.family)(cfg).to(DEVICE, dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.2) if p.dim() == 2 else 1.0 + 0.1 * torch.rand_like(p))
+    kv = torch.zeros((2, 2, 8, 2, 8, 16), dtype=dtype, device=DEVICE)
+    batch = StepBatch.build([SeqChunk(tuple(range(5, 17)), 0, (0, 1), 0), SeqChunk((7,), 20, (2, 3, 4), 0)], 8, DEVICE)
+    calls = {"rope_": 0, "rms_norm": 0, "silu_mul": 0, "add_rms_norm": 0}
+    for name in calls:
+        monkeypatch.setattr(triton_fused, name, lambda *args, _name=name, _fn=getattr(triton_fused, name): (
+            calls.__setitem__(_name, calls[_name] + 1), _fn(*args))[1])
+    with torch.no_grad():
+        want = model(batch, kv.clone(), TorchRefBackend()).float()
+        assert model.use_triton_kernels() == 2 * 4 + 1 + 2  # four norms a layer and the final one; the MLPs
+        got = model(batch, kv.clone(), TorchRefBackend()).float()
+    assert (got - want).abs().max() <= 4 * torch.finfo(dtype).eps * want.abs().max()
+    assert calls == {"rope_": 0, "rms_norm": 2 * 4 + 1, "silu_mul": 2, "add_rms_norm": 0}

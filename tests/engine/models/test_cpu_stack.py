@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.attention.cpu import KERNEL_QUERY, CpuMeta
-from engine.config import EngineConfig
+from engine.config import DEFAULT_MODEL, EngineConfig
 from engine.models.registry import read_model_config
 from engine.kernels import cpu as kernels
 from engine.model_runner import ModelRunner
@@ -100,3 +100,16 @@ def test_no_stack_unless_every_projection_is_packed(tmp_path):
     model.pack_for_cpu()
     assert model.layers[1].mlp.down_proj.packed is None
     assert model.cpu_stack is None and CpuDecoderStack.build(model) is None
+
+
+def test_only_plain_llama_layers_run_in_the_stack():
+    """The kernel computes Llama's layer: a config with anything else (sandwich norms: GLM-4's,
+    Gemma 3's) keeps the modules, whatever else it shares with Llama."""
+    import dataclasses
+
+    from engine.models.cpu_stack import plain_llama
+
+    mc = read_model_config(DEFAULT_MODEL)
+    assert plain_llama(mc)
+    for change in (dict(sandwich_norms=True), dict(qkv_bias=True), dict(rotary_style="gptj"), dict(qk_norm=True)):
+        assert not plain_llama(dataclasses.replace(mc, **change)), change

@@ -3,7 +3,9 @@ norms, head_dim apart from hidden / heads), Qwen3-MoE (mixture-of-experts MLPs, 
 them), Qwen2-MoE (a gated shared expert too), DeepSeek-Coder (Llama with linear rope scaling), Llama
 3.1 (its rope scaling), Qwen2.5 with YaRN, DeepSeek-V2 (latent attention, scaled routing, ungated
 shared experts), Gemma (norms scaling by 1 + weight, scaled embeddings), Gemma 3 (a window on some
-layers, sandwich norms), Granite (multipliers), Mistral (Llama with a sliding window), Phi-3 (fused
+layers, sandwich norms), GLM-4 (sandwich norms under its own names, GPT-J-style rotary over half of
+each head), Seed-OSS (biases on q/k/v and the output), Granite (multipliers), Mistral (Llama with a
+sliding window), Phi-3 (fused
 checkpoint projections, partial rotary, a window; longrope), StarCoder2, GPTBigCode (StarCoder 1:
 learned positions, multi-query attention) and CodeGen: tiny random models from transformers' own
 classes, run by the engine over the paged cache, against transformers."""
@@ -92,6 +94,8 @@ def test_config_reads_the_family(family_dir):
                 "gemma3": ("gemma3", False, "rms", 16, "neox", 8),
                 "granite": ("granite", False, "rms", 16, "neox", None),
                 "mistral": ("mistral", False, "rms", 16, "neox", 8),
+                "glm4": ("glm4", True, "rms", 8, "gptj", None),
+                "seed_oss": ("seed_oss", True, "rms", 16, "neox", None),
                 "phi3": ("phi3", False, "rms", 12, "neox", 8),
                 "phi3_longrope": ("phi3", False, "rms", 12, "neox", None),
                 "starcoder2": ("starcoder2", True, "layer", 16, "neox", 8),
@@ -104,7 +108,9 @@ def test_config_reads_the_family(family_dir):
         assert mc.rope_scaling == RopeScaling("linear", 2.0) and mc.sandwich_norms and mc.backend_window is None
         assert mc.attention_scale == pytest.approx(24 ** -0.5)  # query_pre_attn_scalar
     else:
-        assert not (mc.full_attention_layers or mc.sandwich_norms) and mc.local_rope_theta is None
+        assert not mc.full_attention_layers and mc.local_rope_theta is None
+        assert mc.sandwich_norms == (family == "glm4")
+    assert mc.o_bias == (family in ("seed_oss", "starcoder2", "gpt_bigcode"))
     if family == "qwen3_moe":  # 8 experts, 2 per token; layer 1 dense (mlp_only_layers)
         assert (mc.num_experts, mc.experts_per_token, mc.moe_intermediate_size, mc.norm_topk_prob,
                 mc.dense_layers) == (8, 2, 32, True, (1,))
@@ -361,6 +367,28 @@ def test_gemma3_configs_as_the_published_checkpoints_write_them():
     assert scaled.rope_scaling == RopeScaling("linear", 8.0)
     with pytest.raises(ValueError, match="soft-capping"):
         model_config(dict(cfg, final_logit_softcapping=30.0))
+
+
+def test_glm4_and_seed_oss_configs_as_transformers_4_writes_them():
+    """GLM-4-0414's keys (partial_rotary_factor at the top, three EOS ids) and Seed-OSS's (an
+    output bias only where attention_out_bias says so), at their published shapes."""
+    glm = {"architectures": ["Glm4ForCausalLM"], "model_type": "glm4", "vocab_size": 151552, "hidden_size": 4096,
+           "intermediate_size": 13696, "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 2,
+           "head_dim": 128, "max_position_embeddings": 32768, "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+           "attention_bias": True, "rms_norm_eps": 1.5625e-07, "tie_word_embeddings": False,
+           "eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329}
+    mc = model_config(glm)
+    assert (mc.family, mc.rotary_dim, mc.rotary_style, mc.qkv_bias, mc.o_bias) == ("glm4", 64, "gptj", True, False)
+    assert mc.sandwich_norms and not mc.mlp_bias and mc.eos_token_ids == (151329, 151336, 151338)
+    assert model_config({k: v for k, v in glm.items() if k != "partial_rotary_factor"}).rotary_dim == 64
+    assert model_config(dict(glm, partial_rotary_factor=1.0)).rotary_dim == 128
+    seed = {"architectures": ["SeedOssForCausalLM"], "model_type": "seed_oss", "vocab_size": 155136,
+            "hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 80,
+            "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 524288, "rope_theta": 1e7,
+            "attention_bias": True, "attention_out_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-6}
+    mc = model_config(seed)
+    assert (mc.family, mc.qkv_bias, mc.o_bias, mc.head_dim, mc.rope_theta) == ("seed_oss", True, False, 128, 1e7)
+    assert not mc.sandwich_norms and mc.rotary_dim == 128 and mc.rotary_style == "neox"
 
 
 def test_the_language_model_of_a_multimodal_gemma3_checkpoint_runs_as_text(tmp_path):
