@@ -20,7 +20,7 @@ from api.completions import CompletionPlan, build_plan
 from api import guided
 from api.errors import bad_request
 from api.generation import CLIENT, answer, read_request, state_of
-from api.reasoning import CLOSE, OPEN, Thinking
+from api.reasoning import Thinking
 from api.schemas import SAMPLING_FIELDS, CompletionRequest
 from api.state import AppState
 from api.streaming import CompletionStream
@@ -87,7 +87,7 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
                             state.config.max_request_tokens)
     plan.request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if shape == "text" and template.thinks and req.separate_reasoning is not False:
-        plan.thinking = Thinking.of(text)
+        plan.thinking = Thinking.of(text, template.think_tags)
     # Markers that are special tokens (a call format's, think tags where a tokenizer marks them so): the text must show them.
     kept = (calls.kept if calls is not None else ()) + shown_tags(template)
     if kept:
@@ -97,7 +97,7 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
         first = think_first(template, tokenizer, text) if req.separate_reasoning is not False else None
         if first is not None:
             plan.params = dataclasses.replace(plan.params, think_first=first)
-            plan.thinking = Thinking.of(text)
+            plan.thinking = Thinking.of(text, template.think_tags)
     elif calls is not None and calls.forced:
         plan.params = await _held_to_call(plan.params, calls, req, state)
     return plan, calls
@@ -106,7 +106,7 @@ async def build_chat_plan(req: ChatRequest, state: AppState,
 def shown_tags(template: ChatTemplate) -> tuple[tuple[int, str], ...]:
     """Think tags that are special tokens where a tokenizer marks them so: (id, text) for the
     engine's special_texts, since decoding would leave them out of the text the reasoning is cut from."""
-    return tuple((template.special_ids[tag], tag) for tag in (OPEN, CLOSE) if tag in template.special_ids)
+    return tuple((template.special_ids[tag], tag) for tag in template.think_tags or () if tag in template.special_ids)
 
 
 def think_first(template: ChatTemplate, tokenizer, prompt: str) -> tuple[bool, int | None, int] | None:
@@ -114,10 +114,11 @@ def think_first(template: ChatTemplate, tokenizer, prompt: str) -> tuple[bool, i
     reasoning with structured outputs). Where the prompt leaves a think block open, or the block's
     tags are single tokens the model may open it with; None otherwise (the constraint from the
     first token, as for any model)."""
-    if not template.thinks:
+    tags = template.think_tags
+    if tags is None:
         return None
-    open_id, close_id = (_tag_id(template, tokenizer, tag) for tag in (OPEN, CLOSE))
-    inside = Thinking.of(prompt).inside
+    open_id, close_id = (_tag_id(template, tokenizer, tag) for tag in tags)
+    inside = Thinking.of(prompt, tags).inside
     if close_id is None or (not inside and open_id is None):
         return None
     return inside, open_id, close_id

@@ -152,7 +152,12 @@ class ChatTemplate:
     @property
     def thinks(self) -> bool:
         """Whether the template's model writes its reasoning in think blocks (api/reasoning.py)."""
-        return reasoning.thinks(self.source)
+        return self.think_tags is not None
+
+    @property
+    def think_tags(self) -> "reasoning.Tags | None":
+        """The tags of the template's model's think blocks (None: it writes none)."""
+        return reasoning.tags_of(self.source)
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True,
                tools: Sequence[dict] | None = None, options: dict[str, Any] | None = None) -> str:

@@ -153,7 +153,7 @@ async def _generate_plan(req: OllamaGenerateRequest, state: AppState, client: st
     if first is not None:  # a thinking model's reasoning first, then the format, as in chat
         plan.params = dataclasses.replace(plan.params, think_first=first)
     if text is not None and template.thinks and (shaped is None or first is not None):
-        plan.thinking = Thinking.of(text)
+        plan.thinking = Thinking.of(text, template.think_tags)
         tags = shown_tags(template)
         if tags:
             plan.params = dataclasses.replace(plan.params, special_texts=tags)

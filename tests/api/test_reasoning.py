@@ -3,8 +3,8 @@ in any pieces, and over real HTTP on every chat API (OpenAI's reasoning_content 
 client, Ollama's thinking, Anthropic's thinking blocks with the `anthropic` client), with the
 template options that turn thinking on and off. The embedded model never thinks, so the answers are
 written and replayed token by token through the engine; the templates are written like Qwen3's
-(the model opens the block; an empty block closes it in the prompt when enable_thinking is false)
-and DeepSeek-R1's (the prompt opens the block)."""
+(the model opens the block; an empty block closes it in the prompt when enable_thinking is false),
+DeepSeek-R1's (the prompt opens the block) and Seed-OSS's (Qwen3's, in <seed:think> tags)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ import pytest_asyncio
 from openai import AsyncOpenAI
 
 from api.config import ServerConfig
-from api.reasoning import ReasoningDeltas, Thinking, thinks
+from api.reasoning import SEED_THINK, THINK, ReasoningDeltas, Tags, Thinking, tags_of, thinks
 from api.server import build_engine
 from api.testing import running_server
 from engine import EngineConfig
@@ -38,6 +38,14 @@ HERMES_THINKING = QWEN3_LIKE.replace("{%- for m in messages %}", "{%- if tools %
                                      "{% endif %}{%- for m in messages %}", 1)
 ASK = [{"role": "user", "content": "Add two numbers."}]
 THOUGHT = "<think>\nThe user wants a sum.\nKeep it short.\n</think>\n\ndef add(a, b):\n    return a + b"
+
+
+def in_tags(text: str, tags: Tags) -> str:
+    """`text` with its <think> and </think> written in `tags`."""
+    return text.replace(THINK.close, "\0").replace(THINK.open, tags.open).replace("\0", tags.close)
+
+
+SEED_LIKE = in_tags(QWEN3_LIKE, SEED_THINK)
 REASONING, ANSWER = "The user wants a sum.\nKeep it short.", "def add(a, b):\n    return a + b"
 
 
@@ -54,31 +62,39 @@ REASONING, ANSWER = "The user wants a sum.\nKeep it short.", "def add(a, b):\n  
     (True, "never closed", ("never closed", "")),
     (True, "", ("", "")),
 ])
-def test_a_finished_text_is_cut_as_the_templates_cut_an_earlier_turn(inside, text, expected):
-    assert Thinking(inside).split(text) == expected
+@pytest.mark.parametrize("tags", [THINK, SEED_THINK])
+def test_a_finished_text_is_cut_as_the_templates_cut_an_earlier_turn(inside, text, expected, tags):
+    assert Thinking(inside, tags).split(in_tags(text, tags)) == (
+        expected[0], in_tags(expected[1], tags) if expected[0] is None else expected[1])
 
 
-def test_where_the_prompt_leaves_the_answer():
-    assert Thinking.of("<|im_start|>assistant\n").inside is False
-    assert Thinking.of("<|im_start|>assistant\n<think>\n\n</think>\n\n").inside is False
-    assert Thinking.of("earlier <think>a</think> turn\nassistant: <think>\n").inside is True
-    assert thinks(QWEN3_LIKE) and thinks(R1_LIKE) and not thinks(PLAIN)
+@pytest.mark.parametrize("tags", [THINK, SEED_THINK])
+def test_where_the_prompt_leaves_the_answer(tags):
+    assert Thinking.of("<|im_start|>assistant\n", tags).inside is False
+    assert Thinking.of(in_tags("<|im_start|>assistant\n<think>\n\n</think>\n\n", tags), tags).inside is False
+    assert Thinking.of(in_tags("earlier <think>a</think> turn\nassistant: <think>\n", tags), tags).inside is True
+    assert thinks(QWEN3_LIKE) and thinks(R1_LIKE) and thinks(SEED_LIKE) and not thinks(PLAIN)
+    assert (tags_of(QWEN3_LIKE), tags_of(SEED_LIKE), tags_of(PLAIN)) == (THINK, SEED_THINK, None)
+    # one model's tags are text to another: Qwen3's block is no Seed-OSS block, nor the reverse
+    other = SEED_THINK if tags == THINK else THINK
+    assert Thinking(False, other).split(in_tags("<think>x</think>y", tags)) == (None, in_tags("<think>x</think>y", tags))
 
 
-def test_streamed_in_any_pieces_the_deltas_add_up_to_the_cut():
+@pytest.mark.parametrize("tags", [THINK, SEED_THINK])
+def test_streamed_in_any_pieces_the_deltas_add_up_to_the_cut(tags):
     """Whatever the pieces, what is sent never has to be taken back: a tag or newlines that may
     still be cut are held until the text tells."""
     rng = random.Random(7)
-    pieces = ["<think>", "</think>", "\n", "a", " ", "<", "</th", "ink>", "<thi", "b\n"]
+    pieces = [tags.open, tags.close, "\n", "a", " ", "<", tags.close[:4], tags.close[4:], tags.open[:4], "b\n"]
     for _ in range(3000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         for inside in (False, True):
-            deltas, reasoning, answer, at = ReasoningDeltas(Thinking(inside)), "", "", 0
+            deltas, reasoning, answer, at = ReasoningDeltas(Thinking(inside, tags)), "", "", 0
             for cut in sorted(rng.sample(range(len(text) + 1), min(3, len(text) + 1))) + [len(text)]:
                 r, a = deltas.add(text[at:cut], finished=False)
                 reasoning, answer, at = reasoning + r, answer + a, cut
             r, a = deltas.add("", finished=True)
-            whole = Thinking(inside).split(text)
+            whole = Thinking(inside, tags).split(text)
             assert (reasoning + r, answer + a) == (whole[0] or "", whole[1]), (text, inside)
 
 
@@ -108,9 +124,10 @@ def prompt_len(server, chat, messages, **options) -> int:
 
 
 @over_http
-async def test_openai_reasoning_content_whole_and_streamed(client, server, template, answers):
-    chat = template(QWEN3_LIKE)
-    answers(THOUGHT)
+@pytest.mark.parametrize("tags", [THINK, SEED_THINK])
+async def test_openai_reasoning_content_whole_and_streamed(client, server, template, answers, tags):
+    chat = template(in_tags(QWEN3_LIKE, tags))
+    answers(in_tags(THOUGHT, tags))
     r = await client.chat.completions.create(model="coder", messages=ASK, temperature=0)
     message = r.choices[0].message
     assert (message.reasoning_content, message.reasoning, message.content) == (REASONING, REASONING, ANSWER)
@@ -258,9 +275,10 @@ async def test_template_options_that_would_replace_what_the_template_is_given_ar
 
 
 @over_http
-async def test_ollama_thinking(server, http, template, answers):
-    chat = template(QWEN3_LIKE)
-    answers(THOUGHT)
+@pytest.mark.parametrize("tags", [THINK, SEED_THINK])
+async def test_ollama_thinking(server, http, template, answers, tags):
+    chat = template(in_tags(QWEN3_LIKE, tags))
+    answers(in_tags(THOUGHT, tags))
     url = f"{server.url}/api/chat"
     body = {"model": "coder", "messages": ASK, "stream": False, "think": True}
     got = await post(http, url, body)
@@ -297,9 +315,10 @@ async def test_ollama_think_a_model_cannot_do_is_a_400(server, http, template):
 
 
 @over_http
-async def test_anthropic_thinking_blocks(server, template, answers):
-    chat = template(QWEN3_LIKE)
-    answers(THOUGHT)
+@pytest.mark.parametrize("tags", [THINK, SEED_THINK])
+async def test_anthropic_thinking_blocks(server, template, answers, tags):
+    chat = template(in_tags(QWEN3_LIKE, tags))
+    answers(in_tags(THOUGHT, tags))
     async with anthropic.AsyncAnthropic(base_url=server.url, api_key="none", max_retries=0) as claude:
         asked = dict(model="coder", max_tokens=256, messages=ASK, thinking={"type": "enabled", "budget_tokens": 1024})
         message = await claude.messages.create(**asked)
