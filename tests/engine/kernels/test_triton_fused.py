@@ -156,19 +156,15 @@ def test_add_rms_norm_keeps_leading_dims_and_takes_zero_rows() -> None:
     assert total.shape == normed.shape == (0, 64)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeypatch, dtype: torch.dtype) -> None:
-    """The wiring: use_triton_kernels swaps every RMSNorm, rotary embedding, SiLU-and-mul and
-    post-attention residual add of a Llama; the hidden states of a mixed step stay within a few
-    rounding steps of the reference modules' (a few more in bf16 under the interpreter, whose
-    conversions truncate); use_reference_kernels swaps them back."""
-    from engine.attention.torch_ref import TorchRefBackend
+def _tiny_model(family: dict, dtype: torch.dtype):
+    """A random two-layer model of `family`'s config keys on DEVICE, its KV cache, and a mixed step
+    (a prefill chunk and a decode token)."""
     from engine.models.registry import model_class, model_config
     from engine.step_batch import SeqChunk, StepBatch
 
     cfg = model_config(dict(vocab_size=128, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                            rms_norm_eps=1e-5, architectures=["LlamaForCausalLM"], model_type="llama"))
+                            rms_norm_eps=1e-5, **family))
     torch.manual_seed(0)
     model = model_class(cfg.family)(cfg).to(DEVICE, dtype)
     with torch.no_grad():
@@ -176,6 +172,11 @@ def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeyp
             p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.2) if p.dim() == 2 else 1.0 + 0.1 * torch.rand_like(p))
     kv = torch.zeros((2, 2, 8, 2, 8, 16), dtype=dtype, device=DEVICE)
     batch = StepBatch.build([SeqChunk(tuple(range(5, 17)), 0, (0, 1), 0), SeqChunk((7,), 20, (2, 3, 4), 0)], 8, DEVICE)
+    return model, kv, batch
+
+
+def _counted_kernels(monkeypatch) -> dict[str, int]:
+    """The calls of each fused kernel from now on, counted."""
     calls = {"rope_": 0, "rms_norm": 0, "silu_mul": 0, "add_rms_norm": 0}
 
     def counted(name):
@@ -188,6 +189,19 @@ def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeyp
 
     for name in calls:
         monkeypatch.setattr(triton_fused, name, counted(name))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_model_with_the_kernels_computes_what_it_computes_without_them(monkeypatch, dtype: torch.dtype) -> None:
+    """The wiring: use_triton_kernels swaps every RMSNorm, rotary embedding, SiLU-and-mul and
+    post-attention residual add of a Llama; the hidden states of a mixed step stay within a few
+    rounding steps of the reference modules' (a few more in bf16 under the interpreter, whose
+    conversions truncate); use_reference_kernels swaps them back."""
+    from engine.attention.torch_ref import TorchRefBackend
+
+    model, kv, batch = _tiny_model(dict(architectures=["LlamaForCausalLM"], model_type="llama"), dtype)
+    calls = _counted_kernels(monkeypatch)
     with torch.no_grad():
         want = model(batch, kv.clone(), TorchRefBackend()).float()
         # per layer: two norms, the attention, the MLP, the residual add; and the final norm
@@ -258,25 +272,11 @@ def test_a_model_with_sandwich_norms_takes_the_norm_kernels_but_no_fused_add(mon
     half-head GPT-J rotary stays the reference's; the hidden states stay within a few rounding
     steps of the reference modules'."""
     from engine.attention.torch_ref import TorchRefBackend
-    from engine.models.registry import model_class, model_config
-    from engine.step_batch import SeqChunk, StepBatch
 
     dtype = torch.float16
-    cfg = model_config(dict(vocab_size=128, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                            rms_norm_eps=1e-5, partial_rotary_factor=0.5, attention_bias=True,
-                            architectures=["Glm4ForCausalLM"], model_type="glm4"))
-    torch.manual_seed(0)
-    model = model_class(cfg.family)(cfg).to(DEVICE, dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(0.2) if p.dim() == 2 else 1.0 + 0.1 * torch.rand_like(p))
-    kv = torch.zeros((2, 2, 8, 2, 8, 16), dtype=dtype, device=DEVICE)
-    batch = StepBatch.build([SeqChunk(tuple(range(5, 17)), 0, (0, 1), 0), SeqChunk((7,), 20, (2, 3, 4), 0)], 8, DEVICE)
-    calls = {"rope_": 0, "rms_norm": 0, "silu_mul": 0, "add_rms_norm": 0}
-    for name in calls:
-        monkeypatch.setattr(triton_fused, name, lambda *args, _name=name, _fn=getattr(triton_fused, name): (
-            calls.__setitem__(_name, calls[_name] + 1), _fn(*args))[1])
+    model, kv, batch = _tiny_model(dict(head_dim=16, partial_rotary_factor=0.5, attention_bias=True,
+                                        architectures=["Glm4ForCausalLM"], model_type="glm4"), dtype)
+    calls = _counted_kernels(monkeypatch)
     with torch.no_grad():
         want = model(batch, kv.clone(), TorchRefBackend()).float()
         assert model.use_triton_kernels() == 2 * 4 + 1 + 2  # four norms a layer and the final one; the MLPs
