@@ -5,10 +5,11 @@ names it, Ollama's `thinking`, Anthropic's thinking blocks), as the clients that
 read them.
 
 Whether a model thinks, and in which tags, is its chat template's: one that writes both tags of a
-pair (to open or close the block, or to leave earlier turns' reasoning out of the prompt). Where the answer starts is the
-prompt's: a generation prompt that ends inside an open block (DeepSeek-R1's, QwQ's) makes the
-model's text reasoning from its first token; otherwise (Qwen3's, which the model opens itself, or
-closes empty in the prompt when thinking is off) the text is reasoning only where it opens a block.
+pair (to open or close the block, or to leave earlier turns' reasoning out of the prompt). Where
+the answer starts is the prompt's: a generation prompt that ends inside an open block
+(DeepSeek-R1's, QwQ's) makes the model's text reasoning from its first token; otherwise (Qwen3's,
+which the model opens itself, or closes empty in the prompt when thinking is off) the text is
+reasoning only where it opens a block.
 The parts are cut as those templates cut an earlier turn: the reasoning without the newlines
 around it, the answer without the newlines before it. A text cut off before </think> is all
 reasoning.
