@@ -92,11 +92,8 @@ def glm4(cfg: dict) -> dict[str, Any]:
     GPT-J-style rotary over the first partial_rotary_factor of each head (half where unsaid, as
     transformers defaults it); gate and up fused in the checkpoint itself."""
     fields = llama(dict(cfg, attention_bias=False))
-    factor = (cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor")
-              or 0.5)
-    rotary = int(fields["head_dim"] * float(factor))
     return dict(fields, qkv_bias=bool(cfg.get("attention_bias", True)), sandwich_norms=True,
-                rotary_dim=rotary - rotary % 2, rotary_style="gptj")
+                rotary_dim=_rotary_dim(cfg, fields["head_dim"], 0.5), rotary_style="gptj")
 
 
 def seed_oss(cfg: dict) -> dict[str, Any]:
@@ -260,9 +257,7 @@ def phi3(cfg: dict) -> dict[str, Any]:
     the config sets one (Phi-3-mini-4k's 2047); the 128k models (longrope) up to their pretraining
     context (see _context)."""
     fields = llama(dict(cfg, attention_bias=False, mlp_bias=False))
-    factor = cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor") or 1.0
-    rotary = int(fields["head_dim"] * float(factor))
-    return dict(fields, rotary_dim=rotary - rotary % 2,
+    return dict(fields, rotary_dim=_rotary_dim(cfg, fields["head_dim"], 1.0),
                 sliding_window=_window(cfg, fields["max_position_embeddings"]))
 
 
@@ -327,6 +322,15 @@ def _gpt2_sizes(cfg: dict, hidden: int, heads: int) -> dict[str, Any]:
         max_position_embeddings=cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048,
         norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
     )
+
+
+def _rotary_dim(cfg: dict, head_dim: int, default: float) -> int:
+    """The rotated dims at the start of each head: partial_rotary_factor of it (at the top level as
+    transformers 4 writes it, in rope_parameters as 5 does; `default` where unsaid), made even."""
+    factor = (cfg.get("partial_rotary_factor") or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor")
+              or default)
+    rotary = int(head_dim * float(factor))
+    return rotary - rotary % 2
 
 
 def _window(cfg: dict, max_positions: int) -> int | None:
