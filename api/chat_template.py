@@ -132,9 +132,11 @@ class ChatTemplate:
     special_ids: dict[str, int]  # special token text -> id, read as that token in the rendered text
     _compiled: jinja2.Template | None = field(repr=False, compare=False, default=None)
     _split: re.Pattern | None = field(repr=False, compare=False, default=None)
+    _think_tags: "reasoning.Tags | None" = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_compiled", compile_template(self.source))
+        object.__setattr__(self, "_think_tags", reasoning.tags_of(self.source))  # read per request: found once
         pattern = "|".join(re.escape(t) for t in sorted(self.special_ids, key=len, reverse=True))
         object.__setattr__(self, "_split", re.compile(f"({pattern})") if pattern else None)
 
@@ -157,7 +159,7 @@ class ChatTemplate:
     @property
     def think_tags(self) -> "reasoning.Tags | None":
         """The tags of the template's model's think blocks (None: it writes none)."""
-        return reasoning.tags_of(self.source)
+        return self._think_tags
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True,
                tools: Sequence[dict] | None = None, options: dict[str, Any] | None = None) -> str:
